@@ -1,0 +1,1 @@
+../src/jobqueue/migrations/script.py.mako

@@ -1,0 +1,5 @@
+"""``python -m jobqueue`` runs the ``jobqueue`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""Engines, URLs and driver errors: the edge between jobqueue and the database driver.
+
+Nothing above this module knows which driver runs: URLs are normalised here (a plain
+``postgresql://`` URL, as Supabase hands out, means psycopg 3), SQLite is set up here for
+many writers (WAL, a busy timeout, ``BEGIN IMMEDIATE``), and driver exceptions become our own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    JobQueueError,
+    PermissionDenied,
+    SchemaNotInstalled,
+)
+
+DEFAULT_URL = "sqlite:///jobqueue.db"
+URL_ENV = "JOBQUEUE_DATABASE_URL"
+
+#: How long a SQLite writer waits for the write lock before giving up. Claims and
+#: completions are short, so a long wait only happens under heavy multi-process load.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def database_url(url: str | URL | None = None) -> str:
+    """The URL to use: the argument, else ``JOBQUEUE_DATABASE_URL``, else a local SQLite file."""
+    if url is not None:
+        return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def normalise_url(url: str | URL, *, asynchronous: bool) -> URL:
+    """Pick our driver for a plain URL; keep an explicit ``+driver`` the caller chose."""
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except sa_exc.ArgumentError as exc:
+        raise ConfigurationError(
+            f"not a database URL: {redact(str(url))}",
+            hint="use e.g. sqlite:///jobqueue.db or postgresql://user@host/dbname",
+        ) from exc
+    backend, _, driver = u.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        if not driver or (driver == "psycopg2"):
+            driver = "psycopg"
+        if asynchronous and driver not in ("psycopg", "asyncpg", "psycopg_async"):
+            driver = "psycopg"
+        return u.set(drivername=f"postgresql+{driver}")
+    if backend == "sqlite":
+        if asynchronous:
+            return u.set(drivername="sqlite+aiosqlite")
+        return u.set(drivername="sqlite" if driver in ("", "aiosqlite") else f"sqlite+{driver}")
+    raise ConfigurationError(
+        f"unsupported database {backend!r}",
+        hint="jobqueue supports SQLite (sqlite:///file.db) and PostgreSQL (postgresql://…)",
+    )
+
+
+def _setup_sqlite(sync_engine: Engine) -> None:
+    """Let many connections (and processes) share one SQLite file safely.
+
+    pysqlite's own transaction handling is turned off so that every transaction starts with
+    ``BEGIN IMMEDIATE``: a writer takes the lock up front and waits for it (busy timeout)
+    instead of failing half-way with "database is locked".
+    """
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
+    if isinstance(url, Engine):
+        return url
+    u = normalise_url(database_url(url), asynchronous=False)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(u, **kwargs)
+        _setup_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(u, **kwargs)
+
+
+def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any) -> AsyncEngine:
+    if isinstance(url, AsyncEngine):
+        return url
+    u = normalise_url(database_url(url), asynchronous=True)
+    if u.get_backend_name() == "sqlite":
+        engine = create_async_engine(u, **kwargs)
+        _setup_sqlite(engine.sync_engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(u, **kwargs)
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in any URL inside ``text`` (for logs and error messages)."""
+    return _PASSWORD_IN_URL.sub(r"\g<pre>***@", text)
+
+
+def describe_url(url: str | URL) -> str:
+    """A URL safe to print: no password."""
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except sa_exc.ArgumentError:
+        return redact(str(url))
+    return u.render_as_string(hide_password=True)
+
+
+_MISSING_TABLE = (
+    "no such table",
+    "does not exist",
+    "undefinedtable",
+    "undefined_table",
+)
+_NO_PERMISSION = ("permission denied", "insufficient privilege", "row-level security")
+
+
+def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
+    """Our error for a driver error, or None when it is not one we can explain better."""
+    if isinstance(exc, JobQueueError):
+        return exc
+    if not isinstance(exc, sa_exc.DBAPIError | sa_exc.OperationalError):
+        if isinstance(exc, OSError | ConnectionError):
+            return DatabaseUnavailable(f"cannot reach the database: {redact(str(exc))}")
+        return None
+    text = redact(str(exc.orig if getattr(exc, "orig", None) is not None else exc)).lower()
+    first_line = redact(str(getattr(exc, "orig", exc))).strip().splitlines()[0:1]
+    detail = first_line[0] if first_line else type(exc).__name__
+    if any(m in text for m in _NO_PERMISSION):
+        return PermissionDenied(f"the database refused access to {table}: {detail}")
+    if any(m in text for m in _MISSING_TABLE) and (table.lower() in text or "relation" in text):
+        return SchemaNotInstalled(f"the jobs table {table!r} is not installed ({detail})")
+    unreachable = getattr(exc, "connection_invalidated", False) or isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError
+    )
+    if unreachable and "locked" not in text:
+        return DatabaseUnavailable(f"database error: {detail}")
+    return None
+
+
+@contextmanager
+def translated_errors(table: str) -> Iterator[None]:
+    try:
+        yield
+    except JobQueueError:
+        raise
+    except Exception as exc:
+        ours = translate(exc, table=table)
+        if ours is None:
+            raise
+        raise ours from exc

@@ -1,0 +1,149 @@
+"""SQL constructs whose text differs between PostgreSQL and SQLite.
+
+Each construct is one SQLAlchemy expression with one compilation per dialect, so the
+statements module builds every statement once and never branches on the database. Time
+always comes from the database clock: workers on different hosts must agree on whether a
+lease has expired, and only the database can be the referee.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Dialect, Float, Text, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
+from sqlalchemy.types import DateTime
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no timestamp type: values are stored as
+    UTC text in SQLAlchemy's format, which sorts correctly, and come back tagged as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def json_type() -> Any:
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+class DbNow(FunctionElement[Any]):
+    """The database's current UTC time."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(DbNow, "postgresql")
+def _now_pg(element: DbNow, compiler: SQLCompiler, **kw: Any) -> str:
+    # clock_timestamp, not now(): a long transaction must not hand out stale leases.
+    return "clock_timestamp()"
+
+
+@compiles(DbNow)
+def _now_sqlite(element: DbNow, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NOW
+
+
+class DbNowPlus(FunctionElement[Any]):
+    """The database's current UTC time plus a number of seconds (a bound float)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float | ColumnElement[Any]) -> None:
+        arg = seconds if isinstance(seconds, ColumnElement) else literal(float(seconds), Float())
+        super().__init__(arg)
+
+
+@compiles(DbNowPlus, "postgresql")
+def _now_plus_pg(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    return f"(clock_timestamp() + make_interval(secs => {compiler.process(seconds, **kw)}))"
+
+
+@compiles(DbNowPlus)
+def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    modifier = f"(printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
+
+
+class JsonAppend(FunctionElement[Any]):
+    """``array || [object]`` for a JSON array column; the object's keys and values given
+    as alternating SQL expressions (values may be bound parameters)."""
+
+    inherit_cache = True
+
+    def __init__(self, array: ColumnElement[Any], *pairs: ColumnElement[Any]) -> None:
+        super().__init__(array, *pairs)
+
+
+@compiles(JsonAppend, "postgresql")
+def _json_append_pg(element: JsonAppend, compiler: SQLCompiler, **kw: Any) -> str:
+    array, *pairs = element.clauses
+    obj = ", ".join(compiler.process(p, **kw) for p in pairs)
+    return (
+        f"(COALESCE({compiler.process(array, **kw)}, '[]'::jsonb) "
+        f"|| jsonb_build_array(jsonb_build_object({obj})))"
+    )
+
+
+@compiles(JsonAppend)
+def _json_append_sqlite(element: JsonAppend, compiler: SQLCompiler, **kw: Any) -> str:
+    array, *pairs = element.clauses
+    obj = ", ".join(compiler.process(p, **kw) for p in pairs)
+    return (
+        f"json_insert(COALESCE({compiler.process(array, **kw)}, '[]'), '$[#]', json_object({obj}))"
+    )
+
+
+class NewJobId(FunctionElement[Any]):
+    """Server-side id for rows that other clients insert without one.
+
+    On PostgreSQL a UUIDv7 (time-ordered, so ids sort by creation like ours do) made from
+    ``gen_random_uuid()`` with the millisecond clock laid over its first six bytes.
+    """
+
+    inherit_cache = True
+
+
+@compiles(NewJobId, "postgresql")
+def _new_id_pg(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
+    return (
+        "(encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        "substring(int8send((extract(epoch from clock_timestamp()) * 1000)::bigint) from 3) "
+        "from 1 for 6), 52, 1), 53, 1), 'hex'))::uuid"
+    )
+
+
+@compiles(NewJobId)
+def _new_id_sqlite(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(lower(hex(randomblob(16))))"
+
+
+def text_literal(value: str) -> ColumnElement[str]:
+    return literal(value, Text())

@@ -1,0 +1,111 @@
+"""The exceptions jobqueue raises.
+
+Every error carries a ``hint``: one sentence that tells the reader what to do next. The CLI
+prints ``message`` and ``hint`` on one line each and exits; library users can show the hint
+to an operator. Driver exceptions never leak through the public API untranslated, because a
+bare "relation does not exist" tells a newcomer nothing about ``jobqueue migrate``.
+"""
+
+from __future__ import annotations
+
+
+class JobQueueError(Exception):
+    """Base class of every error raised by jobqueue."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigurationError(JobQueueError):
+    """The library or a worker was set up with settings that cannot work."""
+
+    hint = "check the settings and environment variables named in the message"
+
+
+class SchemaNotInstalled(JobQueueError):
+    """The jobs table (or the version it needs) is missing from the database."""
+
+    hint = "run `jobqueue migrate` (or jobqueue.migrate(url)) against this database"
+
+
+class DatabaseUnavailable(JobQueueError):
+    """The database could not be reached."""
+
+    hint = "check JOBQUEUE_DATABASE_URL and that the database server is running"
+
+
+class PermissionDenied(JobQueueError):
+    """The database role may not do what was asked (often an RLS policy)."""
+
+    hint = (
+        "connect the worker as a role allowed to update jobs, or check the RLS policies "
+        "(`jobqueue sql --supabase` prints them)"
+    )
+
+
+class JobNotFound(JobQueueError):
+    """No job has the given id (or the caller may not see it)."""
+
+    hint = "check the job id; `jobqueue list` shows recent jobs"
+
+
+class InvalidJobId(JobNotFound):
+    """The given id is not a UUID, so no job can have it."""
+
+    hint = "job ids are UUIDs such as 0190c1d2-7b3a-7c1e-9a4b-2f1e3d4c5b6a"
+
+
+class InvalidTransition(JobQueueError):
+    """The job is in a status from which the requested move is not allowed."""
+
+    hint = "see docs/concepts.md for the allowed moves between statuses"
+
+
+class LeaseLost(JobQueueError):
+    """A worker tried to write to a job it no longer holds.
+
+    Its lease expired and the job was reaped or claimed again, or the job was cancelled.
+    Nothing was written; the job's current holder (if any) owns the outcome.
+    """
+
+    hint = "the job's lease expired before this write; raise the lease or heartbeat more often"
+
+
+class PayloadError(JobQueueError, ValueError):
+    """A value given to the API cannot be stored (not JSON, too large, out of range)."""
+
+    hint = "pass JSON-serialisable data within the documented limits"
+
+
+class GenerationError(JobQueueError):
+    """A generator (mock or provider) reported that a generation failed."""
+
+    hint = "see the provider's message; the job's `errors` history keeps every attempt"
+
+
+class JobFailed(JobQueueError):
+    """A job that a caller waited for ended in ``failed`` or ``cancelled``."""
+
+    hint = "inspect the job with `jobqueue status ID`; `jobqueue retry ID` runs it again"
+
+    def __init__(self, message: str, *, job_id: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
+
+
+class WaitTimeout(JobQueueError, TimeoutError):
+    """A wait for a job ran out of time; the job itself keeps running."""
+
+    hint = "the job is still queued or running; wait on its id again later"
+
+    def __init__(self, message: str, *, job_id: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id

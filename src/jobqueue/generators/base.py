@@ -1,0 +1,142 @@
+"""The generator protocol: what an image generator is given and what it returns.
+
+Generators are pure HTTP (or pure simulation) and know nothing of SQL. What they may do to
+their job goes through a `JobContext`: report progress, and remember the provider's task id
+*before* waiting on it, so that a later attempt (after a crash) resumes polling that task
+instead of paying for a second generation.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import PayloadError
+
+IMAGE_KIND = "image"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One image generation: a prompt, an optional model, input images and options.
+
+    ``images`` are URLs; input image bytes become ``data:`` URLs (see `with_image_bytes`),
+    so a request always fits in a job's JSON payload.
+    """
+
+    prompt: str
+    model: str | None = None
+    images: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise PayloadError("a generation needs a non-empty prompt")
+        if isinstance(self.images, str):
+            object.__setattr__(self, "images", (self.images,))
+        else:
+            object.__setattr__(self, "images", tuple(self.images))
+
+    def with_image_bytes(self, data: bytes, mime: str = "image/png") -> GenerationRequest:
+        url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        return GenerationRequest(self.prompt, self.model, (*self.images, url), self.options)
+
+    def to_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"prompt": self.prompt}
+        if self.model is not None:
+            payload["model"] = self.model
+        if self.images:
+            payload["images"] = list(self.images)
+        if self.options:
+            payload["options"] = dict(self.options)
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> GenerationRequest:
+        if not isinstance(payload, Mapping):
+            raise PayloadError("an image job's payload must be an object with a 'prompt'")
+        images = payload.get("images") or ()
+        options = payload.get("options") or {}
+        if not isinstance(images, list | tuple) or not all(isinstance(i, str) for i in images):
+            raise PayloadError("'images' must be a list of URL strings")
+        if not isinstance(options, Mapping):
+            raise PayloadError("'options' must be an object")
+        model = payload.get("model")
+        if model is not None and not isinstance(model, str):
+            raise PayloadError("'model' must be a string")
+        return cls(str(payload.get("prompt", "")), model, tuple(images), dict(options))
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """What a generation produced. ``raw`` is the provider's last answer, for debugging."""
+
+    images: tuple[str, ...]
+    text: str | None = None
+    cost: float | None = None
+    raw: Any = None
+
+    @property
+    def url(self) -> str | None:
+        """The first image: the job's ``result_url``."""
+        return self.images[0] if self.images else None
+
+    def to_result(self) -> dict[str, Any]:
+        """The job's ``result`` column (JSON)."""
+        return {"images": list(self.images), "text": self.text, "cost": self.cost, "raw": self.raw}
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> GenerationResult:
+        return cls(
+            tuple(result.get("images") or ()),
+            result.get("text"),
+            result.get("cost"),
+            result.get("raw"),
+        )
+
+
+@runtime_checkable
+class JobContext(Protocol):
+    """What a running generation may do to its job."""
+
+    async def report_progress(self, percent: int, message: str | None = None) -> None:
+        """Record progress (0-100) and a short message on the job."""
+
+    async def remember(self, task_id: str) -> None:
+        """Save the provider's task id on the job before waiting for it."""
+
+    def remembered(self) -> str | None:
+        """The task id an earlier attempt saved, if any: resume it instead of resubmitting."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """An image generator. Implementations: `MockGenerator`, `DefAPIGenerator`."""
+
+    name: str
+
+    async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+        """Run one generation to the end and return its result, or raise."""
+
+    async def aclose(self) -> None:
+        """Release connections and other resources."""
+
+
+class LocalContext:
+    """A context for generations run without a queue (`generate_image`): it only keeps
+    what it is told, in memory."""
+
+    def __init__(self, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        self.progress: list[tuple[int, str | None]] = []
+
+    async def report_progress(self, percent: int, message: str | None = None) -> None:
+        self.progress.append((percent, message))
+
+    async def remember(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    def remembered(self) -> str | None:
+        return self.task_id

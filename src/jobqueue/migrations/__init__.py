@@ -1,0 +1,238 @@
+"""jobqueue's own Alembic migrations, shipped inside the package.
+
+`migrate` applies them; `sql` prints them as PostgreSQL SQL for the Supabase SQL Editor;
+`schema_state` says whether a database is installed and current; `include_object` keeps a
+host application's autogenerate away from our table. The version table is named after the
+jobs table (``generation_jobs_alembic_version`` by default), never ``alembic_version``, so
+our history and the host's never meet.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Connection, Engine, Table, inspect
+
+from alembic import command
+
+from ..database import database_url, make_engine, normalise_url, translated_errors
+from ..schema import DEFAULT_TABLE, jobs_table, validate_identifier
+
+SCRIPT_LOCATION = "jobqueue:migrations"
+
+
+def version_table(table: str) -> str:
+    return f"{table}_alembic_version"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The jobs table a migration run works on, with its names ready for raw SQL."""
+
+    name: str
+    schema: str | None
+    dialect: str
+
+    @property
+    def qualified(self) -> str:
+        """Schema-qualified, quoted name (identifiers are validated, so quoting is enough)."""
+        return f'"{self.schema}"."{self.name}"' if self.schema else f'"{self.name}"'
+
+    def qualify(self, name: str) -> str:
+        validate_identifier(name)
+        return f'"{self.schema}"."{name}"' if self.schema else f'"{name}"'
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel that inserts into this table signal on."""
+        return self.name
+
+    @cached_property
+    def table(self) -> Table:
+        return jobs_table(self.name, self.schema)
+
+
+def target() -> Target:
+    """The current run's target, for use inside revision scripts."""
+    from alembic import context
+
+    value: Target = context.config.attributes["jobqueue_target"]
+    return value
+
+
+def _config(table: str, schema: str | None) -> Config:
+    validate_identifier(table, "table name")
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    cfg = Config()
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    cfg.attributes["jobqueue_table"] = table
+    cfg.attributes["jobqueue_schema"] = schema
+    return cfg
+
+
+def run_env(context: Any) -> None:
+    """The body of ``env.py``: configure Alembic for our table and run the revisions."""
+    cfg = context.config
+    x = context.get_x_argument(as_dictionary=True)
+    table = cfg.attributes.get("jobqueue_table") or x.get("table") or DEFAULT_TABLE
+    schema = cfg.attributes.get("jobqueue_schema") or x.get("schema") or None
+    validate_identifier(table, "table name")
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    options: dict[str, Any] = {
+        "target_metadata": None,
+        "version_table": version_table(table),
+        "version_table_schema": schema,
+    }
+    if context.is_offline_mode():
+        url = normalise_url(
+            cfg.attributes.get("url") or x.get("url") or database_url(), asynchronous=False
+        )
+        cfg.attributes["jobqueue_target"] = Target(table, schema, url.get_backend_name())
+        context.configure(
+            url=url, literal_binds=True, dialect_opts={"paramstyle": "named"}, **options
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    def run(connection: Connection) -> None:
+        dialect = connection.dialect.name
+        cfg.attributes["jobqueue_target"] = Target(table, schema, dialect)
+        context.configure(connection=connection, render_as_batch=dialect == "sqlite", **options)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = cfg.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    engine = make_engine(x.get("url") or database_url())
+    try:
+        with engine.connect() as conn:
+            run(conn)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def migrate(
+    url: str | URL | Engine | None = None,
+    *,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    revision: str = "head",
+) -> None:
+    """Bring the database at ``url`` (an `Engine`, or ``JOBQUEUE_DATABASE_URL``) to
+    ``revision``. Safe to run repeatedly and from several processes at once on PostgreSQL
+    (each run takes a transaction-level advisory lock first)."""
+    cfg = _config(table, schema)
+    engine = make_engine(url)
+    try:
+        with translated_errors(table), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    "SELECT pg_advisory_xact_lock(hashtext('jobqueue:' || %s))",
+                    (f"{schema}.{table}",),
+                )
+                if schema is not None:
+                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+
+
+def sql(
+    *,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    url: str = "postgresql://",
+    start: str | None = None,
+    revision: str = "head",
+) -> str:
+    """The migrations as SQL text (offline mode), for the Supabase SQL Editor or psql."""
+    cfg = _config(table, schema)
+    cfg.attributes["url"] = url
+    out = io.StringIO()
+    cfg.output_buffer = out
+    command.upgrade(cfg, f"{start}:{revision}" if start else revision, sql=True)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What `jobqueue check` reports about a database."""
+
+    table_exists: bool
+    current: str | None
+    head: str
+
+    @property
+    def installed(self) -> bool:
+        return self.table_exists and self.current is not None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.installed and self.current == self.head
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config(DEFAULT_TABLE, None)).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_state(
+    url: str | URL | Engine | None = None,
+    *,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+) -> SchemaState:
+    engine = make_engine(url)
+    try:
+        with translated_errors(table), engine.connect() as conn:
+            exists = inspect(conn).has_table(table, schema=schema)
+            ctx = MigrationContext.configure(
+                conn,
+                opts={"version_table": version_table(table), "version_table_schema": schema},
+            )
+            current = ctx.get_current_revision()
+            conn.rollback()
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+    return SchemaState(exists, current, head_revision())
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """An ``include_object`` hook for a host application's Alembic ``env.py``.
+
+    Pass it to ``context.configure(include_object=jobqueue.migrations.include_object)`` and
+    autogenerate ignores ``generation_jobs`` and its version table (with their indexes), so
+    it never proposes to drop or alter them. Use `exclude_tables` for other table names.
+    """
+    return exclude_tables(DEFAULT_TABLE)(obj, name, type_, reflected, compare_to)
+
+
+def exclude_tables(*tables: str) -> Any:
+    """Build an ``include_object`` hook that hides the given jobqueue tables."""
+    hidden = {t for name in tables for t in (name, version_table(name))}
+
+    def hook(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table":
+            return name not in hidden
+        table = getattr(obj, "table", None)
+        return getattr(table, "name", None) not in hidden
+
+    return hook

@@ -1,0 +1,502 @@
+"""What each queue method does, written once for the sync and the async queue.
+
+An operation is a generator: it validates its input, yields ``(statement, params)`` steps,
+receives each step's rows, and returns the method's answer (or raises our error). It never
+touches a connection. `JobQueue` drives operations with ``Connection.execute`` and
+`AsyncJobQueue` with ``await AsyncConnection.execute``, each inside one transaction, so both
+share every rule, every statement and every error message — the "sans-IO" style.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import uuid
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Executable, RowMapping
+
+from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
+from .statements import Statements
+
+T = TypeVar("T")
+Step = tuple[Executable, list[dict[str, Any]] | None]
+Rows = list[RowMapping]
+Operation = Generator[Step, Rows, T]
+
+MAX_PRIORITY = 1_000_000
+MAX_DELAY = timedelta(days=366)
+MAX_ATTEMPTS_LIMIT = 1000
+MAX_TEXT = 255
+MAX_NAME = 200
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+DEFAULT_LEASE = 30.0
+
+
+# -- ids ----------------------------------------------------------------------------------
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): 48 bits of Unix milliseconds, then random.
+
+    Time-ordered ids keep the primary key index append-mostly, and sort like creation time.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def parse_job_id(job_id: object) -> uuid.UUID:
+    """Accept a UUID, its string, or a `Job`; refuse anything else with `InvalidJobId`."""
+    if isinstance(job_id, Job):
+        return job_id.id
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    if isinstance(job_id, str):
+        try:
+            return uuid.UUID(job_id.strip())
+        except ValueError:
+            pass
+    raise InvalidJobId(f"{str(job_id)[:80]!r} is not a job id")
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what callers may store; checked before anything is written."""
+
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def check_json(value: Any, what: str, limits: Limits) -> None:
+    """Refuse values that are not strict JSON (NaN included) or are too large to store."""
+    try:
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"the {what} is not JSON-serialisable: {exc}") from None
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size > limits.max_payload_bytes:
+        raise PayloadError(
+            f"the {what} is {size} bytes, over the limit of {limits.max_payload_bytes}",
+            hint="store large data elsewhere (object storage) and put its URL in the payload, "
+            "or raise max_payload_bytes",
+        )
+    if "\x00" in encoded or _has_lone_surrogate(encoded):
+        raise PayloadError(f"the {what} holds a NUL character or a lone surrogate")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_text(value: Any, what: str, *, limit: int = MAX_TEXT, empty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} must be a string, not {type(value).__name__}")
+    if (not empty and not value.strip()) or len(value) > limit:
+        raise PayloadError(f"{what} must be 1 to {limit} characters")
+    if "\x00" in value or _has_lone_surrogate(value):
+        raise PayloadError(f"{what} holds a NUL character or a lone surrogate")
+
+
+def check_int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{what} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise PayloadError(f"{what} must be between {low} and {high}, not {value}")
+    return value
+
+
+def seconds_of(value: float | timedelta, what: str, *, low: float = 0.0) -> float:
+    """A non-negative, finite duration in seconds from a number or a timedelta."""
+    secs = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(secs, bool) or not isinstance(secs, int | float) or not math.isfinite(secs):
+        raise PayloadError(f"{what} must be a finite number of seconds or a timedelta")
+    if secs < low or secs > MAX_DELAY.total_seconds():
+        raise PayloadError(f"{what} must be between {low} seconds and {MAX_DELAY.days} days")
+    return float(secs)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job to enqueue, as the caller described it (see `JobQueue.enqueue`)."""
+
+    kind: str = DEFAULT_KIND
+    payload: Any = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    owner_id: str | None = None
+    idempotency_key: str | None = None
+
+    def to_row(self, limits: Limits) -> dict[str, Any]:
+        check_text(self.kind, "kind", limit=MAX_NAME)
+        check_text(self.queue, "queue", limit=MAX_NAME)
+        payload = {} if self.payload is None else self.payload
+        check_json(payload, "payload", limits)
+        check_int(self.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+        check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+        if self.owner_id is not None:
+            check_text(self.owner_id, "owner_id")
+        if self.idempotency_key is not None:
+            check_text(self.idempotency_key, "idempotency_key")
+        if self.run_at is not None and self.delay is not None:
+            raise PayloadError("give run_at or delay, not both")
+        if self.run_at is not None and (
+            not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None
+        ):
+            raise PayloadError("run_at must be a timezone-aware datetime")
+        delay = 0.0 if self.delay is None else seconds_of(self.delay, "delay")
+        return {
+            "id": uuid7(),
+            "queue": self.queue,
+            "kind": self.kind,
+            "payload": payload,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "owner_id": self.owner_id,
+            "idempotency_key": self.idempotency_key,
+            "run_at_value": self.run_at,
+            "delay_seconds": delay,
+        }
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    Full jitter spreads retries of jobs that failed together (a provider outage) so they do
+    not come back as one burst.
+    """
+    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    return random.uniform(0, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusStats:
+    """One line of the seed's statistics query."""
+
+    status: Status
+    count: int
+    avg_duration_sec: float | None
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[list[Job]]:
+    """Insert the rows; for an idempotency key already in the queue, the existing job."""
+    if not rows:
+        return []
+    inserted = yield (s.insert_many(), list(rows))
+    by_id = {r["id"]: Job.from_row(r) for r in inserted}
+    missing = [r for r in rows if r["id"] not in by_id]
+    existing: dict[tuple[str, str], Job] = {}
+    for queue in {r["queue"] for r in missing}:
+        keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
+        for found in (yield (s.by_idempotency_keys(queue, keys), None)):
+            job = Job.from_row(found)
+            existing[(job.queue, job.idempotency_key or "")] = job
+    out: list[Job] = []
+    for r in rows:
+        job = by_id.get(r["id"]) or existing.get((r["queue"], r["idempotency_key"] or ""))
+        if job is None:  # the conflicting row vanished between the two statements
+            raise JobNotFound(
+                f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
+                hint="enqueue again",
+            )
+        out.append(job)
+    return out
+
+
+def claim(
+    s: Statements,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> Operation[list[Job]]:
+    check_text(worker_id, "worker_id")
+    check_int(limit, "limit", 1, 10_000)
+    lease = seconds_of(lease, "lease", low=0.001)
+    rows = yield (s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds), None)
+    jobs = [Job.from_row(r) for r in rows]
+    jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
+
+
+def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[RowMapping]:
+    """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
+    if rows:
+        return rows[0]
+    state = yield (s.fence_state(job.id), None)
+    if not state:
+        raise JobNotFound(f"cannot {action} job {job.id}: it no longer exists")
+    now = state[0]
+    raise LeaseLost(
+        f"cannot {action} job {job.id} (attempt {job.attempts}): it is now {now['status']}, "
+        f"attempt {now['attempts']}, held by {now['locked_by'] or 'nobody'}",
+        hint="nothing was written; the job's lease expired or it was cancelled or reaped",
+    )
+
+
+def heartbeat(s: Statements, job: Job, lease: float) -> Operation[datetime]:
+    lease = seconds_of(lease, "lease", low=0.001)
+    rows = yield (s.heartbeat(job.id, job.attempts, lease), None)
+    row = yield from _fenced(s, job, rows, "extend the lease of")
+    value: datetime = row["lease_expires_at"]
+    return value
+
+
+def heartbeat_many(
+    s: Statements, ids: Sequence[uuid.UUID], lease: float, worker_id: str
+) -> Operation[set[uuid.UUID]]:
+    if not ids:
+        return set()
+    rows = yield (s.heartbeat_many(ids, lease, worker_id), None)
+    return {r["id"] for r in rows}
+
+
+def set_progress(
+    s: Statements, job: Job, percent: int, message: str | None, limits: Limits
+) -> Operation[None]:
+    check_int(percent, "progress", 0, 100)
+    if message is not None:
+        check_text(message, "progress message", limit=1000, empty=True)
+    rows = yield (s.set_progress(job.id, job.attempts, percent, message), None)
+    yield from _fenced(s, job, rows, "report progress on")
+
+
+def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
+    check_text(remote_task_id, "remote task id", limit=1000)
+    rows = yield (s.remember(job.id, job.attempts, remote_task_id), None)
+    yield from _fenced(s, job, rows, "save the remote task id of")
+
+
+def _check_result(result: Any, result_url: str | None, limits: Limits) -> None:
+    if result is not None:
+        check_json(result, "result", limits)
+    if result_url is not None:
+        check_text(result_url, "result_url", limit=8192)
+
+
+def complete(
+    s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
+) -> Operation[Job]:
+    _check_result(result, result_url, limits)
+    rows = yield (s.complete(job.id, job.attempts, result, result_url), None)
+    return Job.from_row((yield from _fenced(s, job, rows, "complete")))
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished job waiting in the worker's completion batch."""
+
+    job: Job
+    result: Any = None
+    result_url: str | None = None
+
+
+def complete_many(
+    s: Statements, items: Sequence[Completion], limits: Limits
+) -> Operation[set[uuid.UUID]]:
+    """Complete a batch; returns the ids written. The others were fenced off."""
+    if not items:
+        return set()
+    for item in items:
+        _check_result(item.result, item.result_url, limits)
+    batch = [
+        {"id": i.job.id, "attempt": i.job.attempts, "result": i.result, "result_url": i.result_url}
+        for i in items
+    ]
+    rows = yield (s.complete_many(batch), None)
+    return {r["id"] for r in rows}
+
+
+def fail(
+    s: Statements,
+    job: Job,
+    error: str,
+    *,
+    retry: bool | None,
+    retry_in: float | timedelta | None,
+    backoff: tuple[float, float],
+) -> Operation[Job]:
+    """Record a failed attempt. ``retry=None`` retries while attempts remain, ``False`` never,
+    ``True`` even when they are spent (one more attempt)."""
+    message = str(error)[:10_000] or "failed without a message"
+    if retry is None:
+        retry = job.attempts < job.max_attempts
+    delay: float | None = None
+    if retry:
+        delay = (
+            seconds_of(retry_in, "retry_in")
+            if retry_in is not None
+            else backoff_delay(job.attempts, *backoff)
+        )
+    rows = yield (s.fail(job.id, job.attempts, message, delay), None)
+    return Job.from_row((yield from _fenced(s, job, rows, "fail")))
+
+
+def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
+    rows = yield (s.release(job.id, job.attempts, reason), None)
+    return Job.from_row((yield from _fenced(s, job, rows, "release")))
+
+
+def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Operation[Job]:
+    """After a move matched no row: `JobNotFound`, or `InvalidTransition` naming the status."""
+    rows = yield (s.get(job_id), None)
+    if not rows:
+        raise JobNotFound(f"no job {job_id}")
+    job = Job.from_row(rows[0])
+    check_move(job.status, target, job.id)
+    # Allowed by the table of moves but refused by the statement's own condition.
+    raise InvalidTransition(f"job {job_id} is {job.status} and cannot move to {target} now")
+
+
+def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Operation[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield (s.cancel(jid, owner_id), None)
+    if rows:
+        return Job.from_row(rows[0])
+    if owner_id is not None:
+        found = yield (s.get(jid, owner_id), None)
+        if not found:
+            raise JobNotFound(f"no job {jid}")
+    return (yield from _explain_move(s, jid, Status.CANCELLED))
+
+
+def retry(s: Statements, job_id: object) -> Operation[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield (s.retry(jid), None)
+    if rows:
+        return Job.from_row(rows[0])
+    current = yield (s.get(jid), None)
+    if current and Job.from_row(current[0]).status is Status.PROCESSING:
+        raise InvalidTransition(f"job {jid} is running; only failed or cancelled jobs retry")
+    return (yield from _explain_move(s, jid, Status.PENDING))
+
+
+def get(s: Statements, job_id: object, owner_id: str | None = None) -> Operation[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield (s.get(jid, owner_id), None)
+    if not rows:
+        raise JobNotFound(f"no job {jid}")
+    return Job.from_row(rows[0])
+
+
+def list_jobs(
+    s: Statements,
+    *,
+    owner_id: str | None,
+    status: Status | str | Iterable[Status | str] | None,
+    queue: str | None,
+    kind: str | None,
+    since: datetime | timedelta | None,
+    limit: int,
+) -> Operation[list[Job]]:
+    check_int(limit, "limit", 1, 10_000)
+    statuses: list[Status] | None = None
+    if status is not None:
+        items = [status] if isinstance(status, str) else list(status)
+        try:
+            statuses = [Status(x) for x in items]
+        except ValueError:
+            raise PayloadError(
+                f"unknown status in {items!r}",
+                hint="statuses are " + ", ".join(s.value for s in Status),
+            ) from None
+    since_at = seconds_of(since, "since") if isinstance(since, timedelta) else since
+    rows = yield (
+        s.list(
+            owner_id=owner_id,
+            statuses=statuses,
+            queue=queue,
+            kind=kind,
+            since=since_at,
+            limit=limit,
+        ),
+        None,
+    )
+    return [Job.from_row(r) for r in rows]
+
+
+def stats(s: Statements, since: timedelta | float) -> Operation[list[StatusStats]]:
+    secs = seconds_of(since, "since")
+    rows = yield (s.stats(secs), None)
+    return [
+        StatusStats(
+            Status(r["status"]),
+            int(r["count"]),
+            None if r["avg_duration_sec"] is None else float(r["avg_duration_sec"]),
+        )
+        for r in rows
+    ]
+
+
+def reap(s: Statements) -> Operation[list[tuple[uuid.UUID, Status]]]:
+    rows = yield (s.reap(), None)
+    return [(r["id"], Status(r["status"])) for r in rows]
+
+
+def prune(
+    s: Statements, older_than: timedelta | float, statuses: Iterable[Status | str] | None
+) -> Operation[int]:
+    secs = seconds_of(older_than, "older_than")
+    chosen = [Status(x) for x in statuses] if statuses is not None else list(Status)
+    final = [x for x in chosen if x.is_final]
+    if not final:
+        raise PayloadError("prune removes finished jobs only: completed, failed or cancelled")
+    rows = yield (s.prune(secs, final), None)
+    return len(rows)
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+class Waiter:
+    """The polling rule of `wait`, shared by the sync and async loops.
+
+    Remembers what the caller last saw and says whether a new snapshot is news.
+    """
+
+    def __init__(self, interval: float, timeout: float | None) -> None:
+        self.interval = seconds_of(interval, "interval", low=0.01)
+        self.timeout = None if timeout is None else seconds_of(timeout, "timeout")
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self._seen: tuple[Any, ...] | None = None
+
+    def changed(self, job: Job) -> bool:
+        key = (job.status, job.progress, job.progress_message, job.attempts)
+        news = key != self._seen
+        self._seen = key
+        return news
+
+    def next_sleep(self) -> float | None:
+        """Seconds until the next look, or None when the time is up."""
+        if self.deadline is None:
+            return self.interval
+        left = self.deadline - time.monotonic()
+        return None if left <= 0 else min(self.interval, left)
+
+
+def rows_of(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(i) for i in items]

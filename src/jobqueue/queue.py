@@ -1,0 +1,502 @@
+"""`JobQueue` (sync) and `AsyncJobQueue` (asyncio): thin executors of the shared operations.
+
+Each public method checks its arguments, picks an operation from `jobqueue.operations`, and
+runs it in one transaction — on the caller's connection when ``connection=`` is given, so a
+job can be enqueued atomically with the caller's own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
+from uuid import UUID
+
+from sqlalchemy import URL, Connection, Engine, MetaData, Table
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import operations as ops
+from .database import make_async_engine, make_engine, translated_errors
+from .errors import JobFailed, WaitTimeout
+from .operations import Completion, Limits, NewJob, Operation, StatusStats
+from .schema import DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
+from .statements import Statements
+
+T = TypeVar("T")
+E = TypeVar("E", Engine, AsyncEngine)
+JobRef = Job | UUID | str
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """Keyword options of `enqueue` (see `NewJob` for their meaning and limits)."""
+
+    queue: str
+    priority: int
+    run_at: datetime | None
+    delay: float | timedelta | None
+    max_attempts: int
+    owner_id: str | None
+    idempotency_key: str | None
+
+
+class _QueueBase(Generic[E]):
+    """Configuration and argument handling shared by both queues."""
+
+    engine: E
+
+    def __init__(
+        self,
+        engine: E,
+        *,
+        table: str = DEFAULT_TABLE,
+        schema: str | None = None,
+        lease: float = ops.DEFAULT_LEASE,
+        max_payload_bytes: int = ops.DEFAULT_MAX_PAYLOAD_BYTES,
+        retry_backoff: tuple[float, float] = (5.0, 600.0),
+    ) -> None:
+        self.engine = engine
+        self.table: Table = jobs_table(table, schema, MetaData())
+        self.table_name = f"{schema}.{table}" if schema else table
+        self.dialect = engine.dialect.name
+        self.statements = Statements(self.table, self.dialect)
+        self.lease = ops.seconds_of(lease, "lease", low=0.001)
+        self.limits = Limits(max_payload_bytes=max_payload_bytes)
+        self.retry_backoff = retry_backoff
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def _new_rows(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [(j if isinstance(j, NewJob) else NewJob(**j)).to_row(self.limits) for j in jobs]
+
+    def _enqueue_rows(
+        self, kind: str, payload: Any, options: EnqueueOptions
+    ) -> list[dict[str, Any]]:
+        return self._new_rows([NewJob(kind=kind, payload=payload, **options)])
+
+    def _claim_op(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | str | None,
+        kinds: Sequence[str] | None,
+        limit: int,
+        lease: float | None,
+    ) -> Operation[list[Job]]:
+        qs = [queues] if isinstance(queues, str) else queues
+        return ops.claim(
+            self.statements,
+            worker_id,
+            limit=limit,
+            lease=self.lease if lease is None else lease,
+            queues=qs,
+            kinds=kinds,
+        )
+
+    def _fail_op(
+        self, job: Job, error: BaseException | str, retry: bool | None, retry_in: Any
+    ) -> Operation[Job]:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return ops.fail(
+            self.statements,
+            job,
+            message,
+            retry=retry,
+            retry_in=retry_in,
+            backoff=self.retry_backoff,
+        )
+
+    def _list_op(
+        self,
+        owner_id: str | None,
+        status: Status | str | Iterable[Status | str] | None,
+        queue: str | None,
+        kind: str | None,
+        since: datetime | timedelta | None,
+        limit: int,
+    ) -> Operation[builtins.list[Job]]:
+        return ops.list_jobs(
+            self.statements,
+            owner_id=owner_id,
+            status=status,
+            queue=queue,
+            kind=kind,
+            since=since,
+            limit=limit,
+        )
+
+    @staticmethod
+    def _final(job: Job) -> Job:
+        if job.status is Status.COMPLETED:
+            return job
+        raise JobFailed(
+            f"job {job.id} ended {job.status}: {job.error or 'no error recorded'}",
+            job_id=job.id,
+        )
+
+    @staticmethod
+    def _timed_out(job_id: object, waiter: ops.Waiter) -> WaitTimeout:
+        return WaitTimeout(
+            f"job {job_id} did not finish within {waiter.timeout:g} s", job_id=job_id
+        )
+
+
+def _drive(conn: Connection, op: Operation[T]) -> T:
+    try:
+        stmt, params = next(op)
+        while True:
+            result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
+            stmt, params = op.send(list(result.mappings()))
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+async def _drive_async(conn: AsyncConnection, op: Operation[T]) -> T:
+    try:
+        stmt, params = next(op)
+        while True:
+            if params is not None:
+                result = await conn.execute(stmt, params)
+            else:
+                result = await conn.execute(stmt)
+            stmt, params = op.send(list(result.mappings()))
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+class JobQueue(_QueueBase[Engine]):
+    """A job queue over a synchronous SQLAlchemy engine.
+
+    ``url`` may be a URL string, an `Engine`, or None for ``JOBQUEUE_DATABASE_URL`` (default:
+    a SQLite file ``jobqueue.db`` in the working directory).
+    """
+
+    def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
+        self._owns_engine = not isinstance(url, Engine)
+        super().__init__(make_engine(url), **config)
+
+    def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
+        with translated_errors(self.table_name):
+            if connection is not None:
+                return _drive(connection, op)
+            with self.engine.begin() as conn:
+                return _drive(conn, op)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        kind: str = "image",
+        payload: Any = None,
+        *,
+        connection: Connection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Job:
+        """Create a job and return it (with its id) at once.
+
+        With ``connection=``, the insert joins that connection's transaction: the job
+        exists only if the caller commits. A repeated ``idempotency_key`` in the same queue
+        returns the existing job instead of making a second one.
+        """
+        rows = self._enqueue_rows(kind, payload, options)
+        return self._run(ops.enqueue_many(self.statements, rows), connection)[0]
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[NewJob | Mapping[str, Any]],
+        *,
+        connection: Connection | None = None,
+    ) -> builtins.list[Job]:
+        """Enqueue a batch in one transaction (multi-row INSERTs); jobs come back in order."""
+        return self._run(ops.enqueue_many(self.statements, self._new_rows(jobs)), connection)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str] | str | None = (DEFAULT_QUEUE,),
+        kinds: Sequence[str] | None = None,
+        limit: int = 1,
+        lease: float | None = None,
+    ) -> builtins.list[Job]:
+        """Atomically take up to ``limit`` due jobs; ``queues=None`` means every queue."""
+        return self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+
+    def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
+        """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
+        return self._run(ops.heartbeat(self.statements, job, lease or self.lease))
+
+    def heartbeat_many(
+        self, ids: Sequence[UUID], worker_id: str, *, lease: float | None = None
+    ) -> set[UUID]:
+        """Extend every lease ``worker_id`` holds among ``ids``; returns the ids still held."""
+        return self._run(ops.heartbeat_many(self.statements, ids, lease or self.lease, worker_id))
+
+    def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
+        self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
+
+    def remember_task(self, job: Job, remote_task_id: str) -> None:
+        """Save a provider-side task id so a later attempt can resume instead of resubmit."""
+        self._run(ops.remember(self.statements, job, remote_task_id))
+
+    def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
+        return self._run(ops.complete(self.statements, job, result, result_url, self.limits))
+
+    def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
+        """Complete many held jobs in one statement; returns the ids that were written."""
+        return self._run(ops.complete_many(self.statements, items, self.limits))
+
+    def fail(
+        self,
+        job: Job,
+        error: BaseException | str,
+        *,
+        retry: bool | None = None,
+        retry_in: float | timedelta | None = None,
+    ) -> Job:
+        """Record a failure: a retry with backoff while attempts remain, else ``failed``."""
+        return self._run(self._fail_op(job, error, retry, retry_in))
+
+    def release(self, job: Job, reason: str = "released by worker") -> Job:
+        """Hand a held job back to ``pending`` at once, without spending an attempt."""
+        return self._run(ops.release(self.statements, job, reason))
+
+    def reap(self) -> builtins.list[tuple[UUID, Status]]:
+        """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
+        return self._run(ops.reap(self.statements))
+
+    # -- anyone ------------------------------------------------------------------------------
+
+    def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        return self._run(ops.get(self.statements, job_id, owner_id))
+
+    def cancel(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        """Cancel a pending or running job (a running handler is stopped by its worker)."""
+        return self._run(ops.cancel(self.statements, job_id, owner_id))
+
+    def retry(self, job_id: JobRef) -> Job:
+        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
+        return self._run(ops.retry(self.statements, job_id))
+
+    def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        since: datetime | timedelta | None = None,
+        limit: int = 50,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, filtered."""
+        return self._run(self._list_op(owner_id, status, queue, kind, since, limit))
+
+    def stats(self, since: timedelta | float = timedelta(days=1)) -> builtins.list[StatusStats]:
+        """Count and mean duration per status of jobs created within ``since``."""
+        return self._run(ops.stats(self.statements, since))
+
+    def prune(
+        self,
+        older_than: timedelta | float = timedelta(days=7),
+        statuses: Iterable[Status | str] | None = None,
+    ) -> int:
+        """Delete finished jobs that finished before ``older_than`` ago; returns the count."""
+        return self._run(ops.prune(self.statements, older_than, statuses))
+
+    def wait(
+        self,
+        job_id: JobRef,
+        *,
+        interval: float = 3.0,
+        timeout: float | None = None,
+        on_change: Callable[[Job], object] | None = None,
+    ) -> Job:
+        """Poll until the job is final and return it (whatever the final status).
+
+        ``on_change`` is called with each new status or progress. `WaitTimeout` when
+        ``timeout`` passes first; the job itself keeps running.
+        """
+        waiter = ops.Waiter(interval, timeout)
+        while True:
+            job = self.get(job_id)
+            if on_change is not None and waiter.changed(job):
+                on_change(job)
+            if job.is_final:
+                return job
+            pause = waiter.next_sleep()
+            if pause is None:
+                raise self._timed_out(job.id, waiter)
+            time.sleep(pause)
+
+    def wait_result(self, job_id: JobRef, **kwargs: Any) -> Job:
+        """`wait`, then `JobFailed` unless the job completed."""
+        return self._final(self.wait(job_id, **kwargs))
+
+
+class AsyncJobQueue(_QueueBase[AsyncEngine]):
+    """The asyncio twin of `JobQueue`: the same methods, awaited."""
+
+    def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
+        self._owns_engine = not isinstance(url, AsyncEngine)
+        super().__init__(make_async_engine(url), **config)
+
+    async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
+        with translated_errors(self.table_name):
+            if connection is not None:
+                return await _drive_async(connection, op)
+            async with self.engine.begin() as conn:
+                return await _drive_async(conn, op)
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> AsyncJobQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def enqueue(
+        self,
+        kind: str = "image",
+        payload: Any = None,
+        *,
+        connection: AsyncConnection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Job:
+        rows = self._enqueue_rows(kind, payload, options)
+        return (await self._run(ops.enqueue_many(self.statements, rows), connection))[0]
+
+    async def enqueue_many(
+        self,
+        jobs: Iterable[NewJob | Mapping[str, Any]],
+        *,
+        connection: AsyncConnection | None = None,
+    ) -> builtins.list[Job]:
+        rows = self._new_rows(jobs)
+        return await self._run(ops.enqueue_many(self.statements, rows), connection)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str] | str | None = (DEFAULT_QUEUE,),
+        kinds: Sequence[str] | None = None,
+        limit: int = 1,
+        lease: float | None = None,
+    ) -> builtins.list[Job]:
+        return await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+
+    async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
+        return await self._run(ops.heartbeat(self.statements, job, lease or self.lease))
+
+    async def heartbeat_many(
+        self, ids: Sequence[UUID], worker_id: str, *, lease: float | None = None
+    ) -> set[UUID]:
+        return await self._run(
+            ops.heartbeat_many(self.statements, ids, lease or self.lease, worker_id)
+        )
+
+    async def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
+        await self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
+
+    async def remember_task(self, job: Job, remote_task_id: str) -> None:
+        await self._run(ops.remember(self.statements, job, remote_task_id))
+
+    async def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
+        return await self._run(ops.complete(self.statements, job, result, result_url, self.limits))
+
+    async def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
+        return await self._run(ops.complete_many(self.statements, items, self.limits))
+
+    async def fail(
+        self,
+        job: Job,
+        error: BaseException | str,
+        *,
+        retry: bool | None = None,
+        retry_in: float | timedelta | None = None,
+    ) -> Job:
+        return await self._run(self._fail_op(job, error, retry, retry_in))
+
+    async def release(self, job: Job, reason: str = "released by worker") -> Job:
+        return await self._run(ops.release(self.statements, job, reason))
+
+    async def reap(self) -> builtins.list[tuple[UUID, Status]]:
+        return await self._run(ops.reap(self.statements))
+
+    async def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        return await self._run(ops.get(self.statements, job_id, owner_id))
+
+    async def cancel(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        return await self._run(ops.cancel(self.statements, job_id, owner_id))
+
+    async def retry(self, job_id: JobRef) -> Job:
+        return await self._run(ops.retry(self.statements, job_id))
+
+    async def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        since: datetime | timedelta | None = None,
+        limit: int = 50,
+    ) -> builtins.list[Job]:
+        return await self._run(self._list_op(owner_id, status, queue, kind, since, limit))
+
+    async def stats(
+        self, since: timedelta | float = timedelta(days=1)
+    ) -> builtins.list[StatusStats]:
+        return await self._run(ops.stats(self.statements, since))
+
+    async def prune(
+        self,
+        older_than: timedelta | float = timedelta(days=7),
+        statuses: Iterable[Status | str] | None = None,
+    ) -> int:
+        return await self._run(ops.prune(self.statements, older_than, statuses))
+
+    async def wait(
+        self,
+        job_id: JobRef,
+        *,
+        interval: float = 3.0,
+        timeout: float | None = None,
+        on_change: Callable[[Job], object] | None = None,
+    ) -> Job:
+        waiter = ops.Waiter(interval, timeout)
+        while True:
+            job = await self.get(job_id)
+            if on_change is not None and waiter.changed(job):
+                outcome = on_change(job)
+                if isinstance(outcome, Awaitable):
+                    await outcome
+            if job.is_final:
+                return job
+            pause = waiter.next_sleep()
+            if pause is None:
+                raise self._timed_out(job.id, waiter)
+            await asyncio.sleep(pause)
+
+    async def wait_result(self, job_id: JobRef, **kwargs: Any) -> Job:
+        return self._final(await self.wait(job_id, **kwargs))

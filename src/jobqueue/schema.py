@@ -1,0 +1,258 @@
+"""The jobs table, the statuses, the allowed moves between them, and the `Job` record.
+
+This module is the spec of the queue: read it first. Everything else (statements, queues,
+workers, the web API) refers to these names instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+
+from .dialects import DbNow, NewJobId, UTCDateTime, json_type
+from .errors import ConfigurationError, InvalidTransition
+
+DEFAULT_TABLE = "generation_jobs"
+DEFAULT_QUEUE = "default"
+DEFAULT_KIND = "image"
+DEFAULT_MAX_ATTEMPTS = 3
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Status(StrEnum):
+    """Where a job is in its life. Stored as plain text so other clients can read it."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+#: Every allowed move, and only those. The statements module derives its WHERE clauses
+#: from this mapping (``sources_of``), so a move not listed here cannot happen in SQL either.
+MOVES: Mapping[Status, frozenset[Status]] = {
+    # claim; cancel before it started
+    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),
+    # finish; fail for good; retry, release, or reap back to the queue; cancel while running
+    Status.PROCESSING: frozenset(
+        {Status.COMPLETED, Status.FAILED, Status.PENDING, Status.CANCELLED}
+    ),
+    # an operator's `retry`
+    Status.FAILED: frozenset({Status.PENDING}),
+    Status.CANCELLED: frozenset({Status.PENDING}),
+    Status.COMPLETED: frozenset(),
+}
+
+
+def can_move(source: Status, target: Status) -> bool:
+    return target in MOVES[source]
+
+
+def sources_of(target: Status) -> tuple[Status, ...]:
+    """The statuses from which a job may move to ``target`` (in a stable order)."""
+    return tuple(s for s in Status if target in MOVES[s])
+
+
+def check_move(source: Status, target: Status, job_id: object = None) -> None:
+    """Raise `InvalidTransition` unless ``source -> target`` is an allowed move."""
+    if not can_move(source, target):
+        allowed = ", ".join(sorted(MOVES[source])) or "none: it is final"
+        raise InvalidTransition(
+            f"job {job_id} cannot move from {source} to {target} (allowed from {source}: {allowed})"
+        )
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Accept only plain SQL identifiers, so a table or schema name can never carry SQL."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ConfigurationError(
+            f"invalid {what} {name!r}",
+            hint="use letters, digits and underscores only, starting with a letter or _",
+        )
+    return name
+
+
+def jobs_table(
+    name: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """Build the `Table` for the jobs table called ``name`` (in ``schema``).
+
+    Every column has a server default, because other clients (a web front end writing
+    through Supabase, a psql session) insert rows too and must not need to know them.
+    """
+    validate_identifier(name, "table name")
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    md = metadata if metadata is not None else MetaData()
+    t = Table(
+        name,
+        md,
+        Column("id", Uuid(), primary_key=True, server_default=NewJobId()),
+        Column("queue", String(200), nullable=False, server_default=DEFAULT_QUEUE),
+        Column("kind", String(200), nullable=False, server_default=DEFAULT_KIND),
+        Column("status", String(20), nullable=False, server_default=Status.PENDING.value),
+        Column("payload", json_type(), nullable=False, server_default=text("'{}'")),
+        Column("result", json_type()),
+        Column("result_url", Text()),
+        Column("error", Text()),
+        Column("errors", json_type(), nullable=False, server_default=text("'[]'")),
+        Column("progress", SmallInteger(), nullable=False, server_default=text("0")),
+        Column("progress_message", Text()),
+        Column("priority", Integer(), nullable=False, server_default=text("0")),
+        Column("attempts", Integer(), nullable=False, server_default=text("0")),
+        Column(
+            "max_attempts",
+            Integer(),
+            nullable=False,
+            server_default=text(str(DEFAULT_MAX_ATTEMPTS)),
+        ),
+        Column("run_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        Column("locked_by", Text()),
+        Column("lease_expires_at", UTCDateTime()),
+        Column("remote_task_id", Text()),
+        Column("owner_id", Text()),
+        Column("idempotency_key", Text()),
+        Column("created_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        Column("started_at", UTCDateTime()),
+        Column("completed_at", UTCDateTime()),
+        Column("updated_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')",
+            name=f"{name}_status_check",
+        ),
+        CheckConstraint("progress BETWEEN 0 AND 100", name=f"{name}_progress_check"),
+        CheckConstraint("attempts >= 0 AND max_attempts >= 1", name=f"{name}_attempts_check"),
+        schema=schema,
+    )
+    pending = t.c.status == text("'pending'")
+    Index(
+        f"{name}_claim_idx",
+        t.c.queue,
+        t.c.priority.desc(),
+        t.c.run_at,
+        t.c.id,
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
+    processing = t.c.status == text("'processing'")
+    Index(
+        f"{name}_lease_idx",
+        t.c.lease_expires_at,
+        postgresql_where=processing,
+        sqlite_where=processing,
+    )
+    Index(f"{name}_owner_idx", t.c.owner_id, t.c.created_at.desc())
+    Index(f"{name}_created_idx", t.c.created_at)
+    has_key = t.c.idempotency_key.isnot(None)
+    Index(
+        f"{name}_idempotency_idx",
+        t.c.queue,
+        t.c.idempotency_key,
+        unique=True,
+        postgresql_where=has_key,
+        sqlite_where=has_key,
+    )
+    return t
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one row of the jobs table.
+
+    ``attempts`` doubles as the fencing token: a worker holds the job only while the row
+    still has the ``attempts`` it was claimed with and is ``processing``.
+    """
+
+    id: uuid.UUID
+    queue: str
+    kind: str
+    status: Status
+    payload: Any
+    result: Any
+    result_url: str | None
+    error: str | None
+    errors: list[dict[str, Any]]
+    progress: int
+    progress_message: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    locked_by: str | None
+    lease_expires_at: datetime | None
+    remote_task_id: str | None
+    owner_id: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        values = dict(row)
+        known = {k: values.pop(k) for k in _JOB_FIELDS if k in values}
+        known["status"] = Status(known["status"])
+        known["errors"] = list(known.get("errors") or [])
+        job_id = known["id"]
+        if not isinstance(job_id, uuid.UUID):
+            known["id"] = uuid.UUID(str(job_id))
+        return cls(**known, extra=values)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to the final status (the seed's avg_duration_sec)."""
+        if self.completed_at is None:
+            return None
+        return (self.completed_at - self.created_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (ids and times as strings) for APIs and the CLI."""
+        out: dict[str, Any] = {}
+        for name in _JOB_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, Status):
+                value = value.value
+            out[name] = value
+        return out
+
+
+_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "extra")

@@ -1,0 +1,103 @@
+"""A pytest plugin for apps that use jobqueue (registered as the ``jobqueue`` pytest11 entry
+point, so installing the package is enough).
+
+Fixtures:
+
+- ``jobqueue_postgres_server_url`` (session): a PostgreSQL server to test against — the DSN
+  in ``JOBQUEUE_TEST_POSTGRES_URL`` when set, else a throwaway testcontainers
+  ``PostgresContainer`` when Docker answers, else the test is skipped with the reason
+  (or fails, when ``JOBQUEUE_REQUIRE_POSTGRES=1``, so CI cannot pass without PostgreSQL).
+- ``jobqueue_postgres_url`` (session): a fresh, empty database on that server, dropped after
+  the session, so parallel sessions never see each other's jobs.
+- ``jobqueue_sqlite_url``: a SQLite file in the test's temporary directory.
+- ``jobqueue_url``: a migrated database (SQLite unless the test is parametrised otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from .database import normalise_url
+
+POSTGRES_URL_ENV = "JOBQUEUE_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "JOBQUEUE_REQUIRE_POSTGRES"
+
+
+def _docker_reachable() -> str | None:
+    """None when a Docker engine answers, else why not."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker package is not installed (pip install 'testcontainers[postgres]')"
+    try:
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__})"
+    return None
+
+
+def _unavailable(reason: str) -> None:
+    message = (
+        f"PostgreSQL tests need a server: set {POSTGRES_URL_ENV} "
+        f"(e.g. postgresql://postgres@127.0.0.1:5432/postgres) or run Docker; {reason}"
+    )
+    if os.environ.get(REQUIRE_POSTGRES_ENV, "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def jobqueue_postgres_server_url() -> Iterator[str]:
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        yield url
+        return
+    why_not = _docker_reachable()
+    if why_not is not None:
+        _unavailable(why_not)
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16-alpine", driver=None) as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def jobqueue_postgres_url(jobqueue_postgres_server_url: str) -> Iterator[str]:
+    server = normalise_url(jobqueue_postgres_server_url, asynchronous=False)
+    name = f"jobqueue_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        _unavailable(f"cannot create a test database: {type(exc).__name__}: {exc}")
+    try:
+        yield make_url(jobqueue_postgres_server_url).set(database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def jobqueue_sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def jobqueue_url(jobqueue_sqlite_url: str) -> str:
+    from .migrations import migrate
+
+    migrate(jobqueue_sqlite_url)
+    return jobqueue_sqlite_url

@@ -1,0 +1,110 @@
+"""Shared fixtures: every behavioural test runs on SQLite and PostgreSQL, sync and async.
+
+PostgreSQL comes from jobqueue's own pytest plugin (``jobqueue.testing``); each test gets its
+own jobs table (a fresh name), so tests never see each other's jobs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobqueue import AsyncJobQueue, JobQueue, migrate
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, jobqueue_sqlite_url: str) -> str:
+    if request.param == "sqlite":
+        return jobqueue_sqlite_url
+    url: str = request.getfixturevalue("jobqueue_postgres_url")
+    return url
+
+
+@pytest.fixture
+def postgres_url(jobqueue_postgres_url: str) -> str:
+    """For tests that only make sense on PostgreSQL."""
+    return jobqueue_postgres_url
+
+
+@pytest.fixture
+def table_name() -> str:
+    return f"jobs_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def migrated(db_url: str, table_name: str) -> tuple[str, str]:
+    migrate(db_url, table=table_name)
+    return db_url, table_name
+
+
+@pytest.fixture
+def queue(migrated: tuple[str, str]) -> Iterator[JobQueue]:
+    url, table = migrated
+    q = JobQueue(url, table=table)
+    yield q
+    q.close()
+
+
+@pytest.fixture
+async def aqueue(migrated: tuple[str, str]) -> AsyncIterator[AsyncJobQueue]:
+    url, table = migrated
+    q = AsyncJobQueue(url, table=table)
+    yield q
+    await q.close()
+
+
+class Either:
+    """Makes a JobQueue look like an AsyncJobQueue, so one test body covers both."""
+
+    def __init__(self, target: JobQueue | AsyncJobQueue) -> None:
+        self.target = target
+        self.is_async = isinstance(target, AsyncJobQueue)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.target, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            value = attr(*args, **kwargs)
+            return await value if inspect.isawaitable(value) else value
+
+        return call
+
+
+@pytest.fixture(params=["sync", "async"])
+async def q(
+    request: pytest.FixtureRequest, migrated: tuple[str, str]
+) -> AsyncIterator[Either]:
+    url, table = migrated
+    target: JobQueue | AsyncJobQueue = (
+        JobQueue(url, table=table) if request.param == "sync" else AsyncJobQueue(url, table=table)
+    )
+    yield Either(target)
+    closed = target.close()
+    if inspect.isawaitable(closed):
+        await closed
+
+
+@pytest.fixture
+def raw_sql(migrated: tuple[str, str]) -> Iterator[Callable[..., list[Any]]]:
+    """Run SQL on the test database directly (to inspect or damage rows like a user could)."""
+    from sqlalchemy import text
+
+    from jobqueue.database import make_engine
+
+    engine = make_engine(migrated[0])
+
+    def run(sql: str, **params: Any) -> list[Any]:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return list(result) if result.returns_rows else []
+
+    yield run
+    engine.dispose()
