@@ -215,13 +215,13 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             existing[(job.queue, job.idempotency_key or "")] = job
     out: list[Job] = []
     for r in rows:
-        job = by_id.get(r["id"]) or existing.get((r["queue"], r["idempotency_key"] or ""))
-        if job is None:  # the conflicting row vanished between the two statements
+        found_job = by_id.get(r["id"]) or existing.get((r["queue"], r["idempotency_key"] or ""))
+        if found_job is None:  # the conflicting row vanished between the two statements
             raise JobNotFound(
                 f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
                 hint="enqueue again",
             )
-        out.append(job)
+        out.append(found_job)
     return out
 
 

@@ -219,7 +219,7 @@ class Job:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         values = dict(row)
         known = {k: values.pop(k) for k in _JOB_FIELDS if k in values}
         known["status"] = Status(known["status"])

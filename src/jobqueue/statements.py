@@ -18,7 +18,6 @@ from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
-    Delete,
     Float,
     Insert,
     Integer,
@@ -43,6 +42,7 @@ from sqlalchemy import (
     values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningDelete
 
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime, json_type
 from .schema import Status, sources_of
@@ -164,6 +164,8 @@ class Statements:
             .order_by(c.lease_expires_at)
             .limit(limit)
         )
+        p: Any
+        e: Any
         if self.dialect == "postgresql":
             # Lock candidates without waiting for rows another claimer holds.
             p = pending.with_for_update(skip_locked=True).cte("pending_jobs")
@@ -469,7 +471,7 @@ class Statements:
             .order_by(c.status)
         )
 
-    def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> Delete:
+    def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> ReturningDelete[Any]:
         c = self.t.c
         return (
             delete(self.t)

@@ -32,7 +32,7 @@ REQUIRE_POSTGRES_ENV = "JOBQUEUE_REQUIRE_POSTGRES"
 def _docker_reachable() -> str | None:
     """None when a Docker engine answers, else why not."""
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
     except ImportError:
         return "the docker package is not installed (pip install 'testcontainers[postgres]')"
     try:

@@ -10,6 +10,7 @@ our history and the host's never meet.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -225,7 +226,10 @@ def include_object(
     return exclude_tables(DEFAULT_TABLE)(obj, name, type_, reflected, compare_to)
 
 
-def exclude_tables(*tables: str) -> Any:
+IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
+
+
+def exclude_tables(*tables: str) -> IncludeObject:
     """Build an ``include_object`` hook that hides the given jobqueue tables."""
     hidden = {t for name in tables for t in (name, version_table(name))}
 
@@ -233,6 +237,6 @@ def exclude_tables(*tables: str) -> Any:
         if type_ == "table":
             return name not in hidden
         table = getattr(obj, "table", None)
-        return getattr(table, "name", None) not in hidden
+        return str(getattr(table, "name", "")) not in hidden
 
     return hook
