@@ -90,6 +90,17 @@ class GenerationError(JobQueueError):
 
     hint = "see the provider's message; the job's `errors` history keeps every attempt"
 
+    retryable: bool = True
+    """False when running the job again cannot help or could cost twice (a rejected key, a
+    bad request, a submit the provider may already have accepted)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        if retryable is not None:
+            self.retryable = retryable
+
 
 class JobFailed(JobQueueError):
     """A job that a caller waited for ended in ``failed`` or ``cancelled``."""
