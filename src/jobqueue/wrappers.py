@@ -1,0 +1,213 @@
+"""The seed's two ways to make an image, as library calls.
+
+- Through the queue (the seed's ``generateImageAsync``): `generate_image_async` and its
+  blocking twin `generate_image_queued` enqueue an ``image`` job, hand its id to the caller
+  at once, poll until the job is final and return the `GenerationResult`. A worker elsewhere
+  does the generating, so a 2-3 minute generation never times out the caller's request, and a
+  caller that gives up (``timeout``) can come back later and wait on the id.
+- Directly (the seed's old ``generateImage``): `generate_image` and `generate_image_sync`
+  call a generator in-process, with no queue and no durability.
+
+The queued forms share everything but the waiting: `_ImageCall` builds the payload, logs the
+seed's lines ("Job created: <id>", "Job <id> status: <status>") and maps the final job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from .errors import JobFailed
+from .generators.base import (
+    IMAGE_KIND,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    JobContext,
+    LocalContext,
+)
+from .queue import AsyncJobQueue, JobQueue
+from .schema import Job, Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _ImageCall:
+    """One queued image generation: what to enqueue, what to log and call, how to finish."""
+
+    request: GenerationRequest
+    owner_id: str | None
+    idempotency_key: str | None
+    queue_name: str
+    on_created: Callable[[UUID], Any] | None
+    on_status: Callable[[Job], Any] | None
+
+    @classmethod
+    def build(
+        cls,
+        prompt: str,
+        model: str | None,
+        images: Iterable[str],
+        options: Mapping[str, Any] | None,
+        owner_id: str | None,
+        idempotency_key: str | None,
+        queue_name: str,
+        on_created: Callable[[UUID], Any] | None,
+        on_status: Callable[[Job], Any] | None,
+    ) -> _ImageCall:
+        request = _request(prompt, model, images, options)
+        return cls(request, owner_id, idempotency_key, queue_name, on_created, on_status)
+
+    def enqueue_args(self) -> tuple[str, dict[str, Any]]:
+        return IMAGE_KIND, self.request.to_payload()
+
+    def created(self, job: Job) -> Any:
+        """Log the new id and tell the caller at once (before any waiting)."""
+        logger.info("Job created: %s", job.id)
+        return None if self.on_created is None else self.on_created(job.id)
+
+    def changed(self, job: Job) -> Any:
+        """Log a new status (or progress) and pass the snapshot to ``on_status``."""
+        line = f"Job {job.id} status: {job.status}"
+        if job.status is Status.PROCESSING and (job.progress or job.progress_message):
+            detail = f"{job.progress}%"
+            if job.progress_message:
+                detail += f", {job.progress_message}"
+            line += f" ({detail})"
+        if job.status in (Status.FAILED, Status.CANCELLED) and job.error:
+            line += f": {job.error}"
+        logger.info("%s", line)
+        return None if self.on_status is None else self.on_status(job)
+
+    @staticmethod
+    def finish(job: Job) -> GenerationResult:
+        """The result of a final job, or `JobFailed` carrying the job's error."""
+        if job.status is not Status.COMPLETED:
+            raise JobFailed(
+                f"image job {job.id} ended {job.status}: {job.error or 'no error recorded'}",
+                job_id=job.id,
+            )
+        if isinstance(job.result, Mapping):
+            result = GenerationResult.from_result(job.result)
+            if result.images or not job.result_url:
+                return result
+        # A worker that stored only result_url (or a non-generator result) still answers.
+        images = (job.result_url,) if job.result_url else ()
+        return GenerationResult(images=images, raw=job.result)
+
+
+def _request(
+    prompt: str,
+    model: str | None,
+    images: Iterable[str],
+    options: Mapping[str, Any] | None,
+) -> GenerationRequest:
+    return GenerationRequest(prompt, model, tuple(images), dict(options or {}))
+
+
+async def generate_image_async(
+    queue: AsyncJobQueue,
+    prompt: str,
+    *,
+    model: str | None = None,
+    images: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    owner_id: str | None = None,
+    idempotency_key: str | None = None,
+    queue_name: str = "default",
+    poll_interval: float = 3.0,
+    timeout: float | None = None,
+    on_created: Callable[[UUID], Any] | None = None,
+    on_status: Callable[[Job], Any] | None = None,
+) -> GenerationResult:
+    """Enqueue an image job, report its id via ``on_created``, wait, and return the result.
+
+    ``on_created`` and ``on_status`` may be plain or async functions. Raises `JobFailed` when
+    the job ends ``failed`` or ``cancelled``, and `WaitTimeout` when ``timeout`` seconds pass
+    first — the job keeps running, and ``queue.wait(id)`` picks it up again later.
+    """
+    call = _ImageCall.build(
+        prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
+        on_status,
+    )  # fmt: skip
+    kind, payload = call.enqueue_args()
+    job = await queue.enqueue(
+        kind, payload, queue=queue_name, owner_id=owner_id, idempotency_key=idempotency_key
+    )
+    outcome = call.created(job)
+    if inspect.isawaitable(outcome):
+        await outcome
+    final = await queue.wait(
+        job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
+    )
+    return call.finish(final)
+
+
+def generate_image_queued(
+    queue: JobQueue,
+    prompt: str,
+    *,
+    model: str | None = None,
+    images: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    owner_id: str | None = None,
+    idempotency_key: str | None = None,
+    queue_name: str = "default",
+    poll_interval: float = 3.0,
+    timeout: float | None = None,
+    on_created: Callable[[UUID], Any] | None = None,
+    on_status: Callable[[Job], Any] | None = None,
+) -> GenerationResult:
+    """The blocking form of `generate_image_async`, on a sync `JobQueue`."""
+    call = _ImageCall.build(
+        prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
+        on_status,
+    )  # fmt: skip
+    kind, payload = call.enqueue_args()
+    job = queue.enqueue(
+        kind, payload, queue=queue_name, owner_id=owner_id, idempotency_key=idempotency_key
+    )
+    call.created(job)
+    final = queue.wait(job.id, interval=poll_interval, timeout=timeout, on_change=call.changed)
+    return call.finish(final)
+
+
+async def generate_image(
+    generator: Generator,
+    prompt: str,
+    *,
+    model: str | None = None,
+    images: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    context: JobContext | None = None,
+) -> GenerationResult:
+    """Generate directly, without a queue (the seed's old way): nothing is stored.
+
+    ``context`` defaults to a fresh `LocalContext`; pass one to see progress, or one that
+    remembers a task id to resume that task.
+    """
+    request = _request(prompt, model, images, options)
+    return await generator.generate(request, context if context is not None else LocalContext())
+
+
+def generate_image_sync(
+    generator: Generator,
+    prompt: str,
+    *,
+    model: str | None = None,
+    images: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    context: JobContext | None = None,
+) -> GenerationResult:
+    """`generate_image` for code without an event loop (runs one with `asyncio.run`)."""
+    return asyncio.run(
+        generate_image(
+            generator, prompt, model=model, images=images, options=options, context=context
+        )
+    )
