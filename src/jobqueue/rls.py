@@ -1,0 +1,169 @@
+"""Row-level security for Supabase: who may read and write the jobs table.
+
+Supabase exposes every table in ``public`` to the browser (roles ``anon`` and
+``authenticated``) through its REST API, so a jobs table without RLS is readable and
+writable by anyone holding the anon key. `supabase_sql` returns the SQL to paste after the
+migration; `apply_rls` runs the same statements. The rules:
+
+- ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) in their
+  initial state (``pending``, no attempts, no result), and SELECT only their own jobs.
+- Nobody but the worker's role (``service_role`` by default) may UPDATE or DELETE: claiming,
+  completing, cancelling and pruning are the worker's (or an operator's) business.
+- ``anon`` gets nothing.
+
+The SQL only *references* ``auth.uid()``; it never creates or replaces anything in Supabase's
+own ``auth`` schema (a guard stops with a clear message when ``auth.uid()`` is missing).
+Every statement can be run again: policies are dropped and recreated, grants are repeatable.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import URL, Connection, Engine, text
+
+from .database import make_engine, translated_errors
+from .errors import ConfigurationError
+from .migrations import version_table
+from .schema import DEFAULT_TABLE, validate_identifier
+
+DEFAULT_WORKER_ROLE = "service_role"
+USER_ROLE = "authenticated"
+ANONYMOUS_ROLE = "anon"
+
+#: Policy names are scoped to their table, so they need not repeat the table's name.
+OWNER_INSERT_POLICY = "jobqueue_owner_insert"
+OWNER_SELECT_POLICY = "jobqueue_owner_select"
+WORKER_POLICY = "jobqueue_worker_all"
+
+#: ``auth.uid()`` returns a uuid; ``owner_id`` is text (owners need not be Supabase users).
+#: The sub-select makes PostgreSQL evaluate it once per statement instead of once per row.
+_CURRENT_USER = "(select auth.uid())::text"
+
+#: What a row inserted by a user must look like: theirs, and not yet touched by a worker,
+#: so nobody can insert a job that claims to be finished or held.
+_NEW_JOB = (
+    "status = 'pending' AND attempts = 0 AND locked_by IS NULL AND lease_expires_at IS NULL "
+    "AND result IS NULL AND result_url IS NULL AND error IS NULL AND completed_at IS NULL"
+)
+
+
+def _quote(name: str) -> str:
+    # Validated identifiers hold letters, digits and underscores only: quoting is enough.
+    return f'"{name}"'
+
+
+def rls_statements(
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    worker_role: str = DEFAULT_WORKER_ROLE,
+) -> list[str]:
+    """The RLS set-up as separate statements, in the order they must run."""
+    validate_identifier(table, "table name")
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    validate_identifier(worker_role, "worker role")
+    if worker_role in (USER_ROLE, ANONYMOUS_ROLE):
+        raise ConfigurationError(
+            f"the worker role cannot be {worker_role!r}",
+            hint="use a role the browser never gets, such as service_role",
+        )
+    prefix = f"{_quote(schema)}." if schema else ""
+    jobs = prefix + _quote(table)
+    versions = prefix + _quote(version_table(table))
+    user, anon, worker = _quote(USER_ROLE), _quote(ANONYMOUS_ROLE), _quote(worker_role)
+    owned = f"owner_id = {_CURRENT_USER}"
+    out = [
+        # Refuse to run where auth.uid() is missing instead of creating one: on Supabase it
+        # exists and belongs to Supabase; elsewhere its author must decide what it means.
+        "DO $jobqueue$ BEGIN IF to_regprocedure('auth.uid()') IS NULL THEN RAISE EXCEPTION "
+        "'auth.uid() does not exist: this SQL is for Supabase (or a database that provides "
+        "auth.uid() and the roles anon, authenticated and the worker role)'; END IF; "
+        "END $jobqueue$",
+        f"ALTER TABLE {jobs} ENABLE ROW LEVEL SECURITY",
+        f"REVOKE ALL ON {jobs} FROM PUBLIC, {anon}, {user}",
+        f"GRANT SELECT, INSERT ON {jobs} TO {user}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {jobs} TO {worker}",
+        f"DROP POLICY IF EXISTS {OWNER_INSERT_POLICY} ON {jobs}",
+        f"CREATE POLICY {OWNER_INSERT_POLICY} ON {jobs} FOR INSERT TO {user} "
+        f"WITH CHECK ({owned} AND {_NEW_JOB})",
+        f"DROP POLICY IF EXISTS {OWNER_SELECT_POLICY} ON {jobs}",
+        f"CREATE POLICY {OWNER_SELECT_POLICY} ON {jobs} FOR SELECT TO {user} USING ({owned})",
+        # On Supabase service_role bypasses RLS anyway; the policy makes a worker role
+        # without BYPASSRLS work too.
+        f"DROP POLICY IF EXISTS {WORKER_POLICY} ON {jobs}",
+        f"CREATE POLICY {WORKER_POLICY} ON {jobs} FOR ALL TO {worker} "
+        "USING (true) WITH CHECK (true)",
+        # Our migration bookkeeping is nobody's business but the owner's.
+        f"ALTER TABLE {versions} ENABLE ROW LEVEL SECURITY",
+        f"REVOKE ALL ON {versions} FROM PUBLIC, {anon}, {user}",
+    ]
+    if schema is not None:
+        out.insert(1, f"GRANT USAGE ON SCHEMA {_quote(schema)} TO {user}, {worker}")
+    return out
+
+
+def supabase_sql(
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    worker_role: str = DEFAULT_WORKER_ROLE,
+) -> str:
+    """The RLS set-up as one script for the Supabase SQL Editor (run it after the migration).
+
+    Identifiers are validated before any SQL is built; running the script twice is safe.
+    """
+    body = ";\n".join(rls_statements(table, schema, worker_role))
+    header = (
+        f"-- jobqueue: row-level security for {schema + '.' if schema else ''}{table}\n"
+        f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
+    )
+    return f"{header}BEGIN;\n{body};\nCOMMIT;\n"
+
+
+def _check_prerequisites(conn: Connection, roles: tuple[str, ...]) -> None:
+    """Say plainly what is missing, before any statement fails half-way with a driver error."""
+    has_uid = conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()') IS NOT NULL").scalar()
+    found = {
+        name
+        for (name,) in conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"),
+            {"names": list(roles)},
+        )
+    }
+    missing = [r for r in roles if r not in found]
+    if not has_uid or missing:
+        what = (["the function auth.uid()"] if not has_uid else []) + [
+            f"the role {r}" for r in missing
+        ]
+        raise ConfigurationError(
+            f"cannot set up row-level security: {', '.join(what)} missing",
+            hint="Supabase provides these; on plain PostgreSQL create them first "
+            "(RLS setup never creates or replaces anything in the auth schema)",
+        )
+
+
+def apply_rls(
+    url_or_engine: str | URL | Engine | None = None,
+    *,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    worker_role: str = DEFAULT_WORKER_ROLE,
+) -> None:
+    """Run `supabase_sql`'s statements against a PostgreSQL database, in one transaction.
+
+    The roles ``anon``, ``authenticated`` and ``worker_role`` and the function ``auth.uid()``
+    must exist (Supabase provides them); the jobs table must be migrated.
+    """
+    statements = rls_statements(table, schema, worker_role)
+    engine = make_engine(url_or_engine)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise ConfigurationError(
+                f"row-level security needs PostgreSQL, not {engine.dialect.name}",
+                hint="apply RLS on the Supabase/PostgreSQL database the web front end uses",
+            )
+        with translated_errors(table), engine.begin() as conn:
+            _check_prerequisites(conn, (ANONYMOUS_ROLE, USER_ROLE, worker_role))
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        if not isinstance(url_or_engine, Engine):
+            engine.dispose()

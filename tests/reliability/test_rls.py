@@ -1,0 +1,332 @@
+"""Row-level security as Supabase runs it, emulated on plain PostgreSQL.
+
+The test database gets Supabase's roles (``anon``, ``authenticated``, ``service_role``) and an
+``auth.uid()`` that reads the JWT ``sub`` claim from the session settings, as PostgREST sets
+them — each created only where missing (roles are cluster-wide and shared with other people's
+test runs, so they are created idempotently and never dropped). Each queue then connects as
+one of those roles, the way Supabase's REST API or a worker holding the service key would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import exc as sa_exc
+
+from jobqueue import (
+    JobNotFound,
+    JobQueue,
+    PermissionDenied,
+    Status,
+    migrate,
+)
+from jobqueue.database import make_engine, normalise_url
+from jobqueue.errors import ConfigurationError
+from jobqueue.rls import apply_rls, supabase_sql
+
+pytestmark = pytest.mark.postgres
+
+ROLES = ("anon", "authenticated", "service_role")
+
+#: Supabase's auth.uid() in spirit: the ``sub`` claim of the request's JWT, as a uuid.
+EMULATED_UID = """
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $uid$
+  SELECT nullif(coalesce(
+    current_setting('request.jwt.claim.sub', true),
+    current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
+  ), '')::uuid
+$uid$
+"""
+
+
+def _create_role(conn: Any, role: str) -> None:
+    # Another session may create the same role at the same moment: both errors mean "exists".
+    conn.execute(
+        text(
+            "DO $r$ BEGIN "
+            f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+            f'CREATE ROLE "{role}" NOLOGIN; END IF; '
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $r$"
+        )
+    )
+
+
+def emulate_supabase(url: str) -> None:
+    """Roles, the auth schema and auth.uid(), each only where it does not exist yet."""
+    engine = make_engine(url)
+    try:
+        for role in ROLES:
+            with engine.begin() as conn:
+                _create_role(conn, role)
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('jobqueue-test-auth'))"))
+            conn.execute(text("CREATE SCHEMA IF NOT EXISTS auth"))
+            if conn.execute(text("SELECT to_regprocedure('auth.uid()')")).scalar() is None:
+                conn.execute(text(EMULATED_UID))
+            conn.execute(text("GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role"))
+    finally:
+        engine.dispose()
+
+
+def engine_as(url: str, role: str, sub: str | None = None) -> Engine:
+    """An engine whose every connection acts as ``role`` with a JWT for user ``sub``."""
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _become(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cur:
+            cur.execute(f'SET ROLE "{role}"')
+            if sub is not None:
+                claims = json.dumps({"sub": sub, "role": role})
+                cur.execute("SELECT set_config('request.jwt.claims', %s, false)", (claims,))
+        dbapi_connection.commit()
+
+    return engine
+
+
+@pytest.fixture
+def rls_table(postgres_url: str, table_name: str) -> str:
+    emulate_supabase(postgres_url)
+    migrate(postgres_url, table=table_name)
+    apply_rls(postgres_url, table=table_name)
+    return table_name
+
+
+@pytest.fixture
+def as_role(postgres_url: str, rls_table: str) -> Iterator[Callable[..., JobQueue]]:
+    """``as_role("authenticated", sub=uid)`` → a JobQueue acting as that role and user."""
+    engines: list[Engine] = []
+
+    def make(role: str, sub: str | None = None) -> JobQueue:
+        engine = engine_as(postgres_url, role, sub)
+        engines.append(engine)
+        return JobQueue(engine, table=rls_table)
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def admin(postgres_url: str, rls_table: str) -> Iterator[JobQueue]:
+    """The table owner (bypasses RLS): to look at what really is in the table."""
+    q = JobQueue(postgres_url, table=rls_table)
+    yield q
+    q.close()
+
+
+def raw(queue: JobQueue, sql: str, **params: Any) -> list[Any]:
+    with queue.engine.begin() as conn:
+        result = conn.execute(text(sql), params)
+        return list(result) if result.returns_rows else []
+
+
+def users() -> tuple[str, str]:
+    return str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def test_a_user_inserts_and_reads_only_their_own_jobs(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    alice_id, bob_id = users()
+    alice, bob = as_role("authenticated", alice_id), as_role("authenticated", bob_id)
+    mine = alice.enqueue("image", {"prompt": "a lego cat"}, owner_id=alice_id)
+    theirs = bob.enqueue("image", {"prompt": "a lego dog"}, owner_id=bob_id)
+    assert mine.status is Status.PENDING and mine.owner_id == alice_id
+    assert alice.get(mine.id) == mine
+    assert [j.id for j in alice.list()] == [mine.id]
+    assert [j.id for j in bob.list()] == [theirs.id]
+    assert {j.id for j in admin.list()} == {mine.id, theirs.id}
+
+
+def test_a_user_cannot_read_another_users_job_by_id(as_role: Callable[..., JobQueue]) -> None:
+    alice_id, bob_id = users()
+    alice, bob = as_role("authenticated", alice_id), as_role("authenticated", bob_id)
+    theirs = bob.enqueue("image", {"prompt": "private"}, owner_id=bob_id)
+    with pytest.raises(JobNotFound):
+        alice.get(theirs.id)
+    assert alice.list(owner_id=bob_id) == []
+    assert raw(alice, "SELECT count(*) FROM " + alice.table_name) == [(0,)]
+
+
+def test_a_user_cannot_insert_for_someone_else_or_a_finished_job(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    alice_id, bob_id = users()
+    alice = as_role("authenticated", alice_id)
+    with pytest.raises(PermissionDenied) as refused:
+        alice.enqueue("image", {"prompt": "x"}, owner_id=bob_id)
+    assert isinstance(refused.value.__cause__, Exception)  # ours, translated from the driver
+    assert "row-level security" in str(refused.value)
+    with pytest.raises(PermissionDenied):
+        alice.enqueue("image", {"prompt": "no owner"})
+    with pytest.raises(sa_exc.DBAPIError, match="row-level security"):
+        raw(
+            alice,
+            f"INSERT INTO {alice.table_name} (owner_id, status, result_url) "
+            "VALUES (:o, 'completed', 'https://evil.example/fake.png')",
+            o=alice_id,
+        )
+    assert admin.list() == []
+
+
+def test_a_user_cannot_update_or_delete_any_job(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    mine = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+    refused: list[Callable[[], object]] = [
+        lambda: alice.cancel(mine.id),
+        lambda: alice.claim("sneaky-worker"),
+        lambda: alice.prune(older_than=0),
+        lambda: alice.reap(),
+    ]
+    for attempt in refused:
+        with pytest.raises(PermissionDenied) as info:
+            attempt()
+        assert "RLS" in info.value.hint
+    for sql in ("UPDATE {t} SET priority = 99", "DELETE FROM {t}"):
+        with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+            raw(alice, sql.format(t=alice.table_name))
+    assert admin.get(mine.id) == mine
+
+
+def test_anon_sees_and_writes_nothing(as_role: Callable[..., JobQueue], admin: JobQueue) -> None:
+    alice_id, _ = users()
+    job = admin.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+    anon = as_role("anon")
+    for attempt in (
+        lambda: anon.get(job.id),
+        lambda: anon.list(),
+        lambda: anon.enqueue("image", {}, owner_id=alice_id),
+        lambda: anon.cancel(job.id),
+    ):
+        with pytest.raises(PermissionDenied):
+            attempt()
+    assert [j.id for j in admin.list()] == [job.id]
+
+
+def test_the_worker_role_claims_and_finishes_everyones_jobs(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    alice_id, bob_id = users()
+    as_role("authenticated", alice_id).enqueue("image", {"n": 1}, owner_id=alice_id)
+    as_role("authenticated", bob_id).enqueue("image", {"n": 2}, owner_id=bob_id)
+    worker = as_role("service_role")
+    claimed = worker.claim("worker-1", limit=5, lease=30)
+    assert {j.owner_id for j in claimed} == {alice_id, bob_id}
+    first, second = claimed
+    worker.heartbeat(first)
+    worker.set_progress(first, 50, "halfway")
+    done = worker.complete(first, {"images": ["https://x/1.png"]}, "https://x/1.png")
+    failed = worker.fail(second, "provider said no", retry=False)
+    assert done.status is Status.COMPLETED and failed.status is Status.FAILED
+    assert worker.prune(older_than=0) == 2
+    assert admin.list() == []
+
+
+def test_rls_setup_is_idempotent_and_leaves_auth_uid_alone(
+    postgres_url: str, rls_table: str, as_role: Callable[..., JobQueue]
+) -> None:
+    definition = "SELECT pg_get_functiondef('auth.uid()'::regprocedure)"
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            before = conn.execute(text(definition)).scalar()
+        apply_rls(postgres_url, table=rls_table)
+        # The pasted script, as the Supabase SQL Editor (or psql) runs it: all at once.
+        dsn = normalise_url(postgres_url, asynchronous=False).set(drivername="postgresql")
+        script = supabase_sql(rls_table)
+        with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as pg:
+            pg.execute(script.encode())
+            pg.execute(script.encode())
+        with engine.connect() as conn:
+            after = conn.execute(text(definition)).scalar()
+            policies = conn.execute(
+                text("SELECT policyname FROM pg_policies WHERE tablename = :t ORDER BY 1"),
+                {"t": rls_table},
+            ).all()
+    finally:
+        engine.dispose()
+    assert after == before
+    assert [p for (p,) in policies] == [
+        "jobqueue_owner_insert",
+        "jobqueue_owner_select",
+        "jobqueue_worker_all",
+    ]
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    assert alice.get(alice.enqueue("image", {}, owner_id=alice_id).id).owner_id == alice_id
+
+
+def test_rls_in_a_named_schema(postgres_url: str, table_name: str) -> None:
+    emulate_supabase(postgres_url)
+    migrate(postgres_url, table=table_name, schema="rls_jobs")
+    apply_rls(postgres_url, table=table_name, schema="rls_jobs")
+    alice_id = str(uuid.uuid4())
+    user_engine = engine_as(postgres_url, "authenticated", alice_id)
+    worker_engine = engine_as(postgres_url, "service_role")
+    try:
+        alice = JobQueue(user_engine, table=table_name, schema="rls_jobs")
+        worker = JobQueue(worker_engine, table=table_name, schema="rls_jobs")
+        job = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+        (claimed,) = worker.claim("w")
+        worker.complete(claimed, {"ok": True})
+        assert alice.get(job.id).status is Status.COMPLETED
+    finally:
+        user_engine.dispose()
+        worker_engine.dispose()
+
+
+def test_rls_refuses_to_run_without_auth_uid(postgres_url: str, table_name: str) -> None:
+    """On a database without auth.uid() nothing is created in its place: a clear error."""
+    server = normalise_url(postgres_url, asynchronous=False)
+    name = f"{server.database}_noauth"
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url, table=table_name)
+        with pytest.raises(ConfigurationError, match=r"auth\.uid\(\)"):
+            apply_rls(url, table=table_name)
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            with pytest.raises(psycopg.errors.RaiseException, match="is for Supabase"):
+                pg.execute(supabase_sql(table_name).encode())
+            pg.execute("ROLLBACK")  # the script's own BEGIN left a failed transaction open
+            (has_auth,) = pg.execute(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'auth'"
+            ).fetchone() or (None,)
+            (rls_on,) = pg.execute(
+                "SELECT relrowsecurity FROM pg_class WHERE relname = %s", (table_name,)
+            ).fetchone() or (None,)
+        assert has_auth == 0 and rls_on is False
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_rls_setup_validates_names_before_any_sql() -> None:
+    for bad in ("jobs; drop table x", '"quoted"', "ünïcode", "x" * 64, ""):
+        with pytest.raises(ConfigurationError):
+            supabase_sql(bad)
+        with pytest.raises(ConfigurationError):
+            supabase_sql("jobs", schema=bad)
+        with pytest.raises(ConfigurationError):
+            supabase_sql("jobs", worker_role=bad)
+    with pytest.raises(ConfigurationError):
+        supabase_sql("jobs", worker_role="authenticated")
+
+
+def test_apply_rls_refuses_sqlite(jobqueue_sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        apply_rls(jobqueue_sqlite_url)
