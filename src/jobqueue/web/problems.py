@@ -1,0 +1,83 @@
+"""HTTP errors of the web API: one JSON shape, ``{"error": {"code", "message", "hint"}}``.
+
+Clients branch on ``code`` (stable, snake_case) and show ``message``; the HTTP status says
+who is at fault. Library errors are mapped here once, so every endpoint answers the same
+way — in particular a job that exists but belongs to someone else is indistinguishable
+from one that never existed (404), and an id that is not a UUID is a 400 that reveals
+nothing about any job.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import (
+    DatabaseUnavailable,
+    InvalidJobId,
+    InvalidTransition,
+    JobNotFound,
+    JobQueueError,
+    PayloadError,
+)
+
+
+class ApiError(JobQueueError):
+    """A request the API refuses, with the HTTP status and a stable error code."""
+
+    hint = "see docs/web.md for the request format"
+
+    def __init__(self, status: int, code: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+
+
+def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
+    body: dict[str, str] = {"code": code, "message": message}
+    if hint:
+        body["hint"] = hint
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def as_api_error(exc: JobQueueError) -> ApiError:
+    """The HTTP meaning of a library error."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidJobId):
+        return ApiError(400, "invalid_job_id", exc.message, hint=exc.hint)
+    if isinstance(exc, JobNotFound):
+        # Same answer whether the job is missing or someone else's: no existence leak.
+        return ApiError(404, "not_found", "no such job", hint=JobNotFound.hint)
+    if isinstance(exc, InvalidTransition):
+        return ApiError(409, "invalid_transition", exc.message, hint=exc.hint)
+    if isinstance(exc, PayloadError):
+        return ApiError(422, "invalid_request", exc.message, hint=exc.hint)
+    if isinstance(exc, DatabaseUnavailable):
+        return ApiError(503, "unavailable", "the job store is unavailable, try again shortly")
+    return ApiError(500, "internal_error", "the job store failed to answer this request")
+
+
+async def handle_library_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JobQueueError)
+    err = as_api_error(exc)
+    return error_response(err.status, err.code, err.message, err.hint)
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown paths, wrong methods) in our JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    response = error_response(exc.status_code, code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response

@@ -1,0 +1,184 @@
+// The demo page: create a job, follow it, show the image, list recent jobs.
+// Running job ids live in localStorage, so a reload (or a closed and reopened tab) picks
+// them up again and follows them to the end.
+
+import { cancelJob, followJob, generateImageAsync, listJobs } from "./jobqueue.js";
+
+const STORE_KEY = "jobqueue.running";
+const pollInterval = Number(document.body.dataset.pollInterval) || 3000;
+const $ = (id) => document.getElementById(id);
+
+let currentId = null;
+
+// -- remembered jobs ------------------------------------------------------------------
+
+function remembered() {
+  try {
+    const ids = JSON.parse(localStorage.getItem(STORE_KEY) ?? "[]");
+    return Array.isArray(ids) ? ids.filter((id) => typeof id === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function remember(id) {
+  const ids = remembered().filter((x) => x !== id);
+  ids.push(id);
+  localStorage.setItem(STORE_KEY, JSON.stringify(ids.slice(-20)));
+}
+
+function forget(id) {
+  localStorage.setItem(STORE_KEY, JSON.stringify(remembered().filter((x) => x !== id)));
+}
+
+// -- rendering ------------------------------------------------------------------------
+
+function showJob(job) {
+  if (job.id !== currentId) return;
+  const status = $("status");
+  status.dataset.status = job.status;
+  status.dataset.jobId = job.id;
+  const detail = job.progress_message ? ` — ${job.progress_message}` : "";
+  const percent = job.status === "processing" ? ` ${job.progress}%` : "";
+  status.textContent = `Job ${job.id}: ${job.status}${percent}${detail}`;
+  const bar = $("progress");
+  bar.hidden = job.final;
+  bar.value = job.progress;
+  $("cancel").hidden = job.final;
+  $("error").hidden = !job.error || job.status === "completed";
+  $("error").textContent = job.error ?? "";
+  if (job.status === "completed" && job.preview_url) {
+    $("result-image").src = job.preview_url;
+    $("result-link").href = job.result_url ?? job.preview_url;
+    $("result-link").textContent = job.result_url ?? job.preview_url;
+    $("result").hidden = false;
+  } else {
+    $("result").hidden = true;
+  }
+}
+
+function jobItem(job) {
+  const li = document.createElement("li");
+  li.dataset.jobId = job.id;
+  if (job.status === "completed" && job.preview_url) {
+    const img = document.createElement("img");
+    img.src = job.preview_url;
+    img.alt = "";
+    li.append(img);
+  } else {
+    const thumb = document.createElement("span");
+    thumb.className = "thumb";
+    li.append(thumb);
+  }
+  const prompt = document.createElement("span");
+  prompt.className = "prompt";
+  prompt.textContent = job.prompt ?? job.id;
+  prompt.title = `${job.id} · created ${new Date(job.created_at).toLocaleString()}`;
+  const badge = document.createElement("span");
+  badge.className = `badge ${job.status}`;
+  badge.textContent = job.status === "processing" ? `processing ${job.progress}%` : job.status;
+  li.append(prompt, badge);
+  return li;
+}
+
+let refreshing = null;
+async function refreshList() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      const jobs = await listJobs({ limit: 10 });
+      const list = $("jobs");
+      list.replaceChildren(...jobs.map(jobItem));
+      if (!jobs.length) list.innerHTML = '<li class="muted">Nothing yet.</li>';
+    } catch (error) {
+      console.warn("could not load the job list:", error.message);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+// -- following ------------------------------------------------------------------------
+
+const hooks = {
+  pollInterval,
+  onCreated(job) {
+    remember(job.id);
+    currentId = job.id;
+    showJob(job);
+    refreshList();
+  },
+  onUpdate(job) {
+    showJob(job);
+    refreshList();
+  },
+};
+
+async function settle(id, promise) {
+  try {
+    await promise;
+  } catch (error) {
+    if (error.status === 404) {
+      // Gone, or never ours (another browser's id): stop following it.
+      if (id === currentId) $("status").textContent = `Job ${id} cannot be found.`;
+    } else if (!error.job) {
+      console.warn(`could not follow job ${id}:`, error.message);
+      return; // a network error: keep the id so the next visit tries again
+    }
+  }
+  forget(id);
+  refreshList();
+}
+
+function resume() {
+  for (const id of remembered()) {
+    currentId = id;
+    console.log(`🔁 Resuming job ${id}`);
+    settle(id, followJob(id, { ...hooks }));
+  }
+}
+
+$("generate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  const image = $("image").files[0];
+  const button = $("generate");
+  button.disabled = true;
+  $("error").hidden = true;
+  let created = null;
+  const promise = generateImageAsync(prompt, {
+    ...hooks,
+    image,
+    onCreated(job) {
+      created = job.id;
+      button.disabled = false;
+      hooks.onCreated(job);
+    },
+  });
+  try {
+    await promise;
+  } catch (error) {
+    if (!created) {
+      button.disabled = false;
+      $("error").textContent = error.message;
+      $("error").hidden = false;
+      return;
+    }
+  }
+  await settle(created, promise);
+});
+
+$("cancel").addEventListener("click", async () => {
+  if (!currentId) return;
+  try {
+    showJob(await cancelJob(currentId));
+  } catch (error) {
+    $("error").textContent = error.message;
+    $("error").hidden = false;
+  }
+});
+
+resume();
+refreshList();

@@ -1,0 +1,231 @@
+// jobqueue.js: a dependency-free browser client for the jobqueue HTTP API.
+//
+//   import { generateImageAsync } from "/static/jobqueue.js";
+//   const result = await generateImageAsync("a lego castle", { image: fileInput.files[0] });
+//   img.src = result.previewUrl;
+//
+// The API base defaults to the directory above this module (it is served at
+// <mount>/static/jobqueue.js), so the client works wherever the host mounted the API.
+// Every function takes the same options object:
+//   baseUrl       where the API lives (default: next to this module)
+//   pollInterval  milliseconds between status checks (default 3000)
+//   headers       extra request headers, e.g. { Authorization: "Bearer ..." }
+//   credentials   fetch credentials mode (default "same-origin", which sends cookies)
+//   signal        an AbortSignal that stops waiting (the job itself keeps running)
+//   onUpdate      called with each new job snapshot (status or progress changed)
+//   logger        where the status lines go (default console; null for silence)
+
+const DEFAULT_BASE = new URL("..", import.meta.url).href;
+const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+/** A job that ended failed or cancelled, or a request the API refused. */
+export class JobError extends Error {
+  constructor(message, { job = null, code = null, status = null } = {}) {
+    super(message);
+    this.name = "JobError";
+    this.job = job;
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function apiUrl(path, options) {
+  const base = options.baseUrl ?? DEFAULT_BASE;
+  return new URL(path, base.endsWith("/") ? base : base + "/").href;
+}
+
+async function request(method, path, options, body) {
+  const init = {
+    method,
+    headers: { Accept: "application/json", ...(options.headers ?? {}) },
+    credentials: options.credentials ?? "same-origin",
+    signal: options.signal,
+  };
+  if (body instanceof FormData) {
+    init.body = body;
+  } else if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(apiUrl(path, options), init);
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = data?.error ?? {};
+    throw new JobError(error.message ?? `HTTP ${response.status}`, {
+      code: error.code ?? null,
+      status: response.status,
+    });
+  }
+  return data;
+}
+
+/** A snapshot as the client hands it out: the API's fields plus camelCase shortcuts. */
+function resultOf(job) {
+  return {
+    id: job.id,
+    status: job.status,
+    url: job.result_url,
+    images: job.images,
+    previewUrl: job.preview_url,
+    job,
+  };
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+}
+
+function settle(job) {
+  if (job.status === "completed") return resultOf(job);
+  throw new JobError(job.error || `job ${job.id} ended ${job.status}`, {
+    job,
+    code: job.status,
+  });
+}
+
+/**
+ * Create a job and return its snapshot at once (HTTP 202).
+ * options.image: a File or Blob to upload; options.images: input image URLs;
+ * options.model, options.options: passed through; options.idempotencyKey: repeat-safe key.
+ */
+export async function createJob(prompt, options = {}) {
+  const headers = { ...(options.headers ?? {}) };
+  if (options.idempotencyKey) headers["Idempotency-Key"] = options.idempotencyKey;
+  const opts = { ...options, headers };
+  if (options.image) {
+    const form = new FormData();
+    form.append("prompt", prompt);
+    if (options.model) form.append("model", options.model);
+    if (options.options) form.append("options", JSON.stringify(options.options));
+    form.append("image", options.image);
+    return request("POST", "jobs", opts, form);
+  }
+  const body = { prompt };
+  if (options.model) body.model = options.model;
+  if (options.images?.length) body.images = options.images;
+  if (options.options) body.options = options.options;
+  return request("POST", "jobs", opts, body);
+}
+
+export function getJob(id, options = {}) {
+  return request("GET", `jobs/${encodeURIComponent(id)}`, options);
+}
+
+export async function listJobs(options = {}) {
+  const limit = options.limit ? `?limit=${encodeURIComponent(options.limit)}` : "";
+  return (await request("GET", `jobs${limit}`, options)).jobs;
+}
+
+export function cancelJob(id, options = {}) {
+  return request("POST", `jobs/${encodeURIComponent(id)}/cancel`, options);
+}
+
+/**
+ * Follow an existing job by polling until it is final: the resume helper.
+ * Logs "⏳ Job <id> status: <status>" on every poll; resolves with the result of a
+ * completed job, rejects with a JobError for a failed or cancelled one.
+ */
+export async function followJob(id, options = {}) {
+  const interval = options.pollInterval ?? 3000;
+  const logger = options.logger === undefined ? console : options.logger;
+  let seen = null;
+  for (;;) {
+    const job = await getJob(id, options);
+    logger?.log(`⏳ Job ${job.id} status: ${job.status}`);
+    const key = `${job.status}/${job.progress}/${job.progress_message}`;
+    if (key !== seen) {
+      seen = key;
+      options.onUpdate?.(job);
+    }
+    if (FINAL.has(job.status)) return settle(job);
+    await sleep(interval, options.signal);
+  }
+}
+
+/**
+ * Follow a job through the server's event stream (push instead of polling).
+ * EventSource cannot send custom headers: use it with cookie sessions, else followJob.
+ */
+export function watchJob(id, options = {}) {
+  return new Promise((resolve, reject) => {
+    const url = apiUrl(`jobs/${encodeURIComponent(id)}/events`, options);
+    const source = new EventSource(url, { withCredentials: options.credentials === "include" });
+    const stop = () => source.close();
+    options.signal?.addEventListener(
+      "abort",
+      () => {
+        stop();
+        reject(options.signal.reason);
+      },
+      { once: true },
+    );
+    source.onmessage = (event) => {
+      const job = JSON.parse(event.data);
+      options.onUpdate?.(job);
+      if (FINAL.has(job.status)) {
+        stop();
+        try {
+          resolve(settle(job));
+        } catch (error) {
+          reject(error);
+        }
+      }
+    };
+    source.addEventListener("gone", () => {
+      stop();
+      reject(new JobError(`job ${id} no longer exists`, { code: "not_found", status: 404 }));
+    });
+    source.onerror = () => {
+      // EventSource reconnects by itself after network errors; a closed source means the
+      // server refused the stream (404 for another owner's job, 401, ...).
+      if (source.readyState === EventSource.CLOSED) {
+        reject(new JobError(`cannot follow job ${id}`, { code: "stream_closed" }));
+      }
+    };
+  });
+}
+
+/**
+ * The queued path, as in the original app: create the job, log "📋 Job created: <id>",
+ * then poll every options.pollInterval ms (default 3000) logging each status, and
+ * resolve with the result ({ id, status, url, images, previewUrl, job }) or reject.
+ * options.onCreated(job) is called as soon as the id is known (e.g. to remember it).
+ */
+export async function generateImageAsync(prompt, options = {}) {
+  const logger = options.logger === undefined ? console : options.logger;
+  const job = await createJob(prompt, options);
+  logger?.log(`📋 Job created: ${job.id}`);
+  options.onCreated?.(job);
+  return followJob(job.id, options);
+}
+
+/**
+ * The direct path: one awaited call that returns the result, without status logging.
+ * It still goes through the queue (create the job, then wait for it on the server's
+ * event stream, or by quiet polling when custom headers are needed or EventSource is
+ * missing), so a slow generation never hits an HTTP timeout.
+ */
+export async function generateImage(prompt, options = {}) {
+  const job = await createJob(prompt, options);
+  options.onCreated?.(job);
+  if (typeof EventSource === "function" && !options.headers) {
+    return watchJob(job.id, options);
+  }
+  return followJob(job.id, { ...options, logger: null });
+}

@@ -1,0 +1,87 @@
+"""What the API shows of a job: the fields a client needs, and nothing internal.
+
+Left out on purpose: ``owner_id`` (the caller knows who they are), ``locked_by`` and lease
+times (worker internals), the error history, and the input images (they may be large
+data: URLs the client sent itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..schema import Job
+
+#: Hosts under the reserved ``.invalid`` top-level domain (RFC 2606) can never be fetched:
+#: the mock generator uses one. A browser is shown a drawn placeholder instead.
+_UNREACHABLE_SUFFIX = ".invalid"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+
+PlaceholderUrl = Callable[[str], str]
+
+
+def placeholder_name(url: str) -> str | None:
+    """The placeholder image name for an unreachable URL, or None for a real one."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    if not (host.endswith(_UNREACHABLE_SUFFIX) or host == _UNREACHABLE_SUFFIX[1:]):
+        return None
+    stem = parts.path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    if _SAFE_NAME.fullmatch(stem):
+        return stem
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def result_images(job: Job) -> list[str]:
+    images = job.result.get("images") if isinstance(job.result, dict) else None
+    if isinstance(images, list) and all(isinstance(i, str) for i in images):
+        return list(images)
+    return [job.result_url] if job.result_url else []
+
+
+def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
+    """The JSON body of ``GET /jobs/{id}`` (and of every other answer about one job).
+
+    ``preview_urls`` are what a browser should display: the result images, except that
+    unreachable mock URLs become the app's own placeholder drawings.
+    """
+    images = result_images(job)
+    previews = []
+    for url in images:
+        name = placeholder_name(url)
+        previews.append(placeholder_url(name) if name is not None else url)
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    prompt = payload.get("prompt")
+    return {
+        "id": str(job.id),
+        "status": job.status.value,
+        "kind": job.kind,
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "model": payload.get("model") if isinstance(payload.get("model"), str) else None,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "result_url": job.result_url,
+        "images": images,
+        "preview_url": previews[0] if previews else None,
+        "preview_urls": previews,
+        "error": job.error,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+        "updated_at": _iso(job.updated_at),
+        "duration": job.duration,
+        "final": job.is_final,
+    }
