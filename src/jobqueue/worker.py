@@ -1,0 +1,823 @@
+"""The worker: claims jobs, runs their handlers concurrently, and records what happened.
+
+One asyncio process holds these parts, each doing one thing:
+
+- the **claim loop** asks for as many due jobs as it has free slots (one statement per
+  batch) and starts a task per job; it sleeps until a NOTIFY, a freed slot, or the poll
+  interval;
+- one **heartbeat** timer extends the leases of every job it holds in one statement every
+  third of the lease; a job missing from the answer was cancelled, reaped or taken by
+  another worker, and its handler is stopped;
+- the **completion batcher** collects finished jobs for a few milliseconds and completes
+  them in one fenced statement; a job fenced off is logged, never re-written;
+- the **reaper** timer returns expired leases of crashed workers to the queue;
+- the **listener** (PostgreSQL) only wakes the claim loop.
+
+Database errors in any part are logged and retried with backoff: an outage delays jobs, it
+never kills the worker. Time for leases comes from the database (see `jobqueue.queue`).
+
+On stop (``stop()``, SIGTERM, SIGINT) the worker stops claiming, gives running jobs
+``grace_period`` seconds, then cancels the rest and releases them to ``pending`` without
+spending an attempt; a second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+from uuid import UUID
+
+from .database import redact
+from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
+from .listener import Listener, libpq_url
+from .operations import Completion
+from .queue import AsyncJobQueue
+from .schema import Job, Status
+
+log = logging.getLogger("jobqueue.worker")
+
+T = TypeVar("T")
+
+Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
+"""``async def h(job, ctx)`` or a plain function (run in a thread); see `Worker`."""
+
+#: Completions are collected for this long (or until `COMPLETION_BATCH` are waiting) and
+#: then written in one statement.
+COMPLETION_WINDOW = 0.005
+COMPLETION_BATCH = 500
+
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerResult:
+    """What a handler returns to set both ``result`` (JSON) and ``result_url``."""
+
+    result: Any = None
+    result_url: str | None = None
+
+
+class WorkerContext:
+    """What a running handler may do to its job: the `JobContext` of a generator.
+
+    ``cancelled`` is set when the worker stops the handler (the job was cancelled, its lease
+    was lost, or the worker is shutting down). Async handlers are cancelled anyway; a sync
+    handler running in a thread cannot be, so it should check ``cancelled.is_set()``.
+    """
+
+    def __init__(
+        self,
+        queue: AsyncJobQueue,
+        job: Job,
+        worker_id: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.queue = queue
+        self.job = job
+        self.worker_id = worker_id
+        self.cancelled = asyncio.Event()
+        self._loop = loop
+        self._task_id = job.remote_task_id
+
+    async def report_progress(self, percent: int, message: str | None = None) -> None:
+        """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours."""
+        await self.queue.set_progress(self.job, percent, message)
+
+    async def remember(self, task_id: str) -> None:
+        """Save the provider's task id on the job, so a later attempt resumes it."""
+        await self.queue.remember_task(self.job, task_id)
+        self._task_id = task_id
+
+    def remembered(self) -> str | None:
+        """The task id saved by this or an earlier attempt of the job, if any."""
+        return self._task_id
+
+    def run_in_loop(self, awaitable: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the worker's event loop from a sync handler's thread and
+        return its result, e.g. ``ctx.run_in_loop(ctx.report_progress(50))``."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            awaitable.close()
+            raise RuntimeError("run_in_loop is for sync handlers; async handlers await directly")
+        return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A job this worker holds, from its claim until its outcome is written."""
+
+    job: Job
+    ctx: WorkerContext
+    started: float
+    task: asyncio.Task[None] | None = None
+    handler_done: bool = False
+    #: Why the worker cancelled the handler: "cancelled", "lease lost" or "stopping".
+    stopped_because: str | None = None
+    completion: Completion | None = field(default=None, repr=False)
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter for retrying database work."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.base * 2.0**self.failures) * random.uniform(0.5, 1.0)
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _is_async(handler: Handler) -> bool:
+    call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects too
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def generator_handler(generator: Generator) -> Handler:
+    """A handler that runs ``generator`` on the job's payload (a `GenerationRequest`)."""
+
+    async def run_generation(job: Job, ctx: WorkerContext) -> GenerationResult:
+        request = GenerationRequest.from_payload(job.payload)
+        return await generator.generate(request, ctx)
+
+    run_generation.__qualname__ = f"generator_handler({generator.name!r})"
+    return run_generation
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per process, and readable in ``locked_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs jobs from an `AsyncJobQueue` with handlers chosen by job kind.
+
+    ``handlers`` map a job kind to ``async def h(job, ctx)``, a plain function (run in a
+    thread), or a `Generator`; ``generator`` is wired to the ``image`` kind unless
+    ``handlers`` names that kind. A handler's return value becomes the job's result: a
+    `GenerationResult` (``result`` and ``result_url`` from it), a `HandlerResult`, or any
+    JSON value. A handler that raises fails its attempt; the job is retried by its policy,
+    except for `PayloadError` and errors with ``retryable = False``, which fail it at once.
+    """
+
+    def __init__(
+        self,
+        queue: AsyncJobQueue,
+        handlers: Mapping[str, Handler | Generator] | None = None,
+        *,
+        generator: Generator | None = None,
+        concurrency: int = 10,
+        queues: Sequence[str] = ("default",),
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        listen: bool = True,
+        worker_id: str | None = None,
+        grace_period: float = 30.0,
+        job_timeout: float | None = None,
+        reap_interval: float | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> None:
+        if not isinstance(queue, AsyncJobQueue):
+            raise ConfigurationError(
+                f"a Worker needs an AsyncJobQueue, not {type(queue).__name__}",
+                hint="build it with jobqueue.AsyncJobQueue(url)",
+            )
+        self.queue = queue
+        self.handlers: dict[str, Handler] = {}
+        for kind, handler in (handlers or {}).items():
+            self.handlers[kind] = self._as_handler(kind, handler)
+        if generator is not None and IMAGE_KIND not in self.handlers:
+            self.handlers[IMAGE_KIND] = self._as_handler(IMAGE_KIND, generator)
+        if not self.handlers:
+            raise ConfigurationError(
+                "a worker needs at least one handler or a generator",
+                hint="pass handlers={'kind': function} or generator=MockGenerator()",
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
+        self.concurrency = concurrency
+        self.queues: tuple[str, ...] = (queues,) if isinstance(queues, str) else tuple(queues)
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue to claim from")
+        self.kinds = None if kinds is None else tuple(kinds)
+        self.lease = _positive(lease, "lease")
+        self.poll_interval = _positive(poll_interval, "poll_interval")
+        self.grace_period = _positive(grace_period, "grace_period", zero=True)
+        self.job_timeout = None if job_timeout is None else _positive(job_timeout, "job_timeout")
+        self.reap_interval = (
+            self.lease if reap_interval is None else _positive(reap_interval, "reap_interval")
+        )
+        self.listen = listen
+        self.worker_id = worker_id or default_worker_id()
+        self.log_file = log_file
+        #: The LISTEN/NOTIFY listener while `run` is serving on PostgreSQL with ``listen``.
+        self.listener: Listener | None = None
+        #: Claim statements run so far (each may take many jobs).
+        self.claims = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving = False
+        self._signals_wanted = False
+        self._signals_installed: list[signal.Signals] = []
+        self._reset()
+
+    # -- configuration helpers --------------------------------------------------------------
+
+    @staticmethod
+    def _as_handler(kind: str, handler: Handler | Generator) -> Handler:
+        if isinstance(handler, Generator):
+            return generator_handler(handler)
+        if not callable(handler):
+            raise ConfigurationError(
+                f"the handler for kind {kind!r} is neither callable nor a Generator",
+                hint="pass async def handler(job, ctx), a function, or a Generator",
+            )
+        return handler
+
+    def _reset(self) -> None:
+        """Fresh state for one `run` / `run_until_idle`."""
+        self._held: dict[UUID, _Slot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batch: list[_Slot] = []
+        self._flushing = False
+        self._closing = False
+        self._stopping = False
+        self._stop_now = False
+        self._write_deadline: float | None = None
+        self._finished = 0
+        self._until_idle = False
+        self._waiting_for_slot = False
+
+    # -- public control ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stop` (or a signal, after `install_signal_handlers`)."""
+        await self._serve(until_idle=False)
+
+    async def run_until_idle(self) -> int:
+        """Run jobs until none is due and none is running; return how many finished
+        (completed, or failed/retried: every attempt whose outcome was written)."""
+        return await self._serve(until_idle=True)
+
+    def stop(self, *, immediate: bool = False) -> None:
+        """Ask the worker to stop: gracefully, or with ``immediate`` at once (running jobs
+        are cancelled and released). Safe from any thread and from signal handlers."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._request_stop(immediate)
+        else:
+            loop.call_soon_threadsafe(self._request_stop, immediate)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: the first stops gracefully, a second stops at once.
+
+        Call it inside the running loop, or before `run` (it is then installed when serving
+        starts). The handlers are removed when serving ends.
+        """
+        self._signals_wanted = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._serving:
+            self._install_signals(loop)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _serve(self, *, until_idle: bool) -> int:
+        if self._serving:
+            raise RuntimeError("this worker is already running")
+        self._serving = True
+        self._reset()
+        self._until_idle = until_idle
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._batch_ready = asyncio.Event()
+        file_handler = self._open_log_file()
+        if self._signals_wanted:
+            self._install_signals(loop)
+        background: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._heartbeat_loop(), name="jobqueue-heartbeat"),
+        ]
+        if not until_idle:
+            background.append(asyncio.create_task(self._reaper_loop(), name="jobqueue-reaper"))
+            if self.listen and self.queue.is_postgres:
+                self.listener = Listener(
+                    libpq_url(self.queue.engine.url),
+                    self.queue.table.name,
+                    self._on_notify,
+                    application_name=f"jobqueue-listener {self.worker_id}",
+                )
+                background.append(asyncio.create_task(self.listener.run(), name="jobqueue-listen"))
+        batcher = asyncio.create_task(self._batcher(), name="jobqueue-completer")
+        listening = self.listener is not None
+        log.info(
+            "Worker %s started: queues=%s, concurrency=%d, lease=%gs, kinds=%s, listen=%s",
+            self.worker_id,
+            ",".join(self.queues),
+            self.concurrency,
+            self.lease,
+            ",".join(sorted(self.handlers)),
+            "on" if listening else "off",
+        )
+        try:
+            await self._claim_loop()
+            await self._drain(batcher)
+        except asyncio.CancelledError:
+            # Cancelled from outside: hand back what we hold, as an immediate stop would.
+            self._stopping = self._stop_now = True
+            with contextlib.suppress(BaseException):
+                await self._drain(batcher)
+            raise
+        finally:
+            for task in [*background, batcher]:
+                task.cancel()
+            await asyncio.gather(*background, batcher, return_exceptions=True)
+            self._remove_signals(loop)
+            self.listener = None
+            self._serving = False
+            log.info("Worker %s stopped (%d jobs finished)", self.worker_id, self._finished)
+            if file_handler is not None:
+                logging.getLogger("jobqueue").removeHandler(file_handler)
+                file_handler.close()
+        return self._finished
+
+    async def _claim_loop(self) -> None:
+        """Claim as many jobs as there are free slots; sleep until there may be more."""
+        backoff = _Backoff(cap=self.poll_interval * 5)
+        while not self._stopping:
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                self._waiting_for_slot = True
+                await self._sleep_until_woken(None)
+                self._waiting_for_slot = False
+                continue
+            self._wake.clear()
+            try:
+                self.claims += 1
+                jobs = await self.queue.claim(
+                    self.worker_id,
+                    queues=self.queues,
+                    kinds=self.kinds,
+                    limit=free,
+                    lease=self.lease,
+                )
+            except Exception as exc:
+                delay = backoff.next()
+                log.warning("claiming jobs failed (%s); retrying in %.1fs", _describe(exc), delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopped.wait()
+                continue
+            backoff.reset()
+            for job in jobs:
+                self._start(job)
+            if len(jobs) >= free:
+                continue  # there may be more due right now
+            if self._until_idle and not jobs and self._idle():
+                return
+            await self._sleep_until_woken(self.poll_interval)
+
+    def _idle(self) -> bool:
+        return not self._tasks and not self._batch and not self._flushing
+
+    async def _sleep_until_woken(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    def _on_notify(self, queue_name: str | None) -> None:
+        if queue_name is None or queue_name in self.queues:
+            self._wake.set()
+
+    def _request_stop(self, immediate: bool) -> None:
+        if immediate and not self._stop_now:
+            log.warning("Worker %s stopping now: running jobs are released", self.worker_id)
+        elif not self._stopping:
+            log.info(
+                "Worker %s stopping: no new jobs; running jobs get %gs to finish",
+                self.worker_id,
+                self.grace_period,
+            )
+        self._stopping = True
+        self._stop_now = self._stop_now or immediate
+        self._wake.set()
+        self._stopped.set()
+
+    # -- running one job --------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        assert self._loop is not None
+        slot = _Slot(
+            job, WorkerContext(self.queue, job, self.worker_id, self._loop), time.monotonic()
+        )
+        self._held[job.id] = slot
+        task = asyncio.create_task(self._execute(slot), name=f"jobqueue-job-{job.id}")
+        slot.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a job task ended unexpectedly", exc_info=task.exception())
+        if self._waiting_for_slot or self._until_idle or self._stopping:
+            self._wake.set()
+
+    async def _execute(self, slot: _Slot) -> None:
+        job = slot.job
+        log.info(
+            "Job %s status: processing (kind %s, attempt %d of %d)",
+            job.id,
+            job.kind,
+            job.attempts,
+            job.max_attempts,
+        )
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            slot.handler_done = True
+            known = ", ".join(sorted(self.handlers))
+            await self._record_failure(
+                slot, f"no handler for job kind {job.kind!r} (this worker runs: {known})", False
+            )
+            return
+        try:
+            async with asyncio.timeout(self.job_timeout) as deadline:
+                value = await self._call(handler, job, slot.ctx)
+        except asyncio.CancelledError:
+            slot.handler_done = True
+            if slot.stopped_because is None:
+                raise
+            return  # whoever stopped the handler deals with the job
+        except TimeoutError as exc:
+            slot.handler_done = True
+            if deadline.expired():
+                message = f"JobTimeout: the handler ran longer than {self.job_timeout:g}s"
+                await self._record_failure(slot, message, None)
+            else:
+                await self._record_failure(slot, exc, None)
+            return
+        except Exception as exc:
+            slot.handler_done = True
+            await self._record_failure(slot, exc, None)
+            return
+        slot.handler_done = True
+        slot.completion = _completion_of(job, value)
+        self._batch.append(slot)
+        self._batch_ready.set()
+
+    @staticmethod
+    async def _call(handler: Handler, job: Job, ctx: WorkerContext) -> Any:
+        if _is_async(handler):
+            return await handler(job, ctx)
+        value = await asyncio.to_thread(handler, job, ctx)
+        if inspect.isawaitable(value):  # a plain function that returned a coroutine
+            value = await value
+        return value
+
+    # -- writing outcomes -------------------------------------------------------------------
+
+    def _give_up(self) -> bool:
+        """Whether a failing write should stop retrying (only ever while shutting down)."""
+        if self._stop_now:
+            return True
+        return self._write_deadline is not None and time.monotonic() > self._write_deadline
+
+    async def _record_failure(
+        self, slot: _Slot, error: BaseException | str, retry: bool | None
+    ) -> None:
+        """Write a failed attempt: retried by the job's policy unless ``retry`` is False."""
+        job = slot.job
+        if isinstance(error, BaseException):
+            if isinstance(error, PayloadError) or getattr(error, "retryable", True) is False:
+                retry = False
+            reason = _describe(error)
+        else:
+            reason = redact(error)
+        backoff = _Backoff()
+        while True:
+            try:
+                after = await self.queue.fail(job, reason, retry=retry)
+            except (LeaseLost, JobNotFound, InvalidTransition) as exc:
+                log.warning("Job %s: its failure was not recorded: %s", job.id, exc)
+                break
+            except Exception as exc:
+                if self._give_up():
+                    log.error("Job %s: giving up recording its failure: %s", job.id, _describe(exc))
+                    break
+                delay = backoff.next()
+                log.warning(
+                    "Job %s: recording its failure failed (%s); retrying in %.1fs",
+                    job.id,
+                    _describe(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._finished += 1
+            if after.status is Status.PENDING:
+                wait = max(0.0, (after.run_at - after.updated_at).total_seconds())
+                log.warning(
+                    "Job %s status: failed: %s; retrying in %.1fs (attempt %d of %d)",
+                    job.id,
+                    reason,
+                    wait,
+                    job.attempts,
+                    after.max_attempts,
+                )
+            else:
+                log.error("Job %s status: failed: %s", job.id, reason)
+            break
+        self._held.pop(job.id, None)
+
+    async def _batcher(self) -> None:
+        """Write finished jobs in batches: wait a few ms for company, then one statement."""
+        while True:
+            await self._batch_ready.wait()
+            if not self._closing and len(self._batch) < COMPLETION_BATCH:
+                await asyncio.sleep(COMPLETION_WINDOW)
+            self._batch_ready.clear()
+            await self._flush()
+            if self._closing and not self._batch:
+                return
+
+    async def _flush(self) -> None:
+        backoff = _Backoff()
+        self._flushing = True
+        try:
+            while self._batch:
+                items = self._batch[:COMPLETION_BATCH]
+                completions = [s.completion for s in items if s.completion is not None]
+                try:
+                    written = await self.queue.complete_many(completions)
+                except PayloadError:
+                    # Some result cannot be stored: complete one by one so only it fails.
+                    del self._batch[: len(items)]
+                    await self._complete_each(items)
+                    continue
+                except Exception as exc:
+                    if self._give_up():
+                        del self._batch[: len(items)]
+                        for slot in items:
+                            self._held.pop(slot.job.id, None)
+                        log.error(
+                            "giving up completing %d jobs (%s); the reaper will return them",
+                            len(items),
+                            _describe(exc),
+                        )
+                        continue
+                    delay = backoff.next()
+                    log.warning(
+                        "completing %d jobs failed (%s); retrying in %.1fs",
+                        len(items),
+                        _describe(exc),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                del self._batch[: len(items)]
+                for slot in items:
+                    self._completed(slot, slot.job.id in written)
+        finally:
+            self._flushing = False
+            if self._until_idle or self._stopping:
+                self._wake.set()
+
+    async def _complete_each(self, items: Sequence[_Slot]) -> None:
+        for slot in items:
+            c = slot.completion
+            assert c is not None
+            try:
+                await self.queue.complete(c.job, c.result, c.result_url)
+            except PayloadError as exc:
+                await self._record_failure(slot, exc, False)
+            except (LeaseLost, JobNotFound, InvalidTransition):
+                self._completed(slot, False)
+            except Exception:
+                self._batch.append(slot)  # a database error: the batch retries it
+            else:
+                self._completed(slot, True)
+
+    def _completed(self, slot: _Slot, written: bool) -> None:
+        self._held.pop(slot.job.id, None)
+        if written:
+            self._finished += 1
+            log.info(
+                "Job %s status: completed in %.1fs", slot.job.id, time.monotonic() - slot.started
+            )
+        else:
+            log.warning(
+                "Job %s: LeaseLost: its result was not written; the job was cancelled, "
+                "reaped or claimed by another worker after its lease expired",
+                slot.job.id,
+            )
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Extend every held lease in one statement every third of the lease."""
+        interval = self.lease / 3
+        backoff = _Backoff(cap=interval)
+        pause = interval
+        while True:
+            await asyncio.sleep(pause)
+            pause = interval
+            ids = list(self._held)
+            if not ids:
+                continue
+            try:
+                alive = await self.queue.heartbeat_many(ids, self.worker_id, lease=self.lease)
+            except Exception as exc:
+                pause = backoff.next()
+                log.warning("heartbeat failed (%s); retrying in %.1fs", _describe(exc), pause)
+                continue
+            backoff.reset()
+            for job_id in ids:
+                slot = self._held.get(job_id)
+                if job_id not in alive and slot is not None:
+                    await self._lost(slot)
+
+    async def _lost(self, slot: _Slot) -> None:
+        """A held job's heartbeat matched nothing: find out why and stop its handler."""
+        job = slot.job
+        try:
+            now: Job | None = await self.queue.get(job.id)
+        except Exception:
+            now = None
+        if now is not None and now.status is Status.CANCELLED:
+            reason = "cancelled"
+            log.info("Job %s status: cancelled", job.id)
+        else:
+            reason = "lease lost"
+            state = "gone" if now is None else f"{now.status}, held by {now.locked_by or 'nobody'}"
+            log.warning("Job %s: LeaseLost: the job is now %s; stopping its handler", job.id, state)
+        if slot.handler_done or slot.task is None:
+            return  # its completion (if any) is fenced off by the batch write
+        slot.stopped_because = reason
+        slot.ctx.cancelled.set()
+        slot.task.cancel()
+        self._held.pop(job.id, None)
+
+    async def _reaper_loop(self) -> None:
+        """Return jobs of crashed workers (expired leases) to the queue."""
+        # Start at a random point so that workers started together do not reap together.
+        await asyncio.sleep(random.uniform(0.5, 1.0) * self.reap_interval)
+        while True:
+            try:
+                reaped = await self.queue.reap()
+            except Exception as exc:
+                log.warning("reaping expired leases failed (%s)", _describe(exc))
+            else:
+                for job_id, status in reaped:
+                    log.warning("Job %s: lease expired; moved back to %s", job_id, status)
+            await asyncio.sleep(self.reap_interval)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def _drain(self, batcher: asyncio.Task[None]) -> None:
+        """Give running jobs the grace period, release the rest, flush completions."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (0.0 if self._stop_now else self.grace_period)
+        self._write_deadline = time.monotonic() + self.grace_period + self.lease
+        if self._tasks and not self._stop_now:
+            log.info("waiting up to %gs for %d running jobs", self.grace_period, len(self._tasks))
+        while self._tasks and not self._stop_now and loop.time() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+        unfinished = [s for s in self._held.values() if not s.handler_done and s.task is not None]
+        for slot in unfinished:
+            slot.stopped_because = "stopping"
+            slot.ctx.cancelled.set()
+            assert slot.task is not None
+            slot.task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        for slot in unfinished:
+            await self._release(slot)
+        self._closing = True
+        self._batch_ready.set()
+        if not batcher.done():
+            await batcher
+
+    async def _release(self, slot: _Slot) -> None:
+        job = slot.job
+        try:
+            await self.queue.release(job, "released: the worker stopped before the job finished")
+        except (LeaseLost, JobNotFound, InvalidTransition) as exc:
+            log.warning("Job %s: not released: %s", job.id, exc)
+        except Exception as exc:
+            log.error(
+                "Job %s: release failed (%s); it returns to the queue when its lease expires",
+                job.id,
+                _describe(exc),
+            )
+        else:
+            log.info("Job %s status: pending (released: the worker stopped)", job.id)
+        self._held.pop(job.id, None)
+
+    # -- signals and logging ----------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            log.warning("%s again: stopping at once", name)
+            self._request_stop(True)
+        else:
+            log.info("%s: stopping gracefully; send it again to stop at once", name)
+            self._request_stop(False)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("signal handlers can only be installed in the main thread")
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig in self._signals_installed:
+                continue
+            try:
+                loop.add_signal_handler(sig, self._on_signal, int(sig))
+            except NotImplementedError:  # Windows event loops
+                signal.signal(sig, lambda n, _f: loop.call_soon_threadsafe(self._on_signal, n))
+            self._signals_installed.append(sig)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self._signals_installed:
+            try:
+                loop.remove_signal_handler(sig)
+            except NotImplementedError:
+                signal.signal(sig, signal.SIG_DFL)
+        self._signals_installed = []
+
+    def _open_log_file(self) -> logging.Handler | None:
+        if self.log_file is None:
+            return None
+        handler = logging.FileHandler(self.log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(logging.INFO)
+        package_logger = logging.getLogger("jobqueue")
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+        package_logger.addHandler(handler)
+        return handler
+
+
+def _completion_of(job: Job, value: Any) -> Completion:
+    if isinstance(value, GenerationResult):
+        return Completion(job, value.to_result(), value.url)
+    if isinstance(value, HandlerResult):
+        return Completion(job, value.result, value.result_url)
+    return Completion(job, value)
+
+
+def _positive(value: float, what: str, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigurationError(f"{what} must be {'zero or more' if zero else 'positive'}")
+    return float(value)
+
+
+__all__ = [
+    "Handler",
+    "HandlerResult",
+    "Worker",
+    "WorkerContext",
+    "default_worker_id",
+    "generator_handler",
+]
