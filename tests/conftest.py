@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from jobqueue import AsyncJobQueue, JobQueue, migrate
+from tests.fake_defapi import fake_defapi  # noqa: F401  (fixture: a fake DefAPI server)
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -79,9 +80,7 @@ class Either:
 
 
 @pytest.fixture(params=["sync", "async"])
-async def q(
-    request: pytest.FixtureRequest, migrated: tuple[str, str]
-) -> AsyncIterator[Either]:
+async def q(request: pytest.FixtureRequest, migrated: tuple[str, str]) -> AsyncIterator[Either]:
     url, table = migrated
     target: JobQueue | AsyncJobQueue = (
         JobQueue(url, table=table) if request.param == "sync" else AsyncJobQueue(url, table=table)

@@ -28,6 +28,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -39,7 +40,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ..errors import ConfigurationError, GenerationError
@@ -269,7 +269,10 @@ class DefAPIGenerator:
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)
         initial, maximum = self.backoff
-        return float(wait_exponential_jitter(initial=initial, max=maximum)(state))
+        # Exponential growth with "equal jitter": at least half the step, so retries spread
+        # out without ever hammering the server back to back.
+        step: float = min(maximum, initial * 2.0 ** (state.attempt_number - 1))
+        return step / 2 + random.uniform(0, step / 2)
 
     async def _exchange(
         self,

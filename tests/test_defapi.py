@@ -1,0 +1,322 @@
+"""DefAPIGenerator against a real (fake) DefAPI HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+
+from jobqueue import ConfigurationError, GenerationError, LocalContext
+from jobqueue.generators import DefAPIGenerator, GenerationRequest
+from jobqueue.wrappers import generate_image, generate_image_sync
+from tests.fake_defapi import GOOGLE_PATH, OPENAI_PATH, QUERY_PATH, FakeDefAPI
+
+
+def make(fake: FakeDefAPI, **overrides: Any) -> DefAPIGenerator:
+    """A generator tuned for tests: short polls, tiny backoff, generous not-found grace."""
+    settings: dict[str, Any] = {
+        "base_url": fake.url,
+        "poll_interval": 0.02,
+        "backoff": (0.01, 0.05),
+        "request_timeout": 5.0,
+        "not_found_grace": 10.0,
+        "timeout": 30.0,
+    }
+    key = overrides.pop("api_key", fake.api_key)
+    settings.update(overrides)
+    return DefAPIGenerator(key, **settings)
+
+
+def submits(fake: FakeDefAPI) -> list[str]:
+    return [path for method, path in fake.requests if method == "POST"]
+
+
+async def test_success_returns_images_cost_and_progress(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi)
+    ctx = LocalContext()
+    result = await generate_image(
+        gen,
+        "a lego castle",
+        images=["https://example.invalid/in.png"],
+        options={"aspect_ratio": "16:9"},
+        context=ctx,
+    )
+    await gen.aclose()
+    (task,) = fake_defapi.tasks_for("a lego castle")
+    assert result.images == (f"https://cdn.fake-defapi.invalid/{task.task_id}/0.png",)
+    assert result.url == result.images[0]
+    assert result.cost == pytest.approx(0.04)
+    assert result.raw["data"]["status"] == "success"
+    # The body DefAPI received: prompt, default model, input images and the options.
+    assert task.body == {
+        "prompt": "a lego castle",
+        "model": "google/nano-banana",
+        "images": ["https://example.invalid/in.png"],
+        "aspect_ratio": "16:9",
+    }
+    assert ctx.task_id == task.task_id
+    assert [m for _, m in ctx.progress] == ["DefAPI: pending", "DefAPI: in_progress"]
+    assert fake_defapi.submissions["a lego castle"] == 1
+    assert submits(fake_defapi) == [GOOGLE_PATH]
+    assert set(fake_defapi.auth_headers) == {f"Bearer {fake_defapi.api_key}"}
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-image-1", "gpt-image-1"])
+async def test_openai_models_use_the_gpt_image_endpoint(
+    fake_defapi: FakeDefAPI, model: str
+) -> None:
+    gen = make(fake_defapi)
+    result = await generate_image(gen, "a robot", model=model, options={"size": "1024x1024"})
+    await gen.aclose()
+    assert result.images
+    assert submits(fake_defapi) == [OPENAI_PATH]
+    (task,) = fake_defapi.tasks_for("a robot")
+    assert task.body["model"] == model and task.body["size"] == "1024x1024"
+
+
+async def test_options_cannot_replace_prompt_or_model(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi)
+    await generate_image(gen, "real prompt", options={"prompt": "evil", "model": "openai/x"})
+    await gen.aclose()
+    (task,) = fake_defapi.tasks_for("real prompt")
+    assert task.body["model"] == "google/nano-banana"
+
+
+@pytest.mark.parametrize("as_404", [True, False], ids=["http-404", "code-not-found"])
+async def test_fresh_task_not_found_is_tolerated(fake_defapi: FakeDefAPI, as_404: bool) -> None:
+    fake_defapi.scenario(not_found_polls=3, not_found_as_404=as_404)
+    gen = make(fake_defapi)
+    result = await generate_image(gen, "patience")
+    await gen.aclose()
+    assert result.images
+    queries = [p for m, p in fake_defapi.requests if p == QUERY_PATH]
+    assert len(queries) >= 3 + 3  # three not-found answers, then pending, in_progress, success
+    assert fake_defapi.submissions["patience"] == 1
+
+
+async def test_not_found_beyond_the_grace_fails(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(not_found_polls=10_000)
+    gen = make(fake_defapi, not_found_grace=0.2)
+    with pytest.raises(GenerationError, match="does not know task"):
+        await generate_image(gen, "never there")
+    await gen.aclose()
+    assert fake_defapi.submissions["never there"] == 1
+
+
+async def test_submit_429_honours_retry_after_and_submits_once(
+    fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue")
+    fake_defapi.scenario(submit_429=1, retry_after="0.3")
+    gen = make(fake_defapi)
+    result = await generate_image(gen, "busy")
+    await gen.aclose()
+    assert result.images
+    assert fake_defapi.submit_requests["busy"] == 2
+    assert fake_defapi.submissions["busy"] == 1
+    assert "HTTP 429" in caplog.text and "retrying in 0.3 s" in caplog.text
+
+
+async def test_retry_after_is_capped(
+    fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue")
+    fake_defapi.scenario(query_429=2, retry_after="3600")
+    gen = make(fake_defapi, max_retry_after=0.05)
+    result = await generate_image(gen, "capped")
+    await gen.aclose()
+    assert result.images
+    assert caplog.text.count("retrying in 0.05 s") == 2
+    assert "3600" not in caplog.text.split("retrying in")[1]
+
+
+async def test_submit_503_is_retried(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(submit_503=2)
+    gen = make(fake_defapi)
+    assert (await generate_image(gen, "overloaded")).images
+    await gen.aclose()
+    assert fake_defapi.submit_requests["overloaded"] == 3
+    assert fake_defapi.submissions["overloaded"] == 1
+
+
+async def test_query_500s_are_retried(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(query_500=3)
+    gen = make(fake_defapi)
+    assert (await generate_image(gen, "flaky")).images
+    await gen.aclose()
+
+
+async def test_query_errors_give_up_after_max_attempts(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(query_500=100)
+    gen = make(fake_defapi, max_attempts=3)
+    with pytest.raises(GenerationError, match="after 3 attempts") as info:
+        await generate_image(gen, "down")
+    await gen.aclose()
+    assert info.value.retryable  # the task id is remembered: a job retry resumes it
+    queries = [p for _, p in fake_defapi.requests if p == QUERY_PATH]
+    assert len(queries) == 3
+
+
+async def test_submit_500_is_not_retried(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(submit_500=1)
+    gen = make(fake_defapi)
+    with pytest.raises(GenerationError, match="may have accepted") as info:
+        await generate_image(gen, "accepted then lost")
+    await gen.aclose()
+    assert not info.value.retryable
+    assert fake_defapi.submit_requests["accepted then lost"] == 1
+    assert fake_defapi.submissions["accepted then lost"] == 1
+
+
+async def test_slow_submit_times_out_without_resubmitting(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(slow_submits=5, slow_seconds=1.5)
+    gen = make(fake_defapi, request_timeout=0.3)
+    with pytest.raises(GenerationError, match="may have accepted") as info:
+        await generate_image(gen, "slow submit")
+    await gen.aclose()
+    assert "ReadTimeout" in str(info.value)
+    assert fake_defapi.submit_requests["slow submit"] == 1
+
+
+async def test_slow_query_is_retried(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(slow_queries=1, slow_seconds=1.5)
+    gen = make(fake_defapi, request_timeout=0.3)
+    assert (await generate_image(gen, "slow query")).images
+    await gen.aclose()
+    assert fake_defapi.submissions["slow query"] == 1
+
+
+async def test_connection_refused_submit_is_retried_then_fails() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gen = DefAPIGenerator(
+        "sk-nobody-listens-1234", base_url=f"http://127.0.0.1:{port}", backoff=(0.01, 0.02)
+    )
+    with pytest.raises(GenerationError, match="did not take the task after 5 attempts") as info:
+        await generate_image(gen, "nobody home")
+    await gen.aclose()
+    assert info.value.retryable
+    assert "ConnectError" in str(info.value)
+
+
+async def test_failed_task_reports_the_reason(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(fail_reason="content policy violation")
+    gen = make(fake_defapi)
+    with pytest.raises(GenerationError, match="failed: content policy violation"):
+        await generate_image(gen, "forbidden")
+    await gen.aclose()
+
+
+async def test_code_not_zero_on_submit_carries_the_provider_message(
+    fake_defapi: FakeDefAPI,
+) -> None:
+    fake_defapi.scenario(submit_error="insufficient balance")
+    gen = make(fake_defapi)
+    with pytest.raises(GenerationError, match="insufficient balance") as info:
+        await generate_image(gen, "broke")
+    await gen.aclose()
+    assert not info.value.retryable
+    assert fake_defapi.submit_requests["broke"] == 1
+
+
+@pytest.mark.parametrize("where", ["submit", "query"])
+async def test_malformed_json_is_a_clear_error(fake_defapi: FakeDefAPI, where: str) -> None:
+    if where == "submit":
+        fake_defapi.scenario(malformed_submit=True)
+    else:
+        fake_defapi.scenario(malformed_queries=1)
+    gen = make(fake_defapi)
+    with pytest.raises(GenerationError, match="not JSON"):
+        await generate_image(gen, "garbled")
+    await gen.aclose()
+    assert fake_defapi.submit_requests["garbled"] == 1
+
+
+async def test_bad_key_fails_at_once_and_is_scrubbed(fake_defapi: FakeDefAPI) -> None:
+    wrong = "sk-wrong-0123456789abcdef"
+    gen = make(fake_defapi, api_key=wrong)
+    with pytest.raises(GenerationError, match="HTTP 401") as info:
+        await generate_image(gen, "who am i")
+    await gen.aclose()
+    # The fake echoes the presented key in its message; the error must not.
+    assert wrong not in str(info.value)
+    assert "DEFAPI_API_KEY" in str(info.value)
+    assert not info.value.retryable
+    assert len(fake_defapi.requests) == 1
+
+
+async def test_a_remembered_task_is_polled_not_resubmitted(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi)
+    task_id = await gen.submit(GenerationRequest("resume me"))
+    ctx = LocalContext(task_id=task_id)
+    result = await generate_image(gen, "resume me", context=ctx)
+    await gen.aclose()
+    assert fake_defapi.submissions["resume me"] == 1
+    assert result.raw["data"]["task_id"] == task_id
+
+
+class OrderContext(LocalContext):
+    """Records what the server had seen when the task id was remembered."""
+
+    def __init__(self, fake: FakeDefAPI) -> None:
+        super().__init__()
+        self.fake = fake
+        self.seen_at_remember: list[tuple[str, str]] | None = None
+
+    async def remember(self, task_id: str) -> None:
+        self.seen_at_remember = list(self.fake.requests)
+        await super().remember(task_id)
+
+
+async def test_task_id_is_remembered_before_polling(fake_defapi: FakeDefAPI) -> None:
+    ctx = OrderContext(fake_defapi)
+    gen = make(fake_defapi)
+    await generate_image(gen, "order", context=ctx)
+    await gen.aclose()
+    assert ctx.seen_at_remember == [("POST", GOOGLE_PATH)]
+
+
+async def test_generation_timeout(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario(hold=True)
+    gen = make(fake_defapi, timeout=0.3)
+    ctx = LocalContext()
+    with pytest.raises(GenerationError, match=r"did not finish within 0\.3 s") as info:
+        await generate_image(gen, "forever", context=ctx)
+    await gen.aclose()
+    assert info.value.retryable and ctx.task_id is not None
+
+
+async def test_key_never_in_logs_errors_reprs_or_raw(
+    fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = fake_defapi.api_key
+    gen = make(fake_defapi, max_attempts=3)
+    fake_defapi.scenario("retries", submit_429=1, retry_after="0", query_500=1, not_found_polls=1)
+    ok = await generate_image(gen, "retries")
+    fake_defapi.scenario("fails", fail_reason=f"quota for key {key} exceeded")
+    with pytest.raises(GenerationError) as failed:
+        await generate_image(gen, "fails")
+    await gen.aclose()
+    assert {r.name.split(".")[0] for r in caplog.records} >= {"httpx", "jobqueue"}
+    assert key not in caplog.text
+    assert all(key not in r.getMessage() for r in caplog.records)
+    assert key not in str(ok.raw) and key not in repr(ok)
+    assert key not in str(failed.value) and "****" in str(failed.value)
+    assert key not in repr(gen) and key[-4:] in repr(gen)
+
+
+def test_sync_form_runs_twice_with_fresh_loops(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi)
+    first = generate_image_sync(gen, "one")
+    second = generate_image_sync(gen, "two")
+    assert first.images and second.images and first.images != second.images
+
+
+@pytest.mark.parametrize("key", ["", "   ", "sk-abc\nInjected: yes"])
+def test_unusable_keys_are_configuration_errors(key: str) -> None:
+    with pytest.raises(ConfigurationError):
+        DefAPIGenerator(key)
