@@ -176,7 +176,7 @@ async def _read_form(form: FormData, limits: Limits) -> GenerationRequest:
             raise _invalid("options", "must be a JSON object") from None
     generation = _build(texts["prompt"], texts["model"] or None, [], options, limits)
     upload = form.get("image")
-    if upload is None:
+    if upload is None or upload == "":  # an empty file input arrives as an empty field
         return generation
     if not isinstance(upload, UploadFile):
         raise _invalid("image", "must be a file")
@@ -188,7 +188,7 @@ async def _read_form(form: FormData, limits: Limits) -> GenerationRequest:
             f"the image is over the limit of {limits.max_upload_bytes} bytes",
             hint="send a smaller image",
         )
-    if not data:  # a browser sends an empty part for an empty file input
+    if not data:
         return generation
     mime = sniff_image(data)
     if mime is None:
