@@ -17,6 +17,17 @@ from jobqueue import AsyncJobQueue, JobQueue, migrate
 from tests.fake_defapi import fake_defapi  # noqa: F401  (fixture: a fake DefAPI server)
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+POSTGRES_FIXTURES = {"jobqueue_postgres_url", "jobqueue_postgres_server_url", "postgres_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL, and tag it in the JUnit report, so that CI can
+    prove the PostgreSQL tests ran instead of being skipped (.ci/check_postgres_ran.py)."""
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+        if item.get_closest_marker("postgres") is not None:
+            item.user_properties.append(("backend", "postgres"))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -286,7 +286,10 @@ class Statements:
             )
             .values(
                 status=Status.COMPLETED.value,
-                result=batch.c.result,
+                # A batch of only NULL results makes PostgreSQL type the VALUES column text.
+                result=cast(batch.c.result, json_type())
+                if self.dialect == "postgresql"
+                else batch.c.result,
                 result_url=batch.c.result_url,
                 error=None,
                 progress=100,

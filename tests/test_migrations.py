@@ -1,0 +1,169 @@
+"""Shipped migrations: idempotent, matching the schema module, installable from the wheel,
+invisible to a host application's own Alembic, and printable as SQL for Supabase."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, make_url
+
+from jobqueue import JobQueue, SchemaNotInstalled, jobs_table, migrate
+from jobqueue.database import make_engine
+from jobqueue.migrations import exclude_tables, include_object, schema_state, sql
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_migrate_is_idempotent_and_keeps_its_own_version_table(
+    db_url: str, table_name: str
+) -> None:
+    assert not schema_state(db_url, table=table_name).installed
+    migrate(db_url, table=table_name)
+    migrate(db_url, table=table_name)
+    state = schema_state(db_url, table=table_name)
+    assert state.installed and state.up_to_date and state.current == state.head
+    engine = make_engine(db_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {table_name, f"{table_name}_alembic_version"} <= tables
+    assert "alembic_version" not in tables
+
+
+def test_migrated_database_matches_the_schema_module(db_url: str, table_name: str) -> None:
+    migrate(db_url, table=table_name)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = compare_metadata(ctx, jobs_table(table_name).metadata)
+    finally:
+        engine.dispose()
+    ours = [d for d in diffs if table_name in repr(d) and "alembic_version" not in repr(d)]
+    assert ours == []
+
+
+def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
+    migrate(db_url)
+    host = MetaData()
+    Table("users", host, Column("id", Integer, primary_key=True))
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            plain = compare_metadata(MigrationContext.configure(conn), host)
+            hooked = compare_metadata(
+                MigrationContext.configure(conn, opts={"include_object": include_object}), host
+            )
+    finally:
+        engine.dispose()
+    assert any("generation_jobs" in repr(d) for d in plain)  # what the hook prevents
+    assert not any("generation_jobs" in repr(d) for d in hooked)
+    assert any(d[0] == "add_table" and d[1].name == "users" for d in hooked)
+    hook = exclude_tables("my_jobs")
+    assert not hook(None, "my_jobs_alembic_version", "table", True, None)
+    assert hook(None, "users", "table", True, None)
+
+
+def test_queue_on_an_empty_database_says_to_migrate(db_url: str, table_name: str) -> None:
+    with JobQueue(db_url, table=table_name) as q, pytest.raises(SchemaNotInstalled) as err:
+        q.enqueue("image", {})
+    assert "jobqueue migrate" in str(err.value)
+
+
+def test_offline_sql_for_the_supabase_editor() -> None:
+    text = sql()
+    for expected in (
+        "CREATE TABLE generation_jobs_alembic_version",
+        "CREATE TABLE generation_jobs (",
+        "payload JSONB",
+        "CREATE INDEX generation_jobs_claim_idx ON generation_jobs "
+        "(queue, priority DESC, run_at, id) WHERE status = 'pending'",
+        "REFERENCING NEW TABLE AS new_jobs",
+        "COMMIT;",
+    ):
+        assert expected in text
+    custom = sql(table="image_jobs", schema="jobs")
+    assert "CREATE TABLE jobs.image_jobs (" in custom
+    assert 'AFTER INSERT ON "jobs"."image_jobs"' in custom
+
+
+@pytest.mark.postgres
+def test_custom_schema_and_the_insert_notification(postgres_url: str, table_name: str) -> None:
+    migrate(postgres_url, table=table_name, schema="jobqueue_custom")
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{table_name}"')
+        with JobQueue(postgres_url, table=table_name, schema="jobqueue_custom") as q:
+            q.enqueue_many([{"payload": {"i": i}, "queue": "fast"} for i in range(20)])
+            q.enqueue("image", {}, queue="slow")
+        got = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
+    # one signal per queue per insert statement, not one per row
+    assert sorted(got) == [(table_name, "fast"), (table_name, "slow")]
+
+
+def test_rows_inserted_by_other_clients_get_every_default(db_url: str, raw_sql) -> None:  # type: ignore[no-untyped-def]
+    migrate(db_url)
+    raw_sql("INSERT INTO generation_jobs (payload, owner_id) VALUES ('{\"prompt\": \"x\"}', 'u')")
+    with JobQueue(db_url) as q:
+        (job,) = q.list()
+        assert job.status.value == "pending" and job.kind == "image" and job.queue == "default"
+        assert job.attempts == 0 and job.max_attempts == 3 and job.errors == []
+        (claimed,) = q.claim("w")
+        assert claimed.id == job.id and claimed.payload == {"prompt": "x"}
+        if q.is_postgres:
+            assert job.id.version == 7
+
+
+def test_repository_alembic_entry_point_runs_the_same_revisions(
+    db_url: str, table_name: str
+) -> None:
+    env = {**os.environ, "JOBQUEUE_DATABASE_URL": db_url}
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"table={table_name}", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    assert schema_state(db_url, table=table_name).up_to_date
+
+
+def test_the_wheel_carries_the_migrations(tmp_path: Path, jobqueue_sqlite_url: str) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("jobqueue-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    for needed in (
+        "jobqueue/migrations/env.py",
+        "jobqueue/migrations/script.py.mako",
+        "jobqueue/migrations/versions/0001_create_jobs_table.py",
+        "jobqueue/py.typed",
+    ):
+        assert needed in names
+    code = (
+        "import jobqueue, sys; assert 'site' in jobqueue.__file__, jobqueue.__file__; "
+        "jobqueue.migrate(sys.argv[1]); "
+        "from jobqueue.migrations import schema_state; "
+        "assert schema_state(sys.argv[1]).up_to_date"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, jobqueue_sqlite_url],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        cwd=tmp_path,
+        check=True,
+    )

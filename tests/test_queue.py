@@ -1,0 +1,401 @@
+"""The behavioural suite of the queue API: SQLite and PostgreSQL, sync and async (fixture q)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from jobqueue import (
+    Completion,
+    InvalidJobId,
+    InvalidTransition,
+    JobNotFound,
+    LeaseLost,
+    NewJob,
+    PayloadError,
+    Status,
+)
+from tests.conftest import Either
+
+
+async def test_enqueue_returns_the_job_at_once(q: Either) -> None:
+    job = await q.enqueue("image", {"prompt": "a lego cat"}, owner_id="u1", priority=3)
+    assert isinstance(job.id, uuid.UUID) and job.id.version == 7
+    assert job.status is Status.PENDING
+    assert (job.kind, job.queue, job.priority, job.owner_id) == ("image", "default", 3, "u1")
+    assert job.payload == {"prompt": "a lego cat"}
+    assert job.attempts == 0 and job.max_attempts == 3
+    assert job.completed_at is None and job.created_at.tzinfo is not None
+    again = await q.get(str(job.id))
+    assert again == job
+
+
+async def test_ids_are_time_ordered(q: Either) -> None:
+    jobs = [await q.enqueue("image", {"i": i}) for i in range(5)]
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+
+
+async def test_idempotency_key_makes_one_job_per_queue(q: Either) -> None:
+    first = await q.enqueue("image", {"prompt": "x"}, idempotency_key="click-1")
+    second = await q.enqueue("image", {"prompt": "changed"}, idempotency_key="click-1")
+    other_queue = await q.enqueue("image", {}, idempotency_key="click-1", queue="slow")
+    assert second.id == first.id and second.payload == {"prompt": "x"}
+    assert other_queue.id != first.id
+    assert len(await q.list(queue="default")) == 1
+
+
+async def test_enqueue_many_keeps_order_and_reuses_keys(q: Either) -> None:
+    existing = await q.enqueue("image", {"n": -1}, idempotency_key="k0")
+    batch = [NewJob(payload={"n": i}, idempotency_key=f"k{i}") for i in range(50)]
+    jobs = await q.enqueue_many(batch)
+    assert [j.payload["n"] for j in jobs[1:]] == list(range(1, 50))
+    assert jobs[0].id == existing.id
+    assert len({j.id for j in jobs}) == 50
+    assert await q.enqueue_many([]) == []
+
+
+async def test_claim_takes_priority_then_age_and_sets_the_lease(q: Either) -> None:
+    low = await q.enqueue("image", {"n": 1})
+    high = await q.enqueue("image", {"n": 2}, priority=10)
+    later = await q.enqueue("image", {"n": 3})
+    claimed = await q.claim("worker-a", limit=2, lease=60)
+    assert [j.id for j in claimed] == [high.id, low.id]
+    for job in claimed:
+        assert job.status is Status.PROCESSING
+        assert job.locked_by == "worker-a" and job.attempts == 1
+        assert job.started_at is not None and job.lease_expires_at is not None
+        assert job.lease_expires_at - job.started_at >= timedelta(seconds=59)
+    assert [j.id for j in await q.claim("worker-b", limit=5)] == [later.id]
+    assert await q.claim("worker-b") == []
+
+
+async def test_claim_filters_queue_and_kind(q: Either) -> None:
+    await q.enqueue("image", {}, queue="slow")
+    video = await q.enqueue("video", {})
+    await q.enqueue("image", {})
+    assert [j.id for j in await q.claim("w", kinds=["video"], limit=5)] == [video.id]
+    assert len(await q.claim("w", queues=["slow"], limit=5)) == 1
+    assert len(await q.claim("w", queues=None, limit=5)) == 1
+
+
+async def test_delayed_and_scheduled_jobs_wait_for_their_time(q: Either) -> None:
+    await q.enqueue("image", {}, delay=timedelta(hours=1))
+    await q.enqueue("image", {}, run_at=datetime.now(UTC) + timedelta(hours=1))
+    soon = await q.enqueue("image", {}, delay=0.2)
+    assert await q.claim("w", limit=5) == []
+    await asyncio.sleep(0.4)
+    assert [j.id for j in await q.claim("w", limit=5)] == [soon.id]
+
+
+async def test_complete_records_result_and_final_time(q: Either) -> None:
+    await q.enqueue("image", {"prompt": "p"})
+    (job,) = await q.claim("w")
+    done = await q.complete(job, {"images": ["https://x/1.png"]}, "https://x/1.png")
+    assert done.status is Status.COMPLETED and done.progress == 100
+    assert done.result == {"images": ["https://x/1.png"]}
+    assert done.result_url == "https://x/1.png"
+    assert done.completed_at is not None and done.duration is not None
+    assert done.lease_expires_at is None
+
+
+async def test_progress_and_remote_task_id_are_saved(q: Either) -> None:
+    await q.enqueue("image", {})
+    (job,) = await q.claim("w")
+    await q.set_progress(job, 40, "rendering")
+    await q.remember_task(job, "task-123")
+    seen = await q.get(job.id)
+    assert (seen.progress, seen.progress_message, seen.remote_task_id) == (
+        40,
+        "rendering",
+        "task-123",
+    )
+    with pytest.raises(PayloadError):
+        await q.set_progress(job, 101)
+
+
+async def test_fail_schedules_a_retry_with_backoff(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=2)
+    (job,) = await q.claim("w")
+    retried = await q.fail(job, RuntimeError("provider down"), retry_in=3600)
+    assert retried.status is Status.PENDING and retried.completed_at is None
+    assert retried.error == "RuntimeError: provider down"
+    assert retried.locked_by is None and retried.lease_expires_at is None
+    assert retried.run_at - job.started_at >= timedelta(minutes=59)
+    assert await q.claim("w") == []  # backing off
+    assert retried.errors == [
+        {"attempt": 1, "at": retried.errors[0]["at"], "error": "RuntimeError: provider down"}
+    ]
+
+
+def test_backoff_grows_exponentially_with_full_jitter() -> None:
+    from jobqueue.operations import backoff_delay
+
+    for attempt, ceiling in [(1, 5.0), (2, 10.0), (3, 20.0), (10, 600.0)]:
+        delays = [backoff_delay(attempt, 5.0, 600.0) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.5  # spread over the range, not a constant
+
+
+async def test_fail_out_of_attempts_is_final_with_history(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=2)
+    (job,) = await q.claim("w")
+    await q.fail(job, "first", retry_in=0)
+    (job2,) = await q.claim("w")
+    assert job2.attempts == 2
+    failed = await q.fail(job2, "second")
+    assert failed.status is Status.FAILED and failed.completed_at is not None
+    assert [e["error"] for e in failed.errors] == ["first", "second"]
+    assert [e["attempt"] for e in failed.errors] == [1, 2]
+    assert failed.error == "second"
+
+
+async def test_fail_without_retry_is_final(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=5)
+    (job,) = await q.claim("w")
+    failed = await q.fail(job, "bad prompt", retry=False)
+    assert failed.status is Status.FAILED
+
+
+async def test_fencing_refuses_a_worker_whose_lease_was_taken(q: Either) -> None:
+    await q.enqueue("image", {})
+    (stale,) = await q.claim("slow-worker", lease=0.05)
+    await asyncio.sleep(0.2)
+    (fresh,) = await q.claim("fast-worker")
+    assert fresh.id == stale.id and fresh.attempts == 2
+    assert "lease expired while held by slow-worker" in fresh.errors[-1]["error"]
+    for write in (
+        q.complete(stale, {"stale": True}),
+        q.fail(stale, "stale"),
+        q.set_progress(stale, 50),
+        q.heartbeat(stale),
+        q.remember_task(stale, "t"),
+        q.release(stale),
+    ):
+        with pytest.raises(LeaseLost):
+            await write
+    done = await q.complete(fresh, {"fresh": True})
+    assert done.result == {"fresh": True}
+    assert (await q.get(fresh.id)).result == {"fresh": True}
+
+
+async def test_heartbeat_extends_the_lease(q: Either) -> None:
+    await q.enqueue("image", {})
+    (job,) = await q.claim("w", lease=0.3)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        await q.heartbeat(job, lease=0.3)
+    assert await q.claim("other") == []
+    held = await q.heartbeat_many([job.id, uuid.uuid4()], "w", lease=30)
+    assert held == {job.id}
+    assert await q.heartbeat_many([job.id], "someone-else") == set()
+
+
+async def test_complete_many_writes_held_jobs_and_reports_fenced_ones(q: Either) -> None:
+    await q.enqueue_many([NewJob(payload={"i": i}) for i in range(4)])
+    jobs = await q.claim("w", limit=4)
+    stale = jobs[0]
+    await q.cancel(stale.id)
+    written = await q.complete_many(
+        [Completion(j, {"i": j.payload["i"]}, f"u{j.payload['i']}") for j in jobs]
+    )
+    assert written == {j.id for j in jobs[1:]}
+    for j in jobs[1:]:
+        got = await q.get(j.id)
+        assert got.status is Status.COMPLETED
+        assert got.result == {"i": j.payload["i"]} and got.result_url == f"u{j.payload['i']}"
+    assert (await q.get(stale.id)).status is Status.CANCELLED
+
+
+async def test_cancel_pending_and_running_but_not_finished(q: Either) -> None:
+    pending = await q.enqueue("image", {})
+    cancelled = await q.cancel(pending.id)
+    assert cancelled.status is Status.CANCELLED and cancelled.completed_at is not None
+    with pytest.raises(InvalidTransition):
+        await q.cancel(pending.id)
+    await q.enqueue("image", {})
+    (running,) = await q.claim("w")
+    assert (await q.cancel(running)).status is Status.CANCELLED
+    with pytest.raises(LeaseLost):
+        await q.complete(running)
+
+
+async def test_retry_requeues_failed_and_cancelled_jobs(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=1)
+    (job,) = await q.claim("w")
+    failed = await q.fail(job, "boom")
+    assert failed.status is Status.FAILED
+    requeued = await q.retry(job.id)
+    assert requeued.status is Status.PENDING and requeued.completed_at is None
+    assert requeued.max_attempts == 2 and requeued.errors == failed.errors
+    (again,) = await q.claim("w")
+    assert again.attempts == 2
+    done = await q.complete(again)
+    with pytest.raises(InvalidTransition):
+        await q.retry(done.id)
+
+
+async def test_release_gives_the_job_back_without_spending_an_attempt(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=1)
+    (job,) = await q.claim("w")
+    released = await q.release(job, "worker shutting down")
+    assert released.status is Status.PENDING and released.locked_by is None
+    assert released.max_attempts == 2 and released.attempts == 1
+    (again,) = await q.claim("w")
+    assert again.attempts == 2
+
+
+async def test_reap_requeues_or_fails_expired_jobs(q: Either) -> None:
+    await q.enqueue("image", {}, max_attempts=1)
+    await q.enqueue("image", {}, max_attempts=3)
+    jobs = await q.claim("w", limit=2, lease=0.05)
+    await asyncio.sleep(0.2)
+    reaped = dict(await q.reap())
+    by_attempts = {j.max_attempts: j.id for j in jobs}
+    assert reaped == {by_attempts[1]: Status.FAILED, by_attempts[3]: Status.PENDING}
+    spent = await q.get(by_attempts[1])
+    assert spent.completed_at is not None and "lease expired" in (spent.error or "")
+    assert await q.reap() == []
+
+
+async def test_unknown_and_malformed_ids(q: Either) -> None:
+    with pytest.raises(JobNotFound):
+        await q.get(uuid.uuid4())
+    with pytest.raises(InvalidJobId):
+        await q.get("not-a-uuid")
+    with pytest.raises(JobNotFound):
+        await q.cancel(str(uuid.uuid4()))
+    with pytest.raises(JobNotFound):
+        await q.retry(uuid.uuid4())
+
+
+async def test_owner_scoping(q: Either) -> None:
+    mine = await q.enqueue("image", {}, owner_id="alice")
+    await q.enqueue("image", {}, owner_id="bob")
+    assert [j.id for j in await q.list(owner_id="alice")] == [mine.id]
+    with pytest.raises(JobNotFound):
+        await q.get(mine.id, owner_id="bob")
+    with pytest.raises(JobNotFound):
+        await q.cancel(mine.id, owner_id="bob")
+    assert (await q.get(mine.id, owner_id="alice")).id == mine.id
+
+
+async def test_list_filters_and_orders_newest_first(q: Either) -> None:
+    jobs = [await q.enqueue("image", {"i": i}) for i in range(3)]
+    (claimed,) = await q.claim("w")
+    listed = await q.list()
+    assert [j.id for j in listed] == [j.id for j in reversed(jobs)]
+    assert [j.id for j in await q.list(status="processing")] == [claimed.id]
+    assert len(await q.list(status=["pending", Status.PROCESSING])) == 3
+    assert len(await q.list(since=timedelta(minutes=5), limit=2)) == 2
+    assert await q.list(since=datetime.now(UTC) + timedelta(days=1)) == []
+    with pytest.raises(PayloadError):
+        await q.list(status="stuck")
+
+
+async def test_stats_counts_and_average_duration_per_status(q: Either) -> None:
+    await q.enqueue_many([NewJob(payload={}) for _ in range(3)])
+    first, second = await q.claim("w", limit=2)
+    await q.complete(first)
+    await q.fail(second, "x", retry=False)
+    stats = {s.status: s for s in await q.stats()}
+    assert stats[Status.COMPLETED].count == 1
+    assert stats[Status.FAILED].count == 1
+    assert stats[Status.PENDING].count == 1 and stats[Status.PENDING].avg_duration_sec is None
+    avg = stats[Status.COMPLETED].avg_duration_sec
+    assert avg is not None and 0 <= avg < 60
+
+
+async def test_prune_removes_only_old_finished_jobs(q: Either) -> None:
+    await q.enqueue_many([NewJob(payload={}) for _ in range(3)])
+    a, b = await q.claim("w", limit=2)
+    await q.complete(a)
+    await q.complete(b)
+    assert await q.prune(older_than=timedelta(days=1)) == 0
+    await asyncio.sleep(0.05)
+    assert await q.prune(older_than=0.01) == 2
+    remaining = await q.list()
+    assert [j.status for j in remaining] == [Status.PENDING]
+    with pytest.raises(PayloadError):
+        await q.prune(older_than=0, statuses=["pending"])
+
+
+async def test_wait_polls_until_final_and_reports_changes(q: Either) -> None:
+    job = await q.enqueue("image", {})
+    seen: list[tuple[Status, int]] = []
+
+    async def work() -> None:
+        await asyncio.sleep(0.1)
+        (held,) = await q.claim("w")
+        await q.set_progress(held, 50, "half")
+        await asyncio.sleep(0.1)
+        await q.complete(held, {"ok": True})
+
+    if q.is_async:
+        worker = asyncio.create_task(work())
+        final = await q.wait(
+            job.id, interval=0.02, on_change=lambda j: seen.append((j.status, j.progress))
+        )
+        await worker
+    else:
+        worker = asyncio.create_task(work())
+        final = await asyncio.to_thread(
+            q.target.wait,
+            job.id,
+            interval=0.02,
+            on_change=lambda j: seen.append((j.status, j.progress)),
+        )
+        await worker
+    assert final.status is Status.COMPLETED
+    assert seen[0] == (Status.PENDING, 0) and seen[-1] == (Status.COMPLETED, 100)
+    assert (Status.PROCESSING, 50) in seen
+
+
+async def test_wait_times_out_and_the_job_lives_on(q: Either) -> None:
+    from jobqueue import WaitTimeout
+
+    job = await q.enqueue("image", {})
+    with pytest.raises(WaitTimeout):
+        await q.wait(job.id, interval=0.02, timeout=0.1)
+    assert (await q.get(job.id)).status is Status.PENDING
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"payload": {"x": float("nan")}}, "JSON"),
+        ({"payload": {"x": object()}}, "JSON"),
+        ({"payload": {"x": "a" * 2_000_000}}, "limit"),
+        ({"priority": 10**9}, "priority"),
+        ({"priority": "high"}, "priority"),
+        ({"delay": -1}, "delay"),
+        ({"delay": float("inf")}, "delay"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"kind": ""}, "kind"),
+        ({"queue": "q" * 500}, "queue"),
+        ({"idempotency_key": "k" * 300}, "idempotency_key"),
+        ({"run_at": datetime(2030, 1, 1)}, "timezone"),
+        ({"run_at": datetime.now(UTC), "delay": 1}, "not both"),
+        ({"owner_id": 42}, "owner_id"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_is_written(
+    q: Either, kwargs: dict[str, Any], match: str
+) -> None:
+    args: dict[str, Any] = {"kind": "image", "payload": {}}
+    args.update(kwargs)
+    with pytest.raises(PayloadError, match=match):
+        await q.enqueue(args.pop("kind"), args.pop("payload"), **args)
+    assert await q.list() == []
+
+
+async def test_a_result_that_is_not_json_is_refused_and_the_job_still_held(q: Either) -> None:
+    await q.enqueue("image", {})
+    (job,) = await q.claim("w")
+    with pytest.raises(PayloadError):
+        await q.complete(job, {"bad": {1, 2}})
+    assert (await q.get(job.id)).status is Status.PROCESSING
+    assert (await q.complete(job, {"good": 1})).status is Status.COMPLETED

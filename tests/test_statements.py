@@ -1,0 +1,81 @@
+"""Statements compile for both dialects with the dialect differences where we expect them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy.dialects import postgresql, sqlite
+
+from jobqueue import Completion, jobs_table
+from jobqueue.statements import Statements
+
+DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
+
+
+def compiled(stmt: object, dialect: str) -> str:
+    return str(stmt.compile(dialect=DIALECTS[dialect]))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_claim_locks_without_waiting_only_on_postgres(dialect: str) -> None:
+    s = Statements(jobs_table(), dialect)
+    sql = compiled(s.claim("w", limit=5, lease=30, queues=["default"], kinds=None), dialect)
+    assert ("FOR UPDATE SKIP LOCKED" in sql) is (dialect == "postgresql")
+    assert (
+        "ORDER BY generation_jobs.priority DESC, generation_jobs.run_at, generation_jobs.id" in sql
+    )
+    assert "RETURNING" in sql
+    now = "clock_timestamp()" if dialect == "postgresql" else "strftime("
+    assert now in sql  # database clock, never the worker's
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
+    s = Statements(jobs_table(), dialect)
+    jid = uuid.uuid4()
+    for stmt in (
+        s.complete(jid, 2, None, None),
+        s.fail(jid, 2, "e", None),
+        s.fail(jid, 2, "e", 5.0),
+        s.heartbeat(jid, 2, 30),
+        s.set_progress(jid, 2, 5, None),
+        s.remember(jid, 2, "t"),
+        s.release(jid, 2, "r"),
+    ):
+        sql = compiled(stmt, dialect)
+        where = sql.split("WHERE", 1)[1]
+        for column in (
+            "generation_jobs.id =",
+            "generation_jobs.attempts =",
+            "generation_jobs.status =",
+        ):
+            assert column in where
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_batched_completion_is_one_statement_with_the_same_fence(dialect: str) -> None:
+    from jobqueue.operations import Limits, complete_many
+    from jobqueue.schema import Job, Status
+
+    s = Statements(jobs_table(), dialect)
+    job = Job.from_row(
+        {c.name: None for c in jobs_table().c}
+        | {"id": uuid.uuid4(), "status": Status.PROCESSING, "attempts": 1, "errors": []}
+    )
+    op = complete_many(s, [Completion(job, {"a": 1}, "u")] * 3, Limits())
+    stmt, params = next(op)
+    sql = compiled(stmt, dialect)
+    assert params is None and sql.count("UPDATE") == 1
+    assert "generation_jobs.attempts = batch.attempt" in sql
+    assert "generation_jobs.status =" in sql
+
+
+def test_hostile_table_names_never_reach_sql() -> None:
+    from jobqueue import ConfigurationError
+
+    for name in ('jobs"; DROP TABLE users; --', "1jobs", "jobs-x", "j" * 64, "", "jobs\x00"):
+        with pytest.raises(ConfigurationError):
+            jobs_table(name)
+    with pytest.raises(ConfigurationError):
+        jobs_table("jobs", schema="public; DROP SCHEMA x")
