@@ -44,11 +44,18 @@ def normalise_url(url: str | URL, *, asynchronous: bool) -> URL:
     """Pick our driver for a plain URL; keep an explicit ``+driver`` the caller chose."""
     try:
         u = make_url(url) if isinstance(url, str) else url
-    except sa_exc.ArgumentError as exc:
+    except (sa_exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
         raise ConfigurationError(
             f"not a database URL: {redact(str(url))}",
             hint="use e.g. sqlite:///jobqueue.db or postgresql://user@host/dbname",
         ) from exc
+    if u.host and "@" in u.host:
+        # An unencoded "@" in the password: the driver would take the password's tail for the
+        # host name and print it in its "cannot resolve host" error.
+        raise ConfigurationError(
+            f"not a valid database URL: {redact(str(url))}",
+            hint="percent-encode special characters in the password ('@' as %40)",
+        ) from None
     backend, _, driver = u.drivername.partition("+")
     if backend in ("postgres", "postgresql"):
         if not driver or (driver == "psycopg2"):
@@ -112,21 +119,24 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
     return create_async_engine(u, **kwargs)
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+# The password runs to the *last* "@" before the host part: an unencoded "@" in a password
+# must not leave its tail visible. A password may also come as a query or conninfo parameter.
+_PASSWORD_IN_URL = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s?#]*@")
+_PASSWORD_PARAMETER = re.compile(r"(?i)(?P<pre>\bpassword\s*=\s*)(?:'[^']*'|[^&\s]*)")
 
 
 def redact(text: str) -> str:
     """Hide passwords in any URL inside ``text`` (for logs and error messages)."""
-    return _PASSWORD_IN_URL.sub(r"\g<pre>***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\g<pre>***", _PASSWORD_IN_URL.sub(r"\g<pre>***@", text))
 
 
 def describe_url(url: str | URL) -> str:
     """A URL safe to print: no password."""
     try:
         u = make_url(url) if isinstance(url, str) else url
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):
         return redact(str(url))
-    return u.render_as_string(hide_password=True)
+    return redact(u.render_as_string(hide_password=True))
 
 
 _MISSING_TABLE = (

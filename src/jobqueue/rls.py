@@ -23,7 +23,7 @@ from sqlalchemy import URL, Connection, Engine, text
 from .database import make_engine, translated_errors
 from .errors import ConfigurationError
 from .migrations import version_table
-from .schema import DEFAULT_TABLE, validate_identifier
+from .schema import DEFAULT_TABLE, validate_identifier, validate_table_name
 
 DEFAULT_WORKER_ROLE = "service_role"
 USER_ROLE = "authenticated"
@@ -57,7 +57,7 @@ def rls_statements(
     worker_role: str = DEFAULT_WORKER_ROLE,
 ) -> list[str]:
     """The RLS set-up as separate statements, in the order they must run."""
-    validate_identifier(table, "table name")
+    validate_table_name(table)
     if schema is not None:
         validate_identifier(schema, "schema name")
     validate_identifier(worker_role, "worker role")

@@ -99,6 +99,22 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
     return name
 
 
+#: Names derived from the table name (the longest is Alembic's ``<table>_alembic_version_pkc``)
+#: must stay within PostgreSQL's 63 characters, or migrating fails half-way.
+TABLE_NAME_MAX_LENGTH = 63 - len("_alembic_version_pkc")
+
+
+def validate_table_name(name: str) -> str:
+    """A valid identifier short enough to leave room for the names derived from it."""
+    validate_identifier(name, "table name")
+    if len(name) > TABLE_NAME_MAX_LENGTH:
+        raise ConfigurationError(
+            f"table name {name!r} is longer than {TABLE_NAME_MAX_LENGTH} characters",
+            hint="the indexes and version table are named after it and must fit in 63",
+        )
+    return name
+
+
 def jobs_table(
     name: str = DEFAULT_TABLE,
     schema: str | None = None,
@@ -109,7 +125,7 @@ def jobs_table(
     Every column has a server default, because other clients (a web front end writing
     through Supabase, a psql session) insert rows too and must not need to know them.
     """
-    validate_identifier(name, "table name")
+    validate_table_name(name)
     if schema is not None:
         validate_identifier(schema, "schema name")
     md = metadata if metadata is not None else MetaData()

@@ -23,7 +23,7 @@ from sqlalchemy import URL, Connection, Engine, Table, inspect
 from alembic import command
 
 from ..database import database_url, make_engine, normalise_url, translated_errors
-from ..schema import DEFAULT_TABLE, jobs_table, validate_identifier
+from ..schema import DEFAULT_TABLE, jobs_table, validate_identifier, validate_table_name
 
 SCRIPT_LOCATION = "jobqueue:migrations"
 
@@ -68,7 +68,7 @@ def target() -> Target:
 
 
 def _config(table: str, schema: str | None) -> Config:
-    validate_identifier(table, "table name")
+    validate_table_name(table)
     if schema is not None:
         validate_identifier(schema, "schema name")
     cfg = Config()
@@ -84,7 +84,7 @@ def run_env(context: Any) -> None:
     x = context.get_x_argument(as_dictionary=True)
     table = cfg.attributes.get("jobqueue_table") or x.get("table") or DEFAULT_TABLE
     schema = cfg.attributes.get("jobqueue_schema") or x.get("schema") or None
-    validate_identifier(table, "table name")
+    validate_table_name(table)
     if schema is not None:
         validate_identifier(schema, "schema name")
     options: dict[str, Any] = {
@@ -198,6 +198,9 @@ def schema_state(
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
 ) -> SchemaState:
+    validate_table_name(table)  # before any SQL, like every other entry point
+    if schema is not None:
+        validate_identifier(schema, "schema name")
     engine = make_engine(url)
     try:
         with translated_errors(table), engine.connect() as conn:
