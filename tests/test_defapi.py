@@ -258,6 +258,28 @@ async def test_a_remembered_task_is_polled_not_resubmitted(fake_defapi: FakeDefA
     assert result.raw["data"]["task_id"] == task_id
 
 
+async def test_a_remembered_task_that_failed_is_replaced(fake_defapi: FakeDefAPI) -> None:
+    fake_defapi.scenario("second chance", fail_reason="upstream hiccup")
+    gen = make(fake_defapi)
+    old = await gen.submit(GenerationRequest("second chance"))
+    fake_defapi.scenario("second chance")  # tasks submitted from now on succeed
+    ctx = LocalContext(task_id=old)
+    result = await generate_image(gen, "second chance", context=ctx)
+    await gen.aclose()
+    assert fake_defapi.submissions["second chance"] == 2
+    assert ctx.task_id != old and result.raw["data"]["task_id"] == ctx.task_id
+
+
+async def test_a_remembered_task_unknown_to_defapi_is_replaced(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi, not_found_grace=0.1)
+    ctx = LocalContext(task_id="task-expired-long-ago")
+    result = await generate_image(gen, "expired", context=ctx)
+    await gen.aclose()
+    assert result.images
+    assert fake_defapi.submissions["expired"] == 1
+    assert ctx.task_id != "task-expired-long-ago"
+
+
 class OrderContext(LocalContext):
     """Records what the server had seen when the task id was remembered."""
 

@@ -12,7 +12,7 @@ from .base import (
     JobContext,
     LocalContext,
 )
-from .defapi import DEFAULT_BASE_URL, DEFAULT_MODEL, DefAPIGenerator
+from .defapi import DEFAULT_BASE_URL, DEFAULT_MODEL, DefAPIGenerator, TaskEnded
 from .mock import MockGenerator
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "JobContext",
     "LocalContext",
     "MockGenerator",
+    "TaskEnded",
 ]

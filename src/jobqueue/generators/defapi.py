@@ -91,6 +91,14 @@ class _NotFound(Exception):
     """DefAPI does not (yet) know the task."""
 
 
+class TaskEnded(GenerationError):
+    """The DefAPI task is over without images: it failed, or DefAPI no longer knows it.
+
+    A later attempt of the job that finds such a task remembered submits a new one, since
+    polling the old one again could never succeed.
+    """
+
+
 def _may_resend_submit(exc: BaseException) -> bool:
     """True only when a submit provably did not reach DefAPI, or DefAPI refused it."""
     if isinstance(exc, _Transient):
@@ -452,9 +460,11 @@ class DefAPIGenerator:
                 now = time.monotonic()
                 missing_since = now if missing_since is None else missing_since
                 if now - missing_since >= self.not_found_grace:
-                    raise self._error(
-                        f"DefAPI does not know task {task_id} "
-                        f"(still 'not found' after {self.not_found_grace:g} s): {exc}"
+                    raise TaskEnded(
+                        self.scrub(
+                            f"DefAPI does not know task {task_id} "
+                            f"(still 'not found' after {self.not_found_grace:g} s): {exc}"
+                        )
                     ) from None
                 logger.debug("DefAPI task %s not found yet; waiting", task_id)
             else:
@@ -463,7 +473,8 @@ class DefAPIGenerator:
                 if status == "success":
                     return self._result(task_id, body, data)
                 if status == "failed":
-                    raise self._error(f"DefAPI task {task_id} failed: {_failure_reason(data)}")
+                    reason = _failure_reason(data)
+                    raise TaskEnded(self.scrub(f"DefAPI task {task_id} failed: {reason}"))
                 if status != last_status:
                     last_status = status
                     if status in WAITING_STATUSES:
@@ -505,15 +516,23 @@ class DefAPIGenerator:
         )
 
     async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
-        """Submit (or resume the remembered task), remember its id, then poll to the end."""
+        """Resume the remembered task, or submit one and remember it; then poll to the end.
+
+        A remembered task that has ended without images (failed, or unknown to DefAPI for
+        longer than ``not_found_grace``) cannot succeed any more: this attempt is a retry, so
+        it submits a new task instead.
+        """
         task_id = context.remembered()
         if task_id:
             logger.info("resuming DefAPI task %s instead of submitting again", task_id)
-        else:
-            task_id = await self.submit(request)
-            # Saved before any waiting: a worker that dies from here on is replaced by one
-            # that polls this task instead of paying for a new one.
-            await context.remember(task_id)
+            try:
+                return await self.poll(task_id, context)
+            except TaskEnded as exc:
+                logger.warning("%s; submitting a new task for this attempt", exc.message)
+        task_id = await self.submit(request)
+        # Saved before any waiting: a worker that dies from here on is replaced by one
+        # that polls this task instead of paying for a new one.
+        await context.remember(task_id)
         return await self.poll(task_id, context)
 
     async def aclose(self) -> None:
