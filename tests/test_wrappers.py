@@ -140,8 +140,10 @@ async def test_generate_image_async_end_to_end(
     assert events[0][0] == "created"
     job_id = events[0][1]
     statuses = [s for kind, s in events if kind == "status"]
-    assert statuses[-1] is Status.COMPLETED
-    assert Status.PROCESSING in statuses or Status.PENDING in statuses
+    # Each change is reported once per status/progress; the order only moves forward.
+    order = [Status.PENDING, Status.PROCESSING, Status.COMPLETED]
+    assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
+    assert statuses[-1] is Status.COMPLETED and Status.PROCESSING in statuses
     job = await aqueue.get(job_id)
     assert job.kind == "image" and job.owner_id == "user-1"
     assert job.payload == {"prompt": "a lego castle", "options": {"aspect_ratio": "16:9"}}
