@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from .errors import JobFailed
 from .generators.base import (
     IMAGE_KIND,
     GenerationRequest,
@@ -87,12 +86,7 @@ class _ImageCall:
 
     @staticmethod
     def finish(job: Job) -> GenerationResult:
-        """The result of a final job, or `JobFailed` carrying the job's error."""
-        if job.status is not Status.COMPLETED:
-            raise JobFailed(
-                f"image job {job.id} ended {job.status}: {job.error or 'no error recorded'}",
-                job_id=job.id,
-            )
+        """The `GenerationResult` of a completed job (`wait_result` raised for the others)."""
         if isinstance(job.result, Mapping):
             result = GenerationResult.from_result(job.result)
             if result.images or not job.result_url:
@@ -143,7 +137,7 @@ async def generate_image_async(
     outcome = call.created(job)
     if inspect.isawaitable(outcome):
         await outcome
-    final = await queue.wait(
+    final = await queue.wait_result(
         job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
     )
     return call.finish(final)
@@ -174,7 +168,9 @@ def generate_image_queued(
         kind, payload, queue=queue_name, owner_id=owner_id, idempotency_key=idempotency_key
     )
     call.created(job)
-    final = queue.wait(job.id, interval=poll_interval, timeout=timeout, on_change=call.changed)
+    final = queue.wait_result(
+        job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
+    )
     return call.finish(final)
 
 
