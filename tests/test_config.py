@@ -98,12 +98,16 @@ def test_dotenv_can_be_skipped_or_named(tmp_path: Path) -> None:
 
 def test_repr_hides_the_key_and_the_database_password() -> None:
     settings = Settings.from_env(
-        {"DEFAPI_API_KEY": KEY, "JOBQUEUE_DATABASE_URL": "postgresql://u:s3cret@db/app"},
+        {
+            "DEFAPI_API_KEY": KEY,
+            "DEFAPI_BASE_URL": "https://proxy:pr0xypass@proxy.example",
+            "JOBQUEUE_DATABASE_URL": "postgresql://u:s3cret@db/app",
+        },
         dotenv=False,
     )
-    text = repr(settings)
-    assert KEY not in text and "s3cret" not in text
-    assert "****1234" in text
+    for text in (repr(settings), settings.describe(), repr(settings.generator())):
+        assert KEY not in text and "s3cret" not in text and "pr0xypass" not in text
+        assert "****1234" in text
 
 
 @pytest.mark.parametrize(

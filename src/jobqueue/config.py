@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .database import describe_url
+from .database import describe_url, redact
 from .errors import ConfigurationError
 from .generators.base import Generator
 from .generators.defapi import DEFAULT_BASE_URL, DefAPIGenerator, mask_key
@@ -152,13 +152,14 @@ class Settings:
             return f"generator: none ({MOCK_AI}=false and {DEFAPI_API_KEY} is not set)"
         if mock:
             return "generator: mock"
-        return f"generator: DefAPI at {self.defapi_base_url} (key {mask_key(self.defapi_api_key)})"
+        where = redact(self.defapi_base_url)
+        return f"generator: DefAPI at {where} (key {mask_key(self.defapi_api_key)})"
 
     def __repr__(self) -> str:
         db = describe_url(self.database_url) if self.database_url else None
         return (
             f"Settings(mock_ai={self.mock_ai!r}, defapi_api_key={mask_key(self.defapi_api_key)!r}, "
-            f"defapi_base_url={self.defapi_base_url!r}, "
+            f"defapi_base_url={redact(self.defapi_base_url)!r}, "
             f"defapi_poll_interval={self.defapi_poll_interval:g}, database_url={db!r})"
         )
 

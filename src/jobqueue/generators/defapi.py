@@ -42,6 +42,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from ..database import redact
 from ..errors import ConfigurationError, GenerationError
 from .base import GenerationRequest, GenerationResult, JobContext
 
@@ -199,7 +200,7 @@ class DefAPIGenerator:
 
     def __repr__(self) -> str:
         return (
-            f"DefAPIGenerator(base_url={self.base_url!r}, model={self.model!r}, "
+            f"DefAPIGenerator(base_url={redact(self.base_url)!r}, model={self.model!r}, "
             f"key={mask_key(self.__key)!r})"
         )
 
@@ -226,7 +227,7 @@ class DefAPIGenerator:
     def _error(
         self, message: str, *, retryable: bool = True, hint: str | None = None
     ) -> GenerationError:
-        return GenerationError(self.scrub(message), retryable=retryable, hint=hint)
+        return GenerationError(redact(self.scrub(message)), retryable=retryable, hint=hint)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
