@@ -35,6 +35,10 @@ function forget(id) {
 
 function showJob(job) {
   if (job.id !== currentId) return;
+  if (job.prompt) {
+    $("current-prompt").textContent = `“${job.prompt}”`;
+    $("current-prompt").hidden = false;
+  }
   const status = $("status");
   status.dataset.status = job.status;
   status.dataset.jobId = job.id;
@@ -51,6 +55,7 @@ function showJob(job) {
     $("result-image").src = job.preview_url;
     $("result-link").href = job.result_url ?? job.preview_url;
     $("result-link").textContent = job.result_url ?? job.preview_url;
+    $("placeholder-note").hidden = job.preview_url === job.result_url;
     $("result").hidden = false;
   } else {
     $("result").hidden = true;

@@ -1,0 +1,193 @@
+"""End to end in headless Chromium: the demo page, the JS client, the API and a worker.
+
+A real uvicorn server on 127.0.0.1 serves `create_app` with an in-process `Worker` running
+the `MockGenerator` on SQLite; Playwright drives Debian's system ``chromium`` (never a
+downloaded browser). The generation waits on a gate the test opens, so "reload while the
+job runs" is certain rather than a race against the mock's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobqueue import AsyncJobQueue, migrate
+from jobqueue.generators.base import GenerationRequest, GenerationResult, JobContext
+from jobqueue.generators.mock import MockGenerator
+from jobqueue.web import create_app
+from jobqueue.worker import Worker
+from tests.web_server import running_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PNG = base64.b64decode(  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+STEP_TIMEOUT = 45.0
+
+
+class GatedMock:
+    """The mock generator, held at the start until the test opens the gate."""
+
+    name = "gated-mock"
+
+    def __init__(self, inner: MockGenerator) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+        self.started.set()
+        await self.gate.wait()
+        return await self.inner.generate(request, context)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Demo:
+    def __init__(self, base: str, queue: AsyncJobQueue, generator: GatedMock) -> None:
+        self.base = base
+        self.queue = queue
+        self.generator = generator
+
+
+@pytest.fixture
+async def demo(jobqueue_sqlite_url: str, table_name: str) -> AsyncIterator[Demo]:
+    migrate(jobqueue_sqlite_url, table=table_name)
+    queue = AsyncJobQueue(jobqueue_sqlite_url, table=table_name)
+    generator = GatedMock(MockGenerator(delay=2.0, steps=4))
+    worker = Worker(queue, generator=generator, poll_interval=0.2, listen=False)
+    app = create_app(queue, worker=worker, poll_interval_ms=500)
+    try:
+        async with running_server(app) as base:
+            try:
+                yield Demo(base, queue, generator)
+            finally:
+                generator.gate.set()  # so the worker can finish and the server stop
+    finally:
+        await queue.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not HAVE_CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def wait_for_line(lines: list[str], pattern: str, start: int = 0) -> re.Match[str]:
+    """The first console line from ``start`` on matching ``pattern`` (waits for it)."""
+    regex = re.compile(pattern)
+    deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT
+    while asyncio.get_running_loop().time() < deadline:
+        for line in lines[start:]:
+            found = regex.search(line)
+            if found:
+                return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no console line matched {pattern!r}; the console said: {lines}")
+
+
+async def test_demo_page_generates_resumes_after_reload_and_isolates_browsers(
+    demo: Demo, browser: Any, tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context()
+    page = await context.new_page()
+    lines: list[str] = []
+    page.on("console", lambda message: lines.append(message.text))
+    page.set_default_timeout(STEP_TIMEOUT * 1000)
+
+    await page.goto(demo.base + "/")
+    await page.fill("#prompt", "a lego castle on a hill at sunset")
+    upload = tmp_path / "photo.png"
+    upload.write_bytes(PNG)
+    await page.set_input_files("#image", str(upload))
+    await page.click("text=Generate")
+
+    created = await wait_for_line(lines, r"📋 Job created: ([0-9a-f-]{36})")
+    job_id = created.group(1)
+    await wait_for_line(lines, rf"⏳ Job {job_id} status: processing")
+    stored = await demo.queue.get(job_id)
+    assert stored.payload["images"][0].startswith("data:image/png;base64,")
+    assert stored.owner_id is not None and stored.owner_id.startswith("anonymous:")
+
+    # Reload while the generation is held at its start: the page must pick the job up again.
+    await asyncio.wait_for(demo.generator.started.wait(), STEP_TIMEOUT)
+    assert not (await demo.queue.get(job_id)).is_final
+    after_reload = len(lines)
+    await page.reload()
+    await wait_for_line(lines, rf"🔁 Resuming job {job_id}", after_reload)
+    await wait_for_line(lines, rf"⏳ Job {job_id} status: processing", after_reload)
+    demo.generator.gate.set()
+    await wait_for_line(lines, rf"⏳ Job {job_id} status: completed", after_reload)
+
+    status = page.locator("#status")
+    await page.wait_for_function("document.getElementById('status').dataset.status === 'completed'")
+    assert job_id in (await status.text_content() or "")
+    image = page.locator("#result-image")
+    await image.wait_for(state="visible")
+    await page.wait_for_function(
+        "(() => { const i = document.getElementById('result-image');"
+        " return i.complete && i.naturalWidth > 0; })()"
+    )
+    assert await image.evaluate("i => i.naturalWidth") > 0
+    assert (await image.get_attribute("src") or "").endswith(".svg")
+    remembered = await page.evaluate("localStorage.getItem('jobqueue.running')")
+    assert job_id not in (remembered or "")
+    listed = page.locator(f'#jobs li[data-job-id="{job_id}"] .badge')
+    await listed.wait_for()
+    await page.wait_for_function(
+        f"document.querySelector('#jobs li[data-job-id=\"{job_id}\"] .badge')"
+        ".textContent === 'completed'"
+    )
+    await page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
+
+    # Another browser (its own anonymous owner) cannot open the job, nor list it.
+    other = await browser.new_context()
+    stranger = await other.new_page()
+    await stranger.goto(demo.base + "/")
+    answer = await stranger.evaluate(
+        """async (id) => {
+            const r = await fetch(`jobs/${id}`);
+            const list = await (await fetch("jobs")).json();
+            const { followJob } = await import("./static/jobqueue.js");
+            let followed = null;
+            try { await followJob(id, { logger: null }); followed = "resolved"; }
+            catch (e) { followed = e.status; }
+            return { status: r.status, body: await r.json(), listed: list.jobs.length, followed };
+        }""",
+        job_id,
+    )
+    assert answer["status"] == 404
+    assert answer["body"]["error"]["code"] == "not_found"
+    assert answer["listed"] == 0
+    assert answer["followed"] == 404
+    await other.close()
+    await context.close()
