@@ -1,0 +1,74 @@
+"""What ``jobqueue serve`` runs: the job API under uvicorn, with or without a worker.
+
+With a worker (the default) one process is the whole demo: page, API and generations.
+In production run ``--no-worker`` behind your proxy and scale ``jobqueue worker`` processes
+separately; pass ``--identify module:function`` so owners come from your own sessions
+instead of the demo's anonymous cookies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from ..queue import AsyncJobQueue
+from .app import create_app
+from .owners import Identify
+
+if TYPE_CHECKING:
+    from ..generators.base import Generator
+
+logger = logging.getLogger(__name__)
+
+
+def load_identify(path: str) -> Identify:
+    """Import ``package.module:function`` and check it is an async identify hook."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(
+            f"--identify takes module:function, not {path!r}",
+            hint="for example --identify myapp.auth:owner_of",
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot import the identify hook {path!r}: {exc}") from None
+    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 (an async callable object is fine)
+    ):
+        raise ConfigurationError(
+            f"the identify hook {path!r} must be `async def f(request) -> str | None`"
+        )
+    hook: Identify = target
+    return hook
+
+
+async def serve(
+    queue: AsyncJobQueue,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    generator: Generator | None = None,
+    concurrency: int = 10,
+    identify: Identify | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
+
+    uvicorn owns the signals: on shutdown the app's lifespan stops the worker gracefully.
+    """
+    import uvicorn
+
+    from ..worker import Worker
+
+    worker = None
+    if generator is not None:
+        worker = Worker(queue, generator=generator, concurrency=concurrency)
+    app = create_app(queue, identify=identify, worker=worker)
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
+    await uvicorn.Server(config).serve()
