@@ -11,7 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+import uvicorn
 
 from ..errors import ConfigurationError
 from ..queue import AsyncJobQueue
@@ -62,8 +68,6 @@ async def serve(
 
     uvicorn owns the signals: on shutdown the app's lifespan stops the worker gracefully.
     """
-    import uvicorn
-
     from ..worker import Worker
 
     worker = None
@@ -71,4 +75,23 @@ async def serve(
         worker = Worker(queue, generator=generator, concurrency=concurrency)
     app = create_app(queue, identify=identify, worker=worker)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
-    await uvicorn.Server(config).serve()
+    await _Server(config).serve()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that it does not re-raise the stop signal once it has shut
+    down: the caller still has a queue and a generator to close, and a requested stop is a
+    clean exit (status 0), not a crash."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,129 @@
+"""``jobqueue serve`` as a user runs it: a real process, a real port, SIGINT to stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobqueue import ConfigurationError, migrate
+from jobqueue.web.serve import load_identify
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def jobqueue_serve(tmp_path: Path, *args: str) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    migrate(url)
+    port = free_port()
+    env = {
+        **os.environ,
+        "JOBQUEUE_DATABASE_URL": url,
+        "MOCK_AI": "true",
+        "PYTHONPATH": str(tmp_path),
+    }
+    env.pop("DEFAPI_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobqueue", "serve", "--port", str(port), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jobqueue serve exited early: {proc.stdout and proc.stdout.read()}")
+            try:
+                httpx.get(base + "/static/jobqueue.js", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    pytest.fail("jobqueue serve did not answer")
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            output, _ = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output
+
+
+def wait_status(client: httpx.Client, job_id: str, wanted: str) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, object] = client.get(f"/jobs/{job_id}").json()
+        if job["status"] == wanted:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never became {wanted}")
+
+
+def test_serve_runs_the_api_with_a_worker(tmp_path: Path) -> None:
+    with jobqueue_serve(tmp_path) as base, httpx.Client(base_url=base) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "Generate" in page.text
+        created = client.post("/jobs", json={"prompt": "served"})
+        assert created.status_code == 202
+        job = wait_status(client, created.json()["id"], "completed")
+        assert str(job["preview_url"]).endswith(".svg")
+
+
+def test_serve_without_worker_only_enqueues(tmp_path: Path) -> None:
+    with jobqueue_serve(tmp_path, "--no-worker") as base, httpx.Client(base_url=base) as client:
+        job_id = client.post("/jobs", json={"prompt": "waits"}).json()["id"]
+        time.sleep(1.5)  # a worker, were there one, would have claimed it by now
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "pending"
+
+
+def test_serve_takes_the_owner_from_an_identify_hook(tmp_path: Path) -> None:
+    (tmp_path / "host_auth.py").write_text(
+        textwrap.dedent(
+            """
+            async def owner_of(request):
+                token = request.headers.get("authorization", "")
+                return token.removeprefix("Bearer ") or None
+            """
+        )
+    )
+    with (
+        jobqueue_serve(tmp_path, "--no-worker", "--identify", "host_auth:owner_of") as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        assert client.post("/jobs", json={"prompt": "x"}).status_code == 401
+        mine = client.post("/jobs", json={"prompt": "x"}, headers={"Authorization": "Bearer ann"})
+        assert mine.status_code == 202
+        job_id = mine.json()["id"]
+        other = client.get(f"/jobs/{job_id}", headers={"Authorization": "Bearer bo"})
+        assert other.status_code == 404
+        assert "set-cookie" not in mine.headers
+
+
+@pytest.mark.parametrize("path", ["no_colon", "json:nope", "no_such_module_xyz:f", "json:dumps"])
+def test_bad_identify_hooks_are_refused(path: str) -> None:
+    with pytest.raises(ConfigurationError):
+        load_identify(path)
