@@ -395,3 +395,27 @@ async def test_event_stream_follows_a_job_run_by_a_worker(aqueue: AsyncJobQueue)
     assert events[-1]["preview_url"].endswith(".svg")
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and len(set(progress)) > 2
+
+
+async def test_mounted_under_a_prefix_in_a_host_app(aqueue: AsyncJobQueue) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    async def from_session(request: Request) -> str | None:
+        # Stands in for the host's own session lookup.
+        token = request.headers.get("authorization", "")
+        return {"Bearer t-ann": "user-1"}.get(token)
+
+    host = Starlette(routes=[Mount("/api/images", app=create_app(aqueue, identify=from_session))])
+    async with client_for(host, None) as client:
+        headers = {"Authorization": "Bearer t-ann"}
+        r = await client.post("/api/images/jobs", json={"prompt": "x"}, headers=headers)
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        assert r.headers["location"] == f"http://testserver/api/images/jobs/{job_id}"
+        assert (await client.get(f"/api/images/jobs/{job_id}", headers=headers)).status_code == 200
+        assert (await client.get(f"/api/images/jobs/{job_id}")).status_code == 401
+        assert (await client.get("/api/images/static/jobqueue.js")).status_code == 200
+        page = await client.get("/api/images", follow_redirects=True)
+        assert page.status_code == 200 and 'src="static/demo.js"' in page.text
+        assert (await aqueue.get(job_id)).owner_id == "user-1"
