@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Executable, RowMapping
@@ -80,8 +80,43 @@ class Limits:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
 
+#: Deeper values are refused: JSON encoders and decoders recurse, so a value nested a few
+#: thousand levels deep could be written and then fail to read back (or fail half-way).
+MAX_JSON_DEPTH = 200
+
+
+def _json_shape_problem(value: Any) -> str | None:
+    """Why ``value`` would not come back from a JSON column as it went in, or None.
+
+    Non-string keys are refused because JSON turns them into strings (``{1: "a", "1": "b"}``
+    would silently lose an entry); nesting is bounded (see `MAX_JSON_DEPTH`); strings must not
+    hold NUL (JSON escapes it as ``\\u0000``, which PostgreSQL's jsonb refuses) or lone
+    surrogates (not UTF-8).
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"is nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, str):
+            if "\x00" in item or _has_lone_surrogate(item):
+                return "holds a NUL character or a lone surrogate"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"has a non-string key {str(key)[:40]!r}"
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
 def check_json(value: Any, what: str, limits: Limits) -> None:
     """Refuse values that are not strict JSON (NaN included) or are too large to store."""
+    problem = _json_shape_problem(value)
+    if problem is not None:
+        raise PayloadError(f"the {what} {problem}")
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -93,8 +128,6 @@ def check_json(value: Any, what: str, limits: Limits) -> None:
             hint="store large data elsewhere (object storage) and put its URL in the payload, "
             "or raise max_payload_bytes",
         )
-    if "\x00" in encoded or _has_lone_surrogate(encoded):
-        raise PayloadError(f"the {what} holds a NUL character or a lone surrogate")
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -103,6 +136,13 @@ def _has_lone_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def storable_text(text: str) -> str:
+    """Free text (an exception's message) made storable in any text column: NUL and lone
+    surrogates, which PostgreSQL and UTF-8 refuse, become visible escapes. A failure must
+    always be recordable, whatever its message holds."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def check_text(value: Any, what: str, *, limit: int = MAX_TEXT, empty: bool = False) -> None:
@@ -163,6 +203,11 @@ class NewJob:
             not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None
         ):
             raise PayloadError("run_at must be a timezone-aware datetime")
+        if self.run_at is not None:
+            try:
+                self.run_at.astimezone(UTC)  # stored in UTC: it must exist in UTC
+            except OverflowError:
+                raise PayloadError("run_at is out of range once converted to UTC") from None
         delay = 0.0 if self.delay is None else seconds_of(self.delay, "delay")
         return {
             "id": uuid7(),
@@ -342,7 +387,7 @@ def fail(
 ) -> Operation[Job]:
     """Record a failed attempt. ``retry=None`` retries while attempts remain, ``False`` never,
     ``True`` even when they are spent (one more attempt)."""
-    message = str(error)[:10_000] or "failed without a message"
+    message = storable_text(str(error))[:10_000] or "failed without a message"
     if retry is None:
         retry = job.attempts < job.max_attempts
     delay: float | None = None
@@ -357,7 +402,7 @@ def fail(
 
 
 def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
-    rows = yield (s.release(job.id, job.attempts, reason), None)
+    rows = yield (s.release(job.id, job.attempts, storable_text(str(reason))[:10_000]), None)
     return Job.from_row((yield from _fenced(s, job, rows, "release")))
 
 
