@@ -191,3 +191,50 @@ async def test_demo_page_generates_resumes_after_reload_and_isolates_browsers(
     assert answer["followed"] == 404
     await other.close()
     await context.close()
+
+
+async def test_client_module_direct_path_and_rejections(demo: Demo, browser: Any) -> None:
+    demo.generator.gate.set()
+    context = await browser.new_context()
+    page = await context.new_page()
+    lines: list[str] = []
+    page.on("console", lambda message: lines.append(message.text))
+    await page.goto(demo.base + "/")
+    outcome = await page.evaluate(
+        """async () => {
+            const jq = await import("./static/jobqueue.js");
+            const updates = [];
+            // The direct path: one awaited call, followed over the event stream.
+            const direct = await jq.generateImage("direct path", {
+                onUpdate: (job) => updates.push(job.status),
+            });
+            // A cancelled job rejects with a JobError that carries the job.
+            const created = await jq.createJob("to be cancelled");
+            await jq.cancelJob(created.id);
+            let rejected = null;
+            try {
+                await jq.followJob(created.id, { pollInterval: 100, logger: null });
+            } catch (e) {
+                rejected = { name: e.name, status: e.job?.status, code: e.code };
+            }
+            // A refused request rejects with the API's error code.
+            let refused = null;
+            try {
+                await jq.createJob("");
+            } catch (e) {
+                refused = { code: e.code, status: e.status };
+            }
+            return { direct, updates, rejected, refused };
+        }"""
+    )
+    direct = outcome["direct"]
+    assert direct["status"] == "completed"
+    assert direct["previewUrl"].endswith(".svg")
+    assert direct["url"].startswith("https://mock.jobqueue.invalid/")
+    assert outcome["updates"][-1] == "completed"
+    assert outcome["rejected"] == {"name": "JobError", "status": "cancelled", "code": "cancelled"}
+    assert outcome["refused"] == {"code": "missing_prompt", "status": 422}
+    assert (await demo.queue.get(direct["id"])).status == "completed"
+    # The direct path logs no polling lines.
+    assert not any(direct["id"] in line for line in lines)
+    await context.close()

@@ -34,7 +34,7 @@ from ..schema import DEFAULT_QUEUE, Job, Status
 from .events import job_events
 from .intake import BODY_OVERHEAD_BYTES, Limits, idempotency_key_of, read_generation
 from .owners import AnonymousOwnerCookie, Identify, anonymous_owner
-from .placeholder import draw_placeholder
+from .placeholder import NAME, draw_placeholder
 from .problems import ApiError, error_response, handle_http_exception, handle_library_error
 from .views import job_view
 
@@ -129,7 +129,7 @@ class JobsApi:
         job = await self.queue.get(self.job_id(request), owner_id=owner)
         return JSONResponse(self.view(request, job), headers=_NO_STORE)
 
-    async def list(self, request: Request) -> Response:
+    async def list_jobs(self, request: Request) -> Response:
         owner = await self.owner_of(request)
         limit = _int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         status = request.query_params.get("status")
@@ -180,7 +180,7 @@ class JobsApi:
 
     async def mock_image(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if not (0 < len(name) <= 80 and all(c.isalnum() or c in "-_" for c in name)):
+        if not NAME.fullmatch(name):
             raise ApiError(404, "not_found", "no such image")
         return Response(
             draw_placeholder(name),
@@ -261,7 +261,7 @@ def create_app(
     )
     routes = [
         Route("/jobs", api.create, methods=["POST"]),
-        Route("/jobs", api.list, methods=["GET"]),
+        Route("/jobs", api.list_jobs, methods=["GET"]),
         Route("/jobs/{job_id}", api.show, methods=["GET"], name="job"),
         Route("/jobs/{job_id}/cancel", api.cancel, methods=["POST"]),
         Route("/jobs/{job_id}/events", api.events, methods=["GET"]),
@@ -278,6 +278,7 @@ def create_app(
             yield
             return
         task = asyncio.create_task(worker.run(), name="jobqueue-web-worker")
+        task.add_done_callback(_report_worker_exit)
         try:
             yield
         finally:
@@ -286,6 +287,8 @@ def create_app(
                 await asyncio.wait_for(task, WORKER_STOP_TIMEOUT)
             except TimeoutError:
                 logger.warning("the in-process worker did not stop within %ss", WORKER_STOP_TIMEOUT)
+            except Exception:  # already logged by _report_worker_exit
+                pass
 
     return Starlette(
         routes=routes,
@@ -297,6 +300,12 @@ def create_app(
             Exception: _internal_error,
         },
     )
+
+
+def _report_worker_exit(task: asyncio.Task[None]) -> None:
+    """A worker that dies while the app serves would otherwise go unnoticed until shutdown."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the in-process worker stopped with an error", exc_info=task.exception())
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -9,9 +9,12 @@ fingerprint): the same prompt always shows the same picture.
 from __future__ import annotations
 
 import hashlib
+import re
 from html import escape
 
 SIZE = 512
+#: What a placeholder name may look like (it becomes part of a URL path and of the SVG).
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 
 def draw_placeholder(name: str) -> str:

@@ -8,18 +8,17 @@ data: URLs the client sent itself).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..schema import Job
+from .placeholder import NAME
 
 #: Hosts under the reserved ``.invalid`` top-level domain (RFC 2606) can never be fetched:
 #: the mock generator uses one. A browser is shown a drawn placeholder instead.
 _UNREACHABLE_SUFFIX = ".invalid"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 PlaceholderUrl = Callable[[str], str]
 
@@ -34,7 +33,7 @@ def placeholder_name(url: str) -> str | None:
     if not (host.endswith(_UNREACHABLE_SUFFIX) or host == _UNREACHABLE_SUFFIX[1:]):
         return None
     stem = parts.path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-    if _SAFE_NAME.fullmatch(stem):
+    if NAME.fullmatch(stem):
         return stem
     return hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
 
