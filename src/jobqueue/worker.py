@@ -382,6 +382,9 @@ class Worker:
         while not self._stopping:
             free = self.concurrency - len(self._tasks)
             if free <= 0:
+                # Clear first: an Event already set returns without yielding, and this
+                # loop would spin and starve the very tasks that free a slot.
+                self._wake.clear()
                 self._waiting_for_slot = True
                 await self._sleep_until_woken(None)
                 self._waiting_for_slot = False
