@@ -1,0 +1,110 @@
+"""Drain throughput: one worker (this process) empties a backlog at concurrency 1, 10 and 50.
+
+Jobs/s run from the worker's start to its last completion being written
+(`Worker.run_until_idle` returns only then). A SQL count afterwards proves that every job
+completed exactly once: all rows ``completed`` with ``attempts = 1``, and the handler saw
+each id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from uuid import UUID
+
+from jobqueue import AsyncJobQueue
+from jobqueue.worker import Worker
+
+from . import raw
+from .common import Bench, Result
+
+#: concurrency -> (ceiling, minimum ratio); concurrency 1 has no target, only its ratio.
+TARGETS: dict[int, tuple[str, float | None]] = {
+    1: (raw.CLAIM_ONE, None),
+    10: (raw.CLAIM_BATCHED, 0.4),
+    50: (raw.CLAIM_BATCHED, 0.6),
+}
+
+
+async def warm(q: AsyncJobQueue) -> None:
+    """Open a pooled connection and compile the common statements outside the timing."""
+    await q.list(limit=1)
+
+
+async def drain(
+    bench: Bench,
+    url: str,
+    table: str,
+    *,
+    concurrency: int,
+    jobs: int | None = None,
+    listen: bool = False,
+) -> tuple[float, list[UUID]]:
+    """Run one worker until the table is drained (or ``jobs`` handlers ran, then stop);
+    return the seconds from start to the last completion written, and the ids handled."""
+    seen: list[UUID] = []
+    done = asyncio.Event()
+
+    async def handler(job: Any, ctx: Any) -> None:
+        seen.append(job.id)
+        if jobs is not None and len(seen) >= jobs:
+            done.set()
+
+    async with AsyncJobQueue(url, table=table) as q:
+        await warm(q)
+        worker = Worker(
+            q, {"image": handler}, concurrency=concurrency, listen=listen, grace_period=60
+        )
+        start = time.perf_counter()
+        if jobs is None:
+            await worker.run_until_idle()
+        else:
+            task = asyncio.create_task(worker.run())
+            await done.wait()
+            worker.stop()
+            await task
+        elapsed = time.perf_counter() - start
+    return elapsed, seen
+
+
+async def _one(bench: Bench, driver: str, concurrency: int) -> None:
+    n = bench.sizes.drain
+    table = bench.table(f"drain{concurrency}_{driver}")
+    bench.fill(table, pending=n)
+    elapsed, seen = await drain(bench, bench.async_url(driver), table, concurrency=concurrency)
+    outcome = bench.outcome(table)
+    bench.drop(table)
+    once = (
+        outcome["completed"] == n
+        and outcome["completed_once"] == n
+        and len(seen) == n
+        and len(set(seen)) == n
+    )
+    ceiling, goal = TARGETS.get(concurrency, (raw.CLAIM_BATCHED, None))
+    bench.emit(
+        Result(
+            f"drain_c{concurrency}",
+            n / elapsed,
+            "jobs/s",
+            driver=driver,
+            ceiling=ceiling,
+            target=None if goal is None else f"ratio >= {goal}",
+            min_ratio=goal,
+            extra={
+                "jobs": n,
+                "seconds": round(elapsed, 3),
+                "exactly_once": once,
+                "handled": len(seen),
+                **outcome,
+            },
+        )
+    )
+    if not once:
+        raise RuntimeError(f"drain at concurrency {concurrency}: not exactly once: {outcome}")
+
+
+def run(bench: Bench) -> None:
+    for driver in bench.async_drivers():
+        for concurrency in bench.sizes.drain_concurrency:
+            asyncio.run(_one(bench, driver, concurrency))
