@@ -229,7 +229,7 @@ async def test_client_module_direct_path_and_rejections(demo: Demo, browser: Any
     )
     direct = outcome["direct"]
     assert direct["status"] == "completed"
-    assert direct["previewUrl"].endswith(".svg")
+    assert direct["previewUrl"].startswith(demo.base + "/mock-images/")
     assert direct["url"].startswith("https://mock.jobqueue.invalid/")
     assert outcome["updates"][-1] == "completed"
     assert outcome["rejected"] == {"name": "JobError", "status": "cancelled", "code": "cancelled"}

@@ -103,7 +103,7 @@ async def test_get_shows_progress_result_and_placeholder_for_mock_urls(
     shown = (await alice.get(f"/jobs/{job_id}")).json()
     assert shown["status"] == "completed"
     assert shown["result_url"] == url and shown["images"] == [url]
-    assert shown["preview_url"] == "http://testserver/mock-images/abc123.svg"
+    assert shown["preview_url"] == "/mock-images/abc123.svg"
     svg = await alice.get(shown["preview_url"])
     assert svg.status_code == 200
     assert svg.headers["content-type"].startswith("image/svg+xml")
@@ -419,3 +419,8 @@ async def test_mounted_under_a_prefix_in_a_host_app(aqueue: AsyncJobQueue) -> No
         page = await client.get("/api/images", follow_redirects=True)
         assert page.status_code == 200 and 'src="static/demo.js"' in page.text
         assert (await aqueue.get(job_id)).owner_id == "user-1"
+        [held] = await aqueue.claim("w1")
+        await aqueue.complete(held, None, "https://mock.jobqueue.invalid/images/m1.png")
+        shown = (await client.get(f"/api/images/jobs/{job_id}", headers=headers)).json()
+        assert shown["preview_url"] == "/api/images/mock-images/m1.svg"
+        assert (await client.get(shown["preview_url"])).status_code == 200

@@ -93,7 +93,9 @@ class JobsApi:
         return owner
 
     def view(self, request: Request, job: Job) -> dict[str, Any]:
-        return job_view(job, lambda name: str(request.url_for("mock_image", name=name)))
+        # A path, not an absolute URL: behind a TLS-terminating proxy the app may not know
+        # the public scheme and host, and the browser resolves a path correctly anyway.
+        return job_view(job, lambda name: request.url_for("mock_image", name=name).path)
 
     def job_id(self, request: Request) -> str:
         return str(parse_job_id(request.path_params["job_id"]))

@@ -64,14 +64,15 @@ async function request(method, path, options, body) {
   return data;
 }
 
-/** A snapshot as the client hands it out: the API's fields plus camelCase shortcuts. */
-function resultOf(job) {
+/** A snapshot as the client hands it out: the API's fields plus camelCase shortcuts.
+ * previewUrl is absolute (the API answers a path for its own placeholder images). */
+function resultOf(job, options) {
   return {
     id: job.id,
     status: job.status,
     url: job.result_url,
     images: job.images,
-    previewUrl: job.preview_url,
+    previewUrl: job.preview_url && new URL(job.preview_url, apiUrl("", options)).href,
     job,
   };
 }
@@ -91,8 +92,8 @@ function sleep(ms, signal) {
   });
 }
 
-function settle(job) {
-  if (job.status === "completed") return resultOf(job);
+function settle(job, options) {
+  if (job.status === "completed") return resultOf(job, options);
   throw new JobError(job.error || `job ${job.id} ended ${job.status}`, {
     job,
     code: job.status,
@@ -153,7 +154,7 @@ export async function followJob(id, options = {}) {
       seen = key;
       options.onUpdate?.(job);
     }
-    if (FINAL.has(job.status)) return settle(job);
+    if (FINAL.has(job.status)) return settle(job, options);
     await sleep(interval, options.signal);
   }
 }
@@ -181,7 +182,7 @@ export function watchJob(id, options = {}) {
       if (FINAL.has(job.status)) {
         stop();
         try {
-          resolve(settle(job));
+          resolve(settle(job, options));
         } catch (error) {
           reject(error);
         }
