@@ -1,0 +1,1148 @@
+"""The ``jobqueue`` command: set up the database, run workers, create and inspect jobs.
+
+Every subcommand hangs off one click group, `cli`; add one with ``@cli.command()``. Errors
+are turned into exit codes and one line on stderr in a single place (`JobqueueGroup` and
+`main`), so subcommands simply raise our exceptions:
+
+- 0: success;
+- 1: a job failed, was cancelled or was not found, or a move was refused;
+- 2: usage or configuration error (bad option or JSON, unreachable database, schema not
+  installed, missing settings).
+
+``--debug`` adds tracebacks and debug logs. ``.env`` in the working directory (or a parent)
+is read before the options, so ``JOBQUEUE_DATABASE_URL`` may live there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from .database import DEFAULT_URL, URL_ENV, describe_url, redact
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidJobId,
+    JobFailed,
+    JobQueueError,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+)
+from .schema import DEFAULT_QUEUE, DEFAULT_TABLE, FINAL_STATUSES, Job, Status
+
+if TYPE_CHECKING:
+    from .queue import AsyncJobQueue, JobQueue
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: Which of our errors are the user's set-up or input (2) rather than a job's outcome (1).
+#: The first matching class wins, so subclasses come before their bases.
+USAGE_ERRORS: tuple[type[JobQueueError], ...] = (
+    InvalidJobId,
+    PayloadError,
+    ConfigurationError,
+    SchemaNotInstalled,
+    DatabaseUnavailable,
+    PermissionDenied,
+)
+
+
+def exit_code_for(exc: JobQueueError) -> int:
+    """2 for set-up and input errors, 1 for everything about jobs themselves."""
+    return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) else EXIT_FAILED
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace and hide passwords: an error must fit on one line, safely."""
+    return " ".join(redact(text).split())
+
+
+def error_line(exc: JobQueueError) -> str:
+    line = one_line(exc.message)
+    return f"{line} — {one_line(exc.hint)}" if exc.hint else line
+
+
+class CommandFailed(click.ClickException):
+    """A subcommand's error about a job, already worded: one line, exit code 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class CommandMisused(CommandFailed):
+    """A subcommand's set-up or input error, already worded: one line, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def command_error(message: str, exit_code: int) -> CommandFailed:
+    return CommandMisused(message) if exit_code == EXIT_USAGE else CommandFailed(message)
+
+
+class JobqueueGroup(click.Group):
+    """The command group. Its `invoke` is the one place where errors become exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except JobQueueError as exc:
+            if debug:
+                traceback.print_exc()
+            raise command_error(error_line(exc), exit_code_for(exc)) from exc
+        except Exception as exc:
+            if debug:
+                raise
+            raise CommandFailed(
+                f"unexpected {type(exc).__name__}: {one_line(str(exc))} — "
+                "rerun with --debug to see the traceback"
+            ) from exc
+
+
+# -- durations --------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``45s``, ``30m``, ``12h``, ``1d``, ``2w``, combinations such as ``1h30m``, or a plain
+    number of seconds."""
+    value = text.strip().lower()
+    try:
+        plain = float(value)
+    except ValueError:
+        pass
+    else:
+        if plain >= 0 and plain == plain and plain != float("inf"):
+            return timedelta(seconds=plain)
+        raise ValueError(f"{text!r} is not a duration")
+    if not _DURATION.fullmatch(value):
+        raise ValueError(f"{text!r} is not a duration")
+    return timedelta(
+        seconds=sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+    )
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2
+    """A click type for `parse_duration`; a bad value is a usage error (exit 2)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except (ValueError, OverflowError):
+            self.fail(f"{value!r} is not a duration such as 45s, 30m, 12h, 1d or 7d", param, ctx)
+
+
+DURATION = Duration()
+
+
+def _format_duration(delta: timedelta) -> str:
+    secs = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size and secs % size == 0:
+            return f"{int(secs // size)}{unit}"
+    return f"{secs:g}s"
+
+
+# -- context ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Env:
+    """The global options, handed to every subcommand."""
+
+    url: str
+    table: str
+    schema: str | None
+    debug: bool
+    #: True when --database-url was typed on the command line (not taken from the
+    #: environment): the demo uses its own SQLite file unless told otherwise this way.
+    url_given: bool
+
+    @property
+    def where(self) -> str:
+        """The database and table, safe to print (no password)."""
+        table = f"{self.schema}.{self.table}" if self.schema else self.table
+        return f"{describe_url(self.url)} (table {table})"
+
+    def queue(self) -> JobQueue:
+        from .queue import JobQueue
+
+        return JobQueue(self.url, table=self.table, schema=self.schema)
+
+    def async_queue(self) -> AsyncJobQueue:
+        from .queue import AsyncJobQueue
+
+        return AsyncJobQueue(self.url, table=self.table, schema=self.schema)
+
+
+@cache
+def out() -> Console:
+    """The console for results (stdout)."""
+    return Console(highlight=False)
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def load_env_file() -> None:
+    """Read ``.env`` (working directory or a parent); the process environment wins."""
+    from dotenv import find_dotenv, load_dotenv
+
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
+def _setup_logging(debug: bool, console: Console) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=debug)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+    if not debug:
+        for noisy in ("httpx", "httpcore", "sqlalchemy", "aiosqlite", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- the group --------------------------------------------------------------------------
+
+
+@click.group(
+    cls=JobqueueGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--database-url",
+    envvar=URL_ENV,
+    show_envvar=True,
+    metavar="URL",
+    help=f"Database to use, e.g. postgresql://user:pass@host/db. [default: {DEFAULT_URL}]",
+)
+@click.option(
+    "--table",
+    envvar="JOBQUEUE_TABLE",
+    show_envvar=True,
+    default=DEFAULT_TABLE,
+    show_default=True,
+    help="Name of the jobs table.",
+)
+@click.option(
+    "--schema",
+    envvar="JOBQUEUE_SCHEMA",
+    show_envvar=True,
+    default=None,
+    help="Database schema of the jobs table (PostgreSQL). [default: the search path]",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="jobqueue", prog_name="jobqueue")
+@click.pass_context
+def cli(
+    ctx: click.Context, database_url: str | None, table: str, schema: str | None, debug: bool
+) -> None:
+    """jobqueue: a database-backed job queue for slow work such as AI image generation.
+
+    Start with `jobqueue demo`. For your own database: `jobqueue migrate`, then
+    `jobqueue worker`, then `jobqueue generate "a prompt"` and `jobqueue status ID --watch`.
+    """
+    from .schema import validate_identifier
+
+    validate_identifier(table, "table name")
+    if schema:
+        validate_identifier(schema, "schema name")
+    source = ctx.get_parameter_source("database_url")
+    ctx.obj = Env(
+        url=database_url or DEFAULT_URL,
+        table=table,
+        schema=schema or None,
+        debug=debug,
+        url_given=database_url is not None and source is click.core.ParameterSource.COMMANDLINE,
+    )
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+# -- set-up: migrate, sql, check --------------------------------------------------------
+
+
+@cli.command("migrate")
+@pass_env
+def migrate_command(env: Env) -> None:
+    """Create or upgrade the jobs table (safe to run again)."""
+    from .migrations import migrate, schema_state
+
+    migrate(env.url, table=env.table, schema=env.schema)
+    state = schema_state(env.url, table=env.table, schema=env.schema)
+    out().print(f"Migrated {env.where}: at revision {state.current} (latest).", soft_wrap=True)
+
+
+@cli.command("sql")
+@click.option(
+    "--supabase",
+    is_flag=True,
+    help="Also print the row-level security policies and grants Supabase needs.",
+)
+@click.option(
+    "--worker-role",
+    default="service_role",
+    show_default=True,
+    help="With --supabase: the role workers connect as (may update every job).",
+)
+@pass_env
+def sql_command(env: Env, supabase: bool, worker_role: str) -> None:
+    """Print the PostgreSQL SQL that creates the jobs table.
+
+    Paste it into the Supabase SQL Editor (or pipe it to psql) where `jobqueue migrate`
+    cannot connect. It includes our own version table, so a later `jobqueue migrate`
+    knows where the database stands.
+    """
+    from .migrations import sql
+
+    text = sql(table=env.table, schema=env.schema)
+    if supabase:
+        text = f"{text.rstrip()}\n\n{_supabase_sql(env, worker_role)}"
+    click.echo(text.rstrip())
+
+
+def _supabase_sql(env: Env, worker_role: str) -> str:
+    try:
+        from .rls import supabase_sql
+    except ImportError as exc:
+        if exc.name not in ("jobqueue.rls", None):
+            raise
+        raise ConfigurationError(
+            "this version of jobqueue cannot print Supabase RLS policies yet",
+            hint="run `jobqueue sql` without --supabase and add the policies by hand",
+        ) from exc
+    return supabase_sql(table=env.table, schema=env.schema, worker_role=worker_role)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `jobqueue check`: what was checked, how it went, and how to fix it."""
+
+    name: str
+    state: str  # "ok", "warn", "fail" or "skip"
+    detail: str
+    fix: str = ""
+
+
+_MARKS = {
+    "ok": "[green]ok  [/]",
+    "warn": "[yellow]warn[/]",
+    "fail": "[red]FAIL[/]",
+    "skip": "[dim]skip[/]",
+}
+
+
+def _sqlite_file_missing(url: str) -> Path | None:
+    """The path of a SQLite database file that does not exist (connecting would create it)."""
+    from sqlalchemy import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    path = Path(u.database)
+    return None if path.exists() else path
+
+
+def run_checks(env: Env) -> list[Check]:
+    """The seed's "what if it does not work" list, each item checked against the database."""
+    from .migrations import schema_state
+
+    checks: list[Check] = []
+    state = None
+    missing_file = _sqlite_file_missing(env.url)
+    if missing_file is not None:
+        checks.append(
+            Check(
+                "database",
+                "fail",
+                f"{missing_file} does not exist",
+                "run `jobqueue migrate` to create it, or set --database-url",
+            )
+        )
+    else:
+        try:
+            state = schema_state(env.url, table=env.table, schema=env.schema)
+        except JobQueueError as exc:
+            checks.append(Check("database", "fail", one_line(exc.message), exc.hint))
+        else:
+            checks.append(Check("database", "ok", f"reachable: {describe_url(env.url)}"))
+    if state is None:
+        checks.append(Check("schema", "skip", "needs a reachable database"))
+    elif not state.installed:
+        checks.append(
+            Check(
+                "schema",
+                "fail",
+                f"table {env.table} is not installed",
+                "run `jobqueue migrate`, or paste `jobqueue sql` into the Supabase SQL Editor",
+            )
+        )
+    elif not state.up_to_date:
+        checks.append(
+            Check(
+                "schema",
+                "fail",
+                f"at revision {state.current}, the latest is {state.head}",
+                "run `jobqueue migrate`",
+            )
+        )
+    else:
+        checks.append(Check("schema", "ok", f"table {env.table} at revision {state.current}"))
+    if state is not None and state.up_to_date:
+        checks.extend(_job_checks(env))
+    else:
+        checks.append(Check("access", "skip", "needs the schema"))
+    checks.append(_generator_check())
+    return checks
+
+
+def _job_checks(env: Env) -> list[Check]:
+    """Can we read the table, and are jobs stuck (no worker running or reaping)?"""
+    try:
+        with env.queue() as q:
+            processing = q.list(status=Status.PROCESSING, limit=10_000)
+            pending = q.list(status=Status.PENDING, limit=10_000)
+    except JobQueueError as exc:
+        return [Check("access", "fail", one_line(exc.message), exc.hint)]
+    checks = [Check("access", "ok", f"can read {env.table}")]
+    now = datetime.now(UTC)
+    expired = [j for j in processing if j.lease_expires_at and j.lease_expires_at < now]
+    if expired:
+        checks.append(
+            Check(
+                "stuck jobs",
+                "warn",
+                f"{len(expired)} job(s) in processing past their lease: no worker is reaping",
+                "start `jobqueue worker` (it reaps), or run `jobqueue reap`; read the worker's "
+                "log (--log-file) for why it stopped",
+            )
+        )
+    else:
+        checks.append(
+            Check("stuck jobs", "ok", f"{len(processing)} processing, none past its lease")
+        )
+    waiting = [j for j in pending if (now - j.run_at) > timedelta(minutes=1)]
+    if waiting:
+        checks.append(
+            Check(
+                "backlog",
+                "warn",
+                f"{len(waiting)} job(s) due for over a minute and not claimed",
+                "is a worker running for their queue? `jobqueue worker --queue NAME`",
+            )
+        )
+    else:
+        checks.append(Check("backlog", "ok", f"{len(pending)} pending, none overdue"))
+    return checks
+
+
+def _generator_check() -> Check:
+    from .config import Settings
+
+    try:
+        settings = Settings.from_env()
+        mock = settings.use_mock
+    except ConfigurationError as exc:
+        return Check("generator", "fail", one_line(exc.message), exc.hint)
+    detail = settings.describe().removeprefix("generator: ")
+    if mock:
+        return Check(
+            "generator",
+            "ok",
+            f"{detail} (no real images)",
+            "set MOCK_AI=false and DEFAPI_API_KEY in .env for real generations",
+        )
+    return Check("generator", "ok", detail)
+
+
+@cli.command("check")
+@pass_env
+def check_command(env: Env) -> None:
+    """Diagnose the set-up: database, schema, access, stuck jobs, generator.
+
+    One line per check, with a fix for each problem. Exit code 0 when nothing failed,
+    1 otherwise (warnings do not fail).
+    """
+    checks = run_checks(env)
+    console = out()
+    for c in checks:
+        fix = f" — fix: {c.fix}" if c.fix and c.state != "ok" else ""
+        if c.state == "ok" and c.fix:
+            fix = f" — {c.fix}"
+        console.print(
+            f"{_MARKS[c.state]} {c.name:<11} {_escape(c.detail)}{_escape(fix)}", soft_wrap=True
+        )
+    if any(c.state == "fail" for c in checks):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+# -- workers ----------------------------------------------------------------------------
+
+
+def _require_schema(env: Env) -> None:
+    """Refuse to start work on a database without the current schema (exit 2, one line)."""
+    from .migrations import schema_state
+
+    state = schema_state(env.url, table=env.table, schema=env.schema)
+    if not state.installed:
+        raise SchemaNotInstalled(f"the jobs table {env.table!r} is not installed in {env.where}")
+    if not state.up_to_date:
+        raise SchemaNotInstalled(
+            f"the jobs table {env.table!r} is at revision {state.current}, "
+            f"this jobqueue needs {state.head}"
+        )
+
+
+@cli.command("worker")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Jobs run at once.",
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    default=(DEFAULT_QUEUE,),
+    show_default=True,
+    help="Queue to take jobs from (repeat for several).",
+)
+@click.option(
+    "--lease",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="How long a claimed job stays ours without a heartbeat.",
+)
+@click.option(
+    "--poll-interval",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="How often to look for jobs when not woken by LISTEN/NOTIFY.",
+)
+@click.option(
+    "--grace-period",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="On SIGTERM/SIGINT, how long running jobs may finish before they are released.",
+)
+@click.option(
+    "--no-listen",
+    is_flag=True,
+    help="Do not use LISTEN/NOTIFY (needed behind transaction-mode poolers such as "
+    "PgBouncer or Supabase's pooler on port 6543).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the log to this file.",
+)
+@click.option("--worker-id", help="Name shown in locked_by. [default: host:pid]")
+@pass_env
+def worker_command(
+    env: Env,
+    concurrency: int,
+    queues: tuple[str, ...],
+    lease: timedelta,
+    poll_interval: timedelta,
+    grace_period: timedelta,
+    no_listen: bool,
+    log_file: Path | None,
+    worker_id: str | None,
+) -> None:
+    """Run a worker until SIGTERM or Ctrl-C.
+
+    Image jobs go to the generator chosen by MOCK_AI and DEFAPI_API_KEY (environment or
+    .env). A first signal stops claiming and lets running jobs finish within the grace
+    period (unfinished ones go back to pending); a second stops at once.
+    """
+    from .config import Settings
+
+    settings = Settings.from_env()
+    generator = settings.generator()  # fails here, before any job is claimed
+    _require_schema(env)
+    console = Console(stderr=True, highlight=False)
+    listen = not no_listen
+    console.print(
+        f"jobqueue worker: database {env.where}; {settings.describe()}; "
+        f"queues {', '.join(queues)}; concurrency {concurrency}; "
+        f"LISTEN/NOTIFY {'on' if listen else 'off'}",
+        soft_wrap=True,
+        markup=False,
+    )
+    _setup_logging(env.debug, console)
+    asyncio.run(
+        _run_worker(
+            env,
+            generator=generator,
+            concurrency=concurrency,
+            queues=queues,
+            lease=lease.total_seconds(),
+            poll_interval=poll_interval.total_seconds(),
+            grace_period=grace_period.total_seconds(),
+            listen=listen,
+            log_file=log_file,
+            worker_id=worker_id,
+        )
+    )
+
+
+async def _run_worker(env: Env, **options: Any) -> None:
+    from .worker import Worker
+
+    queue = env.async_queue()
+    generator = options["generator"]
+    try:
+        worker = Worker(queue, **options)
+        worker.install_signal_handlers()
+        await worker.run()
+    finally:
+        await generator.aclose()
+        await queue.close()
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--no-worker", is_flag=True, help="Serve the API only; run `jobqueue worker` elsewhere."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=10,
+    show_default=True,
+    help="Jobs the in-process worker runs at once.",
+)
+@click.option(
+    "--identify",
+    metavar="MODULE:FUNCTION",
+    help="async def f(request) -> owner id or None, from your app's sessions. "
+    "[default: an anonymous cookie per browser (demo mode)]",
+)
+@pass_env
+def serve_command(
+    env: Env, host: str, port: int, no_worker: bool, concurrency: int, identify: str | None
+) -> None:
+    """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
+
+    Open http://HOST:PORT/ for the demo. By default a worker runs in the same process;
+    with --no-worker only the API runs (production: scale `jobqueue worker` separately).
+    """
+    try:
+        from .web.serve import load_identify, serve
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the web extra is not installed ({exc.name} is missing)",
+            hint="pip install 'jobqueue[web]'",
+        ) from None
+    from .config import Settings
+
+    hook = load_identify(identify) if identify else None
+    generator = None if no_worker else Settings.from_env().generator()
+    _require_schema(env)
+    console = Console(stderr=True, highlight=False)
+    _setup_logging(env.debug, console)
+    console.print(
+        f"jobqueue serve: http://{host}:{port}/ database {env.where}; "
+        f"worker {'off' if generator is None else f'on, concurrency {concurrency}'}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+    async def run() -> None:
+        queue = env.async_queue()
+        try:
+            await serve(
+                queue, host=host, port=port, generator=generator, concurrency=concurrency,
+                identify=hook, log_level="debug" if env.debug else "info",
+            )  # fmt: skip
+        finally:
+            if generator is not None:
+                await generator.aclose()
+            await queue.close()
+
+    asyncio.run(run())
+
+
+# -- producers: enqueue, generate -------------------------------------------------------
+
+
+def _enqueue_options(command: F) -> F:
+    """The options every way of creating a job shares."""
+    options = [
+        click.option(
+            "--queue", default=DEFAULT_QUEUE, show_default=True, help="Queue to put the job in."
+        ),
+        click.option(
+            "--priority",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Higher runs first.",
+        ),
+        click.option("--delay", type=DURATION, help="Run no earlier than this from now (30s, 5m)."),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, 1000),
+            default=3,
+            show_default=True,
+            help="Attempts before the job fails for good.",
+        ),
+        click.option("--owner", help="Owner id (your user's id), for listing and access."),
+        click.option(
+            "--idempotency-key",
+            help="A second enqueue with the same key (same queue) returns the first job.",
+        ),
+        click.option("--watch", is_flag=True, help="Follow the job with a progress bar."),
+        click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _create(
+    env: Env,
+    kind: str,
+    payload: Any,
+    *,
+    queue: str,
+    priority: int,
+    delay: timedelta | None,
+    max_attempts: int,
+    owner: str | None,
+    idempotency_key: str | None,
+    watch: bool,
+    as_json: bool,
+) -> None:
+    with env.queue() as q:
+        job = q.enqueue(
+            kind,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            owner_id=owner,
+            idempotency_key=idempotency_key,
+        )
+        if as_json and not watch:
+            _json(job.to_dict())
+        else:
+            # The id alone on its own line, at once, so scripts can capture it.
+            click.echo(str(job.id))
+        if watch:
+            _watch(q, job, interval=1.0, as_json=as_json)
+
+
+@cli.command("enqueue")
+@click.argument("kind")
+@click.option(
+    "--payload",
+    default="{}",
+    show_default=True,
+    metavar="JSON",
+    help="The job's input as JSON.",
+)
+@_enqueue_options
+@pass_env
+def enqueue_command(env: Env, /, kind: str, payload: str, **options: Any) -> None:
+    """Create a job of KIND and print its id at once."""
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            f"--payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            hint='quote it for the shell, e.g. --payload \'{"prompt": "a cat"}\'',
+        ) from None
+    _create(env, kind, data, **options)
+
+
+def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (numbers, true) is taken as such."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PayloadError(
+                f"--option {pair!r} is not KEY=VALUE", hint="e.g. --option aspect_ratio=16:9"
+            )
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@cli.command("generate")
+@click.argument("prompt")
+@click.option("--model", help="Provider model, e.g. google/nano-banana.")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    metavar="URL",
+    help="Input image URL (repeat for several).",
+)
+@click.option(
+    "--option",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Provider option such as aspect_ratio=16:9 (repeatable).",
+)
+@_enqueue_options
+@pass_env
+def generate_command(
+    env: Env,
+    /,
+    prompt: str,
+    model: str | None,
+    images: tuple[str, ...],
+    extra: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Create an image generation job for PROMPT and print its id at once."""
+    from .generators.base import IMAGE_KIND, GenerationRequest
+
+    request = GenerationRequest(prompt, model, images, _key_values(extra))
+    _create(env, IMAGE_KIND, request.to_payload(), **options)
+
+
+# -- looking at jobs: status, list, stats -----------------------------------------------
+
+
+def _label(job: Job) -> str:
+    prompt = job.payload.get("prompt") if isinstance(job.payload, dict) else None
+    return str(prompt) if prompt else f"{job.kind} {job.id}"
+
+
+def _watch(q: JobQueue, job: Job, *, interval: float, as_json: bool) -> Job:
+    """Poll until the job is final, with a live bar (or quietly for --json)."""
+    from .display import JobBars
+
+    if as_json:
+        final = q.wait(job.id, interval=interval)
+        _json(final.to_dict())
+    else:
+        with JobBars(out()) as bars:
+            bars.track(job, _label(job))
+            final = q.wait(job.id, interval=interval, on_change=bars.update)
+        out().print(f"{final.status.value}: {_outcome(final)}", soft_wrap=True, markup=False)
+    _raise_if_failed(final)
+    return final
+
+
+def _outcome(job: Job) -> str:
+    from .display import job_summary, seconds
+
+    took = f" after {seconds(job.duration)}" if job.duration is not None else ""
+    return f"job {job.id}{took} {job_summary(job)}".rstrip()
+
+
+def _raise_if_failed(job: Job) -> None:
+    if job.status in FINAL_STATUSES and job.status is not Status.COMPLETED:
+        raise JobFailed(
+            f"job {job.id} ended {job.status.value}: {job.error or 'no error recorded'}",
+            job_id=job.id,
+        )
+
+
+@cli.command("status")
+@click.argument("job_id", metavar="ID")
+@click.option("--watch", is_flag=True, help="Follow the job with a live progress bar until done.")
+@click.option(
+    "--interval",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="With --watch: how often to look.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@pass_env
+def status_command(env: Env, job_id: str, watch: bool, interval: timedelta, as_json: bool) -> None:
+    """Show a job. Exit code 1 if it failed or was cancelled."""
+    from .display import job_details
+
+    with env.queue() as q:
+        job = q.get(job_id)
+        if watch and not job.is_final:
+            _watch(q, job, interval=max(interval.total_seconds(), 0.05), as_json=as_json)
+            return
+    if as_json:
+        _json(job.to_dict())
+    else:
+        out().print(job_details(job))
+    _raise_if_failed(job)
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only jobs in this status (repeatable).",
+)
+@click.option("--owner", help="Only this owner's jobs.")
+@click.option("--queue", help="Only this queue.")
+@click.option("--kind", help="Only this kind.")
+@click.option("--since", type=DURATION, help="Only jobs created within this time (1d, 12h).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="At most this many, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@pass_env
+def list_command(
+    env: Env,
+    statuses: tuple[str, ...],
+    owner: str | None,
+    queue: str | None,
+    kind: str | None,
+    since: timedelta | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    from .display import jobs_table
+
+    with env.queue() as q:
+        jobs = q.list(
+            status=list(statuses) or None,
+            owner_id=owner,
+            queue=queue,
+            kind=kind,
+            since=since,
+            limit=limit,
+        )
+    if as_json:
+        _json([j.to_dict() for j in jobs])
+    elif not jobs:
+        out().print("No jobs match.")
+    else:
+        out().print(jobs_table(jobs))
+
+
+@cli.command("stats")
+@click.option(
+    "--since",
+    type=DURATION,
+    default="1d",
+    show_default=True,
+    help="Jobs created within this time.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@pass_env
+def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
+    """Count and average duration (creation to finish) of jobs per status."""
+    from .display import stats_table
+
+    with env.queue() as q:
+        stats = q.stats(since)
+    if as_json:
+        _json(
+            [
+                {"status": s.status.value, "count": s.count, "avg_duration_sec": s.avg_duration_sec}
+                for s in stats
+            ]
+        )
+    else:
+        out().print(stats_table(stats, title=f"Jobs created in the last {_format_duration(since)}"))
+
+
+# -- changing jobs: cancel, retry, reap, prune ------------------------------------------
+
+
+@cli.command("cancel")
+@click.argument("job_id", metavar="ID")
+@pass_env
+def cancel_command(env: Env, job_id: str) -> None:
+    """Cancel a pending or running job (its worker stops the handler)."""
+    with env.queue() as q:
+        job = q.cancel(job_id)
+    out().print(f"cancelled job {job.id}", markup=False)
+
+
+@cli.command("retry")
+@click.argument("job_id", metavar="ID")
+@pass_env
+def retry_command(env: Env, job_id: str) -> None:
+    """Queue a failed or cancelled job again (one more attempt)."""
+    with env.queue() as q:
+        job = q.retry(job_id)
+    out().print(
+        f"job {job.id} is pending again (attempt {job.attempts + 1} of {job.max_attempts})",
+        markup=False,
+    )
+
+
+@cli.command("reap")
+@pass_env
+def reap_command(env: Env) -> None:
+    """Return jobs whose worker vanished (lease expired) to pending, or fail them when out
+    of attempts. Running workers do this on their own; this is for when none runs."""
+    with env.queue() as q:
+        reaped = q.reap()
+    back = [i for i, s in reaped if s is Status.PENDING]
+    failed = [i for i, s in reaped if s is Status.FAILED]
+    console = out()
+    console.print(
+        f"reaped {len(reaped)} job(s): {len(back)} back to pending, "
+        f"{len(failed)} failed (out of attempts)",
+        markup=False,
+    )
+    for job_id, status in reaped:
+        console.print(f"  {job_id} -> {status.value}", markup=False)
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    default="7d",
+    show_default=True,
+    help="Delete jobs that finished longer ago than this.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in FINAL_STATUSES]),
+    help="Only jobs in this final status (repeatable). [default: all final statuses]",
+)
+@pass_env
+def prune_command(env: Env, older_than: timedelta, statuses: tuple[str, ...]) -> None:
+    """Delete finished (completed, failed, cancelled) jobs. Pending and running jobs stay."""
+    with env.queue() as q:
+        count = q.prune(older_than, statuses or None)
+    out().print(
+        f"deleted {count} finished job(s) older than {_format_duration(older_than)}",
+        markup=False,
+    )
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+
+@cli.command("demo")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 100),
+    default=8,
+    show_default=True,
+    help="How many image jobs to enqueue.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 100),
+    default=4,
+    show_default=True,
+    help="Jobs the worker runs at once.",
+)
+@click.option(
+    "--delay",
+    type=click.FloatRange(0, 60),
+    default=3.0,
+    show_default=True,
+    help="Seconds each mock generation takes.",
+)
+@pass_env
+def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
+    """Watch jobs run: a batch of mock image jobs on SQLite, a worker in this process.
+
+    Uses ./jobqueue-demo.db unless --database-url is given on the command line; leaves
+    nothing else behind.
+    """
+    from .demo import DEMO_URL, run_demo
+
+    url = env.url if env.url_given else DEMO_URL
+    results = asyncio.run(
+        run_demo(
+            url,
+            table=env.table,
+            schema=env.schema,
+            jobs=jobs,
+            concurrency=concurrency,
+            delay=delay,
+            console=out(),
+        )
+    )
+    if any(j.status is not Status.COMPLETED for j in results):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script: run `cli` and turn what it raises into one line and an exit code."""
+    load_env_file()
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="jobqueue",
+            standalone_mode=False,
+        )
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "jobqueue"
+        click.echo(f"Error: {one_line(exc.format_message())} — see `{where} --help`", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
