@@ -237,4 +237,31 @@ async def test_client_module_direct_path_and_rejections(demo: Demo, browser: Any
     assert (await demo.queue.get(direct["id"])).status == "completed"
     # The direct path logs no polling lines.
     assert not any(direct["id"] in line for line in lines)
+
+    # followJob waits out network failures and 5xx answers: the first polls are dropped.
+    faults = {"left": 2}
+
+    async def flaky(route: Any) -> None:
+        if route.request.method == "GET" and faults["left"] > 0:
+            faults["left"] -= 1
+            if faults["left"]:
+                await route.abort()  # the network fails
+            else:
+                await route.fulfill(status=503)  # the server is restarting
+        else:
+            await route.continue_()
+
+    job_id = direct["id"]
+    await page.route(re.compile(rf".*/jobs/{job_id}$"), flaky)
+    followed = await page.evaluate(
+        """async (id) => {
+            const jq = await import("./static/jobqueue.js");
+            const result = await jq.followJob(id, { pollInterval: 100 });
+            return result.status;
+        }""",
+        job_id,
+    )
+    assert followed == "completed"
+    assert faults["left"] == 0
+    assert any(f"⚠️ Job {job_id}" in line for line in lines)
     await context.close()

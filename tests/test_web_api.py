@@ -205,6 +205,17 @@ def _multipart(fields: dict[str, Any], files: dict[str, Any] | None = None) -> d
     return {"data": fields, "files": files or {}}
 
 
+class Chunks:
+    """A body sent in chunks with no Content-Length (re-iterable, for parametrised tests)."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+
+
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("unknown field", {"json": {"prompt": "x", "priority": 9}}, 422, "unknown_field"),
     ("missing prompt", {"json": {"model": "m"}}, 422, "missing_prompt"),
@@ -220,6 +231,9 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
      "invalid_json"),
     ("oversize JSON body", {"json": {"prompt": "x", "options": {"pad": "y" * 100_000}}}, 413,
      "payload_too_large"),
+    ("oversize body without Content-Length",
+     {"content": Chunks(b'{"prompt": "x", "pad": "', *[b"y" * 8192] * 20, b'"}'),
+      "headers": {"content-type": "application/json"}}, 413, "payload_too_large"),
     ("oversize upload", _multipart({"prompt": "x"}, {"image": ("a.png", PNG + b"0" * 3000)}),
      413, "payload_too_large"),
     ("upload not an image", _multipart({"prompt": "x"}, {"image": ("a.png", b"hello")}), 415,

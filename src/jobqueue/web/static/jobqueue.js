@@ -14,6 +14,7 @@
 //   signal        an AbortSignal that stops waiting (the job itself keeps running)
 //   onUpdate      called with each new job snapshot (status or progress changed)
 //   logger        where the status lines go (default console; null for silence)
+//   maxErrors     network errors or 5xx answers in a row that followJob waits out (default 5)
 
 const DEFAULT_BASE = new URL("..", import.meta.url).href;
 const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -145,9 +146,22 @@ export function cancelJob(id, options = {}) {
 export async function followJob(id, options = {}) {
   const interval = options.pollInterval ?? 3000;
   const logger = options.logger === undefined ? console : options.logger;
+  const maxErrors = options.maxErrors ?? 5;
   let seen = null;
+  let errors = 0;
   for (;;) {
-    const job = await getJob(id, options);
+    let job;
+    try {
+      job = await getJob(id, options);
+      errors = 0;
+    } catch (error) {
+      // A network blip or a restarting server (5xx) is worth waiting out; a 4xx is final.
+      const transient = !(error instanceof JobError) || error.status >= 500;
+      if (!transient || options.signal?.aborted || ++errors > maxErrors) throw error;
+      logger?.warn?.(`⚠️ Job ${id}: ${error.message}; retrying`);
+      await sleep(interval, options.signal);
+      continue;
+    }
     logger?.log(`⏳ Job ${job.id} status: ${job.status}`);
     const key = `${job.status}/${job.progress}/${job.progress_message}`;
     if (key !== seen) {
