@@ -438,3 +438,30 @@ async def test_mounted_under_a_prefix_in_a_host_app(aqueue: AsyncJobQueue) -> No
         shown = (await client.get(f"/api/images/jobs/{job_id}", headers=headers)).json()
         assert shown["preview_url"] == "/api/images/mock-images/m1.svg"
         assert (await client.get(shown["preview_url"])).status_code == 200
+
+
+async def test_event_stream_sends_keep_alives_while_idle_and_ends_on_cancel(
+    aqueue: AsyncJobQueue,
+) -> None:
+    app = create_app(aqueue, identify=by_header, events_poll_interval=0.05, heartbeat_interval=0.2)
+    async with (
+        running_server(app) as base,
+        httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as client,
+    ):
+        job_id = (await client.post("/jobs", json={"prompt": "idle"})).json()["id"]
+        lines: list[str] = []
+        async with client.stream("GET", f"/jobs/{job_id}/events") as response:
+            assert response.headers["cache-control"] == "no-store"
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if line == ": keep-alive" and lines.count(line) == 2:
+                    await client.post(f"/jobs/{job_id}/cancel")
+        assert lines[0] == "retry: 3000"
+        data_at = [i for i, x in enumerate(lines) if x.startswith("data: ")]
+        statuses = [json.loads(lines[i][6:])["status"] for i in data_at]
+        assert statuses == ["pending", "cancelled"]
+        # Keep-alives came while nothing changed, between the two snapshots; the stream
+        # ended by itself after the final one.
+        alive_at = [i for i, x in enumerate(lines) if x == ": keep-alive"]
+        assert len(alive_at) >= 2
+        assert all(data_at[0] < i < data_at[1] for i in alive_at)
