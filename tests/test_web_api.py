@@ -415,8 +415,8 @@ async def test_mounted_under_a_prefix_in_a_host_app(aqueue: AsyncJobQueue) -> No
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    async def from_session(request: Request) -> str | None:
-        # Stands in for the host's own session lookup.
+    def from_session(request: Request) -> str | None:
+        # Stands in for the host's own session lookup (a plain function works too).
         token = request.headers.get("authorization", "")
         return {"Bearer t-ann": "user-1"}.get(token)
 

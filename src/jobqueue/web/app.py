@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,7 +83,8 @@ class JobsApi:
     # -- helpers ------------------------------------------------------------------------
 
     async def owner_of(self, request: Request) -> str:
-        owner = await self.identify(request)
+        found = self.identify(request)
+        owner = await found if inspect.isawaitable(found) else found
         if not owner:
             raise ApiError(
                 401,

@@ -18,7 +18,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Identify = Callable[[Request], Awaitable[str | None]]
+#: ``async def identify(request) -> owner id | None`` (a plain function works too).
+Identify = Callable[[Request], Awaitable[str | None] | str | None]
 
 OWNER_COOKIE = "jobqueue_owner"
 ANONYMOUS_PREFIX = "anonymous:"

@@ -9,7 +9,6 @@ instead of the demo's anonymous cookies.
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import signal
 import threading
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_identify(path: str) -> Identify:
-    """Import ``package.module:function`` and check it is an async identify hook."""
+    """Import ``package.module:function`` and check it can be called as an identify hook."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(
@@ -44,9 +43,7 @@ def load_identify(path: str) -> Identify:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"cannot import the identify hook {path!r}: {exc}") from None
-    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)  # noqa: B004 (an async callable object is fine)
-    ):
+    if not callable(target):
         raise ConfigurationError(
             f"the identify hook {path!r} must be `async def f(request) -> str | None`"
         )
