@@ -1,0 +1,337 @@
+"""The ``jobqueue`` command, run as a user runs it: the installed console script in a
+subprocess, against SQLite and PostgreSQL, checking output and exit codes.
+
+Error cases check the contract of `jobqueue.cli`: exactly one line on stderr, starting
+with ``Error:``, no traceback, and exit code 1 (a job's outcome) or 2 (usage or set-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import make_url
+
+from jobqueue import JobQueue, migrate
+from jobqueue.cli import cli, parse_duration
+
+JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def one_line_error(self, code: int, *fragments: str) -> str:
+        """Assert the failure contract and return the error line."""
+        assert self.code == code, (self.code, self.out, self.err)
+        assert "Traceback" not in self.err, self.err
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("Error: "), lines[0]
+        for fragment in fragments:
+            assert fragment in lines[0], (fragment, lines[0])
+        return lines[0]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without our settings, so the developer's shell cannot leak in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
+    }
+    env.update(COLUMNS="200", NO_COLOR="1", **extra)
+    return env
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    """Run the console script in an empty directory (no .env there or above it in /tmp)."""
+
+    def call(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+        done = subprocess.run(
+            [JOBQUEUE, *args],
+            cwd=tmp_path,
+            env=env or clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    return call
+
+
+@pytest.fixture
+def jq(run: Run, db_url: str, table_name: str) -> Run:
+    """`run` pointed at the test database and a fresh table."""
+
+    def call(*args: str, **kwargs: object) -> Result:
+        return run("--database-url", db_url, "--table", table_name, *args, **kwargs)
+
+    return call
+
+
+# -- the main flow, on both databases ---------------------------------------------------
+
+
+def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
+    migrated = jq("migrate")
+    assert migrated.code == 0, migrated.err
+    assert "at revision" in migrated.out
+
+    created = jq(
+        "enqueue",
+        "image",
+        "--payload",
+        '{"prompt": "a cat"}',
+        "--owner",
+        "alice",
+        "--idempotency-key",
+        "click-1",
+    )
+    assert created.code == 0, created.err
+    job_id = created.out.strip()
+    assert str(uuid.UUID(job_id)) == job_id  # the id alone, at once
+
+    again = jq(
+        "enqueue",
+        "image",
+        "--payload",
+        '{"prompt": "a cat"}',
+        "--idempotency-key",
+        "click-1",
+        "--json",
+    )
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["id"] == job_id
+
+    shown = jq("status", job_id, "--json")
+    assert shown.code == 0, shown.err
+    job = json.loads(shown.out)
+    assert (job["status"], job["payload"], job["owner_id"]) == (
+        "pending",
+        {"prompt": "a cat"},
+        "alice",
+    )
+
+    listed = jq("list", "--status", "pending", "--owner", "alice", "--since", "1h", "--json")
+    assert listed.code == 0, listed.err
+    assert [j["id"] for j in json.loads(listed.out)] == [job_id]
+
+    assert jq("cancel", job_id).code == 0
+    jq("cancel", job_id).one_line_error(1, "cannot move from cancelled to cancelled")
+    cancelled = jq("status", job_id)
+    cancelled.one_line_error(1, job_id, "ended cancelled")
+    assert "cancelled" in cancelled.out  # the details are still shown
+
+    retried = jq("retry", job_id)
+    assert retried.code == 0, retried.err
+    assert "pending again" in retried.out
+
+
+def test_worker_runs_a_generated_job_then_stats_and_prune(
+    run: Run, db_url: str, table_name: str, tmp_path: Path
+) -> None:
+    url = db_url
+    if url.startswith("postgresql"):
+        # PostgreSQL here trusts every local connection, so any password works: use one
+        # to check that the worker's banner never prints it.
+        url = make_url(url).set(password="s3cret-pw").render_as_string(hide_password=False)
+    migrate(url, table=table_name)
+    base = ("--database-url", url, "--table", table_name)
+    created = run(*base, "generate", "a red fox", "--model", "mock", "--option", "n=2", "--json")
+    assert created.code == 0, created.err
+    job = json.loads(created.out)
+    assert job["payload"] == {"prompt": "a red fox", "model": "mock", "options": {"n": 2}}
+    job_id = job["id"]
+
+    log_file = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [JOBQUEUE, *base, "worker", "--poll-interval", "0.2", "--log-file", str(log_file)],
+        cwd=tmp_path,
+        env=clean_env(MOCK_AI="true"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        watched = run(*base, "status", job_id, "--watch", "--interval", "0.2")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    assert watched.code == 0, (watched.err, err)
+    assert f"completed: job {job_id}" in watched.out
+    assert worker.returncode == 0, err
+    banner = err.splitlines()[0]
+    assert "generator: mock" in banner
+    assert table_name in banner
+    assert "s3cret-pw" not in out + err
+    assert f"Job {job_id} status: completed" in log_file.read_text()
+
+    stats = run(*base, "stats", "--since", "1d", "--json")
+    assert stats.code == 0, stats.err
+    (line,) = json.loads(stats.out)
+    assert (line["status"], line["count"]) == ("completed", 1)
+    assert line["avg_duration_sec"] > 0
+
+    pruned = run(*base, "prune", "--older-than", "0s")
+    assert pruned.code == 0, pruned.err
+    assert "deleted 1 finished job" in pruned.out
+
+
+def test_missing_migration_is_one_line_naming_the_fix(jq: Run) -> None:
+    jq("list").one_line_error(2, "not installed", "jobqueue migrate")
+    checked = jq("check")
+    assert checked.code == 1
+    assert "FAIL schema" in checked.out and "jobqueue migrate" in checked.out
+
+
+# -- SQLite only: the rest of the commands and the error contract ------------------------
+
+
+@pytest.fixture
+def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
+    """`run` on a SQLite file with the jobs table installed (in-process, to save a start)."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+
+    def call(*args: str, **kwargs: object) -> Result:
+        return run("--database-url", jobqueue_sqlite_url, "--table", table_name, *args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragments"),
+    [
+        (["enqueue", "image", "--payload", "{not json"], 2, ["--payload is not valid JSON"]),
+        (["status", "not-a-uuid"], 2, ["'not-a-uuid' is not a job id"]),
+        (["status", str(uuid.UUID(int=7))], 1, [f"no job {uuid.UUID(int=7)}"]),
+        (["list", "--since", "3 fortnights"], 2, ["not a duration", "jobqueue list --help"]),
+        (["list", "--status", "stuck"], 2, ["'stuck' is not one of"]),
+        (["--table", "jobs; drop", "list"], 2, ["invalid table name"]),
+    ],
+    ids=["bad-json", "malformed-id", "unknown-id", "bad-duration", "bad-status", "bad-table"],
+)
+def test_bad_input_is_one_clear_line(
+    sq: Run, args: list[str], code: int, fragments: list[str]
+) -> None:
+    sq(*args).one_line_error(code, *fragments)
+
+
+def test_unreachable_database_is_one_line(run: Run) -> None:
+    run("--database-url", UNREACHABLE, "list").one_line_error(
+        2, "127.0.0.1", "port 1", "JOBQUEUE_DATABASE_URL"
+    )
+
+
+def test_debug_shows_the_traceback(sq: Run) -> None:
+    result = sq("--debug", "status", "not-a-uuid")
+    assert result.code == 2
+    assert "Traceback" in result.err and "InvalidJobId" in result.err
+
+
+def test_worker_without_a_generator_fails_at_once_naming_the_key(sq: Run) -> None:
+    sq("worker", env=clean_env(MOCK_AI="false")).one_line_error(2, "DEFAPI_API_KEY")
+
+
+def test_reap_and_check_find_a_job_whose_worker_vanished(
+    sq: Run, jobqueue_sqlite_url: str, table_name: str
+) -> None:
+    with JobQueue(jobqueue_sqlite_url, table=table_name) as q:
+        job = q.enqueue("image", {"prompt": "lost"})
+        q.claim("vanished-worker", lease=0.001)
+    checked = sq("check", env=clean_env(MOCK_AI="true"))
+    assert checked.code == 0, checked.out  # a warning, not a failure
+    assert "warn stuck jobs" in checked.out and "jobqueue reap" in checked.out
+    reaped = sq("reap")
+    assert reaped.code == 0, reaped.err
+    assert "1 back to pending" in reaped.out and str(job.id) in reaped.out
+    assert json.loads(sq("status", str(job.id), "--json").out)["status"] == "pending"
+
+
+def test_check_passes_on_a_good_setup(sq: Run) -> None:
+    checked = sq("check", env=clean_env(MOCK_AI="true"))
+    assert checked.code == 0, checked.out
+    states = [line.split()[0] for line in checked.out.splitlines()]
+    assert states and set(states) == {"ok"}, checked.out
+    assert "generator" in checked.out
+
+
+def test_sql_prints_the_schema_and_the_supabase_policies(run: Run) -> None:
+    plain = run("sql")
+    assert plain.code == 0, plain.err
+    assert "CREATE TABLE generation_jobs" in plain.out
+    assert "generation_jobs_alembic_version" in plain.out
+    assert "ROW LEVEL SECURITY" not in plain.out
+    supabase = run("--table", "my_jobs", "sql", "--supabase")
+    assert supabase.code == 0, supabase.err
+    assert "CREATE TABLE my_jobs" in supabase.out
+    assert "ENABLE ROW LEVEL SECURITY" in supabase.out
+    assert "CREATE POLICY" in supabase.out and "service_role" in supabase.out
+
+
+def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jobqueue", "--version"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "jobqueue" in done.stdout
+
+
+# -- in-process: every subcommand documents itself, durations parse ----------------------
+
+
+def test_every_subcommand_has_help() -> None:
+    runner = CliRunner()
+    assert cli.commands, "no subcommands registered"
+    for name, command in cli.commands.items():
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert f"Usage: cli {name}" in result.output or f"{name} [OPTIONS]" in result.output
+        assert command.help, f"{name} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("45s", 45),
+        ("30m", 1800),
+        ("12h", 43200),
+        ("1d", 86400),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("2.5", 2.5),
+        ("0s", 0),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "1x", "-1d", "1 d", "nan", "1d-"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
