@@ -1,0 +1,46 @@
+"""`jobqueue demo`, the README's first command, run exactly as a newcomer runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
+
+
+def test_demo_completes_every_job_and_leaves_only_its_database(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
+    }
+    # A database URL in the environment (a developer's Supabase, say) must not be used:
+    # the demo writes to its own SQLite file unless --database-url is typed.
+    env["JOBQUEUE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/not-for-the-demo"
+    done = subprocess.run(
+        [JOBQUEUE, "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "8 of 8 jobs completed" in done.stdout
+    assert "avg duration" in done.stdout  # the statistics table
+
+    # Looked at before we open the database ourselves (which makes -wal/-shm for a while).
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left <= {"jobqueue-demo.db", "jobqueue-demo.db-wal", "jobqueue-demo.db-shm"}, left
+
+    db = tmp_path / "jobqueue-demo.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, progress, result_url FROM generation_jobs").fetchall()
+    conn.close()
+    assert len(rows) == 8
+    assert all(status == "completed" and progress == 100 for status, progress, _ in rows)
+    assert all(url and url.startswith("https://") for _, _, url in rows)
