@@ -1,0 +1,487 @@
+"""The worker against real databases (SQLite and PostgreSQL via the `migrated` fixture).
+
+Handlers here are small real functions; nothing of jobqueue is mocked. Leases are short so
+that heartbeats, cancellation and fencing happen within a second or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobqueue import AsyncJobQueue, Job, Status
+from jobqueue.errors import GenerationError
+from jobqueue.generators.base import GenerationRequest, GenerationResult, JobContext
+from jobqueue.worker import HandlerResult, Worker, WorkerContext
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+async def jq(migrated: tuple[str, str]) -> AsyncIterator[AsyncJobQueue]:
+    """A queue whose retries come back almost at once, so retry tests stay short."""
+    url, table = migrated
+    q = AsyncJobQueue(url, table=table, retry_backoff=(0.01, 0.02))
+    yield q
+    await q.close()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def drain(worker: Worker, queue: AsyncJobQueue, ids: list[Any], timeout: float = 15) -> None:
+    """run_until_idle until every job is final (retries come back after a short backoff)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await worker.run_until_idle()
+        jobs = [await queue.get(i) for i in ids]
+        if all(j.is_final for j in jobs):
+            return
+        assert time.monotonic() < deadline, [j.status for j in jobs]
+        await asyncio.sleep(0.02)
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+# -- running jobs ---------------------------------------------------------------------------
+
+
+async def test_run_until_idle_completes_a_batch_concurrently_and_once(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    jobs = await jq.enqueue_many([{"kind": "echo", "payload": {"n": n}} for n in range(24)])
+    calls: list[Any] = []
+    running = 0
+    peak = 0
+
+    async def echo(job: Job, ctx: WorkerContext) -> Any:
+        nonlocal running, peak
+        calls.append(job.id)
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return {"twice": job.payload["n"] * 2}
+
+    worker = Worker(jq, {"echo": echo}, concurrency=4, lease=2)
+    finished = await worker.run_until_idle()
+
+    assert finished == 24
+    assert sorted(calls) == sorted(j.id for j in jobs)  # each exactly once
+    assert 1 < peak <= 4
+    for job in jobs:
+        done = await jq.get(job.id)
+        assert done.status is Status.COMPLETED
+        assert done.result == {"twice": job.payload["n"] * 2}
+        assert done.attempts == 1
+    # Batch claiming: far fewer claim statements than jobs.
+    assert worker.claims < 24
+    text = messages(caplog)
+    assert f"Job {jobs[0].id} status: processing" in text
+    assert f"Job {jobs[0].id} status: completed in " in text
+    assert "concurrency=4" in text
+
+
+async def test_sync_handler_runs_in_a_thread_and_can_report_progress(jq: AsyncJobQueue) -> None:
+    job = await jq.enqueue("sync", {"x": 1})
+    seen: dict[str, Any] = {}
+
+    def handler(job: Job, ctx: WorkerContext) -> HandlerResult:
+        seen["thread"] = threading.current_thread()
+        ctx.run_in_loop(ctx.report_progress(40, "halfway"))
+        seen["progress"] = ctx.run_in_loop(jq.get(job.id)).progress
+        return HandlerResult({"ok": True}, "https://example.test/out.png")
+
+    await Worker(jq, {"sync": handler}, lease=2).run_until_idle()
+
+    assert seen["thread"] is not threading.main_thread()
+    assert seen["progress"] == 40
+    done = await jq.get(job.id)
+    assert done.status is Status.COMPLETED
+    assert done.result == {"ok": True}
+    assert done.result_url == "https://example.test/out.png"
+
+
+async def test_progress_is_written_while_the_job_runs(jq: AsyncJobQueue) -> None:
+    job = await jq.enqueue("paint", {})
+    observed: list[tuple[int, str | None]] = []
+
+    async def paint(job: Job, ctx: WorkerContext) -> str:
+        for percent in (25, 75):
+            await ctx.report_progress(percent, f"step {percent}")
+            now = await jq.get(job.id)
+            observed.append((now.progress, now.progress_message))
+        return "done"
+
+    await Worker(jq, {"paint": paint}, lease=2).run_until_idle()
+    assert observed == [(25, "step 25"), (75, "step 75")]
+    assert (await jq.get(job.id)).progress == 100
+
+
+async def test_failed_attempts_are_retried_then_succeed(jq: AsyncJobQueue) -> None:
+    job = await jq.enqueue("flaky", {}, max_attempts=3)
+
+    async def flaky(job: Job, ctx: WorkerContext) -> str:
+        if job.attempts < 3:
+            raise ConnectionError(f"provider hiccup {job.attempts}")
+        return "third time lucky"
+
+    await drain(Worker(jq, {"flaky": flaky}, lease=2), jq, [job.id])
+    done = await jq.get(job.id)
+    assert done.status is Status.COMPLETED
+    assert done.result == "third time lucky"
+    assert done.attempts == 3
+    assert [e["error"] for e in done.errors] == [
+        "ConnectionError: provider hiccup 1",
+        "ConnectionError: provider hiccup 2",
+    ]
+
+
+async def test_out_of_attempts_fails_with_the_error_history(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    job = await jq.enqueue("doomed", {}, max_attempts=2)
+
+    def doomed(job: Job, ctx: WorkerContext) -> None:
+        raise ValueError("bad prompt")
+
+    await drain(Worker(jq, {"doomed": doomed}, lease=2), jq, [job.id])
+    done = await jq.get(job.id)
+    assert done.status is Status.FAILED
+    assert done.attempts == 2
+    assert done.error == "ValueError: bad prompt"
+    assert [e["attempt"] for e in done.errors] == [1, 2]
+    text = messages(caplog)
+    assert f"Job {job.id} status: failed: ValueError: bad prompt; retrying in" in text
+    assert f"Job {job.id} status: failed: ValueError: bad prompt\n" in text + "\n"
+
+
+async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(
+    jq: AsyncJobQueue,
+) -> None:
+    async def boom(job: Job, ctx: WorkerContext) -> None:
+        raise RuntimeError("handler exploded")
+
+    async def garbage(job: Job, ctx: WorkerContext) -> Any:
+        return {"value": float("nan"), "thing": object()}
+
+    async def slow(job: Job, ctx: WorkerContext) -> None:
+        await asyncio.sleep(30)
+
+    async def ok(job: Job, ctx: WorkerContext) -> int:
+        return int(job.payload["n"])
+
+    async def refused(job: Job, ctx: WorkerContext) -> None:
+        raise GenerationError("provider rejected the key", retryable=False)
+
+    handlers = {"boom": boom, "garbage": garbage, "slow": slow, "ok": ok, "refused": refused}
+    bad = {
+        kind: (await jq.enqueue(kind, {}, max_attempts=1)).id
+        for kind in ("boom", "garbage", "slow")
+    }
+    refused_id = (await jq.enqueue("refused", {}, max_attempts=5)).id
+    stray = (await jq.enqueue("nobody-handles-this", {}, max_attempts=5)).id
+    good = [(await jq.enqueue("ok", {"n": n})).id for n in range(6)]
+
+    worker = Worker(jq, handlers, concurrency=3, lease=2, job_timeout=0.3)
+    await worker.run_until_idle()
+
+    for n, job_id in enumerate(good):
+        done = await jq.get(job_id)
+        assert (done.status, done.result) == (Status.COMPLETED, n)
+    errors = {kind: (await jq.get(job_id)) for kind, job_id in bad.items()}
+    assert all(j.status is Status.FAILED for j in errors.values())
+    assert errors["boom"].error == "RuntimeError: handler exploded"
+    assert "not JSON" in (errors["garbage"].error or "")
+    assert "longer than 0.3s" in (errors["slow"].error or "")
+    # Errors that retrying cannot fix fail at once, whatever attempts remain.
+    for job_id, words in ((refused_id, "rejected the key"), (stray, "no handler for job kind")):
+        done = await jq.get(job_id)
+        assert (done.status, done.attempts) == (Status.FAILED, 1)
+        assert words in (done.error or "")
+
+
+async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:
+    job = await jq.enqueue("echo", {})
+
+    async def echo(job: Job, ctx: WorkerContext) -> str:
+        return "hi"
+
+    log_file = tmp_path / "bot_v16_job_queue.log"
+    await Worker(jq, {"echo": echo}, lease=2, log_file=log_file).run_until_idle()
+    text = log_file.read_text()
+    assert f"Job {job.id} status: processing" in text
+    assert f"Job {job.id} status: completed in" in text
+
+
+# -- generators -----------------------------------------------------------------------------
+
+
+class RecordingGenerator:
+    """A real Generator: 'submits' a remote task once, remembers it, and resumes it later.
+
+    The first attempt dies right after submitting (like a worker crash), so the second must
+    resume the remembered task instead of submitting again.
+    """
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.submissions: list[str] = []
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
+        self.requests.append(request)
+        task_id = context.remembered()
+        if task_id is None:
+            task_id = f"task-{len(self.submissions) + 1}"
+            self.submissions.append(task_id)
+            await context.remember(task_id)
+            raise GenerationError("connection dropped while waiting")
+        await context.report_progress(50, f"polling {task_id}")
+        return GenerationResult(
+            (f"https://img.example.test/{task_id}.png",), text=request.prompt, cost=0.04
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_generator_is_wired_to_image_jobs_and_resumes_its_remote_task(
+    jq: AsyncJobQueue,
+) -> None:
+    gen = RecordingGenerator()
+    job = await jq.enqueue(
+        "image", GenerationRequest("a lego castle", "google/nano-banana").to_payload()
+    )
+
+    await drain(Worker(jq, generator=gen, lease=2), jq, [job.id])
+
+    done = await jq.get(job.id)
+    assert done.status is Status.COMPLETED
+    assert gen.submissions == ["task-1"]  # the second attempt resumed, it did not resubmit
+    assert done.remote_task_id == "task-1"
+    assert done.result_url == "https://img.example.test/task-1.png"
+    assert done.result["images"] == ["https://img.example.test/task-1.png"]
+    assert done.result["text"] == "a lego castle"
+    assert done.result["cost"] == 0.04
+    assert gen.requests[0].model == "google/nano-banana"
+    assert done.attempts == 2
+
+
+async def test_a_generator_in_handlers_and_a_bad_payload(jq: AsyncJobQueue) -> None:
+    gen = RecordingGenerator()
+    job = await jq.enqueue("picture", {"no": "prompt"}, max_attempts=3)
+    await Worker(jq, {"picture": gen}, lease=2).run_until_idle()
+    done = await jq.get(job.id)
+    assert (done.status, done.attempts) == (Status.FAILED, 1)
+    assert "prompt" in (done.error or "")
+    assert gen.requests == []
+
+
+# -- cancellation, stopping, fencing --------------------------------------------------------
+
+
+async def run_in_background(worker: Worker) -> asyncio.Task[None]:
+    return asyncio.create_task(worker.run())
+
+
+async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.stop()
+    await asyncio.wait_for(task, 15)
+
+
+async def test_cancelling_a_running_job_stops_its_handler(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    job = await jq.enqueue("long", {})
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+    contexts: list[WorkerContext] = []
+
+    async def long(job: Job, ctx: WorkerContext) -> None:
+        contexts.append(ctx)
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    worker = Worker(jq, {"long": long}, lease=0.6, poll_interval=0.1, listen=False)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(started.wait(), 10)
+    await jq.cancel(job.id)
+    await asyncio.wait_for(stopped.wait(), 10)
+    assert contexts[0].cancelled.is_set()
+    await stop(worker, task)
+    done = await jq.get(job.id)
+    assert done.status is Status.CANCELLED
+    assert f"Job {job.id} status: cancelled" in messages(caplog)
+
+
+async def test_graceful_stop_finishes_quick_jobs_and_releases_the_rest(
+    jq: AsyncJobQueue,
+) -> None:
+    slow_ids = [(await jq.enqueue("slow", {})).id for _ in range(3)]
+    quick_id = (await jq.enqueue("quick", {})).id
+    started: set[Any] = set()
+    finish_quick = asyncio.Event()
+
+    async def slow(job: Job, ctx: WorkerContext) -> None:
+        started.add(job.id)
+        await asyncio.sleep(60)
+
+    async def quick(job: Job, ctx: WorkerContext) -> str:
+        started.add(job.id)
+        await finish_quick.wait()
+        return "made it"
+
+    worker = Worker(
+        jq, {"slow": slow, "quick": quick}, concurrency=4, lease=2, grace_period=0.5, listen=False
+    )
+    task = await run_in_background(worker)
+    await eventually(lambda: len(started) == 4)
+    worker.stop()
+    await asyncio.sleep(0.05)
+    finish_quick.set()  # finishes inside the grace period
+    await asyncio.wait_for(task, 15)
+
+    quick_job = await jq.get(quick_id)
+    assert (quick_job.status, quick_job.result) == (Status.COMPLETED, "made it")
+    for job_id in slow_ids:
+        job = await jq.get(job_id)
+        assert job.status is Status.PENDING
+        assert job.locked_by is None
+        assert job.max_attempts == 4  # the released attempt was given back
+        assert "released" in job.errors[-1]["error"]
+    assert not await jq.list(status="processing")
+
+
+async def test_immediate_stop_skips_the_grace_period(jq: AsyncJobQueue) -> None:
+    job = await jq.enqueue("slow", {})
+    started = asyncio.Event()
+
+    async def slow(job: Job, ctx: WorkerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    worker = Worker(jq, {"slow": slow}, lease=2, grace_period=60, listen=False)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(started.wait(), 10)
+    worker.stop()
+    await asyncio.sleep(0.1)
+    assert not task.done()  # still inside the 60 s grace period
+    worker.stop(immediate=True)
+    await asyncio.wait_for(task, 10)
+    assert (await jq.get(job.id)).status is Status.PENDING
+
+
+async def test_stop_from_another_thread(jq: AsyncJobQueue) -> None:
+    async def noop(job: Job, ctx: WorkerContext) -> None:
+        return None
+
+    worker = Worker(jq, {"noop": noop}, lease=2, poll_interval=30, listen=False)
+    task = await run_in_background(worker)
+    await eventually(lambda: worker.claims >= 1)
+    threading.Thread(target=worker.stop).start()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_worker_whose_lease_expired_is_fenced_off(
+    jq: AsyncJobQueue,
+    raw_sql: Callable[..., list[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.worker")
+    job = await jq.enqueue("work", {})
+    started = asyncio.Event()
+    let_a_finish = asyncio.Event()
+
+    async def slow_a(job: Job, ctx: WorkerContext) -> str:
+        started.set()
+        await let_a_finish.wait()
+        return "from A"
+
+    async def quick_b(job: Job, ctx: WorkerContext) -> str:
+        return "from B"
+
+    # A long lease so that A's own heartbeat does not notice before it tries to complete.
+    a = Worker(jq, {"work": slow_a}, worker_id="worker-a", lease=30, listen=False)
+    task = await run_in_background(a)
+    await asyncio.wait_for(started.wait(), 10)
+    # A stalls (a GC pause, a frozen VM): its lease runs out in the database.
+    raw_sql(
+        f"UPDATE {jq.table_name} SET lease_expires_at = '2000-01-01 00:00:00' WHERE id = :id",
+        id=job.id.hex if jq.dialect == "sqlite" else job.id,
+    )
+    b = Worker(jq, {"work": quick_b}, worker_id="worker-b", lease=2, listen=False)
+    assert await b.run_until_idle() == 1
+    let_a_finish.set()
+    await eventually(lambda: "LeaseLost" in messages(caplog))
+    await stop(a, task)
+
+    done = await jq.get(job.id)
+    assert (done.status, done.result, done.locked_by) == (Status.COMPLETED, "from B", "worker-b")
+    assert done.attempts == 2
+
+
+async def test_lost_lease_noticed_by_heartbeat_stops_the_handler(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.worker")
+    job = await jq.enqueue("work", {})
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def hang(job: Job, ctx: WorkerContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    a = Worker(jq, {"work": hang}, worker_id="worker-a", lease=0.6, listen=False)
+    task = await run_in_background(a)
+    await asyncio.wait_for(started.wait(), 10)
+    # Another worker takes the job over (as after an expired lease) through the queue API.
+    await jq.release(await jq.get(job.id))  # A's attempt ends; nothing tells A
+    [taken] = await jq.claim("worker-b", queues=["default"])
+    await asyncio.wait_for(stopped.wait(), 10)
+    await stop(a, task)
+    assert "LeaseLost" in messages(caplog)
+    now = await jq.get(taken.id)
+    assert (now.status, now.locked_by) == (Status.PROCESSING, "worker-b")
+
+
+async def test_worker_rejects_settings_that_cannot_work(jq: AsyncJobQueue) -> None:
+    from jobqueue.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="at least one handler"):
+        Worker(jq)
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        Worker(jq, {"x": print}, concurrency=0)
