@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
@@ -24,10 +25,10 @@ from sqlalchemy import Executable, RowMapping
 
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
-from .statements import Statements
+from .statements import Params, Statements
 
 T = TypeVar("T")
-Step = tuple[Executable, list[dict[str, Any]] | None]
+Step = tuple[Executable, Params]
 Rows = list[RowMapping]
 Operation = Generator[Step, Rows, T]
 
@@ -43,16 +44,31 @@ DEFAULT_LEASE = 30.0
 # -- ids ----------------------------------------------------------------------------------
 
 
+_uuid7_lock = threading.Lock()
+_uuid7_last = (0, 0)  # (milliseconds, 74-bit counter) of the last id made here
+
+
 def uuid7() -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 version 7): 48 bits of Unix milliseconds, then random.
 
     Time-ordered ids keep the primary key index append-mostly, and sort like creation time.
+    Ids made in this process within one millisecond stay in order too (RFC 9562's
+    monotonic counter): the 74 random bits start at a random value each millisecond and
+    count up within it.
     """
+    global _uuid7_last
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | rand
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    with _uuid7_lock:
+        last_ms, last_counter = _uuid7_last
+        if ms > last_ms:
+            counter = int.from_bytes(os.urandom(10), "big") >> 7  # 73 bits: room to count
+        else:  # same millisecond (or the clock stepped back): count on from the last id
+            ms, counter = last_ms, last_counter + 1
+            if counter >= 1 << 74:
+                ms, counter = ms + 1, 0
+        _uuid7_last = (ms, counter)
+    rand_a, rand_b = counter >> 62, counter & ((1 << 62) - 1)
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b
     return uuid.UUID(int=value)
 
 
@@ -249,13 +265,13 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
     """Insert the rows; for an idempotency key already in the queue, the existing job."""
     if not rows:
         return []
-    inserted = yield (s.insert_many(), list(rows))
+    inserted = yield s.insert_many(rows)
     by_id = {r["id"]: Job.from_row(r) for r in inserted}
     missing = [r for r in rows if r["id"] not in by_id]
     existing: dict[tuple[str, str], Job] = {}
     for queue in {r["queue"] for r in missing}:
         keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
-        for found in (yield (s.by_idempotency_keys(queue, keys), None)):
+        for found in (yield s.by_idempotency_keys(queue, keys)):
             job = Job.from_row(found)
             existing[(job.queue, job.idempotency_key or "")] = job
     out: list[Job] = []
@@ -282,7 +298,7 @@ def claim(
     check_text(worker_id, "worker_id")
     check_int(limit, "limit", 1, 10_000)
     lease = seconds_of(lease, "lease", low=0.001)
-    rows = yield (s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds), None)
+    rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
     jobs = [Job.from_row(r) for r in rows]
     jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
     return jobs
@@ -292,7 +308,7 @@ def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[RowMa
     """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
     if rows:
         return rows[0]
-    state = yield (s.fence_state(job.id), None)
+    state = yield s.fence_state(job.id)
     if not state:
         raise JobNotFound(f"cannot {action} job {job.id}: it no longer exists")
     now = state[0]
@@ -305,7 +321,7 @@ def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[RowMa
 
 def heartbeat(s: Statements, job: Job, lease: float) -> Operation[datetime]:
     lease = seconds_of(lease, "lease", low=0.001)
-    rows = yield (s.heartbeat(job.id, job.attempts, lease), None)
+    rows = yield s.heartbeat(job.id, job.attempts, lease)
     row = yield from _fenced(s, job, rows, "extend the lease of")
     value: datetime = row["lease_expires_at"]
     return value
@@ -316,7 +332,7 @@ def heartbeat_many(
 ) -> Operation[set[uuid.UUID]]:
     if not ids:
         return set()
-    rows = yield (s.heartbeat_many(ids, lease, worker_id), None)
+    rows = yield s.heartbeat_many(ids, lease, worker_id)
     return {r["id"] for r in rows}
 
 
@@ -326,13 +342,13 @@ def set_progress(
     check_int(percent, "progress", 0, 100)
     if message is not None:
         check_text(message, "progress message", limit=1000, empty=True)
-    rows = yield (s.set_progress(job.id, job.attempts, percent, message), None)
+    rows = yield s.set_progress(job.id, job.attempts, percent, message)
     yield from _fenced(s, job, rows, "report progress on")
 
 
 def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
     check_text(remote_task_id, "remote task id", limit=1000)
-    rows = yield (s.remember(job.id, job.attempts, remote_task_id), None)
+    rows = yield s.remember(job.id, job.attempts, remote_task_id)
     yield from _fenced(s, job, rows, "save the remote task id of")
 
 
@@ -347,7 +363,7 @@ def complete(
     s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
 ) -> Operation[Job]:
     _check_result(result, result_url, limits)
-    rows = yield (s.complete(job.id, job.attempts, result, result_url), None)
+    rows = yield s.complete(job.id, job.attempts, result, result_url)
     return Job.from_row((yield from _fenced(s, job, rows, "complete")))
 
 
@@ -372,7 +388,7 @@ def complete_many(
         {"id": i.job.id, "attempt": i.job.attempts, "result": i.result, "result_url": i.result_url}
         for i in items
     ]
-    rows = yield (s.complete_many(batch), None)
+    rows = yield s.complete_many(batch)
     return {r["id"] for r in rows}
 
 
@@ -397,18 +413,18 @@ def fail(
             if retry_in is not None
             else backoff_delay(job.attempts, *backoff)
         )
-    rows = yield (s.fail(job.id, job.attempts, message, delay), None)
+    rows = yield s.fail(job.id, job.attempts, message, delay)
     return Job.from_row((yield from _fenced(s, job, rows, "fail")))
 
 
 def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
-    rows = yield (s.release(job.id, job.attempts, storable_text(str(reason))[:10_000]), None)
+    rows = yield s.release(job.id, job.attempts, storable_text(str(reason))[:10_000])
     return Job.from_row((yield from _fenced(s, job, rows, "release")))
 
 
 def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Operation[Job]:
     """After a move matched no row: `JobNotFound`, or `InvalidTransition` naming the status."""
-    rows = yield (s.get(job_id), None)
+    rows = yield s.get(job_id)
     if not rows:
         raise JobNotFound(f"no job {job_id}")
     job = Job.from_row(rows[0])
@@ -419,11 +435,11 @@ def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Operation
 
 def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Operation[Job]:
     jid = parse_job_id(job_id)
-    rows = yield (s.cancel(jid, owner_id), None)
+    rows = yield s.cancel(jid, owner_id)
     if rows:
         return Job.from_row(rows[0])
     if owner_id is not None:
-        found = yield (s.get(jid, owner_id), None)
+        found = yield s.get(jid, owner_id)
         if not found:
             raise JobNotFound(f"no job {jid}")
     return (yield from _explain_move(s, jid, Status.CANCELLED))
@@ -431,10 +447,10 @@ def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Operat
 
 def retry(s: Statements, job_id: object) -> Operation[Job]:
     jid = parse_job_id(job_id)
-    rows = yield (s.retry(jid), None)
+    rows = yield s.retry(jid)
     if rows:
         return Job.from_row(rows[0])
-    current = yield (s.get(jid), None)
+    current = yield s.get(jid)
     if current and Job.from_row(current[0]).status is Status.PROCESSING:
         raise InvalidTransition(f"job {jid} is running; only failed or cancelled jobs retry")
     return (yield from _explain_move(s, jid, Status.PENDING))
@@ -442,7 +458,7 @@ def retry(s: Statements, job_id: object) -> Operation[Job]:
 
 def get(s: Statements, job_id: object, owner_id: str | None = None) -> Operation[Job]:
     jid = parse_job_id(job_id)
-    rows = yield (s.get(jid, owner_id), None)
+    rows = yield s.get(jid, owner_id)
     if not rows:
         raise JobNotFound(f"no job {jid}")
     return Job.from_row(rows[0])
@@ -470,23 +486,20 @@ def list_jobs(
                 hint="statuses are " + ", ".join(s.value for s in Status),
             ) from None
     since_at = seconds_of(since, "since") if isinstance(since, timedelta) else since
-    rows = yield (
-        s.list(
-            owner_id=owner_id,
-            statuses=statuses,
-            queue=queue,
-            kind=kind,
-            since=since_at,
-            limit=limit,
-        ),
-        None,
+    rows = yield s.list(
+        owner_id=owner_id,
+        statuses=statuses,
+        queue=queue,
+        kind=kind,
+        since=since_at,
+        limit=limit,
     )
     return [Job.from_row(r) for r in rows]
 
 
 def stats(s: Statements, since: timedelta | float) -> Operation[list[StatusStats]]:
     secs = seconds_of(since, "since")
-    rows = yield (s.stats(secs), None)
+    rows = yield s.stats(secs)
     return [
         StatusStats(
             Status(r["status"]),
@@ -498,7 +511,7 @@ def stats(s: Statements, since: timedelta | float) -> Operation[list[StatusStats
 
 
 def reap(s: Statements) -> Operation[list[tuple[uuid.UUID, Status]]]:
-    rows = yield (s.reap(), None)
+    rows = yield s.reap()
     return [(r["id"], Status(r["status"])) for r in rows]
 
 
@@ -510,7 +523,7 @@ def prune(
     final = [x for x in chosen if x.is_final]
     if not final:
         raise PayloadError("prune removes finished jobs only: completed, failed or cancelled")
-    rows = yield (s.prune(secs, final), None)
+    rows = yield s.prune(secs, final)
     return len(rows)
 
 

@@ -1,8 +1,16 @@
 """Every SQL statement jobqueue runs, built once with SQLAlchemy Core.
 
-`Statements` is bound to one jobs table and one dialect. Its methods return statements and
-never touch a connection, so the sync and the async queue run exactly the same SQL, and the
-statements can be compiled and EXPLAINed in tests without running them.
+`Statements` is bound to one jobs table and one dialect. Its methods return a `Bound`: a
+statement and the parameters to run it with. They never touch a connection, so the sync and
+the async queue run exactly the same SQL, and the statements can be compiled and EXPLAINed
+in tests without running them.
+
+Each statement is built once per table and shape and then reused with new parameters:
+building a SQLAlchemy construct costs far more than running it (milliseconds for the
+claim), and one construct per shape is also what lets SQLAlchemy's compiled cache and the
+driver's prepared statements hit on every call. So values always travel as bound
+parameters (names start with ``jq_`` so they never clash with column names), never inside
+the construct.
 
 Fencing: every write a worker makes to a job it claimed carries ``(id, attempts)`` and
 requires ``status = 'processing'``. A worker whose lease was lost (the job was reaped, claimed
@@ -11,21 +19,21 @@ again or cancelled) matches no row and so changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
+    Executable,
     Float,
-    Insert,
     Integer,
-    Select,
     String,
     Table,
     Text,
-    Update,
     Uuid,
     and_,
     bindparam,
@@ -34,7 +42,6 @@ from sqlalchemy import (
     column,
     delete,
     func,
-    literal,
     literal_column,
     select,
     union_all,
@@ -42,14 +49,40 @@ from sqlalchemy import (
     values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.types import TypeEngine
 
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime, json_type
 from .schema import Status, sources_of
 
+T = TypeVar("T")
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+"""One parameter set, a list of them (executemany), or none."""
+
+#: Statement shapes kept per `Statements` (shapes differ by filters, e.g. the queues a
+#: worker claims from); past this the cache starts over rather than grow without bound.
+MAX_SHAPES = 256
+
+
+class Bound(NamedTuple):
+    """A statement and the parameters to execute it with."""
+
+    statement: Executable
+    params: Params
+
 
 def _in(statuses: Sequence[Status]) -> list[str]:
     return [s.value for s in statuses]
+
+
+def _p(name: str, type_: Any) -> BindParameter[Any]:
+    return bindparam(f"jq_{name}", type_=type_)
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON value as text for a ``jsonb`` array element (None stays SQL NULL)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 class Statements:
@@ -61,17 +94,34 @@ class Statements:
         self.t = table
         self.dialect = dialect
         self.columns = list(table.c)
+        self._shapes: dict[Hashable, Any] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _fenced(self, job_id: UUID, attempt: int) -> ColumnElement[bool]:
-        c = self.t.c
-        return and_(c.id == job_id, c.attempts == attempt, c.status == Status.PROCESSING.value)
+    def _once(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The statement for ``key``, built on first use."""
+        found = self._shapes.get(key)
+        if found is None:
+            if len(self._shapes) >= MAX_SHAPES:
+                self._shapes.clear()
+            found = self._shapes[key] = build()
+        return found
 
-    def _error_entry(self, message: ColumnElement[Any] | str) -> JsonAppend:
+    def _fenced(self) -> ColumnElement[bool]:
+        c = self.t.c
+        return and_(
+            c.id == _p("job_id", Uuid()),
+            c.attempts == _p("attempt", Integer()),
+            c.status == Status.PROCESSING.value,
+        )
+
+    @staticmethod
+    def _fence(job_id: UUID, attempt: int, **more: Any) -> dict[str, Any]:
+        return {"jq_job_id": job_id, "jq_attempt": attempt, **more}
+
+    def _error_entry(self, message: ColumnElement[Any]) -> JsonAppend:
         """``errors`` with one more ``{attempt, at, error}`` entry for the current attempt."""
         c = self.t.c
-        msg = message if isinstance(message, ColumnElement) else cast(literal(message), Text())
         return JsonAppend(
             c.errors,
             literal_column("'attempt'"),
@@ -79,7 +129,7 @@ class Statements:
             literal_column("'at'"),
             DbNow(),
             literal_column("'error'"),
-            msg,
+            message,
         )
 
     def _at_least_one_more(self) -> ColumnElement[int]:
@@ -88,20 +138,42 @@ class Statements:
 
     # -- writing new jobs ------------------------------------------------------------------
 
-    def insert_many(self) -> Insert:
-        """Insert jobs, executed with one parameter set per job (see `NewJob.to_row`).
+    def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> Bound:
+        """Insert jobs (rows as `NewJob.to_row` makes them) in one statement.
 
         ``run_at`` is the caller's time when given, else the database clock plus the delay.
         Rows whose (queue, idempotency_key) already exists are skipped: the caller learns
         which from RETURNING and reads the existing jobs with `by_idempotency_keys`.
+
+        PostgreSQL gets every column as one array parameter and ``unnest``\\s them: one
+        statement and one round trip for any number of jobs, with a single cached plan.
+        SQLite runs a multi-row INSERT per batch of rows (SQLAlchemy's insertmanyvalues).
         """
+        if self.dialect == "postgresql":
+            return Bound(
+                self._once("insert_pg", self._insert_unnest),
+                {
+                    "jq_ids": [r["id"] for r in rows],
+                    "jq_queues": [r["queue"] for r in rows],
+                    "jq_kinds": [r["kind"] for r in rows],
+                    "jq_payloads": [_json_text(r["payload"]) for r in rows],
+                    "jq_priorities": [r["priority"] for r in rows],
+                    "jq_max_attempts": [r["max_attempts"] for r in rows],
+                    "jq_owner_ids": [r["owner_id"] for r in rows],
+                    "jq_keys": [r["idempotency_key"] for r in rows],
+                    "jq_run_ats": [r["run_at_value"] for r in rows],
+                    "jq_delays": [r["delay_seconds"] for r in rows],
+                },
+            )
+        return Bound(self._once("insert", self._insert_values), list(rows))
+
+    def _insert_values(self) -> Any:
         c = self.t.c
-        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(self.t)
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
         )
-        stmt = ins.values(
+        stmt = sqlite.insert(self.t).values(
             id=bindparam("id", type_=Uuid()),
             queue=bindparam("queue", type_=String()),
             kind=bindparam("kind", type_=String()),
@@ -111,15 +183,75 @@ class Statements:
             owner_id=bindparam("owner_id", type_=Text()),
             idempotency_key=bindparam("idempotency_key", type_=Text()),
             run_at=run_at,
-        ).on_conflict_do_nothing(
+        )
+        # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
+        # (asking for it would make SQLAlchemy insert one row per statement).
+        return stmt.on_conflict_do_nothing(
             index_elements=[c.queue, c.idempotency_key],
             index_where=c.idempotency_key.isnot(None),
-        )
-        return stmt.returning(*self.columns, sort_by_parameter_order=True)
+        ).returning(*self.columns)
 
-    def by_idempotency_keys(self, queue: str, keys: Sequence[str]) -> Select[Any]:
+    def _insert_unnest(self) -> Any:
         c = self.t.c
-        return select(*self.columns).where(c.queue == queue, c.idempotency_key.in_(list(keys)))
+        arrays: list[tuple[str, str, TypeEngine[Any]]] = [
+            ("id", "ids", Uuid()),
+            ("queue", "queues", Text()),
+            ("kind", "kinds", Text()),
+            ("payload", "payloads", Text()),
+            ("priority", "priorities", Integer()),
+            ("max_attempts", "max_attempts", Integer()),
+            ("owner_id", "owner_ids", Text()),
+            ("idempotency_key", "keys", Text()),
+            ("run_at_value", "run_ats", DateTime(timezone=True)),
+            ("delay_seconds", "delays", Float()),
+        ]
+        new = (
+            func.unnest(*(_p(param, postgresql.ARRAY(type_)) for _, param, type_ in arrays))
+            .table_valued(*(column(name, type_) for name, _, type_ in arrays))
+            .render_derived(name="new_jobs")
+        )
+        n = new.c
+        rows = select(
+            n.id,
+            n.queue,
+            n.kind,
+            cast(n.payload, postgresql.JSONB()),
+            n.priority,
+            n.max_attempts,
+            n.owner_id,
+            n.idempotency_key,
+            func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds)),
+        )
+        targets = [
+            c.id,
+            c.queue,
+            c.kind,
+            c.payload,
+            c.priority,
+            c.max_attempts,
+            c.owner_id,
+            c.idempotency_key,
+            c.run_at,
+        ]
+        return (
+            postgresql.insert(self.t)
+            .from_select(targets, rows)
+            .on_conflict_do_nothing(
+                index_elements=[c.queue, c.idempotency_key],
+                index_where=c.idempotency_key.isnot(None),
+            )
+            .returning(*self.columns)
+        )
+
+    def by_idempotency_keys(self, queue: str, keys: Sequence[str]) -> Bound:
+        def build() -> Any:
+            c = self.t.c
+            return select(*self.columns).where(
+                c.queue == _p("queue", Text()),
+                c.idempotency_key.in_(bindparam("jq_keys", expanding=True, type_=Text())),
+            )
+
+        return Bound(self._once("by_keys", build), {"jq_queue": queue, "jq_keys": list(keys)})
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -131,7 +263,7 @@ class Statements:
         lease: float,
         queues: Sequence[str] | None,
         kinds: Sequence[str] | None,
-    ) -> Update:
+    ) -> Bound:
         """Take up to ``limit`` due jobs, highest priority then oldest first.
 
         Pending jobs come from the partial claim index. Processing jobs whose lease expired
@@ -140,8 +272,15 @@ class Statements:
         ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other; SQLite
         runs the statement under its single write lock, which makes it atomic.
         """
+        qs = None if queues is None else tuple(queues)
+        ks = None if kinds is None else tuple(kinds)
+        stmt = self._once(("claim", qs, ks), lambda: self._claim(qs, ks))
+        return Bound(stmt, {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease})
+
+    def _claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
         c = self.t.c
         now = DbNow()
+        limit = _p("limit", Integer())
         filters: list[ColumnElement[bool]] = []
         if queues is not None:
             filters.append(c.queue.in_(list(queues)))
@@ -184,9 +323,9 @@ class Statements:
             .values(
                 status=Status.PROCESSING.value,
                 attempts=c.attempts + 1,
-                locked_by=worker_id,
+                locked_by=_p("worker_id", Text()),
                 started_at=now,
-                lease_expires_at=DbNowPlus(lease),
+                lease_expires_at=DbNowPlus(_p("lease", Float())),
                 updated_at=now,
                 progress=case((c.status == Status.PROCESSING.value, 0), else_=c.progress),
                 errors=case((c.status == Status.PROCESSING.value, lost), else_=c.errors),
@@ -196,75 +335,108 @@ class Statements:
 
     # -- a worker's writes to the jobs it holds (all fenced) -----------------------------------
 
-    def heartbeat(self, job_id: UUID, attempt: int, lease: float) -> Update:
-        c = self.t.c
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(lease_expires_at=DbNowPlus(lease), updated_at=DbNow())
-            .returning(c.lease_expires_at)
-        )
+    def heartbeat(self, job_id: UUID, attempt: int, lease: float) -> Bound:
+        def build() -> Any:
+            c = self.t.c
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(lease_expires_at=DbNowPlus(_p("lease", Float())), updated_at=DbNow())
+                .returning(c.lease_expires_at)
+            )
 
-    def heartbeat_many(self, ids: Sequence[UUID], lease: float, worker_id: str) -> Update:
+        return Bound(self._once("heartbeat", build), self._fence(job_id, attempt, jq_lease=lease))
+
+    def heartbeat_many(self, ids: Sequence[UUID], lease: float, worker_id: str) -> Bound:
         """Extend the leases of every job this worker holds, in one statement.
 
         Fenced by ``locked_by`` and status: rows reaped or cancelled since simply do not
         match, and their ids are missing from RETURNING.
         """
-        c = self.t.c
-        return (
-            update(self.t)
-            .where(
-                c.id.in_(list(ids)),
-                c.locked_by == worker_id,
-                c.status == Status.PROCESSING.value,
+
+        def build() -> Any:
+            c = self.t.c
+            return (
+                update(self.t)
+                .where(
+                    c.id.in_(bindparam("jq_ids", expanding=True, type_=Uuid())),
+                    c.locked_by == _p("worker_id", Text()),
+                    c.status == Status.PROCESSING.value,
+                )
+                .values(lease_expires_at=DbNowPlus(_p("lease", Float())), updated_at=DbNow())
+                .returning(c.id, c.attempts)
             )
-            .values(lease_expires_at=DbNowPlus(lease), updated_at=DbNow())
-            .returning(c.id, c.attempts)
-        )
 
-    def set_progress(self, job_id: UUID, attempt: int, percent: int, message: str | None) -> Update:
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(progress=percent, progress_message=message, updated_at=DbNow())
-            .returning(self.t.c.id)
-        )
+        params = {"jq_ids": list(ids), "jq_lease": lease, "jq_worker_id": worker_id}
+        return Bound(self._once("heartbeat_many", build), params)
 
-    def remember(self, job_id: UUID, attempt: int, remote_task_id: str) -> Update:
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(remote_task_id=remote_task_id, updated_at=DbNow())
-            .returning(self.t.c.id)
-        )
-
-    def complete(self, job_id: UUID, attempt: int, result: Any, result_url: str | None) -> Update:
-        now = DbNow()
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(
-                status=Status.COMPLETED.value,
-                result=result,
-                result_url=result_url,
-                error=None,
-                progress=100,
-                lease_expires_at=None,
-                completed_at=now,
-                updated_at=now,
+    def set_progress(self, job_id: UUID, attempt: int, percent: int, message: str | None) -> Bound:
+        def build() -> Any:
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(
+                    progress=_p("percent", Integer()),
+                    progress_message=_p("message", Text()),
+                    updated_at=DbNow(),
+                )
+                .returning(self.t.c.id)
             )
-            .returning(*self.columns)
-        )
 
-    def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Update:
+        params = self._fence(job_id, attempt, jq_percent=percent, jq_message=message)
+        return Bound(self._once("set_progress", build), params)
+
+    def remember(self, job_id: UUID, attempt: int, remote_task_id: str) -> Bound:
+        def build() -> Any:
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(remote_task_id=_p("task_id", Text()), updated_at=DbNow())
+                .returning(self.t.c.id)
+            )
+
+        params = self._fence(job_id, attempt, jq_task_id=remote_task_id)
+        return Bound(self._once("remember", build), params)
+
+    def complete(self, job_id: UUID, attempt: int, result: Any, result_url: str | None) -> Bound:
+        def build() -> Any:
+            now = DbNow()
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(
+                    status=Status.COMPLETED.value,
+                    result=_p("result", json_type()),
+                    result_url=_p("result_url", Text()),
+                    error=None,
+                    progress=100,
+                    lease_expires_at=None,
+                    completed_at=now,
+                    updated_at=now,
+                )
+                .returning(*self.columns)
+            )
+
+        params = self._fence(job_id, attempt, jq_result=result, jq_result_url=result_url)
+        return Bound(self._once("complete", build), params)
+
+    def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Bound:
         """Complete many held jobs in one statement (the worker's batched completer).
 
-        ``items`` are ``{"id", "attempt", "result", "result_url"}``. The batch travels as a
-        VALUES list joined to the table; the fencing condition is the same as `complete`,
-        so RETURNING tells which jobs were fenced off (those ids are missing).
+        ``items`` are ``{"id", "attempt", "result", "result_url"}``. The fencing condition
+        is the same as `complete`, so RETURNING tells which jobs were fenced off (those ids
+        are missing). On PostgreSQL the batch travels as four array parameters that are
+        ``unnest``\\ed and joined to the table (one cached statement for any batch size); on
+        SQLite as a VALUES list.
         """
-        c = self.t.c
+        if self.dialect == "postgresql":
+            params = {
+                "jq_ids": [i["id"] for i in items],
+                "jq_attempts": [i["attempt"] for i in items],
+                "jq_results": [_json_text(i["result"]) for i in items],
+                "jq_result_urls": [i["result_url"] for i in items],
+            }
+            return Bound(self._once("complete_many_pg", self._complete_unnest), params)
         batch = (
             values(
                 column("job_id", Uuid()),
@@ -276,6 +448,24 @@ class Statements:
             .data([(i["id"], i["attempt"], i["result"], i["result_url"]) for i in items])
             .cte("batch")
         )
+        return Bound(self._complete_from(batch, batch.c.result), None)
+
+    def _complete_unnest(self) -> Any:
+        arrays: list[tuple[str, str, TypeEngine[Any]]] = [
+            ("job_id", "ids", Uuid()),
+            ("attempt", "attempts", Integer()),
+            ("result", "results", Text()),
+            ("result_url", "result_urls", Text()),
+        ]
+        batch = (
+            func.unnest(*(_p(param, postgresql.ARRAY(type_)) for _, param, type_ in arrays))
+            .table_valued(*(column(name, type_) for name, _, type_ in arrays))
+            .render_derived(name="batch")
+        )
+        return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()))
+
+    def _complete_from(self, batch: Any, result: ColumnElement[Any]) -> Any:
+        c = self.t.c
         now = DbNow()
         return (
             update(self.t)
@@ -286,10 +476,7 @@ class Statements:
             )
             .values(
                 status=Status.COMPLETED.value,
-                # A batch of only NULL results makes PostgreSQL type the VALUES column text.
-                result=cast(batch.c.result, json_type())
-                if self.dialect == "postgresql"
-                else batch.c.result,
+                result=result,
                 result_url=batch.c.result_url,
                 error=None,
                 progress=100,
@@ -300,134 +487,179 @@ class Statements:
             .returning(c.id)
         )
 
-    def fail(self, job_id: UUID, attempt: int, error: str, retry_in: float | None) -> Update:
+    def fail(self, job_id: UUID, attempt: int, error: str, retry_in: float | None) -> Bound:
         """Record a failed attempt: back to ``pending`` after ``retry_in`` seconds, or, when
         ``retry_in`` is None, ``failed`` for good. The error joins the ``errors`` history."""
-        now = DbNow()
-        common: dict[str, Any] = {
-            "error": error,
-            "errors": self._error_entry(cast(literal(error), Text())),
-            "lease_expires_at": None,
-            "updated_at": now,
-        }
-        if retry_in is None:
-            moves: dict[str, Any] = {"status": Status.FAILED.value, "completed_at": now}
-        else:
-            moves = {
-                "status": Status.PENDING.value,
-                "run_at": DbNowPlus(retry_in),
-                "locked_by": None,
-                "progress": 0,
-                "max_attempts": self._at_least_one_more(),
-            }
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(**common, **moves)
-            .returning(*self.columns)
-        )
+        retrying = retry_in is not None
 
-    def release(self, job_id: UUID, attempt: int, reason: str) -> Update:
+        def build() -> Any:
+            now = DbNow()
+            message = _p("error", Text())
+            common: dict[str, Any] = {
+                "error": message,
+                "errors": self._error_entry(cast(message, Text())),
+                "lease_expires_at": None,
+                "updated_at": now,
+            }
+            if not retrying:
+                moves: dict[str, Any] = {"status": Status.FAILED.value, "completed_at": now}
+            else:
+                moves = {
+                    "status": Status.PENDING.value,
+                    "run_at": DbNowPlus(_p("retry_in", Float())),
+                    "locked_by": None,
+                    "progress": 0,
+                    "max_attempts": self._at_least_one_more(),
+                }
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(**common, **moves)
+                .returning(*self.columns)
+            )
+
+        params = self._fence(job_id, attempt, jq_error=error)
+        if retrying:
+            params["jq_retry_in"] = retry_in
+        return Bound(self._once(("fail", retrying), build), params)
+
+    def release(self, job_id: UUID, attempt: int, reason: str) -> Bound:
         """Give a held job back to the queue at once, without spending an attempt.
 
         ``attempts`` never goes down (it is the fencing token), so ``max_attempts`` goes up
         by one instead.
         """
-        c = self.t.c
-        now = DbNow()
-        return (
-            update(self.t)
-            .where(self._fenced(job_id, attempt))
-            .values(
-                status=Status.PENDING.value,
-                run_at=now,
-                locked_by=None,
-                lease_expires_at=None,
-                max_attempts=c.max_attempts + 1,
-                errors=self._error_entry(cast(literal(reason), Text())),
-                updated_at=now,
-            )
-            .returning(*self.columns)
-        )
 
-    def fence_state(self, job_id: UUID) -> Select[Any]:
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            return (
+                update(self.t)
+                .where(self._fenced())
+                .values(
+                    status=Status.PENDING.value,
+                    run_at=now,
+                    locked_by=None,
+                    lease_expires_at=None,
+                    max_attempts=c.max_attempts + 1,
+                    errors=self._error_entry(cast(_p("reason", Text()), Text())),
+                    updated_at=now,
+                )
+                .returning(*self.columns)
+            )
+
+        params = self._fence(job_id, attempt, jq_reason=reason)
+        return Bound(self._once("release", build), params)
+
+    def fence_state(self, job_id: UUID) -> Bound:
         """What a fenced write that matched nothing needs to explain itself."""
-        c = self.t.c
-        return select(c.status, c.attempts, c.locked_by).where(c.id == job_id)
+
+        def build() -> Any:
+            c = self.t.c
+            return select(c.status, c.attempts, c.locked_by).where(c.id == _p("job_id", Uuid()))
+
+        return Bound(self._once("fence_state", build), {"jq_job_id": job_id})
 
     # -- anyone's moves --------------------------------------------------------------------
 
-    def cancel(self, job_id: UUID, owner_id: str | None = None) -> Update:
-        c = self.t.c
-        now = DbNow()
-        where = [c.id == job_id, c.status.in_(_in(sources_of(Status.CANCELLED)))]
-        if owner_id is not None:
-            where.append(c.owner_id == owner_id)
-        return (
-            update(self.t)
-            .where(*where)
-            .values(
-                status=Status.CANCELLED.value,
-                lease_expires_at=None,
-                completed_at=now,
-                updated_at=now,
-            )
-            .returning(*self.columns)
-        )
+    def cancel(self, job_id: UUID, owner_id: str | None = None) -> Bound:
+        by_owner = owner_id is not None
 
-    def retry(self, job_id: UUID) -> Update:
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            where = [
+                c.id == _p("job_id", Uuid()),
+                c.status.in_(_in(sources_of(Status.CANCELLED))),
+            ]
+            if by_owner:
+                where.append(c.owner_id == _p("owner_id", Text()))
+            return (
+                update(self.t)
+                .where(*where)
+                .values(
+                    status=Status.CANCELLED.value,
+                    lease_expires_at=None,
+                    completed_at=now,
+                    updated_at=now,
+                )
+                .returning(*self.columns)
+            )
+
+        params: dict[str, Any] = {"jq_job_id": job_id}
+        if by_owner:
+            params["jq_owner_id"] = owner_id
+        return Bound(self._once(("cancel", by_owner), build), params)
+
+    def retry(self, job_id: UUID) -> Bound:
         """An operator's retry of a ``failed`` or ``cancelled`` job: one more attempt, now."""
-        c = self.t.c
-        now = DbNow()
-        final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
-        return (
-            update(self.t)
-            .where(c.id == job_id, c.status.in_(_in(final_sources)))
-            .values(
-                status=Status.PENDING.value,
-                run_at=now,
-                max_attempts=self._at_least_one_more(),
-                locked_by=None,
-                lease_expires_at=None,
-                completed_at=None,
-                progress=0,
-                progress_message=None,
-                updated_at=now,
-            )
-            .returning(*self.columns)
-        )
 
-    def reap(self) -> Update:
-        """Return jobs whose lease expired to ``pending``, or fail them when out of attempts."""
-        c = self.t.c
-        now = DbNow()
-        spent = c.attempts >= c.max_attempts
-        held_by = func.coalesce(c.locked_by, literal_column("'unknown worker'"))
-        message = literal_column("'lease expired while held by '", Text()).concat(held_by)
-        return (
-            update(self.t)
-            .where(c.status == Status.PROCESSING.value, c.lease_expires_at < now)
-            .values(
-                status=case((spent, Status.FAILED.value), else_=Status.PENDING.value),
-                completed_at=case((spent, now), else_=None),
-                error=message,
-                errors=self._error_entry(message),
-                locked_by=None,
-                lease_expires_at=None,
-                run_at=now,
-                updated_at=now,
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
+            return (
+                update(self.t)
+                .where(c.id == _p("job_id", Uuid()), c.status.in_(_in(final_sources)))
+                .values(
+                    status=Status.PENDING.value,
+                    run_at=now,
+                    max_attempts=self._at_least_one_more(),
+                    locked_by=None,
+                    lease_expires_at=None,
+                    completed_at=None,
+                    progress=0,
+                    progress_message=None,
+                    updated_at=now,
+                )
+                .returning(*self.columns)
             )
-            .returning(c.id, c.status)
-        )
+
+        return Bound(self._once("retry", build), {"jq_job_id": job_id})
+
+    def reap(self) -> Bound:
+        """Return jobs whose lease expired to ``pending``, or fail them when out of attempts."""
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            spent = c.attempts >= c.max_attempts
+            held_by = func.coalesce(c.locked_by, literal_column("'unknown worker'"))
+            message = literal_column("'lease expired while held by '", Text()).concat(held_by)
+            return (
+                update(self.t)
+                .where(c.status == Status.PROCESSING.value, c.lease_expires_at < now)
+                .values(
+                    status=case((spent, Status.FAILED.value), else_=Status.PENDING.value),
+                    completed_at=case((spent, now), else_=None),
+                    error=message,
+                    errors=self._error_entry(message),
+                    locked_by=None,
+                    lease_expires_at=None,
+                    run_at=now,
+                    updated_at=now,
+                )
+                .returning(c.id, c.status)
+            )
+
+        return Bound(self._once("reap", build), None)
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get(self, job_id: UUID, owner_id: str | None = None) -> Select[Any]:
-        c = self.t.c
-        stmt = select(*self.columns).where(c.id == job_id)
-        if owner_id is not None:
-            stmt = stmt.where(c.owner_id == owner_id)
-        return stmt
+    def get(self, job_id: UUID, owner_id: str | None = None) -> Bound:
+        by_owner = owner_id is not None
+
+        def build() -> Any:
+            c = self.t.c
+            stmt = select(*self.columns).where(c.id == _p("job_id", Uuid()))
+            if by_owner:
+                stmt = stmt.where(c.owner_id == _p("owner_id", Text()))
+            return stmt
+
+        params: dict[str, Any] = {"jq_job_id": job_id}
+        if by_owner:
+            params["jq_owner_id"] = owner_id
+        return Bound(self._once(("get", by_owner), build), params)
 
     def list(
         self,
@@ -438,53 +670,81 @@ class Statements:
         kind: str | None,
         since: datetime | float | None,
         limit: int,
-    ) -> Select[Any]:
+    ) -> Bound:
         """Newest first. ``since`` is a time, or a number of seconds back from now."""
-        c = self.t.c
-        stmt = select(*self.columns)
-        if owner_id is not None:
-            stmt = stmt.where(c.owner_id == owner_id)
-        if statuses:
-            stmt = stmt.where(c.status.in_(_in(statuses)))
-        if queue is not None:
-            stmt = stmt.where(c.queue == queue)
-        if kind is not None:
-            stmt = stmt.where(c.kind == kind)
-        if isinstance(since, datetime):
-            stmt = stmt.where(c.created_at >= since)
-        elif since is not None:
-            stmt = stmt.where(c.created_at >= DbNowPlus(-since))
-        return stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        chosen = tuple(_in(statuses)) if statuses else None
+        since_kind = None if since is None else "at" if isinstance(since, datetime) else "ago"
+        shape = ("list", owner_id is not None, chosen, queue is not None, kind is not None)
 
-    def stats(self, since_seconds: float) -> Select[Any]:
+        def build() -> Any:
+            c = self.t.c
+            stmt = select(*self.columns)
+            if owner_id is not None:
+                stmt = stmt.where(c.owner_id == _p("owner_id", Text()))
+            if chosen:
+                stmt = stmt.where(c.status.in_(list(chosen)))
+            if queue is not None:
+                stmt = stmt.where(c.queue == _p("queue", Text()))
+            if kind is not None:
+                stmt = stmt.where(c.kind == _p("kind", Text()))
+            if since_kind == "at":
+                stmt = stmt.where(c.created_at >= _p("since", UTCDateTime()))
+            elif since_kind == "ago":
+                stmt = stmt.where(c.created_at >= DbNowPlus(_p("since", Float())))
+            return stmt.order_by(c.created_at.desc(), c.id.desc()).limit(_p("limit", Integer()))
+
+        params: dict[str, Any] = {"jq_limit": limit}
+        for name, value in (("owner_id", owner_id), ("queue", queue), ("kind", kind)):
+            if value is not None:
+                params[f"jq_{name}"] = value
+        if since_kind == "at":
+            params["jq_since"] = since
+        elif since_kind == "ago":
+            assert not isinstance(since, datetime) and since is not None
+            params["jq_since"] = -since
+        return Bound(self._once((*shape, since_kind), build), params)
+
+    def stats(self, since_seconds: float) -> Bound:
         """The seed's statistics: jobs per status and their mean creation-to-finish time."""
-        c = self.t.c
-        if self.dialect == "postgresql":
-            seconds: ColumnElement[Any] = func.extract("epoch", c.completed_at - c.created_at)
-        else:
-            seconds = (func.julianday(c.completed_at) - func.julianday(c.created_at)) * 86400.0
-        return (
-            select(
-                c.status,
-                func.count().label("count"),
-                func.avg(seconds).label("avg_duration_sec"),
-            )
-            .where(c.created_at > DbNowPlus(-since_seconds))
-            .group_by(c.status)
-            .order_by(c.status)
-        )
 
-    def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> ReturningDelete[Any]:
-        c = self.t.c
-        return (
-            delete(self.t)
-            .where(
-                c.status.in_(_in(statuses)),
-                c.completed_at < DbNowPlus(-older_than_seconds),
+        def build() -> Any:
+            c = self.t.c
+            if self.dialect == "postgresql":
+                seconds: ColumnElement[Any] = func.extract("epoch", c.completed_at - c.created_at)
+            else:
+                seconds = (func.julianday(c.completed_at) - func.julianday(c.created_at)) * 86400.0
+            return (
+                select(
+                    c.status,
+                    func.count().label("count"),
+                    func.avg(seconds).label("avg_duration_sec"),
+                )
+                .where(c.created_at > DbNowPlus(_p("back", Float())))
+                .group_by(c.status)
+                .order_by(c.status)
             )
-            .returning(c.id)
-        )
 
-    def count_by_status(self) -> Select[Any]:
-        c = self.t.c
-        return select(c.status, func.count().label("count")).group_by(c.status)
+        return Bound(self._once("stats", build), {"jq_back": -since_seconds})
+
+    def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> Bound:
+        chosen = tuple(_in(statuses))
+
+        def build() -> Any:
+            c = self.t.c
+            return (
+                delete(self.t)
+                .where(
+                    c.status.in_(list(chosen)),
+                    c.completed_at < DbNowPlus(_p("back", Float())),
+                )
+                .returning(c.id)
+            )
+
+        return Bound(self._once(("prune", chosen), build), {"jq_back": -older_than_seconds})
+
+    def count_by_status(self) -> Bound:
+        def build() -> Any:
+            c = self.t.c
+            return select(c.status, func.count().label("count")).group_by(c.status)
+
+        return Bound(self._once("count_by_status", build), None)
