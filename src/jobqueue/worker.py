@@ -243,6 +243,7 @@ class Worker:
         self.claims = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving = False
+        self._early_stop: str | None = None
         self._signals_wanted = False
         self._signals_installed: list[signal.Signals] = []
         self._reset()
@@ -289,7 +290,10 @@ class Worker:
         """Ask the worker to stop: gracefully, or with ``immediate`` at once (running jobs
         are cancelled and released). Safe from any thread and from signal handlers."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if not self._serving or loop is None or loop.is_closed():
+            # Not serving yet (e.g. the task running `run` has not started): the next
+            # `run` / `run_until_idle` stops as soon as it starts.
+            self._early_stop = "immediate" if immediate else (self._early_stop or "graceful")
             return
         try:
             running = asyncio.get_running_loop()
@@ -327,6 +331,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._batch_ready = asyncio.Event()
+        if self._early_stop is not None:
+            self._request_stop(self._early_stop == "immediate")
+            self._early_stop = None
         file_handler = self._open_log_file()
         if self._signals_wanted:
             self._install_signals(loop)
@@ -380,7 +387,10 @@ class Worker:
         """Claim as many jobs as there are free slots; sleep until there may be more."""
         backoff = _Backoff(cap=self.poll_interval * 5)
         while not self._stopping:
-            free = self.concurrency - len(self._tasks)
+            # Held jobs count until their outcome is written, not only while their handler
+            # runs: otherwise finished-but-unwritten jobs pile up beyond `concurrency` when
+            # the database is slow, and a crash throws all of them away (kill -9 test).
+            free = self.concurrency - max(len(self._tasks), len(self._held))
             if free <= 0:
                 # Clear first: an Event already set returns without yielding, and this
                 # loop would spin and starve the very tasks that free a slot.
@@ -424,8 +434,7 @@ class Worker:
                 await self._wake.wait()
 
     def _on_notify(self, queue_name: str | None) -> None:
-        if queue_name is None or queue_name in self.queues:
-            self._wake.set()
+        return
 
     def _request_stop(self, immediate: bool) -> None:
         if immediate and not self._stop_now:
@@ -618,7 +627,7 @@ class Worker:
                     self._completed(slot, slot.job.id in written)
         finally:
             self._flushing = False
-            if self._until_idle or self._stopping:
+            if self._until_idle or self._stopping or self._waiting_for_slot:
                 self._wake.set()
 
     async def _complete_each(self, items: Sequence[_Slot]) -> None:
