@@ -190,6 +190,11 @@ async def test_another_owner_cannot_see_cancel_or_list_a_job(
     assert (await bob.get("/jobs")).json() == {"jobs": []}
     assert (await aqueue.get(job_id)).status == "pending"
     assert (await alice.get(f"/jobs/{job_id}")).status_code == 200
+    # Once final, cancelling is a 409 for its owner, but still a plain 404 for anyone else.
+    assert (await alice.post(f"/jobs/{job_id}/cancel")).status_code == 200
+    assert (await alice.post(f"/jobs/{job_id}/cancel")).status_code == 409
+    late = await bob.post(f"/jobs/{job_id}/cancel")
+    assert late.status_code == 404 and late.json() == missing.json()
 
 
 async def test_no_identity_is_401(app: Any, count_jobs: Callable[[], int]) -> None:
