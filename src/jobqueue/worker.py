@@ -434,7 +434,8 @@ class Worker:
                 await self._wake.wait()
 
     def _on_notify(self, queue_name: str | None) -> None:
-        return
+        if queue_name is None or queue_name in self.queues:
+            self._wake.set()
 
     def _request_stop(self, immediate: bool) -> None:
         if immediate and not self._stop_now:
