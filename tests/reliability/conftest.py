@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from jobqueue import Job, JobQueue
+from jobqueue import Job, JobQueue, migrate
 
 from . import worker_process
 
@@ -138,7 +138,24 @@ class Workers:
 
 @pytest.fixture
 def workers(migrated: tuple[str, str], tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on the test's backend (SQLite and PostgreSQL)."""
     url, table = migrated
+    w = Workers(url, table, tmp_path)
+    yield w
+    w.cleanup()
+
+
+@pytest.fixture
+def pg_migrated(postgres_url: str, table_name: str) -> tuple[str, str]:
+    """A migrated jobs table on PostgreSQL only."""
+    migrate(postgres_url, table=table_name)
+    return postgres_url, table_name
+
+
+@pytest.fixture
+def pg_workers(pg_migrated: tuple[str, str], tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on PostgreSQL only."""
+    url, table = pg_migrated
     w = Workers(url, table, tmp_path)
     yield w
     w.cleanup()
