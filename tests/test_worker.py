@@ -485,3 +485,64 @@ async def test_worker_rejects_settings_that_cannot_work(jq: AsyncJobQueue) -> No
         Worker(jq)
     with pytest.raises(ConfigurationError, match="concurrency"):
         Worker(jq, {"x": print}, concurrency=0)
+
+
+# -- database outages -----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_the_worker_survives_a_database_outage(
+    postgres_url: str,
+    jobqueue_postgres_server_url: str,
+    table_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refuse all connections to the test database for a while (and kill the open ones):
+    the worker logs, backs off, and carries on when the database is back."""
+    from sqlalchemy import make_url, text
+
+    from jobqueue import migrate
+    from jobqueue.database import make_engine
+
+    caplog.set_level(logging.WARNING, logger="jobqueue")
+    migrate(postgres_url, table=table_name)
+    jq = AsyncJobQueue(postgres_url, table=table_name)
+    database = make_url(postgres_url).database
+    admin = make_engine(jobqueue_postgres_server_url, isolation_level="AUTOCOMMIT")
+
+    def outage(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(not on)}'))
+            if on:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                )
+
+    async def echo(job: Job, ctx: WorkerContext) -> Any:
+        return job.payload
+
+    worker = Worker(jq, {"echo": echo}, lease=1.5, poll_interval=0.1)
+    task = asyncio.create_task(worker.run())
+    try:
+        first = await jq.enqueue("echo", {"n": 1})
+        assert (await jq.wait(first.id, interval=0.05, timeout=10)).status is Status.COMPLETED
+        later = await jq.enqueue("echo", {"n": 2}, delay=1.0)  # comes due during the outage
+        outage(True)
+        await asyncio.sleep(2.0)
+        assert not task.done()
+        outage(False)
+        done = await jq.wait(later.id, interval=0.05, timeout=15)
+        assert (done.status, done.result) == (Status.COMPLETED, {"n": 2})
+        text_ = messages(caplog)
+        assert "claiming jobs failed" in text_
+        assert "listener on channel" in text_  # the listener noticed and reconnected
+    finally:
+        outage(False)
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+        await jq.close()
+        admin.dispose()

@@ -94,8 +94,9 @@ class Listener:
                 delay = random.uniform(0.5, 1.0) * min(cap, base * 2**failures)
                 failures += 1
                 log.warning(
-                    "listener on channel %r lost its connection (%s); reconnecting in %.1fs",
+                    "listener on channel %r %s (%s); reconnecting in %.1fs",
                     self.channel,
+                    "lost its connection" if self._was_up else "cannot connect",
                     redact(_describe(exc)),
                     delay,
                 )
