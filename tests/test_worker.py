@@ -512,7 +512,7 @@ async def test_the_worker_survives_a_database_outage(
 
     def outage(on: bool) -> None:
         with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(not on)}'))
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {not on!s}'))
             if on:
                 conn.execute(
                     text(
