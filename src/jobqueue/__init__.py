@@ -29,6 +29,7 @@ from .migrations import migrate
 from .operations import Completion, NewJob, StatusStats
 from .queue import AsyncJobQueue, JobQueue
 from .schema import FINAL_STATUSES, MOVES, Job, Status, jobs_table
+from .worker import HandlerResult, Worker, WorkerContext
 from .wrappers import (
     generate_image,
     generate_image_async,
@@ -50,6 +51,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Generator",
+    "HandlerResult",
     "InvalidJobId",
     "InvalidTransition",
     "Job",
@@ -69,6 +71,8 @@ __all__ = [
     "Status",
     "StatusStats",
     "WaitTimeout",
+    "Worker",
+    "WorkerContext",
     "generate_image",
     "generate_image_async",
     "generate_image_queued",
