@@ -24,6 +24,7 @@ from sqlalchemy import make_url
 
 from jobqueue import JobQueue, migrate
 from jobqueue.cli import cli, parse_duration
+from jobqueue.database import make_engine
 
 JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -202,6 +203,41 @@ def test_missing_migration_is_one_line_naming_the_fix(jq: Run) -> None:
     checked = jq("check")
     assert checked.code == 1
     assert "FAIL schema" in checked.out and "jobqueue migrate" in checked.out
+
+
+@pytest.mark.postgres
+def test_a_worker_role_with_the_jobs_table_only_passes_check_and_others_are_refused(
+    run: Run, postgres_url: str, table_name: str
+) -> None:
+    """docs/supabase.md suggests a dedicated worker role granted the jobs table alone; it
+    cannot read our version table, which must not fail `check` (or stop `worker`)."""
+    migrate(postgres_url, table=table_name)
+    worker_role, stranger = (f"jq_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    engine = make_engine(postgres_url)
+    with engine.begin() as conn:
+        for role in (worker_role, stranger):
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        conn.exec_driver_sql(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}" TO "{worker_role}"'
+        )
+    try:
+        as_worker = make_url(postgres_url).set(username=worker_role).render_as_string(False)
+        checked = run(
+            "--database-url", as_worker, "--table", table_name, "check",
+            env=clean_env(MOCK_AI="true"),
+        )  # fmt: skip
+        assert checked.code == 0, checked.out + checked.err
+        assert "warn schema" in checked.out and "ok   access" in checked.out
+        as_stranger = make_url(postgres_url).set(username=stranger).render_as_string(False)
+        run("--database-url", as_stranger, "--table", table_name, "list").one_line_error(
+            2, "refused access", "permission denied", "jobqueue sql --supabase"
+        )
+    finally:
+        with engine.begin() as conn:
+            for role in (worker_role, stranger):
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        engine.dispose()
 
 
 # -- SQLite only: the rest of the commands and the error contract ------------------------

@@ -221,14 +221,18 @@ def load_env_file() -> None:
 
 
 def _setup_logging(debug: bool, console: Console) -> None:
-    from rich.logging import RichHandler
+    """Rich log lines on a terminal; plain one-line records when piped (journald, files)."""
+    handler: logging.Handler
+    if console.is_terminal:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=debug)
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=debug)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        handlers=[handler],
-        force=True,
+        level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True
     )
     if not debug:
         for noisy in ("httpx", "httpcore", "sqlalchemy", "aiosqlite", "asyncio"):
@@ -379,7 +383,7 @@ def _sqlite_file_missing(url: str) -> Path | None:
 
 def run_checks(env: Env) -> list[Check]:
     """The seed's "what if it does not work" list, each item checked against the database."""
-    from .migrations import schema_state
+    from .migrations import schema_state, version_table
 
     checks: list[Check] = []
     state = None
@@ -396,6 +400,21 @@ def run_checks(env: Env) -> list[Check]:
     else:
         try:
             state = schema_state(env.url, table=env.table, schema=env.schema)
+        except PermissionDenied:
+            # A worker role granted the jobs table only (docs/supabase.md) may not read our
+            # version table: the database answered, so look at the jobs themselves.
+            checks.append(Check("database", "ok", f"reachable: {describe_url(env.url)}"))
+            checks.append(
+                Check(
+                    "schema",
+                    "warn",
+                    f"this role may not read {version_table(env.table)}: revision unknown",
+                    "run `jobqueue check` as the table's owner to see it",
+                )
+            )
+            checks.extend(_job_checks(env))
+            checks.append(_generator_check())
+            return checks
         except JobQueueError as exc:
             checks.append(Check("database", "fail", one_line(exc.message), exc.hint))
         else:
@@ -523,7 +542,12 @@ def _require_schema(env: Env) -> None:
     """Refuse to start work on a database without the current schema (exit 2, one line)."""
     from .migrations import schema_state
 
-    state = schema_state(env.url, table=env.table, schema=env.schema)
+    try:
+        state = schema_state(env.url, table=env.table, schema=env.schema)
+    except PermissionDenied:
+        # A worker role granted the jobs table only may not read our version table; its
+        # first claim will say plainly if the jobs table itself is missing or forbidden.
+        return
     if not state.installed:
         raise SchemaNotInstalled(f"the jobs table {env.table!r} is not installed in {env.where}")
     if not state.up_to_date:
