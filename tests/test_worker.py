@@ -546,3 +546,29 @@ async def test_the_worker_survives_a_database_outage(
         await asyncio.wait_for(task, 15)
         await jq.close()
         admin.dispose()
+
+
+async def test_sigterm_stops_gracefully_and_a_second_one_at_once(jq: AsyncJobQueue) -> None:
+    import os
+    import signal
+
+    job = await jq.enqueue("slow", {})
+    started = asyncio.Event()
+
+    async def slow(job: Job, ctx: WorkerContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    worker = Worker(jq, {"slow": slow}, lease=2, grace_period=60, listen=False)
+    worker.install_signal_handlers()  # before run: installed when serving starts
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    assert not task.done()  # graceful: the running job has 60 s to finish
+    assert (await jq.get(job.id)).status is Status.PROCESSING
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.wait_for(task, 10)
+    assert (await jq.get(job.id)).status is Status.PENDING
+    # The handlers are gone again: the loop no longer routes SIGTERM to the worker.
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)

@@ -340,16 +340,17 @@ class Worker:
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(self._heartbeat_loop(), name="jobqueue-heartbeat"),
         ]
-        if not until_idle:
-            background.append(asyncio.create_task(self._reaper_loop(), name="jobqueue-reaper"))
-            if self.listen and self.queue.is_postgres:
-                self.listener = Listener(
-                    libpq_url(self.queue.engine.url),
-                    self.queue.table.name,
-                    self._on_notify,
-                    application_name=f"jobqueue-listener {self.worker_id}",
-                )
-                background.append(asyncio.create_task(self.listener.run(), name="jobqueue-listen"))
+        background.append(
+            asyncio.create_task(self._reaper_loop(at_once=until_idle), name="jobqueue-reaper")
+        )
+        if not until_idle and self.listen and self.queue.is_postgres:
+            self.listener = Listener(
+                libpq_url(self.queue.engine.url),
+                self.queue.table.name,
+                self._on_notify,
+                application_name=f"jobqueue-listener {self.worker_id}",
+            )
+            background.append(asyncio.create_task(self.listener.run(), name="jobqueue-listen"))
         batcher = asyncio.create_task(self._batcher(), name="jobqueue-completer")
         listening = self.listener is not None
         log.info(
@@ -499,6 +500,7 @@ class Worker:
         except TimeoutError as exc:
             slot.handler_done = True
             if deadline.expired():
+                slot.ctx.cancelled.set()  # a sync handler's thread cannot be cancelled
                 message = f"JobTimeout: the handler ran longer than {self.job_timeout:g}s"
                 await self._record_failure(slot, message, None)
             else:
@@ -706,10 +708,12 @@ class Worker:
         slot.task.cancel()
         self._held.pop(job.id, None)
 
-    async def _reaper_loop(self) -> None:
-        """Return jobs of crashed workers (expired leases) to the queue."""
-        # Start at a random point so that workers started together do not reap together.
-        await asyncio.sleep(random.uniform(0.5, 1.0) * self.reap_interval)
+    async def _reaper_loop(self, *, at_once: bool = False) -> None:
+        """Return jobs of crashed workers (expired leases) to the queue, or fail them when
+        their attempts are spent (the claim leaves those alone)."""
+        if not at_once:
+            # Start at a random point so that workers started together do not reap together.
+            await asyncio.sleep(random.uniform(0.5, 1.0) * self.reap_interval)
         while True:
             try:
                 reaped = await self.queue.reap()
