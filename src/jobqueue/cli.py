@@ -449,12 +449,16 @@ def run_checks(env: Env) -> list[Check]:
     return checks
 
 
+#: How many processing and pending jobs `check` reads (newest first) to look for stuck ones.
+CHECK_SAMPLE = 1000
+
+
 def _job_checks(env: Env) -> list[Check]:
     """Can we read the table, and are jobs stuck (no worker running or reaping)?"""
     try:
         with env.queue() as q:
-            processing = q.list(status=Status.PROCESSING, limit=10_000)
-            pending = q.list(status=Status.PENDING, limit=10_000)
+            processing = q.list(status=Status.PROCESSING, limit=CHECK_SAMPLE)
+            pending = q.list(status=Status.PENDING, limit=CHECK_SAMPLE)
     except JobQueueError as exc:
         return [Check("access", "fail", one_line(exc.message), exc.hint)]
     checks = [Check("access", "ok", f"can read {env.table}")]
@@ -465,14 +469,14 @@ def _job_checks(env: Env) -> list[Check]:
             Check(
                 "stuck jobs",
                 "warn",
-                f"{len(expired)} job(s) in processing past their lease: no worker is reaping",
+                f"{_count(expired)} job(s) in processing past their lease: no worker is reaping",
                 "start `jobqueue worker` (it reaps), or run `jobqueue reap`; read the worker's "
                 "log (--log-file) for why it stopped",
             )
         )
     else:
         checks.append(
-            Check("stuck jobs", "ok", f"{len(processing)} processing, none past its lease")
+            Check("stuck jobs", "ok", f"{_count(processing)} processing, none past its lease")
         )
     waiting = [j for j in pending if (now - j.run_at) > timedelta(minutes=1)]
     if waiting:
@@ -480,13 +484,17 @@ def _job_checks(env: Env) -> list[Check]:
             Check(
                 "backlog",
                 "warn",
-                f"{len(waiting)} job(s) due for over a minute and not claimed",
+                f"{_count(waiting)} job(s) due for over a minute and not claimed",
                 "is a worker running for their queue? `jobqueue worker --queue NAME`",
             )
         )
     else:
-        checks.append(Check("backlog", "ok", f"{len(pending)} pending, none overdue"))
+        checks.append(Check("backlog", "ok", f"{_count(pending)} pending, none overdue"))
     return checks
+
+
+def _count(jobs: Sequence[Job]) -> str:
+    return f"{len(jobs)}+" if len(jobs) >= CHECK_SAMPLE else str(len(jobs))
 
 
 def _generator_check() -> Check:
