@@ -95,6 +95,34 @@ def _setup_sqlite(sync_engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
+    """Honour ``?prepare_threshold=none`` (or a number) in a PostgreSQL URL.
+
+    Transaction-mode poolers (PgBouncer, Supabase's pooler on port 6543) run consecutive
+    transactions on different server connections, so psycopg's server-side prepared
+    statements (made after 5 runs of a statement) break there. The URL is what reaches every
+    process (workers, CLI), so the switch lives in it; it is psycopg's own option name.
+    """
+    raw = u.query.get("prepare_threshold")
+    if raw is None or u.get_driver_name() not in ("psycopg", "psycopg_async"):
+        return u
+    value = raw[-1] if isinstance(raw, tuple) else raw
+    threshold: int | None
+    if value.strip().lower() in ("none", "null", "off", "false", ""):
+        threshold = None
+    elif value.strip().isdigit():
+        threshold = int(value)
+    else:
+        raise ConfigurationError(
+            f"prepare_threshold must be a number or none, not {value!r}",
+            hint="behind a transaction-mode pooler use ?prepare_threshold=none",
+        )
+    connect_args = dict(kwargs.get("connect_args") or {})
+    connect_args.setdefault("prepare_threshold", threshold)
+    kwargs["connect_args"] = connect_args
+    return u.difference_update_query(["prepare_threshold"])
+
+
 def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
     if isinstance(url, Engine):
         return url
@@ -104,7 +132,7 @@ def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
         _setup_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(u, **kwargs)
+    return create_engine(_pooler_options(u, kwargs), **kwargs)
 
 
 def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any) -> AsyncEngine:
@@ -116,7 +144,7 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
         _setup_sqlite(engine.sync_engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(u, **kwargs)
+    return create_async_engine(_pooler_options(u, kwargs), **kwargs)
 
 
 # The password runs to the *last* "@" before the host part: an unencoded "@" in a password

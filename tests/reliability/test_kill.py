@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 from sqlalchemy import select
 
 from jobqueue import JobQueue, NewJob
@@ -36,16 +37,27 @@ def holders(queue: JobQueue) -> set[str]:
 def test_sigkill_at_random_moments_loses_nothing(
     workers: Workers, migrated: tuple[str, str]
 ) -> None:
+    kill_and_restart(workers, migrated, kills_wanted=KILLS, total=JOBS)
+
+
+@pytest.mark.soak
+def test_two_hundred_sigkills_lose_nothing(workers: Workers, migrated: tuple[str, str]) -> None:
+    kill_and_restart(workers, migrated, kills_wanted=200, total=4_000)
+
+
+def kill_and_restart(
+    workers: Workers, migrated: tuple[str, str], *, kills_wanted: int, total: int
+) -> None:
     url, table = migrated
     queue = JobQueue(url, table=table)
     jobs = queue.enqueue_many(
-        [NewJob(kind="work", payload={"n": i}, max_attempts=1000) for i in range(JOBS)]
+        [NewJob(kind="work", payload={"n": i}, max_attempts=1000) for i in range(total)]
     )
     workers.defaults = {"concurrency": CONCURRENCY, "lease": 2.0, "sleep": 0.2, "grace": 2}
     alive = [workers.start() for _ in range(PROCESSES)]
     rng = random.Random(20261129)
     kills = kills_mid_drain = 0
-    while kills < KILLS:
+    while kills < kills_wanted:
         # Kill a worker that holds jobs right now (a fresh one may not have claimed yet),
         # at a random moment of its work.
         busy = wait_for(
@@ -61,16 +73,16 @@ def test_sigkill_at_random_moments_loses_nothing(
             kills_mid_drain += 1
         alive.append(workers.start())
     wait_for(
-        lambda: status_counts(queue) == {"completed": JOBS},
+        lambda: status_counts(queue) == {"completed": total},
         timeout=120,
-        what=f"all {JOBS} jobs to complete ({status_counts(queue)})",
+        what=f"all {total} jobs to complete ({status_counts(queue)})",
         pause=0.5,
     )
     codes = workers.stop_all()
     assert set(codes.values()) == {0}, codes
     per_job = check_exactly_once(queue, workers, [j.id for j in jobs])
-    extra = sum(per_job.values()) - JOBS
+    extra = sum(per_job.values()) - total
     print(f"kills={kills} mid-drain={kills_mid_drain} extra executions={extra}")
-    assert kills_mid_drain >= 20, "the drain ended before the kills: raise JOBS"
+    assert kills_mid_drain >= kills_wanted - 2, "the drain ended before the kills"
     assert extra <= kills * CONCURRENCY, (extra, kills)
     queue.close()
