@@ -272,9 +272,12 @@ def test_bad_input_is_one_clear_line(
     sq(*args).one_line_error(code, *fragments)
 
 
-def test_unreachable_database_is_one_line(run: Run) -> None:
+def test_unreachable_or_unsupported_database_is_one_line(run: Run) -> None:
     run("--database-url", UNREACHABLE, "list").one_line_error(
         2, "127.0.0.1", "port 1", "JOBQUEUE_DATABASE_URL"
+    )
+    run("--database-url", "mysql://app:hunter2@db/app", "list").one_line_error(
+        2, "unsupported database 'mysql'", "sqlite:///"
     )
 
 
