@@ -7,6 +7,8 @@ it are stored verbatim. Database passwords never appear in our errors or logs.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import traceback
 from collections.abc import Callable
@@ -27,9 +29,12 @@ from jobqueue import (
 )
 from jobqueue import migrations as jq_migrations
 from jobqueue.database import describe_url, redact
+from jobqueue.generators import DefAPIGenerator
 from jobqueue.rls import supabase_sql
 from jobqueue.schema import TABLE_NAME_MAX_LENGTH
+from jobqueue.worker import Worker
 from tests.conftest import Either
+from tests.fake_defapi import FakeDefAPI
 
 HOSTILE_NAMES: list[Any] = [
     "jobs; drop table x",
@@ -183,3 +188,38 @@ async def test_database_passwords_never_appear_in_errors_or_logs(
         assert SECRET not in shown, shown
     assert SECRET not in caplog.text
     assert SECRET not in describe_url(url) and SECRET not in redact(f"connecting to {url}")
+
+
+async def test_a_failing_defapi_job_never_stores_the_key(
+    migrated: tuple[str, str], fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that echoes the key (in a 401, in a failure reason) must not get it stored:
+    not in ``error``, not in the ``errors`` history, not in the logs."""
+    caplog.set_level(logging.DEBUG)
+    url, table = migrated
+    key = fake_defapi.api_key
+    wrong_key = "sk-wrong-" + key[-12:] + "0000"
+    fake_defapi.scenario("echo", fail_reason=f"quota exceeded for Bearer {key}")
+    async with AsyncJobQueue(url, table=table, retry_backoff=(0.01, 0.02)) as aq:
+        echoing = await aq.enqueue("image", {"prompt": "echo"}, max_attempts=2, queue="echo")
+        refused = await aq.enqueue("image", {"prompt": "x"}, max_attempts=2, queue="wrong")
+        settings = {
+            "base_url": fake_defapi.url,
+            "poll_interval": 0.02,
+            "backoff": (0.01, 0.05),
+            "request_timeout": 5.0,
+            "timeout": 30.0,
+        }
+        for api_key, job in ((key, echoing), (wrong_key, refused)):
+            generator = DefAPIGenerator(api_key, **settings)
+            worker = Worker(aq, generator=generator, lease=10, queues=[job.queue])
+            for _ in range(3):  # the retry of an attempt comes back after a short backoff
+                await worker.run_until_idle()
+                await asyncio.sleep(0.05)
+            await generator.aclose()
+            stored = await aq.get(job.id)
+            assert stored.status is Status.FAILED, stored
+            assert stored.error and stored.errors
+            everything = json.dumps(stored.to_dict())
+            assert api_key not in everything and key not in everything
+    assert key not in caplog.text and wrong_key not in caplog.text
