@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from sqlalchemy import make_url
 
 from jobqueue import JobQueue, migrate
-from jobqueue.cli import cli, parse_duration
+from jobqueue.cli import _looks_like_transaction_pooler, cli, parse_duration
 from jobqueue.database import make_engine
 
 JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
@@ -374,3 +374,10 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_pooler_ports_are_recognised() -> None:
+    pooler = "postgresql://postgres.abc:pw@aws-0-eu.pooler.supabase.com:6543/postgres"
+    assert _looks_like_transaction_pooler(pooler)
+    assert not _looks_like_transaction_pooler("postgresql://postgres@db.abc.supabase.co:5432/x")
+    assert not _looks_like_transaction_pooler("sqlite:///jobs.db")

@@ -605,8 +605,8 @@ def _require_schema(env: Env) -> None:
 @click.option(
     "--no-listen",
     is_flag=True,
-    help="Do not use LISTEN/NOTIFY (needed behind transaction-mode poolers such as "
-    "PgBouncer or Supabase's pooler on port 6543).",
+    help="Do not use LISTEN/NOTIFY: needed behind transaction-mode poolers such as "
+    "PgBouncer or Supabase's pooler on port 6543 (add ?prepare_threshold=none to the URL too).",
 )
 @click.option(
     "--log-file",
@@ -646,6 +646,14 @@ def worker_command(
         soft_wrap=True,
         markup=False,
     )
+    if listen and _looks_like_transaction_pooler(env.url):
+        console.print(
+            "note: this port usually belongs to a transaction-mode pooler (Supabase 6543, "
+            "PgBouncer 6432), where LISTEN/NOTIFY and prepared statements break: if it is one, "
+            "use --no-listen and ?prepare_threshold=none",
+            soft_wrap=True,
+            markup=False,
+        )
     _setup_logging(env.debug, console)
     asyncio.run(
         _run_worker(
@@ -661,6 +669,14 @@ def worker_command(
             worker_id=worker_id,
         )
     )
+
+
+def _looks_like_transaction_pooler(url: str) -> bool:
+    """Supabase's transaction-mode pooler listens on 6543 (PgBouncer's default is 6432)."""
+    from sqlalchemy import make_url
+
+    u = make_url(url)
+    return u.get_backend_name() == "postgresql" and u.port in (6543, 6432)
 
 
 async def _run_worker(env: Env, **options: Any) -> None:
