@@ -54,7 +54,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 #: Which of our errors are the user's set-up or input (2) rather than a job's outcome (1).
-#: The first matching class wins, so subclasses come before their bases.
+#: `InvalidJobId` is a `JobNotFound` (1), but a malformed id is the caller's input: 2.
 USAGE_ERRORS: tuple[type[JobQueueError], ...] = (
     InvalidJobId,
     PayloadError,
