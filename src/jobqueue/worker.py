@@ -580,10 +580,18 @@ class Worker:
         self._held.pop(job.id, None)
 
     async def _batcher(self) -> None:
-        """Write finished jobs in batches: wait a few ms for company, then one statement."""
+        """Write finished jobs in batches: wait a few ms for company, then one statement.
+
+        No wait when no handler is still running: no company can come, and the held slots
+        (which count until their outcome is written) are what the claim loop waits for.
+        """
         while True:
             await self._batch_ready.wait()
-            if not self._closing and len(self._batch) < COMPLETION_BATCH:
+            if (
+                not self._closing
+                and len(self._batch) < COMPLETION_BATCH
+                and any(not slot.handler_done for slot in self._held.values())
+            ):
                 await asyncio.sleep(COMPLETION_WINDOW)
             self._batch_ready.clear()
             await self._flush()
