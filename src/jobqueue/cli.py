@@ -462,6 +462,8 @@ def _job_checks(env: Env) -> list[Check]:
     except JobQueueError as exc:
         return [Check("access", "fail", one_line(exc.message), exc.hint)]
     checks = [Check("access", "ok", f"can read {env.table}")]
+    # This machine's clock, not the database's: fine for a diagnosis in seconds and minutes
+    # (the reaper itself, which acts, uses the database clock).
     now = datetime.now(UTC)
     expired = [j for j in processing if j.lease_expires_at and j.lease_expires_at < now]
     if expired:

@@ -38,6 +38,17 @@ PROMPTS = (
 REFRESH = 0.2
 
 
+async def _snapshot(queue: AsyncJobQueue, batch: list[Job]) -> list[Job]:
+    """The batch as it is now, in one query (SQLite has one writer; the worker comes first).
+
+    The batch is the newest demo jobs, so the newest ``len(batch)`` of the demo owner's jobs
+    hold all of it; any that are not (another demo running at once) are looked up by id.
+    """
+    recent = await queue.list(owner_id=DEMO_OWNER, limit=len(batch))
+    by_id = {job.id: job for job in recent}
+    return [by_id.get(job.id) or await queue.get(job.id) for job in batch]
+
+
 async def run_demo(
     url: str = DEMO_URL,
     *,
@@ -83,7 +94,7 @@ async def run_demo(
             running = asyncio.create_task(worker.run_until_idle())
             while True:
                 done, _ = await asyncio.wait({running}, timeout=REFRESH)
-                latest = [await queue.get(job.id) for job in batch]
+                latest = await _snapshot(queue, batch)
                 for job in latest:
                     bars.update(job)
                 if done:
