@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,34 @@ def jq(run: Run, db_url: str, table_name: str) -> Run:
         return run("--database-url", db_url, "--table", table_name, *args, **kwargs)
 
     return call
+
+
+@dataclass
+class Worker:
+    code: int | None = None
+    output: tuple[str, str] = ("", "")
+
+
+@contextmanager
+def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Worker]:
+    """`jobqueue <base> worker <options>` with the mock generator, stopped with SIGTERM (the
+    graceful stop) when the block ends; its exit code and output are kept."""
+    command = [JOBQUEUE, *base, "worker", "--poll-interval", "0.2", *options]
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=clean_env(MOCK_AI="true"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = Worker()
+    try:
+        yield worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        worker.output = process.communicate(timeout=60)
+        worker.code = process.returncode
 
 
 # -- the main flow, on both databases ---------------------------------------------------
@@ -165,22 +194,12 @@ def test_worker_runs_a_generated_job_then_stats_and_prune(
     job_id = job["id"]
 
     log_file = tmp_path / "worker.log"
-    worker = subprocess.Popen(
-        [JOBQUEUE, *base, "worker", "--poll-interval", "0.2", "--log-file", str(log_file)],
-        cwd=tmp_path,
-        env=clean_env(MOCK_AI="true"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with worker_running(tmp_path, base, "--log-file", str(log_file)) as worker:
         watched = run(*base, "status", job_id, "--watch", "--interval", "0.2")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=60)
+    out, err = worker.output
     assert watched.code == 0, (watched.err, err)
     assert f"completed: job {job_id}" in watched.out
-    assert worker.returncode == 0, err
+    assert worker.code == 0, err
     banner = err.splitlines()[0]
     assert "generator: mock" in banner
     assert table_name in banner
@@ -196,6 +215,20 @@ def test_worker_runs_a_generated_job_then_stats_and_prune(
     pruned = run(*base, "prune", "--older-than", "0s")
     assert pruned.code == 0, pruned.err
     assert "deleted 1 finished job" in pruned.out
+
+
+def test_watching_a_job_that_fails_exits_1(
+    run: Run, jobqueue_sqlite_url: str, table_name: str, tmp_path: Path
+) -> None:
+    migrate(jobqueue_sqlite_url, table=table_name)
+    base = ("--database-url", jobqueue_sqlite_url, "--table", table_name)
+    created = run(*base, "generate", "too slow", "--max-attempts", "1")
+    job_id = created.out.strip()
+    with worker_running(tmp_path, base, "--job-timeout", "0.3s") as worker:
+        watched = run(*base, "status", job_id, "--watch", "--interval", "0.2")
+    assert worker.code == 0, worker.output
+    watched.one_line_error(1, f"job {job_id} ended failed", "longer than 0.3s")
+    assert "failed" in watched.out  # the bar's last state
 
 
 def test_missing_migration_is_one_line_naming_the_fix(jq: Run) -> None:

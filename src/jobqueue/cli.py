@@ -458,7 +458,12 @@ def _require_schema(env: Env) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the log to this file.",
 )
-@click.option("--worker-id", help="Name shown in locked_by. [default: host:pid]")
+@click.option(
+    "--job-timeout",
+    type=DURATION,
+    help="Fail an attempt whose handler runs longer than this (it is retried by its policy).",
+)
+@click.option("--worker-id", help="Name shown in locked_by. [default: host:pid:random]")
 @pass_env
 def worker_command(
     env: Env,
@@ -469,6 +474,7 @@ def worker_command(
     grace_period: timedelta,
     no_listen: bool,
     log_file: Path | None,
+    job_timeout: timedelta | None,
     worker_id: str | None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
@@ -511,6 +517,7 @@ def worker_command(
             grace_period=grace_period.total_seconds(),
             listen=listen,
             log_file=log_file,
+            job_timeout=None if job_timeout is None else job_timeout.total_seconds(),
             worker_id=worker_id,
         )
     )
