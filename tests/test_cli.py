@@ -92,13 +92,13 @@ def jq(run: Run, db_url: str, table_name: str) -> Run:
 
 
 @dataclass
-class Worker:
+class WorkerRun:
     code: int | None = None
     output: tuple[str, str] = ("", "")
 
 
 @contextmanager
-def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Worker]:
+def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[WorkerRun]:
     """`jobqueue <base> worker <options>` with the mock generator, stopped with SIGTERM (the
     graceful stop) when the block ends; its exit code and output are kept."""
     command = [JOBQUEUE, *base, "worker", "--poll-interval", "0.2", *options]
@@ -110,7 +110,7 @@ def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Wo
         stderr=subprocess.PIPE,
         text=True,
     )
-    worker = Worker()
+    worker = WorkerRun()
     try:
         yield worker
     finally:
