@@ -360,6 +360,16 @@ def test_sql_prints_the_schema_and_the_supabase_policies(run: Run) -> None:
     assert "CREATE POLICY" in supabase.out and "service_role" in supabase.out
 
 
+def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "JOBQUEUE_DATABASE_URL=sqlite:///from-dotenv.db\nJOBQUEUE_TABLE=dotenv_jobs\n"
+    )
+    migrated = run("migrate")
+    assert migrated.code == 0, migrated.err
+    assert "sqlite:///from-dotenv.db (table dotenv_jobs)" in migrated.out
+    assert (tmp_path / "from-dotenv.db").exists()
+
+
 def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "jobqueue", "--version"],
