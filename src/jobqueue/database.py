@@ -95,6 +95,15 @@ def _setup_sqlite(sync_engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+#: No ping before each use of a pooled PostgreSQL connection: it would be a second round trip
+#: for every queue operation (which is one statement). A connection that died (server
+#: restart, idle timeout) fails the one operation that meets it; SQLAlchemy then discards
+#: every pooled connection older than the failure, the worker retries with backoff, and
+#: callers see `DatabaseUnavailable`. Pass ``pool_pre_ping=True`` to `make_engine` to trade
+#: the round trip for never seeing that error.
+PRE_PING = False
+
+
 def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
     """Honour ``?prepare_threshold=none`` (or a number) in a PostgreSQL URL.
 
@@ -131,7 +140,7 @@ def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
         engine = create_engine(u, **kwargs)
         _setup_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", PRE_PING)
     return create_engine(_pooler_options(u, kwargs), **kwargs)
 
 
@@ -143,7 +152,7 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
         engine = create_async_engine(u, **kwargs)
         _setup_sqlite(engine.sync_engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", PRE_PING)
     return create_async_engine(_pooler_options(u, kwargs), **kwargs)
 
 

@@ -62,6 +62,15 @@ class _QueueBase(Generic[E]):
         self.table_name = f"{schema}.{table}" if schema else table
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
+        # On PostgreSQL every operation makes at most one write, and makes it first (the
+        # statements module keeps each move to one statement), so outside a caller's
+        # transaction it runs in autocommit mode: one round trip per statement instead of
+        # BEGIN, statement, COMMIT. `_drive` refuses a second write in that mode. SQLite
+        # keeps its BEGIN IMMEDIATE transactions (no round trips to save there).
+        self._autocommit = self.is_postgres
+        self._runner: E = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
+        )
         self.lease = ops.seconds_of(lease, "lease", low=0.001)
         self.limits = Limits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
@@ -144,10 +153,25 @@ class _QueueBase(Generic[E]):
         )
 
 
-def _drive(conn: Connection, op: Operation[T]) -> T:
+def _one_write(stmt: Any, writes: int) -> int:
+    """Count writes in autocommit mode, where a second one would not be atomic."""
+    if getattr(stmt, "is_dml", False):
+        writes += 1
+        if writes > 1:
+            raise RuntimeError(
+                "an operation made two writes outside a transaction; operations must make "
+                "at most one write (see _QueueBase.__init__)"
+            )
+    return writes
+
+
+def _drive(conn: Connection, op: Operation[T], autocommit: bool = False) -> T:
+    writes = 0
     try:
         stmt, params = next(op)
         while True:
+            if autocommit:
+                writes = _one_write(stmt, writes)
             result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
             stmt, params = op.send(list(result.mappings()))
     except StopIteration as done:
@@ -155,10 +179,13 @@ def _drive(conn: Connection, op: Operation[T]) -> T:
         return value
 
 
-async def _drive_async(conn: AsyncConnection, op: Operation[T]) -> T:
+async def _drive_async(conn: AsyncConnection, op: Operation[T], autocommit: bool = False) -> T:
+    writes = 0
     try:
         stmt, params = next(op)
         while True:
+            if autocommit:
+                writes = _one_write(stmt, writes)
             if params is not None:
                 result = await conn.execute(stmt, params)
             else:
@@ -184,6 +211,9 @@ class JobQueue(_QueueBase[Engine]):
         with translated_errors(self.table_name):
             if connection is not None:
                 return _drive(connection, op)
+            if self._autocommit:
+                with self._runner.connect() as conn:
+                    return _drive(conn, op, autocommit=True)
             with self.engine.begin() as conn:
                 return _drive(conn, op)
 
@@ -361,6 +391,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         with translated_errors(self.table_name):
             if connection is not None:
                 return await _drive_async(connection, op)
+            if self._autocommit:
+                async with self._runner.connect() as conn:
+                    return await _drive_async(conn, op, autocommit=True)
             async with self.engine.begin() as conn:
                 return await _drive_async(conn, op)
 
