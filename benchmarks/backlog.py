@@ -14,8 +14,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Engine, event
 
 from jobqueue import JobQueue
 
@@ -29,21 +28,34 @@ def _claim_sql(q: JobQueue) -> Any:
     return q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
 
 
+def driver_sql(engine: Engine, stmt: Any, params: Any) -> tuple[str, Any]:
+    """The SQL text and parameters the driver receives for ``stmt`` (run once, rolled
+    back), so that EXPLAIN sees exactly what the queue sends."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        seen.append((statement, parameters))
+
+    with engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", grab)
+        with conn.begin() as tx:
+            conn.execute(stmt, params)
+            tx.rollback()
+        event.remove(conn, "before_cursor_execute", grab)
+    return seen[-1]
+
+
 def plan_scans(engine: Engine, q: JobQueue) -> list[str]:
     """The scans the claim statement's plan makes, e.g. ``Index Scan on t_claim_idx``."""
-    stmt = _claim_sql(q)
+    sql, parameters = driver_sql(engine, *_claim_sql(q))
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            sql = str(
-                stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-            )
-            doc = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql)).scalar()
+            doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
             plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
             found: list[str] = []
             _walk(plan, found)
             return found
-        compiled = stmt.compile(dialect=engine.dialect)
-        rows = conn.execute(text("EXPLAIN QUERY PLAN " + str(compiled)), compiled.params)
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)
         return [str(r[-1]) for r in rows if "SCAN" in str(r[-1]) or "SEARCH" in str(r[-1])]
 
 
@@ -58,13 +70,13 @@ def _walk(node: dict[str, Any], found: list[str]) -> None:
 
 def claim_latency(engine: Engine, q: JobQueue, samples: int) -> dict[str, float]:
     """Time the claim statement alone, each run rolled back so the backlog stays put."""
-    stmt = _claim_sql(q)
+    stmt, params = _claim_sql(q)
     times: list[float] = []
     with engine.connect() as conn:
         for _ in range(samples):
             tx = conn.begin()
             start = time.perf_counter()
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(stmt, params).all()
             times.append(time.perf_counter() - start)
             tx.rollback()
             if not rows:
