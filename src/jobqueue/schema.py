@@ -236,14 +236,20 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        # Called for every row a claim or a listing returns, so the common case (exactly
+        # the table's columns) skips sorting out extra columns.
         values = dict(row)
-        known = {k: values.pop(k) for k in _JOB_FIELDS if k in values}
-        known["status"] = Status(known["status"])
-        known["errors"] = list(known.get("errors") or [])
-        job_id = known["id"]
+        extra: dict[str, Any] = {}
+        if values.keys() != _JOB_FIELD_SET:
+            extra = {k: values.pop(k) for k in [k for k in values if k not in _JOB_FIELD_SET]}
+        status = values["status"]
+        values["status"] = _STATUS_OF.get(status) or Status(status)
+        errors = values.get("errors")
+        values["errors"] = list(errors) if errors else []
+        job_id = values["id"]
         if not isinstance(job_id, uuid.UUID):
-            known["id"] = uuid.UUID(str(job_id))
-        return cls(**known, extra=values)
+            values["id"] = uuid.UUID(str(job_id))
+        return cls(**values, extra=extra)
 
     @property
     def is_final(self) -> bool:
@@ -272,3 +278,5 @@ class Job:
 
 
 _JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "extra")
+_JOB_FIELD_SET = frozenset(_JOB_FIELDS)
+_STATUS_OF = {s.value: s for s in Status}
