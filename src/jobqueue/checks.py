@@ -30,7 +30,7 @@ class Check:
     fix: str = ""
 
 
-def _sqlite_file_missing(url: str) -> Path | None:
+def sqlite_file_missing(url: str) -> Path | None:
     """The path of a SQLite database file that does not exist (connecting would create it)."""
     from sqlalchemy import make_url
 
@@ -47,7 +47,7 @@ def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = Non
 
     checks: list[Check] = []
     state = None
-    missing_file = _sqlite_file_missing(url)
+    missing_file = sqlite_file_missing(url)
     if missing_file is not None:
         checks.append(
             Check(

@@ -190,14 +190,28 @@ class Env:
         table = f"{self.schema}.{self.table}" if self.schema else self.table
         return f"{describe_url(self.url)} (table {table})"
 
+    def require_database(self) -> None:
+        """Refuse a SQLite file that does not exist: connecting would create an empty one
+        (a typo in --database-url would leave junk files); only `migrate` creates it."""
+        from .checks import sqlite_file_missing
+
+        missing = sqlite_file_missing(self.url)
+        if missing is not None:
+            raise SchemaNotInstalled(
+                f"the jobs table is not installed: the database file {missing} does not exist",
+                hint="run `jobqueue migrate` to create it, or check --database-url",
+            )
+
     def queue(self) -> JobQueue:
         from .queue import JobQueue
 
+        self.require_database()
         return JobQueue(self.url, table=self.table, schema=self.schema)
 
     def async_queue(self) -> AsyncJobQueue:
         from .queue import AsyncJobQueue
 
+        self.require_database()
         return AsyncJobQueue(self.url, table=self.table, schema=self.schema)
 
 
@@ -395,6 +409,7 @@ def _require_schema(env: Env) -> None:
     """Refuse to start work on a database without the current schema (exit 2, one line)."""
     from .migrations import schema_state
 
+    env.require_database()
     try:
         state = schema_state(env.url, table=env.table, schema=env.schema)
     except PermissionDenied:
