@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, RowMapping
+from sqlalchemy import Executable
 
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
@@ -29,7 +29,8 @@ from .statements import Params, Statements
 
 T = TypeVar("T")
 Step = tuple[Executable, Params]
-Rows = list[RowMapping]
+Row = Mapping[str, Any]
+Rows = list[Row]
 Operation = Generator[Step, Rows, T]
 
 MAX_PRIORITY = 1_000_000
@@ -304,7 +305,7 @@ def claim(
     return jobs
 
 
-def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[RowMapping]:
+def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[Row]:
     """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
     if rows:
         return rows[0]
