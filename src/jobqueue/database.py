@@ -158,7 +158,11 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
 
 # The password runs to the *last* "@" before the host part: an unencoded "@" in a password
 # must not leave its tail visible. A password may also come as a query or conninfo parameter.
-_PASSWORD_IN_URL = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s?#]*@")
+# The lookbehind starts a match only where a scheme can start, so a long run of letters
+# (a megabyte-long exception message) is scanned once, not once per position (quadratic).
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s?#]*@"
+)
 _PASSWORD_PARAMETER = re.compile(r"(?i)(?P<pre>\bpassword\s*=\s*)(?:'[^']*'|[^&\s]*)")
 
 
