@@ -32,6 +32,8 @@ class Sizes:
     enqueue_one: int = 5_000
     enqueue_many: int = 50_000
     drain: int = 20_000
+    #: Concurrency 1 drains fewer in --quick (one job per two commits is slow).
+    drain_one: int = 20_000
     drain_concurrency: tuple[int, ...] = (1, 10, 50)
     latency_samples: int = 300
     latency_poll_interval: float = 0.1
@@ -51,19 +53,20 @@ class Sizes:
 QUICK = Sizes(
     enqueue_one=200,
     enqueue_many=5_000,
-    drain=2_000,
-    latency_samples=30,
+    drain=1_000,
+    drain_one=200,
+    latency_samples=25,
     latency_poll_interval=0.05,
     backlog_small=1_000,
     backlog_large=20_000,
     backlog_finished=5_000,
     backlog_drain=1_000,
     claim_samples=30,
-    memory_jobs=5_000,
-    raw_claim_one=300,
-    raw_claim_one_clients=1_000,
+    memory_jobs=3_000,
+    raw_claim_one=200,
+    raw_claim_one_clients=500,
     raw_batched=10_000,
-    raw_insert_one=300,
+    raw_insert_one=200,
     raw_insert_many=5_000,
 )
 

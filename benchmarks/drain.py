@@ -69,7 +69,7 @@ async def drain(
 
 
 async def _one(bench: Bench, driver: str, concurrency: int) -> None:
-    n = bench.sizes.drain
+    n = bench.sizes.drain_one if concurrency == 1 else bench.sizes.drain
     table = bench.table(f"drain{concurrency}_{driver}")
     bench.fill(table, pending=n)
     elapsed, seen = await drain(bench, bench.async_url(driver), table, concurrency=concurrency)
