@@ -196,10 +196,20 @@ async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(
     async def refused(job: Job, ctx: WorkerContext) -> None:
         raise GenerationError("provider rejected the key", retryable=False)
 
-    handlers = {"boom": boom, "garbage": garbage, "slow": slow, "ok": ok, "refused": refused}
+    def exits(job: Job, ctx: WorkerContext) -> None:
+        raise SystemExit(3)  # sys.exit() deep in some library: ends this job only
+
+    handlers = {
+        "boom": boom,
+        "garbage": garbage,
+        "slow": slow,
+        "ok": ok,
+        "refused": refused,
+        "exits": exits,
+    }
     bad = {
         kind: (await jq.enqueue(kind, {}, max_attempts=1)).id
-        for kind in ("boom", "garbage", "slow")
+        for kind in ("boom", "garbage", "slow", "exits")
     }
     refused_id = (await jq.enqueue("refused", {}, max_attempts=5)).id
     stray = (await jq.enqueue("nobody-handles-this", {}, max_attempts=5)).id
@@ -216,6 +226,7 @@ async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(
     assert errors["boom"].error == "RuntimeError: handler exploded"
     assert "not JSON" in (errors["garbage"].error or "")
     assert "longer than 0.3s" in (errors["slow"].error or "")
+    assert errors["exits"].error == "SystemExit: 3"
     # Errors that retrying cannot fix fail at once, whatever attempts remain.
     for job_id, words in ((refused_id, "rejected the key"), (stray, "no handler for job kind")):
         done = await jq.get(job_id)

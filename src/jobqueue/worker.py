@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import logging
 import os
@@ -35,6 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
@@ -155,7 +158,11 @@ def _is_async(handler: Handler) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """``Type: message`` with passwords hidden; never raises, even when ``str(exc)`` does."""
+    try:
+        text = str(exc).strip()
+    except Exception:
+        text = "(its message could not be read)"
     return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
@@ -246,6 +253,7 @@ class Worker:
         self._early_stop: str | None = None
         self._signals_wanted = False
         self._signals_installed: list[signal.Signals] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._reset()
 
     # -- configuration helpers --------------------------------------------------------------
@@ -376,6 +384,10 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, batcher, return_exceptions=True)
             self._remove_signals(loop)
+            if self._executor is not None:
+                # Threads of abandoned sync handlers are left to finish on their own.
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
             self.listener = None
             self._serving = False
             log.info("Worker %s stopped (%d jobs finished)", self.worker_id, self._finished)
@@ -473,6 +485,17 @@ class Worker:
             self._wake.set()
 
     async def _execute(self, slot: _Slot) -> None:
+        """Run one job; whatever happens, the worker stops holding it in the end."""
+        try:
+            await self._run_job(slot)
+        except Exception:
+            # A bug of ours, not the handler's: let go of the job so that its lease runs
+            # out and the reaper or another worker takes it, rather than heartbeat it forever.
+            log.exception("Job %s: the worker could not record its outcome", slot.job.id)
+            if slot not in self._batch:
+                self._held.pop(slot.job.id, None)
+
+    async def _run_job(self, slot: _Slot) -> None:
         job = slot.job
         log.info(
             "Job %s status: processing (kind %s, attempt %d of %d)",
@@ -506,7 +529,7 @@ class Worker:
             else:
                 await self._record_failure(slot, exc, None)
             return
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a handler ends its job only
             slot.handler_done = True
             await self._record_failure(slot, exc, None)
             return
@@ -515,11 +538,18 @@ class Worker:
         self._batch.append(slot)
         self._batch_ready.set()
 
-    @staticmethod
-    async def _call(handler: Handler, job: Job, ctx: WorkerContext) -> Any:
+    async def _call(self, handler: Handler, job: Job, ctx: WorkerContext) -> Any:
         if _is_async(handler):
             return await handler(job, ctx)
-        value = await asyncio.to_thread(handler, job, ctx)
+        if self._executor is None:
+            # Our own threads: a sync handler that hangs past its timeout cannot be killed,
+            # and must not use up asyncio's small default pool that the rest of the
+            # process shares. Twice `concurrency`, so abandoned threads leave room.
+            self._executor = ThreadPoolExecutor(
+                max_workers=2 * self.concurrency, thread_name_prefix="jobqueue-handler"
+            )
+        call = functools.partial(contextvars.copy_context().run, handler, job, ctx)
+        value = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         if inspect.isawaitable(value):  # a plain function that returned a coroutine
             value = await value
         return value
