@@ -583,3 +583,37 @@ async def test_sigterm_stops_gracefully_and_a_second_one_at_once(jq: AsyncJobQue
     assert (await jq.get(job.id)).status is Status.PENDING
     # The handlers are gone again: the loop no longer routes SIGTERM to the worker.
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+async def test_reclaiming_its_own_expired_job_stops_the_stale_attempt(
+    jq: AsyncJobQueue, raw_sql: Callable[..., list[Any]]
+) -> None:
+    """After a stall, a worker may claim the very job it still runs (its lease expired):
+    the stale attempt is stopped and the new one's result stands."""
+    job = await jq.enqueue("work", {})
+    first_started = asyncio.Event()
+    first_stopped = asyncio.Event()
+
+    async def work(job: Job, ctx: WorkerContext) -> str:
+        if job.attempts == 1:
+            first_started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                first_stopped.set()
+                raise
+        return f"attempt {job.attempts}"
+
+    worker = Worker(jq, {"work": work}, concurrency=2, lease=30, poll_interval=0.1, listen=False)
+    task = await run_in_background(worker)
+    try:
+        await asyncio.wait_for(first_started.wait(), 10)
+        raw_sql(
+            f"UPDATE {jq.table_name} SET lease_expires_at = '2000-01-01 00:00:00' WHERE id = :id",
+            id=job.id.hex if jq.dialect == "sqlite" else job.id,
+        )
+        done = await jq.wait(job.id, interval=0.05, timeout=10)
+        assert (done.status, done.result, done.attempts) == (Status.COMPLETED, "attempt 2", 2)
+        await asyncio.wait_for(first_stopped.wait(), 10)
+    finally:
+        await stop(worker, task)

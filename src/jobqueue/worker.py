@@ -471,11 +471,23 @@ class Worker:
         slot = _Slot(
             job, WorkerContext(self.queue, job, self.worker_id, self._loop), time.monotonic()
         )
+        previous = self._held.get(job.id)
+        if previous is not None and not previous.handler_done and previous.task is not None:
+            # We claimed the job again after our own earlier attempt lost its lease (say,
+            # during a database outage): that attempt is fenced off, so stop its handler.
+            previous.stopped_because = "lease lost"
+            previous.ctx.cancelled.set()
+            previous.task.cancel()
         self._held[job.id] = slot
         task = asyncio.create_task(self._execute(slot), name=f"jobqueue-job-{job.id}")
         slot.task = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _let_go(self, slot: _Slot) -> None:
+        """Stop holding (and heartbeating) a job, unless a newer attempt of it took its place."""
+        if self._held.get(slot.job.id) is slot:
+            del self._held[slot.job.id]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -493,7 +505,7 @@ class Worker:
             # out and the reaper or another worker takes it, rather than heartbeat it forever.
             log.exception("Job %s: the worker could not record its outcome", slot.job.id)
             if slot not in self._batch:
-                self._held.pop(slot.job.id, None)
+                self._let_go(slot)
 
     async def _run_job(self, slot: _Slot) -> None:
         job = slot.job
@@ -607,7 +619,7 @@ class Worker:
             else:
                 log.error("Job %s status: failed: %s", job.id, reason)
             break
-        self._held.pop(job.id, None)
+        self._let_go(slot)
 
     async def _batcher(self) -> None:
         """Write finished jobs in batches: wait a few ms for company, then one statement.
@@ -646,7 +658,7 @@ class Worker:
                     if self._give_up():
                         del self._batch[: len(items)]
                         for slot in items:
-                            self._held.pop(slot.job.id, None)
+                            self._let_go(slot)
                         log.error(
                             "giving up completing %d jobs (%s); the reaper will return them",
                             len(items),
@@ -687,7 +699,7 @@ class Worker:
                 self._completed(slot, True)
 
     def _completed(self, slot: _Slot, written: bool) -> None:
-        self._held.pop(slot.job.id, None)
+        self._let_go(slot)
         if written:
             self._finished += 1
             log.info(
@@ -744,7 +756,7 @@ class Worker:
         slot.stopped_because = reason
         slot.ctx.cancelled.set()
         slot.task.cancel()
-        self._held.pop(job.id, None)
+        self._let_go(slot)
 
     async def _reaper_loop(self, *, at_once: bool = False) -> None:
         """Return jobs of crashed workers (expired leases) to the queue, or fail them when
@@ -805,7 +817,7 @@ class Worker:
             )
         else:
             log.info("Job %s status: pending (released: the worker stopped)", job.id)
-        self._held.pop(job.id, None)
+        self._let_go(slot)
 
     # -- signals and logging ----------------------------------------------------------------
 
