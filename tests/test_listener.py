@@ -162,3 +162,15 @@ async def test_listener_on_its_own_hears_inserts_by_any_client(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_libpq_url_keeps_the_password_and_drops_driver_options() -> None:
+    from sqlalchemy import make_url
+
+    url = make_url(
+        "postgresql+psycopg://worker:p%40ss@db.example:6543/app"
+        "?prepare_threshold=none&sslmode=require"
+    )
+    assert libpq_url(url) == "postgresql://worker:p%40ss@db.example:6543/app?sslmode=require"
+    asyncpg = make_url("postgresql+asyncpg://u@h/db?prepared_statement_cache_size=0")
+    assert libpq_url(asyncpg) == "postgresql://u@h/db"

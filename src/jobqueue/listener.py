@@ -36,10 +36,15 @@ DEFAULT_HEALTH_INTERVAL = 15.0
 def libpq_url(url: URL) -> str:
     """A plain ``postgresql://`` URL for psycopg from an engine's SQLAlchemy URL.
 
-    The password stays in (it is needed to connect); never log the result, only
-    `redact` of it.
+    Query parameters libpq does not know (driver options such as psycopg's
+    ``prepare_threshold`` or asyncpg's ``prepared_statement_cache_size``) are dropped, since
+    libpq refuses a URL that has them. The password stays in (it is needed to connect);
+    never log the result, only `redact` of it.
     """
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    known = {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
+    query = {k: v for k, v in url.query.items() if k in known}
+    plain = url.set(drivername="postgresql", query=query)
+    return plain.render_as_string(hide_password=False)
 
 
 class Listener:
