@@ -617,3 +617,47 @@ async def test_reclaiming_its_own_expired_job_stops_the_stale_attempt(
         await asyncio.wait_for(first_stopped.wait(), 10)
     finally:
         await stop(worker, task)
+
+
+async def test_heartbeats_keep_a_job_longer_than_its_lease(jq: AsyncJobQueue) -> None:
+    """A handler running for several leases keeps its job: no reap, no second claim."""
+    job = await jq.enqueue("long", {})
+    started = asyncio.Event()
+
+    async def long(job: Job, ctx: WorkerContext) -> str:
+        started.set()
+        await asyncio.sleep(2.0)  # more than three leases
+        return "still mine"
+
+    worker = Worker(jq, {"long": long}, lease=0.6, listen=False)
+    task = await run_in_background(worker)
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        for _ in range(6):
+            await asyncio.sleep(0.25)
+            assert await jq.reap() == []
+            assert await jq.claim("thief", queues=["default"]) == []
+        done = await jq.wait(job.id, interval=0.05, timeout=10)
+        assert (done.status, done.result, done.attempts) == (Status.COMPLETED, "still mine", 1)
+    finally:
+        await stop(worker, task)
+
+
+async def test_the_reaper_fails_a_vanished_workers_job_with_no_attempts_left(
+    jq: AsyncJobQueue,
+) -> None:
+    job = await jq.enqueue("work", {}, max_attempts=1)
+    [ghost] = await jq.claim("vanished-worker", queues=["default"], lease=0.1)
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        raise AssertionError("a job with no attempts left must not run again")
+
+    worker = Worker(jq, {"work": work}, lease=2, reap_interval=0.2, listen=False)
+    task = await run_in_background(worker)
+    try:
+        done = await jq.wait(ghost.id, interval=0.05, timeout=10)
+    finally:
+        await stop(worker, task)
+    assert done.status is Status.FAILED
+    assert "lease expired while held by vanished-worker" in (done.error or "")
+    assert done.id == job.id
