@@ -191,6 +191,25 @@ class Worker:
     `GenerationResult` (``result`` and ``result_url`` from it), a `HandlerResult`, or any
     JSON value. A handler that raises fails its attempt; the job is retried by its policy,
     except for `PayloadError` and errors with ``retryable = False``, which fail it at once.
+    A job whose kind has no handler fails at once with a message naming the kinds served.
+
+    Settings (seconds unless said otherwise):
+
+    - ``concurrency``: jobs run at once; a job counts until its outcome is written.
+    - ``queues``: the queues to claim from; ``kinds``: claim only these kinds (default:
+      every kind, so that a stray kind fails visibly instead of waiting forever).
+    - ``lease``: how long a claim holds a job without news; heartbeats every third of it.
+    - ``poll_interval``: how often an idle worker looks for due jobs without a NOTIFY.
+    - ``listen``: LISTEN/NOTIFY on PostgreSQL; turn off behind transaction-mode poolers.
+    - ``worker_id``: stored in ``locked_by``; default ``host:pid:random``.
+    - ``grace_period``: on a graceful stop, how long running jobs may still finish before
+      they are cancelled and released to ``pending`` (no attempt spent).
+    - ``job_timeout``: a handler running longer fails its attempt (retried by policy).
+    - ``reap_interval``: how often expired leases are reaped (default: ``lease``).
+    - ``log_file``: also write the ``jobqueue`` log lines to this file.
+
+    A sync handler runs on a thread of the worker's own pool (twice ``concurrency``) and
+    cannot be interrupted: it should check ``ctx.cancelled.is_set()`` in long loops.
     """
 
     def __init__(
