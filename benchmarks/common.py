@@ -44,6 +44,9 @@ class Sizes:
     claim_samples: int = 200
     memory_jobs: int = 200_000
     raw_claim_one: int = 3_000
+    #: Rows of the raw claim loops re-measured right before and after each drain.
+    bracket_claim_one: int = 600
+    bracket_batched: int = 30_000
     raw_claim_one_clients: int = 10_000
     raw_batched: int = 100_000
     raw_insert_one: int = 3_000
@@ -64,6 +67,8 @@ QUICK = Sizes(
     claim_samples=30,
     memory_jobs=3_000,
     raw_claim_one=200,
+    bracket_claim_one=100,
+    bracket_batched=3_000,
     raw_claim_one_clients=500,
     raw_batched=10_000,
     raw_insert_one=200,

@@ -68,13 +68,23 @@ async def drain(
     return elapsed, seen
 
 
+def _bracket(bench: Bench, concurrency: int) -> float:
+    """The matching raw ceiling, measured right now."""
+    if concurrency == 1:
+        return raw.claim_rate(bench, 1, bench.sizes.bracket_claim_one)
+    return raw.claim_rate(bench, 100, bench.sizes.bracket_batched)
+
+
 async def _one(bench: Bench, driver: str, concurrency: int) -> None:
     n = bench.sizes.drain_one if concurrency == 1 else bench.sizes.drain
     table = bench.table(f"drain{concurrency}_{driver}")
     bench.fill(table, pending=n)
+    before = _bracket(bench, concurrency)
     elapsed, seen = await drain(bench, bench.async_url(driver), table, concurrency=concurrency)
+    after = _bracket(bench, concurrency)
     outcome = bench.outcome(table)
     bench.drop(table)
+    ceiling_now = (before + after) / 2
     once = (
         outcome["completed"] == n
         and outcome["completed_once"] == n
@@ -88,10 +98,16 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
             n / elapsed,
             "jobs/s",
             driver=driver,
-            ceiling=ceiling,
+            ceiling=ceiling + " (bracketing)",
+            ratio=n / elapsed / ceiling_now,
             target=None if goal is None else f"ratio >= {goal}",
             min_ratio=goal,
             extra={
+                "ceiling_before": round(before, 1),
+                "ceiling_after": round(after, 1),
+                "ratio_to_run_ceiling": round(n / elapsed / bench.ceilings[ceiling], 3)
+                if ceiling in bench.ceilings
+                else None,
                 "jobs": n,
                 "seconds": round(elapsed, 3),
                 "exactly_once": once,

@@ -38,6 +38,58 @@ def run(bench: Bench) -> None:
         _Sqlite(bench).run()
 
 
+def claim_rate(bench: Bench, batch: int, rows: int) -> float:
+    """The one-client raw claim loop's rate right now (to bracket a library workload)."""
+    runner = _Postgres(bench) if bench.is_postgres else _Sqlite(bench)
+    return runner.claim_rate(f"bracket_{batch}", rows, batch, 1)
+
+
+class InsertOneLoop:
+    """The raw single-row INSERT-per-commit loop in blocks, to interleave with a library
+    workload: both then see the same machine at the same moments, and their ratio does not
+    drift with the load of a shared box."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.seconds = 0.0
+        self.rows = 0
+        if bench.is_postgres:
+            pg = _Postgres(bench)
+            self._table = pg.create("insert_one_mixed")
+            self._conn: Any = pg.connect()
+            self._drop: Callable[[str], None] = pg.drop
+            self._sql = f'INSERT INTO "{self._table}" (payload) VALUES (%s) RETURNING id'
+            self._payload = pg.payload
+        else:
+            lite = _Sqlite(bench)
+            self._table = lite.create("insert_one_mixed")
+            self._conn = lite.connect()
+            self._drop = lite.drop
+            self._sql = f'INSERT INTO "{self._table}" (payload) VALUES (?) RETURNING id'
+            self._payload = lite.payload
+
+    def block(self, rows: int) -> None:
+        start = time.perf_counter()
+        for _ in range(rows):
+            if self.bench.is_postgres:
+                self._conn.execute(self._sql, (self._payload,)).fetchone()
+                self._conn.commit()
+            else:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(self._sql, (self._payload,)).fetchone()
+                self._conn.execute("COMMIT")
+        self.seconds += time.perf_counter() - start
+        self.rows += rows
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def close(self) -> None:
+        self._conn.close()
+        self._drop(self._table)
+
+
 def _in_threads(clients: int, body: Callable[[], int]) -> tuple[int, float]:
     """Run ``body`` in ``clients`` threads at once; the rows they did and the seconds taken."""
     done: list[int] = []
@@ -129,15 +181,17 @@ class _Postgres:
 
         return body
 
-    def claim_ceiling(self, name: str, rows: int, batch: int, clients: int) -> None:
+    def claim_rate(self, name: str, rows: int, batch: int, clients: int) -> float:
         t = self.filled(name, rows)
         done, elapsed = _in_threads(clients, self.claim_loop(t, batch))
         self.drop(t)
         if done != rows:
             raise RuntimeError(f"raw claim loop finished {done} of {rows} rows")
-        self.bench.ceiling(
-            name, done / elapsed, rows=rows, batch=batch, clients=clients, seconds=elapsed
-        )
+        return done / elapsed
+
+    def claim_ceiling(self, name: str, rows: int, batch: int, clients: int) -> None:
+        rate = self.claim_rate(name, rows, batch, clients)
+        self.bench.ceiling(name, rate, rows=rows, batch=batch, clients=clients)
 
     def insert_one(self, rows: int) -> None:
         t = self.create("insert_one")
@@ -258,13 +312,15 @@ class _Sqlite:
 
         return body
 
-    def claim_ceiling(self, name: str, rows: int, batch: int, clients: int) -> None:
+    def claim_rate(self, name: str, rows: int, batch: int, clients: int) -> float:
         t = self.create(name, rows)
         done, elapsed = _in_threads(clients, self.claim_loop(t, batch))
         self.drop(t)
-        self.bench.ceiling(
-            name, done / elapsed, rows=rows, batch=batch, clients=clients, seconds=elapsed
-        )
+        return done / elapsed
+
+    def claim_ceiling(self, name: str, rows: int, batch: int, clients: int) -> None:
+        rate = self.claim_rate(name, rows, batch, clients)
+        self.bench.ceiling(name, rate, rows=rows, batch=batch, clients=clients)
 
     def run(self) -> None:
         s = self.bench.sizes
