@@ -661,3 +661,25 @@ async def test_the_reaper_fails_a_vanished_workers_job_with_no_attempts_left(
     assert done.status is Status.FAILED
     assert "lease expired while held by vanished-worker" in (done.error or "")
     assert done.id == job.id
+
+
+async def test_a_handler_that_finishes_despite_the_stop_keeps_its_result(
+    jq: AsyncJobQueue,
+) -> None:
+    job = await jq.enqueue("stubborn", {})
+    started = asyncio.Event()
+
+    async def stubborn(job: Job, ctx: WorkerContext) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return "saved my work"  # swallows the cancellation and returns a result
+        return "slept"
+
+    worker = Worker(jq, {"stubborn": stubborn}, lease=2, grace_period=0.1, listen=False)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(started.wait(), 10)
+    await stop(worker, task)
+    done = await jq.get(job.id)
+    assert (done.status, done.result) == (Status.COMPLETED, "saved my work")

@@ -816,7 +816,10 @@ class Worker:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         for slot in unfinished:
-            await self._release(slot)
+            # A handler that swallowed the cancellation and returned anyway has its result
+            # in the batch, and one that failed has written its failure: keep those.
+            if slot not in self._batch and self._held.get(slot.job.id) is slot:
+                await self._release(slot)
         self._closing = True
         self._batch_ready.set()
         if not batcher.done():
