@@ -315,7 +315,10 @@ class Worker:
 
     def stop(self, *, immediate: bool = False) -> None:
         """Ask the worker to stop: gracefully, or with ``immediate`` at once (running jobs
-        are cancelled and released). Safe from any thread and from signal handlers."""
+        are cancelled and released). Safe from any thread and from signal handlers.
+
+        Asked while the worker is not serving (its `run` task has not started yet), it
+        makes the next `run` or `run_until_idle` stop as soon as it starts."""
         loop = self._loop
         if not self._serving or loop is None or loop.is_closed():
             # Not serving yet (e.g. the task running `run` has not started): the next
