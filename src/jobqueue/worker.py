@@ -201,7 +201,8 @@ class Worker:
     - ``lease``: how long a claim holds a job without news; heartbeats every third of it.
     - ``poll_interval``: how often an idle worker looks for due jobs without a NOTIFY.
     - ``listen``: LISTEN/NOTIFY on PostgreSQL; turn off behind transaction-mode poolers.
-    - ``worker_id``: stored in ``locked_by``; default ``host:pid:random``.
+    - ``worker_id``: stored in ``locked_by``; default ``host:pid:random``. It must be
+      unique among running workers: heartbeats recognise held jobs by it.
     - ``grace_period``: on a graceful stop, how long running jobs may still finish before
       they are cancelled and released to ``pending`` (no attempt spent).
     - ``job_timeout``: a handler running longer fails its attempt (retried by policy).
