@@ -43,8 +43,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class SQLiteJSON(JSON):
+    """JSON declared ``TEXT`` on SQLite.
+
+    SQLite gives a column declared ``JSON`` NUMERIC affinity, which rewrites a stored
+    top-level number: ``0.0`` comes back as ``0`` and ``2**70`` as a float. ``TEXT`` affinity
+    keeps the JSON text exactly as written; SQLite's JSON functions read it the same.
+    """
+
+    cache_ok = True
+
+
+@compiles(SQLiteJSON, "sqlite")
+def _sqlite_json_ddl(type_: SQLiteJSON, compiler: Any, **kw: Any) -> str:
+    return "TEXT"
+
+
 def json_type() -> Any:
-    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    return SQLiteJSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
