@@ -3,7 +3,7 @@
 Four processes compete for the same jobs on PostgreSQL (SKIP LOCKED) and on SQLite (one
 writer at a time, BEGIN IMMEDIATE with a busy timeout): nothing is claimed twice, nothing is
 skipped, and SQLite never fails with "database is locked". The default run drains 20,000
-jobs (about 20-30 s per backend on two busy cores); the 100,000-job variant is marked
+jobs (10 to 30 s per backend on two shared cores); the 100,000-job variant is marked
 ``soak`` (run it with ``pytest -m soak``).
 """
 
