@@ -38,6 +38,8 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
         arrived.set()
 
     samples: list[float] = []
+    # With NOTIFY on PostgreSQL, a raw psycopg pickup sample runs before each of ours.
+    floor = raw.RawPickup(bench) if listen and bench.is_postgres else None
     async with AsyncJobQueue(bench.async_url(driver), table=table) as q:
         await warm(q)
         worker = Worker(q, {"image": handler}, concurrency=10, listen=listen, poll_interval=poll)
@@ -51,6 +53,8 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
                 raise RuntimeError("the worker's listener did not start")
         await asyncio.sleep(0.1)
         for i in range(n + WARMUP):
+            if floor is not None:
+                floor.sample()  # blocks the loop briefly: the worker is idle meanwhile
             arrived.clear()
             await q.enqueue("image", {**raw.PAYLOAD, "n": i})
             enqueued = time.perf_counter()
@@ -66,15 +70,23 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
     outcome = bench.outcome(table)
     bench.drop(table)
     stats = summary_ms(samples)
-    extra = {**stats, "poll_interval_s": poll, "completed": outcome["completed"]}
+    extra: dict[str, Any] = {**stats, "poll_interval_s": poll, "completed": outcome["completed"]}
+    raw_stats: dict[str, Any] = {}
+    if floor is not None:
+        raw_stats = summary_ms(floor.samples[WARMUP:])
+        floor.close()
+        extra["raw_pickup"] = raw_stats
     for q_name, limit in (("p50", P50_MS), ("p99", P99_MS)):
         value = stats[f"{q_name}_ms"]
+        base = raw_stats.get(f"{q_name}_ms")
         bench.emit(
             Result(
                 f"pickup_{mode}_{q_name}",
                 value,
                 "ms",
                 driver=driver,
+                ceiling="raw_pickup (interleaved; lower is better)" if base else None,
+                ratio=value / base if base else None,
                 target=f"<= {limit} ms" if listen else None,
                 met=(value <= limit) if listen else None,
                 extra=extra,

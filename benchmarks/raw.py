@@ -44,6 +44,46 @@ def claim_rate(bench: Bench, batch: int, rows: int) -> float:
     return runner.claim_rate(f"bracket_{batch}", rows, batch, 1)
 
 
+class RawPickup:
+    """The pickup floor in plain psycopg: commit an INSERT and a NOTIFY, wait for the
+    notification on a LISTEN connection, claim one row with SKIP LOCKED and commit. One
+    sample per `sample` call, so it can alternate with the library's samples."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.pg = _Postgres(bench)
+        self.table = self.pg.create("pickup")
+        self.listener = self.pg.connect(autocommit=True)
+        self.listener.execute(f'LISTEN "{self.table}"')
+        self.producer = self.pg.connect()
+        self.claimer = self.pg.connect()
+        self.claim = (
+            f"WITH next AS (SELECT id FROM \"{self.table}\" WHERE status = 'pending'"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" UPDATE \"{self.table}\" AS j SET status = 'processing' FROM next"
+            " WHERE j.id = next.id RETURNING j.id, j.payload"
+        )
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.producer.execute(
+            f'INSERT INTO "{self.table}" (payload) VALUES (%s)', (self.pg.payload,)
+        )
+        self.producer.execute("SELECT pg_notify(%s, 'default')", (self.table,))
+        self.producer.commit()
+        start = time.perf_counter()
+        for _ in self.listener.notifies(timeout=10, stop_after=1):
+            break
+        if self.claimer.execute(self.claim).fetchone() is None:
+            raise RuntimeError("the raw pickup found nothing to claim")
+        self.claimer.commit()
+        self.samples.append(time.perf_counter() - start)
+
+    def close(self) -> None:
+        for conn in (self.listener, self.producer, self.claimer):
+            conn.close()
+        self.pg.drop(self.table)
+
+
 class InsertOneLoop:
     """The raw single-row INSERT-per-commit loop in blocks, to interleave with a library
     workload: both then see the same machine at the same moments, and their ratio does not
