@@ -1,6 +1,15 @@
-"""jobqueue: a database-backed job queue for slow work such as AI image generation."""
+"""jobqueue: a database-backed job queue for slow work such as AI image generation.
 
-from .config import Settings
+The names below are imported on first use (PEP 562), so that ``import jobqueue`` and the
+``jobqueue`` command start quickly: a CLI call that only reads a job never loads Alembic,
+httpx or the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -16,28 +25,96 @@ from .errors import (
     SchemaNotInstalled,
     WaitTimeout,
 )
-from .generators import (
-    DefAPIGenerator,
-    GenerationRequest,
-    GenerationResult,
-    Generator,
-    JobContext,
-    LocalContext,
-    MockGenerator,
-)
-from .migrations import migrate
-from .operations import Completion, NewJob, StatusStats
-from .queue import AsyncJobQueue, JobQueue
-from .schema import FINAL_STATUSES, MOVES, Job, Status, jobs_table
-from .worker import HandlerResult, Worker, WorkerContext
-from .wrappers import (
-    generate_image,
-    generate_image_async,
-    generate_image_queued,
-    generate_image_sync,
-)
+
+if TYPE_CHECKING:
+    from .config import (
+        Settings,
+    )
+    from .generators import (
+        DefAPIGenerator,
+        GenerationRequest,
+        GenerationResult,
+        Generator,
+        JobContext,
+        LocalContext,
+        MockGenerator,
+    )
+    from .migrations import (
+        migrate,
+    )
+    from .operations import (
+        Completion,
+        NewJob,
+        StatusStats,
+    )
+    from .queue import (
+        AsyncJobQueue,
+        JobQueue,
+    )
+    from .schema import (
+        FINAL_STATUSES,
+        MOVES,
+        Job,
+        Status,
+        jobs_table,
+    )
+    from .worker import (
+        HandlerResult,
+        Worker,
+        WorkerContext,
+    )
+    from .wrappers import (
+        generate_image,
+        generate_image_async,
+        generate_image_queued,
+        generate_image_sync,
+    )
 
 __version__ = "0.1.0.dev0"
+
+#: Where each lazily imported name lives.
+_LAZY: dict[str, str] = {
+    "AsyncJobQueue": "queue",
+    "Completion": "operations",
+    "DefAPIGenerator": "generators",
+    "FINAL_STATUSES": "schema",
+    "GenerationRequest": "generators",
+    "GenerationResult": "generators",
+    "Generator": "generators",
+    "HandlerResult": "worker",
+    "Job": "schema",
+    "JobContext": "generators",
+    "JobQueue": "queue",
+    "LocalContext": "generators",
+    "MOVES": "schema",
+    "MockGenerator": "generators",
+    "NewJob": "operations",
+    "Settings": "config",
+    "Status": "schema",
+    "StatusStats": "operations",
+    "Worker": "worker",
+    "WorkerContext": "worker",
+    "generate_image": "wrappers",
+    "generate_image_async": "wrappers",
+    "generate_image_queued": "wrappers",
+    "generate_image_sync": "wrappers",
+    "jobs_table": "schema",
+    "migrate": "migrations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "FINAL_STATUSES",
