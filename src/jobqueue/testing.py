@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url, text
 
-from .database import normalise_url
+from .database import make_engine, normalise_url
 
 POSTGRES_URL_ENV = "JOBQUEUE_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "JOBQUEUE_REQUIRE_POSTGRES"
@@ -73,7 +73,9 @@ def jobqueue_postgres_server_url() -> Iterator[str]:
 def jobqueue_postgres_url(jobqueue_postgres_server_url: str) -> Iterator[str]:
     server = normalise_url(jobqueue_postgres_server_url, asynchronous=False)
     name = f"jobqueue_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    # make_engine, not create_engine: it honours the URL's jobqueue options (such as
+    # ?prepare_threshold=none for a server behind a transaction-mode pooler).
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))

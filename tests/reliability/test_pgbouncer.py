@@ -5,6 +5,7 @@ PostgreSQL (``.ci/run`` installs it). In transaction mode consecutive transactio
 client may run on different server connections, so nothing may outlive a transaction:
 no session state, no LISTEN (workers run with ``listen=False``) and no server-side prepared
 statements — hence ``?prepare_threshold=none`` in the URL, which jobqueue hands to psycopg.
+The behavioural suite (the PostgreSQL half of tests/test_queue.py) runs through it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -182,3 +184,44 @@ def test_workers_drain_through_a_transaction_pooler(
     logs = workers.log_text()
     assert "listen=off" in logs and "WARNING" not in logs and "ERROR" not in logs, logs[-2000:]
     queue.close()
+
+
+def test_the_behavioural_suite_passes_through_a_transaction_pooler(
+    postgres_url: str, pgbouncer_port: int
+) -> None:
+    """The whole PostgreSQL half of tests/test_queue.py (sync and async), through pgbouncer:
+    a nested pytest run whose server URL is the pooler's, with PostgreSQL required so a
+    skipped test fails it."""
+    server = (
+        make_url(postgres_url)
+        .set(host="127.0.0.1", port=pgbouncer_port, database="postgres")
+        .update_query_dict({"prepare_threshold": "none"})
+        .render_as_string(hide_password=False)
+    )
+    env = {
+        **os.environ,
+        "JOBQUEUE_TEST_POSTGRES_URL": server,
+        "JOBQUEUE_REQUIRE_POSTGRES": "1",
+    }
+    root = Path(__file__).parents[2]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-k",
+            "postgres",
+            str(root / "tests" / "test_queue.py"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary
