@@ -215,7 +215,7 @@ async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(
     stray = (await jq.enqueue("nobody-handles-this", {}, max_attempts=5)).id
     good = [(await jq.enqueue("ok", {"n": n})).id for n in range(6)]
 
-    worker = Worker(jq, handlers, concurrency=3, lease=2, job_timeout=0.3)
+    worker = Worker(jq, handlers, concurrency=3, lease=2, job_timeout=0.3, all_kinds=True)
     await worker.run_until_idle()
 
     for n, job_id in enumerate(good):
@@ -232,6 +232,28 @@ async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(
         done = await jq.get(job_id)
         assert (done.status, done.attempts) == (Status.FAILED, 1)
         assert words in (done.error or "")
+
+
+async def test_a_worker_claims_only_the_kinds_it_handles_unless_told_otherwise(
+    jq: AsyncJobQueue,
+) -> None:
+    other = (await jq.enqueue("video", {}, max_attempts=5)).id
+    mine = (await jq.enqueue("echo", {})).id
+
+    async def echo(job: Job, ctx: WorkerContext) -> str:
+        return "hi"
+
+    # A worker for "echo" on a shared queue leaves the "video" job for a video worker.
+    await Worker(jq, {"echo": echo}, lease=2).run_until_idle()
+    assert (await jq.get(mine)).status is Status.COMPLETED
+    left = await jq.get(other)
+    assert (left.status, left.attempts, left.error) == (Status.PENDING, 0, None)
+
+    # Claiming every kind is opt-in: the stray kind then fails at once, visibly.
+    await Worker(jq, {"echo": echo}, lease=2, all_kinds=True).run_until_idle()
+    failed = await jq.get(other)
+    assert (failed.status, failed.attempts) == (Status.FAILED, 1)
+    assert "no handler for job kind 'video'" in (failed.error or "")
 
 
 async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:

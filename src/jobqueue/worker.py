@@ -197,7 +197,10 @@ class Worker:
 
     - ``concurrency``: jobs run at once; a job counts until its outcome is written.
     - ``queues``: the queues to claim from; ``kinds``: claim only these kinds (default:
-      every kind, so that a stray kind fails visibly instead of waiting forever).
+      the kinds of ``handlers``, so workers of different kinds can share a queue without
+      failing each other's jobs). ``all_kinds=True`` claims every kind instead: a job no
+      handler serves then fails at once, visibly, rather than waiting for a worker that
+      may never come.
     - ``lease``: how long a claim holds a job without news; heartbeats every third of it.
     - ``poll_interval``: how often an idle worker looks for due jobs without a NOTIFY.
     - ``listen``: LISTEN/NOTIFY on PostgreSQL; turn off behind transaction-mode poolers.
@@ -230,6 +233,7 @@ class Worker:
         reap_interval: float | None = None,
         log_file: str | os.PathLike[str] | None = None,
         kinds: Sequence[str] | None = None,
+        all_kinds: bool = False,
     ) -> None:
         if not isinstance(queue, AsyncJobQueue):
             raise ConfigurationError(
@@ -253,7 +257,21 @@ class Worker:
         self.queues: tuple[str, ...] = (queues,) if isinstance(queues, str) else tuple(queues)
         if not self.queues:
             raise ConfigurationError("a worker needs at least one queue to claim from")
-        self.kinds = None if kinds is None else tuple(kinds)
+        if all_kinds and kinds is not None:
+            raise ConfigurationError(
+                "give kinds or all_kinds=True, not both",
+                hint="all_kinds=True claims every kind; kinds=[...] claims only those",
+            )
+        #: The kinds the claim asks for; None (``all_kinds``) claims every kind.
+        self.kinds: tuple[str, ...] | None = (
+            None
+            if all_kinds
+            else tuple(self.handlers)
+            if kinds is None
+            else ((kinds,) if isinstance(kinds, str) else tuple(kinds))
+        )
+        if self.kinds is not None and not self.kinds:
+            raise ConfigurationError("a worker needs at least one kind to claim")
         self.lease = _positive(lease, "lease")
         self.poll_interval = _positive(poll_interval, "poll_interval")
         self.grace_period = _positive(grace_period, "grace_period", zero=True)
@@ -390,7 +408,7 @@ class Worker:
             ",".join(self.queues),
             self.concurrency,
             self.lease,
-            ",".join(sorted(self.handlers)),
+            "*" if self.kinds is None else ",".join(self.kinds),
             "on" if listening else "off",
         )
         try:
