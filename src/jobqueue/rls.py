@@ -5,8 +5,14 @@ Supabase exposes every table in ``public`` to the browser (roles ``anon`` and
 writable by anyone holding the anon key. `supabase_sql` returns the SQL to paste after the
 migration; `apply_rls` runs the same statements. The rules:
 
-- ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) in their
-  initial state (``pending``, no attempts, no result), and SELECT only their own jobs.
+- ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) and SELECT
+  only their own jobs. An insert may name only the columns a browser has any business
+  setting (`USER_COLUMNS`; a column-level grant, so naming ``remote_task_id``, ``status``,
+  ``locked_by``, ``result`` ... is refused outright), and the policy pins the rest of the
+  new row: its starting state, priority 0, at most the default number of attempts, a
+  ``run_at`` not in the past, and a queue and kind from the allowed lists (``image`` in
+  ``default`` unless told otherwise). Otherwise a user could hand the worker someone else's
+  provider task id to "resume", or jump the queue with a large priority.
 - Nobody but the worker's role (``service_role`` by default) may UPDATE or DELETE: claiming,
   completing, cancelling and pruning are the worker's (or an operator's) business.
 - ``anon`` gets nothing.
@@ -18,12 +24,21 @@ Every statement can be run again: policies are dropped and recreated, grants are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import URL, Connection, Engine, text
 
 from .database import make_engine, translated_errors
 from .errors import ConfigurationError
 from .migrations import version_table
-from .schema import DEFAULT_TABLE, validate_identifier, validate_table_name
+from .schema import (
+    DEFAULT_KIND,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    DEFAULT_TABLE,
+    validate_identifier,
+    validate_table_name,
+)
 
 DEFAULT_WORKER_ROLE = "service_role"
 USER_ROLE = "authenticated"
@@ -40,9 +55,35 @@ _CURRENT_USER = "(select auth.uid())::text"
 
 #: What a row inserted by a user must look like: theirs, and not yet touched by a worker,
 #: so nobody can insert a job that claims to be finished or held.
+#: The column grant already keeps these columns at their defaults; the check restates it so
+#: a wider grant added by hand later cannot quietly open them.
 _NEW_JOB = (
     "status = 'pending' AND attempts = 0 AND locked_by IS NULL AND lease_expires_at IS NULL "
-    "AND result IS NULL AND result_url IS NULL AND error IS NULL AND completed_at IS NULL"
+    "AND result IS NULL AND result_url IS NULL AND error IS NULL AND completed_at IS NULL "
+    "AND remote_task_id IS NULL AND progress = 0 AND progress_message IS NULL "
+    "AND started_at IS NULL"
+)
+
+#: What ``authenticated`` may name in an INSERT: what `JobQueue.enqueue` and a supabase-js
+#: ``insert({kind, payload, owner_id})`` send. Every other column takes its default.
+#: ``priority``, ``max_attempts`` and ``run_at`` are here only because the library's own
+#: INSERT names them; the policy below pins what they may hold.
+USER_COLUMNS = (
+    "id",
+    "queue",
+    "kind",
+    "payload",
+    "priority",
+    "max_attempts",
+    "owner_id",
+    "idempotency_key",
+    "run_at",
+)
+
+#: A browser's job waits its turn: no priority, no extra attempts, no back-dated run_at
+#: (now() is the transaction's start, never later than the default clock_timestamp()).
+_FAIR_JOB = (
+    f"priority = 0 AND max_attempts BETWEEN 1 AND {DEFAULT_MAX_ATTEMPTS} AND run_at >= now()"
 )
 
 
@@ -51,12 +92,31 @@ def _quote(name: str) -> str:
     return f'"{name}"'
 
 
+def _one_of(column: str, values: Sequence[str], what: str) -> str:
+    """``column IN ('a', 'b')`` from a non-empty list of names the user may pick."""
+    if isinstance(values, str) or not values:
+        raise ConfigurationError(
+            f"the {what}s a user may insert must be a non-empty list of names",
+            hint=f"for example ({DEFAULT_KIND!r},) for kinds, ({DEFAULT_QUEUE!r},) for queues",
+        )
+    for value in values:
+        validate_identifier(value, what)
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
 def rls_statements(
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
     worker_role: str = DEFAULT_WORKER_ROLE,
+    *,
+    user_kinds: Sequence[str] = (DEFAULT_KIND,),
+    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
 ) -> list[str]:
-    """The RLS set-up as separate statements, in the order they must run."""
+    """The RLS set-up as separate statements, in the order they must run.
+
+    ``user_kinds`` and ``user_queues`` are what a browser may insert: a kind or queue served
+    by a privileged worker (or reserved for paying users) is then out of a user's reach.
+    """
     validate_table_name(table)
     if schema is not None:
         validate_identifier(schema, "schema name")
@@ -71,6 +131,7 @@ def rls_statements(
     versions = prefix + _quote(version_table(table))
     user, anon, worker = _quote(USER_ROLE), _quote(ANONYMOUS_ROLE), _quote(worker_role)
     owned = f"owner_id = {_CURRENT_USER}"
+    allowed = f"{_one_of('kind', user_kinds, 'kind')} AND {_one_of('queue', user_queues, 'queue')}"
     out = [
         # Refuse to run where auth.uid() is missing instead of creating one: on Supabase it
         # exists and belongs to Supabase; elsewhere its author must decide what it means.
@@ -80,11 +141,12 @@ def rls_statements(
         "END $jobqueue$",
         f"ALTER TABLE {jobs} ENABLE ROW LEVEL SECURITY",
         f"REVOKE ALL ON {jobs} FROM PUBLIC, {anon}, {user}",
-        f"GRANT SELECT, INSERT ON {jobs} TO {user}",
+        f"GRANT SELECT ON {jobs} TO {user}",
+        f"GRANT INSERT ({', '.join(USER_COLUMNS)}) ON {jobs} TO {user}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {jobs} TO {worker}",
         f"DROP POLICY IF EXISTS {OWNER_INSERT_POLICY} ON {jobs}",
         f"CREATE POLICY {OWNER_INSERT_POLICY} ON {jobs} FOR INSERT TO {user} "
-        f"WITH CHECK ({owned} AND {_NEW_JOB})",
+        f"WITH CHECK ({owned} AND {_NEW_JOB} AND {_FAIR_JOB} AND {allowed})",
         f"DROP POLICY IF EXISTS {OWNER_SELECT_POLICY} ON {jobs}",
         f"CREATE POLICY {OWNER_SELECT_POLICY} ON {jobs} FOR SELECT TO {user} USING ({owned})",
         # On Supabase service_role bypasses RLS anyway; the policy makes a worker role
@@ -105,12 +167,18 @@ def supabase_sql(
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
     worker_role: str = DEFAULT_WORKER_ROLE,
+    *,
+    user_kinds: Sequence[str] = (DEFAULT_KIND,),
+    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
 ) -> str:
     """The RLS set-up as one script for the Supabase SQL Editor (run it after the migration).
 
     Identifiers are validated before any SQL is built; running the script twice is safe.
     """
-    body = ";\n".join(rls_statements(table, schema, worker_role))
+    statements = rls_statements(
+        table, schema, worker_role, user_kinds=user_kinds, user_queues=user_queues
+    )
+    body = ";\n".join(statements)
     header = (
         f"-- jobqueue: row-level security for {schema + '.' if schema else ''}{table}\n"
         f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
@@ -146,13 +214,18 @@ def apply_rls(
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
     worker_role: str = DEFAULT_WORKER_ROLE,
+    user_kinds: Sequence[str] = (DEFAULT_KIND,),
+    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
 ) -> None:
     """Run `supabase_sql`'s statements against a PostgreSQL database, in one transaction.
 
     The roles ``anon``, ``authenticated`` and ``worker_role`` and the function ``auth.uid()``
-    must exist (Supabase provides them); the jobs table must be migrated.
+    must exist (Supabase provides them); the jobs table must be migrated. ``user_kinds``
+    and ``user_queues`` are what ``authenticated`` may insert (see `rls_statements`).
     """
-    statements = rls_statements(table, schema, worker_role)
+    statements = rls_statements(
+        table, schema, worker_role, user_kinds=user_kinds, user_queues=user_queues
+    )
     engine = make_engine(url_or_engine)
     try:
         if engine.dialect.name != "postgresql":

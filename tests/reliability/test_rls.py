@@ -166,7 +166,8 @@ def test_a_user_cannot_insert_for_someone_else_or_a_finished_job(
     assert "row-level security" in str(refused.value)
     with pytest.raises(PermissionDenied):
         alice.enqueue("image", {"prompt": "no owner"})
-    with pytest.raises(sa_exc.DBAPIError, match="row-level security"):
+    # status and result_url are not even columns a user may name.
+    with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
         raw(
             alice,
             f"INSERT INTO {alice.table_name} (owner_id, status, result_url) "
@@ -174,6 +175,72 @@ def test_a_user_cannot_insert_for_someone_else_or_a_finished_job(
             o=alice_id,
         )
     assert admin.list() == []
+
+
+def test_a_user_cannot_choose_what_only_the_worker_or_operator_sets(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """A provider task id would make the worker "resume" someone else's image; a priority
+    would jump the queue: the column grant and the policy keep both out of a user's hands."""
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    t = alice.table_name
+    columns_refused = {
+        "remote_task_id": "'someone-elses-task'",
+        "status": "'pending'",
+        "locked_by": "NULL",
+        "progress": "50",
+        "errors": "'[]'::jsonb",
+        "result": "'{}'::jsonb",
+        "attempts": "0",
+        "started_at": "NULL",
+    }
+    for column, value in columns_refused.items():
+        with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+            raw(
+                alice,
+                f"INSERT INTO {t} (owner_id, payload, {column}) VALUES (:o, '{{}}', {value})",
+                o=alice_id,
+            )
+    with pytest.raises(PermissionDenied, match="row-level security"):
+        alice.enqueue("image", {"prompt": "me first"}, owner_id=alice_id, priority=1000)
+    with pytest.raises(PermissionDenied, match="row-level security"):
+        alice.enqueue("image", {"prompt": "again"}, owner_id=alice_id, max_attempts=50)
+    # A kind or queue outside the allowed lists (image in default) is refused too.
+    with pytest.raises(PermissionDenied, match="row-level security"):
+        alice.enqueue("admin-cleanup", {}, owner_id=alice_id)
+    with pytest.raises(PermissionDenied, match="row-level security"):
+        alice.enqueue("image", {}, owner_id=alice_id, queue="premium")
+    with pytest.raises(sa_exc.DBAPIError, match="row-level security"):
+        raw(
+            alice,
+            f"INSERT INTO {t} (owner_id, payload, run_at) "
+            "VALUES (:o, '{}', now() - interval '1 day')",
+            o=alice_id,
+        )
+    assert admin.list() == []
+    # What the browser does (supabase-js: kind, payload, owner_id) still works.
+    raw(
+        alice,
+        f"INSERT INTO {t} (kind, payload, owner_id) VALUES ('image', '{{\"p\": 1}}', :o)",
+        o=alice_id,
+    )
+    (job,) = admin.list()
+    assert (job.priority, job.remote_task_id, job.status) == (0, None, Status.PENDING)
+
+
+def test_the_allowed_kinds_and_queues_can_be_widened(
+    postgres_url: str, rls_table: str, as_role: Callable[..., JobQueue]
+) -> None:
+    apply_rls(postgres_url, table=rls_table, user_kinds=("image", "upscale"), user_queues=("a",))
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    assert alice.enqueue("upscale", {}, owner_id=alice_id, queue="a").kind == "upscale"
+    with pytest.raises(PermissionDenied):
+        alice.enqueue("image", {}, owner_id=alice_id)  # "default" is no longer allowed
+    for bad in ((), "image", ("it's",)):
+        with pytest.raises(ConfigurationError):
+            supabase_sql(rls_table, user_kinds=bad)
 
 
 def test_a_user_cannot_update_or_delete_any_job(
