@@ -327,7 +327,10 @@ class Statements:
                 started_at=now,
                 lease_expires_at=DbNowPlus(_p("lease", Float())),
                 updated_at=now,
-                progress=case((c.status == Status.PROCESSING.value, 0), else_=c.progress),
+                # Each attempt starts its own progress: nothing carries over from a released,
+                # retried or expired attempt.
+                progress=0,
+                progress_message=None,
                 errors=case((c.status == Status.PROCESSING.value, lost), else_=c.errors),
             )
             .returning(*self.columns)
@@ -508,7 +511,6 @@ class Statements:
                     "status": Status.PENDING.value,
                     "run_at": DbNowPlus(_p("retry_in", Float())),
                     "locked_by": None,
-                    "progress": 0,
                     "max_attempts": self._at_least_one_more(),
                 }
             return (
@@ -608,8 +610,6 @@ class Statements:
                     locked_by=None,
                     lease_expires_at=None,
                     completed_at=None,
-                    progress=0,
-                    progress_message=None,
                     updated_at=now,
                 )
                 .returning(*self.columns)
