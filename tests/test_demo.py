@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from sqlalchemy import make_url
+
 JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
 
 
@@ -44,3 +47,21 @@ def test_demo_completes_every_job_and_leaves_only_its_database(tmp_path: Path) -
     assert len(rows) == 8
     assert all(status == "completed" and progress == 100 for status, progress, _ in rows)
     assert all(url and url.startswith("https://") for _, _, url in rows)
+
+
+@pytest.mark.postgres
+def test_demo_never_prints_the_database_password(postgres_url: str, table_name: str) -> None:
+    # The test server trusts local connections, so any password connects: a stand-in secret.
+    secret = "s3cret-demo-pw"
+    url = make_url(postgres_url).set(password=secret).render_as_string(hide_password=False)
+    command = [JOBQUEUE, "--database-url", url, "--table", table_name]
+    done = subprocess.run(
+        [*command, "demo", "--jobs", "2", "--delay", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "2 of 2 jobs completed" in done.stdout
+    assert "***" in done.stdout  # the URL is shown, its password masked
+    assert secret not in done.stdout + done.stderr

@@ -12,6 +12,7 @@ import asyncio
 
 from rich.console import Console
 
+from .database import describe_url
 from .display import JobBars, stats_table
 from .generators.base import IMAGE_KIND, GenerationRequest
 from .generators.mock import MockGenerator
@@ -64,6 +65,7 @@ async def run_demo(
 
     await asyncio.to_thread(migrate, url, table=table, schema=schema)
     queue = AsyncJobQueue(url, table=table, schema=schema)
+    shown = describe_url(url)  # printed twice below: never with its password
     generator = MockGenerator(delay=delay, steps=5)
     try:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(jobs)]
@@ -76,7 +78,7 @@ async def run_demo(
             for prompt in prompts
         )
         console.print(
-            f"Enqueued {len(batch)} image jobs in {url} — each got its id at once; "
+            f"Enqueued {len(batch)} image jobs in {shown} — each got its id at once; "
             f"a worker runs {concurrency} at a time with the mock generator.",
             soft_wrap=True,
             markup=False,
@@ -108,7 +110,7 @@ async def run_demo(
     finished = sum(1 for j in latest if j.status is Status.COMPLETED)
     console.print(
         f"{finished} of {len(latest)} jobs completed. Look around with "
-        f"`jobqueue --database-url {url} list` or `... status ID`; run your own with "
+        f"`jobqueue --database-url {shown} list` or `... status ID`; run your own with "
         '`jobqueue migrate`, `jobqueue worker` and `jobqueue generate "a prompt"`.',
         soft_wrap=True,
         markup=False,
