@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import URL
 
+from .backoff import Backoff
 from .database import redact
 
 log = logging.getLogger("jobqueue.listener")
@@ -84,7 +84,7 @@ class Listener:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with capped, jittered exponential backoff."""
-        failures = 0
+        backoff = Backoff(*self.reconnect_backoff)
         while True:
             try:
                 await self._listen_once()
@@ -94,10 +94,8 @@ class Listener:
             except Exception as exc:
                 self.listening.clear()
                 if self._was_up:
-                    failures = 0
-                base, cap = self.reconnect_backoff
-                delay = random.uniform(0.5, 1.0) * min(cap, base * 2**failures)
-                failures += 1
+                    backoff.reset()
+                delay = backoff.next()
                 log.warning(
                     "listener on channel %r %s (%s); reconnecting in %.1fs",
                     self.channel,

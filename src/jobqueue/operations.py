@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Executable
 
+from .backoff import full_jitter
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
 from .statements import Params, Statements
@@ -246,8 +246,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     Full jitter spreads retries of jobs that failed together (a provider outage) so they do
     not come back as one burst.
     """
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return random.uniform(0, ceiling)
+    return full_jitter(attempt, base, cap)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
+from .backoff import Backoff
 from .database import redact
 from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
@@ -133,23 +134,6 @@ class _Slot:
     #: Why the worker cancelled the handler: "cancelled", "lease lost" or "stopping".
     stopped_because: str | None = None
     completion: Completion | None = field(default=None, repr=False)
-
-
-class _Backoff:
-    """Capped exponential backoff with jitter for retrying database work."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next(self) -> float:
-        delay: float = min(self.cap, self.base * 2.0**self.failures) * random.uniform(0.5, 1.0)
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def _is_async(handler: Handler) -> bool:
@@ -439,7 +423,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         """Claim as many jobs as there are free slots; sleep until there may be more."""
-        backoff = _Backoff(cap=self.poll_interval * 5)
+        backoff = Backoff(cap=self.poll_interval * 5)
         while not self._stopping:
             # Held jobs count until their outcome is written, not only while their handler
             # runs: otherwise finished-but-unwritten jobs pile up beyond `concurrency` when
@@ -626,7 +610,7 @@ class Worker:
             reason = _describe(error)
         else:
             reason = redact(error)
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 after = await self.queue.fail(job, reason, retry=retry)
@@ -682,7 +666,7 @@ class Worker:
                 return
 
     async def _flush(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         self._flushing = True
         try:
             while self._batch:
@@ -758,7 +742,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Extend every held lease in one statement every third of the lease."""
         interval = self.lease / 3
-        backoff = _Backoff(cap=interval)
+        backoff = Backoff(cap=interval)
         pause = interval
         while True:
             await asyncio.sleep(pause)

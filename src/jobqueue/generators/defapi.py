@@ -28,7 +28,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from ..backoff import equal_jitter
 from ..database import redact
 from ..errors import ConfigurationError, GenerationError
 from .base import GenerationRequest, GenerationResult, JobContext
@@ -277,11 +277,8 @@ class DefAPIGenerator:
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)
-        initial, maximum = self.backoff
-        # Exponential growth with "equal jitter": at least half the step, so retries spread
-        # out without ever hammering the server back to back.
-        step: float = min(maximum, initial * 2.0 ** (state.attempt_number - 1))
-        return step / 2 + random.uniform(0, step / 2)
+        # At least half the step, so retries spread out without hammering the server.
+        return equal_jitter(state.attempt_number, *self.backoff)
 
     async def _exchange(
         self,
