@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -351,6 +352,23 @@ def test_check_passes_on_a_good_setup(sq: Run) -> None:
     states = [line.split()[0] for line in checked.out.splitlines()]
     assert states and set(states) == {"ok"}, checked.out
     assert "generator" in checked.out
+
+
+def test_check_sees_an_overdue_job_behind_more_than_a_thousand_newer_ones(
+    jq: Run, db_url: str, table_name: str
+) -> None:
+    """Overdue jobs are the oldest: a check reading only the newest rows never saw them."""
+    migrate(db_url, table=table_name)
+    with JobQueue(db_url, table=table_name) as q:
+        forgotten = datetime.now(UTC) - timedelta(hours=2)
+        q.enqueue("image", {"prompt": "forgotten"}, run_at=forgotten)
+        q.enqueue_many([{"kind": "image", "payload": {"n": i}} for i in range(1200)])
+    checked = jq("check", env=clean_env(MOCK_AI="true"))
+    assert checked.code == 0, checked.out  # a warning, not a failure
+    (line,) = [ln for ln in checked.out.splitlines() if "backlog" in ln]
+    assert line.startswith("warn"), checked.out
+    assert "1 of 1201 pending" in line, line
+    assert f"{forgotten:%Y-%m-%d %H:%M}" in line, line
 
 
 def test_sql_prints_the_schema_and_the_supabase_policies(run: Run) -> None:

@@ -9,15 +9,14 @@ reported, not created by connecting to it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .database import describe_url
 from .errors import ConfigurationError, JobQueueError, PermissionDenied
 from .queue import JobQueue
-from .schema import DEFAULT_TABLE, Job, Status
+from .schema import DEFAULT_TABLE, Status
 
 
 @dataclass(frozen=True)
@@ -109,54 +108,85 @@ def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = Non
     return checks
 
 
-#: How many processing and pending jobs `check` reads (newest first) to look for stuck ones.
-CHECK_SAMPLE = 1000
+#: A job due for longer than this and still pending means no worker serves its queue.
+OVERDUE_AFTER = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """What the stuck-job and backlog checks need, counted over the whole table."""
+
+    processing: int
+    expired: int  # processing with the lease in the past
+    pending: int
+    overdue: int  # pending and due for longer than OVERDUE_AFTER
+    oldest_due: datetime | None  # the earliest run_at among the overdue
+
+
+def count_jobs(q: JobQueue) -> JobCounts:
+    """Count processing and pending jobs in one aggregate query, on the database's clock.
+
+    Counting (not reading a sample of rows) sees every job, and the overdue ones are the
+    oldest, so a sample of the newest would miss exactly them; the database's clock is the
+    one leases and ``run_at`` were set by.
+    """
+    from sqlalchemy import case, func, select
+
+    from .database import translated_errors
+    from .dialects import DbNow, DbNowPlus
+
+    c = q.statements.t.c
+    processing = c.status == Status.PROCESSING.value
+    pending = c.status == Status.PENDING.value
+    overdue = pending & (c.run_at < DbNowPlus(-OVERDUE_AFTER.total_seconds()))
+    query = select(
+        func.count(case((processing, 1))),
+        func.count(case((processing & (c.lease_expires_at < DbNow()), 1))),
+        func.count(case((pending, 1))),
+        func.count(case((overdue, 1))),
+        func.min(case((overdue, c.run_at))),
+    ).where(c.status.in_([Status.PROCESSING.value, Status.PENDING.value]))
+    with translated_errors(q.table_name), q.engine.connect() as conn:
+        row = conn.execute(query).one()
+    return JobCounts(*row)
 
 
 def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
     """Can we read the table, and are jobs stuck (no worker running or reaping)?"""
     try:
         with JobQueue(url, table=table, schema=schema) as q:
-            processing = q.list(status=Status.PROCESSING, limit=CHECK_SAMPLE)
-            pending = q.list(status=Status.PENDING, limit=CHECK_SAMPLE)
+            counts = count_jobs(q)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
     checks = [Check("access", "ok", f"can read {table}")]
-    # This machine's clock, not the database's: fine for a diagnosis in seconds and minutes
-    # (the reaper itself, which acts, uses the database clock).
-    now = datetime.now(UTC)
-    expired = [j for j in processing if j.lease_expires_at and j.lease_expires_at < now]
-    if expired:
+    if counts.expired:
         checks.append(
             Check(
                 "stuck jobs",
                 "warn",
-                f"{_count(expired)} job(s) in processing past their lease: no worker is reaping",
+                f"{counts.expired} job(s) in processing past their lease: no worker is reaping",
                 "start `jobqueue worker` (it reaps), or run `jobqueue reap`; read the worker's "
                 "log (--log-file) for why it stopped",
             )
         )
     else:
         checks.append(
-            Check("stuck jobs", "ok", f"{_count(processing)} processing, none past its lease")
+            Check("stuck jobs", "ok", f"{counts.processing} processing, none past its lease")
         )
-    waiting = [j for j in pending if (now - j.run_at) > timedelta(minutes=1)]
-    if waiting:
+    if counts.overdue:
+        since = f", the oldest due since {counts.oldest_due:%Y-%m-%d %H:%M:%S} UTC"
         checks.append(
             Check(
                 "backlog",
                 "warn",
-                f"{_count(waiting)} job(s) due for over a minute and not claimed",
+                f"{counts.overdue} of {counts.pending} pending job(s) due for over a minute "
+                f"and not claimed{since if counts.oldest_due else ''}",
                 "is a worker running for their queue? `jobqueue worker --queue NAME`",
             )
         )
     else:
-        checks.append(Check("backlog", "ok", f"{_count(pending)} pending, none overdue"))
+        checks.append(Check("backlog", "ok", f"{counts.pending} pending, none overdue"))
     return checks
-
-
-def _count(jobs: Sequence[Job]) -> str:
-    return f"{len(jobs)}+" if len(jobs) >= CHECK_SAMPLE else str(len(jobs))
 
 
 def _generator_check() -> Check:
