@@ -188,9 +188,9 @@ async def test_heartbeat_extends_the_lease(q: Either) -> None:
         await asyncio.sleep(0.15)
         await q.heartbeat(job, lease=0.3)
     assert await q.claim("other") == []
-    held = await q.heartbeat_many([job.id, uuid.uuid4()], "w", lease=30)
+    held = await q.heartbeat_many("w", [job], lease=30)
     assert held == {job.id}
-    assert await q.heartbeat_many([job.id], "someone-else") == set()
+    assert await q.heartbeat_many("someone-else", [job]) == set()
 
 
 async def test_complete_many_writes_held_jobs_and_reports_fenced_ones(q: Either) -> None:

@@ -328,11 +328,14 @@ def heartbeat(s: Statements, job: Job, lease: float) -> Operation[datetime]:
 
 
 def heartbeat_many(
-    s: Statements, ids: Sequence[uuid.UUID], lease: float, worker_id: str
+    s: Statements, worker_id: str, jobs: Sequence[Job], lease: float
 ) -> Operation[set[uuid.UUID]]:
-    if not ids:
+    """Extend the leases of the held ``jobs``; returns the ids still held (in that attempt)."""
+    check_text(worker_id, "worker_id")
+    lease = seconds_of(lease, "lease", low=0.001)
+    if not jobs:
         return set()
-    rows = yield s.heartbeat_many(ids, lease, worker_id)
+    rows = yield s.heartbeat_many(worker_id, [(j.id, j.attempts) for j in jobs], lease)
     return {r["id"] for r in rows}
 
 

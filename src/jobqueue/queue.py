@@ -79,6 +79,11 @@ class _QueueBase(Generic[E]):
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    def _lease(self, lease: float | None) -> float:
+        """The caller's lease, or the queue's default when none is given (0 is not "none":
+        the operation refuses it)."""
+        return self.lease if lease is None else lease
+
     def _new_rows(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [(j if isinstance(j, NewJob) else NewJob(**j)).to_row(self.limits) for j in jobs]
 
@@ -100,7 +105,7 @@ class _QueueBase(Generic[E]):
             self.statements,
             worker_id,
             limit=limit,
-            lease=self.lease if lease is None else lease,
+            lease=self._lease(lease),
             queues=qs,
             kinds=kinds,
         )
@@ -278,13 +283,14 @@ class JobQueue(_QueueBase[Engine]):
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
         """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
-        return self._run(ops.heartbeat(self.statements, job, lease or self.lease))
+        return self._run(ops.heartbeat(self.statements, job, self._lease(lease)))
 
     def heartbeat_many(
-        self, ids: Sequence[UUID], worker_id: str, *, lease: float | None = None
+        self, worker_id: str, jobs: Sequence[Job], *, lease: float | None = None
     ) -> set[UUID]:
-        """Extend every lease ``worker_id`` holds among ``ids``; returns the ids still held."""
-        return self._run(ops.heartbeat_many(self.statements, ids, lease or self.lease, worker_id))
+        """Extend the leases of the ``jobs`` ``worker_id`` holds, fenced by each job's
+        attempt; returns the ids still held."""
+        return self._run(ops.heartbeat_many(self.statements, worker_id, jobs, self._lease(lease)))
 
     def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
         self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
@@ -446,13 +452,13 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         return await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
-        return await self._run(ops.heartbeat(self.statements, job, lease or self.lease))
+        return await self._run(ops.heartbeat(self.statements, job, self._lease(lease)))
 
     async def heartbeat_many(
-        self, ids: Sequence[UUID], worker_id: str, *, lease: float | None = None
+        self, worker_id: str, jobs: Sequence[Job], *, lease: float | None = None
     ) -> set[UUID]:
         return await self._run(
-            ops.heartbeat_many(self.statements, ids, lease or self.lease, worker_id)
+            ops.heartbeat_many(self.statements, worker_id, jobs, self._lease(lease))
         )
 
     async def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:

@@ -80,6 +80,19 @@ def _p(name: str, type_: Any) -> BindParameter[Any]:
     return bindparam(f"jq_{name}", type_=type_)
 
 
+def _unnest(arrays: Sequence[tuple[str, str, TypeEngine[Any]]], name: str) -> Any:
+    """A PostgreSQL ``unnest`` of array parameters as a table ``name``.
+
+    ``arrays`` are ``(column, parameter, element type)``: one array parameter per column, so
+    a batch of any size is one statement with one cached plan.
+    """
+    return (
+        func.unnest(*(_p(param, postgresql.ARRAY(type_)) for _, param, type_ in arrays))
+        .table_valued(*(column(name, type_) for name, _, type_ in arrays))
+        .render_derived(name=name)
+    )
+
+
 def _json_text(value: Any) -> str | None:
     """A JSON value as text for a ``jsonb`` array element (None stays SQL NULL)."""
     return None if value is None else json.dumps(value, ensure_ascii=False)
@@ -107,13 +120,18 @@ class Statements:
             found = self._shapes[key] = build()
         return found
 
-    def _fenced(self) -> ColumnElement[bool]:
+    def _fence_on(self, job_id: Any, attempt: Any) -> ColumnElement[bool]:
+        """The fencing condition: this job, in this attempt, still processing."""
         c = self.t.c
-        return and_(
-            c.id == _p("job_id", Uuid()),
-            c.attempts == _p("attempt", Integer()),
-            c.status == Status.PROCESSING.value,
-        )
+        return and_(c.id == job_id, c.attempts == attempt, c.status == Status.PROCESSING.value)
+
+    def _fenced(self) -> ColumnElement[bool]:
+        return self._fence_on(_p("job_id", Uuid()), _p("attempt", Integer()))
+
+    def _lost_lease_message(self) -> ColumnElement[str]:
+        """The error recorded for an attempt whose lease expired (claim and reap)."""
+        held_by = func.coalesce(self.t.c.locked_by, literal_column("'unknown worker'"))
+        return literal_column("'lease expired while held by '", Text()).concat(held_by)
 
     @staticmethod
     def _fence(job_id: UUID, attempt: int, **more: Any) -> dict[str, Any]:
@@ -205,12 +223,7 @@ class Statements:
             ("run_at_value", "run_ats", DateTime(timezone=True)),
             ("delay_seconds", "delays", Float()),
         ]
-        new = (
-            func.unnest(*(_p(param, postgresql.ARRAY(type_)) for _, param, type_ in arrays))
-            .table_valued(*(column(name, type_) for name, _, type_ in arrays))
-            .render_derived(name="new_jobs")
-        )
-        n = new.c
+        n = _unnest(arrays, "new_jobs").c
         rows = select(
             n.id,
             n.queue,
@@ -313,10 +326,7 @@ class Statements:
             p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
         picked = union_all(select(p.c.id), select(e.c.id)).subquery("picked")
         where = c.id.in_(select(picked.c.id).limit(limit))
-        held_by = func.coalesce(c.locked_by, literal_column("'unknown worker'"))
-        lost = self._error_entry(
-            literal_column("'lease expired while held by '", Text()).concat(held_by)
-        )
+        lost = self._error_entry(self._lost_lease_message())
         return (
             update(self.t)
             .where(where)
@@ -350,28 +360,50 @@ class Statements:
 
         return Bound(self._once("heartbeat", build), self._fence(job_id, attempt, jq_lease=lease))
 
-    def heartbeat_many(self, ids: Sequence[UUID], lease: float, worker_id: str) -> Bound:
-        """Extend the leases of every job this worker holds, in one statement.
+    def heartbeat_many(
+        self, worker_id: str, held: Sequence[tuple[UUID, int]], lease: float
+    ) -> Bound:
+        """Extend the leases of the jobs a worker holds, ``(id, attempt)`` pairs, in one
+        statement.
 
-        Fenced by ``locked_by`` and status: rows reaped or cancelled since simply do not
-        match, and their ids are missing from RETURNING.
+        Fenced like every other write by ``(id, attempt)`` and status, and by ``locked_by``:
+        a job reaped, cancelled or claimed again since (even by this same worker, in a later
+        attempt) does not match, and its id is missing from RETURNING. On PostgreSQL the
+        pairs travel as two ``unnest``\\ed arrays (one cached statement); on SQLite as VALUES.
         """
-
-        def build() -> Any:
-            c = self.t.c
-            return (
-                update(self.t)
-                .where(
-                    c.id.in_(bindparam("jq_ids", expanding=True, type_=Uuid())),
-                    c.locked_by == _p("worker_id", Text()),
-                    c.status == Status.PROCESSING.value,
-                )
-                .values(lease_expires_at=DbNowPlus(_p("lease", Float())), updated_at=DbNow())
-                .returning(c.id, c.attempts)
+        if self.dialect == "postgresql":
+            params = {
+                "jq_ids": [job_id for job_id, _ in held],
+                "jq_attempts": [attempt for _, attempt in held],
+                "jq_lease": lease,
+                "jq_worker_id": worker_id,
+            }
+            arrays: list[tuple[str, str, TypeEngine[Any]]] = [
+                ("job_id", "ids", Uuid()),
+                ("attempt", "attempts", Integer()),
+            ]
+            stmt = self._once(
+                "heartbeat_many_pg", lambda: self._heartbeat_from(_unnest(arrays, "batch"))
             )
+            return Bound(stmt, params)
+        batch = (
+            values(column("job_id", Uuid()), column("attempt", Integer()), name="batch")
+            .data(list(held))
+            .cte("batch")
+        )
+        return Bound(self._heartbeat_from(batch), {"jq_lease": lease, "jq_worker_id": worker_id})
 
-        params = {"jq_ids": list(ids), "jq_lease": lease, "jq_worker_id": worker_id}
-        return Bound(self._once("heartbeat_many", build), params)
+    def _heartbeat_from(self, batch: Any) -> Any:
+        c = self.t.c
+        return (
+            update(self.t)
+            .where(
+                self._fence_on(batch.c.job_id, batch.c.attempt),
+                c.locked_by == _p("worker_id", Text()),
+            )
+            .values(lease_expires_at=DbNowPlus(_p("lease", Float())), updated_at=DbNow())
+            .returning(c.id, c.attempts)
+        )
 
     def set_progress(self, job_id: UUID, attempt: int, percent: int, message: str | None) -> Bound:
         def build() -> Any:
@@ -460,11 +492,7 @@ class Statements:
             ("result", "results", Text()),
             ("result_url", "result_urls", Text()),
         ]
-        batch = (
-            func.unnest(*(_p(param, postgresql.ARRAY(type_)) for _, param, type_ in arrays))
-            .table_valued(*(column(name, type_) for name, _, type_ in arrays))
-            .render_derived(name="batch")
-        )
+        batch = _unnest(arrays, "batch")
         return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()))
 
     def _complete_from(self, batch: Any, result: ColumnElement[Any]) -> Any:
@@ -472,11 +500,7 @@ class Statements:
         now = DbNow()
         return (
             update(self.t)
-            .where(
-                c.id == batch.c.job_id,
-                c.attempts == batch.c.attempt,
-                c.status == Status.PROCESSING.value,
-            )
+            .where(self._fence_on(batch.c.job_id, batch.c.attempt))
             .values(
                 status=Status.COMPLETED.value,
                 result=result,
@@ -624,8 +648,7 @@ class Statements:
             c = self.t.c
             now = DbNow()
             spent = c.attempts >= c.max_attempts
-            held_by = func.coalesce(c.locked_by, literal_column("'unknown worker'"))
-            message = literal_column("'lease expired while held by '", Text()).concat(held_by)
+            message = self._lost_lease_message()
             return (
                 update(self.t)
                 .where(c.status == Status.PROCESSING.value, c.lease_expires_at < now)
