@@ -256,6 +256,26 @@ async def test_a_worker_claims_only_the_kinds_it_handles_unless_told_otherwise(
     assert "no handler for job kind 'video'" in (failed.error or "")
 
 
+async def test_a_handler_error_is_stored_as_one_redacted_truncated_line(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue")
+    job = await jq.enqueue("leaky", {}, max_attempts=1)
+
+    async def leaky(job: Job, ctx: WorkerContext) -> None:
+        raise RuntimeError(
+            "cannot reach postgresql://app:s3cret@db.example/jobs " + "x" * 5000
+            + "\n[SQL: UPDATE jobs SET result = %(result)s]\n[parameters: {'result': 'private'}]"
+        )  # fmt: skip
+
+    await Worker(jq, {"leaky": leaky}, lease=2).run_until_idle()
+    error = (await jq.get(job.id)).error or ""
+    assert error.startswith("RuntimeError: cannot reach postgresql://app:***@db.example/jobs")
+    assert "\n" not in error and "private" not in error and "s3cret" not in error
+    assert len(error) <= 1000
+    assert "s3cret" not in caplog.text and "private" not in caplog.text
+
+
 async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:
     job = await jq.enqueue("echo", {})
 

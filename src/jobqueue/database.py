@@ -180,6 +180,26 @@ def describe_url(url: str | URL) -> str:
     return redact(u.render_as_string(hide_password=True))
 
 
+#: The longest `describe_error` answer: enough for any useful first line, short enough for logs.
+ERROR_TEXT_LIMIT = 1000
+
+
+def describe_error(exc: BaseException, *, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """``Type: first line of the message`` for logs and a job's stored error.
+
+    Only the first line, because driver errors append the SQL and its ``[parameters: ...]``
+    (user data, possibly hundreds of rows) on later lines; passwords hidden (`redact`);
+    at most ``limit`` characters. Never raises, even when ``str(exc)`` does.
+    """
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:
+        lines = ["(its message could not be read)"]
+    first = lines[0].strip() if lines else ""
+    text = redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "\u2026"
+
+
 _MISSING_TABLE = (
     "no such table",
     "does not exist",

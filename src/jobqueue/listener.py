@@ -24,7 +24,7 @@ from psycopg import sql
 from sqlalchemy import URL
 
 from .backoff import Backoff
-from .database import redact
+from .database import describe_error
 
 log = logging.getLogger("jobqueue.listener")
 
@@ -100,7 +100,7 @@ class Listener:
                     "listener on channel %r %s (%s); reconnecting in %.1fs",
                     self.channel,
                     "lost its connection" if self._was_up else "cannot connect",
-                    redact(_describe(exc)),
+                    describe_error(exc),
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -132,8 +132,3 @@ class Listener:
                 # Quiet for a while: prove the connection still answers.
                 async with asyncio.timeout(self.connect_timeout):
                     await conn.execute("SELECT 1")
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -43,7 +43,7 @@ from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 from .backoff import Backoff
-from .database import redact
+from .database import describe_error, redact
 from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
 from .listener import Listener, libpq_url
@@ -139,15 +139,6 @@ class _Slot:
 def _is_async(handler: Handler) -> bool:
     call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects too
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` with passwords hidden; never raises, even when ``str(exc)`` does."""
-    try:
-        text = str(exc).strip()
-    except Exception:
-        text = "(its message could not be read)"
-    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def generator_handler(generator: Generator) -> Handler:
@@ -449,7 +440,9 @@ class Worker:
                 )
             except Exception as exc:
                 delay = backoff.next()
-                log.warning("claiming jobs failed (%s); retrying in %.1fs", _describe(exc), delay)
+                log.warning(
+                    "claiming jobs failed (%s); retrying in %.1fs", describe_error(exc), delay
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopped.wait()
@@ -607,7 +600,7 @@ class Worker:
         if isinstance(error, BaseException):
             if isinstance(error, PayloadError) or getattr(error, "retryable", True) is False:
                 retry = False
-            reason = _describe(error)
+            reason = describe_error(error)
         else:
             reason = redact(error)
         backoff = Backoff()
@@ -619,13 +612,15 @@ class Worker:
                 break
             except Exception as exc:
                 if self._give_up():
-                    log.error("Job %s: giving up recording its failure: %s", job.id, _describe(exc))
+                    log.error(
+                        "Job %s: giving up recording its failure: %s", job.id, describe_error(exc)
+                    )
                     break
                 delay = backoff.next()
                 log.warning(
                     "Job %s: recording its failure failed (%s); retrying in %.1fs",
                     job.id,
-                    _describe(exc),
+                    describe_error(exc),
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -687,14 +682,14 @@ class Worker:
                         log.error(
                             "giving up completing %d jobs (%s); the reaper will return them",
                             len(items),
-                            _describe(exc),
+                            describe_error(exc),
                         )
                         continue
                     delay = backoff.next()
                     log.warning(
                         "completing %d jobs failed (%s); retrying in %.1fs",
                         len(items),
-                        _describe(exc),
+                        describe_error(exc),
                         delay,
                     )
                     await asyncio.sleep(delay)
@@ -751,10 +746,11 @@ class Worker:
             if not ids:
                 continue
             try:
-                alive = await self.queue.heartbeat_many(ids, self.worker_id, lease=self.lease)
+                held = [self._held[job_id].job for job_id in ids]
+                alive = await self.queue.heartbeat_many(self.worker_id, held, lease=self.lease)
             except Exception as exc:
                 pause = backoff.next()
-                log.warning("heartbeat failed (%s); retrying in %.1fs", _describe(exc), pause)
+                log.warning("heartbeat failed (%s); retrying in %.1fs", describe_error(exc), pause)
                 continue
             backoff.reset()
             for job_id in ids:
@@ -793,7 +789,7 @@ class Worker:
             try:
                 reaped = await self.queue.reap()
             except Exception as exc:
-                log.warning("reaping expired leases failed (%s)", _describe(exc))
+                log.warning("reaping expired leases failed (%s)", describe_error(exc))
             else:
                 for job_id, status in reaped:
                     log.warning("Job %s: lease expired; moved back to %s", job_id, status)
@@ -841,7 +837,7 @@ class Worker:
             log.error(
                 "Job %s: release failed (%s); it returns to the queue when its lease expires",
                 job.id,
-                _describe(exc),
+                describe_error(exc),
             )
         else:
             log.info("Job %s status: pending (released: the worker stopped)", job.id)

@@ -42,7 +42,7 @@ from tenacity import (
 )
 
 from ..backoff import equal_jitter
-from ..database import redact
+from ..database import describe_error, redact
 from ..errors import ConfigurationError, GenerationError
 from .base import GenerationRequest, GenerationResult, JobContext
 
@@ -78,7 +78,7 @@ def is_openai_model(model: str) -> bool:
     return lowered.startswith(("openai/", "gpt-"))
 
 
-class _Transient(Exception):
+class TransientError(Exception):
     """An answer worth asking again (429, 5xx), with the wait the server asked for."""
 
     def __init__(self, status: int, message: str, retry_after: float | None) -> None:
@@ -102,7 +102,7 @@ class TaskEnded(GenerationError):
 
 def _may_resend_submit(exc: BaseException) -> bool:
     """True only when a submit provably did not reach DefAPI, or DefAPI refused it."""
-    if isinstance(exc, _Transient):
+    if isinstance(exc, TransientError):
         return exc.status in _REFUSED_STATUSES
     # No connection was made, or none was free in the pool: nothing was sent.
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
@@ -110,7 +110,7 @@ def _may_resend_submit(exc: BaseException) -> bool:
 
 def _may_resend_query(exc: BaseException) -> bool:
     """Queries change nothing on the server: any transport trouble or 429/5xx may be retried."""
-    return isinstance(exc, _Transient | httpx.TransportError)
+    return isinstance(exc, TransientError | httpx.TransportError)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -254,7 +254,7 @@ class DefAPIGenerator:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange. 429 and 5xx become `_Transient`; other answers are returned."""
+        """One HTTP exchange. 429 and 5xx become `TransientError`; other answers are returned."""
         response = await self._http().request(
             method,
             f"{self.base_url}{path}",
@@ -264,7 +264,7 @@ class DefAPIGenerator:
             timeout=httpx.Timeout(self.request_timeout, connect=min(10.0, self.request_timeout)),
         )
         if response.status_code == 429 or response.status_code >= 500:
-            raise _Transient(
+            raise TransientError(
                 response.status_code,
                 f"HTTP {response.status_code}: {self._message_of(response)}",
                 parse_retry_after(response.headers.get("Retry-After")),
@@ -275,7 +275,7 @@ class DefAPIGenerator:
         """Honour ``Retry-After`` (capped at ``max_retry_after``), else exponential jitter."""
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
             return min(exc.retry_after, self.max_retry_after)
         # At least half the step, so retries spread out without hammering the server.
         return equal_jitter(state.attempt_number, *self.backoff)
@@ -298,7 +298,7 @@ class DefAPIGenerator:
                 "DefAPI %s %s: %s; retrying in %.3g s (attempt %d of %d)",
                 method,
                 path,
-                self.scrub(_describe(exc)),
+                self.scrub(describe_error(exc) if exc is not None else "no answer"),
                 pause,
                 state.attempt_number,
                 self.max_attempts,
@@ -405,15 +405,16 @@ class DefAPIGenerator:
         path, body = self.submit_body(request)
         try:
             response = await self._exchange("POST", path, _may_resend_submit, body=body)
-        except (httpx.TransportError, _Transient) as exc:
+        except (httpx.TransportError, TransientError) as exc:
             if _may_resend_submit(exc):
                 raise self._error(
                     f"DefAPI did not take the task after {self.max_attempts} attempts: "
-                    f"{_describe(exc)}"
+                    f"{describe_error(exc)}"
                 ) from None
             raise self._error(
-                f"DefAPI may have accepted the task but its answer was lost ({_describe(exc)}); "
-                "not submitting again, so as not to pay for a second generation",
+                f"DefAPI may have accepted the task but its answer was lost "
+                f"({describe_error(exc)}); not submitting again, so as not to pay for a second "
+                "generation",
                 retryable=False,
                 hint="check DefAPI's dashboard for the task before retrying this job",
             ) from None
@@ -439,10 +440,10 @@ class DefAPIGenerator:
             response = await self._exchange(
                 "GET", QUERY_PATH, _may_resend_query, params={"task_id": task_id}
             )
-        except (httpx.TransportError, _Transient) as exc:
+        except (httpx.TransportError, TransientError) as exc:
             raise self._error(
                 f"could not query DefAPI task {task_id} after {self.max_attempts} attempts: "
-                f"{_describe(exc)}"
+                f"{describe_error(exc)}"
             ) from None
         return self._envelope(response, f"report on task {task_id}")
 
@@ -539,15 +540,6 @@ class DefAPIGenerator:
             await self._client.aclose()
         if self._owns_client:
             self._client = None
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no answer"
-    if isinstance(exc, _Transient):
-        return exc.message
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _failure_reason(data: Mapping[str, Any]) -> str:
