@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -331,11 +333,28 @@ async def test_key_never_in_logs_errors_reprs_or_raw(
     assert key not in repr(gen) and key[-4:] in repr(gen)
 
 
+def open_connections_to(url: str) -> int:
+    """Client-side TCP connections of this host still established to ``url``'s port."""
+    port = f"{urlsplit(url).port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[2].endswith(f":{port}") and row[3] == "01")
+
+
 def test_sync_form_runs_twice_with_fresh_loops(fake_defapi: FakeDefAPI) -> None:
     gen = make(fake_defapi)
     first = generate_image_sync(gen, "one")
     second = generate_image_sync(gen, "two")
     assert first.images and second.images and first.images != second.images
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
+def test_sync_form_closes_its_connections(fake_defapi: FakeDefAPI) -> None:
+    gen = make(fake_defapi)
+    for n in range(3):
+        generate_image_sync(gen, f"call {n}")
+        # The keep-alive connection of each call's client is closed with its loop.
+        assert open_connections_to(fake_defapi.url) == 0
 
 
 @pytest.mark.parametrize("key", ["", "   ", "sk-abc\nInjected: yes"])

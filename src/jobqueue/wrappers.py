@@ -201,9 +201,19 @@ def generate_image_sync(
     options: Mapping[str, Any] | None = None,
     context: JobContext | None = None,
 ) -> GenerationResult:
-    """`generate_image` for code without an event loop (runs one with `asyncio.run`)."""
-    return asyncio.run(
-        generate_image(
-            generator, prompt, model=model, images=images, options=options, context=context
-        )
-    )
+    """`generate_image` for code without an event loop (runs one with `asyncio.run`).
+
+    The generator is closed (``aclose``) before the loop ends: connections it opened
+    belong to this loop and would otherwise stay open, one client per call. Generators
+    open their connections again on their next use (`DefAPIGenerator` does).
+    """
+
+    async def generate_then_close() -> GenerationResult:
+        try:
+            return await generate_image(
+                generator, prompt, model=model, images=images, options=options, context=context
+            )
+        finally:
+            await generator.aclose()
+
+    return asyncio.run(generate_then_close())

@@ -233,8 +233,8 @@ class DefAPIGenerator:
 
     def _http(self) -> httpx.AsyncClient:
         """The client to use. An owned client is (re)made per event loop, because its pooled
-        connections belong to the loop that opened them (`generate_image_sync` runs each call
-        in a fresh loop)."""
+        connections belong to the loop that opened them; `aclose` closes it before its loop
+        ends (`generate_image_sync` does so after each call, as each runs in a fresh loop)."""
         if not self._owns_client:
             assert self._client is not None
             return self._client
