@@ -8,6 +8,7 @@ as a host application would do with its session.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -18,8 +19,10 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from jobqueue import AsyncJobQueue, ConfigurationError
+from jobqueue import AsyncJobQueue, ConfigurationError, GenerationError, Job
 from jobqueue.web import create_app
+from jobqueue.web.views import PUBLIC_ERRORS
+from jobqueue.worker import Worker
 from tests.web_server import running_server
 
 PNG = base64.b64decode(
@@ -470,3 +473,47 @@ async def test_event_stream_sends_keep_alives_while_idle_and_ends_on_cancel(
         alive_at = [i for i, x in enumerate(lines) if x == ": keep-alive"]
         assert len(alive_at) >= 2
         assert all(data_at[0] < i < data_at[1] for i in alive_at)
+
+
+async def test_a_failed_job_shows_the_owner_a_code_not_internal_error_text(
+    alice: httpx.AsyncClient, aqueue: AsyncJobQueue
+) -> None:
+    """The stored error is for operators; the owner sees the generator's message only."""
+    refused = (await alice.post("/jobs", json={"prompt": "refuse me"})).json()["id"]
+    broken = (await alice.post("/jobs", json={"prompt": "break"})).json()["id"]
+
+    async def handler(job: Job, ctx: Any) -> dict[str, Any]:
+        if job.payload["prompt"] == "refuse me":
+            raise GenerationError("the provider refused this prompt", retryable=False)
+        raise RuntimeError("could not reach 10.1.2.3:5432 as jobqueue_worker")
+
+    worker = Worker(aqueue, handlers={"image": handler}, listen=False, poll_interval=0.05)
+    await worker.run_until_idle()
+
+    shown = (await alice.get(f"/jobs/{refused}")).json()
+    assert shown["status"] == "failed"
+    assert (shown["error_code"], shown["error"]) == (
+        "generation_failed",
+        "the provider refused this prompt",
+    )
+    stored = await aqueue.get(broken)
+    assert stored.error and "10.1.2.3" in stored.error  # operators still see everything
+    shown = (await alice.get(f"/jobs/{broken}")).json()
+    assert shown["error_code"] == "internal_error"
+    assert "10.1.2.3" not in json.dumps(shown) and "RuntimeError" not in json.dumps(shown)
+    assert shown["error"] == PUBLIC_ERRORS["internal_error"]
+
+
+async def test_a_lost_lease_does_not_show_the_worker_id(
+    alice: httpx.AsyncClient, aqueue: AsyncJobQueue
+) -> None:
+    job_id = (await alice.post("/jobs", json={"prompt": "a fox"})).json()["id"]
+    await aqueue.claim("render-host-7:4242:secret", lease=0.001)
+    await asyncio.sleep(0.05)
+    await aqueue.reap()
+    stored = await aqueue.get(job_id)
+    assert stored.error and "render-host-7" in stored.error
+    shown = (await alice.get(f"/jobs/{job_id}")).json()
+    assert shown["error_code"] == "worker_lost"
+    assert "render-host-7" not in json.dumps(shown)
+    assert shown["error"] == PUBLIC_ERRORS["worker_lost"]

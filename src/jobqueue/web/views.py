@@ -2,7 +2,9 @@
 
 Left out on purpose: ``owner_id`` (the caller knows who they are), ``locked_by`` and lease
 times (worker internals), the error history, and the input images (they may be large
-data: URLs the client sent itself).
+data: URLs the client sent itself). A failed job's stored error is for operators (it may
+name hosts, worker ids or an exception's internals): the API shows an ``error_code`` and a
+message of its own, and passes through only what the generator (the provider) said.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..errors import GenerationError
 from ..schema import Job
 from .placeholder import NAME
 
@@ -49,6 +52,64 @@ def result_images(job: Job) -> list[str]:
     return [job.result_url] if job.result_url else []
 
 
+#: What an end user is told about a failed attempt, by ``error_code``.
+PUBLIC_ERRORS = {
+    "worker_lost": "the worker running this job stopped before it finished",
+    "interrupted": "the job was interrupted and will run again",
+    "timed_out": "the generation took too long and was stopped",
+    "internal_error": "the job failed because of an internal error; "
+    "quote the job id when you report it",
+}
+#: Stored by the worker for the lease that expired / the job it handed back (statements.py
+#: and worker.py write these texts).
+_LOST_PREFIX = "lease expired while held by"
+_RELEASED_PREFIX = "released:"
+_TIMEOUT_TYPE = "JobTimeout"  # the worker's job_timeout
+
+
+def _generator_error_types() -> set[str]:
+    """GenerationError and its subclasses (the worker stores ``Type: message``).
+
+    Looked up at call time, so a provider's subclass (DefAPI's ``TaskEnded``, imported with
+    the generators package that the app loads) is known without naming it here.
+    """
+    found: set[str] = set()
+    todo: list[type[GenerationError]] = [GenerationError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _without_hint(message: str) -> str:
+    """The message without the operator's hint that `JobQueueError` appends as `` (hint)``."""
+    cut = message.rfind(" (")
+    return message[:cut] if cut > 0 and message.endswith(")") else message
+
+
+def public_error(error: str | None) -> tuple[str | None, str | None]:
+    """``(error_code, message)`` safe to show the job's owner, from its stored error.
+
+    A generator's message is the user's business (the prompt was refused, the provider
+    failed) and is shown, marked ``generation_failed``; anything else is summarised.
+    """
+    if error is None:
+        return None, None
+    kind, sep, message = error.partition(": ")
+    if sep and message.strip() and kind in _generator_error_types():
+        return "generation_failed", _without_hint(message.strip())
+    if error.startswith(_LOST_PREFIX):
+        code = "worker_lost"
+    elif error.startswith(_RELEASED_PREFIX):
+        code = "interrupted"
+    elif kind == _TIMEOUT_TYPE:
+        code = "timed_out"
+    else:
+        code = "internal_error"
+    return code, PUBLIC_ERRORS[code]
+
+
 def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
     """The JSON body of ``GET /jobs/{id}`` (and of every other answer about one job).
 
@@ -62,6 +123,7 @@ def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
         previews.append(placeholder_url(name) if name is not None else url)
     payload = job.payload if isinstance(job.payload, dict) else {}
     prompt = payload.get("prompt")
+    error_code, error = public_error(job.error)
     return {
         "id": str(job.id),
         "status": job.status.value,
@@ -74,7 +136,8 @@ def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
         "images": images,
         "preview_url": previews[0] if previews else None,
         "preview_urls": previews,
-        "error": job.error,
+        "error": error,
+        "error_code": error_code,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "created_at": _iso(job.created_at),
