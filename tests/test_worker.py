@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +539,31 @@ async def test_worker_rejects_settings_that_cannot_work(jq: AsyncJobQueue) -> No
         Worker(jq)
     with pytest.raises(ConfigurationError, match="concurrency"):
         Worker(jq, {"x": print}, concurrency=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("lease", 0),
+        ("lease", float("inf")),
+        ("poll_interval", float("nan")),
+        ("grace_period", -1),
+        ("job_timeout", True),
+        ("reap_interval", timedelta(days=10_000)),
+    ],
+)
+async def test_worker_durations_follow_the_queues_rule(
+    jq: AsyncJobQueue, setting: str, value: Any
+) -> None:
+    from jobqueue.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=setting):
+        Worker(jq, {"x": print}, **{setting: value})
+
+
+async def test_worker_durations_may_be_timedeltas(jq: AsyncJobQueue) -> None:
+    worker = Worker(jq, {"x": print}, lease=timedelta(seconds=5), grace_period=0)
+    assert (worker.lease, worker.grace_period, worker.reap_interval) == (5.0, 0.0, 5.0)
 
 
 # -- database outages -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -47,7 +48,7 @@ from .database import describe_error, redact
 from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
 from .listener import Listener, libpq_url
-from .operations import Completion
+from .operations import Completion, seconds_of
 from .queue import AsyncJobQueue
 from .schema import Job, Status
 
@@ -62,6 +63,9 @@ Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
 #: then written in one statement.
 COMPLETION_WINDOW = 0.005
 COMPLETION_BATCH = 500
+
+#: The shortest positive duration a worker setting may have (as for the queue's lease).
+MIN_SECONDS = 0.001
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -199,13 +203,13 @@ class Worker:
         generator: Generator | None = None,
         concurrency: int = 10,
         queues: Sequence[str] = ("default",),
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
+        lease: float | timedelta = 30.0,
+        poll_interval: float | timedelta = 1.0,
         listen: bool = True,
         worker_id: str | None = None,
-        grace_period: float = 30.0,
-        job_timeout: float | None = None,
-        reap_interval: float | None = None,
+        grace_period: float | timedelta = 30.0,
+        job_timeout: float | timedelta | None = None,
+        reap_interval: float | timedelta | None = None,
         log_file: str | os.PathLike[str] | None = None,
         kinds: Sequence[str] | None = None,
         all_kinds: bool = False,
@@ -247,12 +251,12 @@ class Worker:
         )
         if self.kinds is not None and not self.kinds:
             raise ConfigurationError("a worker needs at least one kind to claim")
-        self.lease = _positive(lease, "lease")
-        self.poll_interval = _positive(poll_interval, "poll_interval")
-        self.grace_period = _positive(grace_period, "grace_period", zero=True)
-        self.job_timeout = None if job_timeout is None else _positive(job_timeout, "job_timeout")
+        self.lease = _seconds(lease, "lease")
+        self.poll_interval = _seconds(poll_interval, "poll_interval")
+        self.grace_period = _seconds(grace_period, "grace_period", zero=True)
+        self.job_timeout = None if job_timeout is None else _seconds(job_timeout, "job_timeout")
         self.reap_interval = (
-            self.lease if reap_interval is None else _positive(reap_interval, "reap_interval")
+            self.lease if reap_interval is None else _seconds(reap_interval, "reap_interval")
         )
         self.listen = listen
         self.worker_id = worker_id or default_worker_id()
@@ -896,12 +900,16 @@ def _completion_of(job: Job, value: Any) -> Completion:
     return Completion(job, value)
 
 
-def _positive(value: float, what: str, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not zero):
-        raise ConfigurationError(f"{what} must be {'zero or more' if zero else 'positive'}")
-    return float(value)
+def _seconds(value: float | timedelta, what: str, *, zero: bool = False) -> float:
+    """A worker setting in seconds, by the queue's rule (`operations.seconds_of`: a finite
+    number or a timedelta, at most the longest delay), as a `ConfigurationError`: a bad
+    setting is the operator's to fix, not a payload's."""
+    try:
+        return seconds_of(value, what, low=0.0 if zero else MIN_SECONDS)
+    except PayloadError as exc:
+        raise ConfigurationError(
+            f"worker setting {exc.message}", hint=f"pass {what} in seconds or as a timedelta"
+        ) from None
 
 
 __all__ = [
