@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from jobqueue import AsyncJobQueue, ConfigurationError, GenerationError, Job
 from jobqueue.web import create_app
+from jobqueue.web.app import worker_stop_timeout
 from jobqueue.web.views import PUBLIC_ERRORS
 from jobqueue.worker import Worker
 from tests.web_server import running_server
@@ -517,3 +518,14 @@ async def test_a_lost_lease_does_not_show_the_worker_id(
     assert shown["error_code"] == "worker_lost"
     assert "render-host-7" not in json.dumps(shown)
     assert shown["error"] == PUBLIC_ERRORS["worker_lost"]
+
+
+def test_shutdown_waits_longer_than_the_workers_own_drain(aqueue: AsyncJobQueue) -> None:
+    """The app must not cancel its worker while it may still release jobs or write results."""
+
+    async def handler(job: Job, ctx: Any) -> None:
+        return None
+
+    for grace, lease in ((30.0, 30.0), (120.0, 5.0), (0.0, 60.0)):
+        worker = Worker(aqueue, handlers={"image": handler}, grace_period=grace, lease=lease)
+        assert worker_stop_timeout(worker) > grace + lease

@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PROMPT_CHARS = 4000
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
-WORKER_STOP_TIMEOUT = 30.0
+#: Beyond the worker's own deadline (grace period + one lease for its last writes), how
+#: long shutdown waits before giving up on an in-process worker.
+WORKER_STOP_MARGIN = 10.0
 
 #: The demo page only talks to its own origin; result images may come from a provider's CDN.
 DEMO_CSP = (
@@ -287,10 +289,11 @@ def create_app(
             yield
         finally:
             worker.stop()
+            timeout = worker_stop_timeout(worker)
             try:
-                await asyncio.wait_for(task, WORKER_STOP_TIMEOUT)
+                await asyncio.wait_for(task, timeout)
             except TimeoutError:
-                logger.warning("the in-process worker did not stop within %ss", WORKER_STOP_TIMEOUT)
+                logger.warning("the in-process worker did not stop within %gs", timeout)
             except Exception:  # already logged by _report_worker_exit
                 pass
 
@@ -304,6 +307,16 @@ def create_app(
             Exception: _internal_error,
         },
     )
+
+
+def worker_stop_timeout(worker: Worker) -> float:
+    """How long shutdown waits for ``worker`` to drain.
+
+    The worker gives running jobs its grace period, then spends up to one lease releasing
+    the unfinished ones and writing the last results; cancelling it sooner would leave jobs
+    held until their leases expire instead of handing them back at once.
+    """
+    return worker.grace_period + worker.lease + WORKER_STOP_MARGIN
 
 
 def _report_worker_exit(task: asyncio.Task[None]) -> None:
