@@ -48,9 +48,9 @@ from .database import describe_error, redact
 from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
 from .listener import Listener, libpq_url
-from .operations import Completion, seconds_of
+from .operations import DEFAULT_LEASE, Completion, seconds_of
 from .queue import AsyncJobQueue
-from .schema import Job, Status
+from .schema import DEFAULT_QUEUE, Job, Status
 
 log = logging.getLogger("jobqueue.worker")
 
@@ -202,8 +202,8 @@ class Worker:
         *,
         generator: Generator | None = None,
         concurrency: int = 10,
-        queues: Sequence[str] = ("default",),
-        lease: float | timedelta = 30.0,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        lease: float | timedelta = DEFAULT_LEASE,
         poll_interval: float | timedelta = 1.0,
         listen: bool = True,
         worker_id: str | None = None,

@@ -31,7 +31,7 @@ from .generators.base import (
     LocalContext,
 )
 from .queue import AsyncJobQueue, JobQueue
-from .schema import Job, Status
+from .schema import DEFAULT_QUEUE, Job, Status
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ async def generate_image_async(
     options: Mapping[str, Any] | None = None,
     owner_id: str | None = None,
     idempotency_key: str | None = None,
-    queue_name: str = "default",
+    queue_name: str = DEFAULT_QUEUE,
     poll_interval: float = 3.0,
     timeout: float | None = None,
     on_created: Callable[[UUID], Any] | None = None,
@@ -152,7 +152,7 @@ def generate_image_queued(
     options: Mapping[str, Any] | None = None,
     owner_id: str | None = None,
     idempotency_key: str | None = None,
-    queue_name: str = "default",
+    queue_name: str = DEFAULT_QUEUE,
     poll_interval: float = 3.0,
     timeout: float | None = None,
     on_created: Callable[[UUID], Any] | None = None,
