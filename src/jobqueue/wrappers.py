@@ -63,8 +63,15 @@ class _ImageCall:
         request = _request(prompt, model, images, options)
         return cls(request, owner_id, idempotency_key, queue_name, on_created, on_status)
 
-    def enqueue_args(self) -> tuple[str, dict[str, Any]]:
-        return IMAGE_KIND, self.request.to_payload()
+    def enqueue_kwargs(self) -> dict[str, Any]:
+        """Everything ``enqueue`` needs for this call, so the twins pass it on unchanged."""
+        return {
+            "kind": IMAGE_KIND,
+            "payload": self.request.to_payload(),
+            "queue": self.queue_name,
+            "owner_id": self.owner_id,
+            "idempotency_key": self.idempotency_key,
+        }
 
     def created(self, job: Job) -> Any:
         """Log the new id and tell the caller at once (before any waiting)."""
@@ -130,10 +137,7 @@ async def generate_image_async(
         prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
         on_status,
     )  # fmt: skip
-    kind, payload = call.enqueue_args()
-    job = await queue.enqueue(
-        kind, payload, queue=queue_name, owner_id=owner_id, idempotency_key=idempotency_key
-    )
+    job = await queue.enqueue(**call.enqueue_kwargs())
     outcome = call.created(job)
     if inspect.isawaitable(outcome):
         await outcome
@@ -163,10 +167,7 @@ def generate_image_queued(
         prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
         on_status,
     )  # fmt: skip
-    kind, payload = call.enqueue_args()
-    job = queue.enqueue(
-        kind, payload, queue=queue_name, owner_id=owner_id, idempotency_key=idempotency_key
-    )
+    job = queue.enqueue(**call.enqueue_kwargs())
     call.created(job)
     final = queue.wait_result(
         job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
