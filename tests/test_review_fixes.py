@@ -5,9 +5,12 @@ Like the behavioural suite they run on SQLite and PostgreSQL, sync and async (fi
 
 from __future__ import annotations
 
-import pytest
+import sqlite3
 
-from jobqueue import PayloadError
+import pytest
+from sqlalchemy import make_url
+
+from jobqueue import PayloadError, Status
 from tests.conftest import Either
 
 
@@ -48,3 +51,24 @@ async def test_lease_zero_is_refused_not_replaced_by_the_default(q: Either) -> N
         await q.heartbeat_many("w", [job], lease=0)
     with pytest.raises(PayloadError):
         await q.heartbeat_many("w", [job], lease=-1)
+
+
+async def test_sqlite_reads_do_not_wait_for_the_write_lock(q: Either, db_url: str) -> None:
+    """Review item 7: get, list, stats and wait begin deferred on SQLite, so a writer holding
+    the lock (another process mid-transaction) does not hold up readers; writes still take
+    the lock up front."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    job = await q.enqueue("image", {})
+    await q.cancel(job)
+    writer = sqlite3.connect(make_url(db_url).database or "", isolation_level=None, timeout=60)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert (await q.get(job.id)).status is Status.CANCELLED
+        assert [j.id for j in await q.list()] == [job.id]
+        assert [s.status for s in await q.stats()] == [Status.CANCELLED]
+        assert (await q.wait(job.id, timeout=1)).id == job.id
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+

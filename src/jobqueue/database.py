@@ -73,12 +73,19 @@ def normalise_url(url: str | URL, *, asynchronous: bool) -> URL:
     )
 
 
+#: Execution option marking a connection whose transaction only reads. On SQLite it begins
+#: with a deferred ``BEGIN`` instead of ``BEGIN IMMEDIATE``, so readers (get, list, stats,
+#: wait) never queue behind the write lock: in WAL mode they read the last committed state.
+READ_ONLY = "jobqueue_read_only"
+
+
 def _setup_sqlite(sync_engine: Engine) -> None:
     """Let many connections (and processes) share one SQLite file safely.
 
-    pysqlite's own transaction handling is turned off so that every transaction starts with
-    ``BEGIN IMMEDIATE``: a writer takes the lock up front and waits for it (busy timeout)
-    instead of failing half-way with "database is locked".
+    pysqlite's own transaction handling is turned off so that every transaction that may
+    write starts with ``BEGIN IMMEDIATE``: a writer takes the lock up front and waits for it
+    (busy timeout) instead of failing half-way with "database is locked". Transactions
+    marked `READ_ONLY` begin deferred and take no write lock.
     """
 
     @event.listens_for(sync_engine, "connect")
@@ -92,7 +99,8 @@ def _setup_sqlite(sync_engine: Engine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 #: No ping before each use of a pooled PostgreSQL connection: it would be a second round trip

@@ -19,7 +19,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Result, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
-from .database import make_async_engine, make_engine, translated_errors
+from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
 from .errors import JobFailed, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
 from .schema import DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
@@ -71,6 +71,8 @@ class _QueueBase(Generic[E]):
         self._runner: E = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
         )
+        # Operations that only read begin SQLite's transaction deferred (see READ_ONLY).
+        self._reader: E = engine.execution_options(**{READ_ONLY: True})
         self.lease = ops.seconds_of(lease, "lease", low=0.001)
         self.limits = Limits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
@@ -146,10 +148,7 @@ class _QueueBase(Generic[E]):
     def _final(job: Job) -> Job:
         if job.status is Status.COMPLETED:
             return job
-        raise JobFailed(
-            f"job {job.id} ended {job.status}: {job.error or 'no error recorded'}",
-            job_id=job.id,
-        )
+        raise JobFailed.of(job)
 
     @staticmethod
     def _timed_out(job_id: object, waiter: ops.Waiter) -> WaitTimeout:
@@ -163,6 +162,15 @@ def _rows(result: Result[Any]) -> ops.Rows:
     (a claim or an `enqueue_many` turns every row into a `Job`)."""
     keys = list(result.keys())
     return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+#: The operations that never write (`wait` polls with `get`): the one place that marks them.
+_READ_ONLY_OPERATIONS = frozenset(f.__name__ for f in (ops.get, ops.list_jobs, ops.stats))
+
+
+def _reads_only(op: Operation[Any]) -> bool:
+    """Whether ``op`` only reads, so SQLite may begin it without the write lock."""
+    return getattr(op, "__name__", "") in _READ_ONLY_OPERATIONS
 
 
 def _one_write(stmt: Any, writes: int) -> int:
@@ -226,7 +234,7 @@ class JobQueue(_QueueBase[Engine]):
             if self._autocommit:
                 with self._runner.connect() as conn:
                     return _drive(conn, op, autocommit=True)
-            with self.engine.begin() as conn:
+            with (self._reader if _reads_only(op) else self.engine).begin() as conn:
                 return _drive(conn, op)
 
     def close(self) -> None:
@@ -407,7 +415,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             if self._autocommit:
                 async with self._runner.connect() as conn:
                     return await _drive_async(conn, op, autocommit=True)
-            async with self.engine.begin() as conn:
+            async with (self._reader if _reads_only(op) else self.engine).begin() as conn:
                 return await _drive_async(conn, op)
 
     async def close(self) -> None:
