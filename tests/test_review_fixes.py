@@ -8,7 +8,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from jobqueue import PayloadError, Status
 from tests.conftest import Either
@@ -72,3 +73,18 @@ async def test_sqlite_reads_do_not_wait_for_the_write_lock(q: Either, db_url: st
         writer.execute("ROLLBACK")
         writer.close()
 
+
+async def test_driver_errors_do_not_carry_statement_parameters(q: Either) -> None:
+    """Review item 13: an untranslated SQLAlchemy error lists the statement's parameters
+    (payloads, results: user data) unless the engine hides them."""
+    secret = "user-secret-prompt-4711"
+    engine = q.target.engine
+    with pytest.raises(DBAPIError) as caught:
+        if q.is_async:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT no_such_column WHERE 1 = :x"), {"x": secret})
+        else:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT no_such_column WHERE 1 = :x"), {"x": secret})
+    assert "no_such_column" in str(caught.value)
+    assert secret not in str(caught.value)

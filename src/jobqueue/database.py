@@ -141,8 +141,15 @@ def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
 
 
 def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
+    """A sync engine for ``url`` set up for jobqueue (an `Engine` is returned as it is).
+
+    Statement parameters are kept out of SQLAlchemy's error messages
+    (``hide_parameters=True``): they hold payloads and results (user data), and a failed
+    batched completion would otherwise print hundreds of them into a log.
+    """
     if isinstance(url, Engine):
         return url
+    kwargs.setdefault("hide_parameters", True)
     u = normalise_url(database_url(url), asynchronous=False)
     if u.get_backend_name() == "sqlite":
         engine = create_engine(u, **kwargs)
@@ -153,8 +160,10 @@ def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
 
 
 def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any) -> AsyncEngine:
+    """The asyncio twin of `make_engine` (same setup, parameters hidden from errors)."""
     if isinstance(url, AsyncEngine):
         return url
+    kwargs.setdefault("hide_parameters", True)
     u = normalise_url(database_url(url), asynchronous=True)
     if u.get_backend_name() == "sqlite":
         engine = create_async_engine(u, **kwargs)
