@@ -802,10 +802,7 @@ def _outcome(job: Job) -> str:
 
 def _raise_if_failed(job: Job) -> None:
     if job.status in FINAL_STATUSES and job.status is not Status.COMPLETED:
-        raise JobFailed(
-            f"job {job.id} ended {job.status.value}: {job.error or 'no error recorded'}",
-            job_id=job.id,
-        )
+        raise JobFailed.of(job)
 
 
 @cli.command("status")

@@ -8,6 +8,11 @@ bare "relation does not exist" tells a newcomer nothing about ``jobqueue migrate
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schema import Job
+
 
 class JobQueueError(Exception):
     """Base class of every error raised by jobqueue."""
@@ -110,6 +115,15 @@ class JobFailed(JobQueueError):
     def __init__(self, message: str, *, job_id: object = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.job_id = job_id
+
+    @classmethod
+    def of(cls, job: Job) -> JobFailed:
+        """The error for ``job``, which ended ``failed`` or ``cancelled``: the one wording
+        that `wait_result` and the CLI both use."""
+        return cls(
+            f"job {job.id} ended {job.status.value}: {job.error or 'no error recorded'}",
+            job_id=job.id,
+        )
 
 
 class WaitTimeout(JobQueueError, TimeoutError):
