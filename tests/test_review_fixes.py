@@ -6,6 +6,7 @@ Like the behavioural suite they run on SQLite and PostgreSQL, sync and async (fi
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import make_url, text
@@ -88,3 +89,16 @@ async def test_driver_errors_do_not_carry_statement_parameters(q: Either) -> Non
                 conn.execute(text("SELECT no_such_column WHERE 1 = :x"), {"x": secret})
     assert "no_such_column" in str(caught.value)
     assert secret not in str(caught.value)
+
+
+async def test_list_and_prune_refuse_bad_arguments_with_payload_error(q: Either) -> None:
+    """Review item 8: a naive ``since`` raised SQLAlchemy's StatementError and an unknown
+    status in ``prune`` a bare ValueError; both are the caller's mistake (PayloadError)."""
+    with pytest.raises(PayloadError, match="timezone-aware"):
+        await q.list(since=datetime(2026, 1, 1))
+    with pytest.raises(PayloadError, match="unknown status"):
+        await q.prune(statuses=["bogus"])
+    with pytest.raises(PayloadError, match="unknown status"):
+        await q.list(status=["pending", "bogus"])
+    job = await q.enqueue("image", {})
+    assert [j.id for j in await q.list(since=datetime.now(UTC) - timedelta(hours=1))] == [job.id]

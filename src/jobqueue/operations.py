@@ -459,6 +459,19 @@ def retry(s: Statements, job_id: object) -> Operation[Job]:
     return (yield from _explain_move(s, jid, Status.PENDING))
 
 
+def parse_statuses(status: Status | str | Iterable[Status | str]) -> list[Status]:
+    """One status or several (names or `Status`), checked: `PayloadError` names the valid ones
+    instead of the bare ``ValueError`` an unknown name would raise."""
+    items = [status] if isinstance(status, str) else list(status)
+    try:
+        return [Status(x) for x in items]
+    except ValueError:
+        raise PayloadError(
+            f"unknown status in {[str(x) for x in items]!r}"[:300],
+            hint="statuses are " + ", ".join(s.value for s in Status),
+        ) from None
+
+
 def get(s: Statements, job_id: object, owner_id: str | None = None) -> Operation[Job]:
     jid = parse_job_id(job_id)
     rows = yield s.get(jid, owner_id)
@@ -478,17 +491,17 @@ def list_jobs(
     limit: int,
 ) -> Operation[list[Job]]:
     check_int(limit, "limit", 1, 10_000)
-    statuses: list[Status] | None = None
-    if status is not None:
-        items = [status] if isinstance(status, str) else list(status)
-        try:
-            statuses = [Status(x) for x in items]
-        except ValueError:
-            raise PayloadError(
-                f"unknown status in {items!r}",
-                hint="statuses are " + ", ".join(s.value for s in Status),
-            ) from None
-    since_at = seconds_of(since, "since") if isinstance(since, timedelta) else since
+    statuses = None if status is None else parse_statuses(status)
+    since_at: datetime | float | None
+    if since is None or isinstance(since, timedelta):
+        since_at = None if since is None else seconds_of(since, "since")
+    elif isinstance(since, datetime) and since.tzinfo is not None:
+        since_at = since
+    else:
+        raise PayloadError(
+            "since must be a timezone-aware datetime or a timedelta",
+            hint="e.g. datetime.now(UTC) - timedelta(hours=1), or timedelta(hours=1)",
+        )
     rows = yield s.list(
         owner_id=owner_id,
         statuses=statuses,
@@ -522,7 +535,7 @@ def prune(
     s: Statements, older_than: timedelta | float, statuses: Iterable[Status | str] | None
 ) -> Operation[int]:
     secs = seconds_of(older_than, "older_than")
-    chosen = [Status(x) for x in statuses] if statuses is not None else list(Status)
+    chosen = parse_statuses(statuses) if statuses is not None else list(Status)
     final = [x for x in chosen if x.is_final]
     if not final:
         raise PayloadError("prune removes finished jobs only: completed, failed or cancelled")
