@@ -22,7 +22,7 @@ from . import operations as ops
 from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
 from .errors import JobFailed, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
-from .schema import DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
+from .schema import DEFAULT_KIND, DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
 from .statements import Statements
 
 T = TypeVar("T")
@@ -123,25 +123,6 @@ class _QueueBase(Generic[E]):
             retry=retry,
             retry_in=retry_in,
             backoff=self.retry_backoff,
-        )
-
-    def _list_op(
-        self,
-        owner_id: str | None,
-        status: Status | str | Iterable[Status | str] | None,
-        queue: str | None,
-        kind: str | None,
-        since: datetime | timedelta | None,
-        limit: int,
-    ) -> Operation[builtins.list[Job]]:
-        return ops.list_jobs(
-            self.statements,
-            owner_id=owner_id,
-            status=status,
-            queue=queue,
-            kind=kind,
-            since=since,
-            limit=limit,
         )
 
     @staticmethod
@@ -251,7 +232,7 @@ class JobQueue(_QueueBase[Engine]):
 
     def enqueue(
         self,
-        kind: str = "image",
+        kind: str = DEFAULT_KIND,
         payload: Any = None,
         *,
         connection: Connection | None = None,
@@ -357,7 +338,17 @@ class JobQueue(_QueueBase[Engine]):
         limit: int = 50,
     ) -> builtins.list[Job]:
         """Jobs newest first, filtered."""
-        return self._run(self._list_op(owner_id, status, queue, kind, since, limit))
+        return self._run(
+            ops.list_jobs(
+                self.statements,
+                owner_id=owner_id,
+                status=status,
+                queue=queue,
+                kind=kind,
+                since=since,
+                limit=limit,
+            )
+        )
 
     def stats(self, since: timedelta | float = timedelta(days=1)) -> builtins.list[StatusStats]:
         """Count and mean duration per status of jobs created within ``since``."""
@@ -430,7 +421,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
 
     async def enqueue(
         self,
-        kind: str = "image",
+        kind: str = DEFAULT_KIND,
         payload: Any = None,
         *,
         connection: AsyncConnection | None = None,
@@ -516,7 +507,17 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         since: datetime | timedelta | None = None,
         limit: int = 50,
     ) -> builtins.list[Job]:
-        return await self._run(self._list_op(owner_id, status, queue, kind, since, limit))
+        return await self._run(
+            ops.list_jobs(
+                self.statements,
+                owner_id=owner_id,
+                status=status,
+                queue=queue,
+                kind=kind,
+                since=since,
+                limit=limit,
+            )
+        )
 
     async def stats(
         self, since: timedelta | float = timedelta(days=1)
