@@ -45,7 +45,7 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
         worker = Worker(q, {"image": handler}, concurrency=10, listen=listen, poll_interval=poll)
         serving = asyncio.create_task(worker.run())
         if listen:
-            for _ in range(200):
+            for _ in range(1500):  # up to 15 s on a busy machine
                 if worker.listener is not None and worker.listener.listening.is_set():
                     break
                 await asyncio.sleep(0.01)
