@@ -238,3 +238,31 @@ async def test_idempotency_key_returns_the_same_job(aqueue: AsyncJobQueue) -> No
                 aqueue, "once", idempotency_key="k1", timeout=0.05, on_created=ids.append
             )
     assert ids[0] == ids[1]
+
+
+async def test_a_result_without_usable_images_falls_back_to_result_url(
+    aqueue: AsyncJobQueue,
+) -> None:
+    """The wrappers, the web API and the CLI agree on a job's images (one helper)."""
+    from jobqueue.display import job_summary
+    from jobqueue.web.views import result_images
+    from jobqueue.worker import HandlerResult, WorkerContext
+
+    url = "https://cdn.example/only.png"
+    shapes = iter([{"images": "abc"}, {"images": []}, {"images": [1, 2]}])
+
+    async def own_shape(job: Job, ctx: WorkerContext) -> HandlerResult:
+        return HandlerResult(result=next(shapes), result_url=url)
+
+    worker = Worker(aqueue, {"image": own_shape}, poll_interval=0.05, lease=10, grace_period=2)
+    task = asyncio.create_task(worker.run())
+    try:
+        for n in range(3):
+            result = await generate_image_async(aqueue, f"shape {n}", poll_interval=0.05)
+            assert result.images == (url,)
+            job = (await aqueue.list(limit=1))[0]
+            assert result_images(job) == [url]
+            assert job_summary(job) == url
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 20)

@@ -57,7 +57,13 @@ def seconds(value: float | None) -> str:
 def job_summary(job: Job) -> str:
     """What a job produced or why it stopped, in one short line."""
     if job.status is Status.COMPLETED:
-        return job.result_url or ("result saved" if job.result is not None else "")
+        # Imported here: the generators package brings httpx, which listing jobs never needs.
+        from .generators.base import GenerationResult
+
+        images = GenerationResult.of_job(job).images
+        if images:
+            return images[0] + (f" (+{len(images) - 1} more)" if len(images) > 1 else "")
+        return "result saved" if job.result is not None else ""
     if job.error and job.status in (Status.FAILED, Status.CANCELLED, Status.PENDING):
         return job.error.splitlines()[0] if job.error.strip() else ""
     return job.progress_message or ""

@@ -94,13 +94,7 @@ class _ImageCall:
     @staticmethod
     def finish(job: Job) -> GenerationResult:
         """The `GenerationResult` of a completed job (`wait_result` raised for the others)."""
-        if isinstance(job.result, Mapping):
-            result = GenerationResult.from_result(job.result)
-            if result.images or not job.result_url:
-                return result
-        # A worker that stored only result_url (or a non-generator result) still answers.
-        images = (job.result_url,) if job.result_url else ()
-        return GenerationResult(images=images, raw=job.result)
+        return GenerationResult.of_job(job)
 
 
 def _request(

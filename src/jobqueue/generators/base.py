@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import PayloadError
+
+if TYPE_CHECKING:
+    from ..schema import Job
 
 IMAGE_KIND = "image"
 
@@ -89,12 +92,31 @@ class GenerationResult:
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> GenerationResult:
+        """The result a generator stored (`to_result`); ``images`` that are not a list of
+        URL strings count as none."""
+        images = result.get("images")
+        valid = isinstance(images, list | tuple) and all(isinstance(i, str) for i in images)
         return cls(
-            tuple(result.get("images") or ()),
+            tuple(images) if valid and images else (),
             result.get("text"),
             result.get("cost"),
             result.get("raw"),
         )
+
+    @classmethod
+    def of_job(cls, job: Job) -> GenerationResult:
+        """What ``job`` produced, the one answer for the API, the CLI and the wrappers.
+
+        The generator's stored result when it holds images; otherwise ``result_url`` is the
+        one image (a handler that stored only a URL, or a result of its own shape), with
+        the job's ``result`` kept as ``raw``.
+        """
+        if isinstance(job.result, Mapping):
+            result = cls.from_result(job.result)
+            if result.images:
+                return result
+        images = (job.result_url,) if job.result_url else ()
+        return cls(images=images, raw=job.result)
 
 
 @runtime_checkable

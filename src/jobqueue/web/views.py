@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import GenerationError
+from ..generators.base import GenerationResult
 from ..schema import Job
 from .placeholder import NAME
 
@@ -46,10 +47,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def result_images(job: Job) -> list[str]:
-    images = job.result.get("images") if isinstance(job.result, dict) else None
-    if isinstance(images, list) and all(isinstance(i, str) for i in images):
-        return list(images)
-    return [job.result_url] if job.result_url else []
+    """The job's result images (`GenerationResult.of_job`), as a JSON list."""
+    return list(GenerationResult.of_job(job).images)
 
 
 #: What an end user is told about a failed attempt, by ``error_code``.
