@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, Float, Text, TypeDecorator
+from sqlalchemy import JSON, Dialect, Float, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -159,7 +159,3 @@ def _new_id_pg(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(NewJobId)
 def _new_id_sqlite(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
     return "(lower(hex(randomblob(16))))"
-
-
-def text_literal(value: str) -> ColumnElement[str]:
-    return literal(value, Text())

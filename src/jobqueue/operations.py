@@ -570,7 +570,3 @@ class Waiter:
             return self.interval
         left = self.deadline - time.monotonic()
         return None if left <= 0 else min(self.interval, left)
-
-
-def rows_of(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(i) for i in items]

@@ -764,10 +764,3 @@ class Statements:
             )
 
         return Bound(self._once(("prune", chosen), build), {"jq_back": -older_than_seconds})
-
-    def count_by_status(self) -> Bound:
-        def build() -> Any:
-            c = self.t.c
-            return select(c.status, func.count().label("count")).group_by(c.status)
-
-        return Bound(self._once("count_by_status", build), None)

@@ -12,18 +12,17 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, Table, inspect
+from sqlalchemy import URL, Connection, Engine, inspect
 
 from alembic import command
 
 from ..database import database_url, make_engine, normalise_url, translated_errors
-from ..schema import DEFAULT_TABLE, jobs_table, validate_identifier, validate_table_name
+from ..schema import DEFAULT_TABLE, validate_identifier, validate_table_name
 
 SCRIPT_LOCATION = "jobqueue:migrations"
 
@@ -53,10 +52,6 @@ class Target:
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel that inserts into this table signal on."""
         return self.name
-
-    @cached_property
-    def table(self) -> Table:
-        return jobs_table(self.name, self.schema)
 
 
 def target() -> Target:
