@@ -394,6 +394,21 @@ def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
     assert (tmp_path / "from-dotenv.db").exists()
 
 
+def test_dot_env_is_read_from_the_working_directory_only(tmp_path: Path) -> None:
+    """One rule with `Settings.from_env`: a .env higher up does not pick the database."""
+    (tmp_path / ".env").write_text("JOBQUEUE_DATABASE_URL=sqlite:///parent-dotenv.db\n")
+    below = tmp_path / "project"
+    below.mkdir()
+    done = subprocess.run(
+        [JOBQUEUE, "migrate"], cwd=below, env=clean_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "parent-dotenv" not in done.stdout
+    assert not (below / "parent-dotenv.db").exists()
+    assert (below / "jobqueue.db").exists()
+
+
 def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "jobqueue", "--version"],

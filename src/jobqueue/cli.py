@@ -9,8 +9,9 @@ are turned into exit codes and one line on stderr in a single place (`JobqueueGr
 - 2: usage or configuration error (bad option or JSON, unreachable database, schema not
   installed, missing settings).
 
-``--debug`` adds tracebacks and debug logs. ``.env`` in the working directory (or a parent)
-is read before the options, so ``JOBQUEUE_DATABASE_URL`` may live there.
+``--debug`` adds tracebacks and debug logs. ``.env`` in the working directory is read
+before the options (`jobqueue.config.load_env_file`, the rule `Settings` follows too), so
+``JOBQUEUE_DATABASE_URL`` may live there.
 """
 
 from __future__ import annotations
@@ -223,15 +224,6 @@ def out() -> Console:
 
 def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def load_env_file() -> None:
-    """Read ``.env`` (working directory or a parent); the process environment wins."""
-    from dotenv import find_dotenv, load_dotenv
-
-    path = find_dotenv(usecwd=True)
-    if path:
-        load_dotenv(path, override=False)
 
 
 def _setup_logging(debug: bool, console: Console) -> None:
@@ -1037,6 +1029,8 @@ def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script: run `cli` and turn what it raises into one line and an exit code."""
+    from .config import load_env_file  # the one .env rule, shared with Settings.from_env
+
     load_env_file()
     try:
         code = cli.main(

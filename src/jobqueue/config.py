@@ -164,6 +164,19 @@ class Settings:
         )
 
 
+def load_env_file(dotenv: str | os.PathLike[str] | bool | None = True) -> None:
+    """Copy the ``.env`` values into ``os.environ`` where a variable is not set yet.
+
+    The same file and rule as `Settings.from_env`: ``True`` is the working directory's
+    ``.env`` (parents are not searched, so a stray file higher up cannot change which
+    database a command touches), a path is that file; the environment wins. The CLI calls
+    it before reading its options, so ``JOBQUEUE_DATABASE_URL`` may live in ``.env``.
+    """
+    for key, value in _dotenv_values(dotenv).items():
+        if value is not None:
+            os.environ.setdefault(key, value)
+
+
 def _dotenv_values(dotenv: str | os.PathLike[str] | bool | None) -> dict[str, str | None]:
     if dotenv is None or dotenv is False:
         return {}
