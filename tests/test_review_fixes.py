@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
-from jobqueue import PayloadError, Status
+from jobqueue import Completion, NewJob, PayloadError, Status
+from jobqueue.operations import Limits, check_json
 from tests.conftest import Either
 
 
@@ -102,3 +103,25 @@ async def test_list_and_prune_refuse_bad_arguments_with_payload_error(q: Either)
         await q.list(status=["pending", "bogus"])
     job = await q.enqueue("image", {})
     assert [j.id for j in await q.list(since=datetime.now(UTC) - timedelta(hours=1))] == [job.id]
+
+
+def test_check_json_returns_the_text_that_is_stored() -> None:
+    """Review item 18: payloads and results were encoded twice (once to check, once to
+    write); check_json now hands its encoding to the statements."""
+    assert check_json({"prompt": "ein Bär", "n": [1, 2.5]}, "payload", Limits()) == (
+        '{"prompt": "ein Bär", "n": [1, 2.5]}'
+    )
+
+
+async def test_json_values_round_trip_through_every_write(q: Either) -> None:
+    """The single encoding is what reaches the database: values come back equal from
+    enqueue, enqueue_many, complete and complete_many, on both databases."""
+    value = {"prompt": "ein Bär 🐻", "zero": 0.0, "big": 2**70, "nested": {"a": [None, True]}}
+    job = await q.enqueue("image", value)
+    (other,) = await q.enqueue_many([NewJob(payload=[value, "x"])])
+    assert (await q.get(job.id)).payload == value
+    assert (await q.get(other.id)).payload == [value, "x"]
+    first, second = await q.claim("w", limit=2)
+    assert (await q.complete(first, value)).result == value
+    assert await q.complete_many([Completion(second, [value])]) == {second.id}
+    assert (await q.get(second.id)).result == [value]

@@ -129,8 +129,13 @@ def _json_shape_problem(value: Any) -> str | None:
     return None
 
 
-def check_json(value: Any, what: str, limits: Limits) -> None:
-    """Refuse values that are not strict JSON (NaN included) or are too large to store."""
+def check_json(value: Any, what: str, limits: Limits) -> str:
+    """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
+    large to store.
+
+    The text is what gets stored (the statements bind it as is): the value is encoded
+    once, not once to check it and again to write it.
+    """
     problem = _json_shape_problem(value)
     if problem is not None:
         raise PayloadError(f"the {what} {problem}")
@@ -145,6 +150,7 @@ def check_json(value: Any, what: str, limits: Limits) -> None:
             hint="store large data elsewhere (object storage) and put its URL in the payload, "
             "or raise max_payload_bytes",
         )
+    return encoded
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -207,7 +213,7 @@ class NewJob:
         check_text(self.kind, "kind", limit=MAX_NAME)
         check_text(self.queue, "queue", limit=MAX_NAME)
         payload = {} if self.payload is None else self.payload
-        check_json(payload, "payload", limits)
+        payload_json = check_json(payload, "payload", limits)
         check_int(self.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
         check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
         if self.owner_id is not None:
@@ -230,7 +236,7 @@ class NewJob:
             "id": uuid7(),
             "queue": self.queue,
             "kind": self.kind,
-            "payload": payload,
+            "payload": payload_json,
             "priority": self.priority,
             "max_attempts": self.max_attempts,
             "owner_id": self.owner_id,
@@ -355,18 +361,18 @@ def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
     yield from _fenced(s, job, rows, "save the remote task id of")
 
 
-def _check_result(result: Any, result_url: str | None, limits: Limits) -> None:
-    if result is not None:
-        check_json(result, "result", limits)
+def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
+    """Check a result and its URL; the result as JSON text (None stays None: SQL NULL)."""
     if result_url is not None:
         check_text(result_url, "result_url", limit=8192)
+    return None if result is None else check_json(result, "result", limits)
 
 
 def complete(
     s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
 ) -> Operation[Job]:
-    _check_result(result, result_url, limits)
-    rows = yield s.complete(job.id, job.attempts, result, result_url)
+    result_json = _check_result(result, result_url, limits)
+    rows = yield s.complete(job.id, job.attempts, result_json, result_url)
     return Job.from_row((yield from _fenced(s, job, rows, "complete")))
 
 
@@ -385,10 +391,13 @@ def complete_many(
     """Complete a batch; returns the ids written. The others were fenced off."""
     if not items:
         return set()
-    for item in items:
-        _check_result(item.result, item.result_url, limits)
     batch = [
-        {"id": i.job.id, "attempt": i.job.attempts, "result": i.result, "result_url": i.result_url}
+        {
+            "id": i.job.id,
+            "attempt": i.job.attempts,
+            "result": _check_result(i.result, i.result_url, limits),
+            "result_url": i.result_url,
+        }
         for i in items
     ]
     rows = yield s.complete_many(batch)

@@ -19,7 +19,6 @@ again or cancelled) matches no row and so changes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -52,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
-from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime, json_type
+from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
 from .schema import Status, sources_of
 
 T = TypeVar("T")
@@ -93,9 +92,11 @@ def _unnest(arrays: Sequence[tuple[str, str, TypeEngine[Any]]], name: str) -> An
     )
 
 
-def _json_text(value: Any) -> str | None:
-    """A JSON value as text for a ``jsonb`` array element (None stays SQL NULL)."""
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+def _json_param(name: str, dialect: str) -> ColumnElement[Any]:
+    """A bound parameter holding JSON text (as `operations.check_json` encoded it), for a
+    JSON column: cast to ``jsonb`` on PostgreSQL; SQLite stores the text as it is."""
+    param = _p(name, Text())
+    return cast(param, postgresql.JSONB()) if dialect == "postgresql" else param
 
 
 class Statements:
@@ -174,7 +175,7 @@ class Statements:
                     "jq_ids": [r["id"] for r in rows],
                     "jq_queues": [r["queue"] for r in rows],
                     "jq_kinds": [r["kind"] for r in rows],
-                    "jq_payloads": [_json_text(r["payload"]) for r in rows],
+                    "jq_payloads": [r["payload"] for r in rows],
                     "jq_priorities": [r["priority"] for r in rows],
                     "jq_max_attempts": [r["max_attempts"] for r in rows],
                     "jq_owner_ids": [r["owner_id"] for r in rows],
@@ -195,7 +196,7 @@ class Statements:
             id=bindparam("id", type_=Uuid()),
             queue=bindparam("queue", type_=String()),
             kind=bindparam("kind", type_=String()),
-            payload=bindparam("payload", type_=json_type()),
+            payload=bindparam("payload", type_=Text()),  # JSON text from check_json
             priority=bindparam("priority", type_=Integer()),
             max_attempts=bindparam("max_attempts", type_=Integer()),
             owner_id=bindparam("owner_id", type_=Text()),
@@ -433,7 +434,11 @@ class Statements:
         params = self._fence(job_id, attempt, jq_task_id=remote_task_id)
         return Bound(self._once("remember", build), params)
 
-    def complete(self, job_id: UUID, attempt: int, result: Any, result_url: str | None) -> Bound:
+    def complete(
+        self, job_id: UUID, attempt: int, result_json: str | None, result_url: str | None
+    ) -> Bound:
+        """Complete a held job; ``result_json`` is the result as JSON text (None: no result)."""
+
         def build() -> Any:
             now = DbNow()
             return (
@@ -441,7 +446,7 @@ class Statements:
                 .where(self._fenced())
                 .values(
                     status=Status.COMPLETED.value,
-                    result=_p("result", json_type()),
+                    result=_json_param("result", self.dialect),
                     result_url=_p("result_url", Text()),
                     error=None,
                     progress=100,
@@ -452,23 +457,23 @@ class Statements:
                 .returning(*self.columns)
             )
 
-        params = self._fence(job_id, attempt, jq_result=result, jq_result_url=result_url)
+        params = self._fence(job_id, attempt, jq_result=result_json, jq_result_url=result_url)
         return Bound(self._once("complete", build), params)
 
     def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Bound:
         """Complete many held jobs in one statement (the worker's batched completer).
 
-        ``items`` are ``{"id", "attempt", "result", "result_url"}``. The fencing condition
-        is the same as `complete`, so RETURNING tells which jobs were fenced off (those ids
-        are missing). On PostgreSQL the batch travels as four array parameters that are
-        ``unnest``\\ed and joined to the table (one cached statement for any batch size); on
-        SQLite as a VALUES list.
+        ``items`` are ``{"id", "attempt", "result", "result_url"}``, the result as JSON
+        text. The fencing condition is the same as `complete`, so RETURNING tells which jobs
+        were fenced off (those ids are missing). On PostgreSQL the batch travels as four
+        array parameters that are ``unnest``\\ed and joined to the table (one cached
+        statement for any batch size); on SQLite as a VALUES list.
         """
         if self.dialect == "postgresql":
             params = {
                 "jq_ids": [i["id"] for i in items],
                 "jq_attempts": [i["attempt"] for i in items],
-                "jq_results": [_json_text(i["result"]) for i in items],
+                "jq_results": [i["result"] for i in items],
                 "jq_result_urls": [i["result_url"] for i in items],
             }
             return Bound(self._once("complete_many_pg", self._complete_unnest), params)
@@ -476,7 +481,7 @@ class Statements:
             values(
                 column("job_id", Uuid()),
                 column("attempt", Integer()),
-                column("result", json_type()),
+                column("result", Text()),
                 column("result_url", Text()),
                 name="batch",
             )
