@@ -169,6 +169,13 @@ def storable_text(text: str) -> str:
 
 
 def check_text(value: Any, what: str, *, limit: int = MAX_TEXT, empty: bool = False) -> None:
+    """Refuse a name or short text the database could not store or index as given.
+
+    A caller's mistake becomes `PayloadError` here, before any write, instead of a driver
+    error half-way (PostgreSQL refuses NUL in text, UTF-8 refuses lone surrogates) or an
+    index entry too long. Blank text is refused unless ``empty``: a blank kind or queue
+    name is always a bug in the caller.
+    """
     if not isinstance(value, str):
         raise PayloadError(f"{what} must be a string, not {type(value).__name__}")
     if (not empty and not value.strip()) or len(value) > limit:
@@ -178,6 +185,11 @@ def check_text(value: Any, what: str, *, limit: int = MAX_TEXT, empty: bool = Fa
 
 
 def check_int(value: Any, what: str, low: int, high: int) -> int:
+    """``value`` when it is an int within ``[low, high]``; `PayloadError` otherwise.
+
+    ``bool`` is refused although it is an ``int`` (``priority=True`` is a mistake), and the
+    bounds keep values inside the column types on every database.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{what} must be an integer, not {type(value).__name__}")
     if not low <= value <= high:

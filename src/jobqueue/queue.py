@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
 from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
-from .errors import JobFailed, WaitTimeout
+from .errors import JobFailed, JobQueueError, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
 from .schema import DEFAULT_KIND, DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
 from .statements import Statements
@@ -159,9 +159,10 @@ def _one_write(stmt: Any, writes: int) -> int:
     if getattr(stmt, "is_dml", False):
         writes += 1
         if writes > 1:
-            raise RuntimeError(
+            raise JobQueueError(
                 "an operation made two writes outside a transaction; operations must make "
-                "at most one write (see _QueueBase.__init__)"
+                "at most one write (see _QueueBase.__init__)",
+                hint="this is a bug in jobqueue, not in your code: please report it",
             )
     return writes
 
@@ -282,6 +283,7 @@ class JobQueue(_QueueBase[Engine]):
         return self._run(ops.heartbeat_many(self.statements, worker_id, jobs, self._lease(lease)))
 
     def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
+        """Record progress (0-100) on a held job; `LeaseLost` if it is no longer ours."""
         self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
 
     def remember_task(self, job: Job, remote_task_id: str) -> None:
@@ -289,6 +291,7 @@ class JobQueue(_QueueBase[Engine]):
         self._run(ops.remember(self.statements, job, remote_task_id))
 
     def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
+        """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
         return self._run(ops.complete(self.statements, job, result, result_url, self.limits))
 
     def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
@@ -317,6 +320,7 @@ class JobQueue(_QueueBase[Engine]):
     # -- anyone ------------------------------------------------------------------------------
 
     def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        """The job as it is now; with ``owner_id``, `JobNotFound` unless it is theirs."""
         return self._run(ops.get(self.statements, job_id, owner_id))
 
     def cancel(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:

@@ -594,6 +594,12 @@ class Statements:
     # -- anyone's moves --------------------------------------------------------------------
 
     def cancel(self, job_id: UUID, owner_id: str | None = None) -> Bound:
+        """Cancel a job that may still move to ``cancelled`` (pending or processing).
+
+        Only the statuses the table of moves allows are matched, so a finished job is never
+        reopened; with ``owner_id`` only that owner's job matches (an end user's cancel).
+        A running job's worker learns of it at its next fenced write or its cancel check.
+        """
         by_owner = owner_id is not None
 
         def build() -> Any:
@@ -675,6 +681,8 @@ class Statements:
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, job_id: UUID, owner_id: str | None = None) -> Bound:
+        """One job by id; with ``owner_id`` only when it belongs to that owner, so an end
+        user cannot read another user's job by guessing its id."""
         by_owner = owner_id is not None
 
         def build() -> Any:
@@ -755,6 +763,12 @@ class Statements:
         return Bound(self._once("stats", build), {"jq_back": -since_seconds})
 
     def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> Bound:
+        """Delete jobs in the given (final) statuses that finished more than
+        ``older_than_seconds`` ago by the database clock; RETURNING says how many.
+
+        The age is measured from ``completed_at``, not creation, so a job that ran for days
+        is kept for the full retention period after it ended.
+        """
         chosen = tuple(_in(statuses))
 
         def build() -> Any:
