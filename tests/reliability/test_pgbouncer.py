@@ -159,7 +159,7 @@ async def test_the_async_queue_through_a_transaction_pooler(pooled: tuple[str, s
             job = await q.enqueue("image", {"round": round_}, owner_id="u")
             (held,) = await q.claim("async-pooled", lease=30)
             assert held.id == job.id
-            await q.heartbeat_many([held.id], "async-pooled")
+            assert await q.heartbeat_many("async-pooled", [held]) == {held.id}
             await q.set_progress(held, 10)
             done = await q.complete(held, {"ok": True})
             assert (await q.get(job.id)) == done
