@@ -218,6 +218,7 @@ def test_job_fields_are_stored_exactly_or_refused(
     priority: Any,
     max_attempts: Any,
 ) -> None:
+    before = count(jq)
     ok, job = attempt(
         jq,
         lambda: jq.enqueue(
@@ -235,6 +236,10 @@ def test_job_fields_are_stored_exactly_or_refused(
         assert isinstance(job, PayloadError)
         return
     got = jq.get(job.id)
+    if count(jq) == before:
+        # An earlier example used this idempotency key in this queue: its job comes back.
+        assert key is not None and (got.queue, got.idempotency_key) == (queue, key)
+        return
     assert (got.kind, got.queue, got.owner_id, got.idempotency_key) == (kind, queue, owner, key)
     assert (got.priority, got.max_attempts) == (priority, max_attempts)
     assert got.status is Status.PENDING
