@@ -140,37 +140,43 @@ def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
     return u.difference_update_query(["prepare_threshold"])
 
 
-def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
-    """A sync engine for ``url`` set up for jobqueue (an `Engine` is returned as it is).
+def _engine_settings(
+    url: str | URL | None, kwargs: dict[str, Any], *, asynchronous: bool
+) -> tuple[URL, dict[str, Any]]:
+    """The URL and engine options both `make_engine` and `make_async_engine` use.
 
     Statement parameters are kept out of SQLAlchemy's error messages
     (``hide_parameters=True``): they hold payloads and results (user data), and a failed
     batched completion would otherwise print hundreds of them into a log.
     """
+    kwargs.setdefault("hide_parameters", True)
+    u = normalise_url(database_url(url), asynchronous=asynchronous)
+    if u.get_backend_name() == "sqlite":
+        return u, kwargs
+    kwargs.setdefault("pool_pre_ping", PRE_PING)
+    return _pooler_options(u, kwargs), kwargs
+
+
+def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
+    """A sync engine for ``url`` set up for jobqueue (an `Engine` is returned as it is)."""
     if isinstance(url, Engine):
         return url
-    kwargs.setdefault("hide_parameters", True)
-    u = normalise_url(database_url(url), asynchronous=False)
+    u, options = _engine_settings(url, kwargs, asynchronous=False)
+    engine = create_engine(u, **options)
     if u.get_backend_name() == "sqlite":
-        engine = create_engine(u, **kwargs)
         _setup_sqlite(engine)
-        return engine
-    kwargs.setdefault("pool_pre_ping", PRE_PING)
-    return create_engine(_pooler_options(u, kwargs), **kwargs)
+    return engine
 
 
 def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any) -> AsyncEngine:
-    """The asyncio twin of `make_engine` (same setup, parameters hidden from errors)."""
+    """The asyncio twin of `make_engine`."""
     if isinstance(url, AsyncEngine):
         return url
-    kwargs.setdefault("hide_parameters", True)
-    u = normalise_url(database_url(url), asynchronous=True)
+    u, options = _engine_settings(url, kwargs, asynchronous=True)
+    engine = create_async_engine(u, **options)
     if u.get_backend_name() == "sqlite":
-        engine = create_async_engine(u, **kwargs)
         _setup_sqlite(engine.sync_engine)
-        return engine
-    kwargs.setdefault("pool_pre_ping", PRE_PING)
-    return create_async_engine(_pooler_options(u, kwargs), **kwargs)
+    return engine
 
 
 # The password runs to the *last* "@" before the host part: an unencoded "@" in a password
