@@ -57,12 +57,11 @@ async def test_lease_zero_is_refused_not_replaced_by_the_default(q: Either) -> N
         await q.heartbeat_many("w", [job], lease=-1)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_sqlite_reads_do_not_wait_for_the_write_lock(q: Either, db_url: str) -> None:
     """Review item 7: get, list, stats and wait begin deferred on SQLite, so a writer holding
     the lock (another process mid-transaction) does not hold up readers; writes still take
     the lock up front."""
-    if not db_url.startswith("sqlite"):
-        pytest.skip("SQLite's write lock")
     job = await q.enqueue("image", {})
     await q.cancel(job)
     writer = sqlite3.connect(make_url(db_url).database or "", isolation_level=None, timeout=60)
