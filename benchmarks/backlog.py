@@ -14,9 +14,10 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from jobqueue import JobQueue
+from jobqueue.testing import statement_as_sent
 
 from .common import Bench, Result, summary_ms
 from .drain import drain
@@ -28,26 +29,9 @@ def _claim_sql(q: JobQueue) -> Any:
     return q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
 
 
-def driver_sql(engine: Engine, stmt: Any, params: Any) -> tuple[str, Any]:
-    """The SQL text and parameters the driver receives for ``stmt`` (run once, rolled
-    back), so that EXPLAIN sees exactly what the queue sends."""
-    seen: list[tuple[str, Any]] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        seen.append((statement, parameters))
-
-    with engine.connect() as conn:
-        event.listen(conn, "before_cursor_execute", grab)
-        with conn.begin() as tx:
-            conn.execute(stmt, params)
-            tx.rollback()
-        event.remove(conn, "before_cursor_execute", grab)
-    return seen[-1]
-
-
 def plan_scans(engine: Engine, q: JobQueue) -> list[str]:
     """The scans the claim statement's plan makes, e.g. ``Index Scan on t_claim_idx``."""
-    sql, parameters = driver_sql(engine, *_claim_sql(q))
+    sql, parameters = statement_as_sent(engine, *_claim_sql(q))
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -102,19 +103,29 @@ async def q(request: pytest.FixtureRequest, migrated: tuple[str, str]) -> AsyncI
         await closed
 
 
-@pytest.fixture
-def raw_sql(migrated: tuple[str, str]) -> Iterator[Callable[..., list[Any]]]:
-    """Run SQL on the test database directly (to inspect or damage rows like a user could)."""
+@contextmanager
+def sql_runner(url: str) -> Iterator[Callable[..., list[Any]]]:
+    """A function that runs SQL in its own transaction on ``url`` (to inspect or damage
+    rows as a user could), disposed of afterwards."""
     from sqlalchemy import text
 
     from jobqueue.database import make_engine
 
-    engine = make_engine(migrated[0])
+    engine = make_engine(url)
 
     def run(sql: str, **params: Any) -> list[Any]:
         with engine.begin() as conn:
             result = conn.execute(text(sql), params)
             return list(result) if result.returns_rows else []
 
-    yield run
-    engine.dispose()
+    try:
+        yield run
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def raw_sql(migrated: tuple[str, str]) -> Iterator[Callable[..., list[Any]]]:
+    """Run SQL on the test database directly."""
+    with sql_runner(migrated[0]) as run:
+        yield run

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 
 from jobqueue import JobQueue, migrate
 from jobqueue.statements import Bound
+from jobqueue.testing import statement_as_sent
 
 pytestmark = pytest.mark.postgres
 
@@ -48,18 +49,8 @@ def busy_queue(postgres_url: str, table_name: str) -> Iterator[JobQueue]:
 
 def plan_of(engine: Engine, bound: Bound) -> dict[str, Any]:
     """EXPLAIN (FORMAT JSON) of the statement exactly as the driver receives it."""
-    seen: list[tuple[str, Any]] = []
-
-    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
+    sql, parameters = statement_as_sent(engine, bound.statement, bound.params)
     with engine.connect() as conn:
-        event.listen(conn, "before_cursor_execute", grab)
-        with conn.begin() as tx:
-            conn.execute(bound.statement, bound.params)
-            tx.rollback()
-        event.remove(conn, "before_cursor_execute", grab)
-        sql, parameters = seen[-1]
         doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
     plan: dict[str, Any] = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
     return plan

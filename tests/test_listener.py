@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from jobqueue import AsyncJobQueue, Job, Status, migrate
-from jobqueue.database import make_engine
 from jobqueue.listener import Listener, libpq_url
 from jobqueue.worker import Worker, WorkerContext
+from tests.conftest import sql_runner
 
 pytestmark = pytest.mark.postgres
 
@@ -36,15 +35,8 @@ async def pgq(postgres_url: str, table_name: str) -> AsyncIterator[AsyncJobQueue
 
 @pytest.fixture
 def admin_sql(postgres_url: str) -> Iterator[Callable[..., list[Any]]]:
-    engine = make_engine(postgres_url)
-
-    def run(sql: str, **params: Any) -> list[Any]:
-        with engine.begin() as conn:
-            result = conn.execute(text(sql), params)
-            return list(result) if result.returns_rows else []
-
-    yield run
-    engine.dispose()
+    with sql_runner(postgres_url) as run:
+        yield run
 
 
 async def echo(job: Job, ctx: WorkerContext) -> Any:

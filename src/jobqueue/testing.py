@@ -19,9 +19,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import Engine, event, make_url, text
 
 from .database import make_engine, normalise_url
 
@@ -83,8 +84,10 @@ def jobqueue_postgres_url(jobqueue_postgres_server_url: str) -> Iterator[str]:
         admin.dispose()
         _unavailable(f"cannot create a test database: {type(exc).__name__}: {exc}")
     try:
-        yield make_url(jobqueue_postgres_server_url).set(database=name).render_as_string(
-            hide_password=False
+        yield (
+            make_url(jobqueue_postgres_server_url)
+            .set(database=name)
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.connect() as conn:
@@ -103,3 +106,25 @@ def jobqueue_url(jobqueue_sqlite_url: str) -> str:
 
     migrate(jobqueue_sqlite_url)
     return jobqueue_sqlite_url
+
+
+def statement_as_sent(engine: Engine, statement: Any, params: Any = None) -> tuple[str, Any]:
+    """The SQL text and parameters the driver receives for ``statement``.
+
+    The statement runs once inside a transaction that is rolled back, so that EXPLAIN (in a
+    test or a benchmark) sees exactly what the queue sends, with the driver's placeholders.
+    """
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> None:
+        seen.append((sql, parameters))
+
+    with engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", grab)
+        try:
+            with conn.begin() as tx:
+                conn.execute(statement, params)
+                tx.rollback()
+        finally:
+            event.remove(conn, "before_cursor_execute", grab)
+    return seen[-1]
