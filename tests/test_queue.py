@@ -209,6 +209,50 @@ async def test_complete_many_writes_held_jobs_and_reports_fenced_ones(q: Either)
     assert (await q.get(stale.id)).status is Status.CANCELLED
 
 
+async def test_complete_and_claim_writes_the_batch_and_takes_the_next_jobs(q: Either) -> None:
+    await q.enqueue_many([NewJob(payload={"i": i}) for i in range(6)])
+    held = await q.claim("w", limit=3)
+    stale = held[0]
+    await q.cancel(stale.id)
+    written, claimed = await q.complete_and_claim(
+        [Completion(j, {"i": j.payload["i"]}) for j in held], "w", limit=2, lease=30
+    )
+    assert written == {j.id for j in held[1:]}  # the cancelled one was fenced off
+    assert [j.payload["i"] for j in claimed] == [3, 4]  # oldest first
+    assert all(j.status is Status.PROCESSING and j.attempts == 1 for j in claimed)
+    assert all(j.locked_by == "w" for j in claimed)
+    for j in held[1:]:
+        got = await q.get(j.id)
+        assert got.status is Status.COMPLETED and got.result == {"i": j.payload["i"]}
+    assert (await q.get(stale.id)).status is Status.CANCELLED
+    # Nothing to complete, nothing left but one job: still one answer of each kind.
+    written, (last,) = await q.complete_and_claim([], "w", limit=5)
+    assert written == set() and last.payload["i"] == 5
+    written, claimed = await q.complete_and_claim([Completion(last)], "w", limit=5)
+    assert written == {last.id} and claimed == []
+
+
+async def test_complete_and_claim_never_claims_a_job_it_completes(q: Either) -> None:
+    (job,) = await q.enqueue_many([NewJob(payload={})])
+    (held,) = await q.claim("w", lease=0.05)
+    await asyncio.sleep(0.15)  # the lease expired: the job is claimable again
+    written, claimed = await q.complete_and_claim([Completion(held, "late")], "w", limit=5)
+    assert written == {job.id} and claimed == []
+    done = await q.get(job.id)
+    assert done.status is Status.COMPLETED and done.result == "late" and done.attempts == 1
+
+
+async def test_complete_and_claim_checks_its_input_before_writing(q: Either) -> None:
+    await q.enqueue_many([NewJob(payload={}) for _ in range(2)])
+    (held,) = await q.claim("w")
+    with pytest.raises(PayloadError, match="limit"):
+        await q.complete_and_claim([Completion(held)], "w", limit=0)
+    with pytest.raises(PayloadError):
+        await q.complete_and_claim([Completion(held, {1: "a", "1": "b"})], "w", limit=1)
+    assert (await q.get(held.id)).status is Status.PROCESSING
+    assert len(await q.list(status="pending")) == 1
+
+
 async def test_cancel_pending_and_running_but_not_finished(q: Either) -> None:
     pending = await q.enqueue("image", {})
     cancelled = await q.cancel(pending.id)

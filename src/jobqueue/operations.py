@@ -317,6 +317,11 @@ def claim(
     check_int(limit, "limit", 1, 10_000)
     lease = seconds_of(lease, "lease", low=0.001)
     rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    return _claimed_jobs(rows)
+
+
+def _claimed_jobs(rows: Rows) -> list[Job]:
+    """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none)."""
     jobs = [Job.from_row(r) for r in rows]
     jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
     return jobs
@@ -397,13 +402,8 @@ class Completion:
     result_url: str | None = None
 
 
-def complete_many(
-    s: Statements, items: Sequence[Completion], limits: Limits
-) -> Operation[set[uuid.UUID]]:
-    """Complete a batch; returns the ids written. The others were fenced off."""
-    if not items:
-        return set()
-    batch = [
+def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[str, Any]]:
+    return [
         {
             "id": i.job.id,
             "attempt": i.job.attempts,
@@ -412,8 +412,50 @@ def complete_many(
         }
         for i in items
     ]
-    rows = yield s.complete_many(batch)
+
+
+def complete_many(
+    s: Statements, items: Sequence[Completion], limits: Limits
+) -> Operation[set[uuid.UUID]]:
+    """Complete a batch; returns the ids written. The others were fenced off."""
+    if not items:
+        return set()
+    rows = yield s.complete_many(_completion_rows(items, limits))
     return {r["id"] for r in rows}
+
+
+def complete_and_claim(
+    s: Statements,
+    items: Sequence[Completion],
+    limits: Limits,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> Operation[tuple[set[uuid.UUID], list[Job]]]:
+    """Complete a batch and claim up to ``limit`` jobs atomically: the ids written (the
+    others were fenced off) and the jobs claimed. One statement on PostgreSQL; on SQLite
+    the two statements of `complete_many` and `claim` in the caller's one transaction."""
+    check_text(worker_id, "worker_id")
+    check_int(limit, "limit", 1, 10_000)
+    lease = seconds_of(lease, "lease", low=0.001)
+    batch = _completion_rows(items, limits)
+    both = s.complete_and_claim(
+        batch, worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds
+    )
+    if both is None:
+        written = {r["id"] for r in (yield s.complete_many(batch))} if batch else set()
+        rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    else:
+        rows = yield both
+        # One row at least (the LEFT JOIN); each lists every id written in jq_completed.
+        written = set(rows[0]["jq_completed"] or ())
+        rows = [
+            {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
+        ]
+    return written, _claimed_jobs(rows)
 
 
 def fail(

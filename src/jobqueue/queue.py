@@ -112,6 +112,26 @@ class _QueueBase(Generic[E]):
             kinds=kinds,
         )
 
+    def _complete_and_claim_op(
+        self,
+        items: Sequence[Completion],
+        worker_id: str,
+        queues: Sequence[str] | str | None,
+        kinds: Sequence[str] | None,
+        limit: int,
+        lease: float | None,
+    ) -> Operation[tuple[set[UUID], builtins.list[Job]]]:
+        return ops.complete_and_claim(
+            self.statements,
+            items,
+            self.limits,
+            worker_id,
+            limit=limit,
+            lease=self._lease(lease),
+            queues=[queues] if isinstance(queues, str) else queues,
+            kinds=kinds,
+        )
+
     def _fail_op(
         self, job: Job, error: BaseException | str, retry: bool | None, retry_in: Any
     ) -> Operation[Job]:
@@ -298,6 +318,21 @@ class JobQueue(_QueueBase[Engine]):
         """Complete many held jobs in one statement; returns the ids that were written."""
         return self._run(ops.complete_many(self.statements, items, self.limits))
 
+    def complete_and_claim(
+        self,
+        items: Sequence[Completion],
+        worker_id: str,
+        *,
+        queues: Sequence[str] | str | None = (DEFAULT_QUEUE,),
+        kinds: Sequence[str] | None = None,
+        limit: int = 1,
+        lease: float | None = None,
+    ) -> tuple[set[UUID], builtins.list[Job]]:
+        """`complete_many` and `claim` as one atomic step (one statement and one commit on
+        PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
+        only once its job's outcome is written takes the next jobs in the same round trip."""
+        return self._run(self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease))
+
     def fail(
         self,
         job: Job,
@@ -475,6 +510,20 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
 
     async def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
         return await self._run(ops.complete_many(self.statements, items, self.limits))
+
+    async def complete_and_claim(
+        self,
+        items: Sequence[Completion],
+        worker_id: str,
+        *,
+        queues: Sequence[str] | str | None = (DEFAULT_QUEUE,),
+        kinds: Sequence[str] | None = None,
+        limit: int = 1,
+        lease: float | None = None,
+    ) -> tuple[set[UUID], builtins.list[Job]]:
+        return await self._run(
+            self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
+        )
 
     async def fail(
         self,

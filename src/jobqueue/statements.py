@@ -291,7 +291,14 @@ class Statements:
         stmt = self._once(("claim", qs, ks), lambda: self._claim(qs, ks))
         return Bound(stmt, {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease})
 
-    def _claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
+    def _claim(
+        self,
+        queues: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+        not_in: ColumnElement[Any] | None = None,
+    ) -> Any:
+        """The claim; ``not_in`` (an array of ids) keeps those jobs out of the expired-lease
+        candidates (`complete_and_claim` completes them in the same statement)."""
         c = self.t.c
         now = DbNow()
         limit = _p("limit", Integer())
@@ -313,6 +320,7 @@ class Statements:
                 c.lease_expires_at < now,
                 c.attempts < c.max_attempts,
                 *filters,
+                *([] if not_in is None else [c.id != func.all(not_in)]),
             )
             .order_by(c.lease_expires_at)
             .limit(limit)
@@ -489,6 +497,55 @@ class Statements:
             .cte("batch")
         )
         return Bound(self._complete_from(batch, batch.c.result), None)
+
+    def complete_and_claim(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        worker_id: str,
+        *,
+        limit: int,
+        lease: float,
+        queues: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+    ) -> Bound | None:
+        """Complete a batch and claim up to ``limit`` jobs in one statement (PostgreSQL).
+
+        A busy worker's slots free only when a completion is written, so writing a batch
+        and claiming its replacements as two transactions costs two commits (two WAL
+        flushes) per cycle; one statement costs one, and the new jobs are held from the
+        instant the finished ones are released. The claim is the `claim` statement; the
+        completion is `complete_many`'s, fenced the same way. Jobs being completed are kept
+        out of the claim's expired-lease candidates, so no row is changed twice.
+
+        Every returned row carries ``jq_completed`` (the ids written) and the claimed job's
+        columns, all NULL when nothing was claimed (a LEFT JOIN keeps the one row). Returns
+        None on SQLite, whose callers run `complete_many` and `claim` in one transaction.
+        """
+        if self.dialect != "postgresql":
+            return None
+        qs = None if queues is None else tuple(queues)
+        ks = None if kinds is None else tuple(kinds)
+        stmt = self._once(("complete_and_claim", qs, ks), lambda: self._complete_and_claim(qs, ks))
+        params = {
+            "jq_ids": [i["id"] for i in items],
+            "jq_attempts": [i["attempt"] for i in items],
+            "jq_results": [i["result"] for i in items],
+            "jq_result_urls": [i["result_url"] for i in items],
+            "jq_worker_id": worker_id,
+            "jq_limit": limit,
+            "jq_lease": lease,
+        }
+        return Bound(stmt, params)
+
+    def _complete_and_claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
+        done = self._complete_unnest().cte("completed_jobs")
+        ids = _p("ids", postgresql.ARRAY(Uuid()))
+        claimed = self._claim(queues, kinds, not_in=ids).cte("claimed_jobs")
+        written = select(func.array_agg(done.c.id)).scalar_subquery().label("jq_completed")
+        one = select(literal_column("1").label("one")).subquery("one_row")
+        return select(written, *claimed.c).select_from(
+            one.outerjoin(claimed, literal_column("true"))
+        )
 
     def _complete_unnest(self) -> Any:
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [

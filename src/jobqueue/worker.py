@@ -63,6 +63,11 @@ Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
 #: then written in one statement.
 COMPLETION_WINDOW = 0.005
 COMPLETION_BATCH = 500
+#: Completion batches written at once (each on its own pooled connection), and the
+#: smallest share of a batch worth a writer of its own (smaller batches go whole: the
+#: next one overlaps them anyway, and each batch is a statement and a commit).
+WRITERS = 2
+SPLIT_AT = 4
 
 #: The shortest positive duration a worker setting may have (as for the queue's lease).
 MIN_SECONDS = 0.001
@@ -291,7 +296,11 @@ class Worker:
         self._held: dict[UUID, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[_Slot] = []
-        self._flushing = False
+        #: Tasks writing completion batches, and how many slots those batches hold.
+        self._writers: set[asyncio.Task[None]] = set()
+        self._writing = 0
+        #: Slots that claims in flight may fill (the claim loop's or a batch's).
+        self._reserved = 0
         self._closing = False
         self._stopping = False
         self._stop_now = False
@@ -423,7 +432,7 @@ class Worker:
             # Held jobs count until their outcome is written, not only while their handler
             # runs: otherwise finished-but-unwritten jobs pile up beyond `concurrency` when
             # the database is slow, and a crash throws all of them away (kill -9 test).
-            free = self.concurrency - max(len(self._tasks), len(self._held))
+            free = self.concurrency - max(len(self._tasks), len(self._held)) - self._reserved
             if free <= 0:
                 # Clear first: an Event already set returns without yielding, and this
                 # loop would spin and starve the very tasks that free a slot.
@@ -433,6 +442,7 @@ class Worker:
                 self._waiting_for_slot = False
                 continue
             self._wake.clear()
+            self._reserved += free
             try:
                 self.claims += 1
                 jobs = await self.queue.claim(
@@ -443,6 +453,7 @@ class Worker:
                     lease=self.lease,
                 )
             except Exception as exc:
+                self._reserved -= free
                 delay = backoff.next()
                 log.warning(
                     "claiming jobs failed (%s); retrying in %.1fs", describe_error(exc), delay
@@ -451,6 +462,7 @@ class Worker:
                     async with asyncio.timeout(delay):
                         await self._stopped.wait()
                 continue
+            self._reserved -= free
             backoff.reset()
             for job in jobs:
                 self._start(job)
@@ -461,7 +473,7 @@ class Worker:
             await self._sleep_until_woken(self.poll_interval)
 
     def _idle(self) -> bool:
-        return not self._tasks and not self._batch and not self._flushing
+        return not self._tasks and not self._batch and not self._writers
 
     async def _sleep_until_woken(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -650,6 +662,9 @@ class Worker:
 
         No wait when no handler is still running: no company can come, and the held slots
         (which count until their outcome is written) are what the claim loop waits for.
+        Up to `WRITERS` batches are written at once, each on its own connection, so one
+        batch's commit (a WAL flush) overlaps the next batch's statement; a batch is split
+        between the free writers rather than wait for one.
         """
         while True:
             await self._batch_ready.wait()
@@ -660,27 +675,62 @@ class Worker:
             ):
                 await asyncio.sleep(COMPLETION_WINDOW)
             self._batch_ready.clear()
-            await self._flush()
-            if self._closing and not self._batch:
+            while self._batch and len(self._writers) < WRITERS:
+                idle = WRITERS - len(self._writers)
+                size = len(self._batch)
+                if size >= SPLIT_AT * idle:
+                    size = -(-size // idle)
+                size = min(COMPLETION_BATCH, size)
+                items, self._batch[:size] = self._batch[:size], []
+                writer = asyncio.create_task(self._write(items), name="jobqueue-completer")
+                self._writers.add(writer)
+                writer.add_done_callback(self._writer_done)
+            if self._closing and not self._batch and not self._writers:
                 return
+            if self._writers and (self._batch or self._closing):
+                # Every writer is busy (or closing waits for them): go on when one is done.
+                await asyncio.wait(set(self._writers), return_when=asyncio.FIRST_COMPLETED)
+                self._batch_ready.set()
 
-    async def _flush(self) -> None:
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a completion writer ended unexpectedly", exc_info=task.exception())
+        if self._until_idle or self._stopping or self._waiting_for_slot:
+            self._wake.set()
+
+    async def _write(self, items: list[_Slot]) -> None:
+        """Write one batch's completions, retrying database errors (with backoff) until
+        written or, while stopping, until the write deadline."""
         backoff = Backoff()
-        self._flushing = True
+        self._writing += len(items)
         try:
-            while self._batch:
-                items = self._batch[:COMPLETION_BATCH]
+            while True:
                 completions = [s.completion for s in items if s.completion is not None]
+                claimed: list[Job] = []
+                free = self._free_after(items)
+                self._reserved += free
                 try:
-                    written = await self.queue.complete_many(completions)
+                    if free > 0:
+                        # The claim loop waits for these very slots: take their next jobs in
+                        # the same statement (one commit for both, see complete_and_claim).
+                        self.claims += 1
+                        written, claimed = await self.queue.complete_and_claim(
+                            completions,
+                            self.worker_id,
+                            queues=self.queues,
+                            kinds=self.kinds,
+                            limit=free,
+                            lease=self.lease,
+                        )
+                    else:
+                        written = await self.queue.complete_many(completions)
                 except PayloadError:
                     # Some result cannot be stored: complete one by one so only it fails.
-                    del self._batch[: len(items)]
                     await self._complete_each(items)
-                    continue
+                    return
                 except Exception as exc:
                     if self._give_up():
-                        del self._batch[: len(items)]
                         for slot in items:
                             self._let_go(slot)
                         log.error(
@@ -688,7 +738,7 @@ class Worker:
                             len(items),
                             describe_error(exc),
                         )
-                        continue
+                        return
                     delay = backoff.next()
                     log.warning(
                         "completing %d jobs failed (%s); retrying in %.1fs",
@@ -698,14 +748,30 @@ class Worker:
                     )
                     await asyncio.sleep(delay)
                     continue
-                backoff.reset()
-                del self._batch[: len(items)]
+                finally:
+                    self._reserved -= free
                 for slot in items:
                     self._completed(slot, slot.job.id in written)
+                for job in claimed:
+                    self._start(job)
+                return
         finally:
-            self._flushing = False
-            if self._until_idle or self._stopping or self._waiting_for_slot:
-                self._wake.set()
+            self._writing -= len(items)
+
+    def _free_after(self, completing: Sequence[_Slot]) -> int:
+        """Slots that a batch being written frees and the claim loop waits for; 0 when the
+        loop is not waiting (nothing more may be due) or we are stopping.
+
+        Slots being written still count as held; each batch claims for its own, and claims
+        in flight hold their slots in ``_reserved``, so two claims never count the same
+        slot. The batch's tasks may not have left ``_tasks`` yet (done callbacks run
+        later), so they are left out here.
+        """
+        if not self._waiting_for_slot or self._stopping:
+            return 0
+        finishing = {slot.task for slot in completing}
+        busy = max(len(self._tasks - finishing), len(self._held) - self._writing)
+        return max(0, self.concurrency - busy - self._reserved)
 
     async def _complete_each(self, items: Sequence[_Slot]) -> None:
         for slot in items:
@@ -719,6 +785,7 @@ class Worker:
                 self._completed(slot, False)
             except Exception:
                 self._batch.append(slot)  # a database error: the batch retries it
+                self._batch_ready.set()
             else:
                 self._completed(slot, True)
 
