@@ -450,8 +450,9 @@ def complete_and_claim(
         rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
     else:
         rows = yield both
-        # One row at least (the LEFT JOIN); each lists every id written in jq_completed.
-        written = set(rows[0]["jq_completed"] or ())
+        # One row at least (the LEFT JOIN); one of them lists the ids written.
+        found = [r["jq_completed"] for r in rows if r["jq_completed"] is not None]
+        written = set(found[0]) if found else set()
         rows = [
             {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
         ]

@@ -92,6 +92,13 @@ def _unnest(arrays: Sequence[tuple[str, str, TypeEngine[Any]]], name: str) -> An
     )
 
 
+def _filter_params(queues: Sequence[str] | None, kinds: Sequence[str] | None) -> dict[str, str]:
+    """The values of the claim's queue and kind parameters (see `Statements._claim`)."""
+    out = {f"jq_queue_{i}": q for i, q in enumerate(queues or ())}
+    out.update({f"jq_kind_{i}": k for i, k in enumerate(kinds or ())})
+    return out
+
+
 def _json_param(name: str, dialect: str) -> ColumnElement[Any]:
     """A bound parameter holding JSON text (as `operations.check_json` encoded it), for a
     JSON column: cast to ``jsonb`` on PostgreSQL; SQLite stores the text as it is."""
@@ -289,7 +296,8 @@ class Statements:
         qs = None if queues is None else tuple(queues)
         ks = None if kinds is None else tuple(kinds)
         stmt = self._once(("claim", qs, ks), lambda: self._claim(qs, ks))
-        return Bound(stmt, {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease})
+        params = {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease}
+        return Bound(stmt, params | _filter_params(qs, ks))
 
     def _claim(
         self,
@@ -303,10 +311,12 @@ class Statements:
         now = DbNow()
         limit = _p("limit", Integer())
         filters: list[ColumnElement[bool]] = []
+        # One plain parameter per queue and kind (the shape is cached per their tuple), not
+        # an expanding IN: that would re-render the SQL on every claim.
         if queues is not None:
-            filters.append(c.queue.in_(list(queues)))
+            filters.append(c.queue.in_([_p(f"queue_{i}", Text()) for i in range(len(queues))]))
         if kinds is not None:
-            filters.append(c.kind.in_(list(kinds)))
+            filters.append(c.kind.in_([_p(f"kind_{i}", Text()) for i in range(len(kinds))]))
         pending = (
             select(c.id)
             .where(c.status == Status.PENDING.value, c.run_at <= now, *filters)
@@ -517,8 +527,9 @@ class Statements:
         completion is `complete_many`'s, fenced the same way. Jobs being completed are kept
         out of the claim's expired-lease candidates, so no row is changed twice.
 
-        Every returned row carries ``jq_completed`` (the ids written) and the claimed job's
-        columns, all NULL when nothing was claimed (a LEFT JOIN keeps the one row). Returns
+        The first returned row carries ``jq_completed`` (the ids written); every row carries
+        a claimed job's columns, all NULL when nothing was claimed (a LEFT JOIN keeps one
+        row). Returns
         None on SQLite, whose callers run `complete_many` and `claim` in one transaction.
         """
         if self.dialect != "postgresql":
@@ -535,13 +546,17 @@ class Statements:
             "jq_limit": limit,
             "jq_lease": lease,
         }
-        return Bound(stmt, params)
+        return Bound(stmt, params | _filter_params(qs, ks))
 
     def _complete_and_claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
         done = self._complete_unnest().cte("completed_jobs")
         ids = _p("ids", postgresql.ARRAY(Uuid()))
         claimed = self._claim(queues, kinds, not_in=ids).cte("claimed_jobs")
-        written = select(func.array_agg(done.c.id)).scalar_subquery().label("jq_completed")
+        # On the first row only: repeated on every row, the ids would be sent and decoded
+        # once per claimed job.
+        written = case(
+            (func.row_number().over() == 1, select(func.array_agg(done.c.id)).scalar_subquery()),
+        ).label("jq_completed")
         one = select(literal_column("1").label("one")).subquery("one_row")
         return select(written, *claimed.c).select_from(
             one.outerjoin(claimed, literal_column("true"))
