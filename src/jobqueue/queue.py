@@ -19,6 +19,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Result, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from .bulk import CopyRows, copy_rows, copy_rows_async
 from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
 from .errors import JobFailed, JobQueueError, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
@@ -174,6 +175,10 @@ def _drive(conn: Connection, op: Operation[T], autocommit: bool = False) -> T:
         while True:
             if autocommit:
                 writes = _one_write(stmt, writes)
+            if isinstance(stmt, CopyRows):
+                copy_rows(conn, stmt)
+                stmt, params = op.send([])
+                continue
             result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
             stmt, params = op.send(_rows(result))
     except StopIteration as done:
@@ -188,6 +193,10 @@ async def _drive_async(conn: AsyncConnection, op: Operation[T], autocommit: bool
         while True:
             if autocommit:
                 writes = _one_write(stmt, writes)
+            if isinstance(stmt, CopyRows):
+                await copy_rows_async(conn, stmt)
+                stmt, params = op.send([])
+                continue
             if params is not None:
                 result = await conn.execute(stmt, params)
             else:
