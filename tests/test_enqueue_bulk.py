@@ -240,3 +240,11 @@ def test_copy_is_used_from_the_threshold_on(
         sq.enqueue_many([NewJob(payload={"n": i}) for i in range(size)])
         sq.enqueue_many([NewJob(payload={"n": i}, idempotency_key=str(i)) for i in range(size)])
     assert len(copies) == (size >= COPY_MIN_JOBS)
+
+
+@pytest.mark.parametrize("payload", ODD_PAYLOADS)
+async def test_enqueue_returns_exactly_what_get_reads(q: Either, payload: Any) -> None:
+    job = await q.enqueue("image", payload, owner_id="o", delay=timedelta(seconds=1.5))
+    keyed = await q.enqueue("image", payload, idempotency_key="k", run_at=datetime.now(UTC))
+    assert await q.enqueue("image", {}, idempotency_key="k") == keyed
+    await assert_stored_as_returned(q, [job, keyed])

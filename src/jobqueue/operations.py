@@ -358,8 +358,9 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             yield s.copy_new(_new_jobs(rows, context["now"], jobs))
             return jobs
     inserted = yield s.insert_many(rows)
-    by_id = {r["id"]: Job.from_row(r) for r in inserted}
-    missing = [r for r in rows if r["id"] not in by_id]
+    jsonb = s.dialect == "postgresql"
+    written = {i["id"]: i for i in inserted}
+    missing = [r for r in rows if r["id"] not in written]
     existing: dict[tuple[str, str], Job] = {}
     for queue in {r["queue"] for r in missing}:
         keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
@@ -368,7 +369,12 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             existing[(job.queue, job.idempotency_key or "")] = job
     out: list[Job] = []
     for r in rows:
-        found_job = by_id.get(r["id"]) or existing.get((r["queue"], r["idempotency_key"] or ""))
+        row = written.get(r["id"])
+        if row is not None:
+            run_at = row["run_at"]
+            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, jsonb))
+            continue
+        found_job = existing.get((r["queue"], r["idempotency_key"] or ""))
         if found_job is None:  # the conflicting row vanished between the two statements
             raise JobNotFound(
                 f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
@@ -378,56 +384,65 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
     return out
 
 
-#: The ``extra`` of every job `_new_jobs` builds: none, and one shared empty mapping is
+#: The ``extra`` of every job `_new_job` builds: none, and one shared empty mapping is
 #: cheaper than a dict per job.
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _new_job(
+    r: Mapping[str, Any], created_at: datetime, updated_at: datetime, run_at: datetime, jsonb: bool
+) -> Job:
+    """The `Job` a new row (as `NewJob.to_row` made it) is stored as, given the times the
+    database chose: the same value a read of the row gives, without the read (nor the
+    RETURNING of every column, which costs more than the insert itself for one job)."""
+    text: str = r["payload"]
+    return Job(
+        id=r["id"],
+        queue=r["queue"],
+        kind=r["kind"],
+        status=Status.PENDING,
+        payload=stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],
+        result=None,
+        result_url=None,
+        error=None,
+        errors=[],
+        progress=0,
+        progress_message=None,
+        priority=r["priority"],
+        attempts=0,
+        max_attempts=r["max_attempts"],
+        run_at=run_at,
+        locked_by=None,
+        lease_expires_at=None,
+        remote_task_id=None,
+        owner_id=r["owner_id"],
+        idempotency_key=r["idempotency_key"],
+        created_at=created_at,
+        started_at=None,
+        completed_at=None,
+        updated_at=updated_at,
+        extra=_NO_EXTRA,
+    )
 
 
 def _new_jobs(
     rows: Iterable[Mapping[str, Any]], now: datetime, out: list[Job]
 ) -> Iterator[tuple[Job, str]]:
-    """Each row as the `Job` the COPY stores (appended to ``out``), with its payload text.
+    """Each row as the `Job` the COPY stores (appended to ``out``), with its payload text;
+    ``now`` is the database clock, read just before.
 
     A generator on purpose: the driver sends each record as it is made, so the database
     inserts one part of the batch while Python builds the next (two cores at work).
     """
-    pending = Status.PENDING
     for r in rows:
         run_at = r["run_at_value"]
         if run_at is None:
             run_at = now + timedelta(seconds=r["delay_seconds"])
         else:
             run_at = run_at.astimezone(UTC)
-        payload: str = r["payload"]
-        job = Job(
-            id=r["id"],
-            queue=r["queue"],
-            kind=r["kind"],
-            status=pending,
-            payload=stored_json(payload, r["payload_value"]),
-            result=None,
-            result_url=None,
-            error=None,
-            errors=[],
-            progress=0,
-            progress_message=None,
-            priority=r["priority"],
-            attempts=0,
-            max_attempts=r["max_attempts"],
-            run_at=run_at,
-            locked_by=None,
-            lease_expires_at=None,
-            remote_task_id=None,
-            owner_id=r["owner_id"],
-            idempotency_key=None,
-            created_at=now,
-            started_at=None,
-            completed_at=None,
-            updated_at=now,
-            extra=_NO_EXTRA,
-        )
+        job = _new_job(r, now, now, run_at, True)
         out.append(job)
-        yield job, payload
+        yield job, r["payload"]
 
 
 def claim(

@@ -164,12 +164,14 @@ class Statements:
         ``run_at`` is the caller's time when given, else the database clock plus the delay.
         Rows whose (queue, idempotency_key) already exists are skipped: the caller learns
         which from RETURNING and reads the existing jobs with `by_idempotency_keys`.
+        RETURNING gives only what the database chose (`INSERTED`): the caller knows the rest.
 
         PostgreSQL gets every column as one array parameter and ``unnest``\\s them: one
-        statement and one round trip for any number of jobs, with a single cached plan.
+        statement and one round trip for any number of jobs, with a single cached plan; a
+        single job (`enqueue`) gets plain parameters, cheaper to send and to plan.
         SQLite runs a multi-row INSERT per batch of rows (SQLAlchemy's insertmanyvalues).
         """
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and len(rows) > 1:
             return Bound(
                 self._once("insert_pg", self._insert_unnest),
                 {
@@ -185,7 +187,15 @@ class Statements:
                     "jq_delays": [r["delay_seconds"] for r in rows],
                 },
             )
-        return Bound(self._once("insert", self._insert_values), list(rows))
+        stmt = self._once("insert", self._insert_values)
+        return Bound(stmt, rows[0] if len(rows) == 1 else list(rows))
+
+    #: What RETURNING gives after an insert: the id (which rows were inserted) and the
+    #: values the database clock chose.
+    INSERTED = ("id", "created_at", "updated_at", "run_at")
+
+    def _inserted(self) -> list[Any]:
+        return [self.t.c[name] for name in self.INSERTED]
 
     def _insert_values(self) -> Any:
         c = self.t.c
@@ -193,11 +203,13 @@ class Statements:
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
         )
-        stmt = sqlite.insert(self.t).values(
+        payload = bindparam("payload", type_=Text())  # JSON text from check_json
+        insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+        stmt = insert(self.t).values(
             id=bindparam("id", type_=Uuid()),
             queue=bindparam("queue", type_=String()),
             kind=bindparam("kind", type_=String()),
-            payload=bindparam("payload", type_=Text()),  # JSON text from check_json
+            payload=cast(payload, postgresql.JSONB()) if self.dialect == "postgresql" else payload,
             priority=bindparam("priority", type_=Integer()),
             max_attempts=bindparam("max_attempts", type_=Integer()),
             owner_id=bindparam("owner_id", type_=Text()),
@@ -209,7 +221,7 @@ class Statements:
         return stmt.on_conflict_do_nothing(
             index_elements=[c.queue, c.idempotency_key],
             index_where=c.idempotency_key.isnot(None),
-        ).returning(*self.columns)
+        ).returning(*self._inserted())
 
     def _insert_unnest(self) -> Any:
         c = self.t.c
@@ -255,7 +267,7 @@ class Statements:
                 index_elements=[c.queue, c.idempotency_key],
                 index_where=c.idempotency_key.isnot(None),
             )
-            .returning(*self.columns)
+            .returning(*self._inserted())
         )
 
     #: The columns `copy_new` writes; every other column takes its server default.
