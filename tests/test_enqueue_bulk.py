@@ -248,3 +248,49 @@ async def test_enqueue_returns_exactly_what_get_reads(q: Either, payload: Any) -
     keyed = await q.enqueue("image", payload, idempotency_key="k", run_at=datetime.now(UTC))
     assert await q.enqueue("image", {}, idempotency_key="k") == keyed
     await assert_stored_as_returned(q, [job, keyed])
+
+
+@pytest.mark.parametrize("driver", ["sync", "psycopg", "asyncpg"])
+@pytest.mark.parametrize("size", [1, COPY_MIN_JOBS])
+async def test_a_killed_connection_fails_one_enqueue_and_is_not_reused(
+    postgres_url: str, pg_table: str, driver: str, size: int
+) -> None:
+    """One job and a COPY run on the driver connection itself: when the server drops it,
+    the caller gets `DatabaseUnavailable` and the pool never hands that connection out
+    again."""
+    from jobqueue import DatabaseUnavailable
+
+    jobs = [NewJob(payload={"n": i}) for i in range(size)]
+    admin = make_engine(postgres_url)
+
+    def kill(pid: int) -> None:
+        with admin.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    try:
+        if driver == "sync":
+            sq = JobQueue(make_engine(postgres_url, pool_size=1), table=pg_table)
+            sq.enqueue_many(jobs)
+            with sq.engine.connect() as conn:
+                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            kill(pid)
+            with pytest.raises(DatabaseUnavailable):
+                sq.enqueue_many(jobs)
+            assert len(sq.enqueue_many(jobs)) == size
+            assert len(sq.list(limit=1000)) == 2 * size
+            sq.close()
+            sq.engine.dispose()
+        else:
+            url = _driver_url(postgres_url, driver)
+            aq = AsyncJobQueue(make_async_engine(url, pool_size=1), table=pg_table)
+            await aq.enqueue_many(jobs)
+            async with aq.engine.connect() as aconn:
+                pid = (await aconn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+            kill(pid)
+            with pytest.raises(DatabaseUnavailable):
+                await aq.enqueue_many(jobs)
+            assert len(await aq.enqueue_many(jobs)) == size
+            assert len(await aq.list(limit=1000)) == 2 * size
+            await aq.engine.dispose()
+    finally:
+        admin.dispose()

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Executable
 
 from .backoff import full_jitter
-from .bulk import CopyRows
+from .bulk import CopyRows, Direct
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
 from .statements import Params, Statements
 
 T = TypeVar("T")
-Step = tuple[Executable | CopyRows, Params]
+Step = tuple[Executable | CopyRows | Direct, Params]
 Row = Mapping[str, Any]
 Rows = list[Row]
 Operation = Generator[Step, Rows, T]

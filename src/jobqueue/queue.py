@@ -19,7 +19,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Result, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
-from .bulk import CopyRows, copy_rows, copy_rows_async
+from .bulk import CopyRows, Direct, copy_rows, copy_rows_async, run_direct, run_direct_async
 from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
 from .errors import JobFailed, JobQueueError, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
@@ -179,6 +179,13 @@ def _drive(conn: Connection, op: Operation[T], autocommit: bool = False) -> T:
                 copy_rows(conn, stmt)
                 stmt, params = op.send([])
                 continue
+            if isinstance(stmt, Direct):
+                if autocommit:
+                    rows = run_direct(conn, stmt)
+                else:
+                    rows = _rows(conn.execute(stmt.statement, stmt.params))
+                stmt, params = op.send(rows)
+                continue
             result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
             stmt, params = op.send(_rows(result))
     except StopIteration as done:
@@ -196,6 +203,13 @@ async def _drive_async(conn: AsyncConnection, op: Operation[T], autocommit: bool
             if isinstance(stmt, CopyRows):
                 await copy_rows_async(conn, stmt)
                 stmt, params = op.send([])
+                continue
+            if isinstance(stmt, Direct):
+                if autocommit:
+                    rows = await run_direct_async(conn, stmt)
+                else:
+                    rows = _rows(await conn.execute(stmt.statement, stmt.params))
+                stmt, params = op.send(rows)
                 continue
             if params is not None:
                 result = await conn.execute(stmt, params)

@@ -51,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
-from .bulk import CopyRows
+from .bulk import CopyRows, Direct
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
 from .schema import Job, Status, sources_of
 
@@ -66,9 +66,10 @@ MAX_SHAPES = 256
 
 
 class Bound(NamedTuple):
-    """A statement and the parameters to execute it with (or a COPY, see `copy_new`)."""
+    """A statement and the parameters to execute it with (or a COPY, see `copy_new`, or a
+    statement to run on the driver itself, see `insert_many`)."""
 
-    statement: Executable | CopyRows
+    statement: Executable | CopyRows | Direct
     params: Params
 
 
@@ -168,7 +169,8 @@ class Statements:
 
         PostgreSQL gets every column as one array parameter and ``unnest``\\s them: one
         statement and one round trip for any number of jobs, with a single cached plan; a
-        single job (`enqueue`) gets plain parameters, cheaper to send and to plan.
+        single job (`enqueue`) gets plain parameters, cheaper to send and to plan, and
+        skips SQLAlchemy's execution machinery where it may (`bulk.Direct`).
         SQLite runs a multi-row INSERT per batch of rows (SQLAlchemy's insertmanyvalues).
         """
         if self.dialect == "postgresql" and len(rows) > 1:
@@ -188,6 +190,9 @@ class Statements:
                 },
             )
         stmt = self._once("insert", self._insert_values)
+        if self.dialect == "postgresql":  # one job: `enqueue`, the hottest write there is
+            returning = {c.name: c.type for c in self._inserted()}
+            return Bound(Direct(stmt, rows[0], returning), None)
         return Bound(stmt, rows[0] if len(rows) == 1 else list(rows))
 
     #: What RETURNING gives after an insert: the id (which rows were inserted) and the
