@@ -72,7 +72,7 @@ def copy_rows(conn: Connection, step: CopyRows) -> None:
 
 async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
     """Run ``step`` on an async SQLAlchemy connection (psycopg 3 or asyncpg)."""
-    raw: Any = (await conn.get_raw_connection()).driver_connection
+    raw: Any = await _driver_connection(conn)
     try:
         if hasattr(raw, "copy_records_to_table"):  # asyncpg
             # asyncpg needs a sized sequence of records; it sends them in binary format.
@@ -92,6 +92,15 @@ async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
         if wrapped is exc:
             raise
         raise wrapped from exc
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The driver connection under an async connection: read from its sync twin when it is
+    in use (always, here) instead of `AsyncConnection.get_raw_connection`, which costs a
+    greenlet switch (a tenth of the Python time of an `enqueue`)."""
+    if conn.sync_connection is not None and not conn.sync_connection.closed:
+        return conn.sync_connection.connection.driver_connection
+    return (await conn.get_raw_connection()).driver_connection
 
 
 def _lost(raw: Any) -> bool:
@@ -206,7 +215,7 @@ def run_direct(conn: Connection, step: Direct) -> list[Mapping[str, Any]]:
 async def run_direct_async(conn: AsyncConnection, step: Direct) -> list[Mapping[str, Any]]:
     """Run ``step`` on an async connection's psycopg or asyncpg connection."""
     c = _compile(step, conn.dialect)
-    raw: Any = (await conn.get_raw_connection()).driver_connection
+    raw: Any = await _driver_connection(conn)
     try:
         if c.positional is not None:  # asyncpg
             records = await raw.fetch(c.sql, *c.params(step.params))
