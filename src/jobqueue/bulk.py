@@ -75,10 +75,12 @@ async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
     raw: Any = await _driver_connection(conn)
     try:
         if hasattr(raw, "copy_records_to_table"):  # asyncpg
-            # asyncpg needs a sized sequence of records; it sends them in binary format.
-            records = step.records if isinstance(step.records, Sequence) else list(step.records)
+            # Binary format; asyncpg reads the (lazy) records as it sends them.
             await raw.copy_records_to_table(
-                step.table, records=records, columns=list(step.columns), schema_name=step.schema
+                step.table,
+                records=step.records,
+                columns=list(step.columns),
+                schema_name=step.schema,
             )
             return
         async with raw.cursor() as cursor, cursor.copy(step.sql) as copy:
