@@ -294,3 +294,41 @@ async def test_a_killed_connection_fails_one_enqueue_and_is_not_reused(
             await aq.engine.dispose()
     finally:
         admin.dispose()
+
+
+@pytest.mark.parametrize("driver", ["sync", "psycopg", "asyncpg"])
+async def test_a_bad_job_in_a_copy_batch_writes_nothing_and_the_connection_goes_on(
+    postgres_url: str, pg_table: str, driver: str
+) -> None:
+    jobs = batch()
+    jobs[len(jobs) // 2] = NewJob(payload={"bad": float("nan")})
+    if driver == "sync":
+        with JobQueue(make_engine(postgres_url, pool_size=1), table=pg_table) as sq:
+            with pytest.raises(PayloadError, match="not JSON-serialisable"):
+                sq.enqueue_many(jobs)
+            assert sq.list() == []
+            assert len(sq.enqueue_many(batch())) == len(jobs)
+            sq.engine.dispose()
+        return
+    engine = make_async_engine(_driver_url(postgres_url, driver), pool_size=1)
+    async with AsyncJobQueue(engine, table=pg_table) as aq:
+        with pytest.raises(PayloadError, match="not JSON-serialisable"):
+            await aq.enqueue_many(jobs)
+        assert await aq.list() == []
+        assert len(await aq.enqueue_many(batch())) == len(jobs)
+    await engine.dispose()
+
+
+def test_a_bad_job_leaves_the_callers_transaction_usable(postgres_url: str, pg_table: str) -> None:
+    jobs = batch()
+    jobs[-1] = NewJob(priority=True)
+    engine = make_engine(postgres_url)
+    with JobQueue(engine, table=pg_table) as sq:
+        with engine.begin() as conn:
+            first = sq.enqueue("image", {"before": True}, connection=conn)
+            with pytest.raises(PayloadError, match="priority"):
+                sq.enqueue_many(jobs, connection=conn)
+            sq.enqueue_many(batch(), connection=conn)
+        assert sq.get(first.id) == first
+        assert len(sq.list(limit=1000)) == 1 + len(jobs)
+    engine.dispose()
