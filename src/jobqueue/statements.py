@@ -327,7 +327,9 @@ class Statements:
             )
             for j, payload in jobs
         )
-        return Bound(CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, records), None)
+        types = tuple(self.t.c[name].type for name in self.COPY_COLUMNS)
+        step = CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
+        return Bound(step, None)
 
     def by_idempotency_keys(self, queue: str, keys: Sequence[str]) -> Bound:
         def build() -> Any:
