@@ -332,3 +332,29 @@ def test_a_bad_job_leaves_the_callers_transaction_usable(postgres_url: str, pg_t
         assert sq.get(first.id) == first
         assert len(sq.list(limit=1000)) == 1 + len(jobs)
     engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_a_cancelled_enqueue_gives_its_connection_back(
+    postgres_url: str, pg_table: str, driver: str
+) -> None:
+    """An `enqueue` cancelled while its INSERT waits still returns its connection to the
+    pool (a one-connection pool would otherwise be empty for good)."""
+    engine = make_async_engine(
+        _driver_url(postgres_url, driver), pool_size=1, max_overflow=0, pool_timeout=10
+    )
+    locker = make_engine(postgres_url)
+    async with AsyncJobQueue(engine, table=pg_table) as aq:
+        await aq.enqueue("image", {"n": 0})
+        with locker.connect() as lock:
+            lock.execute(text(f'LOCK TABLE "{pg_table}" IN ACCESS EXCLUSIVE MODE'))
+            task = asyncio.create_task(aq.enqueue("image", {"n": 1}))
+            await asyncio.sleep(0.5)  # the INSERT now waits for the lock
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            lock.rollback()
+        job = await aq.enqueue("image", {"n": 2})
+        assert (await aq.get(job.id)) == job
+    await engine.dispose()
+    locker.dispose()

@@ -431,8 +431,19 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             if connection is not None:
                 return await _drive_async(connection, op)
             if self._autocommit:
-                async with self._runner.connect() as conn:
-                    return await _drive_async(conn, op, autocommit=True)
+                conn = await self._runner.connect().start()
+                try:
+                    result = await _drive_async(conn, op, autocommit=True)
+                except BaseException as exc:
+                    # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
+                    await conn.__aexit__(type(exc), exc, exc.__traceback__)
+                    raise
+                # After a success the connection is idle in autocommit, so closing it
+                # never waits on the network and cannot be abandoned half-way: the plain
+                # close spares the task and two event-loop turns that SQLAlchemy's exit
+                # spends on that guarantee (a fifth of the Python time of an `enqueue`).
+                await conn.close()
+                return result
             async with (self._reader if _reads_only(op) else self.engine).begin() as conn:
                 return await _drive_async(conn, op)
 
