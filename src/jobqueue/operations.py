@@ -132,6 +132,11 @@ def _json_shape_problem(value: Any) -> str | None:
     return None
 
 
+#: ``json.dumps(value, allow_nan=False, ensure_ascii=False)`` without building an encoder
+#: per call (a quarter of the encoding time of a small payload). Encoding keeps no state.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def check_json(value: Any, what: str, limits: Limits) -> str:
     """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
     large to store.
@@ -154,7 +159,7 @@ def encode_json(value: Any, what: str, limits: Limits) -> tuple[str, Any]:
     accepts it (a tuple decodes to a list, for one).
     """
     try:
-        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        encoded = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         _refuse_shape(value, what)
         raise PayloadError(f"the {what} is not JSON-serialisable: {exc}") from None
