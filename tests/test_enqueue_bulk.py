@@ -358,3 +358,19 @@ async def test_a_cancelled_enqueue_gives_its_connection_back(
         assert (await aq.get(job.id)) == job
     await engine.dispose()
     locker.dispose()
+
+
+def test_new_jobs_are_built_in_the_field_order_of_job() -> None:
+    """`operations._new_job` passes `Job`'s fields by position: its comments name them in
+    order, and they must stay `Job`'s order."""
+    import inspect
+
+    from jobqueue import operations
+
+    source = inspect.getsource(operations._new_job)
+    named = [
+        line.rsplit("# ", 1)[1]
+        for line in source.splitlines()
+        if line.endswith(tuple(f"  # {f.name}" for f in dataclasses.fields(Job)))
+    ]
+    assert named == [f.name for f in dataclasses.fields(Job)]

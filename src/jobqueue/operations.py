@@ -404,32 +404,34 @@ def _new_job(
     database chose: the same value a read of the row gives, without the read (nor the
     RETURNING of every column, which costs more than the insert itself for one job)."""
     text: str = r["payload"]
+    # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
+    # large batch); tests/test_enqueue_bulk.py checks the order and every value.
     return Job(
-        id=r["id"],
-        queue=r["queue"],
-        kind=r["kind"],
-        status=Status.PENDING,
-        payload=stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],
-        result=None,
-        result_url=None,
-        error=None,
-        errors=[],
-        progress=0,
-        progress_message=None,
-        priority=r["priority"],
-        attempts=0,
-        max_attempts=r["max_attempts"],
-        run_at=run_at,
-        locked_by=None,
-        lease_expires_at=None,
-        remote_task_id=None,
-        owner_id=r["owner_id"],
-        idempotency_key=r["idempotency_key"],
-        created_at=created_at,
-        started_at=None,
-        completed_at=None,
-        updated_at=updated_at,
-        extra=_NO_EXTRA,
+        r["id"],  # id
+        r["queue"],  # queue
+        r["kind"],  # kind
+        Status.PENDING,  # status
+        stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],  # payload
+        None,  # result
+        None,  # result_url
+        None,  # error
+        [],  # errors
+        0,  # progress
+        None,  # progress_message
+        r["priority"],  # priority
+        0,  # attempts
+        r["max_attempts"],  # max_attempts
+        run_at,  # run_at
+        None,  # locked_by
+        None,  # lease_expires_at
+        None,  # remote_task_id
+        r["owner_id"],  # owner_id
+        r["idempotency_key"],  # idempotency_key
+        created_at,  # created_at
+        None,  # started_at
+        None,  # completed_at
+        updated_at,  # updated_at
+        _NO_EXTRA,  # extra
     )
 
 
