@@ -13,11 +13,12 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, Table, inspect, make_url
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, make_url, text
 
+from alembic import command
 from jobqueue import JobQueue, SchemaNotInstalled, jobs_table, migrate
 from jobqueue.database import make_engine
-from jobqueue.migrations import exclude_tables, include_object, schema_state, sql
+from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,3 +168,41 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, jobqueue_sqlite_url: s
         cwd=tmp_path,
         check=True,
     )
+
+
+def _owner_index_sql(db_url: str, table: str) -> str:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+            else:
+                query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+            found = conn.execute(text(query), {"name": f"{table}_owner_idx"}).scalar()
+    finally:
+        engine.dispose()
+    return str(found)
+
+
+def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
+    db_url: str, table_name: str
+) -> None:
+    migrate(db_url, table=table_name, revision="0001")
+    assert "WHERE" not in _owner_index_sql(db_url, table_name).upper()
+    with JobQueue(db_url, table=table_name) as q:
+        q.enqueue("image", {}, owner_id="u")
+    migrate(db_url, table=table_name)
+    assert "owner_id IS NOT NULL" in _owner_index_sql(db_url, table_name)
+    engine = make_engine(db_url)
+    try:
+        cfg = _config(table_name, None)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+    finally:
+        engine.dispose()
+    assert "WHERE" not in _owner_index_sql(db_url, table_name).upper()
+    assert schema_state(db_url, table=table_name).current == "0001"
+    migrate(db_url, table=table_name)
+    with JobQueue(db_url, table=table_name) as q:
+        assert [j.owner_id for j in q.list(owner_id="u")] == ["u"]

@@ -15,20 +15,23 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from sqlalchemy import Executable
 
 from .backoff import full_jitter
+from .bulk import CopyRows, Direct
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
 from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
 from .statements import Params, Statements
 
 T = TypeVar("T")
-Step = tuple[Executable, Params]
+Step = tuple[Executable | CopyRows | Direct, Params]
 Row = Mapping[str, Any]
 Rows = list[Row]
 Operation = Generator[Step, Rows, T]
@@ -129,6 +132,11 @@ def _json_shape_problem(value: Any) -> str | None:
     return None
 
 
+#: ``json.dumps(value, allow_nan=False, ensure_ascii=False)`` without building an encoder
+#: per call (a quarter of the encoding time of a small payload). Encoding keeps no state.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def check_json(value: Any, what: str, limits: Limits) -> str:
     """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
     large to store.
@@ -136,21 +144,68 @@ def check_json(value: Any, what: str, limits: Limits) -> str:
     The text is what gets stored (the statements bind it as is): the value is encoded
     once, not once to check it and again to write it.
     """
-    problem = _json_shape_problem(value)
-    if problem is not None:
-        raise PayloadError(f"the {what} {problem}")
+    return encode_json(value, what, limits)[0]
+
+
+def encode_json(value: Any, what: str, limits: Limits) -> tuple[str, Any]:
+    """`check_json`, and the value as decoded from its text (a fresh copy, as a read
+    would give it).
+
+    The common case costs one encode, one decode and one comparison instead of a walk over
+    every item in Python (this runs once per job of an `enqueue_many`): when the decoded
+    text equals the value, no key was turned into a string, and the text itself shows
+    the rest (no escaped NUL, valid UTF-8, fewer brackets than the depth limit). Anything
+    else gets the exact walk (`_json_shape_problem`), which explains what is wrong or
+    accepts it (a tuple decodes to a list, for one).
+    """
     try:
-        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        encoded = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
+        _refuse_shape(value, what)
         raise PayloadError(f"the {what} is not JSON-serialisable: {exc}") from None
-    size = len(encoded.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: the walk names it
+        _refuse_shape(value, what)
+        raise  # not reached: the walk finds every lone surrogate
+    decoded = json.loads(encoded)
+    if (
+        "\\u0000" in encoded
+        or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH
+        or decoded != value
+    ):
+        _refuse_shape(value, what)
     if size > limits.max_payload_bytes:
         raise PayloadError(
             f"the {what} is {size} bytes, over the limit of {limits.max_payload_bytes}",
             hint="store large data elsewhere (object storage) and put its URL in the payload, "
             "or raise max_payload_bytes",
         )
-    return encoded
+    return encoded, decoded
+
+
+def _refuse_shape(value: Any, what: str) -> None:
+    problem = _json_shape_problem(value)
+    if problem is not None:
+        raise PayloadError(f"the {what} {problem}")
+
+
+def _jsonb_float(literal: str) -> float | int:
+    """A JSON number with a fraction or exponent as PostgreSQL's jsonb gives it back: jsonb
+    stores numbers as ``numeric`` and prints them without an exponent, so ``1e+16`` comes
+    back as the integer ``10000000000000000``. Every other float comes back as it went."""
+    if "e+" in literal:
+        return int(Decimal(literal))
+    return float(literal)
+
+
+def stored_json(text: str, decoded: Any) -> Any:
+    """The value PostgreSQL's jsonb column gives back for JSON ``text`` (as `encode_json`
+    encoded it, ``decoded`` its decoding): what a job read back holds, without reading it
+    back. Only numbers written with an exponent change."""
+    if "e+" in text:
+        return json.loads(text, parse_float=_jsonb_float)
+    return decoded
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -225,7 +280,7 @@ class NewJob:
         check_text(self.kind, "kind", limit=MAX_NAME)
         check_text(self.queue, "queue", limit=MAX_NAME)
         payload = {} if self.payload is None else self.payload
-        payload_json = check_json(payload, "payload", limits)
+        payload_json, payload_value = encode_json(payload, "payload", limits)
         check_int(self.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
         check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
         if self.owner_id is not None:
@@ -249,6 +304,7 @@ class NewJob:
             "queue": self.queue,
             "kind": self.kind,
             "payload": payload_json,
+            "payload_value": payload_value,
             "priority": self.priority,
             "max_attempts": self.max_attempts,
             "owner_id": self.owner_id,
@@ -279,13 +335,40 @@ class StatusStats:
 # -- operations ---------------------------------------------------------------------------
 
 
+#: From this many jobs on, `enqueue_many` on PostgreSQL COPYs instead of INSERTing (when no
+#: job has an idempotency key). COPY takes three round trips (`copy_context`, the COPY
+#: command, its data) against the INSERT's one, and saves about 35 µs of client and server
+#: time per job (measured on the same host: 100 jobs 11.7 -> 8.1 ms, 1,000 jobs 88 -> 53 ms).
+#: From 200 jobs on that pays for round trips of up to about 3 ms, which covers a database
+#: in the same region (Supabase's included).
+COPY_MIN_JOBS = 200
+
+
 def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[list[Job]]:
-    """Insert the rows; for an idempotency key already in the queue, the existing job."""
+    """Insert the rows; for an idempotency key already in the queue, the existing job.
+
+    Large batches on PostgreSQL are COPYed when no job carries an idempotency key (keys need
+    ON CONFLICT, which COPY has not) and the role may COPY (see `Statements.copy_context`).
+    The jobs are then built here, not read back: every value is known before the write
+    (ids are made here, the times come from the database clock read in the same round
+    trip as the permission check), so they equal what `get` returns afterwards.
+    """
     if not rows:
         return []
+    if (
+        s.dialect == "postgresql"
+        and len(rows) >= COPY_MIN_JOBS
+        and all(r["idempotency_key"] is None for r in rows)
+    ):
+        (context,) = yield s.copy_context()
+        if context["may_copy"]:
+            jobs: list[Job] = []
+            yield s.copy_new(_new_jobs(rows, context["now"], jobs))
+            return jobs
     inserted = yield s.insert_many(rows)
-    by_id = {r["id"]: Job.from_row(r) for r in inserted}
-    missing = [r for r in rows if r["id"] not in by_id]
+    jsonb = s.dialect == "postgresql"
+    written = {i["id"]: i for i in inserted}
+    missing = [r for r in rows if r["id"] not in written]
     existing: dict[tuple[str, str], Job] = {}
     for queue in {r["queue"] for r in missing}:
         keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
@@ -294,7 +377,12 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             existing[(job.queue, job.idempotency_key or "")] = job
     out: list[Job] = []
     for r in rows:
-        found_job = by_id.get(r["id"]) or existing.get((r["queue"], r["idempotency_key"] or ""))
+        row = written.get(r["id"])
+        if row is not None:
+            run_at = row["run_at"]
+            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, jsonb))
+            continue
+        found_job = existing.get((r["queue"], r["idempotency_key"] or ""))
         if found_job is None:  # the conflicting row vanished between the two statements
             raise JobNotFound(
                 f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
@@ -302,6 +390,69 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             )
         out.append(found_job)
     return out
+
+
+#: The ``extra`` of every job `_new_job` builds: none, and one shared empty mapping is
+#: cheaper than a dict per job.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _new_job(
+    r: Mapping[str, Any], created_at: datetime, updated_at: datetime, run_at: datetime, jsonb: bool
+) -> Job:
+    """The `Job` a new row (as `NewJob.to_row` made it) is stored as, given the times the
+    database chose: the same value a read of the row gives, without the read (nor the
+    RETURNING of every column, which costs more than the insert itself for one job)."""
+    text: str = r["payload"]
+    # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
+    # large batch); tests/test_enqueue_bulk.py checks the order and every value.
+    return Job(
+        r["id"],  # id
+        r["queue"],  # queue
+        r["kind"],  # kind
+        Status.PENDING,  # status
+        stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],  # payload
+        None,  # result
+        None,  # result_url
+        None,  # error
+        [],  # errors
+        0,  # progress
+        None,  # progress_message
+        r["priority"],  # priority
+        0,  # attempts
+        r["max_attempts"],  # max_attempts
+        run_at,  # run_at
+        None,  # locked_by
+        None,  # lease_expires_at
+        None,  # remote_task_id
+        r["owner_id"],  # owner_id
+        r["idempotency_key"],  # idempotency_key
+        created_at,  # created_at
+        None,  # started_at
+        None,  # completed_at
+        updated_at,  # updated_at
+        _NO_EXTRA,  # extra
+    )
+
+
+def _new_jobs(
+    rows: Iterable[Mapping[str, Any]], now: datetime, out: list[Job]
+) -> Iterator[tuple[Job, str]]:
+    """Each row as the `Job` the COPY stores (appended to ``out``), with its payload text;
+    ``now`` is the database clock, read just before.
+
+    A generator on purpose: the driver sends each record as it is made, so the database
+    inserts one part of the batch while Python builds the next (two cores at work).
+    """
+    for r in rows:
+        run_at = r["run_at_value"]
+        if run_at is None:
+            run_at = now + timedelta(seconds=r["delay_seconds"])
+        else:
+            run_at = run_at.astimezone(UTC)
+        job = _new_job(r, now, now, run_at, True)
+        out.append(job)
+        yield job, r["payload"]
 
 
 def claim(

@@ -186,7 +186,15 @@ def jobs_table(
         postgresql_where=processing,
         sqlite_where=processing,
     )
-    Index(f"{name}_owner_idx", t.c.owner_id, t.c.created_at.desc())
+    # Only owned jobs: unowned ones are never listed by owner (migration 0002).
+    owned = t.c.owner_id.isnot(None)
+    Index(
+        f"{name}_owner_idx",
+        t.c.owner_id,
+        t.c.created_at.desc(),
+        postgresql_where=owned,
+        sqlite_where=owned,
+    )
     Index(f"{name}_created_idx", t.c.created_at)
     has_key = t.c.idempotency_key.isnot(None)
     Index(

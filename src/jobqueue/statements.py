@@ -19,7 +19,7 @@ again or cancelled) matches no row and so changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
@@ -51,8 +51,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
+from .bulk import CopyRows, Direct
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
-from .schema import Status, sources_of
+from .schema import Job, Status, sources_of
 
 T = TypeVar("T")
 
@@ -65,9 +66,10 @@ MAX_SHAPES = 256
 
 
 class Bound(NamedTuple):
-    """A statement and the parameters to execute it with."""
+    """A statement and the parameters to execute it with (or a COPY, see `copy_new`, or a
+    statement to run on the driver itself, see `insert_many`)."""
 
-    statement: Executable
+    statement: Executable | CopyRows | Direct
     params: Params
 
 
@@ -170,12 +172,15 @@ class Statements:
         ``run_at`` is the caller's time when given, else the database clock plus the delay.
         Rows whose (queue, idempotency_key) already exists are skipped: the caller learns
         which from RETURNING and reads the existing jobs with `by_idempotency_keys`.
+        RETURNING gives only what the database chose (`INSERTED`): the caller knows the rest.
 
         PostgreSQL gets every column as one array parameter and ``unnest``\\s them: one
-        statement and one round trip for any number of jobs, with a single cached plan.
+        statement and one round trip for any number of jobs, with a single cached plan; a
+        single job (`enqueue`) gets plain parameters, cheaper to send and to plan, and
+        skips SQLAlchemy's execution machinery where it may (`bulk.Direct`).
         SQLite runs a multi-row INSERT per batch of rows (SQLAlchemy's insertmanyvalues).
         """
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and len(rows) > 1:
             return Bound(
                 self._once("insert_pg", self._insert_unnest),
                 {
@@ -191,7 +196,18 @@ class Statements:
                     "jq_delays": [r["delay_seconds"] for r in rows],
                 },
             )
-        return Bound(self._once("insert", self._insert_values), list(rows))
+        stmt = self._once("insert", self._insert_values)
+        if self.dialect == "postgresql":  # one job: `enqueue`, the hottest write there is
+            returning = {c.name: c.type for c in self._inserted()}
+            return Bound(Direct(stmt, rows[0], returning), None)
+        return Bound(stmt, rows[0] if len(rows) == 1 else list(rows))
+
+    #: What RETURNING gives after an insert: the id (which rows were inserted) and the
+    #: values the database clock chose.
+    INSERTED = ("id", "created_at", "updated_at", "run_at")
+
+    def _inserted(self) -> list[Any]:
+        return [self.t.c[name] for name in self.INSERTED]
 
     def _insert_values(self) -> Any:
         c = self.t.c
@@ -199,11 +215,13 @@ class Statements:
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
         )
-        stmt = sqlite.insert(self.t).values(
+        payload = bindparam("payload", type_=Text())  # JSON text from check_json
+        insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+        stmt = insert(self.t).values(
             id=bindparam("id", type_=Uuid()),
             queue=bindparam("queue", type_=String()),
             kind=bindparam("kind", type_=String()),
-            payload=bindparam("payload", type_=Text()),  # JSON text from check_json
+            payload=cast(payload, postgresql.JSONB()) if self.dialect == "postgresql" else payload,
             priority=bindparam("priority", type_=Integer()),
             max_attempts=bindparam("max_attempts", type_=Integer()),
             owner_id=bindparam("owner_id", type_=Text()),
@@ -215,7 +233,7 @@ class Statements:
         return stmt.on_conflict_do_nothing(
             index_elements=[c.queue, c.idempotency_key],
             index_where=c.idempotency_key.isnot(None),
-        ).returning(*self.columns)
+        ).returning(*self._inserted())
 
     def _insert_unnest(self) -> Any:
         c = self.t.c
@@ -261,8 +279,64 @@ class Statements:
                 index_elements=[c.queue, c.idempotency_key],
                 index_where=c.idempotency_key.isnot(None),
             )
-            .returning(*self.columns)
+            .returning(*self._inserted())
         )
+
+    #: The columns `copy_new` writes; every other column takes its server default.
+    COPY_COLUMNS = (
+        "id",
+        "queue",
+        "kind",
+        "payload",
+        "priority",
+        "max_attempts",
+        "owner_id",
+        "run_at",
+        "created_at",
+        "updated_at",
+    )
+
+    def copy_context(self) -> Bound:
+        """What the COPY path needs first, in one round trip: the database clock (the new
+        jobs' ``created_at``, so they can be returned without RETURNING) and whether this
+        role may COPY here at all. COPY FROM refuses a table where row-level security
+        applies to the role, and needs INSERT on every column it names (a role with
+        column grants only, like Supabase's ``authenticated``, lacks it): then the INSERT
+        runs instead."""
+
+        def build() -> Any:
+            name = _p("table", Text())
+            may_copy = and_(
+                func.row_security_active(name).is_(False),
+                func.has_table_privilege(name, literal_column("'INSERT'")),
+            )
+            return select(DbNow().label("now"), may_copy.label("may_copy"))
+
+        t = self.t
+        name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
+        return Bound(self._once("copy_context", build), {"jq_table": name})
+
+    def copy_new(self, jobs: Iterable[tuple[Job, str]]) -> Bound:
+        """COPY new jobs (PostgreSQL): each `Job` as it will be stored, with its payload
+        as JSON text. ``jobs`` may be lazy (see `bulk.CopyRows`)."""
+        records = (
+            (
+                j.id,
+                j.queue,
+                j.kind,
+                payload,
+                j.priority,
+                j.max_attempts,
+                j.owner_id,
+                j.run_at,
+                j.created_at,
+                j.updated_at,
+            )
+            for j, payload in jobs
+        )
+        types = tuple(self.t.c[name].type for name in self.COPY_COLUMNS)
+        step = CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
+        return Bound(step, None)
 
     def by_idempotency_keys(self, queue: str, keys: Sequence[str]) -> Bound:
         def build() -> Any:

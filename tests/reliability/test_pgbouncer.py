@@ -166,6 +166,26 @@ async def test_the_async_queue_through_a_transaction_pooler(pooled: tuple[str, s
         assert len(await q.list(owner_id="u", limit=100)) == 8
 
 
+async def test_large_batches_are_copied_through_a_transaction_pooler(
+    pooled: tuple[str, str],
+) -> None:
+    """`enqueue_many` COPYs large batches: one statement in autocommit, or part of the
+    caller's transaction, so the pooler may hand each batch to any server connection."""
+    url, table = pooled
+    jobs = [NewJob(payload={"n": i}, queue=f"q{i % 3}") for i in range(500)]
+    with JobQueue(url, table=table) as q:
+        for _ in range(3):
+            done = q.enqueue_many(jobs)
+            assert [q.get(j.id) for j in done[::50]] == done[::50]
+        with q.engine.begin() as conn:
+            q.enqueue_many(jobs, connection=conn)
+    async with AsyncJobQueue(url, table=table) as aq:
+        for _ in range(3):
+            done = await aq.enqueue_many(jobs)
+            assert [await aq.get(j.id) for j in done[::50]] == done[::50]
+        assert len(await aq.list(limit=10_000)) == 7 * 500
+
+
 def test_workers_drain_through_a_transaction_pooler(
     pooled: tuple[str, str], tmp_path: Path
 ) -> None:

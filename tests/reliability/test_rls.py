@@ -22,12 +22,14 @@ from sqlalchemy import exc as sa_exc
 from jobqueue import (
     JobNotFound,
     JobQueue,
+    NewJob,
     PermissionDenied,
     Status,
     migrate,
 )
 from jobqueue.database import make_engine, normalise_url
 from jobqueue.errors import ConfigurationError
+from jobqueue.operations import COPY_MIN_JOBS
 from jobqueue.rls import apply_rls, supabase_sql
 
 pytestmark = pytest.mark.postgres
@@ -278,6 +280,21 @@ def test_anon_sees_and_writes_nothing(as_role: Callable[..., JobQueue], admin: J
         with pytest.raises(PermissionDenied):
             attempt()
     assert [j.id for j in admin.list()] == [job.id]
+
+
+def test_large_batches_under_rls_are_inserted_not_copied(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """COPY FROM refuses tables where row-level security applies (and a user has column
+    grants only), so `enqueue_many` INSERTs for these roles however large the batch."""
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    n = COPY_MIN_JOBS
+    mine = alice.enqueue_many([NewJob(payload={"n": i}, owner_id=alice_id) for i in range(n)])
+    worker = as_role("service_role")
+    theirs = worker.enqueue_many([NewJob(payload={"n": i}) for i in range(n)])
+    assert [admin.get(j.id) for j in mine + theirs] == mine + theirs
+    assert len(alice.list(limit=1000)) == n
 
 
 def test_the_worker_role_claims_and_finishes_everyones_jobs(
