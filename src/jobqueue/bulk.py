@@ -220,9 +220,11 @@ def _compile(step: Direct, dialect: Dialect) -> _Compiled:
         return found
     statement: Any = step.statement
     compiled: Any = statement.compile(dialect=dialect)
+    # Keyed by the names the compiled SQL uses (anonymous parameters, such as literals in
+    # a CASE, have other keys in ``compiled.binds``).
     binds = {
-        name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-        for name, bind in compiled.binds.items()
+        compiled.bind_names[bind]: bind.type.dialect_impl(dialect).bind_processor(dialect)
+        for bind in compiled.binds.values()
     }
     results = {
         name: type_.dialect_impl(dialect).result_processor(dialect, None)
