@@ -26,7 +26,8 @@ TARGET = 0.8
 
 
 def _claim_sql(q: JobQueue) -> Any:
-    return q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
+    bound = q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
+    return bound.plain()
 
 
 def plan_scans(engine: Engine, q: JobQueue) -> list[str]:

@@ -49,7 +49,7 @@ def busy_queue(postgres_url: str, table_name: str) -> Iterator[JobQueue]:
 
 def plan_of(engine: Engine, bound: Bound) -> dict[str, Any]:
     """EXPLAIN (FORMAT JSON) of the statement exactly as the driver receives it."""
-    sql, parameters = statement_as_sent(engine, bound.statement, bound.params)
+    sql, parameters = statement_as_sent(engine, *bound.plain())
     with engine.connect() as conn:
         doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
     plan: dict[str, Any] = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]

@@ -15,7 +15,7 @@ DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
 def compiled(stmt: object, dialect: str) -> str:
     if isinstance(stmt, Bound):
-        stmt = stmt.statement
+        stmt = stmt.plain()[0]
     return str(stmt.compile(dialect=DIALECTS[dialect]))  # type: ignore[attr-defined]
 
 

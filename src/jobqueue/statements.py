@@ -72,6 +72,15 @@ class Bound(NamedTuple):
     statement: Executable | CopyRows | Direct
     params: Params
 
+    def plain(self) -> tuple[Executable, Params]:
+        """The SQLAlchemy statement and its parameters, a `Direct` unwrapped (to run it
+        on any connection, compile it, or EXPLAIN it)."""
+        if isinstance(self.statement, Direct):
+            return self.statement.statement, self.statement.params
+        if isinstance(self.statement, CopyRows):
+            raise TypeError("a COPY has no SQLAlchemy statement")
+        return self.statement, self.params
+
 
 def _in(statuses: Sequence[Status]) -> list[str]:
     return [s.value for s in statuses]
@@ -129,6 +138,19 @@ class Statements:
                 self._shapes.clear()
             found = self._shapes[key] = build()
         return found
+
+    def _returned(self) -> dict[str, TypeEngine[Any]]:
+        """Every column's name and type: what RETURNING * gives, for `bulk.Direct`."""
+        return self._once("returned", lambda: {c.name: c.type for c in self.columns})
+
+    def _direct(
+        self, stmt: Any, params: dict[str, Any], returning: dict[str, TypeEngine[Any]]
+    ) -> Bound:
+        """A worker's hot statement: on PostgreSQL run past SQLAlchemy's execution
+        machinery when the queue may (`bulk.Direct`), as `insert_many` runs one job's."""
+        if self.dialect == "postgresql":
+            return Bound(Direct(stmt, params, returning), None)
+        return Bound(stmt, params)
 
     def _fence_on(self, job_id: Any, attempt: Any) -> ColumnElement[bool]:
         """The fencing condition: this job, in this attempt, still processing."""
@@ -371,7 +393,7 @@ class Statements:
         ks = None if kinds is None else tuple(kinds)
         stmt = self._once(("claim", qs, ks), lambda: self._claim(qs, ks))
         params = {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease}
-        return Bound(stmt, params | _filter_params(qs, ks))
+        return self._direct(stmt, params | _filter_params(qs, ks), self._returned())
 
     def _claim(
         self,
@@ -620,7 +642,11 @@ class Statements:
             "jq_limit": limit,
             "jq_lease": lease,
         }
-        return Bound(stmt, params | _filter_params(qs, ks))
+        returning = self._once(
+            "returned_after_completing",
+            lambda: {"jq_completed": postgresql.ARRAY(Uuid()), **self._returned()},
+        )
+        return self._direct(stmt, params | _filter_params(qs, ks), returning)
 
     def _complete_and_claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
         done = self._complete_unnest().cte("completed_jobs")
