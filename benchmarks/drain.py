@@ -56,6 +56,7 @@ async def drain(
         worker = Worker(
             q, {"image": handler}, concurrency=concurrency, listen=listen, grace_period=60
         )
+        cpu_start = time.process_time()
         start = time.perf_counter()
         if jobs is None:
             await worker.run_until_idle()
@@ -65,6 +66,9 @@ async def drain(
             worker.stop()
             await task
         elapsed = time.perf_counter() - start
+        #: CPU this process spent per job handled (the worker's own cost, which a shared
+        #: machine's load does not inflate as much as it does wall time).
+        bench.last_cpu_per_job = (time.process_time() - cpu_start) / max(1, len(seen))
     return elapsed, seen
 
 
@@ -110,6 +114,7 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
                 else None,
                 "jobs": n,
                 "seconds": round(elapsed, 3),
+                "client_cpu_us_per_job": round(bench.last_cpu_per_job * 1e6, 1),
                 "exactly_once": once,
                 "handled": len(seen),
                 **outcome,
