@@ -86,16 +86,18 @@ pidfile = {directory}/pgbouncer.pid
         for path in (directory, *directory.iterdir()):
             os.chown(path, user.pw_uid, user.pw_gid)
         argv += ["-u", "postgres"]
-    proc = subprocess.Popen(
-        [*argv, str(directory / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # pgbouncer also logs every login to stderr: into a file, not a pipe nobody reads (a
+    # full pipe blocks pgbouncer, which then stops accepting connections).
+    stderr_path = directory / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*argv, str(directory / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         deadline = time.monotonic() + 15
         while not _accepts(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
+                err = stderr_path.read_text(errors="replace")[-2000:]
                 pytest.fail(f"pgbouncer did not start: {err}", pytrace=False)
             time.sleep(0.1)
         yield port
