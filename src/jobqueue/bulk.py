@@ -23,10 +23,11 @@ anywhere else it runs as any statement does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy import exc as sa_exc
@@ -60,24 +61,20 @@ class CopyRows:
 def copy_rows(conn: Connection, step: CopyRows) -> None:
     """Run ``step`` on a sync SQLAlchemy connection (psycopg 3)."""
     raw: Any = conn.connection.driver_connection
-    try:
-        with raw.cursor() as cursor, cursor.copy(step.sql) as copy:
-            write = copy.write_row
-            for record in _as_text(step):
-                write(record)
-    except Exception as exc:
-        if _lost(raw):  # as SQLAlchemy does: the pool must not hand it out again
-            conn.invalidate()
-        wrapped = _as_dbapi_error(step.sql, exc, raw)
-        if wrapped is exc:
-            raise
-        raise wrapped from exc
+    with (
+        _driver_errors(conn, raw, step.sql),
+        raw.cursor() as cursor,
+        cursor.copy(step.sql) as copy,
+    ):
+        write = copy.write_row
+        for record in _as_text(step):
+            write(record)
 
 
 async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
     """Run ``step`` on an async SQLAlchemy connection (psycopg 3 or asyncpg)."""
     raw: Any = await _driver_connection(conn)
-    try:
+    async with _driver_errors_async(conn, raw, step.sql):
         if hasattr(raw, "copy_records_to_table"):  # asyncpg
             # Binary format; asyncpg reads the (lazy) records as it sends them.
             await raw.copy_records_to_table(
@@ -91,13 +88,6 @@ async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
             write = copy.write_row
             for record in _as_text(step):
                 await write(record)
-    except Exception as exc:
-        if _lost(raw):  # as SQLAlchemy does: the pool must not hand it out again
-            await conn.invalidate()
-        wrapped = _as_dbapi_error(step.sql, exc, raw)
-        if wrapped is exc:
-            raise
-        raise wrapped from exc
 
 
 async def _driver_connection(conn: AsyncConnection) -> Any:
@@ -149,6 +139,36 @@ def _lost(raw: Any) -> bool:
     if hasattr(raw, "is_closed"):  # asyncpg
         return bool(raw.is_closed())
     return bool(raw.closed or raw.broken)
+
+
+@contextmanager
+def _driver_errors(conn: Connection, raw: Any, sql: str) -> Iterator[None]:
+    """Driver errors of a statement run on ``raw`` as SQLAlchemy would raise them, and a
+    lost connection invalidated (as SQLAlchemy does: the pool must not hand it out again)."""
+    try:
+        yield
+    except Exception as exc:
+        if _lost(raw):
+            conn.invalidate()
+        _reraise(sql, exc, raw)
+
+
+@asynccontextmanager
+async def _driver_errors_async(conn: AsyncConnection, raw: Any, sql: str) -> AsyncIterator[None]:
+    """`_driver_errors` for an async connection."""
+    try:
+        yield
+    except Exception as exc:
+        if _lost(raw):
+            await conn.invalidate()
+        _reraise(sql, exc, raw)
+
+
+def _reraise(sql: str, exc: Exception, raw: Any) -> NoReturn:
+    wrapped = _as_dbapi_error(sql, exc, raw)
+    if wrapped is exc:
+        raise exc
+    raise wrapped from exc
 
 
 def _as_dbapi_error(sql: str, exc: Exception, raw: Any) -> Exception:
@@ -242,34 +262,20 @@ def run_direct(conn: Connection, step: Direct) -> list[Mapping[str, Any]]:
     """Run ``step`` on a sync connection's psycopg connection; the rows as dicts."""
     c = _compile(step, conn.dialect)
     raw: Any = conn.connection.driver_connection
-    try:
+    with _driver_errors(conn, raw, c.sql):
         cursor = raw.execute(c.sql, c.params(step.params))
         names = [d.name for d in cursor.description or ()]
         return [c.row(names, values) for values in cursor.fetchall()]
-    except Exception as exc:
-        if _lost(raw):  # as SQLAlchemy does: the pool must not hand it out again
-            conn.invalidate()
-        wrapped = _as_dbapi_error(c.sql, exc, raw)
-        if wrapped is exc:
-            raise
-        raise wrapped from exc
 
 
 async def run_direct_async(conn: AsyncConnection, step: Direct) -> list[Mapping[str, Any]]:
     """Run ``step`` on an async connection's psycopg or asyncpg connection."""
     c = _compile(step, conn.dialect)
     raw: Any = await _driver_connection(conn)
-    try:
+    async with _driver_errors_async(conn, raw, c.sql):
         if c.positional is not None:  # asyncpg
             records = await raw.fetch(c.sql, *c.params(step.params))
             return [c.row(list(r.keys()), list(r.values())) for r in records]
         cursor = await raw.execute(c.sql, c.params(step.params))
         names = [d.name for d in cursor.description or ()]
         return [c.row(names, values) for values in await cursor.fetchall()]
-    except Exception as exc:
-        if _lost(raw):  # as SQLAlchemy does: the pool must not hand it out again
-            await conn.invalidate()
-        wrapped = _as_dbapi_error(c.sql, exc, raw)
-        if wrapped is exc:
-            raise
-        raise wrapped from exc
