@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +66,27 @@ def messages(caplog: pytest.LogCaptureFixture) -> str:
 
 
 # -- running jobs ---------------------------------------------------------------------------
+
+
+async def test_jobs_held_never_exceed_concurrency_while_batches_overlap(
+    jq: AsyncJobQueue,
+) -> None:
+    """Finished jobs count until their outcome is written, and batches written at once
+    claim replacements: at no moment may the worker hold more than ``concurrency`` jobs
+    (running or waiting to be written), whichever batch's claim lands first."""
+    await jq.enqueue_many([{"kind": "echo", "payload": {"n": n}} for n in range(400)])
+    held_at_start: list[int] = []
+    worker: Worker
+
+    async def echo(job: Job, ctx: WorkerContext) -> Any:
+        held_at_start.append(len(worker._held))
+        await asyncio.sleep(random.choice((0, 0, 0.001, 0.003)))
+        return None
+
+    worker = Worker(jq, {"echo": echo}, concurrency=6, lease=5)
+    assert await worker.run_until_idle() == 400
+    assert len(held_at_start) == 400
+    assert max(held_at_start) <= 6, max(held_at_start)
 
 
 async def test_run_until_idle_completes_a_batch_concurrently_and_once(

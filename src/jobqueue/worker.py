@@ -296,10 +296,10 @@ class Worker:
         self._held: dict[UUID, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[_Slot] = []
-        #: Tasks writing completion batches, and how many slots those batches hold.
+        #: Tasks writing completion batches.
         self._writers: set[asyncio.Task[None]] = set()
-        self._writing = 0
-        #: Slots that claims in flight may fill (the claim loop's or a batch's).
+        #: Slots that claims in flight may fill beyond the slots they release: all of a
+        #: claim loop's, and what a batch's claim takes beyond the batch's own slots.
         self._reserved = 0
         self._closing = False
         self._stopping = False
@@ -432,7 +432,7 @@ class Worker:
             # Held jobs count until their outcome is written, not only while their handler
             # runs: otherwise finished-but-unwritten jobs pile up beyond `concurrency` when
             # the database is slow, and a crash throws all of them away (kill -9 test).
-            free = self.concurrency - max(len(self._tasks), len(self._held)) - self._reserved
+            free = self._free_slots()
             if free <= 0:
                 # Clear first: an Event already set returns without yielding, and this
                 # loop would spin and starve the very tasks that free a slot.
@@ -703,75 +703,72 @@ class Worker:
         """Write one batch's completions, retrying database errors (with backoff) until
         written or, while stopping, until the write deadline."""
         backoff = Backoff()
-        self._writing += len(items)
-        try:
-            while True:
-                completions = [s.completion for s in items if s.completion is not None]
-                claimed: list[Job] = []
-                free = self._free_after(items)
-                self._reserved += free
-                try:
-                    if free > 0:
-                        # The claim loop waits for these very slots: take their next jobs in
-                        # the same statement (one commit for both, see complete_and_claim).
-                        self.claims += 1
-                        written, claimed = await self.queue.complete_and_claim(
-                            completions,
-                            self.worker_id,
-                            queues=self.queues,
-                            kinds=self.kinds,
-                            limit=free,
-                            lease=self.lease,
-                        )
-                    else:
-                        written = await self.queue.complete_many(completions)
-                except PayloadError:
-                    # Some result cannot be stored: complete one by one so only it fails.
-                    await self._complete_each(items)
-                    return
-                except Exception as exc:
-                    if self._give_up():
-                        for slot in items:
-                            self._let_go(slot)
-                        log.error(
-                            "giving up completing %d jobs (%s); the reaper will return them",
-                            len(items),
-                            describe_error(exc),
-                        )
-                        return
-                    delay = backoff.next()
-                    log.warning(
-                        "completing %d jobs failed (%s); retrying in %.1fs",
+        while True:
+            completions = [s.completion for s in items if s.completion is not None]
+            claimed: list[Job] = []
+            # Claim only while the claim loop waits for slots (more may be due now), never
+            # while stopping; the batch's own slots are free once it is written.
+            waiting = self._waiting_for_slot and not self._stopping
+            free = self._free_slots(items) if waiting else 0
+            beyond = max(0, free - len(items))
+            self._reserved += beyond
+            try:
+                if free > 0:
+                    # The claim loop waits for these very slots: take their next jobs in
+                    # the same statement (one commit for both, see complete_and_claim).
+                    self.claims += 1
+                    written, claimed = await self.queue.complete_and_claim(
+                        completions,
+                        self.worker_id,
+                        queues=self.queues,
+                        kinds=self.kinds,
+                        limit=free,
+                        lease=self.lease,
+                    )
+                else:
+                    written = await self.queue.complete_many(completions)
+            except PayloadError:
+                # Some result cannot be stored: complete one by one so only it fails.
+                await self._complete_each(items)
+                return
+            except Exception as exc:
+                if self._give_up():
+                    for slot in items:
+                        self._let_go(slot)
+                    log.error(
+                        "giving up completing %d jobs (%s); the reaper will return them",
                         len(items),
                         describe_error(exc),
-                        delay,
                     )
-                    await asyncio.sleep(delay)
-                    continue
-                finally:
-                    self._reserved -= free
-                for slot in items:
-                    self._completed(slot, slot.job.id in written)
-                for job in claimed:
-                    self._start(job)
-                return
-        finally:
-            self._writing -= len(items)
+                    return
+                delay = backoff.next()
+                log.warning(
+                    "completing %d jobs failed (%s); retrying in %.1fs",
+                    len(items),
+                    describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self._reserved -= beyond
+            for slot in items:
+                self._completed(slot, slot.job.id in written)
+            for job in claimed:
+                self._start(job)
+            return
 
-    def _free_after(self, completing: Sequence[_Slot]) -> int:
-        """Slots that a batch being written frees and the claim loop waits for; 0 when the
-        loop is not waiting (nothing more may be due) or we are stopping.
-
-        Slots being written still count as held; each batch claims for its own, and claims
-        in flight hold their slots in ``_reserved``, so two claims never count the same
-        slot. The batch's tasks may not have left ``_tasks`` yet (done callbacks run
-        later), so they are left out here.
-        """
-        if not self._waiting_for_slot or self._stopping:
-            return 0
-        finishing = {slot.task for slot in completing}
-        busy = max(len(self._tasks - finishing), len(self._held) - self._writing)
-        return max(0, self.concurrency - busy - self._reserved)
+    def _free_slots(self, releasing: Sequence[_Slot] = ()) -> int:
+        """Slots a claim may fill now: ``concurrency`` less the jobs held (running, or
+        finished and not yet written: they count until written) and less what claims in
+        flight may add. A batch being written claims with it, so its own slots
+        (``releasing``) count as free: they are released in the same commit. Their tasks
+        may not have left ``_tasks`` yet (done callbacks run later)."""
+        tasks = len(self._tasks)
+        if releasing:
+            tasks = len(self._tasks - {slot.task for slot in releasing})
+        busy = max(tasks, len(self._held) - len(releasing))
+        return self.concurrency - busy - self._reserved
 
     async def _complete_each(self, items: Sequence[_Slot]) -> None:
         for slot in items:
