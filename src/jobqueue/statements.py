@@ -110,6 +110,16 @@ def _filter_params(queues: Sequence[str] | None, kinds: Sequence[str] | None) ->
     return out
 
 
+def _completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """A completion batch as the four array parameters `Statements._complete_unnest` reads."""
+    return {
+        "jq_ids": [i["id"] for i in items],
+        "jq_attempts": [i["attempt"] for i in items],
+        "jq_results": [i["result"] for i in items],
+        "jq_result_urls": [i["result_url"] for i in items],
+    }
+
+
 def _json_param(name: str, dialect: str) -> ColumnElement[Any]:
     """A bound parameter holding JSON text (as `operations.check_json` encoded it), for a
     JSON column: cast to ``jsonb`` on PostgreSQL; SQLite stores the text as it is."""
@@ -220,7 +230,9 @@ class Statements:
             )
         stmt = self._once("insert", self._insert_values)
         if self.dialect == "postgresql":  # one job: `enqueue`, the hottest write there is
-            returning = {c.name: c.type for c in self._inserted()}
+            returning = self._once(
+                "inserted_types", lambda: {c.name: c.type for c in self._inserted()}
+            )
             return Bound(Direct(stmt, rows[0], returning), None)
         return Bound(stmt, rows[0] if len(rows) == 1 else list(rows))
 
@@ -584,12 +596,7 @@ class Statements:
         statement for any batch size); on SQLite as a VALUES list.
         """
         if self.dialect == "postgresql":
-            params = {
-                "jq_ids": [i["id"] for i in items],
-                "jq_attempts": [i["attempt"] for i in items],
-                "jq_results": [i["result"] for i in items],
-                "jq_result_urls": [i["result_url"] for i in items],
-            }
+            params = _completion_arrays(items)
             return Bound(self._once("complete_many_pg", self._complete_unnest), params)
         batch = (
             values(
@@ -625,8 +632,8 @@ class Statements:
 
         The first returned row carries ``jq_completed`` (the ids written); every row carries
         a claimed job's columns, all NULL when nothing was claimed (a LEFT JOIN keeps one
-        row). Returns
-        None on SQLite, whose callers run `complete_many` and `claim` in one transaction.
+        row). Returns None on SQLite, whose callers run `complete_many` and `claim` in one
+        transaction.
         """
         if self.dialect != "postgresql":
             return None
@@ -634,10 +641,7 @@ class Statements:
         ks = None if kinds is None else tuple(kinds)
         stmt = self._once(("complete_and_claim", qs, ks), lambda: self._complete_and_claim(qs, ks))
         params = {
-            "jq_ids": [i["id"] for i in items],
-            "jq_attempts": [i["attempt"] for i in items],
-            "jq_results": [i["result"] for i in items],
-            "jq_result_urls": [i["result_url"] for i in items],
+            **_completion_arrays(items),
             "jq_worker_id": worker_id,
             "jq_limit": limit,
             "jq_lease": lease,
