@@ -104,7 +104,7 @@ def run(bench: Bench) -> None:
         done = {"small": 0, "large": 0}
         seconds = {"small": 0.0, "large": 0.0}
         for label in ("small", "large", "large", "small"):
-            elapsed, seen = asyncio.run(
+            elapsed, seen, _ = asyncio.run(
                 drain(
                     bench,
                     bench.async_url(driver),

@@ -152,8 +152,6 @@ class Bench:
         self._raw_tables: list[str] = []
         self.results: list[Result] = []
         self.ceilings: dict[str, float] = {}
-        #: CPU seconds per job of the last drain (set by `drain.drain`).
-        self.last_cpu_per_job = 0.0
         self.engine: Engine = make_engine(url)
 
     @property

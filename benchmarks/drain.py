@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from jobqueue import AsyncJobQueue
@@ -32,6 +32,16 @@ async def warm(q: AsyncJobQueue) -> None:
     await q.list(limit=1)
 
 
+class Drained(NamedTuple):
+    """One drain: seconds from the worker's start to its last completion written, the ids
+    handled, and the CPU seconds this process spent per job (the worker's own cost, which a
+    shared machine's load inflates less than wall time)."""
+
+    seconds: float
+    seen: list[UUID]
+    cpu_per_job: float
+
+
 async def drain(
     bench: Bench,
     url: str,
@@ -40,9 +50,8 @@ async def drain(
     concurrency: int,
     jobs: int | None = None,
     listen: bool = False,
-) -> tuple[float, list[UUID]]:
-    """Run one worker until the table is drained (or ``jobs`` handlers ran, then stop);
-    return the seconds from start to the last completion written, and the ids handled."""
+) -> Drained:
+    """Run one worker until the table is drained (or ``jobs`` handlers ran, then stop)."""
     seen: list[UUID] = []
     done = asyncio.Event()
 
@@ -66,10 +75,8 @@ async def drain(
             worker.stop()
             await task
         elapsed = time.perf_counter() - start
-        #: CPU this process spent per job handled (the worker's own cost, which a shared
-        #: machine's load does not inflate as much as it does wall time).
-        bench.last_cpu_per_job = (time.process_time() - cpu_start) / max(1, len(seen))
-    return elapsed, seen
+        cpu = time.process_time() - cpu_start
+    return Drained(elapsed, seen, cpu / max(1, len(seen)))
 
 
 def _bracket(bench: Bench, concurrency: int) -> float:
@@ -84,7 +91,9 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
     table = bench.table(f"drain{concurrency}_{driver}")
     bench.fill(table, pending=n)
     before = _bracket(bench, concurrency)
-    elapsed, seen = await drain(bench, bench.async_url(driver), table, concurrency=concurrency)
+    elapsed, seen, cpu_per_job = await drain(
+        bench, bench.async_url(driver), table, concurrency=concurrency
+    )
     after = _bracket(bench, concurrency)
     outcome = bench.outcome(table)
     bench.drop(table)
@@ -114,7 +123,7 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
                 else None,
                 "jobs": n,
                 "seconds": round(elapsed, 3),
-                "client_cpu_us_per_job": round(bench.last_cpu_per_job * 1e6, 1),
+                "client_cpu_us_per_job": round(cpu_per_job * 1e6, 1),
                 "exactly_once": once,
                 "handled": len(seen),
                 **outcome,
