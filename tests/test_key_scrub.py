@@ -379,3 +379,16 @@ def test_worker_and_check_name_an_unusable_key_in_one_line(source: str, tmp_path
     assert (state, name) == ("FAIL", "generator"), line
     assert detail.startswith("DEFAPI_API_KEY contains a non-ASCII character"), line
     assert leaks(checked.stdout + checked.stderr, key) == []
+
+
+async def test_a_short_key_is_hidden_in_shorter_pieces(fake_defapi: FakeDefAPI) -> None:
+    """For a key under 16 characters, 8 would be most of it: half the key counts (here 5)."""
+    fake_defapi.api_key = key = "sk-0a1b2c3"
+    fake_defapi.scenario("short", fail_reason=f"quota exceeded for {key[:5]} and {key[-6:]}")
+    generator = defapi(fake_defapi)
+    with pytest.raises(GenerationError) as failed:
+        await generate_image(generator, "short")
+    await generator.aclose()
+    message = str(failed.value)
+    assert key[:5] not in message and key[-6:] not in message, message
+    assert "quota exceeded for **** and ****" in message
