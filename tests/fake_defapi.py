@@ -14,7 +14,14 @@ with `FakeDefAPI.scenario`, per prompt or as the default:
   creates its task first), to trigger client timeouts;
 - ``fail_reason``: the task ends ``failed``; ``submit_error``: HTTP 200 with ``code=1``;
 - ``malformed_submit`` / ``malformed_queries``: bodies that are not JSON;
-- ``hold``: the task stays ``in_progress`` until `FakeDefAPI.release`.
+- ``hold``: the task stays ``in_progress`` until `FakeDefAPI.release`;
+- ``echo`` (a text, usually the key or a piece of it) put where ``echo_in`` says, after
+  ``echo_pad`` filler characters, as a careless provider would: in a submit's error answer
+  (``submit_json``: a 400 with a JSON message; ``submit_text``: a 400 that is not JSON;
+  ``submit_garbled``: a 200 that is not JSON; ``submit_envelope``: a 200 whose JSON is not
+  the envelope; ``submit_503``: 503 refusals), in the task id (``task_id``), in the first
+  query's status (``status``), or in the result: the image URL (``image``), the text
+  (``text``), an extra field of the answer (``raw``).
 
 A request without the right key gets a 401 whose message echoes the presented key, as some
 providers do, so tests can check that the client scrubs it. The server counts accepted
@@ -62,6 +69,14 @@ class Scenario:
     hold: bool = False
     images: int = 1
     consumed: str = "0.04"
+    echo: str = ""
+    echo_in: str = ""
+    echo_pad: int = 0
+
+    @property
+    def echoed(self) -> str:
+        """The echo after its filler ('x' is in no test key)."""
+        return "x" * self.echo_pad + self.echo
 
 
 @dataclass
@@ -213,6 +228,9 @@ class FakeDefAPI:
                 return 429, headers, {"code": 429, "message": "rate limited, slow down"}, 0.0
             if counts.take("submit_503", sc.submit_503):
                 return 503, {}, {"code": 503, "message": "service unavailable"}, 0.0
+            echoed = self._submit_echo(sc)
+            if echoed is not None:
+                return echoed
             if sc.submit_error is not None:
                 return 200, {}, {"code": 1, "message": sc.submit_error}, 0.0
             model = str(body.get("model", ""))
@@ -221,6 +239,8 @@ class FakeDefAPI:
                 message = f"model {model} is not served at {path}"
                 return 400, {}, {"code": 400, "message": message}, 0.0
             task_id = f"task-{secrets.token_hex(8)}"
+            if sc.echo_in == "task_id":
+                task_id = f"task-{sc.echoed}"
             self.tasks[task_id] = Task(task_id, prompt, model, body, sc, held=sc.hold)
             self.submissions[prompt] += 1
             envelope = {"code": 0, "message": "ok", "data": {"task_id": task_id}}
@@ -257,7 +277,9 @@ class FakeDefAPI:
                 "consumed": "0",
                 "result": None,
             }
-            if task.held or task.queries <= sc.polls_before_success:
+            if sc.echo_in == "status" and task.queries == 1:
+                data["status"] = f"throttled for {sc.echoed}"
+            elif task.held or task.queries <= sc.polls_before_success:
                 data["status"] = "pending" if task.queries <= 1 else "in_progress"
             elif sc.fail_reason is not None:
                 data["status"] = "failed"
@@ -269,7 +291,29 @@ class FakeDefAPI:
                     {"image": f"https://cdn.fake-defapi.invalid/{task_id}/{i}.png"}
                     for i in range(sc.images)
                 ]
+                if sc.echo_in == "image":
+                    data["result"][0]["image"] += f"?token={sc.echoed}"
+                elif sc.echo_in == "text":
+                    data["result"].append({"text": f"generated for {sc.echoed}"})
+                elif sc.echo_in == "raw":
+                    data["debug"] = {"authorization": f"Bearer {sc.echoed}"}
             return 200, {}, {"code": 0, "message": "ok", "data": data}, delay
+
+    @staticmethod
+    def _submit_echo(sc: Scenario) -> tuple[int, dict[str, str], Any, float] | None:
+        """A submit's answer that echoes ``sc.echo``, or None to go on normally."""
+        text = sc.echoed
+        if sc.echo_in == "submit_json":
+            return 400, {}, {"code": 400, "message": f"{text} is not allowed here"}, 0.0
+        if sc.echo_in == "submit_text":
+            return 400, {}, f"<html>{text} rejected</html>".encode(), 0.0
+        if sc.echo_in == "submit_garbled":
+            return 200, {}, f"{text} <html>".encode(), 0.0
+        if sc.echo_in == "submit_envelope":
+            return 200, {}, {"detail": text}, 0.0
+        if sc.echo_in == "submit_503":
+            return 503, {}, {"code": 503, "message": f"overloaded ({text})"}, 0.0
+        return None
 
 
 @pytest.fixture

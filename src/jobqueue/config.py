@@ -5,6 +5,8 @@ Variables:
 - ``MOCK_AI``: ``true`` picks the mock generator, ``false`` demands DefAPI; unset means
   "DefAPI when a key is present, else the mock".
 - ``DEFAPI_API_KEY``: DefAPI's key (a secret: never printed, logged or shown in reprs).
+  Surrounding whitespace is dropped; a key that still cannot be sent in an HTTP header
+  (control characters, non-ASCII, inner spaces) is refused here, unless ``MOCK_AI=true``.
 - ``DEFAPI_BASE_URL``: DefAPI's address (default https://api.defapi.org).
 - ``DEFAPI_POLL_INTERVAL``: seconds between task queries (default 3).
 - ``JOBQUEUE_DATABASE_URL``: the queue's database.
@@ -27,7 +29,8 @@ from dotenv import dotenv_values
 from .database import describe_url, redact
 from .errors import ConfigurationError
 from .generators.base import Generator
-from .generators.defapi import DEFAULT_BASE_URL, DefAPIGenerator, mask_key
+from .generators.defapi import DEFAULT_BASE_URL, KEY_HINT, DefAPIGenerator, mask_key
+from .generators.keys import check_api_key
 from .generators.mock import MockGenerator
 
 logger = logging.getLogger(__name__)
@@ -101,9 +104,15 @@ class Settings:
                     f"{DEFAPI_POLL_INTERVAL}={poll_text!r} is not a positive number of seconds",
                     hint=f"set {DEFAPI_POLL_INTERVAL} to e.g. 3",
                 )
+        mock_ai = parse_bool(MOCK_AI, values.get(MOCK_AI))
+        api_key = get(DEFAPI_API_KEY)
+        if api_key is not None and mock_ai is not True:
+            # Here, not at the first request: a worker must refuse to start with a key that
+            # every job would fail on (and whose error could quote it).
+            check_api_key(api_key, name=DEFAPI_API_KEY, hint=KEY_HINT)
         return cls(
-            mock_ai=parse_bool(MOCK_AI, values.get(MOCK_AI)),
-            defapi_api_key=get(DEFAPI_API_KEY),
+            mock_ai=mock_ai,
+            defapi_api_key=api_key,
             defapi_base_url=(get(DEFAPI_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
             defapi_poll_interval=poll_interval,
             database_url=get(DATABASE_URL),

@@ -1,4 +1,5 @@
-"""Image generators: the protocol (`base`), a mock (`mock`) and DefAPI (`defapi`).
+"""Image generators: the protocol (`base`), a mock (`mock`), DefAPI (`defapi`), and keeping
+provider keys out of what they store or log (`keys`).
 
 Generators are pure HTTP (or pure simulation): they know nothing of SQL and act on their job
 only through the `JobContext` they are given.
@@ -13,6 +14,7 @@ from .base import (
     LocalContext,
 )
 from .defapi import DEFAULT_BASE_URL, DEFAULT_MODEL, DefAPIGenerator, TaskEnded
+from .keys import ScrubbedError, ScrubbedGenerator, Scrubber, check_api_key
 from .mock import MockGenerator
 
 __all__ = [
@@ -26,5 +28,9 @@ __all__ = [
     "JobContext",
     "LocalContext",
     "MockGenerator",
+    "ScrubbedError",
+    "ScrubbedGenerator",
+    "Scrubber",
     "TaskEnded",
+    "check_api_key",
 ]

@@ -18,8 +18,10 @@ saved on the job (``context.remember``) before any waiting, so a worker that die
 waiting is replaced by one that polls the same task. Queries are idempotent and are retried
 freely with backoff.
 
-The API key is a secret: it is sent in a header and nowhere else, and every message, log
-line and stored ``raw`` answer passes through `DefAPIGenerator.scrub` first.
+The API key is a secret: it is sent in a header and nowhere else. Every message and log line
+is scrubbed of it (whole or in pieces, before anything is cut short), and `generate` runs
+through `Scrubber.run`, which scrubs the result (image URLs, text, ``raw``), the exception
+raised and what is written to the job (see `jobqueue.generators.keys`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from tenacity import (
 )
 
 from ..backoff import equal_jitter
-from ..database import describe_error, redact
+from ..database import redact
 from ..errors import ConfigurationError, GenerationError
 from .base import GenerationRequest, GenerationResult, JobContext
+from .keys import Scrubber, check_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ RESERVED_FIELDS = frozenset({"prompt", "model", "images"})
 _NOT_FOUND_WORDS = ("not found", "not exist", "no such task", "unknown task")
 _REFUSED_STATUSES = frozenset({429, 503})
 """Answers that say the request was not taken on: a submit may safely be sent again."""
+
+KEY_HINT = (
+    "copy DEFAPI_API_KEY again from DefAPI's dashboard: a key is one unbroken run of "
+    "printable ASCII characters"
+)
 
 
 def mask_key(key: str | None) -> str:
@@ -163,11 +171,7 @@ class DefAPIGenerator:
                 "DefAPIGenerator needs an API key",
                 hint="set DEFAPI_API_KEY, or MOCK_AI=true to use the mock generator",
             )
-        if api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
-            raise ConfigurationError(
-                "the DefAPI key contains spaces or line breaks",
-                hint="copy DEFAPI_API_KEY again without surrounding whitespace",
-            )
+        check_api_key(api_key, name="the DefAPI key", hint=KEY_HINT)
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"DefAPI base URL must start with http:// or https://, not {base_url!r}",
@@ -185,6 +189,7 @@ class DefAPIGenerator:
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts!r}")
         self.__key = api_key
+        self._scrubber = Scrubber(api_key)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.poll_interval = float(poll_interval)
@@ -211,18 +216,14 @@ class DefAPIGenerator:
     # -- secrecy -------------------------------------------------------------------------------
 
     def scrub(self, value: Any) -> Any:
-        """``value`` with every occurrence of the API key replaced by ``****``.
+        """``value`` (text, or JSON-like data) with the API key hidden: the whole key and
+        every run of 8 or more of its characters become ``****`` (`Scrubber`).
 
-        Applied to messages, log arguments and the stored ``raw`` answer: a provider that
-        echoes the key back (some do, in "invalid key ..." messages) must not leak it.
+        Applied to messages and log arguments; `generate` scrubs its result and errors as a
+        whole. A provider that echoes the key back (some do, in "invalid key ..." messages,
+        sometimes cut short) must not leak it, nor any readable piece of it.
         """
-        if isinstance(value, str):
-            return value.replace(self.__key, "****") if self.__key in value else value
-        if isinstance(value, Mapping):
-            return {self.scrub(str(k)): self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub(v) for v in value]
-        return value
+        return self._scrubber.value(value)
 
     def _error(
         self, message: str, *, retryable: bool = True, hint: str | None = None
@@ -298,7 +299,7 @@ class DefAPIGenerator:
                 "DefAPI %s %s: %s; retrying in %.3g s (attempt %d of %d)",
                 method,
                 path,
-                self.scrub(describe_error(exc) if exc is not None else "no answer"),
+                self._scrubber.describe(exc) if exc is not None else "no answer",
                 pause,
                 state.attempt_number,
                 self.max_attempts,
@@ -331,8 +332,8 @@ class DefAPIGenerator:
                     return str(self.scrub(value))
                 if isinstance(value, Mapping) and isinstance(value.get("message"), str):
                     return str(self.scrub(value["message"]))
-        text = response.text.strip()[:200] or response.reason_phrase
-        return str(self.scrub(text))
+        text = self._scrubber.cut(response.text.strip(), 200)
+        return text or self._scrubber.text(response.reason_phrase)
 
     def _envelope(
         self, response: httpx.Response, what: str
@@ -357,7 +358,7 @@ class DefAPIGenerator:
         try:
             body = response.json()
         except ValueError:
-            snippet = response.text.strip()[:120]
+            snippet = self._scrubber.cut(response.text.strip(), 120)
             raise self._error(
                 f"DefAPI answered the {what} request with something that is not JSON "
                 f"(HTTP {response.status_code}): {snippet!r}"
@@ -365,7 +366,7 @@ class DefAPIGenerator:
         if not isinstance(body, dict) or "code" not in body:
             raise self._error(
                 f"DefAPI answered the {what} request with JSON that is not its envelope "
-                f"{{code, message, data}}: {json.dumps(body)[:120]}"
+                f"{{code, message, data}}: {self._scrubber.cut(json.dumps(body), 120)}"
             )
         message = body.get("message")
         if body.get("code") != 0:
@@ -409,12 +410,12 @@ class DefAPIGenerator:
             if _may_resend_submit(exc):
                 raise self._error(
                     f"DefAPI did not take the task after {self.max_attempts} attempts: "
-                    f"{describe_error(exc)}"
+                    f"{self._scrubber.describe(exc)}"
                 ) from None
             raise self._error(
                 f"DefAPI may have accepted the task but its answer was lost "
-                f"({describe_error(exc)}); not submitting again, so as not to pay for a second "
-                "generation",
+                f"({self._scrubber.describe(exc)}); not submitting again, so as not to pay "
+                "for a second generation",
                 retryable=False,
                 hint="check DefAPI's dashboard for the task before retrying this job",
             ) from None
@@ -431,7 +432,11 @@ class DefAPIGenerator:
             raise self._error(
                 "DefAPI accepted the request but its answer has no task_id", retryable=False
             )
-        logger.info("DefAPI task %s submitted (model %s)", task_id, body["model"])
+        logger.info(
+            "DefAPI task %s submitted (model %s)",
+            self.scrub(str(task_id)),
+            self.scrub(body["model"]),
+        )
         return str(task_id)
 
     async def query(self, task_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -443,7 +448,7 @@ class DefAPIGenerator:
         except (httpx.TransportError, TransientError) as exc:
             raise self._error(
                 f"could not query DefAPI task {task_id} after {self.max_attempts} attempts: "
-                f"{describe_error(exc)}"
+                f"{self._scrubber.describe(exc)}"
             ) from None
         return self._envelope(response, f"report on task {task_id}")
 
@@ -465,7 +470,7 @@ class DefAPIGenerator:
                             f"(still 'not found' after {self.not_found_grace:g} s): {exc}"
                         )
                     ) from None
-                logger.debug("DefAPI task %s not found yet; waiting", task_id)
+                logger.debug("DefAPI task %s not found yet; waiting", self.scrub(task_id))
             else:
                 missing_since = None
                 status = str(data.get("status") or "")
@@ -477,12 +482,12 @@ class DefAPIGenerator:
                 if status != last_status:
                     last_status = status
                     if status in WAITING_STATUSES:
-                        logger.info("DefAPI task %s: %s", task_id, status)
+                        logger.info("DefAPI task %s: %s", self.scrub(task_id), status)
                         await context.report_progress(WAITING_STATUSES[status], f"DefAPI: {status}")
                     else:
                         logger.warning(
                             "DefAPI task %s has an unknown status %r; still waiting",
-                            task_id,
+                            self.scrub(task_id),
                             self.scrub(status),
                         )
             left = deadline - time.monotonic()
@@ -504,12 +509,14 @@ class DefAPIGenerator:
         texts = [str(i["text"]) for i in items if isinstance(i, Mapping) and i.get("text")]
         text = "\n".join(texts) if texts else None
         if not images:
-            detail = f": {text[:200]}" if text else ""
+            detail = f": {self._scrubber.cut(text, 200)}" if text else ""
             raise self._error(
                 f"DefAPI task {task_id} succeeded but returned no image{detail}",
                 retryable=False,
             )
-        logger.info("DefAPI task %s succeeded with %d image(s)", task_id, len(images))
+        logger.info("DefAPI task %s succeeded with %d image(s)", self.scrub(task_id), len(images))
+        # Scrubbed as a whole by `generate` (image URLs and text too); ``raw`` here already,
+        # for callers of `poll`.
         return GenerationResult(
             images=images, text=text, cost=_cost(data.get("consumed")), raw=self.scrub(body)
         )
@@ -519,11 +526,15 @@ class DefAPIGenerator:
 
         A remembered task that has ended without images (failed, or unknown to DefAPI for
         longer than ``not_found_grace``) cannot succeed any more: this attempt is a retry, so
-        it submits a new task instead.
+        it submits a new task instead. The result, any error and what is written to the job
+        are scrubbed of the key (`Scrubber.run`).
         """
+        return await self._scrubber.run(self._generate, request, context)
+
+    async def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         task_id = context.remembered()
         if task_id:
-            logger.info("resuming DefAPI task %s instead of submitting again", task_id)
+            logger.info("resuming DefAPI task %s instead of submitting again", self.scrub(task_id))
             try:
                 return await self.poll(task_id, context)
             except TaskEnded as exc:
