@@ -508,7 +508,7 @@ class PageRunner:
             timeout=BLOCK_TIMEOUT,
         )
         out = process.stdout + process.stderr
-        summary = out.strip().splitlines()[-1] if out.strip() else ""
+        summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
         if process.returncode != 0 or "passed" not in summary or re.search(
             r"\b(skipped|failed|error|xfailed)\b", summary
         ):

@@ -62,6 +62,20 @@ class PageRun:
         return data, out
 
 
+def _selected_pages(session: pytest.Session) -> list[Path]:
+    """The pages the selected tests look at (all of them in a full run)."""
+    wanted: set[Path] = set()
+    for item in session.items:
+        if item.module is not None and item.module.__name__ != __name__:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "page" in callspec.params:
+            wanted.add(callspec.params["page"])
+        elif item.name == "test_web_page_curl_walk_through":
+            wanted.add(ROOT / "docs" / "web.md")
+    return [p for p in pages() if p in wanted]
+
+
 @pytest.fixture(scope="session")
 def page_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -69,7 +83,7 @@ def page_runs(
     """Start every page at once; each test then waits for its own page."""
     server: str | None = None
     unavailable: BaseException | None = None
-    if any(_needs_postgres(p) for p in pages()):
+    if any(_needs_postgres(p) for p in _selected_pages(request.session)):
         try:
             server = request.getfixturevalue("jobqueue_postgres_server_url")
         except (pytest.skip.Exception, pytest.fail.Exception) as exc:
@@ -77,7 +91,7 @@ def page_runs(
     databases: list[str] = []
     admin = make_engine(server, isolation_level="AUTOCOMMIT") if server else None
     runs: dict[Path, PageRun] = {}
-    for page in pages():
+    for page in _selected_pages(request.session):
         folder = tmp_path_factory.mktemp("docs-" + page.stem.lower())
         result = folder.parent / f"{folder.name}.json"
         env = dict(os.environ)
