@@ -210,22 +210,29 @@ def free_port() -> int:
 
 
 def _stop(process: subprocess.Popen[str], *, grace: float = 20.0) -> None:
-    """SIGTERM the process group (the command and what it started), SIGKILL what stays."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+    """SIGTERM the process group (the command and what it started, such as `cmd &`), and
+    SIGKILL whatever is still there after ``grace`` seconds."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()  # reap our own child, so that only live members keep the group
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 
 def _output_of(process: subprocess.Popen[str]) -> str:
-    out, _ = process.communicate()
-    return out or ""
+    """What the process printed so far (it writes to a file: a pipe would stay open as long
+    as anything the block started in the background runs)."""
+    path = getattr(process, "output_path", None)
+    return Path(path).read_text(errors="replace") if path else ""
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -236,9 +243,10 @@ def _tail(text: str, lines: int = 40) -> str:
 class Background:
     """A process that runs while the rest of the page does, stopped at the end."""
 
-    def __init__(self, label: str, process: subprocess.Popen[str]) -> None:
+    def __init__(self, label: str, process: subprocess.Popen[str], *, clean_exit: bool) -> None:
         self.label = label
         self.process = process
+        self.clean_exit = clean_exit  # a program of ours must exit 0 on SIGTERM
         self.started = time.monotonic()
 
     def check_alive(self) -> None:
@@ -254,6 +262,11 @@ class Background:
             time.sleep(wait)
         self.check_alive()
         _stop(self.process)
+        if self.clean_exit and self.process.returncode != 0:
+            raise BlockFailed(
+                f"{self.label} exited with status {self.process.returncode} on SIGTERM "
+                "(expected a graceful stop, status 0):\n" + _tail(_output_of(self.process))
+            )
 
 
 class WorkerWhenReady:
@@ -288,8 +301,9 @@ class WorkerWhenReady:
             if self._table_exists():
                 env = dict(self.page.env, JOBQUEUE_DATABASE_URL=self.url)
                 process = self.page.popen([sys.executable, "-m", "jobqueue", "worker"], env)
-                self.background = Background("the `jobqueue worker` of a <!-- worker --> block",
-                                             process)
+                self.background = Background(
+                    "the `jobqueue worker` of a <!-- worker --> block", process, clean_exit=True
+                )
                 return
             time.sleep(0.1)
 
@@ -324,10 +338,16 @@ class PageRunner:
         return dict(self.env)
 
     def popen(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        fd, path = tempfile.mkstemp(prefix="docs-output-", suffix=".txt")
+        try:
+            process = subprocess.Popen(
+                args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
+        finally:
+            os.close(fd)
+        process.output_path = path  # type: ignore[attr-defined]
+        return process
 
     def bash_code(self, block: Block) -> str:
         code = block.code
@@ -451,7 +471,9 @@ class PageRunner:
         return [sys.executable, str(path)]
 
     def start_background(self, block: Block, args: list[str]) -> str:
-        background = Background(block.where(), self.popen(args, self.block_env(block)))
+        # A bash block's shell dies of SIGTERM itself; a Python program must stop cleanly.
+        background = Background(block.where(), self.popen(args, self.block_env(block)),
+                                clean_exit=block.kind == "python")
         self.backgrounds.append(background)
         if self.port is not None and "jobqueue serve" in block.code:
             deadline = time.monotonic() + BLOCK_TIMEOUT
@@ -472,14 +494,17 @@ class PageRunner:
         process = self.popen(["bash", "-e", "-o", "pipefail", "-c", self.bash_code(block)],
                              self.block_env(block))
         try:
-            out, _ = process.communicate(timeout=BLOCK_TIMEOUT)
+            process.wait(timeout=BLOCK_TIMEOUT)
         except subprocess.TimeoutExpired:
             _stop(process)
-            raise BlockTimeout(f"still running after {BLOCK_TIMEOUT:.0f} s") from None
-        finally:
-            _stop(process, grace=10.0)  # whatever the block left running (`cmd &`)
-        if process.returncode != 0:
-            raise BlockFailed(f"exit status {process.returncode}; output:\n{_tail(out)}")
+            raise BlockTimeout(
+                f"still running after {BLOCK_TIMEOUT:.0f} s; output:\n{_tail(_output_of(process))}"
+            ) from None
+        status = process.returncode
+        _stop(process, grace=10.0)  # whatever the block left running (`cmd &`)
+        out = _output_of(process)
+        if status != 0:
+            raise BlockFailed(f"exit status {status}; output:\n{_tail(out)}")
         return out
 
     def run_sql(self, block: Block) -> str:

@@ -194,3 +194,9 @@ def test_web_page_curl_walk_through(page_runs: dict[Path, PageRun]) -> None:
     assert re.search(r'"status":\s*"completed"', output), output
     assert re.search(r'"code":\s*"not_found"', output), output
     assert re.search(r'"preview_url":\s*"/mock-images/', output), output
+    # The page's example of a job shows the fields the API really sends.
+    created = json.loads(output.splitlines()[0])
+    example = next(
+        json.loads(b.code) for b in parse(page) if b.language == "json" and '"final"' in b.code
+    )
+    assert sorted(example) == sorted(created), f"{display(page)}: the example job's fields"
