@@ -68,8 +68,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RUN_LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash",
-                 "sql": "sql", "json": "json"}
+RUN_LANGUAGES = {
+    "python": "python",
+    "py": "python",
+    "bash": "bash",
+    "sh": "bash",
+    "sql": "sql",
+    "json": "json",
+}
 SHOWN_LANGUAGES = {"text", "http", "ini", "dotenv", "javascript", "js", "html"}
 MARKERS = {"fragment", "postgres", "worker", "background", "pytest"}
 POSTGRES_ENV = "DOCS_POSTGRES_URL"
@@ -140,11 +146,14 @@ def parse(page: Path) -> list[Block]:
         j = i + 1
         while j < len(lines):
             closing = _FENCE.match(lines[j])
-            if closing and closing["fence"][0] == fence[0] and len(closing["fence"]) >= len(
-                fence
-            ) and not closing["info"].strip():
+            if (
+                closing
+                and closing["fence"][0] == fence[0]
+                and len(closing["fence"]) >= len(fence)
+                and not closing["info"].strip()
+            ):
                 break
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j])
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j])
             j += 1
         markers: dict[str, str] = {}
         k = i - 1
@@ -285,7 +294,7 @@ class WorkerWhenReady:
 
         from jobqueue.database import make_engine
 
-        if self.url.startswith("sqlite:///") and not Path(self.url[len("sqlite:///"):]).exists():
+        if self.url.startswith("sqlite:///") and not Path(self.url[len("sqlite:///") :]).exists():
             return False
         engine = make_engine(self.url)
         try:
@@ -325,8 +334,11 @@ class PageRunner:
         self.workers: list[WorkerWhenReady] = []
         self.port: str | None = None
         bin_dir = str(Path(sys.executable).parent)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("JOBQUEUE_", "DEFAPI_", "DOCS_", "PYTEST_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("JOBQUEUE_", "DEFAPI_", "DOCS_", "PYTEST_"))
+        }
         env.update(MOCK_AI="true", PATH=bin_dir + os.pathsep + env.get("PATH", ""))
         self.env = env
 
@@ -341,8 +353,14 @@ class PageRunner:
         fd, path = tempfile.mkstemp(prefix="docs-output-", suffix=".txt")
         try:
             process = subprocess.Popen(
-                args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
-                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                args,
+                cwd=self.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
         finally:
             os.close(fd)
@@ -353,20 +371,26 @@ class PageRunner:
         code = block.code
         if self.port is not None:
             code = code.replace(f":{DEMO_PORT}", f":{self.port}")
-            code = re.sub(r"\bjobqueue serve\b(?![^\n]*--port)",
-                          f"jobqueue serve --port {self.port}", code)
+            code = re.sub(
+                r"\bjobqueue serve\b(?![^\n]*--port)", f"jobqueue serve --port {self.port}", code
+            )
         return code
 
     def run(self, blocks: list[Block]) -> list[dict[str, Any]]:
-        if any(b.runs and b.kind == "bash" and "background" in b.markers
-               and "jobqueue serve" in b.code for b in blocks):
+        if any(
+            b.runs and b.kind == "bash" and "background" in b.markers and "jobqueue serve" in b.code
+            for b in blocks
+        ):
             self.port = str(free_port())
         results: list[dict[str, Any]] = []
         failed = False
         try:
             for block in blocks:
-                entry: dict[str, Any] = {"line": block.line, "language": block.language,
-                                         "first_line": block.first_line}
+                entry: dict[str, Any] = {
+                    "line": block.line,
+                    "language": block.language,
+                    "first_line": block.first_line,
+                }
                 results.append(entry)
                 if failed or not block.runs:
                     entry["status"] = "skipped"
@@ -383,9 +407,15 @@ class PageRunner:
         finally:
             stop_errors = self.finish()
         if stop_errors and not failed:
-            results.append({"line": stop_errors[0][0], "status": "failed",
-                            "language": "", "first_line": stop_errors[0][1],
-                            "error": stop_errors[0][2]})
+            results.append(
+                {
+                    "line": stop_errors[0][0],
+                    "status": "failed",
+                    "language": "",
+                    "first_line": stop_errors[0][1],
+                    "error": stop_errors[0][2],
+                }
+            )
         return results
 
     def finish(self) -> list[tuple[int, str, str]]:
@@ -429,8 +459,9 @@ class PageRunner:
             return self.run_python(block)
         if block.kind == "bash":
             if "background" in block.markers:
-                return self.start_background(block, ["bash", "-e", "-o", "pipefail", "-c",
-                                                     self.bash_code(block)])
+                return self.start_background(
+                    block, ["bash", "-e", "-o", "pipefail", "-c", self.bash_code(block)]
+                )
             return self.run_bash(block)
         if block.kind == "sql":
             return self.run_sql(block)
@@ -447,8 +478,13 @@ class PageRunner:
         return "\n" * block.line + block.code
 
     def run_python(self, block: Block) -> str:
-        code = compile(self._padded(block), str(self.page), "exec",
-                       flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        code = compile(
+            self._padded(block),
+            str(self.page),
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+            dont_inherit=True,
+        )
         saved = dict(os.environ)
         os.environ.clear()
         os.environ.update(self.block_env(block))
@@ -472,8 +508,11 @@ class PageRunner:
 
     def start_background(self, block: Block, args: list[str]) -> str:
         # A bash block's shell dies of SIGTERM itself; a Python program must stop cleanly.
-        background = Background(block.where(), self.popen(args, self.block_env(block)),
-                                clean_exit=block.kind == "python")
+        background = Background(
+            block.where(),
+            self.popen(args, self.block_env(block)),
+            clean_exit=block.kind == "python",
+        )
         self.backgrounds.append(background)
         if self.port is not None and "jobqueue serve" in block.code:
             deadline = time.monotonic() + BLOCK_TIMEOUT
@@ -491,8 +530,9 @@ class PageRunner:
         return ""
 
     def run_bash(self, block: Block) -> str:
-        process = self.popen(["bash", "-e", "-o", "pipefail", "-c", self.bash_code(block)],
-                             self.block_env(block))
+        process = self.popen(
+            ["bash", "-e", "-o", "pipefail", "-c", self.bash_code(block)], self.block_env(block)
+        )
         try:
             process.wait(timeout=BLOCK_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -527,15 +567,30 @@ class PageRunner:
         folder = Path(tempfile.mkdtemp(prefix="docs-pytest-"))
         (folder / f"test_block_{block.line}.py").write_text(block.code, encoding="utf-8")
         process = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-             "--rootdir", str(folder), str(folder)],
-            cwd=folder, env=self.block_env(block), capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-rs",
+                "--rootdir",
+                str(folder),
+                str(folder),
+            ],
+            cwd=folder,
+            env=self.block_env(block),
+            capture_output=True,
+            text=True,
             timeout=BLOCK_TIMEOUT,
         )
         out = process.stdout + process.stderr
         summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
-        if process.returncode != 0 or "passed" not in summary or re.search(
-            r"\b(skipped|failed|error|xfailed)\b", summary
+        if (
+            process.returncode != 0
+            or "passed" not in summary
+            or re.search(r"\b(skipped|failed|error|xfailed)\b", summary)
         ):
             raise BlockFailed(f"pytest did not pass the block's tests cleanly:\n{_tail(out)}")
         return out
@@ -561,4 +616,3 @@ if __name__ == "__main__":
     main()
     sys.stdout.flush()
     os._exit(0)  # a block's leftover threads (an engine, a loop) must not keep us alive
-

@@ -108,8 +108,12 @@ def page_runs(
             )
         process = subprocess.Popen(
             [sys.executable, str(RUNNER), str(page), str(result)],
-            cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            cwd=folder,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         runs[page] = PageRun(process, result)
     yield runs
@@ -126,8 +130,9 @@ def page_runs(
 
 def _page_params() -> list[Any]:
     return [
-        pytest.param(page, id=display(page),
-                     marks=[pytest.mark.postgres] if _needs_postgres(page) else [])
+        pytest.param(
+            page, id=display(page), marks=[pytest.mark.postgres] if _needs_postgres(page) else []
+        )
         for page in pages()
     ]
 
@@ -148,8 +153,9 @@ def test_page_blocks_run(page: Path, page_runs: dict[Path, PageRun]) -> None:
         pytest.fail(data["error"], pytrace=False)
     for entry in data["blocks"]:
         if entry["status"] == "failed":
-            pytest.fail(_failure(page, entry) + (f"\n(runner output)\n{out}" if out else ""),
-                        pytrace=False)
+            pytest.fail(
+                _failure(page, entry) + (f"\n(runner output)\n{out}" if out else ""), pytrace=False
+            )
 
 
 def test_every_block_names_a_language_and_only_known_markers() -> None:

@@ -201,7 +201,8 @@ class ApiReference:
             if param.annotation is not None:
                 text += f": {_annotation(param.annotation)}"
             if param.default is not None and not kind.startswith("variadic"):
-                text += f" = {param.default}" if param.annotation is not None else f"={param.default}"
+                equals = " = " if param.annotation is not None else "="
+                text += f"{equals}{param.default}"
             out.append(text)
             next_kind = params[index + 1].kind.value if index + 1 < len(params) else None
             if kind == "positional-only" and next_kind != "positional-only":
@@ -243,8 +244,7 @@ def regenerate(text: str, body: Callable[[str, str], str]) -> str:
     def replace(match: re.Match[str]) -> str:
         kind, args = match["kind"], match["args"]
         return (
-            f"<!-- jobqueue:{kind}{args} -->\n{body(kind, args.strip())}\n"
-            f"<!-- /jobqueue:{kind} -->"
+            f"<!-- jobqueue:{kind}{args} -->\n{body(kind, args.strip())}\n<!-- /jobqueue:{kind} -->"
         )
 
     return _REGION.sub(replace, text)
