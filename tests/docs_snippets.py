@@ -84,6 +84,7 @@ BACKGROUND_MIN_SECONDS = 3.0
 DEMO_PORT = "8000"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_GENERATED = re.compile(r"^\s*<!-- /?jobqueue:[a-z]+\b")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<name>[a-z-]+)\s*(?::(?P<note>.*?))?\s*-->\s*$")
 
 
@@ -103,6 +104,7 @@ class Block:
     language: str  # as written after the fence ("" when none)
     code: str
     markers: dict[str, str] = field(default_factory=dict)
+    generated: bool = False  # inside a part docs/hooks/jobqueue_docs.py writes (signatures)
 
     @property
     def kind(self) -> str | None:
@@ -111,7 +113,7 @@ class Block:
 
     @property
     def runs(self) -> bool:
-        return self.kind is not None and "fragment" not in self.markers
+        return self.kind is not None and "fragment" not in self.markers and not self.generated
 
     @property
     def needs_postgres(self) -> bool:
@@ -135,7 +137,10 @@ def parse(page: Path) -> list[Block]:
     blocks: list[Block] = []
     problems: list[str] = []
     i = 0
+    generated = False
     while i < len(lines):
+        if _GENERATED.match(lines[i]):
+            generated = not lines[i].lstrip().startswith("<!-- /")
         opening = _FENCE.match(lines[i])
         if opening is None:
             i += 1
@@ -166,7 +171,7 @@ def parse(page: Path) -> list[Block]:
                 )
             markers[name] = (marker["note"] or "").strip()
             k -= 1
-        block = Block(page, i + 1, language, "\n".join(body) + "\n", markers)
+        block = Block(page, i + 1, language, "\n".join(body) + "\n", markers, generated)
         if not language:
             problems.append(
                 f"{block.where()}: name the block's language after the fence "
@@ -585,7 +590,7 @@ class PageRunner:
             text=True,
             timeout=BLOCK_TIMEOUT,
         )
-        out = process.stdout + process.stderr
+        out = process.stderr + process.stdout  # pytest's own report last
         summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
         if (
             process.returncode != 0

@@ -45,10 +45,16 @@ class PageRun:
     process: subprocess.Popen[str] | None
     result: Path
     unavailable: BaseException | None = None  # why PostgreSQL could not be had
+    finished: tuple[dict[str, Any], str] | None = None
 
     def outcome(self) -> tuple[dict[str, Any], str]:
         if self.unavailable is not None:
             raise self.unavailable
+        if self.finished is None:
+            self.finished = self._wait()
+        return self.finished
+
+    def _wait(self) -> tuple[dict[str, Any], str]:
         assert self.process is not None
         try:
             out, _ = self.process.communicate(timeout=PAGE_TIMEOUT)
