@@ -1,27 +1,31 @@
 """The documentation's generated parts and the README's promises match the code.
 
 The full site is built strictly by `.ci/run` (``mkdocs build --strict``); these checks are
-the quick part: the generated tables really come from the code, and the README's set-up
-commands are the ones CI runs.
+the quick part: the generated parts are committed, current and really come from the code,
+and the README's set-up commands are the ones CI runs. (The code blocks of every page run
+in tests/test_docs_snippets.py.)
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
+from jobqueue import AsyncJobQueue, JobQueue
 from jobqueue.cli import cli
 from jobqueue.schema import MOVES, Status
 
 ROOT = Path(__file__).resolve().parent.parent
+HOOKS = ROOT / "docs" / "hooks" / "jobqueue_docs.py"
 
 
 def load_hooks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "jobqueue_docs_hooks", ROOT / "docs" / "hooks" / "jobqueue_docs.py"
-    )
+    spec = importlib.util.spec_from_file_location("jobqueue_docs_hooks", HOOKS)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,6 +55,53 @@ def test_pages_ask_for_the_generated_parts() -> None:
     hooks = load_hooks()
     assert hooks.MOVES_MARKER in (ROOT / "docs" / "concepts.md").read_text()
     assert hooks.CLI_MARKER in (ROOT / "docs" / "cli.md").read_text()
+    assert hooks.API_MARKER in (ROOT / "docs" / "reference.md").read_text()
+
+
+def test_generated_parts_are_committed_and_current() -> None:
+    """The pages hold the generated Markdown itself (a repository browser shows it), and it
+    is what the code gives today."""
+    hooks = load_hooks()
+    stale = [p.relative_to(ROOT).as_posix() for p in hooks.stale_pages()]
+    assert not stale, f"stale generated docs in {', '.join(stale)}: run `{hooks.REGENERATE}`"
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    assert "\n::: " not in reference  # no directive left for a plugin to fill in
+    assert "| `pending` |" in (ROOT / "docs" / "concepts.md").read_text()
+    assert "## jobqueue worker\n" in (ROOT / "docs" / "cli.md").read_text()
+
+
+def test_api_reference_shows_both_queues_whole() -> None:
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    for queue_class in (JobQueue, AsyncJobQueue):
+        name = queue_class.__name__
+        assert f"### `{name}`\n" in reference
+        for method in vars(queue_class):
+            if not method.startswith("_") and callable(getattr(queue_class, method)):
+                assert f"#### `{name}.{method}`\n" in reference, f"{name}.{method}"
+    assert "async def enqueue(" in reference and "\ndef enqueue(" in reference
+    assert "`JobQueue.wait`, awaited." in reference
+
+
+def test_generated_docs_do_not_depend_on_the_process() -> None:
+    """Two processes with different hash seeds write the same pages (a set's order once
+    leaked into `prune --help`)."""
+    script = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('h', {str(HOOKS)!r}); "
+        "h = importlib.util.module_from_spec(spec); spec.loader.exec_module(h); "
+        "sys.stdout.write(''.join(h.render_pages().values()))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
 
 
 def test_readme_set_up_commands_are_the_ones_ci_runs() -> None:

@@ -960,7 +960,7 @@ def reap_command(env: Env) -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice([s.value for s in FINAL_STATUSES]),
+    type=click.Choice([s.value for s in Status if s in FINAL_STATUSES]),
     help="Only jobs in this final status (repeatable). [default: all final statuses]",
 )
 @pass_env

@@ -325,7 +325,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class StatusStats:
-    """One line of the seed's statistics query."""
+    """One line of the statistics: a status, its job count and mean duration."""
 
     status: Status
     count: int

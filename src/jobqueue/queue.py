@@ -245,7 +245,9 @@ class JobQueue(_QueueBase[Engine]):
     """A job queue over a synchronous SQLAlchemy engine.
 
     ``url`` may be a URL string, an `Engine`, or None for ``JOBQUEUE_DATABASE_URL`` (default:
-    a SQLite file ``jobqueue.db`` in the working directory).
+    a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
+    ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
+    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
     """
 
     def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
@@ -455,7 +457,7 @@ class JobQueue(_QueueBase[Engine]):
 
 
 class AsyncJobQueue(_QueueBase[AsyncEngine]):
-    """The asyncio twin of `JobQueue`: the same methods, awaited."""
+    """The asyncio twin of `JobQueue`: the same arguments and methods, awaited."""
 
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
         self._owns_engine = not isinstance(url, AsyncEngine)

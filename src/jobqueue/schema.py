@@ -265,7 +265,7 @@ class Job:
 
     @property
     def duration(self) -> float | None:
-        """Seconds from creation to the final status (the seed's avg_duration_sec)."""
+        """Seconds from creation to the final status (what the statistics average)."""
         if self.completed_at is None:
             return None
         return (self.completed_at - self.created_at).total_seconds()

@@ -178,7 +178,7 @@ async def generate_image(
     options: Mapping[str, Any] | None = None,
     context: JobContext | None = None,
 ) -> GenerationResult:
-    """Generate directly, without a queue (the seed's old way): nothing is stored.
+    """Generate directly, without a queue (the old way): nothing is stored.
 
     ``context`` defaults to a fresh `LocalContext`; pass one to see progress, or one that
     remembers a task id to resume that task.
