@@ -230,6 +230,31 @@ async def test_other_unreadable_columns_are_named(db: Db) -> None:
         assert failed.status is Status.FAILED
 
 
+async def test_a_lost_lease_is_recorded_whatever_the_history_holds(db: Db) -> None:
+    """A claim taking over an expired lease, and the reaper, append to a history that a
+    client left as something other than a JSON array (not JSON at all, on SQLite): the old
+    value becomes the first entry, and nothing fails."""
+    old = "'garbage'" if not db.pg else db.json('{"a": 1}')
+    kept: Any = "garbage" if not db.pg else {"a": 1}
+    past = (
+        "now() - interval '1 minute'"
+        if db.pg
+        else "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-60 seconds')"
+    )
+    held = {"status": "'processing'", "locked_by": "'gone'", "lease_expires_at": past}
+    retake = db.insert(db.json("{}"), attempts="1", errors=old, **held)
+    spent = db.insert(db.json("{}"), attempts="3", max_attempts="3", errors=old, **held)
+
+    (job,) = await db.q.claim("w1", limit=5)
+    assert _id(str(job.id)) == retake and job.attempts == 2 and job.unreadable is None
+    assert job.errors[0] == kept
+    assert job.errors[1]["error"] == "lease expired while held by gone"
+    reaped = await db.q.reap()
+    assert [(_id(str(i)), s) for i, s in reaped] == [(spent, Status.FAILED)]
+    failed = await db.q.get(spent)
+    assert failed.errors[0] == kept and len(failed.errors) == 2
+
+
 @pytest.mark.parametrize("concurrency", [1, 8], ids=["busy-path", "claim-path"])
 async def test_the_worker_fails_an_unreadable_job_at_once_and_no_other(
     migrated: tuple[str, str], concurrency: int, caplog: pytest.LogCaptureFixture
