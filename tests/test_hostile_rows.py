@@ -404,8 +404,10 @@ def test_the_cli_read_commands_survive_hostile_rows(
     try:
         db = Db("", db_url, table_name, Either(queue))
         normal = queue.enqueue("image", {"prompt": "normal"})
-        for sql in hostile_payloads(db).values():
-            db.insert(sql, status="'failed'", error="'payload could not be decoded'")
+        hostile_ids = [
+            db.insert(sql, status="'failed'", error="'refused'")
+            for sql in hostile_payloads(db).values()
+        ]
         times = {name: db.insert(db.json("{}"), **c["sql"]) for name, c in _odd_times(db).items()}
         odd_history = db.insert(db.json("[1]"), errors=db.json('[1, null, {"attempt": "x"}]'))
     finally:
@@ -440,7 +442,12 @@ def test_the_cli_read_commands_survive_hostile_rows(
         assert result.code == 0, (args, result.out, result.err)
         assert not result.err.strip(), (args, result.err)
     shown = json.loads(jq("status", times["never due"], "--json").out)
-    assert shown["run_at"] == END.isoformat()
+    assert shown["run_at"] == END.isoformat() and "unreadable" not in shown
+    deep = json.loads(jq("status", hostile_ids[1], "--json").out)
+    assert deep["payload"] is None
+    assert deep["unreadable"] == "payload could not be decoded: it is nested too deeply to read"
+    details = jq("status", hostile_ids[0]).out
+    assert "unreadable" in details and "a number of more than 4300 digits" in details, details
     listed = json.loads(jq("list", "--limit", "100", "--json").out)
     assert len(listed) == 2 + len(hostile_payloads(db)) + len(times)
     failed = json.loads(jq("list", "--status", "failed", "--json").out)

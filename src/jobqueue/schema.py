@@ -284,7 +284,8 @@ class Job:
         return (self.completed_at - self.created_at).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (ids and times as strings) for APIs and the CLI."""
+        """A JSON-ready dict (ids and times as strings) for APIs and the CLI; the table's
+        columns, and ``unreadable`` when it is set."""
         out: dict[str, Any] = {}
         for name in _JOB_FIELDS:
             value = getattr(self, name)
@@ -295,6 +296,8 @@ class Job:
             elif isinstance(value, Status):
                 value = value.value
             out[name] = value
+        if self.unreadable is not None:
+            out["unreadable"] = self.unreadable
         return out
 
 
