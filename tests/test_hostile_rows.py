@@ -265,7 +265,7 @@ async def test_the_worker_fails_an_unreadable_job_at_once_and_no_other(
     (`complete_and_claim`)."""
     url, table = migrated
     caplog.set_level(logging.INFO, logger="jobqueue")
-    queue = AsyncJobQueue(url, table=table, max_payload_bytes=LIMIT, lease=2)
+    queue = CountingQueue(url, table=table, max_payload_bytes=LIMIT, lease=2)
     db = Db("", url, table, Either(queue))
     try:
         good = [
@@ -293,8 +293,22 @@ async def test_the_worker_fails_an_unreadable_job_at_once_and_no_other(
             assert (job.error or "").startswith("payload could not be decoded: ")
         assert "payload could not be decoded" in caplog.text
         assert "claiming jobs failed" not in caplog.text
+        if concurrency == 1:  # the busy path did claim hostile rows
+            assert queue.unreadable_on_busy_path > 0
     finally:
         await queue.close()
+
+
+class CountingQueue(AsyncJobQueue):
+    """The real queue, counting the unreadable jobs its busy path (`complete_and_claim`)
+    hands out, to show which path a test took."""
+
+    unreadable_on_busy_path = 0
+
+    async def complete_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        written, claimed = await super().complete_and_claim(*args, **kwargs)
+        self.unreadable_on_busy_path += sum(j.unreadable is not None for j in claimed)
+        return written, claimed
 
 
 # -- 2. reads survive any stored time ----------------------------------------------------
