@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -89,8 +90,11 @@ def _setup_sqlite(sync_engine: Engine) -> None:
     """
 
     @event.listens_for(sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
+        # A TEXT column may hold bytes that are not UTF-8 (SQLite checks nothing): read
+        # them with U+FFFD in place of the bad bytes rather than fail the whole read.
+        record.driver_connection.text_factory = _lenient_text
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
@@ -101,6 +105,98 @@ def _setup_sqlite(sync_engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get(READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+#: How a time beyond what Python's `datetime` can hold reads: PostgreSQL's ``infinity``
+#: and times after the year 9999 as the end of time, ``-infinity`` and times before the
+#: year 1 (BC) as its start. A row a client wrote with such a time must stay readable.
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+START_OF_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def _setup_postgres(sync_engine: Engine) -> None:
+    """Read every ``timestamptz`` the column can hold (see `END_OF_TIME`).
+
+    psycopg refuses such values with ``DataError`` and asyncpg with ``OverflowError``
+    (asyncpg reads the infinities, but not years past 9999 or BC), which would fail the
+    whole read, a claim batch included. psycopg keeps its own (compiled) loader, wrapped;
+    asyncpg gets a codec that reads the value as microseconds since 2000.
+    """
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        raw = record.driver_connection
+        if hasattr(raw, "set_type_codec"):  # asyncpg
+            dbapi_connection.run_async(
+                lambda conn: conn.set_type_codec(
+                    "timestamptz",
+                    schema="pg_catalog",
+                    encoder=_encode_pg_time,
+                    decoder=_decode_pg_time,
+                    format="tuple",
+                )
+            )
+        elif hasattr(raw, "adapters"):  # psycopg 3, sync or async
+            raw.adapters.register_loader("timestamptz", _tolerant_loader(raw.adapters))
+
+
+def _tolerant_loader(adapters: Any) -> type[Any]:
+    """A psycopg loader for ``timestamptz`` text that calls the loader psycopg uses now
+    and reads what it refuses by `END_OF_TIME`'s rule."""
+    from psycopg import DataError
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    inner = adapters.get_loader(adapters.types["timestamptz"].oid, Format.TEXT)
+
+    class TolerantTimestamptzLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._load = inner(oid, context).load
+
+        def load(self, data: Any) -> datetime:
+            try:
+                value: datetime = self._load(data)
+            except DataError:
+                text = bytes(data)
+                before = text.startswith(b"-") or text.endswith(b"BC")
+                return START_OF_TIME if before else END_OF_TIME
+            return value
+
+    return TolerantTimestamptzLoader
+
+
+#: PostgreSQL keeps a ``timestamptz`` as microseconds since 2000-01-01 UTC; the largest and
+#: smallest 64-bit values are ``infinity`` and ``-infinity``.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PG_INFINITY = 2**63 - 1
+
+
+def _decode_pg_time(value: tuple[int]) -> datetime:
+    microseconds = value[0]
+    try:
+        return _PG_EPOCH + timedelta(microseconds=microseconds)
+    except OverflowError:
+        return END_OF_TIME if microseconds > 0 else START_OF_TIME
+
+
+def _encode_pg_time(value: datetime | date) -> tuple[int]:
+    """A time as asyncpg's own codec sends it: a naive one in local time, except that
+    naive ``datetime.max`` and ``min`` mean the infinities; a date at local midnight."""
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        if value == datetime.max:
+            return (_PG_INFINITY,)
+        if value == datetime.min:
+            return (-_PG_INFINITY - 1,)
+        value = value.astimezone()
+    return ((value - _PG_EPOCH) // _MICROSECOND,)
 
 
 #: No ping before each use of a pooled PostgreSQL connection: it would be a second round trip
@@ -165,6 +261,8 @@ def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
     engine = create_engine(u, **options)
     if u.get_backend_name() == "sqlite":
         _setup_sqlite(engine)
+    else:
+        _setup_postgres(engine)
     return engine
 
 
@@ -176,6 +274,8 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
     engine = create_async_engine(u, **options)
     if u.get_backend_name() == "sqlite":
         _setup_sqlite(engine.sync_engine)
+    else:
+        _setup_postgres(engine.sync_engine)
     return engine
 
 

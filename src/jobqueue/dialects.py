@@ -18,6 +18,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
 from sqlalchemy.types import DateTime
 
+from .database import END_OF_TIME, START_OF_TIME
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend.
@@ -40,7 +42,36 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # within a day of the end (or start) of time
+            return END_OF_TIME if value.year == datetime.max.year else START_OF_TIME
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """On SQLite, which stores whatever a client wrote, a value that is not a time reads
+        by where SQLite sorts it among times (and so whether the claim finds it due): text
+        before ``0001-01-01`` (``-infinity``, empty text) and numbers as `START_OF_TIME`,
+        other text (``infinity``) and BLOBs as `END_OF_TIME`."""
+        process = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or process is None:
+            return process
+
+        def tolerant(value: Any) -> datetime | None:
+            try:
+                result: datetime | None = process(value)
+            except (ValueError, TypeError, OverflowError):
+                return _not_a_time(value)
+            return result
+
+        return tolerant
+
+
+def _not_a_time(value: object) -> datetime:
+    if isinstance(value, str):
+        return START_OF_TIME if value < "0001-01-01" else END_OF_TIME
+    return END_OF_TIME if isinstance(value, bytes) else START_OF_TIME
 
 
 class SQLiteJSON(JSON):
@@ -132,9 +163,15 @@ def _json_append_pg(element: JsonAppend, compiler: SQLCompiler, **kw: Any) -> st
 def _json_append_sqlite(element: JsonAppend, compiler: SQLCompiler, **kw: Any) -> str:
     array, *pairs = element.clauses
     obj = ", ".join(compiler.process(p, **kw) for p in pairs)
-    return (
-        f"json_insert(COALESCE({compiler.process(array, **kw)}, '[]'), '$[#]', json_object({obj}))"
+    # SQLite's json_insert refuses text that is not JSON, which a client may have stored:
+    # such a history (or a JSON value that is not an array) becomes the first entry of a
+    # new array, as PostgreSQL's `||` does, so that a failure can always be recorded.
+    old = f"COALESCE({compiler.process(array, **kw)}, '[]')"
+    history = (
+        f"CASE WHEN json_valid({old}) THEN CASE json_type({old}) WHEN 'array' THEN {old} "
+        f"ELSE json_array(json({old})) END ELSE json_array(CAST({old} AS TEXT)) END"
     )
+    return f"json_insert({history}, '$[#]', json_object({obj}))"
 
 
 class NewJobId(FunctionElement[Any]):

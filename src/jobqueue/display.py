@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .database import END_OF_TIME, START_OF_TIME
 from .operations import StatusStats
 from .schema import Job, Status
 
@@ -44,10 +45,18 @@ def status_text(status: Status) -> Text:
 
 
 def when(value: datetime | None) -> str:
-    """A timestamp in the local time zone, to the second (the database keeps UTC)."""
+    """A timestamp in the local time zone, to the second (the database keeps UTC); the
+    end and the start of time (how a time at infinity reads) as ``infinity``."""
     if value is None:
         return "-"
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if value == END_OF_TIME:
+        return "infinity"
+    if value == START_OF_TIME:
+        return "-infinity"
+    try:
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except OverflowError:  # within a day of the end or start of time: no local time exists
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def seconds(value: float | None) -> str:
@@ -124,9 +133,14 @@ def job_details(job: Job) -> Table:
         ("result url", job.result_url or "-"),
         ("error", job.error or "-"),
     ]
+    if job.unreadable is not None:
+        rows.append(("unreadable", job.unreadable))
     for name, value in rows:
         table.add_row(name, value)
     for entry in job.errors:
+        if not isinstance(entry, dict):  # a client wrote the history: show what it holds
+            table.add_row("error history", repr(entry))
+            continue
         table.add_row(
             "error history",
             f"attempt {entry.get('attempt', '?')} at {entry.get('at', '?')}: {entry.get('error')}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +28,15 @@ from sqlalchemy import Executable
 from .backoff import full_jitter
 from .bulk import CopyRows, Direct
 from .errors import InvalidJobId, InvalidTransition, JobNotFound, LeaseLost, PayloadError
-from .schema import DEFAULT_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Job, Status, check_move
+from .schema import (
+    DEFAULT_KIND,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    JSON_COLUMNS,
+    Job,
+    Status,
+    check_move,
+)
 from .statements import Params, Statements
 
 T = TypeVar("T")
@@ -208,6 +217,72 @@ def stored_json(text: str, decoded: Any) -> Any:
     return decoded
 
 
+# -- reading rows -------------------------------------------------------------------------
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+#: Strict JSON: ``NaN`` and ``Infinity``, which Python's decoder accepts, are refused, as on
+#: the way in (`encode_json`). Built once: `json.loads` with options builds one per call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+#: A claimed payload whose text is more than this many times the queue's
+#: ``max_payload_bytes`` (in characters) is not decoded: `enqueue` cannot have written
+#: it. (PostgreSQL prints a number written with an exponent in full, ``1e300`` as 301
+#: digits, so a payload `enqueue` accepted can read back longer than it went in, though
+#: never by this much.)
+READ_PAYLOAD_FACTOR = 64
+
+
+def _why_not(text: object, exc: BaseException) -> str:
+    if not isinstance(text, str):
+        return f"it is {type(text).__name__}, not JSON text"
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply to read"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not JSON ({exc})"
+    if "integer string conversion" in str(exc):
+        return f"it holds a number of more than {sys.get_int_max_str_digits()} digits"
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def read_job(row: Mapping[str, Any], max_payload_chars: int | None = None) -> Job:
+    """The `Job` of a row whose JSON columns came back as text (`Statements.columns`).
+
+    Each row is decoded on its own, so a row no decoder can read (a client wrote it)
+    becomes a job marked `Job.unreadable` instead of failing every job read with it.
+    ``max_payload_chars`` refuses a longer payload without decoding it (see
+    `READ_PAYLOAD_FACTOR`).
+    """
+    values = dict(row)
+    unreadable: str | None = None
+    for column in JSON_COLUMNS:
+        text = values[column]
+        if text is None:
+            continue
+        try:
+            if column == "payload" and max_payload_chars is not None:
+                _check_length(text, max_payload_chars)
+            value = values[column] = _DECODER.decode(text)
+            if column == "errors" and not isinstance(value, list):
+                raise ValueError("it is not a JSON array")
+        except (ValueError, TypeError, RecursionError) as exc:
+            values[column] = None
+            problem = f"{column} could not be decoded: {_why_not(text, exc)}"
+            unreadable = problem if unreadable is None else f"{unreadable}; {problem}"
+    return Job.from_values(values, unreadable)
+
+
+def _check_length(text: object, limit: int) -> None:
+    if isinstance(text, str) and len(text) > limit:
+        raise ValueError(
+            f"it is {len(text)} characters of JSON, far more than the queue's "
+            f"max_payload_bytes allows ({limit // READ_PAYLOAD_FACTOR})"
+        )
+
+
 def _has_lone_surrogate(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -373,7 +448,7 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
     for queue in {r["queue"] for r in missing}:
         keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
         for found in (yield s.by_idempotency_keys(queue, keys)):
-            job = Job.from_row(found)
+            job = read_job(found)
             existing[(job.queue, job.idempotency_key or "")] = job
     out: list[Job] = []
     for r in rows:
@@ -432,6 +507,7 @@ def _new_job(
         None,  # completed_at
         updated_at,  # updated_at
         _NO_EXTRA,  # extra
+        None,  # unreadable
     )
 
 
@@ -463,17 +539,30 @@ def claim(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
+    limits: Limits,
 ) -> Operation[list[Job]]:
+    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none."""
     check_text(worker_id, "worker_id")
     check_int(limit, "limit", 1, 10_000)
     lease = seconds_of(lease, "lease", low=0.001)
+    if _asks_for_nothing(queues, kinds):
+        return []
     rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
-    return _claimed_jobs(rows)
+    return _claimed_jobs(rows, limits)
 
 
-def _claimed_jobs(rows: Rows) -> list[Job]:
-    """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none)."""
-    jobs = [Job.from_row(r) for r in rows]
+def _asks_for_nothing(queues: Sequence[str] | None, kinds: Sequence[str] | None) -> bool:
+    """Whether a claim names no queue or no kind (None means any)."""
+    return (queues is not None and len(queues) == 0) or (kinds is not None and len(kinds) == 0)
+
+
+def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
+    """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none).
+
+    A payload far beyond the queue's size limit is not even decoded: the worker fails
+    its job rather than spend memory and time on it."""
+    longest = READ_PAYLOAD_FACTOR * limits.max_payload_bytes
+    jobs = [read_job(r, longest) for r in rows]
     jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
     return jobs
 
@@ -541,7 +630,7 @@ def complete(
 ) -> Operation[Job]:
     result_json = _check_result(result, result_url, limits)
     rows = yield s.complete(job.id, job.attempts, result_json, result_url)
-    return Job.from_row((yield from _fenced(s, job, rows, "complete")))
+    return read_job((yield from _fenced(s, job, rows, "complete")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,6 +681,8 @@ def complete_and_claim(
     check_text(worker_id, "worker_id")
     check_int(limit, "limit", 1, 10_000)
     lease = seconds_of(lease, "lease", low=0.001)
+    if _asks_for_nothing(queues, kinds):
+        return (yield from complete_many(s, items, limits)), []
     batch = _completion_rows(items, limits)
     both = s.complete_and_claim(
         batch, worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds
@@ -607,7 +698,7 @@ def complete_and_claim(
         rows = [
             {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
         ]
-    return written, _claimed_jobs(rows)
+    return written, _claimed_jobs(rows, limits)
 
 
 def fail(
@@ -632,12 +723,12 @@ def fail(
             else backoff_delay(job.attempts, *backoff)
         )
     rows = yield s.fail(job.id, job.attempts, message, delay)
-    return Job.from_row((yield from _fenced(s, job, rows, "fail")))
+    return read_job((yield from _fenced(s, job, rows, "fail")))
 
 
 def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
     rows = yield s.release(job.id, job.attempts, storable_text(str(reason))[:10_000])
-    return Job.from_row((yield from _fenced(s, job, rows, "release")))
+    return read_job((yield from _fenced(s, job, rows, "release")))
 
 
 def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Operation[Job]:
@@ -645,7 +736,7 @@ def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Operation
     rows = yield s.get(job_id)
     if not rows:
         raise JobNotFound(f"no job {job_id}")
-    job = Job.from_row(rows[0])
+    job = read_job(rows[0])
     check_move(job.status, target, job.id)
     # Allowed by the table of moves but refused by the statement's own condition.
     raise InvalidTransition(f"job {job_id} is {job.status} and cannot move to {target} now")
@@ -655,7 +746,7 @@ def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Operat
     jid = parse_job_id(job_id)
     rows = yield s.cancel(jid, owner_id)
     if rows:
-        return Job.from_row(rows[0])
+        return read_job(rows[0])
     if owner_id is not None:
         found = yield s.get(jid, owner_id)
         if not found:
@@ -667,9 +758,9 @@ def retry(s: Statements, job_id: object) -> Operation[Job]:
     jid = parse_job_id(job_id)
     rows = yield s.retry(jid)
     if rows:
-        return Job.from_row(rows[0])
+        return read_job(rows[0])
     current = yield s.get(jid)
-    if current and Job.from_row(current[0]).status is Status.PROCESSING:
+    if current and read_job(current[0]).status is Status.PROCESSING:
         raise InvalidTransition(f"job {jid} is running; only failed or cancelled jobs retry")
     return (yield from _explain_move(s, jid, Status.PENDING))
 
@@ -692,7 +783,7 @@ def get(s: Statements, job_id: object, owner_id: str | None = None) -> Operation
     rows = yield s.get(jid, owner_id)
     if not rows:
         raise JobNotFound(f"no job {jid}")
-    return Job.from_row(rows[0])
+    return read_job(rows[0])
 
 
 def list_jobs(
@@ -725,7 +816,7 @@ def list_jobs(
         since=since_at,
         limit=limit,
     )
-    return [Job.from_row(r) for r in rows]
+    return [read_job(r) for r in rows]
 
 
 def stats(s: Statements, since: timedelta | float) -> Operation[list[StatusStats]]:

@@ -111,6 +111,7 @@ class _QueueBase(Generic[E]):
             lease=self._lease(lease),
             queues=qs,
             kinds=kinds,
+            limits=self.limits,
         )
 
     def _complete_and_claim_op(

@@ -36,6 +36,9 @@ DEFAULT_QUEUE = "default"
 DEFAULT_KIND = "image"
 DEFAULT_MAX_ATTEMPTS = 3
 
+#: The columns holding JSON (``jsonb`` on PostgreSQL, text on SQLite).
+JSON_COLUMNS = ("payload", "result", "errors")
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -214,6 +217,10 @@ class Job:
 
     ``attempts`` doubles as the fencing token: a worker holds the job only while the row
     still has the ``attempts`` it was claimed with and is ``processing``.
+
+    ``unreadable`` says why part of a row written by another client could not be read
+    (``"payload could not be decoded: …"``); that value reads as None (``errors`` as
+    ``[]``). A worker fails such a job at once, without running it.
     """
 
     id: uuid.UUID
@@ -241,12 +248,18 @@ class Job:
     completed_at: datetime | None
     updated_at: datetime
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    unreadable: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        """The job a row of the table holds (its JSON columns decoded)."""
+        return cls.from_values(dict(row))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], unreadable: str | None = None) -> Job:
+        """`from_row` taking over ``values`` (a fresh dict it may change)."""
         # Called for every row a claim or a listing returns, so the common case (exactly
         # the table's columns) skips sorting out extra columns.
-        values = dict(row)
         extra: dict[str, Any] = {}
         if values.keys() != _JOB_FIELD_SET:
             extra = {k: values.pop(k) for k in [k for k in values if k not in _JOB_FIELD_SET]}
@@ -257,7 +270,7 @@ class Job:
         job_id = values["id"]
         if not isinstance(job_id, uuid.UUID):
             values["id"] = uuid.UUID(str(job_id))
-        return cls(**values, extra=extra)
+        return cls(**values, extra=extra, unreadable=unreadable)
 
     @property
     def is_final(self) -> bool:
@@ -271,7 +284,8 @@ class Job:
         return (self.completed_at - self.created_at).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (ids and times as strings) for APIs and the CLI."""
+        """A JSON-ready dict (ids and times as strings) for APIs and the CLI; the table's
+        columns, and ``unreadable`` when it is set."""
         out: dict[str, Any] = {}
         for name in _JOB_FIELDS:
             value = getattr(self, name)
@@ -282,9 +296,12 @@ class Job:
             elif isinstance(value, Status):
                 value = value.value
             out[name] = value
+        if self.unreadable is not None:
+            out["unreadable"] = self.unreadable
         return out
 
 
-_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "extra")
+#: The table's columns, in `Job`'s field order.
+_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f not in ("extra", "unreadable"))
 _JOB_FIELD_SET = frozenset(_JOB_FIELDS)
 _STATUS_OF = {s.value: s for s in Status}

@@ -43,6 +43,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    type_coerce,
     union_all,
     update,
     values,
@@ -53,7 +54,7 @@ from sqlalchemy.types import TypeEngine
 
 from .bulk import CopyRows, Direct
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
-from .schema import Job, Status, sources_of
+from .schema import JSON_COLUMNS, Job, Status, sources_of
 
 T = TypeVar("T")
 
@@ -135,8 +136,23 @@ class Statements:
             raise ValueError(f"unsupported dialect {dialect!r}")
         self.t = table
         self.dialect = dialect
-        self.columns = list(table.c)
+        #: What every statement that returns jobs returns: the table's columns, the JSON
+        #: ones as their text (see `_as_text`).
+        self.columns: list[ColumnElement[Any]] = [self._as_text(c) for c in table.c]
         self._shapes: dict[Hashable, Any] = {}
+
+    def _as_text(self, column: Any) -> ColumnElement[Any]:
+        """A JSON column as its text, for `operations.read_job` to decode row by row.
+
+        A row a client wrote may hold JSON that Python's decoder refuses (a number of
+        thousands of digits, nesting thousands deep). Decoded by the driver, it would fail
+        the whole result, every other job of a claim batch with it; as text it cannot fail.
+        """
+        if column.name not in JSON_COLUMNS:
+            return column  # type: ignore[no-any-return]
+        if self.dialect == "postgresql":
+            return cast(column, Text()).label(column.name)
+        return type_coerce(column, Text()).label(column.name)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -922,7 +938,12 @@ class Statements:
         def build() -> Any:
             c = self.t.c
             if self.dialect == "postgresql":
-                seconds: ColumnElement[Any] = func.extract("epoch", c.completed_at - c.created_at)
+                # Times at infinity (a client may store them) cannot be subtracted: such a
+                # job counts, its duration does not.
+                finite = and_(func.isfinite(c.completed_at), func.isfinite(c.created_at))
+                seconds: ColumnElement[Any] = case(
+                    (finite, func.extract("epoch", c.completed_at - c.created_at))
+                )
             else:
                 seconds = (func.julianday(c.completed_at) - func.julianday(c.created_at)) * 86400.0
             return (

@@ -106,8 +106,22 @@ class WorkerContext:
         self._task_id = job.remote_task_id
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
-        """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours."""
-        await self.queue.set_progress(self.job, percent, message)
+        """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours.
+
+        A write the database refuses or loses (a hiccup) is logged as a warning and the
+        handler goes on: progress is news for whoever watches, and the attempt's work is
+        worth more than one missed update. An invalid ``percent`` still raises."""
+        try:
+            await self.queue.set_progress(self.job, percent, message)
+        except (LeaseLost, JobNotFound, PayloadError):
+            raise
+        except Exception as exc:
+            log.warning(
+                "Job %s: progress %s%% not recorded (%s); the job goes on",
+                self.job.id,
+                percent,
+                describe_error(exc),
+            )
 
     async def remember(self, task_id: str) -> None:
         """Save the provider's task id on the job, so a later attempt resumes it."""
@@ -550,6 +564,11 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
+        if job.unreadable is not None:
+            # A client stored what no decoder reads: no attempt can ever do better.
+            slot.handler_done = True
+            await self._record_failure(slot, job.unreadable, False)
+            return
         handler = self.handlers.get(job.kind)
         if handler is None:
             slot.handler_done = True
