@@ -230,6 +230,12 @@ _MISSING_TABLE = (
     "undefined_table",
 )
 _NO_PERMISSION = ("permission denied", "insufficient privilege", "row-level security")
+#: An INSERT ... ON CONFLICT whose target no index matches: the table predates the index it
+#: names (revision 0003 scoped idempotency keys per owner).
+_OLD_SCHEMA = (
+    "no unique or exclusion constraint matching the on conflict",
+    "on conflict clause does not match any primary key or unique constraint",
+)
 
 
 def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
@@ -247,6 +253,10 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
         return PermissionDenied(f"the database refused access to {table}: {detail}")
     if any(m in text for m in _MISSING_TABLE) and (table.lower() in text or "relation" in text):
         return SchemaNotInstalled(f"the jobs table {table!r} is not installed ({detail})")
+    if any(m in text for m in _OLD_SCHEMA):
+        return SchemaNotInstalled(
+            f"the jobs table {table!r} is older than this version of jobqueue ({detail})"
+        )
     unreachable = getattr(exc, "connection_invalidated", False) or isinstance(
         exc, sa_exc.OperationalError | sa_exc.InterfaceError
     )
