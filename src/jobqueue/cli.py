@@ -340,10 +340,8 @@ def sql_command(env: Env, supabase: bool, worker_role: str) -> None:
     """
     from .migrations import sql
 
-    if supabase:  # the migrations and the RLS set-up, in one transaction
-        text = _supabase_sql(env, worker_role)
-    else:
-        text = sql(table=env.table, schema=env.schema)
+    # With --supabase: the migrations and the RLS set-up, in one transaction.
+    text = _supabase_sql(env, worker_role) if supabase else sql(table=env.table, schema=env.schema)
     click.echo(text.rstrip())
 
 

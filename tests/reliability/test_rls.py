@@ -20,7 +20,6 @@ from sqlalchemy import Engine, event, make_url, text
 from sqlalchemy import exc as sa_exc
 
 from jobqueue import (
-    JobNotFound,
     JobQueue,
     NewJob,
     PermissionDenied,

@@ -122,9 +122,7 @@ def _table(t: Target, *, checked: bool, owner_scoped: bool) -> sa.Table:
     )
     c = table.c
     pending = sa.text("status = 'pending'")
-    sa.Index(
-        f"{n}_claim_idx", c.queue, c.priority.desc(), c.run_at, c.id, sqlite_where=pending
-    )
+    sa.Index(f"{n}_claim_idx", c.queue, c.priority.desc(), c.run_at, c.id, sqlite_where=pending)
     sa.Index(f"{n}_lease_idx", c.lease_expires_at, sqlite_where=sa.text("status = 'processing'"))
     owned = sa.text("owner_id IS NOT NULL")
     sa.Index(f"{n}_owner_idx", c.owner_id, c.created_at.desc(), sqlite_where=owned)
@@ -208,10 +206,8 @@ def upgrade() -> None:
         _rebuild_sqlite(t, _table(t, checked=True, owner_scoped=True))
         return
     checks = {f"{t.name}_{name}_check": expr for name, expr in bounds(t.dialect).items()}
-    op.execute(
-        f"ALTER TABLE {t.qualified} "
-        + ", ".join(f'ADD CONSTRAINT "{name}" CHECK ({expr}) NOT VALID' for name, expr in checks.items())
-    )
+    added = (f'ADD CONSTRAINT "{name}" CHECK ({expr}) NOT VALID' for name, expr in checks.items())
+    op.execute(f"ALTER TABLE {t.qualified} " + ", ".join(added))
     validate = " ".join(
         f"IF NOT EXISTS (SELECT FROM {t.qualified} WHERE NOT ({expr})) THEN "
         f'ALTER TABLE {t.qualified} VALIDATE CONSTRAINT "{name}"; END IF;'
@@ -223,13 +219,17 @@ def upgrade() -> None:
 def downgrade() -> None:
     t = target()
     if not op.get_context().as_sql:
-        shared = op.get_bind().execute(
-            sa.text(
-                f"SELECT count(*) FROM (SELECT 1 FROM {t.qualified} "
-                "WHERE idempotency_key IS NOT NULL "
-                "GROUP BY queue, idempotency_key HAVING count(*) > 1) AS shared"
+        shared = (
+            op.get_bind()
+            .execute(
+                sa.text(
+                    f"SELECT count(*) FROM (SELECT 1 FROM {t.qualified} "
+                    "WHERE idempotency_key IS NOT NULL "
+                    "GROUP BY queue, idempotency_key HAVING count(*) > 1) AS shared"
+                )
             )
-        ).scalar()
+            .scalar()
+        )
         if shared:
             raise ConfigurationError(
                 f"cannot go back to revision 0002: {shared} idempotency keys are used by more "
