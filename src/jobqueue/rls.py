@@ -3,7 +3,8 @@
 Supabase exposes every table in ``public`` to the browser (roles ``anon`` and
 ``authenticated``) through its REST API, so a jobs table without RLS is readable and
 writable by anyone holding the anon key. `supabase_sql` returns the SQL to paste after the
-migration; `apply_rls` runs the same statements. The rules:
+migration; `apply_rls` runs the same statements; `supabase_script` (``jobqueue sql
+--supabase``) puts the migrations and these statements in one transaction. The rules:
 
 - ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) and SELECT
   only their own jobs, and of those only the columns an owner needs (`schema.OWNER_COLUMNS`:

@@ -192,10 +192,13 @@ def _check_sqlite_columns(t: Target, table: sa.Table) -> None:
 def _rebuild_sqlite(t: Target, table: sa.Table) -> None:
     _check_sqlite_columns(t, table)
     # Rows already outside the new bounds are copied as they are (see the module's text).
+    # The setting belongs to the connection, which outlives this migration in its pool.
     op.execute("PRAGMA ignore_check_constraints = ON")
-    with op.batch_alter_table(t.name, schema=t.schema, recreate="always", copy_from=table):
-        pass
-    op.execute("PRAGMA ignore_check_constraints = OFF")
+    try:
+        with op.batch_alter_table(t.name, schema=t.schema, recreate="always", copy_from=table):
+            pass
+    finally:
+        op.execute("PRAGMA ignore_check_constraints = OFF")
 
 
 def upgrade() -> None:
