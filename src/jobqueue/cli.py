@@ -643,7 +643,7 @@ def _enqueue_options(command: F) -> F:
         click.option("--owner", help="Owner id (your user's id), for listing and access."),
         click.option(
             "--idempotency-key",
-            help="A second enqueue with the same key (same queue) returns the first job.",
+            help="A second enqueue with the same key (same queue and owner) returns the first job.",
         ),
         click.option("--watch", is_flag=True, help="Follow the job with a progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
