@@ -147,6 +147,8 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
         "image",
         "--payload",
         '{"prompt": "a cat"}',
+        "--owner",
+        "alice",
         "--idempotency-key",
         "click-1",
         "--json",

@@ -3,7 +3,9 @@ invisible to a host application's own Alembic, and printable as SQL for Supabase
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,9 +18,18 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, make_url, text
 
 from alembic import command
-from jobqueue import JobQueue, SchemaNotInstalled, jobs_table, migrate
+from jobqueue import (
+    ConfigurationError,
+    JobQueue,
+    PayloadError,
+    SchemaNotInstalled,
+    Status,
+    jobs_table,
+    migrate,
+)
 from jobqueue.database import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
+from tests.conftest import sql_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +51,8 @@ def test_migrate_is_idempotent_and_keeps_its_own_version_table(
     assert "alembic_version" not in tables
 
 
+# SQLAlchemy cannot reflect SQLite's expression indexes (the idempotency index): it says so.
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_migrated_database_matches_the_schema_module(db_url: str, table_name: str) -> None:
     migrate(db_url, table=table_name)
     engine = make_engine(db_url)
@@ -53,6 +66,8 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
     assert ours == []
 
 
+# SQLAlchemy cannot reflect SQLite's expression indexes (the idempotency index): it says so.
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
     migrate(db_url)
     host = MetaData()
@@ -189,8 +204,8 @@ def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
 ) -> None:
     migrate(db_url, table=table_name, revision="0001")
     assert "WHERE" not in _owner_index_sql(db_url, table_name).upper()
-    with JobQueue(db_url, table=table_name) as q:
-        q.enqueue("image", {}, owner_id="u")
+    with sql_runner(db_url) as run:  # this version's enqueue needs revision 0003
+        run(f"INSERT INTO {table_name} (owner_id) VALUES ('u')")
     migrate(db_url, table=table_name)
     assert "owner_id IS NOT NULL" in _owner_index_sql(db_url, table_name)
     engine = make_engine(db_url)
@@ -206,3 +221,179 @@ def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
     migrate(db_url, table=table_name)
     with JobQueue(db_url, table=table_name) as q:
         assert [j.owner_id for j in q.list(owner_id="u")] == ["u"]
+
+
+def _downgrade(db_url: str, table: str, revision: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        cfg = _config(table, None)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_0003_keeps_every_row_and_fails_only_unfinished_jobs_out_of_bounds(
+    db_url: str, table_name: str
+) -> None:
+    """Rows that 0002 allowed — keys repeated across queues, several owners, rows a client
+    stored outside the new bounds — all survive 0003. The unfinished ones out of bounds
+    are failed with a reason, so no worker's claim ever meets them; the rest keep their
+    status."""
+    t = table_name
+    migrate(db_url, table=t, revision="0002")
+    postgres = db_url.startswith("postgresql")
+    unreadable = "infinity" if postgres else "soon"
+    rows = [
+        # (tag, status, extra columns)
+        ("a", "pending", {"queue": "a", "idempotency_key": "k"}),
+        ("b", "pending", {"queue": "b", "idempotency_key": "k"}),
+        ("c", "pending", {"queue": "a", "idempotency_key": "k2", "owner_id": "alice"}),
+        ("d", "pending", {"owner_id": "bob"}),
+        ("e", "completed", {"owner_id": "bob"}),
+        ("f", "pending", {"owner_id": "alice", "idempotency_key": "0123456789abcdef:k"}),
+        ("too_urgent", "pending", {"priority": 5_000_000}),
+        ("held_by_a_long_name", "processing", {"locked_by": "w" * 300, "attempts": 1}),
+        ("never", "completed", {"run_at": unreadable}),
+    ]
+    with sql_runner(db_url) as run:
+        for tag, status, extra in rows:
+            columns = ", ".join(["payload", "status", *extra])
+            values = ", ".join([":payload", ":status", *(f":{k}" for k in extra)])
+            run(
+                f"INSERT INTO {t} ({columns}) VALUES ({values})",
+                payload=f'{{"tag": "{tag}"}}',
+                status=status,
+                **extra,
+            )
+        before = {
+            json.loads(p)["tag"] if isinstance(p, str) else p["tag"]: (str(i), s)
+            for i, p, s in run(f"SELECT id, payload, status FROM {t}")
+        }
+        migrate(db_url, table=t)
+        after = {
+            json.loads(p)["tag"] if isinstance(p, str) else p["tag"]: (str(i), s, e)
+            for i, p, s, e in run(f"SELECT id, payload, status, error FROM {t}")
+        }
+        assert set(after) == set(before)
+        for tag, (job_id, status) in before.items():
+            assert after[tag][0] == job_id
+            if tag in ("too_urgent", "held_by_a_long_name"):
+                assert after[tag][1] == "failed" and "migration 0003" in after[tag][2]
+            else:
+                assert after[tag][1:] == (status, None), tag
+        never = run(f"SELECT CAST(run_at AS TEXT) FROM {t} WHERE id = :id", id=before["never"][0])
+        assert never == [(unreadable,)]
+        if postgres:
+            invalid = run(
+                "SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                "AND NOT convalidated ORDER BY 1",
+                t=t,
+            )
+            # Kept NOT VALID where an old row breaks them; every other one is validated.
+            assert [n for (n,) in invalid] == [
+                f"{t}_locked_by_check",
+                f"{t}_priority_check",
+                f"{t}_times_check",
+            ]
+        with pytest.raises(Exception, match=f"{t}_priority_check"):
+            run(f"INSERT INTO {t} (priority) VALUES (5000000)")
+    with JobQueue(db_url, table=t) as q:
+        claimed = q.claim("w", limit=10, queues=["default", "a", "b"])
+        assert sorted(j.payload["tag"] for j in claimed) == ["a", "b", "c", "d", "f"]
+        urgent = next(j for j in q.list(status="failed") if j.payload["tag"] == "too_urgent")
+        if q.is_postgres:
+            # PostgreSQL checks the whole row on every update: retrying it as it is would
+            # keep the bad value, and our error names the bound. (SQLite checks only the
+            # constraints on the columns an update sets: `retry` does not set priority.)
+            with pytest.raises(PayloadError, match="priority_check"):
+                q.retry(urgent.id)
+        with sql_runner(db_url) as run:
+            run(f"UPDATE {t} SET priority = 0 WHERE priority = 5000000")
+        assert q.retry(urgent.id).status is Status.PENDING
+        assert [j.id for j in q.claim("w")] == [urgent.id]
+
+
+def test_0003_goes_back_to_0002_unless_two_owners_share_a_key(db_url: str, table_name: str) -> None:
+    t = table_name
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        alice = q.enqueue("image", {}, owner_id="alice", idempotency_key="k")
+        q.enqueue("image", {}, owner_id="bob", idempotency_key="k")
+    with pytest.raises(ConfigurationError, match="more than one owner") as refused:
+        _downgrade(db_url, t, "0002")
+    assert "idempotency_key = NULL" in refused.value.hint
+    assert schema_state(db_url, table=t).current == "0003"
+    with sql_runner(db_url) as run:
+        run(f"UPDATE {t} SET idempotency_key = NULL WHERE owner_id = 'bob'")
+        _downgrade(db_url, t, "0002")
+        assert schema_state(db_url, table=t).current == "0002"
+        run(f"INSERT INTO {t} (priority) VALUES (5000000)")  # no bounds at 0002
+        with pytest.raises(Exception, match=r"(?i)unique"):
+            run(f"INSERT INTO {t} (owner_id, idempotency_key) VALUES ('carol', 'k')")
+        migrate(db_url, table=t)
+        assert run(f"SELECT count(*) FROM {t}") == [(3,)]
+    with JobQueue(db_url, table=t) as q:
+        assert q.get(alice.id).idempotency_key == "k"
+        assert q.enqueue("image", {}, owner_id="carol", idempotency_key="k").owner_id == "carol"
+        assert len(q.list(status="failed")) == 1  # the out-of-bounds row of 0002's time
+
+
+def _checks(db_url: str, table: str) -> dict[str, str]:
+    """The table's check constraints as the database describes them, by name less the table's."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                found = conn.execute(
+                    text(
+                        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                        "WHERE conrelid = CAST(:t AS regclass) AND contype = 'c'"
+                    ),
+                    {"t": table},
+                ).all()
+            else:
+                ddl = conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
+                    {"t": table},
+                ).scalar_one()
+                found = re.findall(r"CONSTRAINT (\w+) CHECK \((.*)\),? *\n", ddl + "\n")
+    finally:
+        engine.dispose()
+    return {name.removeprefix(table): definition for name, definition in found}
+
+
+def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_name: str) -> None:
+    migrate(db_url, table=table_name)
+    fresh = f"{table_name}_x"
+    engine = make_engine(db_url)
+    try:
+        jobs_table(fresh).metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    migrated, declared = _checks(db_url, table_name), _checks(db_url, fresh)
+    assert len(migrated) == 15
+    assert {k: v.replace(fresh, table_name) for k, v in declared.items()} == migrated
+
+
+@pytest.mark.postgres
+def test_the_sql_script_runs_twice_and_upgrades_an_older_database(
+    postgres_url: str, table_name: str
+) -> None:
+    """`jobqueue sql` as pasted into psql: a second run changes nothing, and the script of
+    a newer version brings a database at an older revision up to date."""
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    script = sql(table=table_name)
+    older = f"{table_name}_old"
+    migrate(postgres_url, table=older, revision="0002")
+    for name, text_ in ((table_name, script), (table_name, script), (older, sql(table=older))):
+        done = subprocess.run(
+            ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q"],
+            input=text_, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "ERROR" not in done.stderr, done.stderr
+        assert schema_state(postgres_url, table=name).up_to_date
+    with JobQueue(postgres_url, table=older) as q:
+        assert q.enqueue("image", {}, owner_id="a", idempotency_key="k").owner_id == "a"

@@ -335,19 +335,19 @@ def sql_command(env: Env, supabase: bool, worker_role: str) -> None:
 
     Paste it into the Supabase SQL Editor (or pipe it to psql) where `jobqueue migrate`
     cannot connect. It includes our own version table, so a later `jobqueue migrate`
-    knows where the database stands.
+    knows where the database stands, and it is safe to run again: revisions already
+    applied are skipped.
     """
     from .migrations import sql
 
-    text = sql(table=env.table, schema=env.schema)
-    if supabase:
-        text = f"{text.rstrip()}\n\n{_supabase_sql(env, worker_role)}"
+    # With --supabase: the migrations and the RLS set-up, in one transaction.
+    text = _supabase_sql(env, worker_role) if supabase else sql(table=env.table, schema=env.schema)
     click.echo(text.rstrip())
 
 
 def _supabase_sql(env: Env, worker_role: str) -> str:
     try:
-        from .rls import supabase_sql
+        from .rls import supabase_script
     except ImportError as exc:
         if exc.name not in ("jobqueue.rls", None):
             raise
@@ -355,7 +355,7 @@ def _supabase_sql(env: Env, worker_role: str) -> str:
             "this version of jobqueue cannot print Supabase RLS policies yet",
             hint="run `jobqueue sql` without --supabase and add the policies by hand",
         ) from exc
-    return supabase_sql(table=env.table, schema=env.schema, worker_role=worker_role)
+    return supabase_script(table=env.table, schema=env.schema, worker_role=worker_role)
 
 
 _MARKS = {
@@ -643,7 +643,7 @@ def _enqueue_options(command: F) -> F:
         click.option("--owner", help="Owner id (your user's id), for listing and access."),
         click.option(
             "--idempotency-key",
-            help="A second enqueue with the same key (same queue) returns the first job.",
+            help="A second enqueue with the same key (same queue and owner) returns the first job.",
         ),
         click.option("--watch", is_flag=True, help="Follow the job with a progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),

@@ -22,6 +22,7 @@ from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
     JobQueueError,
+    PayloadError,
     PermissionDenied,
     SchemaNotInstalled,
 )
@@ -330,6 +331,13 @@ _MISSING_TABLE = (
     "undefined_table",
 )
 _NO_PERMISSION = ("permission denied", "insufficient privilege", "row-level security")
+_OUT_OF_BOUNDS = ("violates check constraint", "check constraint failed")
+#: An INSERT ... ON CONFLICT whose target no index matches: the table predates the index it
+#: names (revision 0003 scoped idempotency keys per owner).
+_OLD_SCHEMA = (
+    "no unique or exclusion constraint matching the on conflict",
+    "on conflict clause does not match any primary key or unique constraint",
+)
 
 
 def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
@@ -347,6 +355,17 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
         return PermissionDenied(f"the database refused access to {table}: {detail}")
     if any(m in text for m in _MISSING_TABLE) and (table.lower() in text or "relation" in text):
         return SchemaNotInstalled(f"the jobs table {table!r} is not installed ({detail})")
+    if any(m in text for m in _OLD_SCHEMA):
+        return SchemaNotInstalled(
+            f"the jobs table {table!r} is older than this version of jobqueue ({detail})"
+        )
+    if any(m in text for m in _OUT_OF_BOUNDS):
+        # The library checks every value it writes against the same bounds, so this is a
+        # row stored by another client before the bounds existed (migration 0003).
+        return PayloadError(
+            f"a job in {table} holds a value outside the table's bounds ({detail})",
+            hint="correct the job's values (the constraint named says which) and try again",
+        )
     unreachable = getattr(exc, "connection_invalidated", False) or isinstance(
         exc, sa_exc.OperationalError | sa_exc.InterfaceError
     )

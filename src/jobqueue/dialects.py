@@ -139,6 +139,33 @@ def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> st
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
 
 
+class Finite(FunctionElement[bool]):
+    """True when a timestamp is a real point in time, or NULL (a check constraint passes).
+
+    PostgreSQL's ``timestamptz`` holds ``infinity`` and ``-infinity``, which no client
+    library reads back as a datetime. SQLite stores text, which may be anything: a value
+    is a time when SQLite's own date functions can read it.
+    """
+
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(Finite, "postgresql")
+def _finite_pg(element: Finite, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"isfinite({compiler.process(column, **kw)})"
+
+
+@compiles(Finite)
+def _finite_sqlite(element: Finite, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    value = compiler.process(column, **kw)
+    return f"({value} IS NULL OR julianday({value}) IS NOT NULL)"
+
+
 class JsonAppend(FunctionElement[Any]):
     """``array || [object]`` for a JSON array column; the object's keys and values given
     as alternating SQL expressions (values may be bound parameters)."""

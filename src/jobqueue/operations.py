@@ -33,6 +33,14 @@ from .schema import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     JSON_COLUMNS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_ERROR,
+    MAX_NAME,
+    MAX_PRIORITY,
+    MAX_PROGRESS_MESSAGE,
+    MAX_REMOTE_TASK_ID,
+    MAX_RESULT_URL,
+    MAX_TEXT,
     Job,
     Status,
     check_move,
@@ -45,11 +53,7 @@ Row = Mapping[str, Any]
 Rows = list[Row]
 Operation = Generator[Step, Rows, T]
 
-MAX_PRIORITY = 1_000_000
 MAX_DELAY = timedelta(days=366)
-MAX_ATTEMPTS_LIMIT = 1000
-MAX_TEXT = 255
-MAX_NAME = 200
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 DEFAULT_LEASE = 30.0
 
@@ -420,7 +424,8 @@ COPY_MIN_JOBS = 200
 
 
 def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[list[Job]]:
-    """Insert the rows; for an idempotency key already in the queue, the existing job.
+    """Insert the rows; for an idempotency key the same owner (or, for a job without one,
+    an unowned job) already used in the queue, the existing job.
 
     Large batches on PostgreSQL are COPYed when no job carries an idempotency key (keys need
     ON CONFLICT, which COPY has not) and the role may COPY (see `Statements.copy_context`).
@@ -444,12 +449,14 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
     jsonb = s.dialect == "postgresql"
     written = {i["id"]: i for i in inserted}
     missing = [r for r in rows if r["id"] not in written]
-    existing: dict[tuple[str, str], Job] = {}
-    for queue in {r["queue"] for r in missing}:
-        keys = [r["idempotency_key"] for r in missing if r["queue"] == queue]
-        for found in (yield s.by_idempotency_keys(queue, keys)):
+    # A key is unique per queue and owner (the index's scope), so the job found for a row is
+    # always its own owner's: never another's.
+    existing: dict[tuple[str, str | None, str], Job] = {}
+    for scope in {(r["queue"], r["owner_id"]) for r in missing}:
+        keys = [r["idempotency_key"] for r in missing if (r["queue"], r["owner_id"]) == scope]
+        for found in (yield s.by_idempotency_keys(*scope, keys)):
             job = read_job(found)
-            existing[(job.queue, job.idempotency_key or "")] = job
+            existing[(job.queue, job.owner_id, job.idempotency_key or "")] = job
     out: list[Job] = []
     for r in rows:
         row = written.get(r["id"])
@@ -457,7 +464,7 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Operation[lis
             run_at = row["run_at"]
             out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, jsonb))
             continue
-        found_job = existing.get((r["queue"], r["idempotency_key"] or ""))
+        found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))
         if found_job is None:  # the conflicting row vanished between the two statements
             raise JobNotFound(
                 f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
@@ -607,13 +614,13 @@ def set_progress(
 ) -> Operation[None]:
     check_int(percent, "progress", 0, 100)
     if message is not None:
-        check_text(message, "progress message", limit=1000, empty=True)
+        check_text(message, "progress message", limit=MAX_PROGRESS_MESSAGE, empty=True)
     rows = yield s.set_progress(job.id, job.attempts, percent, message)
     yield from _fenced(s, job, rows, "report progress on")
 
 
 def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
-    check_text(remote_task_id, "remote task id", limit=1000)
+    check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
     rows = yield s.remember(job.id, job.attempts, remote_task_id)
     yield from _fenced(s, job, rows, "save the remote task id of")
 
@@ -621,7 +628,7 @@ def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
 def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
     """Check a result and its URL; the result as JSON text (None stays None: SQL NULL)."""
     if result_url is not None:
-        check_text(result_url, "result_url", limit=8192)
+        check_text(result_url, "result_url", limit=MAX_RESULT_URL)
     return None if result is None else check_json(result, "result", limits)
 
 
@@ -712,7 +719,7 @@ def fail(
 ) -> Operation[Job]:
     """Record a failed attempt. ``retry=None`` retries while attempts remain, ``False`` never,
     ``True`` even when they are spent (one more attempt)."""
-    message = storable_text(str(error))[:10_000] or "failed without a message"
+    message = storable_text(str(error))[:MAX_ERROR] or "failed without a message"
     if retry is None:
         retry = job.attempts < job.max_attempts
     delay: float | None = None
@@ -727,7 +734,7 @@ def fail(
 
 
 def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
-    rows = yield s.release(job.id, job.attempts, storable_text(str(reason))[:10_000])
+    rows = yield s.release(job.id, job.attempts, storable_text(str(reason))[:MAX_ERROR])
     return read_job((yield from _fenced(s, job, rows, "release")))
 
 

@@ -288,8 +288,9 @@ class JobQueue(_QueueBase[Engine]):
         """Create a job and return it (with its id) at once.
 
         With ``connection=``, the insert joins that connection's transaction: the job
-        exists only if the caller commits. A repeated ``idempotency_key`` in the same queue
-        returns the existing job instead of making a second one.
+        exists only if the caller commits. A repeated ``idempotency_key`` in the same queue,
+        for the same ``owner_id`` (or again without one), returns the existing job instead
+        of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
         return self._run(ops.enqueue_many(self.statements, rows), connection)[0]

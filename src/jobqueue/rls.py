@@ -3,23 +3,29 @@
 Supabase exposes every table in ``public`` to the browser (roles ``anon`` and
 ``authenticated``) through its REST API, so a jobs table without RLS is readable and
 writable by anyone holding the anon key. `supabase_sql` returns the SQL to paste after the
-migration; `apply_rls` runs the same statements. The rules:
+migration; `apply_rls` runs the same statements; `supabase_script` (``jobqueue sql
+--supabase``) puts the migrations and these statements in one transaction. The rules:
 
 - ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) and SELECT
-  only their own jobs. An insert may name only the columns a browser has any business
-  setting (`USER_COLUMNS`; a column-level grant, so naming ``remote_task_id``, ``status``,
-  ``locked_by``, ``result`` ... is refused outright), and the policy pins the rest of the
-  new row: its starting state, priority 0, at most the default number of attempts, a
-  ``run_at`` not in the past, and a queue and kind from the allowed lists (``image`` in
-  ``default`` unless told otherwise). Otherwise a user could hand the worker someone else's
-  provider task id to "resume", or jump the queue with a large priority.
+  only their own jobs, and of those only the columns an owner needs (`schema.OWNER_COLUMNS`:
+  no worker host names, lease, provider task id or raw error text). An insert may name only
+  the columns a browser has any business setting (`USER_COLUMNS`; a column-level grant, so
+  naming ``remote_task_id``, ``status``, ``locked_by``, ``result`` ... is refused outright),
+  and the policy pins the rest of the new row: its starting state, priority 0, at most the
+  default number of attempts, a ``run_at`` from now to `MAX_DELAY` ahead, a payload within
+  the library's default size and depth, and a queue and kind from the allowed lists
+  (``image`` in ``default`` unless told otherwise). Otherwise a user could hand the worker
+  someone else's provider task id to "resume", jump the queue with a large priority, or
+  store a row the worker cannot read.
 - Nobody but the worker's role (``service_role`` by default) may UPDATE or DELETE: claiming,
-  completing, cancelling and pruning are the worker's (or an operator's) business.
+  completing, cancelling and pruning are the worker's (or an operator's) business. The
+  worker role may read our version table, so ``jobqueue check`` can tell it the revision.
 - ``anon`` gets nothing.
 
 The SQL only *references* ``auth.uid()``; it never creates or replaces anything in Supabase's
-own ``auth`` schema (a guard stops with a clear message when ``auth.uid()`` is missing).
-Every statement can be run again: policies are dropped and recreated, grants are repeatable.
+own ``auth`` schema (a guard stops with a clear message when ``auth.uid()`` or one of the
+roles is missing, before anything is changed). Every statement can be run again: policies
+are dropped and recreated, grants are repeatable.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from sqlalchemy import URL, Connection, Engine, text
 
 from .database import make_engine, translated_errors
 from .errors import ConfigurationError
-from .migrations import version_table
+from .migrations import migration_statements, version_table
+from .operations import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DELAY, MAX_JSON_DEPTH
 from .schema import (
     DEFAULT_KIND,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
+    OWNER_COLUMNS,
     validate_identifier,
     validate_table_name,
 )
@@ -48,6 +56,7 @@ ANONYMOUS_ROLE = "anon"
 OWNER_INSERT_POLICY = "jobqueue_owner_insert"
 OWNER_SELECT_POLICY = "jobqueue_owner_select"
 WORKER_POLICY = "jobqueue_worker_all"
+WORKER_VERSION_POLICY = "jobqueue_worker_read"
 
 #: ``auth.uid()`` returns a uuid; ``owner_id`` is text (owners need not be Supabase users).
 #: The sub-select makes PostgreSQL evaluate it once per statement instead of once per row.
@@ -81,10 +90,51 @@ USER_COLUMNS = (
 )
 
 #: A browser's job waits its turn: no priority, no extra attempts, no back-dated run_at
-#: (now() is the transaction's start, never later than the default clock_timestamp()).
+#: (now() is the transaction's start, never later than the default clock_timestamp()), and
+#: none further ahead than the library's own delays go (the upper bound reads the clock
+#: after the row's default did, so a delay of exactly `MAX_DELAY` passes).
 _FAIR_JOB = (
-    f"priority = 0 AND max_attempts BETWEEN 1 AND {DEFAULT_MAX_ATTEMPTS} AND run_at >= now()"
+    f"priority = 0 AND max_attempts BETWEEN 1 AND {DEFAULT_MAX_ATTEMPTS} AND run_at >= now() "
+    f"AND run_at <= clock_timestamp() + interval '{MAX_DELAY.days} days'"
 )
+
+#: A payload the worker can read, within the library's default limits: its size as stored
+#: (checked first: it costs nothing) and as text (what the worker decodes: numbers that
+#: jsonb keeps small may print with thousands of digits), and its nesting depth.
+_READABLE_PAYLOAD = (
+    f"pg_column_size(payload) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
+    f"AND octet_length(payload::text) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
+    f"AND NOT jsonb_path_exists(payload, 'strict $.**{{{MAX_JSON_DEPTH + 1} to last}}')"
+)
+
+
+def _prerequisites(worker_role: str) -> str:
+    """A statement that stops the script, before it changes anything, when ``auth.uid()``
+    or one of the roles is missing.
+
+    It never creates them: on Supabase they exist and belong to Supabase; elsewhere their
+    author must decide what they mean, and the worker role is the operator's to create.
+    """
+    missing_uid = (
+        "IF to_regprocedure('auth.uid()') IS NULL THEN RAISE EXCEPTION "
+        "'auth.uid() does not exist: this SQL is for Supabase (or a database that provides "
+        "auth.uid() and the roles anon, authenticated and the worker role)'; END IF;"
+    )
+    missing_roles = " ".join(
+        f"IF to_regrole('{_quote(role)}') IS NULL THEN RAISE EXCEPTION 'the role {role} does "
+        f"not exist: {_how_to_get(role)}; nothing was changed'; END IF;"
+        for role in (ANONYMOUS_ROLE, USER_ROLE, worker_role)
+    )
+    return f"DO $jobqueue$ BEGIN {missing_uid} {missing_roles} END $jobqueue$"
+
+
+def _how_to_get(role: str) -> str:
+    if role in (ANONYMOUS_ROLE, USER_ROLE, DEFAULT_WORKER_ROLE):
+        return "Supabase provides it; on plain PostgreSQL create it first"
+    return (
+        f"create it first (CREATE ROLE {role} LOGIN PASSWORD ...), or name an existing role "
+        "with --worker-role"
+    )
 
 
 def _quote(name: str) -> str:
@@ -133,20 +183,18 @@ def rls_statements(
     owned = f"owner_id = {_CURRENT_USER}"
     allowed = f"{_one_of('kind', user_kinds, 'kind')} AND {_one_of('queue', user_queues, 'queue')}"
     out = [
-        # Refuse to run where auth.uid() is missing instead of creating one: on Supabase it
-        # exists and belongs to Supabase; elsewhere its author must decide what it means.
-        "DO $jobqueue$ BEGIN IF to_regprocedure('auth.uid()') IS NULL THEN RAISE EXCEPTION "
-        "'auth.uid() does not exist: this SQL is for Supabase (or a database that provides "
-        "auth.uid() and the roles anon, authenticated and the worker role)'; END IF; "
-        "END $jobqueue$",
+        _prerequisites(worker_role),
         f"ALTER TABLE {jobs} ENABLE ROW LEVEL SECURITY",
+        # REVOKE ALL on a table revokes its column grants too, so running this again never
+        # leaves a column readable that the list below no longer names.
         f"REVOKE ALL ON {jobs} FROM PUBLIC, {anon}, {user}",
-        f"GRANT SELECT ON {jobs} TO {user}",
+        f"GRANT SELECT ({', '.join(OWNER_COLUMNS)}) ON {jobs} TO {user}",
         f"GRANT INSERT ({', '.join(USER_COLUMNS)}) ON {jobs} TO {user}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {jobs} TO {worker}",
         f"DROP POLICY IF EXISTS {OWNER_INSERT_POLICY} ON {jobs}",
         f"CREATE POLICY {OWNER_INSERT_POLICY} ON {jobs} FOR INSERT TO {user} "
-        f"WITH CHECK ({owned} AND {_NEW_JOB} AND {_FAIR_JOB} AND {allowed})",
+        f"WITH CHECK ({owned} AND {_NEW_JOB} AND {_FAIR_JOB} AND {allowed} "
+        f"AND {_READABLE_PAYLOAD})",
         f"DROP POLICY IF EXISTS {OWNER_SELECT_POLICY} ON {jobs}",
         f"CREATE POLICY {OWNER_SELECT_POLICY} ON {jobs} FOR SELECT TO {user} USING ({owned})",
         # On Supabase service_role bypasses RLS anyway; the policy makes a worker role
@@ -154,9 +202,13 @@ def rls_statements(
         f"DROP POLICY IF EXISTS {WORKER_POLICY} ON {jobs}",
         f"CREATE POLICY {WORKER_POLICY} ON {jobs} FOR ALL TO {worker} "
         "USING (true) WITH CHECK (true)",
-        # Our migration bookkeeping is nobody's business but the owner's.
+        # Our migration bookkeeping is nobody's business but the owner's and the worker's
+        # (`jobqueue check` run as the worker role reads the revision).
         f"ALTER TABLE {versions} ENABLE ROW LEVEL SECURITY",
         f"REVOKE ALL ON {versions} FROM PUBLIC, {anon}, {user}",
+        f"GRANT SELECT ON {versions} TO {worker}",
+        f"DROP POLICY IF EXISTS {WORKER_VERSION_POLICY} ON {versions}",
+        f"CREATE POLICY {WORKER_VERSION_POLICY} ON {versions} FOR SELECT TO {worker} USING (true)",
     ]
     if schema is not None:
         out.insert(1, f"GRANT USAGE ON SCHEMA {_quote(schema)} TO {user}, {worker}")
@@ -184,6 +236,34 @@ def supabase_sql(
         f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
     )
     return f"{header}BEGIN;\n{body};\nCOMMIT;\n"
+
+
+def supabase_script(
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    worker_role: str = DEFAULT_WORKER_ROLE,
+    *,
+    user_kinds: Sequence[str] = (DEFAULT_KIND,),
+    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
+) -> str:
+    """Everything Supabase needs, as one script for its SQL Editor (``jobqueue sql
+    --supabase``): the migrations, then the row-level security, in one transaction.
+
+    Safe to paste again: revisions already applied are skipped (`migration_statements`),
+    the RLS statements are repeatable. A missing ``auth.uid()`` or role stops it before
+    anything is changed, and a failure anywhere leaves the database as it was.
+    """
+    guard, *rls = rls_statements(
+        table, schema, worker_role, user_kinds=user_kinds, user_queues=user_queues
+    )
+    statements = [guard, *migration_statements(table=table, schema=schema), *rls]
+    where = f"{schema}.{table}" if schema else table
+    header = (
+        f"-- jobqueue: the jobs table {where}, then its row-level security for Supabase\n"
+        f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
+        "-- Safe to run again: revisions already applied are skipped.\n"
+    )
+    return f"{header}BEGIN;\n\n" + ";\n\n".join(statements) + ";\n\nCOMMIT;\n"
 
 
 def _check_prerequisites(conn: Connection, roles: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     Column,
+    ColumnElement,
     Index,
     Integer,
     MetaData,
@@ -25,16 +26,31 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    and_,
+    func,
+    literal_column,
     text,
 )
 
-from .dialects import DbNow, NewJobId, UTCDateTime, json_type
+from .dialects import DbNow, Finite, NewJobId, UTCDateTime, json_type
 from .errors import ConfigurationError, InvalidTransition
 
 DEFAULT_TABLE = "generation_jobs"
 DEFAULT_QUEUE = "default"
 DEFAULT_KIND = "image"
 DEFAULT_MAX_ATTEMPTS = 3
+
+# What a job may hold. The library refuses a value outside these bounds with `PayloadError`
+# before it writes (`operations`), and the table's check constraints refuse it from every
+# other client (migration 0003); tests/test_bounds.py checks that the two agree.
+MAX_NAME = 200  # kind, queue
+MAX_TEXT = 255  # owner_id, idempotency_key, locked_by (the worker's id)
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS_LIMIT = 1000  # attempts a job may have left: max_attempts - attempts
+MAX_PROGRESS_MESSAGE = 1000
+MAX_REMOTE_TASK_ID = 1000
+MAX_RESULT_URL = 8192
+MAX_ERROR = 10_000  # a failed attempt's message, cut to this many characters
 
 #: The columns holding JSON (``jsonb`` on PostgreSQL, text on SQLite).
 JSON_COLUMNS = ("payload", "result", "errors")
@@ -172,6 +188,8 @@ def jobs_table(
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name=f"{name}_attempts_check"),
         schema=schema,
     )
+    for suffix, bound in bounds(t).items():
+        t.append_constraint(CheckConstraint(bound, name=f"{name}_{suffix}_check"))
     pending = t.c.status == text("'pending'")
     Index(
         f"{name}_claim_idx",
@@ -199,16 +217,105 @@ def jobs_table(
         sqlite_where=owned,
     )
     Index(f"{name}_created_idx", t.c.created_at)
+    # A key is unique per queue and owner, so two owners never meet through one; jobs
+    # without an owner share the queue's keys among themselves (migration 0003).
     has_key = t.c.idempotency_key.isnot(None)
     Index(
         f"{name}_idempotency_idx",
-        t.c.queue,
-        t.c.idempotency_key,
+        *idempotency_scope(t),
         unique=True,
         postgresql_where=has_key,
         sqlite_where=has_key,
     )
     return t
+
+
+def owner_scope(t: Table) -> ColumnElement[str]:
+    """The owner as the idempotency index holds it: ``''`` for jobs without one.
+
+    A plain unique index treats NULLs as distinct, so without this every unowned job could
+    reuse a key. No owner is ``''`` (the library refuses blank owners, and so does
+    ``<table>_owner_check``), so the two never mix.
+    """
+    return func.coalesce(t.c.owner_id, literal_column("''"))
+
+
+def idempotency_scope(t: Table) -> tuple[ColumnElement[Any], ...]:
+    """The columns (and expression) an idempotency key is unique within: one index and
+    the ON CONFLICT target that infers it (`statements.Statements.insert_many`)."""
+    return (t.c.queue, owner_scope(t), t.c.idempotency_key)
+
+
+def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
+    """The check constraints that keep every column within the library's own limits, by
+    name (``<table>_<name>_check``).
+
+    A NULL passes a check constraint, so the optional columns are bounded only when set.
+    A payload has no size bound here: ``max_payload_bytes`` is each queue's to raise, and
+    a ceiling would refuse what such a queue accepts. Supabase users' inserts are bounded by
+    the row-level security policy instead (`jobqueue.rls`).
+    """
+    c = t.c
+
+    def length(column: Any, low: int, high: int) -> ColumnElement[bool]:
+        return func.length(column).between(low, high)
+
+    return {
+        "queue": length(c.queue, 1, MAX_NAME),
+        "kind": length(c.kind, 1, MAX_NAME),
+        "owner": length(c.owner_id, 1, MAX_TEXT),
+        "key": length(c.idempotency_key, 1, MAX_TEXT),
+        "locked_by": length(c.locked_by, 1, MAX_TEXT),
+        "task_id": length(c.remote_task_id, 1, MAX_REMOTE_TASK_ID),
+        "message": length(c.progress_message, 0, MAX_PROGRESS_MESSAGE),
+        "result_url": length(c.result_url, 1, MAX_RESULT_URL),
+        "error": length(c.error, 0, MAX_ERROR),
+        "priority": c.priority.between(-MAX_PRIORITY, MAX_PRIORITY),
+        # Not max_attempts alone: `release` and `retry` raise it by one at a time, and
+        # neither may ever be refused. What they keep within bounds is what is left.
+        "attempts_left": (c.max_attempts - c.attempts) <= MAX_ATTEMPTS_LIMIT,
+        "times": and_(
+            *(
+                Finite(column)
+                for column in (
+                    c.run_at,
+                    c.created_at,
+                    c.updated_at,
+                    c.started_at,
+                    c.lease_expires_at,
+                    c.completed_at,
+                )
+            )
+        ),
+    }
+
+
+#: What a job's owner may read of it: through Supabase (the ``select`` grant of
+#: `jobqueue.rls`) and through the web API. Left out: the worker's internals (``locked_by``
+#: names a host, ``lease_expires_at``, ``remote_task_id`` is the provider's handle on the
+#: task) and the raw ``error`` and ``errors`` history, which may hold exception text, host
+#: and worker names. The web API derives a user-facing error from ``error`` itself.
+OWNER_COLUMNS: tuple[str, ...] = (
+    "id",
+    "queue",
+    "kind",
+    "status",
+    "payload",
+    "result",
+    "result_url",
+    "progress",
+    "progress_message",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "owner_id",
+    "idempotency_key",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ from sqlalchemy.types import TypeEngine
 
 from .bulk import CopyRows, Direct
 from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
-from .schema import JSON_COLUMNS, Job, Status, sources_of
+from .schema import JSON_COLUMNS, Job, Status, idempotency_scope, owner_scope, sources_of
 
 T = TypeVar("T")
 
@@ -218,8 +218,8 @@ class Statements:
         """Insert jobs (rows as `NewJob.to_row` makes them) in one statement.
 
         ``run_at`` is the caller's time when given, else the database clock plus the delay.
-        Rows whose (queue, idempotency_key) already exists are skipped: the caller learns
-        which from RETURNING and reads the existing jobs with `by_idempotency_keys`.
+        Rows whose (queue, owner, idempotency_key) already exists are skipped: the caller
+        learns which from RETURNING and reads the existing jobs with `by_idempotency_keys`.
         RETURNING gives only what the database chose (`INSERTED`): the caller knows the rest.
 
         PostgreSQL gets every column as one array parameter and ``unnest``\\s them: one
@@ -260,7 +260,6 @@ class Statements:
         return [self.t.c[name] for name in self.INSERTED]
 
     def _insert_values(self) -> Any:
-        c = self.t.c
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
@@ -280,10 +279,7 @@ class Statements:
         )
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
-        return stmt.on_conflict_do_nothing(
-            index_elements=[c.queue, c.idempotency_key],
-            index_where=c.idempotency_key.isnot(None),
-        ).returning(*self._inserted())
+        return stmt.on_conflict_do_nothing(**self._key_conflict()).returning(*self._inserted())
 
     def _insert_unnest(self) -> Any:
         c = self.t.c
@@ -325,12 +321,17 @@ class Statements:
         return (
             postgresql.insert(self.t)
             .from_select(targets, rows)
-            .on_conflict_do_nothing(
-                index_elements=[c.queue, c.idempotency_key],
-                index_where=c.idempotency_key.isnot(None),
-            )
+            .on_conflict_do_nothing(**self._key_conflict())
             .returning(*self._inserted())
         )
+
+    def _key_conflict(self) -> dict[str, Any]:
+        """The ON CONFLICT target: the idempotency index (a key is unique per queue and
+        owner, see `schema.idempotency_scope`), so an insert never meets another owner's."""
+        return {
+            "index_elements": list(idempotency_scope(self.t)),
+            "index_where": self.t.c.idempotency_key.isnot(None),
+        }
 
     #: The columns `copy_new` writes; every other column takes its server default.
     COPY_COLUMNS = (
@@ -388,15 +389,20 @@ class Statements:
         step = CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
         return Bound(step, None)
 
-    def by_idempotency_keys(self, queue: str, keys: Sequence[str]) -> Bound:
+    def by_idempotency_keys(self, queue: str, owner_id: str | None, keys: Sequence[str]) -> Bound:
+        """The jobs holding ``keys`` in ``queue`` for ``owner_id`` (None: the unowned jobs'),
+        matched as the idempotency index matches them."""
+
         def build() -> Any:
             c = self.t.c
             return select(*self.columns).where(
                 c.queue == _p("queue", Text()),
+                owner_scope(self.t) == _p("owner_scope", Text()),
                 c.idempotency_key.in_(bindparam("jq_keys", expanding=True, type_=Text())),
             )
 
-        return Bound(self._once("by_keys", build), {"jq_queue": queue, "jq_keys": list(keys)})
+        params = {"jq_queue": queue, "jq_owner_scope": owner_id or "", "jq_keys": list(keys)}
+        return Bound(self._once("by_keys", build), params)
 
     # -- claiming ----------------------------------------------------------------------------
 

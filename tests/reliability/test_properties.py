@@ -237,8 +237,10 @@ def test_job_fields_are_stored_exactly_or_refused(
         return
     got = jq.get(job.id)
     if count(jq) == before:
-        # An earlier example used this idempotency key in this queue: its job comes back.
-        assert key is not None and (got.queue, got.idempotency_key) == (queue, key)
+        # An earlier example used this idempotency key in this queue for this owner (or
+        # without one): its job comes back, never another owner's.
+        assert key is not None
+        assert (got.queue, got.owner_id, got.idempotency_key) == (queue, owner, key)
         return
     assert (got.kind, got.queue, got.owner_id, got.idempotency_key) == (kind, queue, owner, key)
     assert (got.priority, got.max_attempts) == (priority, max_attempts)

@@ -10,8 +10,12 @@ one of those roles, the way Supabase's REST API or a worker holding the service 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,7 +24,6 @@ from sqlalchemy import Engine, event, make_url, text
 from sqlalchemy import exc as sa_exc
 
 from jobqueue import (
-    JobNotFound,
     JobQueue,
     NewJob,
     PermissionDenied,
@@ -29,12 +32,15 @@ from jobqueue import (
 )
 from jobqueue.database import make_engine, normalise_url
 from jobqueue.errors import ConfigurationError
-from jobqueue.operations import COPY_MIN_JOBS
+from jobqueue.migrations import schema_state
+from jobqueue.operations import COPY_MIN_JOBS, DEFAULT_MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
 from jobqueue.rls import apply_rls, supabase_sql
+from jobqueue.schema import OWNER_COLUMNS
 
 pytestmark = pytest.mark.postgres
 
 ROLES = ("anon", "authenticated", "service_role")
+JOBQUEUE = shutil.which("jobqueue", path=str(Path(sys.executable).parent)) or "jobqueue"
 
 #: Supabase's auth.uid() in spirit: the ``sub`` claim of the request's JWT, as a uuid.
 EMULATED_UID = """
@@ -133,6 +139,18 @@ def users() -> tuple[str, str]:
     return str(uuid.uuid4()), str(uuid.uuid4())
 
 
+def visible(queue: JobQueue, where: str = "true", **params: Any) -> list[dict[str, Any]]:
+    """What a user reads through Supabase: the owner's columns, named (supabase-js
+    ``select("status, …")``), of the rows RLS lets them see."""
+    columns = ", ".join(OWNER_COLUMNS)
+    rows = raw(
+        queue,
+        f"SELECT {columns} FROM {queue.table_name} WHERE {where} ORDER BY created_at",
+        **params,
+    )
+    return [dict(zip(OWNER_COLUMNS, row, strict=True)) for row in rows]
+
+
 def test_a_user_inserts_and_reads_only_their_own_jobs(
     as_role: Callable[..., JobQueue], admin: JobQueue
 ) -> None:
@@ -141,9 +159,9 @@ def test_a_user_inserts_and_reads_only_their_own_jobs(
     mine = alice.enqueue("image", {"prompt": "a lego cat"}, owner_id=alice_id)
     theirs = bob.enqueue("image", {"prompt": "a lego dog"}, owner_id=bob_id)
     assert mine.status is Status.PENDING and mine.owner_id == alice_id
-    assert alice.get(mine.id) == mine
-    assert [j.id for j in alice.list()] == [mine.id]
-    assert [j.id for j in bob.list()] == [theirs.id]
+    stored = admin.get(mine.id)
+    assert visible(alice) == [{c: getattr(stored, c) for c in OWNER_COLUMNS}]
+    assert [j["id"] for j in visible(bob)] == [theirs.id]
     assert {j.id for j in admin.list()} == {mine.id, theirs.id}
 
 
@@ -151,9 +169,8 @@ def test_a_user_cannot_read_another_users_job_by_id(as_role: Callable[..., JobQu
     alice_id, bob_id = users()
     alice, bob = as_role("authenticated", alice_id), as_role("authenticated", bob_id)
     theirs = bob.enqueue("image", {"prompt": "private"}, owner_id=bob_id)
-    with pytest.raises(JobNotFound):
-        alice.get(theirs.id)
-    assert alice.list(owner_id=bob_id) == []
+    assert visible(alice, "id = :id", id=theirs.id) == []
+    assert visible(alice, "owner_id = :o", o=bob_id) == []
     assert raw(alice, "SELECT count(*) FROM " + alice.table_name) == [(0,)]
 
 
@@ -294,7 +311,7 @@ def test_large_batches_under_rls_are_inserted_not_copied(
     worker = as_role("service_role")
     theirs = worker.enqueue_many([NewJob(payload={"n": i}) for i in range(n)])
     assert [admin.get(j.id) for j in mine + theirs] == mine + theirs
-    assert len(alice.list(limit=1000)) == n
+    assert len(visible(alice)) == n
 
 
 def test_the_worker_role_claims_and_finishes_everyones_jobs(
@@ -347,7 +364,8 @@ def test_rls_setup_is_idempotent_and_leaves_auth_uid_alone(
     ]
     alice_id, _ = users()
     alice = as_role("authenticated", alice_id)
-    assert alice.get(alice.enqueue("image", {}, owner_id=alice_id).id).owner_id == alice_id
+    job = alice.enqueue("image", {}, owner_id=alice_id)
+    assert [j["owner_id"] for j in visible(alice, "id = :id", id=job.id)] == [alice_id]
 
 
 def test_rls_in_a_named_schema(postgres_url: str, table_name: str) -> None:
@@ -363,7 +381,11 @@ def test_rls_in_a_named_schema(postgres_url: str, table_name: str) -> None:
         job = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
         (claimed,) = worker.claim("w")
         worker.complete(claimed, {"ok": True})
-        assert alice.get(job.id).status is Status.COMPLETED
+        with user_engine.connect() as conn:
+            status = conn.execute(
+                text(f'SELECT status FROM rls_jobs."{table_name}" WHERE id = :id'), {"id": job.id}
+            ).scalar()
+        assert status == Status.COMPLETED.value
     finally:
         user_engine.dispose()
         worker_engine.dispose()
@@ -414,3 +436,190 @@ def test_rls_setup_validates_names_before_any_sql() -> None:
 def test_apply_rls_refuses_sqlite(jobqueue_sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError, match="PostgreSQL"):
         apply_rls(jobqueue_sqlite_url)
+
+
+# -- what an owner may store and read; the pasted script --------------------------------
+
+
+def test_a_user_may_use_a_key_someone_else_used(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """Keys are scoped per owner in the table itself: a direct insert with another user's
+    key is stored (it used to fail on the unique index, telling bob that alice used it)."""
+    alice_id, bob_id = users()
+    alice, bob = as_role("authenticated", alice_id), as_role("authenticated", bob_id)
+    theirs = alice.enqueue("image", {"prompt": "alice's"}, owner_id=alice_id, idempotency_key="k")
+    raw(
+        bob,
+        f"INSERT INTO {bob.table_name} (kind, payload, owner_id, idempotency_key) "
+        "VALUES ('image', '{\"prompt\": \"bob\"}', :o, 'k')",
+        o=bob_id,
+    )
+    (mine,) = visible(bob)
+    assert mine["idempotency_key"] == "k" and mine["payload"] == {"prompt": "bob"}
+    # Through the library too; a key is still unique within one owner's jobs.
+    assert bob.enqueue("image", {}, owner_id=bob_id, idempotency_key="k2").owner_id == bob_id
+    with pytest.raises(sa_exc.IntegrityError, match="idempotency_idx"):
+        raw(
+            alice,
+            f"INSERT INTO {alice.table_name} (kind, owner_id, idempotency_key) "
+            "VALUES ('image', :o, 'k')",
+            o=alice_id,
+        )
+    assert {j.id for j in admin.list() if j.owner_id == alice_id} == {theirs.id}
+    assert len(admin.list()) == 3
+
+
+def test_a_user_reads_only_the_owners_columns(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    job = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+    worker = as_role("service_role")
+    (held,) = worker.claim("gpu-host-7.internal")
+    worker.remember_task(held, "provider-task-1")
+    worker.fail(held, "OperationalError: connection to 10.0.0.5 refused", retry=False)
+    (seen,) = visible(alice)
+    assert seen["status"] == "failed" and seen["id"] == job.id
+    hidden = ("locked_by", "lease_expires_at", "remote_task_id", "error", "errors")
+    assert not set(hidden) & set(OWNER_COLUMNS)
+    for column in (*hidden, "*"):
+        with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+            raw(alice, f"SELECT {column} FROM {alice.table_name}")
+    assert admin.get(job.id).locked_by == "gpu-host-7.internal"
+
+
+def _insert_as(user: JobQueue, owner: str, **columns: str) -> None:
+    names = ", ".join(["kind", "owner_id", *columns])
+    values = ", ".join(["'image'", ":owner", *columns.values()])
+    raw(user, f"INSERT INTO {user.table_name} ({names}) VALUES ({values})", owner=owner)
+
+
+def test_a_direct_insert_stays_within_the_librarys_limits(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """What the worker could not read, or the library would refuse, is refused by the
+    policy (or the table's constraints) when a user inserts it directly."""
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    limit = DEFAULT_MAX_PAYLOAD_BYTES
+    depth = MAX_JSON_DEPTH
+    refused = {
+        "a payload over the size limit": {"payload": f"""'{{"p": "{"x" * limit}"}}'"""},
+        # Small as stored (numeric), a megabyte of digits as the worker would read it.
+        "numbers that print as a megabyte": {"payload": "'[" + ", ".join(["1e100000"] * 11) + "]'"},
+        # The library takes MAX_JSON_DEPTH levels below the top one, and no more.
+        "a payload nested too deep": {"payload": "'" + "[" * (depth + 2) + "]" * (depth + 2) + "'"},
+        "run_at at infinity": {"run_at": "'infinity'"},
+        "run_at beyond the longest delay": {"run_at": "now() + interval '367 days'"},
+    }
+    for what, columns in refused.items():
+        try:
+            _insert_as(alice, alice_id, **columns)
+        except sa_exc.DBAPIError as exc:
+            assert "row-level security" in str(exc), what
+        else:
+            pytest.fail(f"{what} was stored")
+    with pytest.raises(sa_exc.IntegrityError, match="_key_check"):
+        _insert_as(alice, alice_id, idempotency_key=f"'{'k' * 256}'")
+    assert admin.list() == []
+    accepted = {
+        "payload": f"""'{{"p": "{"x" * (limit - 100)}"}}'""",
+        "run_at": "now() + interval '365 days'",
+    }
+    _insert_as(alice, alice_id, **accepted)
+    _insert_as(alice, alice_id, payload="'" + "[" * (depth + 1) + "]" * (depth + 1) + "'")
+    _insert_as(alice, alice_id, idempotency_key=f"'{'k' * 255}'")
+    assert len(admin.list()) == 3
+
+
+def test_a_worker_role_reads_the_version_table(postgres_url: str, rls_table: str) -> None:
+    """`jobqueue check` run as the worker role learns the revision (a role without
+    BYPASSRLS, as docs/supabase.md's dedicated worker role)."""
+    role = f"jq_worker_{uuid.uuid4().hex[:8]}"
+    owner = make_engine(postgres_url)
+    with owner.begin() as conn:
+        _create_role(conn, role)
+    engine = engine_as(postgres_url, role)
+    try:
+        apply_rls(postgres_url, table=rls_table, worker_role=role)
+        state = schema_state(engine, table=rls_table)
+        assert state.current == state.head
+        with JobQueue(engine, table=rls_table) as worker:
+            worker.enqueue("image", {})
+            assert len(worker.claim("w")) == 1
+    finally:
+        engine.dispose()
+        with owner.begin() as conn:
+            conn.execute(text(f'DROP TABLE "{rls_table}", "{rls_table}_alembic_version"'))
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        owner.dispose()
+
+
+def _psql(postgres_url: str, script: str, *, stop_on_error: bool = True) -> Any:
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    options = ["-v", "ON_ERROR_STOP=1"] if stop_on_error else []
+    return subprocess.run(
+        ["psql", dsn, "-q", *options], input=script, capture_output=True, text=True, check=False
+    )
+
+
+def _cli_sql(table: str, *args: str) -> str:
+    done = subprocess.run(
+        [JOBQUEUE, "--table", table, "sql", "--supabase", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_sql_supabase_can_be_pasted_again(
+    postgres_url: str, table_name: str, as_role: Callable[..., JobQueue]
+) -> None:
+    """The whole script (migrations and RLS) twice through psql, then the same through one
+    multi-statement execute as the Supabase SQL Editor sends it; and a database migrated
+    to an older revision is brought up to date by it."""
+    emulate_supabase(postgres_url)
+    script = _cli_sql(table_name)
+    for _ in range(2):
+        done = _psql(postgres_url, script)
+        assert done.returncode == 0 and "ERROR" not in done.stderr, done.stderr
+    dsn = normalise_url(postgres_url, asynchronous=False).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as pg:
+        pg.execute(script.encode())
+    assert schema_state(postgres_url, table=table_name).up_to_date
+    older = f"{table_name}_old"
+    migrate(postgres_url, table=older, revision="0002")
+    done = _psql(postgres_url, _cli_sql(older))
+    assert done.returncode == 0, done.stderr
+    assert schema_state(postgres_url, table=older).up_to_date
+    alice_id, _ = users()
+    engine = engine_as(postgres_url, "authenticated", alice_id)
+    try:
+        alice = JobQueue(engine, table=table_name)
+        job = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+        assert [j["id"] for j in visible(alice)] == [job.id]
+    finally:
+        engine.dispose()
+
+
+def test_sql_supabase_with_a_missing_worker_role_changes_nothing(
+    postgres_url: str, table_name: str
+) -> None:
+    emulate_supabase(postgres_url)
+    missing = f"jq_missing_{uuid.uuid4().hex[:8]}"
+    script = _cli_sql(table_name, "--worker-role", missing)
+    # Pasted as is, psql goes on after an error: the transaction keeps anything from happening.
+    done = _psql(postgres_url, script, stop_on_error=False)
+    assert f"the role {missing} does not exist" in done.stderr
+    assert "CREATE ROLE" in done.stderr and "nothing was changed" in done.stderr
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT to_regclass(:t)"), {"t": table_name}).scalar()
+    finally:
+        engine.dispose()
+    assert found is None

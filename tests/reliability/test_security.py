@@ -128,7 +128,9 @@ async def test_values_with_sql_metacharacters_are_stored_verbatim(
         owner_id=NASTY,
         idempotency_key=NASTY,
     )
-    again = await q.enqueue("image", {}, queue="q" + NASTY[:30], idempotency_key=NASTY)
+    again = await q.enqueue(
+        "image", {}, queue="q" + NASTY[:30], owner_id=NASTY, idempotency_key=NASTY
+    )
     assert again.id == job.id
     got = await q.get(job.id)
     assert got.payload == payload and got.owner_id == NASTY

@@ -17,11 +17,12 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, inspect
+from sqlalchemy import URL, Connection, Engine, inspect, make_url
 
 from alembic import command
 
 from ..database import database_url, make_engine, normalise_url, translated_errors
+from ..errors import ConfigurationError
 from ..schema import DEFAULT_TABLE, validate_identifier, validate_table_name
 
 SCRIPT_LOCATION = "jobqueue:migrations"
@@ -93,7 +94,12 @@ def run_env(context: Any) -> None:
         )
         cfg.attributes["jobqueue_target"] = Target(table, schema, url.get_backend_name())
         context.configure(
-            url=url, literal_binds=True, dialect_opts={"paramstyle": "named"}, **options
+            url=url,
+            literal_binds=True,
+            dialect_opts={"paramstyle": "named"},
+            # `migration_statements` renders one revision at a time and wraps each itself.
+            transactional_ddl=not cfg.attributes.get("jobqueue_bare", False),
+            **options,
         )
         with context.begin_transaction():
             context.run_migrations()
@@ -147,6 +153,70 @@ def migrate(
             engine.dispose()
 
 
+def _offline(table: str, schema: str | None, url: str, spec: str) -> str:
+    """Alembic's offline rendering of ``spec`` (``rev`` or ``from:to``), with no BEGIN/COMMIT."""
+    cfg = _config(table, schema)
+    cfg.attributes["url"] = url
+    cfg.attributes["jobqueue_bare"] = True
+    out = io.StringIO()
+    cfg.output_buffer = out
+    command.upgrade(cfg, spec, sql=True)
+    return out.getvalue().strip()
+
+
+#: Dollar-quote tags of the guarded steps; no revision's SQL may contain them.
+_STEP_TAG = "$jobqueue_step$"
+_SQL_TAG = "$jobqueue_sql$"
+
+
+def migration_statements(
+    *,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    url: str = "postgresql://",
+    start: str | None = None,
+    revision: str = "head",
+) -> list[str]:
+    """The migrations as PostgreSQL statements that are safe to run again, in order.
+
+    Each revision is one ``DO`` block that runs the revision's SQL only where the database
+    stands just before it (read from our version table), so a second paste changes
+    nothing, and a script from a newer version brings an older database up to date.
+    """
+    validate_table_name(table)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            "the migrations are printed as SQL for PostgreSQL only",
+            hint="run `jobqueue migrate` against SQLite instead",
+        )
+    scripts = ScriptDirectory.from_config(_config(table, schema))
+    chain = list(reversed(list(scripts.walk_revisions(head=revision))))
+    if start is not None:
+        ids = [s.revision for s in chain]
+        chain = chain[ids.index(start) + 1 :] if start in ids else chain
+    where = Target(table, schema, "postgresql")
+    versions = where.qualify(version_table(table))
+    out = [f'CREATE SCHEMA IF NOT EXISTS "{schema}"'] if schema is not None else []
+    for step in chain:
+        down = step.down_revision
+        assert down is None or isinstance(down, str), "jobqueue's history is linear"
+        text = _offline(table, schema, url, f"{down}:{step.revision}" if down else step.revision)
+        assert _STEP_TAG not in text and _SQL_TAG not in text
+        before = (
+            f"to_regclass('{versions}') IS NULL"
+            if down is None
+            else f"EXISTS (SELECT FROM {versions} WHERE version_num = '{down}')"
+        )
+        out.append(
+            f"-- revision {step.revision}: {step.doc.splitlines()[0]}\n"
+            f"DO {_STEP_TAG} BEGIN IF {before} THEN EXECUTE {_SQL_TAG}\n{text}\n{_SQL_TAG}; "
+            f"END IF; END {_STEP_TAG}"
+        )
+    return out
+
+
 def sql(
     *,
     table: str = DEFAULT_TABLE,
@@ -155,13 +225,17 @@ def sql(
     start: str | None = None,
     revision: str = "head",
 ) -> str:
-    """The migrations as SQL text (offline mode), for the Supabase SQL Editor or psql."""
-    cfg = _config(table, schema)
-    cfg.attributes["url"] = url
-    out = io.StringIO()
-    cfg.output_buffer = out
-    command.upgrade(cfg, f"{start}:{revision}" if start else revision, sql=True)
-    return out.getvalue()
+    """The migrations as one SQL script for the Supabase SQL Editor or psql: one
+    transaction, safe to run again (see `migration_statements`)."""
+    statements = migration_statements(
+        table=table, schema=schema, url=url, start=start, revision=revision
+    )
+    where = f"{schema}.{table}" if schema else table
+    header = (
+        f"-- jobqueue: the jobs table {where} and its version table {version_table(table)}\n"
+        "-- Safe to run again: each revision runs only where the database stands before it.\n"
+    )
+    return f"{header}BEGIN;\n\n" + ";\n\n".join(statements) + ";\n\nCOMMIT;\n"
 
 
 @dataclass(frozen=True)
