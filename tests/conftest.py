@@ -129,3 +129,19 @@ def raw_sql(migrated: tuple[str, str]) -> Iterator[Callable[..., list[Any]]]:
     """Run SQL on the test database directly."""
     with sql_runner(migrated[0]) as run:
         yield run
+
+
+def downgrade(url: str, table: str, revision: str) -> None:
+    """Take the jobs table at ``url`` back to migration ``revision`` (Alembic's downgrade)."""
+    from alembic import command
+    from jobqueue.database import make_engine
+    from jobqueue.migrations import _config
+
+    engine = make_engine(url)
+    try:
+        cfg = _config(table, None)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()

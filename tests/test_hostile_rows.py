@@ -11,9 +11,11 @@ sqlite3, aiosqlite), on the queue's own fast path and through plain SQLAlchemy e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,8 +28,9 @@ from sqlalchemy import make_url
 from jobqueue import AsyncJobQueue, Job, JobQueue, Status, migrate
 from jobqueue.operations import Completion
 from jobqueue.queue import _drive, _drive_async
+from jobqueue.schema import bounds, jobs_table
 from jobqueue.worker import Worker, WorkerContext
-from tests.conftest import Either, sql_runner
+from tests.conftest import Either, downgrade, sql_runner
 from tests.test_cli import JOBQUEUE, Result, clean_env
 
 #: The queue's payload limit in these tests: small, so "far beyond it" stays small too.
@@ -54,6 +57,7 @@ class Db:
         self.table = table
         self.q = q
         self.pg = url.startswith("postgresql")
+        self._unchecked = False
 
     def sql(self, statement: str, **params: Any) -> list[Any]:
         with sql_runner(self.url) as run:
@@ -67,11 +71,40 @@ class Db:
         if not self.pg:  # SQLite has no server-side default for the id's hex form
             names.append("id")
             values.append("lower(hex(randomblob(16)))")
-        rows = self.sql(
+        sql = (
             f"INSERT INTO {self.table} ({', '.join(names)}) VALUES ({', '.join(values)}) "
             "RETURNING id"
         )
+        if self._unchecked:
+            path = make_url(self.url).database
+            assert path is not None
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.execute("PRAGMA ignore_check_constraints = ON")
+                rows = conn.execute(sql).fetchall()
+                conn.commit()
+        else:
+            rows = self.sql(sql)
         return str(rows[0][0]).replace("-", "")
+
+    def ignore_bounds(self) -> None:
+        """Let later `insert`s break the table's bounds while the table stays at the latest
+        revision, as rows from before the bounds do (they are kept, see migration 0003).
+        PostgreSQL drops the constraints; SQLite ignores them on the inserting connection."""
+        if self.pg:
+            self.without_bounds()
+        else:
+            self._unchecked = True
+
+    def without_bounds(self) -> None:
+        """Take the table's bounds (check constraints, migration 0003) away, so that it may
+        hold what a table held before them: reading must survive such rows all the same.
+        PostgreSQL drops the constraints; SQLite, which cannot, goes back to 0002."""
+        if self.pg:
+            with sql_runner(self.url) as run:
+                for name in bounds(jobs_table(self.table)):
+                    run(f"ALTER TABLE {self.table} DROP CONSTRAINT {self.table}_{name}_check")
+        else:
+            downgrade(self.url, self.table, "0002")
 
     def json(self, text: str) -> str:
         """A SQL literal of JSON text, stored as the payload column's type."""
@@ -383,6 +416,7 @@ async def test_reads_survive_any_stored_time(db: Db) -> None:
     infinity, outside Python's years, or (SQLite) not times at all: each reads as the
     documented value instead of raising a driver error."""
     normal = await db.q.enqueue("image", {"prompt": "normal"})
+    db.without_bounds()
     cases = _odd_times(db)
     ids = {name: db.insert(db.json("{}"), **case["sql"]) for name, case in cases.items()}
 
@@ -418,6 +452,7 @@ def test_the_cli_read_commands_survive_hostile_rows(
     try:
         db = Db("", db_url, table_name, Either(queue))
         normal = queue.enqueue("image", {"prompt": "normal"})
+        db.ignore_bounds()
         hostile_ids = [
             db.insert(sql, status="'failed'", error="'refused'")
             for sql in hostile_payloads(db).values()

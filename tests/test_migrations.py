@@ -29,7 +29,7 @@ from jobqueue import (
 )
 from jobqueue.database import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from tests.conftest import sql_runner
+from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,15 +223,6 @@ def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
         assert [j.owner_id for j in q.list(owner_id="u")] == ["u"]
 
 
-def _downgrade(db_url: str, table: str, revision: str) -> None:
-    engine = make_engine(db_url)
-    try:
-        cfg = _config(table, None)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
-    finally:
-        engine.dispose()
 
 
 def test_0003_keeps_every_row_and_fails_only_unfinished_jobs_out_of_bounds(
@@ -322,12 +313,12 @@ def test_0003_goes_back_to_0002_unless_two_owners_share_a_key(db_url: str, table
         alice = q.enqueue("image", {}, owner_id="alice", idempotency_key="k")
         q.enqueue("image", {}, owner_id="bob", idempotency_key="k")
     with pytest.raises(ConfigurationError, match="more than one owner") as refused:
-        _downgrade(db_url, t, "0002")
+        downgrade(db_url, t, "0002")
     assert "idempotency_key = NULL" in refused.value.hint
     assert schema_state(db_url, table=t).current == "0003"
     with sql_runner(db_url) as run:
         run(f"UPDATE {t} SET idempotency_key = NULL WHERE owner_id = 'bob'")
-        _downgrade(db_url, t, "0002")
+        downgrade(db_url, t, "0002")
         assert schema_state(db_url, table=t).current == "0002"
         run(f"INSERT INTO {t} (priority) VALUES (5000000)")  # no bounds at 0002
         with pytest.raises(Exception, match=r"(?i)unique"):
