@@ -1,6 +1,6 @@
 """`Registry`: the job kinds an application runs, declared beside their handlers.
 
-::
+In the application's module:
 
     jobs = Registry()
 
