@@ -440,7 +440,7 @@ def _require_schema(env: Env) -> None:
     "queues",
     multiple=True,
     help="Queue to take jobs from (repeat for several). [default: the queues of the kinds "
-    f"run, as registered; {DEFAULT_QUEUE} for image jobs]",
+    f"it runs, as registered (image jobs: {DEFAULT_QUEUE})]",
 )
 @click.option(
     "--lease",
