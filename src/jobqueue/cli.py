@@ -591,13 +591,16 @@ def _worker_kinds(app: str | None, settings: Settings) -> tuple[Registry, Genera
     return registry.with_default(IMAGE_KIND, generator), generator
 
 
-async def _run_worker(env: Env, registry: Registry, **options: Any) -> None:
+async def _run_worker(
+    env: Env, registry: Registry, generator: Generator | None, **options: Any
+) -> None:
+    """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped;
+    the generator is closed afterwards."""
     from .worker import Worker
 
     queue = env.async_queue()
-    generator = options["generator"]
     try:
-        worker = Worker(queue, registry, **{**options, "generator": None})
+        worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
         await worker.run()
     finally:

@@ -552,9 +552,8 @@ class Worker:
 
     async def _run_job(self, slot: _Slot) -> None:
         job = slot.job
-        handler = self.handlers.get(job.kind)
         # A job of a kind without a handler is logged once per kind (`_seen_unserved`).
-        quiet = handler is None and self._seen_unserved(job)
+        quiet = job.kind not in self.handlers and self._seen_unserved(job)
         log.log(
             logging.DEBUG if quiet else logging.INFO,
             "Job %s status: processing (kind %s, attempt %d of %d)",
@@ -563,6 +562,7 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
+        handler = self.handlers.get(job.kind)
         if handler is None:
             slot.handler_done = True
             known = ", ".join(sorted(self.handlers))
