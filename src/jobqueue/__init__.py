@@ -51,6 +51,9 @@ if TYPE_CHECKING:
         AsyncJobQueue,
         JobQueue,
     )
+    from .registry import (
+        Registry,
+    )
     from .schema import (
         FINAL_STATUSES,
         MOVES,
@@ -89,6 +92,7 @@ _LAZY: dict[str, str] = {
     "MOVES": "schema",
     "MockGenerator": "generators",
     "NewJob": "operations",
+    "Registry": "registry",
     "Settings": "config",
     "Status": "schema",
     "StatusStats": "operations",
@@ -143,6 +147,7 @@ __all__ = [
     "NewJob",
     "PayloadError",
     "PermissionDenied",
+    "Registry",
     "SchemaNotInstalled",
     "Settings",
     "Status",

@@ -46,7 +46,10 @@ from .errors import (
 from .schema import DEFAULT_QUEUE, DEFAULT_TABLE, FINAL_STATUSES, Job, Status
 
 if TYPE_CHECKING:
+    from .config import Settings
+    from .generators.base import Generator
     from .queue import AsyncJobQueue, JobQueue
+    from .registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -397,6 +400,13 @@ def _escape(text: str) -> str:
 # -- workers ----------------------------------------------------------------------------
 
 
+def _app_option(help_text: str) -> Callable[[F], F]:
+    """``--app``: the application's `Registry` of job kinds (see `jobqueue.loading`)."""
+    return click.option(
+        "--app", metavar="MODULE[:NAME]", envvar="JOBQUEUE_APP", show_envvar=True, help=help_text
+    )
+
+
 def _require_schema(env: Env) -> None:
     """Refuse to start work on a database without the current schema (exit 2, one line)."""
     from .migrations import schema_state
@@ -429,9 +439,8 @@ def _require_schema(env: Env) -> None:
     "--queue",
     "queues",
     multiple=True,
-    default=(DEFAULT_QUEUE,),
-    show_default=True,
-    help="Queue to take jobs from (repeat for several).",
+    help="Queue to take jobs from (repeat for several). [default: the queues of the kinds "
+    f"it runs, as registered (image jobs: {DEFAULT_QUEUE})]",
 )
 @click.option(
     "--lease",
@@ -471,6 +480,17 @@ def _require_schema(env: Env) -> None:
     help="Fail an attempt whose handler runs longer than this (it is retried by its policy).",
 )
 @click.option("--worker-id", help="Name shown in locked_by. [default: host:pid:random]")
+@_app_option(
+    "Your job kinds: a jobqueue Registry in MODULE, MODULE:NAME, or MODULE:FUNCTION (called "
+    "with no arguments); the current directory is importable. Image jobs are added unless "
+    "the registry registers `image` or says Registry(image=False)."
+)
+@click.option(
+    "--all-kinds",
+    is_flag=True,
+    help="Also claim jobs of kinds this worker has no handler for, and fail them at once "
+    "(logged once per kind), instead of leaving them to other workers.",
+)
 @pass_env
 def worker_command(
     env: Env,
@@ -483,22 +503,29 @@ def worker_command(
     log_file: Path | None,
     job_timeout: timedelta | None,
     worker_id: str | None,
+    app: str | None,
+    all_kinds: bool,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
 
     Image jobs go to the generator chosen by MOCK_AI and DEFAPI_API_KEY (environment or
-    .env). A first signal stops claiming and lets running jobs finish within the grace
-    period (unfinished ones go back to pending); a second stops at once.
+    .env); your own kinds come from --app (see docs/jobs.md). A first signal stops claiming
+    and lets running jobs finish within the grace period (unfinished ones go back to
+    pending); a second stops at once.
     """
     from .config import Settings
 
     settings = Settings.from_env()
-    generator = settings.generator()  # fails here, before any job is claimed
+    registry, generator = _worker_kinds(app, settings)  # fails here, before any claim
     _require_schema(env)
     console = Console(stderr=True, highlight=False)
     listen = not no_listen
+    queues = queues or registry.queues
+    runs = settings.describe() if generator else "generator: none (no image kind)"
+    if app:
+        runs += f"; app {app} (kinds {', '.join(registry)})"
     console.print(
-        f"jobqueue worker: database {env.where}; {settings.describe()}; "
+        f"jobqueue worker: database {env.where}; {runs}; "
         f"queues {', '.join(queues)}; concurrency {concurrency}; "
         f"LISTEN/NOTIFY {'on' if listen else 'off'}",
         soft_wrap=True,
@@ -516,7 +543,9 @@ def worker_command(
     asyncio.run(
         _run_worker(
             env,
+            registry,
             generator=generator,
+            all_kinds=all_kinds,
             concurrency=concurrency,
             queues=queues,
             lease=lease.total_seconds(),
@@ -538,17 +567,45 @@ def _looks_like_transaction_pooler(url: str) -> bool:
     return u.get_backend_name() == "postgresql" and u.port in (6543, 6432)
 
 
-async def _run_worker(env: Env, **options: Any) -> None:
+def _worker_kinds(app: str | None, settings: Settings) -> tuple[Registry, Generator | None]:
+    """The kinds a `jobqueue worker` runs: the app's registry (if any) plus ``image`` with
+    the settings' generator, unless the app registers ``image`` or says image=False."""
+    from .generators.base import IMAGE_KIND
+    from .loading import load_registry
+    from .registry import Registry
+
+    registry = load_registry(app) if app else Registry()
+    if not registry.image or IMAGE_KIND in registry:
+        if not registry:
+            raise ConfigurationError(
+                f"--app {app} registers no job kind and says image=False: nothing to run",
+                hint="register a kind with @jobs.handler(...) or drop image=False",
+            )
+        return registry, None
+    try:
+        generator = settings.generator()
+    except ConfigurationError as exc:
+        if app:  # the app may not want image jobs at all
+            exc.hint = f"{exc.hint}; or, if your app has no image jobs, use Registry(image=False)"
+        raise
+    return registry.with_default(IMAGE_KIND, generator), generator
+
+
+async def _run_worker(
+    env: Env, registry: Registry, generator: Generator | None, **options: Any
+) -> None:
+    """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped;
+    the generator is closed afterwards."""
     from .worker import Worker
 
     queue = env.async_queue()
-    generator = options["generator"]
     try:
-        worker = Worker(queue, **options)
+        worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
         await worker.run()
     finally:
-        await generator.aclose()
+        if generator is not None:
+            await generator.aclose()
         await queue.close()
 
 
@@ -697,8 +754,12 @@ def _create(
     help="The job's input as JSON.",
 )
 @_enqueue_options
+@_app_option(
+    "Your job kinds (as for `jobqueue worker --app`): KIND takes its queue and max attempts "
+    "from there unless given, and a kind no handler is registered for is warned about."
+)
 @pass_env
-def enqueue_command(env: Env, /, kind: str, payload: str, **options: Any) -> None:
+def enqueue_command(env: Env, /, kind: str, payload: str, app: str | None, **options: Any) -> None:
     """Create a job of KIND and print its id at once."""
     try:
         data = json.loads(payload)
@@ -707,7 +768,32 @@ def enqueue_command(env: Env, /, kind: str, payload: str, **options: Any) -> Non
             f"--payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             hint='quote it for the shell, e.g. --payload \'{"prompt": "a cat"}\'',
         ) from None
+    if app:
+        options = _with_app_defaults(app, kind, options)
     _create(env, kind, data, **options)
+
+
+def _with_app_defaults(app: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the kind's queue and max attempts from the app's registry where the
+    command line does not give them; a warning when no worker of this app runs ``kind``."""
+    from .loading import load_registry
+
+    registry = load_registry(app)
+    if not registry.serves(kind):
+        click.echo(
+            f"warning: no handler is registered for job kind {kind!r} in --app {app} (it "
+            f"runs: {', '.join(registry.served()) or 'nothing'}); the job waits for a worker "
+            "that runs this kind",
+            err=True,
+        )
+        return options
+    ctx = click.get_current_context()
+    given = {
+        name: options[name]
+        for name in ("queue", "max_attempts")
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    return {**options, **registry.enqueue_options(kind, **given)}
 
 
 def _key_values(pairs: Sequence[str]) -> dict[str, Any]:

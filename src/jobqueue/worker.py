@@ -50,6 +50,7 @@ from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Ge
 from .listener import Listener, libpq_url
 from .operations import DEFAULT_LEASE, Completion, seconds_of
 from .queue import AsyncJobQueue
+from .registry import Registry
 from .schema import DEFAULT_QUEUE, Job, Status
 
 log = logging.getLogger("jobqueue.worker")
@@ -183,9 +184,11 @@ def default_worker_id() -> str:
 class Worker:
     """Runs jobs from an `AsyncJobQueue` with handlers chosen by job kind.
 
-    ``handlers`` map a job kind to ``async def h(job, ctx)``, a plain function (run in a
-    thread), or a `Generator`; ``generator`` is wired to the ``image`` kind unless
-    ``handlers`` names that kind. A handler's return value becomes the job's result: a
+    ``handlers`` is a `Registry` (kinds with their options) or a mapping of job kind to
+    ``async def h(job, ctx)``, a plain function (run in a thread), or a `Generator` (a
+    registry with default options); ``generator`` is wired to the ``image`` kind unless
+    ``handlers`` names that kind. A kind's ``timeout`` in the registry wins over
+    ``job_timeout``. A handler's return value becomes the job's result: a
     `GenerationResult` (``result`` and ``result_url`` from it), a `HandlerResult`, or any
     JSON value. A handler that raises fails its attempt; the job is retried by its policy,
     except for `PayloadError` and errors with ``retryable = False``, which fail it at once.
@@ -194,11 +197,13 @@ class Worker:
     Settings (seconds unless said otherwise):
 
     - ``concurrency``: jobs run at once; a job counts until its outcome is written.
-    - ``queues``: the queues to claim from; ``kinds``: claim only these kinds (default:
-      the kinds of ``handlers``, so workers of different kinds can share a queue without
-      failing each other's jobs). ``all_kinds=True`` claims every kind instead: a job no
-      handler serves then fails at once, visibly, rather than waiting for a worker that
-      may never come.
+    - ``queues``: the queues to claim from (default: the queues of the kinds served, as
+      registered; ``image`` from ``generator`` is in ``default``); ``kinds``: claim only
+      these kinds (default: the kinds of ``handlers``, so workers of different kinds can
+      share a queue without failing each other's jobs). ``all_kinds=True`` claims every
+      kind instead: a job no handler serves then fails at once, visibly, rather than
+      waiting for a worker that may never come (logged once per kind; each such job's
+      failure is written on the job and logged at debug level).
     - ``lease``: how long a claim holds a job without news; heartbeats every third of it.
     - ``poll_interval``: how often an idle worker looks for due jobs without a NOTIFY.
     - ``listen``: LISTEN/NOTIFY on PostgreSQL; turn off behind transaction-mode poolers.
@@ -217,11 +222,11 @@ class Worker:
     def __init__(
         self,
         queue: AsyncJobQueue,
-        handlers: Mapping[str, Handler | Generator] | None = None,
+        handlers: Registry | Mapping[str, Handler | Generator] | None = None,
         *,
         generator: Generator | None = None,
         concurrency: int = 10,
-        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        queues: Sequence[str] | None = None,
         lease: float | timedelta = DEFAULT_LEASE,
         poll_interval: float | timedelta = 1.0,
         listen: bool = True,
@@ -239,19 +244,27 @@ class Worker:
                 hint="build it with jobqueue.AsyncJobQueue(url)",
             )
         self.queue = queue
-        self.handlers: dict[str, Handler] = {}
-        for kind, handler in (handlers or {}).items():
-            self.handlers[kind] = self._as_handler(kind, handler)
-        if generator is not None and IMAGE_KIND not in self.handlers:
-            self.handlers[IMAGE_KIND] = self._as_handler(IMAGE_KIND, generator)
+        registry = handlers if isinstance(handlers, Registry) else Registry.of(handlers or {})
+        if generator is not None:
+            registry = registry.with_default(IMAGE_KIND, generator)
+        #: The kinds this worker runs, with their options.
+        self.registry = registry
+        self.handlers: dict[str, Handler] = {
+            kind: self._as_handler(kind, entry.handler) for kind, entry in registry.kinds.items()
+        }
+        self._timeouts = {k: e.timeout for k, e in registry.kinds.items() if e.timeout is not None}
+        #: Kinds without a handler whose first job was logged (the next ones are not).
+        self._unserved_seen: set[str] = set()
         if not self.handlers:
             raise ConfigurationError(
                 "a worker needs at least one handler or a generator",
-                hint="pass handlers={'kind': function} or generator=MockGenerator()",
+                hint="pass a Registry, handlers={'kind': function} or generator=MockGenerator()",
             )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
         self.concurrency = concurrency
+        if queues is None:
+            queues = registry.queues or (DEFAULT_QUEUE,)
         self.queues: tuple[str, ...] = (queues,) if isinstance(queues, str) else tuple(queues)
         if not self.queues:
             raise ConfigurationError("a worker needs at least one queue to claim from")
@@ -296,13 +309,9 @@ class Worker:
 
     @staticmethod
     def _as_handler(kind: str, handler: Handler | Generator) -> Handler:
+        # The registry has checked that it is one or the other.
         if isinstance(handler, Generator):
             return generator_handler(handler)
-        if not callable(handler):
-            raise ConfigurationError(
-                f"the handler for kind {kind!r} is neither callable nor a Generator",
-                hint="pass async def handler(job, ctx), a function, or a Generator",
-            )
         return handler
 
     def _reset(self) -> None:
@@ -557,7 +566,10 @@ class Worker:
 
     async def _run_job(self, slot: _Slot) -> None:
         job = slot.job
-        log.info(
+        # A job of a kind without a handler is logged once per kind (`_seen_unserved`).
+        quiet = job.kind not in self.handlers and self._seen_unserved(job)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "Job %s status: processing (kind %s, attempt %d of %d)",
             job.id,
             job.kind,
@@ -573,12 +585,12 @@ class Worker:
         if handler is None:
             slot.handler_done = True
             known = ", ".join(sorted(self.handlers))
-            await self._record_failure(
-                slot, f"no handler for job kind {job.kind!r} (this worker runs: {known})", False
-            )
+            message = f"no handler for job kind {job.kind!r} (this worker runs: {known})"
+            await self._record_failure(slot, message, False, quiet=quiet)
             return
+        timeout = self._timeouts.get(job.kind, self.job_timeout)
         try:
-            async with asyncio.timeout(self.job_timeout) as deadline:
+            async with asyncio.timeout(timeout) as deadline:
                 value = await self._call(handler, job, slot.ctx)
         except asyncio.CancelledError:
             slot.handler_done = True
@@ -589,7 +601,7 @@ class Worker:
             slot.handler_done = True
             if deadline.expired():
                 slot.ctx.cancelled.set()  # a sync handler's thread cannot be cancelled
-                message = f"JobTimeout: the handler ran longer than {self.job_timeout:g}s"
+                message = f"JobTimeout: the handler ran longer than {timeout:g}s"
                 await self._record_failure(slot, message, None)
             else:
                 await self._record_failure(slot, exc, None)
@@ -602,6 +614,22 @@ class Worker:
         slot.completion = _completion_of(job, value)
         self._batch.append(slot)
         self._batch_ready.set()
+
+    def _seen_unserved(self, job: Job) -> bool:
+        """Whether a job of this kind without a handler was met before; the first one of
+        each kind is logged with what to do, so a flood of strays is one warning, not one
+        line per job (each job's failure is still written on the job)."""
+        if job.kind in self._unserved_seen:
+            return True
+        self._unserved_seen.add(job.kind)
+        log.warning(
+            "No handler for jobs of kind %r in this worker (it runs: %s): each one fails at "
+            "once, logged once per kind. Register the kind (a Registry; jobqueue worker --app), "
+            "or claim only the kinds served (no all_kinds) to leave them to other workers",
+            job.kind,
+            ", ".join(sorted(self.handlers)),
+        )
+        return False
 
     async def _call(self, handler: Handler, job: Job, ctx: WorkerContext) -> Any:
         if _is_async(handler):
@@ -628,9 +656,10 @@ class Worker:
         return self._write_deadline is not None and time.monotonic() > self._write_deadline
 
     async def _record_failure(
-        self, slot: _Slot, error: BaseException | str, retry: bool | None
+        self, slot: _Slot, error: BaseException | str, retry: bool | None, *, quiet: bool = False
     ) -> None:
-        """Write a failed attempt: retried by the job's policy unless ``retry`` is False."""
+        """Write a failed attempt: retried by the job's policy unless ``retry`` is False.
+        ``quiet`` logs the outcome at debug level (the reason was logged already)."""
         job = slot.job
         if isinstance(error, BaseException):
             if isinstance(error, PayloadError) or getattr(error, "retryable", True) is False:
@@ -672,7 +701,8 @@ class Worker:
                     after.max_attempts,
                 )
             else:
-                log.error("Job %s status: failed: %s", job.id, reason)
+                level = logging.DEBUG if quiet else logging.ERROR
+                log.log(level, "Job %s status: failed: %s", job.id, reason)
             break
         self._let_go(slot)
 

@@ -8,7 +8,6 @@ instead of the demo's anonymous cookies.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ..errors import ConfigurationError
+from ..loading import import_object
 from ..queue import AsyncJobQueue
 from .app import create_app
 from .owners import Identify
@@ -37,12 +37,7 @@ def load_identify(path: str) -> Identify:
             f"--identify takes module:function, not {path!r}",
             hint="for example --identify myapp.auth:owner_of",
         )
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"cannot import the identify hook {path!r}: {exc}") from None
+    target: Any = import_object(path, "--identify").value
     if not callable(target):
         raise ConfigurationError(
             f"the identify hook {path!r} must be `async def f(request) -> str | None`"
