@@ -149,8 +149,9 @@ def _known_origin(origin: str, trusted: frozenset[str]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """At most ``jobs`` new jobs per owner in any ``per`` seconds (a token bucket: a burst
-    of ``jobs`` at once, then one more every ``per / jobs`` seconds)."""
+    """At most ``jobs`` ``POST /jobs`` per owner in any ``per`` seconds (a token bucket: a
+    burst of ``jobs`` at once, then one more every ``per / jobs`` seconds). Every request
+    counts, a refused or repeated one too: the check comes before the body is read."""
 
     jobs: int
     per: float = 60.0
