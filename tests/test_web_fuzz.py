@@ -5,6 +5,8 @@ The rule for every request: the answer is never a 5xx; a refusal is a problem bo
 every answer says ``nosniff``. The app runs under uvicorn in a thread of its own (with its
 own event loop and `AsyncJobQueue`), on SQLite and PostgreSQL, and the requests go over a
 real socket, so what the server's HTTP parser lets through is what the app must survive.
+It runs in demo mode (owner cookies, the cross-site check) without a rate limit, and
+requests may carry random ``Cookie``, ``Origin`` and ``Sec-Fetch-Site`` headers too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from starlette.requests import Request
 
 from jobqueue import AsyncJobQueue, migrate
 from jobqueue.database import make_engine
@@ -36,10 +37,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-async def by_header(request: Request) -> str | None:
-    return request.headers.get("x-user")
 
 
 class ErrorLog(logging.Handler):
@@ -55,7 +52,7 @@ class ErrorLog(logging.Handler):
 
 class Api:
     def __init__(self, base: str, url: str, table: str) -> None:
-        self.client = httpx.Client(base_url=base, headers={"X-User": "fuzz"}, timeout=30)
+        self.client = httpx.Client(base_url=base, timeout=30)
         self.engine = make_engine(url)
         self.table = table
         self.errors = ErrorLog()
@@ -81,8 +78,8 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     async def main() -> None:
         box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
         queue = AsyncJobQueue(url, table=table)
-        app = create_app(queue, identify=by_header, max_upload_bytes=4096, max_prompt_chars=300)
         try:
+            app = create_app(queue, rate_limit=False, max_upload_bytes=4096, max_prompt_chars=300)
             async with running_server(app) as base:
                 box["base"] = base
                 started.set()
@@ -91,9 +88,16 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             started.set()
             await queue.close()
 
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="fuzz-server")
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            box["error"] = exc
+            started.set()
+
+    thread = threading.Thread(target=run, name="fuzz-server")
     thread.start()
-    assert started.wait(30) and "base" in box, "the server did not start"
+    assert started.wait(30) and "base" in box, f"the server did not start: {box.get('error')!r}"
     fuzz = Api(box["base"], url, table)
     logging.getLogger().addHandler(fuzz.errors)
     try:
@@ -156,13 +160,38 @@ content_types = st.sampled_from(
 header_text = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
     max_size=40,
-).map(lambda t: t.encode("latin-1"))  # as raw header bytes, the way a client may send them
+).map(lambda t: t.encode("latin-1").strip(b" \t"))  # raw bytes, as a client may send them
 form_texts = st.text(max_size=60) | st.integers(1, 6000).map(lambda n: '{"n": ' + "9" * n + "}")
+
+
+cookies = (
+    header_text
+    | st.uuids().map(lambda u: f"jobqueue_owner={u}".encode())
+    | header_text.map(lambda t: b"a=" + t + b"; jobqueue_owner=" + t)
+)
+extra_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "cookie": cookies,
+        "origin": header_text | st.sampled_from([b"null", b"https://evil.example"]),
+        "sec-fetch-site": header_text
+        | st.sampled_from([b"same-origin", b"same-site", b"cross-site", b"none"]),
+    },
+)
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     """(method, path, httpx keyword arguments) for one request."""
+    method, path, kwargs = draw(bare_requests())
+    extra = draw(extra_headers)
+    if extra:
+        kwargs = {**kwargs, "headers": {**kwargs.get("headers", {}), **extra}}
+    return method, path, kwargs
+
+
+@st.composite
+def bare_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     kind = draw(st.sampled_from(["json", "form", "list", "job", "cancel", "events", "image"]))
     if kind == "json":
         headers = {"content-type": draw(content_types)}
