@@ -265,3 +265,106 @@ async def test_client_module_direct_path_and_rejections(demo: Demo, browser: Any
     assert faults["left"] == 0
     assert any(f"⚠️ Job {job_id}" in line for line in lines)
     await context.close()
+
+
+UNSAFE_URLS = [
+    "javascript:alert(document.domain)",
+    " JaVaScRiPt:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:msgbox(1)",
+    "blob:http://127.0.0.1/0d1b2c3a",
+]
+
+
+async def test_client_and_demo_page_use_only_http_and_data_image_urls(
+    jobqueue_sqlite_url: str, table_name: str, browser: Any
+) -> None:
+    """A provider's result URL reaches the page only if it is http(s) or data:image/;
+    others are dropped with a console warning, in the client and on the demo page."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+    queue = AsyncJobQueue(jobqueue_sqlite_url, table=table_name)
+    try:
+        app = create_app(queue, poll_interval_ms=200, max_streams_per_owner=1)
+        async with running_server(app) as base:
+            context = await browser.new_context()
+            page = await context.new_page()
+            warnings: list[str] = []
+            page.on(
+                "console",
+                lambda m: warnings.append(m.text) if m.type == "warning" else None,
+            )
+            await page.goto(base + "/")
+            [cookie] = [c for c in await context.cookies() if c["name"] == "jobqueue_owner"]
+            safe = base + "/mock-images/safe1.svg"
+            png = "data:image/png;base64," + base64.b64encode(PNG).decode()
+            job = await queue.enqueue(
+                "image", {"prompt": "hostile urls"}, owner_id="anonymous:" + cookie["value"]
+            )
+            [held] = await queue.claim("w1")
+            await queue.complete(held, {"images": [*UNSAFE_URLS, safe, png]}, UNSAFE_URLS[0])
+
+            got = await page.evaluate(
+                """async (id) => {
+                    const jq = await import("./static/jobqueue.js");
+                    const result = await jq.followJob(id, { logger: null });
+                    const snapshot = await jq.getJob(id);
+                    const listed = (await jq.listJobs()).find((j) => j.id === id);
+                    return { url: result.url, images: result.images,
+                             previewUrl: result.previewUrl, snapshot, listed };
+                }""",
+                str(job.id),
+            )
+            assert got["url"] is None
+            assert got["images"] == [safe, png]
+            assert got["previewUrl"] == safe
+            for snapshot in (got["snapshot"], got["listed"]):
+                assert snapshot["result_url"] is None
+                assert snapshot["images"] == [safe, png]
+                assert snapshot["preview_url"] == safe
+                assert snapshot["preview_urls"] == [safe, png]
+            for url in UNSAFE_URLS:
+                assert any(url.strip()[:20] in w for w in warnings), (url, warnings)
+
+            # The demo page resumes the job (as after a reload) and shows only safe URLs.
+            await page.evaluate(
+                "(id) => localStorage.setItem('jobqueue.running', JSON.stringify([id]))",
+                str(job.id),
+            )
+            await page.reload()
+            await page.wait_for_function(
+                "document.getElementById('status').dataset.status === 'completed'"
+            )
+            assert await page.get_attribute("#result-image", "src") == safe
+            assert await page.get_attribute("#result-link", "href") == safe
+            thumbs = page.locator(f'#jobs li[data-job-id="{job.id}"] img')
+            await thumbs.wait_for()
+            assert await thumbs.get_attribute("src") == safe
+            hrefs = await page.evaluate(
+                "[...document.querySelectorAll('[href],[src]')]"
+                ".map((e) => e.getAttribute('href') ?? e.getAttribute('src'))"
+            )
+            assert not [h for h in hrefs if not h.startswith(("http", "data:image/", "static/"))
+                        and h not in ("#", "data:,")], hrefs
+
+            # A stream refused for being one too many (429): watchJob falls back to polling.
+            second = await queue.enqueue(
+                "image", {"prompt": "watched"}, owner_id="anonymous:" + cookie["value"]
+            )
+            watched = await page.evaluate_handle(
+                """async (id) => {
+                    const jq = await import("./static/jobqueue.js");
+                    const held = new EventSource(`jobs/${id}/events`);  // takes the one slot
+                    await new Promise((resolve) => { held.onmessage = resolve; });
+                    window.watched = jq.watchJob(id, { pollInterval: 100 }).then(
+                        (r) => r.status, (e) => `rejected ${e.code}`);
+                    return true;
+                }""",
+                str(second.id),
+            )
+            assert watched
+            [held] = await queue.claim("w1")
+            await queue.complete(held, {"images": [safe]}, safe)
+            assert await page.evaluate("window.watched") == "completed"
+            await context.close()
+    finally:
+        await queue.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -255,6 +257,47 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
      "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415,
      "unsupported_media_type"),
     ("no content type", {"content": b"prompt"}, 415, "unsupported_media_type"),
+    # Malformed in ways that used to raise inside the app (500 and a traceback):
+    ("JSON nested 10,000 deep", {"content": b'{"prompt": "x", "options": {"a": ' + b"[" * 10_000
+     + b"]" * 10_000 + b"}}", "headers": {"content-type": "application/json"}}, 400,
+     "invalid_json"),
+    ("JSON nested past the queue's depth", {"content": b'{"prompt": "x", "options": {"a": '
+     + b"[" * 300 + b"]" * 300 + b"}}", "headers": {"content-type": "application/json"}}, 400,
+     "invalid_json"),
+    ("JSON integer of 5000 digits", {"content": b'{"prompt": "x", "options": {"n": '
+     + b"9" * 5000 + b"}}", "headers": {"content-type": "application/json"}}, 400,
+     "invalid_json"),
+    ("JSON float of 5000 digits", {"content": b'{"prompt": "x", "options": {"n": 0.'
+     + b"1" * 5000 + b"}}", "headers": {"content-type": "application/json"}}, 400,
+     "invalid_json"),
+    ("form options with a 5000-digit integer", _multipart(
+        {"prompt": "x", "options": '{"n": ' + "9" * 5000 + "}"}, {"image": ("", b"")}), 400,
+     "invalid_json"),
+    ("form options nested 10,000 deep", _multipart(
+        {"prompt": "x", "options": '{"a": ' + "[" * 10_000 + "]" * 10_000 + "}"},
+        {"image": ("", b"")}), 400, "invalid_json"),
+    ("form options not JSON", _multipart({"prompt": "x", "options": "{n: 1"},
+     {"image": ("", b"")}), 400, "invalid_json"),
+    ("Content-Length that str.isdigit takes", {"content": b'{"prompt": "x"}',
+     "headers": {"content-type": "application/json", "content-length": "\u00b2".encode("latin-1")}},
+     None, None),
+    ("NaN in JSON", {"content": b'{"prompt": "x", "options": {"n": NaN}}',
+     "headers": {"content-type": "application/json"}}, 422, "option_not_allowed"),
+    # What callers may ask the provider for (the default allow-list):
+    ("model not allowed", {"json": {"prompt": "x", "model": "dall-e-3"}}, 422,
+     "model_not_allowed"),
+    ("option not allowed", {"json": {"prompt": "x", "options": {"steps": 500}}}, 422,
+     "option_not_allowed"),
+    ("too many images", {"json": {"prompt": "x", "options": {"n": 100}}}, 422,
+     "option_not_allowed"),
+    ("a size too large", {"json": {"prompt": "x", "options": {"image_size": "4K"}}}, 422,
+     "option_not_allowed"),
+    ("true for a count", {"json": {"prompt": "x", "options": {"n": True}}}, 422,
+     "option_not_allowed"),
+    ("form model not allowed", _multipart({"prompt": "x", "model": "dall-e-3"},
+     {"image": ("", b"")}), 422, "model_not_allowed"),
+    ("form option not allowed", _multipart({"prompt": "x", "options": '{"quality": "ultra"}'},
+     {"image": ("", b"")}), 422, "option_not_allowed"),
 ]  # fmt: skip
 
 
@@ -265,16 +308,35 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
 async def test_bad_create_requests_are_refused_and_enqueue_nothing(
     alice: httpx.AsyncClient,
     count_jobs: Callable[[], int],
+    caplog: pytest.LogCaptureFixture,
     request_kwargs: dict[str, Any],
-    status: int,
-    code: str,
+    status: int | None,
+    code: str | None,
 ) -> None:
+    caplog.set_level(logging.WARNING)
     r = await alice.post("/jobs", **request_kwargs)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    assert count_jobs() == 0
+    if status is None:  # a header the app does not rely on: anything but a failure
+        assert r.status_code < 500, r.text
+    else:
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["code"] == code
+        assert isinstance(error["message"], str) and error["message"]
+        assert count_jobs() == 0
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("limit", ["\u00b2", "\u0663", "\uff15", "+5", " 5", "5 ", "1e1", "0x5", "",
+                                   "5" * 5000, "-0"])
+async def test_malformed_query_parameters_are_400(
+    alice: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, limit: str
+) -> None:
+    """``limit=²`` passed ``str.isdigit`` and then failed in ``int()``: a 500 and a traceback."""
+    caplog.set_level(logging.WARNING)
+    r = await alice.get("/jobs", params={"limit": limit})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_parameter"
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(
@@ -435,7 +497,8 @@ async def test_mounted_under_a_prefix_in_a_host_app(aqueue: AsyncJobQueue) -> No
         r = await client.post("/api/images/jobs", json={"prompt": "x"}, headers=headers)
         assert r.status_code == 202
         job_id = r.json()["id"]
-        assert r.headers["location"] == f"http://testserver/api/images/jobs/{job_id}"
+        # A path (the client resolves it), never built from the client's Host header.
+        assert r.headers["location"] == f"/api/images/jobs/{job_id}"
         assert (await client.get(f"/api/images/jobs/{job_id}", headers=headers)).status_code == 200
         assert (await client.get(f"/api/images/jobs/{job_id}")).status_code == 401
         assert (await client.get("/api/images/static/jobqueue.js")).status_code == 200
@@ -529,3 +592,401 @@ def test_shutdown_waits_longer_than_the_workers_own_drain(aqueue: AsyncJobQueue)
     for grace, lease in ((30.0, 30.0), (120.0, 5.0), (0.0, 60.0)):
         worker = Worker(aqueue, handlers={"image": handler}, grace_period=grace, lease=lease)
         assert worker_stop_timeout(worker) > grace + lease
+
+
+# -- the demo owner cookie -------------------------------------------------------------------
+
+
+async def test_a_malformed_neighbouring_cookie_does_not_hide_the_owner_cookie(
+    aqueue: AsyncJobQueue,
+) -> None:
+    """``SimpleCookie`` drops the whole header at the first cookie it dislikes (a space in
+    another site's value); the browser would then lose its jobs to a fresh owner."""
+    app = create_app(aqueue)
+    async with client_for(app, None) as browser:
+        created = await browser.post("/jobs", json={"prompt": "mine"})
+        job_id = created.json()["id"]
+        owner = browser.cookies["jobqueue_owner"]
+        browser.cookies.clear()
+        for header in (
+            f"tracker=a b; jobqueue_owner={owner}",
+            f'prefs="unterminated; jobqueue_owner={owner}',
+            f"bad,name=1; jobqueue_owner={owner}; other=x",
+            f"jobqueue_owner={owner}; ö=1",
+        ):
+            cookie = header.encode("utf-8")  # as a browser sends it
+            r = await browser.get(f"/jobs/{job_id}", headers={"Cookie": cookie})
+            assert r.status_code == 200, (header, r.text)
+            assert "set-cookie" not in r.headers
+
+
+async def test_the_owner_cookie_is_never_set_on_cacheable_responses(aqueue: AsyncJobQueue) -> None:
+    app = create_app(aqueue)
+    for path in ("/static/jobqueue.js", "/static/demo.css", "/mock-images/abc123.svg"):
+        async with client_for(app, None) as fresh:
+            r = await fresh.get(path)
+            assert r.status_code == 200
+            assert "set-cookie" not in r.headers, path
+    # The page and the API set it, and no cache may keep those answers.
+    for method, path in (("GET", "/"), ("GET", "/jobs"), ("POST", "/jobs")):
+        async with client_for(app, None) as fresh:
+            kwargs: dict[str, Any] = {"json": {"prompt": "x"}} if method == "POST" else {}
+            r = await fresh.request(method, path, **kwargs)
+            assert r.status_code in (200, 202)
+            assert "jobqueue_owner=" in r.headers["set-cookie"], path
+            assert "no-store" in r.headers["cache-control"], path
+
+
+async def test_demo_404_says_why_without_telling_whether_the_job_exists(
+    aqueue: AsyncJobQueue,
+) -> None:
+    """A curl user who did not keep the cookie gets a 404 that names the likely cause."""
+    app = create_app(aqueue)
+    async with client_for(app, None) as curl:
+        job_id = (await curl.post("/jobs", json={"prompt": "mine"})).json()["id"]
+        curl.cookies.clear()  # curl without -c/-b
+        theirs = await curl.get(f"/jobs/{job_id}")
+        missing = await curl.get(f"/jobs/{uuid.uuid4()}")
+        assert theirs.status_code == missing.status_code == 404
+        error = theirs.json()["error"]
+        assert "belongs to another owner, or you sent no owner cookie" in error["message"]
+        assert "-b" in error["hint"] and "jobqueue_owner" in error["hint"]
+        assert theirs.json() == missing.json()
+        cancel = await curl.post(f"/jobs/{job_id}/cancel")
+        assert cancel.status_code == 404 and cancel.json() == missing.json()
+    assert (await aqueue.get(job_id)).status == "pending"
+
+
+# -- other sites, sniffing, Location ---------------------------------------------------------
+
+
+async def test_cross_site_posts_with_cookies_are_refused(
+    aqueue: AsyncJobQueue, count_jobs: Callable[[], int]
+) -> None:
+    app = create_app(aqueue)
+    async with client_for(app, None) as browser:
+        job_id = (await browser.post("/jobs", json={"prompt": "mine"})).json()["id"]
+        assert "jobqueue_owner" in browser.cookies
+        refused = [
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site", "Origin": "http://other.testserver"},
+            {"Origin": "https://evil.example"},
+            {"Origin": "null"},
+        ]
+        for headers in refused:
+            r = await browser.post("/jobs", json={"prompt": "forged"}, headers=headers)
+            assert r.status_code == 403, headers
+            assert r.json()["error"]["code"] == "cross_site_request"
+            assert "set-cookie" not in r.headers
+            r = await browser.post(f"/jobs/{job_id}/cancel", headers=headers)
+            assert r.status_code == 403
+        assert count_jobs() == 1
+        assert (await aqueue.get(job_id)).status == "pending"
+        allowed = [
+            {"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"},
+            {"Origin": "http://testserver"},
+            {},  # not a browser: curl sends neither header
+        ]
+        for headers in allowed:
+            r = await browser.post("/jobs", json={"prompt": "mine"}, headers=headers)
+            assert r.status_code == 202, (headers, r.text)
+        # Reads are not checked, and a cross-site POST without cookies has no one to act for.
+    async with client_for(app, None) as stranger:
+        cross = {"Sec-Fetch-Site": "cross-site"}
+        r = await stranger.post("/jobs", json={"prompt": "x"}, headers=cross)
+        assert r.status_code == 202
+
+
+async def test_the_host_decides_which_origins_may_post(aqueue: AsyncJobQueue) -> None:
+    cross = {"Cookie": "session=s1", "Sec-Fetch-Site": "cross-site", "Origin": "https://spa.example"}
+    checked = create_app(aqueue, identify=by_header)
+    trusting = create_app(aqueue, identify=by_header, trusted_origins=["https://SPA.example:443"])
+    unchecked = create_app(aqueue, identify=by_header, check_origin=False)
+    based = create_app(aqueue, identify=by_header, base_url="https://jobs.example/api")
+    async with client_for(checked) as c:
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=cross)).status_code == 403
+        # Token auth (no cookie) cannot be forged by another site: not checked.
+        token_only = {k: v for k, v in cross.items() if k != "Cookie"}
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=token_only)).status_code == 202
+    async with client_for(trusting) as c:
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=cross)).status_code == 202
+    async with client_for(unchecked) as c:
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=cross)).status_code == 202
+    async with client_for(based) as c:
+        own = {"Cookie": "session=s1", "Origin": "https://jobs.example"}
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=own)).status_code == 202
+        # With base_url set, the Host a request names does not make an origin its own.
+        spoof = {"Cookie": "session=s1", "Origin": "http://testserver"}
+        assert (await c.post("/jobs", json={"prompt": "x"}, headers=spoof)).status_code == 403
+    with pytest.raises(ConfigurationError):
+        create_app(aqueue, identify=by_header, trusted_origins=["spa.example"])
+    with pytest.raises(ConfigurationError):
+        create_app(aqueue, identify=by_header, base_url="/relative")
+
+
+async def test_every_response_says_nosniff(aqueue: AsyncJobQueue) -> None:
+    def broken(request: Request) -> str | None:
+        if request.headers.get("x-break"):
+            raise RuntimeError("the host's session store is down")
+        return "alice"
+
+    app = create_app(aqueue, identify=broken)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://testserver",
+    ) as client:
+        job_id = (await client.post("/jobs", json={"prompt": "x"})).json()["id"]
+        answers = [
+            await client.get("/"),
+            await client.get("/jobs"),
+            await client.get(f"/jobs/{job_id}"),
+            await client.get("/static/jobqueue.js"),
+            await client.get("/mock-images/abc.svg"),
+            await client.get("/nope"),
+            await client.delete("/jobs"),
+            await client.post("/jobs", content=b"{"),
+            await client.get("/jobs", headers={"x-break": "1"}),
+        ]
+        assert [r.status_code for r in answers] == [200, 200, 200, 200, 200, 404, 405, 415, 500]
+        for r in answers:
+            assert r.headers.get("x-content-type-options") == "nosniff", r.request.url
+
+
+async def test_location_comes_from_the_base_url_never_the_host_header(
+    aqueue: AsyncJobQueue,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    evil = {"Host": "evil.example"}
+    plain = create_app(aqueue, identify=by_header)
+    async with client_for(plain) as client:
+        r = await client.post("/jobs", json={"prompt": "x"}, headers=evil)
+        assert r.headers["location"] == f"/jobs/{r.json()['id']}"
+    based = create_app(aqueue, identify=by_header, base_url="https://public.example/api/images/")
+    host = Starlette(routes=[Mount("/api/images", app=based)])
+    async with client_for(host) as client:
+        r = await client.post("/api/images/jobs", json={"prompt": "x"}, headers=evil)
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        assert r.headers["location"] == f"https://public.example/api/images/jobs/{job_id}"
+
+
+# -- what callers may spend --------------------------------------------------------------------
+
+
+async def test_the_host_sets_what_may_be_passed_to_the_provider(
+    aqueue: AsyncJobQueue, count_jobs: Callable[[], int]
+) -> None:
+    from jobqueue.web import Allowed
+
+    default = create_app(aqueue, identify=by_header)
+    async with client_for(default) as client:
+        options = {"aspect_ratio": "16:9", "n": 2}
+        ok = {"prompt": "x", "model": "google/nano-banana", "options": options}
+        assert (await client.post("/jobs", json=ok)).status_code == 202
+        r = await client.post("/jobs", json={"prompt": "x", "model": "dall-e-3"})
+        assert "google/nano-banana" in r.json()["error"]["hint"]  # names what is allowed
+        r = await client.post("/jobs", json={"prompt": "x", "options": {"n": 9}})
+        assert r.json()["error"]["hint"] == "n takes an integer from 1 to 4"
+    custom = create_app(
+        aqueue,
+        identify=by_header,
+        allowed=Allowed(models={"house-model"}, options={"seed": range(0, 1000), "hd": [False]}),
+    )
+    async with client_for(custom) as client:
+        good = {"prompt": "x", "model": "house-model", "options": {"seed": 7, "hd": False}}
+        assert (await client.post("/jobs", json=good)).status_code == 202
+        for bad in (
+            {"prompt": "x", "model": "google/nano-banana"},
+            {"prompt": "x", "options": {"n": 1}},
+            {"prompt": "x", "options": {"seed": 1000}},
+            {"prompt": "x", "options": {"hd": True}},
+            {"prompt": "x", "options": {"hd": 0}},
+        ):
+            r = await client.post("/jobs", json=bad)
+            assert r.status_code == 422, bad
+            assert r.json()["error"]["code"] in ("model_not_allowed", "option_not_allowed")
+    anything = create_app(aqueue, identify=by_header, allowed=Allowed.anything())
+    async with client_for(anything) as client:
+        r = await client.post("/jobs", json={"prompt": "x", "model": "m", "options": {"k": [1]}})
+        assert r.status_code == 202
+    assert count_jobs() == 3
+    with pytest.raises(ConfigurationError):
+        Allowed(models="google/nano-banana")
+    with pytest.raises(ConfigurationError):
+        Allowed(options={"n": 4})  # type: ignore[dict-item]
+
+
+async def test_new_jobs_are_rate_limited_per_owner(
+    aqueue: AsyncJobQueue, count_jobs: Callable[[], int]
+) -> None:
+    from jobqueue.web import DEMO_RATE_LIMIT, RateLimit
+
+    # Demo mode: on by default.
+    demo = create_app(aqueue)
+    async with client_for(demo, None) as browser, client_for(demo, None) as other:
+        for _ in range(DEMO_RATE_LIMIT.jobs):
+            assert (await browser.post("/jobs", json={"prompt": "x"})).status_code == 202
+        r = await browser.post("/jobs", json={"prompt": "one too many"})
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert "10 jobs per 60 s" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert count_jobs() == DEMO_RATE_LIMIT.jobs
+        # Reads are not limited; another browser has its own allowance.
+        assert (await browser.get("/jobs")).status_code == 200
+        assert (await other.get("/")).status_code == 200  # the page gives it its cookie
+        assert (await other.post("/jobs", json={"prompt": "x"})).status_code == 202
+    # Dropping the cookie is no way around it: cookie-less callers count by address.
+    fresh_demo = create_app(aqueue)
+    statuses = []
+    for _ in range(DEMO_RATE_LIMIT.jobs + 1):
+        async with client_for(fresh_demo, None) as cookieless:
+            statuses.append((await cookieless.post("/jobs", json={"prompt": "x"})).status_code)
+    assert statuses == [202] * DEMO_RATE_LIMIT.jobs + [429]
+
+    # With an identify hook: off unless the host sets one.
+    hosted = create_app(aqueue, identify=by_header)
+    async with client_for(hosted) as client:
+        for _ in range(DEMO_RATE_LIMIT.jobs + 2):
+            assert (await client.post("/jobs", json={"prompt": "x"})).status_code == 202
+    limited = create_app(aqueue, identify=by_header, rate_limit=RateLimit(jobs=2, per=0.6))
+    async with client_for(limited, "carol") as carol:
+        assert (await carol.post("/jobs", json={"prompt": "x"})).status_code == 202
+        assert (await carol.post("/jobs", json={"prompt": "x"})).status_code == 202
+        assert (await carol.post("/jobs", json={"prompt": "x"})).status_code == 429
+        await asyncio.sleep(0.4)  # one job back every 0.3 s
+        assert (await carol.post("/jobs", json={"prompt": "x"})).status_code == 202
+    off = create_app(aqueue, rate_limit=False)
+    async with client_for(off, None) as browser:
+        for _ in range(DEMO_RATE_LIMIT.jobs + 2):
+            assert (await browser.post("/jobs", json={"prompt": "x"})).status_code == 202
+    for bad in ((0, 60.0), (3, 0.0), (True, 1.0)):
+        with pytest.raises(ConfigurationError):
+            RateLimit(*bad)  # type: ignore[arg-type]
+
+
+# -- event streams share their polling ------------------------------------------------------
+
+
+class StatementCounter:
+    """Counts the statements that read ``table`` (real statements, as the driver gets them)."""
+
+    def __init__(self, queue: AsyncJobQueue, table: str) -> None:
+        from sqlalchemy import event
+
+        self.engine = queue.engine.sync_engine
+        self.table = table
+        self.count = 0
+        self._event = event
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and self.table in statement:
+            self.count += 1
+
+    def close(self) -> None:
+        self._event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+async def open_stream(
+    client: httpx.AsyncClient, url: str, stack: contextlib.AsyncExitStack
+) -> AsyncIterator[dict[str, Any]]:
+    response = await stack.enter_async_context(client.stream("GET", url))
+    assert response.status_code == 200, await response.aread()
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                yield json.loads(line[6:])
+
+    return events()
+
+
+async def test_many_streams_on_one_job_cost_one_read_per_interval(
+    aqueue: AsyncJobQueue, table_name: str
+) -> None:
+    interval, streams = 0.1, 12
+    app = create_app(
+        aqueue, identify=by_header, events_poll_interval=interval, max_streams_per_owner=streams
+    )
+    counter = StatementCounter(aqueue, table_name)
+    try:
+        async with (
+            running_server(app) as base,
+            httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as client,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            job_id = (await client.post("/jobs", json={"prompt": "watched"})).json()["id"]
+            followers = [
+                await open_stream(client, f"/jobs/{job_id}/events", stack) for _ in range(streams)
+            ]
+            for events in followers:
+                assert (await anext(events))["status"] == "pending"
+            before = counter.count
+            await asyncio.sleep(20 * interval)
+            reads = counter.count - before
+            print(f"{streams} streams, {reads} reads in {20 * interval:g} s")
+            # One shared watch: about one read per interval (timers on a busy machine
+            # may fire late, never more often); one watch per stream would be 12 times that.
+            assert 5 <= reads <= 22, reads
+            # ...and every stream still gets every change.
+            [held] = await aqueue.claim("w1")
+            await aqueue.complete(held)
+            for events in followers:
+                statuses = [e["status"] async for e in events]
+                assert statuses[-1] == "completed"
+    finally:
+        counter.close()
+
+
+async def stream_answer(client: httpx.AsyncClient, url: str) -> tuple[int, Any, httpx.Headers]:
+    """Status, body (unless it is a stream) and headers of a GET, without waiting for an
+    accepted stream to end."""
+    async with client.stream("GET", url) as response:
+        if response.status_code == 200:
+            return 200, None, response.headers
+        return response.status_code, json.loads(await response.aread()), response.headers
+
+
+async def test_open_streams_per_owner_are_bounded(aqueue: AsyncJobQueue) -> None:
+    app = create_app(
+        aqueue, identify=by_header, events_poll_interval=0.05, max_streams_per_owner=2
+    )
+    async with (
+        running_server(app) as base,
+        httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as alice,
+        httpx.AsyncClient(base_url=base, headers={"X-User": "bob"}, timeout=30) as bob,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        ids = [(await alice.post("/jobs", json={"prompt": f"p{i}"})).json()["id"] for i in range(3)]
+        bobs = (await bob.post("/jobs", json={"prompt": "b"})).json()["id"]
+        first = await open_stream(alice, f"/jobs/{ids[0]}/events", stack)
+        await anext(first)
+        async with contextlib.AsyncExitStack() as second_stack:
+            second = await open_stream(alice, f"/jobs/{ids[1]}/events", second_stack)
+            await anext(second)
+            status, body, headers = await stream_answer(alice, f"/jobs/{ids[2]}/events")
+            assert status == 429
+            assert body["error"]["code"] == "too_many_streams"
+            assert "at most 2" in body["error"]["message"]
+            assert headers["retry-after"] == "3"
+            # Same job, same answer: the bound counts streams, not jobs.
+            assert (await stream_answer(alice, f"/jobs/{ids[0]}/events"))[0] == 429
+            # Another owner is not affected; polling is not affected.
+            theirs = await open_stream(bob, f"/jobs/{bobs}/events", stack)
+            assert (await anext(theirs))["id"] == bobs
+            assert (await alice.get(f"/jobs/{ids[2]}")).status_code == 200
+        # A closed stream gives its slot back (once the server sees the disconnect).
+        for _ in range(200):
+            async with alice.stream("GET", f"/jobs/{ids[2]}/events") as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert again.status_code == 200
+        # A 404 takes no slot: alice has one stream open, so one more fits after these.
+        for _ in range(3):
+            assert (await alice.get(f"/jobs/{uuid.uuid4()}/events")).status_code == 404
+        async with alice.stream("GET", f"/jobs/{ids[1]}/events") as last:
+            assert last.status_code == 200

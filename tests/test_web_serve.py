@@ -87,6 +87,11 @@ def test_serve_runs_the_api_with_a_worker(tmp_path: Path) -> None:
     with jobqueue_serve(tmp_path) as base, httpx.Client(base_url=base) as client:
         page = client.get("/")
         assert page.status_code == 200 and "Generate" in page.text
+        assert "jobqueue_owner=" in page.headers["set-cookie"]
+        # A static file is cacheable: no owner cookie on it, and no guessing its type.
+        js = httpx.get(base + "/static/jobqueue.js")
+        assert "set-cookie" not in js.headers
+        assert js.headers["x-content-type-options"] == "nosniff"
         created = client.post("/jobs", json={"prompt": "served"})
         assert created.status_code == 202
         job = wait_status(client, created.json()["id"], "completed")

@@ -3,8 +3,18 @@
 ``create_app(queue, identify=...)`` returns an ASGI app to run or to mount; see docs/web.md.
 """
 
+from .allowed import Allowed
 from .app import create_app
+from .guards import DEMO_RATE_LIMIT, RateLimit
 from .owners import Identify, anonymous_owner
 from .problems import ApiError
 
-__all__ = ["ApiError", "Identify", "anonymous_owner", "create_app"]
+__all__ = [
+    "DEMO_RATE_LIMIT",
+    "Allowed",
+    "ApiError",
+    "Identify",
+    "RateLimit",
+    "anonymous_owner",
+    "create_app",
+]

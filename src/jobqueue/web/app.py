@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,17 +28,34 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigurationError, JobQueueError
 from ..generators.base import IMAGE_KIND
 from ..operations import parse_job_id
 from ..queue import AsyncJobQueue
 from ..schema import DEFAULT_QUEUE, Job, Status
-from .events import job_events
+from .allowed import Allowed
+from .events import RECONNECT_MS, Subscription, Watchers, job_events
+from .guards import (
+    DEMO_RATE_LIMIT,
+    OriginCheck,
+    RateLimit,
+    RateLimiter,
+    SecurityHeaders,
+    origin_of,
+)
 from .intake import BODY_OVERHEAD_BYTES, Limits, idempotency_key_of, read_generation
-from .owners import AnonymousOwnerCookie, Identify, anonymous_owner
+from .owners import AnonymousOwnerCookie, Identify, anonymous_owner, anonymous_owner_of
 from .placeholder import NAME, draw_placeholder
-from .problems import ApiError, error_response, handle_http_exception, handle_library_error
+from .problems import (
+    DEMO_NOT_FOUND,
+    NOT_FOUND,
+    ApiError,
+    error_response,
+    handle_http_exception,
+    library_error_handler,
+)
 from .views import job_view
 
 if TYPE_CHECKING:
@@ -46,6 +66,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PROMPT_CHARS = 4000
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
+DEFAULT_MAX_STREAMS_PER_OWNER = 8
+#: A query parameter that is a count: ASCII digits (``str.isdigit`` also takes "²").
+_COUNT = re.compile(r"^[0-9]{1,6}$")
 #: Beyond the worker's own deadline (grace period + one lease for its last writes), how
 #: long shutdown waits before giving up on an in-process worker.
 WORKER_STOP_MARGIN = 10.0
@@ -68,18 +91,24 @@ class JobsApi:
         identify: Identify,
         limits: Limits,
         *,
+        demo: bool,
         queue_name: str,
         poll_interval_ms: int,
-        events_poll_interval: float,
         heartbeat_interval: float,
+        base_url: str | None,
+        rate_limiter: RateLimiter | None,
+        watchers: Watchers,
     ) -> None:
         self.queue = queue
         self.identify = identify
         self.limits = limits
+        self.demo = demo
         self.queue_name = queue_name
         self.poll_interval_ms = poll_interval_ms
-        self.events_poll_interval = events_poll_interval
         self.heartbeat_interval = heartbeat_interval
+        self.base_url = base_url
+        self.rate_limiter = rate_limiter
+        self.watchers = watchers
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -103,10 +132,44 @@ class JobsApi:
     def job_id(self, request: Request) -> str:
         return str(parse_job_id(request.path_params["job_id"]))
 
+    def location(self, request: Request, job: Job) -> str:
+        """Where the new job lives: under the configured ``base_url``, else an absolute path.
+
+        Never built from the request's ``Host`` header, which the client chooses: a
+        poisoned ``Location`` could send a client (or a cache) to another server.
+        """
+        path = request.url_for("job", job_id=str(job.id)).path
+        if self.base_url is None:
+            return path
+        root = (request.scope.get("root_path") or "").rstrip("/")
+        return self.base_url + path.removeprefix(root)
+
+    def spend(self, request: Request, owner: str) -> None:
+        """Count one new job against the caller's rate limit; 429 when it is used up."""
+        if self.rate_limiter is None:
+            return
+        keys = [owner]
+        anonymous = anonymous_owner_of(request)
+        if anonymous is not None and not anonymous.known and request.client is not None:
+            # A caller without the cookie is a new owner on every request; counting it by
+            # address too keeps "drop the cookie" from being a way around the limit.
+            keys.append("address:" + request.client.host)
+        wait = self.rate_limiter.take(*keys)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many new jobs: at most {self.rate_limiter.limit.describe()} per caller",
+                hint=f"try again in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+
     # -- endpoints ----------------------------------------------------------------------
 
     async def create(self, request: Request) -> Response:
         owner = await self.owner_of(request)
+        self.spend(request, owner)
         key = idempotency_key_of(request)
         generation = await read_generation(request, self.limits)
         payload = generation.to_payload()
@@ -124,9 +187,10 @@ class JobsApi:
                 "this Idempotency-Key was already used for a different request",
                 hint="use a new key for each new request; repeat a key only to retry the same one",
             )
-        location = str(request.url_for("job", job_id=str(job.id)))
         return JSONResponse(
-            self.view(request, job), status_code=202, headers={"Location": location, **_NO_STORE}
+            self.view(request, job),
+            status_code=202,
+            headers={"Location": self.location(request, job), **_NO_STORE},
         )
 
     async def show(self, request: Request) -> Response:
@@ -158,29 +222,62 @@ class JobsApi:
     async def events(self, request: Request) -> Response:
         owner = await self.owner_of(request)
         job_id = self.job_id(request)
-        await self.queue.get(job_id, owner_id=owner)  # 404 now, not inside the stream
+        watchers = self.watchers
+        if not watchers.reserve(owner):
+            seconds = RECONNECT_MS // 1000
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"at most {watchers.max_streams_per_owner} event streams may be open at once "
+                "per caller",
+                hint="close the streams of jobs you no longer follow, or poll GET /jobs/{id}",
+                headers={"Retry-After": str(seconds)},
+            )
+        try:
+            first = await self.queue.get(job_id, owner_id=owner)  # 404 now, not in the stream
+        except BaseException:
+            watchers.release(owner)
+            raise
 
         async def load() -> Job:
             return await self.queue.get(job_id, owner_id=owner)
 
+        if first.is_final:  # nothing will change: send it, no watch needed
+            sub = Subscription(first)
+        else:
+            sub = watchers.subscribe(owner, job_id, first, load)
+
+        def close() -> None:
+            watchers.unsubscribe(owner, job_id, sub)
+            watchers.release(owner)
+
         stream = job_events(
-            load,
+            sub,
             lambda job: self.view(request, job),
-            poll_interval=self.events_poll_interval,
             heartbeat_interval=self.heartbeat_interval,
+            gone={"error": {"code": "not_found", "message": self.not_found}},
         )
-        return StreamingResponse(
+        return _Stream(
             stream,
+            on_close=close,
             media_type="text/event-stream",
             headers={"X-Accel-Buffering": "no", **_NO_STORE},
         )
 
+    @property
+    def not_found(self) -> str:
+        return DEMO_NOT_FOUND if self.demo else NOT_FOUND
+
     async def demo_page(self, request: Request) -> Response:
+        if self.demo:
+            # The page's owner cookie comes with the page, so its first API calls (the job
+            # list and a quick Generate) cannot race each other into two new owners.
+            await self.owner_of(request)
         page = _static_text("index.html").replace(
             "{{poll_interval_ms}}", str(self.poll_interval_ms)
         )
         return HTMLResponse(
-            page, headers={"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-cache"}
+            page, headers={"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-store"}
         )
 
     async def mock_image(self, request: Request) -> Response:
@@ -194,11 +291,26 @@ class JobsApi:
         )
 
 
+class _Stream(StreamingResponse):
+    """A streaming response that runs ``on_close`` however it ends (finished, client gone,
+    server stopping), so an event stream's slot and subscription are always given back."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _COUNT.fullmatch(raw) or not low <= int(raw) <= high:
         raise ApiError(
             400, "invalid_parameter", f"'{name}' must be an integer from {low} to {high}"
         )
@@ -227,6 +339,12 @@ def create_app(
     demo_page: bool = True,
     events_poll_interval: float = 0.5,
     heartbeat_interval: float = 15.0,
+    allowed: Allowed | None = None,
+    rate_limit: RateLimit | Literal[False] | None = None,
+    max_streams_per_owner: int = DEFAULT_MAX_STREAMS_PER_OWNER,
+    base_url: str | None = None,
+    check_origin: bool = True,
+    trusted_origins: Iterable[str] = (),
 ) -> Starlette:
     """Build the job API app.
 
@@ -235,7 +353,16 @@ def create_app(
     ``worker`` runs inside the app's lifespan when given. ``max_upload_bytes`` defaults to
     the largest image that fits in the queue's payload limit once base64-encoded.
     ``poll_interval_ms`` is the demo page's polling interval; ``events_poll_interval`` is how
-    often (seconds) an open event stream re-reads its job.
+    often (seconds) a watched job is re-read for its event streams.
+
+    Guards (docs/web.md): ``allowed`` limits the models and options callers may pass to the
+    provider (default: `Allowed()`, the documented ones with bounded sizes);
+    ``rate_limit`` caps new jobs per owner (None: `DEMO_RATE_LIMIT` in demo mode, off with
+    ``identify``; False: off); ``max_streams_per_owner`` caps open event streams;
+    ``base_url`` (the app's public address, e.g. ``https://example.com/api/images``) is
+    where ``Location`` points and the app's own origin; ``check_origin`` refuses
+    cross-site ``POST``s that carry cookies (turn it off only when ``identify`` never reads
+    a cookie), ``trusted_origins`` lists other origins whose pages may post.
     """
     fits = _default_upload_limit(queue)
     upload_limit = fits if max_upload_bytes is None else max_upload_bytes
@@ -245,18 +372,45 @@ def create_app(
             f"({queue.limits.max_payload_bytes} bytes; images are stored base64-encoded)",
             hint=f"use at most {fits}, or raise the queue's max_payload_bytes",
         )
-    if max_prompt_chars < 1 or poll_interval_ms < 50 or events_poll_interval <= 0:
+    if (
+        max_prompt_chars < 1
+        or poll_interval_ms < 50
+        or events_poll_interval <= 0
+        or heartbeat_interval < 0.01
+    ):
         raise ConfigurationError(
-            "max_prompt_chars must be >= 1, poll_interval_ms >= 50 and events_poll_interval > 0"
+            "max_prompt_chars must be >= 1, poll_interval_ms >= 50, events_poll_interval > 0 "
+            "and heartbeat_interval >= 0.01"
         )
+    if isinstance(max_streams_per_owner, bool) or max_streams_per_owner < 1:
+        raise ConfigurationError("max_streams_per_owner must be an integer >= 1")
+    if rate_limit is not None and rate_limit is not False and not isinstance(rate_limit, RateLimit):
+        raise ConfigurationError(
+            f"rate_limit must be a RateLimit, None or False, not {rate_limit!r}",
+            hint="for example rate_limit=RateLimit(jobs=10, per=60)",
+        )
+    demo = identify is None
+    public_base = None if base_url is None else _public_base(base_url)
+    if rate_limit is None:
+        rate_limit = DEMO_RATE_LIMIT if demo else False
+    watchers = Watchers(
+        poll_interval=events_poll_interval, max_streams_per_owner=max_streams_per_owner
+    )
     api = JobsApi(
         queue,
         identify or anonymous_owner,
-        Limits(max_prompt_chars=max_prompt_chars, max_upload_bytes=upload_limit),
+        Limits(
+            max_prompt_chars=max_prompt_chars,
+            max_upload_bytes=upload_limit,
+            allowed=Allowed() if allowed is None else allowed,
+        ),
+        demo=demo,
         queue_name=queue_name,
         poll_interval_ms=poll_interval_ms,
-        events_poll_interval=events_poll_interval,
         heartbeat_interval=heartbeat_interval,
+        base_url=public_base,
+        rate_limiter=None if rate_limit is False else RateLimiter(rate_limit),
+        watchers=watchers,
     )
     routes = [
         Route("/jobs", api.create, methods=["POST"]),
@@ -269,37 +423,70 @@ def create_app(
     ]
     if demo_page:
         routes.append(Route("/", api.demo_page, methods=["GET"]))
-    middleware = [] if identify is not None else [Middleware(AnonymousOwnerCookie)]
+    # Outermost first: a cross-site POST is refused before it gets an owner cookie.
+    middleware = []
+    trusted = tuple(origin_of(o) for o in trusted_origins)  # refused now, not at first request
+    if check_origin:
+        own_origin = None if public_base is None else origin_of(public_base)
+        middleware.append(Middleware(OriginCheck, own_origin=own_origin, trusted_origins=trusted))
+    elif trusted:
+        raise ConfigurationError("trusted_origins needs check_origin=True")
+    if demo:
+        middleware.append(Middleware(AnonymousOwnerCookie))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if worker is None:
-            yield
-            return
-        task = asyncio.create_task(worker.run(), name="jobqueue-web-worker")
-        task.add_done_callback(_report_worker_exit)
         try:
-            yield
-        finally:
-            worker.stop()
-            timeout = worker_stop_timeout(worker)
+            if worker is None:
+                yield
+                return
+            task = asyncio.create_task(worker.run(), name="jobqueue-web-worker")
+            task.add_done_callback(_report_worker_exit)
             try:
-                await asyncio.wait_for(task, timeout)
-            except TimeoutError:
-                logger.warning("the in-process worker did not stop within %gs", timeout)
-            except Exception:  # already logged by _report_worker_exit
-                pass
+                yield
+            finally:
+                worker.stop()
+                timeout = worker_stop_timeout(worker)
+                try:
+                    await asyncio.wait_for(task, timeout)
+                except TimeoutError:
+                    logger.warning("the in-process worker did not stop within %gs", timeout)
+                except Exception:  # already logged by _report_worker_exit
+                    pass
+        finally:
+            await watchers.close()
 
-    return Starlette(
+    return _JobsApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
-            JobQueueError: handle_library_error,
+            JobQueueError: library_error_handler(demo=demo),
             HTTPException: handle_http_exception,
             Exception: _internal_error,
         },
     )
+
+
+class _JobsApp(Starlette):
+    """Starlette, with `SecurityHeaders` outside even its server-error middleware, so the
+    headers are on every response, a 500 included."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def _public_base(url: str) -> str:
+    """``base_url`` checked (an absolute http(s) URL, no query or fragment), without a
+    trailing slash."""
+    origin_of(url)  # raises ConfigurationError for anything but http(s)://host...
+    parts = urlsplit(url.strip())
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"base_url {url!r} must not have a query or fragment",
+            hint="for example https://example.com/api/images",
+        )
+    return url.strip().rstrip("/")
 
 
 def worker_stop_timeout(worker: Worker) -> float:

@@ -1,17 +1,26 @@
 """Server-Sent Events: one job's changes pushed to the client until it is final.
 
-Each connection polls the job store (one indexed primary-key read per interval) and sends a
-snapshot whenever the status, progress or attempt changes — the same notion of "a change"
-that `AsyncJobQueue.wait` uses (`operations.Waiter`). A (re)connecting client always gets
-the current snapshot first, so an EventSource that reconnects after a network blip misses
-nothing. Comment lines keep idle proxies from closing a stream while a job waits in line.
+Every open stream of the same job (and owner) shares one `JobWatch`: a single task reads
+the job from the store once per interval (one indexed primary-key read) and hands each
+change to all of that job's streams, so a hundred tabs on one job cost the database what
+one does. A change is what `AsyncJobQueue.wait` calls one (`operations.Waiter`): the
+status, progress or attempt moved. A (re)connecting client always gets the current
+snapshot first (read when its stream opens), so an EventSource that reconnects after a
+network blip misses nothing. Comment lines keep idle proxies from closing a stream while a
+job waits in line.
+
+The number of open streams per owner is bounded (`Watchers.reserve`), so one caller
+cannot hold an unbounded number of connections and tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,8 +28,12 @@ from ..errors import DatabaseUnavailable, JobNotFound
 from ..operations import Waiter
 from ..schema import Job
 
+logger = logging.getLogger(__name__)
+
 #: Tells EventSource how long to wait before reconnecting (milliseconds).
 RECONNECT_MS = 3000
+
+Load = Callable[[], Awaitable[Job]]
 
 
 def sse_message(data: Any, *, event: str | None = None) -> str:
@@ -29,33 +42,158 @@ def sse_message(data: Any, *, event: str | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+class Subscription:
+    """One stream's view of a `JobWatch`: the latest snapshot and whether it ended."""
+
+    def __init__(self, first: Job) -> None:
+        self.latest: Job = first
+        self.gone = False  # the job disappeared (pruned) while watched
+        self.broken = False  # the watch stopped on an unexpected error
+        self.news = asyncio.Event()
+        self.news.set()  # the first snapshot is news
+
+    def publish(self, job: Job) -> None:
+        self.latest = job
+        self.news.set()
+
+    def end(self, *, gone: bool) -> None:
+        self.gone = gone
+        self.broken = not gone
+        self.news.set()
+
+
+class JobWatch:
+    """One polling task for one job, fanning its changes out to every subscription."""
+
+    def __init__(self, load: Load, interval: float, on_exit: Callable[[JobWatch], None]) -> None:
+        self.load = load
+        self.interval = interval
+        self.subscriptions: set[Subscription] = set()
+        self._on_exit = on_exit
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="jobqueue-sse-watch")
+
+    async def _run(self) -> None:
+        waiter = Waiter(self.interval, None)
+        try:
+            while True:
+                await asyncio.sleep(waiter.interval)
+                # Checked after the sleep, before the read: a watch whose streams all
+                # closed stops without another query (and is never cancelled mid-query).
+                if not self.subscriptions:
+                    return
+                try:
+                    job = await self.load()
+                except JobNotFound:  # pruned while we watched
+                    for sub in self.subscriptions:
+                        sub.end(gone=True)
+                    return
+                except DatabaseUnavailable:
+                    continue  # try again next interval; the streams keep their heartbeats
+                if waiter.changed(job):
+                    for sub in self.subscriptions:
+                        sub.publish(job)
+                if job.is_final:
+                    return
+        except Exception:
+            logger.exception("the event stream's watch of a job failed")
+            for sub in self.subscriptions:
+                sub.end(gone=False)
+        finally:
+            self._on_exit(self)
+
+
+class Watchers:
+    """The app's open event streams: one `JobWatch` per (owner, job), streams per owner."""
+
+    def __init__(self, *, poll_interval: float, max_streams_per_owner: int) -> None:
+        self.poll_interval = poll_interval
+        self.max_streams_per_owner = max_streams_per_owner
+        self._watches: dict[tuple[str, str], JobWatch] = {}
+        self._streams: Counter[str] = Counter()
+
+    def reserve(self, owner: str) -> bool:
+        """Count one more open stream for ``owner``; False when it already has the most."""
+        if self._streams[owner] >= self.max_streams_per_owner:
+            return False
+        self._streams[owner] += 1
+        return True
+
+    def release(self, owner: str) -> None:
+        self._streams[owner] -= 1
+        if self._streams[owner] <= 0:
+            del self._streams[owner]
+
+    def open_streams(self, owner: str) -> int:
+        return self._streams[owner]
+
+    def subscribe(self, owner: str, job_id: str, first: Job, load: Load) -> Subscription:
+        """Join the job's watch (starting one if none runs) with ``first`` as the snapshot."""
+        sub = Subscription(first)
+        key = (owner, job_id)
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = JobWatch(load, self.poll_interval, lambda w: self._forget(key, w))
+            self._watches[key] = watch
+            watch.start()
+        watch.subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, owner: str, job_id: str, sub: Subscription) -> None:
+        watch = self._watches.get((owner, job_id))
+        if watch is not None:
+            watch.subscriptions.discard(sub)
+
+    def _forget(self, key: tuple[str, str], watch: JobWatch) -> None:
+        if self._watches.get(key) is watch:
+            del self._watches[key]
+
+    @property
+    def watching(self) -> int:
+        """How many jobs are being watched (one polling task each)."""
+        return len(self._watches)
+
+    async def close(self) -> None:
+        """Stop every watch (the app is shutting down)."""
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def job_events(
-    load: Callable[[], Awaitable[Job]],
+    sub: Subscription,
     view: Callable[[Job], dict[str, Any]],
     *,
-    poll_interval: float,
     heartbeat_interval: float,
+    gone: dict[str, Any],
 ) -> AsyncIterator[str]:
-    """Yield SSE frames: a snapshot per change, ending after the final status."""
+    """Yield SSE frames for one subscription: a snapshot per change, ending after the final
+    status (or a ``gone`` event when the job was pruned)."""
     yield f"retry: {RECONNECT_MS}\n\n"
-    waiter = Waiter(poll_interval, None)
+    seen = Waiter(heartbeat_interval, None)
     quiet_since = time.monotonic()
     while True:
+        left = heartbeat_interval - (time.monotonic() - quiet_since)
         try:
-            job = await load()
-        except JobNotFound:  # pruned while we watched
-            yield sse_message(
-                {"error": {"code": "not_found", "message": "no such job"}}, event="gone"
-            )
+            await asyncio.wait_for(sub.news.wait(), timeout=max(left, 0.0))
+        except TimeoutError:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+            continue
+        sub.news.clear()
+        if sub.gone:
+            yield sse_message(gone, event="gone")
             return
-        except DatabaseUnavailable:
-            job = None
-        if job is not None and waiter.changed(job):
+        if sub.broken:
+            return  # the client reconnects after RECONNECT_MS and gets a fresh watch
+        job = sub.latest
+        if seen.changed(job):
             yield sse_message(view(job))
             quiet_since = time.monotonic()
             if job.is_final:
                 return
-        elif time.monotonic() - quiet_since >= heartbeat_interval:
-            yield ": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        await asyncio.sleep(waiter.interval)

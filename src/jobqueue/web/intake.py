@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
@@ -19,6 +19,8 @@ from starlette.types import Message
 
 from ..errors import PayloadError
 from ..generators.base import GenerationRequest
+from ..operations import MAX_JSON_DEPTH
+from .allowed import Allowed
 from .problems import ApiError
 
 JSON_FIELDS = frozenset({"prompt", "model", "images", "options"})
@@ -30,6 +32,12 @@ MAX_MODEL_CHARS = 200
 BODY_OVERHEAD_BYTES = 64 * 1024
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+#: A Content-Length as HTTP spells it: ASCII digits only (``str.isdigit`` also takes "²").
+_DECIMAL = re.compile(r"^[0-9]{1,20}$")
+#: The longest number literal a request may carry. Python refuses to turn integers of
+#: thousands of digits into ``int`` (and a stored one would burden every later reader);
+#: no option of a generator needs more than a few digits.
+MAX_NUMBER_CHARS = 100
 
 #: Magic numbers of the image formats we accept, so the stored MIME type is what the bytes
 #: are, not what the browser claimed.
@@ -47,6 +55,7 @@ class Limits:
 
     max_prompt_chars: int
     max_upload_bytes: int
+    allowed: Allowed = field(default_factory=Allowed)
 
     @property
     def max_body_bytes(self) -> int:
@@ -90,7 +99,7 @@ def _too_large(limit: int) -> ApiError:
 def limited(request: Request, limit: int) -> Request:
     """A view of ``request`` whose body raises 413 once more than ``limit`` bytes arrive."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _DECIMAL.fullmatch(declared) and int(declared) > limit:
         raise _too_large(limit)
     received = 0
 
@@ -125,11 +134,63 @@ async def read_generation(request: Request, limits: Limits) -> GenerationRequest
     )
 
 
-def _from_json(raw: bytes, limits: Limits) -> GenerationRequest:
+class _NumberTooLong(ValueError):
+    pass
+
+
+def _bounded_number(convert: type[int] | type[float]) -> Any:
+    def parse(literal: str) -> int | float:
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise _NumberTooLong(literal)
+        return convert(literal)
+
+    return parse
+
+
+_PARSE_INT = _bounded_number(int)
+_PARSE_FLOAT = _bounded_number(float)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` (iteratively: no recursion to run out of)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """``raw`` decoded as JSON, or a 400 `ApiError` (code ``invalid_json``) saying why not.
+
+    Beyond syntax, refuses what would otherwise raise deep inside the app: numbers longer
+    than `MAX_NUMBER_CHARS` characters and nesting deeper than the queue stores.
+    """
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        data = json.loads(raw, parse_int=_PARSE_INT, parse_float=_PARSE_FLOAT)
+    except _NumberTooLong:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"{what} holds a number longer than {MAX_NUMBER_CHARS} characters",
+        ) from None
+    except RecursionError:
+        data = None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ApiError(400, "invalid_json", f"{what} is not valid JSON: {exc}") from None
+    else:
+        if not _depth_over(data, MAX_JSON_DEPTH):
+            return data
+    raise ApiError(400, "invalid_json", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _from_json(raw: bytes, limits: Limits) -> GenerationRequest:
+    data = parse_json(raw, "the body")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     _refuse_unknown(data, JSON_FIELDS)
@@ -170,10 +231,7 @@ async def _read_form(form: FormData, limits: Limits) -> GenerationRequest:
         texts[key] = value
     options: Any = None
     if texts["options"]:
-        try:
-            options = json.loads(texts["options"])
-        except json.JSONDecodeError:
-            raise _invalid("options", "must be a JSON object") from None
+        options = parse_json(texts["options"], "the field 'options'")
     generation = _build(texts["prompt"], texts["model"] or None, [], options, limits)
     upload = form.get("image")
     if upload is None or upload == "":  # an empty file input arrives as an empty field
@@ -215,6 +273,7 @@ def _build(
         options = {}
     if not isinstance(options, Mapping):
         raise _invalid("options", "must be a JSON object")
+    limits.allowed.check(model, options)
     try:
         return GenerationRequest(prompt, model, tuple(images), dict(options))
     except PayloadError as exc:

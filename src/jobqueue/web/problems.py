@@ -9,6 +9,8 @@ nothing about any job.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,28 +30,62 @@ class ApiError(JobQueueError):
 
     hint = "see docs/web.md for the request format"
 
-    def __init__(self, status: int, code: str, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.code = code
+        self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    hint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, str] = {"code": code, "message": message}
     if hint:
         body["hint"] = hint
-    return JSONResponse({"error": body}, status_code=status)
+    # A refusal is about this request and this caller: never stored by a cache.
+    return JSONResponse(
+        {"error": body},
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
 
 
-def as_api_error(exc: JobQueueError) -> ApiError:
-    """The HTTP meaning of a library error."""
+#: The 404 of a job the caller may not see, whatever the reason (missing or another
+#: owner's); demo mode adds why a curl user most often gets it.
+NOT_FOUND = "no such job"
+DEMO_NOT_FOUND = (
+    "no such job: this job belongs to another owner, or you sent no owner cookie"
+)
+DEMO_NOT_FOUND_HINT = (
+    "the demo tells browsers apart by the jobqueue_owner cookie its first answer sets; "
+    "send it back with every request (curl: -c cookies.txt -b cookies.txt)"
+)
+
+
+def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
+    """The HTTP meaning of a library error (``demo``: the app tells owners apart by cookie)."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InvalidJobId):
         return ApiError(400, "invalid_job_id", exc.message, hint=exc.hint)
     if isinstance(exc, JobNotFound):
         # Same answer whether the job is missing or someone else's: no existence leak.
-        return ApiError(404, "not_found", "no such job", hint=JobNotFound.hint)
+        if demo:
+            return ApiError(404, "not_found", DEMO_NOT_FOUND, hint=DEMO_NOT_FOUND_HINT)
+        return ApiError(404, "not_found", NOT_FOUND, hint=JobNotFound.hint)
     if isinstance(exc, InvalidTransition):
         return ApiError(409, "invalid_transition", exc.message, hint=exc.hint)
     if isinstance(exc, PayloadError):
@@ -59,10 +95,15 @@ def as_api_error(exc: JobQueueError) -> ApiError:
     return ApiError(500, "internal_error", "the job store failed to answer this request")
 
 
-async def handle_library_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, JobQueueError)
-    err = as_api_error(exc)
-    return error_response(err.status, err.code, err.message, err.hint)
+def library_error_handler(*, demo: bool) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The app's handler for `JobQueueError` (``demo``: see `as_api_error`)."""
+
+    async def handle_library_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, JobQueueError)
+        err = as_api_error(exc, demo=demo)
+        return error_response(err.status, err.code, err.message, err.hint, err.headers)
+
+    return handle_library_error
 
 
 _HTTP_CODES = {

@@ -2,7 +2,7 @@
 // Running job ids live in localStorage, so a reload (or a closed and reopened tab) picks
 // them up again and follows them to the end.
 
-import { cancelJob, followJob, generateImageAsync, listJobs } from "./jobqueue.js";
+import { cancelJob, followJob, generateImageAsync, listJobs, safeUrl } from "./jobqueue.js";
 
 const STORE_KEY = "jobqueue.running";
 const pollInterval = Number(document.body.dataset.pollInterval) || 3000;
@@ -51,13 +51,19 @@ function showJob(job) {
   $("cancel").hidden = job.final;
   $("error").hidden = !job.error || job.status === "completed";
   $("error").textContent = job.error ?? "";
-  if (job.status === "completed" && job.preview_url) {
-    $("result-image").src = job.preview_url;
-    $("result-link").href = job.result_url ?? job.preview_url;
-    $("result-link").textContent = job.result_url ?? job.preview_url;
+  // Only http(s): and data:image/ URLs reach the page (safeUrl drops the rest with a
+  // console warning): a result URL comes from the provider, not from this app.
+  const preview = safeUrl(job.preview_url);
+  const link = safeUrl(job.result_url) ?? preview;
+  if (job.status === "completed" && preview) {
+    $("result-image").src = preview;
+    $("result-link").href = link;
+    $("result-link").textContent = link;
     $("placeholder-note").hidden = job.preview_url === job.result_url;
     $("result").hidden = false;
   } else {
+    $("result-image").removeAttribute("src");
+    $("result-link").removeAttribute("href");
     $("result").hidden = true;
   }
 }
@@ -65,9 +71,10 @@ function showJob(job) {
 function jobItem(job) {
   const li = document.createElement("li");
   li.dataset.jobId = job.id;
-  if (job.status === "completed" && job.preview_url) {
+  const preview = safeUrl(job.preview_url);
+  if (job.status === "completed" && preview) {
     const img = document.createElement("img");
-    img.src = job.preview_url;
+    img.src = preview;
     img.alt = "";
     li.append(img);
   } else {

@@ -15,6 +15,10 @@
 //   onUpdate      called with each new job snapshot (status or progress changed)
 //   logger        where the status lines go (default console; null for silence)
 //   maxErrors     network errors or 5xx answers in a row that followJob waits out (default 5)
+//
+// Result URLs come from the image provider, so the client only hands out (and the demo page
+// only shows) http(s): and data:image/ URLs; any other (javascript:, data:text/html, ...) is
+// dropped from the job snapshot with a console warning.
 
 const DEFAULT_BASE = new URL("..", import.meta.url).href;
 const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -65,16 +69,63 @@ async function request(method, path, options, body) {
   return data;
 }
 
+const warned = new Set();
+
+/** ``url`` resolved against ``base`` when it is http(s): or data:image/, else null (with a
+ * console warning, once per URL). */
+function checkedUrl(url, base) {
+  if (typeof url !== "string" || url === "") return null;
+  let parsed = null;
+  try {
+    parsed = new URL(url, base);
+  } catch {
+    parsed = null;
+  }
+  const scheme = parsed?.protocol;
+  if (scheme === "http:" || scheme === "https:") return parsed.href;
+  if (scheme === "data:" && /^data:image\//i.test(parsed.href)) return parsed.href;
+  if (!warned.has(url)) {
+    warned.add(url);
+    console.warn(`jobqueue: dropped a result URL that is not http(s) or data:image/: ${url.slice(0, 80)}`);
+  }
+  return null;
+}
+
+/**
+ * A URL safe to put in img.src or a.href: absolute http(s) or a data:image/ URL, else null.
+ * Relative URLs (the API's placeholder paths) are resolved against the API base.
+ */
+export function safeUrl(url, options = {}) {
+  return checkedUrl(url, apiUrl("", options));
+}
+
+/** The job snapshot with every URL that is not http(s) or data:image/ dropped. */
+function cleanJob(job, options) {
+  if (!job || typeof job !== "object") return job;
+  const base = apiUrl("", options);
+  const keep = (url) => checkedUrl(url, base) !== null;
+  const images = Array.isArray(job.images) ? job.images.filter(keep) : [];
+  const previews = Array.isArray(job.preview_urls) ? job.preview_urls.filter(keep) : [];
+  return {
+    ...job,
+    result_url: keep(job.result_url) ? job.result_url : null,
+    images,
+    preview_urls: previews,
+    preview_url: keep(job.preview_url) ? job.preview_url : (previews[0] ?? null),
+  };
+}
+
 /** A snapshot as the client hands it out: the API's fields plus camelCase shortcuts.
  * previewUrl is absolute (the API answers a path for its own placeholder images). */
 function resultOf(job, options) {
+  const clean = cleanJob(job, options);
   return {
-    id: job.id,
-    status: job.status,
-    url: job.result_url,
-    images: job.images,
-    previewUrl: job.preview_url && new URL(job.preview_url, apiUrl("", options)).href,
-    job,
+    id: clean.id,
+    status: clean.status,
+    url: safeUrl(clean.result_url, options),
+    images: clean.images.map((url) => safeUrl(url, options)),
+    previewUrl: safeUrl(clean.preview_url, options),
+    job: clean,
   };
 }
 
@@ -116,26 +167,27 @@ export async function createJob(prompt, options = {}) {
     if (options.model) form.append("model", options.model);
     if (options.options) form.append("options", JSON.stringify(options.options));
     form.append("image", options.image);
-    return request("POST", "jobs", opts, form);
+    return cleanJob(await request("POST", "jobs", opts, form), options);
   }
   const body = { prompt };
   if (options.model) body.model = options.model;
   if (options.images?.length) body.images = options.images;
   if (options.options) body.options = options.options;
-  return request("POST", "jobs", opts, body);
+  return cleanJob(await request("POST", "jobs", opts, body), options);
 }
 
-export function getJob(id, options = {}) {
-  return request("GET", `jobs/${encodeURIComponent(id)}`, options);
+export async function getJob(id, options = {}) {
+  return cleanJob(await request("GET", `jobs/${encodeURIComponent(id)}`, options), options);
 }
 
 export async function listJobs(options = {}) {
   const limit = options.limit ? `?limit=${encodeURIComponent(options.limit)}` : "";
-  return (await request("GET", `jobs${limit}`, options)).jobs;
+  return (await request("GET", `jobs${limit}`, options)).jobs.map((job) => cleanJob(job, options));
 }
 
-export function cancelJob(id, options = {}) {
-  return request("POST", `jobs/${encodeURIComponent(id)}/cancel`, options);
+export async function cancelJob(id, options = {}) {
+  const path = `jobs/${encodeURIComponent(id)}/cancel`;
+  return cleanJob(await request("POST", path, options), options);
 }
 
 /**
@@ -191,7 +243,7 @@ export function watchJob(id, options = {}) {
       { once: true },
     );
     source.onmessage = (event) => {
-      const job = JSON.parse(event.data);
+      const job = cleanJob(JSON.parse(event.data), options);
       options.onUpdate?.(job);
       if (FINAL.has(job.status)) {
         stop();
@@ -208,9 +260,10 @@ export function watchJob(id, options = {}) {
     });
     source.onerror = () => {
       // EventSource reconnects by itself after network errors; a closed source means the
-      // server refused the stream (404 for another owner's job, 401, ...).
+      // server refused the stream (404 for another owner's job, 401, 429 for too many open
+      // streams, ...). Polling then follows the job, or rejects with the API's own error.
       if (source.readyState === EventSource.CLOSED) {
-        reject(new JobError(`cannot follow job ${id}`, { code: "stream_closed" }));
+        followJob(id, { ...options, logger: null }).then(resolve, reject);
       }
     };
   });
