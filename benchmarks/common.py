@@ -52,9 +52,9 @@ class Sizes:
     raw_insert_one: int = 3_000
     raw_insert_many: int = 50_000
     #: `execution`: calls per block of one-job operations and of 50-job ones, and rounds.
-    execution_ops: int = 100
-    execution_batch_ops: int = 40
-    execution_rounds: int = 9
+    execution_ops: int = 50
+    execution_batch_ops: int = 20
+    execution_rounds: int = 7
 
 
 QUICK = Sizes(
