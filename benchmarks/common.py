@@ -77,8 +77,8 @@ QUICK = Sizes(
     raw_batched=10_000,
     raw_insert_one=200,
     raw_insert_many=5_000,
-    execution_ops=8,
-    execution_batch_ops=3,
+    execution_ops=5,
+    execution_batch_ops=2,
     execution_rounds=2,
 )
 
