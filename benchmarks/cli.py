@@ -24,6 +24,7 @@ WORKLOADS = {
     "latency": "benchmarks.latency",
     "backlog": "benchmarks.backlog",
     "memory": "benchmarks.memory",
+    "execution": "benchmarks.execution",
 }
 
 

@@ -51,6 +51,10 @@ class Sizes:
     raw_batched: int = 100_000
     raw_insert_one: int = 3_000
     raw_insert_many: int = 50_000
+    #: `execution`: calls per block of one-job operations and of 50-job ones, and rounds.
+    execution_ops: int = 50
+    execution_batch_ops: int = 20
+    execution_rounds: int = 7
 
 
 QUICK = Sizes(
@@ -73,6 +77,9 @@ QUICK = Sizes(
     raw_batched=10_000,
     raw_insert_one=200,
     raw_insert_many=5_000,
+    execution_ops=5,
+    execution_batch_ops=2,
+    execution_rounds=2,
 )
 
 
