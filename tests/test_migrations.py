@@ -19,6 +19,7 @@ from alembic import command
 from jobqueue import JobQueue, SchemaNotInstalled, jobs_table, migrate
 from jobqueue.database import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
+from jobqueue.presence_sql import workers_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_migrate_is_idempotent_and_keeps_its_own_version_table(
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    assert {table_name, f"{table_name}_alembic_version"} <= tables
+    assert {table_name, f"{table_name}_alembic_version", f"{table_name}_workers"} <= tables
     assert "alembic_version" not in tables
 
 
@@ -46,7 +47,9 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diffs = compare_metadata(ctx, jobs_table(table_name).metadata)
+            metadata = jobs_table(table_name).metadata
+            workers_table(table_name, metadata=metadata)
+            diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
     ours = [d for d in diffs if table_name in repr(d) and "alembic_version" not in repr(d)]
@@ -71,6 +74,7 @@ def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
     assert any(d[0] == "add_table" and d[1].name == "users" for d in hooked)
     hook = exclude_tables("my_jobs")
     assert not hook(None, "my_jobs_alembic_version", "table", True, None)
+    assert not hook(None, "my_jobs_workers", "table", True, None)
     assert hook(None, "users", "table", True, None)
 
 
@@ -89,6 +93,7 @@ def test_offline_sql_for_the_supabase_editor() -> None:
         "CREATE INDEX generation_jobs_claim_idx ON generation_jobs "
         "(queue, priority DESC, run_at, id) WHERE status = 'pending'",
         "REFERENCING NEW TABLE AS new_jobs",
+        "CREATE TABLE generation_jobs_workers (",
         "COMMIT;",
     ):
         assert expected in text
