@@ -494,7 +494,12 @@ def worker_command(
 
     settings = Settings.from_env()
     generator = settings.generator()  # fails here, before any job is claimed
-    _require_schema(env)
+    from contextlib import suppress
+
+    # An unreachable database does not stop a worker: it retries until the database
+    # answers, then checks its tables itself (a missing one stops it then).
+    with suppress(DatabaseUnavailable):
+        _require_schema(env)
     console = Console(stderr=True, highlight=False)
     listen = not no_listen
     console.print(

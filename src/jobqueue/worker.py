@@ -383,7 +383,6 @@ class Worker:
         presence = await self._announce(loop, file_handler)
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(self._heartbeat_loop(), name="jobqueue-heartbeat"),
-            asyncio.create_task(presence.run(), name="jobqueue-presence"),
         ]
         background.append(
             asyncio.create_task(self._reaper_loop(at_once=until_idle), name="jobqueue-reaper")
@@ -437,9 +436,10 @@ class Worker:
     async def _announce(
         self, loop: asyncio.AbstractEventLoop, file_handler: logging.Handler | None
     ) -> PresenceService:
-        """Check the worker may work here and write its row in the live-workers table
-        (retrying while the database is unreachable). A missing table or a refused
-        permission ends serving here, before any job is claimed, with that error."""
+        """Check the worker may work here, write its row in the live-workers table and
+        keep it fresh until `PresenceService.stop` (retrying while the database is
+        unreachable). A missing table or a refused permission ends serving here, before
+        any job is claimed, with that error."""
         me = WorkerPresence(self.worker_id, self.queues, self.kinds, self.concurrency)
         presence = PresenceService(self.queue, me, self.lease)
         try:

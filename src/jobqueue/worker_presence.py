@@ -6,8 +6,8 @@ A small maintenance service of `Worker`, on its own timer (never on the path of 
   the row. A missing table or a refused permission stops the worker there, with our error
   and its hint (retrying cannot help); other errors (the database unreachable or
   restarting) are retried with backoff until it works or the worker is asked to stop.
-- `PresenceService.run` refreshes the row every third of the lease and deletes the rows
-  of workers that stopped beating (crashed or killed), so the table never grows.
+- its timer then refreshes the row every third of the lease and deletes the rows of
+  workers that stopped beating (crashed or killed), so the table never grows.
 - `PresenceService.stop` removes the row on a clean stop; a row left behind (the database
   was down, the process was killed) expires by itself.
 
@@ -38,7 +38,12 @@ FATAL_AT_START = (PermissionDenied, SchemaNotInstalled, ConfigurationError, Payl
 
 class PresenceService:
     """Keeps ``me``'s row in the live-workers table of ``queue``, timed by ``lease``: a beat
-    every third of it, live for `presence.LIVE_LEASES` leases after each beat."""
+    every third of it, live for `presence.LIVE_LEASES` leases after each beat.
+
+    Its timer runs in a task of its own from `start` to `stop`, and is stopped between two
+    statements, never cancelled in the middle of one (a connection being opened when its
+    task is cancelled would be lost to the pool).
+    """
 
     def __init__(self, queue: AsyncJobQueue, me: WorkerPresence, lease: float) -> None:
         self.queue = queue
@@ -47,10 +52,12 @@ class PresenceService:
         self.ttl = ttl_of(lease)
         #: Whether the row was written (so a stop removes it).
         self.announced = False
+        self._stopping = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
 
     async def start(self, stopping: asyncio.Event) -> bool:
-        """Check access and write the row: True once written, False when ``stopping`` is
-        set first. Raises the errors in `FATAL_AT_START`."""
+        """Check access, write the row and start the timer: True once written, False when
+        ``stopping`` is set first. Raises the errors in `FATAL_AT_START`."""
         backoff = Backoff()
         while not stopping.is_set():
             try:
@@ -72,17 +79,22 @@ class PresenceService:
                 continue
             self.announced = True
             await self.sweep()
+            self._timer = asyncio.create_task(self._run(), name="jobqueue-presence")
             return True
         return False
 
-    async def run(self) -> None:
-        """Beat every `interval` seconds and sweep stale rows every `ttl`, until cancelled.
+    async def _run(self) -> None:
+        """Beat every `interval` seconds and sweep stale rows every `ttl`, until `stop`.
         Failures are logged and retried; they never stop the worker."""
         backoff = Backoff(cap=self.interval)
         pause = self.interval
         next_sweep = time.monotonic() + self.ttl
         while True:
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             pause = self.interval
             try:
                 await self.queue.worker_beat(self.me, ttl=self.ttl)
@@ -109,13 +121,16 @@ class PresenceService:
             log.info("Worker %s sent no heartbeat lately: removed from the live workers", worker_id)
 
     async def stop(self) -> None:
-        """Remove the row, trying once for at most `STOP_TIMEOUT` seconds."""
-        if not self.announced:
-            return
-        self.announced = False
+        """Stop the timer (after the statement it may be running) and remove the row,
+        within `STOP_TIMEOUT` seconds; a row left behind expires by itself."""
+        self._stopping.set()
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
-                await self.queue.worker_gone(self.me.worker_id)
+                if self._timer is not None:
+                    await self._timer
+                if self.announced:
+                    self.announced = False
+                    await self.queue.worker_gone(self.me.worker_id)
         except Exception as exc:
             log.warning(
                 "Worker %s: its live-workers row was not removed (%s); it expires in %gs",
