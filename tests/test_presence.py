@@ -670,16 +670,16 @@ async def test_a_worker_started_while_the_database_refuses_connections_waits_the
 
     base = ("--database-url", postgres_url, "--table", table_name)
     queue = AsyncJobQueue(postgres_url, table=table_name)
+    worker = Worker(queue, {"work": lambda job, ctx: "done"}, lease=1.5, listen=False)
+    outage(True)
+    task = asyncio.create_task(worker.run())
+    # Popen returns at once; the test's waits are the asyncio sleeps around it.
+    cli_worker = subprocess.Popen(  # noqa: ASYNC220
+        [JOBQUEUE, *base, "worker", "--worker-id", "cli-patient"],
+        cwd=tmp_path, env=clean_env(MOCK_AI="true"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        outage(True)
-        worker = Worker(queue, {"work": lambda job, ctx: "done"}, lease=1.5, listen=False)
-        task = asyncio.create_task(worker.run())
-        # Popen returns at once; the test's waits are the asyncio sleeps around it.
-        cli_worker = subprocess.Popen(  # noqa: ASYNC220
-            [JOBQUEUE, *base, "worker", "--worker-id", "cli-patient"],
-            cwd=tmp_path, env=clean_env(MOCK_AI="true"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
         await asyncio.sleep(2.5)
         assert not task.done()
         assert cli_worker.poll() is None, cli_worker.communicate()
@@ -695,10 +695,13 @@ async def test_a_worker_started_while_the_database_refuses_connections_waits_the
         done = await queue.wait(job.id, interval=0.05, timeout=15)
         assert (done.status, done.result) == (Status.COMPLETED, "done")
         cli_worker.send_signal(signal.SIGTERM)
-        _, err = cli_worker.communicate(timeout=30)
+        _, err = await asyncio.to_thread(cli_worker.communicate, timeout=30)
         assert cli_worker.returncode == 0, err
         assert "cannot start yet" in err
     finally:
+        if cli_worker.poll() is None:
+            cli_worker.kill()
+            await asyncio.to_thread(cli_worker.communicate, timeout=30)
         outage(False)
         admin.dispose()
         worker.stop()
