@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import PayloadError, PermissionDenied, SchemaNotInstalled
-from .operations import MAX_NAME, Operation, check_int, check_text, seconds_of
+from .operations import Operation, check_int, check_text, seconds_of
 from .presence_sql import NEEDS, PresenceStatements
 from .schema import Job
 
@@ -132,7 +132,7 @@ def beat(s: PresenceStatements, me: WorkerPresence, ttl: float) -> Operation[Non
     if not me.queues:
         raise PayloadError("a worker serves at least one queue")
     for name in (*me.queues, *(me.kinds or ())):
-        check_text(name, "queue or kind", limit=MAX_NAME)
+        check_text(name, "queue or kind")
     check_int(me.concurrency, "concurrency", 1, 1_000_000)
     ttl = seconds_of(ttl, "ttl", low=0.001)
     yield s.beat(
