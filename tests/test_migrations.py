@@ -29,6 +29,7 @@ from jobqueue import (
 )
 from jobqueue.database import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
+from jobqueue.presence_sql import workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_migrate_is_idempotent_and_keeps_its_own_version_table(
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    assert {table_name, f"{table_name}_alembic_version"} <= tables
+    assert {table_name, f"{table_name}_alembic_version", f"{table_name}_workers"} <= tables
     assert "alembic_version" not in tables
 
 
@@ -59,7 +60,9 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diffs = compare_metadata(ctx, jobs_table(table_name).metadata)
+            metadata = jobs_table(table_name).metadata
+            workers_table(table_name, metadata=metadata)
+            diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
     ours = [d for d in diffs if table_name in repr(d) and "alembic_version" not in repr(d)]
@@ -86,6 +89,7 @@ def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
     assert any(d[0] == "add_table" and d[1].name == "users" for d in hooked)
     hook = exclude_tables("my_jobs")
     assert not hook(None, "my_jobs_alembic_version", "table", True, None)
+    assert not hook(None, "my_jobs_workers", "table", True, None)
     assert hook(None, "users", "table", True, None)
 
 
@@ -104,6 +108,7 @@ def test_offline_sql_for_the_supabase_editor() -> None:
         "CREATE INDEX generation_jobs_claim_idx ON generation_jobs "
         "(queue, priority DESC, run_at, id) WHERE status = 'pending'",
         "REFERENCING NEW TABLE AS new_jobs",
+        "CREATE TABLE generation_jobs_workers (",
         "COMMIT;",
     ):
         assert expected in text
@@ -315,7 +320,7 @@ def test_0003_goes_back_to_0002_unless_two_owners_share_a_key(db_url: str, table
     with pytest.raises(ConfigurationError, match="more than one owner") as refused:
         downgrade(db_url, t, "0002")
     assert "idempotency_key = NULL" in refused.value.hint
-    assert schema_state(db_url, table=t).current == "0003"
+    assert schema_state(db_url, table=t).up_to_date
     with sql_runner(db_url) as run:
         run(f"UPDATE {t} SET idempotency_key = NULL WHERE owner_id = 'bob'")
         downgrade(db_url, t, "0002")

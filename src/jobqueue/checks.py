@@ -2,9 +2,9 @@
 
 Each `Check` is one line of the report: the database answers, the schema is installed and
 current, the jobs table is readable, no job is stuck past its lease or waiting unclaimed,
-and a generator is configured. A failed check carries its fix, so the report reads as a
-to-do list. The checks only read; nothing is created or changed (a missing SQLite file is
-reported, not created by connecting to it).
+which workers are live, and a generator is configured. A failed check carries its fix, so
+the report reads as a to-do list. The checks only read; nothing is created or changed (a
+missing SQLite file is reported, not created by connecting to it).
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
     try:
         with JobQueue(url, table=table, schema=schema) as q:
             counts = count_jobs(q)
+            workers = _workers_check(q, counts)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
     checks = [Check("access", "ok", f"can read {table}")]
@@ -186,7 +187,40 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
         )
     else:
         checks.append(Check("backlog", "ok", f"{counts.pending} pending, none overdue"))
+    checks.append(workers)
     return checks
+
+
+#: Live workers named on the `check` line; `jobqueue workers` lists them all.
+WORKERS_SHOWN = 5
+
+
+def _workers_check(q: JobQueue, counts: JobCounts) -> Check:
+    """The live workers, with their queues, concurrency and last beat; a warning when
+    jobs wait and none is live."""
+    try:
+        workers = q.live_workers()
+    except JobQueueError as exc:
+        return Check("workers", "warn", f"cannot list the live workers: {exc.message}", exc.hint)
+    if not workers:
+        waiting = counts.pending + counts.processing
+        if waiting:
+            return Check(
+                "workers",
+                "warn",
+                f"no live worker, and {waiting} job(s) pending or processing",
+                "start one: `jobqueue worker` (with --queue for each queue to serve)",
+            )
+        return Check("workers", "ok", "no live worker (no job is waiting)")
+    shown = "; ".join(
+        f"{w.worker_id} (queues {', '.join(w.queues)}, concurrency {w.concurrency}, "
+        f"beat {w.beat_age:.0f}s ago)"
+        for w in workers[:WORKERS_SHOWN]
+    )
+    more = len(workers) - WORKERS_SHOWN
+    if more > 0:
+        shown += f"; and {more} more (`jobqueue workers` lists them)"
+    return Check("workers", "ok", f"{len(workers)} live: {shown}")
 
 
 def _generator_check() -> Check:

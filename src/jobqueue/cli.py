@@ -372,7 +372,7 @@ _MARKS = {
 @cli.command("check")
 @pass_env
 def check_command(env: Env) -> None:
-    """Diagnose the set-up: database, schema, access, stuck jobs, generator.
+    """Diagnose the set-up: database, schema, access, stuck jobs, live workers, generator.
 
     One line per check, with a fix for each problem. Exit code 0 when nothing failed,
     1 otherwise (warnings do not fail).
@@ -517,7 +517,12 @@ def worker_command(
 
     settings = Settings.from_env()
     registry, generator = _worker_kinds(app, settings)  # fails here, before any claim
-    _require_schema(env)
+    from contextlib import suppress
+
+    # An unreachable database does not stop a worker: it retries until the database
+    # answers, then checks its tables itself (a missing one stops it then).
+    with suppress(DatabaseUnavailable):
+        _require_schema(env)
     console = Console(stderr=True, highlight=False)
     listen = not no_listen
     queues = queues or registry.queues
@@ -859,16 +864,48 @@ def _watch(q: JobQueue, job: Job, *, interval: float, as_json: bool) -> Job:
     """Poll until the job is final, with a live bar (or quietly for --json)."""
     from .display import JobBars
 
+    lookout = _no_worker_lookout()
     if as_json:
-        final = q.wait(job.id, interval=interval)
+        final = q.wait(job.id, interval=interval, **lookout)
         _json(final.to_dict())
     else:
         with JobBars(out()) as bars:
             bars.track(job, _label(job))
-            final = q.wait(job.id, interval=interval, on_change=bars.update)
+            final = q.wait(job.id, interval=interval, on_change=bars.update, **lookout)
         out().print(f"{final.status.value}: {_outcome(final)}", soft_wrap=True, markup=False)
     _raise_if_failed(final)
     return final
+
+
+#: Seconds a watched job may wait before the watch looks for a live worker serving it
+#: (`jobqueue.presence.NO_WORKER_AFTER` unless set; "off" turns the look off).
+NO_WORKER_AFTER_ENV = "JOBQUEUE_NO_WORKER_AFTER"
+
+
+def _no_worker_lookout() -> dict[str, Any]:
+    """The `wait` options that print a warning (stderr) when no live worker serves a
+    watched job, after the time ``JOBQUEUE_NO_WORKER_AFTER`` sets."""
+    import os
+
+    from .presence import NO_WORKER_AFTER
+
+    raw = os.environ.get(NO_WORKER_AFTER_ENV, "").strip()
+    after: float | None = NO_WORKER_AFTER
+    if raw.lower() in ("off", "none", "0"):
+        after = None
+    elif raw:
+        try:
+            after = parse_duration(raw).total_seconds() or None
+        except (ValueError, OverflowError):
+            raise ConfigurationError(
+                f"{NO_WORKER_AFTER_ENV}={raw!r} is not a duration",
+                hint="use e.g. 15s or 2m, or off",
+            ) from None
+
+    def warn(message: str) -> None:
+        click.echo(f"warning: {one_line(message)}", err=True)
+
+    return {"no_worker_after": after, "on_no_worker": warn}
 
 
 def _outcome(job: Job) -> str:
@@ -1058,6 +1095,30 @@ def prune_command(env: Env, older_than: timedelta, statuses: tuple[str, ...]) ->
         f"deleted {count} finished job(s) older than {_format_duration(older_than)}",
         markup=False,
     )
+
+
+# -- live workers -----------------------------------------------------------------------
+
+
+@cli.command("workers")
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+@pass_env
+def workers_command(env: Env, as_json: bool) -> None:
+    """List the live workers: their queues, kinds, concurrency and last heartbeat.
+
+    A worker is live while its heartbeat is recent (it beats every third of its lease and
+    counts for two leases after a beat); crashed workers drop off by themselves.
+    """
+    from .display import workers_table
+
+    with env.queue() as q:
+        workers = q.live_workers()
+    if as_json:
+        _json([w.to_dict() for w in workers])
+    elif not workers:
+        out().print("No live worker. Start one with `jobqueue worker`.", markup=False)
+    else:
+        out().print(workers_table(workers))
 
 
 # -- the demo ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from .database import END_OF_TIME, START_OF_TIME
 from .operations import StatusStats
+from .presence import LiveWorker
 from .schema import Job, Status
 
 #: One colour per status, so a glance at a table says how things stand.
@@ -219,3 +220,24 @@ class JobBars:
         self.progress.update(task, completed=done, status=f"[{style}]{job.status.value}[/]{note}")
         if job.is_final:
             self.progress.stop_task(task)
+
+
+def workers_table(workers: Sequence[LiveWorker]) -> Table:
+    """The live workers, for `jobqueue workers`: what each serves and when it last beat."""
+    table = Table(header_style="bold")
+    table.add_column("worker", overflow="fold")
+    table.add_column("queues", overflow="fold")
+    table.add_column("kinds", overflow="fold")
+    table.add_column("concurrency", justify="right")
+    table.add_column("started", no_wrap=True)
+    table.add_column("last beat", justify="right", no_wrap=True)
+    for w in workers:
+        table.add_row(
+            w.worker_id,
+            ", ".join(w.queues),
+            "*" if w.kinds is None else ", ".join(w.kinds),
+            str(w.concurrency),
+            when(w.started_at),
+            f"{seconds(w.beat_age)} ago",
+        )
+    return table

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from uuid import UUID
@@ -19,12 +21,17 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Result, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from . import presence
 from .bulk import CopyRows, Direct, copy_rows, copy_rows_async, run_direct, run_direct_async
 from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
-from .errors import JobFailed, JobQueueError, WaitTimeout
+from .errors import JobFailed, JobQueueError, PermissionDenied, SchemaNotInstalled, WaitTimeout
 from .operations import Completion, Limits, NewJob, Operation, StatusStats
+from .presence import LiveWorker, Lookout, WorkerPresence
+from .presence_sql import PresenceStatements
 from .schema import DEFAULT_KIND, DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
 from .statements import Statements
+
+log = logging.getLogger("jobqueue.queue")
 
 T = TypeVar("T")
 E = TypeVar("E", Engine, AsyncEngine)
@@ -63,6 +70,7 @@ class _QueueBase(Generic[E]):
         self.table_name = f"{schema}.{table}" if schema else table
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
+        self.worker_statements = PresenceStatements(self.table, self.dialect)
         # On PostgreSQL every operation makes at most one write, and makes it first (the
         # statements module keeps each move to one statement), so outside a caller's
         # transaction it runs in autocommit mode: one round trip per statement instead of
@@ -159,6 +167,41 @@ class _QueueBase(Generic[E]):
             f"job {job_id} did not finish within {waiter.timeout:g} s", job_id=job_id
         )
 
+    @contextmanager
+    def _presence_errors(self) -> Iterator[None]:
+        """Name the live-workers table when it is the one missing (a database migrated by
+        an older jobqueue), rather than say the jobs table is not installed."""
+        try:
+            yield
+        except SchemaNotInstalled as exc:
+            name = self.worker_statements.t.name
+            if name.lower() not in exc.message.lower():
+                raise
+            raise SchemaNotInstalled(
+                f"the live-workers table {name!r} is not installed: the database is at an "
+                "older revision than this jobqueue"
+            ) from exc
+
+    @staticmethod
+    def _unreadable_workers(lookout: Lookout, exc: JobQueueError) -> None:
+        """The live workers could not be read: a wait goes on without them. A table this
+        caller may not read, or one not migrated yet, will not change during the wait."""
+        if isinstance(exc, PermissionDenied | SchemaNotInstalled):
+            lookout.give_up()
+        log.debug("cannot read the live workers: %s", exc)
+
+    @staticmethod
+    def _no_worker_news(
+        message: str | None, on_no_worker: Callable[[str], object] | None
+    ) -> object:
+        """Pass a no-live-worker message on: to ``on_no_worker``, else as a warning."""
+        if message is None:
+            return None
+        if on_no_worker is None:
+            log.warning("%s", message)
+            return None
+        return on_no_worker(message)
+
 
 def _rows(result: Result[Any]) -> ops.Rows:
     """The result's rows as plain dicts: much cheaper per row than SQLAlchemy's RowMapping
@@ -168,7 +211,10 @@ def _rows(result: Result[Any]) -> ops.Rows:
 
 
 #: The operations that never write (`wait` polls with `get`): the one place that marks them.
-_READ_ONLY_OPERATIONS = frozenset(f.__name__ for f in (ops.get, ops.list_jobs, ops.stats))
+_READ_ONLY_OPERATIONS = frozenset(
+    f.__name__
+    for f in (ops.get, ops.list_jobs, ops.stats, presence.live_workers, presence.check_access)
+)
 
 
 def _reads_only(op: Operation[Any]) -> bool:
@@ -379,6 +425,34 @@ class JobQueue(_QueueBase[Engine]):
         """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return self._run(ops.reap(self.statements))
 
+    # -- live workers (see jobqueue.presence) --------------------------------------------------
+
+    def live_workers(self) -> builtins.list[LiveWorker]:
+        """The workers whose heartbeat is recent (by the database clock), oldest first."""
+        with self._presence_errors():
+            return self._run(presence.live_workers(self.worker_statements))
+
+    def worker_beat(self, me: WorkerPresence, *, ttl: float) -> None:
+        """Write ``me``'s row in the live-workers table (insert or refresh): it counts as
+        live for ``ttl`` seconds. `Worker` does this at start and on a timer."""
+        with self._presence_errors():
+            self._run(presence.beat(self.worker_statements, me, ttl))
+
+    def worker_gone(self, worker_id: str) -> bool:
+        """Remove a worker's row (a clean stop); whether there was one."""
+        with self._presence_errors():
+            return self._run(presence.gone(self.worker_statements, worker_id))
+
+    def sweep_workers(self) -> builtins.list[str]:
+        """Delete the rows of workers whose heartbeat stopped; their ids."""
+        with self._presence_errors():
+            return self._run(presence.sweep(self.worker_statements))
+
+    def check_worker_access(self) -> None:
+        """`SchemaNotInstalled` or `PermissionDenied` (with the grant or policy to add) when
+        a worker connecting like this queue could not do its work; else nothing."""
+        self._run(presence.check_access(self.worker_statements))
+
     # -- anyone ------------------------------------------------------------------------------
 
     def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
@@ -435,19 +509,35 @@ class JobQueue(_QueueBase[Engine]):
         interval: float = 3.0,
         timeout: float | None = None,
         on_change: Callable[[Job], object] | None = None,
+        no_worker_after: float | None = presence.NO_WORKER_AFTER,
+        on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
         """Poll until the job is final and return it (whatever the final status).
 
         ``on_change`` is called with each new status or progress. `WaitTimeout` when
         ``timeout`` passes first; the job itself keeps running.
+
+        A job that is still not final after ``no_worker_after`` seconds (and again every
+        ``no_worker_after`` seconds) makes the wait look at the live workers: when none
+        serves the job's queue and kind, it says so once, with what to start —
+        ``on_no_worker(message)``, or a warning on the ``jobqueue.queue`` logger. None
+        turns the look off.
         """
         waiter = ops.Waiter(interval, timeout)
+        lookout = Lookout(no_worker_after)
         while True:
             job = self.get(job_id)
             if on_change is not None and waiter.changed(job):
                 on_change(job)
             if job.is_final:
                 return job
+            if lookout.due(job):
+                try:
+                    workers = self.live_workers()
+                except JobQueueError as exc:
+                    self._unreadable_workers(lookout, exc)
+                else:
+                    self._no_worker_news(lookout.news(job, workers), on_no_worker)
             pause = waiter.next_sleep()
             if pause is None:
                 raise self._timed_out(job.id, waiter)
@@ -579,6 +669,25 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def reap(self) -> builtins.list[tuple[UUID, Status]]:
         return await self._run(ops.reap(self.statements))
 
+    async def live_workers(self) -> builtins.list[LiveWorker]:
+        with self._presence_errors():
+            return await self._run(presence.live_workers(self.worker_statements))
+
+    async def worker_beat(self, me: WorkerPresence, *, ttl: float) -> None:
+        with self._presence_errors():
+            await self._run(presence.beat(self.worker_statements, me, ttl))
+
+    async def worker_gone(self, worker_id: str) -> bool:
+        with self._presence_errors():
+            return await self._run(presence.gone(self.worker_statements, worker_id))
+
+    async def sweep_workers(self) -> builtins.list[str]:
+        with self._presence_errors():
+            return await self._run(presence.sweep(self.worker_statements))
+
+    async def check_worker_access(self) -> None:
+        await self._run(presence.check_access(self.worker_statements))
+
     async def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
         return await self._run(ops.get(self.statements, job_id, owner_id))
 
@@ -629,8 +738,11 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         interval: float = 3.0,
         timeout: float | None = None,
         on_change: Callable[[Job], object] | None = None,
+        no_worker_after: float | None = presence.NO_WORKER_AFTER,
+        on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
         waiter = ops.Waiter(interval, timeout)
+        lookout = Lookout(no_worker_after)
         while True:
             job = await self.get(job_id)
             if on_change is not None and waiter.changed(job):
@@ -639,6 +751,15 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
                     await outcome
             if job.is_final:
                 return job
+            if lookout.due(job):
+                try:
+                    workers = await self.live_workers()
+                except JobQueueError as exc:
+                    self._unreadable_workers(lookout, exc)
+                else:
+                    said = self._no_worker_news(lookout.news(job, workers), on_no_worker)
+                    if isinstance(said, Awaitable):
+                        await said
             pause = waiter.next_sleep()
             if pause is None:
                 raise self._timed_out(job.id, waiter)

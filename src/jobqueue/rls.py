@@ -212,7 +212,35 @@ def rls_statements(
     ]
     if schema is not None:
         out.insert(1, f"GRANT USAGE ON SCHEMA {_quote(schema)} TO {user}, {worker}")
+    out += live_workers_statements(table, schema, worker_role)
     return out
+
+
+def live_workers_statements(
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    worker_role: str = DEFAULT_WORKER_ROLE,
+) -> list[str]:
+    """The live-workers table (``<table>_workers``): the worker role keeps its heartbeat row
+    there (insert, refresh, delete, and delete stale rows of others); users and ``anon``
+    may not see it, so host names and process ids stay out of the browser's reach."""
+    from .presence_sql import workers_table_name
+
+    validate_table_name(table)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    validate_identifier(worker_role, "worker role")
+    prefix = f"{_quote(schema)}." if schema else ""
+    workers = prefix + _quote(workers_table_name(table))
+    worker = _quote(worker_role)
+    return [
+        f"ALTER TABLE {workers} ENABLE ROW LEVEL SECURITY",
+        f"REVOKE ALL ON {workers} FROM PUBLIC, {_quote(ANONYMOUS_ROLE)}, {_quote(USER_ROLE)}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {workers} TO {worker}",
+        f"DROP POLICY IF EXISTS {WORKER_POLICY} ON {workers}",
+        f"CREATE POLICY {WORKER_POLICY} ON {workers} FOR ALL TO {worker} "
+        "USING (true) WITH CHECK (true)",
+    ]
 
 
 def supabase_sql(

@@ -11,10 +11,14 @@ One asyncio process holds these parts, each doing one thing:
 - the **completion batcher** collects finished jobs for a few milliseconds and completes
   them in one fenced statement; a job fenced off is logged, never re-written;
 - the **reaper** timer returns expired leases of crashed workers to the queue;
-- the **listener** (PostgreSQL) only wakes the claim loop.
+- the **listener** (PostgreSQL) only wakes the claim loop;
+- the **presence** service (`jobqueue.worker_presence`) keeps the worker's row in the
+  live-workers table, on its own timer.
 
 Database errors in any part are logged and retried with backoff: an outage delays jobs, it
-never kills the worker. Time for leases comes from the database (see `jobqueue.queue`).
+never kills the worker. Only at start does a missing table or a refused permission stop
+it, with that error, since no retry can fix those. Time for leases comes from the database
+(see `jobqueue.queue`).
 
 On stop (``stop()``, SIGTERM, SIGINT) the worker stops claiming, gives running jobs
 ``grace_period`` seconds, then cancels the rest and releases them to ``pending`` without
@@ -49,9 +53,11 @@ from .errors import ConfigurationError, InvalidTransition, JobNotFound, LeaseLos
 from .generators.base import IMAGE_KIND, GenerationRequest, GenerationResult, Generator
 from .listener import Listener, libpq_url
 from .operations import DEFAULT_LEASE, Completion, seconds_of
+from .presence import WorkerPresence
 from .queue import AsyncJobQueue
 from .registry import Registry
 from .schema import DEFAULT_QUEUE, Job, Status
+from .worker_presence import PresenceService
 
 log = logging.getLogger("jobqueue.worker")
 
@@ -397,6 +403,7 @@ class Worker:
         file_handler = self._open_log_file()
         if self._signals_wanted:
             self._install_signals(loop)
+        presence = await self._announce(loop, file_handler)
         background: list[asyncio.Task[None]] = [
             asyncio.create_task(self._heartbeat_loop(), name="jobqueue-heartbeat"),
         ]
@@ -435,6 +442,7 @@ class Worker:
             for task in [*background, batcher]:
                 task.cancel()
             await asyncio.gather(*background, batcher, return_exceptions=True)
+            await presence.stop()
             self._remove_signals(loop)
             if self._executor is not None:
                 # Threads of abandoned sync handlers are left to finish on their own.
@@ -447,6 +455,26 @@ class Worker:
                 logging.getLogger("jobqueue").removeHandler(file_handler)
                 file_handler.close()
         return self._finished
+
+    async def _announce(
+        self, loop: asyncio.AbstractEventLoop, file_handler: logging.Handler | None
+    ) -> PresenceService:
+        """Check the worker may work here, write its row in the live-workers table and
+        keep it fresh until `PresenceService.stop` (retrying while the database is
+        unreachable). A missing table or a refused permission ends serving here, before
+        any job is claimed, with that error."""
+        me = WorkerPresence(self.worker_id, self.queues, self.kinds, self.concurrency)
+        presence = PresenceService(self.queue, me, self.lease)
+        try:
+            await presence.start(self._stopped)
+        except BaseException:
+            self._remove_signals(loop)
+            self._serving = False
+            if file_handler is not None:
+                logging.getLogger("jobqueue").removeHandler(file_handler)
+                file_handler.close()
+            raise
+        return presence
 
     async def _claim_loop(self) -> None:
         """Claim as many jobs as there are free slots; sleep until there may be more."""

@@ -9,7 +9,8 @@
   call a generator in-process, with no queue and no durability.
 
 The queued forms share everything but the waiting: `_ImageCall` builds the payload, logs the
-seed's lines ("Job created: <id>", "Job <id> status: <status>") and maps the final job.
+seed's lines ("Job created: <id>", "Job <id> status: <status>", and a warning when no live
+worker serves the job) and maps the final job.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .generators.base import (
     JobContext,
     LocalContext,
 )
+from .presence import NO_WORKER_AFTER
 from .queue import AsyncJobQueue, JobQueue
 from .schema import DEFAULT_QUEUE, Job, Status
 
@@ -92,6 +94,11 @@ class _ImageCall:
         return None if self.on_status is None else self.on_status(job)
 
     @staticmethod
+    def no_worker(message: str) -> None:
+        """Log that no live worker serves the job (see `JobQueue.wait`)."""
+        logger.warning("%s", message)
+
+    @staticmethod
     def finish(job: Job) -> GenerationResult:
         """The `GenerationResult` of a completed job (`wait_result` raised for the others)."""
         return GenerationResult.of_job(job)
@@ -120,12 +127,15 @@ async def generate_image_async(
     timeout: float | None = None,
     on_created: Callable[[UUID], Any] | None = None,
     on_status: Callable[[Job], Any] | None = None,
+    no_worker_after: float | None = NO_WORKER_AFTER,
 ) -> GenerationResult:
     """Enqueue an image job, report its id via ``on_created``, wait, and return the result.
 
     ``on_created`` and ``on_status`` may be plain or async functions. Raises `JobFailed` when
     the job ends ``failed`` or ``cancelled``, and `WaitTimeout` when ``timeout`` seconds pass
     first — the job keeps running, and ``queue.wait(id)`` picks it up again later.
+    When the job is not final after ``no_worker_after`` seconds and no live worker serves
+    its queue, a warning says so (once) and what to start; None turns that off.
     """
     call = _ImageCall.build(
         prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
@@ -136,7 +146,12 @@ async def generate_image_async(
     if inspect.isawaitable(outcome):
         await outcome
     final = await queue.wait_result(
-        job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
+        job.id,
+        interval=poll_interval,
+        timeout=timeout,
+        on_change=call.changed,
+        no_worker_after=no_worker_after,
+        on_no_worker=call.no_worker,
     )
     return call.finish(final)
 
@@ -155,6 +170,7 @@ def generate_image_queued(
     timeout: float | None = None,
     on_created: Callable[[UUID], Any] | None = None,
     on_status: Callable[[Job], Any] | None = None,
+    no_worker_after: float | None = NO_WORKER_AFTER,
 ) -> GenerationResult:
     """The blocking form of `generate_image_async`, on a sync `JobQueue`."""
     call = _ImageCall.build(
@@ -164,7 +180,12 @@ def generate_image_queued(
     job = queue.enqueue(**call.enqueue_kwargs())
     call.created(job)
     final = queue.wait_result(
-        job.id, interval=poll_interval, timeout=timeout, on_change=call.changed
+        job.id,
+        interval=poll_interval,
+        timeout=timeout,
+        on_change=call.changed,
+        no_worker_after=no_worker_after,
+        on_no_worker=call.no_worker,
     )
     return call.finish(final)
 

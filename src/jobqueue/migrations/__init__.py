@@ -292,8 +292,9 @@ def include_object(
     """An ``include_object`` hook for a host application's Alembic ``env.py``.
 
     Pass it to ``context.configure(include_object=jobqueue.migrations.include_object)`` and
-    autogenerate ignores ``generation_jobs`` and its version table (with their indexes), so
-    it never proposes to drop or alter them. Use `exclude_tables` for other table names.
+    autogenerate ignores ``generation_jobs``, its version table and its live-workers table
+    (with their indexes), so it never proposes to drop or alter them. Use `exclude_tables`
+    for other table names.
     """
     return exclude_tables(DEFAULT_TABLE)(obj, name, type_, reflected, compare_to)
 
@@ -303,7 +304,11 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 
 def exclude_tables(*tables: str) -> IncludeObject:
     """Build an ``include_object`` hook that hides the given jobqueue tables."""
-    hidden = {t for name in tables for t in (name, version_table(name))}
+    from ..presence_sql import workers_table_name
+
+    hidden = {
+        t for name in tables for t in (name, version_table(name), workers_table_name(name))
+    }
 
     def hook(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if type_ == "table":

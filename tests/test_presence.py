@@ -1,0 +1,773 @@
+"""Workers' heartbeat rows (the live-workers table) and what is concluded from them.
+
+- A worker writes its row at start, refreshes it by the database clock, removes it on a
+  clean stop; the row of a killed worker goes stale and a live worker deletes it.
+- A wait (`JobQueue.wait`, ``generate_image_async``, ``jobqueue status/generate --watch``)
+  says when no live worker serves the job's queue, and says nothing when one does.
+- ``jobqueue workers`` and ``jobqueue check`` list the live workers.
+- A worker whose role may not do a worker's work stops at start (exit 2 with the grant or
+  policy to add); a database that refuses connections for a while only delays it.
+
+Real databases, real worker processes, real PostgreSQL roles; nothing of jobqueue is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, inspect, make_url, select, text
+
+from jobqueue import (
+    AsyncJobQueue,
+    Job,
+    JobQueue,
+    MockGenerator,
+    PermissionDenied,
+    SchemaNotInstalled,
+    Status,
+    WaitTimeout,
+    generate_image_async,
+    generate_image_queued,
+    migrate,
+)
+from jobqueue.database import make_engine
+from jobqueue.migrations import _config
+from jobqueue.presence import LIVE_LEASES, WorkerPresence
+from jobqueue.presence_sql import workers_table, workers_table_name
+from jobqueue.schema import TABLE_NAME_MAX_LENGTH
+from jobqueue.worker import Worker, WorkerContext
+from tests.conftest import Either
+from tests.test_cli import JOBQUEUE, Result, clean_env, worker_running
+
+NO_WORKER = "no live worker serves its queue"
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """`eventually` for code without an event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+def rows_in(url: str, table: str) -> list[str]:
+    """The worker ids in the live-workers table, live or not (read as the owner)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            t = workers_table(table)
+            return [r for (r,) in conn.execute(select(t.c.worker_id).order_by(t.c.worker_id))]
+    finally:
+        engine.dispose()
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == logger and r.levelno >= logging.WARNING and NO_WORKER in r.getMessage()
+    ]
+
+
+@pytest.fixture
+async def jq(migrated: tuple[str, str]) -> AsyncIterator[AsyncJobQueue]:
+    url, table = migrated
+    q = AsyncJobQueue(url, table=table)
+    yield q
+    await q.close()
+
+
+@contextlib.contextmanager
+def worker_thread(url: str, table: str, **options: Any) -> Iterator[Worker]:
+    """A real Worker in its own thread and event loop (so a blocking wait can run here)."""
+    ready = threading.Event()
+    holder: dict[str, Worker] = {}
+
+    def main() -> None:
+        async def serve() -> None:
+            queue = AsyncJobQueue(url, table=table)
+            worker = Worker(queue, poll_interval=0.05, grace_period=2, listen=False, **options)
+            holder["worker"] = worker
+            task = asyncio.create_task(worker.run())
+            await asyncio.sleep(0)
+            ready.set()
+            try:
+                await task
+            finally:
+                await queue.close()
+
+        asyncio.run(serve())
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    worker = holder["worker"]
+    try:
+        # Its row is written before it claims anything.
+        with JobQueue(url, table=table) as q:
+            until(lambda: worker.worker_id in {w.worker_id for w in q.live_workers()})
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(20)
+        assert not thread.is_alive()
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def test_the_migration_creates_the_workers_table_and_goes_back(
+    db_url: str, table_name: str
+) -> None:
+    script = ScriptDirectory.from_config(_config(table_name, None))
+    (revision,) = [r for r in script.walk_revisions() if "live_workers" in (r.path or "")]
+    assert isinstance(revision.down_revision, str)
+    migrate(db_url, table=table_name, revision=revision.down_revision)
+    engine = make_engine(db_url)
+    try:
+        assert workers_table_name(table_name) not in inspect(engine).get_table_names()
+        migrate(db_url, table=table_name)
+        assert workers_table_name(table_name) in inspect(engine).get_table_names()
+        cfg = _config(table_name, None)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            from alembic import command
+
+            command.downgrade(cfg, revision.down_revision)
+        assert workers_table_name(table_name) not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_names_derived_from_the_longest_table_name_fit_postgres() -> None:
+    longest = "t" * TABLE_NAME_MAX_LENGTH
+    t = workers_table(longest)
+    names = [t.name, *(c.name for c in t.constraints if isinstance(c.name, str))]
+    assert f"{longest}_workers_pkey" in names
+    assert all(len(n) <= 63 for n in names), names
+
+
+async def test_a_database_at_an_older_revision_names_the_missing_workers_table(
+    db_url: str, table_name: str
+) -> None:
+    script = ScriptDirectory.from_config(_config(table_name, None))
+    (revision,) = [r for r in script.walk_revisions() if "live_workers" in (r.path or "")]
+    assert isinstance(revision.down_revision, str)
+    migrate(db_url, table=table_name, revision=revision.down_revision)
+    queue = AsyncJobQueue(db_url, table=table_name)
+    try:
+        with pytest.raises(SchemaNotInstalled, match="live-workers table") as missing:
+            await queue.check_worker_access()
+        assert "jobqueue migrate" in missing.value.hint
+        with pytest.raises(SchemaNotInstalled, match=f"{table_name}_workers"):
+            await queue.live_workers()
+        worker = Worker(queue, {"work": print}, listen=False)
+        with pytest.raises(SchemaNotInstalled):
+            await asyncio.wait_for(worker.run(), 15)
+    finally:
+        await queue.close()
+
+
+# -- a worker's row -------------------------------------------------------------------------
+
+
+async def test_a_worker_keeps_its_row_fresh_by_the_database_clock_and_removes_it_on_stop(
+    jq: AsyncJobQueue, migrated: tuple[str, str]
+) -> None:
+    url, table = migrated
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        return None
+
+    lease = 0.6
+    worker = Worker(
+        jq,
+        {"work": work, "email": work},
+        queues=("default", "mail"),
+        concurrency=3,
+        lease=lease,
+        worker_id="w-presence",
+        listen=False,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        (first,) = await eventually(jq.live_workers)
+        assert first.worker_id == "w-presence"
+        assert (first.queues, first.kinds, first.concurrency) == (
+            ("default", "mail"),
+            ("work", "email"),
+            3,
+        )
+        assert (first.host, first.pid) == (socket.gethostname(), os.getpid())
+        # Times come from the database clock: the beat is what the database called "now"
+        # a moment ago, and the row lives LIVE_LEASES leases past it.
+        assert 0 <= (first.seen_at - first.last_beat_at).total_seconds() < 5
+        lives = (first.expires_at - first.last_beat_at).total_seconds()
+        assert lives == pytest.approx(LIVE_LEASES * lease, abs=0.05)
+
+        async def refreshed() -> Any:
+            (now,) = await jq.live_workers()
+            return now if now.last_beat_at > first.last_beat_at else None
+
+        later = await eventually(refreshed)
+        assert later.started_at == first.started_at  # the same row, beaten again
+        assert later.expires_at > first.expires_at
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+    assert await jq.live_workers() == []
+    assert rows_in(url, table) == []  # removed, not merely expired
+
+
+async def test_a_worker_sweeps_the_rows_of_workers_that_stopped_beating(
+    jq: AsyncJobQueue, migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, table = migrated
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    await jq.worker_beat(WorkerPresence("crashed-1", ("default",), None, 1), ttl=0.05)
+    await asyncio.sleep(0.2)
+    assert await jq.live_workers() == []  # stale at once, by the database clock...
+    assert rows_in(url, table) == ["crashed-1"]  # ...but still there until swept
+    worker = Worker(jq, {"work": print}, worker_id="sweeper", lease=0.6, listen=False)
+    task = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: rows_in(url, table) == ["sweeper"])
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+    assert "Worker crashed-1 sent no heartbeat lately" in caplog.text
+
+
+def test_a_killed_workers_row_goes_stale_and_a_live_worker_removes_it(
+    migrated: tuple[str, str], tmp_path: Path
+) -> None:
+    url, table = migrated
+    command = [
+        JOBQUEUE, "--database-url", url, "--table", table, "worker",
+        "--lease", "1s", "--worker-id", "doomed", "--no-listen",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=clean_env(MOCK_AI="true"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with JobQueue(url, table=table) as q:
+            until(lambda: [w.worker_id for w in q.live_workers()] == ["doomed"])
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            assert rows_in(url, table) == ["doomed"]  # no clean stop: the row stays...
+            until(lambda: q.live_workers() == [], timeout=10)  # ...goes stale
+            assert rows_in(url, table) == ["doomed"]
+            with worker_thread(url, table, handlers={"work": print}, lease=0.6) as survivor:
+                until(lambda: rows_in(url, table) == [survivor.worker_id])
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+# -- waits that nobody serves ---------------------------------------------------------------
+
+
+async def test_a_wait_says_once_that_no_live_worker_serves_the_queue(
+    q: Either, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.queue")
+    job = await q.enqueue("image", {"prompt": "nobody home"})
+    with pytest.raises(WaitTimeout):
+        await q.wait(job.id, interval=0.05, timeout=0.8, no_worker_after=0.1)
+    (said,) = warnings_of(caplog, "jobqueue.queue")  # looked several times, said once
+    assert f"job {job.id} is pending" in said
+    assert "queue 'default'" in said and "jobqueue worker --queue default" in said
+    heard: list[str] = []
+    with pytest.raises(WaitTimeout):
+        await q.wait(
+            job.id, interval=0.05, timeout=0.4, no_worker_after=0.1, on_no_worker=heard.append
+        )
+    assert len(heard) == 1 and NO_WORKER in heard[0]
+    caplog.clear()
+    with pytest.raises(WaitTimeout):
+        await q.wait(job.id, interval=0.05, timeout=0.4, no_worker_after=None)
+    assert warnings_of(caplog, "jobqueue.queue") == []
+
+
+async def test_a_wait_served_by_a_live_worker_says_nothing(
+    q: Either, migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, table = migrated
+    caplog.set_level(logging.WARNING, logger="jobqueue.queue")
+    with worker_thread(url, table, generator=MockGenerator(delay=1.0, steps=4)):
+        job = await q.enqueue("image", {"prompt": "served"})
+        done = await q.wait(job.id, interval=0.05, timeout=30, no_worker_after=0.1)
+    assert done.status is Status.COMPLETED
+    assert warnings_of(caplog, "jobqueue.queue") == []
+
+
+def test_a_wait_names_what_the_live_workers_do_serve(migrated: tuple[str, str]) -> None:
+    url, table = migrated
+    heard: list[str] = []
+    with (
+        JobQueue(url, table=table) as q,
+        worker_thread(url, table, handlers={"email": print}, queues=("default",)),
+        worker_thread(url, table, handlers={"email": print}, queues=("other",)),
+    ):
+        wrong_kind = q.enqueue("image", {"prompt": "x"})
+        with pytest.raises(WaitTimeout):
+            q.wait(
+                wrong_kind.id,
+                interval=0.05,
+                timeout=0.5,
+                no_worker_after=0.1,
+                on_no_worker=heard.append,
+            )
+        wrong_queue = q.enqueue("email", {}, queue="third")
+        with pytest.raises(WaitTimeout):
+            q.wait(
+                wrong_queue.id,
+                interval=0.05,
+                timeout=0.5,
+                no_worker_after=0.1,
+                on_no_worker=heard.append,
+            )
+    kind_message, queue_message = heard
+    assert "run kinds email, not 'image'" in kind_message
+    assert "start a worker that runs kind 'image' in queue 'default'" in kind_message
+    assert "2 live worker(s) serve other queues: default, other" in queue_message
+    assert "jobqueue worker --queue third" in queue_message
+
+
+async def test_generate_image_async_logs_when_no_live_worker_serves_it(
+    aqueue: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.wrappers")
+    with pytest.raises(WaitTimeout):
+        await generate_image_async(
+            aqueue, "alone", poll_interval=0.05, timeout=0.6, no_worker_after=0.1
+        )
+    (said,) = warnings_of(caplog, "jobqueue.wrappers")
+    assert "queue 'default'" in said
+    # With a worker serving the queue it says nothing.
+    caplog.clear()
+    worker = Worker(aqueue, generator=MockGenerator(delay=0.8), poll_interval=0.05, listen=False)
+    task = asyncio.create_task(worker.run())
+    try:
+        result = await generate_image_async(
+            aqueue, "in company", poll_interval=0.05, timeout=30, no_worker_after=0.1
+        )
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+    assert result.url
+    assert warnings_of(caplog, "jobqueue.wrappers") == []
+
+
+def test_generate_image_queued_logs_when_no_live_worker_serves_it(
+    queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.wrappers")
+    with pytest.raises(WaitTimeout):
+        generate_image_queued(
+            queue, "alone", queue_name="nobody", poll_interval=0.05, timeout=0.6,
+            no_worker_after=0.1,
+        )  # fmt: skip
+    (said,) = warnings_of(caplog, "jobqueue.wrappers")
+    assert "queue 'nobody'" in said
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    done = subprocess.run(
+        [JOBQUEUE, *args], cwd=cwd, env=env or clean_env(MOCK_AI="true"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def test_a_watch_warns_while_no_worker_serves_the_job_and_ends_when_one_does(
+    migrated: tuple[str, str], tmp_path: Path
+) -> None:
+    url, table = migrated
+    base = ("--database-url", url, "--table", table)
+    job_id = cli(*base, "generate", "a lonely fox", cwd=tmp_path).out.strip()
+    watch = subprocess.Popen(
+        [JOBQUEUE, *base, "status", job_id, "--watch", "--interval", "0.1"],
+        cwd=tmp_path, env=clean_env(JOBQUEUE_NO_WORKER_AFTER="0.3"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(watch.stderr.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
+    try:
+        until(lambda: any(NO_WORKER in line for line in lines))
+        assert watch.poll() is None  # still watching
+        with worker_running(tmp_path, base) as worker:
+            out, _ = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    reader.join(10)
+    assert watch.returncode == 0, (out, lines, worker.output)
+    assert f"completed: job {job_id}" in out
+    (warning,) = [line for line in lines if NO_WORKER in line]
+    assert warning.startswith("warning: ") and "jobqueue worker --queue default" in warning
+
+
+def test_a_watch_with_a_live_worker_does_not_warn(
+    migrated: tuple[str, str], tmp_path: Path
+) -> None:
+    url, table = migrated
+    base = ("--database-url", url, "--table", table)
+    with worker_running(tmp_path, base):
+        watched = cli(
+            *base, "generate", "a fox in company", "--watch", cwd=tmp_path,
+            env=clean_env(JOBQUEUE_NO_WORKER_AFTER="0.2"),
+        )  # fmt: skip
+    assert watched.code == 0, watched.err
+    assert "completed: job" in watched.out
+    assert NO_WORKER not in watched.err
+
+
+def test_a_bad_no_worker_after_setting_is_a_usage_error(
+    migrated: tuple[str, str], tmp_path: Path
+) -> None:
+    url, table = migrated
+    base = ("--database-url", url, "--table", table)
+    created = cli(
+        *base, "generate", "x", "--watch", cwd=tmp_path,
+        env=clean_env(JOBQUEUE_NO_WORKER_AFTER="soon"),
+    )  # fmt: skip
+    assert created.code == 2, created.err
+    assert "JOBQUEUE_NO_WORKER_AFTER='soon' is not a duration" in created.err.splitlines()[-1]
+
+
+def test_workers_and_check_list_the_live_workers(migrated: tuple[str, str], tmp_path: Path) -> None:
+    import json
+
+    url, table = migrated
+    base = ("--database-url", url, "--table", table)
+    none = cli(*base, "workers", cwd=tmp_path)
+    assert none.code == 0, none.err
+    assert "No live worker" in none.out
+    assert json.loads(cli(*base, "workers", "--json", cwd=tmp_path).out) == []
+    checked = cli(*base, "check", cwd=tmp_path)
+    assert checked.code == 0, checked.out
+    assert "ok   workers     no live worker (no job is waiting)" in checked.out
+    cli(*base, "generate", "waiting", cwd=tmp_path)
+    checked = cli(*base, "check", cwd=tmp_path)
+    (line,) = [ln for ln in checked.out.splitlines() if " workers " in ln]
+    assert line.startswith("warn") and "no live worker, and 1 job(s)" in line, line
+    options = (
+        "--worker-id",
+        "cli-w1",
+        "--concurrency",
+        "3",
+        "--queue",
+        "default",
+        "--queue",
+        "mail",
+    )
+    with worker_running(tmp_path, base, *options):
+
+        def listed() -> Any:
+            found = json.loads(cli(*base, "workers", "--json", cwd=tmp_path).out)
+            return found or None
+
+        (w,) = until(listed)
+        assert (w["worker_id"], w["queues"], w["kinds"], w["concurrency"]) == (
+            "cli-w1",
+            ["default", "mail"],
+            ["image"],
+            3,
+        )
+        assert w["beat_age_sec"] >= 0 and w["last_beat_at"] >= w["started_at"]
+        table_out = cli(*base, "workers", cwd=tmp_path)
+        assert table_out.code == 0, table_out.err
+        (row,) = [ln for ln in table_out.out.splitlines() if "cli-w1" in ln]
+        assert "default, mail" in row and "image" in row and " 3 " in row and "ago" in row
+        checked = cli(*base, "check", cwd=tmp_path)
+    (line,) = [ln for ln in checked.out.splitlines() if " workers " in ln]
+    assert (
+        line.startswith("ok")
+        and "1 live: cli-w1 (queues default, mail, concurrency 3, beat" in line
+    )
+
+
+# -- permissions at start (PostgreSQL roles) ------------------------------------------------
+
+
+@contextlib.contextmanager
+def role(postgres_url: str, *grants: str) -> Iterator[str]:
+    """A login role (trust auth) with ``grants`` (SQL run as the owner, ``{role}`` filled
+    in); its URL is yielded; the role is dropped afterwards."""
+    name = f"jq_presence_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN')
+            for grant in grants:
+                conn.exec_driver_sql(grant.format(role=f'"{name}"'))
+        yield make_url(postgres_url).set(username=name).render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{name}"')
+            conn.exec_driver_sql(f'DROP ROLE "{name}"')
+        engine.dispose()
+
+
+async def start_as(url: str, table: str) -> None:
+    """Run a worker as the URL's role until it stops (it must stop at once)."""
+    queue = AsyncJobQueue(url, table=table)
+    try:
+        worker = Worker(queue, {"work": print}, listen=False)
+        await asyncio.wait_for(worker.run(), 15)
+    finally:
+        await queue.close()
+
+
+@pytest.mark.postgres
+async def test_a_role_without_update_on_the_jobs_table_stops_the_worker_at_start(
+    postgres_url: str, table_name: str, tmp_path: Path
+) -> None:
+    migrate(postgres_url, table=table_name)
+    workers = workers_table_name(table_name)
+    with role(
+        postgres_url,
+        f'GRANT SELECT ON "{table_name}" TO {{role}}',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{workers}" TO {{role}}',
+    ) as url:
+        with pytest.raises(PermissionDenied) as refused:
+            await start_as(url, table_name)
+        assert f"may not UPDATE on {table_name}" in refused.value.message
+        assert f"GRANT SELECT, UPDATE ON {table_name} TO jq_presence_" in refused.value.hint
+        assert rows_in(postgres_url, table_name) == []  # stopped before writing its row
+        started = cli("--database-url", url, "--table", table_name, "worker", cwd=tmp_path)
+    assert started.code == 2, (started.out, started.err)
+    last = started.err.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "may not UPDATE" in last
+    assert "jobqueue sql --supabase --worker-role jq_presence_" in last
+    assert "Traceback" not in started.err
+
+
+@pytest.mark.postgres
+async def test_a_role_without_rights_on_the_workers_table_stops_the_worker_at_start(
+    postgres_url: str, table_name: str
+) -> None:
+    """A role granted the jobs table alone (what the docs once advised) must be granted the
+    live-workers table too: it says so instead of running unseen by waits and checks."""
+    migrate(postgres_url, table=table_name)
+    with (
+        role(
+            postgres_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}" TO {{role}}'
+        ) as url,
+        pytest.raises(PermissionDenied) as refused,
+    ):
+        await start_as(url, table_name)
+    assert f"on {table_name}_workers" in refused.value.message
+    assert "SELECT, INSERT, UPDATE, DELETE" in refused.value.message
+
+
+@pytest.mark.postgres
+async def test_row_level_security_without_a_policy_for_the_worker_stops_it_at_start(
+    postgres_url: str, table_name: str
+) -> None:
+    migrate(postgres_url, table=table_name)
+    workers = workers_table_name(table_name)
+    owner = make_engine(postgres_url)
+    try:
+        with owner.begin() as conn:
+            conn.exec_driver_sql(f'ALTER TABLE "{table_name}" ENABLE ROW LEVEL SECURITY')
+        with role(
+            postgres_url,
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}" TO {{role}}',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{workers}" TO {{role}}',
+        ) as url:
+            with pytest.raises(PermissionDenied) as refused:
+                await start_as(url, table_name)
+            assert "row-level security on " + table_name in refused.value.message
+            assert "SELECT, UPDATE" in refused.value.message
+            # With a policy for the role the same worker starts and runs jobs.
+            worker_role = make_url(url).username
+            with owner.begin() as conn:
+                conn.exec_driver_sql(
+                    f'CREATE POLICY jq_worker ON "{table_name}" FOR ALL TO "{worker_role}" '
+                    "USING (true) WITH CHECK (true)"
+                )
+            queue = AsyncJobQueue(url, table=table_name)
+            try:
+                job = await queue.enqueue("work", {"n": 1})
+                worker = Worker(queue, {"work": lambda job, ctx: job.payload}, listen=False)
+                assert await asyncio.wait_for(worker.run_until_idle(), 15) == 1
+                assert (await queue.get(job.id)).status is Status.COMPLETED
+            finally:
+                await queue.close()
+    finally:
+        owner.dispose()
+
+
+@pytest.mark.postgres
+def test_a_wait_that_may_not_read_the_workers_table_goes_on_without_a_warning(
+    postgres_url: str, table_name: str
+) -> None:
+    """A caller allowed to read jobs but not the live workers (a web app's own role, a
+    Supabase user) cannot know whether a worker runs: it waits as before and guesses
+    nothing."""
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as owner:
+        job = owner.enqueue("image", {"prompt": "x"})
+    heard: list[str] = []
+    with (
+        role(postgres_url, f'GRANT SELECT ON "{table_name}" TO {{role}}') as url,
+        JobQueue(url, table=table_name) as reader,
+    ):
+        with pytest.raises(PermissionDenied):
+            reader.live_workers()
+        with pytest.raises(WaitTimeout):
+            reader.wait(
+                job.id, interval=0.05, timeout=0.5, no_worker_after=0.1, on_no_worker=heard.append
+            )
+    assert heard == []
+
+
+@pytest.mark.postgres
+async def test_a_worker_started_while_the_database_refuses_connections_waits_then_serves(
+    postgres_url: str,
+    jobqueue_postgres_server_url: str,
+    table_name: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Transient errors at start (the database restarting, refusing connections) are not
+    fatal: the worker retries with backoff, then registers and serves."""
+    caplog.set_level(logging.WARNING, logger="jobqueue.worker")
+    migrate(postgres_url, table=table_name)
+    database = make_url(postgres_url).database
+    admin = make_engine(jobqueue_postgres_server_url, isolation_level="AUTOCOMMIT")
+
+    def outage(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {not on!s}'))
+            if on:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                )
+
+    base = ("--database-url", postgres_url, "--table", table_name)
+    queue = AsyncJobQueue(postgres_url, table=table_name)
+    worker = Worker(queue, {"work": lambda job, ctx: "done"}, lease=1.5, listen=False)
+    outage(True)
+    task = asyncio.create_task(worker.run())
+    # Popen returns at once; the test's waits are the asyncio sleeps around it.
+    cli_worker = subprocess.Popen(  # noqa: ASYNC220
+        [JOBQUEUE, *base, "worker", "--worker-id", "cli-patient"],
+        cwd=tmp_path, env=clean_env(MOCK_AI="true"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(2.5)
+        assert not task.done()
+        assert cli_worker.poll() is None, cli_worker.communicate()
+        assert "cannot start yet" in caplog.text
+        outage(False)
+
+        async def both_live() -> bool:
+            ids = {w.worker_id for w in await queue.live_workers()}
+            return {worker.worker_id, "cli-patient"} <= ids
+
+        await eventually(both_live)
+        job = await queue.enqueue("work", {})
+        done = await queue.wait(job.id, interval=0.05, timeout=15)
+        assert (done.status, done.result) == (Status.COMPLETED, "done")
+        cli_worker.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(cli_worker.communicate, timeout=30)
+        assert cli_worker.returncode == 0, err
+        assert "cannot start yet" in err
+    finally:
+        if cli_worker.poll() is None:
+            cli_worker.kill()
+            await asyncio.to_thread(cli_worker.communicate, timeout=30)
+        outage(False)
+        admin.dispose()
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+        await queue.close()
+
+
+# -- Supabase: the worker role writes the table, users never see it ---------------------------
+
+
+@pytest.mark.postgres
+def test_supabase_policies_let_the_worker_role_keep_its_row_and_hide_it_from_users(
+    postgres_url: str, table_name: str
+) -> None:
+    from jobqueue.rls import apply_rls, supabase_sql
+    from tests.reliability.test_rls import emulate_supabase, engine_as
+
+    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}_workers"' in supabase_sql(
+        table_name
+    )
+    emulate_supabase(postgres_url)
+    migrate(postgres_url, table=table_name)
+    apply_rls(postgres_url, table=table_name)
+    apply_rls(postgres_url, table=table_name)  # twice is safe
+    engines = [
+        engine_as(postgres_url, "service_role"),
+        engine_as(postgres_url, "authenticated", str(uuid.uuid4())),
+    ]
+    try:
+        worker_q, user_q = (JobQueue(e, table=table_name) for e in engines)
+        worker_q.check_worker_access()
+        worker_q.worker_beat(WorkerPresence("supabase-w", ("default",), ("image",), 2), ttl=30)
+        assert [w.worker_id for w in worker_q.live_workers()] == ["supabase-w"]
+        with pytest.raises(PermissionDenied):
+            user_q.live_workers()
+        with pytest.raises(PermissionDenied):
+            user_q.worker_beat(WorkerPresence("intruder", ("default",), None, 1), ttl=30)
+        assert worker_q.worker_gone("supabase-w") is True
+    finally:
+        for e in engines:
+            e.dispose()
+    with make_engine(postgres_url).connect() as conn:
+        assert (
+            conn.execute(select(func.count()).select_from(workers_table(table_name))).scalar() == 0
+        )
