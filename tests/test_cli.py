@@ -318,6 +318,37 @@ def test_unreachable_or_unsupported_database_is_one_line(run: Run) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "postgresql:/one-slash", "postgresql://app:hunter2@db:port/app", "sqlite//x.db"],
+)
+def test_a_malformed_database_url_is_a_usage_error(run: Run, url: str) -> None:
+    line = run("--database-url", url, "list").one_line_error(
+        2, "--database-url: not a database URL", "postgresql://user@host/dbname"
+    )
+    assert "hunter2" not in line and "unexpected" not in line
+    run("list", env=clean_env(JOBQUEUE_DATABASE_URL=url)).one_line_error(
+        2, "JOBQUEUE_DATABASE_URL: not a database URL"
+    )
+
+
+def test_demo_help_shows_how_to_give_it_a_database(run: Run, tmp_path: Path) -> None:
+    shown = run("demo", "--help")
+    assert shown.code == 0, shown.err
+    assert "jobqueue --database-url URL demo" in " ".join(shown.out.split())
+    # As the help says, and nothing else: the option after the command is refused, naming
+    # where it goes.
+    run("demo", "--database-url", "sqlite:///mine.db").one_line_error(
+        2, "No such option", "jobqueue --database-url … demo"
+    )
+    done = run(
+        "--database-url", "sqlite:///mine.db", "demo", "--jobs", "1", "--delay", "0",
+        env=clean_env(JOBQUEUE_DATABASE_URL="not a url, and not used by the demo"),
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert (tmp_path / "mine.db").exists() and not (tmp_path / "jobqueue-demo.db").exists()
+
+
 def test_debug_shows_the_traceback(sq: Run) -> None:
     result = sq("--debug", "status", "not-a-uuid")
     assert result.code == 2

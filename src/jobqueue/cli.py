@@ -291,16 +291,36 @@ def cli(
     if schema:
         validate_identifier(schema, "schema name")
     source = ctx.get_parameter_source("database_url")
+    url_given = database_url is not None and source is click.core.ParameterSource.COMMANDLINE
+    if database_url and (url_given or ctx.invoked_subcommand not in _NO_URL_FROM_ENV):
+        _check_url(database_url, url_given)
     ctx.obj = Env(
         url=database_url or DEFAULT_URL,
         table=table,
         schema=schema or None,
         debug=debug,
-        url_given=database_url is not None and source is click.core.ParameterSource.COMMANDLINE,
+        url_given=url_given,
     )
 
 
 pass_env = click.make_pass_decorator(Env)
+
+
+#: Commands that do not use JOBQUEUE_DATABASE_URL (only a --database-url typed before them).
+_NO_URL_FROM_ENV = ("demo", "sql")
+
+
+def _check_url(url: str, given: bool) -> None:
+    """A URL that cannot be parsed is a usage error before any command runs, named by
+    where it came from (the option, or the environment / .env)."""
+    from .database import normalise_url
+
+    try:
+        normalise_url(url, asynchronous=False)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{'--database-url' if given else URL_ENV}: {exc.message}", hint=exc.hint
+        ) from None
 
 
 # -- set-up: migrate, sql, check --------------------------------------------------------
@@ -1003,8 +1023,9 @@ def prune_command(env: Env, older_than: timedelta, statuses: tuple[str, ...]) ->
 def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
     """Watch jobs run: a batch of mock image jobs on SQLite, a worker in this process.
 
-    Uses ./jobqueue-demo.db unless --database-url is given on the command line; leaves
-    nothing else behind.
+    Uses ./jobqueue-demo.db and leaves nothing else behind. To use another database, name
+    it before the command: `jobqueue --database-url URL demo` (JOBQUEUE_DATABASE_URL and
+    .env are ignored here, so the demo never writes into your own database by accident).
     """
     from .demo import DEMO_URL, run_demo
 
@@ -1027,6 +1048,11 @@ def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
 # -- entry point ------------------------------------------------------------------------
 
 
+def cli_option_names() -> set[str]:
+    """The options of `cli` itself (``--database-url``, ``--table`` …)."""
+    return {name for param in cli.params for name in getattr(param, "opts", ())}
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script: run `cli` and turn what it raises into one line and an exit code."""
     from .config import load_env_file  # the one .env rule, shared with Settings.from_env
@@ -1043,7 +1069,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "jobqueue"
-        click.echo(f"Error: {one_line(exc.format_message())} — see `{where} --help`", err=True)
+        fix = f"see `{where} --help`"
+        if isinstance(exc, click.NoSuchOption) and exc.option_name in cli_option_names():
+            command = where.removeprefix("jobqueue ")
+            fix = f"it goes before the command: jobqueue {exc.option_name} … {command}"
+        click.echo(f"Error: {one_line(exc.format_message())} — {fix}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"Error: {one_line(exc.format_message())}", err=True)
