@@ -57,7 +57,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
     }
-    env.update(COLUMNS="200", NO_COLOR="1", **extra)
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", **extra})
     return env
 
 
@@ -375,6 +375,61 @@ def test_reap_and_check_find_a_job_whose_worker_vanished(
     assert listed.code == 0, listed.err
     (row,) = [line for line in listed.out.splitlines() if str(job.id) in line]
     assert "pending" in row and "1/3" in row  # status, attempts
+
+
+LONG_URL = "https://cdn.example.com/generated/2026/11/29/" + "0123456789abcdef" * 4 + "/image-0.png"
+LONG_ERROR = "ProviderError: the provider answered 500 Internal Server Error " + "again " * 20
+
+
+@pytest.fixture
+def listed_jobs(jobqueue_sqlite_url: str, table_name: str) -> dict[str, str]:
+    """Jobs of every kind of row `jobqueue list` shows, with long values: status by id."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+    with JobQueue(jobqueue_sqlite_url, table=table_name) as q:
+        q.enqueue("a-rather-long-job-kind-name-for-thumbnails", {}, queue="media-" + "x" * 60)
+        done, failed, running = (q.enqueue("image", {"prompt": f"p{i}"}) for i in range(3))
+        held = {j.id: j for j in q.claim("w", limit=3)}
+        q.complete(held[done.id], {"images": [LONG_URL, LONG_URL]}, LONG_URL)
+        q.fail(held[failed.id], LONG_ERROR, retry=False)
+        q.set_progress(held[running.id], 40, "waiting for the provider " * 5)
+        return {str(j.id): j.status.value for j in q.list()}
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_list_fits_the_terminal_one_line_per_job(
+    sq: Run, listed_jobs: dict[str, str], columns: int
+) -> None:
+    from rich.cells import cell_len
+
+    listed = sq("list", env=clean_env(COLUMNS=str(columns)))
+    assert listed.code == 0, listed.err
+    lines = listed.out.rstrip("\n").splitlines()
+    assert all(cell_len(line) <= columns for line in lines), listed.out
+    header, _rule, *rows = lines
+    assert len(rows) == len(listed_jobs), listed.out  # no cell wrapped onto a line of its own
+    for row, (job_id, status) in zip(rows, listed_jobs.items(), strict=True):
+        assert row.startswith(job_id) and f" {status} " in row, row  # the whole id, to copy
+    completed = next(r for r in rows if " completed " in r)
+    url = completed.split()[-1]  # cut in the middle: where it is and which file stay
+    assert url.startswith("https://cdn.exam") and url.endswith("…/image-0.png"), completed
+    failed = next(r for r in rows if " failed " in r)
+    assert "ProviderError: the provider" in failed and failed.rstrip().endswith("…")
+    running = next(r for r in rows if " processing " in r)
+    assert "40%" in running
+    assert "result / error" in header
+    if columns == 120:
+        assert {"created", "kind"} <= set(header.split()), header
+
+
+def test_list_wide_shows_every_column_in_full(sq: Run, listed_jobs: dict[str, str]) -> None:
+    listed = sq("list", "--wide", env=clean_env(COLUMNS="80"))
+    assert listed.code == 0, listed.err
+    header, _rule, *rows = listed.out.rstrip("\n").splitlines()
+    assert header.split()[:2] == ["id", "status"] and "queue" in header and "took" in header
+    assert len(rows) == len(listed_jobs)
+    assert any(LONG_URL in row for row in rows)
+    assert any(" ".join(LONG_ERROR.split()) in row for row in rows)
+    assert any("media-" + "x" * 60 in row for row in rows)
 
 
 def test_check_passes_on_a_good_setup(sq: Run) -> None:

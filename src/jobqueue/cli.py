@@ -864,6 +864,9 @@ def status_command(env: Env, job_id: str, watch: bool, interval: timedelta, as_j
     show_default=True,
     help="At most this many, newest first.",
 )
+@click.option(
+    "--wide", is_flag=True, help="Every column in full, however wide (the terminal wraps it)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @pass_env
 def list_command(
@@ -874,9 +877,11 @@ def list_command(
     kind: str | None,
     since: timedelta | None,
     limit: int,
+    wide: bool,
     as_json: bool,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first: as many columns as fit the terminal, one line per job
+    (long results cut short); --wide for all of them, --json for everything."""
     from .display import jobs_table
 
     with env.queue() as q:
@@ -893,7 +898,13 @@ def list_command(
     elif not jobs:
         out().print("No jobs match.")
     else:
-        out().print(jobs_table(jobs))
+        console = out()
+        table = jobs_table(jobs, width=console.width, wide=wide)
+        if wide:  # rows as long as they are, not squeezed into the terminal
+            unbounded = console.options.update_width(1_000_000)
+            full = console.measure(table, options=unbounded).maximum
+            console = Console(highlight=False, width=max(console.width, full))
+        console.print(table)
 
 
 @cli.command("stats")

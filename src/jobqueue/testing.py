@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.outcomes import Skipped  # pytest.skip.Exception, by a name type checkers know
 from sqlalchemy import Engine, event, make_url, text
 
 from .database import make_engine, normalise_url
@@ -45,7 +46,7 @@ def _docker_reachable() -> str | None:
     return None
 
 
-class PostgresUnavailable(pytest.skip.Exception):
+class PostgresUnavailable(Skipped):
     """The skip of a test that needs PostgreSQL when there is none: reported once, in one
     summary line for all of them (see `pytest_runtest_makereport`)."""
 
