@@ -601,7 +601,7 @@ def serve_command(
     with --no-worker only the API runs (production: scale `jobqueue worker` separately).
     """
     try:
-        from .web.serve import load_identify, serve
+        from .web.serve import listen_on, load_identify, serve
     except ImportError as exc:
         raise ConfigurationError(
             f"the web extra is not installed ({exc.name} is missing)",
@@ -610,13 +610,17 @@ def serve_command(
     from .config import Settings
 
     hook = load_identify(identify) if identify else None
-    generator = None if no_worker else Settings.from_env().generator()
+    settings = Settings.from_env()
+    generator = None if no_worker else settings.generator()
     _require_schema(env)
+    sock = listen_on(host, port)  # before the worker starts, and before any output
     console = Console(stderr=True, highlight=False)
     _setup_logging(env.debug, console)
+    worker = "off"
+    if generator is not None:
+        worker = f"on ({settings.describe()}), concurrency {concurrency}"
     console.print(
-        f"jobqueue serve: http://{host}:{port}/ database {env.where}; "
-        f"worker {'off' if generator is None else f'on, concurrency {concurrency}'}",
+        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}",
         soft_wrap=True,
         markup=False,
     )
@@ -626,7 +630,7 @@ def serve_command(
         try:
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
-                identify=hook, log_level="debug" if env.debug else "info",
+                identify=hook, log_level="debug" if env.debug else "info", sock=sock,
             )  # fmt: skip
         finally:
             if generator is not None:
