@@ -476,8 +476,29 @@ def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
     )
     migrated = run("migrate")
     assert migrated.code == 0, migrated.err
-    assert "sqlite:///from-dotenv.db (table dotenv_jobs)" in migrated.out
+    assert f"SQLite file {tmp_path / 'from-dotenv.db'} (table dotenv_jobs)" in migrated.out
     assert (tmp_path / "from-dotenv.db").exists()
+
+
+def test_every_banner_names_the_sqlite_file_by_its_absolute_path(
+    run: Run, tmp_path: Path
+) -> None:
+    """The default URL is relative (./jobqueue.db): run from two directories, it is two
+    databases, so every command that starts work says which file it uses."""
+    where = f"SQLite file {tmp_path / 'jobqueue.db'}"
+    assert where in run("migrate").out
+    checked = run("check", env=clean_env(MOCK_AI="true"))
+    assert f"reachable: {where}" in checked.out, checked.out
+    job_id = run("generate", "a fox").out.strip()
+    with worker_running(tmp_path, ()) as worker:  # until it ran the job, so it has started
+        assert run("status", job_id, "--watch", "--interval", "0.2").code == 0
+    banner = worker.output[1].splitlines()[0]
+    assert banner.startswith(f"jobqueue worker: database {where} (table generation_jobs)")
+    assert "polling every 0.2s" in banner and "LISTEN/NOTIFY" not in banner, banner
+    demo = run("--database-url", "sqlite:///jobqueue.db", "demo", "--jobs", "1", "--delay", "0")
+    assert demo.code == 0, demo.err
+    assert f"in {where}" in demo.out
+    assert f"jobqueue --database-url sqlite:///{tmp_path / 'jobqueue.db'} list" in demo.out
 
 
 def test_dot_env_is_read_from_the_working_directory_only(tmp_path: Path) -> None:

@@ -98,6 +98,7 @@ def test_serve_runs_the_api_with_a_worker(tmp_path: Path) -> None:
     banner = output[0].splitlines()[0]
     assert banner.startswith("jobqueue serve: http://127.0.0.1:"), banner
     assert "worker on (generator: mock)" in banner, banner
+    assert f"database SQLite file {tmp_path / 'serve.db'} (table" in banner, banner
 
 
 def test_serve_on_a_busy_port_is_one_line_and_claims_nothing(tmp_path: Path) -> None:

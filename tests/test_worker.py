@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -197,8 +198,16 @@ async def test_out_of_attempts_fails_with_the_error_history(
     assert done.error == "ValueError: bad prompt"
     assert [e["attempt"] for e in done.errors] == [1, 2]
     text = messages(caplog)
-    assert f"Job {job.id} status: failed: ValueError: bad prompt; retrying in" in text
+    # The first failure says a retry comes, and which attempt it is; only the last one
+    # says the job failed.
+    retried = re.search(
+        rf"Job {job.id}: attempt 1 of 2 failed: ValueError: bad prompt; "
+        r"will retry in \d+\.\d s \(attempt 2 of 2\)",
+        text,
+    )
+    assert retried, text
     assert f"Job {job.id} status: failed: ValueError: bad prompt\n" in text + "\n"
+    assert text.count("status: failed") == 1, text
 
 
 async def test_bad_handlers_fail_their_job_and_the_worker_keeps_serving(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
-from .database import DEFAULT_URL, URL_ENV, describe_url, redact
+from .database import DEFAULT_URL, URL_ENV, describe_database, redact
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -189,7 +189,7 @@ class Env:
     def where(self) -> str:
         """The database and table, safe to print (no password)."""
         table = f"{self.schema}.{self.table}" if self.schema else self.table
-        return f"{describe_url(self.url)} (table {table})"
+        return f"{describe_database(self.url)} (table {table})"
 
     def require_database(self) -> None:
         """Refuse a SQLite file that does not exist: connecting would create an empty one
@@ -517,10 +517,12 @@ def worker_command(
     _require_schema(env)
     console = Console(stderr=True, highlight=False)
     listen = not no_listen
+    polling = f"polling every {_format_duration(poll_interval)}"
+    if _backend(env.url) == "postgresql":  # LISTEN/NOTIFY is PostgreSQL's alone
+        polling = "LISTEN/NOTIFY on" if listen else f"LISTEN/NOTIFY off, {polling}"
     console.print(
         f"jobqueue worker: database {env.where}; {settings.describe()}; "
-        f"queues {', '.join(queues)}; concurrency {concurrency}; "
-        f"LISTEN/NOTIFY {'on' if listen else 'off'}",
+        f"queues {', '.join(queues)}; concurrency {concurrency}; {polling}",
         soft_wrap=True,
         markup=False,
     )
@@ -556,6 +558,13 @@ def _looks_like_transaction_pooler(url: str) -> bool:
 
     u = make_url(url)
     return u.get_backend_name() == "postgresql" and u.port in (6543, 6432)
+
+
+def _backend(url: str) -> str:
+    """``postgresql`` or ``sqlite`` (the URL was checked when the command started)."""
+    from .database import normalise_url
+
+    return normalise_url(url, asynchronous=False).get_backend_name()
 
 
 async def _run_worker(env: Env, **options: Any) -> None:

@@ -645,11 +645,13 @@ class Worker:
             if after.status is Status.PENDING:
                 wait = max(0.0, (after.run_at - after.updated_at).total_seconds())
                 log.warning(
-                    "Job %s status: failed: %s; retrying in %.1fs (attempt %d of %d)",
+                    "Job %s: attempt %d of %d failed: %s; will retry in %.1f s (attempt %d of %d)",
                     job.id,
+                    job.attempts,
+                    job.max_attempts,
                     reason,
                     wait,
-                    job.attempts,
+                    after.attempts + 1,
                     after.max_attempts,
                 )
             else:
