@@ -300,8 +300,27 @@ def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
         (["list", "--since", "3 fortnights"], 2, ["not a duration", "jobqueue list --help"]),
         (["list", "--status", "stuck"], 2, ["'stuck' is not one of"]),
         (["--table", "jobs; drop", "list"], 2, ["invalid table name"]),
+        (["generate", " "], 2, ["the prompt is empty", 'jobqueue generate "a red fox']),
+        (
+            ["enqueue", "image", "--payload", '{"promt": "a cat"}'],
+            2,
+            ["no 'prompt' field", "it has 'promt'", '{"prompt": "a red fox'],
+        ),
+        (["enqueue", "image"], 2, ["image job's payload has no 'prompt' field"]),
+        (["enqueue", "image", "--payload", '{"prompt": 7}'], 2, ["prompt must be text, not int"]),
     ],
-    ids=["bad-json", "malformed-id", "unknown-id", "bad-duration", "bad-status", "bad-table"],
+    ids=[
+        "bad-json",
+        "malformed-id",
+        "unknown-id",
+        "bad-duration",
+        "bad-status",
+        "bad-table",
+        "empty-prompt",
+        "misspelt-prompt",
+        "no-prompt",
+        "number-prompt",
+    ],
 )
 def test_bad_input_is_one_clear_line(
     sq: Run, args: list[str], code: int, fragments: list[str]

@@ -386,6 +386,20 @@ async def test_a_generator_in_handlers_and_a_bad_payload(jq: AsyncJobQueue) -> N
     assert gen.requests == []
 
 
+async def test_an_image_job_with_a_misspelt_prompt_fails_naming_the_field(
+    jq: AsyncJobQueue,
+) -> None:
+    """A payload written by other code (psql, a web front end) reaches the worker as is."""
+    gen = RecordingGenerator()
+    job = await jq.enqueue("image", {"promt": "a cat"})
+    await Worker(jq, generator=gen, lease=2).run_until_idle()
+    done = await jq.get(job.id)
+    assert (done.status, done.attempts) == (Status.FAILED, 1)  # no retry: it cannot succeed
+    assert done.error is not None
+    assert "no 'prompt' field" in done.error and "'promt'" in done.error, done.error
+    assert gen.requests == []
+
+
 # -- cancellation, stopping, fencing --------------------------------------------------------
 
 

@@ -740,6 +740,10 @@ def enqueue_command(env: Env, /, kind: str, payload: str, **options: Any) -> Non
             f"--payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             hint='quote it for the shell, e.g. --payload \'{"prompt": "a cat"}\'',
         ) from None
+    from .generators.base import IMAGE_KIND, GenerationRequest
+
+    if kind == IMAGE_KIND:  # the one kind whose payload we know: refuse it before the worker
+        GenerationRequest.from_payload(data)
     _create(env, kind, data, **options)
 
 
@@ -790,7 +794,12 @@ def generate_command(
     """Create an image generation job for PROMPT and print its id at once."""
     from .generators.base import IMAGE_KIND, GenerationRequest
 
-    request = GenerationRequest(prompt, model, images, _key_values(extra))
+    provider_options = _key_values(extra)
+    try:
+        request = GenerationRequest(prompt, model, images, provider_options)
+    except PayloadError as exc:  # the prompt: show how to give it here
+        hint = 'e.g. jobqueue generate "a red fox in the snow"'
+        raise PayloadError(exc.message, hint=hint) from None
     _create(env, IMAGE_KIND, request.to_payload(), **options)
 
 
