@@ -123,7 +123,7 @@ def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Wo
 # -- the main flow, on both databases ---------------------------------------------------
 
 
-def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
+def test_migrate_then_create_inspect_cancel_retry(jq: Run, db_url: str, table_name: str) -> None:
     migrated = jq("migrate")
     assert migrated.code == 0, migrated.err
     assert "at revision" in migrated.out
@@ -168,7 +168,12 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
     assert [j["id"] for j in json.loads(listed.out)] == [job_id]
 
     assert jq("cancel", job_id).code == 0
-    jq("cancel", job_id).one_line_error(1, "cannot move from cancelled to cancelled")
+    again = jq("cancel", job_id)  # what the user wanted is the case: say so, no error
+    assert (again.code, again.out.strip(), again.err) == (
+        0,
+        f"job {job_id} is already cancelled",
+        "",
+    )
     cancelled = jq("status", job_id)
     cancelled.one_line_error(1, job_id, "ended cancelled")
     assert "cancelled" in cancelled.out  # the details are still shown
@@ -176,6 +181,10 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
     retried = jq("retry", job_id)
     assert retried.code == 0, retried.err
     assert "pending again" in retried.out
+
+    with JobQueue(db_url, table=table_name) as q:
+        q.complete(q.claim("w")[0], {"done": True})
+    jq("cancel", job_id).one_line_error(1, "cannot move from completed to cancelled")
 
 
 def test_worker_runs_a_generated_job_then_stats_and_prune(

@@ -37,6 +37,7 @@ from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
     InvalidJobId,
+    InvalidTransition,
     JobFailed,
     JobQueueError,
     PayloadError,
@@ -963,9 +964,17 @@ def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
 @click.argument("job_id", metavar="ID")
 @pass_env
 def cancel_command(env: Env, job_id: str) -> None:
-    """Cancel a pending or running job (its worker stops the handler)."""
+    """Cancel a pending or running job (its worker stops the handler). A job already
+    cancelled is left as it is (exit code 0); a finished one is refused (1)."""
     with env.queue() as q:
-        job = q.cancel(job_id)
+        try:
+            job = q.cancel(job_id)
+        except InvalidTransition:
+            job = q.get(job_id)
+            if job.status is not Status.CANCELLED:
+                raise
+            out().print(f"job {job.id} is already cancelled", markup=False)
+            return
     out().print(f"cancelled job {job.id}", markup=False)
 
 
