@@ -16,7 +16,6 @@ before the options (`jobqueue.config.load_env_file`, the rule `Settings` follows
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from ._console import closing, run_async
 from .database import DEFAULT_URL, URL_ENV, describe_database, redact
 from .errors import (
     ConfigurationError,
@@ -536,7 +536,7 @@ def worker_command(
             markup=False,
         )
     _setup_logging(env.debug, console)
-    asyncio.run(
+    run_async(
         _run_worker(
             env,
             generator=generator,
@@ -578,6 +578,7 @@ async def _run_worker(env: Env, **options: Any) -> None:
         worker.install_signal_handlers()
         await worker.run()
     finally:
+        closing()
         await generator.aclose()
         await queue.close()
 
@@ -643,11 +644,12 @@ def serve_command(
                 identify=hook, log_level="debug" if env.debug else "info", sock=sock,
             )  # fmt: skip
         finally:
+            closing()
             if generator is not None:
                 await generator.aclose()
             await queue.close()
 
-    asyncio.run(run())
+    run_async(run())
 
 
 # -- producers: enqueue, generate -------------------------------------------------------
@@ -1072,7 +1074,7 @@ def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
     from .demo import DEMO_URL, run_demo
 
     url = env.url if env.url_given else DEMO_URL
-    results = asyncio.run(
+    results = run_async(
         run_demo(
             url,
             table=env.table,
@@ -1120,7 +1122,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         click.echo(f"Error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.Abort:  # Ctrl-C (or EOF at a prompt)
+        from ._console import interrupted
+
+        interrupted()
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -12,6 +12,7 @@ import asyncio
 
 from rich.console import Console
 
+from ._console import closing
 from .database import describe_database, describe_url, sqlite_path
 from .display import JobBars, stats_table
 from .generators.base import IMAGE_KIND, GenerationRequest
@@ -107,6 +108,7 @@ async def run_demo(
             await running
         stats = await queue.stats()
     finally:
+        closing()
         await generator.aclose()
         await queue.close()
     console.print(stats_table(stats, title="Jobs created in the last day (jobqueue stats)"))

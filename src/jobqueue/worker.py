@@ -275,6 +275,7 @@ class Worker:
         self._early_stop: str | None = None
         self._signals_wanted = False
         self._signals_installed: list[signal.Signals] = []
+        self._signals_before: dict[signal.Signals, Any] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._reset()
 
@@ -931,6 +932,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             if sig in self._signals_installed:
                 continue
+            self._signals_before[sig] = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self._on_signal, int(sig))
             except NotImplementedError:  # Windows event loops
@@ -939,10 +941,12 @@ class Worker:
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in self._signals_installed:
-            try:
+            with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
-            except NotImplementedError:
-                signal.signal(sig, signal.SIG_DFL)
+            # The handler from before serving (the host's, or the CLI's for a Ctrl-C
+            # during cleanup), not Python's default: asyncio would put that one back.
+            before = self._signals_before.pop(sig, None)
+            signal.signal(sig, signal.SIG_DFL if before is None else before)
         self._signals_installed = []
 
     def _open_log_file(self) -> logging.Handler | None:

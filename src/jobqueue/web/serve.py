@@ -8,7 +8,9 @@ instead of the demo's anonymous cookies.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import importlib
 import logging
 import signal
@@ -16,6 +18,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -27,6 +30,7 @@ from .owners import Identify
 
 if TYPE_CHECKING:
     from ..generators.base import Generator
+    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +116,38 @@ async def serve(
         worker = Worker(queue, generator=generator, concurrency=concurrency)
     app = create_app(queue, identify=identify, worker=worker)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
-    await _Server(config).serve(sockets=[sock])
+    await _Server(config, worker).serve(sockets=[sock])
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, except that it does not re-raise the stop signal once it has shut
     down: the caller still has a queue and a generator to close, and a requested stop is a
-    clean exit (status 0), not a crash."""
+    clean exit (status 0), not a crash.
+
+    A second Ctrl-C stops the in-process worker at once (its running jobs are released),
+    and the app is still shut down: uvicorn's forced exit skips the app's lifespan, which
+    would leave the worker to be cancelled (a traceback) instead of stopped.
+    """
+
+    def __init__(self, config: uvicorn.Config, worker: Worker | None) -> None:
+        super().__init__(config)
+        self.worker = worker
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and self.worker is not None and self.loop is not None:
+            # From a signal handler: leave the worker's state to the event loop.
+            self.loop.call_soon_threadsafe(functools.partial(self.worker.stop, immediate=True))
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
