@@ -46,7 +46,7 @@ def interrupt(process: subprocess.Popen[str], *pauses: float) -> tuple[str, str]
         return process.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         process.kill()
-        out, err = process.communicate()
+        _out, err = process.communicate()
         pytest.fail(f"still running after Ctrl-C: {err[-2000:]}")
 
 
@@ -104,7 +104,7 @@ def test_ctrl_c_twice_while_watching_a_job(tmp_path: Path, db: str) -> None:
     process = start(tmp_path, "--database-url", db, "generate", "a fox", "--watch")
     assert process.stdout is not None
     job_id = process.stdout.readline().strip()  # printed at once: it is watching now
-    out, err = interrupt(process, *[0.02] * 10)
+    _out, err = interrupt(process, *[0.02] * 10)
     assert_quiet(process, err)
     with JobQueue(db) as q:
         assert q.get(job_id).status is Status.PENDING  # watching changed nothing
@@ -117,18 +117,20 @@ def test_ctrl_c_three_times_to_a_worker_releases_its_job_quietly(tmp_path: Path,
     with JobQueue(db) as q:
         until(lambda: q.get(job.id).status is Status.PROCESSING, "the worker to claim the job")
     # Graceful, then at once (the running job is released), then once more while it exits.
-    out, err = interrupt(process, 0.1, 0.3)
+    _out, err = interrupt(process, 0.1, 0.3)
     assert_quiet(process, err)
     with JobQueue(db) as q:
         after = q.get(job.id)
     assert after.status in (Status.PENDING, Status.COMPLETED), after
+    if after.status is Status.PENDING:  # released: the attempt is given back, the limit kept
+        assert (after.attempts, after.max_attempts, after.progress) == (0, 3, 0), after
 
 
 def test_ctrl_c_twice_during_the_demo(tmp_path: Path) -> None:
     process = start(tmp_path, "demo", "--delay", "5")
     assert process.stdout is not None
     assert process.stdout.readline().startswith("Enqueued")  # the worker is about to run
-    out, err = interrupt(process, *[0.02] * 10)  # an impatient hand, during the cleanup too
+    _out, err = interrupt(process, *[0.02] * 10)  # an impatient hand, during the cleanup too
     assert_quiet(process, err)
 
 
@@ -148,7 +150,7 @@ def test_ctrl_c_twice_to_serve_stops_its_worker_at_once(tmp_path: Path, db: str)
     until(answers, "the server to answer")
     with JobQueue(db) as q:
         until(lambda: q.get(job.id).status is Status.PROCESSING, "the worker to claim the job")
-    out, err = interrupt(process, 0.1, 0.3)
+    _out, err = interrupt(process, 0.1, 0.3)
     assert_quiet(process, err)
     with JobQueue(db) as q:
         after = q.get(job.id)

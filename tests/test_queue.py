@@ -284,11 +284,55 @@ async def test_retry_requeues_failed_and_cancelled_jobs(q: Either) -> None:
 async def test_release_gives_the_job_back_without_spending_an_attempt(q: Either) -> None:
     await q.enqueue("image", {}, max_attempts=1)
     (job,) = await q.claim("w")
+    await q.set_progress(job, 60, "halfway")
     released = await q.release(job, "worker shutting down")
     assert released.status is Status.PENDING and released.locked_by is None
-    assert released.max_attempts == 2 and released.attempts == 1
+    # The attempt is given back, the job's own limit stays, the progress starts over.
+    assert (released.attempts, released.max_attempts) == (0, 1)
+    assert (released.progress, released.progress_message) == (0, None)
+    assert released.errors[-1]["attempt"] == 1
+    assert released.errors[-1]["error"] == "worker shutting down"
     (again,) = await q.claim("w")
-    assert again.attempts == 2
+    assert (again.attempts, again.max_attempts) == (1, 1)
+
+
+async def test_a_released_claim_can_write_nothing_once_the_job_is_claimed_again(
+    q: Either,
+) -> None:
+    """The attempt number goes back down on release, so the next claim (here by the very
+    same worker id) has the number of the released one again: the fence still tells them
+    apart, for every write a worker makes."""
+    await q.enqueue("image", {})
+    (stale,) = await q.claim("w")
+    await q.release(stale, "stopping")
+    (fresh,) = await q.claim("w")  # the same worker id, at once (same clock tick, likely)
+    assert (fresh.id, fresh.attempts, fresh.locked_by) == (stale.id, stale.attempts, "w")
+    assert fresh.started_at is not None and stale.started_at is not None
+    assert fresh.started_at > stale.started_at
+    await q.set_progress(fresh, 30, "fresh")
+    await q.remember_task(fresh, "fresh-task")
+    before = await q.get(fresh.id)
+
+    for write in (
+        q.set_progress(stale, 90, "stale"),
+        q.remember_task(stale, "stale-task"),
+        q.heartbeat(stale),
+        q.complete(stale, {"stale": True}, "https://stale.example/1.png"),
+        q.fail(stale, "stale failure"),
+        q.fail(stale, "stale failure", retry=False),
+        q.release(stale, "stale release"),
+    ):
+        with pytest.raises(LeaseLost, match="a later claim: this one was released"):
+            await write
+    assert await q.heartbeat_many("w", [stale]) == set()
+    assert await q.complete_many([Completion(stale, {"stale": True})]) == set()
+    written, claimed = await q.complete_and_claim([Completion(stale, {"stale": 1})], "w", limit=1)
+    assert (written, claimed) == (set(), [])
+    assert await q.get(fresh.id) == before  # not one column changed
+
+    assert await q.heartbeat_many("w", [stale, fresh]) == {fresh.id}
+    done = await q.complete(fresh, {"fresh": True})
+    assert (done.status, done.result, done.progress) == (Status.COMPLETED, {"fresh": True}, 100)
 
 
 async def test_reap_requeues_or_fails_expired_jobs(q: Either) -> None:

@@ -43,6 +43,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def sqlite_time(value: datetime) -> str:
+    """A time as SQLite stores it (`UTCDateTime`, and the clock's `SQLITE_NOW` text): UTC,
+    to the microsecond, in SQLAlchemy's format, so it compares equal as text."""
+    v = value.astimezone(UTC) if value.tzinfo is not None else value
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
+
+
 class SQLiteJSON(JSON):
     """JSON declared ``TEXT`` on SQLite.
 
@@ -106,6 +116,37 @@ def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> st
     (seconds,) = element.clauses
     modifier = f"(printf('%+.6f seconds', {compiler.process(seconds, **kw)}))"
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
+
+
+class DbNowAfter(FunctionElement[Any]):
+    """The database's current UTC time, or just after ``column`` (a time) when that is not
+    earlier: a time later than ``column`` on every clock step and after a clock that
+    went back. NULL ``column`` counts as long ago."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(DbNowAfter, "postgresql")
+def _now_after_pg(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    # GREATEST ignores NULLs; timestamptz counts in microseconds.
+    return (
+        f"GREATEST(clock_timestamp(), {compiler.process(column, **kw)} "
+        "+ interval '1 microsecond')"
+    )
+
+
+@compiles(DbNowAfter)
+def _now_after_sqlite(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    # The clock's text counts in milliseconds; max() of texts in one format is the later
+    # time, and is NULL when any argument is (hence the coalesce).
+    later = f"strftime('%Y-%m-%d %H:%M:%f000', {compiler.process(column, **kw)}, '+0.001 seconds')"
+    return f"max({SQLITE_NOW}, coalesce({later}, ''))"
 
 
 class JsonAppend(FunctionElement[Any]):

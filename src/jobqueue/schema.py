@@ -212,8 +212,10 @@ def jobs_table(
 class Job:
     """A snapshot of one row of the jobs table.
 
-    ``attempts`` doubles as the fencing token: a worker holds the job only while the row
-    still has the ``attempts`` it was claimed with and is ``processing``.
+    ``attempts`` and ``started_at`` are the fencing token: a worker holds the job only
+    while the row still has the ``attempts`` and ``started_at`` it was claimed with and is
+    ``processing`` (a release gives the attempt back, so only ``started_at`` tells its
+    claim from the next one).
     """
 
     id: uuid.UUID
