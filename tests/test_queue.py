@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url
 
 from jobqueue import (
     Completion,
     InvalidJobId,
     InvalidTransition,
     JobNotFound,
+    JobQueue,
     LeaseLost,
     NewJob,
     PayloadError,
@@ -486,3 +492,53 @@ async def test_a_result_that_is_not_json_is_refused_and_the_job_still_held(q: Ei
         await q.complete(job, {"bad": {1, 2}})
     assert (await q.get(job.id)).status is Status.PROCESSING
     assert (await q.complete(job, {"good": 1})).status is Status.COMPLETED
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
+
+
+def test_error_times_are_iso_8601_utc_on_every_backend(
+    migrated: tuple[str, str], raw_sql: Callable[..., list[Any]]
+) -> None:
+    """As stored, not only as read: other clients (psql, Supabase) read the column too. On
+    PostgreSQL the session's time zone is not UTC, which used to show in the text."""
+    url, table = migrated
+    if url.startswith("postgresql"):
+        tokyo = {"options": "-c TimeZone=Asia/Tokyo"}
+        url = make_url(url).update_query_dict(tokyo).render_as_string(hide_password=False)
+    with JobQueue(url, table=table) as q:
+        q.enqueue("image", {})
+        q.fail(q.claim("w")[0], "boom", retry_in=0)  # a retry
+        q.release(q.claim("w")[0], "stopping")  # a release
+        q.claim("w", lease=0.001)
+        time.sleep(0.05)
+        q.claim("w")  # a lost lease, recorded by the next claim
+        q.fail(q.list(status="processing")[0], "boom again")
+    (stored,) = raw_sql(f"SELECT errors FROM {table}")
+    errors = json.loads(stored[0]) if isinstance(stored[0], str) else stored[0]
+    # Attempt 2 is released (given back), claimed again and its lease lost.
+    assert [e["attempt"] for e in errors] == [1, 2, 2, 3], errors
+    for entry in errors:
+        assert ISO_UTC.fullmatch(entry["at"]), entry
+        at = datetime.fromisoformat(entry["at"])
+        assert abs((datetime.now(UTC) - at).total_seconds()) < 300, entry
+
+
+async def test_error_times_written_before_read_in_the_one_format(
+    q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
+) -> None:
+    job = await q.enqueue("image", {})
+    old = [
+        {"attempt": 1, "at": "2026-11-29 07:05:48.123000", "error": "SQLite's clock text"},
+        {"attempt": 2, "at": "2026-11-29T08:05:48.123456+01:00", "error": "a session zone"},
+        {"attempt": 3, "at": "not a time", "error": "left as it is"},
+    ]
+    value = "CAST(:e AS jsonb)" if migrated[0].startswith("postgresql") else ":e"
+    raw_sql(f"UPDATE {migrated[1]} SET errors = {value}", e=json.dumps(old))
+    read = await q.get(job.id)
+    assert [e["at"] for e in read.errors] == [
+        "2026-11-29T07:05:48.123000+00:00",
+        "2026-11-29T07:05:48.123456+00:00",
+        "not a time",
+    ]
+    assert (await q.list())[0].errors == read.errors

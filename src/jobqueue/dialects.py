@@ -118,6 +118,28 @@ def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> st
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
 
 
+class DbNowText(FunctionElement[Any]):
+    """The database's current time as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``:
+    the ``at`` of an ``errors`` entry, written the same on every backend (SQLite's clock
+    counts milliseconds, so its last three digits are zeros)."""
+
+    inherit_cache = True
+
+
+@compiles(DbNowText, "postgresql")
+def _now_text_pg(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
+    # Not the timestamp itself: JSON would write it in the session's time zone.
+    return (
+        "to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    )
+
+
+@compiles(DbNowText)
+def _now_text_sqlite(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')"
+
+
 class DbNowAfter(FunctionElement[Any]):
     """The database's current UTC time, or just after ``column`` (a time) when that is not
     earlier: a time later than ``column`` on every clock step and after a clock that

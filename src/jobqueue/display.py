@@ -6,6 +6,7 @@ here talks to the database; callers pass `Job` snapshots in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -264,9 +265,11 @@ def job_details(job: Job) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     for entry in job.errors:
+        at = entry.get("at", "?")
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            at = when(datetime.fromisoformat(at))  # ISO 8601 UTC: shown as local time
         table.add_row(
-            "error history",
-            f"attempt {entry.get('attempt', '?')} at {entry.get('at', '?')}: {entry.get('error')}",
+            "error history", f"attempt {entry.get('attempt', '?')} at {at}: {entry.get('error')}"
         )
     return table
 

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -255,7 +255,7 @@ class Job:
         status = values["status"]
         values["status"] = _STATUS_OF.get(status) or Status(status)
         errors = values.get("errors")
-        values["errors"] = list(errors) if errors else []
+        values["errors"] = read_errors(errors) if errors else []
         job_id = values["id"]
         if not isinstance(job_id, uuid.UUID):
             values["id"] = uuid.UUID(str(job_id))
@@ -285,6 +285,37 @@ class Job:
                 value = value.value
             out[name] = value
         return out
+
+
+def read_errors(errors: Any) -> list[Any]:
+    """A job's ``errors`` history with every ``at`` in the one format all backends write
+    (`error_time`), whatever wrote the row."""
+    out = list(errors)
+    for i, entry in enumerate(out):
+        if isinstance(entry, dict) and "at" in entry:
+            at = error_time(entry["at"])
+            if at is not entry["at"]:
+                out[i] = {**entry, "at": at}
+    return out
+
+
+def error_time(value: Any) -> Any:
+    """An ``errors[].at`` as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``.
+
+    Both backends write that now (`dialects.DbNowText`). Rows written before read the
+    same: SQLite's clock text (``2026-11-29 07:05:48.123000``, UTC) and PostgreSQL's JSON
+    time in the session's time zone (``…+01:00``). Text that is no time stays as it is.
+    """
+    written_now = isinstance(value, str) and len(value) == 32 and value[26:] == "+00:00"
+    if not isinstance(value, str) or (written_now and value[10] == "T"):
+        return value
+    try:
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:  # SQLite's clock: UTC
+            at = at.replace(tzinfo=UTC)
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):  # no time, or none that exists in UTC
+        return value
 
 
 _JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "extra")

@@ -52,7 +52,15 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
 from .bulk import CopyRows, Direct
-from .dialects import DbNow, DbNowAfter, DbNowPlus, JsonAppend, UTCDateTime, sqlite_time
+from .dialects import (
+    DbNow,
+    DbNowAfter,
+    DbNowPlus,
+    DbNowText,
+    JsonAppend,
+    UTCDateTime,
+    sqlite_time,
+)
 from .schema import Job, Status, sources_of
 
 T = TypeVar("T")
@@ -237,7 +245,7 @@ class Statements:
             literal_column("'attempt'"),
             c.attempts,
             literal_column("'at'"),
-            DbNow(),
+            DbNowText(),
             literal_column("'error'"),
             message,
         )
