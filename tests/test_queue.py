@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url
 
 from jobqueue import (
     Completion,
@@ -498,14 +497,15 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
 
 def test_error_times_are_iso_8601_utc_on_every_backend(
-    migrated: tuple[str, str], raw_sql: Callable[..., list[Any]]
+    migrated: tuple[str, str],
+    raw_sql: Callable[..., list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As stored, not only as read: other clients (psql, Supabase) read the column too. On
     PostgreSQL the session's time zone is not UTC, which used to show in the text."""
     url, table = migrated
-    if url.startswith("postgresql"):
-        tokyo = {"options": "-c TimeZone=Asia/Tokyo"}
-        url = make_url(url).update_query_dict(tokyo).render_as_string(hide_password=False)
+    # libpq sends it as the session's TimeZone (a parameter poolers pass on, too).
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
     with JobQueue(url, table=table) as q:
         q.enqueue("image", {})
         q.fail(q.claim("w")[0], "boom", retry_in=0)  # a retry
