@@ -75,6 +75,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     a later one ends the process at once."""
     import asyncio
 
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(main)  # signal handlers belong to the main thread
     loop_and_task: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
     cancelled = False
 
