@@ -57,7 +57,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
     }
-    env.update(COLUMNS="200", NO_COLOR="1", **extra)
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", **extra})
     return env
 
 
@@ -123,7 +123,7 @@ def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Wo
 # -- the main flow, on both databases ---------------------------------------------------
 
 
-def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
+def test_migrate_then_create_inspect_cancel_retry(jq: Run, db_url: str, table_name: str) -> None:
     migrated = jq("migrate")
     assert migrated.code == 0, migrated.err
     assert "at revision" in migrated.out
@@ -170,7 +170,12 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
     assert [j["id"] for j in json.loads(listed.out)] == [job_id]
 
     assert jq("cancel", job_id).code == 0
-    jq("cancel", job_id).one_line_error(1, "cannot move from cancelled to cancelled")
+    again = jq("cancel", job_id)  # what the user wanted is the case: say so, no error
+    assert (again.code, again.out.strip(), again.err) == (
+        0,
+        f"job {job_id} is already cancelled",
+        "",
+    )
     cancelled = jq("status", job_id)
     cancelled.one_line_error(1, job_id, "ended cancelled")
     assert "cancelled" in cancelled.out  # the details are still shown
@@ -178,6 +183,10 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run) -> None:
     retried = jq("retry", job_id)
     assert retried.code == 0, retried.err
     assert "pending again" in retried.out
+
+    with JobQueue(db_url, table=table_name) as q:
+        q.complete(q.claim("w")[0], {"done": True})
+    jq("cancel", job_id).one_line_error(1, "cannot move from completed to cancelled")
 
 
 def test_worker_runs_a_generated_job_then_stats_and_prune(
@@ -302,8 +311,27 @@ def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
         (["list", "--since", "3 fortnights"], 2, ["not a duration", "jobqueue list --help"]),
         (["list", "--status", "stuck"], 2, ["'stuck' is not one of"]),
         (["--table", "jobs; drop", "list"], 2, ["invalid table name"]),
+        (["generate", " "], 2, ["the prompt is empty", 'jobqueue generate "a red fox']),
+        (
+            ["enqueue", "image", "--payload", '{"promt": "a cat"}'],
+            2,
+            ["no 'prompt' field", "it has 'promt'", '{"prompt": "a red fox'],
+        ),
+        (["enqueue", "image"], 2, ["image job's payload has no 'prompt' field"]),
+        (["enqueue", "image", "--payload", '{"prompt": 7}'], 2, ["prompt must be text, not int"]),
     ],
-    ids=["bad-json", "malformed-id", "unknown-id", "bad-duration", "bad-status", "bad-table"],
+    ids=[
+        "bad-json",
+        "malformed-id",
+        "unknown-id",
+        "bad-duration",
+        "bad-status",
+        "bad-table",
+        "empty-prompt",
+        "misspelt-prompt",
+        "no-prompt",
+        "number-prompt",
+    ],
 )
 def test_bad_input_is_one_clear_line(
     sq: Run, args: list[str], code: int, fragments: list[str]
@@ -318,6 +346,37 @@ def test_unreachable_or_unsupported_database_is_one_line(run: Run) -> None:
     run("--database-url", "mysql://app:hunter2@db/app", "list").one_line_error(
         2, "unsupported database 'mysql'", "sqlite:///"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "postgresql:/one-slash", "postgresql://app:hunter2@db:port/app", "sqlite//x.db"],
+)
+def test_a_malformed_database_url_is_a_usage_error(run: Run, url: str) -> None:
+    line = run("--database-url", url, "list").one_line_error(
+        2, "--database-url: not a database URL", "postgresql://user@host/dbname"
+    )
+    assert "hunter2" not in line and "unexpected" not in line
+    run("list", env=clean_env(JOBQUEUE_DATABASE_URL=url)).one_line_error(
+        2, "JOBQUEUE_DATABASE_URL: not a database URL"
+    )
+
+
+def test_demo_help_shows_how_to_give_it_a_database(run: Run, tmp_path: Path) -> None:
+    shown = run("demo", "--help")
+    assert shown.code == 0, shown.err
+    assert "jobqueue --database-url URL demo" in " ".join(shown.out.split())
+    # As the help says, and nothing else: the option after the command is refused, naming
+    # where it goes.
+    run("demo", "--database-url", "sqlite:///mine.db").one_line_error(
+        2, "No such option", "jobqueue --database-url … demo"
+    )
+    done = run(
+        "--database-url", "sqlite:///mine.db", "demo", "--jobs", "1", "--delay", "0",
+        env=clean_env(JOBQUEUE_DATABASE_URL="not a url, and not used by the demo"),
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert (tmp_path / "mine.db").exists() and not (tmp_path / "jobqueue-demo.db").exists()
 
 
 def test_debug_shows_the_traceback(sq: Run) -> None:
@@ -346,6 +405,61 @@ def test_reap_and_check_find_a_job_whose_worker_vanished(
     assert listed.code == 0, listed.err
     (row,) = [line for line in listed.out.splitlines() if str(job.id) in line]
     assert "pending" in row and "1/3" in row  # status, attempts
+
+
+LONG_URL = "https://cdn.example.com/generated/2026/11/29/" + "0123456789abcdef" * 4 + "/image-0.png"
+LONG_ERROR = "ProviderError: the provider answered 500 Internal Server Error " + "again " * 20
+
+
+@pytest.fixture
+def listed_jobs(jobqueue_sqlite_url: str, table_name: str) -> dict[str, str]:
+    """Jobs of every kind of row `jobqueue list` shows, with long values: status by id."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+    with JobQueue(jobqueue_sqlite_url, table=table_name) as q:
+        q.enqueue("a-rather-long-job-kind-name-for-thumbnails", {}, queue="media-" + "x" * 60)
+        done, failed, running = (q.enqueue("image", {"prompt": f"p{i}"}) for i in range(3))
+        held = {j.id: j for j in q.claim("w", limit=3)}
+        q.complete(held[done.id], {"images": [LONG_URL, LONG_URL]}, LONG_URL)
+        q.fail(held[failed.id], LONG_ERROR, retry=False)
+        q.set_progress(held[running.id], 40, "waiting for the provider " * 5)
+        return {str(j.id): j.status.value for j in q.list()}
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_list_fits_the_terminal_one_line_per_job(
+    sq: Run, listed_jobs: dict[str, str], columns: int
+) -> None:
+    from rich.cells import cell_len
+
+    listed = sq("list", env=clean_env(COLUMNS=str(columns)))
+    assert listed.code == 0, listed.err
+    lines = listed.out.rstrip("\n").splitlines()
+    assert all(cell_len(line) <= columns for line in lines), listed.out
+    header, _rule, *rows = lines
+    assert len(rows) == len(listed_jobs), listed.out  # no cell wrapped onto a line of its own
+    for row, (job_id, status) in zip(rows, listed_jobs.items(), strict=True):
+        assert row.startswith(job_id) and f" {status} " in row, row  # the whole id, to copy
+    completed = next(r for r in rows if " completed " in r)
+    url = completed.split()[-1]  # cut in the middle: where it is and which file stay
+    assert url.startswith("https://cdn.exam") and url.endswith("…/image-0.png"), completed
+    failed = next(r for r in rows if " failed " in r)
+    assert "ProviderError: the provider" in failed and failed.rstrip().endswith("…")
+    running = next(r for r in rows if " processing " in r)
+    assert "40%" in running
+    assert "result / error" in header
+    if columns == 120:
+        assert {"created", "kind"} <= set(header.split()), header
+
+
+def test_list_wide_shows_every_column_in_full(sq: Run, listed_jobs: dict[str, str]) -> None:
+    listed = sq("list", "--wide", env=clean_env(COLUMNS="80"))
+    assert listed.code == 0, listed.err
+    header, _rule, *rows = listed.out.rstrip("\n").splitlines()
+    assert header.split()[:2] == ["id", "status"] and "queue" in header and "took" in header
+    assert len(rows) == len(listed_jobs)
+    assert any(LONG_URL in row for row in rows)
+    assert any(" ".join(LONG_ERROR.split()) in row for row in rows)
+    assert any("media-" + "x" * 60 in row for row in rows)
 
 
 def test_check_passes_on_a_good_setup(sq: Run) -> None:
@@ -392,8 +506,29 @@ def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
     )
     migrated = run("migrate")
     assert migrated.code == 0, migrated.err
-    assert "sqlite:///from-dotenv.db (table dotenv_jobs)" in migrated.out
+    assert f"SQLite file {tmp_path / 'from-dotenv.db'} (table dotenv_jobs)" in migrated.out
     assert (tmp_path / "from-dotenv.db").exists()
+
+
+def test_every_banner_names_the_sqlite_file_by_its_absolute_path(
+    run: Run, tmp_path: Path
+) -> None:
+    """The default URL is relative (./jobqueue.db): run from two directories, it is two
+    databases, so every command that starts work says which file it uses."""
+    where = f"SQLite file {tmp_path / 'jobqueue.db'}"
+    assert where in run("migrate").out
+    checked = run("check", env=clean_env(MOCK_AI="true"))
+    assert f"reachable: {where}" in checked.out, checked.out
+    job_id = run("generate", "a fox").out.strip()
+    with worker_running(tmp_path, ()) as worker:  # until it ran the job, so it has started
+        assert run("status", job_id, "--watch", "--interval", "0.2").code == 0
+    banner = worker.output[1].splitlines()[0]
+    assert banner.startswith(f"jobqueue worker: database {where} (table generation_jobs)")
+    assert "polling every 0.2s" in banner and "LISTEN/NOTIFY" not in banner, banner
+    demo = run("--database-url", "sqlite:///jobqueue.db", "demo", "--jobs", "1", "--delay", "0")
+    assert demo.code == 0, demo.err
+    assert f"in {where}" in demo.out
+    assert f"jobqueue --database-url sqlite:///{tmp_path / 'jobqueue.db'} list" in demo.out
 
 
 def test_dot_env_is_read_from_the_working_directory_only(tmp_path: Path) -> None:

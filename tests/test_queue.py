@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +18,7 @@ from jobqueue import (
     InvalidJobId,
     InvalidTransition,
     JobNotFound,
+    JobQueue,
     LeaseLost,
     NewJob,
     PayloadError,
@@ -284,11 +289,55 @@ async def test_retry_requeues_failed_and_cancelled_jobs(q: Either) -> None:
 async def test_release_gives_the_job_back_without_spending_an_attempt(q: Either) -> None:
     await q.enqueue("image", {}, max_attempts=1)
     (job,) = await q.claim("w")
+    await q.set_progress(job, 60, "halfway")
     released = await q.release(job, "worker shutting down")
     assert released.status is Status.PENDING and released.locked_by is None
-    assert released.max_attempts == 2 and released.attempts == 1
+    # The attempt is given back, the job's own limit stays, the progress starts over.
+    assert (released.attempts, released.max_attempts) == (0, 1)
+    assert (released.progress, released.progress_message) == (0, None)
+    assert released.errors[-1]["attempt"] == 1
+    assert released.errors[-1]["error"] == "worker shutting down"
     (again,) = await q.claim("w")
-    assert again.attempts == 2
+    assert (again.attempts, again.max_attempts) == (1, 1)
+
+
+async def test_a_released_claim_can_write_nothing_once_the_job_is_claimed_again(
+    q: Either,
+) -> None:
+    """The attempt number goes back down on release, so the next claim (here by the very
+    same worker id) has the number of the released one again: the fence still tells them
+    apart, for every write a worker makes."""
+    await q.enqueue("image", {})
+    (stale,) = await q.claim("w")
+    await q.release(stale, "stopping")
+    (fresh,) = await q.claim("w")  # the same worker id, at once (same clock tick, likely)
+    assert (fresh.id, fresh.attempts, fresh.locked_by) == (stale.id, stale.attempts, "w")
+    assert fresh.started_at is not None and stale.started_at is not None
+    assert fresh.started_at > stale.started_at
+    await q.set_progress(fresh, 30, "fresh")
+    await q.remember_task(fresh, "fresh-task")
+    before = await q.get(fresh.id)
+
+    for write in (
+        q.set_progress(stale, 90, "stale"),
+        q.remember_task(stale, "stale-task"),
+        q.heartbeat(stale),
+        q.complete(stale, {"stale": True}, "https://stale.example/1.png"),
+        q.fail(stale, "stale failure"),
+        q.fail(stale, "stale failure", retry=False),
+        q.release(stale, "stale release"),
+    ):
+        with pytest.raises(LeaseLost, match="a later claim: this one was released"):
+            await write
+    assert await q.heartbeat_many("w", [stale]) == set()
+    assert await q.complete_many([Completion(stale, {"stale": True})]) == set()
+    written, claimed = await q.complete_and_claim([Completion(stale, {"stale": 1})], "w", limit=1)
+    assert (written, claimed) == (set(), [])
+    assert await q.get(fresh.id) == before  # not one column changed
+
+    assert await q.heartbeat_many("w", [stale, fresh]) == {fresh.id}
+    done = await q.complete(fresh, {"fresh": True})
+    assert (done.status, done.result, done.progress) == (Status.COMPLETED, {"fresh": True}, 100)
 
 
 async def test_reap_requeues_or_fails_expired_jobs(q: Either) -> None:
@@ -442,3 +491,54 @@ async def test_a_result_that_is_not_json_is_refused_and_the_job_still_held(q: Ei
         await q.complete(job, {"bad": {1, 2}})
     assert (await q.get(job.id)).status is Status.PROCESSING
     assert (await q.complete(job, {"good": 1})).status is Status.COMPLETED
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
+
+
+def test_error_times_are_iso_8601_utc_on_every_backend(
+    migrated: tuple[str, str],
+    raw_sql: Callable[..., list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As stored, not only as read: other clients (psql, Supabase) read the column too. On
+    PostgreSQL the session's time zone is not UTC, which used to show in the text."""
+    url, table = migrated
+    # libpq sends it as the session's TimeZone (a parameter poolers pass on, too).
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    with JobQueue(url, table=table) as q:
+        q.enqueue("image", {})
+        q.fail(q.claim("w")[0], "boom", retry_in=0)  # a retry
+        q.release(q.claim("w")[0], "stopping")  # a release
+        q.claim("w", lease=0.001)
+        time.sleep(0.05)
+        q.claim("w")  # a lost lease, recorded by the next claim
+        q.fail(q.list(status="processing")[0], "boom again")
+    (stored,) = raw_sql(f"SELECT errors FROM {table}")
+    errors = json.loads(stored[0]) if isinstance(stored[0], str) else stored[0]
+    # Attempt 2 is released (given back), claimed again and its lease lost.
+    assert [e["attempt"] for e in errors] == [1, 2, 2, 3], errors
+    for entry in errors:
+        assert ISO_UTC.fullmatch(entry["at"]), entry
+        at = datetime.fromisoformat(entry["at"])
+        assert abs((datetime.now(UTC) - at).total_seconds()) < 300, entry
+
+
+async def test_error_times_written_before_read_in_the_one_format(
+    q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
+) -> None:
+    job = await q.enqueue("image", {})
+    old = [
+        {"attempt": 1, "at": "2026-11-29 07:05:48.123000", "error": "SQLite's clock text"},
+        {"attempt": 2, "at": "2026-11-29T08:05:48.123456+01:00", "error": "a session zone"},
+        {"attempt": 3, "at": "not a time", "error": "left as it is"},
+    ]
+    value = "CAST(:e AS jsonb)" if migrated[0].startswith("postgresql") else ":e"
+    raw_sql(f"UPDATE {migrated[1]} SET errors = {value}", e=json.dumps(old))
+    read = await q.get(job.id)
+    assert [e["at"] for e in read.errors] == [
+        "2026-11-29T07:05:48.123000+00:00",
+        "2026-11-29T07:05:48.123456+00:00",
+        "not a time",
+    ]
+    assert (await q.list())[0].errors == read.errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,20 +37,22 @@ def test_claim_locks_without_waiting_only_on_postgres(dialect: str) -> None:
 def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
     s = Statements(jobs_table(), dialect)
     jid = uuid.uuid4()
+    started = datetime.now(UTC)
     for stmt in (
-        s.complete(jid, 2, None, None),
-        s.fail(jid, 2, "e", None),
-        s.fail(jid, 2, "e", 5.0),
-        s.heartbeat(jid, 2, 30),
-        s.set_progress(jid, 2, 5, None),
-        s.remember(jid, 2, "t"),
-        s.release(jid, 2, "r"),
+        s.complete(jid, 2, started, None, None),
+        s.fail(jid, 2, started, "e", None),
+        s.fail(jid, 2, started, "e", 5.0),
+        s.heartbeat(jid, 2, started, 30),
+        s.set_progress(jid, 2, started, 5, None),
+        s.remember(jid, 2, started, "t"),
+        s.release(jid, 2, started, "r"),
     ):
         sql = compiled(stmt, dialect)
         where = sql.split("WHERE", 1)[1]
         for column in (
             "generation_jobs.id =",
             "generation_jobs.attempts =",
+            "generation_jobs.started_at =",
             "generation_jobs.status =",
         ):
             assert column in where
@@ -70,6 +73,7 @@ def test_batched_completion_is_one_statement_with_the_same_fence(dialect: str) -
     sql = compiled(stmt, dialect)
     assert sql.count("UPDATE") == 1
     assert "generation_jobs.attempts = batch.attempt" in sql
+    assert "generation_jobs.started_at = batch.started" in sql
     assert "generation_jobs.status =" in sql
 
 

@@ -41,6 +41,24 @@ def test_without_postgres_or_docker_the_fixture_skips_with_the_reason(tmp_path: 
     assert "JOBQUEUE_TEST_POSTGRES_URL" in result.stdout and "Docker" in result.stdout
 
 
+def test_without_postgres_the_reason_is_one_summary_line_not_one_per_test(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_more.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.parametrize('n', range(3))\n"
+        "def test_one(jobqueue_postgres_url, n):\n    pass\n\n"
+        "def test_two(jobqueue_postgres_server_url):\n    pass\n"
+    )
+    result = _run_host_suite(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 skipped" in result.stdout, result.stdout
+    reasons = [line for line in result.stdout.splitlines() if "need a server" in line]
+    assert len(reasons) == 1, result.stdout
+    assert reasons[0].startswith("SKIPPED [5] "), reasons[0]
+    assert "PostgresUnavailable" not in reasons[0]
+
+
 def test_when_postgres_is_required_the_fixture_fails_instead(tmp_path: Path) -> None:
     result = _run_host_suite(tmp_path, JOBQUEUE_REQUIRE_POSTGRES="1")
     assert result.returncode == 1

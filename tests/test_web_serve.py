@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobqueue import ConfigurationError, migrate
+from jobqueue import ConfigurationError, JobQueue, migrate
 from jobqueue.web.serve import load_identify
 
 STARTUP_TIMEOUT = 30.0
@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def jobqueue_serve(tmp_path: Path, *args: str) -> Iterator[str]:
+def jobqueue_serve(tmp_path: Path, *args: str, output: list[str] | None = None) -> Iterator[str]:
+    """`jobqueue serve` on a free port until SIGINT; its output goes to ``output``."""
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     migrate(url)
     port = free_port()
@@ -66,11 +67,13 @@ def jobqueue_serve(tmp_path: Path, *args: str) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            output, _ = proc.communicate(timeout=40)
+            printed, _ = proc.communicate(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
-            output, _ = proc.communicate()
-    assert proc.returncode == 0, output
+            printed, _ = proc.communicate()
+        if output is not None:
+            output.append(printed)
+    assert proc.returncode == 0, printed
 
 
 def wait_status(client: httpx.Client, job_id: str, wanted: str) -> dict[str, object]:
@@ -84,7 +87,8 @@ def wait_status(client: httpx.Client, job_id: str, wanted: str) -> dict[str, obj
 
 
 def test_serve_runs_the_api_with_a_worker(tmp_path: Path) -> None:
-    with jobqueue_serve(tmp_path) as base, httpx.Client(base_url=base) as client:
+    output: list[str] = []
+    with jobqueue_serve(tmp_path, output=output) as base, httpx.Client(base_url=base) as client:
         page = client.get("/")
         assert page.status_code == 200 and "Generate" in page.text
         assert "jobqueue_owner=" in page.headers["set-cookie"]
@@ -96,6 +100,34 @@ def test_serve_runs_the_api_with_a_worker(tmp_path: Path) -> None:
         assert created.status_code == 202
         job = wait_status(client, created.json()["id"], "completed")
         assert str(job["preview_url"]).endswith(".svg")
+    banner = output[0].splitlines()[0]
+    assert banner.startswith("jobqueue serve: http://127.0.0.1:"), banner
+    assert "worker on (generator: mock)" in banner, banner
+    assert f"database SQLite file {tmp_path / 'serve.db'} (table" in banner, banner
+
+
+def test_serve_on_a_busy_port_is_one_line_and_claims_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    migrate(url)
+    with JobQueue(url) as q:
+        waiting = q.enqueue("image", {"prompt": "must stay pending"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "JOBQUEUE_DATABASE_URL": url, "MOCK_AI": "true"}
+        done = subprocess.run(
+            [sys.executable, "-m", "jobqueue", "serve", "--port", str(port)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1:{port}: "), line
+    assert "pick another --port" in line
+    with JobQueue(url) as q:
+        job = q.get(waiting.id)
+    assert (job.status.value, job.attempts) == ("pending", 0)  # no worker ever claimed it
 
 
 def test_serve_without_worker_only_enqueues(tmp_path: Path) -> None:

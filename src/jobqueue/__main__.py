@@ -1,5 +1,5 @@
 """``python -m jobqueue`` runs the ``jobqueue`` command."""
 
-from .cli import main
+from ._console import main
 
 main()

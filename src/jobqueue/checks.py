@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .database import describe_url
+from .database import describe_database, sqlite_path
 from .errors import ConfigurationError, JobQueueError, PermissionDenied
 from .queue import JobQueue
 from .schema import DEFAULT_TABLE, Status
@@ -31,13 +31,8 @@ class Check:
 
 def sqlite_file_missing(url: str) -> Path | None:
     """The path of a SQLite database file that does not exist (connecting would create it)."""
-    from sqlalchemy import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    path = Path(u.database)
-    return None if path.exists() else path
+    path = sqlite_path(url)
+    return None if path is None or path.exists() else path
 
 
 def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> list[Check]:
@@ -62,7 +57,7 @@ def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = Non
         except PermissionDenied:
             # A worker role granted the jobs table only (docs/supabase.md) may not read our
             # version table: the database answered, so look at the jobs themselves.
-            checks.append(Check("database", "ok", f"reachable: {describe_url(url)}"))
+            checks.append(Check("database", "ok", f"reachable: {describe_database(url)}"))
             checks.append(
                 Check(
                     "schema",
@@ -77,7 +72,7 @@ def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = Non
         except JobQueueError as exc:
             checks.append(Check("database", "fail", exc.message, exc.hint))
         else:
-            checks.append(Check("database", "ok", f"reachable: {describe_url(url)}"))
+            checks.append(Check("database", "ok", f"reachable: {describe_database(url)}"))
     if state is None:
         checks.append(Check("schema", "skip", "needs a reachable database"))
     elif not state.installed:

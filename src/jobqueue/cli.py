@@ -16,7 +16,6 @@ before the options (`jobqueue.config.load_env_file`, the rule `Settings` follows
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -32,11 +31,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
-from .database import DEFAULT_URL, URL_ENV, describe_url, redact
+from ._console import closing, run_async
+from .database import DEFAULT_URL, URL_ENV, describe_database, redact
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
     InvalidJobId,
+    InvalidTransition,
     JobFailed,
     JobQueueError,
     PayloadError,
@@ -192,7 +193,7 @@ class Env:
     def where(self) -> str:
         """The database and table, safe to print (no password)."""
         table = f"{self.schema}.{self.table}" if self.schema else self.table
-        return f"{describe_url(self.url)} (table {table})"
+        return f"{describe_database(self.url)} (table {table})"
 
     def require_database(self) -> None:
         """Refuse a SQLite file that does not exist: connecting would create an empty one
@@ -294,16 +295,36 @@ def cli(
     if schema:
         validate_identifier(schema, "schema name")
     source = ctx.get_parameter_source("database_url")
+    url_given = database_url is not None and source is click.core.ParameterSource.COMMANDLINE
+    if database_url and (url_given or ctx.invoked_subcommand not in _NO_URL_FROM_ENV):
+        _check_url(database_url, url_given)
     ctx.obj = Env(
         url=database_url or DEFAULT_URL,
         table=table,
         schema=schema or None,
         debug=debug,
-        url_given=database_url is not None and source is click.core.ParameterSource.COMMANDLINE,
+        url_given=url_given,
     )
 
 
 pass_env = click.make_pass_decorator(Env)
+
+
+#: Commands that do not use JOBQUEUE_DATABASE_URL (only a --database-url typed before them).
+_NO_URL_FROM_ENV = ("demo", "sql")
+
+
+def _check_url(url: str, given: bool) -> None:
+    """A URL that cannot be parsed is a usage error before any command runs, named by
+    where it came from (the option, or the environment / .env)."""
+    from .database import normalise_url
+
+    try:
+        normalise_url(url, asynchronous=False)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{'--database-url' if given else URL_ENV}: {exc.message}", hint=exc.hint
+        ) from None
 
 
 # -- set-up: migrate, sql, check --------------------------------------------------------
@@ -529,10 +550,12 @@ def worker_command(
     runs = settings.describe() if generator else "generator: none (no image kind)"
     if app:
         runs += f"; app {app} (kinds {', '.join(registry)})"
+    polling = f"polling every {_format_duration(poll_interval)}"
+    if _backend(env.url) == "postgresql":  # LISTEN/NOTIFY is PostgreSQL's alone
+        polling = "LISTEN/NOTIFY on" if listen else f"LISTEN/NOTIFY off, {polling}"
     console.print(
         f"jobqueue worker: database {env.where}; {runs}; "
-        f"queues {', '.join(queues)}; concurrency {concurrency}; "
-        f"LISTEN/NOTIFY {'on' if listen else 'off'}",
+        f"queues {', '.join(queues)}; concurrency {concurrency}; {polling}",
         soft_wrap=True,
         markup=False,
     )
@@ -545,7 +568,7 @@ def worker_command(
             markup=False,
         )
     _setup_logging(env.debug, console)
-    asyncio.run(
+    run_async(
         _run_worker(
             env,
             registry,
@@ -570,6 +593,13 @@ def _looks_like_transaction_pooler(url: str) -> bool:
 
     u = make_url(url)
     return u.get_backend_name() == "postgresql" and u.port in (6543, 6432)
+
+
+def _backend(url: str) -> str:
+    """``postgresql`` or ``sqlite`` (the URL was checked when the command started)."""
+    from .database import normalise_url
+
+    return normalise_url(url, asynchronous=False).get_backend_name()
 
 
 def _worker_kinds(app: str | None, settings: Settings) -> tuple[Registry, Generator | None]:
@@ -609,6 +639,7 @@ async def _run_worker(
         worker.install_signal_handlers()
         await worker.run()
     finally:
+        closing()
         if generator is not None:
             await generator.aclose()
         await queue.close()
@@ -643,7 +674,7 @@ def serve_command(
     with --no-worker only the API runs (production: scale `jobqueue worker` separately).
     """
     try:
-        from .web.serve import load_identify, serve
+        from .web.serve import listen_on, load_identify, serve
     except ImportError as exc:
         raise ConfigurationError(
             f"the web extra is not installed ({exc.name} is missing)",
@@ -652,13 +683,17 @@ def serve_command(
     from .config import Settings
 
     hook = load_identify(identify) if identify else None
-    generator = None if no_worker else Settings.from_env().generator()
+    settings = Settings.from_env()
+    generator = None if no_worker else settings.generator()
     _require_schema(env)
+    sock = listen_on(host, port)  # before the worker starts, and before any output
     console = Console(stderr=True, highlight=False)
     _setup_logging(env.debug, console)
+    worker = "off"
+    if generator is not None:
+        worker = f"on ({settings.describe()}), concurrency {concurrency}"
     console.print(
-        f"jobqueue serve: http://{host}:{port}/ database {env.where}; "
-        f"worker {'off' if generator is None else f'on, concurrency {concurrency}'}",
+        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}",
         soft_wrap=True,
         markup=False,
     )
@@ -668,14 +703,15 @@ def serve_command(
         try:
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
-                identify=hook, log_level="debug" if env.debug else "info",
+                identify=hook, log_level="debug" if env.debug else "info", sock=sock,
             )  # fmt: skip
         finally:
+            closing()
             if generator is not None:
                 await generator.aclose()
             await queue.close()
 
-    asyncio.run(run())
+    run_async(run())
 
 
 # -- producers: enqueue, generate -------------------------------------------------------
@@ -775,6 +811,10 @@ def enqueue_command(env: Env, /, kind: str, payload: str, app: str | None, **opt
         ) from None
     if app:
         options = _with_app_defaults(app, kind, options)
+    from .generators.base import IMAGE_KIND, GenerationRequest
+
+    if kind == IMAGE_KIND:  # the one kind whose payload we know: refuse it before the worker
+        GenerationRequest.from_payload(data)
     _create(env, kind, data, **options)
 
 
@@ -848,7 +888,12 @@ def generate_command(
     """Create an image generation job for PROMPT and print its id at once."""
     from .generators.base import IMAGE_KIND, GenerationRequest
 
-    request = GenerationRequest(prompt, model, images, _key_values(extra))
+    provider_options = _key_values(extra)
+    try:
+        request = GenerationRequest(prompt, model, images, provider_options)
+    except PayloadError as exc:  # the prompt: show how to give it here
+        hint = 'e.g. jobqueue generate "a red fox in the snow"'
+        raise PayloadError(exc.message, hint=hint) from None
     _create(env, IMAGE_KIND, request.to_payload(), **options)
 
 
@@ -967,6 +1012,9 @@ def status_command(env: Env, job_id: str, watch: bool, interval: timedelta, as_j
     show_default=True,
     help="At most this many, newest first.",
 )
+@click.option(
+    "--wide", is_flag=True, help="Every column in full, however wide (the terminal wraps it)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @pass_env
 def list_command(
@@ -977,9 +1025,11 @@ def list_command(
     kind: str | None,
     since: timedelta | None,
     limit: int,
+    wide: bool,
     as_json: bool,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first: as many columns as fit the terminal, one line per job
+    (long results cut short); --wide for all of them, --json for everything."""
     from .display import jobs_table
 
     with env.queue() as q:
@@ -996,7 +1046,13 @@ def list_command(
     elif not jobs:
         out().print("No jobs match.")
     else:
-        out().print(jobs_table(jobs))
+        console = out()
+        table = jobs_table(jobs, width=console.width, wide=wide)
+        if wide:  # rows as long as they are, not squeezed into the terminal
+            unbounded = console.options.update_width(1_000_000)
+            full = console.measure(table, options=unbounded).maximum
+            console = Console(highlight=False, width=max(console.width, full))
+        console.print(table)
 
 
 @cli.command("stats")
@@ -1033,9 +1089,17 @@ def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
 @click.argument("job_id", metavar="ID")
 @pass_env
 def cancel_command(env: Env, job_id: str) -> None:
-    """Cancel a pending or running job (its worker stops the handler)."""
+    """Cancel a pending or running job (its worker stops the handler). A job already
+    cancelled is left as it is (exit code 0); a finished one is refused (1)."""
     with env.queue() as q:
-        job = q.cancel(job_id)
+        try:
+            job = q.cancel(job_id)
+        except InvalidTransition:
+            job = q.get(job_id)
+            if job.status is not Status.CANCELLED:
+                raise
+            out().print(f"job {job.id} is already cancelled", markup=False)
+            return
     out().print(f"cancelled job {job.id}", markup=False)
 
 
@@ -1150,13 +1214,14 @@ def workers_command(env: Env, as_json: bool) -> None:
 def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
     """Watch jobs run: a batch of mock image jobs on SQLite, a worker in this process.
 
-    Uses ./jobqueue-demo.db unless --database-url is given on the command line; leaves
-    nothing else behind.
+    Uses ./jobqueue-demo.db and leaves nothing else behind. To use another database, name
+    it before the command: `jobqueue --database-url URL demo` (JOBQUEUE_DATABASE_URL and
+    .env are ignored here, so the demo never writes into your own database by accident).
     """
     from .demo import DEMO_URL, run_demo
 
     url = env.url if env.url_given else DEMO_URL
-    results = asyncio.run(
+    results = run_async(
         run_demo(
             url,
             table=env.table,
@@ -1172,6 +1237,11 @@ def demo_command(env: Env, jobs: int, concurrency: int, delay: float) -> None:
 
 
 # -- entry point ------------------------------------------------------------------------
+
+
+def cli_option_names() -> set[str]:
+    """The options of `cli` itself (``--database-url``, ``--table`` …)."""
+    return {name for param in cli.params for name in getattr(param, "opts", ())}
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -1190,12 +1260,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "jobqueue"
-        click.echo(f"Error: {one_line(exc.format_message())} — see `{where} --help`", err=True)
+        fix = f"see `{where} --help`"
+        if isinstance(exc, click.NoSuchOption) and exc.option_name in cli_option_names():
+            command = where.removeprefix("jobqueue ")
+            fix = f"it goes before the command: jobqueue {exc.option_name} … {command}"
+        click.echo(f"Error: {one_line(exc.format_message())} — {fix}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"Error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.Abort:  # Ctrl-C (or EOF at a prompt)
+        from ._console import interrupted
+
+        interrupted()
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
@@ -302,6 +303,28 @@ def describe_url(url: str | URL) -> str:
     except (sa_exc.ArgumentError, ValueError):
         return redact(str(url))
     return redact(u.render_as_string(hide_password=True))
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The absolute path of a SQLite database file (None for other databases and memory).
+
+    A relative ``sqlite:///jobqueue.db`` is a different file in every working directory:
+    shown absolute, two directories are not silently two databases.
+    """
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except (sa_exc.ArgumentError, ValueError):
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).absolute()
+
+
+def describe_database(url: str | URL) -> str:
+    """Which database ``url`` is, safe to print: a SQLite file by its absolute path, any
+    other database by its URL without the password (`describe_url`)."""
+    path = sqlite_path(url)
+    return f"SQLite file {path}" if path is not None else describe_url(url)
 
 
 #: The longest `describe_error` answer: enough for any useful first line, short enough for logs.

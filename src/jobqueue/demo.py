@@ -12,7 +12,8 @@ import asyncio
 
 from rich.console import Console
 
-from .database import describe_url
+from ._console import closing
+from .database import describe_database, describe_url, sqlite_path
 from .display import JobBars, stats_table
 from .generators.base import IMAGE_KIND, GenerationRequest
 from .generators.mock import MockGenerator
@@ -65,7 +66,10 @@ async def run_demo(
 
     await asyncio.to_thread(migrate, url, table=table, schema=schema)
     queue = AsyncJobQueue(url, table=table, schema=schema)
-    shown = describe_url(url)  # printed twice below: never with its password
+    shown = describe_database(url)  # never with its password; a SQLite file's whole path
+    # The command to look around, from any directory: a SQLite file by its absolute path.
+    path = sqlite_path(url)
+    again = describe_url(f"sqlite:///{path}" if path is not None else url)
     generator = MockGenerator(delay=delay, steps=5)
     try:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(jobs)]
@@ -104,13 +108,14 @@ async def run_demo(
             await running
         stats = await queue.stats()
     finally:
+        closing()
         await generator.aclose()
         await queue.close()
     console.print(stats_table(stats, title="Jobs created in the last day (jobqueue stats)"))
     finished = sum(1 for j in latest if j.status is Status.COMPLETED)
     console.print(
         f"{finished} of {len(latest)} jobs completed. Look around with "
-        f"`jobqueue --database-url {shown} list` or `... status ID`; run your own with "
+        f"`jobqueue --database-url {again} list` or `... status ID`; run your own with "
         '`jobqueue migrate`, `jobqueue worker` and `jobqueue generate "a prompt"`.',
         soft_wrap=True,
         markup=False,

@@ -74,6 +74,16 @@ def _not_a_time(value: object) -> datetime:
     return END_OF_TIME if isinstance(value, bytes) else START_OF_TIME
 
 
+def sqlite_time(value: datetime) -> str:
+    """A time as SQLite stores it (`UTCDateTime`, and the clock's `SQLITE_NOW` text): UTC,
+    to the microsecond, in SQLAlchemy's format, so it compares equal as text."""
+    v = value.astimezone(UTC) if value.tzinfo is not None else value
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
+
+
 class SQLiteJSON(JSON):
     """JSON declared ``TEXT`` on SQLite.
 
@@ -164,6 +174,59 @@ def _finite_sqlite(element: Finite, compiler: SQLCompiler, **kw: Any) -> str:
     (column,) = element.clauses
     value = compiler.process(column, **kw)
     return f"({value} IS NULL OR julianday({value}) IS NOT NULL)"
+
+
+class DbNowText(FunctionElement[Any]):
+    """The database's current time as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``:
+    the ``at`` of an ``errors`` entry, written the same on every backend (SQLite's clock
+    counts milliseconds, so its last three digits are zeros)."""
+
+    inherit_cache = True
+
+
+@compiles(DbNowText, "postgresql")
+def _now_text_pg(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
+    # Not the timestamp itself: JSON would write it in the session's time zone.
+    return (
+        "to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    )
+
+
+@compiles(DbNowText)
+def _now_text_sqlite(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now')"
+
+
+class DbNowAfter(FunctionElement[Any]):
+    """The database's current UTC time, or just after ``column`` (a time) when that is not
+    earlier: a time later than ``column`` on every clock step and after a clock that
+    went back. NULL ``column`` counts as long ago."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(DbNowAfter, "postgresql")
+def _now_after_pg(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    # GREATEST ignores NULLs; timestamptz counts in microseconds.
+    return (
+        f"GREATEST(clock_timestamp(), {compiler.process(column, **kw)} "
+        "+ interval '1 microsecond')"
+    )
+
+
+@compiles(DbNowAfter)
+def _now_after_sqlite(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    # The clock's text counts in milliseconds; max() of texts in one format is the later
+    # time, and is NULL when any argument is (hence the coalesce).
+    later = f"strftime('%Y-%m-%d %H:%M:%f000', {compiler.process(column, **kw)}, '+0.001 seconds')"
+    return f"max({SQLITE_NOW}, coalesce({later}, ''))"
 
 
 class JsonAppend(FunctionElement[Any]):

@@ -6,14 +6,19 @@ here talks to the database; callers pass `Job` snapshots in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 from uuid import UUID
 
-from rich.console import Console
+from rich import box
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console, ConsoleOptions, JustifyMethod, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     Progress,
@@ -79,30 +84,163 @@ def job_summary(job: Job) -> str:
     return job.progress_message or ""
 
 
-def jobs_table(jobs: Sequence[Job], *, title: str | None = None) -> Table:
-    table = Table(title=title, header_style="bold")
-    table.add_column("id", no_wrap=True, min_width=36)
-    table.add_column("kind")
-    table.add_column("queue")
-    table.add_column("status", no_wrap=True)
-    table.add_column("progress", justify="right")
-    table.add_column("attempts", justify="right")
-    table.add_column("created", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
-    table.add_column("result / error", overflow="fold")
-    for job in jobs:
-        table.add_row(
-            str(job.id),
-            job.kind,
-            job.queue,
-            status_text(job.status),
-            f"{job.progress}%",
-            f"{job.attempts}/{job.max_attempts}",
-            when(job.created_at),
-            seconds(job.duration),
-            job_summary(job),
+#: Columns are added only while the result / error column keeps this many cells.
+RESULT_MIN_WIDTH = 32
+#: Cells between two columns of the jobs table.
+COLUMN_GAP = 2
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    cell: Callable[[Job], str | Text]
+    justify: JustifyMethod = "left"
+
+
+def _short_when(value: datetime | None) -> str:
+    """`when` without the year and seconds (the year when it is not this one)."""
+    if value is None:
+        return "-"
+    local = value.astimezone()
+    if local.year != datetime.now().astimezone().year:
+        return local.strftime("%Y-%m-%d")
+    return local.strftime("%m-%d %H:%M")
+
+
+#: The jobs table's columns in table order. Id, status and result / error are always
+#: shown; the others (`_WANTED`, most wanted first) as long as they fit the terminal.
+_COLUMNS: dict[str, tuple[_Column, _Column]] = {
+    # name: (as shown to fit, as shown by --wide)
+    "id": (_Column("id", lambda j: str(j.id)),) * 2,
+    "status": (_Column("status", lambda j: status_text(j.status)),) * 2,
+    "created": (
+        _Column("created", lambda j: _short_when(j.created_at)),
+        _Column("created", lambda j: when(j.created_at)),
+    ),
+    "kind": (_Column("kind", lambda j: j.kind),) * 2,
+    "attempts": (_Column("attempts", lambda j: f"{j.attempts}/{j.max_attempts}", "right"),) * 2,
+    "progress": (_Column("progress", lambda j: f"{j.progress}%", "right"),) * 2,
+    "took": (_Column("took", lambda j: seconds(j.duration), "right"),) * 2,
+    "queue": (_Column("queue", lambda j: j.queue),) * 2,
+    "result / error": (_Column("result / error", lambda j: job_summary(j)),) * 2,
+}
+_ORDER = tuple(_COLUMNS)
+_WANTED = ("created", "kind", "attempts", "progress", "took", "queue")
+#: No single cell of these may take more than this (a 200-character kind or queue name).
+_CELL_CAP = 16
+
+
+def _width(column: _Column, jobs: Sequence[Job]) -> int:
+    """The widest cell of ``column`` (or its header), in terminal cells."""
+    cells = [column.cell(job) for job in jobs]
+    widest = max((cell_len(c.plain if isinstance(c, Text) else c) for c in cells), default=0)
+    return max(widest, cell_len(column.name))
+
+
+def jobs_table(
+    jobs: Sequence[Job], *, width: int = 80, wide: bool = False, title: str | None = None
+) -> Table:
+    """Jobs as a table at most ``width`` cells wide, one line per job.
+
+    Columns are added by how much they are wanted (`_WANTED`) while they fit beside the
+    id, the status and a result / error column of `RESULT_MIN_WIDTH`; long names are cut
+    with an ellipsis, URLs in the middle (their host and file name stay). ``wide`` shows
+    every column in full, however wide that is.
+    """
+    variant = 1 if wide else 0
+    widths = {name: _width(_COLUMNS[name][variant], jobs) for name in _ORDER}
+    if wide:
+        names = set(_ORDER)
+    else:
+        for name in _WANTED:
+            widths[name] = min(widths[name], _CELL_CAP)
+        names = {"id", "status", "result / error"}
+        used = widths["id"] + widths["status"] + 2 * COLUMN_GAP
+        result = min(RESULT_MIN_WIDTH, widths["result / error"])
+        for name in _WANTED:
+            if used + widths[name] + COLUMN_GAP + result <= width:
+                names.add(name)
+                used += widths[name] + COLUMN_GAP
+        # The result / error column takes the rest of the line (what it needs at most).
+        widths["result / error"] = max(1, min(widths["result / error"], width - used))
+    table = Table(
+        title=title,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, COLUMN_GAP - 1, 0, 0),  # with the box's one-cell divider: COLUMN_GAP
+    )
+    chosen = [_COLUMNS[name][variant] for name in _ORDER if name in names]
+    for column in chosen:
+        table.add_column(
+            column.name,
+            justify=column.justify,
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[column.name],
         )
+    for job in jobs:
+        cells: list[Any] = []
+        for column in chosen:
+            value = column.cell(job)
+            if (
+                column.name == "result / error"
+                and "progress" not in names  # it has no column of its own: say it here
+                and job.status is Status.PROCESSING
+            ):
+                value = f"{job.progress}% {value}".rstrip()
+            cells.append(Shortened(value) if isinstance(value, str) else value)
+        table.add_row(*cells)
     return table
+
+
+class Shortened:
+    """Text that fits the width its cell gets on one line: a URL loses the middle of its
+    path (its host and file name stay readable), other text its end, for an ellipsis."""
+
+    def __init__(self, text: str) -> None:
+        self.text = " ".join(text.split())
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        full = cell_len(self.text)
+        return Measurement(min(full, 8), full)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(shorten(self.text, options.max_width), no_wrap=True, overflow="crop")
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal cells with an ellipsis: in the middle of a URL it
+    starts with (the host and the file name stay as long as there is room), at the end of
+    anything else."""
+    if cell_len(text) <= width:
+        return text
+    url, space, rest = text.partition(" ")
+    scheme, sep, after = url.partition("://")
+    host, slash, path = after.partition("/")
+    if sep and slash:
+        head = cell_len(f"{scheme}{sep}{host}/")
+        name = cell_len(path.rpartition("/")[2]) + 1
+        # The rest of the line (" (+2 more)") goes first when the URL needs the room.
+        for after_url in (f"{space}{rest}", ""):
+            room = width - cell_len(after_url) - 1  # one cell for the ellipsis
+            if room >= head + name or (not after_url and room >= 12):
+                tail = max(room - head, min(name, room // 2))
+                return f"{set_cell_size(url, room - tail)}…{_last_cells(url, tail)}{after_url}"
+    return set_cell_size(text, max(0, width - 1)) + "…"[: max(0, width)]
+
+
+def _last_cells(text: str, width: int) -> str:
+    """The end of ``text`` that fits in ``width`` cells."""
+    out: list[str] = []
+    used = 0
+    for char in reversed(text):
+        used += cell_len(char)
+        if used > width:
+            break
+        out.append(char)
+    return "".join(reversed(out))
 
 
 def job_details(job: Job) -> Table:
@@ -142,9 +280,11 @@ def job_details(job: Job) -> Table:
         if not isinstance(entry, dict):  # a client wrote the history: show what it holds
             table.add_row("error history", repr(entry))
             continue
+        at = entry.get("at", "?")
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            at = when(datetime.fromisoformat(at))  # ISO 8601 UTC: shown as local time
         table.add_row(
-            "error history",
-            f"attempt {entry.get('attempt', '?')} at {entry.get('at', '?')}: {entry.get('error')}",
+            "error history", f"attempt {entry.get('attempt', '?')} at {at}: {entry.get('error')}"
         )
     return table
 

@@ -582,16 +582,20 @@ def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Operation[Row]:
     if not state:
         raise JobNotFound(f"cannot {action} job {job.id}: it no longer exists")
     now = state[0]
+    again = ""
+    if now["attempts"] == job.attempts and now["started_at"] != job.started_at:
+        again = " (a later claim: this one was released)"
     raise LeaseLost(
         f"cannot {action} job {job.id} (attempt {job.attempts}): it is now {now['status']}, "
-        f"attempt {now['attempts']}, held by {now['locked_by'] or 'nobody'}",
-        hint="nothing was written; the job's lease expired or it was cancelled or reaped",
+        f"attempt {now['attempts']}{again}, held by {now['locked_by'] or 'nobody'}",
+        hint="nothing was written; the job's lease expired or it was released, cancelled "
+        "or reaped",
     )
 
 
 def heartbeat(s: Statements, job: Job, lease: float) -> Operation[datetime]:
     lease = seconds_of(lease, "lease", low=0.001)
-    rows = yield s.heartbeat(job.id, job.attempts, lease)
+    rows = yield s.heartbeat(job.id, job.attempts, job.started_at, lease)
     row = yield from _fenced(s, job, rows, "extend the lease of")
     value: datetime = row["lease_expires_at"]
     return value
@@ -605,7 +609,8 @@ def heartbeat_many(
     lease = seconds_of(lease, "lease", low=0.001)
     if not jobs:
         return set()
-    rows = yield s.heartbeat_many(worker_id, [(j.id, j.attempts) for j in jobs], lease)
+    held = [(j.id, j.attempts, j.started_at) for j in jobs]
+    rows = yield s.heartbeat_many(worker_id, held, lease)
     return {r["id"] for r in rows}
 
 
@@ -615,13 +620,13 @@ def set_progress(
     check_int(percent, "progress", 0, 100)
     if message is not None:
         check_text(message, "progress message", limit=MAX_PROGRESS_MESSAGE, empty=True)
-    rows = yield s.set_progress(job.id, job.attempts, percent, message)
+    rows = yield s.set_progress(job.id, job.attempts, job.started_at, percent, message)
     yield from _fenced(s, job, rows, "report progress on")
 
 
 def remember(s: Statements, job: Job, remote_task_id: str) -> Operation[None]:
     check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
-    rows = yield s.remember(job.id, job.attempts, remote_task_id)
+    rows = yield s.remember(job.id, job.attempts, job.started_at, remote_task_id)
     yield from _fenced(s, job, rows, "save the remote task id of")
 
 
@@ -636,7 +641,7 @@ def complete(
     s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
 ) -> Operation[Job]:
     result_json = _check_result(result, result_url, limits)
-    rows = yield s.complete(job.id, job.attempts, result_json, result_url)
+    rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
     return read_job((yield from _fenced(s, job, rows, "complete")))
 
 
@@ -654,6 +659,7 @@ def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[s
         {
             "id": i.job.id,
             "attempt": i.job.attempts,
+            "started": i.job.started_at,
             "result": _check_result(i.result, i.result_url, limits),
             "result_url": i.result_url,
         }
@@ -729,12 +735,13 @@ def fail(
             if retry_in is not None
             else backoff_delay(job.attempts, *backoff)
         )
-    rows = yield s.fail(job.id, job.attempts, message, delay)
+    rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay)
     return read_job((yield from _fenced(s, job, rows, "fail")))
 
 
 def release(s: Statements, job: Job, reason: str) -> Operation[Job]:
-    rows = yield s.release(job.id, job.attempts, storable_text(str(reason))[:MAX_ERROR])
+    reason = storable_text(str(reason))[:MAX_ERROR]
+    rows = yield s.release(job.id, job.attempts, job.started_at, reason)
     return read_job((yield from _fenced(s, job, rows, "release")))
 
 

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -322,8 +322,10 @@ OWNER_COLUMNS: tuple[str, ...] = (
 class Job:
     """A snapshot of one row of the jobs table.
 
-    ``attempts`` doubles as the fencing token: a worker holds the job only while the row
-    still has the ``attempts`` it was claimed with and is ``processing``.
+    ``attempts`` and ``started_at`` are the fencing token: a worker holds the job only
+    while the row still has the ``attempts`` and ``started_at`` it was claimed with and is
+    ``processing`` (a release gives the attempt back, so only ``started_at`` tells its
+    claim from the next one).
 
     ``unreadable`` says why part of a row written by another client could not be read
     (``"payload could not be decoded: …"``); that value reads as None (``errors`` as
@@ -373,7 +375,7 @@ class Job:
         status = values["status"]
         values["status"] = _STATUS_OF.get(status) or Status(status)
         errors = values.get("errors")
-        values["errors"] = list(errors) if errors else []
+        values["errors"] = read_errors(errors) if errors else []
         job_id = values["id"]
         if not isinstance(job_id, uuid.UUID):
             values["id"] = uuid.UUID(str(job_id))
@@ -406,6 +408,37 @@ class Job:
         if self.unreadable is not None:
             out["unreadable"] = self.unreadable
         return out
+
+
+def read_errors(errors: Any) -> list[Any]:
+    """A job's ``errors`` history with every ``at`` in the one format all backends write
+    (`error_time`), whatever wrote the row."""
+    out = list(errors)
+    for i, entry in enumerate(out):
+        if isinstance(entry, dict) and "at" in entry:
+            at = error_time(entry["at"])
+            if at is not entry["at"]:
+                out[i] = {**entry, "at": at}
+    return out
+
+
+def error_time(value: Any) -> Any:
+    """An ``errors[].at`` as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``.
+
+    Both backends write that now (`dialects.DbNowText`). Rows written before read the
+    same: SQLite's clock text (``2026-11-29 07:05:48.123000``, UTC) and PostgreSQL's JSON
+    time in the session's time zone (``…+01:00``). Text that is no time stays as it is.
+    """
+    written_now = isinstance(value, str) and len(value) == 32 and value[26:] == "+00:00"
+    if not isinstance(value, str) or (written_now and value[10] == "T"):
+        return value
+    try:
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:  # SQLite's clock: UTC
+            at = at.replace(tzinfo=UTC)
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):  # no time, or none that exists in UTC
+        return value
 
 
 #: The table's columns, in `Job`'s field order.

@@ -19,6 +19,7 @@ again or cancelled) matches no row and so changes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -46,14 +47,21 @@ from sqlalchemy import (
     type_coerce,
     union_all,
     update,
-    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
 from .bulk import CopyRows, Direct
-from .dialects import DbNow, DbNowPlus, JsonAppend, UTCDateTime
+from .dialects import (
+    DbNow,
+    DbNowAfter,
+    DbNowPlus,
+    DbNowText,
+    JsonAppend,
+    UTCDateTime,
+    sqlite_time,
+)
 from .schema import JSON_COLUMNS, Job, Status, idempotency_scope, owner_scope, sources_of
 
 T = TypeVar("T")
@@ -104,6 +112,34 @@ def _unnest(arrays: Sequence[tuple[str, str, TypeEngine[Any]]], name: str) -> An
     )
 
 
+def _json_rows(columns: Sequence[tuple[str, TypeEngine[Any]]], name: str) -> Any:
+    """A SQLite batch as a table ``name``: its rows sent as one JSON array of arrays (the
+    ``jq_batch`` parameter, see `_batch_json`) and read with ``json_each``.
+
+    One parameter, so one statement for any batch size, compiled once and cached; a VALUES
+    list would be compiled again on every call, one bound parameter per cell.
+    """
+    each = func.json_each(_p("batch", Text())).table_valued("value")
+    return select(
+        *(
+            func.json_extract(each.c.value, literal_column(f"'$[{i}]'"), type_=type_).label(col)
+            for i, (col, type_) in enumerate(columns)
+        )
+    ).subquery(name)
+
+
+def _batch_json(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows for `_json_rows`, as SQLite stores their values: ids as 32 hex digits, times
+    as UTC text (`sqlite_time`)."""
+    return json.dumps(
+        [
+            [v.hex if isinstance(v, UUID) else sqlite_time(v) if isinstance(v, datetime) else v
+             for v in row]
+            for row in rows
+        ]
+    )
+
+
 def _filter_params(queues: Sequence[str] | None, kinds: Sequence[str] | None) -> dict[str, str]:
     """The values of the claim's queue and kind parameters (see `Statements._claim`)."""
     out = {f"jq_queue_{i}": q for i, q in enumerate(queues or ())}
@@ -112,10 +148,11 @@ def _filter_params(queues: Sequence[str] | None, kinds: Sequence[str] | None) ->
 
 
 def _completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """A completion batch as the four array parameters `Statements._complete_unnest` reads."""
+    """A completion batch as the array parameters `Statements._complete_unnest` reads."""
     return {
         "jq_ids": [i["id"] for i in items],
         "jq_attempts": [i["attempt"] for i in items],
+        "jq_started": [i["started"] for i in items],
         "jq_results": [i["result"] for i in items],
         "jq_result_urls": [i["result_url"] for i in items],
     }
@@ -126,6 +163,15 @@ def _json_param(name: str, dialect: str) -> ColumnElement[Any]:
     JSON column: cast to ``jsonb`` on PostgreSQL; SQLite stores the text as it is."""
     param = _p(name, Text())
     return cast(param, postgresql.JSONB()) if dialect == "postgresql" else param
+
+
+#: The columns of a SQLite batch of held claims (`heartbeat_many`) and of completions.
+_HELD_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
+    ("job_id", Uuid()),
+    ("attempt", Integer()),
+    ("started", UTCDateTime()),
+]
+_COMPLETION_COLUMNS = [*_HELD_COLUMNS, ("result", Text()), ("result_url", Text())]
 
 
 class Statements:
@@ -178,13 +224,25 @@ class Statements:
             return Bound(Direct(stmt, params, returning), None)
         return Bound(stmt, params)
 
-    def _fence_on(self, job_id: Any, attempt: Any) -> ColumnElement[bool]:
-        """The fencing condition: this job, in this attempt, still processing."""
+    def _fence_on(self, job_id: Any, attempt: Any, started: Any) -> ColumnElement[bool]:
+        """The fencing condition: this job, in this claim of this attempt, still processing.
+
+        ``started_at`` tells two claims of the same attempt number apart: a released job
+        gets its attempt back (``attempts`` goes down by one), so the next claim has the
+        number of the released one again, but a later ``started_at`` (see `claim`).
+        """
         c = self.t.c
-        return and_(c.id == job_id, c.attempts == attempt, c.status == Status.PROCESSING.value)
+        return and_(
+            c.id == job_id,
+            c.attempts == attempt,
+            c.started_at == started,
+            c.status == Status.PROCESSING.value,
+        )
 
     def _fenced(self) -> ColumnElement[bool]:
-        return self._fence_on(_p("job_id", Uuid()), _p("attempt", Integer()))
+        return self._fence_on(
+            _p("job_id", Uuid()), _p("attempt", Integer()), _p("started", UTCDateTime())
+        )
 
     def _lost_lease_message(self) -> ColumnElement[str]:
         """The error recorded for an attempt whose lease expired (claim and reap)."""
@@ -192,8 +250,8 @@ class Statements:
         return literal_column("'lease expired while held by '", Text()).concat(held_by)
 
     @staticmethod
-    def _fence(job_id: UUID, attempt: int, **more: Any) -> dict[str, Any]:
-        return {"jq_job_id": job_id, "jq_attempt": attempt, **more}
+    def _fence(job_id: UUID, attempt: int, started: datetime | None, **more: Any) -> dict[str, Any]:
+        return {"jq_job_id": job_id, "jq_attempt": attempt, "jq_started": started, **more}
 
     def _error_entry(self, message: ColumnElement[Any]) -> JsonAppend:
         """``errors`` with one more ``{attempt, at, error}`` entry for the current attempt."""
@@ -203,7 +261,7 @@ class Statements:
             literal_column("'attempt'"),
             c.attempts,
             literal_column("'at'"),
-            DbNow(),
+            DbNowText(),
             literal_column("'error'"),
             message,
         )
@@ -483,7 +541,9 @@ class Statements:
                 status=Status.PROCESSING.value,
                 attempts=c.attempts + 1,
                 locked_by=_p("worker_id", Text()),
-                started_at=now,
+                # Later than any earlier claim of the job, even within the clock's step:
+                # part of the fencing token (see `_fence_on`).
+                started_at=DbNowAfter(c.started_at),
                 lease_expires_at=DbNowPlus(_p("lease", Float())),
                 updated_at=now,
                 # Each attempt starts its own progress: nothing carries over from a released,
@@ -497,7 +557,9 @@ class Statements:
 
     # -- a worker's writes to the jobs it holds (all fenced) -----------------------------------
 
-    def heartbeat(self, job_id: UUID, attempt: int, lease: float) -> Bound:
+    def heartbeat(
+        self, job_id: UUID, attempt: int, started: datetime | None, lease: float
+    ) -> Bound:
         def build() -> Any:
             c = self.t.c
             return (
@@ -507,54 +569,64 @@ class Statements:
                 .returning(c.lease_expires_at)
             )
 
-        return Bound(self._once("heartbeat", build), self._fence(job_id, attempt, jq_lease=lease))
+        params = self._fence(job_id, attempt, started, jq_lease=lease)
+        return Bound(self._once("heartbeat", build), params)
 
     def heartbeat_many(
-        self, worker_id: str, held: Sequence[tuple[UUID, int]], lease: float
+        self, worker_id: str, held: Sequence[tuple[UUID, int, datetime | None]], lease: float
     ) -> Bound:
-        """Extend the leases of the jobs a worker holds, ``(id, attempt)`` pairs, in one
-        statement.
+        """Extend the leases of the jobs a worker holds, ``(id, attempt, started_at)`` of
+        each claim, in one statement.
 
-        Fenced like every other write by ``(id, attempt)`` and status, and by ``locked_by``:
-        a job reaped, cancelled or claimed again since (even by this same worker, in a later
-        attempt) does not match, and its id is missing from RETURNING. On PostgreSQL the
-        pairs travel as two ``unnest``\\ed arrays (one cached statement); on SQLite as VALUES.
+        Fenced like every other write by the claim and status, and by ``locked_by``: a job
+        reaped, cancelled, released or claimed again since (even by this same worker) does
+        not match, and its id is missing from RETURNING. On PostgreSQL the claims travel as
+        three ``unnest``\\ed arrays (one cached statement); on SQLite as VALUES.
         """
         if self.dialect == "postgresql":
             params = {
-                "jq_ids": [job_id for job_id, _ in held],
-                "jq_attempts": [attempt for _, attempt in held],
+                "jq_ids": [job_id for job_id, _, _ in held],
+                "jq_attempts": [attempt for _, attempt, _ in held],
+                "jq_started": [started for _, _, started in held],
                 "jq_lease": lease,
                 "jq_worker_id": worker_id,
             }
             arrays: list[tuple[str, str, TypeEngine[Any]]] = [
                 ("job_id", "ids", Uuid()),
                 ("attempt", "attempts", Integer()),
+                ("started", "started", DateTime(timezone=True)),
             ]
             stmt = self._once(
                 "heartbeat_many_pg", lambda: self._heartbeat_from(_unnest(arrays, "batch"))
             )
             return Bound(stmt, params)
-        batch = (
-            values(column("job_id", Uuid()), column("attempt", Integer()), name="batch")
-            .data(list(held))
-            .cte("batch")
+        stmt = self._once(
+            "heartbeat_many_sqlite",
+            lambda: self._heartbeat_from(_json_rows(_HELD_COLUMNS, "batch")),
         )
-        return Bound(self._heartbeat_from(batch), {"jq_lease": lease, "jq_worker_id": worker_id})
+        params = {"jq_batch": _batch_json(held), "jq_lease": lease, "jq_worker_id": worker_id}
+        return Bound(stmt, params)
 
     def _heartbeat_from(self, batch: Any) -> Any:
         c = self.t.c
         return (
             update(self.t)
             .where(
-                self._fence_on(batch.c.job_id, batch.c.attempt),
+                self._fence_on(batch.c.job_id, batch.c.attempt, batch.c.started),
                 c.locked_by == _p("worker_id", Text()),
             )
             .values(lease_expires_at=DbNowPlus(_p("lease", Float())), updated_at=DbNow())
             .returning(c.id, c.attempts)
         )
 
-    def set_progress(self, job_id: UUID, attempt: int, percent: int, message: str | None) -> Bound:
+    def set_progress(
+        self,
+        job_id: UUID,
+        attempt: int,
+        started: datetime | None,
+        percent: int,
+        message: str | None,
+    ) -> Bound:
         def build() -> Any:
             return (
                 update(self.t)
@@ -567,10 +639,12 @@ class Statements:
                 .returning(self.t.c.id)
             )
 
-        params = self._fence(job_id, attempt, jq_percent=percent, jq_message=message)
+        params = self._fence(job_id, attempt, started, jq_percent=percent, jq_message=message)
         return Bound(self._once("set_progress", build), params)
 
-    def remember(self, job_id: UUID, attempt: int, remote_task_id: str) -> Bound:
+    def remember(
+        self, job_id: UUID, attempt: int, started: datetime | None, remote_task_id: str
+    ) -> Bound:
         def build() -> Any:
             return (
                 update(self.t)
@@ -579,11 +653,16 @@ class Statements:
                 .returning(self.t.c.id)
             )
 
-        params = self._fence(job_id, attempt, jq_task_id=remote_task_id)
+        params = self._fence(job_id, attempt, started, jq_task_id=remote_task_id)
         return Bound(self._once("remember", build), params)
 
     def complete(
-        self, job_id: UUID, attempt: int, result_json: str | None, result_url: str | None
+        self,
+        job_id: UUID,
+        attempt: int,
+        started: datetime | None,
+        result_json: str | None,
+        result_url: str | None,
     ) -> Bound:
         """Complete a held job; ``result_json`` is the result as JSON text (None: no result)."""
 
@@ -605,33 +684,31 @@ class Statements:
                 .returning(*self.columns)
             )
 
-        params = self._fence(job_id, attempt, jq_result=result_json, jq_result_url=result_url)
+        params = self._fence(
+            job_id, attempt, started, jq_result=result_json, jq_result_url=result_url
+        )
         return Bound(self._once("complete", build), params)
 
     def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Bound:
         """Complete many held jobs in one statement (the worker's batched completer).
 
-        ``items`` are ``{"id", "attempt", "result", "result_url"}``, the result as JSON
-        text. The fencing condition is the same as `complete`, so RETURNING tells which jobs
-        were fenced off (those ids are missing). On PostgreSQL the batch travels as four
-        array parameters that are ``unnest``\\ed and joined to the table (one cached
-        statement for any batch size); on SQLite as a VALUES list.
+        ``items`` are ``{"id", "attempt", "started", "result", "result_url"}``: the claim
+        and the result as JSON text. The fencing condition is the same as `complete`, so
+        RETURNING tells which jobs were fenced off (those ids are missing). On PostgreSQL
+        the batch travels as array parameters that are ``unnest``\\ed and joined to the
+        table, on SQLite as one JSON parameter (`_json_rows`): one cached statement for any
+        batch size.
         """
         if self.dialect == "postgresql":
             params = _completion_arrays(items)
             return Bound(self._once("complete_many_pg", self._complete_unnest), params)
-        batch = (
-            values(
-                column("job_id", Uuid()),
-                column("attempt", Integer()),
-                column("result", Text()),
-                column("result_url", Text()),
-                name="batch",
-            )
-            .data([(i["id"], i["attempt"], i["result"], i["result_url"]) for i in items])
-            .cte("batch")
-        )
-        return Bound(self._complete_from(batch, batch.c.result), None)
+
+        def build() -> Any:
+            batch = _json_rows(_COMPLETION_COLUMNS, "batch")
+            return self._complete_from(batch, batch.c.result)
+
+        rows = [(i["id"], i["attempt"], i["started"], i["result"], i["result_url"]) for i in items]
+        return Bound(self._once("complete_many_sqlite", build), {"jq_batch": _batch_json(rows)})
 
     def complete_and_claim(
         self,
@@ -692,6 +769,7 @@ class Statements:
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [
             ("job_id", "ids", Uuid()),
             ("attempt", "attempts", Integer()),
+            ("started", "started", DateTime(timezone=True)),
             ("result", "results", Text()),
             ("result_url", "result_urls", Text()),
         ]
@@ -703,7 +781,7 @@ class Statements:
         now = DbNow()
         return (
             update(self.t)
-            .where(self._fence_on(batch.c.job_id, batch.c.attempt))
+            .where(self._fence_on(batch.c.job_id, batch.c.attempt, batch.c.started))
             .values(
                 status=Status.COMPLETED.value,
                 result=result,
@@ -717,7 +795,14 @@ class Statements:
             .returning(c.id)
         )
 
-    def fail(self, job_id: UUID, attempt: int, error: str, retry_in: float | None) -> Bound:
+    def fail(
+        self,
+        job_id: UUID,
+        attempt: int,
+        started: datetime | None,
+        error: str,
+        retry_in: float | None,
+    ) -> Bound:
         """Record a failed attempt: back to ``pending`` after ``retry_in`` seconds, or, when
         ``retry_in`` is None, ``failed`` for good. The error joins the ``errors`` history."""
         retrying = retry_in is not None
@@ -747,16 +832,18 @@ class Statements:
                 .returning(*self.columns)
             )
 
-        params = self._fence(job_id, attempt, jq_error=error)
+        params = self._fence(job_id, attempt, started, jq_error=error)
         if retrying:
             params["jq_retry_in"] = retry_in
         return Bound(self._once(("fail", retrying), build), params)
 
-    def release(self, job_id: UUID, attempt: int, reason: str) -> Bound:
-        """Give a held job back to the queue at once, without spending an attempt.
-
-        ``attempts`` never goes down (it is the fencing token), so ``max_attempts`` goes up
-        by one instead.
+    def release(
+        self, job_id: UUID, attempt: int, started: datetime | None, reason: str
+    ) -> Bound:
+        """Give a held job back to the queue at once, without spending an attempt: its
+        ``attempts`` go back down by one (``max_attempts`` stays) and its progress starts
+        over. ``started_at`` stays: the next claim starts later than it (see `claim`), so
+        the fence still tells this claim from the next one with the same attempt number.
         """
 
         def build() -> Any:
@@ -770,14 +857,16 @@ class Statements:
                     run_at=now,
                     locked_by=None,
                     lease_expires_at=None,
-                    max_attempts=c.max_attempts + 1,
+                    attempts=c.attempts - 1,
+                    progress=0,
+                    progress_message=None,
                     errors=self._error_entry(cast(_p("reason", Text()), Text())),
                     updated_at=now,
                 )
                 .returning(*self.columns)
             )
 
-        params = self._fence(job_id, attempt, jq_reason=reason)
+        params = self._fence(job_id, attempt, started, jq_reason=reason)
         return Bound(self._once("release", build), params)
 
     def fence_state(self, job_id: UUID) -> Bound:
@@ -785,7 +874,9 @@ class Statements:
 
         def build() -> Any:
             c = self.t.c
-            return select(c.status, c.attempts, c.locked_by).where(c.id == _p("job_id", Uuid()))
+            return select(c.status, c.attempts, c.started_at, c.locked_by).where(
+                c.id == _p("job_id", Uuid())
+            )
 
         return Bound(self._once("fence_state", build), {"jq_job_id": job_id})
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.outcomes import Skipped  # pytest.skip.Exception, by a name type checkers know
 from sqlalchemy import Engine, event, make_url, text
 
 from .database import make_engine, normalise_url
@@ -45,6 +46,11 @@ def _docker_reachable() -> str | None:
     return None
 
 
+class PostgresUnavailable(Skipped):
+    """The skip of a test that needs PostgreSQL when there is none: reported once, in one
+    summary line for all of them (see `pytest_runtest_makereport`)."""
+
+
 def _unavailable(reason: str) -> None:
     message = (
         f"PostgreSQL tests need a server: set {POSTGRES_URL_ENV} "
@@ -52,7 +58,28 @@ def _unavailable(reason: str) -> None:
     )
     if os.environ.get(REQUIRE_POSTGRES_ENV, "").lower() in ("1", "true", "yes"):
         pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    raise PostgresUnavailable(message)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Give every skip for want of PostgreSQL this plugin's location instead of the test's.
+
+    pytest folds skips with the same location and reason into one summary line (``-rs``,
+    ``-ra``), so a suite without PostgreSQL says why once (``SKIPPED [88] …testing.py:
+    PostgreSQL tests need a server …``) rather than once per test; ``-v`` still names
+    each test.
+    """
+    report = yield
+    if (
+        call.excinfo is not None
+        and isinstance(call.excinfo.value, PostgresUnavailable)
+        and isinstance(report.longrepr, tuple)
+    ):
+        raised = call.excinfo.traceback[-1]  # in `_unavailable`, whichever test asked
+        reason = call.excinfo.value.msg
+        report.longrepr = (str(raised.path), raised.lineno + 1, f"Skipped: {reason}")
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -308,6 +308,7 @@ class Worker:
         self._early_stop: str | None = None
         self._signals_wanted = False
         self._signals_installed: list[signal.Signals] = []
+        self._signals_before: dict[signal.Signals, Any] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._reset()
 
@@ -721,11 +722,13 @@ class Worker:
             if after.status is Status.PENDING:
                 wait = max(0.0, (after.run_at - after.updated_at).total_seconds())
                 log.warning(
-                    "Job %s status: failed: %s; retrying in %.1fs (attempt %d of %d)",
+                    "Job %s: attempt %d of %d failed: %s; will retry in %.1f s (attempt %d of %d)",
                     job.id,
+                    job.attempts,
+                    job.max_attempts,
                     reason,
                     wait,
-                    job.attempts,
+                    after.attempts + 1,
                     after.max_attempts,
                 )
             else:
@@ -1006,6 +1009,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             if sig in self._signals_installed:
                 continue
+            self._signals_before[sig] = signal.getsignal(sig)
             try:
                 loop.add_signal_handler(sig, self._on_signal, int(sig))
             except NotImplementedError:  # Windows event loops
@@ -1014,10 +1018,12 @@ class Worker:
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in self._signals_installed:
-            try:
+            with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
-            except NotImplementedError:
-                signal.signal(sig, signal.SIG_DFL)
+            # The handler from before serving (the host's, or the CLI's for a Ctrl-C
+            # during cleanup), not Python's default: asyncio would put that one back.
+            before = self._signals_before.pop(sig, None)
+            signal.signal(sig, signal.SIG_DFL if before is None else before)
         self._signals_installed = []
 
     def _open_log_file(self) -> logging.Handler | None:

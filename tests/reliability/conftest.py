@@ -114,12 +114,20 @@ class Workers:
 
     def executions(self) -> list[tuple[str, int, str]]:
         """(job id, attempt, worker id) per execution, in the order they started."""
+        return [(job_id, attempt, worker_id) for job_id, attempt, worker_id, _ in self._lines()]
+
+    def claims(self) -> list[tuple[str, int, str]]:
+        """(job id, attempt, the claim's ``started_at``) per execution: a released attempt
+        is given back, so its number comes again with a later start."""
+        return [(job_id, attempt, started) for job_id, attempt, _, started in self._lines()]
+
+    def _lines(self) -> list[tuple[str, int, str, str]]:
         if not self.executions_file.exists():
             return []
         out = []
         for line in self.executions_file.read_text().splitlines():
-            job_id, attempt, worker_id = line.split()
-            out.append((job_id, int(attempt), worker_id))
+            job_id, attempt, worker_id, started = line.split()
+            out.append((job_id, int(attempt), worker_id, started))
         return out
 
     def log_text(self) -> str:
@@ -191,7 +199,7 @@ def check_exactly_once(queue: JobQueue, workers: Workers, job_ids: list[Any]) ->
 
     Every job completed; its stored result is from its last holder (its final attempt and
     ``locked_by``), so no stale worker overwrote it; every job ran at least once and each
-    attempt at most once. Returns executions per job.
+    claim at most once. Returns executions per job.
     """
     jobs = {str(j.id): j for j in all_jobs(queue)}
     assert set(jobs) >= {str(i) for i in job_ids}
@@ -199,14 +207,16 @@ def check_exactly_once(queue: JobQueue, workers: Workers, job_ids: list[Any]) ->
     assert not not_done, f"{len(not_done)} jobs not completed: {list(not_done.items())[:5]}"
     for job in jobs.values():
         assert job.result == {"attempt": job.attempts, "worker": job.locked_by}, job
-    runs = workers.executions()
-    per_attempt = collections.Counter((job_id, attempt) for job_id, attempt, _ in runs)
-    twice = [k for k, n in per_attempt.items() if n > 1]
-    assert not twice, f"attempts executed twice: {twice[:5]}"
+    runs = workers.claims()
+    per_claim = collections.Counter(runs)
+    twice = [k for k, n in per_claim.items() if n > 1]
+    assert not twice, f"claims executed twice: {twice[:5]}"
     per_job = collections.Counter(job_id for job_id, _, _ in runs)
     assert set(per_job) == set(jobs), "a job never ran, or an unknown job ran"
     for job_id, job in jobs.items():
-        assert (job_id, job.attempts) in per_attempt, f"the final attempt of {job_id} never ran"
+        started = job.started_at.isoformat() if job.started_at else "-"
+        final = (job_id, job.attempts, started)
+        assert final in per_claim, f"the final claim of {job_id} never ran"
     return per_job
 
 

@@ -4,7 +4,8 @@ Its handler (kind ``work``) appends one line per execution to ``--executions`` w
 ``O_APPEND`` write (atomic, and on disk the moment it returns, so a SIGKILL cannot lose it),
 sleeps a little, and returns which attempt of which worker produced the result. The fault
 tests compare those lines with the jobs table: every job executed at least once, each
-attempt at most once, and the stored result always from the job's last holder.
+claim (an attempt, told apart from a released one of the same number by its start) at
+most once, and the stored result always from the job's last holder.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ async def serve(args: argparse.Namespace) -> None:
     rng = random.Random()
 
     async def work(job: Job, ctx: WorkerContext) -> dict[str, Any]:
-        os.write(fd, f"{job.id} {job.attempts} {args.worker_id}\n".encode())
+        claim = job.started_at.isoformat() if job.started_at else "-"
+        os.write(fd, f"{job.id} {job.attempts} {args.worker_id} {claim}\n".encode())
         if args.sleep > 0:
             await asyncio.sleep(rng.uniform(args.sleep / 2, args.sleep))
         return {"attempt": job.attempts, "worker": args.worker_id}

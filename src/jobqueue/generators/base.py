@@ -9,6 +9,7 @@ instead of paying for a second generation.
 from __future__ import annotations
 
 import base64
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ..schema import Job
 
 IMAGE_KIND = "image"
+#: What to do about a missing, misspelt or empty prompt.
+PROMPT_HINT = 'the prompt says what the image shows, e.g. {"prompt": "a red fox in the snow"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +38,12 @@ class GenerationRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise PayloadError("a generation needs a non-empty prompt")
+        if not isinstance(self.prompt, str):
+            raise PayloadError(
+                f"the prompt must be text, not {type(self.prompt).__name__}", hint=PROMPT_HINT
+            )
+        if not self.prompt.strip():
+            raise PayloadError("the prompt is empty", hint=PROMPT_HINT)
         if isinstance(self.images, str):
             object.__setattr__(self, "images", (self.images,))
         else:
@@ -59,7 +66,9 @@ class GenerationRequest:
     @classmethod
     def from_payload(cls, payload: Any) -> GenerationRequest:
         if not isinstance(payload, Mapping):
-            raise PayloadError("an image job's payload must be an object with a 'prompt'")
+            raise PayloadError(
+                "an image job's payload must be an object with a 'prompt'", hint=PROMPT_HINT
+            )
         images = payload.get("images") or ()
         options = payload.get("options") or {}
         if not isinstance(images, list | tuple) or not all(isinstance(i, str) for i in images):
@@ -69,7 +78,14 @@ class GenerationRequest:
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
             raise PayloadError("'model' must be a string")
-        return cls(str(payload.get("prompt", "")), model, tuple(images), dict(options))
+        if "prompt" not in payload:
+            keys = [key for key in payload if isinstance(key, str)]
+            near = difflib.get_close_matches("prompt", keys, n=1, cutoff=0.6)
+            typo = f" (it has {near[0]!r}: is that the prompt, misspelt?)" if near else ""
+            raise PayloadError(
+                f"an image job's payload has no 'prompt' field{typo}", hint=PROMPT_HINT
+            )
+        return cls(payload["prompt"], model, tuple(images), dict(options))
 
 
 @dataclass(frozen=True, slots=True)

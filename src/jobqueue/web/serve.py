@@ -8,11 +8,16 @@ instead of the demo's anonymous cookies.
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import functools
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -25,6 +30,7 @@ from .owners import Identify
 
 if TYPE_CHECKING:
     from ..generators.base import Generator
+    from ..worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,39 @@ def load_identify(path: str) -> Identify:
     return hook
 
 
+def listen_on(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for `serve`, or `ConfigurationError` saying why not
+    (the port is taken, needs root, or the address is not this machine's).
+
+    Binding comes first, before the app and its worker start: a server that cannot listen
+    must not claim jobs on its way out.
+    """
+    what = f"cannot listen on {host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"{what}: {exc.strerror}", hint="--host takes this machine's name or address"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        # As uvicorn does: a restarted server need not wait for old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = {
+            errno.EADDRINUSE: "another program listens there: stop it, or pick another --port",
+            errno.EACCES: "ports below 1024 need privileges: pick another --port, e.g. 8000",
+            errno.EADDRNOTAVAIL: "no interface of this machine has that address: check --host",
+        }.get(exc.errno or 0, "check --host and --port")
+        raise ConfigurationError(f"{what}: {exc.strerror or exc}", hint=hint) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 async def serve(
     queue: AsyncJobQueue,
     *,
@@ -55,25 +94,55 @@ async def serve(
     concurrency: int = 10,
     identify: Identify | None = None,
     log_level: str = "info",
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
 
-    uvicorn owns the signals: on shutdown the app's lifespan stops the worker gracefully.
+    ``sock`` is a socket from `listen_on` (by default, one for ``host`` and ``port``): the
+    worker starts only once the address is ours. uvicorn owns the signals: on shutdown the
+    app's lifespan stops the worker gracefully.
     """
     from ..worker import Worker
 
+    if sock is None:
+        sock = listen_on(host, port)
     worker = None
     if generator is not None:
         worker = Worker(queue, generator=generator, concurrency=concurrency)
     app = create_app(queue, identify=identify, worker=worker)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
-    await _Server(config).serve()
+    await _Server(config, worker).serve(sockets=[sock])
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, except that it does not re-raise the stop signal once it has shut
     down: the caller still has a queue and a generator to close, and a requested stop is a
-    clean exit (status 0), not a crash."""
+    clean exit (status 0), not a crash.
+
+    A second Ctrl-C stops the in-process worker at once (its running jobs are released),
+    and the app is still shut down: uvicorn's forced exit skips the app's lifespan, which
+    would leave the worker to be cancelled (a traceback) instead of stopped.
+    """
+
+    def __init__(self, config: uvicorn.Config, worker: Worker | None) -> None:
+        super().__init__(config)
+        self.worker = worker
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and self.worker is not None and self.loop is not None:
+            # From a signal handler: leave the worker's state to the event loop.
+            self.loop.call_soon_threadsafe(functools.partial(self.worker.stop, immediate=True))
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
