@@ -56,6 +56,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -243,7 +244,15 @@ def _raw_statements(q: JobQueue | AsyncJobQueue, dialect: Any) -> dict[str, _Raw
         "run_at_value": None,
         "delay_seconds": 0.0,
     }
-    done = [{"id": uuid.uuid4(), "attempt": 1, "result": '{"url": "x"}', "result_url": None}]
+    done = [
+        {
+            "id": uuid.uuid4(),
+            "attempt": 1,
+            "started": datetime.now(UTC),
+            "result": '{"url": "x"}',
+            "result_url": None,
+        }
+    ]
     steps = {
         "enqueue": s.insert_many([row]).statement,
         "claim_1": s.claim(WORKER, limit=1, lease=LEASE, queues=("default",), kinds=None).statement,
@@ -302,17 +311,21 @@ class _Held:
     def __init__(self, cac: _RawStatement) -> None:
         self.cac = cac
         self.slots = [
-            cac.slot(k) for k in ("jq_ids", "jq_attempts", "jq_results", "jq_result_urls")
+            cac.slot(k)
+            for k in ("jq_ids", "jq_attempts", "jq_started", "jq_results", "jq_result_urls")
         ]
         self.ids: list[Any] = []
         self.attempts: list[int] = []
-        self.columns: dict[str, tuple[int, int]] = {}  # statement -> (id, attempts) positions
+        self.started: list[Any] = []
+        #: statement -> (id, attempts, started_at) positions
+        self.columns: dict[str, tuple[int, int, int]] = {}
 
     def params(self) -> Any:
         p = self.cac.params
         n = len(self.ids)
         p[self.slots[0]], p[self.slots[1]] = self.ids, self.attempts
-        p[self.slots[2]], p[self.slots[3]] = ['{"url": "x"}'] * n, [None] * n
+        p[self.slots[2]] = self.started
+        p[self.slots[3]], p[self.slots[4]] = ['{"url": "x"}'] * n, [None] * n
         return p
 
     def take(self, stmt: _RawStatement, names: Callable[[], list[str]], rows: Any) -> int:
@@ -320,10 +333,15 @@ class _Held:
         where = self.columns.get(stmt.sql)
         if where is None:
             found = names()
-            where = self.columns[stmt.sql] = (found.index("id"), found.index("attempts"))
-        i, a = where
+            where = self.columns[stmt.sql] = (
+                found.index("id"),
+                found.index("attempts"),
+                found.index("started_at"),
+            )
+        i, a, t = where
         self.ids = [r[i] for r in rows if r[i] is not None]
         self.attempts = [r[a] for r in rows if r[i] is not None]
+        self.started = [r[t] for r in rows if r[i] is not None]
         return len(self.ids)
 
 
