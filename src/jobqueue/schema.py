@@ -271,8 +271,9 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
         "result_url": length(c.result_url, 1, MAX_RESULT_URL),
         "error": length(c.error, 0, MAX_ERROR),
         "priority": c.priority.between(-MAX_PRIORITY, MAX_PRIORITY),
-        # Not max_attempts alone: `release` and `retry` raise it by one at a time, and
-        # neither may ever be refused. What they keep within bounds is what is left.
+        # Not max_attempts alone: an operator's `retry` of a job that spent its attempts
+        # raises it by one, and may never be refused. What it keeps within bounds is what
+        # is left.
         "attempts_left": (c.max_attempts - c.attempts) <= MAX_ATTEMPTS_LIMIT,
         "times": and_(
             *(
