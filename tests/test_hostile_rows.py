@@ -30,8 +30,8 @@ from jobqueue.operations import Completion
 from jobqueue.queue import _drive, _drive_async
 from jobqueue.schema import bounds, jobs_table
 from jobqueue.worker import Worker, WorkerContext
+from tests.cli.helpers import JOBQUEUE, Result, clean_env
 from tests.conftest import Either, downgrade, sql_runner
-from tests.test_cli import JOBQUEUE, Result, clean_env
 
 #: The queue's payload limit in these tests: small, so "far beyond it" stays small too.
 LIMIT = 1000

@@ -50,8 +50,8 @@ from jobqueue.presence import LIVE_LEASES, WorkerPresence
 from jobqueue.presence_sql import workers_table, workers_table_name
 from jobqueue.schema import TABLE_NAME_MAX_LENGTH
 from jobqueue.worker import Worker, WorkerContext
+from tests.cli.helpers import JOBQUEUE, Result, clean_env, worker_running
 from tests.conftest import Either
-from tests.test_cli import JOBQUEUE, Result, clean_env, worker_running
 
 NO_WORKER = "no live worker serves its queue"
 

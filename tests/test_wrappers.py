@@ -244,7 +244,7 @@ async def test_a_result_without_usable_images_falls_back_to_result_url(
     aqueue: AsyncJobQueue,
 ) -> None:
     """The wrappers, the web API and the CLI agree on a job's images (one helper)."""
-    from jobqueue.display import job_summary
+    from jobqueue.cli.output import job_summary
     from jobqueue.web.views import result_images
     from jobqueue.worker import HandlerResult, WorkerContext
 

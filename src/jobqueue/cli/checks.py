@@ -1,4 +1,4 @@
-"""What `jobqueue check` examines: the seed's "what if it does not work" list, as checks.
+"""What `jobqueue check` examines: the usual reasons a set-up does not work, as checks.
 
 Each `Check` is one line of the report: the database answers, the schema is installed and
 current, the jobs table is readable, no job is stuck past its lease or waiting unclaimed,
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .database import describe_database, sqlite_path
-from .errors import ConfigurationError, JobQueueError, PermissionDenied
-from .queue import JobQueue
-from .schema import DEFAULT_TABLE, Status
+from ..database import describe_database, sqlite_path
+from ..errors import ConfigurationError, JobQueueError, PermissionDenied
+from ..queue import JobQueue
+from ..schema import DEFAULT_TABLE, Status
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ def sqlite_file_missing(url: str) -> Path | None:
 
 
 def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> list[Check]:
-    """The seed's "what if it does not work" list, each item checked against the database."""
-    from .migrations import schema_state, version_table
+    """Every check against the database at ``url``, in report order; a check that needs
+    what an earlier one found missing is reported as skipped."""
+    from ..migrations import schema_state, version_table
 
     checks: list[Check] = []
     state = None
@@ -127,8 +128,8 @@ def count_jobs(q: JobQueue) -> JobCounts:
     """
     from sqlalchemy import case, func, select
 
-    from .database import translated_errors
-    from .dialects import DbNow, DbNowPlus
+    from ..database import translated_errors
+    from ..dialects import DbNow, DbNowPlus
 
     c = q.statements.t.c
     processing = c.status == Status.PROCESSING.value
@@ -219,7 +220,7 @@ def _workers_check(q: JobQueue, counts: JobCounts) -> Check:
 
 
 def _generator_check() -> Check:
-    from .config import Settings
+    from ..config import Settings
 
     try:
         settings = Settings.from_env()

@@ -12,11 +12,7 @@ from textwrap import dedent
 import pytest
 
 from jobqueue import JobQueue, Status, migrate
-from tests import test_cli
-from tests.test_cli import Run, clean_env, worker_running
-
-#: The console script in the test's empty directory (the fixture of tests/test_cli.py).
-run = test_cli.run
+from tests.cli.helpers import Run, clean_env, worker_running
 
 APP = '''
     """A shop's job kinds (the module a user points --app at)."""

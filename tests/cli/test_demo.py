@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url
 
-JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
+from tests.cli.helpers import JOBQUEUE, clean_env
 
 
 def test_demo_completes_every_job_and_leaves_only_its_database(tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
-    }
     # A database URL in the environment (a developer's Supabase, say) must not be used:
     # the demo writes to its own SQLite file unless --database-url is typed.
-    env["JOBQUEUE_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/not-for-the-demo"
+    env = clean_env(JOBQUEUE_DATABASE_URL="postgresql://postgres@127.0.0.1:1/not-for-the-demo")
     done = subprocess.run(
         [JOBQUEUE, "demo"],
         cwd=tmp_path,

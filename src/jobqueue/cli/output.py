@@ -1,19 +1,24 @@
-"""How jobs look in a terminal: rich tables for jobs and statistics, live progress bars.
+"""How jobs look in a terminal: the console, JSON output, durations, rich tables for jobs,
+statistics and workers, live progress bars.
 
-The CLI and the demo share these, so a job reads the same wherever it is shown. Nothing
-here talks to the database; callers pass `Job` snapshots in.
+Every command and the demo show jobs through these, so a job reads the same wherever it
+is shown. Nothing here talks to the database; callers pass `Job` snapshots in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cache
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+import click
 from rich import box
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, JustifyMethod, RenderResult
@@ -31,10 +36,80 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .database import END_OF_TIME, START_OF_TIME
-from .operations import StatusStats
-from .presence import LiveWorker
-from .schema import Job, Status
+from ..database import END_OF_TIME, START_OF_TIME
+from ..schema import Job, Status
+
+if TYPE_CHECKING:
+    # Annotations only: a command that never shows statistics or workers need not load
+    # the operations behind them to start.
+    from ..operations import StatusStats
+    from ..presence import LiveWorker
+
+
+@cache
+def out() -> Console:
+    """The console for results (stdout)."""
+    return Console(highlight=False)
+
+
+def echo_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (what ``--json`` prints)."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- durations --------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``45s``, ``30m``, ``12h``, ``1d``, ``2w``, combinations such as ``1h30m``, or a plain
+    number of seconds."""
+    value = text.strip().lower()
+    try:
+        plain = float(value)
+    except ValueError:
+        pass
+    else:
+        if plain >= 0 and plain == plain and plain != float("inf"):
+            return timedelta(seconds=plain)
+        raise ValueError(f"{text!r} is not a duration")
+    if not _DURATION.fullmatch(value):
+        raise ValueError(f"{text!r} is not a duration")
+    return timedelta(
+        seconds=sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+    )
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2
+    """A click type for `parse_duration`; a bad value is a usage error (exit 2)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except (ValueError, OverflowError):
+            self.fail(f"{value!r} is not a duration such as 45s, 30m, 12h, 1d or 7d", param, ctx)
+
+
+DURATION = Duration()
+
+
+def format_duration(delta: timedelta) -> str:
+    """A duration as an option takes it: ``7d``, ``12h``, ``30m``, ``1.5s``."""
+    secs = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size and secs % size == 0:
+            return f"{int(secs // size)}{unit}"
+    return f"{secs:g}s"
+
+
+# -- jobs -------------------------------------------------------------------------------
 
 #: One colour per status, so a glance at a table says how things stand.
 STATUS_STYLE: dict[Status, str] = {
@@ -73,7 +148,7 @@ def job_summary(job: Job) -> str:
     """What a job produced or why it stopped, in one short line."""
     if job.status is Status.COMPLETED:
         # Imported here: the generators package brings httpx, which listing jobs never needs.
-        from .generators.base import GenerationResult
+        from ..generators.base import GenerationResult
 
         images = GenerationResult.of_job(job).images
         if images:
@@ -82,6 +157,18 @@ def job_summary(job: Job) -> str:
     if job.error and job.status in (Status.FAILED, Status.CANCELLED, Status.PENDING):
         return job.error.splitlines()[0] if job.error.strip() else ""
     return job.progress_message or ""
+
+
+def job_label(job: Job) -> str:
+    """What a watched job is called: its prompt, or its kind and id."""
+    prompt = job.payload.get("prompt") if isinstance(job.payload, dict) else None
+    return str(prompt) if prompt else f"{job.kind} {job.id}"
+
+
+def job_outcome(job: Job) -> str:
+    """How a finished job ended, in one line: its id, how long it took, what it produced."""
+    took = f" after {seconds(job.duration)}" if job.duration is not None else ""
+    return f"job {job.id}{took} {job_summary(job)}".rstrip()
 
 
 #: Columns are added only while the result / error column keeps this many cells.
@@ -290,7 +377,7 @@ def job_details(job: Job) -> Table:
 
 
 def stats_table(stats: Iterable[StatusStats], *, title: str | None = None) -> Table:
-    """The seed's statistics query as a table: count and mean duration per status."""
+    """The statistics (`JobQueue.stats`) as a table: count and mean duration per status."""
     table = Table(title=title, header_style="bold")
     table.add_column("status")
     table.add_column("count", justify="right")
@@ -337,15 +424,16 @@ class JobBars:
     ) -> None:
         self.progress.stop()
 
-    def _label(self, job: Job, label: str | None) -> str:
-        text = label or f"{job.kind} {str(job.id)[:8]}"
+    def _fitted(self, text: str) -> str:
+        """``text`` cut or padded to the label column's width."""
         if len(text) > self.label_width:
             text = text[: self.label_width - 1] + "…"
         return text.ljust(self.label_width)
 
-    def track(self, job: Job, label: str | None = None) -> None:
+    def track(self, job: Job) -> None:
+        """Add a bar for ``job``, labelled with `job_label`."""
         self.tasks[job.id] = self.progress.add_task(
-            self._label(job, label), total=100, status="", start=False
+            self._fitted(job_label(job)), total=100, status="", start=False
         )
         self.update(job)
 

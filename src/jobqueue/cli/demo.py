@@ -2,8 +2,9 @@
 
 A batch of image jobs goes into a SQLite file, a worker with the mock generator runs them
 in this process, and progress bars show each job move from pending to processing to
-completed; then the seed's statistics. No network, no settings, and nothing left behind but
-the database file (the worker writes no log file; SQLite's -wal/-shm go when it closes).
+completed; then the statistics `jobqueue stats` shows. No network, no settings, and
+nothing left behind but the database file (the worker writes no log file; SQLite's
+-wal/-shm go when it closes).
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import asyncio
 
 from rich.console import Console
 
-from ._console import closing
-from .database import describe_database, describe_url, sqlite_path
-from .display import JobBars, stats_table
-from .generators.base import IMAGE_KIND, GenerationRequest
-from .generators.mock import MockGenerator
-from .migrations import migrate
-from .operations import NewJob
-from .queue import AsyncJobQueue
-from .schema import Job, Status
+from .._console import closing
+from ..database import describe_database, describe_url, sqlite_path
+from ..generators.base import IMAGE_KIND, GenerationRequest
+from ..generators.mock import MockGenerator
+from ..migrations import migrate
+from ..operations import NewJob
+from ..queue import AsyncJobQueue
+from ..schema import Job, Status
+from .output import JobBars, stats_table
 
 DEMO_URL = "sqlite:///jobqueue-demo.db"
 DEMO_OWNER = "demo"
@@ -62,7 +63,7 @@ async def run_demo(
     console: Console,
 ) -> list[Job]:
     """Run the demo and return the jobs as they ended."""
-    from .worker import Worker
+    from ..worker import Worker
 
     await asyncio.to_thread(migrate, url, table=table, schema=schema)
     queue = AsyncJobQueue(url, table=table, schema=schema)
@@ -95,8 +96,8 @@ async def run_demo(
             listen=False,
         )
         with JobBars(console) as bars:
-            for job, prompt in zip(batch, prompts, strict=True):
-                bars.track(job, prompt)
+            for job in batch:
+                bars.track(job)  # labelled with its prompt
             running = asyncio.create_task(worker.run_until_idle())
             while True:
                 done, _ = await asyncio.wait({running}, timeout=REFRESH)

@@ -8,15 +8,9 @@ with ``Error:``, no traceback, and exit code 1 (a job's outcome) or 2 (usage or 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,99 +19,13 @@ from click.testing import CliRunner
 from sqlalchemy import make_url
 
 from jobqueue import JobQueue, migrate
-from jobqueue.cli import _looks_like_transaction_pooler, cli, parse_duration
+from jobqueue.cli import cli
+from jobqueue.cli.output import parse_duration
+from jobqueue.cli.run import _looks_like_transaction_pooler
 from jobqueue.database import make_engine
+from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env, worker_running
 
-JOBQUEUE = shutil.which("jobqueue") or str(Path(sys.executable).with_name("jobqueue"))
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def one_line_error(self, code: int, *fragments: str) -> str:
-        """Assert the failure contract and return the error line."""
-        assert self.code == code, (self.code, self.out, self.err)
-        assert "Traceback" not in self.err, self.err
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("Error: "), lines[0]
-        for fragment in fragments:
-            assert fragment in lines[0], (fragment, lines[0])
-        return lines[0]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without our settings, so the developer's shell cannot leak in."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JOBQUEUE_", "DEFAPI_")) and k != "MOCK_AI"
-    }
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", **extra})
-    return env
-
-
-Run = Callable[..., Result]
-
-
-@pytest.fixture
-def run(tmp_path: Path) -> Run:
-    """Run the console script in an empty directory (no .env there or above it in /tmp)."""
-
-    def call(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
-        done = subprocess.run(
-            [JOBQUEUE, *args],
-            cwd=tmp_path,
-            env=env or clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return Result(done.returncode, done.stdout, done.stderr)
-
-    return call
-
-
-@pytest.fixture
-def jq(run: Run, db_url: str, table_name: str) -> Run:
-    """`run` pointed at the test database and a fresh table."""
-
-    def call(*args: str, **kwargs: object) -> Result:
-        return run("--database-url", db_url, "--table", table_name, *args, **kwargs)
-
-    return call
-
-
-@dataclass
-class WorkerRun:
-    code: int | None = None
-    output: tuple[str, str] = ("", "")
-
-
-@contextmanager
-def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[WorkerRun]:
-    """`jobqueue <base> worker <options>` with the mock generator, stopped with SIGTERM (the
-    graceful stop) when the block ends; its exit code and output are kept."""
-    command = [JOBQUEUE, *base, "worker", "--poll-interval", "0.2", *options]
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=clean_env(MOCK_AI="true"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    worker = WorkerRun()
-    try:
-        yield worker
-    finally:
-        process.send_signal(signal.SIGTERM)
-        worker.output = process.communicate(timeout=60)
-        worker.code = process.returncode
 
 
 # -- the main flow, on both databases ---------------------------------------------------

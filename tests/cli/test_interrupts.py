@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from jobqueue import JobQueue, Status, migrate
-from tests.test_cli import JOBQUEUE, clean_env
+from tests.cli.helpers import JOBQUEUE, clean_env
 from tests.test_web_serve import free_port
 
 #: What a stopped command may end with: 0 (a stop it handles, such as the worker's), 130

@@ -1,0 +1,38 @@
+"""Fixtures of the command's tests: the console script run in an empty directory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    """Run the console script in an empty directory (no .env there or above it in /tmp)."""
+
+    def call(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+        done = subprocess.run(
+            [JOBQUEUE, *args],
+            cwd=tmp_path,
+            env=env or clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    return call
+
+
+@pytest.fixture
+def jq(run: Run, db_url: str, table_name: str) -> Run:
+    """`run` pointed at the test database and a fresh table."""
+
+    def call(*args: str, **kwargs: object) -> Result:
+        return run("--database-url", db_url, "--table", table_name, *args, **kwargs)
+
+    return call
