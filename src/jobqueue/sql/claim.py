@@ -35,7 +35,7 @@ from .common import (
     unnest,
 )
 from .dialect import DbNow, DbNowAfter, DbNowPlus
-from .steps import Direct, Query
+from .steps import Direct
 
 
 def completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -143,7 +143,7 @@ class Claiming(StatementsBase):
             .returning(*self.columns)
         )
 
-    def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Query:
+    def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Direct:
         """Complete many held jobs in one statement (the worker's batched completer).
 
         ``items`` are ``{"id", "attempt", "started", "result", "result_url"}``: the claim
@@ -153,16 +153,18 @@ class Claiming(StatementsBase):
         table, on SQLite as one JSON parameter (`json_rows`): one cached statement for any
         batch size.
         """
+        returning = self.once("completed_returned", lambda: {"id": self.t.c.id.type})
         if self.dialect == "postgresql":
             params = completion_arrays(items)
-            return Query(self.once("complete_many_pg", self._complete_unnest), params)
+            return Direct(self.once("complete_many_pg", self._complete_unnest), params, returning)
 
         def build() -> Any:
             batch = json_rows(COMPLETION_COLUMNS, "batch")
             return self._complete_from(batch, batch.c.result)
 
         rows = [(i["id"], i["attempt"], i["started"], i["result"], i["result_url"]) for i in items]
-        return Query(self.once("complete_many_sqlite", build), {"jq_batch": batch_json(rows)})
+        stmt = self.once("complete_many_sqlite", build)
+        return Direct(stmt, {"jq_batch": batch_json(rows)}, returning)
 
     def complete_and_claim(
         self,

@@ -34,7 +34,7 @@ from .common import (
     unnest,
 )
 from .dialect import DbNow, DbNowPlus
-from .steps import Query
+from .steps import Direct, Query
 
 
 class HeldJobs(StatementsBase):
@@ -57,9 +57,10 @@ class HeldJobs(StatementsBase):
 
     def heartbeat_many(
         self, worker_id: str, held: Sequence[tuple[UUID, int, datetime | None]], lease: float
-    ) -> Query:
+    ) -> Direct:
         """Extend the leases of the jobs a worker holds, ``(id, attempt, started_at)`` of
-        each claim, in one statement.
+        each claim, in one statement (a hot one: every busy worker's, several times a
+        lease).
 
         Fenced like every other write by the claim and status, and by ``locked_by``: a job
         reaped, cancelled, released or claimed again since (even by this same worker) does
@@ -82,13 +83,19 @@ class HeldJobs(StatementsBase):
             stmt = self.once(
                 "heartbeat_many_pg", lambda: self._heartbeat_from(unnest(arrays, "batch"))
             )
-            return Query(stmt, params)
+            return Direct(stmt, params, self._heartbeat_returned())
         stmt = self.once(
             "heartbeat_many_sqlite",
             lambda: self._heartbeat_from(json_rows(HELD_COLUMNS, "batch")),
         )
         params = {"jq_batch": batch_json(held), "jq_lease": lease, "jq_worker_id": worker_id}
-        return Query(stmt, params)
+        return Direct(stmt, params, self._heartbeat_returned())
+
+    def _heartbeat_returned(self) -> dict[str, TypeEngine[Any]]:
+        c = self.t.c
+        return self.once(
+            "heartbeat_returned", lambda: {"id": c.id.type, "attempts": c.attempts.type}
+        )
 
     def _heartbeat_from(self, batch: Any) -> Any:
         c = self.t.c
