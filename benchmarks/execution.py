@@ -21,19 +21,15 @@ object with the same parameters, on a connection the queue checks out in autocom
     `Connection.exec_driver_sql` of the SQL the fast path compiled once, with its parameters
     and result processing: SQLAlchemy's execution context without its compiled-cache
     lookup and parameter processing.
-``direct/view``
-    ``direct`` on a queue given an engine, which runs its autocommit operations on the
-    view ``engine.execution_options(isolation_level="AUTOCOMMIT")`` of that engine's pool
-    (a queue made from a URL creates an engine in autocommit mode for them instead).
 ``direct/ac_engine``, ``sqlalchemy_fetchall/ac_engine``
     the best SQLAlchemy offers, and ``direct`` on the same footing: an engine created with
-    ``isolation_level="AUTOCOMMIT"`` (as the shipped queue's own; the view of ``direct/view``
-    is applied by an ``engine_connect`` event, and an engine with any event listener
-    dispatches the empty execution events on every statement and sets and resets the
-    isolation level at every checkout), a plain dict as ``compiled_cache`` instead of the
-    default LRU cache (a documented execution option), and the rows read with one
-    `Result.fetchall` (one driver ``fetchall``; iterating a result, as the queue does,
-    fetches row by row).
+    ``isolation_level="AUTOCOMMIT"`` instead of the queue's
+    ``engine.execution_options(isolation_level="AUTOCOMMIT")`` (that option is applied by
+    an ``engine_connect`` event, and an engine with any event listener dispatches the
+    empty execution events on every statement and sets and resets the isolation level at
+    every checkout), a plain dict as ``compiled_cache`` instead of the default LRU cache
+    (a documented execution option), and the rows read with one `Result.fetchall` (one
+    driver ``fetchall``; iterating a result, as the queue does, fetches row by row).
 
 The executor is swapped where the driver layer's runners call it
 (``jobqueue.drivers.runner.run_direct`` / ``run_direct_async``) and the ``ac_engine``
@@ -88,7 +84,6 @@ VARIANTS = (
     "direct",
     "sqlalchemy",
     "driver_sql",
-    "direct/view",
     "direct/ac_engine",
     "sqlalchemy_fetchall/ac_engine",
 )
@@ -540,8 +535,6 @@ def _sync(bench: Bench) -> None:
     table = bench.table("exec_sync")
     bench.fill(table, pending=_jobs_needed(bench))
     shipped = JobQueue(bench.url, table=table)
-    plain = make_engine(bench.url)
-    viewed = JobQueue(plain, table=table)
     base = make_engine(bench.url, isolation_level="AUTOCOMMIT")
     ac_engine = base.execution_options(compiled_cache={})
     tuned = JobQueue(ac_engine, table=table)
@@ -556,7 +549,6 @@ def _sync(bench: Bench) -> None:
             "direct": _library_sync(shipped),
             "sqlalchemy": _library_sync(shipped),
             "driver_sql": _library_sync(shipped),
-            "direct/view": _library_sync(viewed),
             "direct/ac_engine": _library_sync(tuned),
             "sqlalchemy_fetchall/ac_engine": _library_sync(tuned),
             RAW: _raw_sync(raw_conn, stmts),
@@ -578,7 +570,6 @@ def _sync(bench: Bench) -> None:
     finally:
         raw_conn.close()
         shipped.close()
-        plain.dispose()
         base.dispose()
     bench.drop(table)
 
@@ -588,8 +579,6 @@ async def _async(bench: Bench, driver: str) -> None:
     bench.fill(table, pending=_jobs_needed(bench))
     url = bench.async_url(driver)
     shipped = AsyncJobQueue(url, table=table)
-    plain_async = make_async_engine(url)
-    viewed = AsyncJobQueue(plain_async, table=table)
     base_async = make_async_engine(url, isolation_level="AUTOCOMMIT")
     ac_engine = base_async.execution_options(compiled_cache={})
     tuned = AsyncJobQueue(ac_engine, table=table)
@@ -609,7 +598,6 @@ async def _async(bench: Bench, driver: str) -> None:
             "direct": _library_async(shipped),
             "sqlalchemy": _library_async(shipped),
             "driver_sql": _library_async(shipped),
-            "direct/view": _library_async(viewed),
             "direct/ac_engine": _library_async(tuned),
             "sqlalchemy_fetchall/ac_engine": _library_async(tuned),
             RAW: _raw_async(raw_conn, stmts),
@@ -631,7 +619,6 @@ async def _async(bench: Bench, driver: str) -> None:
     finally:
         await raw_conn.close()
         await shipped.close()
-        await plain_async.dispose()
         await base_async.dispose()
     bench.drop(table)
 

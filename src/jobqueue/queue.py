@@ -84,7 +84,6 @@ class _QueueBase(Generic[E]):
     def __init__(
         self,
         engine: E,
-        autocommit_engine: E | None = None,
         *,
         table: str = DEFAULT_TABLE,
         schema: str | None = None,
@@ -98,31 +97,27 @@ class _QueueBase(Generic[E]):
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
         self.worker_statements = PresenceStatements(self.table, self.dialect)
-        self._autocommit_engine: E | None = autocommit_engine
-        self._plans: dict[Access, _Plan[E]] = self._plans_for(engine, autocommit_engine)
+        self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = Limits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
 
-    def _plans_for(self, engine: E, autocommit_engine: E | None) -> dict[Access, _Plan[E]]:
+    def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
         """Where each kind of operation runs (the one place that decides it).
 
         On PostgreSQL an operation that makes at most one write needs no transaction:
         outside a caller's transaction it runs in autocommit mode, one round trip per
         statement instead of BEGIN, statement, COMMIT, and its hot statements may take the
-        driver's fast path (`jobqueue.drivers.direct`). It runs on ``autocommit_engine``,
-        made in autocommit mode, when the queue made its engines itself; else on an
-        autocommit view of the caller's engine, which costs a little more per operation
-        (SQLAlchemy switches each connection to autocommit and back as the view checks it
-        out and returns it). SQLite keeps a transaction for everything (no round trips to
-        save there): ``BEGIN IMMEDIATE`` for writers, so they queue for the lock instead of
-        failing half-way, and a deferred ``BEGIN`` for readers (`READ_ONLY`), which never
-        wait for the lock.
+        driver's fast path (`jobqueue.drivers.direct`). It runs on an autocommit view of
+        ``engine``: one pool, and the engine's events see the queue's statements (all but
+        the fast path's). An engine of its own in autocommit mode would cost a little less
+        per operation but would hide them (docs/performance.md has the measurements). SQLite keeps a
+        transaction for everything (no round trips to save there): ``BEGIN IMMEDIATE`` for
+        writers, so they queue for the lock instead of failing half-way, and a deferred
+        ``BEGIN`` for readers (`READ_ONLY`), which never wait for the lock.
         """
         if self.is_postgres:
-            autocommit: E = autocommit_engine or engine.execution_options(
-                isolation_level="AUTOCOMMIT"
-            )
+            autocommit: E = engine.execution_options(isolation_level="AUTOCOMMIT")
             return {
                 Access.READ: _Plan(autocommit, transaction=False),
                 Access.ONE_WRITE: _Plan(autocommit, transaction=False),
@@ -288,20 +283,11 @@ class JobQueue(_QueueBase[Engine]):
     a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
     ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
     ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
-
-    Given a URL of a PostgreSQL database, the queue makes two engines, each with its own
-    pool of connections, opened as they are needed: ``engine``, for transactions (the
-    ``connection=`` of `enqueue`), and one in autocommit mode for the queue's own
-    operations. Given an `Engine`, it runs everything on that engine's pool.
     """
 
     def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
         self._owns_engine = not isinstance(url, Engine)
-        engine = make_engine(url)
-        autocommit = None
-        if self._owns_engine and engine.dialect.name == "postgresql":
-            autocommit = make_engine(url, isolation_level="AUTOCOMMIT")
-        super().__init__(engine, autocommit, **config)
+        super().__init__(make_engine(url), **config)
 
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
         with translated_errors(self.table_name):
@@ -317,8 +303,6 @@ class JobQueue(_QueueBase[Engine]):
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
-            if self._autocommit_engine is not None:
-                self._autocommit_engine.dispose()
 
     def __enter__(self) -> JobQueue:
         return self
@@ -558,11 +542,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
 
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
         self._owns_engine = not isinstance(url, AsyncEngine)
-        engine = make_async_engine(url)
-        autocommit = None
-        if self._owns_engine and engine.dialect.name == "postgresql":
-            autocommit = make_async_engine(url, isolation_level="AUTOCOMMIT")
-        super().__init__(engine, autocommit, **config)
+        super().__init__(make_async_engine(url), **config)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
         with translated_errors(self.table_name):
@@ -589,8 +569,6 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def close(self) -> None:
         if self._owns_engine:
             await self.engine.dispose()
-            if self._autocommit_engine is not None:
-                await self._autocommit_engine.dispose()
 
     async def __aenter__(self) -> AsyncJobQueue:
         return self
