@@ -26,8 +26,8 @@ TARGET = 0.8
 
 
 def _claim_sql(q: JobQueue) -> Any:
-    bound = q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
-    return bound.plain()
+    step = q.statements.claim("bench-probe", limit=50, lease=30.0, queues=["default"], kinds=None)
+    return step.statement, step.params
 
 
 def plan_scans(engine: Engine, q: JobQueue) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobqueue.database import describe_url
+from jobqueue.drivers.engines import describe_url
 
 from .common import QUICK, Bench, Result, Sizes, scaled
 

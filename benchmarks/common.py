@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, make_url, text
 
 from jobqueue import migrate
-from jobqueue.database import make_engine, normalise_url
+from jobqueue.drivers.engines import make_engine, normalise_url
 
 
 @dataclass(frozen=True)

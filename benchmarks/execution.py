@@ -1,9 +1,10 @@
-"""Statement execution: the queue's driver fast path (`bulk.Direct`) against SQLAlchemy's own.
+"""Statement execution: the queue's driver fast path (`jobqueue.drivers.direct`) against
+SQLAlchemy's own.
 
-On PostgreSQL the queue runs its hot statements (one job's INSERT for `enqueue`, `claim`,
-`complete_and_claim`) on the driver connection under SQLAlchemy: compiled once by
-SQLAlchemy, but executed without SQLAlchemy's execution context, events and result
-objects. This workload measures what that saves, per operation, on each driver (psycopg
+On PostgreSQL the queue runs its hot statements (`Direct` steps: one job's INSERT for
+`enqueue`, `claim`, `complete_and_claim`, ...) on the driver connection under SQLAlchemy:
+compiled once by SQLAlchemy, but executed without SQLAlchemy's execution context, events
+and result objects. This workload measures what that saves, per operation, on each driver (psycopg
 sync and async, asyncpg), so that the fast path can be kept or deleted on numbers.
 
 Four operations, each through the queue's public method, as an app or a worker calls it:
@@ -12,12 +13,12 @@ jobs the previous call claimed). Each is run by these executors of the very same
 object with the same parameters, on a connection the queue checks out in autocommit mode:
 
 ``direct``
-    the queue as shipped (`bulk.run_direct`).
+    the queue as shipped (`jobqueue.drivers.direct.run_direct`).
 ``sqlalchemy``
     `Connection.execute(statement, params)` on the same connection, with SQLAlchemy's
     compiled cache (on by default), then the rows as dicts as the queue reads any result.
 ``driver_sql``
-    `Connection.exec_driver_sql` of the SQL `bulk` compiled once, with its parameters
+    `Connection.exec_driver_sql` of the SQL the fast path compiled once, with its parameters
     and result processing: SQLAlchemy's execution context without its compiled-cache
     lookup and parameter processing.
 ``direct/ac_engine``, ``sqlalchemy_fetchall/ac_engine``
@@ -30,9 +31,10 @@ object with the same parameters, on a connection the queue checks out in autocom
     (a documented execution option), and the rows read with one `Result.fetchall` (one
     driver ``fetchall``; iterating a result, as the queue does, fetches row by row).
 
-The executor is swapped where the queue calls it (``jobqueue.queue.run_direct`` /
-``run_direct_async``) and the ``ac_engine`` queues get that engine as their runner: this
-workload measures internals on purpose, to decide how they should look.
+The executor is swapped where the driver layer's runners call it
+(``jobqueue.drivers.runner.run_direct`` / ``run_direct_async``) and the ``ac_engine``
+queues run their autocommit operations on that engine: this workload measures internals on
+purpose, to decide how they should look.
 
 The ceiling (``raw_exec_<operation> [driver]``) is the bare driver running the same SQL with
 the same parameters on one held autocommit connection, with no job decoding: what any
@@ -62,9 +64,13 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import jobqueue.queue as queue_module
-from jobqueue import AsyncJobQueue, Completion, Job, JobQueue, bulk
-from jobqueue.database import make_async_engine, make_engine
+import jobqueue.drivers.runner as runner_module
+from jobqueue import AsyncJobQueue, Completion, Job, JobQueue
+from jobqueue.drivers import direct
+from jobqueue.drivers.engines import make_async_engine, make_engine
+from jobqueue.drivers.runner import rows_of
+from jobqueue.operations import Access
+from jobqueue.sql.steps import Direct
 
 from . import raw
 from .common import Bench, Result
@@ -93,12 +99,12 @@ RESULT = {"url": "https://example.invalid/image.png"}
 # -- the executors swapped in where the queue runs a `Direct` step -------------------------
 
 
-def _sqlalchemy(conn: Connection, step: bulk.Direct) -> list[Mapping[str, Any]]:
-    return queue_module._rows(conn.execute(step.statement, step.params))
+def _sqlalchemy(conn: Connection, step: Direct) -> list[Mapping[str, Any]]:
+    return rows_of(conn.execute(step.statement, step.params))
 
 
-async def _sqlalchemy_async(conn: AsyncConnection, step: bulk.Direct) -> list[Mapping[str, Any]]:
-    return queue_module._rows(await conn.execute(step.statement, step.params))
+async def _sqlalchemy_async(conn: AsyncConnection, step: Direct) -> list[Mapping[str, Any]]:
+    return rows_of(await conn.execute(step.statement, step.params))
 
 
 def _fetchall(result: Any) -> list[Mapping[str, Any]]:
@@ -108,37 +114,37 @@ def _fetchall(result: Any) -> list[Mapping[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in result.fetchall()]
 
 
-def _sqlalchemy_fetchall(conn: Connection, step: bulk.Direct) -> list[Mapping[str, Any]]:
+def _sqlalchemy_fetchall(conn: Connection, step: Direct) -> list[Mapping[str, Any]]:
     return _fetchall(conn.execute(step.statement, step.params))
 
 
 async def _sqlalchemy_fetchall_async(
-    conn: AsyncConnection, step: bulk.Direct
+    conn: AsyncConnection, step: Direct
 ) -> list[Mapping[str, Any]]:
     return _fetchall(await conn.execute(step.statement, step.params))
 
 
-def _compiled_params(c: Any, step: bulk.Direct) -> Any:
+def _compiled_params(c: Any, step: Direct) -> Any:
     params = c.params(step.params)
     return params if c.positional is None else tuple(params)
 
 
-def _driver_sql(conn: Connection, step: bulk.Direct) -> list[Mapping[str, Any]]:
-    c = bulk._compile(step, conn.dialect)
+def _driver_sql(conn: Connection, step: Direct) -> list[Mapping[str, Any]]:
+    c = direct._compile(step, conn.dialect)
     result = conn.exec_driver_sql(c.sql, _compiled_params(c, step))
     names = list(result.keys())
     return [c.row(names, values) for values in result]
 
 
-async def _driver_sql_async(conn: AsyncConnection, step: bulk.Direct) -> list[Mapping[str, Any]]:
-    c = bulk._compile(step, conn.dialect)
+async def _driver_sql_async(conn: AsyncConnection, step: Direct) -> list[Mapping[str, Any]]:
+    c = direct._compile(step, conn.dialect)
     result = await conn.exec_driver_sql(c.sql, _compiled_params(c, step))
     names = list(result.keys())
     return [c.row(names, values) for values in result]
 
 
 EXECUTORS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-    "direct": (bulk.run_direct, bulk.run_direct_async),
+    "direct": (direct.run_direct, direct.run_direct_async),
     "sqlalchemy": (_sqlalchemy, _sqlalchemy_async),
     "sqlalchemy_fetchall": (_sqlalchemy_fetchall, _sqlalchemy_fetchall_async),
     "driver_sql": (_driver_sql, _driver_sql_async),
@@ -148,12 +154,19 @@ EXECUTORS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
 @contextmanager
 def executing(kind: str) -> Iterator[None]:
     """Run the queue's `Direct` steps with executor ``kind`` inside the block."""
-    saved = queue_module.run_direct, queue_module.run_direct_async
-    queue_module.run_direct, queue_module.run_direct_async = EXECUTORS[kind]  # type: ignore[assignment]
+    saved = runner_module.run_direct, runner_module.run_direct_async
+    runner_module.run_direct, runner_module.run_direct_async = EXECUTORS[kind]  # type: ignore[assignment]
     try:
         yield
     finally:
-        queue_module.run_direct, queue_module.run_direct_async = saved
+        runner_module.run_direct, runner_module.run_direct_async = saved
+
+
+def _autocommit_on(q: JobQueue | AsyncJobQueue, engine: Any) -> None:
+    """Run ``q``'s operations that need no transaction on ``engine`` (the ``ac_engine``
+    variants' change)."""
+    for access in (Access.READ, Access.ONE_WRITE):
+        q._plans[access] = q._plans[access]._replace(engine=engine)
 
 
 def _executor(variant: str) -> str:
@@ -220,7 +233,7 @@ def _library_async(q: AsyncJobQueue) -> dict[str, Callable[[], Awaitable[int]]]:
 @dataclass
 class _RawStatement:
     """One of the queue's statements as the driver receives it: SQL and parameters (a dict
-    for psycopg, a list in ``$n`` order for asyncpg), from the compilation `bulk` uses."""
+    for psycopg, a list in ``$n`` order for asyncpg), from the fast path's compilation."""
 
     sql: str
     params: Any
@@ -254,21 +267,19 @@ def _raw_statements(q: JobQueue | AsyncJobQueue, dialect: Any) -> dict[str, _Raw
         }
     ]
     steps = {
-        "enqueue": s.insert_many([row]).statement,
-        "claim_1": s.claim(WORKER, limit=1, lease=LEASE, queues=("default",), kinds=None).statement,
-        "claim_50": s.claim(
-            WORKER, limit=50, lease=LEASE, queues=("default",), kinds=None
-        ).statement,
+        "enqueue": s.insert_many([row]),
+        "claim_1": s.claim(WORKER, limit=1, lease=LEASE, queues=("default",), kinds=None),
+        "claim_50": s.claim(WORKER, limit=50, lease=LEASE, queues=("default",), kinds=None),
     }
     both = s.complete_and_claim(
         done, WORKER, limit=50, lease=LEASE, queues=("default",), kinds=None
     )
     assert both is not None
-    steps["complete_and_claim_50"] = both.statement
+    steps["complete_and_claim_50"] = both
     out = {}
     for name, step in steps.items():
-        assert isinstance(step, bulk.Direct)
-        c = bulk._compile(step, dialect)
+        assert isinstance(step, Direct)
+        c = direct._compile(step, dialect)
         out[name] = _RawStatement(c.sql, c.params(step.params), c.positional)
     return out
 
@@ -527,12 +538,12 @@ def _sync(bench: Bench) -> None:
     base = make_engine(bench.url, isolation_level="AUTOCOMMIT")
     ac_engine = base.execution_options(compiled_cache={})
     tuned = JobQueue(ac_engine, table=table)
-    tuned._runner = ac_engine  # the runner is what the ac_engine variants change
+    _autocommit_on(tuned, ac_engine)
     import psycopg
 
     raw_conn = psycopg.connect(bench.libpq_url(), autocommit=True)
     try:
-        with shipped._runner.connect() as conn:
+        with shipped._plans[Access.ONE_WRITE].engine.connect() as conn:
             stmts = _raw_statements(shipped, conn.dialect)
         calls: dict[str, dict[str, Callable[[], int]]] = {
             "direct": _library_sync(shipped),
@@ -571,7 +582,7 @@ async def _async(bench: Bench, driver: str) -> None:
     base_async = make_async_engine(url, isolation_level="AUTOCOMMIT")
     ac_engine = base_async.execution_options(compiled_cache={})
     tuned = AsyncJobQueue(ac_engine, table=table)
-    tuned._runner = ac_engine
+    _autocommit_on(tuned, ac_engine)
     if driver == "asyncpg":
         import asyncpg
 
@@ -581,7 +592,7 @@ async def _async(bench: Bench, driver: str) -> None:
 
         raw_conn = await psycopg.AsyncConnection.connect(bench.libpq_url(), autocommit=True)
     try:
-        async with shipped._runner.connect() as conn:
+        async with shipped._plans[Access.ONE_WRITE].engine.connect() as conn:
             stmts = _raw_statements(shipped, conn.dialect)
         calls: dict[str, dict[str, Callable[[], Awaitable[int]]]] = {
             "direct": _library_async(shipped),

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from jobqueue import AsyncJobQueue, Job, JobQueue, NewJob, PayloadError, Status, migrate
-from jobqueue.database import make_async_engine, make_engine
+from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.operations import COPY_MIN_JOBS
 from tests.conftest import Either
 
@@ -229,12 +229,12 @@ def test_many_concurrent_batches(postgres_url: str, pg_table: str) -> None:
 def test_copy_is_used_from_the_threshold_on(
     postgres_url: str, pg_table: str, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jobqueue.queue
+    from jobqueue.drivers.runner import SyncRunner
 
     copies: list[object] = []
-    real = jobqueue.queue.copy_rows
+    real = SyncRunner.copy
     monkeypatch.setattr(
-        jobqueue.queue, "copy_rows", lambda conn, step: copies.append(step) or real(conn, step)
+        SyncRunner, "copy", lambda runner, step: copies.append(step) or real(runner, step)
     )
     with JobQueue(postgres_url, table=pg_table) as sq:
         sq.enqueue_many([NewJob(payload={"n": i}) for i in range(size)])
@@ -361,13 +361,13 @@ async def test_a_cancelled_enqueue_gives_its_connection_back(
 
 
 def test_new_jobs_are_built_in_the_field_order_of_job() -> None:
-    """`operations._new_job` passes `Job`'s fields by position: its comments name them in
-    order, and they must stay `Job`'s order."""
+    """`operations.jobs._new_job` passes `Job`'s fields by position: its comments name them
+    in order, and they must stay `Job`'s order."""
     import inspect
 
-    from jobqueue import operations
+    from jobqueue.operations import jobs
 
-    source = inspect.getsource(operations._new_job)
+    source = inspect.getsource(jobs._new_job)
     named = [
         line.rsplit("# ", 1)[1]
         for line in source.splitlines()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -128,22 +127,3 @@ async def test_json_values_round_trip_through_every_write(q: Either) -> None:
     assert (await q.complete(first, value)).result == value
     assert await q.complete_many([Completion(second, [value])]) == {second.id}
     assert (await q.get(second.id)).result == [value]
-
-
-def test_a_second_write_in_autocommit_mode_is_our_error_with_a_hint(postgres_url: str) -> None:
-    """Review item 32: the one-write guard raised a bare RuntimeError without a hint. An
-    operation making two writes (a bug in jobqueue) is refused before the second one."""
-    from jobqueue import JobQueue, migrate
-    from jobqueue.errors import JobQueueError
-
-    table = "jobs_twowrites"
-    migrate(postgres_url, table=table)
-    with JobQueue(postgres_url, table=table) as queue:
-
-        def two_writes() -> Any:
-            yield queue.statements.reap()
-            yield queue.statements.reap()
-
-        with pytest.raises(JobQueueError) as caught:
-            queue._run(two_writes())
-        assert "bug in jobqueue" in caught.value.hint

@@ -9,7 +9,7 @@ A page asks for a generated part with a pair of marker comments; the lines betwe
 are replaced on every run:
 
 - ``<!-- jobqueue:moves -->`` … ``<!-- /jobqueue:moves -->``: the table of allowed status
-  moves, from `jobqueue.schema.MOVES`;
+  moves, from `jobqueue.models.MOVES`;
 - ``<!-- jobqueue:cli -->`` … ``<!-- /jobqueue:cli -->``: ``--help`` of the ``jobqueue``
   command and every subcommand, from the click group itself;
 - ``<!-- jobqueue:api NAME -->`` … ``<!-- /jobqueue:api -->``: the signature and docstring
@@ -52,7 +52,7 @@ log = logging.getLogger("mkdocs.plugins.jobqueue_docs")
 
 def moves_table() -> str:
     """A Markdown matrix: one row per status, a check where the move is allowed."""
-    from jobqueue.schema import MOVES, Status
+    from jobqueue.models import MOVES, Status
 
     statuses = list(Status)
     lines = [

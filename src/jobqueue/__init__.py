@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._compat import install as _serve_old_import_paths
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -42,9 +43,13 @@ if TYPE_CHECKING:
     from .migrations import (
         migrate,
     )
-    from .operations import (
+    from .models import (
+        FINAL_STATUSES,
+        MOVES,
         Completion,
+        Job,
         NewJob,
+        Status,
         StatusStats,
     )
     from .queue import (
@@ -54,11 +59,7 @@ if TYPE_CHECKING:
     from .registry import (
         Registry,
     )
-    from .schema import (
-        FINAL_STATUSES,
-        MOVES,
-        Job,
-        Status,
+    from .sql.table import (
         jobs_table,
     )
     from .worker import (
@@ -75,34 +76,36 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0.dev0"
 
+_serve_old_import_paths()
+
 #: Where each lazily imported name lives.
 _LAZY: dict[str, str] = {
     "AsyncJobQueue": "queue",
-    "Completion": "operations",
+    "Completion": "models",
     "DefAPIGenerator": "generators",
-    "FINAL_STATUSES": "schema",
+    "FINAL_STATUSES": "models",
     "GenerationRequest": "generators",
     "GenerationResult": "generators",
     "Generator": "generators",
     "HandlerResult": "worker",
-    "Job": "schema",
+    "Job": "models",
     "JobContext": "generators",
     "JobQueue": "queue",
     "LocalContext": "generators",
-    "MOVES": "schema",
+    "MOVES": "models",
     "MockGenerator": "generators",
-    "NewJob": "operations",
+    "NewJob": "models",
     "Registry": "registry",
     "Settings": "config",
-    "Status": "schema",
-    "StatusStats": "operations",
+    "Status": "models",
+    "StatusStats": "models",
     "Worker": "worker",
     "WorkerContext": "worker",
     "generate_image": "wrappers",
     "generate_image_async": "wrappers",
     "generate_image_queued": "wrappers",
     "generate_image_sync": "wrappers",
-    "jobs_table": "schema",
+    "jobs_table": "sql.table",
     "migrate": "migrations",
 }
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .database import describe_url, redact
-from .errors import ConfigurationError
+from .drivers.engines import describe_url
+from .errors import ConfigurationError, redact
 from .generators.base import Generator
 from .generators.defapi import DEFAULT_BASE_URL, KEY_HINT, DefAPIGenerator, mask_key
 from .generators.keys import check_api_key

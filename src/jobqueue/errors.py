@@ -3,15 +3,22 @@
 Every error carries a ``hint``: one sentence that tells the reader what to do next. The CLI
 prints ``message`` and ``hint`` on one line each and exits; library users can show the hint
 to an operator. Driver exceptions never leak through the public API untranslated, because a
-bare "relation does not exist" tells a newcomer nothing about ``jobqueue migrate``.
+bare "relation does not exist" tells a newcomer nothing about ``jobqueue migrate``
+(`jobqueue.drivers.errors` translates them).
+
+Every layer may import this module: it also holds the two text helpers every layer needs
+for what it logs or stores, `redact` (passwords out of URLs) and `describe_error` (an
+exception as one safe line), so that the worker and the generators need not import the
+driver layer for them.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .schema import Job
+    from .models import Job
 
 
 class JobQueueError(Exception):
@@ -134,3 +141,40 @@ class WaitTimeout(JobQueueError, TimeoutError):
     def __init__(self, message: str, *, job_id: object = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.job_id = job_id
+
+
+# -- text helpers for logs and stored errors -----------------------------------------------
+
+# The password runs to the *last* "@" before the host part: an unencoded "@" in a password
+# must not leave its tail visible. A password may also come as a query or conninfo parameter.
+# The lookbehind starts a match only where a scheme can start, so a long run of letters
+# (a megabyte-long exception message) is scanned once, not once per position (quadratic).
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s?#]*@"
+)
+_PASSWORD_PARAMETER = re.compile(r"(?i)(?P<pre>\bpassword\s*=\s*)(?:'[^']*'|[^&\s]*)")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in any URL inside ``text`` (for logs and error messages)."""
+    return _PASSWORD_PARAMETER.sub(r"\g<pre>***", _PASSWORD_IN_URL.sub(r"\g<pre>***@", text))
+
+
+#: The longest `describe_error` answer: enough for any useful first line, short enough for logs.
+ERROR_TEXT_LIMIT = 1000
+
+
+def describe_error(exc: BaseException, *, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """``Type: first line of the message`` for logs and a job's stored error.
+
+    Only the first line, because driver errors append the SQL and its ``[parameters: ...]``
+    (user data, possibly hundreds of rows) on later lines; passwords hidden (`redact`);
+    at most ``limit`` characters. Never raises, even when ``str(exc)`` does.
+    """
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:
+        lines = ["(its message could not be read)"]
+    first = lines[0].strip() if lines else ""
+    text = redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "\u2026"

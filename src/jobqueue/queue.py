@@ -1,8 +1,11 @@
 """`JobQueue` (sync) and `AsyncJobQueue` (asyncio): thin executors of the shared operations.
 
 Each public method checks its arguments, picks an operation from `jobqueue.operations`, and
-runs it in one transaction — on the caller's connection when ``connection=`` is given, so a
-job can be enqueued atomically with the caller's own writes.
+runs it (`_run`): on the caller's connection when ``connection=`` is given, so a job can be
+enqueued atomically with the caller's own writes; else on a connection chosen by what the
+operation declares it does (`jobqueue.operations.Access`, see `_QueueBase.__init__`). The
+steps run through a runner of the driver layer (`jobqueue.drivers.runner`): the queues
+never learn which driver they have. The two classes differ only where one awaits.
 """
 
 from __future__ import annotations
@@ -14,22 +17,37 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, Unpack
 from uuid import UUID
 
-from sqlalchemy import URL, Connection, Engine, MetaData, Result, Table
+from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
-from . import presence
-from .bulk import CopyRows, Direct, copy_rows, copy_rows_async, run_direct, run_direct_async
-from .database import READ_ONLY, make_async_engine, make_engine, translated_errors
+from .drivers.engines import READ_ONLY, make_async_engine, make_engine
+from .drivers.errors import translated_errors
+from .drivers.runner import AsyncRunner, SyncRunner
 from .errors import JobFailed, JobQueueError, PermissionDenied, SchemaNotInstalled, WaitTimeout
-from .operations import Completion, Limits, NewJob, Operation, StatusStats
-from .presence import LiveWorker, Lookout, WorkerPresence
-from .presence_sql import PresenceStatements
-from .schema import DEFAULT_KIND, DEFAULT_QUEUE, DEFAULT_TABLE, Job, Status, jobs_table
-from .statements import Statements
+from .models import (
+    DEFAULT_KIND,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_QUEUE,
+    DEFAULT_TABLE,
+    Completion,
+    Job,
+    LiveWorker,
+    NewJob,
+    Status,
+    StatusStats,
+    WorkerPresence,
+)
+from .operations import Access, Operation, presence
+from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
+from .sql.presence import PresenceStatements
+from .sql.statements import Statements
+from .sql.table import jobs_table
+from .validation import Limits, new_job_row, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -50,6 +68,14 @@ class EnqueueOptions(TypedDict, total=False):
     idempotency_key: str | None
 
 
+class _Plan(NamedTuple, Generic[E]):
+    """Where an operation runs: on ``engine``, in a transaction or statement by statement
+    in autocommit mode."""
+
+    engine: E
+    transaction: bool
+
+
 class _QueueBase(Generic[E]):
     """Configuration and argument handling shared by both queues."""
 
@@ -61,8 +87,8 @@ class _QueueBase(Generic[E]):
         *,
         table: str = DEFAULT_TABLE,
         schema: str | None = None,
-        lease: float = ops.DEFAULT_LEASE,
-        max_payload_bytes: int = ops.DEFAULT_MAX_PAYLOAD_BYTES,
+        lease: float = DEFAULT_LEASE,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retry_backoff: tuple[float, float] = (5.0, 600.0),
     ) -> None:
         self.engine = engine
@@ -71,20 +97,38 @@ class _QueueBase(Generic[E]):
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
         self.worker_statements = PresenceStatements(self.table, self.dialect)
-        # On PostgreSQL every operation makes at most one write, and makes it first (the
-        # statements module keeps each move to one statement), so outside a caller's
-        # transaction it runs in autocommit mode: one round trip per statement instead of
-        # BEGIN, statement, COMMIT. `_drive` refuses a second write in that mode. SQLite
-        # keeps its BEGIN IMMEDIATE transactions (no round trips to save there).
-        self._autocommit = self.is_postgres
-        self._runner: E = (
-            engine.execution_options(isolation_level="AUTOCOMMIT") if self._autocommit else engine
-        )
-        # Operations that only read begin SQLite's transaction deferred (see READ_ONLY).
-        self._reader: E = engine.execution_options(**{READ_ONLY: True})
-        self.lease = ops.seconds_of(lease, "lease", low=0.001)
+        self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
+        self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = Limits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
+
+    def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
+        """Where each kind of operation runs (the one place that decides it).
+
+        On PostgreSQL an operation that makes at most one write needs no transaction:
+        outside a caller's transaction it runs in autocommit mode, one round trip per
+        statement instead of BEGIN, statement, COMMIT, and its hot statements may take the
+        driver's fast path (`jobqueue.drivers.direct`). It runs on an autocommit view of
+        ``engine``: one pool, and the engine's events see the queue's statements (all but
+        the fast path's). An engine of its own in autocommit mode would cost a little less
+        per operation but would hide them (docs/performance.md has the measurements). SQLite keeps a
+        transaction for everything (no round trips to save there): ``BEGIN IMMEDIATE`` for
+        writers, so they queue for the lock instead of failing half-way, and a deferred
+        ``BEGIN`` for readers (`READ_ONLY`), which never wait for the lock.
+        """
+        if self.is_postgres:
+            autocommit: E = engine.execution_options(isolation_level="AUTOCOMMIT")
+            return {
+                Access.READ: _Plan(autocommit, transaction=False),
+                Access.ONE_WRITE: _Plan(autocommit, transaction=False),
+                Access.TRANSACTION: _Plan(engine, transaction=True),
+            }
+        reader: E = engine.execution_options(**{READ_ONLY: True})
+        return {
+            Access.READ: _Plan(reader, transaction=True),
+            Access.ONE_WRITE: _Plan(engine, transaction=True),
+            Access.TRANSACTION: _Plan(engine, transaction=True),
+        }
 
     @property
     def is_postgres(self) -> bool:
@@ -96,7 +140,8 @@ class _QueueBase(Generic[E]):
         return self.lease if lease is None else lease
 
     def _new_rows(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [(j if isinstance(j, NewJob) else NewJob(**j)).to_row(self.limits) for j in jobs]
+        limits = self.limits
+        return [new_job_row(j if isinstance(j, NewJob) else NewJob(**j), limits) for j in jobs]
 
     def _enqueue_rows(
         self, kind: str, payload: Any, options: EnqueueOptions
@@ -162,7 +207,7 @@ class _QueueBase(Generic[E]):
         raise JobFailed.of(job)
 
     @staticmethod
-    def _timed_out(job_id: object, waiter: ops.Waiter) -> WaitTimeout:
+    def _timed_out(job_id: object, waiter: Waiter) -> WaitTimeout:
         return WaitTimeout(
             f"job {job_id} did not finish within {waiter.timeout:g} s", job_id=job_id
         )
@@ -203,86 +248,29 @@ class _QueueBase(Generic[E]):
         return on_no_worker(message)
 
 
-def _rows(result: Result[Any]) -> ops.Rows:
-    """The result's rows as plain dicts: much cheaper per row than SQLAlchemy's RowMapping
-    (a claim or an `enqueue_many` turns every row into a `Job`)."""
-    keys = list(result.keys())
-    return [dict(zip(keys, row, strict=True)) for row in result]
-
-
-#: The operations that never write (`wait` polls with `get`): the one place that marks them.
-_READ_ONLY_OPERATIONS = frozenset(
-    f.__name__
-    for f in (ops.get, ops.list_jobs, ops.stats, presence.live_workers, presence.check_access)
-)
-
-
-def _reads_only(op: Operation[Any]) -> bool:
-    """Whether ``op`` only reads, so SQLite may begin it without the write lock."""
-    return getattr(op, "__name__", "") in _READ_ONLY_OPERATIONS
-
-
-def _one_write(stmt: Any, writes: int) -> int:
-    """Count writes in autocommit mode, where a second one would not be atomic."""
-    if getattr(stmt, "is_dml", False):
-        writes += 1
-        if writes > 1:
-            raise JobQueueError(
-                "an operation made two writes outside a transaction; operations must make "
-                "at most one write (see _QueueBase.__init__)",
-                hint="this is a bug in jobqueue, not in your code: please report it",
-            )
-    return writes
-
-
-def _drive(conn: Connection, op: Operation[T], autocommit: bool = False) -> T:
-    writes = 0
+def _drive(conn: Connection, op: Operation[T], *, autocommit: bool = False) -> T:
+    """Run ``op`` on ``conn``: each step it yields, run by the driver layer, then its rows
+    sent back, until it returns. ``autocommit``: ``conn`` is the queue's own, in
+    autocommit mode."""
+    runner = SyncRunner(conn, autocommit=autocommit)
+    steps = op.steps
     try:
-        stmt, params = next(op)
+        step = next(steps)
         while True:
-            if autocommit:
-                writes = _one_write(stmt, writes)
-            if isinstance(stmt, CopyRows):
-                copy_rows(conn, stmt)
-                stmt, params = op.send([])
-                continue
-            if isinstance(stmt, Direct):
-                if autocommit:
-                    rows = run_direct(conn, stmt)
-                else:
-                    rows = _rows(conn.execute(stmt.statement, stmt.params))
-                stmt, params = op.send(rows)
-                continue
-            result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
-            stmt, params = op.send(_rows(result))
+            step = steps.send(step.run(runner))
     except StopIteration as done:
         value: T = done.value
         return value
 
 
-async def _drive_async(conn: AsyncConnection, op: Operation[T], autocommit: bool = False) -> T:
-    writes = 0
+async def _drive_async(conn: AsyncConnection, op: Operation[T], *, autocommit: bool = False) -> T:
+    """`_drive` on an async connection."""
+    runner = AsyncRunner(conn, autocommit=autocommit)
+    steps = op.steps
     try:
-        stmt, params = next(op)
+        step = next(steps)
         while True:
-            if autocommit:
-                writes = _one_write(stmt, writes)
-            if isinstance(stmt, CopyRows):
-                await copy_rows_async(conn, stmt)
-                stmt, params = op.send([])
-                continue
-            if isinstance(stmt, Direct):
-                if autocommit:
-                    rows = await run_direct_async(conn, stmt)
-                else:
-                    rows = _rows(await conn.execute(stmt.statement, stmt.params))
-                stmt, params = op.send(rows)
-                continue
-            if params is not None:
-                result = await conn.execute(stmt, params)
-            else:
-                result = await conn.execute(stmt)
-            stmt, params = op.send(_rows(result))
+            step = steps.send(await step.run(runner))
     except StopIteration as done:
         value: T = done.value
         return value
@@ -305,11 +293,12 @@ class JobQueue(_QueueBase[Engine]):
         with translated_errors(self.table_name):
             if connection is not None:
                 return _drive(connection, op)
-            if self._autocommit:
-                with self._runner.connect() as conn:
-                    return _drive(conn, op, autocommit=True)
-            with (self._reader if _reads_only(op) else self.engine).begin() as conn:
-                return _drive(conn, op)
+            plan = self._plans[op.access]
+            if plan.transaction:
+                with plan.engine.begin() as conn:
+                    return _drive(conn, op)
+            with plan.engine.connect() as conn:
+                return _drive(conn, op, autocommit=True)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -509,7 +498,7 @@ class JobQueue(_QueueBase[Engine]):
         interval: float = 3.0,
         timeout: float | None = None,
         on_change: Callable[[Job], object] | None = None,
-        no_worker_after: float | None = presence.NO_WORKER_AFTER,
+        no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
         """Poll until the job is final and return it (whatever the final status).
@@ -523,7 +512,7 @@ class JobQueue(_QueueBase[Engine]):
         ``on_no_worker(message)``, or a warning on the ``jobqueue.queue`` logger. None
         turns the look off.
         """
-        waiter = ops.Waiter(interval, timeout)
+        waiter = Waiter(interval, timeout)
         lookout = Lookout(no_worker_after)
         while True:
             job = self.get(job_id)
@@ -559,22 +548,23 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         with translated_errors(self.table_name):
             if connection is not None:
                 return await _drive_async(connection, op)
-            if self._autocommit:
-                conn = await self._runner.connect().start()
-                try:
-                    result = await _drive_async(conn, op, autocommit=True)
-                except BaseException as exc:
-                    # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
-                    await conn.__aexit__(type(exc), exc, exc.__traceback__)
-                    raise
-                # After a success the connection is idle in autocommit, so closing it
-                # never waits on the network and cannot be abandoned half-way: the plain
-                # close spares the task and two event-loop turns that SQLAlchemy's exit
-                # spends on that guarantee (a fifth of the Python time of an `enqueue`).
-                await conn.close()
-                return result
-            async with (self._reader if _reads_only(op) else self.engine).begin() as conn:
-                return await _drive_async(conn, op)
+            plan = self._plans[op.access]
+            if plan.transaction:
+                async with plan.engine.begin() as conn:
+                    return await _drive_async(conn, op)
+            conn = await plan.engine.connect().start()
+            try:
+                result = await _drive_async(conn, op, autocommit=True)
+            except BaseException as exc:
+                # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
+                await conn.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            # After a success the connection is idle in autocommit, so closing it never
+            # waits on the network and cannot be abandoned half-way: the plain close spares
+            # the task and two event-loop turns that SQLAlchemy's exit spends on that
+            # guarantee.
+            await conn.close()
+            return result
 
     async def close(self) -> None:
         if self._owns_engine:
@@ -738,10 +728,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         interval: float = 3.0,
         timeout: float | None = None,
         on_change: Callable[[Job], object] | None = None,
-        no_worker_after: float | None = presence.NO_WORKER_AFTER,
+        no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
-        waiter = ops.Waiter(interval, timeout)
+        waiter = Waiter(interval, timeout)
         lookout = Lookout(no_worker_after)
         while True:
             job = await self.get(job_id)

@@ -25,7 +25,7 @@ import pytest
 from _pytest.outcomes import Skipped  # pytest.skip.Exception, by a name type checkers know
 from sqlalchemy import Engine, event, make_url, text
 
-from .database import make_engine, normalise_url
+from .drivers.engines import make_engine, normalise_url
 
 POSTGRES_URL_ENV = "JOBQUEUE_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "JOBQUEUE_REQUIRE_POSTGRES"

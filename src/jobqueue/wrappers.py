@@ -31,9 +31,9 @@ from .generators.base import (
     JobContext,
     LocalContext,
 )
-from .presence import NO_WORKER_AFTER
+from .models import DEFAULT_QUEUE, Job, Status
+from .operations.waiting import NO_WORKER_AFTER
 from .queue import AsyncJobQueue, JobQueue
-from .schema import DEFAULT_QUEUE, Job, Status
 
 logger = logging.getLogger(__name__)
 

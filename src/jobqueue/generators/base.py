@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ..errors import PayloadError
 
 if TYPE_CHECKING:
-    from ..schema import Job
+    from ..models import Job
 
 IMAGE_KIND = "image"
 #: What to do about a missing, misspelt or empty prompt.

@@ -44,8 +44,7 @@ from tenacity import (
 )
 
 from ..backoff import equal_jitter
-from ..database import redact
-from ..errors import ConfigurationError, GenerationError
+from ..errors import ConfigurationError, GenerationError, redact
 from .base import GenerationRequest, GenerationResult, JobContext
 from .keys import Scrubber, check_api_key
 

@@ -26,8 +26,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from ..database import describe_error
-from ..errors import ConfigurationError, GenerationError, JobQueueError, PayloadError
+from ..errors import (
+    ConfigurationError,
+    GenerationError,
+    JobQueueError,
+    PayloadError,
+    describe_error,
+)
 from .base import GenerationRequest, GenerationResult, Generator, JobContext
 
 MASK = "****"

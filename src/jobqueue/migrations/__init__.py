@@ -21,15 +21,14 @@ from sqlalchemy import URL, Connection, Engine, inspect, make_url
 
 from alembic import command
 
-from ..database import database_url, make_engine, normalise_url, translated_errors
+from ..drivers.engines import database_url, make_engine, normalise_url
+from ..drivers.errors import translated_errors
 from ..errors import ConfigurationError
-from ..schema import DEFAULT_TABLE, validate_identifier, validate_table_name
+from ..models import DEFAULT_TABLE
+from ..sql.table import validate_identifier, validate_table_name, workers_table_name
+from ..sql.table import version_table as version_table  # documented here too
 
 SCRIPT_LOCATION = "jobqueue:migrations"
-
-
-def version_table(table: str) -> str:
-    return f"{table}_alembic_version"
 
 
 @dataclass(frozen=True)
@@ -304,8 +303,6 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 
 def exclude_tables(*tables: str) -> IncludeObject:
     """Build an ``include_object`` hook that hides the given jobqueue tables."""
-    from ..presence_sql import workers_table_name
-
     hidden = {
         t for name in tables for t in (name, version_table(name), workers_table_name(name))
     }

@@ -32,9 +32,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigurationError, JobQueueError
 from ..generators.base import IMAGE_KIND
-from ..operations import parse_job_id
+from ..models import DEFAULT_QUEUE, Job, Status
 from ..queue import AsyncJobQueue
-from ..schema import DEFAULT_QUEUE, Job, Status
+from ..validation import parse_job_id
 from .allowed import Allowed
 from .events import RECONNECT_MS, Subscription, Watchers, job_events
 from .guards import (

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..errors import DatabaseUnavailable, JobNotFound
-from ..operations import Waiter
-from ..schema import Job
+from ..models import Job
+from ..operations.waiting import Waiter
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from starlette.types import Message
 
 from ..errors import PayloadError
 from ..generators.base import GenerationRequest
-from ..operations import MAX_JSON_DEPTH
+from ..models import MAX_JSON_DEPTH
 from .allowed import Allowed
 from .problems import ApiError
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import GenerationError
 from ..generators.base import GenerationResult
-from ..schema import Job
+from ..models import Job
 from .placeholder import NAME
 
 #: Hosts under the reserved ``.invalid`` top-level domain (RFC 2606) can never be fetched:

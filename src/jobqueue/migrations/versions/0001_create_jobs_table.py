@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-28
 
 Frozen history: this file describes the table as version 1 created it. Later changes
-belong in new revisions; tests compare the migrated database with `jobqueue.schema`.
+belong in new revisions; tests compare the migrated database with `jobqueue.sql.table`.
 """
 
 from collections.abc import Sequence
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.dialects import DbNow, NewJobId, UTCDateTime, json_type
 from jobqueue.migrations import target
+from jobqueue.sql.dialect import DbNow, NewJobId, UTCDateTime, json_type
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

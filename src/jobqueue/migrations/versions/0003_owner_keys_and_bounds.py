@@ -12,7 +12,7 @@ Create Date: 2026-11-30
 2. Check constraints bound what any client may store (psql, a Supabase client, a worker
    role): text lengths, priority, the attempts a job has left, and timestamps that are
    real points in time (no ``infinity`` on PostgreSQL; text SQLite's date functions can
-   read). The numbers are the library's own limits (`jobqueue.schema`), which it checks
+   read). The numbers are the library's own limits (`jobqueue.models`), which it checks
    before writing.
 
 Rows already outside the new bounds are kept as they are. A job among them that is still
@@ -33,9 +33,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.dialects import DbNow, NewJobId, UTCDateTime, json_type
 from jobqueue.errors import ConfigurationError
 from jobqueue.migrations import Target, target
+from jobqueue.sql.dialect import DbNow, NewJobId, UTCDateTime, json_type
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.dialects import DbNow, UTCDateTime, json_type
 from jobqueue.migrations import target
-from jobqueue.presence_sql import workers_table_name
+from jobqueue.sql.dialect import DbNow, UTCDateTime, json_type
+from jobqueue.sql.table import workers_table_name
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"

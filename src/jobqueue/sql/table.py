@@ -1,17 +1,15 @@
-"""The jobs table, the statuses, the allowed moves between them, and the `Job` record.
+"""The tables: the jobs table with its indexes and bounds, the live-workers table, and the
+rules for the names derived from the jobs table's name.
 
-This module is the spec of the queue: read it first. Everything else (statements, queues,
-workers, the web API) refers to these names instead of repeating them.
+Every column has a server default, because other clients (a web front end writing
+through Supabase, a psql session) insert rows too and must not need to know them. What
+such a row may hold is bounded by check constraints (`bounds`) that repeat the library's
+own limits (`jobqueue.models`).
 """
 
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -32,80 +31,25 @@ from sqlalchemy import (
     text,
 )
 
-from .dialects import DbNow, Finite, NewJobId, UTCDateTime, json_type
-from .errors import ConfigurationError, InvalidTransition
-
-DEFAULT_TABLE = "generation_jobs"
-DEFAULT_QUEUE = "default"
-DEFAULT_KIND = "image"
-DEFAULT_MAX_ATTEMPTS = 3
-
-# What a job may hold. The library refuses a value outside these bounds with `PayloadError`
-# before it writes (`operations`), and the table's check constraints refuse it from every
-# other client (migration 0003); tests/test_bounds.py checks that the two agree.
-MAX_NAME = 200  # kind, queue
-MAX_TEXT = 255  # owner_id, idempotency_key, locked_by (the worker's id)
-MAX_PRIORITY = 1_000_000
-MAX_ATTEMPTS_LIMIT = 1000  # attempts a job may have left: max_attempts - attempts
-MAX_PROGRESS_MESSAGE = 1000
-MAX_REMOTE_TASK_ID = 1000
-MAX_RESULT_URL = 8192
-MAX_ERROR = 10_000  # a failed attempt's message, cut to this many characters
-
-#: The columns holding JSON (``jsonb`` on PostgreSQL, text on SQLite).
-JSON_COLUMNS = ("payload", "result", "errors")
+from ..errors import ConfigurationError
+from ..models import (
+    DEFAULT_KIND,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    DEFAULT_TABLE,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_ERROR,
+    MAX_NAME,
+    MAX_PRIORITY,
+    MAX_PROGRESS_MESSAGE,
+    MAX_REMOTE_TASK_ID,
+    MAX_RESULT_URL,
+    MAX_TEXT,
+    Status,
+)
+from .dialect import DbNow, Finite, NewJobId, UTCDateTime, json_type
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-class Status(StrEnum):
-    """Where a job is in its life. Stored as plain text so other clients can read it."""
-
-    PENDING = "pending"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-
-#: Every allowed move, and only those. The statements module derives its WHERE clauses
-#: from this mapping (``sources_of``), so a move not listed here cannot happen in SQL either.
-MOVES: Mapping[Status, frozenset[Status]] = {
-    # claim; cancel before it started
-    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),
-    # finish; fail for good; retry, release, or reap back to the queue; cancel while running
-    Status.PROCESSING: frozenset(
-        {Status.COMPLETED, Status.FAILED, Status.PENDING, Status.CANCELLED}
-    ),
-    # an operator's `retry`
-    Status.FAILED: frozenset({Status.PENDING}),
-    Status.CANCELLED: frozenset({Status.PENDING}),
-    Status.COMPLETED: frozenset(),
-}
-
-
-def can_move(source: Status, target: Status) -> bool:
-    return target in MOVES[source]
-
-
-def sources_of(target: Status) -> tuple[Status, ...]:
-    """The statuses from which a job may move to ``target`` (in a stable order)."""
-    return tuple(s for s in Status if target in MOVES[s])
-
-
-def check_move(source: Status, target: Status, job_id: object = None) -> None:
-    """Raise `InvalidTransition` unless ``source -> target`` is an allowed move."""
-    if not can_move(source, target):
-        allowed = ", ".join(sorted(MOVES[source])) or "none: it is final"
-        raise InvalidTransition(
-            f"job {job_id} cannot move from {source} to {target} (allowed from {source}: {allowed})"
-        )
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
@@ -132,6 +76,12 @@ def validate_table_name(name: str) -> str:
             hint="the indexes and version table are named after it and must fit in 63",
         )
     return name
+
+
+def version_table(table: str) -> str:
+    """Alembic's version table of the jobs table ``table`` (never the host's
+    ``alembic_version``): the longest name derived from ``table``."""
+    return f"{table}_alembic_version"
 
 
 def jobs_table(
@@ -242,7 +192,7 @@ def owner_scope(t: Table) -> ColumnElement[str]:
 
 def idempotency_scope(t: Table) -> tuple[ColumnElement[Any], ...]:
     """The columns (and expression) an idempotency key is unique within: one index and
-    the ON CONFLICT target that infers it (`statements.Statements.insert_many`)."""
+    the ON CONFLICT target that infers it (`jobqueue.sql.enqueue`)."""
     return (t.c.queue, owner_scope(t), t.c.idempotency_key)
 
 
@@ -253,7 +203,7 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
     A NULL passes a check constraint, so the optional columns are bounded only when set.
     A payload has no size bound here: ``max_payload_bytes`` is each queue's to raise, and
     a ceiling would refuse what such a queue accepts. Supabase users' inserts are bounded by
-    the row-level security policy instead (`jobqueue.rls`).
+    the row-level security policy instead (`jobqueue.sql.rls`).
     """
     c = t.c
 
@@ -292,7 +242,7 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
 
 
 #: What a job's owner may read of it: through Supabase (the ``select`` grant of
-#: `jobqueue.rls`) and through the web API. Left out: the worker's internals (``locked_by``
+#: `jobqueue.sql.rls`) and through the web API. Left out: the worker's internals (``locked_by``
 #: names a host, ``lease_expires_at``, ``remote_task_id`` is the provider's handle on the
 #: task) and the raw ``error`` and ``errors`` history, which may hold exception text, host
 #: and worker names. The web API derives a user-facing error from ``error`` itself.
@@ -319,130 +269,49 @@ OWNER_COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A snapshot of one row of the jobs table.
+# -- the live workers --------------------------------------------------------------------------
 
-    ``attempts`` and ``started_at`` are the fencing token: a worker holds the job only
-    while the row still has the ``attempts`` and ``started_at`` it was claimed with and is
-    ``processing`` (a release gives the attempt back, so only ``started_at`` tells its
-    claim from the next one).
+WORKERS_SUFFIX = "_workers"
 
-    ``unreadable`` says why part of a row written by another client could not be read
-    (``"payload could not be decoded: …"``); that value reads as None (``errors`` as
-    ``[]``). A worker fails such a job at once, without running it.
+
+def workers_table_name(jobs_table: str) -> str:
+    """The live-workers table of the jobs table ``jobs_table`` (``generation_jobs_workers``).
+
+    Its names fit PostgreSQL's 63 characters for every valid jobs table name: the longest,
+    ``<table>_workers_pkey``, is shorter than the version table's constraint that
+    `TABLE_NAME_MAX_LENGTH` is measured by.
     """
-
-    id: uuid.UUID
-    queue: str
-    kind: str
-    status: Status
-    payload: Any
-    result: Any
-    result_url: str | None
-    error: str | None
-    errors: list[dict[str, Any]]
-    progress: int
-    progress_message: str | None
-    priority: int
-    attempts: int
-    max_attempts: int
-    run_at: datetime
-    locked_by: str | None
-    lease_expires_at: datetime | None
-    remote_task_id: str | None
-    owner_id: str | None
-    idempotency_key: str | None
-    created_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    updated_at: datetime
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    unreadable: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Job:
-        """The job a row of the table holds (its JSON columns decoded)."""
-        return cls.from_values(dict(row))
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any], unreadable: str | None = None) -> Job:
-        """`from_row` taking over ``values`` (a fresh dict it may change)."""
-        # Called for every row a claim or a listing returns, so the common case (exactly
-        # the table's columns) skips sorting out extra columns.
-        extra: dict[str, Any] = {}
-        if values.keys() != _JOB_FIELD_SET:
-            extra = {k: values.pop(k) for k in [k for k in values if k not in _JOB_FIELD_SET]}
-        status = values["status"]
-        values["status"] = _STATUS_OF.get(status) or Status(status)
-        errors = values.get("errors")
-        values["errors"] = read_errors(errors) if errors else []
-        job_id = values["id"]
-        if not isinstance(job_id, uuid.UUID):
-            values["id"] = uuid.UUID(str(job_id))
-        return cls(**values, extra=extra, unreadable=unreadable)
-
-    @property
-    def is_final(self) -> bool:
-        return self.status.is_final
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from creation to the final status (what the statistics average)."""
-        if self.completed_at is None:
-            return None
-        return (self.completed_at - self.created_at).total_seconds()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (ids and times as strings) for APIs and the CLI; the table's
-        columns, and ``unreadable`` when it is set."""
-        out: dict[str, Any] = {}
-        for name in _JOB_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, uuid.UUID):
-                value = str(value)
-            elif isinstance(value, Status):
-                value = value.value
-            out[name] = value
-        if self.unreadable is not None:
-            out["unreadable"] = self.unreadable
-        return out
+    return f"{jobs_table}{WORKERS_SUFFIX}"
 
 
-def read_errors(errors: Any) -> list[Any]:
-    """A job's ``errors`` history with every ``at`` in the one format all backends write
-    (`error_time`), whatever wrote the row."""
-    out = list(errors)
-    for i, entry in enumerate(out):
-        if isinstance(entry, dict) and "at" in entry:
-            at = error_time(entry["at"])
-            if at is not entry["at"]:
-                out[i] = {**entry, "at": at}
-    return out
+def workers_table(
+    jobs_table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """The `Table` of the live workers of the jobs table ``jobs_table`` (in ``schema``).
 
-
-def error_time(value: Any) -> Any:
-    """An ``errors[].at`` as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``.
-
-    Both backends write that now (`dialects.DbNowText`). Rows written before read the
-    same: SQLite's clock text (``2026-11-29 07:05:48.123000``, UTC) and PostgreSQL's JSON
-    time in the session's time zone (``…+01:00``). Text that is no time stays as it is.
+    Each running `Worker` keeps one row here: who it is (id, host, pid), what it serves
+    (queues, kinds, concurrency), when it started and when it last beat, all by the
+    database clock. A row counts as live until its ``expires_at``.
     """
-    written_now = isinstance(value, str) and len(value) == 32 and value[26:] == "+00:00"
-    if not isinstance(value, str) or (written_now and value[10] == "T"):
-        return value
-    try:
-        at = datetime.fromisoformat(value)
-        if at.tzinfo is None:  # SQLite's clock: UTC
-            at = at.replace(tzinfo=UTC)
-        return at.astimezone(UTC).isoformat(timespec="microseconds")
-    except (ValueError, OverflowError):  # no time, or none that exists in UTC
-        return value
-
-
-#: The table's columns, in `Job`'s field order.
-_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f not in ("extra", "unreadable"))
-_JOB_FIELD_SET = frozenset(_JOB_FIELDS)
-_STATUS_OF = {s.value: s for s in Status}
+    validate_table_name(jobs_table)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    name = workers_table_name(jobs_table)
+    return Table(
+        name,
+        metadata if metadata is not None else MetaData(),
+        Column("worker_id", Text(), nullable=False),
+        Column("host", Text(), nullable=False),
+        Column("pid", Integer(), nullable=False),
+        # JSON arrays of names; ``kinds`` is NULL for a worker that claims every kind.
+        Column("queues", json_type(), nullable=False),
+        Column("kinds", json_type()),
+        Column("concurrency", Integer(), nullable=False),
+        Column("started_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        Column("last_beat_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        Column("expires_at", UTCDateTime(), nullable=False),
+        PrimaryKeyConstraint("worker_id", name=f"{name}_pkey"),
+        schema=schema,
+    )

@@ -1,16 +1,14 @@
-"""Engines, URLs and driver errors: the edge between jobqueue and the database driver.
+"""Engines and URLs: which driver runs, and how its connections are set up.
 
-Nothing above this module knows which driver runs: URLs are normalised here (a plain
+Nothing above the driver layer knows which driver runs: URLs are normalised here (a plain
 ``postgresql://`` URL, as Supabase hands out, means psycopg 3), SQLite is set up here for
-many writers (WAL, a busy timeout, ``BEGIN IMMEDIATE``), and driver exceptions become our own.
+many writers (WAL, a busy timeout, ``BEGIN IMMEDIATE``), and PostgreSQL connections read
+every time a column can hold. Driver exceptions become our own in `jobqueue.drivers.errors`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,8 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .errors import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    JobQueueError,
-    PayloadError,
-    PermissionDenied,
-    SchemaNotInstalled,
-)
+from ..errors import ConfigurationError, redact
+from ..models import END_OF_TIME, START_OF_TIME
 
 DEFAULT_URL = "sqlite:///jobqueue.db"
 URL_ENV = "JOBQUEUE_DATABASE_URL"
@@ -113,15 +105,8 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-#: How a time beyond what Python's `datetime` can hold reads: PostgreSQL's ``infinity``
-#: and times after the year 9999 as the end of time, ``-infinity`` and times before the
-#: year 1 (BC) as its start. A row a client wrote with such a time must stay readable.
-END_OF_TIME = datetime.max.replace(tzinfo=UTC)
-START_OF_TIME = datetime.min.replace(tzinfo=UTC)
-
-
 def _setup_postgres(sync_engine: Engine) -> None:
-    """Read every ``timestamptz`` the column can hold (see `END_OF_TIME`).
+    """Read every ``timestamptz`` the column can hold (see `jobqueue.models.END_OF_TIME`).
 
     psycopg refuses such values with ``DataError`` and asyncpg with ``OverflowError``
     (asyncpg reads the infinities, but not years past 9999 or BC), which would fail the
@@ -281,21 +266,6 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
     return engine
 
 
-# The password runs to the *last* "@" before the host part: an unencoded "@" in a password
-# must not leave its tail visible. A password may also come as a query or conninfo parameter.
-# The lookbehind starts a match only where a scheme can start, so a long run of letters
-# (a megabyte-long exception message) is scanned once, not once per position (quadratic).
-_PASSWORD_IN_URL = re.compile(
-    r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s?#]*@"
-)
-_PASSWORD_PARAMETER = re.compile(r"(?i)(?P<pre>\bpassword\s*=\s*)(?:'[^']*'|[^&\s]*)")
-
-
-def redact(text: str) -> str:
-    """Hide passwords in any URL inside ``text`` (for logs and error messages)."""
-    return _PASSWORD_PARAMETER.sub(r"\g<pre>***", _PASSWORD_IN_URL.sub(r"\g<pre>***@", text))
-
-
 def describe_url(url: str | URL) -> str:
     """A URL safe to print: no password."""
     try:
@@ -325,86 +295,3 @@ def describe_database(url: str | URL) -> str:
     other database by its URL without the password (`describe_url`)."""
     path = sqlite_path(url)
     return f"SQLite file {path}" if path is not None else describe_url(url)
-
-
-#: The longest `describe_error` answer: enough for any useful first line, short enough for logs.
-ERROR_TEXT_LIMIT = 1000
-
-
-def describe_error(exc: BaseException, *, limit: int = ERROR_TEXT_LIMIT) -> str:
-    """``Type: first line of the message`` for logs and a job's stored error.
-
-    Only the first line, because driver errors append the SQL and its ``[parameters: ...]``
-    (user data, possibly hundreds of rows) on later lines; passwords hidden (`redact`);
-    at most ``limit`` characters. Never raises, even when ``str(exc)`` does.
-    """
-    try:
-        lines = str(exc).strip().splitlines()
-    except Exception:
-        lines = ["(its message could not be read)"]
-    first = lines[0].strip() if lines else ""
-    text = redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "\u2026"
-
-
-_MISSING_TABLE = (
-    "no such table",
-    "does not exist",
-    "undefinedtable",
-    "undefined_table",
-)
-_NO_PERMISSION = ("permission denied", "insufficient privilege", "row-level security")
-_OUT_OF_BOUNDS = ("violates check constraint", "check constraint failed")
-#: An INSERT ... ON CONFLICT whose target no index matches: the table predates the index it
-#: names (revision 0003 scoped idempotency keys per owner).
-_OLD_SCHEMA = (
-    "no unique or exclusion constraint matching the on conflict",
-    "on conflict clause does not match any primary key or unique constraint",
-)
-
-
-def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
-    """Our error for a driver error, or None when it is not one we can explain better."""
-    if isinstance(exc, JobQueueError):
-        return exc
-    if not isinstance(exc, sa_exc.DBAPIError | sa_exc.OperationalError):
-        if isinstance(exc, OSError | ConnectionError):
-            return DatabaseUnavailable(f"cannot reach the database: {redact(str(exc))}")
-        return None
-    text = redact(str(exc.orig if getattr(exc, "orig", None) is not None else exc)).lower()
-    first_line = redact(str(getattr(exc, "orig", exc))).strip().splitlines()[0:1]
-    detail = first_line[0] if first_line else type(exc).__name__
-    if any(m in text for m in _NO_PERMISSION):
-        return PermissionDenied(f"the database refused access to {table}: {detail}")
-    if any(m in text for m in _MISSING_TABLE) and (table.lower() in text or "relation" in text):
-        return SchemaNotInstalled(f"the jobs table {table!r} is not installed ({detail})")
-    if any(m in text for m in _OLD_SCHEMA):
-        return SchemaNotInstalled(
-            f"the jobs table {table!r} is older than this version of jobqueue ({detail})"
-        )
-    if any(m in text for m in _OUT_OF_BOUNDS):
-        # The library checks every value it writes against the same bounds, so this is a
-        # row stored by another client before the bounds existed (migration 0003).
-        return PayloadError(
-            f"a job in {table} holds a value outside the table's bounds ({detail})",
-            hint="correct the job's values (the constraint named says which) and try again",
-        )
-    unreachable = getattr(exc, "connection_invalidated", False) or isinstance(
-        exc, sa_exc.OperationalError | sa_exc.InterfaceError
-    )
-    if unreachable and "locked" not in text:
-        return DatabaseUnavailable(f"database error: {detail}")
-    return None
-
-
-@contextmanager
-def translated_errors(table: str) -> Iterator[None]:
-    try:
-        yield
-    except JobQueueError:
-        raise
-    except Exception as exc:
-        ours = translate(exc, table=table)
-        if ours is None:
-            raise
-        raise ours from exc

@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import URL
 
-from .backoff import Backoff
-from .database import describe_error
+from ..backoff import Backoff
+from ..errors import describe_error
 
 log = logging.getLogger("jobqueue.listener")
 

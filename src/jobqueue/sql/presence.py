@@ -1,87 +1,27 @@
-"""The table of live workers and its statements (SQLAlchemy Core; no connections).
+"""The statements on the live-workers table (`jobqueue.sql.table.workers_table`).
 
-Each running `Worker` keeps one row in ``<jobs table>_workers``: who it is (id, host,
-pid), what it serves (queues, kinds, concurrency), when it started and when it last
-beat, all by the database clock. A row counts as live until its ``expires_at``; live
-workers delete expired rows, so a crashed worker's row does not stay for ever. The
+Each running `Worker` keeps one row there; a row counts as live until its ``expires_at``;
+live workers delete expired rows, so a crashed worker's row does not stay for ever. The
 queues read the table to answer "does any live worker serve this job's queue?"
-(`jobqueue workers`, `jobqueue check`, and the warning of a wait that no worker serves).
+(`jobqueue workers`, `jobqueue check`, and the warning of a wait that no worker serves),
+and a worker checks at start that its role may do what a worker does (`access`).
 
-Like `jobqueue.statements`, every statement is built once and reused with new bound
+Like `jobqueue.sql.statements`, every statement is built once and reused with new bound
 parameters, and the sync and async queues run the same ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    Table,
-    Text,
-    bindparam,
-    delete,
-    select,
-    text,
-)
+from sqlalchemy import Float, Integer, Table, Text, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.elements import BindParameter
 
-from .dialects import DbNow, DbNowPlus, UTCDateTime, json_type
-from .schema import DEFAULT_TABLE, validate_identifier, validate_table_name
-from .statements import Bound
-
-T = TypeVar("T")
-
-WORKERS_SUFFIX = "_workers"
-
-
-def workers_table_name(jobs_table: str) -> str:
-    """The live-workers table of the jobs table ``jobs_table`` (``generation_jobs_workers``).
-
-    Its names fit PostgreSQL's 63 characters for every valid jobs table name: the longest,
-    ``<table>_workers_pkey``, is shorter than the version table's constraint that
-    `jobqueue.schema.TABLE_NAME_MAX_LENGTH` is measured by.
-    """
-    return f"{jobs_table}{WORKERS_SUFFIX}"
-
-
-def workers_table(
-    jobs_table: str = DEFAULT_TABLE,
-    schema: str | None = None,
-    metadata: MetaData | None = None,
-) -> Table:
-    """The `Table` of the live workers of the jobs table ``jobs_table`` (in ``schema``)."""
-    validate_table_name(jobs_table)
-    if schema is not None:
-        validate_identifier(schema, "schema name")
-    name = workers_table_name(jobs_table)
-    return Table(
-        name,
-        metadata if metadata is not None else MetaData(),
-        Column("worker_id", Text(), nullable=False),
-        Column("host", Text(), nullable=False),
-        Column("pid", Integer(), nullable=False),
-        # JSON arrays of names; ``kinds`` is NULL for a worker that claims every kind.
-        Column("queues", json_type(), nullable=False),
-        Column("kinds", json_type()),
-        Column("concurrency", Integer(), nullable=False),
-        Column("started_at", UTCDateTime(), nullable=False, server_default=DbNow()),
-        Column("last_beat_at", UTCDateTime(), nullable=False, server_default=DbNow()),
-        Column("expires_at", UTCDateTime(), nullable=False),
-        PrimaryKeyConstraint("worker_id", name=f"{name}_pkey"),
-        schema=schema,
-    )
-
-
-def _p(name: str, type_: Any) -> BindParameter[Any]:
-    return bindparam(f"jq_{name}", type_=type_)
-
+from .common import BuiltOnce
+from .common import param as _p
+from .dialect import DbNow, DbNowPlus
+from .steps import Query
+from .table import workers_table
 
 #: What a worker needs on each table: the jobs table to claim and write its jobs (every
 #: write is an UPDATE ... RETURNING, which reads too), its own table to keep its row.
@@ -138,22 +78,13 @@ def _access_sql_sqlite(schema: str | None) -> str:
     )
 
 
-class PresenceStatements:
+class PresenceStatements(BuiltOnce):
     """The statements on the live-workers table of one jobs table, on one dialect."""
 
     def __init__(self, jobs: Table, dialect: str) -> None:
-        if dialect not in ("postgresql", "sqlite"):
-            raise ValueError(f"unsupported dialect {dialect!r}")
+        super().__init__(dialect)
         self.jobs = jobs
         self.t = workers_table(jobs.name, jobs.schema, jobs.metadata)
-        self.dialect = dialect
-        self._shapes: dict[Hashable, Any] = {}
-
-    def _once(self, key: Hashable, build: Callable[[], T]) -> T:
-        found = self._shapes.get(key)
-        if found is None:
-            found = self._shapes[key] = build()
-        return found
 
     def _qualified(self, table: Table) -> str:
         """A quoted name for ``to_regclass`` (identifiers are validated: quoting is enough)."""
@@ -169,7 +100,7 @@ class PresenceStatements:
         kinds_json: str | None,
         concurrency: int,
         ttl: float,
-    ) -> Bound:
+    ) -> Query:
         """Write the worker's row: insert it (at start, or after it was swept as stale),
         else refresh its beat and what it serves. Live until ``ttl`` seconds from now."""
 
@@ -216,9 +147,9 @@ class PresenceStatements:
             "jq_concurrency": concurrency,
             "jq_ttl": ttl,
         }
-        return Bound(self._once("beat", build), params)
+        return Query(self.once("beat", build), params)
 
-    def gone(self, worker_id: str) -> Bound:
+    def gone(self, worker_id: str) -> Query:
         """Remove the worker's own row (a clean stop)."""
 
         def build() -> Any:
@@ -227,18 +158,18 @@ class PresenceStatements:
                 c.worker_id
             )
 
-        return Bound(self._once("gone", build), {"jq_worker_id": worker_id})
+        return Query(self.once("gone", build), {"jq_worker_id": worker_id})
 
-    def sweep(self) -> Bound:
+    def sweep(self) -> Query:
         """Delete the rows of workers that stopped beating (crashed, killed, cut off)."""
 
         def build() -> Any:
             c = self.t.c
             return delete(self.t).where(c.expires_at < DbNow()).returning(c.worker_id)
 
-        return Bound(self._once("sweep", build), None)
+        return Query(self.once("sweep", build), None)
 
-    def live(self) -> Bound:
+    def live(self) -> Query:
         """The live workers, oldest first, each with the database clock's ``now``."""
 
         def build() -> Any:
@@ -249,23 +180,15 @@ class PresenceStatements:
                 .order_by(c.started_at, c.worker_id)
             )
 
-        return Bound(self._once("live", build), None)
+        return Query(self.once("live", build), None)
 
-    def access(self) -> Bound:
+    def access(self) -> Query:
         """Whether the jobs and workers tables exist and this role may do what a worker
         does to them (`NEEDS`): one row per table (``what`` is ``jobs`` or ``workers``)."""
         if self.dialect == "postgresql":
-            stmt = self._once("access", lambda: text(_access_sql_postgres()))
+            stmt = self.once("access", lambda: text(_access_sql_postgres()))
             params = {"jq_jobs": self._qualified(self.jobs), "jq_workers": self._qualified(self.t)}
         else:
-            stmt = self._once("access", lambda: text(_access_sql_sqlite(self.jobs.schema)))
+            stmt = self.once("access", lambda: text(_access_sql_sqlite(self.jobs.schema)))
             params = {"jq_jobs_name": self.jobs.name, "jq_workers_name": self.t.name}
-        return Bound(stmt, params)
-
-
-__all__ = [
-    "NEEDS",
-    "PresenceStatements",
-    "workers_table",
-    "workers_table_name",
-]
+        return Query(stmt, params)

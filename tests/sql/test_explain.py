@@ -2,8 +2,9 @@
 finished rows: the claim must come from the partial claim index (finished rows never enter
 it) and listing a user's jobs from the owner index, never from a scan of the whole table.
 
-EXPLAIN runs on exactly the SQL and parameters the driver receives (captured while the
-statement runs once inside a transaction that is rolled back).
+EXPLAIN runs on exactly the SQL and parameters the driver receives: for a hot statement,
+what the fast path sends (`jobqueue.drivers.direct.sent`); for any other, what SQLAlchemy
+sends (captured while the statement runs once inside a transaction that is rolled back).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from jobqueue import JobQueue, migrate
-from jobqueue.statements import Bound
+from jobqueue.drivers import direct
+from jobqueue.sql.steps import Direct, Query
 from jobqueue.testing import statement_as_sent
 
 pytestmark = pytest.mark.postgres
@@ -47,11 +49,17 @@ def busy_queue(postgres_url: str, table_name: str) -> Iterator[JobQueue]:
     q.close()
 
 
-def plan_of(engine: Engine, bound: Bound) -> dict[str, Any]:
-    """EXPLAIN (FORMAT JSON) of the statement exactly as the driver receives it."""
-    sql, parameters = statement_as_sent(engine, *bound.plain())
+def plan_of(engine: Engine, step: Query) -> dict[str, Any]:
+    """EXPLAIN (FORMAT JSON) of the statement exactly as the driver receives it, run on
+    the driver connection itself."""
+    if isinstance(step, Direct):
+        sql, parameters = direct.sent(step, engine.dialect)
+    else:
+        sql, parameters = statement_as_sent(engine, step.statement, step.params)
     with engine.connect() as conn:
-        doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        (doc,) = raw.execute("EXPLAIN (FORMAT JSON) " + sql, parameters).fetchone()
     plan: dict[str, Any] = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
     return plan
 
@@ -68,10 +76,11 @@ def scans(node: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
 
 def test_claim_takes_pending_jobs_from_the_claim_index(busy_queue: JobQueue) -> None:
     table = busy_queue.table.name
-    bound = busy_queue.statements.claim(
+    step = busy_queue.statements.claim(
         "explainer", limit=10, lease=30.0, queues=["default"], kinds=None
     )
-    found = scans(plan_of(busy_queue.engine, bound))
+    assert isinstance(step, Direct)  # the fast path's SQL is the one explained
+    found = scans(plan_of(busy_queue.engine, step))
     assert any(
         kind in ("Index Scan", "Index Only Scan") and index == f"{table}_claim_idx"
         for kind, _, index in found
@@ -81,9 +90,9 @@ def test_claim_takes_pending_jobs_from_the_claim_index(busy_queue: JobQueue) -> 
 
 def test_listing_a_users_jobs_uses_the_owner_index(busy_queue: JobQueue) -> None:
     table = busy_queue.table.name
-    bound = busy_queue.statements.list(
+    step = busy_queue.statements.list(
         owner_id="user-7", statuses=None, queue=None, kind=None, since=None, limit=50
     )
-    found = scans(plan_of(busy_queue.engine, bound))
+    found = scans(plan_of(busy_queue.engine, step))
     assert any(index == f"{table}_owner_idx" for _, _, index in found), found
     assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found

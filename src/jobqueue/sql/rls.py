@@ -3,11 +3,12 @@
 Supabase exposes every table in ``public`` to the browser (roles ``anon`` and
 ``authenticated``) through its REST API, so a jobs table without RLS is readable and
 writable by anyone holding the anon key. `supabase_sql` returns the SQL to paste after the
-migration; `apply_rls` runs the same statements; `supabase_script` (``jobqueue sql
---supabase``) puts the migrations and these statements in one transaction. The rules:
+migration; `jobqueue.migrations.apply_rls` runs the same statements, and
+`jobqueue.migrations.supabase_script` (``jobqueue sql --supabase``) puts the migrations and
+these statements in one transaction. The rules:
 
 - ``authenticated`` users may INSERT jobs they own (``owner_id = auth.uid()``) and SELECT
-  only their own jobs, and of those only the columns an owner needs (`schema.OWNER_COLUMNS`:
+  only their own jobs, and of those only the columns an owner needs (`OWNER_COLUMNS`:
   no worker host names, lease, provider task id or raw error text). An insert may name only
   the columns a browser has any business setting (`USER_COLUMNS`; a column-level grant, so
   naming ``remote_task_id``, ``status``, ``locked_by``, ``result`` ... is refused outright),
@@ -32,20 +33,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import URL, Connection, Engine, text
-
-from .database import make_engine, translated_errors
-from .errors import ConfigurationError
-from .migrations import migration_statements, version_table
-from .operations import DEFAULT_MAX_PAYLOAD_BYTES, MAX_DELAY, MAX_JSON_DEPTH
-from .schema import (
+from ..errors import ConfigurationError
+from ..models import (
     DEFAULT_KIND,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
+    MAX_DELAY,
+    MAX_JSON_DEPTH,
+)
+from .table import (
     OWNER_COLUMNS,
     validate_identifier,
     validate_table_name,
+    version_table,
+    workers_table_name,
 )
 
 DEFAULT_WORKER_ROLE = "service_role"
@@ -224,8 +227,6 @@ def live_workers_statements(
     """The live-workers table (``<table>_workers``): the worker role keeps its heartbeat row
     there (insert, refresh, delete, and delete stale rows of others); users and ``anon``
     may not see it, so host names and process ids stay out of the browser's reach."""
-    from .presence_sql import workers_table_name
-
     validate_table_name(table)
     if schema is not None:
         validate_identifier(schema, "schema name")
@@ -264,87 +265,3 @@ def supabase_sql(
         f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
     )
     return f"{header}BEGIN;\n{body};\nCOMMIT;\n"
-
-
-def supabase_script(
-    table: str = DEFAULT_TABLE,
-    schema: str | None = None,
-    worker_role: str = DEFAULT_WORKER_ROLE,
-    *,
-    user_kinds: Sequence[str] = (DEFAULT_KIND,),
-    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
-) -> str:
-    """Everything Supabase needs, as one script for its SQL Editor (``jobqueue sql
-    --supabase``): the migrations, then the row-level security, in one transaction.
-
-    Safe to paste again: revisions already applied are skipped (`migration_statements`),
-    the RLS statements are repeatable. A missing ``auth.uid()`` or role stops it before
-    anything is changed, and a failure anywhere leaves the database as it was.
-    """
-    guard, *rls = rls_statements(
-        table, schema, worker_role, user_kinds=user_kinds, user_queues=user_queues
-    )
-    statements = [guard, *migration_statements(table=table, schema=schema), *rls]
-    where = f"{schema}.{table}" if schema else table
-    header = (
-        f"-- jobqueue: the jobs table {where}, then its row-level security for Supabase\n"
-        f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
-        "-- Safe to run again: revisions already applied are skipped.\n"
-    )
-    return f"{header}BEGIN;\n\n" + ";\n\n".join(statements) + ";\n\nCOMMIT;\n"
-
-
-def _check_prerequisites(conn: Connection, roles: tuple[str, ...]) -> None:
-    """Say plainly what is missing, before any statement fails half-way with a driver error."""
-    has_uid = conn.exec_driver_sql("SELECT to_regprocedure('auth.uid()') IS NOT NULL").scalar()
-    found = {
-        name
-        for (name,) in conn.execute(
-            text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"),
-            {"names": list(roles)},
-        )
-    }
-    missing = [r for r in roles if r not in found]
-    if not has_uid or missing:
-        what = (["the function auth.uid()"] if not has_uid else []) + [
-            f"the role {r}" for r in missing
-        ]
-        raise ConfigurationError(
-            f"cannot set up row-level security: {', '.join(what)} missing",
-            hint="Supabase provides these; on plain PostgreSQL create them first "
-            "(RLS setup never creates or replaces anything in the auth schema)",
-        )
-
-
-def apply_rls(
-    url_or_engine: str | URL | Engine | None = None,
-    *,
-    table: str = DEFAULT_TABLE,
-    schema: str | None = None,
-    worker_role: str = DEFAULT_WORKER_ROLE,
-    user_kinds: Sequence[str] = (DEFAULT_KIND,),
-    user_queues: Sequence[str] = (DEFAULT_QUEUE,),
-) -> None:
-    """Run `supabase_sql`'s statements against a PostgreSQL database, in one transaction.
-
-    The roles ``anon``, ``authenticated`` and ``worker_role`` and the function ``auth.uid()``
-    must exist (Supabase provides them); the jobs table must be migrated. ``user_kinds``
-    and ``user_queues`` are what ``authenticated`` may insert (see `rls_statements`).
-    """
-    statements = rls_statements(
-        table, schema, worker_role, user_kinds=user_kinds, user_queues=user_queues
-    )
-    engine = make_engine(url_or_engine)
-    try:
-        if engine.dialect.name != "postgresql":
-            raise ConfigurationError(
-                f"row-level security needs PostgreSQL, not {engine.dialect.name}",
-                hint="apply RLS on the Supabase/PostgreSQL database the web front end uses",
-            )
-        with translated_errors(table), engine.begin() as conn:
-            _check_prerequisites(conn, (ANONYMOUS_ROLE, USER_ROLE, worker_role))
-            for statement in statements:
-                conn.exec_driver_sql(statement)
-    finally:
-        if not isinstance(url_or_engine, Engine):
-            engine.dispose()

@@ -9,14 +9,15 @@ import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
 from jobqueue import Completion, jobs_table
-from jobqueue.statements import Bound, Statements
+from jobqueue.sql.statements import Statements
+from jobqueue.sql.steps import Query
 
 DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
 
 def compiled(stmt: object, dialect: str) -> str:
-    if isinstance(stmt, Bound):
-        stmt = stmt.plain()[0]
+    if isinstance(stmt, Query):
+        stmt = stmt.statement
     return str(stmt.compile(dialect=DIALECTS[dialect]))  # type: ignore[attr-defined]
 
 
@@ -60,8 +61,9 @@ def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_batched_completion_is_one_statement_with_the_same_fence(dialect: str) -> None:
-    from jobqueue.operations import Limits, complete_many
-    from jobqueue.schema import Job, Status
+    from jobqueue.models import Job, Status
+    from jobqueue.operations import complete_many
+    from jobqueue.validation import Limits
 
     s = Statements(jobs_table(), dialect)
     job = Job.from_row(
@@ -69,8 +71,7 @@ def test_batched_completion_is_one_statement_with_the_same_fence(dialect: str) -
         | {"id": uuid.uuid4(), "status": Status.PROCESSING, "attempts": 1, "errors": []}
     )
     op = complete_many(s, [Completion(job, {"a": 1}, "u")] * 3, Limits())
-    stmt, _params = next(op)
-    sql = compiled(stmt, dialect)
+    sql = compiled(next(op.steps), dialect)
     assert sql.count("UPDATE") == 1
     assert "generation_jobs.attempts = batch.attempt" in sql
     assert "generation_jobs.started_at = batch.started" in sql

@@ -1,7 +1,8 @@
 """SQL constructs whose text differs between PostgreSQL and SQLite.
 
-Each construct is one SQLAlchemy expression with one compilation per dialect, so the
-statements module builds every statement once and never branches on the database. Time
+Each construct is one SQLAlchemy expression with one compilation per dialect, so a
+statement that uses them is built once for both databases (the statements still branch
+where a whole construct differs: COPY, array parameters, locking clauses). Time
 always comes from the database clock: workers on different hosts must agree on whether a
 lease has expired, and only the database can be the referee.
 """
@@ -18,7 +19,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
 from sqlalchemy.types import DateTime
 
-from .database import END_OF_TIME, START_OF_TIME
+from ..models import END_OF_TIME, START_OF_TIME
 
 
 class UTCDateTime(TypeDecorator[datetime]):

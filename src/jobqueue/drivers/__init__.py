@@ -1,0 +1,12 @@
+"""The driver layer: the only code that touches a DB-API driver (psycopg, asyncpg, sqlite3).
+
+- `engines`: URLs, engines and how their connections are set up;
+- `errors`: driver errors as our own (by SQLSTATE where the driver gives one);
+- `runner`: runs an operation's steps on a connection, the queue's one way in here;
+- `direct` and `copy`: the steps SQLAlchemy does not run itself (the fast path, COPY),
+  on the driver connection (`raw`);
+- `listen`: LISTEN/NOTIFY on a connection of its own.
+
+Below it, `jobqueue.sql` builds statements and never connects; above it, the queue runs
+operations through a runner and never learns which driver it has.
+"""

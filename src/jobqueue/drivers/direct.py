@@ -1,0 +1,118 @@
+"""The fast path: a hot statement (`jobqueue.sql.steps.Direct`) run on the driver
+connection itself, without SQLAlchemy's per-execution work.
+
+The statement is still built and compiled by SQLAlchemy (once per statement and dialect,
+here), with SQLAlchemy's own type processing of every parameter and result value; only the
+execution skips SQLAlchemy's execution context, events and result objects, which cost more
+client time than the server takes to insert or claim one job (docs/performance.md,
+"Statement execution", has the measurements). The runners (`jobqueue.drivers.runner`) use
+it only on a connection of the queue's own in autocommit mode, where there is no
+transaction for SQLAlchemy (or the asyncpg adapter, which begins its transactions lazily)
+to keep track of, and only on psycopg and asyncpg; anywhere else a `Direct` step runs as
+any statement does.
+
+The SQLAlchemy interfaces this relies on are listed where the version range is pinned
+(``pyproject.toml``); ``tests/drivers/test_direct.py`` checks, statement by statement and
+driver by driver, that the fast path sends the same SQL and returns the same rows and
+errors as SQLAlchemy's own execution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Executable
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..sql.steps import Direct, Rows
+from .raw import driver_connection, driver_connection_async, driver_errors, driver_errors_async
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A `Direct` statement compiled for one dialect, with its type processors."""
+
+    statement: Executable  # kept so that the cache key (its id) stays unique
+    sql: str
+    positional: tuple[str, ...] | None  # asyncpg's $1, $2 ... order; None: named (psycopg)
+    compiled: Any
+    binds: Mapping[str, Processor]
+    results: Mapping[str, Processor]
+
+    def params(self, given: Mapping[str, Any]) -> Any:
+        values = self.compiled.construct_params(given)
+        for key, process in self.binds.items():
+            if process is not None:
+                values[key] = process(values[key])
+        if self.positional is None:
+            return values
+        return [values[key] for key in self.positional]
+
+    def row(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+        out = {}
+        for name, value in zip(names, values, strict=True):
+            process = self.results.get(name)
+            out[name] = value if process is None or value is None else process(value)
+        return out
+
+
+_compiled: dict[tuple[int, str, str], _Compiled] = {}
+
+
+def _compile(step: Direct, dialect: Dialect) -> _Compiled:
+    key = (id(step.statement), dialect.name, dialect.driver)
+    found = _compiled.get(key)
+    if found is not None and found.statement is step.statement:
+        return found
+    statement: Any = step.statement
+    compiled: Any = statement.compile(dialect=dialect)
+    # Keyed by the names the compiled SQL uses (anonymous parameters, such as literals in
+    # a CASE, have other keys in ``compiled.binds``).
+    binds = {
+        compiled.bind_names[bind]: bind.type.dialect_impl(dialect).bind_processor(dialect)
+        for bind in compiled.binds.values()
+    }
+    results = {
+        name: type_.dialect_impl(dialect).result_processor(dialect, None)
+        for name, type_ in step.returning.items()
+    }
+    positional = tuple(compiled.positiontup) if compiled.positiontup else None
+    found = _Compiled(step.statement, compiled.string, positional, compiled, binds, results)
+    if len(_compiled) > 256:  # statements are built once per queue: this stays tiny
+        _compiled.clear()
+    _compiled[key] = found
+    return found
+
+
+def run_direct(conn: Connection, step: Direct) -> Rows:
+    """Run ``step`` on a sync connection's psycopg connection; the rows as dicts."""
+    c = _compile(step, conn.dialect)
+    raw: Any = driver_connection(conn)
+    with driver_errors(conn, raw, c.sql):
+        cursor = raw.execute(c.sql, c.params(step.params))
+        names = [d.name for d in cursor.description or ()]
+        return [c.row(names, values) for values in cursor.fetchall()]
+
+
+async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
+    """Run ``step`` on an async connection's psycopg or asyncpg connection."""
+    c = _compile(step, conn.dialect)
+    raw: Any = await driver_connection_async(conn)
+    async with driver_errors_async(conn, raw, c.sql):
+        if c.positional is not None:  # asyncpg
+            records = await raw.fetch(c.sql, *c.params(step.params))
+            return [c.row(list(r.keys()), list(r.values())) for r in records]
+        cursor = await raw.execute(c.sql, c.params(step.params))
+        names = [d.name for d in cursor.description or ()]
+        return [c.row(names, values) for values in await cursor.fetchall()]
+
+
+def sent(step: Direct, dialect: Dialect) -> tuple[str, Any]:
+    """The SQL text and parameters `run_direct` sends the driver for ``step`` (a dict for
+    psycopg, a list in ``$n`` order for asyncpg): what an EXPLAIN must explain."""
+    c = _compile(step, dialect)
+    return c.sql, c.params(step.params)

@@ -1,0 +1,149 @@
+"""Driver errors as our own (`jobqueue.errors`): what went wrong, in words that say what to do.
+
+PostgreSQL names every error it raises with a SQLSTATE code, and both of its drivers hand
+it on (psycopg as ``exc.sqlstate``, asyncpg as ``sqlstate``, also on SQLAlchemy's wrapper of
+an asyncpg error): errors are sorted by that code, whatever language the server speaks.
+sqlite3 gives no code, so SQLite's errors are sorted by their (English, fixed) text.
+An error that fits none of the rules is not ours to explain and passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+
+from sqlalchemy import exc as sa_exc
+
+from ..errors import (
+    DatabaseUnavailable,
+    JobQueueError,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+    redact,
+)
+
+
+class Cause(Enum):
+    """What a database error means for jobqueue."""
+
+    MISSING_TABLE = "missing table"
+    #: An INSERT ... ON CONFLICT whose target no index matches: the table predates the
+    #: index it names (revision 0003 scoped idempotency keys per owner).
+    OLD_SCHEMA = "old schema"
+    NO_PERMISSION = "no permission"
+    OUT_OF_BOUNDS = "out of bounds"
+
+
+#: PostgreSQL's SQLSTATE codes, by what they mean here.
+BY_SQLSTATE: dict[str, Cause] = {
+    "42P01": Cause.MISSING_TABLE,  # undefined_table
+    "42703": Cause.MISSING_TABLE,  # undefined_column: a table older than its statements
+    "42P10": Cause.OLD_SCHEMA,  # invalid_column_reference (no index for ON CONFLICT)
+    "42501": Cause.NO_PERMISSION,  # insufficient_privilege, row-level security included
+    "23514": Cause.OUT_OF_BOUNDS,  # check_violation
+}
+
+#: SQLSTATE classes of a connection that is gone or a server that will not serve: 08
+#: connection exception, 57P01-57P03 the server shutting down or starting up.
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+#: SQLite's messages (sqlite3 gives no SQLSTATE), lower case, by what they mean here.
+SQLITE_TEXT: tuple[tuple[str, Cause], ...] = (
+    ("no such table", Cause.MISSING_TABLE),
+    ("on conflict clause does not match any primary key or unique constraint", Cause.OLD_SCHEMA),
+    ("check constraint failed", Cause.OUT_OF_BOUNDS),
+)
+#: SQLite's "database is locked" (its busy timeout ran out) is an operational error that
+#: does not mean the database is unreachable.
+SQLITE_BUSY = "locked"
+
+
+def sqlstate(error: BaseException | None) -> str | None:
+    """The SQLSTATE a driver error carries: psycopg's and asyncpg's own errors have it, and
+    so has SQLAlchemy's wrapper of an asyncpg error (else the asyncpg error it wraps)."""
+    if error is None:
+        return None
+    code = getattr(error, "sqlstate", None)
+    if code is None and error.__cause__ is not None:
+        code = getattr(error.__cause__, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def _cause(orig: BaseException | None, text: str) -> Cause | None:
+    code = sqlstate(orig)
+    if code is not None:
+        return BY_SQLSTATE.get(code)
+    if _from_sqlite(orig):
+        for marker, cause in SQLITE_TEXT:
+            if marker in text:
+                return cause
+    return None
+
+
+def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
+    """Our error for a driver error, or None when it is not one we can explain better."""
+    if isinstance(exc, JobQueueError):
+        return exc
+    if not isinstance(exc, sa_exc.DBAPIError):
+        if isinstance(exc, OSError | ConnectionError):
+            return DatabaseUnavailable(f"cannot reach the database: {redact(str(exc))}")
+        return None
+    orig = exc.orig
+    text = redact(str(orig if orig is not None else exc)).lower()
+    first_line = redact(str(orig if orig is not None else exc)).strip().splitlines()[0:1]
+    detail = first_line[0] if first_line else type(exc).__name__
+    cause = _cause(orig, text)
+    if cause is Cause.NO_PERMISSION:
+        return PermissionDenied(f"the database refused access to {table}: {detail}")
+    if cause is Cause.MISSING_TABLE:
+        return SchemaNotInstalled(f"the jobs table {table!r} is not installed ({detail})")
+    if cause is Cause.OLD_SCHEMA:
+        return SchemaNotInstalled(
+            f"the jobs table {table!r} is older than this version of jobqueue ({detail})"
+        )
+    if cause is Cause.OUT_OF_BOUNDS:
+        # The library checks every value it writes against the same bounds, so this is a
+        # row stored by another client before the bounds existed (migration 0003).
+        return PayloadError(
+            f"a job in {table} holds a value outside the table's bounds ({detail})",
+            hint="correct the job's values (the constraint named says which) and try again",
+        )
+    if _unreachable(exc, text):
+        return DatabaseUnavailable(f"database error: {detail}")
+    return None
+
+
+def _unreachable(exc: sa_exc.DBAPIError, text: str) -> bool:
+    """Whether ``exc`` says the database cannot be used right now: the connection was lost
+    (SQLAlchemy invalidated it), the driver's operational or interface errors (a refused or
+    broken connection, a timeout, a deadlock: worth a retry later), or the server says so."""
+    code = sqlstate(exc.orig)
+    if code is not None and code.startswith(UNREACHABLE_SQLSTATES):
+        return True
+    if not (
+        exc.connection_invalidated
+        or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    ):
+        return False
+    return not (_from_sqlite(exc.orig) and SQLITE_BUSY in text)
+
+
+def _from_sqlite(error: BaseException | None) -> bool:
+    """Whether ``error`` is sqlite3's (aiosqlite raises sqlite3's errors too)."""
+    return type(error).__module__ == "sqlite3"
+
+
+@contextmanager
+def translated_errors(table: str) -> Iterator[None]:
+    """Raise our error (`translate`) in place of a driver error that has one."""
+    try:
+        yield
+    except JobQueueError:
+        raise
+    except Exception as exc:
+        ours = translate(exc, table=table)
+        if ours is None:
+            raise
+        raise ours from exc

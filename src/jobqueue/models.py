@@ -1,0 +1,343 @@
+"""The records of the queue and the rules they follow: read this module first.
+
+`Status` and `MOVES` are the whole state machine; `Job` is one row of the jobs table;
+`NewJob`, `Completion` and `StatusStats` are what callers hand the queue and get back;
+`WorkerPresence` and `LiveWorker` are a worker's row in the live-workers table. The limits
+(``MAX_*``) and defaults (``DEFAULT_*``) are the library's own: `jobqueue.validation`
+checks values against them before a write, and the table's check constraints
+(`jobqueue.sql.table.bounds`) hold every other client to the same.
+
+Nothing here touches SQL or a connection; every other module refers to these names
+instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidTransition
+
+if TYPE_CHECKING:
+    from .validation import Limits
+
+DEFAULT_TABLE = "generation_jobs"
+DEFAULT_QUEUE = "default"
+DEFAULT_KIND = "image"
+DEFAULT_MAX_ATTEMPTS = 3
+#: Seconds a claim holds a job unless the queue or the call says otherwise.
+DEFAULT_LEASE = 30.0
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+
+# What a job may hold. The library refuses a value outside these bounds with `PayloadError`
+# before it writes (`jobqueue.validation`), and the table's check constraints refuse it from
+# every other client (migration 0003); tests/test_bounds.py checks that the two agree.
+MAX_NAME = 200  # kind, queue
+MAX_TEXT = 255  # owner_id, idempotency_key, locked_by (the worker's id)
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS_LIMIT = 1000  # attempts a job may have left: max_attempts - attempts
+MAX_PROGRESS_MESSAGE = 1000
+MAX_REMOTE_TASK_ID = 1000
+MAX_RESULT_URL = 8192
+MAX_ERROR = 10_000  # a failed attempt's message, cut to this many characters
+#: The longest duration a call may give (a delay, a lease, a retention period): the
+#: checks (`jobqueue.validation.seconds_of`) refuse longer ones.
+MAX_DELAY = timedelta(days=366)
+#: Deeper values are refused: JSON encoders and decoders recurse, so a value nested a few
+#: thousand levels deep could be written and then fail to read back (or fail half-way).
+MAX_JSON_DEPTH = 200
+
+#: The columns holding JSON (``jsonb`` on PostgreSQL, text on SQLite).
+JSON_COLUMNS = ("payload", "result", "errors")
+
+#: How a time beyond what Python's `datetime` can hold reads: PostgreSQL's ``infinity``
+#: and times after the year 9999 as the end of time, ``-infinity`` and times before the
+#: year 1 (BC) as its start. A row a client wrote with such a time must stay readable.
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+START_OF_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+class Status(StrEnum):
+    """Where a job is in its life. Stored as plain text so other clients can read it."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+#: Every allowed move, and only those. The statements (`jobqueue.sql`) derive their WHERE
+#: clauses from this mapping (``sources_of``), so a move not listed here cannot happen in
+#: SQL either.
+MOVES: Mapping[Status, frozenset[Status]] = {
+    # claim; cancel before it started
+    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),
+    # finish; fail for good; retry, release, or reap back to the queue; cancel while running
+    Status.PROCESSING: frozenset(
+        {Status.COMPLETED, Status.FAILED, Status.PENDING, Status.CANCELLED}
+    ),
+    # an operator's `retry`
+    Status.FAILED: frozenset({Status.PENDING}),
+    Status.CANCELLED: frozenset({Status.PENDING}),
+    Status.COMPLETED: frozenset(),
+}
+
+
+def can_move(source: Status, target: Status) -> bool:
+    return target in MOVES[source]
+
+
+def sources_of(target: Status) -> tuple[Status, ...]:
+    """The statuses from which a job may move to ``target`` (in a stable order)."""
+    return tuple(s for s in Status if target in MOVES[s])
+
+
+def check_move(source: Status, target: Status, job_id: object = None) -> None:
+    """Raise `InvalidTransition` unless ``source -> target`` is an allowed move."""
+    if not can_move(source, target):
+        allowed = ", ".join(sorted(MOVES[source])) or "none: it is final"
+        raise InvalidTransition(
+            f"job {job_id} cannot move from {source} to {target} (allowed from {source}: {allowed})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one row of the jobs table.
+
+    ``attempts`` and ``started_at`` are the fencing token: a worker holds the job only
+    while the row still has the ``attempts`` and ``started_at`` it was claimed with and is
+    ``processing`` (a release gives the attempt back, so only ``started_at`` tells its
+    claim from the next one).
+
+    ``unreadable`` says why part of a row written by another client could not be read
+    (``"payload could not be decoded: …"``); that value reads as None (``errors`` as
+    ``[]``). A worker fails such a job at once, without running it.
+    """
+
+    id: uuid.UUID
+    queue: str
+    kind: str
+    status: Status
+    payload: Any
+    result: Any
+    result_url: str | None
+    error: str | None
+    errors: list[dict[str, Any]]
+    progress: int
+    progress_message: str | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    locked_by: str | None
+    lease_expires_at: datetime | None
+    remote_task_id: str | None
+    owner_id: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    unreadable: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        """The job a row of the table holds (its JSON columns decoded)."""
+        return cls.from_values(dict(row))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], unreadable: str | None = None) -> Job:
+        """`from_row` taking over ``values`` (a fresh dict it may change)."""
+        # Called for every row a claim or a listing returns, so the common case (exactly
+        # the table's columns) skips sorting out extra columns.
+        extra: dict[str, Any] = {}
+        if values.keys() != _JOB_FIELD_SET:
+            extra = {k: values.pop(k) for k in [k for k in values if k not in _JOB_FIELD_SET]}
+        status = values["status"]
+        values["status"] = _STATUS_OF.get(status) or Status(status)
+        errors = values.get("errors")
+        values["errors"] = read_errors(errors) if errors else []
+        job_id = values["id"]
+        if not isinstance(job_id, uuid.UUID):
+            values["id"] = uuid.UUID(str(job_id))
+        return cls(**values, extra=extra, unreadable=unreadable)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to the final status (what the statistics average)."""
+        if self.completed_at is None:
+            return None
+        return (self.completed_at - self.created_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (ids and times as strings) for APIs and the CLI; the table's
+        columns, and ``unreadable`` when it is set."""
+        out: dict[str, Any] = {}
+        for name in _JOB_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, Status):
+                value = value.value
+            out[name] = value
+        if self.unreadable is not None:
+            out["unreadable"] = self.unreadable
+        return out
+
+
+def read_errors(errors: Any) -> list[Any]:
+    """A job's ``errors`` history with every ``at`` in the one format all backends write
+    (`error_time`), whatever wrote the row."""
+    out = list(errors)
+    for i, entry in enumerate(out):
+        if isinstance(entry, dict) and "at" in entry:
+            at = error_time(entry["at"])
+            if at is not entry["at"]:
+                out[i] = {**entry, "at": at}
+    return out
+
+
+def error_time(value: Any) -> Any:
+    """An ``errors[].at`` as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``.
+
+    Both backends write that now (`jobqueue.sql.dialect.DbNowText`). Rows written before read the
+    same: SQLite's clock text (``2026-11-29 07:05:48.123000``, UTC) and PostgreSQL's JSON
+    time in the session's time zone (``…+01:00``). Text that is no time stays as it is.
+    """
+    written_now = isinstance(value, str) and len(value) == 32 and value[26:] == "+00:00"
+    if not isinstance(value, str) or (written_now and value[10] == "T"):
+        return value
+    try:
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:  # SQLite's clock: UTC
+            at = at.replace(tzinfo=UTC)
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+    except (ValueError, OverflowError):  # no time, or none that exists in UTC
+        return value
+
+
+#: The table's columns, in `Job`'s field order.
+_JOB_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f not in ("extra", "unreadable"))
+_JOB_FIELD_SET = frozenset(_JOB_FIELDS)
+_STATUS_OF = {s.value: s for s in Status}
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job to enqueue, as the caller described it (see `JobQueue.enqueue`)."""
+
+    kind: str = DEFAULT_KIND
+    payload: Any = None
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    owner_id: str | None = None
+    idempotency_key: str | None = None
+
+    def to_row(self, limits: Limits) -> dict[str, Any]:
+        """The job checked against ``limits`` and made into the row the queue inserts
+        (`jobqueue.validation.new_job_row`)."""
+        from .validation import new_job_row
+
+        return new_job_row(self, limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished job waiting in the worker's completion batch."""
+
+    job: Job
+    result: Any = None
+    result_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusStats:
+    """One line of the statistics: a status, its job count and mean duration."""
+
+    status: Status
+    count: int
+    avg_duration_sec: float | None
+
+
+# -- live workers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPresence:
+    """What a worker says about itself in its row of the live-workers table."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    #: None: the worker claims every kind.
+    kinds: tuple[str, ...] | None
+    concurrency: int
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWorker:
+    """A worker whose last beat is recent, as its row says (times by the database clock)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    #: None: the worker claims every kind.
+    kinds: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+    last_beat_at: datetime
+    expires_at: datetime
+    #: The database clock when the row was read.
+    seen_at: datetime
+
+    @property
+    def beat_age(self) -> float:
+        """Seconds since the last beat, by the database clock."""
+        return max(0.0, (self.seen_at - self.last_beat_at).total_seconds())
+
+    def serves(self, queue: str, kind: str | None = None) -> bool:
+        """Whether this worker claims jobs of ``kind`` (any kind when None) in ``queue``."""
+        if queue not in self.queues:
+            return False
+        return kind is None or self.kinds is None or kind in self.kinds
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO strings), for `jobqueue workers --json`."""
+        return {
+            "worker_id": self.worker_id,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": list(self.queues),
+            "kinds": None if self.kinds is None else list(self.kinds),
+            "concurrency": self.concurrency,
+            "started_at": self.started_at.isoformat(),
+            "last_beat_at": self.last_beat_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "beat_age_sec": round(self.beat_age, 3),
+        }

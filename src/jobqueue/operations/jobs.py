@@ -1,0 +1,538 @@
+"""What each method of the queues does to jobs, written once for the sync and the async
+queue (see `jobqueue.operations.contract`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from ..backoff import full_jitter
+from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from ..models import (
+    MAX_ERROR,
+    MAX_PROGRESS_MESSAGE,
+    MAX_REMOTE_TASK_ID,
+    MAX_RESULT_URL,
+    Completion,
+    Job,
+    Status,
+    StatusStats,
+    check_move,
+)
+from ..sql.statements import Statements
+from ..sql.steps import Row, Rows
+from ..validation import (
+    READ_PAYLOAD_FACTOR,
+    Limits,
+    check_int,
+    check_json,
+    check_text,
+    parse_job_id,
+    parse_statuses,
+    read_job,
+    seconds_of,
+    storable_text,
+    stored_json,
+)
+from .contract import Access, Operation, Steps, operation
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))].
+
+    Full jitter spreads retries of jobs that failed together (a provider outage) so they do
+    not come back as one burst.
+    """
+    return full_jitter(attempt, base, cap)
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+#: From this many jobs on, `enqueue_many` on PostgreSQL COPYs instead of INSERTing (when no
+#: job has an idempotency key). COPY takes three round trips (`copy_context`, the COPY
+#: command, its data) against the INSERT's one, and saves client and server time on every
+#: job (docs/performance.md): from 200 jobs on that pays for the round trips to a database
+#: in the same region (Supabase's included).
+COPY_MIN_JOBS = 200
+
+
+@operation(Access.ONE_WRITE)
+def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Job]]:
+    """Insert the rows; for an idempotency key the same owner (or, for a job without one,
+    an unowned job) already used in the queue, the existing job.
+
+    Large batches on PostgreSQL are COPYed when no job carries an idempotency key (keys need
+    ON CONFLICT, which COPY has not) and the role may COPY (see `Statements.copy_context`).
+    The jobs are then built here, not read back: every value is known before the write
+    (ids are made here, the times come from the database clock read in the same round
+    trip as the permission check), so they equal what `get` returns afterwards.
+    """
+    if not rows:
+        return []
+    if (
+        s.dialect == "postgresql"
+        and len(rows) >= COPY_MIN_JOBS
+        and all(r["idempotency_key"] is None for r in rows)
+    ):
+        (context,) = yield s.copy_context()
+        if context["may_copy"]:
+            jobs: list[Job] = []
+            yield s.copy_new(_new_jobs(rows, context["now"], jobs))
+            return jobs
+    inserted = yield s.insert_many(rows)
+    jsonb = s.dialect == "postgresql"
+    written = {i["id"]: i for i in inserted}
+    missing = [r for r in rows if r["id"] not in written]
+    # A key is unique per queue and owner (the index's scope), so the job found for a row is
+    # always its own owner's: never another's.
+    existing: dict[tuple[str, str | None, str], Job] = {}
+    for scope in {(r["queue"], r["owner_id"]) for r in missing}:
+        keys = [r["idempotency_key"] for r in missing if (r["queue"], r["owner_id"]) == scope]
+        for found in (yield s.by_idempotency_keys(*scope, keys)):
+            job = read_job(found)
+            existing[(job.queue, job.owner_id, job.idempotency_key or "")] = job
+    out: list[Job] = []
+    for r in rows:
+        row = written.get(r["id"])
+        if row is not None:
+            run_at = row["run_at"]
+            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, jsonb))
+            continue
+        found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))
+        if found_job is None:  # the conflicting row vanished between the two statements
+            raise JobNotFound(
+                f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
+                hint="enqueue again",
+            )
+        out.append(found_job)
+    return out
+
+
+#: The ``extra`` of every job `_new_job` builds: none, and one shared empty mapping is
+#: cheaper than a dict per job.
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+def _new_job(
+    r: Mapping[str, Any], created_at: datetime, updated_at: datetime, run_at: datetime, jsonb: bool
+) -> Job:
+    """The `Job` a new row (as `NewJob.to_row` made it) is stored as, given the times the
+    database chose: the same value a read of the row gives, without the read (nor the
+    RETURNING of every column, which costs more than the insert itself for one job)."""
+    text: str = r["payload"]
+    # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
+    # large batch); tests/test_enqueue_bulk.py checks the order and every value.
+    return Job(
+        r["id"],  # id
+        r["queue"],  # queue
+        r["kind"],  # kind
+        Status.PENDING,  # status
+        stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],  # payload
+        None,  # result
+        None,  # result_url
+        None,  # error
+        [],  # errors
+        0,  # progress
+        None,  # progress_message
+        r["priority"],  # priority
+        0,  # attempts
+        r["max_attempts"],  # max_attempts
+        run_at,  # run_at
+        None,  # locked_by
+        None,  # lease_expires_at
+        None,  # remote_task_id
+        r["owner_id"],  # owner_id
+        r["idempotency_key"],  # idempotency_key
+        created_at,  # created_at
+        None,  # started_at
+        None,  # completed_at
+        updated_at,  # updated_at
+        _NO_EXTRA,  # extra
+        None,  # unreadable
+    )
+
+
+def _new_jobs(
+    rows: Iterable[Mapping[str, Any]], now: datetime, out: list[Job]
+) -> Iterator[tuple[Job, str]]:
+    """Each row as the `Job` the COPY stores (appended to ``out``), with its payload text;
+    ``now`` is the database clock, read just before.
+
+    A generator on purpose: the driver sends each record as it is made, so the database
+    inserts one part of the batch while Python builds the next (two cores at work).
+    """
+    for r in rows:
+        run_at = r["run_at_value"]
+        if run_at is None:
+            run_at = now + timedelta(seconds=r["delay_seconds"])
+        else:
+            run_at = run_at.astimezone(UTC)
+        job = _new_job(r, now, now, run_at, True)
+        out.append(job)
+        yield job, r["payload"]
+
+
+@operation(Access.ONE_WRITE)
+def claim(
+    s: Statements,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    limits: Limits,
+) -> Steps[list[Job]]:
+    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none."""
+    lease = _check_claim(worker_id, limit, lease)
+    if _asks_for_nothing(queues, kinds):
+        return []
+    rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    return _claimed_jobs(rows, limits)
+
+
+def _check_claim(worker_id: str, limit: int, lease: float) -> float:
+    """Check a claim's worker, limit and lease; the lease in seconds."""
+    check_text(worker_id, "worker_id")
+    check_int(limit, "limit", 1, 10_000)
+    return seconds_of(lease, "lease", low=0.001)
+
+
+def _asks_for_nothing(queues: Sequence[str] | None, kinds: Sequence[str] | None) -> bool:
+    """Whether a claim names no queue or no kind (None means any)."""
+    return (queues is not None and len(queues) == 0) or (kinds is not None and len(kinds) == 0)
+
+
+def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
+    """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none).
+
+    A payload far beyond the queue's size limit is not even decoded: the worker fails
+    its job rather than spend memory and time on it."""
+    longest = READ_PAYLOAD_FACTOR * limits.max_payload_bytes
+    jobs = [read_job(r, longest) for r in rows]
+    jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    return jobs
+
+
+def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
+    """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
+    if rows:
+        return rows[0]
+    state = yield s.fence_state(job.id)
+    if not state:
+        raise JobNotFound(f"cannot {action} job {job.id}: it no longer exists")
+    now = state[0]
+    again = ""
+    if now["attempts"] == job.attempts and now["started_at"] != job.started_at:
+        again = " (a later claim: this one was released)"
+    raise LeaseLost(
+        f"cannot {action} job {job.id} (attempt {job.attempts}): it is now {now['status']}, "
+        f"attempt {now['attempts']}{again}, held by {now['locked_by'] or 'nobody'}",
+        hint="nothing was written; the job's lease expired or it was released, cancelled "
+        "or reaped",
+    )
+
+
+@operation(Access.ONE_WRITE)
+def heartbeat(s: Statements, job: Job, lease: float) -> Steps[datetime]:
+    lease = seconds_of(lease, "lease", low=0.001)
+    rows = yield s.heartbeat(job.id, job.attempts, job.started_at, lease)
+    row = yield from _fenced(s, job, rows, "extend the lease of")
+    value: datetime = row["lease_expires_at"]
+    return value
+
+
+@operation(Access.ONE_WRITE)
+def heartbeat_many(
+    s: Statements, worker_id: str, jobs: Sequence[Job], lease: float
+) -> Steps[set[uuid.UUID]]:
+    """Extend the leases of the held ``jobs``; returns the ids still held (in that attempt)."""
+    check_text(worker_id, "worker_id")
+    lease = seconds_of(lease, "lease", low=0.001)
+    if not jobs:
+        return set()
+    held = [(j.id, j.attempts, j.started_at) for j in jobs]
+    rows = yield s.heartbeat_many(worker_id, held, lease)
+    return {r["id"] for r in rows}
+
+
+@operation(Access.ONE_WRITE)
+def set_progress(
+    s: Statements, job: Job, percent: int, message: str | None, limits: Limits
+) -> Steps[None]:
+    check_int(percent, "progress", 0, 100)
+    if message is not None:
+        check_text(message, "progress message", limit=MAX_PROGRESS_MESSAGE, empty=True)
+    rows = yield s.set_progress(job.id, job.attempts, job.started_at, percent, message)
+    yield from _fenced(s, job, rows, "report progress on")
+
+
+@operation(Access.ONE_WRITE)
+def remember(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
+    check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
+    rows = yield s.remember(job.id, job.attempts, job.started_at, remote_task_id)
+    yield from _fenced(s, job, rows, "save the remote task id of")
+
+
+def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
+    """Check a result and its URL; the result as JSON text (None stays None: SQL NULL)."""
+    if result_url is not None:
+        check_text(result_url, "result_url", limit=MAX_RESULT_URL)
+    return None if result is None else check_json(result, "result", limits)
+
+
+@operation(Access.ONE_WRITE)
+def complete(
+    s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
+) -> Steps[Job]:
+    result_json = _check_result(result, result_url, limits)
+    rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
+    return read_job((yield from _fenced(s, job, rows, "complete")))
+
+
+def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": i.job.id,
+            "attempt": i.job.attempts,
+            "started": i.job.started_at,
+            "result": _check_result(i.result, i.result_url, limits),
+            "result_url": i.result_url,
+        }
+        for i in items
+    ]
+
+
+@operation(Access.ONE_WRITE)
+def complete_many(
+    s: Statements, items: Sequence[Completion], limits: Limits
+) -> Steps[set[uuid.UUID]]:
+    """Complete a batch; returns the ids written. The others were fenced off."""
+    if not items:
+        return set()
+    rows = yield s.complete_many(_completion_rows(items, limits))
+    return {r["id"] for r in rows}
+
+
+def complete_and_claim(
+    s: Statements,
+    items: Sequence[Completion],
+    limits: Limits,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> Operation[tuple[set[uuid.UUID], list[Job]]]:
+    """Complete a batch and claim up to ``limit`` jobs atomically: the ids written (the
+    others were fenced off) and the jobs claimed. One statement on PostgreSQL; on SQLite
+    the two statements of `complete_many` and `claim`, in one transaction."""
+    both = _complete_and_claim_at_once if s.dialect == "postgresql" else _complete_then_claim
+    return both(s, items, limits, worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+
+
+@operation(Access.ONE_WRITE)
+def _complete_and_claim_at_once(
+    s: Statements,
+    items: Sequence[Completion],
+    limits: Limits,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> Steps[tuple[set[uuid.UUID], list[Job]]]:
+    """`complete_and_claim` as one statement (PostgreSQL)."""
+    lease = _check_claim(worker_id, limit, lease)
+    if _asks_for_nothing(queues, kinds):
+        return (yield from complete_many(s, items, limits).steps), []
+    step = s.complete_and_claim(
+        _completion_rows(items, limits),
+        worker_id,
+        limit=limit,
+        lease=lease,
+        queues=queues,
+        kinds=kinds,
+    )
+    if step is None:
+        raise ValueError(f"complete_and_claim is one statement on PostgreSQL, not {s.dialect}")
+    rows = yield step
+    # One row at least (the LEFT JOIN); one of them lists the ids written.
+    found = [r["jq_completed"] for r in rows if r["jq_completed"] is not None]
+    written = set(found[0]) if found else set()
+    rows = [
+        {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
+    ]
+    return written, _claimed_jobs(rows, limits)
+
+
+@operation(Access.TRANSACTION)
+def _complete_then_claim(
+    s: Statements,
+    items: Sequence[Completion],
+    limits: Limits,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> Steps[tuple[set[uuid.UUID], list[Job]]]:
+    """`complete_and_claim` as `complete_many` and `claim`, committed together (SQLite)."""
+    lease = _check_claim(worker_id, limit, lease)
+    written = yield from complete_many(s, items, limits).steps
+    if _asks_for_nothing(queues, kinds):
+        return written, []
+    rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    return written, _claimed_jobs(rows, limits)
+
+
+@operation(Access.ONE_WRITE)
+def fail(
+    s: Statements,
+    job: Job,
+    error: str,
+    *,
+    retry: bool | None,
+    retry_in: float | timedelta | None,
+    backoff: tuple[float, float],
+) -> Steps[Job]:
+    """Record a failed attempt. ``retry=None`` retries while attempts remain, ``False`` never,
+    ``True`` even when they are spent (one more attempt)."""
+    message = storable_text(str(error))[:MAX_ERROR] or "failed without a message"
+    if retry is None:
+        retry = job.attempts < job.max_attempts
+    delay: float | None = None
+    if retry:
+        delay = (
+            seconds_of(retry_in, "retry_in")
+            if retry_in is not None
+            else backoff_delay(job.attempts, *backoff)
+        )
+    rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay)
+    return read_job((yield from _fenced(s, job, rows, "fail")))
+
+
+@operation(Access.ONE_WRITE)
+def release(s: Statements, job: Job, reason: str) -> Steps[Job]:
+    reason = storable_text(str(reason))[:MAX_ERROR]
+    rows = yield s.release(job.id, job.attempts, job.started_at, reason)
+    return read_job((yield from _fenced(s, job, rows, "release")))
+
+
+def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Steps[Job]:
+    """After a move matched no row: `JobNotFound`, or `InvalidTransition` naming the status."""
+    rows = yield s.get(job_id)
+    if not rows:
+        raise JobNotFound(f"no job {job_id}")
+    job = read_job(rows[0])
+    check_move(job.status, target, job.id)
+    # Allowed by the table of moves but refused by the statement's own condition.
+    raise InvalidTransition(f"job {job_id} is {job.status} and cannot move to {target} now")
+
+
+@operation(Access.ONE_WRITE)
+def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Steps[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield s.cancel(jid, owner_id)
+    if rows:
+        return read_job(rows[0])
+    if owner_id is not None:
+        found = yield s.get(jid, owner_id)
+        if not found:
+            raise JobNotFound(f"no job {jid}")
+    return (yield from _explain_move(s, jid, Status.CANCELLED))
+
+
+@operation(Access.ONE_WRITE)
+def retry(s: Statements, job_id: object) -> Steps[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield s.retry(jid)
+    if rows:
+        return read_job(rows[0])
+    current = yield s.get(jid)
+    if current and read_job(current[0]).status is Status.PROCESSING:
+        raise InvalidTransition(f"job {jid} is running; only failed or cancelled jobs retry")
+    return (yield from _explain_move(s, jid, Status.PENDING))
+
+
+@operation(Access.READ)
+def get(s: Statements, job_id: object, owner_id: str | None = None) -> Steps[Job]:
+    jid = parse_job_id(job_id)
+    rows = yield s.get(jid, owner_id)
+    if not rows:
+        raise JobNotFound(f"no job {jid}")
+    return read_job(rows[0])
+
+
+@operation(Access.READ)
+def list_jobs(
+    s: Statements,
+    *,
+    owner_id: str | None,
+    status: Status | str | Iterable[Status | str] | None,
+    queue: str | None,
+    kind: str | None,
+    since: datetime | timedelta | None,
+    limit: int,
+) -> Steps[list[Job]]:
+    check_int(limit, "limit", 1, 10_000)
+    statuses = None if status is None else parse_statuses(status)
+    since_at: datetime | float | None
+    if since is None or isinstance(since, timedelta):
+        since_at = None if since is None else seconds_of(since, "since")
+    elif isinstance(since, datetime) and since.tzinfo is not None:
+        since_at = since
+    else:
+        raise PayloadError(
+            "since must be a timezone-aware datetime or a timedelta",
+            hint="e.g. datetime.now(UTC) - timedelta(hours=1), or timedelta(hours=1)",
+        )
+    rows = yield s.list(
+        owner_id=owner_id,
+        statuses=statuses,
+        queue=queue,
+        kind=kind,
+        since=since_at,
+        limit=limit,
+    )
+    return [read_job(r) for r in rows]
+
+
+@operation(Access.READ)
+def stats(s: Statements, since: timedelta | float) -> Steps[list[StatusStats]]:
+    secs = seconds_of(since, "since")
+    rows = yield s.stats(secs)
+    return [
+        StatusStats(
+            Status(r["status"]),
+            int(r["count"]),
+            None if r["avg_duration_sec"] is None else float(r["avg_duration_sec"]),
+        )
+        for r in rows
+    ]
+
+
+@operation(Access.ONE_WRITE)
+def reap(s: Statements) -> Steps[list[tuple[uuid.UUID, Status]]]:
+    rows = yield s.reap()
+    return [(r["id"], Status(r["status"])) for r in rows]
+
+
+@operation(Access.ONE_WRITE)
+def prune(
+    s: Statements, older_than: timedelta | float, statuses: Iterable[Status | str] | None
+) -> Steps[int]:
+    secs = seconds_of(older_than, "older_than")
+    chosen = parse_statuses(statuses) if statuses is not None else list(Status)
+    final = [x for x in chosen if x.is_final]
+    if not final:
+        raise PayloadError("prune removes finished jobs only: completed, failed or cancelled")
+    rows = yield s.prune(secs, final)
+    return len(rows)

@@ -1,0 +1,252 @@
+"""The statements of a worker's loop: claiming jobs, and writing a batch of completed
+jobs (alone, or with the claim of their replacements in the same statement)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Float,
+    Integer,
+    Text,
+    Uuid,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeEngine
+
+from ..models import Status
+from .common import (
+    COMPLETION_COLUMNS,
+    StatementsBase,
+    batch_json,
+    filter_params,
+    json_rows,
+    param,
+    unnest,
+)
+from .dialect import DbNow, DbNowAfter, DbNowPlus
+from .steps import Direct
+
+
+def completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """A completion batch as the array parameters `Claiming._complete_unnest` reads."""
+    return {
+        "jq_ids": [i["id"] for i in items],
+        "jq_attempts": [i["attempt"] for i in items],
+        "jq_started": [i["started"] for i in items],
+        "jq_results": [i["result"] for i in items],
+        "jq_result_urls": [i["result_url"] for i in items],
+    }
+
+
+class Claiming(StatementsBase):
+    """Claiming, and completing the batches that free a worker's slots."""
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease: float,
+        queues: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+    ) -> Direct:
+        """Take up to ``limit`` due jobs, highest priority then oldest first.
+
+        Pending jobs come from the partial claim index. Processing jobs whose lease expired
+        are claimable too (their lost attempt is recorded in ``errors``); those out of
+        attempts are left to `reap`, which fails them. PostgreSQL locks candidates with
+        ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other; SQLite
+        runs the statement under its single write lock, which makes it atomic.
+        """
+        qs = None if queues is None else tuple(queues)
+        ks = None if kinds is None else tuple(kinds)
+        stmt = self.once(("claim", qs, ks), lambda: self._claim(qs, ks))
+        params = {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease}
+        return Direct(stmt, params | filter_params(qs, ks), self.returned())
+
+    def _claim(
+        self,
+        queues: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+        not_in: ColumnElement[Any] | None = None,
+    ) -> Any:
+        """The claim; ``not_in`` (an array of ids) keeps those jobs out of the expired-lease
+        candidates (`complete_and_claim` completes them in the same statement)."""
+        c = self.t.c
+        now = DbNow()
+        limit = param("limit", Integer())
+        filters: list[ColumnElement[bool]] = []
+        # One plain parameter per queue and kind (the shape is cached per their tuple), not
+        # an expanding IN: that would re-render the SQL on every claim.
+        if queues is not None:
+            filters.append(c.queue.in_([param(f"queue_{i}", Text()) for i in range(len(queues))]))
+        if kinds is not None:
+            filters.append(c.kind.in_([param(f"kind_{i}", Text()) for i in range(len(kinds))]))
+        pending = (
+            select(c.id)
+            .where(c.status == Status.PENDING.value, c.run_at <= now, *filters)
+            .order_by(c.priority.desc(), c.run_at, c.id)
+            .limit(limit)
+        )
+        expired = (
+            select(c.id)
+            .where(
+                c.status == Status.PROCESSING.value,
+                c.lease_expires_at < now,
+                c.attempts < c.max_attempts,
+                *filters,
+                *([] if not_in is None else [c.id != func.all(not_in)]),
+            )
+            .order_by(c.lease_expires_at)
+            .limit(limit)
+        )
+        p: Any
+        e: Any
+        if self.dialect == "postgresql":
+            # Lock candidates without waiting for rows another claimer holds.
+            p = pending.with_for_update(skip_locked=True).cte("pending_jobs")
+            e = expired.with_for_update(skip_locked=True).cte("expired_jobs")
+        else:
+            p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
+        picked = union_all(select(p.c.id), select(e.c.id)).subquery("picked")
+        where = c.id.in_(select(picked.c.id).limit(limit))
+        lost = self.error_entry(self.lost_lease_message())
+        return (
+            update(self.t)
+            .where(where)
+            .values(
+                status=Status.PROCESSING.value,
+                attempts=c.attempts + 1,
+                locked_by=param("worker_id", Text()),
+                # Later than any earlier claim of the job, even within the clock's step:
+                # part of the fencing token (see `fence_on`).
+                started_at=DbNowAfter(c.started_at),
+                lease_expires_at=DbNowPlus(param("lease", Float())),
+                updated_at=now,
+                # Each attempt starts its own progress: nothing carries over from a released,
+                # retried or expired attempt.
+                progress=0,
+                progress_message=None,
+                errors=case((c.status == Status.PROCESSING.value, lost), else_=c.errors),
+            )
+            .returning(*self.columns)
+        )
+
+    def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Direct:
+        """Complete many held jobs in one statement (the worker's batched completer).
+
+        ``items`` are ``{"id", "attempt", "started", "result", "result_url"}``: the claim
+        and the result as JSON text. The fencing condition is the same as `complete`, so
+        RETURNING tells which jobs were fenced off (those ids are missing). On PostgreSQL
+        the batch travels as array parameters that are ``unnest``\\ed and joined to the
+        table, on SQLite as one JSON parameter (`json_rows`): one cached statement for any
+        batch size.
+        """
+        returning = self.once("completed_returned", lambda: {"id": self.t.c.id.type})
+        if self.dialect == "postgresql":
+            params = completion_arrays(items)
+            return Direct(self.once("complete_many_pg", self._complete_unnest), params, returning)
+
+        def build() -> Any:
+            batch = json_rows(COMPLETION_COLUMNS, "batch")
+            return self._complete_from(batch, batch.c.result)
+
+        rows = [(i["id"], i["attempt"], i["started"], i["result"], i["result_url"]) for i in items]
+        stmt = self.once("complete_many_sqlite", build)
+        return Direct(stmt, {"jq_batch": batch_json(rows)}, returning)
+
+    def complete_and_claim(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        worker_id: str,
+        *,
+        limit: int,
+        lease: float,
+        queues: Sequence[str] | None,
+        kinds: Sequence[str] | None,
+    ) -> Direct | None:
+        """Complete a batch and claim up to ``limit`` jobs in one statement (PostgreSQL).
+
+        A busy worker's slots free only when a completion is written, so writing a batch
+        and claiming its replacements as two transactions costs two commits (two WAL
+        flushes) per cycle; one statement costs one, and the new jobs are held from the
+        instant the finished ones are released. The claim is the `claim` statement; the
+        completion is `complete_many`'s, fenced the same way. Jobs being completed are kept
+        out of the claim's expired-lease candidates, so no row is changed twice.
+
+        The first returned row carries ``jq_completed`` (the ids written); every row carries
+        a claimed job's columns, all NULL when nothing was claimed (a LEFT JOIN keeps one
+        row). Returns None on SQLite, whose callers run `complete_many` and `claim` in one
+        transaction.
+        """
+        if self.dialect != "postgresql":
+            return None
+        qs = None if queues is None else tuple(queues)
+        ks = None if kinds is None else tuple(kinds)
+        stmt = self.once(("complete_and_claim", qs, ks), lambda: self._complete_and_claim(qs, ks))
+        params = {
+            **completion_arrays(items),
+            "jq_worker_id": worker_id,
+            "jq_limit": limit,
+            "jq_lease": lease,
+        }
+        returning = self.once(
+            "returned_after_completing",
+            lambda: {"jq_completed": postgresql.ARRAY(Uuid()), **self.returned()},
+        )
+        return Direct(stmt, params | filter_params(qs, ks), returning)
+
+    def _complete_and_claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
+        done = self._complete_unnest().cte("completed_jobs")
+        ids = param("ids", postgresql.ARRAY(Uuid()))
+        claimed = self._claim(queues, kinds, not_in=ids).cte("claimed_jobs")
+        # On the first row only: repeated on every row, the ids would be sent and decoded
+        # once per claimed job.
+        written = case(
+            (func.row_number().over() == 1, select(func.array_agg(done.c.id)).scalar_subquery()),
+        ).label("jq_completed")
+        one = select(literal_column("1").label("one")).subquery("one_row")
+        return select(written, *claimed.c).select_from(
+            one.outerjoin(claimed, literal_column("true"))
+        )
+
+    def _complete_unnest(self) -> Any:
+        arrays: list[tuple[str, str, TypeEngine[Any]]] = [
+            ("job_id", "ids", Uuid()),
+            ("attempt", "attempts", Integer()),
+            ("started", "started", DateTime(timezone=True)),
+            ("result", "results", Text()),
+            ("result_url", "result_urls", Text()),
+        ]
+        batch = unnest(arrays, "batch")
+        return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()))
+
+    def _complete_from(self, batch: Any, result: ColumnElement[Any]) -> Any:
+        c = self.t.c
+        now = DbNow()
+        return (
+            update(self.t)
+            .where(self.fence_on(batch.c.job_id, batch.c.attempt, batch.c.started))
+            .values(
+                status=Status.COMPLETED.value,
+                result=result,
+                result_url=batch.c.result_url,
+                error=None,
+                progress=100,
+                lease_expires_at=None,
+                completed_at=now,
+                updated_at=now,
+            )
+            .returning(c.id)
+        )

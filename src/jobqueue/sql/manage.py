@@ -1,0 +1,228 @@
+"""The statements anyone may run on any job: cancel, retry, reap, prune, and the reads
+(one job, a listing, the statistics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    Text,
+    Uuid,
+    and_,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
+
+from ..models import Status, sources_of
+from .common import StatementsBase, param, status_values
+from .dialect import DbNow, DbNowPlus, UTCDateTime
+from .steps import Query
+
+
+class Managing(StatementsBase):
+    """Anyone's moves of a job, and reading jobs."""
+
+    def cancel(self, job_id: UUID, owner_id: str | None = None) -> Query:
+        """Cancel a job that may still move to ``cancelled`` (pending or processing).
+
+        Only the statuses the table of moves allows are matched, so a finished job is never
+        reopened; with ``owner_id`` only that owner's job matches (an end user's cancel).
+        A running job's worker learns of it at its next fenced write or its cancel check.
+        """
+        by_owner = owner_id is not None
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            where = [
+                c.id == param("job_id", Uuid()),
+                c.status.in_(status_values(sources_of(Status.CANCELLED))),
+            ]
+            if by_owner:
+                where.append(c.owner_id == param("owner_id", Text()))
+            return (
+                update(self.t)
+                .where(*where)
+                .values(
+                    status=Status.CANCELLED.value,
+                    lease_expires_at=None,
+                    completed_at=now,
+                    updated_at=now,
+                )
+                .returning(*self.columns)
+            )
+
+        params: dict[str, Any] = {"jq_job_id": job_id}
+        if by_owner:
+            params["jq_owner_id"] = owner_id
+        return Query(self.once(("cancel", by_owner), build), params)
+
+    def retry(self, job_id: UUID) -> Query:
+        """An operator's retry of a ``failed`` or ``cancelled`` job: one more attempt, now."""
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
+            return (
+                update(self.t)
+                .where(c.id == param("job_id", Uuid()), c.status.in_(status_values(final_sources)))
+                .values(
+                    status=Status.PENDING.value,
+                    run_at=now,
+                    max_attempts=self.at_least_one_more(),
+                    locked_by=None,
+                    lease_expires_at=None,
+                    completed_at=None,
+                    updated_at=now,
+                )
+                .returning(*self.columns)
+            )
+
+        return Query(self.once("retry", build), {"jq_job_id": job_id})
+
+    def reap(self) -> Query:
+        """Return jobs whose lease expired to ``pending``, or fail them when out of attempts."""
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            spent = c.attempts >= c.max_attempts
+            message = self.lost_lease_message()
+            return (
+                update(self.t)
+                .where(c.status == Status.PROCESSING.value, c.lease_expires_at < now)
+                .values(
+                    status=case((spent, Status.FAILED.value), else_=Status.PENDING.value),
+                    completed_at=case((spent, now), else_=None),
+                    error=message,
+                    errors=self.error_entry(message),
+                    locked_by=None,
+                    lease_expires_at=None,
+                    run_at=now,
+                    updated_at=now,
+                )
+                .returning(c.id, c.status)
+            )
+
+        return Query(self.once("reap", build), None)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: UUID, owner_id: str | None = None) -> Query:
+        """One job by id; with ``owner_id`` only when it belongs to that owner, so an end
+        user cannot read another user's job by guessing its id."""
+        by_owner = owner_id is not None
+
+        def build() -> Any:
+            c = self.t.c
+            stmt = select(*self.columns).where(c.id == param("job_id", Uuid()))
+            if by_owner:
+                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
+            return stmt
+
+        params: dict[str, Any] = {"jq_job_id": job_id}
+        if by_owner:
+            params["jq_owner_id"] = owner_id
+        return Query(self.once(("get", by_owner), build), params)
+
+    def list(
+        self,
+        *,
+        owner_id: str | None,
+        statuses: Sequence[Status] | None,
+        queue: str | None,
+        kind: str | None,
+        since: datetime | float | None,
+        limit: int,
+    ) -> Query:
+        """Newest first. ``since`` is a time, or a number of seconds back from now."""
+        chosen = tuple(status_values(statuses)) if statuses else None
+        since_kind = None if since is None else "at" if isinstance(since, datetime) else "ago"
+        shape = ("list", owner_id is not None, chosen, queue is not None, kind is not None)
+
+        def build() -> Any:
+            c = self.t.c
+            stmt = select(*self.columns)
+            if owner_id is not None:
+                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
+            if chosen:
+                stmt = stmt.where(c.status.in_(list(chosen)))
+            if queue is not None:
+                stmt = stmt.where(c.queue == param("queue", Text()))
+            if kind is not None:
+                stmt = stmt.where(c.kind == param("kind", Text()))
+            if since_kind == "at":
+                stmt = stmt.where(c.created_at >= param("since", UTCDateTime()))
+            elif since_kind == "ago":
+                stmt = stmt.where(c.created_at >= DbNowPlus(param("since", Float())))
+            return stmt.order_by(c.created_at.desc(), c.id.desc()).limit(param("limit", Integer()))
+
+        params: dict[str, Any] = {"jq_limit": limit}
+        for name, value in (("owner_id", owner_id), ("queue", queue), ("kind", kind)):
+            if value is not None:
+                params[f"jq_{name}"] = value
+        if since_kind == "at":
+            params["jq_since"] = since
+        elif since_kind == "ago":
+            assert not isinstance(since, datetime) and since is not None
+            params["jq_since"] = -since
+        return Query(self.once((*shape, since_kind), build), params)
+
+    def stats(self, since_seconds: float) -> Query:
+        """The statistics: jobs per status and their mean creation-to-finish time."""
+
+        def build() -> Any:
+            c = self.t.c
+            if self.dialect == "postgresql":
+                # Times at infinity (a client may store them) cannot be subtracted: such a
+                # job counts, its duration does not.
+                finite = and_(func.isfinite(c.completed_at), func.isfinite(c.created_at))
+                seconds: ColumnElement[Any] = case(
+                    (finite, func.extract("epoch", c.completed_at - c.created_at))
+                )
+            else:
+                seconds = (func.julianday(c.completed_at) - func.julianday(c.created_at)) * 86400.0
+            return (
+                select(
+                    c.status,
+                    func.count().label("count"),
+                    func.avg(seconds).label("avg_duration_sec"),
+                )
+                .where(c.created_at > DbNowPlus(param("back", Float())))
+                .group_by(c.status)
+                .order_by(c.status)
+            )
+
+        return Query(self.once("stats", build), {"jq_back": -since_seconds})
+
+    def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> Query:
+        """Delete jobs in the given (final) statuses that finished more than
+        ``older_than_seconds`` ago by the database clock; RETURNING says how many.
+
+        The age is measured from ``completed_at``, not creation, so a job that ran for days
+        is kept for the full retention period after it ended.
+        """
+        chosen = tuple(status_values(statuses))
+
+        def build() -> Any:
+            c = self.t.c
+            return (
+                delete(self.t)
+                .where(
+                    c.status.in_(list(chosen)),
+                    c.completed_at < DbNowPlus(param("back", Float())),
+                )
+                .returning(c.id)
+            )
+
+        return Query(self.once(("prune", chosen), build), {"jq_back": -older_than_seconds})

@@ -1,0 +1,371 @@
+"""Checks on what callers hand the queue, and the rules for reading what the table holds.
+
+Everything a caller gives is checked here before anything is written, so a mistake becomes
+`PayloadError` (or `InvalidJobId`) with a hint rather than a driver error half-way:
+names and short texts (`check_text`), numbers (`check_int`), durations (`seconds_of`),
+JSON values (`encode_json`, which also gives the one text that is stored), job ids
+(`parse_job_id`) and whole new jobs (`new_job_row`). The other way round, `read_job`
+reads a row into a `Job` without trusting it (a client may have written it), and
+`storable_text` makes any message storable. `uuid7` makes the ids the library writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from .errors import InvalidJobId, PayloadError
+from .models import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    JSON_COLUMNS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_DELAY,
+    MAX_JSON_DEPTH,
+    MAX_NAME,
+    MAX_PRIORITY,
+    MAX_TEXT,
+    Job,
+    NewJob,
+    Status,
+)
+
+# -- ids ----------------------------------------------------------------------------------
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = (0, 0)  # (milliseconds, 74-bit counter) of the last id made here
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): 48 bits of Unix milliseconds, then random.
+
+    Time-ordered ids keep the primary key index append-mostly, and sort like creation time.
+    Ids made in this process within one millisecond stay in order too (RFC 9562's
+    monotonic counter): the 74 random bits start at a random value each millisecond and
+    count up within it.
+    """
+    global _uuid7_last
+    ms = time.time_ns() // 1_000_000
+    with _uuid7_lock:
+        last_ms, last_counter = _uuid7_last
+        if ms > last_ms:
+            counter = int.from_bytes(os.urandom(10), "big") >> 7  # 73 bits: room to count
+        else:  # same millisecond (or the clock stepped back): count on from the last id
+            ms, counter = last_ms, last_counter + 1
+            if counter >= 1 << 74:
+                ms, counter = ms + 1, 0
+        _uuid7_last = (ms, counter)
+    rand_a, rand_b = counter >> 62, counter & ((1 << 62) - 1)
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b
+    return uuid.UUID(int=value)
+
+
+def parse_job_id(job_id: object) -> uuid.UUID:
+    """Accept a UUID, its string, or a `Job`; refuse anything else with `InvalidJobId`."""
+    if isinstance(job_id, Job):
+        return job_id.id
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    if isinstance(job_id, str):
+        try:
+            return uuid.UUID(job_id.strip())
+        except ValueError:
+            pass
+    raise InvalidJobId(f"{str(job_id)[:80]!r} is not a job id")
+
+
+# -- values callers give ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what callers may store; checked before anything is written."""
+
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def _json_shape_problem(value: Any) -> str | None:
+    """Why ``value`` would not come back from a JSON column as it went in, or None.
+
+    Non-string keys are refused because JSON turns them into strings (``{1: "a", "1": "b"}``
+    would silently lose an entry); nesting is bounded (see `MAX_JSON_DEPTH`); strings must not
+    hold NUL (JSON escapes it as ``\\u0000``, which PostgreSQL's jsonb refuses) or lone
+    surrogates (not UTF-8).
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"is nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, str):
+            if "\x00" in item or _has_lone_surrogate(item):
+                return "holds a NUL character or a lone surrogate"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"has a non-string key {str(key)[:40]!r}"
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+#: ``json.dumps(value, allow_nan=False, ensure_ascii=False)`` without building an encoder
+#: per call (a quarter of the encoding time of a small payload). Encoding keeps no state.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
+def check_json(value: Any, what: str, limits: Limits) -> str:
+    """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
+    large to store.
+
+    The text is what gets stored (the statements bind it as is): the value is encoded
+    once, not once to check it and again to write it.
+    """
+    return encode_json(value, what, limits)[0]
+
+
+def encode_json(value: Any, what: str, limits: Limits) -> tuple[str, Any]:
+    """`check_json`, and the value as decoded from its text (a fresh copy, as a read
+    would give it).
+
+    The common case costs one encode, one decode and one comparison instead of a walk over
+    every item in Python (this runs once per job of an `enqueue_many`): when the decoded
+    text equals the value, no key was turned into a string, and the text itself shows
+    the rest (no escaped NUL, valid UTF-8, fewer brackets than the depth limit). Anything
+    else gets the exact walk (`_json_shape_problem`), which explains what is wrong or
+    accepts it (a tuple decodes to a list, for one).
+    """
+    try:
+        encoded = _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        _refuse_shape(value, what)
+        raise PayloadError(f"the {what} is not JSON-serialisable: {exc}") from None
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: the walk names it
+        _refuse_shape(value, what)
+        raise  # not reached: the walk finds every lone surrogate
+    decoded = json.loads(encoded)
+    if (
+        "\\u0000" in encoded
+        or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH
+        or decoded != value
+    ):
+        _refuse_shape(value, what)
+    if size > limits.max_payload_bytes:
+        raise PayloadError(
+            f"the {what} is {size} bytes, over the limit of {limits.max_payload_bytes}",
+            hint="store large data elsewhere (object storage) and put its URL in the payload, "
+            "or raise max_payload_bytes",
+        )
+    return encoded, decoded
+
+
+def _refuse_shape(value: Any, what: str) -> None:
+    problem = _json_shape_problem(value)
+    if problem is not None:
+        raise PayloadError(f"the {what} {problem}")
+
+
+def _jsonb_float(literal: str) -> float | int:
+    """A JSON number with a fraction or exponent as PostgreSQL's jsonb gives it back: jsonb
+    stores numbers as ``numeric`` and prints them without an exponent, so ``1e+16`` comes
+    back as the integer ``10000000000000000``. Every other float comes back as it went."""
+    if "e+" in literal:
+        return int(Decimal(literal))
+    return float(literal)
+
+
+def stored_json(text: str, decoded: Any) -> Any:
+    """The value PostgreSQL's jsonb column gives back for JSON ``text`` (as `encode_json`
+    encoded it, ``decoded`` its decoding): what a job read back holds, without reading it
+    back. Only numbers written with an exponent change."""
+    if "e+" in text:
+        return json.loads(text, parse_float=_jsonb_float)
+    return decoded
+
+
+# -- reading rows -------------------------------------------------------------------------
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+#: Strict JSON: ``NaN`` and ``Infinity``, which Python's decoder accepts, are refused, as on
+#: the way in (`encode_json`). Built once: `json.loads` with options builds one per call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+#: A claimed payload whose text is more than this many times the queue's
+#: ``max_payload_bytes`` (in characters) is not decoded: `enqueue` cannot have written
+#: it. (PostgreSQL prints a number written with an exponent in full, ``1e300`` as 301
+#: digits, so a payload `enqueue` accepted can read back longer than it went in, though
+#: never by this much.)
+READ_PAYLOAD_FACTOR = 64
+
+
+def _why_not(text: object, exc: BaseException) -> str:
+    if not isinstance(text, str):
+        return f"it is {type(text).__name__}, not JSON text"
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply to read"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not JSON ({exc})"
+    if "integer string conversion" in str(exc):
+        return f"it holds a number of more than {sys.get_int_max_str_digits()} digits"
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def read_job(row: Mapping[str, Any], max_payload_chars: int | None = None) -> Job:
+    """The `Job` of a row whose JSON columns came back as text (`Statements.columns`).
+
+    Each row is decoded on its own, so a row no decoder can read (a client wrote it)
+    becomes a job marked `Job.unreadable` instead of failing every job read with it.
+    ``max_payload_chars`` refuses a longer payload without decoding it (see
+    `READ_PAYLOAD_FACTOR`).
+    """
+    values = dict(row)
+    unreadable: str | None = None
+    for column in JSON_COLUMNS:
+        text = values[column]
+        if text is None:
+            continue
+        try:
+            if column == "payload" and max_payload_chars is not None:
+                _check_length(text, max_payload_chars)
+            value = values[column] = _DECODER.decode(text)
+            if column == "errors" and not isinstance(value, list):
+                raise ValueError("it is not a JSON array")
+        except (ValueError, TypeError, RecursionError) as exc:
+            values[column] = None
+            problem = f"{column} could not be decoded: {_why_not(text, exc)}"
+            unreadable = problem if unreadable is None else f"{unreadable}; {problem}"
+    return Job.from_values(values, unreadable)
+
+
+def _check_length(text: object, limit: int) -> None:
+    if isinstance(text, str) and len(text) > limit:
+        raise ValueError(
+            f"it is {len(text)} characters of JSON, far more than the queue's "
+            f"max_payload_bytes allows ({limit // READ_PAYLOAD_FACTOR})"
+        )
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def storable_text(text: str) -> str:
+    """Free text (an exception's message) made storable in any text column: NUL and lone
+    surrogates, which PostgreSQL and UTF-8 refuse, become visible escapes. A failure must
+    always be recordable, whatever its message holds."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def check_text(value: Any, what: str, *, limit: int = MAX_TEXT, empty: bool = False) -> None:
+    """Refuse a name or short text the database could not store or index as given.
+
+    A caller's mistake becomes `PayloadError` here, before any write, instead of a driver
+    error half-way (PostgreSQL refuses NUL in text, UTF-8 refuses lone surrogates) or an
+    index entry too long. Blank text is refused unless ``empty``: a blank kind or queue
+    name is always a bug in the caller.
+    """
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} must be a string, not {type(value).__name__}")
+    if (not empty and not value.strip()) or len(value) > limit:
+        raise PayloadError(f"{what} must be 1 to {limit} characters")
+    if "\x00" in value or _has_lone_surrogate(value):
+        raise PayloadError(f"{what} holds a NUL character or a lone surrogate")
+
+
+def check_int(value: Any, what: str, low: int, high: int) -> int:
+    """``value`` when it is an int within ``[low, high]``; `PayloadError` otherwise.
+
+    ``bool`` is refused although it is an ``int`` (``priority=True`` is a mistake), and the
+    bounds keep values inside the column types on every database.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{what} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise PayloadError(f"{what} must be between {low} and {high}, not {value}")
+    return value
+
+
+def seconds_of(value: float | timedelta, what: str, *, low: float = 0.0) -> float:
+    """A non-negative, finite duration in seconds from a number or a timedelta."""
+    secs = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(secs, bool) or not isinstance(secs, int | float) or not math.isfinite(secs):
+        raise PayloadError(f"{what} must be a finite number of seconds or a timedelta")
+    if secs < low or secs > MAX_DELAY.total_seconds():
+        raise PayloadError(f"{what} must be between {low} seconds and {MAX_DELAY.days} days")
+    return float(secs)
+
+
+def new_job_row(job: NewJob, limits: Limits) -> dict[str, Any]:
+    """``job`` checked against ``limits`` and the library's own bounds, as the row the
+    statements insert: its id made here (`uuid7`), its payload as the JSON text that is
+    stored (``payload``) and as a read gives it back (``payload_value``), and its start
+    as given (``run_at_value``) or as a delay from the database clock (``delay_seconds``)."""
+    check_text(job.kind, "kind", limit=MAX_NAME)
+    check_text(job.queue, "queue", limit=MAX_NAME)
+    payload = {} if job.payload is None else job.payload
+    payload_json, payload_value = encode_json(payload, "payload", limits)
+    check_int(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+    check_int(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+    if job.owner_id is not None:
+        check_text(job.owner_id, "owner_id")
+    if job.idempotency_key is not None:
+        check_text(job.idempotency_key, "idempotency_key")
+    if job.run_at is not None and job.delay is not None:
+        raise PayloadError("give run_at or delay, not both")
+    if job.run_at is not None and (
+        not isinstance(job.run_at, datetime) or job.run_at.tzinfo is None
+    ):
+        raise PayloadError("run_at must be a timezone-aware datetime")
+    if job.run_at is not None:
+        try:
+            job.run_at.astimezone(UTC)  # stored in UTC: it must exist in UTC
+        except OverflowError:
+            raise PayloadError("run_at is out of range once converted to UTC") from None
+    delay = 0.0 if job.delay is None else seconds_of(job.delay, "delay")
+    return {
+        "id": uuid7(),
+        "queue": job.queue,
+        "kind": job.kind,
+        "payload": payload_json,
+        "payload_value": payload_value,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "owner_id": job.owner_id,
+        "idempotency_key": job.idempotency_key,
+        "run_at_value": job.run_at,
+        "delay_seconds": delay,
+    }
+
+
+def parse_statuses(status: Status | str | Iterable[Status | str]) -> list[Status]:
+    """One status or several (names or `Status`), checked: `PayloadError` names the valid ones
+    instead of the bare ``ValueError`` an unknown name would raise."""
+    items = [status] if isinstance(status, str) else list(status)
+    try:
+        return [Status(x) for x in items]
+    except ValueError:
+        raise PayloadError(
+            f"unknown status in {[str(x) for x in items]!r}"[:300],
+            hint="statuses are " + ", ".join(s.value for s in Status),
+        ) from None

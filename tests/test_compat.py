@@ -1,0 +1,94 @@
+"""The import paths of the modules the layout by layer replaced keep working
+(`jobqueue._compat`): every name of every old module is the very object of its new home,
+however it is imported, and type checkers see the same through the stubs in ``typings/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jobqueue
+from jobqueue._compat import MOVED, home, stub_source
+
+PACKAGE_DIR = Path(jobqueue.__file__).parent
+TYPINGS = Path(__file__).resolve().parent.parent / "typings" / "jobqueue"
+OLD_NAMES = [(old, name) for old in sorted(MOVED) for name in sorted(MOVED[old])]
+
+
+@pytest.mark.parametrize(("old", "name"), OLD_NAMES)
+def test_every_old_name_is_the_object_of_its_new_home(old: str, name: str) -> None:
+    module = importlib.import_module(f"jobqueue.{old}")
+    where, new_name = home(old, name)
+    assert getattr(module, name) is getattr(importlib.import_module(where), new_name)
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_every_form_of_import_works(old: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from jobqueue.{old} import *", namespace)
+    assert set(MOVED[old]) <= set(namespace)
+    exec(f"import jobqueue.{old} as m", namespace)
+    assert namespace["m"] is sys.modules[f"jobqueue.{old}"]
+    assert getattr(jobqueue, old) is namespace["m"]
+    assert sorted(MOVED[old]) == dir(namespace["m"])
+    assert "jobqueue." in (namespace["m"].__doc__ or "")  # says where the names live now
+    with pytest.raises(ImportError):
+        exec(f"from jobqueue.{old} import no_such_name", {})
+
+
+def test_old_paths_work_in_a_fresh_interpreter() -> None:
+    """The hook is installed by importing the package, which Python does first."""
+    code = (
+        "from jobqueue.schema import Job, jobs_table; "
+        "from jobqueue.database import make_engine, describe_error; "
+        "import jobqueue.listener, jobqueue.rls, jobqueue.presence_sql; "
+        "print(Job.__module__, jobqueue.listener.Listener.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["jobqueue.models", "jobqueue.drivers.listen"]
+
+
+def test_no_old_module_has_a_file_of_its_own() -> None:
+    """The folder list shows the layers: an old path is served, never kept as a file."""
+    for old in MOVED:
+        assert not (PACKAGE_DIR / f"{old}.py").exists()
+        assert not (PACKAGE_DIR / old).exists()
+
+
+def test_every_name_the_package_imports_from_an_old_path_is_served() -> None:
+    """Modules that still import an old path (the worker's, the CLI's) get every name
+    they ask for."""
+    asked = set()
+    for path in PACKAGE_DIR.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            depth = len(path.relative_to(PACKAGE_DIR).parts) - 1
+            module = node.module
+            if node.level:
+                if node.level - 1 != depth:
+                    continue  # relative to a subpackage: not an old path
+            elif module.startswith("jobqueue."):
+                module = module.removeprefix("jobqueue.")
+            else:
+                continue
+            if module in MOVED:
+                asked |= {(module, alias.name) for alias in node.names}
+    missing = {(old, name) for old, name in asked if name not in MOVED[old]}
+    assert not missing
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_the_type_stubs_are_current(old: str) -> None:
+    """``typings/`` is what mypy (``mypy_path``) reads for the old paths. Regenerate with
+    ``python -c "from jobqueue._compat import write_stubs; write_stubs('typings')"``."""
+    assert (TYPINGS / f"{old}.pyi").read_text() == stub_source(old)
+    assert sorted(p.stem for p in TYPINGS.glob("*.pyi")) == sorted(MOVED)
