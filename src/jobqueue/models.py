@@ -52,6 +52,10 @@ MAX_DELAY = timedelta(days=366)
 #: Deeper values are refused: JSON encoders and decoders recurse, so a value nested a few
 #: thousand levels deep could be written and then fail to read back (or fail half-way).
 MAX_JSON_DEPTH = 200
+#: The most digits a JSON integer may have and still be read: Python's default
+#: ``sys.get_int_max_str_digits()``. The library cannot write a longer one (encoding it
+#: fails the same way); the Supabase insert policy keeps users from storing one.
+MAX_JSON_INT_DIGITS = 4300
 
 #: The columns holding JSON (``jsonb`` on PostgreSQL, text on SQLite).
 JSON_COLUMNS = ("payload", "result", "errors")

@@ -509,6 +509,9 @@ def test_a_direct_insert_stays_within_the_librarys_limits(
         "a payload over the size limit": {"payload": f"""'{{"p": "{"x" * limit}"}}'"""},
         # Small as stored (numeric), a megabyte of digits as the worker would read it.
         "numbers that print as a megabyte": {"payload": "'[" + ", ".join(["1e100000"] * 11) + "]'"},
+        # Within the size limit, but an integer of more digits than the worker can read.
+        "a number the worker cannot read": {"payload": "'[1e100000]'"},
+        "a negative one deep inside": {"payload": """'{"a": [1, {"b": -1e4300}]}'"""},
         # The library takes MAX_JSON_DEPTH levels below the top one, and no more.
         "a payload nested too deep": {"payload": "'" + "[" * (depth + 2) + "]" * (depth + 2) + "'"},
         "run_at at infinity": {"run_at": "'infinity'"},
@@ -531,7 +534,8 @@ def test_a_direct_insert_stays_within_the_librarys_limits(
     _insert_as(alice, alice_id, **accepted)
     _insert_as(alice, alice_id, payload="'" + "[" * (depth + 1) + "]" * (depth + 1) + "'")
     _insert_as(alice, alice_id, idempotency_key=f"'{'k' * 255}'")
-    assert len(admin.list()) == 3
+    _insert_as(alice, alice_id, payload="'[9.99e4299, -1e4299, 1.5]'")  # readable numbers
+    assert len(admin.list()) == 4
 
 
 def test_a_worker_role_reads_the_version_table(postgres_url: str, rls_table: str) -> None:

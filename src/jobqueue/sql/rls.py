@@ -42,6 +42,7 @@ from ..models import (
     DEFAULT_TABLE,
     MAX_DELAY,
     MAX_JSON_DEPTH,
+    MAX_JSON_INT_DIGITS,
 )
 from .table import (
     OWNER_COLUMNS,
@@ -103,11 +104,15 @@ _FAIR_JOB = (
 
 #: A payload the worker can read, within the library's default limits: its size as stored
 #: (checked first: it costs nothing) and as text (what the worker decodes: numbers that
-#: jsonb keeps small may print with thousands of digits), and its nesting depth.
+#: jsonb keeps small may print with thousands of digits), its nesting depth, and no number
+#: whose integer part has more digits than Python reads (jsonb prints ``1e5000`` as a
+#: 5001-digit integer).
 _READABLE_PAYLOAD = (
     f"pg_column_size(payload) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
     f"AND octet_length(payload::text) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
-    f"AND NOT jsonb_path_exists(payload, 'strict $.**{{{MAX_JSON_DEPTH + 1} to last}}')"
+    f"AND NOT jsonb_path_exists(payload, 'strict $.**{{{MAX_JSON_DEPTH + 1} to last}}') "
+    "AND NOT jsonb_path_exists(payload, 'strict $.** ? (@.type() == \"number\" && "
+    f"(@ >= 1e{MAX_JSON_INT_DIGITS} || @ <= -1e{MAX_JSON_INT_DIGITS}))')"
 )
 
 
