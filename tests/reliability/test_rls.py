@@ -538,6 +538,33 @@ def test_a_direct_insert_stays_within_the_librarys_limits(
     assert len(admin.list()) == 4
 
 
+def test_a_role_that_rls_keeps_from_the_version_table_is_not_told_to_migrate(
+    postgres_url: str, rls_table: str
+) -> None:
+    """A role that may SELECT the version table but has no policy there sees no revision:
+    that is a permission to give, not a missing schema ("run jobqueue migrate")."""
+    role = f"jq_worker_{uuid.uuid4().hex[:8]}"
+    owner = make_engine(postgres_url)
+    with owner.begin() as conn:
+        _create_role(conn, role)
+    engine = engine_as(postgres_url, role)
+    try:
+        apply_rls(postgres_url, table=rls_table)  # the read policy is service_role's only
+        with owner.begin() as conn:
+            conn.execute(text(f'GRANT SELECT ON "{rls_table}_alembic_version" TO "{role}"'))
+        with pytest.raises(PermissionDenied, match="row-level security hides") as refused:
+            schema_state(engine, table=rls_table)
+        assert "migrate" not in str(refused.value).lower()
+        assert schema_state(postgres_url, table=rls_table).up_to_date  # the owner sees it
+    finally:
+        engine.dispose()
+        with owner.begin() as conn:
+            conn.execute(text(f'DROP TABLE "{rls_table}", "{rls_table}_alembic_version"'))
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        owner.dispose()
+
+
 def test_a_worker_role_reads_the_version_table(postgres_url: str, rls_table: str) -> None:
     """`jobqueue check` run as the worker role learns the revision (a role without
     BYPASSRLS, as docs/supabase.md's dedicated worker role)."""

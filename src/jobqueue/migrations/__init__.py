@@ -17,13 +17,13 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, inspect, make_url
+from sqlalchemy import URL, Connection, Engine, inspect, make_url, text
 
 from alembic import command
 
 from ..drivers.engines import database_url, make_engine, normalise_url
 from ..drivers.errors import translated_errors
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PermissionDenied
 from ..models import DEFAULT_TABLE
 from ..sql.table import validate_identifier, validate_table_name, workers_table_name
 from ..sql.table import version_table as version_table  # documented here too
@@ -278,11 +278,35 @@ def schema_state(
                 opts={"version_table": version_table(table), "version_table_schema": schema},
             )
             current = ctx.get_current_revision()
+            if exists and current is None:
+                _refuse_hidden_versions(conn, table, schema)
             conn.rollback()
     finally:
         if not isinstance(url, Engine):
             engine.dispose()
     return SchemaState(exists, current, head_revision())
+
+
+def _refuse_hidden_versions(conn: Connection, table: str, schema: str | None) -> None:
+    """`PermissionDenied` when the version table exists but row-level security hides its
+    row from this role: the schema is there, and "run jobqueue migrate" would mislead."""
+    if conn.dialect.name != "postgresql":
+        return
+    versions = version_table(table)
+    name = f'"{schema}"."{versions}"' if schema else f'"{versions}"'
+    hidden = conn.execute(
+        text(
+            "SELECT CASE WHEN to_regclass(:name) IS NULL THEN false "
+            "ELSE row_security_active(:name) END"
+        ),
+        {"name": name},
+    ).scalar()
+    if hidden:
+        raise PermissionDenied(
+            f"row-level security hides the revision in {versions} from this role",
+            hint="give the role a SELECT policy on it (`jobqueue sql --supabase --worker-role "
+            "ROLE` adds one), or run `jobqueue check` as the table's owner",
+        )
 
 
 def include_object(
