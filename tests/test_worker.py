@@ -80,7 +80,7 @@ async def test_jobs_held_never_exceed_concurrency_while_batches_overlap(
     worker: Worker
 
     async def echo(job: Job, ctx: WorkerContext) -> Any:
-        held_at_start.append(len(worker._held))
+        held_at_start.append(len(worker._slots.held))
         await asyncio.sleep(random.choice((0, 0, 0.001, 0.003)))
         return None
 
