@@ -246,11 +246,30 @@ class Worker:
             except BaseException:
                 lifecycle.end()
                 raise
-            lifecycle.started()
-            services = self._services(until_idle)
+            try:
+                await self._serve_announced(until_idle)
+            finally:
+                await presence.stop()
+                self._executor.close()
+                self.listener = None
+                lifecycle.end()
+                log.info(
+                    "Worker %s stopped (%d jobs finished)", self.worker_id, completer.finished
+                )
+        return completer.finished
+
+    async def _serve_announced(self, until_idle: bool) -> None:
+        """Start the services and the completer, claim until stopped (or idle), drain. The
+        services stop between two statements, never in the middle of one, whatever
+        happens."""
+        lifecycle = self._lifecycle
+        lifecycle.started()
+        services: list[Periodic | Wakeups] = []
+        try:
+            services += self._services(until_idle)
             for service in services:
                 service.start()
-            completer.start()
+            self._completer.start()
             log.info(
                 "Worker %s started: queues=%s, concurrency=%d, lease=%gs, kinds=%s, listen=%s",
                 self.worker_id,
@@ -269,18 +288,9 @@ class Worker:
                 with contextlib.suppress(BaseException):
                     await self._drain()
                 raise
-            finally:
-                # Each service ends between two statements, never in the middle of one.
-                await asyncio.gather(*(service.stop() for service in services))
-                await completer.cancel()
-                await presence.stop()
-                self._executor.close()
-                self.listener = None
-                lifecycle.end()
-                log.info(
-                    "Worker %s stopped (%d jobs finished)", self.worker_id, completer.finished
-                )
-        return completer.finished
+        finally:
+            await asyncio.gather(*(service.stop() for service in services))
+            await self._completer.cancel()
 
     async def _announce(self) -> Presence:
         """Check the worker may work here, write its row in the live-workers table and
