@@ -30,6 +30,10 @@ log = logging.getLogger("jobqueue.worker")
 class State(enum.Enum):
     """Where a worker is in its life; see the module's docstring."""
 
+    # Members are singletons: hashing by identity keeps the checks on a job's path (set
+    # and table lookups) in C, instead of Enum's hash of the member's name.
+    __hash__ = object.__hash__
+
     #: Not serving.
     IDLE = "idle"
     #: Not serving; a graceful stop was asked, so the next run stops as soon as it starts.
@@ -84,6 +88,10 @@ IMMEDIATE = frozenset({S.STOPPING_NOW, S.CLOSING_NOW})
 CLAIMING = frozenset({S.SERVING, S.FULL})
 #: States in which the run's last outcomes are being written.
 CLOSING = frozenset({S.FINISHING, S.CLOSING, S.CLOSING_NOW})
+
+# Looked up on every job's path: a module constant is cheaper than an Enum attribute.
+_FULL = S.FULL
+_SERVING = S.SERVING
 
 #: Where a stop request leads from each state: (graceful, immediate). No entry: it changes
 #: nothing (the stop asked already is at least as hard).
@@ -159,7 +167,7 @@ class Lifecycle:
 
     @property
     def full(self) -> bool:
-        return self.state is State.FULL
+        return self.state is _FULL
 
     @property
     def stop_asked(self) -> bool:
@@ -177,7 +185,8 @@ class Lifecycle:
     def waits_for_slots(self) -> bool:
         """Whether a job or a batch ending should wake the claim loop or the drain: it
         waits for a slot, for the run to be idle, or for running jobs to end."""
-        return self.state is State.FULL or self.until_idle or self.state in STOP_ASKED
+        state = self.state
+        return state is _FULL or self.until_idle or state in STOP_ASKED
 
     def gives_up_writes(self) -> bool:
         """Whether a failing write should stop retrying: at once after an immediate stop,
@@ -215,12 +224,12 @@ class Lifecycle:
 
     def slots_taken(self) -> None:
         """Every slot is taken: the claim loop waits for one (``FULL``)."""
-        self.move(State.FULL)
+        self.move(_FULL)
 
     def slot_wait_over(self) -> None:
         """The claim loop woke up: back to ``SERVING`` unless a stop came meanwhile."""
-        if self.state is State.FULL:
-            self.move(State.SERVING)
+        if self.state is _FULL:
+            self.move(_SERVING)
 
     def draining(self, lease: float) -> None:
         """The run begins to stop: failing writes are retried for the grace period and a
