@@ -28,8 +28,16 @@ from jobqueue.database import make_engine
 from jobqueue.presence import LIVE_LEASES, WorkerPresence
 from jobqueue.presence_sql import workers_table_name
 from jobqueue.worker import Worker, WorkerContext
-from tests.test_cli import JOBQUEUE, clean_env
-from tests.test_presence import cli, eventually, role, rows_in, until, worker_thread
+from tests.test_presence import (
+    JOBQUEUE,
+    clean_env,
+    cli,
+    eventually,
+    role,
+    rows_in,
+    until,
+    worker_thread,
+)
 
 
 @pytest.fixture
