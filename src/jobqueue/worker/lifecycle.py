@@ -122,7 +122,7 @@ _ON_CLOSE: Mapping[State, State] = {
 
 
 class WorkerStateError(RuntimeError):
-    """A move `MOVES` does not allow: a bug of the worker, or a second concurrent run."""
+    """A move `MOVES` does not allow: a bug in the worker, never a user's mistake."""
 
 
 class Lifecycle:
