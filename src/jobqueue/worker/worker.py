@@ -417,7 +417,9 @@ class Worker:
         self._slots.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("a job task ended unexpectedly", exc_info=task.exception())
-        self._slot_freed()
+        lifecycle = self._lifecycle
+        if lifecycle.waits_for_slots:
+            lifecycle.wake.set()
 
     async def _execute(self, slot: Slot) -> None:
         """Run one job and write its outcome; whatever happens, the worker stops holding
