@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from textwrap import dedent
@@ -18,19 +18,10 @@ import pytest
 
 from jobqueue import AsyncJobQueue, ConfigurationError, Job, JobQueue, MockGenerator, Status
 from jobqueue.loading import import_object, load_registry
-from jobqueue.registry import Registry
 from jobqueue.worker import Worker, WorkerContext
+from jobqueue.worker.registry import Registry
 from tests.conftest import Either
-from tests.test_worker import drain
-
-
-@pytest.fixture
-async def jq(migrated: tuple[str, str]) -> AsyncIterator[AsyncJobQueue]:
-    """A queue whose retries come back almost at once, so retry tests stay short."""
-    url, table = migrated
-    q = AsyncJobQueue(url, table=table, retry_backoff=(0.01, 0.02))
-    yield q
-    await q.close()
+from tests.worker.conftest import drain
 
 
 async def settle(value: Any) -> Any:
@@ -54,6 +45,14 @@ def shop() -> Registry:
 
 
 # -- declaring ------------------------------------------------------------------------------
+
+
+def test_the_registry_is_importable_from_its_old_path_and_the_package() -> None:
+    import jobqueue
+    import jobqueue.registry
+
+    assert jobqueue.registry.Registry is Registry is jobqueue.Registry
+    assert jobqueue.registry.JobKind is type(Registry.of({"x": print}).kinds["x"])
 
 
 def test_the_decorator_registers_the_function_unchanged_with_its_options() -> None:

@@ -1,0 +1,29 @@
+"""The worker: `Worker` claims jobs, runs their handlers and records what happened.
+
+Its parts, each in a module of its own:
+
+- `jobqueue.worker.worker`: `Worker`, which wires the parts, and its claim loop;
+- `jobqueue.worker.lifecycle`: the one state of a worker and the moves between states;
+- `jobqueue.worker.slots`: the jobs held, and the rule for free slots;
+- `jobqueue.worker.executor`: runs one job and turns it into an outcome
+  (`jobqueue.worker.outcome`);
+- `jobqueue.worker.completer`: the one writer of every outcome;
+- `jobqueue.worker.maintenance`: heartbeats, the reaper, the live-workers row and the
+  LISTEN/NOTIFY wake-ups;
+- `jobqueue.worker.context`: what a handler is, returns and may do (`WorkerContext`);
+- `jobqueue.worker.registry`: `Registry`, an application's job kinds.
+"""
+
+from __future__ import annotations
+
+from .context import Handler, HandlerResult, WorkerContext, generator_handler
+from .worker import Worker, default_worker_id
+
+__all__ = [
+    "Handler",
+    "HandlerResult",
+    "Worker",
+    "WorkerContext",
+    "default_worker_id",
+    "generator_handler",
+]

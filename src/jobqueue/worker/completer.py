@@ -1,0 +1,350 @@
+"""The completer: the one writer of every outcome of a worker's jobs.
+
+- completions are collected for a few milliseconds (`COMPLETION_WINDOW`, or until
+  `COMPLETION_BATCH` wait) and written in one fenced statement; while the claim loop waits
+  for a slot, the same statement claims the batch's replacements (`complete_and_claim`);
+  up to `WRITERS` batches are written at once, each on its own pooled connection;
+- a failed attempt is written with the job's retry policy (or fails the job at once);
+- a job the worker stops holding on shutdown is released to ``pending``.
+
+Every write follows one rule (`Completer._persist`): a refusal (the job is no longer this
+attempt's, or a value cannot be stored) is never retried; any other error (the database
+unreachable, restarting, a lost connection) is logged and retried with backoff until the
+write succeeds or, only while the worker stops, `Lifecycle.gives_up_writes` says enough:
+the job is then let go, and its lease running out returns it to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from uuid import UUID
+
+from ..backoff import Backoff
+from ..database import describe_error
+from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from ..operations import Completion
+from ..queue import AsyncJobQueue
+from ..schema import Job, Status
+from .lifecycle import Lifecycle
+from .outcome import Failed, Outcome
+from .slots import Slot, Slots
+
+log = logging.getLogger("jobqueue.worker")
+
+T = TypeVar("T")
+
+#: Completions are collected for this long (or until `COMPLETION_BATCH` are waiting) and
+#: then written in one statement.
+COMPLETION_WINDOW = 0.005
+COMPLETION_BATCH = 500
+#: Completion batches written at once (each on its own pooled connection), and the
+#: smallest share of a batch worth a writer of its own (smaller batches go whole: the
+#: next one overlaps them anyway, and each batch is a statement and a commit).
+WRITERS = 2
+SPLIT_AT = 4
+
+#: Refusals: the job is no longer this attempt's, or a value cannot be stored. Retrying
+#: cannot help, so they are never retried.
+REFUSED = (LeaseLost, JobNotFound, InvalidTransition, PayloadError)
+
+RELEASE_REASON = "released: the worker stopped before the job finished"
+
+
+class GaveUp(Exception):
+    """A write abandoned by the retry rule while the worker stops (logged already)."""
+
+
+class Completer:
+    """Writes the outcomes of the jobs in ``slots`` for one run of a worker.
+
+    ``start_job`` starts a job claimed with a batch's completions; ``count_claim`` counts
+    each claim statement (`Worker.claims`); ``slot_freed`` is called when a batch is
+    written (the claim loop or the drain may be waiting for it).
+    """
+
+    def __init__(
+        self,
+        queue: AsyncJobQueue,
+        slots: Slots,
+        lifecycle: Lifecycle,
+        *,
+        worker_id: str,
+        queues: tuple[str, ...],
+        kinds: tuple[str, ...] | None,
+        lease: float,
+        start_job: Callable[[Job], None],
+        count_claim: Callable[[], None],
+        slot_freed: Callable[[], None],
+    ) -> None:
+        self.queue = queue
+        self.slots = slots
+        self.lifecycle = lifecycle
+        self.worker_id = worker_id
+        self.queues = queues
+        self.kinds = kinds
+        self.lease = lease
+        self._start_job = start_job
+        self._count_claim = count_claim
+        self._slot_freed = slot_freed
+        #: Attempts whose outcome was written (completed, failed or retried).
+        self.finished = 0
+        self._batch: list[Slot] = []
+        self._ready = asyncio.Event()
+        #: Tasks writing completion batches.
+        self._writers: set[asyncio.Task[None]] = set()
+        self._batcher: asyncio.Task[None] | None = None
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._batcher = asyncio.create_task(self._batch_loop(), name="jobqueue-completer")
+
+    async def finish(self) -> None:
+        """Write what is left and return once written (the lifecycle is closing)."""
+        self._ready.set()
+        if self._batcher is not None and not self._batcher.done():
+            await self._batcher
+
+    async def cancel(self) -> None:
+        """End the batch loop if it still runs (a run cut short)."""
+        if self._batcher is not None:
+            self._batcher.cancel()
+            await asyncio.gather(self._batcher, return_exceptions=True)
+
+    def idle(self) -> bool:
+        """Nothing waits to be written and nothing is being written."""
+        return not self._batch and not self._writers
+
+    def batched(self, slot: Slot) -> bool:
+        """Whether ``slot``'s completion waits in the batch."""
+        return slot in self._batch
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    async def record(self, slot: Slot, outcome: Outcome) -> None:
+        """Write ``outcome`` of ``slot``'s job: a completion joins the next batch, a
+        failure is written now, a stop writes nothing (whoever stopped the handler deals
+        with the job)."""
+        if isinstance(outcome, Completion):
+            slot.completion = outcome
+            self._batch.append(slot)
+            self._ready.set()
+        elif isinstance(outcome, Failed):
+            await self.fail(slot, outcome)
+
+    async def fail(self, slot: Slot, failed: Failed) -> None:
+        """Write a failed attempt: retried by the job's policy unless ``failed.retry`` is
+        False; the job is let go whatever happens."""
+        job = slot.job
+        write = functools.partial(self.queue.fail, job, failed.reason, retry=failed.retry)
+        try:
+            after = await self._persist(
+                write, f"Job {job.id}: ", "recording its failure", "the reaper will return it"
+            )
+        except REFUSED as exc:
+            log.warning("Job %s: its failure was not recorded: %s", job.id, exc)
+        except GaveUp:
+            pass
+        else:
+            self.finished += 1
+            if after.status is Status.PENDING:
+                wait = max(0.0, (after.run_at - after.updated_at).total_seconds())
+                log.warning(
+                    "Job %s: attempt %d of %d failed: %s; will retry in %.1f s (attempt %d of %d)",
+                    job.id,
+                    job.attempts,
+                    job.max_attempts,
+                    failed.reason,
+                    wait,
+                    after.attempts + 1,
+                    after.max_attempts,
+                )
+            else:
+                level = logging.DEBUG if failed.quiet else logging.ERROR
+                log.log(level, "Job %s status: failed: %s", job.id, failed.reason)
+        self.slots.let_go(slot)
+
+    async def release(self, slot: Slot) -> None:
+        """Hand a job whose handler was stopped for shutdown back to ``pending`` (its
+        attempt given back); the job is let go whatever happens."""
+        job = slot.job
+        write = functools.partial(self.queue.release, job, RELEASE_REASON)
+        try:
+            await self._persist(
+                write,
+                f"Job {job.id}: ",
+                "releasing it",
+                "it returns to the queue when its lease expires",
+            )
+        except REFUSED as exc:
+            log.warning("Job %s: not released: %s", job.id, exc)
+        except GaveUp:
+            pass
+        else:
+            log.info("Job %s status: pending (released: the worker stopped)", job.id)
+        self.slots.let_go(slot)
+
+    # -- the one retry rule -----------------------------------------------------------------
+
+    async def _persist(
+        self, write: Callable[[], Awaitable[T]], subject: str, what: str, consequence: str
+    ) -> T:
+        """``await write()`` until it succeeds. `REFUSED` errors are raised at once; any
+        other error is logged and retried with backoff, until `Lifecycle.gives_up_writes`
+        (only while stopping): then `GaveUp`, logged with ``consequence``."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await write()
+            except REFUSED:
+                raise
+            except Exception as exc:
+                if self.lifecycle.gives_up_writes():
+                    log.error(
+                        "%sgiving up %s (%s); %s", subject, what, describe_error(exc), consequence
+                    )
+                    raise GaveUp(what) from exc
+                delay = backoff.next()
+                log.warning(
+                    "%s%s failed (%s); retrying in %.1fs",
+                    subject,
+                    what,
+                    describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    # -- completions in batches -------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        """Write finished jobs in batches: wait a few ms for company, then one statement.
+
+        No wait when no handler is still running: no company can come, and the held slots
+        (which count until their outcome is written) are what the claim loop waits for.
+        Up to `WRITERS` batches are written at once, each on its own connection, so one
+        batch's commit (a WAL flush) overlaps the next batch's statement; a batch is split
+        between the free writers rather than wait for one.
+        """
+        lifecycle = self.lifecycle
+        while True:
+            await self._ready.wait()
+            if (
+                not lifecycle.closing
+                and len(self._batch) < COMPLETION_BATCH
+                and self.slots.handlers_running()
+            ):
+                await asyncio.sleep(COMPLETION_WINDOW)
+            self._ready.clear()
+            while self._batch and len(self._writers) < WRITERS:
+                idle = WRITERS - len(self._writers)
+                size = len(self._batch)
+                if size >= SPLIT_AT * idle:
+                    size = -(-size // idle)
+                size = min(COMPLETION_BATCH, size)
+                items, self._batch[:size] = self._batch[:size], []
+                writer = asyncio.create_task(self._write(items), name="jobqueue-completer")
+                self._writers.add(writer)
+                writer.add_done_callback(self._writer_done)
+            if lifecycle.closing and not self._batch and not self._writers:
+                return
+            if self._writers and (self._batch or lifecycle.closing):
+                # Every writer is busy (or closing waits for them): go on when one is done.
+                await asyncio.wait(set(self._writers), return_when=asyncio.FIRST_COMPLETED)
+                self._ready.set()
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a completion writer ended unexpectedly", exc_info=task.exception())
+        self._slot_freed()
+
+    async def _write(self, items: list[Slot]) -> None:
+        """Write one batch's completions (and claim with them while the claim loop waits
+        for slots)."""
+        try:
+            written, claimed = await self._persist(
+                functools.partial(self._complete_batch, items),
+                "",
+                f"completing {len(items)} jobs",
+                "the reaper will return them",
+            )
+        except REFUSED:
+            # Some result cannot be stored: complete one by one so only it fails.
+            await self._complete_each(items)
+            return
+        except GaveUp:
+            for slot in items:
+                self.slots.let_go(slot)
+            return
+        for slot in items:
+            self._completed(slot, slot.job.id in written)
+        for job in claimed:
+            self._start_job(job)
+
+    async def _complete_batch(self, items: Sequence[Slot]) -> tuple[set[UUID], list[Job]]:
+        """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
+        completions = [s.completion for s in items if s.completion is not None]
+        # Claim only while the claim loop waits for slots (more may be due now), never
+        # while stopping; the batch's own slots are free once it is written.
+        free = self.slots.free(items) if self.lifecycle.full else 0
+        beyond = max(0, free - len(items))
+        self.slots.reserved += beyond
+        try:
+            if free > 0:
+                # The claim loop waits for these very slots: take their next jobs in the
+                # same statement (one commit for both, see complete_and_claim).
+                self._count_claim()
+                return await self.queue.complete_and_claim(
+                    completions,
+                    self.worker_id,
+                    queues=self.queues,
+                    kinds=self.kinds,
+                    limit=free,
+                    lease=self.lease,
+                )
+            return await self.queue.complete_many(completions), []
+        finally:
+            self.slots.reserved -= beyond
+
+    async def _complete_each(self, items: Sequence[Slot]) -> None:
+        for slot in items:
+            c = slot.completion
+            assert c is not None
+            write = functools.partial(self.queue.complete, c.job, c.result, c.result_url)
+            try:
+                await self._persist(
+                    write,
+                    f"Job {c.job.id}: ",
+                    "completing it",
+                    "the reaper will return it",
+                )
+            except PayloadError as exc:
+                await self.fail(slot, Failed.of(exc, False))
+            except REFUSED:
+                self._completed(slot, False)
+            except GaveUp:
+                self.slots.let_go(slot)
+            else:
+                self._completed(slot, True)
+
+    def _completed(self, slot: Slot, written: bool) -> None:
+        self.slots.let_go(slot)
+        if written:
+            self.finished += 1
+            log.info(
+                "Job %s status: completed in %.1fs", slot.job.id, time.monotonic() - slot.started
+            )
+        else:
+            log.warning(
+                "Job %s: LeaseLost: its result was not written; the job was cancelled, "
+                "reaped or claimed by another worker after its lease expired",
+                slot.job.id,
+            )
+
+
+__all__ = ["COMPLETION_BATCH", "COMPLETION_WINDOW", "SPLIT_AT", "WRITERS", "Completer"]

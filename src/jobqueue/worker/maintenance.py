@@ -1,0 +1,301 @@
+"""A worker's background duties, each a small service of one shape, never on a job's path.
+
+- `Heartbeats` extends the leases of every held job in one statement every third of the
+  lease; a job missing from the answer was cancelled, reaped or taken by another worker,
+  and its handler is stopped.
+- `Reaper` returns expired leases of crashed workers to the queue (or fails them when
+  their attempts are spent).
+- `Presence` keeps the worker's row in the live-workers table: `Presence.announce` checks
+  that the worker's role may do a worker's work and writes the row (a missing table or a
+  refused permission stops the worker there, with our error and its hint; other errors
+  are retried with backoff until it works or the worker is asked to stop); its timer then
+  refreshes the row every third of the lease and deletes the rows of workers that stopped
+  beating; `Presence.stop` removes the row (a row left behind expires by itself).
+- `Wakeups` (PostgreSQL) runs the LISTEN/NOTIFY `Listener`, which only wakes the claim
+  loop.
+
+The timers are `Periodic` services: `start` runs a round every ``interval`` seconds in a
+task of their own; a round that fails is logged and the next one comes after a backoff;
+`stop` ends the timer between two rounds and never cancels a round in the middle of a
+statement (a pooled connection being checked out when its task is cancelled would be lost
+to the pool), unless the round outlasts `STOP_TIMEOUT`. Everything is timed by the
+database clock (see `jobqueue.presence`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from ..backoff import Backoff
+from ..database import describe_error
+from ..errors import ConfigurationError, PayloadError, PermissionDenied, SchemaNotInstalled
+from ..listener import Listener, libpq_url
+from ..presence import WorkerPresence, beat_interval_of, ttl_of
+from ..queue import AsyncJobQueue
+from ..schema import Job, Status
+from .outcome import StopReason
+from .slots import Slot, Slots
+
+log = logging.getLogger("jobqueue.worker")
+
+#: How long a stopping service may take to finish its round (and `Presence` to remove its
+#: row) before it is cancelled.
+STOP_TIMEOUT = 5.0
+
+#: Errors that retrying cannot fix: the worker stops at start instead.
+FATAL_AT_START = (PermissionDenied, SchemaNotInstalled, ConfigurationError, PayloadError)
+
+
+class Periodic:
+    """A duty run in rounds, in a task of its own from `start` to `stop`.
+
+    The first round comes ``first`` seconds after `start` (default: ``interval``), the
+    next ones ``interval`` seconds after the previous one ended. After a failed round
+    (logged as ``<failure> failed``) the next comes after a growing backoff capped at the
+    interval, or after the interval when ``backoff`` is False.
+    """
+
+    #: Names the task, and the log line of a failed round ("<failure> failed (...)").
+    name = "timer"
+    failure = "a round"
+
+    def __init__(self, interval: float, *, first: float | None = None, backoff: bool = True):
+        self.interval = interval
+        self.first = interval if first is None else first
+        self._backoff = Backoff(cap=interval) if backoff else None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def round(self) -> None:
+        """One round of the duty; raise to have it logged and retried."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"jobqueue-{self.name}")
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """End the timer after the round it may be running (within ``timeout`` seconds;
+        a round still running then is cancelled)."""
+        self._stopping.set()
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait({task}, timeout=timeout)
+        if not task.done():
+            log.warning("%s did not stop within %gs; cancelled", self.name, timeout)
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        pause = self.first
+        while True:
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            pause = self.interval
+            try:
+                await self.round()
+            except Exception as exc:
+                if self._backoff is not None:
+                    pause = self._backoff.next()
+                log.warning(
+                    "%s failed (%s); retrying in %.1fs", self.failure, describe_error(exc), pause
+                )
+                continue
+            if self._backoff is not None:
+                self._backoff.reset()
+
+
+class Heartbeats(Periodic):
+    """Extends the leases of the jobs in ``slots`` every third of ``lease``, in one
+    statement; stops the handler of a job that is no longer this worker's."""
+
+    name = "heartbeat"
+    failure = "heartbeat"
+
+    def __init__(self, queue: AsyncJobQueue, slots: Slots, worker_id: str, lease: float):
+        super().__init__(lease / 3)
+        self.queue = queue
+        self.slots = slots
+        self.worker_id = worker_id
+        self.lease = lease
+
+    async def round(self) -> None:
+        held = self.slots.held
+        ids = list(held)
+        if not ids:
+            return
+        jobs = [held[job_id].job for job_id in ids]
+        alive = await self.queue.heartbeat_many(self.worker_id, jobs, lease=self.lease)
+        for job_id in ids:
+            slot = held.get(job_id)
+            if job_id not in alive and slot is not None:
+                await self._lost(slot)
+
+    async def _lost(self, slot: Slot) -> None:
+        """A held job's heartbeat matched nothing: find out why and stop its handler."""
+        job = slot.job
+        try:
+            now: Job | None = await self.queue.get(job.id)
+        except Exception:
+            now = None
+        if now is not None and now.status is Status.CANCELLED:
+            reason = StopReason.CANCELLED
+            log.info("Job %s status: cancelled", job.id)
+        else:
+            reason = StopReason.LEASE_LOST
+            state = "gone" if now is None else f"{now.status}, held by {now.locked_by or 'nobody'}"
+            log.warning("Job %s: LeaseLost: the job is now %s; stopping its handler", job.id, state)
+        if slot.handler_done or slot.task is None:
+            return  # its completion (if any) is fenced off by the batch write
+        slot.stop_handler(reason)
+        self.slots.let_go(slot)
+
+
+class Reaper(Periodic):
+    """Returns jobs of crashed workers (expired leases) to the queue every ``interval``
+    seconds, or fails them when their attempts are spent (the claim leaves those alone).
+
+    The first round comes at once with ``at_once``, else at a random point of the first
+    interval, so that workers started together do not reap together. A failed round is
+    retried after the interval: reaping is never urgent."""
+
+    name = "reaper"
+    failure = "reaping expired leases"
+
+    def __init__(self, queue: AsyncJobQueue, interval: float, *, at_once: bool = False):
+        first = 0.0 if at_once else random.uniform(0.5, 1.0) * interval
+        super().__init__(interval, first=first, backoff=False)
+        self.queue = queue
+
+    async def round(self) -> None:
+        for job_id, status in await self.queue.reap():
+            log.warning("Job %s: lease expired; moved back to %s", job_id, status)
+
+
+class Presence(Periodic):
+    """Keeps ``me``'s row in the live-workers table of ``queue``, timed by ``lease``: a beat
+    every third of it, live for `presence.LIVE_LEASES` leases after each beat, and a sweep
+    of stale rows every time to live."""
+
+    name = "presence"
+    failure = "worker heartbeat"
+
+    def __init__(self, queue: AsyncJobQueue, me: WorkerPresence, lease: float) -> None:
+        super().__init__(beat_interval_of(lease))
+        self.queue = queue
+        self.me = me
+        self.ttl = ttl_of(lease)
+        #: Whether the row was written (so a stop removes it).
+        self.announced = False
+        self._next_sweep = 0.0
+
+    async def announce(self, stopping: asyncio.Event) -> bool:
+        """Check access, write the row and start the timer: True once written, False when
+        ``stopping`` is set first. Raises the errors in `FATAL_AT_START`."""
+        backoff = Backoff()
+        while not stopping.is_set():
+            try:
+                await self.queue.check_worker_access()
+                await self.queue.worker_beat(self.me, ttl=self.ttl)
+            except FATAL_AT_START:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                log.warning(
+                    "Worker %s cannot start yet (%s); retrying in %.1fs",
+                    self.me.worker_id,
+                    describe_error(exc),
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stopping.wait()
+                continue
+            self.announced = True
+            await self.sweep()
+            self._next_sweep = time.monotonic() + self.ttl
+            self.start()
+            return True
+        return False
+
+    async def round(self) -> None:
+        await self.queue.worker_beat(self.me, ttl=self.ttl)
+        self.announced = True
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.ttl
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Delete the rows of workers that stopped beating (logged, never raised)."""
+        try:
+            swept = await self.queue.sweep_workers()
+        except Exception as exc:
+            log.warning("removing stale workers failed (%s)", describe_error(exc))
+            return
+        for worker_id in swept:
+            log.info("Worker %s sent no heartbeat lately: removed from the live workers", worker_id)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the timer and remove the row, both within ``timeout`` seconds; a row left
+        behind expires by itself."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        await super().stop(timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self.announced:
+                    self.announced = False
+                    await self.queue.worker_gone(self.me.worker_id)
+        except Exception as exc:
+            log.warning(
+                "Worker %s: its live-workers row was not removed (%s); it expires in %gs",
+                self.me.worker_id,
+                describe_error(exc),
+                self.ttl,
+            )
+
+
+class Wakeups:
+    """LISTEN/NOTIFY on PostgreSQL (`listener`): ``on_notify`` gets each notification's
+    queue name, and None after each (re)connection. The listener reconnects by itself; it
+    holds a connection of its own, outside the pool, which `stop` closes by cancelling it."""
+
+    name = "listener"
+
+    def __init__(
+        self, queue: AsyncJobQueue, worker_id: str, on_notify: Callable[[str | None], None]
+    ) -> None:
+        self.listener = Listener(
+            libpq_url(queue.engine.url),
+            queue.table.name,
+            on_notify,
+            application_name=f"jobqueue-listener {worker_id}",
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.listener.run(), name="jobqueue-listen")
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+__all__ = [
+    "FATAL_AT_START",
+    "STOP_TIMEOUT",
+    "Heartbeats",
+    "Periodic",
+    "Presence",
+    "Reaper",
+    "Wakeups",
+]

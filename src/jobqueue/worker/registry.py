@@ -1,0 +1,259 @@
+"""`Registry`: the job kinds an application runs, declared beside their handlers.
+
+In the application's module:
+
+    jobs = Registry()
+
+    @jobs.handler("email", max_attempts=5, timeout=30, queue="mail")
+    async def send_email(job: Job, ctx: WorkerContext) -> None: ...
+
+A registry is what a worker runs (``Worker(queue, jobs)``, or ``jobqueue worker --app
+myapp.jobs:jobs``) and where producers take each kind's defaults (``jobs.enqueue(queue,
+"email", payload)``). The options of a kind mean:
+
+- ``queue`` and ``max_attempts``: the values a job of this kind gets when it is created
+  through the registry (`Registry.enqueue`, ``jobqueue enqueue --app``) and the caller does
+  not give them. They are stored on the job: the worker obeys the job's own
+  ``max_attempts``, so a row inserted by other means (psql, a Supabase client) keeps
+  what it was given. A worker built from a registry claims from the queues of its kinds
+  unless told which queues to use.
+- ``timeout``: how long the worker lets a handler of this kind run before it fails the
+  attempt (retried by the job's policy); it wins over the worker's ``job_timeout``.
+
+This module knows handlers only as values to keep: running them is the worker's part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ..errors import ConfigurationError, PayloadError
+from ..generators.base import IMAGE_KIND, Generator
+from ..operations import check_int, check_text, seconds_of
+from ..schema import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ATTEMPTS_LIMIT, MAX_NAME
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from ..queue import AsyncJobQueue, EnqueueOptions, JobQueue
+    from ..schema import Job
+    from .context import Handler
+
+H = TypeVar("H", bound="Handler")
+
+#: The shortest per-kind timeout (as for the worker's own durations).
+MIN_TIMEOUT = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    """One registered kind: its handler and its options (see the module's docstring)."""
+
+    name: str
+    handler: Handler | Generator
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: Seconds a handler of this kind may run; None: the worker's ``job_timeout``.
+    timeout: float | None = None
+
+
+class Registry:
+    """The job kinds an application runs, with their handlers and per-kind options.
+
+    ``image``: whether ``jobqueue worker --app`` also runs the ``image`` kind with the
+    generator chosen by the settings (``MOCK_AI``, ``DEFAPI_API_KEY``) when the registry
+    does not register ``image`` itself. ``Registry(image=False)`` is for applications
+    without image jobs: their workers then need no generator settings.
+    """
+
+    def __init__(self, *, image: bool = True) -> None:
+        self.image = image
+        self._kinds: dict[str, JobKind] = {}
+
+    @classmethod
+    def of(cls, handlers: Mapping[str, Handler | Generator]) -> Registry:
+        """A registry of ``kind -> handler`` with default options (what `Worker` makes of
+        its ``handlers=`` mapping)."""
+        registry = cls()
+        for kind, handler in handlers.items():
+            registry.add(kind, handler)
+        return registry
+
+    # -- declaring ------------------------------------------------------------------------
+
+    def handler(
+        self,
+        kind: str,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | timedelta | None = None,
+    ) -> Callable[[H], H]:
+        """Register the decorated ``async def h(job, ctx)`` (or plain function, run in a
+        thread) as the handler of ``kind``; the function itself is returned unchanged."""
+
+        def register(function: H) -> H:
+            self.add(kind, function, queue=queue, max_attempts=max_attempts, timeout=timeout)
+            return function
+
+        return register
+
+    def add(
+        self,
+        kind: str,
+        handler: Handler | Generator,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | timedelta | None = None,
+    ) -> JobKind:
+        """Register ``handler`` (a function or a `Generator`) for ``kind``; as `handler`."""
+        _checked(check_text, kind, "a job kind", limit=MAX_NAME)
+        if kind in self._kinds:
+            raise ConfigurationError(
+                f"job kind {kind!r} is registered twice (first by "
+                f"{_name_of(self._kinds[kind].handler)}, again by {_name_of(handler)})",
+                hint="give each kind one handler",
+            )
+        if not isinstance(handler, Generator) and not callable(handler):
+            raise ConfigurationError(
+                f"the handler for kind {kind!r} is neither callable nor a Generator",
+                hint="pass async def handler(job, ctx), a function, or a Generator",
+            )
+        _checked(check_text, queue, f"the queue of kind {kind!r}", limit=MAX_NAME)
+        _checked(check_int, max_attempts, f"max_attempts of kind {kind!r}", 1, MAX_ATTEMPTS_LIMIT)
+        seconds = None
+        if timeout is not None:
+            what = f"the timeout of kind {kind!r}"
+            seconds = _checked(seconds_of, timeout, what, low=MIN_TIMEOUT)
+        entry = JobKind(kind, handler, queue, max_attempts, seconds)
+        self._kinds[kind] = entry
+        return entry
+
+    def with_default(self, kind: str, handler: Handler | Generator) -> Registry:
+        """A copy that also runs ``kind`` with ``handler`` (default options), unless this
+        registry registers ``kind`` itself; this registry is left as it is."""
+        copy = Registry(image=self.image)
+        copy._kinds = dict(self._kinds)
+        if kind not in copy._kinds:
+            copy.add(kind, handler)
+        return copy
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def kinds(self) -> Mapping[str, JobKind]:
+        """The registered kinds by name, in the order they were registered (read-only)."""
+        return MappingProxyType(self._kinds)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues of the registered kinds, each once, in the order of registration."""
+        return tuple(dict.fromkeys(k.queue for k in self._kinds.values()))
+
+    def serves(self, kind: str) -> bool:
+        """Whether ``jobqueue worker --app`` with this registry runs jobs of ``kind``: a
+        registered kind, or ``image`` while ``self.image`` holds."""
+        return kind in self._kinds or (self.image and kind == IMAGE_KIND)
+
+    def served(self) -> list[str]:
+        """The kinds `serves` accepts, sorted (for messages)."""
+        image = [IMAGE_KIND] if self.image and IMAGE_KIND not in self._kinds else []
+        return sorted([*self._kinds, *image])
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._kinds
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __repr__(self) -> str:
+        image = "" if self.image else ", image=False"
+        return f"<Registry {', '.join(self._kinds) or '(empty)'}{image}>"
+
+    # -- producing ------------------------------------------------------------------------------
+
+    def enqueue_options(self, kind: str, **given: Unpack[EnqueueOptions]) -> EnqueueOptions:
+        """``given`` completed with the kind's ``queue`` and ``max_attempts``; a value the
+        caller gives wins. `ConfigurationError` for a kind this registry does not serve
+        (a typo would otherwise wait for a worker that never comes)."""
+        entry = self._kinds.get(kind)
+        if entry is None:
+            if self.serves(kind):
+                return given
+            known = ", ".join(self.served()) or "none"
+            raise ConfigurationError(
+                f"job kind {kind!r} is not registered (registered: {known})",
+                hint=f'register it with @jobs.handler("{kind}") or check its spelling',
+            )
+        options: EnqueueOptions = {"queue": entry.queue, "max_attempts": entry.max_attempts}
+        options.update(given)
+        return options
+
+    @overload
+    def enqueue(
+        self,
+        queue: JobQueue,
+        /,
+        kind: str,
+        payload: Any = None,
+        *,
+        connection: Connection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Job: ...
+
+    @overload
+    def enqueue(
+        self,
+        queue: AsyncJobQueue,
+        /,
+        kind: str,
+        payload: Any = None,
+        *,
+        connection: AsyncConnection | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Coroutine[Any, Any, Job]: ...
+
+    def enqueue(
+        self,
+        queue: JobQueue | AsyncJobQueue,
+        /,
+        kind: str,
+        payload: Any = None,
+        *,
+        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> Job | Coroutine[Any, Any, Job]:
+        """``queue.enqueue(kind, payload, ...)`` with the kind's defaults (`enqueue_options`).
+
+        With a `JobQueue` it returns the job; with an `AsyncJobQueue` await it."""
+        merged = self.enqueue_options(kind, **options)
+        return queue.enqueue(kind, payload, connection=connection, **merged)
+
+
+def _checked(check: Callable[..., Any], value: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one of the queue's input checks on a registration: its rule, but as a
+    `ConfigurationError`, since a bad registration is the application's set-up."""
+    try:
+        return check(value, what, *args, **kwargs)
+    except PayloadError as exc:
+        raise ConfigurationError(
+            exc.message, hint="fix the registration (@jobs.handler or Registry.add)"
+        ) from None
+
+
+def _name_of(handler: object) -> str:
+    return str(getattr(handler, "__qualname__", None) or type(handler).__name__)
+
+
+__all__ = ["JobKind", "Registry"]

@@ -1,0 +1,50 @@
+"""A worker's log lines in a file: `jobqueue.logs.log_to_file` around a run, and the older
+``Worker(log_file=...)``, which still works and says it is deprecated."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from jobqueue import AsyncJobQueue, Job
+from jobqueue.logs import log_to_file
+from jobqueue.worker import Worker, WorkerContext
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+async def echo(job: Job, ctx: WorkerContext) -> str:
+    return "hi"
+
+
+async def test_log_to_file_gets_the_status_lines_and_is_removed_after(
+    jq: AsyncJobQueue, tmp_path: Path
+) -> None:
+    package = logging.getLogger("jobqueue")
+    handlers, level = list(package.handlers), package.level
+    job = await jq.enqueue("echo", {})
+    path = tmp_path / "worker.log"
+    with log_to_file(path):
+        assert package.getEffectiveLevel() <= logging.INFO
+        await Worker(jq, {"echo": echo}, lease=2).run_until_idle()
+    text = path.read_text()
+    assert f"Job {job.id} status: processing" in text
+    assert f"Job {job.id} status: completed in" in text
+    assert " - jobqueue.worker - INFO - " in text
+    # Nothing is left behind: later lines do not reach the file, the logger is as it was.
+    assert (package.handlers, package.level) == (handlers, level)
+    logging.getLogger("jobqueue.worker").warning("after the block")
+    assert "after the block" not in path.read_text()
+
+
+async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:
+    job = await jq.enqueue("echo", {})
+    log_file = tmp_path / "bot_v16_job_queue.log"
+    with pytest.warns(DeprecationWarning, match=r"jobqueue\.logs\.log_to_file"):
+        worker = Worker(jq, {"echo": echo}, lease=2, log_file=log_file)
+    await worker.run_until_idle()
+    text = log_file.read_text()
+    assert f"Job {job.id} status: processing" in text
+    assert f"Job {job.id} status: completed in" in text

@@ -1,0 +1,167 @@
+"""The worker's maintenance services: the reaper, heartbeats and the live-workers row run on
+timers of their own and stop between two statements, never in the middle of one (a pooled
+connection being checked out when its task is cancelled is lost to the pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from jobqueue import AsyncJobQueue, Job, Status
+from jobqueue.database import make_engine
+from jobqueue.worker import Worker, WorkerContext
+from jobqueue.worker.maintenance import Periodic
+from tests.worker.conftest import eventually, messages, run_in_background, stop
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+@contextlib.asynccontextmanager
+async def table_locked(url: str, table: str) -> AsyncIterator[None]:
+    """Hold a lock on the jobs table that makes every write to it wait, reads not
+    (PostgreSQL: ``EXCLUSIVE`` mode; SQLite: the write lock), until the block ends.
+
+    The lock is taken, held and given back by a thread of its own: taking it may wait for
+    a statement of the worker, which needs this event loop to finish."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn, conn.begin():  # SQLite: BEGIN IMMEDIATE
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
+                taken.set()
+                done.wait(60)
+                conn.rollback()
+        finally:
+            engine.dispose()
+
+    holder = asyncio.create_task(asyncio.to_thread(hold))
+    await asyncio.to_thread(taken.wait, 60)
+    try:
+        yield
+    finally:
+        done.set()
+        await holder
+
+
+async def test_the_reaper_fails_a_vanished_workers_job_with_no_attempts_left(
+    jq: AsyncJobQueue,
+) -> None:
+    job = await jq.enqueue("work", {}, max_attempts=1)
+    [ghost] = await jq.claim("vanished-worker", queues=["default"], lease=0.1)
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        raise AssertionError("a job with no attempts left must not run again")
+
+    worker = Worker(jq, {"work": work}, lease=2, reap_interval=0.2, listen=False)
+    task = await run_in_background(worker)
+    try:
+        done = await jq.wait(ghost.id, interval=0.05, timeout=10)
+    finally:
+        await stop(worker, task)
+    assert done.status is Status.FAILED
+    assert "lease expired while held by vanished-worker" in (done.error or "")
+    assert done.id == job.id
+
+
+
+async def test_a_stopping_worker_lets_the_reaper_finish_its_statement(
+    jq: AsyncJobQueue, migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reaper is in the middle of a statement (waiting for a lock) when the worker is
+    asked to stop: the statement finishes and its work counts, and no pooled connection is
+    left checked out."""
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    url, table = migrated
+    job = await jq.enqueue("work", {}, max_attempts=1)
+    await jq.claim("vanished-worker", queues=["default"], lease=1.0)
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        raise AssertionError("a job with no attempts left must not run again")
+
+    worker = Worker(
+        jq, {"work": work}, lease=5, reap_interval=0.2, poll_interval=30, listen=False
+    )
+    task = await run_in_background(worker)
+    await eventually(lambda: worker.claims >= 1)
+    async with table_locked(url, table):
+        # The lease runs out while the reaper's next statement waits for the lock.
+        await asyncio.sleep(1.5)
+        assert (await jq.get(job.id)).status is Status.PROCESSING
+        worker.stop()
+        await asyncio.sleep(0.3)
+        assert not task.done()  # waiting for the reaper's statement
+    await asyncio.wait_for(task, 15)
+    done = await jq.get(job.id)
+    assert done.status is Status.FAILED, done
+    assert f"Job {job.id}: lease expired; moved back to failed" in messages(caplog)
+    assert jq.engine.pool.checkedout() == 0
+
+
+class Rounds(Periodic):
+    """A duty whose rounds wait for ``go`` (a statement that takes a while) and fail while
+    ``broken`` is set."""
+
+    name = "rounds"
+    failure = "a test round"
+
+    def __init__(self, interval: float, **options: Any) -> None:
+        super().__init__(interval, **options)
+        self.go = asyncio.Event()
+        self.go.set()
+        self.broken = False
+        self.started: list[float] = []
+        self.finished = 0
+
+    async def round(self) -> None:
+        self.started.append(time.monotonic())
+        await self.go.wait()
+        if self.broken:
+            raise ConnectionError("the database is restarting")
+        self.finished += 1
+
+
+async def test_a_timer_ends_between_rounds_and_backs_off_after_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.worker")
+    timer = Rounds(0.05, first=0.0)
+    timer.start()
+    await eventually(lambda: timer.finished >= 2)
+    # Stopped in the middle of a round: the round finishes first.
+    timer.go.clear()
+    await eventually(lambda: len(timer.started) > timer.finished)
+    stopping = asyncio.create_task(timer.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done()
+    rounds = timer.finished
+    timer.go.set()
+    await asyncio.wait_for(stopping, 5)
+    assert timer.finished == rounds + 1
+    # Failed rounds are logged and retried after a backoff capped at the interval.
+    broken = Rounds(0.2, first=0.0)
+    broken.broken = True
+    broken.start()
+    await eventually(lambda: len(broken.started) >= 4)
+    await broken.stop()
+    gaps = [b - a for a, b in zip(broken.started, broken.started[1:], strict=False)]
+    assert gaps[0] < 0.15 and all(gap < 0.3 for gap in gaps), gaps
+    assert "a test round failed (ConnectionError: the database is restarting)" in messages(caplog)
+
+
+async def test_a_round_that_outlasts_the_stop_timeout_is_cancelled() -> None:
+    timer = Rounds(0.05, first=0.0)
+    timer.go.clear()
+    timer.start()
+    await eventually(lambda: timer.started)
+    await asyncio.wait_for(timer.stop(timeout=0.1), 5)
+    assert timer.finished == 0
