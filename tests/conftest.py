@@ -109,7 +109,7 @@ def sql_runner(url: str) -> Iterator[Callable[..., list[Any]]]:
     rows as a user could), disposed of afterwards."""
     from sqlalchemy import text
 
-    from jobqueue.database import make_engine
+    from jobqueue.drivers.engines import make_engine
 
     engine = make_engine(url)
 
@@ -134,7 +134,7 @@ def raw_sql(migrated: tuple[str, str]) -> Iterator[Callable[..., list[Any]]]:
 def downgrade(url: str, table: str, revision: str) -> None:
     """Take the jobs table at ``url`` back to migration ``revision`` (Alembic's downgrade)."""
     from alembic import command
-    from jobqueue.database import make_engine
+    from jobqueue.drivers.engines import make_engine
     from jobqueue.migrations import _config
 
     engine = make_engine(url)

@@ -297,7 +297,7 @@ class WorkerWhenReady:
     def _table_exists(self) -> bool:
         from sqlalchemy import inspect as sa_inspect
 
-        from jobqueue.database import make_engine
+        from jobqueue.drivers.engines import make_engine
 
         if self.url.startswith("sqlite:///") and not Path(self.url[len("sqlite:///") :]).exists():
             return False
@@ -553,7 +553,7 @@ class PageRunner:
         return out
 
     def run_sql(self, block: Block) -> str:
-        from jobqueue.database import make_engine
+        from jobqueue.drivers.engines import make_engine
 
         assert self.postgres_url is not None
         engine = make_engine(self.postgres_url)

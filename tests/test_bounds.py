@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from jobqueue import JobQueue, PayloadError, Status
-from jobqueue.schema import (
+from jobqueue.models import (
     MAX_ATTEMPTS_LIMIT,
     MAX_ERROR,
     MAX_NAME,
@@ -23,9 +23,8 @@ from jobqueue.schema import (
     MAX_REMOTE_TASK_ID,
     MAX_RESULT_URL,
     MAX_TEXT,
-    bounds,
-    jobs_table,
 )
+from jobqueue.sql.table import bounds, jobs_table
 
 Raw = Callable[..., list[Any]]
 

@@ -1,6 +1,7 @@
 """The import paths of the modules the layout by layer replaced keep working
 (`jobqueue._compat`): every name of every old module is the very object of its new home,
-however it is imported, and type checkers see the same through the stubs in ``typings/``.
+however it is imported, and type checkers see the same through the stubs the wheel
+installs (kept in ``src/jobqueue/_stubs/``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import jobqueue
-from jobqueue._compat import MOVED, home, stub_source
+from jobqueue._compat import MOVED, STUBS, home, stub_source
 
 PACKAGE_DIR = Path(jobqueue.__file__).parent
-TYPINGS = Path(__file__).resolve().parent.parent / "typings" / "jobqueue"
+TYPINGS = STUBS
 OLD_NAMES = [(old, name) for old in sorted(MOVED) for name in sorted(MOVED[old])]
 
 
@@ -47,7 +48,7 @@ def test_old_paths_work_in_a_fresh_interpreter() -> None:
     code = (
         "from jobqueue.schema import Job, jobs_table; "
         "from jobqueue.database import make_engine, describe_error; "
-        "import jobqueue.listener, jobqueue.rls, jobqueue.presence_sql; "
+        "import jobqueue.listener, jobqueue.rls, jobqueue.statements; "
         "print(Job.__module__, jobqueue.listener.Listener.__module__)"
     )
     out = subprocess.run(
@@ -88,7 +89,7 @@ def test_every_name_the_package_imports_from_an_old_path_is_served() -> None:
 
 @pytest.mark.parametrize("old", sorted(MOVED))
 def test_the_type_stubs_are_current(old: str) -> None:
-    """``typings/`` is what mypy (``mypy_path``) reads for the old paths. Regenerate with
-    ``python -c "from jobqueue._compat import write_stubs; write_stubs('typings')"``."""
+    """The stubs the wheel installs for the old paths are current. Regenerate with
+    ``python -c "from jobqueue._compat import write_stubs; write_stubs()"``."""
     assert (TYPINGS / f"{old}.pyi").read_text() == stub_source(old)
     assert sorted(p.stem for p in TYPINGS.glob("*.pyi")) == sorted(MOVED)

@@ -18,7 +18,7 @@ from types import ModuleType
 
 from jobqueue import AsyncJobQueue, JobQueue
 from jobqueue.cli import cli
-from jobqueue.schema import MOVES, Status
+from jobqueue.models import MOVES, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / "docs" / "hooks" / "jobqueue_docs.py"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import make_url, text
 
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from tests.docs_snippets import ROOT, Block, PageError, display, pages, parse
 
 RUNNER = Path(__file__).resolve().parent / "docs_snippets.py"

@@ -28,7 +28,7 @@ from sqlalchemy import make_url
 from jobqueue import AsyncJobQueue, Job, JobQueue, Status, migrate
 from jobqueue.operations import Completion
 from jobqueue.queue import _drive, _drive_async
-from jobqueue.schema import bounds, jobs_table
+from jobqueue.sql.table import bounds, jobs_table
 from jobqueue.worker import Worker, WorkerContext
 from tests.cli.helpers import JOBQUEUE, Result, clean_env
 from tests.conftest import Either, downgrade, sql_runner

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobqueue import AsyncJobQueue, Job, Status, migrate
-from jobqueue.listener import Listener, libpq_url
+from jobqueue.drivers.listen import Listener, libpq_url
 from jobqueue.worker import Worker, WorkerContext
 from tests.conftest import sql_runner
 

@@ -27,9 +27,9 @@ from jobqueue import (
     jobs_table,
     migrate,
 )
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from jobqueue.presence_sql import workers_table
+from jobqueue.sql.table import workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,11 +38,10 @@ from jobqueue import (
     generate_image_queued,
     migrate,
 )
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config
-from jobqueue.presence import WorkerPresence
-from jobqueue.presence_sql import workers_table, workers_table_name
-from jobqueue.schema import TABLE_NAME_MAX_LENGTH
+from jobqueue.models import WorkerPresence
+from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH, workers_table, workers_table_name
 from jobqueue.worker import Worker
 from tests.cli.helpers import JOBQUEUE, Result, clean_env, worker_running
 from tests.conftest import Either
@@ -478,7 +477,8 @@ def test_a_wait_that_may_not_read_the_workers_table_goes_on_without_a_warning(
 def test_supabase_policies_let_the_worker_role_keep_its_row_and_hide_it_from_users(
     postgres_url: str, table_name: str
 ) -> None:
-    from jobqueue.rls import apply_rls, supabase_sql
+    from jobqueue.migrations.supabase import apply_rls
+    from jobqueue.sql.rls import supabase_sql
     from tests.reliability.test_rls import emulate_supabase, engine_as
 
     assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}_workers"' in supabase_sql(

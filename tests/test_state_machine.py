@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobqueue import MOVES, InvalidTransition, Job, JobQueueError, LeaseLost, Status
-from jobqueue.schema import FINAL_STATUSES, can_move, check_move, sources_of
+from jobqueue.models import FINAL_STATUSES, can_move, check_move, sources_of
 from tests.conftest import Either
 
 # Each API move: the status it leads to, and how to attempt it on a job.

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from jobqueue import AsyncJobQueue, migrate
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from jobqueue.web import create_app
 from tests.web_server import running_server
 

@@ -56,9 +56,6 @@ if TYPE_CHECKING:
         AsyncJobQueue,
         JobQueue,
     )
-    from .registry import (
-        Registry,
-    )
     from .sql.table import (
         jobs_table,
     )
@@ -67,6 +64,7 @@ if TYPE_CHECKING:
         Worker,
         WorkerContext,
     )
+    from .worker.registry import Registry
     from .wrappers import (
         generate_image,
         generate_image_async,
@@ -95,7 +93,7 @@ _LAZY: dict[str, str] = {
     "MOVES": "models",
     "MockGenerator": "generators",
     "NewJob": "models",
-    "Registry": "registry",
+    "Registry": "worker.registry",
     "Settings": "config",
     "Status": "models",
     "StatusStats": "models",

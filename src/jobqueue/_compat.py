@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec
@@ -148,34 +149,6 @@ MOVED: dict[str, dict[str, str]] = {
         "supabase_script": "migrations.supabase",
         "apply_rls": "migrations.supabase",
     },
-    "presence": {
-        **dict.fromkeys(
-            (
-                "LIVE_LEASES",
-                "BEATS_PER_LEASE",
-                "ttl_of",
-                "beat_interval_of",
-                "beat",
-                "gone",
-                "sweep",
-                "live_workers",
-                "check_access",
-            ),
-            "operations.presence",
-        ),
-        "NO_WORKER_AFTER": "operations.waiting",
-        "no_worker_message": "operations.waiting",
-        "Lookout": "operations.waiting",
-        "WorkerPresence": "models",
-        "LiveWorker": "models",
-    },
-    "presence_sql": {
-        "WORKERS_SUFFIX": "sql.table",
-        "workers_table_name": "sql.table",
-        "workers_table": "sql.table",
-        "NEEDS": "sql.presence",
-        "PresenceStatements": "sql.presence",
-    },
 }
 
 
@@ -241,7 +214,7 @@ def install() -> None:
 def stub_source(old: str) -> str:
     """The type stub (``.pyi``) of the old module ``jobqueue.<old>``, for type checkers,
     which do not run the import hook."""
-    lines = [f'"""{_docstring(old)}"""', ""]
+    lines = [*textwrap.wrap(f'"""{_docstring(old)}"""', width=96), ""]
     by_module: dict[str, list[str]] = {}
     for name in sorted(MOVED[old]):
         where, new_name = home(old, name)
@@ -258,10 +231,14 @@ def stub_source(old: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_stubs(directory: str | Path) -> list[Path]:
-    """Write every old module's stub into ``directory``/jobqueue (the repository's
-    ``typings``); the files written."""
-    out = Path(directory) / PACKAGE
+#: Where the stubs are kept in the repository; the wheel installs them as
+#: ``jobqueue/<old>.pyi`` (pyproject.toml), beside the package's modules.
+STUBS = Path(__file__).resolve().parent / "_stubs"
+
+
+def write_stubs(directory: str | Path = STUBS) -> list[Path]:
+    """Write every old module's stub into ``directory``; the files written."""
+    out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for old in sorted(MOVED):

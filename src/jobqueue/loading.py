@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import ConfigurationError
-from .registry import Registry
+from .worker.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from jobqueue import JobQueue, migrate
 from jobqueue.cli import cli
 from jobqueue.cli.output import parse_duration
 from jobqueue.cli.run import _looks_like_transaction_pooler
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env, worker_running
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"

@@ -30,12 +30,13 @@ from jobqueue import (
     Status,
     migrate,
 )
-from jobqueue.database import make_engine, normalise_url
+from jobqueue.drivers.engines import make_engine, normalise_url
 from jobqueue.errors import ConfigurationError
 from jobqueue.migrations import schema_state
+from jobqueue.migrations.supabase import apply_rls
 from jobqueue.operations import COPY_MIN_JOBS, DEFAULT_MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
-from jobqueue.rls import apply_rls, supabase_sql
-from jobqueue.schema import OWNER_COLUMNS
+from jobqueue.sql.rls import supabase_sql
+from jobqueue.sql.table import OWNER_COLUMNS
 
 pytestmark = pytest.mark.postgres
 

@@ -28,10 +28,11 @@ from jobqueue import (
     migrate,
 )
 from jobqueue import migrations as jq_migrations
-from jobqueue.database import describe_url, redact
+from jobqueue.drivers.engines import describe_url
+from jobqueue.errors import redact
 from jobqueue.generators import DefAPIGenerator
-from jobqueue.rls import supabase_sql
-from jobqueue.schema import TABLE_NAME_MAX_LENGTH
+from jobqueue.sql.rls import supabase_sql
+from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH
 from jobqueue.worker import Worker
 from tests.conftest import Either
 from tests.fake_defapi import FakeDefAPI

@@ -180,7 +180,7 @@ async def test_the_worker_survives_a_database_outage(
     from sqlalchemy import make_url, text
 
     from jobqueue import migrate
-    from jobqueue.database import make_engine
+    from jobqueue.drivers.engines import make_engine
 
     caplog.set_level(logging.WARNING, logger="jobqueue")
     migrate(postgres_url, table=table_name)

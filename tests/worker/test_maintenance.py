@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobqueue import AsyncJobQueue, Job, Status
-from jobqueue.database import make_engine
+from jobqueue.drivers.engines import make_engine
 from jobqueue.worker import Worker, WorkerContext
 from jobqueue.worker.maintenance import Periodic
 from tests.worker.conftest import eventually, messages, run_in_background, stop

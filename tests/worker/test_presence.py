@@ -24,9 +24,10 @@ import pytest
 from sqlalchemy import make_url, text
 
 from jobqueue import AsyncJobQueue, Job, JobQueue, PermissionDenied, Status, migrate
-from jobqueue.database import make_engine
-from jobqueue.presence import LIVE_LEASES, WorkerPresence
-from jobqueue.presence_sql import workers_table_name
+from jobqueue.drivers.engines import make_engine
+from jobqueue.models import WorkerPresence
+from jobqueue.operations.presence import LIVE_LEASES
+from jobqueue.sql.table import workers_table_name
 from jobqueue.worker import Worker, WorkerContext
 from tests.test_presence import (
     JOBQUEUE,

@@ -47,12 +47,12 @@ def shop() -> Registry:
 # -- declaring ------------------------------------------------------------------------------
 
 
-def test_the_registry_is_importable_from_its_old_path_and_the_package() -> None:
+def test_the_registry_is_importable_from_the_package() -> None:
     import jobqueue
-    import jobqueue.registry
+    import jobqueue.worker.registry
 
-    assert jobqueue.registry.Registry is Registry is jobqueue.Registry
-    assert jobqueue.registry.JobKind is type(Registry.of({"x": print}).kinds["x"])
+    assert jobqueue.worker.registry.Registry is Registry is jobqueue.Registry
+    assert jobqueue.worker.registry.JobKind is type(Registry.of({"x": print}).kinds["x"])
 
 
 def test_the_decorator_registers_the_function_unchanged_with_its_options() -> None:

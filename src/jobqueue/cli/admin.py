@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 
 from ..errors import ConfigurationError
-from ..schema import FINAL_STATUSES, Status
+from ..models import FINAL_STATUSES, Status
 from .group import EXIT_FAILED, Env, cli, one_line, pass_env
 from .output import DURATION, echo_json, format_duration, out, stats_table, workers_table
 
@@ -59,7 +59,7 @@ def sql_command(env: Env, supabase: bool, worker_role: str) -> None:
 
 def _supabase_sql(env: Env, worker_role: str) -> str:
     try:
-        from ..rls import supabase_script
+        from ..migrations.supabase import supabase_script
     except ImportError as exc:
         if exc.name not in ("jobqueue.rls", None):
             raise

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..database import describe_database, sqlite_path
+from ..drivers.engines import describe_database, sqlite_path
 from ..errors import ConfigurationError, JobQueueError, PermissionDenied
+from ..models import DEFAULT_TABLE, Status
 from ..queue import JobQueue
-from ..schema import DEFAULT_TABLE, Status
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,8 @@ def count_jobs(q: JobQueue) -> JobCounts:
     """
     from sqlalchemy import case, func, select
 
-    from ..database import translated_errors
-    from ..dialects import DbNow, DbNowPlus
+    from ..drivers.errors import translated_errors
+    from ..sql.dialect import DbNow, DbNowPlus
 
     c = q.statements.t.c
     processing = c.status == Status.PROCESSING.value

@@ -14,13 +14,13 @@ import asyncio
 from rich.console import Console
 
 from .._console import closing
-from ..database import describe_database, describe_url, sqlite_path
+from ..drivers.engines import describe_database, describe_url, sqlite_path
 from ..generators.base import IMAGE_KIND, GenerationRequest
 from ..generators.mock import MockGenerator
 from ..migrations import migrate
+from ..models import Job, Status
 from ..operations import NewJob
 from ..queue import AsyncJobQueue
-from ..schema import Job, Status
 from .output import JobBars, stats_table
 
 DEMO_URL = "sqlite:///jobqueue-demo.db"

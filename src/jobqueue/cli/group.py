@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ..database import DEFAULT_URL, URL_ENV, describe_database, redact
+from ..drivers.engines import DEFAULT_URL, URL_ENV, describe_database
 from ..errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -34,8 +34,9 @@ from ..errors import (
     PayloadError,
     PermissionDenied,
     SchemaNotInstalled,
+    redact,
 )
-from ..schema import DEFAULT_TABLE
+from ..models import DEFAULT_TABLE
 
 if TYPE_CHECKING:
     from ..queue import AsyncJobQueue, JobQueue
@@ -194,7 +195,7 @@ def cli(
     Start with `jobqueue demo`. For your own database: `jobqueue migrate`, then
     `jobqueue worker`, then `jobqueue generate "a prompt"` and `jobqueue status ID --watch`.
     """
-    from ..schema import validate_identifier
+    from ..sql.table import validate_identifier
 
     validate_identifier(table, "table name")
     if schema:
@@ -222,7 +223,7 @@ _NO_URL_FROM_ENV = ("demo", "sql")
 def _check_url(url: str, given: bool) -> None:
     """A URL that cannot be parsed is a usage error before any command runs, named by
     where it came from (the option, or the environment / .env)."""
-    from ..database import normalise_url
+    from ..drivers.engines import normalise_url
 
     try:
         normalise_url(url, asynchronous=False)

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from ..errors import ConfigurationError, InvalidTransition, JobFailed, PayloadError
-from ..schema import DEFAULT_QUEUE, FINAL_STATUSES, Job, Status
+from ..models import DEFAULT_QUEUE, FINAL_STATUSES, Job, Status
 from .group import Env, F, app_option, cli, one_line, pass_env
 from .output import (
     DURATION,
@@ -240,7 +240,7 @@ def _no_worker_lookout() -> dict[str, Any]:
     watched job, after the time ``JOBQUEUE_NO_WORKER_AFTER`` sets."""
     import os
 
-    from ..presence import NO_WORKER_AFTER
+    from ..operations.waiting import NO_WORKER_AFTER
 
     raw = os.environ.get(NO_WORKER_AFTER_ENV, "").strip()
     after: float | None = NO_WORKER_AFTER

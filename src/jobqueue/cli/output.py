@@ -36,14 +36,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..database import END_OF_TIME, START_OF_TIME
-from ..schema import Job, Status
+from ..models import END_OF_TIME, START_OF_TIME, Job, Status
 
 if TYPE_CHECKING:
     # Annotations only: a command that never shows statistics or workers need not load
     # the operations behind them to start.
+    from ..models import LiveWorker
     from ..operations import StatusStats
-    from ..presence import LiveWorker
 
 
 @cache

@@ -4,6 +4,7 @@ unless told otherwise) and ``demo``; and the logging they set up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from datetime import timedelta
@@ -15,14 +16,14 @@ from rich.console import Console
 
 from .._console import closing, run_async
 from ..errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotInstalled
-from ..schema import DEFAULT_QUEUE, Status
+from ..models import DEFAULT_QUEUE, Status
 from .group import EXIT_FAILED, Env, app_option, cli, pass_env
 from .output import DURATION, format_duration, out
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..generators.base import Generator
-    from ..registry import Registry
+    from ..worker.registry import Registry
 
 
 def _setup_logging(debug: bool, console: Console) -> None:
@@ -189,6 +190,7 @@ def worker_command(
             env,
             registry,
             generator=generator,
+            log_file=log_file,
             all_kinds=all_kinds,
             concurrency=concurrency,
             queues=queues,
@@ -196,7 +198,6 @@ def worker_command(
             poll_interval=poll_interval.total_seconds(),
             grace_period=grace_period.total_seconds(),
             listen=listen,
-            log_file=log_file,
             job_timeout=None if job_timeout is None else job_timeout.total_seconds(),
             worker_id=worker_id,
         )
@@ -213,7 +214,7 @@ def _looks_like_transaction_pooler(url: str) -> bool:
 
 def _backend(url: str) -> str:
     """``postgresql`` or ``sqlite`` (the URL was checked when the command started)."""
-    from ..database import normalise_url
+    from ..drivers.engines import normalise_url
 
     return normalise_url(url, asynchronous=False).get_backend_name()
 
@@ -223,7 +224,7 @@ def _worker_kinds(app: str | None, settings: Settings) -> tuple[Registry, Genera
     the settings' generator, unless the app registers ``image`` or says image=False."""
     from ..generators.base import IMAGE_KIND
     from ..loading import load_registry
-    from ..registry import Registry
+    from ..worker.registry import Registry
 
     registry = load_registry(app) if app else Registry()
     if not registry.image or IMAGE_KIND in registry:
@@ -243,17 +244,23 @@ def _worker_kinds(app: str | None, settings: Settings) -> tuple[Registry, Genera
 
 
 async def _run_worker(
-    env: Env, registry: Registry, generator: Generator | None, **options: Any
+    env: Env,
+    registry: Registry,
+    generator: Generator | None,
+    log_file: Path | None,
+    **options: Any,
 ) -> None:
-    """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped;
-    the generator is closed afterwards."""
+    """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped,
+    also logging to ``log_file`` when given; the generator is closed afterwards."""
+    from ..logs import log_to_file
     from ..worker import Worker
 
     queue = env.async_queue()
     try:
         worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
-        await worker.run()
+        with log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
+            await worker.run()
     finally:
         closing()
         if generator is not None:

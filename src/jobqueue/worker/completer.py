@@ -25,11 +25,10 @@ from typing import TypeVar
 from uuid import UUID
 
 from ..backoff import Backoff
-from ..database import describe_error
-from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError, describe_error
+from ..models import Job, Status
 from ..operations import Completion
 from ..queue import AsyncJobQueue
-from ..schema import Job, Status
 from .lifecycle import Lifecycle
 from .outcome import Failed, Outcome
 from .slots import Slot, Slots

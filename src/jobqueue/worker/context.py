@@ -10,11 +10,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
-from ..database import describe_error
-from ..errors import JobNotFound, LeaseLost, PayloadError
+from ..errors import JobNotFound, LeaseLost, PayloadError, describe_error
 from ..generators.base import GenerationRequest, GenerationResult, Generator
+from ..models import Job
 from ..queue import AsyncJobQueue
-from ..schema import Job
 
 log = logging.getLogger("jobqueue.worker")
 

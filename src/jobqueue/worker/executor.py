@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..schema import Job
+from ..models import Job
 from .context import Handler, WorkerContext
 from .outcome import Failed, Outcome, Stopped, completion_of
 from .slots import Slot

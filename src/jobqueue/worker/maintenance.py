@@ -32,12 +32,17 @@ import time
 from collections.abc import Callable
 
 from ..backoff import Backoff
-from ..database import describe_error
-from ..errors import ConfigurationError, PayloadError, PermissionDenied, SchemaNotInstalled
-from ..listener import Listener, libpq_url
-from ..presence import WorkerPresence, beat_interval_of, ttl_of
+from ..drivers.listen import Listener, libpq_url
+from ..errors import (
+    ConfigurationError,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+    describe_error,
+)
+from ..models import Job, Status, WorkerPresence
+from ..operations.presence import beat_interval_of, ttl_of
 from ..queue import AsyncJobQueue
-from ..schema import Job, Status
 from .outcome import StopReason
 from .slots import Slot, Slots
 

@@ -12,11 +12,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from ..database import describe_error, redact
-from ..errors import PayloadError
+from ..errors import PayloadError, describe_error, redact
 from ..generators.base import GenerationResult
+from ..models import Job
 from ..operations import Completion
-from ..schema import Job
 from .context import HandlerResult
 
 

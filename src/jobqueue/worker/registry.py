@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ..errors import ConfigurationError, PayloadError
 from ..generators.base import IMAGE_KIND, Generator
+from ..models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ATTEMPTS_LIMIT, MAX_NAME
 from ..operations import check_int, check_text, seconds_of
-from ..schema import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ATTEMPTS_LIMIT, MAX_NAME
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from ..models import Job
     from ..queue import AsyncJobQueue, EnqueueOptions, JobQueue
-    from ..schema import Job
     from .context import Handler
 
 H = TypeVar("H", bound="Handler")

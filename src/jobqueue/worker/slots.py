@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from ..models import Job
 from ..operations import Completion
-from ..schema import Job
 from .context import WorkerContext
 from .outcome import StopReason
 

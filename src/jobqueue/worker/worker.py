@@ -39,15 +39,13 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from ..backoff import Backoff
-from ..database import describe_error
-from ..errors import ConfigurationError, PayloadError
+from ..drivers.listen import Listener
+from ..errors import ConfigurationError, PayloadError, describe_error
 from ..generators.base import IMAGE_KIND, Generator
-from ..listener import Listener
 from ..logs import log_to_file
+from ..models import DEFAULT_QUEUE, Job, WorkerPresence
 from ..operations import DEFAULT_LEASE, seconds_of
-from ..presence import WorkerPresence
 from ..queue import AsyncJobQueue
-from ..schema import DEFAULT_QUEUE, Job
 from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
@@ -253,9 +251,7 @@ class Worker:
                 self._executor.close()
                 self.listener = None
                 lifecycle.end()
-                log.info(
-                    "Worker %s stopped (%d jobs finished)", self.worker_id, completer.finished
-                )
+                log.info("Worker %s stopped (%d jobs finished)", self.worker_id, completer.finished)
         return completer.finished
 
     async def _serve_announced(self, until_idle: bool) -> None:

@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.sql.dialect`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.sql.dialect`: its names are served from there (see
+`jobqueue._compat`)."""
 
 from jobqueue.sql.dialect import (
     DbNow as DbNow,

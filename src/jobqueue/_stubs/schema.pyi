@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.models`, `jobqueue.sql.table`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.models`, `jobqueue.sql.table`: its names are served from
+there (see `jobqueue._compat`)."""
 
 from jobqueue.models import (
     DEFAULT_KIND as DEFAULT_KIND,

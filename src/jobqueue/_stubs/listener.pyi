@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.drivers.listen`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.drivers.listen`: its names are served from there (see
+`jobqueue._compat`)."""
 
 from jobqueue.drivers.listen import (
     DEFAULT_HEALTH_INTERVAL as DEFAULT_HEALTH_INTERVAL,

@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.drivers.copy`, `jobqueue.drivers.direct`, `jobqueue.sql.steps`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.drivers.copy`, `jobqueue.drivers.direct`,
+`jobqueue.sql.steps`: its names are served from there (see `jobqueue._compat`)."""
 
 from jobqueue.drivers.copy import (
     copy_rows as copy_rows,

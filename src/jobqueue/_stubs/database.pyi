@@ -1,4 +1,6 @@
-"""The old import path of `jobqueue.drivers.engines`, `jobqueue.drivers.errors`, `jobqueue.errors`, `jobqueue.models`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.drivers.engines`, `jobqueue.drivers.errors`,
+`jobqueue.errors`, `jobqueue.models`: its names are served from there (see
+`jobqueue._compat`)."""
 
 from jobqueue.drivers.engines import (
     DEFAULT_URL as DEFAULT_URL,

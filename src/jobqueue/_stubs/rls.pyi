@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.migrations.supabase`, `jobqueue.sql.rls`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.migrations.supabase`, `jobqueue.sql.rls`: its names are
+served from there (see `jobqueue._compat`)."""
 
 from jobqueue.migrations.supabase import (
     apply_rls as apply_rls,

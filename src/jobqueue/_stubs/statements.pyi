@@ -1,4 +1,5 @@
-"""The old import path of `jobqueue.sql.common`, `jobqueue.sql.statements`, `jobqueue.sql.steps`: its names are served from there (see `jobqueue._compat`)."""
+"""The old import path of `jobqueue.sql.common`, `jobqueue.sql.statements`,
+`jobqueue.sql.steps`: its names are served from there (see `jobqueue._compat`)."""
 
 from jobqueue.sql.common import (
     MAX_SHAPES as MAX_SHAPES,
