@@ -23,15 +23,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 
 from .drivers.engines import describe_url
 from .errors import ConfigurationError, redact
-from .generators.base import Generator
-from .generators.defapi import DEFAULT_BASE_URL, KEY_HINT, DefAPIGenerator, mask_key
-from .generators.keys import check_api_key
-from .generators.mock import MockGenerator
+from .generators.keys import check_api_key, mask_key
+
+if TYPE_CHECKING:
+    from .generators.base import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,21 @@ def parse_bool(name: str, value: str | None) -> bool | None:
     )
 
 
+def _default_base_url() -> str:
+    # DefAPI's module is imported where a setting needs it, not at the top: a command that
+    # only reads `.env` and then a job loads no HTTP client.
+    from .generators.defapi import DEFAULT_BASE_URL
+
+    return DEFAULT_BASE_URL
+
+
 @dataclass(frozen=True)
 class Settings:
     """The environment's choices for generators and the database. ``repr`` hides secrets."""
 
     mock_ai: bool | None = None
     defapi_api_key: str | None = field(default=None, repr=False)
-    defapi_base_url: str = DEFAULT_BASE_URL
+    defapi_base_url: str = field(default_factory=_default_base_url)
     defapi_poll_interval: float = 3.0
     database_url: str | None = field(default=None, repr=False)
 
@@ -109,11 +118,13 @@ class Settings:
         if api_key is not None and mock_ai is not True:
             # Here, not at the first request: a worker must refuse to start with a key that
             # every job would fail on (and whose error could quote it).
+            from .generators.defapi import KEY_HINT
+
             check_api_key(api_key, name=DEFAPI_API_KEY, hint=KEY_HINT)
         return cls(
             mock_ai=mock_ai,
             defapi_api_key=api_key,
-            defapi_base_url=(get(DEFAPI_BASE_URL) or DEFAULT_BASE_URL).rstrip("/"),
+            defapi_base_url=(get(DEFAPI_BASE_URL) or _default_base_url()).rstrip("/"),
             defapi_poll_interval=poll_interval,
             database_url=get(DATABASE_URL),
         )
@@ -143,10 +154,14 @@ class Settings:
                 )
             else:
                 logger.info("MOCK_AI=true: using the mock generator")
+            from .generators.mock import MockGenerator
+
             return MockGenerator()
         assert self.defapi_api_key is not None
         if self.mock_ai is None:
             logger.info("MOCK_AI is not set and %s is present: using DefAPI", DEFAPI_API_KEY)
+        from .generators.defapi import DefAPIGenerator
+
         return DefAPIGenerator(
             self.defapi_api_key,
             base_url=self.defapi_base_url,

@@ -84,11 +84,6 @@ def test_migrate_does_load_alembic(tmp_path: Path, jobqueue_sqlite_url: str) -> 
     assert "alembic" in modules and "jobqueue.migrations" in modules
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main() loads jobqueue.config for the .env rule, and config imports the "
-    "generators (httpx) at module level; making those imports lazy there fixes it",
-)
 def test_reading_a_job_loads_no_http_client(tmp_path: Path, jobqueue_sqlite_url: str) -> None:
     migrate(jobqueue_sqlite_url)
     with JobQueue(jobqueue_sqlite_url) as q:

@@ -46,7 +46,7 @@ from tenacity import (
 from ..backoff import equal_jitter
 from ..errors import ConfigurationError, GenerationError, redact
 from .base import GenerationRequest, GenerationResult, JobContext
-from .keys import Scrubber, check_api_key
+from .keys import Scrubber, check_api_key, mask_key
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,6 @@ KEY_HINT = (
     "copy DEFAPI_API_KEY again from DefAPI's dashboard: a key is one unbroken run of "
     "printable ASCII characters"
 )
-
-
-def mask_key(key: str | None) -> str:
-    """A key shown safely: ``****`` and, for keys long enough to stay secret, the last 4."""
-    if not key:
-        return "(none)"
-    return f"****{key[-4:]}" if len(key) >= 12 else "****"
 
 
 def is_openai_model(model: str) -> bool:

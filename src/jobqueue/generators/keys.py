@@ -359,3 +359,10 @@ __all__ = [
     "check_api_key",
     "run_length",
 ]
+
+
+def mask_key(key: str | None) -> str:
+    """A key shown safely: ``****`` and, for keys long enough to stay secret, the last 4."""
+    if not key:
+        return "(none)"
+    return f"****{key[-4:]}" if len(key) >= 12 else "****"
