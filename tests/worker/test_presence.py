@@ -3,7 +3,8 @@ clock, removed on a clean stop; the row of a killed worker goes stale and a live
 deletes it. A worker whose role may not do a worker's work stops at start (exit 2 with the
 grant or policy to add from ``jobqueue worker``); a database that refuses connections for a
 while only delays it. What others conclude from the rows (waits, ``jobqueue workers``) is
-tested in tests/test_presence.py, whose helpers these tests share.
+tested in tests/operations/test_presence.py; the helpers both share are in
+tests/support/presence.py.
 
 Real databases, real worker processes, real PostgreSQL roles; nothing of jobqueue is mocked.
 """
@@ -29,16 +30,8 @@ from jobqueue.models import WorkerPresence
 from jobqueue.operations.presence import LIVE_LEASES
 from jobqueue.sql.table import workers_table_name
 from jobqueue.worker import Worker, WorkerContext
-from tests.test_presence import (
-    JOBQUEUE,
-    clean_env,
-    cli,
-    eventually,
-    role,
-    rows_in,
-    until,
-    worker_thread,
-)
+from tests.cli.helpers import JOBQUEUE, clean_env
+from tests.support.presence import cli, eventually, role, rows_in, until, worker_thread
 
 
 @pytest.fixture
