@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import make_url, select
 
 from jobqueue import AsyncJobQueue, JobQueue
-from jobqueue.drivers.engines import make_engine
+from jobqueue.drivers.engines import READ_ONLY, make_engine
 from jobqueue.sql.table import workers_table
 from jobqueue.worker import Worker
 from tests.cli.helpers import JOBQUEUE, Result, clean_env
@@ -50,10 +50,14 @@ def until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 def rows_in(url: str, table: str) -> list[str]:
-    """The worker ids in the live-workers table, live or not (read as the owner)."""
+    """The worker ids in the live-workers table, live or not (read as the owner).
+
+    A read-only transaction: on SQLite it takes no write lock, so this blocking read never
+    waits for a worker running in the caller's own event loop (which could not release
+    the lock while this call holds the loop)."""
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             t = workers_table(table)
             return [r for (r,) in conn.execute(select(t.c.worker_id).order_by(t.c.worker_id))]
     finally:
