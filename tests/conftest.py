@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from jobqueue import AsyncJobQueue, JobQueue, migrate
-from tests.fake_defapi import fake_defapi  # noqa: F401  (fixture: a fake DefAPI server)
+from tests.support.fake_defapi import fake_defapi  # noqa: F401  (fixture: a fake DefAPI server)
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 POSTGRES_FIXTURES = {"jobqueue_postgres_url", "jobqueue_postgres_server_url", "postgres_url"}

@@ -31,7 +31,7 @@ from jobqueue import (
     generate_image_sync,
 )
 from jobqueue.worker import Worker
-from tests.fake_defapi import FakeDefAPI
+from tests.support.fake_defapi import FakeDefAPI
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,7 @@
 """The parts of docs/*.md that are generated from the code, so they cannot drift from it.
 
 The generated Markdown is committed, so the pages read whole in a repository browser, and
-``tests/test_docs.py`` fails when it is stale. Regenerate every page with::
+``tests/docs/test_pages.py`` fails when it is stale. Regenerate every page with::
 
     python docs/hooks/jobqueue_docs.py
 

@@ -37,7 +37,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
 # What a job may hold. The library refuses a value outside these bounds with `PayloadError`
 # before it writes (`jobqueue.validation`), and the table's check constraints refuse it from
-# every other client (migration 0003); tests/test_bounds.py checks that the two agree.
+# every other client (migration 0003); tests/sql/test_bounds.py checks that the two agree.
 MAX_NAME = 200  # kind, queue
 MAX_TEXT = 255  # owner_id, idempotency_key, locked_by (the worker's id)
 MAX_PRIORITY = 1_000_000

@@ -17,7 +17,7 @@ import pytest
 
 from jobqueue import JobQueue, Status, migrate
 from tests.cli.helpers import JOBQUEUE, clean_env
-from tests.test_web_serve import free_port
+from tests.support.ports import free_port
 
 #: What a stopped command may end with: 0 (a stop it handles, such as the worker's), 130
 #: (Ctrl-C), or death by SIGINT itself when one lands while Python finishes exiting.

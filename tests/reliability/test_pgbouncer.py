@@ -236,7 +236,7 @@ def test_the_behavioural_suite_passes_through_a_transaction_pooler(
             "-q",
             "-k",
             "postgres",
-            str(root / "tests" / "test_queue.py"),
+            str(root / "tests" / "queue" / "test_queue.py"),
         ],
         cwd=root,
         env=env,

@@ -9,7 +9,6 @@ one of those roles, the way Supabase's REST API or a worker holding the service 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import Engine, make_url, text
 from sqlalchemy import exc as sa_exc
 
 from jobqueue import (
@@ -37,66 +36,11 @@ from jobqueue.migrations.supabase import apply_rls
 from jobqueue.operations import COPY_MIN_JOBS, DEFAULT_MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
 from jobqueue.sql.rls import supabase_sql
 from jobqueue.sql.table import OWNER_COLUMNS
+from tests.support.supabase import create_role, emulate_supabase, engine_as
 
 pytestmark = pytest.mark.postgres
 
-ROLES = ("anon", "authenticated", "service_role")
 JOBQUEUE = shutil.which("jobqueue", path=str(Path(sys.executable).parent)) or "jobqueue"
-
-#: Supabase's auth.uid() in spirit: the ``sub`` claim of the request's JWT, as a uuid.
-EMULATED_UID = """
-CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $uid$
-  SELECT nullif(coalesce(
-    current_setting('request.jwt.claim.sub', true),
-    current_setting('request.jwt.claims', true)::jsonb ->> 'sub'
-  ), '')::uuid
-$uid$
-"""
-
-
-def _create_role(conn: Any, role: str) -> None:
-    # Another session may create the same role at the same moment: both errors mean "exists".
-    conn.execute(
-        text(
-            "DO $r$ BEGIN "
-            f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
-            f'CREATE ROLE "{role}" NOLOGIN; END IF; '
-            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $r$"
-        )
-    )
-
-
-def emulate_supabase(url: str) -> None:
-    """Roles, the auth schema and auth.uid(), each only where it does not exist yet."""
-    engine = make_engine(url)
-    try:
-        for role in ROLES:
-            with engine.begin() as conn:
-                _create_role(conn, role)
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('jobqueue-test-auth'))"))
-            conn.execute(text("CREATE SCHEMA IF NOT EXISTS auth"))
-            if conn.execute(text("SELECT to_regprocedure('auth.uid()')")).scalar() is None:
-                conn.execute(text(EMULATED_UID))
-            conn.execute(text("GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role"))
-    finally:
-        engine.dispose()
-
-
-def engine_as(url: str, role: str, sub: str | None = None) -> Engine:
-    """An engine whose every connection acts as ``role`` with a JWT for user ``sub``."""
-    engine = make_engine(url)
-
-    @event.listens_for(engine, "connect")
-    def _become(dbapi_connection: Any, _record: Any) -> None:
-        with dbapi_connection.cursor() as cur:
-            cur.execute(f'SET ROLE "{role}"')
-            if sub is not None:
-                claims = json.dumps({"sub": sub, "role": role})
-                cur.execute("SELECT set_config('request.jwt.claims', %s, false)", (claims,))
-        dbapi_connection.commit()
-
-    return engine
 
 
 @pytest.fixture
@@ -547,7 +491,7 @@ def test_a_role_that_rls_keeps_from_the_version_table_is_not_told_to_migrate(
     role = f"jq_worker_{uuid.uuid4().hex[:8]}"
     owner = make_engine(postgres_url)
     with owner.begin() as conn:
-        _create_role(conn, role)
+        create_role(conn, role)
     engine = engine_as(postgres_url, role)
     try:
         apply_rls(postgres_url, table=rls_table)  # the read policy is service_role's only
@@ -572,7 +516,7 @@ def test_a_worker_role_reads_the_version_table(postgres_url: str, rls_table: str
     role = f"jq_worker_{uuid.uuid4().hex[:8]}"
     owner = make_engine(postgres_url)
     with owner.begin() as conn:
-        _create_role(conn, role)
+        create_role(conn, role)
     engine = engine_as(postgres_url, role)
     try:
         apply_rls(postgres_url, table=rls_table, worker_role=role)

@@ -35,7 +35,7 @@ from jobqueue.sql.rls import supabase_sql
 from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH
 from jobqueue.worker import Worker
 from tests.conftest import Either
-from tests.fake_defapi import FakeDefAPI
+from tests.support.fake_defapi import FakeDefAPI
 
 HOSTILE_NAMES: list[Any] = [
     "jobs; drop table x",

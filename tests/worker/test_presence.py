@@ -3,7 +3,8 @@ clock, removed on a clean stop; the row of a killed worker goes stale and a live
 deletes it. A worker whose role may not do a worker's work stops at start (exit 2 with the
 grant or policy to add from ``jobqueue worker``); a database that refuses connections for a
 while only delays it. What others conclude from the rows (waits, ``jobqueue workers``) is
-tested in tests/test_presence.py, whose helpers these tests share.
+tested in tests/operations/test_presence.py; the helpers both share are in
+tests/support/presence.py.
 
 Real databases, real worker processes, real PostgreSQL roles; nothing of jobqueue is mocked.
 """
@@ -29,16 +30,8 @@ from jobqueue.models import WorkerPresence
 from jobqueue.operations.presence import LIVE_LEASES
 from jobqueue.sql.table import workers_table_name
 from jobqueue.worker import Worker, WorkerContext
-from tests.test_presence import (
-    JOBQUEUE,
-    clean_env,
-    cli,
-    eventually,
-    role,
-    rows_in,
-    until,
-    worker_thread,
-)
+from tests.cli.helpers import JOBQUEUE, clean_env
+from tests.support.presence import cli, eventually, role, rows_in, until, worker_thread
 
 
 @pytest.fixture
@@ -272,17 +265,21 @@ async def test_a_worker_started_while_the_database_refuses_connections_waits_the
     worker = Worker(queue, {"work": lambda job, ctx: "done"}, lease=1.5, listen=False)
     outage(True)
     task = asyncio.create_task(worker.run())
-    # Popen returns at once; the test's waits are the asyncio sleeps around it.
-    cli_worker = subprocess.Popen(  # noqa: ASYNC220
-        [JOBQUEUE, *base, "worker", "--worker-id", "cli-patient"],
-        cwd=tmp_path, env=clean_env(MOCK_AI="true"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # The command's output goes to a file, read while it runs: a busy machine may take
+    # seconds to start it, and the outage lasts until it, too, has been refused.
+    err_path = tmp_path / "cli-worker.err"
+    with err_path.open("w") as err_file:
+        # Popen returns at once; the test's waits are the asyncio polls around it.
+        cli_worker = subprocess.Popen(  # noqa: ASYNC220
+            [JOBQUEUE, *base, "worker", "--worker-id", "cli-patient"],
+            cwd=tmp_path, env=clean_env(MOCK_AI="true"),
+            stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+        )  # fmt: skip
     try:
-        await asyncio.sleep(2.5)
+        await eventually(lambda: "cannot start yet" in caplog.text)
+        await eventually(lambda: "cannot start yet" in err_path.read_text(), timeout=60)
         assert not task.done()
-        assert cli_worker.poll() is None, cli_worker.communicate()
-        assert "cannot start yet" in caplog.text
+        assert cli_worker.poll() is None, err_path.read_text()
         outage(False)
 
         async def both_live() -> bool:
@@ -294,13 +291,12 @@ async def test_a_worker_started_while_the_database_refuses_connections_waits_the
         done = await queue.wait(job.id, interval=0.05, timeout=15)
         assert (done.status, done.result) == (Status.COMPLETED, "done")
         cli_worker.send_signal(signal.SIGTERM)
-        _, err = await asyncio.to_thread(cli_worker.communicate, timeout=30)
-        assert cli_worker.returncode == 0, err
-        assert "cannot start yet" in err
+        await asyncio.to_thread(cli_worker.wait, timeout=30)
+        assert cli_worker.returncode == 0, err_path.read_text()
     finally:
         if cli_worker.poll() is None:
             cli_worker.kill()
-            await asyncio.to_thread(cli_worker.communicate, timeout=30)
+            await asyncio.to_thread(cli_worker.wait, timeout=30)
         outage(False)
         admin.dispose()
         worker.stop()

@@ -125,7 +125,7 @@ def _new_job(
     RETURNING of every column, which costs more than the insert itself for one job)."""
     text: str = r["payload"]
     # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
-    # large batch); tests/test_enqueue_bulk.py checks the order and every value.
+    # large batch); tests/queue/test_enqueue_bulk.py checks every value.
     return Job(
         r["id"],  # id
         r["queue"],  # queue

@@ -26,7 +26,7 @@ from jobqueue.web import create_app
 from jobqueue.web.app import worker_stop_timeout
 from jobqueue.web.views import PUBLIC_ERRORS
 from jobqueue.worker import Worker
-from tests.web_server import running_server
+from tests.web.server import running_server
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -18,15 +18,9 @@ import pytest
 
 from jobqueue import ConfigurationError, JobQueue, migrate
 from jobqueue.web.serve import load_identify
+from tests.support.ports import free_port
 
 STARTUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 from jobqueue import AsyncJobQueue, DefAPIGenerator, Job, JobQueue, Status
 from jobqueue.worker import Worker
-from tests.fake_defapi import FakeDefAPI
+from tests.support.fake_defapi import FakeDefAPI
 
 WORKER_SCRIPT = """
 import asyncio, logging, os, sys

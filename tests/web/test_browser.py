@@ -23,7 +23,7 @@ from jobqueue.generators.base import GenerationRequest, GenerationResult, JobCon
 from jobqueue.generators.mock import MockGenerator
 from jobqueue.web import create_app
 from jobqueue.worker import Worker
-from tests.web_server import running_server
+from tests.web.server import running_server
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 PNG = base64.b64decode(  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 STEP_TIMEOUT = 45.0
 
 

@@ -360,17 +360,55 @@ async def test_a_cancelled_enqueue_gives_its_connection_back(
     locker.dispose()
 
 
-def test_new_jobs_are_built_in_the_field_order_of_job() -> None:
-    """`operations.jobs._new_job` passes `Job`'s fields by position: its comments name them
-    in order, and they must stay `Job`'s order."""
-    import inspect
-
+def test_a_new_job_has_every_value_in_its_own_field() -> None:
+    """The `Job` built for a new row without reading it back (`operations.jobs._new_job`,
+    which passes the fields by position) holds each value in its own field: every value the
+    row and the database clock give is distinct here, so no two fields can trade places
+    unseen."""
     from jobqueue.operations import jobs
+    from jobqueue.validation import Limits
 
-    source = inspect.getsource(jobs._new_job)
-    named = [
-        line.rsplit("# ", 1)[1]
-        for line in source.splitlines()
-        if line.endswith(tuple(f"  # {f.name}" for f in dataclasses.fields(Job)))
-    ]
-    assert named == [f.name for f in dataclasses.fields(Job)]
+    row = NewJob(
+        kind="video",
+        payload={"prompt": "a fox"},
+        queue="slow",
+        priority=-7,
+        max_attempts=9,
+        owner_id="owner-1",
+        idempotency_key="key-1",
+    ).to_row(Limits())
+    created = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    updated = created + timedelta(seconds=1)
+    run_at = created + timedelta(seconds=2)
+    expected = Job(
+        id=row["id"],
+        queue="slow",
+        kind="video",
+        status=Status.PENDING,
+        payload={"prompt": "a fox"},
+        result=None,
+        result_url=None,
+        error=None,
+        errors=[],
+        progress=0,
+        progress_message=None,
+        priority=-7,
+        attempts=0,
+        max_attempts=9,
+        run_at=run_at,
+        locked_by=None,
+        lease_expires_at=None,
+        remote_task_id=None,
+        owner_id="owner-1",
+        idempotency_key="key-1",
+        created_at=created,
+        started_at=None,
+        completed_at=None,
+        updated_at=updated,
+        unreadable=None,
+    )
+    for jsonb in (False, True):
+        built = jobs._new_job(row, created, updated, run_at, jsonb)
+        for f in dataclasses.fields(Job):
+            assert getattr(built, f.name) == getattr(expected, f.name), (f.name, jsonb)
+        assert built == expected

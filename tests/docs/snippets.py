@@ -1,6 +1,6 @@
 """Run the code blocks of one documentation page, as a reader who copies them would.
 
-``tests/test_docs_snippets.py`` runs this file once per page (README.md and docs/*.md), each
+``tests/docs/test_snippets.py`` runs this file once per page (README.md and docs/*.md), each
 page in its own process and its own empty directory, all pages at once. The rules (written
 for contributors in docs/architecture.md, "Code blocks in the docs"):
 
@@ -37,7 +37,7 @@ for contributors in docs/architecture.md, "Code blocks in the docs"):
       there (no configuration of this repository applies); it must pass at least one test
       and skip or fail none.
 
-Usage: ``python tests/docs_snippets.py PAGE RESULT_JSON`` in the directory to run in, with
+Usage: ``python tests/docs/snippets.py PAGE RESULT_JSON`` in the directory to run in, with
 ``DOCS_POSTGRES_URL`` set when the page has PostgreSQL blocks. The result lists each block
 with ``ok``, ``skipped`` or ``failed`` (and why); the run stops at the first failure, since
 later blocks build on earlier ones.
@@ -66,7 +66,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 RUN_LANGUAGES = {
     "python": "python",
@@ -181,7 +181,7 @@ def parse(page: Path) -> list[Block]:
         elif language not in RUN_LANGUAGES and language not in SHOWN_LANGUAGES:
             problems.append(
                 f"{block.where()}: unknown language {language!r}: add it to RUN_LANGUAGES or "
-                "SHOWN_LANGUAGES in tests/docs_snippets.py"
+                "SHOWN_LANGUAGES in tests/docs/snippets.py"
             )
         blocks.append(block)
         i = j + 1

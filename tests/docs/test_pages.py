@@ -3,7 +3,7 @@
 The full site is built strictly by `.ci/run` (``mkdocs build --strict``); these checks are
 the quick part: the generated parts are committed, current and really come from the code,
 and the README's set-up commands are the ones CI runs. (The code blocks of every page run
-in tests/test_docs_snippets.py.)
+in tests/docs/test_snippets.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jobqueue import AsyncJobQueue, JobQueue
 from jobqueue.cli import cli
 from jobqueue.models import MOVES, Status
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "docs" / "hooks" / "jobqueue_docs.py"
 
 

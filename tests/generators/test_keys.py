@@ -32,7 +32,7 @@ from jobqueue.generators import DefAPIGenerator, GenerationRequest, GenerationRe
 from jobqueue.web import create_app
 from jobqueue.worker import Worker
 from jobqueue.wrappers import generate_image
-from tests.fake_defapi import GOOGLE_PATH, FakeDefAPI
+from tests.support.fake_defapi import GOOGLE_PATH, FakeDefAPI
 
 RUN = 8
 #: A key with the characters that percent-encoding and JSON escaping change.

@@ -1,7 +1,8 @@
 """Workers' heartbeat rows (the live-workers table) and what is concluded from them.
 
 - The table itself (the worker's side of it, writing and keeping its row, and stopping
-  at start without the rights to, is in tests/worker/test_presence.py).
+  at start without the rights to, is in tests/worker/test_presence.py; the helpers both
+  share are in tests/support/presence.py).
 - A wait (`JobQueue.wait`, ``generate_image_async``, ``jobqueue status/generate --watch``)
   says when no live worker serves the job's queue, and says nothing when one does.
 - ``jobqueue workers`` and ``jobqueue check`` list the live workers.
@@ -12,19 +13,17 @@ Real databases, real worker processes, real PostgreSQL roles; nothing of jobqueu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, make_url, select
+from sqlalchemy import func, inspect, select
 
 from jobqueue import (
     AsyncJobQueue,
@@ -43,47 +42,11 @@ from jobqueue.migrations import _config
 from jobqueue.models import WorkerPresence
 from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH, workers_table, workers_table_name
 from jobqueue.worker import Worker
-from tests.cli.helpers import JOBQUEUE, Result, clean_env, worker_running
+from tests.cli.helpers import JOBQUEUE, clean_env, worker_running
 from tests.conftest import Either
+from tests.support.presence import cli, role, until, worker_thread
 
 NO_WORKER = "no live worker serves its queue"
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-def until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """`eventually` for code without an event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
-
-
-def rows_in(url: str, table: str) -> list[str]:
-    """The worker ids in the live-workers table, live or not (read as the owner)."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            t = workers_table(table)
-            return [r for (r,) in conn.execute(select(t.c.worker_id).order_by(t.c.worker_id))]
-    finally:
-        engine.dispose()
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
@@ -100,42 +63,6 @@ async def jq(migrated: tuple[str, str]) -> AsyncIterator[AsyncJobQueue]:
     q = AsyncJobQueue(url, table=table)
     yield q
     await q.close()
-
-
-@contextlib.contextmanager
-def worker_thread(url: str, table: str, **options: Any) -> Iterator[Worker]:
-    """A real Worker in its own thread and event loop (so a blocking wait can run here)."""
-    ready = threading.Event()
-    holder: dict[str, Worker] = {}
-
-    def main() -> None:
-        async def serve() -> None:
-            queue = AsyncJobQueue(url, table=table)
-            worker = Worker(queue, poll_interval=0.05, grace_period=2, listen=False, **options)
-            holder["worker"] = worker
-            task = asyncio.create_task(worker.run())
-            await asyncio.sleep(0)
-            ready.set()
-            try:
-                await task
-            finally:
-                await queue.close()
-
-        asyncio.run(serve())
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert ready.wait(20)
-    worker = holder["worker"]
-    try:
-        # Its row is written before it claims anything.
-        with JobQueue(url, table=table) as q:
-            until(lambda: worker.worker_id in {w.worker_id for w in q.live_workers()})
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(20)
-        assert not thread.is_alive()
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -304,14 +231,6 @@ def test_generate_image_queued_logs_when_no_live_worker_serves_it(
 # -- the command line -----------------------------------------------------------------------
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    done = subprocess.run(
-        [JOBQUEUE, *args], cwd=cwd, env=env or clean_env(MOCK_AI="true"),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    return Result(done.returncode, done.stdout, done.stderr)
-
-
 def test_a_watch_warns_while_no_worker_serves_the_job_and_ends_when_one_does(
     migrated: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -427,25 +346,6 @@ def test_workers_and_check_list_the_live_workers(migrated: tuple[str, str], tmp_
 # -- permissions at start (PostgreSQL roles) ------------------------------------------------
 
 
-@contextlib.contextmanager
-def role(postgres_url: str, *grants: str) -> Iterator[str]:
-    """A login role (trust auth) with ``grants`` (SQL run as the owner, ``{role}`` filled
-    in); its URL is yielded; the role is dropped afterwards."""
-    name = f"jq_presence_{uuid.uuid4().hex[:8]}"
-    engine = make_engine(postgres_url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN')
-            for grant in grants:
-                conn.exec_driver_sql(grant.format(role=f'"{name}"'))
-        yield make_url(postgres_url).set(username=name).render_as_string(hide_password=False)
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f'DROP OWNED BY "{name}"')
-            conn.exec_driver_sql(f'DROP ROLE "{name}"')
-        engine.dispose()
-
-
 @pytest.mark.postgres
 def test_a_wait_that_may_not_read_the_workers_table_goes_on_without_a_warning(
     postgres_url: str, table_name: str
@@ -479,7 +379,7 @@ def test_supabase_policies_let_the_worker_role_keep_its_row_and_hide_it_from_use
 ) -> None:
     from jobqueue.migrations.supabase import apply_rls
     from jobqueue.sql.rls import supabase_sql
-    from tests.reliability.test_rls import emulate_supabase, engine_as
+    from tests.support.supabase import emulate_supabase, engine_as
 
     assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}_workers"' in supabase_sql(
         table_name

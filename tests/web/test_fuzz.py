@@ -30,7 +30,7 @@ from sqlalchemy import text
 from jobqueue import AsyncJobQueue, migrate
 from jobqueue.drivers.engines import make_engine
 from jobqueue.web import create_app
-from tests.web_server import running_server
+from tests.web.server import running_server
 
 SETTINGS = settings(
     max_examples=250,

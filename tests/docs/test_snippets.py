@@ -1,6 +1,6 @@
 """Every code block in README.md and docs/ runs as written, or is marked a fragment on purpose.
 
-Each page runs in its own process and empty directory (``tests/docs_snippets.py`` has the
+Each page runs in its own process and empty directory (``tests/docs/snippets.py`` has the
 rules; docs/architecture.md has them for contributors). All pages start at once, so the
 whole run takes about as long as the slowest page. A failure names the page, the line of
 the block's opening fence and the block's first line, with the error or the output.
@@ -23,9 +23,9 @@ import pytest
 from sqlalchemy import make_url, text
 
 from jobqueue.drivers.engines import make_engine
-from tests.docs_snippets import ROOT, Block, PageError, display, pages, parse
+from tests.docs.snippets import ROOT, Block, PageError, display, pages, parse
 
-RUNNER = Path(__file__).resolve().parent / "docs_snippets.py"
+RUNNER = Path(__file__).resolve().parent / "snippets.py"
 PAGE_TIMEOUT = 240.0
 
 

@@ -121,6 +121,21 @@ async def test_progress_and_remote_task_id_are_saved(q: Either) -> None:
         await q.set_progress(job, 101)
 
 
+async def test_each_attempt_starts_with_fresh_progress(q: Either) -> None:
+    """A released or retried job does not show the last attempt's progress."""
+    await q.enqueue("image", {})
+    (job,) = await q.claim("w")
+    await q.set_progress(job, 60, "half")
+    await q.release(job)
+    (again,) = await q.claim("w")
+    assert (again.progress, again.progress_message) == (0, None)
+
+    await q.set_progress(again, 70, "almost")
+    await q.fail(again, "boom", retry=True, retry_in=0)
+    (third,) = await q.claim("w")
+    assert (third.progress, third.progress_message) == (0, None)
+
+
 async def test_fail_schedules_a_retry_with_backoff(q: Either) -> None:
     await q.enqueue("image", {}, max_attempts=2)
     (job,) = await q.claim("w")
@@ -196,6 +211,33 @@ async def test_heartbeat_extends_the_lease(q: Either) -> None:
     held = await q.heartbeat_many("w", [job], lease=30)
     assert held == {job.id}
     assert await q.heartbeat_many("someone-else", [job]) == set()
+
+
+async def test_a_heartbeat_for_an_old_attempt_does_not_extend_the_new_one(q: Either) -> None:
+    """`heartbeat_many` is fenced by the attempt, even when the same worker claimed the
+    job again."""
+    await q.enqueue("image", {})
+    (first,) = await q.claim("w")
+    await q.release(first)
+    (second,) = await q.claim("w")
+    # The released attempt was given back: same number, a later claim.
+    assert second.attempts == first.attempts
+    assert second.started_at is not None and first.started_at is not None
+    assert second.started_at > first.started_at
+    assert await q.heartbeat_many("w", [first]) == set()
+    assert await q.heartbeat_many("w", [first, second]) == {second.id}
+
+
+async def test_a_zero_lease_is_refused_not_replaced_by_the_default(q: Either) -> None:
+    """``lease=0`` is a mistake to report, not "no lease given" (which means 30 s)."""
+    await q.enqueue("image", {})
+    (job,) = await q.claim("w")
+    with pytest.raises(PayloadError):
+        await q.heartbeat(job, lease=0)
+    with pytest.raises(PayloadError):
+        await q.heartbeat_many("w", [job], lease=0)
+    with pytest.raises(PayloadError):
+        await q.heartbeat_many("w", [job], lease=-1)
 
 
 async def test_complete_many_writes_held_jobs_and_reports_fenced_ones(q: Either) -> None:
@@ -491,6 +533,33 @@ async def test_a_result_that_is_not_json_is_refused_and_the_job_still_held(q: Ei
         await q.complete(job, {"bad": {1, 2}})
     assert (await q.get(job.id)).status is Status.PROCESSING
     assert (await q.complete(job, {"good": 1})).status is Status.COMPLETED
+
+
+async def test_a_naive_since_or_an_unknown_status_is_a_payload_error(q: Either) -> None:
+    """A naive ``since`` in `list` and an unknown status in `list` or `prune` are the
+    caller's mistake (`PayloadError`), not a database or a bare ``ValueError``."""
+    with pytest.raises(PayloadError, match="timezone-aware"):
+        await q.list(since=datetime(2026, 1, 1))
+    with pytest.raises(PayloadError, match="unknown status"):
+        await q.prune(statuses=["bogus"])
+    with pytest.raises(PayloadError, match="unknown status"):
+        await q.list(status=["pending", "bogus"])
+    job = await q.enqueue("image", {})
+    assert [j.id for j in await q.list(since=datetime.now(UTC) - timedelta(hours=1))] == [job.id]
+
+
+async def test_json_values_round_trip_through_every_write(q: Either) -> None:
+    """Values come back equal from enqueue, enqueue_many, complete and complete_many, on
+    both databases (each is encoded once, and that text is what is stored)."""
+    value = {"prompt": "ein Bär 🐻", "zero": 0.0, "big": 2**70, "nested": {"a": [None, True]}}
+    job = await q.enqueue("image", value)
+    (other,) = await q.enqueue_many([NewJob(payload=[value, "x"])])
+    assert (await q.get(job.id)).payload == value
+    assert (await q.get(other.id)).payload == [value, "x"]
+    first, second = await q.claim("w", limit=2)
+    assert (await q.complete(first, value)).result == value
+    assert await q.complete_many([Completion(second, [value])]) == {second.id}
+    assert (await q.get(second.id)).result == [value]
 
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")

@@ -13,7 +13,7 @@ import pytest
 from jobqueue import ConfigurationError, GenerationError, LocalContext
 from jobqueue.generators import DefAPIGenerator, GenerationRequest
 from jobqueue.wrappers import generate_image, generate_image_sync
-from tests.fake_defapi import GOOGLE_PATH, OPENAI_PATH, QUERY_PATH, FakeDefAPI
+from tests.support.fake_defapi import GOOGLE_PATH, OPENAI_PATH, QUERY_PATH, FakeDefAPI
 
 
 def make(fake: FakeDefAPI, **overrides: Any) -> DefAPIGenerator:

@@ -32,7 +32,7 @@ from jobqueue.migrations import _config, exclude_tables, include_object, schema_
 from jobqueue.sql.table import workers_table
 from tests.conftest import downgrade, sql_runner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_migrate_is_idempotent_and_keeps_its_own_version_table(
