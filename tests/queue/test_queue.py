@@ -395,6 +395,43 @@ async def test_reap_requeues_or_fails_expired_jobs(q: Either) -> None:
     assert await q.reap() == []
 
 
+async def _held_then_backlog(q: Either, lease: float = 0.05) -> tuple[Any, list[Any]]:
+    """A job claimed (with a short lease), then a backlog enqueued after it."""
+    first = await q.enqueue("image", {"n": "first"})
+    [held] = await q.claim("vanishing-worker", lease=lease)
+    assert held.id == first.id
+    backlog = [await q.enqueue("image", {"n": i}) for i in range(3)]
+    return first, backlog
+
+
+async def test_a_job_whose_lease_expired_keeps_its_place_in_line(q: Either) -> None:
+    """A claim takes an expired job in its own order (priority, then when it was due),
+    not after the backlog enqueued while it was held; priority still comes first."""
+    first, backlog = await _held_then_backlog(q)
+    urgent = await q.enqueue("image", {"n": "urgent"}, priority=5)
+    await asyncio.sleep(0.2)  # the lease expired
+    assert [j.id for j in await q.claim("w", limit=1)] == [urgent.id]
+    claimed = await q.claim("w", limit=2)
+    assert [j.id for j in claimed] == [first.id, backlog[0].id]
+    assert claimed[0].attempts == 2 and claimed[0].run_at == first.run_at
+
+
+async def test_a_reaped_job_keeps_its_place_in_line(q: Either) -> None:
+    first, backlog = await _held_then_backlog(q)
+    await asyncio.sleep(0.2)
+    assert await q.reap() == [(first.id, Status.PENDING)]
+    back = await q.get(first.id)
+    assert back.run_at == first.run_at
+    assert [j.id for j in await q.claim("w", limit=2)] == [first.id, backlog[0].id]
+
+
+async def test_a_released_job_keeps_its_place_in_line(q: Either) -> None:
+    first, backlog = await _held_then_backlog(q, lease=60)
+    back = await q.release(await q.get(first.id))
+    assert back.run_at == first.run_at
+    assert [j.id for j in await q.claim("w", limit=2)] == [first.id, backlog[0].id]
+
+
 async def test_unknown_and_malformed_ids(q: Either) -> None:
     with pytest.raises(JobNotFound):
         await q.get(uuid.uuid4())

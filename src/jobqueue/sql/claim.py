@@ -64,10 +64,12 @@ class Claiming(StatementsBase):
         """Take up to ``limit`` due jobs, highest priority then oldest first.
 
         Pending jobs come from the partial claim index. Processing jobs whose lease expired
-        are claimable too (their lost attempt is recorded in ``errors``); those out of
-        attempts are left to `reap`, which fails them. PostgreSQL locks candidates with
-        ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other; SQLite
-        runs the statement under its single write lock, which makes it atomic.
+        are claimable too (their lost attempt is recorded in ``errors``), in the same order
+        as pending ones: a job whose worker vanished keeps its place in line (its priority
+        and ``run_at``), ahead of the jobs enqueued after it. Those out of attempts are left
+        to `reap`, which fails them. PostgreSQL locks candidates with ``FOR UPDATE SKIP
+        LOCKED`` so concurrent claimers never wait on each other; SQLite runs the statement
+        under its single write lock, which makes it atomic.
         """
         qs = None if queues is None else tuple(queues)
         ks = None if kinds is None else tuple(kinds)
@@ -93,14 +95,17 @@ class Claiming(StatementsBase):
             filters.append(c.queue.in_([param(f"queue_{i}", Text()) for i in range(len(queues))]))
         if kinds is not None:
             filters.append(c.kind.in_([param(f"kind_{i}", Text()) for i in range(len(kinds))]))
+        # Both kinds of candidates in the one order of the line: a job whose lease expired
+        # is taken in its place, not after every pending job (`reap` keeps its place too).
+        order = (c.priority.desc(), c.run_at, c.id)
         pending = (
-            select(c.id)
+            select(c.id, c.priority, c.run_at)
             .where(c.status == Status.PENDING.value, c.run_at <= now, *filters)
-            .order_by(c.priority.desc(), c.run_at, c.id)
+            .order_by(*order)
             .limit(limit)
         )
         expired = (
-            select(c.id)
+            select(c.id, c.priority, c.run_at)
             .where(
                 c.status == Status.PROCESSING.value,
                 c.lease_expires_at < now,
@@ -108,7 +113,7 @@ class Claiming(StatementsBase):
                 *filters,
                 *([] if not_in is None else [c.id != func.all(not_in)]),
             )
-            .order_by(c.lease_expires_at)
+            .order_by(*order)
             .limit(limit)
         )
         p: Any
@@ -119,8 +124,11 @@ class Claiming(StatementsBase):
             e = expired.with_for_update(skip_locked=True).cte("expired_jobs")
         else:
             p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
-        picked = union_all(select(p.c.id), select(e.c.id)).subquery("picked")
-        where = c.id.in_(select(picked.c.id).limit(limit))
+        picked = union_all(select(p.c.id, p.c.priority, p.c.run_at), select(e)).subquery("picked")
+        first = picked.c
+        where = c.id.in_(
+            select(first.id).order_by(first.priority.desc(), first.run_at, first.id).limit(limit)
+        )
         lost = self.error_entry(self.lost_lease_message())
         return (
             update(self.t)

@@ -38,7 +38,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
 from ..models import JSON_COLUMNS, Status
-from .dialect import DbNowText, JsonAppend, UTCDateTime, sqlite_time
+from .dialect import DbNow, DbNowText, JsonAppend, UTCDateTime, sqlite_time
 
 T = TypeVar("T")
 
@@ -199,6 +199,15 @@ class StatementsBase(BuiltOnce):
         return self.fence_on(
             param("job_id", Uuid()), param("attempt", Integer()), param("started", UTCDateTime())
         )
+
+    def place_in_line(self) -> ColumnElement[Any]:
+        """``run_at`` for a job handed back to the queue without a retry backoff (a lease
+        that expired, a release): its own, so it keeps its place in line ahead of the jobs
+        enqueued after it, or now when a row written by another client holds a later one
+        (a job being handed back is due)."""
+        c = self.t.c
+        now = DbNow()
+        return case((c.run_at <= now, c.run_at), else_=now)
 
     def lost_lease_message(self) -> ColumnElement[str]:
         """The error recorded for an attempt whose lease expired (claim and reap)."""

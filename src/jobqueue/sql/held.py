@@ -222,10 +222,11 @@ class HeldJobs(StatementsBase):
         return Query(self.once(("fail", retrying), build), params)
 
     def release(self, job_id: UUID, attempt: int, started: datetime | None, reason: str) -> Query:
-        """Give a held job back to the queue at once, without spending an attempt: its
-        ``attempts`` go back down by one (``max_attempts`` stays) and its progress starts
-        over. ``started_at`` stays: the next claim starts later than it (see `claim`), so
-        the fence still tells this claim from the next one with the same attempt number.
+        """Give a held job back to the queue at once, in its place in line, without
+        spending an attempt: its ``attempts`` go back down by one (``max_attempts`` stays)
+        and its progress starts over. ``started_at`` stays: the next claim starts later
+        than it (see `claim`), so the fence still tells this claim from the next one with
+        the same attempt number.
         """
 
         def build() -> Any:
@@ -236,7 +237,7 @@ class HeldJobs(StatementsBase):
                 .where(self.fenced())
                 .values(
                     status=Status.PENDING.value,
-                    run_at=now,
+                    run_at=self.place_in_line(),
                     locked_by=None,
                     lease_expires_at=None,
                     attempts=c.attempts - 1,

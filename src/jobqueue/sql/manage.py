@@ -91,7 +91,8 @@ class Managing(StatementsBase):
         return Query(self.once("retry", build), {"jq_job_id": job_id})
 
     def reap(self) -> Query:
-        """Return jobs whose lease expired to ``pending``, or fail them when out of attempts."""
+        """Return jobs whose lease expired to ``pending`` in their place in line (their
+        ``run_at`` kept), or fail them when out of attempts."""
 
         def build() -> Any:
             c = self.t.c
@@ -108,7 +109,7 @@ class Managing(StatementsBase):
                     errors=self.error_entry(message),
                     locked_by=None,
                     lease_expires_at=None,
-                    run_at=now,
+                    run_at=self.place_in_line(),
                     updated_at=now,
                 )
                 .returning(c.id, c.status)

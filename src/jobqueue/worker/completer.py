@@ -31,7 +31,7 @@ from ..operations import Completion
 from ..queue import AsyncJobQueue
 from .lifecycle import Lifecycle
 from .outcome import Failed, Outcome
-from .slots import Slot, Slots
+from .slots import Slot, Slots, matched
 
 log = logging.getLogger("jobqueue.worker")
 
@@ -280,8 +280,11 @@ class Completer:
             for slot in items:
                 self.slots.let_go(slot)
             return
+        # Matched to the claims written: a batch may hold a stale attempt of a job next to
+        # its retry (the worker claimed it again after a stall), and only one was written.
+        done = matched(items, written)
         for slot in items:
-            self._completed(slot, slot.job.id in written)
+            self._completed(slot, slot in done)
         for job in claimed:
             self._start_job(job)
 
@@ -340,9 +343,10 @@ class Completer:
             )
         else:
             log.warning(
-                "Job %s: LeaseLost: its result was not written; the job was cancelled, "
-                "reaped or claimed by another worker after its lease expired",
+                "Job %s: LeaseLost: the result of attempt %d was not written; the job was "
+                "cancelled, reaped or claimed again after its lease expired",
                 slot.job.id,
+                slot.job.attempts,
             )
 
 

@@ -1,8 +1,9 @@
 """A worker's background duties, each a small service of one shape, never on a job's path.
 
 - `Heartbeats` extends the leases of every held job in one statement every third of the
-  lease; a job missing from the answer was cancelled, reaped or taken by another worker,
-  and its handler is stopped.
+  lease; a claim missing from the answer was cancelled, reaped or taken over, and its
+  handler is stopped. The answer is matched to the claims sent, never to what the worker
+  holds under those ids by the time it comes.
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
 - `Presence` keeps the worker's row in the live-workers table: `Presence.announce` checks
@@ -44,7 +45,7 @@ from ..models import Job, Status, WorkerPresence
 from ..operations.presence import beat_interval_of, ttl_of
 from ..queue import AsyncJobQueue
 from .outcome import StopReason
-from .slots import Slot, Slots
+from .slots import Slot, Slots, matched
 
 log = logging.getLogger("jobqueue.worker")
 
@@ -135,32 +136,48 @@ class Heartbeats(Periodic):
 
     async def round(self) -> None:
         held = self.slots.held
-        ids = list(held)
-        if not ids:
+        sent = list(held.values())
+        if not sent:
             return
-        jobs = [held[job_id].job for job_id in ids]
-        alive = await self.queue.heartbeat_many(self.worker_id, jobs, lease=self.lease)
-        for job_id in ids:
-            slot = held.get(job_id)
-            if job_id not in alive and slot is not None:
+        alive = await self.queue.heartbeat_many(
+            self.worker_id, [slot.job for slot in sent], lease=self.lease
+        )
+        kept = matched(sent, alive)
+        for slot in sent:
+            # Each answer is about the claim sent. One this worker no longer holds (its
+            # outcome was written, or the worker claimed the job again meanwhile and
+            # stopped it then) is no news, and the job's new claim is none of its business.
+            if slot not in kept and held.get(slot.job.id) is slot:
                 await self._lost(slot)
 
     async def _lost(self, slot: Slot) -> None:
         """A held job's heartbeat matched nothing: find out why and stop its handler."""
         job = slot.job
-        try:
-            now: Job | None = await self.queue.get(job.id)
-        except Exception:
-            now = None
+        now: Job | None = None
+        if not slot.handler_done:
+            try:
+                now = await self.queue.get(job.id)
+            except Exception:
+                now = None
+        if slot.handler_done or slot.task is None:
+            # Its outcome is being written, fenced: that write says whether the claim was
+            # still ours (a heartbeat crossing the job's own completion is not a lost lease).
+            log.debug("Job %s: its heartbeat missed while its outcome is written", job.id)
+            return
+        if self.slots.held.get(job.id) is not slot:
+            return  # claimed again while we looked: that claim stopped this attempt
         if now is not None and now.status is Status.CANCELLED:
             reason = StopReason.CANCELLED
             log.info("Job %s status: cancelled", job.id)
         else:
             reason = StopReason.LEASE_LOST
             state = "gone" if now is None else f"{now.status}, held by {now.locked_by or 'nobody'}"
-            log.warning("Job %s: LeaseLost: the job is now %s; stopping its handler", job.id, state)
-        if slot.handler_done or slot.task is None:
-            return  # its completion (if any) is fenced off by the batch write
+            log.warning(
+                "Job %s: LeaseLost: attempt %d is over, the job is now %s; stopping its handler",
+                job.id,
+                job.attempts,
+                state,
+            )
         slot.stop_handler(reason)
         self.slots.let_go(slot)
 

@@ -4,11 +4,12 @@ and the one rule for how many more jobs a claim may take (`Slots.free`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
-from ..models import Job
+from ..models import START_OF_TIME, Job
 from ..operations import Completion
 from .context import WorkerContext
 from .outcome import StopReason
@@ -72,4 +73,28 @@ class Slots:
         return any(not slot.handler_done for slot in self.held.values())
 
 
-__all__ = ["Slot", "Slots"]
+def matched(sent: Sequence[Slot], ids: Collection[UUID]) -> set[Slot]:
+    """The slots of ``sent`` whose claims a fenced statement on all of them matched, from
+    the ids it returned (a heartbeat, a batch of completions).
+
+    A fenced write matches a job only in its current claim, which is the job's latest:
+    each claim starts strictly later than the one before (``started_at``). So a returned
+    id stands for the latest claim of that job among ``sent``, and any earlier claim of it
+    there matched nothing. The answer is about the claims sent, never about whatever the
+    worker holds under those ids by the time it arrives (a later claim of the same job,
+    say, taken while the statement ran)."""
+    latest: dict[UUID, Slot] = {}
+    for slot in sent:
+        job = slot.job
+        if job.id in ids:
+            best = latest.get(job.id)
+            if best is None or _started(job) > _started(best.job):
+                latest[job.id] = slot
+    return set(latest.values())
+
+
+def _started(job: Job) -> datetime:
+    return job.started_at or START_OF_TIME
+
+
+__all__ = ["Slot", "Slots", "matched"]
