@@ -3,8 +3,8 @@
 A trigger records every status, attempts and error-history change of the jobs table, the
 handlers log each start and end, and after a random mix — successes, retried and
 permanent failures, timeouts, slow jobs, cancels of pending and running jobs, operator
-retries, SIGKILLed and gracefully restarted workers, and in the soak run terminated
-PostgreSQL backends and event-loop stalls past the lease — the drill checks (see
+retries, SIGKILLed and gracefully restarted workers, and in the soak run outages of
+PostgreSQL and event-loop stalls past the lease — the drill checks (see
 `drill.CHECKS`): every recorded move is one the state machine allows, at most one
 completion per job and from its final claim, attempts never above ``max_attempts``, the
 error history matches the failed attempts, nothing is left pending or processing, and no
@@ -13,11 +13,22 @@ worker ran more handlers at once than its concurrency.
 The seed is random on each run and printed in a failure; ``JOBQUEUE_DRILL_SEED=<seed>``
 replays the same workload and faults.
 
-The soak run's stalls and backend terminations are what a stalled worker cancelling its
-own retry, and an outage during a handler's own write (``ctx.remember``) spending an
-attempt, need: its ``error_history`` check (an attempt lost or failed with no cause the
-drill made) depends on those being fixed, and its ``place_kept`` check on a reaped job
-keeping its place in line. The short run causes neither.
+The short run leaves out three triggers of faults still being fixed; the soak run causes
+them, and some of its checks hold only once those are fixed:
+
+- event-loop stalls past the lease: ``handlers_stopped_for_cause`` (a worker that claims
+  its own expired job again must not stop the new attempt) and, on SQLite,
+  ``error_history`` (a process stalled in a write transaction keeps the write lock, so
+  every other worker's heartbeats and writes wait: their leases expire, their handlers
+  time out);
+- outages of PostgreSQL: ``error_history`` (a write through the context, such as
+  ``ctx.remember``, that meets the outage must not spend the attempt);
+- handlers cancelled while a write through the context is in flight (the short run
+  shields those writes): on SQLite the cancelled task and its connection can wait
+  forever, and a stopped worker then never exits.
+
+``place_kept`` (a reaped job keeps its place in line) runs in the soak run only, since the
+short run's SIGKILLs lead to reaps too.
 """
 
 from __future__ import annotations
