@@ -85,7 +85,7 @@ class Variant:
     #: PostgreSQL only: outages of the workers' connections (`outage`), each lasting
     #: between the two numbers of seconds of ``outage``.
     outages: int = 0
-    outage: tuple[float, float] = (0.0, 1.5)
+    outage: tuple[float, float] = (0.5, 1.5)
     #: Jobs of the ``stall`` queue: a share of all, with their own steps, served by a
     #: worker process of their own (so that it is the one to claim its expired leases
     #: again when it wakes up); a ``stall`` step blocks it for up to ``stall`` seconds.
@@ -117,7 +117,7 @@ SHORT = Variant(
     processes=3,
     concurrency=(2, 4),
     lease=4.0,
-    job_timeout=4.0,
+    job_timeout=6.0,
     slow=1.2,
     kills=2,
     graceful_restarts=1,
