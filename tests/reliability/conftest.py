@@ -27,18 +27,25 @@ from . import worker_process
 
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(
-    ["jobqueue", "jobqueue.worker", "tests.reliability.worker_process"]
+    [
+        "jobqueue",
+        "jobqueue.worker",
+        "tests.reliability.worker_process",
+        "tests.reliability.drill_worker",
+    ]
 )
 
 
 @dataclass
 class Workers:
-    """Worker processes of one test, sharing one executions file."""
+    """Worker processes of one test, sharing one executions file. ``target`` is the
+    process's main function (`worker_process.main` unless a test brings its own)."""
 
     url: str
     table: str
     directory: Path
     defaults: dict[str, Any] = field(default_factory=dict)
+    target: Callable[[list[str]], None] = worker_process.main
     procs: dict[str, multiprocessing.process.BaseProcess] = field(default_factory=dict)
     started: int = 0
 
@@ -75,7 +82,7 @@ class Workers:
                 argv.append(flag)
             elif value is not False and value is not None:
                 argv += [flag, str(value)]
-        proc = FORKSERVER.Process(target=worker_process.main, args=(argv,), name=worker_id)
+        proc = FORKSERVER.Process(target=self.target, args=(argv,), name=worker_id)
         proc.start()
         self.procs[worker_id] = proc
         return worker_id
