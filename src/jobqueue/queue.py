@@ -27,7 +27,14 @@ from . import operations as ops
 from .drivers.engines import READ_ONLY, make_async_engine, make_engine
 from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
-from .errors import JobFailed, JobQueueError, PermissionDenied, SchemaNotInstalled, WaitTimeout
+from .errors import (
+    JobFailed,
+    JobQueueError,
+    PermissionDenied,
+    SchemaNotInstalled,
+    WaitTimeout,
+    warn_renamed,
+)
 from .models import (
     DEFAULT_KIND,
     DEFAULT_LEASE,
@@ -368,9 +375,16 @@ class JobQueue(_QueueBase[Engine]):
         """Record progress (0-100) on a held job; `LeaseLost` if it is no longer ours."""
         self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
 
+    def save_remote_task_id(self, job: Job, remote_task_id: str) -> None:
+        """Save a provider-side task id on a held job (its ``remote_task_id``), so a later
+        attempt can resume the task instead of submitting it again; `LeaseLost` if the job
+        is no longer ours."""
+        self._run(ops.save_remote_task_id(self.statements, job, remote_task_id))
+
     def remember_task(self, job: Job, remote_task_id: str) -> None:
-        """Save a provider-side task id so a later attempt can resume instead of resubmit."""
-        self._run(ops.remember(self.statements, job, remote_task_id))
+        """Deprecated: `save_remote_task_id`."""
+        warn_renamed("JobQueue.remember_task()", "save_remote_task_id()")
+        self.save_remote_task_id(job, remote_task_id)
 
     def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
         """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
@@ -620,8 +634,13 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
         await self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
 
+    async def save_remote_task_id(self, job: Job, remote_task_id: str) -> None:
+        await self._run(ops.save_remote_task_id(self.statements, job, remote_task_id))
+
     async def remember_task(self, job: Job, remote_task_id: str) -> None:
-        await self._run(ops.remember(self.statements, job, remote_task_id))
+        """Deprecated: `save_remote_task_id`."""
+        warn_renamed("AsyncJobQueue.remember_task()", "save_remote_task_id()")
+        await self.save_remote_task_id(job, remote_task_id)
 
     async def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
         return await self._run(ops.complete(self.statements, job, result, result_url, self.limits))

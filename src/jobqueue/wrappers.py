@@ -202,7 +202,7 @@ async def generate_image(
     """Generate directly, without a queue (the old way): nothing is stored.
 
     ``context`` defaults to a fresh `LocalContext`; pass one to see progress, or one that
-    remembers a task id to resume that task.
+    holds the id of a task to resume (``remote_task_id``).
     """
     request = _request(prompt, model, images, options)
     return await generator.generate(request, context if context is not None else LocalContext())

@@ -45,7 +45,7 @@ def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
         s.fail(jid, 2, started, "e", 5.0),
         s.heartbeat(jid, 2, started, 30),
         s.set_progress(jid, 2, started, 5, None),
-        s.remember(jid, 2, started, "t"),
+        s.save_remote_task_id(jid, 2, started, "t"),
         s.release(jid, 2, started, "r"),
     ):
         sql = compiled(stmt, dialect)

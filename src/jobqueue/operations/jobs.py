@@ -272,9 +272,9 @@ def set_progress(
 
 
 @operation(Access.ONE_WRITE)
-def remember(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
+def save_remote_task_id(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
     check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
-    rows = yield s.remember(job.id, job.attempts, job.started_at, remote_task_id)
+    rows = yield s.save_remote_task_id(job.id, job.attempts, job.started_at, remote_task_id)
     yield from _fenced(s, job, rows, "save the remote task id of")
 
 

@@ -132,7 +132,7 @@ class HeldJobs(StatementsBase):
         params = fence_params(job_id, attempt, started, jq_percent=percent, jq_message=message)
         return Query(self.once("set_progress", build), params)
 
-    def remember(
+    def save_remote_task_id(
         self, job_id: UUID, attempt: int, started: datetime | None, remote_task_id: str
     ) -> Query:
         def build() -> Any:
@@ -144,7 +144,7 @@ class HeldJobs(StatementsBase):
             )
 
         params = fence_params(job_id, attempt, started, jq_task_id=remote_task_id)
-        return Query(self.once("remember", build), params)
+        return Query(self.once("save_remote_task_id", build), params)
 
     def complete(
         self,
