@@ -218,7 +218,7 @@ def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
     return jobs
 
 
-def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
+def _check_fence(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
     """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
     if rows:
         return rows[0]
@@ -241,7 +241,7 @@ def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
 def heartbeat(s: Statements, job: Job, lease: float) -> Steps[datetime]:
     lease = seconds_of(lease, "lease", low=0.001)
     rows = yield s.heartbeat(job.id, job.attempts, job.started_at, lease)
-    row = yield from _fenced(s, job, rows, "extend the lease of")
+    row = yield from _check_fence(s, job, rows, "extend the lease of")
     value: datetime = row["lease_expires_at"]
     return value
 
@@ -268,14 +268,14 @@ def set_progress(
     if message is not None:
         check_text(message, "progress message", limit=MAX_PROGRESS_MESSAGE, empty=True)
     rows = yield s.set_progress(job.id, job.attempts, job.started_at, percent, message)
-    yield from _fenced(s, job, rows, "report progress on")
+    yield from _check_fence(s, job, rows, "report progress on")
 
 
 @operation(Access.ONE_WRITE)
 def save_remote_task_id(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
     check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
     rows = yield s.save_remote_task_id(job.id, job.attempts, job.started_at, remote_task_id)
-    yield from _fenced(s, job, rows, "save the remote task id of")
+    yield from _check_fence(s, job, rows, "save the remote task id of")
 
 
 def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
@@ -291,7 +291,7 @@ def complete(
 ) -> Steps[Job]:
     result_json = _check_result(result, result_url, limits)
     rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
-    return read_job((yield from _fenced(s, job, rows, "complete")))
+    return read_job((yield from _check_fence(s, job, rows, "complete")))
 
 
 def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[str, Any]]:
@@ -416,14 +416,14 @@ def fail(
             else backoff_delay(job.attempts, *backoff)
         )
     rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay)
-    return read_job((yield from _fenced(s, job, rows, "fail")))
+    return read_job((yield from _check_fence(s, job, rows, "fail")))
 
 
 @operation(Access.ONE_WRITE)
 def release(s: Statements, job: Job, reason: str) -> Steps[Job]:
     reason = storable_text(str(reason))[:MAX_ERROR]
     rows = yield s.release(job.id, job.attempts, job.started_at, reason)
-    return read_job((yield from _fenced(s, job, rows, "release")))
+    return read_job((yield from _check_fence(s, job, rows, "release")))
 
 
 def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Steps[Job]:
