@@ -141,3 +141,14 @@ def test_operations_remember_is_save_remote_task_id() -> None:
     with pytest.warns(DeprecationWarning, match=r"jobqueue\.operations\.remember is deprecated"):
         from jobqueue.operations import remember
     assert remember is ops.save_remote_task_id
+
+
+# -- the two classes that were both named Limits ----------------------------------------------
+
+
+def test_operations_limits_is_queue_limits() -> None:
+    from jobqueue.validation import QueueLimits
+
+    with pytest.warns(DeprecationWarning, match=r"jobqueue\.operations\.Limits is deprecated"):
+        from jobqueue.operations import Limits
+    assert Limits is QueueLimits

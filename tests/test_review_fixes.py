@@ -13,7 +13,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from jobqueue import Completion, NewJob, PayloadError, Status
-from jobqueue.operations import Limits, check_json
+from jobqueue.operations import QueueLimits, check_json
 from tests.conftest import Either
 
 
@@ -110,7 +110,7 @@ async def test_list_and_prune_refuse_bad_arguments_with_payload_error(q: Either)
 def test_check_json_returns_the_text_that_is_stored() -> None:
     """Review item 18: payloads and results were encoded twice (once to check, once to
     write); check_json now hands its encoding to the statements."""
-    assert check_json({"prompt": "ein Bär", "n": [1, 2.5]}, "payload", Limits()) == (
+    assert check_json({"prompt": "ein Bär", "n": [1, 2.5]}, "payload", QueueLimits()) == (
         '{"prompt": "ein Bär", "n": [1, 2.5]}'
     )
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidTransition
 
 if TYPE_CHECKING:
-    from .validation import Limits
+    from .validation import QueueLimits
 
 DEFAULT_TABLE = "generation_jobs"
 DEFAULT_QUEUE = "default"
@@ -261,7 +261,7 @@ class NewJob:
     owner_id: str | None = None
     idempotency_key: str | None = None
 
-    def to_row(self, limits: Limits) -> dict[str, Any]:
+    def to_row(self, limits: QueueLimits) -> dict[str, Any]:
         """The job checked against ``limits`` and made into the row the queue inserts
         (`jobqueue.validation.new_job_row`)."""
         from .validation import new_job_row

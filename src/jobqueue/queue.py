@@ -54,7 +54,7 @@ from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import Limits, new_job_row, seconds_of
+from .validation import QueueLimits, new_job_row, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -106,7 +106,7 @@ class _QueueBase(Generic[E]):
         self.worker_statements = PresenceStatements(self.table, self.dialect)
         self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
         self.lease = seconds_of(lease, "lease", low=0.001)
-        self.limits = Limits(max_payload_bytes=max_payload_bytes)
+        self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
 
     def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:

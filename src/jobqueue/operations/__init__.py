@@ -30,7 +30,7 @@ from ..models import (
 from ..sql.steps import Row, Rows, Step
 from ..validation import (
     READ_PAYLOAD_FACTOR,
-    Limits,
+    QueueLimits,
     check_int,
     check_json,
     check_text,
@@ -69,7 +69,7 @@ from .jobs import (
 from .waiting import Waiter
 
 #: Old names of this module's names, served with a `DeprecationWarning`.
-RENAMED = {"remember": "save_remote_task_id"}
+RENAMED = {"Limits": "QueueLimits", "remember": "save_remote_task_id"}
 
 
 def __getattr__(name: str) -> Any:
@@ -89,9 +89,9 @@ __all__ = [
     "READ_PAYLOAD_FACTOR",
     "Access",
     "Completion",
-    "Limits",
     "NewJob",
     "Operation",
+    "QueueLimits",
     "Row",
     "Rows",
     "StatusStats",

@@ -26,7 +26,7 @@ from ..sql.statements import Statements
 from ..sql.steps import Row, Rows
 from ..validation import (
     READ_PAYLOAD_FACTOR,
-    Limits,
+    QueueLimits,
     check_int,
     check_json,
     check_text,
@@ -185,7 +185,7 @@ def claim(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
-    limits: Limits,
+    limits: QueueLimits,
 ) -> Steps[list[Job]]:
     """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none."""
     lease = _check_claim(worker_id, limit, lease)
@@ -207,7 +207,7 @@ def _asks_for_nothing(queues: Sequence[str] | None, kinds: Sequence[str] | None)
     return (queues is not None and len(queues) == 0) or (kinds is not None and len(kinds) == 0)
 
 
-def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
+def _claimed_jobs(rows: Rows, limits: QueueLimits) -> list[Job]:
     """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none).
 
     A payload far beyond the queue's size limit is not even decoded: the worker fails
@@ -262,7 +262,7 @@ def heartbeat_many(
 
 @operation(Access.ONE_WRITE)
 def set_progress(
-    s: Statements, job: Job, percent: int, message: str | None, limits: Limits
+    s: Statements, job: Job, percent: int, message: str | None, limits: QueueLimits
 ) -> Steps[None]:
     check_int(percent, "progress", 0, 100)
     if message is not None:
@@ -278,7 +278,7 @@ def save_remote_task_id(s: Statements, job: Job, remote_task_id: str) -> Steps[N
     yield from _check_fence(s, job, rows, "save the remote task id of")
 
 
-def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
+def _check_result(result: Any, result_url: str | None, limits: QueueLimits) -> str | None:
     """Check a result and its URL; the result as JSON text (None stays None: SQL NULL)."""
     if result_url is not None:
         check_text(result_url, "result_url", limit=MAX_RESULT_URL)
@@ -287,14 +287,14 @@ def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | 
 
 @operation(Access.ONE_WRITE)
 def complete(
-    s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
+    s: Statements, job: Job, result: Any, result_url: str | None, limits: QueueLimits
 ) -> Steps[Job]:
     result_json = _check_result(result, result_url, limits)
     rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
     return read_job((yield from _check_fence(s, job, rows, "complete")))
 
 
-def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[str, Any]]:
+def _completion_rows(items: Sequence[Completion], limits: QueueLimits) -> list[dict[str, Any]]:
     return [
         {
             "id": i.job.id,
@@ -309,7 +309,7 @@ def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[s
 
 @operation(Access.ONE_WRITE)
 def complete_many(
-    s: Statements, items: Sequence[Completion], limits: Limits
+    s: Statements, items: Sequence[Completion], limits: QueueLimits
 ) -> Steps[set[uuid.UUID]]:
     """Complete a batch; returns the ids written. The others were fenced off."""
     if not items:
@@ -321,7 +321,7 @@ def complete_many(
 def complete_and_claim(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
@@ -340,7 +340,7 @@ def complete_and_claim(
 def _complete_and_claim_at_once(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
@@ -376,7 +376,7 @@ def _complete_and_claim_at_once(
 def _complete_then_claim(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
