@@ -83,9 +83,11 @@ class Status(StrEnum):
 
 FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
-#: Every allowed move, and only those. The statements (`jobqueue.sql`) derive their WHERE
-#: clauses from this mapping (``sources_of``), so a move not listed here cannot happen in
-#: SQL either.
+#: Every allowed move, and only those. The moves anyone may ask for (cancel, retry) take
+#: their ``WHERE status IN (...)`` from this mapping (``sources_of``); a worker's moves name
+#: the one status they start from (``pending`` for a claim, ``processing`` for every fenced
+#: write and the reaper), which is this mapping's too. tests/test_state_machine.py tries
+#: every move of the API from every status, so SQL and this mapping cannot part unnoticed.
 MOVES: Mapping[Status, frozenset[Status]] = {
     # claim; cancel before it started
     Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),

@@ -3,7 +3,7 @@
 Each public method checks its arguments, picks an operation from `jobqueue.operations`, and
 runs it (`_run`): on the caller's connection when ``connection=`` is given, so a job can be
 enqueued atomically with the caller's own writes; else on a connection chosen by what the
-operation declares it does (`jobqueue.operations.Access`, see `_QueueBase.__init__`). The
+operation declares it does (`jobqueue.operations.Access`, see `_QueueBase._plans_for`). The
 steps run through a runner of the driver layer (`jobqueue.drivers.runner`): the queues
 never learn which driver they have. The two classes differ only where one awaits.
 """

@@ -124,8 +124,8 @@ def _new_job(
     database chose: the same value a read of the row gives, without the read (nor the
     RETURNING of every column, which costs more than the insert itself for one job)."""
     text: str = r["payload"]
-    # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
-    # large batch); tests/test_enqueue_bulk.py checks the order and every value.
+    # By position, in `Job`'s field order (cheaper than by keyword for every job of a large
+    # batch, docs/performance.md); tests/test_enqueue_bulk.py checks the order and every value.
     return Job(
         r["id"],  # id
         r["queue"],  # queue

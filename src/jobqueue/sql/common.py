@@ -1,12 +1,16 @@
 """What every statement builder shares: the cache of built statements, the fence, the error
 history entry, and the ways a batch of values travels as parameters.
 
-Values always travel as bound parameters (named ``jq_<name>``, so they never clash with
-column names), never inside a statement: a statement is built once per table and shape
-(`StatementsBase.once`) and reused with new parameters. Building a SQLAlchemy construct
-costs far more than running it (milliseconds for the claim), and one construct per shape is
-also what lets SQLAlchemy's compiled cache and the driver's prepared statements hit on
-every call.
+Values always travel as bound parameters, never inside a statement: a statement is built
+once per table and shape (`StatementsBase.once`) and reused with new parameters. Building
+a SQLAlchemy construct costs far more than running it (docs/performance.md, "What each
+optimisation bought"), and one construct per shape is also what lets SQLAlchemy's
+compiled cache and the driver's prepared statements hit on every call.
+
+Parameters are named ``jq_<name>`` (`param`), so they never clash with column names;
+the one exception is the plain INSERT of new jobs (`Enqueueing._insert_values`: one job,
+and SQLite's batches), whose parameters are the columns' own names, so that the rows
+`jobqueue.validation.new_job_row` makes are sent as they are.
 """
 
 from __future__ import annotations
