@@ -1,4 +1,4 @@
-"""Regression tests for the core review findings (notes/review.md), each failing without its fix.
+"""Regression tests for core behaviours that were once wrong, each failing without its fix.
 
 Like the behavioural suite they run on SQLite and PostgreSQL, sync and async (fixture ``q``).
 """
@@ -18,7 +18,7 @@ from tests.conftest import Either
 
 
 async def test_each_attempt_starts_with_fresh_progress(q: Either) -> None:
-    """Review item 6: a released or retried job must not show the last attempt's progress."""
+    """A released or retried job must not show the last attempt's progress."""
     await q.enqueue("image", {})
     (job,) = await q.claim("w")
     await q.set_progress(job, 60, "half")
@@ -33,7 +33,7 @@ async def test_each_attempt_starts_with_fresh_progress(q: Either) -> None:
 
 
 async def test_heartbeat_many_is_fenced_by_attempt(q: Either) -> None:
-    """Review item 5: a heartbeat for an old attempt must not extend the new attempt's lease,
+    """A heartbeat for an old attempt must not extend the new attempt's lease,
     even when the same worker claimed the job again."""
     await q.enqueue("image", {})
     (first,) = await q.claim("w")
@@ -48,7 +48,7 @@ async def test_heartbeat_many_is_fenced_by_attempt(q: Either) -> None:
 
 
 async def test_lease_zero_is_refused_not_replaced_by_the_default(q: Either) -> None:
-    """Review item 11: ``lease=0`` was read as "no lease given" and silently became 30 s."""
+    """``lease=0`` was read as "no lease given" and silently became 30 s."""
     await q.enqueue("image", {})
     (job,) = await q.claim("w")
     with pytest.raises(PayloadError):
@@ -61,7 +61,7 @@ async def test_lease_zero_is_refused_not_replaced_by_the_default(q: Either) -> N
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_sqlite_reads_do_not_wait_for_the_write_lock(q: Either, db_url: str) -> None:
-    """Review item 7: get, list, stats and wait begin deferred on SQLite, so a writer holding
+    """Get, list, stats and wait begin deferred on SQLite, so a writer holding
     the lock (another process mid-transaction) does not hold up readers; writes still take
     the lock up front."""
     job = await q.enqueue("image", {})
@@ -79,7 +79,7 @@ async def test_sqlite_reads_do_not_wait_for_the_write_lock(q: Either, db_url: st
 
 
 async def test_driver_errors_do_not_carry_statement_parameters(q: Either) -> None:
-    """Review item 13: an untranslated SQLAlchemy error lists the statement's parameters
+    """An untranslated SQLAlchemy error lists the statement's parameters
     (payloads, results: user data) unless the engine hides them."""
     secret = "user-secret-prompt-4711"
     engine = q.target.engine
@@ -95,7 +95,7 @@ async def test_driver_errors_do_not_carry_statement_parameters(q: Either) -> Non
 
 
 async def test_list_and_prune_refuse_bad_arguments_with_payload_error(q: Either) -> None:
-    """Review item 8: a naive ``since`` raised SQLAlchemy's StatementError and an unknown
+    """A naive ``since`` raised SQLAlchemy's StatementError and an unknown
     status in ``prune`` a bare ValueError; both are the caller's mistake (PayloadError)."""
     with pytest.raises(PayloadError, match="timezone-aware"):
         await q.list(since=datetime(2026, 1, 1))
@@ -108,7 +108,7 @@ async def test_list_and_prune_refuse_bad_arguments_with_payload_error(q: Either)
 
 
 def test_check_json_returns_the_text_that_is_stored() -> None:
-    """Review item 18: payloads and results were encoded twice (once to check, once to
+    """Payloads and results were encoded twice (once to check, once to
     write); check_json now hands its encoding to the statements."""
     assert check_json({"prompt": "ein Bär", "n": [1, 2.5]}, "payload", QueueLimits()) == (
         '{"prompt": "ein Bär", "n": [1, 2.5]}'
