@@ -9,12 +9,14 @@ bare "relation does not exist" tells a newcomer nothing about ``jobqueue migrate
 Every layer may import this module: it also holds the two text helpers every layer needs
 for what it logs or stores, `redact` (passwords out of URLs) and `describe_error` (an
 exception as one safe line), so that the worker and the generators need not import the
-driver layer for them.
+driver layer for them, and `warn_renamed`, the warning every old name of a renamed public
+name gives.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -178,3 +180,11 @@ def describe_error(exc: BaseException, *, limit: int = ERROR_TEXT_LIMIT) -> str:
     first = lines[0].strip() if lines else ""
     text = redact(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "\u2026"
+
+
+def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Warn (`DeprecationWarning`) that ``old`` is the old name of ``new``, which does the
+    same; ``stacklevel`` 3 points at the caller of the function that calls this one."""
+    warnings.warn(
+        f"{old} is deprecated: use {new}, which does the same", DeprecationWarning, stacklevel
+    )

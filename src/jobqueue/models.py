@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidTransition
 
 if TYPE_CHECKING:
-    from .validation import Limits
+    from .validation import QueueLimits
 
 DEFAULT_TABLE = "generation_jobs"
 DEFAULT_QUEUE = "default"
@@ -83,9 +83,11 @@ class Status(StrEnum):
 
 FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 
-#: Every allowed move, and only those. The statements (`jobqueue.sql`) derive their WHERE
-#: clauses from this mapping (``sources_of``), so a move not listed here cannot happen in
-#: SQL either.
+#: Every allowed move, and only those. The moves anyone may ask for (cancel, retry) take
+#: their ``WHERE status IN (...)`` from this mapping (``sources_of``); a worker's moves name
+#: the one status they start from (``pending`` for a claim, ``processing`` for every fenced
+#: write and the reaper), which is this mapping's too. tests/test_state_machine.py tries
+#: every move of the API from every status, so SQL and this mapping cannot part unnoticed.
 MOVES: Mapping[Status, frozenset[Status]] = {
     # claim; cancel before it started
     Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),
@@ -261,7 +263,7 @@ class NewJob:
     owner_id: str | None = None
     idempotency_key: str | None = None
 
-    def to_row(self, limits: Limits) -> dict[str, Any]:
+    def to_row(self, limits: QueueLimits) -> dict[str, Any]:
         """The job checked against ``limits`` and made into the row the queue inserts
         (`jobqueue.validation.new_job_row`)."""
         from .validation import new_job_row

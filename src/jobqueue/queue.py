@@ -3,7 +3,7 @@
 Each public method checks its arguments, picks an operation from `jobqueue.operations`, and
 runs it (`_run`): on the caller's connection when ``connection=`` is given, so a job can be
 enqueued atomically with the caller's own writes; else on a connection chosen by what the
-operation declares it does (`jobqueue.operations.Access`, see `_QueueBase.__init__`). The
+operation declares it does (`jobqueue.operations.Access`, see `_QueueBase._plans_for`). The
 steps run through a runner of the driver layer (`jobqueue.drivers.runner`): the queues
 never learn which driver they have. The two classes differ only where one awaits.
 """
@@ -27,7 +27,14 @@ from . import operations as ops
 from .drivers.engines import READ_ONLY, make_async_engine, make_engine
 from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
-from .errors import JobFailed, JobQueueError, PermissionDenied, SchemaNotInstalled, WaitTimeout
+from .errors import (
+    JobFailed,
+    JobQueueError,
+    PermissionDenied,
+    SchemaNotInstalled,
+    WaitTimeout,
+    warn_renamed,
+)
 from .models import (
     DEFAULT_KIND,
     DEFAULT_LEASE,
@@ -47,7 +54,7 @@ from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import Limits, new_job_row, seconds_of
+from .validation import QueueLimits, new_job_row, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -99,7 +106,7 @@ class _QueueBase(Generic[E]):
         self.worker_statements = PresenceStatements(self.table, self.dialect)
         self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
         self.lease = seconds_of(lease, "lease", low=0.001)
-        self.limits = Limits(max_payload_bytes=max_payload_bytes)
+        self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
 
     def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
@@ -301,6 +308,10 @@ class JobQueue(_QueueBase[Engine]):
                 return _drive(conn, op, autocommit=True)
 
     def close(self) -> None:
+        """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
+        passed in stays the caller's to dispose of. ``with JobQueue(...) as queue:`` closes it
+        at the end of the block.
+        """
         if self._owns_engine:
             self.engine.dispose()
 
@@ -336,7 +347,13 @@ class JobQueue(_QueueBase[Engine]):
         *,
         connection: Connection | None = None,
     ) -> builtins.list[Job]:
-        """Enqueue a batch in one transaction (multi-row INSERTs); jobs come back in order."""
+        """Enqueue a batch, all or nothing, and return its jobs in order.
+
+        One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
+        `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
+        multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
+        `enqueue`.
+        """
         return self._run(ops.enqueue_many(self.statements, self._new_rows(jobs)), connection)
 
     # -- workers -----------------------------------------------------------------------------
@@ -350,7 +367,10 @@ class JobQueue(_QueueBase[Engine]):
         limit: int = 1,
         lease: float | None = None,
     ) -> builtins.list[Job]:
-        """Atomically take up to ``limit`` due jobs; ``queues=None`` means every queue."""
+        """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
+        ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
+        ``lease`` seconds (default: the queue's) unless heartbeats extend it.
+        """
         return self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
@@ -368,9 +388,16 @@ class JobQueue(_QueueBase[Engine]):
         """Record progress (0-100) on a held job; `LeaseLost` if it is no longer ours."""
         self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
 
+    def save_remote_task_id(self, job: Job, remote_task_id: str) -> None:
+        """Save a provider-side task id on a held job (its ``remote_task_id``), so a later
+        attempt can resume the task instead of submitting it again; `LeaseLost` if the job
+        is no longer ours."""
+        self._run(ops.save_remote_task_id(self.statements, job, remote_task_id))
+
     def remember_task(self, job: Job, remote_task_id: str) -> None:
-        """Save a provider-side task id so a later attempt can resume instead of resubmit."""
-        self._run(ops.remember(self.statements, job, remote_task_id))
+        """Deprecated: `save_remote_task_id`."""
+        warn_renamed("JobQueue.remember_task()", "save_remote_task_id()")
+        self.save_remote_task_id(job, remote_task_id)
 
     def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
         """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
@@ -466,7 +493,8 @@ class JobQueue(_QueueBase[Engine]):
         since: datetime | timedelta | None = None,
         limit: int = 50,
     ) -> builtins.list[Job]:
-        """Jobs newest first, filtered."""
+        """Jobs newest first, at most ``limit``, filtered by ``owner_id``, ``status`` (one or
+        several), ``queue``, ``kind`` and ``since`` (a time, or how far back from now)."""
         return self._run(
             ops.list_jobs(
                 self.statements,
@@ -538,7 +566,16 @@ class JobQueue(_QueueBase[Engine]):
 
 
 class AsyncJobQueue(_QueueBase[AsyncEngine]):
-    """The asyncio twin of `JobQueue`: the same arguments and methods, awaited."""
+    """A job queue over an asyncio SQLAlchemy engine: the twin of `JobQueue`, with the same
+    arguments and methods, awaited.
+
+    ``url`` may be a URL string, an `AsyncEngine`, or None for ``JOBQUEUE_DATABASE_URL``
+    (default: a SQLite file ``jobqueue.db`` in the working directory). A plain URL gets an
+    async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL
+    (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
+    the jobs live), ``lease`` (seconds a claim holds a job, default 30),
+    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    """
 
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
         self._owns_engine = not isinstance(url, AsyncEngine)
@@ -567,6 +604,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             return result
 
     async def close(self) -> None:
+        """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`
+        passed in stays the caller's to dispose of. ``async with AsyncJobQueue(...) as queue:``
+        closes it at the end of the block.
+        """
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -584,6 +625,13 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         connection: AsyncConnection | None = None,
         **options: Unpack[EnqueueOptions],
     ) -> Job:
+        """Create a job and return it (with its id) at once.
+
+        With ``connection=`` (an `AsyncConnection`), the insert joins that connection's
+        transaction: the job exists only if the caller commits. A repeated ``idempotency_key`` in
+        the same queue, for the same ``owner_id`` (or again without one), returns the existing job
+        instead of making a second one; another owner's job is never returned.
+        """
         rows = self._enqueue_rows(kind, payload, options)
         return (await self._run(ops.enqueue_many(self.statements, rows), connection))[0]
 
@@ -593,6 +641,13 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         *,
         connection: AsyncConnection | None = None,
     ) -> builtins.list[Job]:
+        """Enqueue a batch, all or nothing, and return its jobs in order.
+
+        One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
+        `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
+        multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
+        `enqueue`.
+        """
         rows = self._new_rows(jobs)
         return await self._run(ops.enqueue_many(self.statements, rows), connection)
 
@@ -605,28 +660,48 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         limit: int = 1,
         lease: float | None = None,
     ) -> builtins.list[Job]:
+        """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
+        ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
+        ``lease`` seconds (default: the queue's) unless heartbeats extend it.
+        """
         return await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
+        """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
         return await self._run(ops.heartbeat(self.statements, job, self._lease(lease)))
 
     async def heartbeat_many(
         self, worker_id: str, jobs: Sequence[Job], *, lease: float | None = None
     ) -> set[UUID]:
+        """Extend the leases of the ``jobs`` ``worker_id`` holds, fenced by each job's
+        attempt; returns the ids still held.
+        """
         return await self._run(
             ops.heartbeat_many(self.statements, worker_id, jobs, self._lease(lease))
         )
 
     async def set_progress(self, job: Job, percent: int, message: str | None = None) -> None:
+        """Record progress (0-100) on a held job; `LeaseLost` if it is no longer ours."""
         await self._run(ops.set_progress(self.statements, job, percent, message, self.limits))
 
+    async def save_remote_task_id(self, job: Job, remote_task_id: str) -> None:
+        """Save a provider-side task id on a held job (its ``remote_task_id``), so a later
+        attempt can resume the task instead of submitting it again; `LeaseLost` if the job
+        is no longer ours.
+        """
+        await self._run(ops.save_remote_task_id(self.statements, job, remote_task_id))
+
     async def remember_task(self, job: Job, remote_task_id: str) -> None:
-        await self._run(ops.remember(self.statements, job, remote_task_id))
+        """Deprecated: `save_remote_task_id`."""
+        warn_renamed("AsyncJobQueue.remember_task()", "save_remote_task_id()")
+        await self.save_remote_task_id(job, remote_task_id)
 
     async def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
+        """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
         return await self._run(ops.complete(self.statements, job, result, result_url, self.limits))
 
     async def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
+        """Complete many held jobs in one statement; returns the ids that were written."""
         return await self._run(ops.complete_many(self.statements, items, self.limits))
 
     async def complete_and_claim(
@@ -639,6 +714,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         limit: int = 1,
         lease: float | None = None,
     ) -> tuple[set[UUID], builtins.list[Job]]:
+        """`complete_many` and `claim` as one atomic step (one statement and one commit on
+        PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
+        only once its job's outcome is written takes the next jobs in the same round trip.
+        """
         return await self._run(
             self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         )
@@ -651,40 +730,55 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         retry: bool | None = None,
         retry_in: float | timedelta | None = None,
     ) -> Job:
+        """Record a failure: a retry with backoff while attempts remain, else ``failed``."""
         return await self._run(self._fail_op(job, error, retry, retry_in))
 
     async def release(self, job: Job, reason: str = "released by worker") -> Job:
+        """Hand a held job back to ``pending`` at once, without spending an attempt."""
         return await self._run(ops.release(self.statements, job, reason))
 
     async def reap(self) -> builtins.list[tuple[UUID, Status]]:
+        """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return await self._run(ops.reap(self.statements))
 
     async def live_workers(self) -> builtins.list[LiveWorker]:
+        """The workers whose heartbeat is recent (by the database clock), oldest first."""
         with self._presence_errors():
             return await self._run(presence.live_workers(self.worker_statements))
 
     async def worker_beat(self, me: WorkerPresence, *, ttl: float) -> None:
+        """Write ``me``'s row in the live-workers table (insert or refresh): it counts as
+        live for ``ttl`` seconds. `Worker` does this at start and on a timer.
+        """
         with self._presence_errors():
             await self._run(presence.beat(self.worker_statements, me, ttl))
 
     async def worker_gone(self, worker_id: str) -> bool:
+        """Remove a worker's row (a clean stop); whether there was one."""
         with self._presence_errors():
             return await self._run(presence.gone(self.worker_statements, worker_id))
 
     async def sweep_workers(self) -> builtins.list[str]:
+        """Delete the rows of workers whose heartbeat stopped; their ids."""
         with self._presence_errors():
             return await self._run(presence.sweep(self.worker_statements))
 
     async def check_worker_access(self) -> None:
+        """`SchemaNotInstalled` or `PermissionDenied` (with the grant or policy to add) when
+        a worker connecting like this queue could not do its work; else nothing.
+        """
         await self._run(presence.check_access(self.worker_statements))
 
     async def get(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        """The job as it is now; with ``owner_id``, `JobNotFound` unless it is theirs."""
         return await self._run(ops.get(self.statements, job_id, owner_id))
 
     async def cancel(self, job_id: JobRef, *, owner_id: str | None = None) -> Job:
+        """Cancel a pending or running job (a running handler is stopped by its worker)."""
         return await self._run(ops.cancel(self.statements, job_id, owner_id))
 
     async def retry(self, job_id: JobRef) -> Job:
+        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
         return await self._run(ops.retry(self.statements, job_id))
 
     async def list(
@@ -697,6 +791,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         since: datetime | timedelta | None = None,
         limit: int = 50,
     ) -> builtins.list[Job]:
+        """Jobs newest first, at most ``limit``, filtered by ``owner_id``, ``status`` (one or
+        several), ``queue``, ``kind`` and ``since`` (a time, or how far back from now)."""
         return await self._run(
             ops.list_jobs(
                 self.statements,
@@ -712,6 +808,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def stats(
         self, since: timedelta | float = timedelta(days=1)
     ) -> builtins.list[StatusStats]:
+        """Count and mean duration per status of jobs created within ``since``."""
         return await self._run(ops.stats(self.statements, since))
 
     async def prune(
@@ -719,6 +816,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         older_than: timedelta | float = timedelta(days=7),
         statuses: Iterable[Status | str] | None = None,
     ) -> int:
+        """Delete finished jobs that finished before ``older_than`` ago; returns the count."""
         return await self._run(ops.prune(self.statements, older_than, statuses))
 
     async def wait(
@@ -731,6 +829,20 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
+        """Poll until the job is final and return it (whatever the final status).
+
+        ``on_change`` is called with each new status or progress. `WaitTimeout` when
+        ``timeout`` passes first; the job itself keeps running.
+
+        A job that is still not final after ``no_worker_after`` seconds (and again every
+        ``no_worker_after`` seconds) makes the wait look at the live workers: when none
+        serves the job's queue and kind, it says so once, with what to start —
+        ``on_no_worker(message)``, or a warning on the ``jobqueue.queue`` logger. None
+        turns the look off.
+
+        ``on_change`` and ``on_no_worker`` may be plain functions or coroutine functions:
+        what they return is awaited when it is awaitable.
+        """
         waiter = Waiter(interval, timeout)
         lookout = Lookout(no_worker_after)
         while True:
@@ -756,4 +868,5 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             await asyncio.sleep(pause)
 
     async def wait_result(self, job_id: JobRef, **kwargs: Any) -> Job:
+        """`wait`, then `JobFailed` unless the job completed."""
         return self._final(await self.wait(job_id, **kwargs))

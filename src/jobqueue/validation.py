@@ -87,8 +87,10 @@ def parse_job_id(job_id: object) -> uuid.UUID:
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on what callers may store; checked before anything is written."""
+class QueueLimits:
+    """Bounds a queue puts on what callers may store (``JobQueue(max_payload_bytes=...)``);
+    checked before anything is written. For the web API's bounds on one request, see
+    `jobqueue.web.intake.RequestLimits`."""
 
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -121,11 +123,11 @@ def _json_shape_problem(value: Any) -> str | None:
 
 
 #: ``json.dumps(value, allow_nan=False, ensure_ascii=False)`` without building an encoder
-#: per call (a quarter of the encoding time of a small payload). Encoding keeps no state.
+#: per call (docs/performance.md has what that saves). Encoding keeps no state.
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
 
-def check_json(value: Any, what: str, limits: Limits) -> str:
+def check_json(value: Any, what: str, limits: QueueLimits) -> str:
     """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
     large to store.
 
@@ -135,7 +137,7 @@ def check_json(value: Any, what: str, limits: Limits) -> str:
     return encode_json(value, what, limits)[0]
 
 
-def encode_json(value: Any, what: str, limits: Limits) -> tuple[str, Any]:
+def encode_json(value: Any, what: str, limits: QueueLimits) -> tuple[str, Any]:
     """`check_json`, and the value as decoded from its text (a fresh copy, as a read
     would give it).
 
@@ -316,7 +318,7 @@ def seconds_of(value: float | timedelta, what: str, *, low: float = 0.0) -> floa
     return float(secs)
 
 
-def new_job_row(job: NewJob, limits: Limits) -> dict[str, Any]:
+def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
     """``job`` checked against ``limits`` and the library's own bounds, as the row the
     statements insert: its id made here (`uuid7`), its payload as the JSON text that is
     stored (``payload``) and as a read gives it back (``payload_value``), and its start

@@ -1,16 +1,16 @@
-"""The seed's two ways to make an image, as library calls.
+"""Two ways to make an image, as library calls.
 
-- Through the queue (the seed's ``generateImageAsync``): `generate_image_async` and its
-  blocking twin `generate_image_queued` enqueue an ``image`` job, hand its id to the caller
-  at once, poll until the job is final and return the `GenerationResult`. A worker elsewhere
-  does the generating, so a 2-3 minute generation never times out the caller's request, and a
-  caller that gives up (``timeout``) can come back later and wait on the id.
-- Directly (the seed's old ``generateImage``): `generate_image` and `generate_image_sync`
-  call a generator in-process, with no queue and no durability.
+- Through the queue: `generate_image_async` and its blocking twin `generate_image_queued`
+  enqueue an ``image`` job, hand its id to the caller at once, poll until the job is final
+  and return the `GenerationResult`. A worker elsewhere does the generating, so a 2-3 minute
+  generation never times out the caller's request, and a caller that gives up
+  (``timeout``) can come back later and wait on the id.
+- Directly: `generate_image` and `generate_image_sync` call a generator in-process, with
+  no queue and no durability.
 
-The queued forms share everything but the waiting: `_ImageCall` builds the payload, logs the
-seed's lines ("Job created: <id>", "Job <id> status: <status>", and a warning when no live
-worker serves the job) and maps the final job.
+The queued forms share everything but the waiting: `_ImageCall` builds the payload, logs
+the job's progress for whoever watches the log ("Job created: <id>", "Job <id> status:
+<status>", and a warning when no live worker serves the job) and maps the final job.
 """
 
 from __future__ import annotations
@@ -199,10 +199,10 @@ async def generate_image(
     options: Mapping[str, Any] | None = None,
     context: JobContext | None = None,
 ) -> GenerationResult:
-    """Generate directly, without a queue (the old way): nothing is stored.
+    """Generate directly, without a queue: nothing is stored, nothing survives a crash.
 
     ``context`` defaults to a fresh `LocalContext`; pass one to see progress, or one that
-    remembers a task id to resume that task.
+    holds the id of a task to resume (``remote_task_id``).
     """
     request = _request(prompt, model, images, options)
     return await generator.generate(request, context if context is not None else LocalContext())

@@ -58,7 +58,7 @@ async def test_success_returns_images_cost_and_progress(fake_defapi: FakeDefAPI)
         "images": ["https://example.invalid/in.png"],
         "aspect_ratio": "16:9",
     }
-    assert ctx.task_id == task.task_id
+    assert ctx.remote_task_id == task.task_id
     assert [m for _, m in ctx.progress] == ["DefAPI: pending", "DefAPI: in_progress"]
     assert fake_defapi.submissions["a lego castle"] == 1
     assert submits(fake_defapi) == [GOOGLE_PATH]
@@ -253,7 +253,7 @@ async def test_bad_key_fails_at_once_and_is_scrubbed(fake_defapi: FakeDefAPI) ->
 async def test_a_remembered_task_is_polled_not_resubmitted(fake_defapi: FakeDefAPI) -> None:
     gen = make(fake_defapi)
     task_id = await gen.submit(GenerationRequest("resume me"))
-    ctx = LocalContext(task_id=task_id)
+    ctx = LocalContext(remote_task_id=task_id)
     result = await generate_image(gen, "resume me", context=ctx)
     await gen.aclose()
     assert fake_defapi.submissions["resume me"] == 1
@@ -265,34 +265,34 @@ async def test_a_remembered_task_that_failed_is_replaced(fake_defapi: FakeDefAPI
     gen = make(fake_defapi)
     old = await gen.submit(GenerationRequest("second chance"))
     fake_defapi.scenario("second chance")  # tasks submitted from now on succeed
-    ctx = LocalContext(task_id=old)
+    ctx = LocalContext(remote_task_id=old)
     result = await generate_image(gen, "second chance", context=ctx)
     await gen.aclose()
     assert fake_defapi.submissions["second chance"] == 2
-    assert ctx.task_id != old and result.raw["data"]["task_id"] == ctx.task_id
+    assert ctx.remote_task_id != old and result.raw["data"]["task_id"] == ctx.remote_task_id
 
 
 async def test_a_remembered_task_unknown_to_defapi_is_replaced(fake_defapi: FakeDefAPI) -> None:
     gen = make(fake_defapi, not_found_grace=0.1)
-    ctx = LocalContext(task_id="task-expired-long-ago")
+    ctx = LocalContext(remote_task_id="task-expired-long-ago")
     result = await generate_image(gen, "expired", context=ctx)
     await gen.aclose()
     assert result.images
     assert fake_defapi.submissions["expired"] == 1
-    assert ctx.task_id != "task-expired-long-ago"
+    assert ctx.remote_task_id != "task-expired-long-ago"
 
 
 class OrderContext(LocalContext):
-    """Records what the server had seen when the task id was remembered."""
+    """Records what the server had seen when the task id was saved."""
 
     def __init__(self, fake: FakeDefAPI) -> None:
         super().__init__()
         self.fake = fake
-        self.seen_at_remember: list[tuple[str, str]] | None = None
+        self.seen_at_save: list[tuple[str, str]] | None = None
 
-    async def remember(self, task_id: str) -> None:
-        self.seen_at_remember = list(self.fake.requests)
-        await super().remember(task_id)
+    async def save_remote_task_id(self, task_id: str) -> None:
+        self.seen_at_save = list(self.fake.requests)
+        await super().save_remote_task_id(task_id)
 
 
 async def test_task_id_is_remembered_before_polling(fake_defapi: FakeDefAPI) -> None:
@@ -300,7 +300,7 @@ async def test_task_id_is_remembered_before_polling(fake_defapi: FakeDefAPI) -> 
     gen = make(fake_defapi)
     await generate_image(gen, "order", context=ctx)
     await gen.aclose()
-    assert ctx.seen_at_remember == [("POST", GOOGLE_PATH)]
+    assert ctx.seen_at_save == [("POST", GOOGLE_PATH)]
 
 
 async def test_generation_timeout(fake_defapi: FakeDefAPI) -> None:
@@ -310,7 +310,7 @@ async def test_generation_timeout(fake_defapi: FakeDefAPI) -> None:
     with pytest.raises(GenerationError, match=r"did not finish within 0\.3 s") as info:
         await generate_image(gen, "forever", context=ctx)
     await gen.aclose()
-    assert info.value.retryable and ctx.task_id is not None
+    assert info.value.retryable and ctx.remote_task_id is not None
 
 
 async def test_key_never_in_logs_errors_reprs_or_raw(

@@ -48,16 +48,16 @@ async def test_progress_in_steps_and_task_remembered_first() -> None:
     await mock.generate(GenerationRequest("steps"), ctx)
     assert [p for p, _ in ctx.progress] == [25, 50, 75, 100]
     assert ctx.progress[0][1] == "mock step 1/4"
-    assert ctx.task_id is not None and ctx.task_id.startswith("mock-")
+    assert ctx.remote_task_id is not None and ctx.remote_task_id.startswith("mock-")
     assert (mock.submitted, mock.resumed) == (1, 0)
 
 
 async def test_remembered_task_is_resumed_not_submitted() -> None:
-    ctx = LocalContext(task_id="mock-from-an-earlier-attempt")
+    ctx = LocalContext(remote_task_id="mock-from-an-earlier-attempt")
     mock = MockGenerator(delay=0)
     result = await mock.generate(GenerationRequest("again"), ctx)
     assert (mock.submitted, mock.resumed) == (0, 1)
-    assert ctx.task_id == "mock-from-an-earlier-attempt"
+    assert ctx.remote_task_id == "mock-from-an-earlier-attempt"
     assert result.raw["task_id"] == "mock-from-an-earlier-attempt"
 
 

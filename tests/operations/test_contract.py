@@ -68,12 +68,12 @@ def exercise(q: JobQueue) -> None:
     q.heartbeat(first)
     q.heartbeat_many("w", [first, second])
     q.set_progress(first, 50, "half")
-    q.remember_task(first, "task-1")
+    q.save_remote_task_id(first, "task-1")
     q.complete(first, {"ok": True})
     refused(lambda: q.complete(first))  # lost: the write matches nothing, then a read
     refused(lambda: q.heartbeat(first))
     refused(lambda: q.set_progress(first, 60))
-    refused(lambda: q.remember_task(first, "t"))
+    refused(lambda: q.save_remote_task_id(first, "t"))
     q.complete_many([Completion(second)])
     _, held = q.complete_and_claim([Completion(third)], "w", limit=2, queues=None)
     q.complete_and_claim([], "w", limit=1, queues=[])  # asks for no queue

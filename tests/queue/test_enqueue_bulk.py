@@ -366,7 +366,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
     row and the database clock give is distinct here, so no two fields can trade places
     unseen."""
     from jobqueue.operations import jobs
-    from jobqueue.validation import Limits
+    from jobqueue.validation import QueueLimits
 
     row = NewJob(
         kind="video",
@@ -376,7 +376,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         max_attempts=9,
         owner_id="owner-1",
         idempotency_key="key-1",
-    ).to_row(Limits())
+    ).to_row(QueueLimits())
     created = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     updated = created + timedelta(seconds=1)
     run_at = created + timedelta(seconds=2)

@@ -110,7 +110,7 @@ async def test_progress_and_remote_task_id_are_saved(q: Either) -> None:
     await q.enqueue("image", {})
     (job,) = await q.claim("w")
     await q.set_progress(job, 40, "rendering")
-    await q.remember_task(job, "task-123")
+    await q.save_remote_task_id(job, "task-123")
     seen = await q.get(job.id)
     assert (seen.progress, seen.progress_message, seen.remote_task_id) == (
         40,
@@ -191,7 +191,7 @@ async def test_fencing_refuses_a_worker_whose_lease_was_taken(q: Either) -> None
         q.fail(stale, "stale"),
         q.set_progress(stale, 50),
         q.heartbeat(stale),
-        q.remember_task(stale, "t"),
+        q.save_remote_task_id(stale, "t"),
         q.release(stale),
     ):
         with pytest.raises(LeaseLost):
@@ -357,12 +357,12 @@ async def test_a_released_claim_can_write_nothing_once_the_job_is_claimed_again(
     assert fresh.started_at is not None and stale.started_at is not None
     assert fresh.started_at > stale.started_at
     await q.set_progress(fresh, 30, "fresh")
-    await q.remember_task(fresh, "fresh-task")
+    await q.save_remote_task_id(fresh, "fresh-task")
     before = await q.get(fresh.id)
 
     for write in (
         q.set_progress(stale, 90, "stale"),
-        q.remember_task(stale, "stale-task"),
+        q.save_remote_task_id(stale, "stale-task"),
         q.heartbeat(stale),
         q.complete(stale, {"stale": True}, "https://stale.example/1.png"),
         q.fail(stale, "stale failure"),

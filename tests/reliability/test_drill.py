@@ -22,7 +22,7 @@ them, and some of its checks hold only once those are fixed:
   every other worker's heartbeats and writes wait: their leases expire, their handlers
   time out);
 - outages of PostgreSQL: ``error_history`` (a write through the context, such as
-  ``ctx.remember``, that meets the outage must not spend the attempt);
+  ``ctx.save_remote_task_id``, that meets the outage must not spend the attempt);
 - handlers cancelled while a write through the context is in flight (the short run
   shields those writes): on SQLite the cancelled task and its connection can wait
   forever, and a stopped worker then never exits.

@@ -138,7 +138,7 @@ def test_the_queue_api_through_a_transaction_pooler(pooled: tuple[str, str]) -> 
             top, *rest = claimed
             q.heartbeat(top)
             q.set_progress(top, 50, "half")
-            q.remember_task(top, f"task-{round_}")
+            q.save_remote_task_id(top, f"task-{round_}")
             assert q.complete(top, {"ok": round_}).status is Status.COMPLETED
             with pytest.raises(LeaseLost):
                 q.complete(top)

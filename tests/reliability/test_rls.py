@@ -423,7 +423,7 @@ def test_a_user_reads_only_the_owners_columns(
     job = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
     worker = as_role("service_role")
     (held,) = worker.claim("gpu-host-7.internal")
-    worker.remember_task(held, "provider-task-1")
+    worker.save_remote_task_id(held, "provider-task-1")
     worker.fail(held, "OperationalError: connection to 10.0.0.5 refused", retry=False)
     (seen,) = visible(alice)
     assert seen["status"] == "failed" and seen["id"] == job.id

@@ -141,7 +141,7 @@ async def test_values_with_sql_metacharacters_are_stored_verbatim(
 
     (held,) = await q.claim(NASTY[:50], queues=["q" + NASTY[:30]])
     await q.set_progress(held, 40, NASTY)
-    await q.remember_task(held, NASTY)
+    await q.save_remote_task_id(held, NASTY)
     failed = await q.fail(held, NASTY, retry_in=0)
     assert failed.error == NASTY and failed.errors[-1]["error"] == NASTY
     (held,) = await q.claim("w", queues=["q" + NASTY[:30]])

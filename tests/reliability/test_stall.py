@@ -84,7 +84,7 @@ def test_a_stale_holder_gets_lease_lost_and_changes_nothing(queue: JobQueue) -> 
         lambda: queue.heartbeat(stale),
         lambda: queue.set_progress(stale, 50),
         lambda: queue.release(stale),
-        lambda: queue.remember_task(stale, "task-of-first"),
+        lambda: queue.save_remote_task_id(stale, "task-of-first"),
     ):
         with pytest.raises(LeaseLost):
             write()

@@ -53,7 +53,10 @@ TEXT_BOUNDS = [
     ),
     TextBound("locked_by", "locked_by", MAX_TEXT, lambda q, v: q.enqueue_many([{}]) + q.claim(v)),
     TextBound(
-        "task_id", "remote_task_id", MAX_REMOTE_TASK_ID, lambda q, v: q.remember_task(_held(q), v)
+        "task_id",
+        "remote_task_id",
+        MAX_REMOTE_TASK_ID,
+        lambda q, v: q.save_remote_task_id(_held(q), v),
     ),
     TextBound(
         "message",

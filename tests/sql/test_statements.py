@@ -45,7 +45,7 @@ def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
         s.fail(jid, 2, started, "e", 5.0),
         s.heartbeat(jid, 2, started, 30),
         s.set_progress(jid, 2, started, 5, None),
-        s.remember(jid, 2, started, "t"),
+        s.save_remote_task_id(jid, 2, started, "t"),
         s.release(jid, 2, started, "r"),
     ):
         sql = compiled(stmt, dialect)
@@ -63,14 +63,14 @@ def test_fenced_writes_carry_id_attempt_and_status(dialect: str) -> None:
 def test_batched_completion_is_one_statement_with_the_same_fence(dialect: str) -> None:
     from jobqueue.models import Job, Status
     from jobqueue.operations import complete_many
-    from jobqueue.validation import Limits
+    from jobqueue.validation import QueueLimits
 
     s = Statements(jobs_table(), dialect)
     job = Job.from_row(
         {c.name: None for c in jobs_table().c}
         | {"id": uuid.uuid4(), "status": Status.PROCESSING, "attempts": 1, "errors": []}
     )
-    op = complete_many(s, [Completion(job, {"a": 1}, "u")] * 3, Limits())
+    op = complete_many(s, [Completion(job, {"a": 1}, "u")] * 3, QueueLimits())
     sql = compiled(next(op.steps), dialect)
     assert sql.count("UPDATE") == 1
     assert "generation_jobs.attempts = batch.attempt" in sql

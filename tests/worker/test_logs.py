@@ -41,7 +41,7 @@ async def test_log_to_file_gets_the_status_lines_and_is_removed_after(
 
 async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:
     job = await jq.enqueue("echo", {})
-    log_file = tmp_path / "bot_v16_job_queue.log"
+    log_file = tmp_path / "worker.log"
     with pytest.warns(DeprecationWarning, match=r"jobqueue\.logs\.log_to_file"):
         worker = Worker(jq, {"echo": echo}, lease=2, log_file=log_file)
     await worker.run_until_idle()

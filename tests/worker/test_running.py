@@ -282,11 +282,11 @@ class RecordingGenerator:
 
     async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         self.requests.append(request)
-        task_id = context.remembered()
+        task_id = context.remote_task_id
         if task_id is None:
             task_id = f"task-{len(self.submissions) + 1}"
             self.submissions.append(task_id)
-            await context.remember(task_id)
+            await context.save_remote_task_id(task_id)
             raise GenerationError("connection dropped while waiting")
         await context.report_progress(50, f"polling {task_id}")
         return GenerationResult(

@@ -13,7 +13,7 @@ from rich.markup import escape
 from ..errors import ConfigurationError
 from ..models import FINAL_STATUSES, Status
 from .group import EXIT_FAILED, Env, cli, one_line, pass_env
-from .output import DURATION, echo_json, format_duration, out, stats_table, workers_table
+from .output import DURATION, echo_json, format_duration, out, render_stats, render_workers
 
 # -- set-up: migrate, sql, check --------------------------------------------------------
 
@@ -125,7 +125,7 @@ def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
             ]
         )
     else:
-        out().print(stats_table(stats, title=f"Jobs created in the last {format_duration(since)}"))
+        out().print(render_stats(stats, title=f"Jobs created in the last {format_duration(since)}"))
 
 
 @cli.command("workers")
@@ -144,7 +144,7 @@ def workers_command(env: Env, as_json: bool) -> None:
     elif not workers:
         out().print("No live worker. Start one with `jobqueue worker`.", markup=False)
     else:
-        out().print(workers_table(workers))
+        out().print(render_workers(workers))
 
 
 @cli.command("reap")

@@ -21,7 +21,7 @@ from ..migrations import migrate
 from ..models import Job, Status
 from ..operations import NewJob
 from ..queue import AsyncJobQueue
-from .output import JobBars, stats_table
+from .output import JobBars, render_stats
 
 DEMO_URL = "sqlite:///jobqueue-demo.db"
 DEMO_OWNER = "demo"
@@ -112,7 +112,7 @@ async def run_demo(
         closing()
         await generator.aclose()
         await queue.close()
-    console.print(stats_table(stats, title="Jobs created in the last day (jobqueue stats)"))
+    console.print(render_stats(stats, title="Jobs created in the last day (jobqueue stats)"))
     finished = sum(1 for j in latest if j.status is Status.COMPLETED)
     console.print(
         f"{finished} of {len(latest)} jobs completed. Look around with "

@@ -21,9 +21,9 @@ from .output import (
     echo_json,
     job_details,
     job_outcome,
-    jobs_table,
     out,
     parse_duration,
+    render_jobs,
 )
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ def list_command(
         out().print("No jobs match.")
     else:
         console = out()
-        table = jobs_table(jobs, width=console.width, wide=wide)
+        table = render_jobs(jobs, width=console.width, wide=wide)
         if wide:  # rows as long as they are, not squeezed into the terminal
             unbounded = console.options.update_width(1_000_000)
             full = console.measure(table, options=unbounded).maximum

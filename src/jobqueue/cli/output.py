@@ -223,7 +223,7 @@ def _width(column: _Column, jobs: Sequence[Job]) -> int:
     return max(widest, cell_len(column.name))
 
 
-def jobs_table(
+def render_jobs(
     jobs: Sequence[Job], *, width: int = 80, wide: bool = False, title: str | None = None
 ) -> Table:
     """Jobs as a table at most ``width`` cells wide, one line per job.
@@ -375,7 +375,7 @@ def job_details(job: Job) -> Table:
     return table
 
 
-def stats_table(stats: Iterable[StatusStats], *, title: str | None = None) -> Table:
+def render_stats(stats: Iterable[StatusStats], *, title: str | None = None) -> Table:
     """The statistics (`JobQueue.stats`) as a table: count and mean duration per status."""
     table = Table(title=title, header_style="bold")
     table.add_column("status")
@@ -449,7 +449,7 @@ class JobBars:
             self.progress.stop_task(task)
 
 
-def workers_table(workers: Sequence[LiveWorker]) -> Table:
+def render_workers(workers: Sequence[LiveWorker]) -> Table:
     """The live workers, for `jobqueue workers`: what each serves and when it last beat."""
     table = Table(header_style="bold")
     table.add_column("worker", overflow="fold")

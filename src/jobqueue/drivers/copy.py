@@ -2,7 +2,7 @@
 
 COPY streams rows in PostgreSQL's copy format, with no statement to parse or plan, no
 array parameters to build and decode, and no RETURNING rows to send back: for a batch of
-thousands of jobs it is several times faster than the best INSERT. SQLAlchemy has no COPY,
+thousands of jobs it beats the best INSERT (docs/performance.md). SQLAlchemy has no COPY,
 so a `CopyRows` step runs on the driver's own connection under the SQLAlchemy connection
 (psycopg 3 sync and async, asyncpg), inside whatever transaction (or autocommit) the
 SQLAlchemy connection is in.
@@ -61,8 +61,9 @@ async def copy_rows_async(conn: AsyncConnection, step: CopyRows) -> None:
 def _as_text(step: CopyRows) -> Iterator[Sequence[Any]]:
     """``step``'s records with uuids and times as text, for psycopg's text COPY.
 
-    psycopg formats a ``str`` several times faster than a ``UUID`` or a ``datetime``, and a
-    batch shares one clock reading, so each distinct time is formatted once.
+    psycopg formats a ``str`` faster than a ``UUID`` or a ``datetime`` (docs/performance.md
+    has what that saves), and a batch shares one clock reading, so each distinct time is
+    formatted once.
     """
     kinds = [_python_type(t) for t in step.types]
     uuids = [i for i, kind in enumerate(kinds) if kind is uuid.UUID]

@@ -1,20 +1,21 @@
 """The generator protocol: what an image generator is given and what it returns.
 
 Generators are pure HTTP (or pure simulation) and know nothing of SQL. What they may do to
-their job goes through a `JobContext`: report progress, and remember the provider's task id
-*before* waiting on it, so that a later attempt (after a crash) resumes polling that task
-instead of paying for a second generation.
+their job goes through a `JobContext`: report progress, and save the provider's task id (the
+job's ``remote_task_id``) *before* waiting on it, so that a later attempt (after a crash)
+resumes polling that task instead of paying for a second generation.
 """
 
 from __future__ import annotations
 
 import base64
 import difflib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from ..errors import PayloadError
+from ..errors import PayloadError, warn_renamed
 
 if TYPE_CHECKING:
     from ..models import Job
@@ -142,11 +143,77 @@ class JobContext(Protocol):
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         """Record progress (0-100) and a short message on the job."""
 
+    async def save_remote_task_id(self, task_id: str) -> None:
+        """Save the provider's task id on the job (its ``remote_task_id``) before waiting
+        for the task."""
+
+    @property
+    def remote_task_id(self) -> str | None:
+        """The task id this or an earlier attempt saved, if any: resume that task instead
+        of submitting a new one."""
+
+
+class OldContextNames:
+    """The names a `JobContext`'s task-id methods had before they were named after the
+    job's ``remote_task_id``: ``remember(task_id)`` and ``remembered()``. They still work
+    on jobqueue's contexts and warn (`DeprecationWarning`)."""
+
     async def remember(self, task_id: str) -> None:
-        """Save the provider's task id on the job before waiting for it."""
+        """Deprecated: `save_remote_task_id`."""
+        warn_renamed("JobContext.remember(task_id)", "save_remote_task_id(task_id)")
+        await cast(JobContext, self).save_remote_task_id(task_id)
 
     def remembered(self) -> str | None:
-        """The task id an earlier attempt saved, if any: resume it instead of resubmitting."""
+        """Deprecated: `remote_task_id`."""
+        warn_renamed("JobContext.remembered()", "the remote_task_id property")
+        return cast(JobContext, self).remote_task_id
+
+
+def job_context(context: Any) -> JobContext:
+    """``context`` as a `JobContext`, for a generator to call by the current names.
+
+    A context of the caller's own that still has the old names (``remember``,
+    ``remembered``, of its own or overriding ours) is wrapped so that they are the ones
+    called, with a `DeprecationWarning`.
+    """
+    kind = type(context)
+    if (
+        getattr(kind, "remember", OldContextNames.remember) is OldContextNames.remember
+        and getattr(kind, "remembered", OldContextNames.remembered) is OldContextNames.remembered
+    ):
+        return cast(JobContext, context)
+    warnings.warn(
+        f"{kind.__name__} has the deprecated JobContext methods remember() / remembered(): "
+        "name them save_remote_task_id(task_id) and a remote_task_id property",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return _OldStyleContext(context)
+
+
+class _OldStyleContext:
+    """A context with the old method names, seen through the current ones."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def report_progress(self, percent: int, message: str | None = None) -> None:
+        await self._inner.report_progress(percent, message)
+
+    async def save_remote_task_id(self, task_id: str) -> None:
+        await self._inner.remember(task_id)  # its deprecated name
+
+    @property
+    def remote_task_id(self) -> str | None:
+        task_id: str | None = self._inner.remembered()  # its deprecated name
+        return task_id
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest of the context (a worker's ``cancelled``, ``job``, ...). Our own and
+        # special names are not forwarded: before __init__ (a copy) that would recurse.
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 @runtime_checkable
@@ -162,19 +229,31 @@ class Generator(Protocol):
         """Release connections and other resources."""
 
 
-class LocalContext:
+class LocalContext(OldContextNames):
     """A context for generations run without a queue (`generate_image`): it only keeps
-    what it is told, in memory."""
+    what it is told, in memory. ``remote_task_id``: a task an earlier run saved, to resume.
+    """
 
-    def __init__(self, task_id: str | None = None) -> None:
-        self.task_id = task_id
+    def __init__(self, remote_task_id: str | None = None, *, task_id: str | None = None) -> None:
+        if task_id is not None:  # the deprecated name
+            warn_renamed("LocalContext(task_id=...)", "LocalContext(remote_task_id=...)")
+            remote_task_id = task_id if remote_task_id is None else remote_task_id
+        self.remote_task_id = remote_task_id
         self.progress: list[tuple[int, str | None]] = []
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         self.progress.append((percent, message))
 
-    async def remember(self, task_id: str) -> None:
-        self.task_id = task_id
+    async def save_remote_task_id(self, task_id: str) -> None:
+        self.remote_task_id = task_id
 
-    def remembered(self) -> str | None:
-        return self.task_id
+    @property
+    def task_id(self) -> str | None:
+        """Deprecated: `remote_task_id`."""
+        warn_renamed("LocalContext.task_id", "LocalContext.remote_task_id")
+        return self.remote_task_id
+
+    @task_id.setter
+    def task_id(self, value: str | None) -> None:
+        warn_renamed("LocalContext.task_id", "LocalContext.remote_task_id")
+        self.remote_task_id = value

@@ -14,9 +14,9 @@ The contract (see docs/generators.md):
 Two rules shape the code. A submit costs money, so it is retried only when the request
 provably did not arrive (no connection, or a 429/503 refusal); once DefAPI may have accepted
 it, a failure is reported instead of risking a second paid generation. And the task id is
-saved on the job (``context.remember``) before any waiting, so a worker that dies while
-waiting is replaced by one that polls the same task. Queries are idempotent and are retried
-freely with backoff.
+saved on the job (``context.save_remote_task_id``) before any waiting, so a worker that dies
+while waiting is replaced by one that polls the same task. Queries are idempotent and are
+retried freely with backoff.
 
 The API key is a secret: it is sent in a header and nowhere else. Every message and log line
 is scrubbed of it (whole or in pieces, before anything is cut short), and `generate` runs
@@ -95,7 +95,7 @@ class _NotFound(Exception):
 class TaskEnded(GenerationError):
     """The DefAPI task is over without images: it failed, or DefAPI no longer knows it.
 
-    A later attempt of the job that finds such a task remembered submits a new one, since
+    A later attempt of the job that finds such a task saved submits a new one, since
     polling the old one again could never succeed.
     """
 
@@ -514,9 +514,10 @@ class DefAPIGenerator:
         )
 
     async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
-        """Resume the remembered task, or submit one and remember it; then poll to the end.
+        """Resume the task an earlier attempt saved (``context.remote_task_id``), or submit
+        one and save its id; then poll to the end.
 
-        A remembered task that has ended without images (failed, or unknown to DefAPI for
+        A saved task that has ended without images (failed, or unknown to DefAPI for
         longer than ``not_found_grace``) cannot succeed any more: this attempt is a retry, so
         it submits a new task instead. The result, any error and what is written to the job
         are scrubbed of the key (`Scrubber.run`).
@@ -524,7 +525,7 @@ class DefAPIGenerator:
         return await self._scrubber.run(self._generate, request, context)
 
     async def _generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
-        task_id = context.remembered()
+        task_id = context.remote_task_id
         if task_id:
             logger.info("resuming DefAPI task %s instead of submitting again", self.scrub(task_id))
             try:
@@ -534,7 +535,7 @@ class DefAPIGenerator:
         task_id = await self.submit(request)
         # Saved before any waiting: a worker that dies from here on is replaced by one
         # that polls this task instead of paying for a new one.
-        await context.remember(task_id)
+        await context.save_remote_task_id(task_id)
         return await self.poll(task_id, context)
 
     async def aclose(self) -> None:

@@ -33,7 +33,14 @@ from ..errors import (
     PayloadError,
     describe_error,
 )
-from .base import GenerationRequest, GenerationResult, Generator, JobContext
+from .base import (
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    JobContext,
+    OldContextNames,
+    job_context,
+)
 
 MASK = "****"
 """What a hidden piece of a key is replaced with."""
@@ -222,7 +229,7 @@ class Scrubber:
 
     def context(self, context: JobContext) -> JobContext:
         """``context`` with progress messages scrubbed and task ids holding a secret refused."""
-        return _ScrubbedContext(context, self)
+        return _ScrubbedContext(job_context(context), self)
 
     async def run(
         self,
@@ -266,7 +273,7 @@ class ScrubbedError(JobQueueError):
         self.retryable = retryable
 
 
-class _ScrubbedContext:
+class _ScrubbedContext(OldContextNames):
     """A `JobContext` that scrubs what a generator writes to its job through it."""
 
     def __init__(self, inner: JobContext, scrubber: Scrubber) -> None:
@@ -277,7 +284,7 @@ class _ScrubbedContext:
         text = None if message is None else self._scrubber.text(message)
         await self._inner.report_progress(percent, text)
 
-    async def remember(self, task_id: str) -> None:
+    async def save_remote_task_id(self, task_id: str) -> None:
         # A task id is needed as it is to resume the task, so it cannot be masked; one that
         # holds the key is not saved (the job's row may be read by its owner) at all.
         if self._scrubber.holds_secret(task_id):
@@ -286,10 +293,11 @@ class _ScrubbedContext:
                 retryable=False,
                 hint="report this to the provider: a task id must not contain the key",
             )
-        await self._inner.remember(task_id)
+        await self._inner.save_remote_task_id(task_id)
 
-    def remembered(self) -> str | None:
-        return self._inner.remembered()
+    @property
+    def remote_task_id(self) -> str | None:
+        return self._inner.remote_task_id
 
     def __getattr__(self, name: str) -> Any:
         # The rest of the worker's context (``cancelled``, ``job``, ``run_in_loop``). Our own

@@ -1,7 +1,7 @@
 """`MockGenerator`: a stand-in for a real image provider, for tests, demos and ``MOCK_AI=true``.
 
 It behaves like a slow remote provider without the network or the bill: it "submits" a task
-(and remembers its id on the job, as a real generator must), reports progress in steps while
+(and saves its id on the job, as a real generator must), reports progress in steps while
 it "waits", and returns image URLs that depend only on the request. Failures happen at a
 configured rate drawn from a seeded random generator, so a test that asks for them gets the
 same sequence on every run.
@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from ..errors import ConfigurationError, GenerationError
-from .base import GenerationRequest, GenerationResult, JobContext
+from .base import GenerationRequest, GenerationResult, JobContext, job_context
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class MockGenerator:
     ``delay`` seconds are spread over ``steps`` progress reports; ``failure_rate`` (0 to 1)
     of the generations end in `GenerationError`, decided by a ``seed``-ed random generator.
     ``submitted`` and ``resumed`` count fresh submissions and resumed tasks, so tests can
-    check that a retried job polls its remembered task instead of submitting again.
+    check that a retried job polls its saved task instead of submitting again.
     """
 
     name = "mock"
@@ -98,12 +98,13 @@ class MockGenerator:
     async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
         """Pretend to submit, wait with progress, then succeed or fail."""
         digest = request_fingerprint(request)
-        task_id = context.remembered()
+        context = job_context(context)
+        task_id = context.remote_task_id
         if task_id is None:
             self.submitted += 1
             task_id = f"mock-{digest[:20]}"
             # Like a real provider: the task id is on the job before any waiting starts.
-            await context.remember(task_id)
+            await context.save_remote_task_id(task_id)
             logger.debug("mock task %s submitted", task_id)
         else:
             self.resumed += 1

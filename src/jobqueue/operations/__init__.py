@@ -9,11 +9,15 @@ and the async queue, which only run them (`jobqueue.queue`).
 
 The job operations are importable from here too. So are the names this module held
 before the package was laid out by layer (checks and records, which live in
-`jobqueue.validation` and `jobqueue.models` now), for code that imports them from here.
+`jobqueue.validation` and `jobqueue.models` now), for code that imports them from here; the
+old names of renamed ones (`RENAMED`) warn.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..errors import warn_renamed
 from ..models import (
     DEFAULT_LEASE,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -26,7 +30,7 @@ from ..models import (
 from ..sql.steps import Row, Rows, Step
 from ..validation import (
     READ_PAYLOAD_FACTOR,
-    Limits,
+    QueueLimits,
     check_int,
     check_json,
     check_text,
@@ -57,12 +61,24 @@ from .jobs import (
     prune,
     reap,
     release,
-    remember,
     retry,
+    save_remote_task_id,
     set_progress,
     stats,
 )
 from .waiting import Waiter
+
+#: Old names of this module's names, served with a `DeprecationWarning`.
+RENAMED = {"Limits": "QueueLimits", "remember": "save_remote_task_id"}
+
+
+def __getattr__(name: str) -> Any:
+    new = RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warn_renamed(f"jobqueue.operations.{name}", f"jobqueue.operations.{new}", stacklevel=3)
+    return globals()[new]
+
 
 __all__ = [
     "COPY_MIN_JOBS",
@@ -73,9 +89,9 @@ __all__ = [
     "READ_PAYLOAD_FACTOR",
     "Access",
     "Completion",
-    "Limits",
     "NewJob",
     "Operation",
+    "QueueLimits",
     "Row",
     "Rows",
     "StatusStats",
@@ -105,8 +121,8 @@ __all__ = [
     "read_job",
     "reap",
     "release",
-    "remember",
     "retry",
+    "save_remote_task_id",
     "seconds_of",
     "set_progress",
     "stats",

@@ -26,7 +26,7 @@ from ..sql.statements import Statements
 from ..sql.steps import Row, Rows
 from ..validation import (
     READ_PAYLOAD_FACTOR,
-    Limits,
+    QueueLimits,
     check_int,
     check_json,
     check_text,
@@ -124,8 +124,8 @@ def _new_job(
     database chose: the same value a read of the row gives, without the read (nor the
     RETURNING of every column, which costs more than the insert itself for one job)."""
     text: str = r["payload"]
-    # By position, in `Job`'s field order (a third cheaper than by keyword, per job of a
-    # large batch); tests/queue/test_enqueue_bulk.py checks every value.
+    # By position, in `Job`'s field order (cheaper than by keyword for every job of a large
+    # batch, docs/performance.md); tests/queue/test_enqueue_bulk.py checks every value.
     return Job(
         r["id"],  # id
         r["queue"],  # queue
@@ -185,7 +185,7 @@ def claim(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
-    limits: Limits,
+    limits: QueueLimits,
 ) -> Steps[list[Job]]:
     """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none."""
     lease = _check_claim(worker_id, limit, lease)
@@ -207,7 +207,7 @@ def _asks_for_nothing(queues: Sequence[str] | None, kinds: Sequence[str] | None)
     return (queues is not None and len(queues) == 0) or (kinds is not None and len(kinds) == 0)
 
 
-def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
+def _claimed_jobs(rows: Rows, limits: QueueLimits) -> list[Job]:
     """Claimed rows as jobs in the order they were due (UPDATE ... RETURNING has none).
 
     A payload far beyond the queue's size limit is not even decoded: the worker fails
@@ -218,7 +218,7 @@ def _claimed_jobs(rows: Rows, limits: Limits) -> list[Job]:
     return jobs
 
 
-def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
+def _check_fence(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
     """The single row a fenced write returned, or `LeaseLost` explaining why there is none."""
     if rows:
         return rows[0]
@@ -241,7 +241,7 @@ def _fenced(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]:
 def heartbeat(s: Statements, job: Job, lease: float) -> Steps[datetime]:
     lease = seconds_of(lease, "lease", low=0.001)
     rows = yield s.heartbeat(job.id, job.attempts, job.started_at, lease)
-    row = yield from _fenced(s, job, rows, "extend the lease of")
+    row = yield from _check_fence(s, job, rows, "extend the lease of")
     value: datetime = row["lease_expires_at"]
     return value
 
@@ -262,23 +262,23 @@ def heartbeat_many(
 
 @operation(Access.ONE_WRITE)
 def set_progress(
-    s: Statements, job: Job, percent: int, message: str | None, limits: Limits
+    s: Statements, job: Job, percent: int, message: str | None, limits: QueueLimits
 ) -> Steps[None]:
     check_int(percent, "progress", 0, 100)
     if message is not None:
         check_text(message, "progress message", limit=MAX_PROGRESS_MESSAGE, empty=True)
     rows = yield s.set_progress(job.id, job.attempts, job.started_at, percent, message)
-    yield from _fenced(s, job, rows, "report progress on")
+    yield from _check_fence(s, job, rows, "report progress on")
 
 
 @operation(Access.ONE_WRITE)
-def remember(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
+def save_remote_task_id(s: Statements, job: Job, remote_task_id: str) -> Steps[None]:
     check_text(remote_task_id, "remote task id", limit=MAX_REMOTE_TASK_ID)
-    rows = yield s.remember(job.id, job.attempts, job.started_at, remote_task_id)
-    yield from _fenced(s, job, rows, "save the remote task id of")
+    rows = yield s.save_remote_task_id(job.id, job.attempts, job.started_at, remote_task_id)
+    yield from _check_fence(s, job, rows, "save the remote task id of")
 
 
-def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | None:
+def _check_result(result: Any, result_url: str | None, limits: QueueLimits) -> str | None:
     """Check a result and its URL; the result as JSON text (None stays None: SQL NULL)."""
     if result_url is not None:
         check_text(result_url, "result_url", limit=MAX_RESULT_URL)
@@ -287,14 +287,14 @@ def _check_result(result: Any, result_url: str | None, limits: Limits) -> str | 
 
 @operation(Access.ONE_WRITE)
 def complete(
-    s: Statements, job: Job, result: Any, result_url: str | None, limits: Limits
+    s: Statements, job: Job, result: Any, result_url: str | None, limits: QueueLimits
 ) -> Steps[Job]:
     result_json = _check_result(result, result_url, limits)
     rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
-    return read_job((yield from _fenced(s, job, rows, "complete")))
+    return read_job((yield from _check_fence(s, job, rows, "complete")))
 
 
-def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[str, Any]]:
+def _completion_rows(items: Sequence[Completion], limits: QueueLimits) -> list[dict[str, Any]]:
     return [
         {
             "id": i.job.id,
@@ -309,7 +309,7 @@ def _completion_rows(items: Sequence[Completion], limits: Limits) -> list[dict[s
 
 @operation(Access.ONE_WRITE)
 def complete_many(
-    s: Statements, items: Sequence[Completion], limits: Limits
+    s: Statements, items: Sequence[Completion], limits: QueueLimits
 ) -> Steps[set[uuid.UUID]]:
     """Complete a batch; returns the ids written. The others were fenced off."""
     if not items:
@@ -321,7 +321,7 @@ def complete_many(
 def complete_and_claim(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
@@ -340,7 +340,7 @@ def complete_and_claim(
 def _complete_and_claim_at_once(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
@@ -376,7 +376,7 @@ def _complete_and_claim_at_once(
 def _complete_then_claim(
     s: Statements,
     items: Sequence[Completion],
-    limits: Limits,
+    limits: QueueLimits,
     worker_id: str,
     *,
     limit: int,
@@ -416,14 +416,14 @@ def fail(
             else backoff_delay(job.attempts, *backoff)
         )
     rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay)
-    return read_job((yield from _fenced(s, job, rows, "fail")))
+    return read_job((yield from _check_fence(s, job, rows, "fail")))
 
 
 @operation(Access.ONE_WRITE)
 def release(s: Statements, job: Job, reason: str) -> Steps[Job]:
     reason = storable_text(str(reason))[:MAX_ERROR]
     rows = yield s.release(job.id, job.attempts, job.started_at, reason)
-    return read_job((yield from _fenced(s, job, rows, "release")))
+    return read_job((yield from _check_fence(s, job, rows, "release")))
 
 
 def _explain_move(s: Statements, job_id: uuid.UUID, target: Status) -> Steps[Job]:

@@ -138,7 +138,7 @@ class Claiming(StatementsBase):
                 attempts=c.attempts + 1,
                 locked_by=param("worker_id", Text()),
                 # Later than any earlier claim of the job, even within the clock's step:
-                # part of the fencing token (see `fence_on`).
+                # part of the fencing token (see `fence`).
                 started_at=DbNowAfter(c.started_at),
                 lease_expires_at=DbNowPlus(param("lease", Float())),
                 updated_at=now,
@@ -245,7 +245,7 @@ class Claiming(StatementsBase):
         now = DbNow()
         return (
             update(self.t)
-            .where(self.fence_on(batch.c.job_id, batch.c.attempt, batch.c.started))
+            .where(self.fence(batch))
             .values(
                 status=Status.COMPLETED.value,
                 result=result,

@@ -1,12 +1,16 @@
 """What every statement builder shares: the cache of built statements, the fence, the error
 history entry, and the ways a batch of values travels as parameters.
 
-Values always travel as bound parameters (named ``jq_<name>``, so they never clash with
-column names), never inside a statement: a statement is built once per table and shape
-(`StatementsBase.once`) and reused with new parameters. Building a SQLAlchemy construct
-costs far more than running it (milliseconds for the claim), and one construct per shape is
-also what lets SQLAlchemy's compiled cache and the driver's prepared statements hit on
-every call.
+Values always travel as bound parameters, never inside a statement: a statement is built
+once per table and shape (`StatementsBase.once`) and reused with new parameters. Building
+a SQLAlchemy construct costs far more than running it (docs/performance.md, "What each
+optimisation bought"), and one construct per shape is also what lets SQLAlchemy's
+compiled cache and the driver's prepared statements hit on every call.
+
+Parameters are named ``jq_<name>`` (`param`), so they never clash with column names;
+the one exception is the plain INSERT of new jobs (`Enqueueing._insert_values`: one job,
+and SQLite's batches), whose parameters are the columns' own names, so that the rows
+`jobqueue.validation.new_job_row` makes are sent as they are.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ def filter_params(queues: Sequence[str] | None, kinds: Sequence[str] | None) -> 
 def fence_params(
     job_id: UUID, attempt: int, started: datetime | None, **more: Any
 ) -> dict[str, Any]:
-    """The parameters of `StatementsBase.fenced`, and ``more``."""
+    """The parameters of `StatementsBase.fence` for one held job, and ``more``."""
     return {"jq_job_id": job_id, "jq_attempt": attempt, "jq_started": started, **more}
 
 
@@ -179,25 +183,28 @@ class StatementsBase(BuiltOnce):
         """Every column's name and type: what RETURNING of `columns` gives, for a `Direct`."""
         return self.once("returned", lambda: {c.name: c.type for c in self.columns})
 
-    def fence_on(self, job_id: Any, attempt: Any, started: Any) -> ColumnElement[bool]:
+    def fence(self, batch: Any = None) -> ColumnElement[bool]:
         """The fencing condition: this job, in this claim of this attempt, still processing.
 
-        ``started_at`` tells two claims of the same attempt number apart: a released job
-        gets its attempt back (``attempts`` goes down by one), so the next claim has the
-        number of the released one again, but a later ``started_at`` (see `claim`).
+        The claim is each row of ``batch`` (a FROM clause with the columns ``job_id``,
+        ``attempt`` and ``started``), or, without one, the held job whose values
+        `fence_params` gives. ``started_at`` tells two claims of the same attempt number
+        apart: a released job gets its attempt back (``attempts`` goes down by one), so the
+        next claim has the number of the released one again, but a later ``started_at``
+        (see `claim`).
         """
+        if batch is None:
+            job_id: Any = param("job_id", Uuid())
+            attempt: Any = param("attempt", Integer())
+            started: Any = param("started", UTCDateTime())
+        else:
+            job_id, attempt, started = batch.c.job_id, batch.c.attempt, batch.c.started
         c = self.t.c
         return and_(
             c.id == job_id,
             c.attempts == attempt,
             c.started_at == started,
             c.status == Status.PROCESSING.value,
-        )
-
-    def fenced(self) -> ColumnElement[bool]:
-        """`fence_on` one held job, by the parameters of `fence_params`."""
-        return self.fence_on(
-            param("job_id", Uuid()), param("attempt", Integer()), param("started", UTCDateTime())
         )
 
     def place_in_line(self) -> ColumnElement[Any]:

@@ -1,10 +1,13 @@
 """SQL constructs whose text differs between PostgreSQL and SQLite.
 
-Each construct is one SQLAlchemy expression with one compilation per dialect, so a
-statement that uses them is built once for both databases (the statements still branch
-where a whole construct differs: COPY, array parameters, locking clauses). Time
-always comes from the database clock: workers on different hosts must agree on whether a
-lease has expired, and only the database can be the referee.
+Each construct is one SQLAlchemy expression with one compilation per dialect, so the
+statements that use them need not know which database they run on. Where the difference
+is more than such an expression, the statement builders branch on the dialect themselves,
+beside the statement: batches as arrays (``unnest``) or as JSON (``json_each``), COPY,
+the locking clauses of a claim, ``INSERT ... ON CONFLICT``, JSONB casts, the arithmetic
+of durations in ``stats``, and the access check. Time always comes from the database
+clock: workers on different hosts must agree on whether a lease has expired, and only the
+database can be the referee.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The statements a worker runs on the jobs it holds: heartbeats, progress, the provider's
-task id, completing, failing and releasing a job. Every one is fenced (`fence_on`): it
+task id, completing, failing and releasing a job. Every one is fenced (`fence`): it
 matches only the job in the claim the worker holds, so a worker whose lease was lost (the
 job was reaped, claimed again, released or cancelled) changes nothing."""
 
@@ -47,7 +47,7 @@ class HeldJobs(StatementsBase):
             c = self.t.c
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(lease_expires_at=DbNowPlus(param("lease", Float())), updated_at=DbNow())
                 .returning(c.lease_expires_at)
             )
@@ -102,7 +102,7 @@ class HeldJobs(StatementsBase):
         return (
             update(self.t)
             .where(
-                self.fence_on(batch.c.job_id, batch.c.attempt, batch.c.started),
+                self.fence(batch),
                 c.locked_by == param("worker_id", Text()),
             )
             .values(lease_expires_at=DbNowPlus(param("lease", Float())), updated_at=DbNow())
@@ -120,7 +120,7 @@ class HeldJobs(StatementsBase):
         def build() -> Any:
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(
                     progress=param("percent", Integer()),
                     progress_message=param("message", Text()),
@@ -132,19 +132,19 @@ class HeldJobs(StatementsBase):
         params = fence_params(job_id, attempt, started, jq_percent=percent, jq_message=message)
         return Query(self.once("set_progress", build), params)
 
-    def remember(
+    def save_remote_task_id(
         self, job_id: UUID, attempt: int, started: datetime | None, remote_task_id: str
     ) -> Query:
         def build() -> Any:
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(remote_task_id=param("task_id", Text()), updated_at=DbNow())
                 .returning(self.t.c.id)
             )
 
         params = fence_params(job_id, attempt, started, jq_task_id=remote_task_id)
-        return Query(self.once("remember", build), params)
+        return Query(self.once("save_remote_task_id", build), params)
 
     def complete(
         self,
@@ -160,7 +160,7 @@ class HeldJobs(StatementsBase):
             now = DbNow()
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(
                     status=Status.COMPLETED.value,
                     result=json_param("result", self.dialect),
@@ -211,7 +211,7 @@ class HeldJobs(StatementsBase):
                 }
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(**common, **moves)
                 .returning(*self.columns)
             )
@@ -234,7 +234,7 @@ class HeldJobs(StatementsBase):
             now = DbNow()
             return (
                 update(self.t)
-                .where(self.fenced())
+                .where(self.fence())
                 .values(
                     status=Status.PENDING.value,
                     run_at=self.place_in_line(),

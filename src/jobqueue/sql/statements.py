@@ -12,9 +12,10 @@ each topic a class of its own module, and `Statements` is all of them:
 - `jobqueue.sql.manage`: anyone's moves (cancel, retry, reap, prune) and the reads.
 
 What they share (the cache of built statements, the fence, batch parameters) is in
-`jobqueue.sql.common`; the few constructs whose SQL differs per database are in
-`jobqueue.sql.dialect`. The statements on the live-workers table are in
-`jobqueue.sql.presence`.
+`jobqueue.sql.common`; the constructs whose SQL differs per database are in
+`jobqueue.sql.dialect`, and where a statement differs by more than such a construct, its
+builder branches on the dialect beside it. The statements on the live-workers table are
+in `jobqueue.sql.presence`.
 
 Fencing: every write a worker makes to a job it claimed carries ``(id, attempts,
 started_at)`` and requires ``status = 'processing'``. A worker whose lease was lost (the

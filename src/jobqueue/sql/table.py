@@ -274,31 +274,31 @@ OWNER_COLUMNS: tuple[str, ...] = (
 WORKERS_SUFFIX = "_workers"
 
 
-def workers_table_name(jobs_table: str) -> str:
-    """The live-workers table of the jobs table ``jobs_table`` (``generation_jobs_workers``).
+def workers_table_name(jobs_table_name: str) -> str:
+    """The live-workers table of the jobs table ``jobs_table_name`` (``generation_jobs_workers``).
 
     Its names fit PostgreSQL's 63 characters for every valid jobs table name: the longest,
     ``<table>_workers_pkey``, is shorter than the version table's constraint that
     `TABLE_NAME_MAX_LENGTH` is measured by.
     """
-    return f"{jobs_table}{WORKERS_SUFFIX}"
+    return f"{jobs_table_name}{WORKERS_SUFFIX}"
 
 
 def workers_table(
-    jobs_table: str = DEFAULT_TABLE,
+    jobs_table_name: str = DEFAULT_TABLE,
     schema: str | None = None,
     metadata: MetaData | None = None,
 ) -> Table:
-    """The `Table` of the live workers of the jobs table ``jobs_table`` (in ``schema``).
+    """The `Table` of the live workers of the jobs table ``jobs_table_name`` (in ``schema``).
 
     Each running `Worker` keeps one row here: who it is (id, host, pid), what it serves
     (queues, kinds, concurrency), when it started and when it last beat, all by the
     database clock. A row counts as live until its ``expires_at``.
     """
-    validate_table_name(jobs_table)
+    validate_table_name(jobs_table_name)
     if schema is not None:
         validate_identifier(schema, "schema name")
-    name = workers_table_name(jobs_table)
+    name = workers_table_name(jobs_table_name)
     return Table(
         name,
         metadata if metadata is not None else MetaData(),

@@ -45,7 +45,7 @@ from .guards import (
     SecurityHeaders,
     origin_of,
 )
-from .intake import BODY_OVERHEAD_BYTES, Limits, idempotency_key_of, read_generation
+from .intake import BODY_OVERHEAD_BYTES, RequestLimits, idempotency_key_of, read_generation
 from .owners import AnonymousOwnerCookie, Identify, anonymous_owner, anonymous_owner_of
 from .placeholder import NAME, draw_placeholder
 from .problems import (
@@ -89,7 +89,7 @@ class JobsApi:
         self,
         queue: AsyncJobQueue,
         identify: Identify,
-        limits: Limits,
+        limits: RequestLimits,
         *,
         demo: bool,
         queue_name: str,
@@ -399,7 +399,7 @@ def create_app(
     api = JobsApi(
         queue,
         identify or anonymous_owner,
-        Limits(
+        RequestLimits(
             max_prompt_chars=max_prompt_chars,
             max_upload_bytes=upload_limit,
             allowed=Allowed() if allowed is None else allowed,

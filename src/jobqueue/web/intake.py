@@ -50,8 +50,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """How much a single ``POST /jobs`` may carry."""
+class RequestLimits:
+    """How much a single ``POST /jobs`` may carry (the queue's own bounds on what it
+    stores are `jobqueue.validation.QueueLimits`)."""
 
     max_prompt_chars: int
     max_upload_bytes: int
@@ -115,7 +116,7 @@ def limited(request: Request, limit: int) -> Request:
     return Request(request.scope, receive)
 
 
-async def read_generation(request: Request, limits: Limits) -> GenerationRequest:
+async def read_generation(request: Request, limits: RequestLimits) -> GenerationRequest:
     """The generation a ``POST /jobs`` asks for, or an `ApiError` saying what is wrong."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = limited(request, limits.max_body_bytes)
@@ -189,7 +190,7 @@ def parse_json(raw: bytes | str, what: str) -> Any:
     raise ApiError(400, "invalid_json", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _from_json(raw: bytes, limits: Limits) -> GenerationRequest:
+def _from_json(raw: bytes, limits: RequestLimits) -> GenerationRequest:
     data = parse_json(raw, "the body")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
@@ -204,7 +205,7 @@ def _from_json(raw: bytes, limits: Limits) -> GenerationRequest:
     return _build(data.get("prompt"), data.get("model"), images, data.get("options"), limits)
 
 
-async def _from_form(request: Request, limits: Limits) -> GenerationRequest:
+async def _from_form(request: Request, limits: RequestLimits) -> GenerationRequest:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=limits.max_body_bytes)
     except ApiError:
@@ -217,7 +218,7 @@ async def _from_form(request: Request, limits: Limits) -> GenerationRequest:
         await form.close()
 
 
-async def _read_form(form: FormData, limits: Limits) -> GenerationRequest:
+async def _read_form(form: FormData, limits: RequestLimits) -> GenerationRequest:
     keys = list(form.keys())
     _refuse_unknown(dict.fromkeys(keys), FORM_FIELDS)
     for key in keys:
@@ -257,7 +258,7 @@ async def _read_form(form: FormData, limits: Limits) -> GenerationRequest:
 
 
 def _build(
-    prompt: Any, model: Any, images: list[str], options: Any, limits: Limits
+    prompt: Any, model: Any, images: list[str], options: Any, limits: RequestLimits
 ) -> GenerationRequest:
     if prompt is None:
         raise ApiError(422, "missing_prompt", "a prompt is required", hint='send {"prompt": "..."}')
@@ -280,7 +281,7 @@ def _build(
         raise ApiError(422, "invalid_request", exc.message) from None
 
 
-def _check_image_url(url: str, limits: Limits) -> None:
+def _check_image_url(url: str, limits: RequestLimits) -> None:
     lowered = url[:16].lower()
     if lowered.startswith(("https://", "http://")):
         if len(url) > MAX_URL_CHARS:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 from ..errors import JobNotFound, LeaseLost, PayloadError, describe_error
-from ..generators.base import GenerationRequest, GenerationResult, Generator
+from ..generators.base import GenerationRequest, GenerationResult, Generator, OldContextNames
 from ..models import Job
 from ..queue import AsyncJobQueue
 
@@ -31,7 +31,7 @@ class HandlerResult:
     result_url: str | None = None
 
 
-class WorkerContext:
+class WorkerContext(OldContextNames):
     """What a running handler may do to its job: the `JobContext` of a generator.
 
     ``cancelled`` is set when the worker stops the handler (the job was cancelled, its lease
@@ -51,7 +51,7 @@ class WorkerContext:
         self.worker_id = worker_id
         self.cancelled = asyncio.Event()
         self._loop = loop
-        self._task_id = job.remote_task_id
+        self._remote_task_id = job.remote_task_id
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours.
@@ -71,14 +71,16 @@ class WorkerContext:
                 describe_error(exc),
             )
 
-    async def remember(self, task_id: str) -> None:
-        """Save the provider's task id on the job, so a later attempt resumes it."""
-        await self.queue.remember_task(self.job, task_id)
-        self._task_id = task_id
+    async def save_remote_task_id(self, task_id: str) -> None:
+        """Save the provider's task id on the job (its ``remote_task_id``), so a later
+        attempt resumes the task; `LeaseLost` if the job is no longer ours."""
+        await self.queue.save_remote_task_id(self.job, task_id)
+        self._remote_task_id = task_id
 
-    def remembered(self) -> str | None:
+    @property
+    def remote_task_id(self) -> str | None:
         """The task id saved by this or an earlier attempt of the job, if any."""
-        return self._task_id
+        return self._remote_task_id
 
     def run_in_loop(self, awaitable: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the worker's event loop from a sync handler's thread and

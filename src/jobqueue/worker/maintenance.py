@@ -19,8 +19,9 @@ The timers are `Periodic` services: `start` runs a round every ``interval`` seco
 task of their own; a round that fails is logged and the next one comes after a backoff;
 `stop` ends the timer between two rounds and never cancels a round in the middle of a
 statement (a pooled connection being checked out when its task is cancelled would be lost
-to the pool), unless the round outlasts `STOP_TIMEOUT`. Everything is timed by the
-database clock (see `jobqueue.presence`).
+to the pool), unless the round outlasts `STOP_TIMEOUT`. The timers only decide when to
+ask, by this process's monotonic clock; what has expired (a lease, a live-workers row) is
+judged by the database clock alone (`jobqueue.operations.presence`).
 """
 
 from __future__ import annotations

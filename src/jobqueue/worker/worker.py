@@ -17,8 +17,8 @@ It wires the parts of the package, each doing one thing:
 
 Database errors in any part are logged and retried with backoff: an outage delays jobs, it
 never kills the worker. Only at start does a missing table or a refused permission stop
-it, with that error, since no retry can fix those. Time for leases comes from the database
-(see `jobqueue.queue`).
+it, with that error, since no retry can fix those. Leases are timed by the database clock
+(`jobqueue.sql.dialect.DbNow`), so workers on different hosts agree on them.
 
 On stop (``stop()``, SIGTERM, SIGINT) the worker stops claiming, gives running jobs
 ``grace_period`` seconds, then cancels the rest and releases them to ``pending`` without

@@ -270,7 +270,7 @@ export function watchJob(id, options = {}) {
 }
 
 /**
- * The queued path, as in the original app: create the job, log "📋 Job created: <id>",
+ * The queued path: create the job, log "📋 Job created: <id>",
  * then poll every options.pollInterval ms (default 3000) logging each status, and
  * resolve with the result ({ id, status, url, images, previewUrl, job }) or reject.
  * options.onCreated(job) is called as soon as the id is known (e.g. to remember it).
