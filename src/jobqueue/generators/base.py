@@ -140,10 +140,13 @@ class JobContext(Protocol):
     """What a running generation may do to its job."""
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
-        """Record progress (0-100) and a short message on the job."""
+        """Record progress (0-100) and a short message on the job: best-effort (a worker's
+        context retries a failed write for up to one lease, then drops it and goes on)."""
 
     async def remember(self, task_id: str) -> None:
-        """Save the provider's task id on the job before waiting for it."""
+        """Save the provider's task id on the job before waiting for it: durable once it
+        returns (a worker's context retries a failed write until it is written, or raises
+        `LeaseLost` if the attempt is stopped first)."""
 
     def remembered(self) -> str | None:
         """The task id an earlier attempt saved, if any: resume it instead of resubmitting."""
