@@ -20,8 +20,6 @@ from ..models import Job
 from ..queue import AsyncJobQueue
 from .writes import GaveUp, persist
 
-log = logging.getLogger("jobqueue.worker")
-
 T = TypeVar("T")
 
 #: The longest pause between two tries of a handler's write: short, since the handler
@@ -89,7 +87,7 @@ class WorkerContext:
                 gives_up=lambda: self.cancelled.is_set() or time.monotonic() >= give_up_at,
                 subject=f"Job {self.job.id}: ",
                 what=f"recording progress {percent}%",
-                consequence="progress not recorded; the job goes on",
+                consequence="progress not recorded (progress is best-effort)",
                 backoff=Backoff(cap=WRITE_RETRY_CAP),
                 give_up_level=logging.WARNING,
             )
@@ -110,6 +108,7 @@ class WorkerContext:
                 what="saving the provider's task id",
                 consequence="the attempt was stopped before it was saved",
                 backoff=Backoff(cap=WRITE_RETRY_CAP),
+                give_up_level=logging.WARNING,
             )
         except GaveUp as exc:
             raise LeaseLost(
