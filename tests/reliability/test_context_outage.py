@@ -124,7 +124,11 @@ async def drill(
 
     fake.scenario(polls_before_success=3)
     fake.submit_gate = gate = threading.Event()
-    generator = DefAPIGenerator(fake.api_key, base_url=fake.url, poll_interval=0.1)
+    # A long request timeout: the submits are held until every handler is ready, which on
+    # a loaded machine may take a while.
+    generator = DefAPIGenerator(
+        fake.api_key, base_url=fake.url, poll_interval=0.1, request_timeout=120
+    )
     worker = Worker(
         queue,
         {"image": generator, "tick": tick, "tick_sync": tick_sync},
