@@ -2,7 +2,8 @@
 
 `Workers` starts worker processes running `worker_process.main`, lets a test signal them
 (SIGKILL, SIGSTOP, SIGTERM) and kills whatever is left at teardown — only the processes it
-started, by pid.
+started, by pid. `terminate_worker_backends` and `refused_connections` take PostgreSQL away
+from the workers without restarting the shared server.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from jobqueue import Job, JobQueue, migrate
 
@@ -228,3 +230,59 @@ def check_exactly_once(queue: JobQueue, workers: Workers, job_ids: list[Any]) ->
 
 
 Counter = collections.Counter
+
+
+# -- PostgreSQL going away ------------------------------------------------------------------
+
+#: The ``application_name`` of the workers' pooled connections (set in their URL), and of
+#: their LISTEN connections (set by jobqueue).
+APP = "jq-reliability-worker"
+LISTENERS = "jobqueue-listener%"
+
+
+def backends(queue: JobQueue, pattern: str, database: str | None = None) -> set[int]:
+    """The backends in ``database`` (default: the queue's) whose ``application_name`` is
+    LIKE ``pattern``."""
+    with queue.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = coalesce(:db, current_database()) AND application_name LIKE :p"
+            ),
+            {"p": pattern, "db": database},
+        )
+        return {pid for (pid,) in rows}
+
+
+def terminate_worker_backends(
+    queue: JobQueue,
+    *,
+    database: str | None = None,
+    patterns: tuple[str, ...] = (APP, LISTENERS),
+) -> int:
+    """Kill the workers' connections (pooled and listening: ``application_name`` LIKE one
+    of ``patterns``) in ``database`` only (default: the queue's), never the caller's own."""
+    with queue.engine.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                "FROM pg_stat_activity WHERE datname = coalesce(:db, current_database()) "
+                "AND pid <> pg_backend_pid() AND application_name LIKE ANY(:patterns)"
+            ),
+            {"db": database, "patterns": list(patterns)},
+        ).scalar_one()
+    return int(killed)
+
+
+@contextmanager
+def refused_connections(admin: JobQueue, database: str) -> Iterator[int]:
+    """PostgreSQL is gone for ``database`` while the block runs: new connections are
+    refused (``ALLOW_CONNECTIONS false``) and every open one is terminated; yields how many
+    were. ``admin`` is connected to another database; the server itself never restarts."""
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+    try:
+        yield terminate_worker_backends(admin, database=database, patterns=("%",))
+    finally:
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))

@@ -13,44 +13,24 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 
 from jobqueue import JobQueue, NewJob
 
-from .conftest import Workers, check_exactly_once, status_counts, wait_for
+from .conftest import (
+    APP,
+    LISTENERS,
+    Workers,
+    backends,
+    check_exactly_once,
+    status_counts,
+    terminate_worker_backends,
+    wait_for,
+)
 
 pytestmark = pytest.mark.postgres
 
-APP = "jq-reliability-worker"
-LISTENERS = "jobqueue-listener%"
 JOBS = 300
-
-
-def backends(queue: JobQueue, pattern: str) -> set[int]:
-    with queue.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE :p"
-            ),
-            {"p": pattern},
-        )
-        return {pid for (pid,) in rows}
-
-
-def terminate_worker_backends(queue: JobQueue) -> int:
-    """Kill the workers' connections (pooled and listening) in this database only."""
-    with queue.engine.connect() as conn:
-        killed = conn.execute(
-            text(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
-                "FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() "
-                "AND (application_name = :app OR application_name LIKE :listeners)"
-            ),
-            {"app": APP, "listeners": LISTENERS},
-        ).scalar_one()
-    return int(killed)
 
 
 def test_workers_survive_losing_every_connection(

@@ -23,6 +23,10 @@ with `FakeDefAPI.scenario`, per prompt or as the default:
   query's status (``status``), or in the result: the image URL (``image``), the text
   (``text``), an extra field of the answer (``raw``).
 
+``submit_gate``, a `threading.Event` when set on the server, holds every submit's answer
+(the task already created) until the event is set, so a test can choose the moment the
+client learns its task id.
+
 A request without the right key gets a 401 whose message echoes the presented key, as some
 providers do, so tests can check that the client scrubs it. The server counts accepted
 submissions per prompt and records every Authorization header it saw.
@@ -104,6 +108,12 @@ class Counts:
         return False
 
 
+class _Server(ThreadingHTTPServer):
+    # Many generations submit at once: with the default backlog of 5, connections beyond it
+    # are only taken after TCP's retransmissions, a second or (seen) tens of seconds later.
+    request_queue_size = 128
+
+
 class FakeDefAPI:
     def __init__(self) -> None:
         self.api_key = f"sk-test-{secrets.token_hex(16)}"
@@ -118,7 +128,9 @@ class FakeDefAPI:
         """Every submit request that arrived with a valid key, per prompt."""
         self.auth_headers: list[str] = []
         self.requests: list[tuple[str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.submit_gate: threading.Event | None = None
+        """When set here, submits are answered only once it is set (see the module)."""
+        self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -184,6 +196,9 @@ class FakeDefAPI:
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         try:
             status, headers, body, delay = self._answer(handler, method)
+            gate = self.submit_gate
+            if gate is not None and method == "POST":
+                gate.wait(60)
             if delay:
                 time.sleep(delay)
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()

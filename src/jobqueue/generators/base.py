@@ -141,11 +141,13 @@ class JobContext(Protocol):
     """What a running generation may do to its job."""
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
-        """Record progress (0-100) and a short message on the job."""
+        """Record progress (0-100) and a short message on the job: best-effort (a worker's
+        context retries a failed write for up to one lease, then drops it and goes on)."""
 
     async def save_remote_task_id(self, task_id: str) -> None:
         """Save the provider's task id on the job (its ``remote_task_id``) before waiting
-        for the task."""
+        for the task: durable once it returns (a worker's context retries a failed write
+        until it is written, or raises `LeaseLost` if the attempt is stopped first)."""
 
     @property
     def remote_task_id(self) -> str | None:

@@ -8,6 +8,7 @@ Its parts, each in a module of its own:
 - `jobqueue.worker.executor`: runs one job and turns it into an outcome
   (`jobqueue.worker.outcome`);
 - `jobqueue.worker.completer`: the one writer of every outcome;
+- `jobqueue.worker.writes`: the one retry rule of every write to a held job;
 - `jobqueue.worker.maintenance`: heartbeats, the reaper, the live-workers row and the
   LISTEN/NOTIFY wake-ups;
 - `jobqueue.worker.context`: what a handler is, returns and may do (`WorkerContext`);

@@ -7,11 +7,12 @@
 - a failed attempt is written with the job's retry policy (or fails the job at once);
 - a job the worker stops holding on shutdown is released to ``pending``.
 
-Every write follows one rule (`Completer._persist`): a refusal (the job is no longer this
-attempt's, or a value cannot be stored) is never retried; any other error (the database
-unreachable, restarting, a lost connection) is logged and retried with backoff until the
-write succeeds or, only while the worker stops, `Lifecycle.gives_up_writes` says enough:
-the job is then let go, and its lease running out returns it to the queue.
+Every write follows the one rule of a worker's writes (`jobqueue.worker.writes`): a
+refusal (the job is no longer this attempt's, or a value cannot be stored) is never
+retried; any other error (the database unreachable, restarting, a lost connection) is
+logged and retried with backoff until the write succeeds or, only while the worker stops,
+`Lifecycle.gives_up_writes` says enough: the job is then let go, and its lease running out
+returns it to the queue.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from uuid import UUID
 
-from ..backoff import Backoff
-from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError, describe_error
+from ..errors import PayloadError
 from ..models import Job, Status
 from ..operations import Completion
 from ..queue import AsyncJobQueue
 from .lifecycle import Lifecycle
 from .outcome import Failed, Outcome
 from .slots import Slot, Slots, matched
+from .writes import REFUSED, GaveUp, persist
 
 log = logging.getLogger("jobqueue.worker")
 
@@ -47,15 +48,7 @@ COMPLETION_BATCH = 500
 WRITERS = 2
 SPLIT_AT = 4
 
-#: Refusals: the job is no longer this attempt's, or a value cannot be stored. Retrying
-#: cannot help, so they are never retried.
-REFUSED = (LeaseLost, JobNotFound, InvalidTransition, PayloadError)
-
 RELEASE_REASON = "released: the worker stopped before the job finished"
-
-
-class GaveUp(Exception):
-    """A write abandoned by the retry rule while the worker stops (logged already)."""
 
 
 class Completer:
@@ -193,30 +186,15 @@ class Completer:
     async def _persist(
         self, write: Callable[[], Awaitable[T]], subject: str, what: str, consequence: str
     ) -> T:
-        """``await write()`` until it succeeds. `REFUSED` errors are raised at once; any
-        other error is logged and retried with backoff, until `Lifecycle.gives_up_writes`
-        (only while stopping): then `GaveUp`, logged with ``consequence``."""
-        backoff = Backoff()
-        while True:
-            try:
-                return await write()
-            except REFUSED:
-                raise
-            except Exception as exc:
-                if self.lifecycle.gives_up_writes():
-                    log.error(
-                        "%sgiving up %s (%s); %s", subject, what, describe_error(exc), consequence
-                    )
-                    raise GaveUp(what) from exc
-                delay = backoff.next()
-                log.warning(
-                    "%s%s failed (%s); retrying in %.1fs",
-                    subject,
-                    what,
-                    describe_error(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        """``await write()`` by the one rule (`writes.persist`), given up only as
+        `Lifecycle.gives_up_writes` says (while stopping)."""
+        return await persist(
+            write,
+            gives_up=self.lifecycle.gives_up_writes,
+            subject=subject,
+            what=what,
+            consequence=consequence,
+        )
 
     # -- completions in batches -------------------------------------------------------------
 
@@ -350,4 +328,12 @@ class Completer:
             )
 
 
-__all__ = ["COMPLETION_BATCH", "COMPLETION_WINDOW", "SPLIT_AT", "WRITERS", "Completer"]
+__all__ = [
+    "COMPLETION_BATCH",
+    "COMPLETION_WINDOW",
+    "REFUSED",
+    "SPLIT_AT",
+    "WRITERS",
+    "Completer",
+    "GaveUp",
+]

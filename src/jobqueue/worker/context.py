@@ -5,19 +5,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
-from ..errors import JobNotFound, LeaseLost, PayloadError, describe_error
+from ..backoff import Backoff
+from ..errors import LeaseLost
 from ..generators.base import GenerationRequest, GenerationResult, Generator, OldContextNames
 from ..models import Job
 from ..queue import AsyncJobQueue
-
-log = logging.getLogger("jobqueue.worker")
+from .writes import GaveUp, persist
 
 T = TypeVar("T")
+
+#: The longest pause between two tries of a handler's write: short, since the handler
+#: waits on it (the worker's own writes pause up to `Backoff`'s default cap).
+WRITE_RETRY_CAP = 1.0
 
 Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
 """``async def h(job, ctx)`` or a plain function (run in a thread); see `Worker`."""
@@ -37,6 +44,13 @@ class WorkerContext(OldContextNames):
     ``cancelled`` is set when the worker stops the handler (the job was cancelled, its lease
     was lost, or the worker is shutting down). Async handlers are cancelled anyway; a sync
     handler running in a thread cannot be, so it should check ``cancelled.is_set()``.
+
+    Its writes follow the worker's own retry rule (`jobqueue.worker.writes`): a refusal
+    (`LeaseLost`: the job is no longer this attempt's; `PayloadError`) is raised at once,
+    any other error (the database unreachable for a moment) is retried with backoff. How
+    long depends on what is written: progress for up to one ``lease`` (the worker's, by
+    default the queue's), then dropped; the provider's task id until it is written or the
+    attempt is stopped.
     """
 
     def __init__(
@@ -45,36 +59,65 @@ class WorkerContext(OldContextNames):
         job: Job,
         worker_id: str,
         loop: asyncio.AbstractEventLoop,
+        *,
+        lease: float | None = None,
     ) -> None:
         self.queue = queue
         self.job = job
         self.worker_id = worker_id
         self.cancelled = asyncio.Event()
+        #: How long a progress write is retried before it is dropped.
+        self.lease = queue.lease if lease is None else lease
         self._loop = loop
         self._remote_task_id = job.remote_task_id
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours.
 
-        A write the database refuses or loses (a hiccup) is logged as a warning and the
-        handler goes on: progress is news for whoever watches, and the attempt's work is
-        worth more than one missed update. An invalid ``percent`` still raises."""
-        try:
-            await self.queue.set_progress(self.job, percent, message)
-        except (LeaseLost, JobNotFound, PayloadError):
-            raise
-        except Exception as exc:
-            log.warning(
-                "Job %s: progress %s%% not recorded (%s); the job goes on",
-                self.job.id,
-                percent,
-                describe_error(exc),
+        Best-effort: a write the database refuses or loses is retried for up to one lease
+        (the database back within it, the progress lands late), then logged as a warning
+        and dropped, and the handler goes on: progress is news for whoever watches, and the
+        attempt's work is worth more than one missed update. An invalid ``percent`` still
+        raises `PayloadError`."""
+        give_up_at = time.monotonic() + self.lease
+        write = functools.partial(self.queue.set_progress, self.job, percent, message)
+        with contextlib.suppress(GaveUp):
+            await persist(
+                write,
+                gives_up=lambda: self.cancelled.is_set() or time.monotonic() >= give_up_at,
+                subject=f"Job {self.job.id}: ",
+                what=f"recording progress {percent}%",
+                consequence="progress not recorded (progress is best-effort)",
+                backoff=Backoff(cap=WRITE_RETRY_CAP),
+                give_up_level=logging.WARNING,
             )
 
     async def save_remote_task_id(self, task_id: str) -> None:
         """Save the provider's task id on the job (its ``remote_task_id``), so a later
-        attempt resumes the task; `LeaseLost` if the job is no longer ours."""
-        await self.queue.save_remote_task_id(self.job, task_id)
+        attempt resumes the task.
+
+        Durable before it returns: the id is what keeps a later attempt from paying for the
+        task again, so a write the database refuses or loses is retried (logged) until it
+        is written; `LeaseLost` when the job is no longer this attempt's, or when the
+        worker stops the attempt (cancelled, lease lost, shutdown) first."""
+        write = functools.partial(self.queue.save_remote_task_id, self.job, task_id)
+        try:
+            await persist(
+                write,
+                gives_up=self.cancelled.is_set,
+                subject=f"Job {self.job.id}: ",
+                what="saving the provider's task id",
+                consequence="the attempt was stopped before it was saved",
+                backoff=Backoff(cap=WRITE_RETRY_CAP),
+                give_up_level=logging.WARNING,
+            )
+        except GaveUp as exc:
+            raise LeaseLost(
+                f"cannot save the remote task id of job {self.job.id}: the worker stopped "
+                "this attempt before the database took the write",
+                hint="the job was cancelled, its lease lost or the worker is stopping, while "
+                "the database refused the write; nothing was saved",
+            ) from exc.__cause__
         self._remote_task_id = task_id
 
     @property

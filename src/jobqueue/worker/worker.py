@@ -395,9 +395,8 @@ class Worker:
     def _start(self, job: Job) -> None:
         assert self._loop is not None
         slots = self._slots
-        slot = Slot(
-            job, WorkerContext(self.queue, job, self.worker_id, self._loop), time.monotonic()
-        )
+        ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
+        slot = Slot(job, ctx, time.monotonic())
         previous = slots.held.get(job.id)
         if previous is not None and not previous.handler_done and previous.task is not None:
             # We claimed the job again after our own earlier attempt lost its lease (say,
