@@ -145,7 +145,7 @@ class ApiReference:
         return sorted(members, key=lambda m: m.lineno or 0)
 
     def _docstring(self, obj: Any) -> str:
-        # Each object's own: the async queue's methods carry theirs (tests/test_twins.py).
+        # Each object's own: the async queue's methods carry theirs (tests/queue/test_twins.py).
         return str(obj.docstring.value).strip() if obj.docstring is not None else ""
 
     def _signature(self, obj: Any) -> str:
