@@ -1,7 +1,7 @@
 """A provider that echoes the API key never gets it, or a readable piece of it, stored,
 shown to the job's owner or logged.
 
-The fake DefAPI server (tests/fake_defapi.py) echoes the key, or pieces of it, wherever a
+The fake DefAPI server (tests/support/fake_defapi.py) echoes the key, or pieces of it, wherever a
 careless provider would: in error bodies short and long (the key straddling the point
 where the client cuts them), in the task id, a status, the image URL, the text and extra
 fields of its answer. A worker runs the job against SQLite and PostgreSQL; the test then

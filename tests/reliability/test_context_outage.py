@@ -38,7 +38,7 @@ from sqlalchemy import make_url, text
 from jobqueue import AsyncJobQueue, Job, JobQueue, NewJob, Status, migrate
 from jobqueue.generators import DefAPIGenerator
 from jobqueue.worker import Worker, WorkerContext
-from tests.fake_defapi import FakeDefAPI
+from tests.support.fake_defapi import FakeDefAPI
 
 from .conftest import all_jobs, refused_connections
 
