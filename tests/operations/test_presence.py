@@ -269,6 +269,10 @@ def test_a_watch_with_a_live_worker_does_not_warn(
     url, table = migrated
     base = ("--database-url", url, "--table", table)
     with worker_running(tmp_path, base):
+        # The worker is live once its row is written: on a loaded machine its process takes
+        # longer to start than the watch takes to look (0.2 s).
+        with JobQueue(url, table=table) as q:
+            until(q.live_workers, timeout=60)
         watched = cli(
             *base, "generate", "a fox in company", "--watch", cwd=tmp_path,
             env=clean_env(JOBQUEUE_NO_WORKER_AFTER="0.2"),
