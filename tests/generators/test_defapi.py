@@ -156,7 +156,7 @@ async def test_query_errors_give_up_after_max_attempts(fake_defapi: FakeDefAPI) 
     with pytest.raises(GenerationError, match="after 3 attempts") as info:
         await generate_image(gen, "down")
     await gen.aclose()
-    assert info.value.retryable  # the task id is remembered: a job retry resumes it
+    assert info.value.retryable  # the task id is saved: a job retry resumes it
     queries = [p for _, p in fake_defapi.requests if p == QUERY_PATH]
     assert len(queries) == 3
 
@@ -250,7 +250,7 @@ async def test_bad_key_fails_at_once_and_is_scrubbed(fake_defapi: FakeDefAPI) ->
     assert len(fake_defapi.requests) == 1
 
 
-async def test_a_remembered_task_is_polled_not_resubmitted(fake_defapi: FakeDefAPI) -> None:
+async def test_a_saved_task_is_polled_not_resubmitted(fake_defapi: FakeDefAPI) -> None:
     gen = make(fake_defapi)
     task_id = await gen.submit(GenerationRequest("resume me"))
     ctx = LocalContext(remote_task_id=task_id)
@@ -260,7 +260,7 @@ async def test_a_remembered_task_is_polled_not_resubmitted(fake_defapi: FakeDefA
     assert result.raw["data"]["task_id"] == task_id
 
 
-async def test_a_remembered_task_that_failed_is_replaced(fake_defapi: FakeDefAPI) -> None:
+async def test_a_saved_task_that_failed_is_replaced(fake_defapi: FakeDefAPI) -> None:
     fake_defapi.scenario("second chance", fail_reason="upstream hiccup")
     gen = make(fake_defapi)
     old = await gen.submit(GenerationRequest("second chance"))
@@ -272,7 +272,7 @@ async def test_a_remembered_task_that_failed_is_replaced(fake_defapi: FakeDefAPI
     assert ctx.remote_task_id != old and result.raw["data"]["task_id"] == ctx.remote_task_id
 
 
-async def test_a_remembered_task_unknown_to_defapi_is_replaced(fake_defapi: FakeDefAPI) -> None:
+async def test_a_saved_task_unknown_to_defapi_is_replaced(fake_defapi: FakeDefAPI) -> None:
     gen = make(fake_defapi, not_found_grace=0.1)
     ctx = LocalContext(remote_task_id="task-expired-long-ago")
     result = await generate_image(gen, "expired", context=ctx)
@@ -295,7 +295,7 @@ class OrderContext(LocalContext):
         await super().save_remote_task_id(task_id)
 
 
-async def test_task_id_is_remembered_before_polling(fake_defapi: FakeDefAPI) -> None:
+async def test_task_id_is_saved_before_polling(fake_defapi: FakeDefAPI) -> None:
     ctx = OrderContext(fake_defapi)
     gen = make(fake_defapi)
     await generate_image(gen, "order", context=ctx)

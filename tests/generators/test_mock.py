@@ -1,4 +1,4 @@
-"""MockGenerator: deterministic URLs, stepped progress, remembered task ids, seeded failures."""
+"""MockGenerator: deterministic URLs, stepped progress, saved remote task ids, seeded failures."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def test_option_n_asks_for_several_images() -> None:
     assert len(set(result.images)) == 3
 
 
-async def test_progress_in_steps_and_task_remembered_first() -> None:
+async def test_progress_in_steps_and_task_id_saved_first() -> None:
     ctx = LocalContext()
     mock = MockGenerator(delay=0.05, steps=4)
     await mock.generate(GenerationRequest("steps"), ctx)
@@ -52,7 +52,7 @@ async def test_progress_in_steps_and_task_remembered_first() -> None:
     assert (mock.submitted, mock.resumed) == (1, 0)
 
 
-async def test_remembered_task_is_resumed_not_submitted() -> None:
+async def test_a_saved_task_is_resumed_not_submitted() -> None:
     ctx = LocalContext(remote_task_id="mock-from-an-earlier-attempt")
     mock = MockGenerator(delay=0)
     result = await mock.generate(GenerationRequest("again"), ctx)

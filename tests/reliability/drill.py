@@ -6,7 +6,7 @@ every change of status, attempts, max_attempts or the error history becomes a ro
 processes (`drill_worker`, whose handlers log each start and end), and then, for a while,
 does at random what users and operators do and what goes wrong in production: enqueues
 jobs with random plans (success, retryable and permanent failures, timeouts, slow jobs,
-remembered task ids), cancels pending and running jobs, retries failed and cancelled
+saved remote task ids), cancels pending and running jobs, retries failed and cancelled
 ones, SIGKILLs busy workers and starts new ones, stops workers gracefully, and — in the
 variants that ask for them — takes PostgreSQL away from the workers for a second or so
 (`outage`) and stalls a worker's event loop past its lease. It waits (polling) until

@@ -268,10 +268,10 @@ async def test_a_handler_error_is_stored_as_one_redacted_truncated_line(
 
 
 class RecordingGenerator:
-    """A real Generator: 'submits' a remote task once, remembers it, and resumes it later.
+    """A real Generator: 'submits' a remote task once, saves its id, and resumes it later.
 
     The first attempt dies right after submitting (like a worker crash), so the second must
-    resume the remembered task instead of submitting again.
+    resume the saved task instead of submitting again.
     """
 
     name = "recording"
