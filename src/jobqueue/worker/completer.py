@@ -49,6 +49,7 @@ WRITERS = 2
 SPLIT_AT = 4
 
 RELEASE_REASON = "released: the worker stopped before the job finished"
+HAND_BACK_REASON = "released: claimed by a worker with no free place for it"
 
 
 class Completer:
@@ -181,6 +182,22 @@ class Completer:
             log.info("Job %s status: pending (released: the worker stopped)", job.id)
         self.slots.let_go(slot)
 
+    async def _hand_back(self, job: Job) -> None:
+        """Give a job claimed beyond the free places back to ``pending`` unrun (its
+        attempt given back)."""
+        write = functools.partial(self.queue.release, job, HAND_BACK_REASON)
+        try:
+            await self._persist(
+                write,
+                f"Job {job.id}: ",
+                "handing it back",
+                "it returns to the queue when its lease expires",
+            )
+        except (*REFUSED, GaveUp) as exc:
+            log.warning("Job %s: not handed back: %s", job.id, exc)
+        else:
+            log.warning("Job %s: claimed with no free place; handed back unrun", job.id)
+
     # -- the one retry rule -----------------------------------------------------------------
 
     async def _persist(
@@ -263,8 +280,13 @@ class Completer:
         done = matched(items, written)
         for slot in items:
             self._completed(slot, slot in done)
-        for job in claimed:
+        # The claim was sized by the places free when it was sent; it can never bring more
+        # than are free now, but should it, the extras go back at once rather than run.
+        room = max(0, self.slots.free())
+        for job in claimed[:room]:
             self._start_job(job)
+        for job in claimed[room:]:
+            await self._hand_back(job)
 
     async def _complete_batch(self, items: Sequence[Slot]) -> tuple[set[UUID], list[Job]]:
         """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
@@ -272,7 +294,9 @@ class Completer:
         # Claim only while the claim loop waits for slots (more may be due now), never
         # while stopping; the batch's own slots are free once it is written.
         free = self.slots.free(items) if self.lifecycle.full else 0
-        beyond = max(0, free - len(items))
+        # Only the places the batch's claims still take are its own to fill: an item may
+        # have been let go already (an attempt stopped when its job was claimed again).
+        beyond = max(0, free - self.slots.own(items))
         self.slots.reserved += beyond
         try:
             if free > 0:

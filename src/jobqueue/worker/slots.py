@@ -1,5 +1,10 @@
-"""The jobs a worker holds: one `Slot` per job from its claim until its outcome is written,
-and the one rule for how many more jobs a claim may take (`Slots.free`)."""
+"""The jobs a worker holds: one `Slot` per claim, taking one of the worker's ``concurrency``
+places from the claim until its handler has ended and its outcome is written, and the one
+rule for how many more jobs a claim may take (`Slots.free`).
+
+Places are counted by claim, not by job id: after a stall the worker may claim its own
+expired job again while the older attempt still runs or waits for its (fenced) outcome to
+be written, and both take a place until they are over."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from .outcome import StopReason
 
 @dataclass(eq=False)
 class Slot:
-    """A job this worker holds, from its claim until its outcome is written."""
+    """One claim of a job by this worker, from the claim until its outcome is written."""
 
     job: Job
     ctx: WorkerContext
@@ -29,6 +34,9 @@ class Slot:
     stopped_because: StopReason | None = None
     #: The handler's result while it waits in the completion batch.
     completion: Completion | None = field(default=None, repr=False)
+    #: The worker no longer holds this claim (its outcome was written or given up, or it
+    #: was stopped and the job is someone else's business now).
+    let_go: bool = False
 
     def stop_handler(self, reason: StopReason) -> None:
         """Stop the running handler: ``ctx.cancelled`` for a sync one, task cancellation
@@ -40,37 +48,63 @@ class Slot:
 
 
 class Slots:
-    """The jobs held (``held``, by id), the tasks running them (``tasks``), and the slots
-    claims in flight may still fill (``reserved``) — for one run."""
+    """The places of one run: the claims taking one (``taken``), the latest claim of each
+    job held (``held``, by id: what heartbeats extend), the tasks running them
+    (``tasks``), and the places claims in flight may still fill (``reserved``)."""
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
+        #: The latest claim of each job the worker holds, by job id.
         self.held: dict[UUID, Slot] = {}
+        #: Every claim taking a place: from its start until its handler has ended and it
+        #: was let go. An older attempt of a job claimed again stays here until then.
+        self.taken: set[Slot] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        #: Slots that claims in flight may fill beyond the slots they release: all of a
-        #: claim loop's, and what a batch's claim takes beyond the batch's own slots.
+        #: Places that claims in flight may fill beyond the places they release: all of a
+        #: claim loop's, and what a batch's claim takes beyond the batch's own places.
         self.reserved = 0
 
+    def take(self, slot: Slot) -> Slot | None:
+        """Count ``slot``'s claim in a place and hold it as its job's latest claim; return
+        the claim of the same job it takes over from, if the worker still held one."""
+        previous = self.held.get(slot.job.id)
+        self.held[slot.job.id] = slot
+        self.taken.add(slot)
+        return previous
+
     def free(self, releasing: Sequence[Slot] = ()) -> int:
-        """Slots a claim may fill now: ``concurrency`` less the jobs held (running, or
-        finished and not yet written: they count until written) and less what claims in
-        flight may add. A batch being written claims with it, so its own slots
-        (``releasing``) count as free: they are released in the same commit. Their tasks
-        may not have left ``tasks`` yet (done callbacks run later)."""
-        tasks = len(self.tasks)
-        if releasing:
-            tasks = len(self.tasks - {slot.task for slot in releasing})
-        busy = max(tasks, len(self.held) - len(releasing))
-        return self.concurrency - busy - self.reserved
+        """Places a claim may fill now: ``concurrency`` less the claims taking a place
+        (running, or finished and not yet written: they count until written) and less what
+        claims in flight may add. A batch being written claims with it, so the places of
+        its own claims (``releasing``) count as free: they are released in the same
+        commit."""
+        return self.concurrency - len(self.taken) + self.own(releasing) - self.reserved
+
+    def own(self, slots: Sequence[Slot]) -> int:
+        """How many of ``slots`` still take a place."""
+        return sum(1 for slot in slots if slot in self.taken)
+
+    def handler_ended(self, slot: Slot) -> None:
+        """``slot``'s handler returned, raised or was stopped: its place is free once the
+        slot is also let go."""
+        slot.handler_done = True
+        self._vacate(slot)
 
     def let_go(self, slot: Slot) -> None:
-        """Stop holding (and heartbeating) a job, unless a newer attempt of it took its place."""
+        """Stop holding (and heartbeating) a claim; its place is free once its handler has
+        ended. A newer claim of the job that took its place in ``held`` stays there."""
+        slot.let_go = True
         if self.held.get(slot.job.id) is slot:
             del self.held[slot.job.id]
+        self._vacate(slot)
 
     def handlers_running(self) -> bool:
         """Whether a held job's handler is still running."""
         return any(not slot.handler_done for slot in self.held.values())
+
+    def _vacate(self, slot: Slot) -> None:
+        if slot.handler_done and slot.let_go:
+            self.taken.discard(slot)
 
 
 def matched(sent: Sequence[Slot], ids: Collection[UUID]) -> set[Slot]:

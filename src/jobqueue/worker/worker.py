@@ -81,7 +81,8 @@ class Worker:
 
     Settings (seconds unless said otherwise):
 
-    - ``concurrency``: jobs run at once; a job counts until its outcome is written.
+    - ``concurrency``: jobs run at once; a claim counts until its handler has ended and its
+      outcome is written (an older attempt of a job claimed again counts too).
     - ``queues``: the queues to claim from (default: the queues of the kinds served, as
       registered; ``image`` from ``generator`` is in ``default``); ``kinds``: claim only
       these kinds (default: the kinds of ``handlers``, so workers of different kinds can
@@ -328,9 +329,10 @@ class Worker:
         lifecycle, slots = self._lifecycle, self._slots
         backoff = Backoff(cap=self.poll_interval * 5)
         while lifecycle.claiming:
-            # Held jobs count until their outcome is written, not only while their handler
+            # Claims count until their outcome is written, not only while their handler
             # runs: otherwise finished-but-unwritten jobs pile up beyond `concurrency` when
             # the database is slow, and a crash throws all of them away (kill -9 test).
+            # They count by claim, not by job: see `Slots`.
             free = slots.free()
             if free <= 0:
                 # Clear first: an Event already set returns without yielding, and this
@@ -397,12 +399,14 @@ class Worker:
         slots = self._slots
         ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
         slot = Slot(job, ctx, time.monotonic())
-        previous = slots.held.get(job.id)
+        previous = slots.take(slot)
         if previous is not None and not previous.handler_done and previous.task is not None:
             # We claimed the job again after our own earlier attempt lost its lease (say,
             # during a database outage): that attempt is fenced off, so stop its handler.
+            # Its place stays taken until the handler has ended. (An attempt whose outcome
+            # is being written is let go by that write, and keeps its place until then.)
             previous.stop_handler(StopReason.LEASE_LOST)
-        slots.held[job.id] = slot
+            slots.let_go(previous)
         task = asyncio.create_task(self._execute(slot), name=f"jobqueue-job-{job.id}")
         slot.task = task
         slots.tasks.add(task)
@@ -423,7 +427,7 @@ class Worker:
             try:
                 outcome = await self._executor.run(slot)
             finally:
-                slot.handler_done = True
+                self._slots.handler_ended(slot)
             await self._completer.record(slot, outcome)
         except Exception:
             # A bug of ours, not the handler's: let go of the job so that its lease runs
