@@ -85,6 +85,11 @@ def normalise_url(url: str | URL, *, asynchronous: bool) -> URL:
 #: wait) never queue behind the write lock: in WAL mode they read the last committed state.
 READ_ONLY = "jobqueue_read_only"
 
+#: Key in a SQLite connection's ``info``: its transaction was begun on the connection's own
+#: thread (`jobqueue.drivers.sqlite_thread`), so SQLAlchemy's next begin adopts it instead
+#: of sending a BEGIN of its own.
+BEGUN = "jobqueue_begun"
+
 
 def _setup_sqlite(sync_engine: Engine) -> None:
     """Let many connections (and processes) share one SQLite file safely.
@@ -109,6 +114,8 @@ def _setup_sqlite(sync_engine: Engine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.connection.info.pop(BEGUN, False):
+            return
         if conn.get_execution_options().get(READ_ONLY, False):
             conn.exec_driver_sql("BEGIN")
             return
