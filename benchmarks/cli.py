@@ -25,6 +25,7 @@ WORKLOADS = {
     "backlog": "benchmarks.backlog",
     "memory": "benchmarks.memory",
     "execution": "benchmarks.execution",
+    "contention": "benchmarks.contention",
 }
 
 

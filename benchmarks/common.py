@@ -55,6 +55,12 @@ class Sizes:
     execution_ops: int = 50
     execution_batch_ops: int = 20
     execution_rounds: int = 7
+    #: `contention`: worker processes on one table, the jobs they drain, and the steady
+    #: enqueues (a second, for how many seconds) timed meanwhile.
+    contention_workers: tuple[int, ...] = (1, 2, 4, 8)
+    contention_backlog: int = 150_000
+    contention_rate: int = 50
+    contention_seconds: float = 20.0
 
 
 QUICK = Sizes(
@@ -80,6 +86,9 @@ QUICK = Sizes(
     execution_ops=5,
     execution_batch_ops=2,
     execution_rounds=2,
+    contention_workers=(2,),
+    contention_backlog=15_000,
+    contention_seconds=2.0,
 )
 
 

@@ -27,6 +27,7 @@ from . import operations as ops
 from .drivers.engines import READ_ONLY, make_async_engine, make_engine
 from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
+from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
     JobFailed,
     JobQueueError,
@@ -121,7 +122,11 @@ class _QueueBase(Generic[E]):
         per operation but would hide them (docs/performance.md has the measurements). SQLite keeps a
         transaction for everything (no round trips to save there): ``BEGIN IMMEDIATE`` for
         writers, so they queue for the lock instead of failing half-way, and a deferred
-        ``BEGIN`` for readers (`READ_ONLY`), which never wait for the lock.
+        ``BEGIN`` for readers (`READ_ONLY`), which never wait for the lock. Its hot
+        statements take the fast path inside those transactions, and on aiosqlite the
+        transaction runs on the connection's thread as far as they go
+        (`jobqueue.drivers.sqlite_thread`), so that the write lock is not held across turns
+        of the event loop.
         """
         if self.is_postgres:
             autocommit: E = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -255,11 +260,11 @@ class _QueueBase(Generic[E]):
         return on_no_worker(message)
 
 
-def _drive(conn: Connection, op: Operation[T], *, autocommit: bool = False) -> T:
+def _drive(conn: Connection, op: Operation[T], *, own: bool = False, autocommit: bool = False) -> T:
     """Run ``op`` on ``conn``: each step it yields, run by the driver layer, then its rows
-    sent back, until it returns. ``autocommit``: ``conn`` is the queue's own, in
-    autocommit mode."""
-    runner = SyncRunner(conn, autocommit=autocommit)
+    sent back, until it returns. ``own``: ``conn`` is the queue's own (not a caller's),
+    in autocommit mode with ``autocommit``, else in a transaction the queue began."""
+    runner = SyncRunner(conn, own=own, autocommit=autocommit)
     steps = op.steps
     try:
         step = next(steps)
@@ -270,9 +275,11 @@ def _drive(conn: Connection, op: Operation[T], *, autocommit: bool = False) -> T
         return value
 
 
-async def _drive_async(conn: AsyncConnection, op: Operation[T], *, autocommit: bool = False) -> T:
+async def _drive_async(
+    conn: AsyncConnection, op: Operation[T], *, own: bool = False, autocommit: bool = False
+) -> T:
     """`_drive` on an async connection."""
-    runner = AsyncRunner(conn, autocommit=autocommit)
+    runner = AsyncRunner(conn, own=own, autocommit=autocommit)
     steps = op.steps
     try:
         step = next(steps)
@@ -303,9 +310,9 @@ class JobQueue(_QueueBase[Engine]):
             plan = self._plans[op.access]
             if plan.transaction:
                 with plan.engine.begin() as conn:
-                    return _drive(conn, op)
+                    return _drive(conn, op, own=True)
             with plan.engine.connect() as conn:
-                return _drive(conn, op, autocommit=True)
+                return _drive(conn, op, own=True, autocommit=True)
 
     def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
@@ -580,6 +587,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
         self._owns_engine = not isinstance(url, AsyncEngine)
         super().__init__(make_async_engine(url), **config)
+        self._on_thread = runs_on_thread(self.engine.dialect)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
         with translated_errors(self.table_name):
@@ -587,11 +595,14 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
                 return await _drive_async(connection, op)
             plan = self._plans[op.access]
             if plan.transaction:
+                if self._on_thread:
+                    async with plan.engine.connect() as conn:
+                        return await run_transaction(conn, op.steps)
                 async with plan.engine.begin() as conn:
-                    return await _drive_async(conn, op)
+                    return await _drive_async(conn, op, own=True)
             conn = await plan.engine.connect().start()
             try:
-                result = await _drive_async(conn, op, autocommit=True)
+                result = await _drive_async(conn, op, own=True, autocommit=True)
             except BaseException as exc:
                 # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
                 await conn.__aexit__(type(exc), exc, exc.__traceback__)

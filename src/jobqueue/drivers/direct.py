@@ -6,10 +6,13 @@ here), with SQLAlchemy's own type processing of every parameter and result value
 execution skips SQLAlchemy's execution context, events and result objects, which cost more
 client time than the server takes to insert or claim one job (docs/performance.md,
 "Statement execution", has the measurements). The runners (`jobqueue.drivers.runner`) use
-it only on a connection of the queue's own in autocommit mode, where there is no
-transaction for SQLAlchemy (or the asyncpg adapter, which begins its transactions lazily)
-to keep track of, and only on psycopg and asyncpg; anywhere else a `Direct` step runs as
-any statement does.
+it only on a connection of the queue's own: on psycopg and asyncpg in autocommit mode,
+where there is no transaction for SQLAlchemy (or the asyncpg adapter, which begins its
+transactions lazily) to keep track of, and on SQLite (sqlite3, aiosqlite) also in the
+transactions the queue begins (`jobqueue.drivers.raw.supported`); anywhere else a `Direct`
+step runs as any statement does. On aiosqlite the statement, its rows and the closing of
+its cursor take one trip to the connection's thread instead of four
+(`jobqueue.drivers.sqlite_thread` runs whole transactions there).
 
 The SQLAlchemy interfaces this relies on are listed where the version range is pinned
 (``pyproject.toml``); ``tests/drivers/test_direct.py`` checks, statement by statement and
@@ -19,10 +22,12 @@ errors as SQLAlchemy's own execution.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,7 +43,7 @@ class _Compiled:
 
     statement: Executable  # kept so that the cache key (its id) stays unique
     sql: str
-    positional: tuple[str, ...] | None  # asyncpg's $1, $2 ... order; None: named (psycopg)
+    positional: tuple[str, ...] | None  # asyncpg $n or SQLite ? order; None: named (psycopg)
     compiled: Any
     binds: Mapping[str, Processor]
     results: Mapping[str, Processor]
@@ -88,21 +93,40 @@ def _compile(step: Direct, dialect: Dialect) -> _Compiled:
     return found
 
 
+def sqlite_rows(raw: sqlite3.Connection, step: Direct, dialect: Dialect) -> Rows:
+    """Run ``step`` on a sqlite3 connection (on its own thread); the rows as dicts."""
+    c = _compile(step, dialect)
+    cursor = raw.execute(c.sql, c.params(step.params))
+    try:
+        names = [d[0] for d in cursor.description or ()]
+        return [c.row(names, values) for values in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
 def run_direct(conn: Connection, step: Direct) -> Rows:
-    """Run ``step`` on a sync connection's psycopg connection; the rows as dicts."""
+    """Run ``step`` on a sync connection's psycopg or sqlite3 connection; the rows as
+    dicts."""
     c = _compile(step, conn.dialect)
     raw: Any = driver_connection(conn)
     with driver_errors(conn, raw, c.sql):
+        if isinstance(raw, sqlite3.Connection):
+            return sqlite_rows(raw, step, conn.dialect)
         cursor = raw.execute(c.sql, c.params(step.params))
         names = [d.name for d in cursor.description or ()]
         return [c.row(names, values) for values in cursor.fetchall()]
 
 
 async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
-    """Run ``step`` on an async connection's psycopg or asyncpg connection."""
+    """Run ``step`` on an async connection's psycopg, asyncpg or aiosqlite connection."""
     c = _compile(step, conn.dialect)
     raw: Any = await driver_connection_async(conn)
     async with driver_errors_async(conn, raw, c.sql):
+        if isinstance(raw, aiosqlite.Connection):
+            # One trip to the connection's thread (aiosqlite's way to run a function there).
+            run: Any = raw._execute
+            rows: Rows = await run(sqlite_rows, raw._conn, step, conn.dialect)
+            return rows
         if c.positional is not None:  # asyncpg
             records = await raw.fetch(c.sql, *c.params(step.params))
             return [c.row(list(r.keys()), list(r.values())) for r in records]

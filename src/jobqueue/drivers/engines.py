@@ -9,6 +9,8 @@ every time a column can hold. Driver exceptions become our own in `jobqueue.driv
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, redact
 from ..models import END_OF_TIME, START_OF_TIME
@@ -26,6 +29,15 @@ URL_ENV = "JOBQUEUE_DATABASE_URL"
 #: How long a SQLite writer waits for the write lock before giving up. Claims and
 #: completions are short, so a long wait only happens under heavy multi-process load.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+#: How long one try of ``BEGIN IMMEDIATE`` lets SQLite's own busy handler wait for the write
+#: lock before it tries again (`begin_immediate`). SQLite's handler sleeps longer and
+#: longer between its looks at the lock (up to a tenth of a second each, once it has waited
+#: a quarter of a second): a writer that has waited a while then misses most of the moments
+#: the lock is free, and under a steady stream of writes from other processes it may wait
+#: many times longer than anyone holds the lock. Short tries keep it looking every
+#: millisecond or two for as long as it waits.
+SQLITE_LOCK_TRY_MS = 5
 
 
 def database_url(url: str | URL | None = None) -> str:
@@ -73,14 +85,19 @@ def normalise_url(url: str | URL, *, asynchronous: bool) -> URL:
 #: wait) never queue behind the write lock: in WAL mode they read the last committed state.
 READ_ONLY = "jobqueue_read_only"
 
+#: Key in a SQLite connection's ``info``: its transaction was begun on the connection's own
+#: thread (`jobqueue.drivers.sqlite_thread`), so SQLAlchemy's next begin adopts it instead
+#: of sending a BEGIN of its own.
+BEGUN = "jobqueue_begun"
+
 
 def _setup_sqlite(sync_engine: Engine) -> None:
     """Let many connections (and processes) share one SQLite file safely.
 
     pysqlite's own transaction handling is turned off so that every transaction that may
     write starts with ``BEGIN IMMEDIATE``: a writer takes the lock up front and waits for it
-    (busy timeout) instead of failing half-way with "database is locked". Transactions
-    marked `READ_ONLY` begin deferred and take no write lock.
+    (`begin_immediate`) instead of failing half-way with "database is locked".
+    Transactions marked `READ_ONLY` begin deferred and take no write lock.
     """
 
     @event.listens_for(sync_engine, "connect")
@@ -97,8 +114,44 @@ def _setup_sqlite(sync_engine: Engine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if conn.connection.info.pop(BEGUN, False):
+            return
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        driver = conn.connection.driver_connection
+        try:
+            if isinstance(driver, sqlite3.Connection):
+                begin_immediate(driver)
+            else:  # aiosqlite: the whole wait runs on the connection's own thread
+                await_only(driver._execute(lambda: begin_immediate(driver._conn)))
+        except (sqlite3.Error, ValueError) as exc:
+            # Raised as SQLAlchemy raises a statement's error (aiosqlite says a closed
+            # connection with a ValueError, which SQLAlchemy's adapter turns into this).
+            error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
+            wrapped = sa_exc.DBAPIError.instance(
+                "BEGIN IMMEDIATE", None, error, sqlite3.Error, hide_parameters=True
+            )
+            raise wrapped from exc
+
+
+def begin_immediate(raw: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting for the write lock for up to
+    `SQLITE_BUSY_TIMEOUT_MS` in tries of `SQLITE_LOCK_TRY_MS` each (see there why)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    raw.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TRY_MS}")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+    finally:
+        # Every other wait (a reader during recovery, a checkpoint) keeps the long timeout.
+        raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _lenient_text(data: bytes) -> str:

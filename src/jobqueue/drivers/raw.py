@@ -1,28 +1,45 @@
 """The driver connection under a SQLAlchemy connection, for the steps SQLAlchemy does not
-run itself (`jobqueue.drivers.direct`, `jobqueue.drivers.copy`), and their errors raised as
-SQLAlchemy raises a statement's, so that one translation (`jobqueue.drivers.errors`)
-covers both and a lost connection is never handed out again.
+run itself (`jobqueue.drivers.direct`, `jobqueue.drivers.copy`,
+`jobqueue.drivers.sqlite_thread`), and their errors raised as SQLAlchemy raises a
+statement's, so that one translation (`jobqueue.drivers.errors`) covers both and a lost
+connection is never handed out again.
 
-The drivers are psycopg 3 (sync and async) and asyncpg; `SUPPORTED` names them.
+The drivers are psycopg 3 (sync and async) and asyncpg (`SUPPORTED`), and for hot
+statements in the queue's own transactions also sqlite3 and aiosqlite (`SQLITE`).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn
 
+import aiosqlite
 from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 #: The drivers (SQLAlchemy's names for them) whose connections the fast path and COPY use.
 SUPPORTED = frozenset({"psycopg", "psycopg_async", "asyncpg"})
+#: SQLite's drivers, whose connections the fast path uses in the queue's own transactions.
+SQLITE = frozenset({"pysqlite", "aiosqlite"})
 
 
-def supported(dialect: Dialect) -> bool:
-    """Whether statements may run on this dialect's driver connection directly."""
-    return dialect.name == "postgresql" and dialect.driver in SUPPORTED
+def supported(dialect: Dialect, *, autocommit: bool = True) -> bool:
+    """Whether a hot statement may run on the driver connection of a connection of the
+    queue's own, in autocommit mode or (``autocommit=False``) in a transaction the queue
+    began.
+
+    On PostgreSQL only in autocommit mode, where there is no transaction for SQLAlchemy
+    (or the asyncpg adapter, which begins its transactions lazily) to keep track of. The
+    queue's SQLite transactions begin at once with a statement of their own (``BEGIN
+    IMMEDIATE``, see `jobqueue.drivers.engines`), and a statement sent past SQLAlchemy then
+    runs in them.
+    """
+    if dialect.name == "sqlite":
+        return dialect.driver in SQLITE
+    return autocommit and dialect.name == "postgresql" and dialect.driver in SUPPORTED
 
 
 def driver_connection(conn: Connection) -> Any:
@@ -41,6 +58,10 @@ async def driver_connection_async(conn: AsyncConnection) -> Any:
 
 def lost(raw: Any) -> bool:
     """Whether the driver connection is gone (closed, or broken mid-statement)."""
+    if isinstance(raw, sqlite3.Connection):
+        return False  # a file, not a network: its errors are the statement's
+    if isinstance(raw, aiosqlite.Connection):
+        return not raw._running  # its thread has stopped: closed
     if hasattr(raw, "is_closed"):  # asyncpg
         return bool(raw.is_closed())
     return bool(raw.closed or raw.broken)
@@ -80,7 +101,7 @@ def _as_dbapi_error(sql: str, exc: Exception, raw: Any) -> Exception:
     """A driver error as SQLAlchemy would have raised it for a statement. Our own errors
     (raised while COPY's records were made) pass through unchanged."""
     module = type(exc).__module__.split(".")[0]
-    if module not in ("psycopg", "asyncpg"):
+    if module not in ("psycopg", "asyncpg", "sqlite3"):
         return exc
     wrapped = sa_exc.DBAPIError.instance(
         sql, None, exc, Exception, hide_parameters=True, connection_invalidated=lost(raw)

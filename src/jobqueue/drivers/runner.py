@@ -2,10 +2,11 @@
 
 The queue hands each step to a runner (``step.run(runner)``) and gets its rows back, as
 plain dicts; it never learns which driver ran it. A runner is made for a connection and
-told whether that connection is the queue's own in autocommit mode (``autocommit``): only
-then does a `Direct` step take the fast path (`jobqueue.drivers.direct`), and only on the
-drivers that have one. Elsewhere (a caller's transaction, SQLite, another driver) it runs
-as any query does.
+told whether that connection is the queue's own (``own``) and in autocommit mode
+(``autocommit``): only on the queue's own connection does a `Direct` step take the fast
+path (`jobqueue.drivers.direct`), and only where the driver has one for that mode
+(`jobqueue.drivers.raw.supported`). Elsewhere (a caller's transaction, another driver) it
+runs as any query does.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ class SyncRunner:
 
     __slots__ = ("conn", "fast")
 
-    def __init__(self, conn: Connection, *, autocommit: bool = False) -> None:
+    def __init__(self, conn: Connection, *, own: bool = False, autocommit: bool = False) -> None:
         self.conn = conn
-        self.fast = autocommit and supported(conn.dialect)
+        self.fast = own and supported(conn.dialect, autocommit=autocommit)
 
     def query(self, step: Query) -> Rows:
         if step.params is None:
@@ -57,9 +58,11 @@ class AsyncRunner:
 
     __slots__ = ("conn", "fast")
 
-    def __init__(self, conn: AsyncConnection, *, autocommit: bool = False) -> None:
+    def __init__(
+        self, conn: AsyncConnection, *, own: bool = False, autocommit: bool = False
+    ) -> None:
         self.conn = conn
-        self.fast = autocommit and supported(conn.dialect)
+        self.fast = own and supported(conn.dialect, autocommit=autocommit)
 
     async def query(self, step: Query) -> Rows:
         if step.params is None:
