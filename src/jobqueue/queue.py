@@ -14,8 +14,16 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, Unpack
 from uuid import UUID
@@ -24,7 +32,12 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
-from .drivers.engines import READ_ONLY, make_async_engine, make_engine
+from .drivers.engines import (
+    READ_ONLY,
+    make_async_engine,
+    make_engine,
+    statements_outlive_cancellation,
+)
 from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
@@ -288,6 +301,27 @@ async def _drive_async(
     except StopIteration as done:
         value: T = done.value
         return value
+
+
+async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` in a task of its own that cancelling the caller does not cancel: the
+    caller's cancellation (however many times it is cancelled) waits until ``work`` has
+    finished and returned its connection, then propagates. What ``work`` wrote may stay
+    written, as when a statement in flight on PostgreSQL commits before its cancel arrives.
+
+    For drivers whose statements outlive a cancelled await
+    (`jobqueue.drivers.engines.statements_outlive_cancellation`): cancelled in the middle
+    of a statement, their connection would be closed while the statement still holds it,
+    and its transaction would keep the database's write lock from every other connection.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+        raise
 
 
 class JobQueue(_QueueBase[Engine]):
@@ -588,31 +622,40 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         self._owns_engine = not isinstance(url, AsyncEngine)
         super().__init__(make_async_engine(url), **config)
         self._on_thread = runs_on_thread(self.engine.dialect)
+        # Where a cancelled statement runs on regardless, an operation on the queue's own
+        # connection finishes before its cancellation goes on (`_finished_before_cancelled`).
+        self._finish_when_cancelled = statements_outlive_cancellation(self.engine)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
                 return await _drive_async(connection, op)
-            plan = self._plans[op.access]
-            if plan.transaction:
-                if self._on_thread:
-                    async with plan.engine.connect() as conn:
-                        return await run_transaction(conn, op.steps)
-                async with plan.engine.begin() as conn:
-                    return await _drive_async(conn, op, own=True)
-            conn = await plan.engine.connect().start()
-            try:
-                result = await _drive_async(conn, op, own=True, autocommit=True)
-            except BaseException as exc:
-                # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
-                await conn.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            # After a success the connection is idle in autocommit, so closing it never
-            # waits on the network and cannot be abandoned half-way: the plain close spares
-            # the task and two event-loop turns that SQLAlchemy's exit spends on that
-            # guarantee.
-            await conn.close()
-            return result
+            if self._finish_when_cancelled:
+                return await _finished_before_cancelled(self._run_own(op))
+            return await self._run_own(op)
+
+    async def _run_own(self, op: Operation[T]) -> T:
+        """Run ``op`` on a connection of the queue's own, chosen by its plan."""
+        plan = self._plans[op.access]
+        if plan.transaction:
+            if self._on_thread:
+                async with plan.engine.connect() as conn:
+                    return await run_transaction(conn, op.steps)
+            async with plan.engine.begin() as conn:
+                return await _drive_async(conn, op, own=True)
+        conn = await plan.engine.connect().start()
+        try:
+            result = await _drive_async(conn, op, own=True, autocommit=True)
+        except BaseException as exc:
+            # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
+            await conn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        # After a success the connection is idle in autocommit, so closing it never
+        # waits on the network and cannot be abandoned half-way: the plain close spares
+        # the task and two event-loop turns that SQLAlchemy's exit spends on that
+        # guarantee.
+        await conn.close()
+        return result
 
     async def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`

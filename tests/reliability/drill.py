@@ -96,9 +96,6 @@ class Variant:
     #: queue's worker takes the longest, so that its claims, not a reaper, meet its
     #: expired leases first when it wakes up.
     reap_intervals: tuple[float | None, ...] = (None,)
-    #: Handlers shield their writes through the context from their own cancellation: a
-    #: statement cancelled in flight can leave its task waiting forever on SQLite.
-    shield_writes: bool = False
     settle_timeout: float = 120.0
     #: Checks that hold only once other fixes are in (see `CHECKS`); they run in variants
     #: that name them.
@@ -108,8 +105,7 @@ class Variant:
 COMMON_STEPS = {"ok": 55, "slow": 15, "remember": 8, "raise": 14, "permanent": 3, "timeout": 1}
 
 #: The default suite's run: every fault at least once but those whose consequences are
-#: still being fixed, which the soak run causes: stalls, outages, handlers cancelled in
-#: the middle of a write.
+#: still being fixed, which the soak run causes: stalls and outages.
 SHORT = Variant(
     name="short",
     jobs=160,
@@ -124,7 +120,6 @@ SHORT = Variant(
     cancels=12,
     retries=4,
     steps=COMMON_STEPS,
-    shield_writes=True,
 )
 
 SOAK = Variant(
@@ -1044,7 +1039,6 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 job_timeout=variant.job_timeout,
                 slow=variant.slow,
                 stall=stall,
-                shield_writes=variant.shield_writes,
                 grace=0.5,
                 poll_interval=0.3,
             )

@@ -31,7 +31,6 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from jobqueue import AsyncJobQueue, Job
@@ -82,7 +81,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fast", type=float, default=0.05, help="ok steps sleep up to this long")
     p.add_argument("--slow", type=float, default=0.8, help="slow steps sleep up to this long")
     p.add_argument("--stall", type=float, default=0.0, help="stall steps block this long")
-    p.add_argument("--shield-writes", action="store_true")
     p.add_argument("--retry-base", type=float, default=0.05)
     p.add_argument("--retry-cap", type=float, default=0.5)
     return p.parse_args(argv)
@@ -101,15 +99,6 @@ async def serve(args: argparse.Namespace) -> None:
         line.update(claim=claim, wall=time.time(), **more)
         os.write(fd, (json.dumps(line) + "\n").encode())
 
-    async def write(call: Coroutine[Any, Any, None]) -> None:
-        """A write through the context; with ``--shield-writes`` a cancellation of the
-        handler lets it finish (on SQLite, cancelling a statement in flight can leave the
-        task and its connection waiting forever)."""
-        if args.shield_writes:
-            await asyncio.shield(call)
-        else:
-            await call
-
     async def drill(job: Job, ctx: WorkerContext) -> dict[str, Any]:
         claim = job.started_at.isoformat() if job.started_at else "-"
         step = step_of(job.payload["plan"], job.attempts)
@@ -118,19 +107,19 @@ async def serve(args: argparse.Namespace) -> None:
         try:
             if step in ("ok", "remember", "stall"):
                 if step == "remember":
-                    await write(ctx.save_remote_task_id(f"task-{job.id}-{job.attempts}"))
+                    await ctx.save_remote_task_id(f"task-{job.id}-{job.attempts}")
                 if step == "stall":
                     record("stall", job, claim)
                     pause = rng.uniform(min(args.lease * 1.05, args.stall), args.stall)
                     time.sleep(pause)  # noqa: ASYNC251 - the point: the loop stops
                     record("unstall", job, claim)
                 await asyncio.sleep(rng.uniform(0, args.fast))
-                await write(ctx.report_progress(50, "half way"))
+                await ctx.report_progress(50, "half way")
             elif step == "slow":
                 total = rng.uniform(args.slow / 2, args.slow)
                 for percent in (20, 40, 60, 80):
                     await asyncio.sleep(total / 4)
-                    await write(ctx.report_progress(percent, f"{percent}%"))
+                    await ctx.report_progress(percent, f"{percent}%")
             elif step == "raise":
                 await asyncio.sleep(rng.uniform(0, args.fast))
                 raise RuntimeError(f"drill: planned failure of attempt {job.attempts}")

@@ -13,7 +13,7 @@ worker ran more handlers at once than its concurrency.
 The seed is random on each run and printed in a failure; ``JOBQUEUE_DRILL_SEED=<seed>``
 replays the same workload and faults.
 
-The short run leaves out three triggers of faults still being fixed; the soak run causes
+The short run leaves out two triggers of faults still being fixed; the soak run causes
 them, and some of its checks hold only once those are fixed:
 
 - event-loop stalls past the lease: ``handlers_stopped_for_cause`` (a worker that claims
@@ -22,10 +22,9 @@ them, and some of its checks hold only once those are fixed:
   every other worker's heartbeats and writes wait: their leases expire, their handlers
   time out);
 - outages of PostgreSQL: ``error_history`` (a write through the context, such as
-  ``ctx.save_remote_task_id``, that meets the outage must not spend the attempt);
-- handlers cancelled while a write through the context is in flight (the short run
-  shields those writes): on SQLite the cancelled task and its connection can wait
-  forever, and a stopped worker then never exits.
+  ``ctx.save_remote_task_id``, that meets the outage must not spend the attempt).
+
+Both runs cancel handlers in the middle of their writes through the context.
 
 ``place_kept`` (a reaped job keeps its place in line) runs in the soak run only, since the
 short run's SIGKILLs lead to reaps too.

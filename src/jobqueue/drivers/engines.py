@@ -319,6 +319,22 @@ def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any)
     return engine
 
 
+def statements_outlive_cancellation(engine: Engine | AsyncEngine) -> bool:
+    """Whether a statement whose await is cancelled carries on without its caller.
+
+    aiosqlite runs each call on its connection's own thread, which finishes a call whose
+    await was cancelled. SQLAlchemy takes the cancellation for a lost connection and
+    closes it; the cancelled statement's cursor, still held by the cancellation's
+    traceback, keeps SQLite from closing it for good, so the connection lingers with its
+    transaction open and the write lock taken, and every other writer (the close of a
+    connection queued behind one of them too) waits for it. The queue therefore lets such
+    an operation finish before the cancellation goes on (`jobqueue.queue`). psycopg and
+    asyncpg stop the statement on the server and close the connection, which the server
+    rolls back: their operations stay cancellable at once.
+    """
+    return engine.dialect.driver == "aiosqlite"
+
+
 def describe_url(url: str | URL) -> str:
     """A URL safe to print: no password."""
     try:
