@@ -97,15 +97,14 @@ class Variant:
     #: expired leases first when it wakes up.
     reap_intervals: tuple[float | None, ...] = (None,)
     settle_timeout: float = 120.0
-    #: Checks that hold only once other fixes are in (see `CHECKS`); they run in variants
-    #: that name them.
+    #: Checks beyond `ALWAYS` (see `CHECKS`); they run in the variants that name them.
     extra_checks: tuple[str, ...] = ()
 
 
-COMMON_STEPS = {"ok": 55, "slow": 15, "remember": 8, "raise": 14, "permanent": 3, "timeout": 1}
+COMMON_STEPS = {"ok": 55, "slow": 15, "save_task_id": 8, "raise": 14, "permanent": 3, "timeout": 1}
 
-#: The default suite's run: every fault at least once but those whose consequences are
-#: still being fixed, which the soak run causes: stalls and outages.
+#: The default suite's run: every fault at least once but the slow ones (stalls and
+#: outages), which the soak run causes.
 SHORT = Variant(
     name="short",
     jobs=160,
@@ -138,7 +137,7 @@ SOAK = Variant(
     steps=COMMON_STEPS,
     outages=30,
     stall_share=0.03,
-    stall_steps={"ok": 40, "slow": 20, "stall": 15, "raise": 15, "remember": 10},
+    stall_steps={"ok": 40, "slow": 20, "stall": 15, "raise": 15, "save_task_id": 10},
     stall=5.2,
     reap_intervals=(None, 20.0, 20.0),
     settle_timeout=600.0,
@@ -156,7 +155,7 @@ def plan_for(rng: random.Random, steps: dict[str, int]) -> tuple[list[str], int]
     names, weights = zip(*steps.items(), strict=True)
     plan = rng.choices(names, weights, k=max_attempts)
     # One more step for attempts a retry adds; a stall is followed by ordinary work.
-    plan.append(rng.choice(("ok", "slow", "remember")))
+    plan.append(rng.choice(("ok", "slow", "save_task_id")))
     return plan, max_attempts
 
 

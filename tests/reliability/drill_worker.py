@@ -5,7 +5,7 @@ last entry for later attempts) says what this attempt does:
 
 - ``ok``: a short sleep, a progress report, then the result;
 - ``slow``: several progress reports over a longer sleep (room for a cancel or a kill);
-- ``remember``: saves a provider task id with ``ctx.save_remote_task_id``, then as ``ok``;
+- ``save_task_id``: saves a provider task id with ``ctx.save_remote_task_id``, then as ``ok``;
 - ``raise``: fails the attempt with a retryable error (the job's policy retries it);
 - ``permanent``: fails with an error marked ``retryable = False`` (failed at once);
 - ``timeout``: sleeps far past the worker's ``job_timeout``;
@@ -105,8 +105,8 @@ async def serve(args: argparse.Namespace) -> None:
         record("start", job, claim, step=step)
         outcome = "ok"
         try:
-            if step in ("ok", "remember", "stall"):
-                if step == "remember":
+            if step in ("ok", "save_task_id", "stall"):
+                if step == "save_task_id":
                     await ctx.save_remote_task_id(f"task-{job.id}-{job.attempts}")
                 if step == "stall":
                     record("stall", job, claim)
