@@ -34,7 +34,7 @@ from jobqueue.models import Completion
 from jobqueue.sql.statements import Statements
 from jobqueue.sql.steps import Direct, Query, Rows, Step
 from jobqueue.sql.table import jobs_table
-from tests.drivers.test_direct import WORKER, assert_same_rows, completions, held, new_row
+from tests.support.direct import WORKER, assert_same_rows, completions, held, new_row
 
 
 @pytest.fixture
