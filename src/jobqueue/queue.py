@@ -137,7 +137,7 @@ class _QueueBase(Generic[E]):
         writers, so they queue for the lock instead of failing half-way, and a deferred
         ``BEGIN`` for readers (`READ_ONLY`), which never wait for the lock. Its hot
         statements take the fast path inside those transactions, and on aiosqlite the
-        transaction runs on the connection's thread as far as they go
+        whole transaction runs on the connection's thread
         (`jobqueue.drivers.sqlite_thread`), so that the write lock is not held across turns
         of the event loop.
         """

@@ -1,7 +1,7 @@
 """SQLite's writers: the write lock is waited for in short tries, hot statements run past
-SQLAlchemy in the queue's own transactions, and on aiosqlite a transaction of hot
-statements runs whole on the connection's thread, so that the event loop never runs while
-it holds the lock (`jobqueue.drivers.sqlite_thread`).
+SQLAlchemy in the queue's own transactions, and on aiosqlite a transaction runs whole on
+the connection's thread, so that the event loop never runs while it holds the lock
+(`jobqueue.drivers.sqlite_thread`).
 
 The fast path is checked as `tests/drivers/test_direct.py` checks it on PostgreSQL: each hot
 statement runs through SQLAlchemy on one table and through the fast path on another table
@@ -10,10 +10,12 @@ holding the same rows, and both give the same rows, of the same types, and the s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,16 +25,16 @@ import pytest
 from sqlalchemy import MetaData, event, insert, make_url, select
 from sqlalchemy.exc import OperationalError
 
-from jobqueue import AsyncJobQueue, JobQueue, migrate
+from jobqueue import AsyncJobQueue, JobQueue, Status, migrate
 from jobqueue.drivers import direct, engines
 from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.drivers.errors import translate
 from jobqueue.drivers.runner import rows_of
 from jobqueue.drivers.sqlite_thread import run_transaction
 from jobqueue.errors import PayloadError, SchemaNotInstalled
-from jobqueue.models import Completion
+from jobqueue.models import Completion, WorkerPresence
 from jobqueue.sql.statements import Statements
-from jobqueue.sql.steps import Direct, Query, Rows, Step
+from jobqueue.sql.steps import Direct, Query, Row, Rows, Step
 from jobqueue.sql.table import jobs_table
 from tests.support.direct import WORKER, assert_same_rows, completions, held, new_row
 
@@ -168,6 +170,53 @@ async def test_hot_writes_never_hold_the_lock_while_the_event_loop_runs(
     assert after_each_trip and not any(after_each_trip), after_each_trip
 
 
+async def test_no_write_holds_the_lock_while_the_event_loop_runs(
+    sqlite_table: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the hot writes only: a handler's progress and remote task id, a failure, a
+    release, a reap, the live-workers row, a cancel and a retry hold the write lock on the
+    connection's thread only too. A worker whose event loop stands still (a handler's
+    blocking call) in the middle of one of them would otherwise keep every other process's
+    writers, their heartbeats among them, waiting for as long as it stands still."""
+    url, table = sqlite_table
+    path = _path(url)
+    held_after: list[str] = []
+    trip = aiosqlite.Connection._execute
+    doing = ["connecting"]
+
+    async def observed(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await trip(self, fn, *args, **kwargs)
+        finally:
+            if lock_held(path):
+                held_after.append(doing[0])
+
+    async with AsyncJobQueue(url, table=table, retry_backoff=(0.01, 0.01)) as q:
+        for n in range(4):
+            await q.enqueue("image", {"n": n})
+        a, b, c, d = await q.claim("w", limit=4, lease=0.05)
+        me = WorkerPresence("w", ("default",), None, 4)
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", observed)
+
+        async def step(name: str, write: Awaitable[Any]) -> Any:
+            doing[0] = name
+            return await write
+
+        await step("set_progress", q.set_progress(a, 50, "half way"))
+        await step("save_remote_task_id", q.save_remote_task_id(a, "task-1"))
+        await step("fail", q.fail(a, "RuntimeError: boom"))
+        await step("release", q.release(b, "worker stopping"))
+        await step("worker_beat", q.worker_beat(me, ttl=30))
+        await step("cancel", q.cancel(c.id))
+        await step("retry", q.retry(c.id))
+        await asyncio.sleep(0.1)  # d's lease expires
+        assert await step("reap", q.reap()) == [(d.id, Status.PENDING)]
+        await step("sweep_workers", q.sweep_workers())
+        await step("worker_gone", q.worker_gone("w"))
+        await step("get", q.get(a.id))
+    assert held_after == [], held_after
+
+
 def _statements(table: str) -> Statements:
     return Statements(jobs_table(table, None, MetaData()), "sqlite")
 
@@ -218,26 +267,40 @@ async def test_a_thread_transaction_commits_its_writes_and_rolls_back_on_error(
 async def test_a_thread_transaction_goes_on_through_sqlalchemy_in_the_same_transaction(
     sqlite_table: tuple[str, str], thread_conn: Any
 ) -> None:
-    """A step that is not a hot statement ends the thread's part: SQLAlchemy runs the
-    rest in the transaction the thread began (it sees the thread's writes, and an error
-    undoes them)."""
+    """A step the thread cannot run as SQLAlchemy would (`direct.sqlite_runs`) ends the
+    thread's part: SQLAlchemy runs the rest in the transaction the thread began (it sees
+    the thread's writes, and an error undoes them)."""
     url, table = sqlite_table
     s = _statements(table)
     t = jobs_table(table, None, MetaData())
-    read = Query(select(t.c.id, t.c.priority), None)
-    [inserted], rows = await run_transaction(
-        thread_conn, _steps(s.insert_many([new_row(priority=7)]), read)
+    read = Query(select(t.c.id, t.c.priority).order_by(t.c.id), None)
+    # An INSERT of many rows: a list of parameter sets, left to SQLAlchemy.
+    many = s.insert_many([new_row(id=uuid.UUID(int=n), priority=n) for n in (1, 2)])
+    assert not direct.sqlite_runs(many)
+    [inserted], _, rows = await run_transaction(
+        thread_conn, _steps(s.insert_many([new_row(priority=7)]), many, read)
     )
     assert inserted["id"] == uuid.UUID(int=1000)
-    assert [(r["id"], r["priority"]) for r in rows] == [(uuid.UUID(int=1000), 7)]
+    assert [(r["id"], r["priority"]) for r in rows] == [
+        (uuid.UUID(int=1), 1),
+        (uuid.UUID(int=2), 2),
+        (uuid.UUID(int=1000), 7),
+    ]
     with pytest.raises(RuntimeError):
         await run_transaction(
-            thread_conn, _steps(s.insert_many([new_row(id=uuid.UUID(int=1001))]), read, fail=True)
+            thread_conn,
+            _steps(
+                s.insert_many([new_row(id=uuid.UUID(int=1001))]),
+                s.insert_many([new_row(id=uuid.UUID(int=n)) for n in (3, 4)]),
+                read,
+                fail=True,
+            ),
         )
-    assert _count(url, table) == 1
+    assert _count(url, table) == 3
     # A first step of another kind: SQLAlchemy runs it all; no step: nothing runs.
-    [rows] = await run_transaction(thread_conn, _steps(read))
-    assert len(rows) == 1
+    many = s.insert_many([new_row(id=uuid.UUID(int=n)) for n in (5, 6)])
+    _, rows = await run_transaction(thread_conn, _steps(many, read))
+    assert len(rows) == 5
     assert await run_transaction(thread_conn, _steps()) == []
 
 
@@ -284,7 +347,7 @@ def _fill(url: str, tables: list[str]) -> None:
         engine.dispose()
 
 
-Run = Callable[[str, Direct], Any]
+Run = Callable[[str, Query], Any]
 
 
 @pytest.fixture(params=DRIVERS)
@@ -300,24 +363,27 @@ async def runs(
     if request.param == "pysqlite":
         engine = make_engine(url)
 
-        async def through_sa(_table: str, step: Direct) -> Rows:
+        async def through_sa(_table: str, step: Query) -> Rows:
             with engine.begin() as conn:
                 return rows_of(conn.execute(step.statement, step.params))
 
-        async def through_fast(_table: str, step: Direct) -> Rows:
+        async def through_fast(_table: str, step: Query) -> Rows:
             with engine.begin() as conn:
-                return direct.run_direct(conn, step)
+                if isinstance(step, Direct):
+                    return direct.run_direct(conn, step)
+                raw: Any = conn.connection.driver_connection
+                return direct.sqlite_rows(raw, step, conn.dialect)
 
         yield through_sa, through_fast
         engine.dispose()
         return
     aengine = make_async_engine(url)
 
-    async def athrough_sa(_table: str, step: Direct) -> Rows:
+    async def athrough_sa(_table: str, step: Query) -> Rows:
         async with aengine.begin() as conn:
             return rows_of(await conn.execute(step.statement, step.params))
 
-    async def athrough_fast(_table: str, step: Direct) -> Rows:
+    async def athrough_fast(_table: str, step: Query) -> Rows:
         async with aengine.connect() as conn:
             [rows] = await run_transaction(conn, _steps(step))
             return rows
@@ -369,3 +435,46 @@ async def test_the_fast_path_returns_what_sqlalchemy_returns(
         written[side] = await run(tables[side], s.complete_many(completions(mine[side])))
     assert_same_rows(written["sa"], written["fast"])
     assert len(written["sa"]) == 5
+
+    # Every other statement of an operation runs there too (`direct.sqlite_runs`): the
+    # writes a worker and a client make besides the hot ones, and the reads.
+    async def same(build: Callable[[Statements, Rows], Query]) -> Rows:
+        for side, run in (("sa", sa_run), ("fast", fast_run)):
+            step = build(_statements(tables[side]), claims[side])
+            assert direct.sqlite_runs(step), step
+            got[side] = [without_times(r) for r in await run(tables[side], step)]
+        assert_same_rows(got["sa"], got["fast"])
+        return got["sa"]
+
+    def without_times(row: Row) -> Row:
+        """The error history's times (the database clock's, in JSON text) left out."""
+        if not isinstance(row.get("errors"), str):
+            return row
+        entries = [{k: v for k, v in e.items() if k != "at"} for e in json.loads(row["errors"])]
+        return {**row, "errors": entries}
+
+    await claim(5)
+    one = 0
+
+    def job(rows: Rows) -> tuple[uuid.UUID, int, datetime]:
+        return held(rows)[one]
+
+    assert len(await same(lambda s, r: s.set_progress(*job(r), 40, "Bär"))) == 1
+    assert len(await same(lambda s, r: s.save_remote_task_id(*job(r), "task-1"))) == 1
+    assert len(await same(lambda s, r: s.fence_state(job(r)[0]))) == 1
+    assert len(await same(lambda s, r: s.fail(*job(r), "RuntimeError: boom", 0.0))) == 1
+    one = 1
+    assert len(await same(lambda s, r: s.fail(*job(r), "RuntimeError: boom", None))) == 1
+    assert len(await same(lambda s, r: s.retry(job(r)[0]))) == 1
+    one = 2
+    assert len(await same(lambda s, r: s.release(*job(r), "stopping"))) == 1
+    one = 3
+    assert len(await same(lambda s, r: s.cancel(job(r)[0]))) == 1
+    assert len(await same(lambda s, r: s.get(job(r)[0]))) == 1
+    await same(lambda s, _r: s.stats(3600.0))
+    for side, run in (("sa", sa_run), ("fast", fast_run)):
+        s = _statements(tables[side])
+        step = s.claim(WORKER, limit=2, lease=0.01, queues=("default",), kinds=None)
+        claims[side] = await run(tables[side], step)
+    await asyncio.sleep(0.05)
+    assert len(await same(lambda s, _r: s.reap())) >= 2

@@ -21,9 +21,9 @@ causes them:
 - outages of PostgreSQL: ``error_history`` (a write through the context, such as
   ``ctx.save_remote_task_id``, that meets the outage does not spend the attempt).
 
-Known open on SQLite (the soak run fails there): ``error_history`` finds leases lost by
-live, unstalled workers while another process is stalled or killed; the soak run on
-PostgreSQL passes.
+On SQLite a stall is also a test of the write lock: a worker whose event loop stands
+still must not hold it (every other worker's heartbeats would wait, and ``error_history``
+would find leases lost by live, unstalled workers).
 
 Both runs cancel handlers in the middle of their writes through the context.
 

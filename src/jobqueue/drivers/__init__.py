@@ -5,8 +5,8 @@
 - `runner`: runs an operation's steps on a connection, the queue's one way in here;
 - `direct` and `copy`: the steps SQLAlchemy does not run itself (the fast path, COPY),
   on the driver connection (`raw`);
-- `sqlite_thread`: SQLite transactions of hot statements run whole on the aiosqlite
-  connection's thread, so the write lock is never held across turns of the event loop;
+- `sqlite_thread`: SQLite transactions run whole on the aiosqlite connection's thread, so
+  the write lock is never held across turns of the event loop;
 - `listen`: LISTEN/NOTIFY on a connection of its own.
 
 Below it, `jobqueue.sql` builds statements and never connects; above it, the queue runs

@@ -25,13 +25,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiosqlite
 from sqlalchemy import Connection, Dialect, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..sql.steps import Direct, Rows
+from ..sql.steps import Direct, Query, Rows, Step
 from .raw import driver_connection, driver_connection_async, driver_errors, driver_errors_async
 
 Processor = Callable[[Any], Any] | None
@@ -39,7 +39,7 @@ Processor = Callable[[Any], Any] | None
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    """A `Direct` statement compiled for one dialect, with its type processors."""
+    """A statement compiled for one dialect, with its type processors."""
 
     statement: Executable  # kept so that the cache key (its id) stays unique
     sql: str
@@ -47,6 +47,9 @@ class _Compiled:
     compiled: Any
     binds: Mapping[str, Processor]
     results: Mapping[str, Processor]
+    #: Whether the statement has parameters expanded as it runs (an IN list): its SQL
+    #: text is then made for each run (`expanded`).
+    expanding: bool
 
     def params(self, given: Mapping[str, Any]) -> Any:
         values = self.compiled.construct_params(given)
@@ -57,6 +60,23 @@ class _Compiled:
             return values
         return [values[key] for key in self.positional]
 
+    def expanded(self, given: Mapping[str, Any]) -> tuple[str, Any]:
+        """The SQL text and parameters of a statement that is `expanding`, for ``given``:
+        each IN list's values in place, as SQLAlchemy expands them."""
+        state = self.compiled.construct_expanded_state(given)
+        values = dict(state.parameters)
+        for key, value in values.items():
+            process = state.processors.get(key) or self.binds.get(key)
+            if process is not None:
+                values[key] = process(value)
+        if state.positiontup is None:
+            return state.statement, values
+        return state.statement, [values[key] for key in state.positiontup]
+
+    def sent(self, given: Mapping[str, Any]) -> tuple[str, Any]:
+        """The SQL text and parameters for ``given``."""
+        return self.expanded(given) if self.expanding else (self.sql, self.params(given))
+
     def row(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
         out = {}
         for name, value in zip(names, values, strict=True):
@@ -65,11 +85,16 @@ class _Compiled:
         return out
 
 
-_compiled: dict[tuple[int, str, str], _Compiled] = {}
+_compiled: dict[tuple[int, str, str, bool], _Compiled] = {}
 
 
-def _compile(step: Direct, dialect: Dialect) -> _Compiled:
-    key = (id(step.statement), dialect.name, dialect.driver)
+def _compile(step: Query, dialect: Dialect) -> _Compiled:
+    """``step`` compiled for ``dialect``: a `Direct` step's result values are processed by
+    the types it names, any other query's by its statement's own result columns (as
+    SQLAlchemy processes them; a textual statement's values come as the driver reads
+    them, as from SQLAlchemy)."""
+    hot = isinstance(step, Direct)
+    key = (id(step.statement), dialect.name, dialect.driver, hot)
     found = _compiled.get(key)
     if found is not None and found.statement is step.statement:
         return found
@@ -81,22 +106,38 @@ def _compile(step: Direct, dialect: Dialect) -> _Compiled:
         compiled.bind_names[bind]: bind.type.dialect_impl(dialect).bind_processor(dialect)
         for bind in compiled.binds.values()
     }
+    returning = (
+        step.returning
+        if isinstance(step, Direct)
+        else {column.keyname: column.type for column in compiled._result_columns}
+    )
     results = {
         name: type_.dialect_impl(dialect).result_processor(dialect, None)
-        for name, type_ in step.returning.items()
+        for name, type_ in returning.items()
     }
     positional = tuple(compiled.positiontup) if compiled.positiontup else None
-    found = _Compiled(step.statement, compiled.string, positional, compiled, binds, results)
+    expanding = bool(compiled.post_compile_params or compiled.literal_execute_params)
+    found = _Compiled(
+        step.statement, compiled.string, positional, compiled, binds, results, expanding
+    )
     if len(_compiled) > 256:  # statements are built once per queue: this stays tiny
         _compiled.clear()
     _compiled[key] = found
     return found
 
 
-def sqlite_rows(raw: sqlite3.Connection, step: Direct, dialect: Dialect) -> Rows:
-    """Run ``step`` on a sqlite3 connection (on its own thread); the rows as dicts."""
+def sqlite_runs(step: Step) -> TypeGuard[Query]:
+    """Whether `sqlite_rows` runs ``step`` as SQLAlchemy would: a query with one
+    parameter set, or none. A list of parameter sets (an INSERT of many rows) and a COPY
+    are SQLAlchemy's to run."""
+    return isinstance(step, Query) and (step.params is None or isinstance(step.params, Mapping))
+
+
+def sqlite_rows(raw: sqlite3.Connection, step: Query, dialect: Dialect) -> Rows:
+    """Run ``step`` (one that `sqlite_runs`) on a sqlite3 connection (on its own thread);
+    the rows as dicts."""
     c = _compile(step, dialect)
-    cursor = raw.execute(c.sql, c.params(step.params))
+    cursor = raw.execute(*c.sent(step.params if isinstance(step.params, Mapping) else {}))
     try:
         names = [d[0] for d in cursor.description or ()]
         return [c.row(names, values) for values in cursor.fetchall()]
@@ -135,8 +176,9 @@ async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
         return [c.row(names, values) for values in await cursor.fetchall()]
 
 
-def sent(step: Direct, dialect: Dialect) -> tuple[str, Any]:
-    """The SQL text and parameters `run_direct` sends the driver for ``step`` (a dict for
-    psycopg, a list in ``$n`` order for asyncpg): what an EXPLAIN must explain."""
+def sent(step: Query, dialect: Dialect) -> tuple[str, Any]:
+    """The SQL text and parameters `run_direct` (or `sqlite_rows`) sends the driver for
+    ``step`` (a dict for psycopg, a list in ``$n`` order for asyncpg): what an EXPLAIN must
+    explain."""
     c = _compile(step, dialect)
-    return c.sql, c.params(step.params)
+    return c.sent(step.params if isinstance(step.params, Mapping) else {})

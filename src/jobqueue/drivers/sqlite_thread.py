@@ -10,13 +10,18 @@ up to a dozen such hand-offs, each of which waits for its turn in the event loop
 busy worker (its handlers, its completer, its claim loop) the lock is held far longer
 than SQLite works.
 
-`run_transaction` runs the operation's hot steps (`Direct`: one job's INSERT, a claim, a
-completion batch, heartbeats) and the operation's own code between them on the
-connection's thread instead: BEGIN, the statements and COMMIT in one hand-off, the lock
-held only while that thread works. The first step of another kind ends the thread's part:
-the transaction stays open and SQLAlchemy runs the rest of the operation in it, on the same
-connection, as it runs any transaction (the begin event adopts it, see
-`jobqueue.drivers.engines.BEGUN`).
+`run_transaction` runs the operation's steps (its hot ones, `Direct`: one job's INSERT, a
+claim, a completion batch, heartbeats; and every other query with one parameter set: a
+handler's progress, a failure, a release, a reap, the live-workers row, a cancel) and the
+operation's own code between them on the connection's thread instead: BEGIN, the
+statements and COMMIT in one hand-off, the lock held only while that thread works. An
+event loop that stands still (a handler's blocking call, a long GC pause) therefore keeps
+no other process's writer waiting: a worker stalled past the lease in the middle of a
+handler's progress report would otherwise hold every other worker's heartbeats back
+until their leases expired too. Only a step `jobqueue.drivers.direct.sqlite_runs` refuses
+(an INSERT of many rows, a COPY) ends the thread's part: the transaction stays open and
+SQLAlchemy runs the rest of the operation in it, on the same connection, as it runs any
+transaction (the begin event adopts it, see `jobqueue.drivers.engines.BEGUN`).
 
 The operation's code is sans-IO (a generator that touches nothing but its own state): it
 runs on the connection's thread for the thread's part, then on the event loop, never on
@@ -35,8 +40,8 @@ from sqlalchemy import Dialect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..sql.steps import Direct, Rows, Step
-from .direct import sent, sqlite_rows
+from ..sql.steps import Query, Rows, Step
+from .direct import sent, sqlite_rows, sqlite_runs
 from .engines import BEGUN, READ_ONLY, begin_immediate
 from .raw import driver_connection_async, lost
 from .runner import AsyncRunner
@@ -62,16 +67,17 @@ class _Part(Generic[T]):
 
 async def run_transaction(conn: AsyncConnection, steps: Generator[Step, Rows, T]) -> T:
     """Run an operation's ``steps`` in one transaction on ``conn``, a connection of the
-    queue's own with no transaction yet: on the connection's thread as far as they are
-    `Direct` steps, the rest through SQLAlchemy (see the module's docstring). A transaction
-    begins deferred when ``conn`` is marked `READ_ONLY`, else with ``BEGIN IMMEDIATE``."""
+    queue's own with no transaction yet: on the connection's thread as far as
+    `jobqueue.drivers.direct.sqlite_runs` them, the rest through SQLAlchemy (see the
+    module's docstring). A transaction begins deferred when ``conn`` is marked
+    `READ_ONLY`, else with ``BEGIN IMMEDIATE``."""
     try:
         step = next(steps)
     except StopIteration as finished:  # nothing to run
         value: T = finished.value
         return value
     begun = False
-    if isinstance(step, Direct):
+    if sqlite_runs(step):
         raw: Any = await driver_connection_async(conn)
         if lost(raw) or raw._connection is None:
             await conn.invalidate()
@@ -104,13 +110,14 @@ async def run_transaction(conn: AsyncConnection, steps: Generator[Step, Rows, T]
 
 def _on_thread(
     raw: sqlite3.Connection,
-    step: Direct,
+    step: Query,
     steps: Generator[Step, Rows, T],
     dialect: Dialect,
     read_only: bool,
 ) -> _Part[T]:
-    """The thread's part of `run_transaction`, from its first step (a `Direct` one)."""
-    doing: str | Direct = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+    """The thread's part of `run_transaction`, from its first step (one that
+    `sqlite_runs`)."""
+    doing: str | Query = "BEGIN" if read_only else "BEGIN IMMEDIATE"
     try:
         if read_only:
             raw.execute("BEGIN")
@@ -118,7 +125,7 @@ def _on_thread(
             begin_immediate(raw)
         next_step: Step = step
         try:
-            while isinstance(next_step, Direct):
+            while sqlite_runs(next_step):
                 doing = next_step
                 next_step = steps.send(sqlite_rows(raw, next_step, dialect))
         except StopIteration as finished:
