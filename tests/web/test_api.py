@@ -871,7 +871,10 @@ async def test_new_jobs_are_rate_limited_per_owner(
 
 
 class StatementCounter:
-    """Counts the statements that read ``table`` (real statements, as the driver gets them)."""
+    """Counts the statements that read ``table`` (real statements, as the driver gets them).
+
+    On SQLite, from the sqlite3 connection's own trace of what it runs: most statements
+    run on the aiosqlite connection's thread, past SQLAlchemy's events."""
 
     def __init__(self, queue: AsyncJobQueue, table: str) -> None:
         from sqlalchemy import event
@@ -879,15 +882,31 @@ class StatementCounter:
         self.engine = queue.engine.sync_engine
         self.table = table
         self.count = 0
+        self.active = True
         self._event = event
-        event.listen(self.engine, "before_cursor_execute", self._seen)
+        self._listens = (
+            ("checkout", self._trace)
+            if self.engine.dialect.name == "sqlite"
+            else ("before_cursor_execute", self._seen)
+        )
+        event.listen(self.engine, *self._listens)
 
     def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and self.table in statement:
-            self.count += 1
+        self._ran(statement)
+
+    def _ran(self, statement: str) -> None:
+        if self.active and statement.lstrip().upper().startswith("SELECT"):
+            self.count += self.table in statement
+
+    def _trace(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        from sqlalchemy.util import await_only
+
+        # On the connection's thread, where sqlite3 lets it be set.
+        await_only(record.driver_connection.set_trace_callback(self._ran))
 
     def close(self) -> None:
-        self._event.remove(self.engine, "before_cursor_execute", self._seen)
+        self.active = False
+        self._event.remove(self.engine, *self._listens)
 
 
 async def open_stream(
