@@ -31,6 +31,7 @@ import contextlib
 import logging
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from ..backoff import Backoff
@@ -58,7 +59,7 @@ STOP_TIMEOUT = 5.0
 FATAL_AT_START = (PermissionDenied, SchemaNotInstalled, ConfigurationError, PayloadError)
 
 
-class Periodic:
+class Periodic(ABC):
     """A duty run in rounds, in a task of its own from `start` to `stop`.
 
     The first round comes ``first`` seconds after `start` (default: ``interval``), the
@@ -78,9 +79,9 @@ class Periodic:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @abstractmethod
     async def round(self) -> None:
         """One round of the duty; raise to have it logged and retried."""
-        raise NotImplementedError
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"jobqueue-{self.name}")
