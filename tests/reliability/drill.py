@@ -15,7 +15,7 @@ nothing is pending or processing, stops the workers, and hands everything record
 
 `check` judges the run by what the database and the handlers recorded, never by what the
 drill meant to do. Each check has a name (`CHECKS`); a failing run raises one
-`AssertionError` naming the failed checks, their first findings and the seed, which
+`AssertionError` naming the failed checks, their first findings and the random seed, which
 replays the same workload and the same sequence of faults
 (``JOBQUEUE_DRILL_SEED=<seed>``; process timing still varies).
 """
@@ -56,7 +56,7 @@ LOST_LEASE = "lease expired while held by "
 
 
 def drill_seed() -> int:
-    """The seed of this run: ``JOBQUEUE_DRILL_SEED`` when set, else a fresh random one."""
+    """The random seed of this run: ``JOBQUEUE_DRILL_SEED`` when set, else a fresh random one."""
     given = os.environ.get(SEED_ENV)
     return int(given) if given else secrets.randbelow(2**31)
 
@@ -1192,7 +1192,7 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
 
 
 def drill(url: str, table: str, directory: Path, variant: Variant) -> Run:
-    """Run the drill and its checks; fail with the seed and the findings."""
+    """Run the drill and its checks; fail with the random seed and the findings."""
     seed = drill_seed()
     run = run_drill(url, table, directory, variant, seed)
     failed = check(run.evidence)
