@@ -45,6 +45,9 @@ MAX_ATTEMPTS_LIMIT = 1000  # attempts a job may have left: max_attempts - attemp
 MAX_PROGRESS_MESSAGE = 1000
 MAX_REMOTE_TASK_ID = 1000
 MAX_RESULT_URL = 8192
+MAX_LIMIT = 100_000  # a cap on running jobs, or a rate's number of starts
+MAX_RATE_PERIOD = 86_400.0 * 31  # a rate's period, in seconds
+MAX_TURN = 1e15  # a place in the fair-share line (see jobqueue.sql.fair)
 MAX_ERROR = 10_000  # a failed attempt's message, cut to this many characters
 #: The longest duration a call may give (a delay, a lease, a retention period): the
 #: checks (`jobqueue.validation.seconds_of`) refuse longer ones.
@@ -154,6 +157,8 @@ class Job:
     remote_task_id: str | None
     owner_id: str | None
     idempotency_key: str | None
+    turn: float | None
+    limit_key: str | None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -262,6 +267,7 @@ class NewJob:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     owner_id: str | None = None
     idempotency_key: str | None = None
+    limit_key: str | None = None
 
     def to_row(self, limits: QueueLimits) -> dict[str, Any]:
         """The job checked against ``limits`` and made into the row the queue inserts
@@ -278,6 +284,72 @@ class Completion:
     job: Job
     result: Any = None
     result_url: str | None = None
+
+
+@dataclass(slots=True)
+class ClaimMode:
+    """What a queue last learnt about limits: whether its claims must obey limits rows in
+    force. Only a hint for choosing the claim's shape: the plain claim takes nothing while
+    a row is in force, and the claim within limits falls back to the plain one when none
+    is (`jobqueue.sql.limits`)."""
+
+    limited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limits row (see `JobQueue.set_limit`): what it caps, rates or pauses, and the jobs
+    of its queue or key running and pending now.
+
+    ``scope`` is ``queue``, ``key`` (a job's ``limit_key``, else its kind) or ``owner``
+    (whose ``weight`` in the fair share it holds). ``paused`` says whether a pause is
+    running now: from ``paused_at`` until ``paused_until`` (None: until resumed).
+    """
+
+    scope: str
+    name: str
+    max_running: int | None = None
+    max_running_per_owner: int | None = None
+    rate: int | None = None
+    per_seconds: float | None = None
+    weight: float | None = None
+    paused: bool = False
+    paused_at: datetime | None = None
+    paused_until: datetime | None = None
+    pause_reason: str | None = None
+    running: int = 0
+    pending: int = 0
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Limit:
+        fields = {f: row[f] for f in cls.__dataclass_fields__ if f in row}
+        fields["paused"] = bool(fields.get("paused"))
+        fields["running"] = int(fields.get("running") or 0)
+        fields["pending"] = int(fields.get("pending") or 0)
+        return cls(**fields)
+
+    @classmethod
+    def empty(cls, scope: str, name: str) -> Limit:
+        """A queue, key or owner without a row: no limits."""
+        return cls(scope, name)
+
+    @property
+    def in_force(self) -> bool:
+        """Whether claims must obey this row (a cap, a rate or a running pause)."""
+        return self.scope != "owner" and (
+            self.max_running is not None
+            or self.max_running_per_owner is not None
+            or self.rate is not None
+            or self.paused
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in self.__dataclass_fields__:
+            value = getattr(self, f)
+            out[f] = value.isoformat() if isinstance(value, datetime) else value
+        return out
 
 
 @dataclass(frozen=True, slots=True)

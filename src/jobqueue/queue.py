@@ -22,6 +22,7 @@ from collections.abc import (
     Iterator,
     Mapping,
     Sequence,
+    Sized,
 )
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -55,8 +56,10 @@ from .models import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
+    ClaimMode,
     Completion,
     Job,
+    Limit,
     LiveWorker,
     NewJob,
     Status,
@@ -64,6 +67,7 @@ from .models import (
     WorkerPresence,
 )
 from .operations import Access, Operation, presence
+from .operations import limits as limit_ops
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
@@ -87,6 +91,32 @@ class EnqueueOptions(TypedDict, total=False):
     max_attempts: int
     owner_id: str | None
     idempotency_key: str | None
+    limit_key: str | None
+
+
+class LimitSettings(TypedDict, total=False):
+    """Keyword settings of `set_limit` (None clears one)."""
+
+    max_running: int | None
+    max_running_per_owner: int | None
+    rate: int | None
+    per: float | timedelta | None
+    weight: float | None
+
+
+def _settings(settings: LimitSettings) -> dict[str, Any]:
+    out: dict[str, Any] = dict(settings)
+    if "per" in out:
+        out["per_seconds"] = _secs(out.pop("per"))
+    return out
+
+
+def _secs(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _secs_required(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 class _Plan(NamedTuple, Generic[E]):
@@ -122,6 +152,7 @@ class _QueueBase(Generic[E]):
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
+        self._claim_mode = ClaimMode()
 
     def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
         """Where each kind of operation runs (the one place that decides it).
@@ -182,7 +213,8 @@ class _QueueBase(Generic[E]):
         lease: float | None,
     ) -> Operation[list[Job]]:
         qs = [queues] if isinstance(queues, str) else queues
-        return ops.claim(
+        claim = limit_ops.claim_within_limits if self._claim_mode.limited else ops.claim
+        return claim(
             self.statements,
             worker_id,
             limit=limit,
@@ -190,7 +222,13 @@ class _QueueBase(Generic[E]):
             queues=qs,
             kinds=kinds,
             limits=self.limits,
+            mode=self._claim_mode,
         )
+
+    def _learnt_limits(self, was_limited: bool, claimed: Sized) -> bool:
+        """Whether a claim that took nothing learnt that limits are now in force: then the
+        claim within them runs at once instead of waiting for the next round."""
+        return not claimed and self._claim_mode.limited and not was_limited
 
     def _complete_and_claim_op(
         self,
@@ -201,7 +239,12 @@ class _QueueBase(Generic[E]):
         limit: int,
         lease: float | None,
     ) -> Operation[tuple[set[UUID], builtins.list[Job]]]:
-        return ops.complete_and_claim(
+        both = (
+            limit_ops.complete_then_claim_within
+            if self._claim_mode.limited
+            else ops.complete_and_claim
+        )
+        return both(
             self.statements,
             items,
             self.limits,
@@ -210,6 +253,7 @@ class _QueueBase(Generic[E]):
             lease=self._lease(lease),
             queues=[queues] if isinstance(queues, str) else queues,
             kinds=kinds,
+            mode=self._claim_mode,
         )
 
     def _fail_op(
@@ -397,6 +441,58 @@ class JobQueue(_QueueBase[Engine]):
         """
         return self._run(ops.enqueue_many(self.statements, self._new_rows(jobs)), connection)
 
+    # -- scheduling --------------------------------------------------------------------------
+
+    def set_limit(
+        self, name: str, *, scope: str = "key", **settings: Unpack[LimitSettings]
+    ) -> Limit:
+        """Create or change the limits of a queue, a limit key or an owner, enforced by every
+        worker: ``max_running`` (jobs running at once, fleet-wide), ``max_running_per_owner``
+        (the same, per owner), ``rate`` starts per ``per`` seconds (the two go together), and
+        for an owner its ``weight`` in the fair share. A limit key is a job's ``limit_key``,
+        else its kind. Only the settings given change; None clears one. Returns the row."""
+        return self._run(limit_ops.set_limit(self.statements, scope, name, _settings(settings)))
+
+    def list_limits(self) -> builtins.list[Limit]:
+        """Every limits row, with the jobs of its queue or key running and pending now."""
+        return self._run(limit_ops.list_limits(self.statements))
+
+    def remove_limit(self, name: str, *, scope: str = "key") -> bool:
+        """Delete a limits row (its pause with it); whether there was one."""
+        return self._run(limit_ops.remove_limit(self.statements, scope, name))
+
+    def pause(
+        self,
+        name: str,
+        *,
+        scope: str = "queue",
+        duration: float | timedelta | None = None,
+        reason: str | None = None,
+    ) -> Limit:
+        """Pause a queue (or, ``scope="key"``, a limit key) for every worker: for
+        ``duration``, else until `resume`. Its pending jobs wait; running ones finish."""
+        return self._run(limit_ops.pause(self.statements, scope, name, _secs(duration), reason))
+
+    def resume(self, name: str, *, scope: str = "queue") -> Limit:
+        """End a pause; its jobs enter the line again within a worker's next entry round."""
+        return self._run(limit_ops.resume(self.statements, scope, name))
+
+    def enter_line(self) -> int:
+        """Put due jobs that wait outside the line (scheduled, backing off, held back, rows
+        inserted by other clients) into it, one batch; how many. Workers run it on a timer."""
+        return self._run(limit_ops.enter_line(self.statements))
+
+    def retry_later(
+        self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True
+    ) -> Job:
+        """Give a held job back without spending an attempt, to start again after
+        ``after``; with ``pause_key`` its limit key is paused for as long for every worker
+        (what a worker does on `RetryLater` or a provider's 429). `LeaseLost` if it is no
+        longer held."""
+        return self._run(
+            limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
     # -- workers -----------------------------------------------------------------------------
 
     def claim(
@@ -410,9 +506,14 @@ class JobQueue(_QueueBase[Engine]):
     ) -> builtins.list[Job]:
         """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
         ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
-        ``lease`` seconds (default: the queue's) unless heartbeats extend it.
+        ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
+        are in force (`set_limit`, `pause`), it takes only jobs within them.
         """
-        return self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        was_limited = self._claim_mode.limited
+        jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._learnt_limits(was_limited, jobs):
+            jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        return jobs
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
         """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
@@ -461,7 +562,12 @@ class JobQueue(_QueueBase[Engine]):
         """`complete_many` and `claim` as one atomic step (one statement and one commit on
         PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
         only once its job's outcome is written takes the next jobs in the same round trip."""
-        return self._run(self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease))
+        was_limited = self._claim_mode.limited
+        op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
+        written, jobs = self._run(op)
+        if self._learnt_limits(was_limited, jobs):
+            jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        return written, jobs
 
     def fail(
         self,
@@ -705,6 +811,62 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         rows = self._new_rows(jobs)
         return await self._run(ops.enqueue_many(self.statements, rows), connection)
 
+    # -- scheduling --------------------------------------------------------------------------
+
+    async def set_limit(
+        self, name: str, *, scope: str = "key", **settings: Unpack[LimitSettings]
+    ) -> Limit:
+        """Create or change the limits of a queue, a limit key or an owner, enforced by every
+        worker: ``max_running`` (jobs running at once, fleet-wide), ``max_running_per_owner``
+        (the same, per owner), ``rate`` starts per ``per`` seconds (the two go together), and
+        for an owner its ``weight`` in the fair share. A limit key is a job's ``limit_key``,
+        else its kind. Only the settings given change; None clears one. Returns the row."""
+        return await self._run(
+            limit_ops.set_limit(self.statements, scope, name, _settings(settings))
+        )
+
+    async def list_limits(self) -> builtins.list[Limit]:
+        """Every limits row, with the jobs of its queue or key running and pending now."""
+        return await self._run(limit_ops.list_limits(self.statements))
+
+    async def remove_limit(self, name: str, *, scope: str = "key") -> bool:
+        """Delete a limits row (its pause with it); whether there was one."""
+        return await self._run(limit_ops.remove_limit(self.statements, scope, name))
+
+    async def pause(
+        self,
+        name: str,
+        *,
+        scope: str = "queue",
+        duration: float | timedelta | None = None,
+        reason: str | None = None,
+    ) -> Limit:
+        """Pause a queue (or, ``scope="key"``, a limit key) for every worker: for
+        ``duration``, else until `resume`. Its pending jobs wait; running ones finish."""
+        return await self._run(
+            limit_ops.pause(self.statements, scope, name, _secs(duration), reason)
+        )
+
+    async def resume(self, name: str, *, scope: str = "queue") -> Limit:
+        """End a pause; its jobs enter the line again within a worker's next entry round."""
+        return await self._run(limit_ops.resume(self.statements, scope, name))
+
+    async def enter_line(self) -> int:
+        """Put due jobs that wait outside the line (scheduled, backing off, held back, rows
+        inserted by other clients) into it, one batch; how many. Workers run it on a timer."""
+        return await self._run(limit_ops.enter_line(self.statements))
+
+    async def retry_later(
+        self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True
+    ) -> Job:
+        """Give a held job back without spending an attempt, to start again after
+        ``after``; with ``pause_key`` its limit key is paused for as long for every worker
+        (what a worker does on `RetryLater` or a provider's 429). `LeaseLost` if it is no
+        longer held."""
+        return await self._run(
+            limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
     async def claim(
         self,
         worker_id: str,
@@ -716,9 +878,14 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     ) -> builtins.list[Job]:
         """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
         ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
-        ``lease`` seconds (default: the queue's) unless heartbeats extend it.
+        ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
+        are in force (`set_limit`, `pause`), it takes only jobs within them.
         """
-        return await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        was_limited = self._claim_mode.limited
+        jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._learnt_limits(was_limited, jobs):
+            jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        return jobs
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
         """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
@@ -772,9 +939,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
         only once its job's outcome is written takes the next jobs in the same round trip.
         """
-        return await self._run(
-            self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
-        )
+        was_limited = self._claim_mode.limited
+        op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
+        written, jobs = await self._run(op)
+        if self._learnt_limits(was_limited, jobs):
+            jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        return written, jobs
 
     async def fail(
         self,

@@ -333,6 +333,8 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
         check_text(job.owner_id, "owner_id")
     if job.idempotency_key is not None:
         check_text(job.idempotency_key, "idempotency_key")
+    if job.limit_key is not None:
+        check_text(job.limit_key, "limit_key", limit=MAX_NAME)
     if job.run_at is not None and job.delay is not None:
         raise PayloadError("give run_at or delay, not both")
     if job.run_at is not None and (
@@ -355,6 +357,7 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
         "max_attempts": job.max_attempts,
         "owner_id": job.owner_id,
         "idempotency_key": job.idempotency_key,
+        "limit_key": job.limit_key,
         "run_at_value": job.run_at,
         "delay_seconds": delay,
     }

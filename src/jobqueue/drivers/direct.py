@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import aiosqlite
-from sqlalchemy import Connection, Dialect, Executable
+from sqlalchemy import Connection, Dialect, Executable, Float
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..sql.steps import Direct, Query, Rows, Step
@@ -111,10 +111,7 @@ def _compile(step: Query, dialect: Dialect) -> _Compiled:
         if isinstance(step, Direct)
         else {column.keyname: column.type for column in compiled._result_columns}
     )
-    results = {
-        name: type_.dialect_impl(dialect).result_processor(dialect, None)
-        for name, type_ in returning.items()
-    }
+    results = {name: _result_processor(type_, dialect) for name, type_ in returning.items()}
     positional = tuple(compiled.positiontup) if compiled.positiontup else None
     expanding = bool(compiled.post_compile_params or compiled.literal_execute_params)
     found = _Compiled(
@@ -143,6 +140,15 @@ def sqlite_rows(raw: sqlite3.Connection, step: Query, dialect: Dialect) -> Rows:
         return [c.row(names, values) for values in cursor.fetchall()]
     finally:
         cursor.close()
+
+
+def _result_processor(type_: Any, dialect: Any) -> Any:
+    """How a result column is converted. A float column needs nothing: both drivers give
+    Python floats (and psycopg's processor wants the column's type code, unknown here)."""
+    impl = type_.dialect_impl(dialect)
+    if isinstance(impl, Float) and not impl.asdecimal:
+        return None
+    return impl.result_processor(dialect, None)
 
 
 def run_direct(conn: Connection, step: Direct) -> Rows:

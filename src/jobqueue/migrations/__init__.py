@@ -327,9 +327,7 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 
 def exclude_tables(*tables: str) -> IncludeObject:
     """Build an ``include_object`` hook that hides the given jobqueue tables."""
-    hidden = {
-        t for name in tables for t in (name, version_table(name), workers_table_name(name))
-    }
+    hidden = {t for name in tables for t in (name, version_table(name), workers_table_name(name))}
 
     def hook(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if type_ == "table":

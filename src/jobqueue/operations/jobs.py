@@ -16,12 +16,14 @@ from ..models import (
     MAX_PROGRESS_MESSAGE,
     MAX_REMOTE_TASK_ID,
     MAX_RESULT_URL,
+    ClaimMode,
     Completion,
     Job,
     Status,
     StatusStats,
     check_move,
 )
+from ..sql.enqueue import owner_ranks
 from ..sql.statements import Statements
 from ..sql.steps import Row, Rows
 from ..validation import (
@@ -78,10 +80,12 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Jo
         and len(rows) >= COPY_MIN_JOBS
         and all(r["idempotency_key"] is None for r in rows)
     ):
-        (context,) = yield s.copy_context()
-        if context["may_copy"]:
+        groups = list(dict.fromkeys((r["queue"], r["priority"], r["owner_id"]) for r in rows))
+        context = yield s.copy_context(groups)
+        if context[0]["may_copy"]:
             jobs: list[Job] = []
-            yield s.copy_new(_new_jobs(rows, context["now"], jobs))
+            places = {(g["queue"], g["priority"], g["owner_id"]): g for g in context}
+            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs))
             return jobs
     inserted = yield s.insert_many(rows)
     jsonb = s.dialect == "postgresql"
@@ -100,7 +104,8 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Jo
         row = written.get(r["id"])
         if row is not None:
             run_at = row["run_at"]
-            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, jsonb))
+            turn = row["turn"]
+            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, turn, jsonb))
             continue
         found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))
         if found_job is None:  # the conflicting row vanished between the two statements
@@ -118,7 +123,12 @@ _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 def _new_job(
-    r: Mapping[str, Any], created_at: datetime, updated_at: datetime, run_at: datetime, jsonb: bool
+    r: Mapping[str, Any],
+    created_at: datetime,
+    updated_at: datetime,
+    run_at: datetime,
+    turn: float | None,
+    jsonb: bool,
 ) -> Job:
     """The `Job` a new row (as `NewJob.to_row` made it) is stored as, given the times the
     database chose: the same value a read of the row gives, without the read (nor the
@@ -147,6 +157,8 @@ def _new_job(
         None,  # remote_task_id
         r["owner_id"],  # owner_id
         r["idempotency_key"],  # idempotency_key
+        turn,  # turn
+        r["limit_key"],  # limit_key
         created_at,  # created_at
         None,  # started_at
         None,  # completed_at
@@ -157,21 +169,30 @@ def _new_job(
 
 
 def _new_jobs(
-    rows: Iterable[Mapping[str, Any]], now: datetime, out: list[Job]
+    rows: Sequence[Mapping[str, Any]],
+    now: datetime,
+    places: Mapping[tuple[str, int, str | None], Mapping[str, Any]],
+    out: list[Job],
 ) -> Iterator[tuple[Job, str]]:
     """Each row as the `Job` the COPY stores (appended to ``out``), with its payload text;
-    ``now`` is the database clock, read just before.
+    ``now`` is the database clock, read just before, and ``places`` where each queue,
+    priority and owner's jobs enter the line (`Statements.copy_context`): a job due now
+    takes its owner's next turn, as the INSERT gives it (`jobqueue.sql.fair`).
 
     A generator on purpose: the driver sends each record as it is made, so the database
     inserts one part of the batch while Python builds the next (two cores at work).
     """
-    for r in rows:
+    for r, rank in zip(rows, owner_ranks(rows), strict=True):
         run_at = r["run_at_value"]
         if run_at is None:
             run_at = now + timedelta(seconds=r["delay_seconds"])
         else:
             run_at = run_at.astimezone(UTC)
-        job = _new_job(r, now, now, run_at, True)
+        turn = None
+        if run_at <= now:
+            place = places[(r["queue"], r["priority"], r["owner_id"])]
+            turn = place["base"] + (rank - 1) * place["step"]
+        job = _new_job(r, now, now, run_at, turn, True)
         out.append(job)
         yield job, r["payload"]
 
@@ -186,13 +207,25 @@ def claim(
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
     limits: QueueLimits,
+    mode: ClaimMode | None = None,
 ) -> Steps[list[Job]]:
-    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none."""
+    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none.
+
+    The plain claim, which takes nothing while a limits row is in force: when it takes
+    nothing, ``mode`` learns whether one is, so the next claim obeys it
+    (`jobqueue.operations.limits.claim_within_limits`)."""
     lease = _check_claim(worker_id, limit, lease)
     if _asks_for_nothing(queues, kinds):
         return []
     rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    if not rows and mode is not None:
+        yield from _learn_mode(s, mode)
     return _claimed_jobs(rows, limits)
+
+
+def _learn_mode(s: Statements, mode: ClaimMode) -> Steps[None]:
+    (found,) = yield s.limits_in_force()
+    mode.limited = bool(found["in_force"])
 
 
 def _check_claim(worker_id: str, limit: int, lease: float) -> float:
@@ -214,7 +247,7 @@ def _claimed_jobs(rows: Rows, limits: QueueLimits) -> list[Job]:
     its job rather than spend memory and time on it."""
     longest = READ_PAYLOAD_FACTOR * limits.max_payload_bytes
     jobs = [read_job(r, longest) for r in rows]
-    jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+    jobs.sort(key=lambda j: (-j.priority, j.turn or 0.0, j.id))
     return jobs
 
 
@@ -232,8 +265,7 @@ def _check_fence(s: Statements, job: Job, rows: Rows, action: str) -> Steps[Row]
     raise LeaseLost(
         f"cannot {action} job {job.id} (attempt {job.attempts}): it is now {now['status']}, "
         f"attempt {now['attempts']}{again}, held by {now['locked_by'] or 'nobody'}",
-        hint="nothing was written; the job's lease expired or it was released, cancelled "
-        "or reaped",
+        hint="nothing was written; the job's lease expired or it was released, cancelled or reaped",
     )
 
 
@@ -328,12 +360,15 @@ def complete_and_claim(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
+    mode: ClaimMode | None = None,
 ) -> Operation[tuple[set[uuid.UUID], list[Job]]]:
     """Complete a batch and claim up to ``limit`` jobs atomically: the ids written (the
     others were fenced off) and the jobs claimed. One statement on PostgreSQL; on SQLite
     the two statements of `complete_many` and `claim`, in one transaction."""
     both = _complete_and_claim_at_once if s.dialect == "postgresql" else _complete_then_claim
-    return both(s, items, limits, worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    return both(
+        s, items, limits, worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds, mode=mode
+    )
 
 
 @operation(Access.ONE_WRITE)
@@ -347,6 +382,7 @@ def _complete_and_claim_at_once(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
+    mode: ClaimMode | None = None,
 ) -> Steps[tuple[set[uuid.UUID], list[Job]]]:
     """`complete_and_claim` as one statement (PostgreSQL)."""
     lease = _check_claim(worker_id, limit, lease)
@@ -369,6 +405,8 @@ def _complete_and_claim_at_once(
     rows = [
         {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
     ]
+    if not rows and mode is not None:
+        yield from _learn_mode(s, mode)
     return written, _claimed_jobs(rows, limits)
 
 
@@ -383,6 +421,7 @@ def _complete_then_claim(
     lease: float,
     queues: Sequence[str] | None,
     kinds: Sequence[str] | None,
+    mode: ClaimMode | None = None,
 ) -> Steps[tuple[set[uuid.UUID], list[Job]]]:
     """`complete_and_claim` as `complete_many` and `claim`, committed together (SQLite)."""
     lease = _check_claim(worker_id, limit, lease)
@@ -390,6 +429,8 @@ def _complete_then_claim(
     if _asks_for_nothing(queues, kinds):
         return written, []
     rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    if not rows and mode is not None:
+        yield from _learn_mode(s, mode)
     return written, _claimed_jobs(rows, limits)
 
 

@@ -137,8 +137,7 @@ def check_access(s: PresenceStatements) -> Steps[None]:
         missing = [p for p in needed if not row[f"may_{p.lower()}"]]
         if missing:
             raise PermissionDenied(
-                f"the role {role!r} may not {', '.join(missing)} on {table}, "
-                "which a worker needs",
+                f"the role {role!r} may not {', '.join(missing)} on {table}, which a worker needs",
                 hint=f"grant it: GRANT {', '.join(needed)} ON {table} TO {role}; "
                 f"or print the grants and policies: `jobqueue sql --supabase --worker-role {role}`",
             )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal,
     literal_column,
     select,
     union_all,
@@ -27,7 +28,6 @@ from sqlalchemy.types import TypeEngine
 from ..models import Status
 from .common import (
     COMPLETION_COLUMNS,
-    StatementsBase,
     batch_json,
     filter_params,
     json_rows,
@@ -35,6 +35,8 @@ from .common import (
     unnest,
 )
 from .dialect import DbNow, DbNowAfter, DbNowPlus
+from .fair import in_line
+from .limits import Limiting
 from .steps import Direct
 
 
@@ -49,7 +51,7 @@ def completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]
     }
 
 
-class Claiming(StatementsBase):
+class Claiming(Limiting):
     """Claiming, and completing the batches that free a worker's slots."""
 
     def claim(
@@ -61,7 +63,8 @@ class Claiming(StatementsBase):
         queues: Sequence[str] | None,
         kinds: Sequence[str] | None,
     ) -> Direct:
-        """Take up to ``limit`` due jobs, highest priority then oldest first.
+        """Take up to ``limit`` due jobs in the line's order: highest priority, then turn
+        (fair share between owners, `jobqueue.sql.fair`), then id.
 
         Pending jobs come from the partial claim index. Processing jobs whose lease expired
         are claimable too (their lost attempt is recorded in ``errors``), in the same order
@@ -97,15 +100,19 @@ class Claiming(StatementsBase):
             filters.append(c.kind.in_([param(f"kind_{i}", Text()) for i in range(len(kinds))]))
         # Both kinds of candidates in the one order of the line: a job whose lease expired
         # is taken in its place, not after every pending job (`reap` keeps its place too).
-        order = (c.priority.desc(), c.run_at, c.id)
+        # Taken only while no limits row is in force (`jobqueue.sql.limits`): then claims
+        # obey the limits instead, in `Limiting.claim_within`.
+        filters.append(self.no_limits_in_force())
         pending = (
-            select(c.id, c.priority, c.run_at)
-            .where(c.status == Status.PENDING.value, c.run_at <= now, *filters)
-            .order_by(*order)
+            select(c.id, c.priority, c.turn)
+            .where(in_line(self.t), c.run_at <= now, *filters)
+            .order_by(c.priority.desc(), c.turn, c.id)
             .limit(limit)
         )
+        # A job claimed before it had a turn (rows from before fair share) sorts first.
+        place = func.coalesce(c.turn, literal(0.0, Float())).label("turn")
         expired = (
-            select(c.id, c.priority, c.run_at)
+            select(c.id, c.priority, place)
             .where(
                 c.status == Status.PROCESSING.value,
                 c.lease_expires_at < now,
@@ -113,7 +120,7 @@ class Claiming(StatementsBase):
                 *filters,
                 *([] if not_in is None else [c.id != func.all(not_in)]),
             )
-            .order_by(*order)
+            .order_by(c.priority.desc(), place, c.id)
             .limit(limit)
         )
         p: Any
@@ -124,10 +131,10 @@ class Claiming(StatementsBase):
             e = expired.with_for_update(skip_locked=True).cte("expired_jobs")
         else:
             p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
-        picked = union_all(select(p.c.id, p.c.priority, p.c.run_at), select(e)).subquery("picked")
+        picked = union_all(select(p.c.id, p.c.priority, p.c.turn), select(e)).subquery("picked")
         first = picked.c
         where = c.id.in_(
-            select(first.id).order_by(first.priority.desc(), first.run_at, first.id).limit(limit)
+            select(first.id).order_by(first.priority.desc(), first.turn, first.id).limit(limit)
         )
         lost = self.error_entry(self.lost_lease_message())
         return (

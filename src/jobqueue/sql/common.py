@@ -43,6 +43,7 @@ from sqlalchemy.types import TypeEngine
 
 from ..models import JSON_COLUMNS, Status
 from .dialect import DbNow, DbNowText, JsonAppend, UTCDateTime, sqlite_time
+from .table import limits_table
 
 T = TypeVar("T")
 
@@ -162,6 +163,8 @@ class StatementsBase(BuiltOnce):
     def __init__(self, table: Table, dialect: str) -> None:
         super().__init__(dialect)
         self.t = table
+        #: The limits every worker enforces on this table's jobs (`jobqueue.sql.limits`).
+        self.limits = limits_table(table.name, table.schema, table.metadata)
         #: What every statement that returns jobs returns: the table's columns, the JSON
         #: ones as their text (see `_as_text`).
         self.columns: list[ColumnElement[Any]] = [self._as_text(c) for c in table.c]

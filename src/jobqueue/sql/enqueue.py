@@ -15,9 +15,12 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    case,
     cast,
     func,
+    literal,
     literal_column,
+    null,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,8 +29,22 @@ from sqlalchemy.types import TypeEngine
 from ..models import Job
 from .common import StatementsBase, param, unnest
 from .dialect import DbNow, DbNowPlus, UTCDateTime
+from .fair import step, turn_of
 from .steps import CopyRows, Direct, Query
 from .table import idempotency_scope, owner_scope
+
+
+def owner_ranks(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each row's rank (1, 2, ...) among the rows of a batch with its queue and owner: the
+    ``k`` of its turn (`jobqueue.sql.fair`), so a batch's jobs of one owner follow each
+    other in the line instead of sharing a place."""
+    seen: dict[tuple[Any, Any], int] = {}
+    ranks = []
+    for r in rows:
+        group = (r["queue"], r["owner_id"])
+        seen[group] = k = seen.get(group, 0) + 1
+        ranks.append(k)
+    return ranks
 
 
 class Enqueueing(StatementsBase):
@@ -60,42 +77,53 @@ class Enqueueing(StatementsBase):
                     "jq_max_attempts": [r["max_attempts"] for r in rows],
                     "jq_owner_ids": [r["owner_id"] for r in rows],
                     "jq_keys": [r["idempotency_key"] for r in rows],
+                    "jq_limit_keys": [r["limit_key"] for r in rows],
                     "jq_run_ats": [r["run_at_value"] for r in rows],
                     "jq_delays": [r["delay_seconds"] for r in rows],
+                    "jq_ranks": owner_ranks(rows),
                 },
             )
-        stmt = self.once("insert", self._insert_values)
         if len(rows) == 1:
+            stmt = self.once("insert", lambda: self._insert_values(ranked=False))
             returning = self.once(
                 "inserted_types", lambda: {c.name: c.type for c in self._inserted()}
             )
             return Direct(stmt, rows[0], returning)
-        return Query(stmt, list(rows))
+        stmt = self.once("insert_ranked", lambda: self._insert_values(ranked=True))
+        return Query(stmt, [dict(r, rank=k) for r, k in zip(rows, owner_ranks(rows), strict=True)])
 
     #: What RETURNING gives after an insert: the id (which rows were inserted) and the
     #: values the database clock chose.
-    INSERTED = ("id", "created_at", "updated_at", "run_at")
+    INSERTED = ("id", "created_at", "updated_at", "run_at", "turn")
 
     def _inserted(self) -> list[Any]:
         return [self.t.c[name] for name in self.INSERTED]
 
-    def _insert_values(self) -> Any:
+    def _insert_values(self, *, ranked: bool) -> Any:
+        """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
+        batch's jobs of the same owner and queue (`owner_ranks`)."""
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
         )
+        queue = bindparam("queue", type_=String())
+        priority = bindparam("priority", type_=Integer())
+        owner = bindparam("owner_id", type_=Text())
+        rank = bindparam("rank", type_=Integer()) if ranked else literal(1, Integer())
         payload = bindparam("payload", type_=Text())  # JSON text from check_json
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         stmt = insert(self.t).values(
             id=bindparam("id", type_=Uuid()),
-            queue=bindparam("queue", type_=String()),
+            queue=queue,
             kind=bindparam("kind", type_=String()),
             payload=cast(payload, postgresql.JSONB()) if self.dialect == "postgresql" else payload,
-            priority=bindparam("priority", type_=Integer()),
+            priority=priority,
             max_attempts=bindparam("max_attempts", type_=Integer()),
-            owner_id=bindparam("owner_id", type_=Text()),
+            owner_id=owner,
             idempotency_key=bindparam("idempotency_key", type_=Text()),
+            limit_key=bindparam("limit_key", type_=String()),
             run_at=run_at,
+            turn=self._entering_turn(run_at, queue, priority, owner, rank),
         )
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
@@ -112,10 +140,13 @@ class Enqueueing(StatementsBase):
             ("max_attempts", "max_attempts", Integer()),
             ("owner_id", "owner_ids", Text()),
             ("idempotency_key", "keys", Text()),
+            ("limit_key", "limit_keys", Text()),
             ("run_at_value", "run_ats", DateTime(timezone=True)),
             ("delay_seconds", "delays", Float()),
+            ("rank", "ranks", Integer()),
         ]
         n = unnest(arrays, "new_jobs").c
+        run_at = func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds))
         rows = select(
             n.id,
             n.queue,
@@ -125,7 +156,9 @@ class Enqueueing(StatementsBase):
             n.max_attempts,
             n.owner_id,
             n.idempotency_key,
-            func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds)),
+            n.limit_key,
+            run_at,
+            self._entering_turn(run_at, n.queue, n.priority, n.owner_id, n.rank),
         )
         targets = [
             c.id,
@@ -136,7 +169,9 @@ class Enqueueing(StatementsBase):
             c.max_attempts,
             c.owner_id,
             c.idempotency_key,
+            c.limit_key,
             c.run_at,
+            c.turn,
         ]
         return (
             postgresql.insert(self.t)
@@ -144,6 +179,12 @@ class Enqueueing(StatementsBase):
             .on_conflict_do_nothing(**self._key_conflict())
             .returning(*self._inserted())
         )
+
+    def _entering_turn(self, run_at: Any, queue: Any, priority: Any, owner: Any, rank: Any) -> Any:
+        """A new job's place in the line: due now, it enters at once; due later, it waits
+        outside the line and enters when due (`jobqueue.sql.fair`)."""
+        turn = turn_of(self.t, self.limits, queue, priority, owner, rank)
+        return case((run_at <= DbNow(), turn), else_=null())
 
     def _key_conflict(self) -> dict[str, Any]:
         """The ON CONFLICT target: the idempotency index (a key is unique per queue and
@@ -162,15 +203,19 @@ class Enqueueing(StatementsBase):
         "priority",
         "max_attempts",
         "owner_id",
+        "limit_key",
         "run_at",
+        "turn",
         "created_at",
         "updated_at",
     )
 
-    def copy_context(self) -> Query:
+    def copy_context(self, groups: Sequence[tuple[str, int, str | None]]) -> Query:
         """What the COPY path needs first, in one round trip: the database clock (the new
-        jobs' ``created_at``, so they can be returned without RETURNING) and whether this
-        role may COPY here at all. COPY FROM refuses a table where row-level security
+        jobs' ``created_at``, so they can be returned without RETURNING), whether this
+        role may COPY here at all, and for each (queue, priority, owner) of ``groups``
+        where its jobs enter the line (``base``, the turn of its first job, and ``step``,
+        see `jobqueue.sql.fair`). COPY FROM refuses a table where row-level security
         applies to the role, and needs INSERT on every column it names (a role with
         column grants only, like Supabase's ``authenticated``, lacks it): then the INSERT
         runs instead."""
@@ -181,11 +226,34 @@ class Enqueueing(StatementsBase):
                 func.row_security_active(name).is_(False),
                 func.has_table_privilege(name, literal_column("'INSERT'")),
             )
-            return select(DbNow().label("now"), may_copy.label("may_copy"))
+            g = unnest(
+                [
+                    ("queue", "queues", Text()),
+                    ("priority", "priorities", Integer()),
+                    ("owner_id", "owner_ids", Text()),
+                ],
+                "groups",
+            ).c
+            one = literal(1, Integer())
+            return select(
+                DbNow().label("now"),
+                may_copy.label("may_copy"),
+                g.queue,
+                g.priority,
+                g.owner_id,
+                turn_of(self.t, self.limits, g.queue, g.priority, g.owner_id, one).label("base"),
+                step(self.limits, g.owner_id).label("step"),
+            )
 
         t = self.t
         name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
-        return Query(self.once("copy_context", build), {"jq_table": name})
+        params = {
+            "jq_table": name,
+            "jq_queues": [q for q, _, _ in groups],
+            "jq_priorities": [p for _, p, _ in groups],
+            "jq_owner_ids": [o for _, _, o in groups],
+        }
+        return Query(self.once("copy_context", build), params)
 
     def copy_new(self, jobs: Iterable[tuple[Job, str]]) -> CopyRows:
         """COPY new jobs (PostgreSQL): each `Job` as it will be stored, with its payload
@@ -199,7 +267,9 @@ class Enqueueing(StatementsBase):
                 j.priority,
                 j.max_attempts,
                 j.owner_id,
+                j.limit_key,
                 j.run_at,
+                j.turn,
                 j.created_at,
                 j.updated_at,
             )

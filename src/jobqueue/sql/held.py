@@ -206,6 +206,8 @@ class HeldJobs(StatementsBase):
                 moves = {
                     "status": Status.PENDING.value,
                     "run_at": DbNowPlus(param("retry_in", Float())),
+                    # Out of the line until due (`jobqueue.sql.fair`).
+                    "turn": None,
                     "locked_by": None,
                     "max_attempts": self.at_least_one_more(),
                 }
@@ -221,23 +223,37 @@ class HeldJobs(StatementsBase):
             params["jq_retry_in"] = retry_in
         return Query(self.once(("fail", retrying), build), params)
 
-    def release(self, job_id: UUID, attempt: int, started: datetime | None, reason: str) -> Query:
-        """Give a held job back to the queue at once, in its place in line, without
-        spending an attempt: its ``attempts`` go back down by one (``max_attempts`` stays)
-        and its progress starts over. ``started_at`` stays: the next claim starts later
-        than it (see `claim`), so the fence still tells this claim from the next one with
-        the same attempt number.
+    def release(
+        self,
+        job_id: UUID,
+        attempt: int,
+        started: datetime | None,
+        reason: str,
+        after: float | None = None,
+    ) -> Query:
+        """Give a held job back to the queue without spending an attempt: at once, in its
+        place in line, or (``after`` seconds) out of the line until then, when it enters
+        it again (`jobqueue.sql.fair`). Its ``attempts`` go back down by one
+        (``max_attempts`` stays) and its progress starts over. ``started_at`` stays: the
+        next claim starts later than it (see `claim`), so the fence still tells this claim
+        from the next one with the same attempt number.
         """
+        later = after is not None
 
         def build() -> Any:
             c = self.t.c
             now = DbNow()
+            when: dict[str, Any] = (
+                {"run_at": DbNowPlus(param("after", Float())), "turn": None}
+                if later
+                else {"run_at": self.place_in_line()}
+            )
             return (
                 update(self.t)
                 .where(self.fence())
                 .values(
                     status=Status.PENDING.value,
-                    run_at=self.place_in_line(),
+                    **when,
                     locked_by=None,
                     lease_expires_at=None,
                     attempts=c.attempts - 1,
@@ -250,7 +266,9 @@ class HeldJobs(StatementsBase):
             )
 
         params = fence_params(job_id, attempt, started, jq_reason=reason)
-        return Query(self.once("release", build), params)
+        if later:
+            params["jq_after"] = after
+        return Query(self.once(("release", later), build), params)
 
     def fence_state(self, job_id: UUID) -> Query:
         """What a fenced write that matched nothing needs to explain itself."""

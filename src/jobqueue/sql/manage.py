@@ -78,6 +78,7 @@ class Managing(StatementsBase):
                 .where(c.id == param("job_id", Uuid()), c.status.in_(status_values(final_sources)))
                 .values(
                     status=Status.PENDING.value,
+                    turn=None,  # enters the line anew (`jobqueue.sql.fair`)
                     run_at=now,
                     max_attempts=self.at_least_one_more(),
                     locked_by=None,

@@ -154,8 +154,8 @@ class PresenceStatements(BuiltOnce):
 
         def build() -> Any:
             c = self.t.c
-            return delete(self.t).where(c.worker_id == _p("worker_id", Text())).returning(
-                c.worker_id
+            return (
+                delete(self.t).where(c.worker_id == _p("worker_id", Text())).returning(c.worker_id)
             )
 
         return Query(self.once("gone", build), {"jq_worker_id": worker_id})

@@ -111,7 +111,7 @@ _READABLE_PAYLOAD = (
     f"pg_column_size(payload) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
     f"AND octet_length(payload::text) <= {DEFAULT_MAX_PAYLOAD_BYTES} "
     f"AND NOT jsonb_path_exists(payload, 'strict $.**{{{MAX_JSON_DEPTH + 1} to last}}') "
-    "AND NOT jsonb_path_exists(payload, 'strict $.** ? (@.type() == \"number\" && "
+    'AND NOT jsonb_path_exists(payload, \'strict $.** ? (@.type() == "number" && '
     f"(@ >= 1e{MAX_JSON_INT_DIGITS} || @ <= -1e{MAX_JSON_INT_DIGITS}))')"
 )
 

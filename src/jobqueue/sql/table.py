@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ColumnElement,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     and_,
     func,
     literal_column,
+    or_,
     text,
 )
 
@@ -39,12 +41,15 @@ from ..models import (
     DEFAULT_TABLE,
     MAX_ATTEMPTS_LIMIT,
     MAX_ERROR,
+    MAX_LIMIT,
     MAX_NAME,
     MAX_PRIORITY,
     MAX_PROGRESS_MESSAGE,
+    MAX_RATE_PERIOD,
     MAX_REMOTE_TASK_ID,
     MAX_RESULT_URL,
     MAX_TEXT,
+    MAX_TURN,
     Status,
 )
 from .dialect import DbNow, Finite, NewJobId, UTCDateTime, json_type
@@ -126,6 +131,11 @@ def jobs_table(
         Column("remote_task_id", Text()),
         Column("owner_id", Text()),
         Column("idempotency_key", Text()),
+        # The job's place in the fair-share line (`jobqueue.sql.fair`): NULL while it waits
+        # for a time (scheduled, backing off, held back) and is not yet in the line.
+        Column("turn", Float()),
+        # The name whose limits govern the job besides its queue's; NULL means its kind.
+        Column("limit_key", String(200)),
         Column("created_at", UTCDateTime(), nullable=False, server_default=DbNow()),
         Column("started_at", UTCDateTime()),
         Column("completed_at", UTCDateTime()),
@@ -140,16 +150,28 @@ def jobs_table(
     )
     for suffix, bound in bounds(t).items():
         t.append_constraint(CheckConstraint(bound, name=f"{name}_{suffix}_check"))
-    pending = t.c.status == text("'pending'")
+    in_line = and_(t.c.status == text("'pending'"), t.c.turn.isnot(None))
     Index(
         f"{name}_claim_idx",
         t.c.queue,
         t.c.priority.desc(),
-        t.c.run_at,
+        t.c.turn,
         t.c.id,
-        postgresql_where=pending,
-        sqlite_where=pending,
+        postgresql_where=in_line,
+        sqlite_where=in_line,
     )
+    # Each owner's last place in the line: where its next job goes (migration 0005).
+    Index(
+        f"{name}_turn_idx",
+        t.c.queue,
+        t.c.owner_id,
+        t.c.turn,
+        postgresql_where=in_line,
+        sqlite_where=in_line,
+    )
+    # The jobs waiting to enter the line, by the time they may.
+    waiting = and_(t.c.status == text("'pending'"), t.c.turn.is_(None))
+    Index(f"{name}_entry_idx", t.c.run_at, postgresql_where=waiting, sqlite_where=waiting)
     processing = t.c.status == text("'processing'")
     Index(
         f"{name}_lease_idx",
@@ -215,12 +237,15 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
         "kind": length(c.kind, 1, MAX_NAME),
         "owner": length(c.owner_id, 1, MAX_TEXT),
         "key": length(c.idempotency_key, 1, MAX_TEXT),
+        "limit_key": length(c.limit_key, 1, MAX_NAME),
         "locked_by": length(c.locked_by, 1, MAX_TEXT),
         "task_id": length(c.remote_task_id, 1, MAX_REMOTE_TASK_ID),
         "message": length(c.progress_message, 0, MAX_PROGRESS_MESSAGE),
         "result_url": length(c.result_url, 1, MAX_RESULT_URL),
         "error": length(c.error, 0, MAX_ERROR),
         "priority": c.priority.between(-MAX_PRIORITY, MAX_PRIORITY),
+        # Finite: NaN or an infinity would put a job past or before every other for good.
+        "turn": c.turn.between(-MAX_TURN, MAX_TURN),
         # Not max_attempts alone: an operator's `retry` of a job that spent its attempts
         # raises it by one, and may never be refused. What it keeps within bounds is what
         # is left.
@@ -262,11 +287,82 @@ OWNER_COLUMNS: tuple[str, ...] = (
     "run_at",
     "owner_id",
     "idempotency_key",
+    "limit_key",
     "created_at",
     "started_at",
     "completed_at",
     "updated_at",
 )
+
+
+# -- the limits --------------------------------------------------------------------------------
+
+LIMITS_SUFFIX = "_limits"
+
+#: What a limits row is about: a queue, a limit key (a job's ``limit_key``, else its kind),
+#: or an owner (whose weight in the fair share it holds).
+LIMIT_SCOPES = ("queue", "key", "owner")
+
+
+def limits_table_name(jobs_table_name: str) -> str:
+    """The limits table of the jobs table ``jobs_table_name`` (``generation_jobs_limits``)."""
+    return f"{jobs_table_name}{LIMITS_SUFFIX}"
+
+
+def limits_table(
+    jobs_table_name: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """The `Table` of the limits every worker enforces (`jobqueue.sql.limits`).
+
+    One row per queue, limit key or owner that has a rule: caps on running jobs (in all,
+    and per owner), a rate of starts, a pause, a weight in the fair share. ``starts``
+    holds the recent starts a rate is counted over (a JSON array of database times).
+    """
+    validate_table_name(jobs_table_name)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    name = limits_table_name(jobs_table_name)
+    t = Table(
+        name,
+        metadata if metadata is not None else MetaData(),
+        Column("scope", String(20), nullable=False),
+        Column("name", String(MAX_TEXT), nullable=False),
+        Column("max_running", Integer()),
+        Column("max_running_per_owner", Integer()),
+        Column("rate", Integer()),
+        Column("per_seconds", Float()),
+        Column("weight", Float()),
+        Column("paused_at", UTCDateTime()),
+        Column("paused_until", UTCDateTime()),
+        Column("pause_reason", Text()),
+        Column("starts", json_type(), nullable=False, server_default=text("'[]'")),
+        Column("updated_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        PrimaryKeyConstraint("scope", "name", name=f"{name}_pkey"),
+        schema=schema,
+    )
+    for suffix, rule in limit_rules(t).items():
+        t.append_constraint(CheckConstraint(rule, name=f"{name}_{suffix}_check"))
+    return t
+
+
+def limit_rules(t: Table) -> dict[str, ColumnElement[bool]]:
+    """The check constraints of the limits table, by name (``<limits>_<name>_check``)."""
+    c = t.c
+    return {
+        "scope": c.scope.in_(LIMIT_SCOPES),
+        "name": func.length(c.name).between(1, MAX_TEXT),
+        "max_running": c.max_running.between(1, MAX_LIMIT),
+        "per_owner": c.max_running_per_owner.between(1, MAX_LIMIT),
+        # A rate is a number of starts per a period: both or neither.
+        "rate": or_(
+            and_(c.rate.is_(None), c.per_seconds.is_(None)),
+            and_(c.rate.between(1, MAX_LIMIT), c.per_seconds.between(0.001, MAX_RATE_PERIOD)),
+        ),
+        "weight": c.weight.between(0.001, 1000),
+        "times": and_(*(Finite(col) for col in (c.paused_at, c.paused_until, c.updated_at))),
+    }
 
 
 # -- the live workers --------------------------------------------------------------------------

@@ -79,7 +79,8 @@ class Allowed:
                 422,
                 "model_not_allowed",
                 f"the model {model[:80]!r} is not allowed",
-                hint="allowed models: " + _listing(sorted(self.models))
+                hint="allowed models: "
+                + _listing(sorted(self.models))
                 + " (or leave 'model' out for the default)",
             )
         if self.options is None:

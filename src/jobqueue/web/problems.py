@@ -66,9 +66,7 @@ def error_response(
 #: The 404 of a job the caller may not see, whatever the reason (missing or another
 #: owner's); demo mode adds why a curl user most often gets it.
 NOT_FOUND = "no such job"
-DEMO_NOT_FOUND = (
-    "no such job: this job belongs to another owner, or you sent no owner cookie"
-)
+DEMO_NOT_FOUND = "no such job: this job belongs to another owner, or you sent no owner cookie"
 DEMO_NOT_FOUND_HINT = (
     "the demo tells browsers apart by the jobqueue_owner cookie its first answer sets; "
     "send it back with every request (curl: -c cookies.txt -b cookies.txt)"

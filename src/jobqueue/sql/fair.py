@@ -1,0 +1,88 @@
+"""Fair share between owners: each job's place in the line (its ``turn``).
+
+The line is the pending jobs with a turn, claimed by priority, then turn, then id (the
+claim index). A job's turn is set when it enters the line:
+
+    turn = max(head, last + step) + (k - 1) * step
+
+- ``head``: the smallest turn in the line among the jobs of its queue and priority (0 when
+  there are none), so an owner with nothing waiting starts at the front;
+- ``last``: the largest turn its owner has in the line in that queue (jobs without an
+  owner count as one owner), so an owner's jobs follow each other one ``step`` apart;
+- ``step``: 1 divided by the owner's weight (the ``weight`` of its ``owner`` limits row,
+  else 1), so a weight of 2 puts two jobs in each round where others have one;
+- ``k``: the job's rank among the jobs of the same owner and queue entering together (a
+  batch).
+
+So the line interleaves owners: an owner's n-th job sits about n steps behind the head,
+whatever other owners have queued, and one user's backlog of 1,000 jobs delays another
+user's single job by at most one round (one job of each owner with jobs waiting ahead of
+it). Computing a turn costs three index probes: the claim index for ``head``, the turn
+index for ``last``, the limits table's primary key for the weight.
+
+Jobs that wait for a time are not in the line: a job scheduled for later, a retry backing
+off, a job held back by its provider (`RetryLater`), and a row another client inserted
+without a turn. They enter it when due (`Entering.enter_line`, run by every worker), with a
+turn computed the same way at that moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, Table, case, func, literal, select
+
+from ..models import Status
+
+
+def in_line(t: Table) -> ColumnElement[bool]:
+    """The condition of the claim and turn indexes: pending, with a place in the line."""
+    return (t.c.status == Status.PENDING.value) & t.c.turn.isnot(None)
+
+
+def _head(t: Table, queue: Any, priority: Any) -> Any:
+    c = t.c
+    return (
+        select(c.turn)
+        .where(c.queue == queue, c.priority == priority, in_line(t))
+        .order_by(c.turn)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _last(t: Table, queue: Any, owner: Any) -> Any:
+    """The owner's last turn in the queue's line (one probe of the turn index; NULL owners
+    get their own branch, as ``owner_id = NULL`` matches nothing)."""
+    c = t.c
+
+    def last_where(*cond: ColumnElement[bool]) -> Any:
+        return (
+            select(c.turn)
+            .where(c.queue == queue, *cond, in_line(t))
+            .order_by(c.turn.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    return case(
+        (owner.is_(None), last_where(c.owner_id.is_(None))),
+        else_=last_where(c.owner_id == owner),
+    )
+
+
+def step(limits: Table, owner: Any) -> Any:
+    """1 / the owner's weight (1 without a weight)."""
+    lc = limits.c
+    weight = select(lc.weight).where(lc.scope == "owner", lc.name == owner).scalar_subquery()
+    return literal(1.0, Float()) / func.coalesce(weight, literal(1.0, Float()))
+
+
+def turn_of(t: Table, limits: Table, queue: Any, priority: Any, owner: Any, rank: Any) -> Any:
+    """The turn of a job entering the line (see the module's docstring); ``rank`` is its
+    ``k``, 1 for a job entering alone."""
+    s = step(limits, owner)
+    head = func.coalesce(_head(t, queue, priority), literal(0.0, Float()))
+    after_last = _last(t, queue, owner) + s
+    base = case((after_last > head, after_last), else_=head)
+    return base + (rank - 1) * s
