@@ -46,6 +46,7 @@ from ..errors import (
 from ..models import Job, Status, WorkerPresence
 from ..operations.presence import beat_interval_of, ttl_of
 from ..queue import AsyncJobQueue
+from ..sql.limits import ENTRY_BATCH
 from .outcome import StopReason
 from .slots import Slot, Slots, matched
 
@@ -203,6 +204,24 @@ class Reaper(Periodic):
     async def round(self) -> None:
         for job_id, status in await self.queue.reap():
             log.warning("Job %s: lease expired; moved back to %s", job_id, status)
+
+
+class Entrance(Periodic):
+    """Puts due jobs waiting outside the fair-share line into it every ``interval`` seconds
+    (`AsyncJobQueue.enter_line`): retries whose backoff is over, scheduled jobs whose time
+    has come, jobs held back by a provider or a pause that ended, rows another client
+    inserted. Rounds follow each other at once while a round fills a whole batch."""
+
+    name = "entrance"
+    failure = "putting due jobs in the line"
+
+    def __init__(self, queue: AsyncJobQueue, interval: float):
+        super().__init__(interval, first=0.0)
+        self.queue = queue
+
+    async def round(self) -> None:
+        while await self.queue.enter_line() >= ENTRY_BATCH:
+            pass
 
 
 class Presence(Periodic):

@@ -50,7 +50,7 @@ from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
-from .maintenance import Heartbeats, Periodic, Presence, Reaper, Wakeups
+from .maintenance import Entrance, Heartbeats, Periodic, Presence, Reaper, Wakeups
 from .outcome import StopReason
 from .registry import Registry
 from .slots import Slot, Slots
@@ -59,6 +59,10 @@ log = logging.getLogger("jobqueue.worker")
 
 #: The shortest positive duration a worker setting may have (as for the queue's lease).
 MIN_SECONDS = 0.001
+
+#: The longest a due job waits outside the fair-share line while slots are busy (seconds):
+#: how often `Entrance` runs, unless the poll interval is shorter.
+ENTRY_INTERVAL = 1.0
 
 
 def default_worker_id() -> str:
@@ -303,6 +307,7 @@ class Worker:
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
             Reaper(self.queue, self.reap_interval, at_once=until_idle),
+            Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
         ]
         if not until_idle and self.listen and self.queue.is_postgres:
             wakeups = Wakeups(self.queue, self.worker_id, self._on_notify)
@@ -369,9 +374,20 @@ class Worker:
                 self._start(job)
             if len(jobs) >= free:
                 continue  # there may be more due right now
+            if await self._entered_line():
+                continue  # due jobs were waiting outside the line: claim them now
             if lifecycle.until_idle and not jobs and self._idle():
                 return
             await self._sleep_until_woken(self.poll_interval)
+
+    async def _entered_line(self) -> bool:
+        """After a claim came up short: whether due jobs waiting outside the line (a row
+        another client inserted, a retry whose backoff is over) entered it just now."""
+        try:
+            return await self.queue.enter_line() > 0
+        except Exception as exc:
+            log.debug("putting due jobs in the line failed (%s)", describe_error(exc))
+            return False
 
     def _idle(self) -> bool:
         return not self._slots.tasks and self._completer.idle()
