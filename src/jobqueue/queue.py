@@ -225,10 +225,20 @@ class _QueueBase(Generic[E]):
             mode=self._claim_mode,
         )
 
+    @staticmethod
+    def _short(claimed: Sized, limit: int) -> bool:
+        """Whether a claim took fewer jobs than asked for. Then a second claim follows at
+        once if the first learnt that limits are now in force (`_learnt_limits`), or if due
+        jobs waiting outside the fair-share line (a retried job, a row another client
+        inserted) entered it just now (`_entry_op`)."""
+        return len(claimed) < limit
+
     def _learnt_limits(self, was_limited: bool, claimed: Sized) -> bool:
-        """Whether a claim that took nothing learnt that limits are now in force: then the
-        claim within them runs at once instead of waiting for the next round."""
+        """Whether a claim that took nothing learnt that limits are now in force."""
         return not claimed and self._claim_mode.limited and not was_limited
+
+    def _entry_op(self) -> Operation[int]:
+        return limit_ops.enter_line(self.statements)
 
     def _complete_and_claim_op(
         self,
@@ -511,8 +521,12 @@ class JobQueue(_QueueBase[Engine]):
         """
         was_limited = self._claim_mode.limited
         jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if self._learnt_limits(was_limited, jobs):
-            jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._short(jobs, limit) and (
+            self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
+        ):
+            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
+            taken: builtins.list[Job] = self._run(more)
+            jobs.extend(taken)
         return jobs
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
@@ -565,8 +579,12 @@ class JobQueue(_QueueBase[Engine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = self._run(op)
-        if self._learnt_limits(was_limited, jobs):
-            jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._short(jobs, limit) and (
+            self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
+        ):
+            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
+            taken: builtins.list[Job] = self._run(more)
+            jobs.extend(taken)
         return written, jobs
 
     def fail(
@@ -883,8 +901,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """
         was_limited = self._claim_mode.limited
         jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if self._learnt_limits(was_limited, jobs):
-            jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._short(jobs, limit) and (
+            self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
+        ):
+            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
+            taken: builtins.list[Job] = await self._run(more)
+            jobs.extend(taken)
         return jobs
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
@@ -942,8 +964,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = await self._run(op)
-        if self._learnt_limits(was_limited, jobs):
-            jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
+        if self._short(jobs, limit) and (
+            self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
+        ):
+            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
+            taken: builtins.list[Job] = await self._run(more)
+            jobs.extend(taken)
         return written, jobs
 
     async def fail(

@@ -210,7 +210,10 @@ class Entrance(Periodic):
     """Puts due jobs waiting outside the fair-share line into it every ``interval`` seconds
     (`AsyncJobQueue.enter_line`): retries whose backoff is over, scheduled jobs whose time
     has come, jobs held back by a provider or a pause that ended, rows another client
-    inserted. Rounds follow each other at once while a round fills a whole batch."""
+    inserted. Rounds follow each other at once while a round fills a whole batch. (A claim
+    that comes up short does the same before it gives up, see `AsyncJobQueue.claim`: this
+    timer is for due jobs while every slot is busy, so they take their turn in the line
+    instead of waiting for the backlog to drain.)"""
 
     name = "entrance"
     failure = "putting due jobs in the line"

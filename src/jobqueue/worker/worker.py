@@ -374,20 +374,9 @@ class Worker:
                 self._start(job)
             if len(jobs) >= free:
                 continue  # there may be more due right now
-            if await self._entered_line():
-                continue  # due jobs were waiting outside the line: claim them now
             if lifecycle.until_idle and not jobs and self._idle():
                 return
             await self._sleep_until_woken(self.poll_interval)
-
-    async def _entered_line(self) -> bool:
-        """After a claim came up short: whether due jobs waiting outside the line (a row
-        another client inserted, a retry whose backoff is over) entered it just now."""
-        try:
-            return await self.queue.enter_line() > 0
-        except Exception as exc:
-            log.debug("putting due jobs in the line failed (%s)", describe_error(exc))
-            return False
 
     def _idle(self) -> bool:
         return not self._slots.tasks and self._completer.idle()
