@@ -418,9 +418,7 @@ def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
     assert (tmp_path / "from-dotenv.db").exists()
 
 
-def test_every_banner_names_the_sqlite_file_by_its_absolute_path(
-    run: Run, tmp_path: Path
-) -> None:
+def test_every_banner_names_the_sqlite_file_by_its_absolute_path(run: Run, tmp_path: Path) -> None:
     """The default URL is relative (./jobqueue.db): run from two directories, it is two
     databases, so every command that starts work says which file it uses."""
     where = f"SQLite file {tmp_path / 'jobqueue.db'}"

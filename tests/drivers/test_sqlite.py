@@ -88,9 +88,7 @@ def test_a_writer_waiting_for_the_lock_keeps_trying_in_short_tries(
     url, table = sqlite_table
     q = JobQueue(url, table=table)
     tried: list[str] = []
-    event.listen(
-        q.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(tried.append)
-    )
+    event.listen(q.engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(tried.append))
     done: list[object] = []
     with holding_the_lock(_path(url)):
         writer = threading.Thread(target=lambda: done.append(q.enqueue("image", {})))
@@ -163,9 +161,7 @@ async def test_hot_writes_never_hold_the_lock_while_the_event_loop_runs(
             [Completion(j, {"ok": True}) for j in claimed], "w", limit=5
         )
         assert written == {j.id for j in claimed} and len(more) == 3
-        assert await q.complete_many([Completion(j, None) for j in more]) == {
-            j.id for j in more
-        }
+        assert await q.complete_many([Completion(j, None) for j in more]) == {j.id for j in more}
         assert {j.status.value for j in await q.list()} == {"completed"}
     assert after_each_trip and not any(after_each_trip), after_each_trip
 

@@ -228,8 +228,6 @@ def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
         assert [j.owner_id for j in q.list(owner_id="u")] == ["u"]
 
 
-
-
 def test_0003_keeps_every_row_and_fails_only_unfinished_jobs_out_of_bounds(
     db_url: str, table_name: str
 ) -> None:

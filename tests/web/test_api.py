@@ -326,8 +326,9 @@ async def test_bad_create_requests_are_refused_and_enqueue_nothing(
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize("limit", ["\u00b2", "\u0663", "\uff15", "+5", " 5", "5 ", "1e1", "0x5", "",
-                                   "5" * 5000, "-0"])
+@pytest.mark.parametrize(
+    "limit", ["\u00b2", "\u0663", "\uff15", "+5", " 5", "5 ", "1e1", "0x5", "", "5" * 5000, "-0"]
+)
 async def test_malformed_query_parameters_are_400(
     alice: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, limit: str
 ) -> None:
@@ -698,7 +699,11 @@ async def test_cross_site_posts_with_cookies_are_refused(
 
 
 async def test_the_host_decides_which_origins_may_post(aqueue: AsyncJobQueue) -> None:
-    cross = {"Cookie": "session=s1", "Sec-Fetch-Site": "cross-site", "Origin": "https://spa.example"}
+    cross = {
+        "Cookie": "session=s1",
+        "Sec-Fetch-Site": "cross-site",
+        "Origin": "https://spa.example",
+    }
     checked = create_app(aqueue, identify=by_header)
     trusting = create_app(aqueue, identify=by_header, trusted_origins=["https://SPA.example:443"])
     unchecked = create_app(aqueue, identify=by_header, check_origin=False)
@@ -970,9 +975,7 @@ async def stream_answer(client: httpx.AsyncClient, url: str) -> tuple[int, Any, 
 
 
 async def test_open_streams_per_owner_are_bounded(aqueue: AsyncJobQueue) -> None:
-    app = create_app(
-        aqueue, identify=by_header, events_poll_interval=0.05, max_streams_per_owner=2
-    )
+    app = create_app(aqueue, identify=by_header, events_poll_interval=0.05, max_streams_per_owner=2)
     async with (
         running_server(app) as base,
         httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as alice,

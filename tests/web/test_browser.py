@@ -343,8 +343,11 @@ async def test_client_and_demo_page_use_only_http_and_data_image_urls(
                 "[...document.querySelectorAll('[href],[src]')]"
                 ".map((e) => e.getAttribute('href') ?? e.getAttribute('src'))"
             )
-            assert not [h for h in hrefs if not h.startswith(("http", "data:image/", "static/"))
-                        and h not in ("#", "data:,")], hrefs
+            assert not [
+                h
+                for h in hrefs
+                if not h.startswith(("http", "data:image/", "static/")) and h not in ("#", "data:,")
+            ], hrefs
 
             # A stream refused for being one too many (429): watchJob falls back to polling.
             second = await queue.enqueue(

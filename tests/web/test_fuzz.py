@@ -121,14 +121,13 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 fields = st.sampled_from(["prompt", "model", "images", "options", "n", "priority", ""])
-json_bodies = st.dictionaries(fields, json_values, max_size=5).map(
-    lambda d: json.dumps(d).encode()
-)
+json_bodies = st.dictionaries(fields, json_values, max_size=5).map(lambda d: json.dumps(d).encode())
 
 
 def nested(depth: int) -> bytes:
@@ -225,14 +224,37 @@ def bare_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
 @given(request=requests())
 @example(request=("GET", "/jobs", {"params": {"limit": "\u00b2"}}))
 @example(request=("GET", "/jobs", {"params": {"limit": "9" * 5000}}))
-@example(request=("POST", "/jobs", {"content": nested(100_000)[:60_000],
-                                    "headers": {"content-type": "application/json"}}))
-@example(request=("POST", "/jobs", {"content": nested(5000),
-                                    "headers": {"content-type": "application/json"}}))
-@example(request=("POST", "/jobs", {"content": long_number(5000),
-                                    "headers": {"content-type": "application/json"}}))
-@example(request=("POST", "/jobs", {"data": {"prompt": "x", "options": '{"n": ' + "9" * 5000 + "}"},
-                                    "files": {"image": ("", b"")}}))
+@example(
+    request=(
+        "POST",
+        "/jobs",
+        {"content": nested(100_000)[:60_000], "headers": {"content-type": "application/json"}},
+    )
+)
+@example(
+    request=(
+        "POST",
+        "/jobs",
+        {"content": nested(5000), "headers": {"content-type": "application/json"}},
+    )
+)
+@example(
+    request=(
+        "POST",
+        "/jobs",
+        {"content": long_number(5000), "headers": {"content-type": "application/json"}},
+    )
+)
+@example(
+    request=(
+        "POST",
+        "/jobs",
+        {
+            "data": {"prompt": "x", "options": '{"n": ' + "9" * 5000 + "}"},
+            "files": {"image": ("", b"")},
+        },
+    )
+)
 def test_no_request_makes_the_api_fail(api: Api, request: tuple[str, str, dict[str, Any]]) -> None:
     method, path, kwargs = request
     before, logged = api.count(), len(api.errors.records)

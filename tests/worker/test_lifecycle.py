@@ -279,7 +279,6 @@ async def test_sigterm_stops_gracefully_and_a_second_one_at_once(jq: AsyncJobQue
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
 
 
-
 async def test_a_stop_before_the_run_ends_it_before_any_claim(jq: AsyncJobQueue) -> None:
     job = await jq.enqueue("echo", {})
 

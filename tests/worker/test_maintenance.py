@@ -73,7 +73,6 @@ async def test_the_reaper_fails_a_vanished_workers_job_with_no_attempts_left(
     assert done.id == job.id
 
 
-
 async def test_a_stopping_worker_lets_the_reaper_finish_its_statement(
     jq: AsyncJobQueue, migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -88,9 +87,7 @@ async def test_a_stopping_worker_lets_the_reaper_finish_its_statement(
     async def work(job: Job, ctx: WorkerContext) -> None:
         raise AssertionError("a job with no attempts left must not run again")
 
-    worker = Worker(
-        jq, {"work": work}, lease=5, reap_interval=0.2, poll_interval=30, listen=False
-    )
+    worker = Worker(jq, {"work": work}, lease=5, reap_interval=0.2, poll_interval=30, listen=False)
     task = await run_in_background(worker)
     await eventually(lambda: worker.claims >= 1)
     async with table_locked(url, table):

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     and_,
     case,
+    cast,
     delete,
     exists,
     func,
@@ -466,10 +467,8 @@ class Limiting(StatementsBase):
         def build() -> Any:
             lc = self.limits.c
             insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            until = case(
-                (param("seconds", Float()).is_(None), null()),
-                else_=DbNowPlus(param("seconds", Float())),
-            )
+            seconds = cast(param("seconds", Float()), Float())  # typed even when NULL
+            until = case((seconds.is_(None), null()), else_=DbNowPlus(seconds))
             stmt = insert(self.limits).values(
                 scope=param("scope", Text()),
                 name=param("name", Text()),
