@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from jobqueue import NewJob
 
@@ -120,5 +121,5 @@ def test_a_turn_outside_the_bounds_is_refused(
 ) -> None:
     if db_url.startswith("sqlite") and "'" in turn:
         pytest.skip("SQLite has no NaN or infinite literals as text")
-    with pytest.raises(Exception, match="turn_check|CHECK constraint"):
+    with pytest.raises(IntegrityError, match=r"turn_check|CHECK constraint"):
         raw_sql(f"INSERT INTO {migrated[1]} (turn) VALUES ({turn})")
