@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
@@ -46,10 +47,19 @@ def test_two_hundred_sigkills_lose_nothing(workers: Workers, migrated: tuple[str
 
 
 def kill_and_restart(
-    workers: Workers, migrated: tuple[str, str], *, kills_wanted: int, total: int
+    workers: Workers,
+    migrated: tuple[str, str],
+    *,
+    kills_wanted: int,
+    total: int,
+    setup: Callable[[JobQueue], object] | None = None,
 ) -> None:
+    """Drain ``total`` jobs while killing workers; ``setup`` prepares the queue first (the
+    limits in force, for tests/reliability/test_scheduling.py)."""
     url, table = migrated
     queue = JobQueue(url, table=table)
+    if setup is not None:
+        setup(queue)
     jobs = queue.enqueue_many(
         [NewJob(kind="work", payload={"n": i}, max_attempts=1000) for i in range(total)]
     )
