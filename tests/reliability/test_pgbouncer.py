@@ -208,6 +208,34 @@ def test_workers_drain_through_a_transaction_pooler(
     queue.close()
 
 
+def test_limits_and_fair_share_hold_through_a_transaction_pooler(
+    pooled: tuple[str, str], tmp_path: Path
+) -> None:
+    """Claims within limits are transactions (lock the rows, claim, record the starts):
+    through the pooler each runs on one server connection, and the caps still hold."""
+    url, table = pooled
+    queue = JobQueue(url, table=table)
+    queue.set_limit("work", max_running=4, max_running_per_owner=2)
+    queue.pause("default", duration=60, reason="before the drain")
+    jobs = queue.enqueue_many(
+        [NewJob(kind="work", owner_id=f"u{i % 5}", payload={"n": i}) for i in range(200)]
+    )
+    assert queue.claim("pooled", limit=10) == []  # paused
+    assert queue.resume("default").paused is False
+    workers = Workers(url, table, tmp_path)
+    try:
+        for _ in range(2):
+            workers.start(concurrency=10, lease=30, sleep=0.01, poll_interval=0.2, no_listen=True)
+        wait_for(lambda: status_counts(queue) == {"completed": 200}, 120, "the drain")
+        assert set(workers.stop_all().values()) == {0}
+    finally:
+        workers.cleanup()
+    check_exactly_once(queue, workers, [j.id for j in jobs])
+    (row,) = [r for r in queue.list_limits() if r.name == "work"]
+    assert (row.running, row.pending) == (0, 0)
+    queue.close()
+
+
 def test_the_behavioural_suite_passes_through_a_transaction_pooler(
     postgres_url: str, pgbouncer_port: int
 ) -> None:
