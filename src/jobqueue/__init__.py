@@ -23,6 +23,7 @@ from .errors import (
     LeaseLost,
     PayloadError,
     PermissionDenied,
+    RetryLater,
     SchemaNotInstalled,
     WaitTimeout,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "PayloadError",
     "PermissionDenied",
     "Registry",
+    "RetryLater",
     "SchemaNotInstalled",
     "Settings",
     "Status",

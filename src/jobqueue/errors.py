@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -114,6 +115,36 @@ class GenerationError(JobQueueError):
         super().__init__(message, hint=hint)
         if retryable is not None:
             self.retryable = retryable
+
+
+class RetryLater(JobQueueError):
+    """ "Not now": raised by a handler or a generator whose provider refused the work for a
+    while (a 429 with ``Retry-After``, a quota window, a maintenance slot).
+
+    The worker gives the job back to ``pending`` without spending an attempt, to start again
+    in ``after`` seconds (a number or a timedelta; at most `jobqueue.models.MAX_DELAY`),
+    and pauses the job's limit key (its ``limit_key``, else its kind) for as long for every
+    worker, so one refusal slows the whole fleet instead of every job meeting the same wall
+    (`JobQueue.retry_later`). ``after`` must be a finite number of seconds, zero or more:
+    anything else fails the attempt like any other error, retried by the job's policy.
+    Outside a worker (a generator called directly) it is an ordinary exception: wait
+    ``after`` seconds and call again.
+    """
+
+    hint = "the job waits without spending an attempt; list_limits() shows its key's pause"
+
+    def __init__(
+        self, after: float | timedelta, reason: str = "the provider asked to retry later"
+    ) -> None:
+        seconds = after.total_seconds() if isinstance(after, timedelta) else after
+        #: The wait in seconds, as given (the worker checks it: see the class docstring).
+        self.after: float = seconds
+        self.reason = reason
+        try:
+            shown = f"{float(seconds):g} s"
+        except (TypeError, ValueError, OverflowError):
+            shown = repr(seconds)
+        super().__init__(f"{reason} (retry in {shown})")
 
 
 class JobFailed(JobQueueError):

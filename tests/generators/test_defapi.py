@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from jobqueue import ConfigurationError, GenerationError, LocalContext
+from jobqueue import (
+    AsyncJobQueue,
+    ConfigurationError,
+    GenerationError,
+    JobQueue,
+    LocalContext,
+    RetryLater,
+    Status,
+)
 from jobqueue.generators import DefAPIGenerator, GenerationRequest
+from jobqueue.generators.defapi import DEFAULT_RETRY_LATER, MIN_RETRY_LATER
+from jobqueue.models import MAX_DELAY
+from jobqueue.worker import Worker
 from jobqueue.wrappers import generate_image, generate_image_sync
 from tests.support.fake_defapi import GOOGLE_PATH, OPENAI_PATH, QUERY_PATH, FakeDefAPI
+from tests.worker.conftest import drain
 
 
 def make(fake: FakeDefAPI, **overrides: Any) -> DefAPIGenerator:
@@ -107,31 +121,111 @@ async def test_not_found_beyond_the_grace_fails(fake_defapi: FakeDefAPI) -> None
     assert fake_defapi.submissions["never there"] == 1
 
 
-async def test_submit_429_honours_retry_after_and_submits_once(
-    fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
+async def test_a_submit_429_raises_retry_later_at_once_without_a_task(
+    fake_defapi: FakeDefAPI,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="jobqueue")
-    fake_defapi.scenario(submit_429=1, retry_after="0.3")
+    fake_defapi.scenario(submit_429=1, retry_after="3")
     gen = make(fake_defapi)
-    result = await generate_image(gen, "busy")
+    ctx = LocalContext()
+    with pytest.raises(RetryLater) as info:
+        await generate_image(gen, "busy", context=ctx)
+    # Not retried inside the generation: one request, no task made, nothing saved.
+    assert fake_defapi.submit_requests["busy"] == 1 and fake_defapi.submissions["busy"] == 0
+    assert ctx.remote_task_id is None
+    assert info.value.after == 3.0
+    assert info.value.reason == f"DefAPI POST {GOOGLE_PATH}: HTTP 429 (rate limited, slow down)"
+    # Called again later (as the worker does), it submits once.
+    assert (await generate_image(gen, "busy", context=ctx)).images
     await gen.aclose()
-    assert result.images
-    assert fake_defapi.submit_requests["busy"] == 2
     assert fake_defapi.submissions["busy"] == 1
-    assert "HTTP 429" in caplog.text and "retrying in 0.3 s" in caplog.text
 
 
-async def test_retry_after_is_capped(
+async def test_a_query_429_raises_retry_later_and_the_next_call_polls_the_saved_task(
+    fake_defapi: FakeDefAPI,
+) -> None:
+    fake_defapi.scenario(query_429=1, retry_after="3")
+    gen = make(fake_defapi)
+    ctx = LocalContext()
+    with pytest.raises(RetryLater) as info:
+        await generate_image(gen, "polled", context=ctx)
+    assert info.value.after == 3.0 and "HTTP 429" in info.value.reason
+    (task,) = fake_defapi.tasks_for("polled")
+    assert ctx.remote_task_id == task.task_id
+    result = await generate_image(gen, "polled", context=ctx)
+    await gen.aclose()
+    assert result.raw["data"]["task_id"] == task.task_id
+    assert fake_defapi.submissions["polled"] == 1 and fake_defapi.submit_requests["polled"] == 1
+
+
+def http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+
+
+#: Retry-After headers written as HTTP dates, made when the test runs.
+DATES = {"in 20 s": 20.0, "a minute ago": -60.0}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("3", 3.0),
+        ("  7.5 ", 7.5),
+        ("in 20 s", 20.0),
+        (None, DEFAULT_RETRY_LATER),  # no Retry-After at all
+        ("soon, probably", DEFAULT_RETRY_LATER),
+        ("nan", MIN_RETRY_LATER),
+        ("0", MIN_RETRY_LATER),  # never a tight loop
+        ("a minute ago", MIN_RETRY_LATER),  # a date in the past
+        ("-5", MIN_RETRY_LATER),
+        ("86400", 600.0),  # cut to max_retry_later
+        ("1e999", 600.0),
+    ],
+    ids=[
+        "seconds",
+        "fraction",
+        "http-date",
+        "missing",
+        "garbage",
+        "nan",
+        "zero",
+        "past-date",
+        "negative",
+        "long",
+        "infinite",
+    ],
+)
+async def test_a_429_waits_what_retry_after_says_within_bounds(
+    fake_defapi: FakeDefAPI, header: str | None, expected: float
+) -> None:
+    if header in DATES:
+        header = http_date(DATES[header])
+    fake_defapi.scenario(submit_429=1, retry_after=header)
+    gen = make(fake_defapi, max_retry_later=600)
+    with pytest.raises(RetryLater) as info:
+        await generate_image(gen, "told to wait")
+    await gen.aclose()
+    assert info.value.after == pytest.approx(expected, abs=1.5)
+    assert fake_defapi.submissions["told to wait"] == 0
+
+
+def test_max_retry_later_is_checked() -> None:
+    for bad in (0.5, MAX_DELAY.total_seconds() + 1):
+        with pytest.raises(ConfigurationError, match="max_retry_later"):
+            DefAPIGenerator("sk-test-key", max_retry_later=bad)
+
+
+async def test_a_503_retry_after_is_honoured_up_to_its_cap(
     fake_defapi: FakeDefAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobqueue")
-    fake_defapi.scenario(query_429=2, retry_after="3600")
+    fake_defapi.scenario(submit_503=2, retry_after_503="3600")
     gen = make(fake_defapi, max_retry_after=0.05)
     result = await generate_image(gen, "capped")
     await gen.aclose()
     assert result.images
     assert caplog.text.count("retrying in 0.05 s") == 2
     assert "3600" not in caplog.text.split("retrying in")[1]
+    assert fake_defapi.submissions["capped"] == 1
 
 
 async def test_submit_503_is_retried(fake_defapi: FakeDefAPI) -> None:
@@ -319,7 +413,7 @@ async def test_key_never_in_logs_errors_reprs_or_raw(
     caplog.set_level(logging.DEBUG)
     key = fake_defapi.api_key
     gen = make(fake_defapi, max_attempts=3)
-    fake_defapi.scenario("retries", submit_429=1, retry_after="0", query_500=1, not_found_polls=1)
+    fake_defapi.scenario("retries", submit_503=1, query_500=1, not_found_polls=1)
     ok = await generate_image(gen, "retries")
     fake_defapi.scenario("fails", fail_reason=f"quota for key {key} exceeded")
     with pytest.raises(GenerationError) as failed:
@@ -361,3 +455,50 @@ def test_sync_form_closes_its_connections(fake_defapi: FakeDefAPI) -> None:
 def test_unusable_keys_are_configuration_errors(key: str) -> None:
     with pytest.raises(ConfigurationError):
         DefAPIGenerator(key)
+
+
+# -- in a worker: the job held back, the key paused, one paid submission -----------------------
+
+
+@pytest.mark.parametrize("where", ["submit", "query"])
+async def test_a_429_in_a_worker_holds_the_job_back_pauses_the_key_and_pays_once(
+    aqueue: AsyncJobQueue, migrated: tuple[str, str], fake_defapi: FakeDefAPI, where: str
+) -> None:
+    fake_defapi.scenario("first", **{f"{where}_429": 1}, retry_after="3")
+    prompts = ["first", "second", "third"]
+    # One attempt each: a 429 that spent it would fail the job.
+    jobs = [
+        await aqueue.enqueue("image", GenerationRequest(p).to_payload(), max_attempts=1)
+        for p in prompts
+    ]
+    gen = make(fake_defapi)
+    worker = Worker(aqueue, generator=gen, concurrency=1, lease=10, listen=False)
+    assert await worker.run_until_idle() == 1  # the hold-back; the pause stops the others
+
+    held = await aqueue.get(jobs[0].id)
+    assert (held.status, held.attempts, held.locked_by) == (Status.PENDING, 0, None)
+    assert (held.run_at - held.updated_at).total_seconds() == pytest.approx(3, abs=0.25)
+    assert held.errors[-1]["error"].startswith(f"RetryLater: DefAPI {where_of(where)}: HTTP 429")
+    (limit,) = [x for x in await aqueue.list_limits() if (x.scope, x.name) == ("key", "image")]
+    assert limit.paused and limit.paused_until is not None
+    assert (limit.paused_until - held.updated_at).total_seconds() == pytest.approx(3, abs=0.25)
+    url, table = migrated
+    with JobQueue(url, table=table) as other:  # another worker's claim, during the pause
+        assert other.claim("second-worker", kinds=["image"], limit=5) == []
+    if where == "query":
+        (task,) = fake_defapi.tasks_for("first")
+        assert held.remote_task_id == task.task_id
+    assert fake_defapi.submissions["second"] == fake_defapi.submissions["third"] == 0
+
+    await drain(worker, aqueue, [j.id for j in jobs])
+    await gen.aclose()
+    done = [await aqueue.get(j.id) for j in jobs]
+    assert [(j.status, j.attempts) for j in done] == [(Status.COMPLETED, 1)] * 3
+    # Exactly one paid submission per job over the whole run (a 429 creates no task).
+    assert [fake_defapi.submissions[p] for p in prompts] == [1, 1, 1]
+    assert fake_defapi.submit_requests["first"] == (2 if where == "submit" else 1)
+    assert done[0].remote_task_id == fake_defapi.tasks_for("first")[0].task_id
+
+
+def where_of(where: str) -> str:
+    return f"POST {GOOGLE_PATH}" if where == "submit" else f"GET {QUERY_PATH}"

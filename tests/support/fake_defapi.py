@@ -7,7 +7,8 @@ with `FakeDefAPI.scenario`, per prompt or as the default:
   ``success`` with image URLs and ``consumed``;
 - ``not_found_polls``: the first queries of a fresh task answer "not found" (HTTP 404, or
   HTTP 200 with ``code != 0`` when ``not_found_as_404=False``);
-- ``submit_429`` / ``query_429`` (with ``retry_after``), ``submit_503``: refusals;
+- ``submit_429`` / ``query_429`` (with ``retry_after``), ``submit_503`` (with
+  ``retry_after_503``): refusals;
 - ``submit_500``: the task IS created, then the answer is a 500 (accepted, answer lost);
   ``query_500``: failing queries;
 - ``slow_submits`` / ``slow_queries``: answers that take ``slow_seconds`` (the submit still
@@ -61,6 +62,7 @@ class Scenario:
     query_429: int = 0
     retry_after: str | None = "1"
     submit_503: int = 0
+    retry_after_503: str | None = None
     submit_500: int = 0
     query_500: int = 0
     slow_submits: int = 0
@@ -242,7 +244,8 @@ class FakeDefAPI:
                 headers = {"Retry-After": sc.retry_after} if sc.retry_after else {}
                 return 429, headers, {"code": 429, "message": "rate limited, slow down"}, 0.0
             if counts.take("submit_503", sc.submit_503):
-                return 503, {}, {"code": 503, "message": "service unavailable"}, 0.0
+                headers = {"Retry-After": sc.retry_after_503} if sc.retry_after_503 else {}
+                return 503, headers, {"code": 503, "message": "service unavailable"}, 0.0
             echoed = self._submit_echo(sc)
             if echoed is not None:
                 return echoed

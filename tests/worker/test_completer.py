@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jobqueue import AsyncJobQueue, Job, Status
+from jobqueue import AsyncJobQueue, Job, RetryLater, Status
 from jobqueue.worker import Worker, WorkerContext
 from tests.worker.conftest import eventually, messages, run_in_background
 
@@ -125,6 +125,30 @@ async def test_a_release_the_database_refuses_is_retried_until_the_job_is_back(
     await asyncio.wait_for(task, 15)
     released = await jq.get(job.id)
     assert (released.status, released.attempts, released.locked_by) == (Status.PENDING, 0, None)
+
+
+async def test_a_hold_back_the_database_refuses_is_retried_until_written(
+    jq: AsyncJobQueue, raw_sql: Callable[..., list[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobqueue.worker")
+    job = await jq.enqueue("busy", {})
+
+    async def busy(job: Job, ctx: WorkerContext) -> None:
+        raise RetryLater(30, reason="provider busy")
+
+    worker = Worker(jq, {"busy": busy}, lease=5, listen=False)
+    async with refused_updates(jq, raw_sql, "NEW.status = 'pending'"):
+        task = asyncio.create_task(worker.run_until_idle())
+        await eventually(
+            lambda: messages(caplog).count(f"Job {job.id}: holding it back failed") >= 2
+        )
+        assert (await jq.get(job.id)).status is Status.PROCESSING
+        assert await jq.list_limits() == []  # the pause is written with the job, or not at all
+    assert await asyncio.wait_for(task, 15) == 1
+    held = await jq.get(job.id)
+    assert (held.status, held.attempts) == (Status.PENDING, 0)
+    assert [(x.name, x.paused) for x in await jq.list_limits()] == [("busy", True)]
+    assert "giving up" not in messages(caplog)
 
 
 # -- given up only while stopping -------------------------------------------------------------

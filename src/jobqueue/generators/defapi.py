@@ -12,11 +12,18 @@ The contract (see docs/generators.md):
   A task submitted a moment ago may answer "not found" for a while.
 
 Two rules shape the code. A submit costs money, so it is retried only when the request
-provably did not arrive (no connection, or a 429/503 refusal); once DefAPI may have accepted
+provably did not arrive (no connection, or a 503 refusal); once DefAPI may have accepted
 it, a failure is reported instead of risking a second paid generation. And the task id is
 saved on the job (``context.save_remote_task_id``) before any waiting, so a worker that dies
 while waiting is replaced by one that polls the same task. Queries are idempotent and are
 retried freely with backoff.
+
+A 429 (too many requests, on a submit or a query) is not retried here: it raises
+`RetryLater` with the wait from ``Retry-After`` (`retry_later_after`), and the worker gives
+the job back without spending an attempt and pauses its limit key for every worker. Retrying
+inside one generation would only keep one job's slot busy while every other job of the fleet
+met the same refusal. A 429 says the request was not taken on, so the job's next attempt
+submits again (no task was made), or polls the task already saved.
 
 The API key is a secret: it is sent in a header and nowhere else. Every message and log line
 is scrubbed of it (whole or in pieces, before anything is cut short), and `generate` runs
@@ -30,6 +37,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -44,7 +52,8 @@ from tenacity import (
 )
 
 from ..backoff import equal_jitter
-from ..errors import ConfigurationError, GenerationError, redact
+from ..errors import ConfigurationError, GenerationError, RetryLater, redact
+from ..models import MAX_DELAY
 from .base import GenerationRequest, GenerationResult, JobContext
 from .keys import Scrubber, check_api_key, mask_key
 
@@ -63,8 +72,17 @@ RESERVED_FIELDS = frozenset({"prompt", "model", "images"})
 """Body fields that come from the request itself; options cannot override them."""
 
 _NOT_FOUND_WORDS = ("not found", "not exist", "no such task", "unknown task")
-_REFUSED_STATUSES = frozenset({429, 503})
-"""Answers that say the request was not taken on: a submit may safely be sent again."""
+_REFUSED_STATUSES = frozenset({503})
+"""Answers that say the request was not taken on: a submit may safely be sent again (a 429
+says so too, but raises `RetryLater` instead of being retried here)."""
+
+DEFAULT_RETRY_LATER = 30.0
+"""The wait (seconds) of a 429 whose ``Retry-After`` is missing or unreadable."""
+MIN_RETRY_LATER = 1.0
+"""The shortest wait of a 429 (``Retry-After: 0`` or a date in the past), so that a
+provider that asks for no wait at all does not get a tight loop of refused requests."""
+DEFAULT_MAX_RETRY_LATER = 3600.0
+"""The longest wait of a 429 by default (``max_retry_later``)."""
 
 KEY_HINT = (
     "copy DEFAPI_API_KEY again from DefAPI's dashboard: a key is one unbroken run of "
@@ -79,7 +97,7 @@ def is_openai_model(model: str) -> bool:
 
 
 class TransientError(Exception):
-    """An answer worth asking again (429, 5xx), with the wait the server asked for."""
+    """An answer worth asking again (5xx), with the wait the server asked for."""
 
     def __init__(self, status: int, message: str, retry_after: float | None) -> None:
         super().__init__(message)
@@ -109,7 +127,7 @@ def _may_resend_submit(exc: BaseException) -> bool:
 
 
 def _may_resend_query(exc: BaseException) -> bool:
-    """Queries change nothing on the server: any transport trouble or 429/5xx may be retried."""
+    """Queries change nothing on the server: any transport trouble or 5xx may be retried."""
     return isinstance(exc, TransientError | httpx.TransportError)
 
 
@@ -131,14 +149,26 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def retry_later_after(value: str | None, *, longest: float = DEFAULT_MAX_RETRY_LATER) -> float:
+    """The wait (seconds) of a 429 answer with ``Retry-After: value``: its seconds or HTTP
+    date, `DEFAULT_RETRY_LATER` when it is missing or unreadable, and never less than
+    `MIN_RETRY_LATER` nor more than ``longest``."""
+    seconds = parse_retry_after(value)
+    if seconds is None or math.isnan(seconds):
+        seconds = DEFAULT_RETRY_LATER
+    return min(max(seconds, MIN_RETRY_LATER), longest)
+
+
 class DefAPIGenerator:
     """Generates images with DefAPI; see the module docstring for the contract.
 
     ``poll_interval`` is the pause between task queries, ``timeout`` bounds one generation
     (submit to result), ``not_found_grace`` how long a task may answer "not found" before
     that counts as an error. ``request_timeout`` bounds one HTTP request; ``max_attempts``,
-    ``backoff`` (initial, maximum seconds) and ``max_retry_after`` shape the transport
-    retries. Pass ``client`` to share an `httpx.AsyncClient`; it is then not closed here.
+    ``backoff`` (initial, maximum seconds) and ``max_retry_after`` (a 503's
+    ``Retry-After``) shape the transport retries. A 429 raises `RetryLater` for its
+    ``Retry-After``, at most ``max_retry_later`` seconds (`retry_later_after`). Pass
+    ``client`` to share an `httpx.AsyncClient`; it is then not closed here.
     """
 
     name = "defapi"
@@ -156,6 +186,7 @@ class DefAPIGenerator:
         max_attempts: int = 5,
         backoff: tuple[float, float] = (1.0, 30.0),
         max_retry_after: float = 60.0,
+        max_retry_later: float = DEFAULT_MAX_RETRY_LATER,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
@@ -180,6 +211,11 @@ class DefAPIGenerator:
             raise ConfigurationError("not_found_grace and max_retry_after must be >= 0")
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts!r}")
+        if not MIN_RETRY_LATER <= max_retry_later <= MAX_DELAY.total_seconds():
+            raise ConfigurationError(
+                f"max_retry_later must be between {MIN_RETRY_LATER:g} s and "
+                f"{MAX_DELAY.days} days, not {max_retry_later!r}"
+            )
         self.__key = api_key
         self._scrubber = Scrubber(api_key)
         self.base_url = base_url.rstrip("/")
@@ -191,6 +227,7 @@ class DefAPIGenerator:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_retry_after = float(max_retry_after)
+        self.max_retry_later = float(max_retry_later)
         self._client = client
         self._owns_client = client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -247,7 +284,8 @@ class DefAPIGenerator:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange. 429 and 5xx become `TransientError`; other answers are returned."""
+        """One HTTP exchange. A 429 raises `RetryLater`, 5xx `TransientError`; other answers
+        are returned."""
         response = await self._http().request(
             method,
             f"{self.base_url}{path}",
@@ -256,7 +294,14 @@ class DefAPIGenerator:
             headers={"Authorization": f"Bearer {self.__key}"},
             timeout=httpx.Timeout(self.request_timeout, connect=min(10.0, self.request_timeout)),
         )
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code == 429:
+            after = retry_later_after(
+                response.headers.get("Retry-After"), longest=self.max_retry_later
+            )
+            message = f"DefAPI {method} {path}: HTTP 429 ({self._message_of(response)})"
+            logger.info("%s; retrying the job in %.3g s", message, after)
+            raise RetryLater(after, redact(self.scrub(message)))
+        if response.status_code >= 500:
             raise TransientError(
                 response.status_code,
                 f"HTTP {response.status_code}: {self._message_of(response)}",

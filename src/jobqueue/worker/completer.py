@@ -5,6 +5,8 @@
   for a slot, the same statement claims the batch's replacements (`complete_and_claim`);
   up to `WRITERS` batches are written at once, each on its own pooled connection;
 - a failed attempt is written with the job's retry policy (or fails the job at once);
+- a job held back (`RetryLater`) goes back to ``pending`` for a while without spending an
+  attempt, its limit key paused for as long for every worker (`AsyncJobQueue.retry_later`);
 - a job the worker stops holding on shutdown is released to ``pending``.
 
 Every write follows the one rule of a worker's writes (`jobqueue.worker.writes`): a
@@ -30,7 +32,7 @@ from ..models import Job, Status
 from ..operations import Completion
 from ..queue import AsyncJobQueue
 from .lifecycle import Lifecycle
-from .outcome import Failed, Outcome
+from .outcome import Failed, HeldBack, Outcome
 from .slots import Slot, Slots, matched
 from .writes import REFUSED, GaveUp, persist
 
@@ -84,7 +86,7 @@ class Completer:
         self._start_job = start_job
         self._count_claim = count_claim
         self._slot_freed = slot_freed
-        #: Attempts whose outcome was written (completed, failed or retried).
+        #: Attempts whose outcome was written (completed, failed, retried or held back).
         self.finished = 0
         self._batch: list[Slot] = []
         self._ready = asyncio.Event()
@@ -121,14 +123,16 @@ class Completer:
 
     async def record(self, slot: Slot, outcome: Outcome) -> None:
         """Write ``outcome`` of ``slot``'s job: a completion joins the next batch, a
-        failure is written now, a stop writes nothing (whoever stopped the handler deals
-        with the job)."""
+        failure or a hold-back is written now, a stop writes nothing (whoever stopped the
+        handler deals with the job)."""
         if isinstance(outcome, Completion):
             slot.completion = outcome
             self._batch.append(slot)
             self._ready.set()
         elif isinstance(outcome, Failed):
             await self.fail(slot, outcome)
+        elif isinstance(outcome, HeldBack):
+            await self.hold_back(slot, outcome)
 
     async def fail(self, slot: Slot, failed: Failed) -> None:
         """Write a failed attempt: retried by the job's policy unless ``failed.retry`` is
@@ -160,6 +164,35 @@ class Completer:
             else:
                 level = logging.DEBUG if failed.quiet else logging.ERROR
                 log.log(level, "Job %s status: failed: %s", job.id, failed.reason)
+        self.slots.let_go(slot)
+
+    async def hold_back(self, slot: Slot, held: HeldBack) -> None:
+        """Give a job whose handler said "not now" back to ``pending`` for ``held.after``
+        seconds without spending its attempt, and pause its limit key for as long for every
+        worker; the job is let go whatever happens."""
+        job = slot.job
+        write = functools.partial(self.queue.retry_later, job, held.after, held.reason)
+        try:
+            await self._persist(
+                write,
+                f"Job {job.id}: ",
+                "holding it back",
+                "it returns to the queue when its lease expires",
+            )
+        except REFUSED as exc:
+            log.warning("Job %s: not held back: %s", job.id, exc)
+        except GaveUp:
+            pass
+        else:
+            self.finished += 1
+            log.warning(
+                "Job %s status: pending (held back %.1f s, attempt %d given back%s): %s",
+                job.id,
+                held.after,
+                job.attempts,
+                f"; limit key {job.limit_key or job.kind!r} paused as long" if held.after else "",
+                held.reason,
+            )
         self.slots.let_go(slot)
 
     async def release(self, slot: Slot) -> None:

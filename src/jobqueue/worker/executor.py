@@ -2,8 +2,8 @@
 
 It finds the handler by the job's kind, runs it (an async handler on the loop, a plain
 function on the worker's own thread pool) under the kind's timeout, and reports a
-completion, a failure (with the retry decision) or a stop. It writes nothing to the
-database: the completer writes every outcome.
+completion, a failure (with the retry decision), a job held back (`RetryLater`) or a stop.
+It writes nothing to the database: the completer writes every outcome.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..errors import RetryLater
 from ..models import Job
 from .context import Handler, WorkerContext
-from .outcome import Failed, Outcome, Stopped, completion_of
+from .outcome import Failed, Outcome, Stopped, completion_of, held_back_of
 from .slots import Slot
 
 log = logging.getLogger("jobqueue.worker")
@@ -87,6 +88,8 @@ class Executor:
                 slot.ctx.cancelled.set()  # a sync handler's thread cannot be cancelled
                 return Failed.of(f"JobTimeout: the handler ran longer than {timeout:g}s")
             return Failed.of(exc)
+        except RetryLater as exc:
+            return held_back_of(exc)
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler ends its job only
             return Failed.of(exc)
         return completion_of(job, value)

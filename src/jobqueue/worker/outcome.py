@@ -1,7 +1,8 @@
 """What running one job came to: the value the executor returns and the completer writes.
 
 An `Outcome` is a `Completion` (the handler returned: its result and URL), a `Failed`
-attempt (with the error to store and whether the job may be retried), or `Stopped` (the
+attempt (with the error to store and whether the job may be retried), `HeldBack` (the
+handler raised `RetryLater`: the job waits, its attempt given back), or `Stopped` (the
 worker stopped the handler: whoever stopped it deals with the job, nothing is written for
 it here).
 """
@@ -9,12 +10,13 @@ it here).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from ..errors import PayloadError, describe_error, redact
+from ..errors import ERROR_TEXT_LIMIT, PayloadError, RetryLater, describe_error, redact
 from ..generators.base import GenerationResult
-from ..models import Job
+from ..models import MAX_DELAY, Job
 from ..operations import Completion
 from .context import HandlerResult
 
@@ -54,13 +56,48 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldBack:
+    """The handler said "not now" (`RetryLater`): the job goes back to ``pending`` without
+    spending an attempt, for ``after`` seconds, and its limit key is paused for as long;
+    ``reason`` is stored in the job's error history (one redacted line)."""
+
+    after: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stopped:
     """The worker stopped the handler (``reason``); nothing is written for it."""
 
     reason: StopReason
 
 
-Outcome: TypeAlias = Completion | Failed | Stopped
+Outcome: TypeAlias = Completion | Failed | HeldBack | Stopped
+
+
+def held_back_of(error: RetryLater) -> HeldBack | Failed:
+    """What a `RetryLater` comes to: `HeldBack` for at most `MAX_DELAY` (a longer wait is
+    cut to it), or a `Failed` attempt (retried by the job's policy) when ``after`` is not a
+    finite number of seconds, zero or more: a handler's bug, which must neither hold the
+    job back forever nor pass for a provider's answer."""
+    after: object = error.after
+    if (
+        isinstance(after, bool)
+        or not isinstance(after, int | float)
+        or math.isnan(after)
+        or after < 0
+    ):
+        return Failed.of(
+            f"RetryLater: after must be a number of seconds, zero or more, not {after!r} "
+            f"({error.reason})"
+        )
+    # Its message without the hint: the reason is also the key's pause reason, shown to
+    # operators, where the hint (aimed at whoever reads the exception) is noise.
+    lines = error.message.strip().splitlines()
+    text = redact(f"{type(error).__name__}: {lines[0].strip() if lines else error.reason}")
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[: ERROR_TEXT_LIMIT - 1] + "\u2026"
+    return HeldBack(min(float(after), MAX_DELAY.total_seconds()), text)
 
 
 def completion_of(job: Job, value: Any) -> Completion:
@@ -73,4 +110,12 @@ def completion_of(job: Job, value: Any) -> Completion:
     return Completion(job, value)
 
 
-__all__ = ["Failed", "Outcome", "StopReason", "Stopped", "completion_of"]
+__all__ = [
+    "Failed",
+    "HeldBack",
+    "Outcome",
+    "StopReason",
+    "Stopped",
+    "completion_of",
+    "held_back_of",
+]

@@ -81,6 +81,8 @@ class Worker:
     `GenerationResult` (``result`` and ``result_url`` from it), a `HandlerResult`, or any
     JSON value. A handler that raises fails its attempt; the job is retried by its policy,
     except for `PayloadError` and errors with ``retryable = False``, which fail it at once.
+    A handler that raises `RetryLater` spends no attempt: its job waits ``after`` seconds
+    in ``pending`` and its limit key is paused for as long for every worker.
     A job whose kind has no handler fails at once with a message naming the kinds served.
 
     Settings (seconds unless said otherwise):
