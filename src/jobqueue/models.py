@@ -296,6 +296,16 @@ class ClaimMode:
     limited: bool = False
 
 
+@dataclass(slots=True)
+class Placement:
+    """Whether a queue's role may place its jobs in the fair-share line itself (write
+    ``turn`` and ``limit_key``), learnt at its first enqueue. A role with column grants only
+    (Supabase's ``authenticated``) may not: its jobs enter the line through the workers
+    (`jobqueue.sql.fair`), and a limit key is not its to choose."""
+
+    placed: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     """One limits row (see `JobQueue.set_limit`): what it caps, rates or pauses, and the jobs

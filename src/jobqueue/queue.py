@@ -62,6 +62,7 @@ from .models import (
     Limit,
     LiveWorker,
     NewJob,
+    Placement,
     Status,
     StatusStats,
     WorkerPresence,
@@ -153,6 +154,7 @@ class _QueueBase(Generic[E]):
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
         self._claim_mode = ClaimMode()
+        self._placement = Placement()
 
     def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
         """Where each kind of operation runs (the one place that decides it).
@@ -434,7 +436,7 @@ class JobQueue(_QueueBase[Engine]):
         of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return self._run(ops.enqueue_many(self.statements, rows), connection)[0]
+        return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[0]
 
     def enqueue_many(
         self,
@@ -449,7 +451,9 @@ class JobQueue(_QueueBase[Engine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
-        return self._run(ops.enqueue_many(self.statements, self._new_rows(jobs)), connection)
+        return self._run(
+            ops.enqueue_many(self.statements, self._new_rows(jobs), self._placement), connection
+        )
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -811,7 +815,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         instead of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return (await self._run(ops.enqueue_many(self.statements, rows), connection))[0]
+        return (
+            await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        )[0]
 
     async def enqueue_many(
         self,
@@ -827,7 +833,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         `enqueue`.
         """
         rows = self._new_rows(jobs)
-        return await self._run(ops.enqueue_many(self.statements, rows), connection)
+        return await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
 
     # -- scheduling --------------------------------------------------------------------------
 

@@ -158,6 +158,9 @@ def test_a_user_cannot_choose_what_only_the_worker_or_operator_sets(
         "result": "'{}'::jsonb",
         "attempts": "0",
         "started_at": "NULL",
+        # A place at the front of the line, or a limit key without caps.
+        "turn": "-1e9",
+        "limit_key": "'uncapped'",
     }
     for column, value in columns_refused.items():
         with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
@@ -257,6 +260,29 @@ def test_large_batches_under_rls_are_inserted_not_copied(
     theirs = worker.enqueue_many([NewJob(payload={"n": i}) for i in range(n)])
     assert [admin.get(j.id) for j in mine + theirs] == mine + theirs
     assert len(visible(alice)) == n
+
+
+def test_a_users_jobs_take_their_turn_through_the_workers(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """A user's role may not place its jobs in the fair-share line: they enter it through
+    the worker role, behind nobody's backlog; the limits are the worker's business."""
+    alice_id, bob_id = users()
+    worker = as_role("service_role")
+    worker.enqueue_many([NewJob(payload={"n": i}, owner_id=bob_id) for i in range(20)])
+    alice = as_role("authenticated", alice_id)
+    mine = alice.enqueue("image", {"prompt": "a lego cat"}, owner_id=alice_id)
+    assert mine.turn is None
+    with pytest.raises(PermissionDenied, match="limit key"):
+        alice.enqueue("image", {}, owner_id=alice_id, limit_key="uncapped")
+    assert worker.enter_line() == 1  # what each worker does every second
+    claimed = worker.claim("w", limit=2)
+    assert [j.owner_id for j in claimed] == [bob_id, alice_id]
+    limits = f"{alice.table_name}_limits"
+    with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+        raw(alice, f"SELECT * FROM {limits}")
+    worker.set_limit("image", max_running=1)
+    assert [r.name for r in worker.list_limits()] == ["image"]
 
 
 def test_the_worker_role_claims_and_finishes_everyones_jobs(

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..backoff import full_jitter
-from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError
+from ..errors import InvalidTransition, JobNotFound, LeaseLost, PayloadError, PermissionDenied
 from ..models import (
     MAX_ERROR,
     MAX_PROGRESS_MESSAGE,
@@ -19,6 +19,7 @@ from ..models import (
     ClaimMode,
     Completion,
     Job,
+    Placement,
     Status,
     StatusStats,
     check_move,
@@ -63,7 +64,9 @@ COPY_MIN_JOBS = 200
 
 
 @operation(Access.ONE_WRITE)
-def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Job]]:
+def enqueue_many(
+    s: Statements, rows: Sequence[dict[str, Any]], placement: Placement | None = None
+) -> Steps[list[Job]]:
     """Insert the rows; for an idempotency key the same owner (or, for a job without one,
     an unowned job) already used in the queue, the existing job.
 
@@ -75,8 +78,19 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Jo
     """
     if not rows:
         return []
+    placed = True
+    if placement is not None:
+        if placement.placed is None:
+            placement.placed = bool((yield s.may_place())[0]["may_place"])
+        placed = placement.placed
+    if not placed and any(r["limit_key"] is not None for r in rows):
+        raise PermissionDenied(
+            "this role may not choose a job's limit key",
+            hint="enqueue without limit_key (the kind is the key), or as the worker role",
+        )
     if (
-        s.dialect == "postgresql"
+        placed  # else the role has column grants only, and COPY needs them all
+        and s.dialect == "postgresql"
         and len(rows) >= COPY_MIN_JOBS
         and all(r["idempotency_key"] is None for r in rows)
     ):
@@ -87,7 +101,7 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Jo
             places = {(g["queue"], g["priority"], g["owner_id"]): g for g in context}
             yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs))
             return jobs
-    inserted = yield s.insert_many(rows)
+    inserted = yield s.insert_many(rows, placed=placed)
     jsonb = s.dialect == "postgresql"
     written = {i["id"]: i for i in inserted}
     missing = [r for r in rows if r["id"] not in written]
@@ -104,7 +118,7 @@ def enqueue_many(s: Statements, rows: Sequence[dict[str, Any]]) -> Steps[list[Jo
         row = written.get(r["id"])
         if row is not None:
             run_at = row["run_at"]
-            turn = row["turn"]
+            turn = row.get("turn")
             out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, turn, jsonb))
             continue
         found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))

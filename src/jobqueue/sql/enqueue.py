@@ -50,7 +50,28 @@ def owner_ranks(rows: Sequence[Mapping[str, Any]]) -> list[int]:
 class Enqueueing(StatementsBase):
     """Writing new jobs."""
 
-    def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> Query:
+    def may_place(self) -> Query:
+        """Whether this role may write ``turn`` and ``limit_key`` (one row: ``may_place``):
+        always on SQLite; on PostgreSQL unless column grants leave them out."""
+
+        def build() -> Any:
+            if self.dialect != "postgresql":
+                return select(literal(True).label("may_place"))
+            t = self.t
+            name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
+            allowed = and_(
+                *(
+                    func.has_column_privilege(
+                        literal(name), literal(column), literal_column("'INSERT'")
+                    )
+                    for column in ("turn", "limit_key")
+                )
+            )
+            return select(allowed.label("may_place"))
+
+        return Query(self.once("may_place", build), None)
+
+    def insert_many(self, rows: Sequence[Mapping[str, Any]], *, placed: bool = True) -> Query:
         """Insert jobs (rows as `jobqueue.validation.new_job_row` makes them) in one
         statement.
 
@@ -64,7 +85,21 @@ class Enqueueing(StatementsBase):
         single job (`enqueue`, the hottest write there is) gets plain parameters, cheaper to
         send and to plan, as a `Direct` step. SQLite runs a multi-row INSERT per batch of
         rows (SQLAlchemy's insertmanyvalues).
+
+        ``placed`` False leaves ``turn`` and ``limit_key`` out, for a role that may not
+        write them (`may_place`): the jobs enter the line through the workers.
         """
+        if not placed:
+            stmt = self.once(
+                "insert_unplaced", lambda: self._insert_values(ranked=False, placed=False)
+            )
+            if len(rows) == 1:
+                returning = self.once(
+                    "unplaced_types", lambda: {c.name: c.type for c in self._inserted(False)}
+                )
+                return Direct(stmt, rows[0], returning)
+            # Without the key among the parameters: SQLAlchemy would insert that column.
+            return Query(stmt, [{k: v for k, v in r.items() if k != "limit_key"} for r in rows])
         if self.dialect == "postgresql" and len(rows) > 1:
             return Query(
                 self.once("insert_pg", self._insert_unnest),
@@ -96,10 +131,11 @@ class Enqueueing(StatementsBase):
     #: values the database clock chose.
     INSERTED = ("id", "created_at", "updated_at", "run_at", "turn")
 
-    def _inserted(self) -> list[Any]:
-        return [self.t.c[name] for name in self.INSERTED]
+    def _inserted(self, placed: bool = True) -> list[Any]:
+        # A role that may not place its jobs may not read their turn either.
+        return [self.t.c[name] for name in self.INSERTED if placed or name != "turn"]
 
-    def _insert_values(self, *, ranked: bool) -> Any:
+    def _insert_values(self, *, ranked: bool, placed: bool = True) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
         batch's jobs of the same owner and queue (`owner_ranks`)."""
         run_at = func.coalesce(
@@ -121,13 +157,21 @@ class Enqueueing(StatementsBase):
             max_attempts=bindparam("max_attempts", type_=Integer()),
             owner_id=owner,
             idempotency_key=bindparam("idempotency_key", type_=Text()),
-            limit_key=bindparam("limit_key", type_=String()),
             run_at=run_at,
-            turn=self._entering_turn(run_at, queue, priority, owner, rank),
+            **(
+                {
+                    "limit_key": bindparam("limit_key", type_=String()),
+                    "turn": self._entering_turn(run_at, queue, priority, owner, rank),
+                }
+                if placed
+                else {}
+            ),
         )
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
-        return stmt.on_conflict_do_nothing(**self._key_conflict()).returning(*self._inserted())
+        return stmt.on_conflict_do_nothing(**self._key_conflict()).returning(
+            *self._inserted(placed)
+        )
 
     def _insert_unnest(self) -> Any:
         c = self.t.c

@@ -49,6 +49,7 @@ from .table import (
     validate_identifier,
     validate_table_name,
     version_table,
+    limits_table_name,
     workers_table_name,
 )
 
@@ -221,6 +222,7 @@ def rls_statements(
     if schema is not None:
         out.insert(1, f"GRANT USAGE ON SCHEMA {_quote(schema)} TO {user}, {worker}")
     out += live_workers_statements(table, schema, worker_role)
+    out += worker_only_statements(limits_table_name(table), schema, worker_role)
     return out
 
 
@@ -233,11 +235,20 @@ def live_workers_statements(
     there (insert, refresh, delete, and delete stale rows of others); users and ``anon``
     may not see it, so host names and process ids stay out of the browser's reach."""
     validate_table_name(table)
+    return worker_only_statements(workers_table_name(table), schema, worker_role)
+
+
+def worker_only_statements(
+    name: str, schema: str | None = None, worker_role: str = DEFAULT_WORKER_ROLE
+) -> list[str]:
+    """A table only the worker role may use (the live workers, the limits: which caps and
+    pauses apply is the operator's business, not a browser's)."""
+    validate_identifier(name, "table name")
     if schema is not None:
         validate_identifier(schema, "schema name")
     validate_identifier(worker_role, "worker role")
     prefix = f"{_quote(schema)}." if schema else ""
-    workers = prefix + _quote(workers_table_name(table))
+    workers = prefix + _quote(name)
     worker = _quote(worker_role)
     return [
         f"ALTER TABLE {workers} ENABLE ROW LEVEL SECURITY",
