@@ -46,10 +46,10 @@ from ..models import (
 )
 from .table import (
     OWNER_COLUMNS,
+    limits_table_name,
     validate_identifier,
     validate_table_name,
     version_table,
-    limits_table_name,
     workers_table_name,
 )
 
