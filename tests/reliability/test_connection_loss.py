@@ -33,12 +33,17 @@ pytestmark = pytest.mark.postgres
 JOBS = 300
 
 
+@pytest.mark.parametrize("limits", [False, True], ids=["plain", "with-limits"])
 def test_workers_survive_losing_every_connection(
-    pg_workers: Workers, pg_migrated: tuple[str, str]
+    pg_workers: Workers, pg_migrated: tuple[str, str], limits: bool
 ) -> None:
+    """With limits in force too: claims are then transactions that lock the limits rows,
+    and a connection lost mid-claim must leave neither a lock nor a job behind."""
     workers = pg_workers
     url, table = pg_migrated
     queue = JobQueue(url, table=table)
+    if limits:
+        queue.set_limit("work", max_running=6, max_running_per_owner=4)
     workers.url = (
         make_url(url)
         .update_query_dict({"application_name": APP})
