@@ -227,16 +227,12 @@ class _QueueBase(Generic[E]):
             mode=self._claim_mode,
         )
 
-    @staticmethod
-    def _short(claimed: Sized, limit: int) -> bool:
-        """Whether a claim took fewer jobs than asked for. Then a second claim follows at
-        once if the first learnt that limits are now in force (`_learnt_limits`), or if due
-        jobs waiting outside the fair-share line (a retried job, a row another client
-        inserted) entered it just now (`_entry_op`)."""
-        return len(claimed) < limit
-
     def _learnt_limits(self, was_limited: bool, claimed: Sized) -> bool:
-        """Whether a claim that took nothing learnt that limits are now in force."""
+        """Whether a claim that took nothing learnt that limits are now in force. A claim
+        that takes nothing tries once more at once when it did, or when due jobs waiting
+        outside the fair-share line (a retried job, a row another client inserted) entered
+        it just now (`_entry_op`). A claim that took something returns at once: the
+        worker's `Entrance` timer puts waiting jobs in the line within a second."""
         return not claimed and self._claim_mode.limited and not was_limited
 
     def _entry_op(self) -> Operation[int]:
@@ -525,7 +521,7 @@ class JobQueue(_QueueBase[Engine]):
         """
         was_limited = self._claim_mode.limited
         jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if self._short(jobs, limit) and (
+        if not jobs and (
             self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
@@ -583,7 +579,7 @@ class JobQueue(_QueueBase[Engine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = self._run(op)
-        if self._short(jobs, limit) and (
+        if not jobs and (
             self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
@@ -907,7 +903,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """
         was_limited = self._claim_mode.limited
         jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if self._short(jobs, limit) and (
+        if not jobs and (
             self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
@@ -970,7 +966,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = await self._run(op)
-        if self._short(jobs, limit) and (
+        if not jobs and (
             self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
