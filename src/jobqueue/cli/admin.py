@@ -123,8 +123,10 @@ def check_command(env: Env) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @pass_env
 def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
-    """Count and average duration (creation to finish) of jobs per status, and what is
-    paused."""
+    """Count and average duration (creation to finish) of jobs per status.
+
+    Below the table, what is paused (`jobqueue pause`), since when and why.
+    """
     with env.queue() as q:
         stats = q.stats(since)
         limits = q.list_limits()

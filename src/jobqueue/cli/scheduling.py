@@ -307,9 +307,11 @@ def pause_command(
 @click.option("--key", "is_key", is_flag=True, help="NAME is a limit key, not a queue.")
 @pass_env
 def resume_command(env: Env, name: str, is_key: bool) -> None:
-    """End the pause of the queue NAME (or with --key, a limit key): its jobs enter the line
-    again within about a second of a worker's next round. A queue or key that is not
-    paused is left as it is (exit code 0)."""
+    """End the pause of the queue NAME (or with --key, a limit key).
+
+    Its jobs enter the line again within about a second of a worker's next round. A queue
+    or key that is not paused is left as it is (exit code 0).
+    """
     scope = "key" if is_key else "queue"
     with env.queue() as q:
         was = next((lim for lim in q.list_limits() if (lim.scope, lim.name) == (scope, name)), None)
