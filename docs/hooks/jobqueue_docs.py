@@ -66,18 +66,26 @@ def moves_table() -> str:
 
 
 def cli_reference() -> str:
-    """Every command's help text under its own heading, in the order `jobqueue --help` lists."""
+    """Every command's help text under its own heading, in the order `jobqueue --help` lists;
+    the commands of a group (``jobqueue limits set``) under its heading, one level down."""
     from jobqueue.cli import cli
 
     settings = {"max_content_width": 100, **cli.context_settings, "terminal_width": 100}
     root = click.Context(cli, info_name="jobqueue", **settings)
     parts = ["## jobqueue", "", "```text", cli.get_help(root), "```", ""]
-    for name in cli.list_commands(root):
-        command = cli.get_command(root, name)
-        if command is None or command.hidden:
-            continue
-        ctx = click.Context(command, info_name=name, parent=root)
-        parts += [f"## jobqueue {name}", "", "```text", command.get_help(ctx), "```", ""]
+
+    def add(group: click.Group, parent: click.Context, level: int) -> None:
+        for name in group.list_commands(parent):
+            command = group.get_command(parent, name)
+            if command is None or command.hidden:
+                continue
+            ctx = click.Context(command, info_name=name, parent=parent)
+            title = f"{'#' * level} {ctx.command_path}"
+            parts.extend([title, "", "```text", command.get_help(ctx), "```", ""])
+            if isinstance(command, click.Group):
+                add(command, ctx, level + 1)
+
+    add(cli, root, 2)
     return "\n".join(parts).rstrip("\n")
 
 

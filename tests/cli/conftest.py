@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobqueue import migrate
 from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env
 
 
@@ -34,5 +35,16 @@ def jq(run: Run, db_url: str, table_name: str) -> Run:
 
     def call(*args: str, **kwargs: object) -> Result:
         return run("--database-url", db_url, "--table", table_name, *args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
+    """`run` on a SQLite file with the jobs table installed (in-process, to save a start)."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+
+    def call(*args: str, **kwargs: object) -> Result:
+        return run("--database-url", jobqueue_sqlite_url, "--table", table_name, *args, **kwargs)
 
     return call

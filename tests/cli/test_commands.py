@@ -23,7 +23,7 @@ from jobqueue.cli import cli
 from jobqueue.cli.output import parse_duration
 from jobqueue.cli.run import _looks_like_transaction_pooler
 from jobqueue.drivers.engines import make_engine
-from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env, worker_running
+from tests.cli.helpers import JOBQUEUE, Run, clean_env, worker_running
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 
@@ -75,7 +75,7 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run, db_url: str, table_na
 
     listed = jq("list", "--status", "pending", "--owner", "alice", "--since", "1h", "--json")
     assert listed.code == 0, listed.err
-    assert [j["id"] for j in json.loads(listed.out)] == [job_id]
+    assert [j["id"] for j in json.loads(listed.out)["jobs"]] == [job_id]
 
     assert jq("cancel", job_id).code == 0
     again = jq("cancel", job_id)  # what the user wanted is the case: say so, no error
@@ -128,7 +128,9 @@ def test_worker_runs_a_generated_job_then_stats_and_prune(
 
     stats = run(*base, "stats", "--since", "1d", "--json")
     assert stats.code == 0, stats.err
-    (line,) = json.loads(stats.out)
+    shown = json.loads(stats.out)
+    assert shown["paused"] == []
+    (line,) = shown["statuses"]
     assert (line["status"], line["count"]) == ("completed", 1)
     assert line["avg_duration_sec"] > 0
 
@@ -197,17 +199,6 @@ def test_a_worker_role_with_the_jobs_table_only_passes_check_and_others_are_refu
 
 
 # -- SQLite only: the rest of the commands and the error contract ------------------------
-
-
-@pytest.fixture
-def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
-    """`run` on a SQLite file with the jobs table installed (in-process, to save a start)."""
-    migrate(jobqueue_sqlite_url, table=table_name)
-
-    def call(*args: str, **kwargs: object) -> Result:
-        return run("--database-url", jobqueue_sqlite_url, "--table", table_name, *args, **kwargs)
-
-    return call
 
 
 @pytest.mark.parametrize(

@@ -46,9 +46,12 @@ def test_moves_table_is_the_state_machine() -> None:
 
 def test_cli_reference_covers_every_command() -> None:
     reference = load_hooks().cli_reference()
-    for name in cli.commands:
+    for name, command in cli.commands.items():
         assert f"## jobqueue {name}\n" in reference
         assert f"Usage: jobqueue {name} " in reference
+        for sub in getattr(command, "commands", {}):  # a group's own commands, one level down
+            assert f"### jobqueue {name} {sub}\n" in reference
+            assert f"Usage: jobqueue {name} {sub} " in reference
 
 
 def test_pages_ask_for_the_generated_parts() -> None:

@@ -497,9 +497,9 @@ def test_the_cli_read_commands_survive_hostile_rows(
     assert deep["unreadable"] == "payload could not be decoded: it is nested too deeply to read"
     details = jq("status", hostile_ids[0]).out
     assert "unreadable" in details and "a number of more than 4300 digits" in details, details
-    listed = json.loads(jq("list", "--limit", "100", "--json").out)
+    listed = json.loads(jq("list", "--limit", "100", "--json").out)["jobs"]
     assert len(listed) == 2 + len(hostile_payloads(db)) + len(times)
-    failed = json.loads(jq("list", "--status", "failed", "--json").out)
+    failed = json.loads(jq("list", "--status", "failed", "--json").out)["jobs"]
     assert len(failed) == len(hostile_payloads(db)) + 1
     jq("status", times[failed_name]).one_line_error(1, "ended failed")
     checked = jq("check")

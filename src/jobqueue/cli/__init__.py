@@ -8,8 +8,11 @@
 - `.jobs`: single jobs (enqueue, generate, status, list, cancel, retry, following a job);
 - `.admin`: the database and the queue as a whole (migrate, sql, check, stats, workers,
   reap, prune);
+- `.scheduling`: the limits every worker obeys and pauses (limits set/show/remove, pause,
+  resume);
 - `.run`: what runs until stopped (worker, serve, demo) and its logging;
-- `.output`: how jobs look in a terminal (tables, progress bars, JSON, durations);
+- `.output`: how jobs look in a terminal (tables, progress bars, JSON, durations, limits
+  and pauses);
 - `.checks`: what ``check`` examines; `.demo`: what ``demo`` runs.
 
 Each topic module adds its commands to `cli` when imported; importing this package
@@ -19,7 +22,7 @@ commands that need them, so a command that only reads a job starts quickly.
 
 from __future__ import annotations
 
-from . import admin, jobs, run  # noqa: F401  (importing them adds their commands to `cli`)
+from . import admin, jobs, run, scheduling  # noqa: F401  (importing them adds their commands to `cli`)
 from .group import cli, main
 
 __all__ = ["cli", "main"]

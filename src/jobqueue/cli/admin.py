@@ -13,7 +13,16 @@ from rich.markup import escape
 from ..errors import ConfigurationError
 from ..models import FINAL_STATUSES, Status
 from .group import EXIT_FAILED, Env, cli, one_line, pass_env
-from .output import DURATION, echo_json, format_duration, out, render_stats, render_workers
+from .output import (
+    DURATION,
+    echo_json,
+    format_duration,
+    out,
+    paused_lines,
+    paused_now,
+    render_stats,
+    render_workers,
+)
 
 # -- set-up: migrate, sql, check --------------------------------------------------------
 
@@ -114,18 +123,26 @@ def check_command(env: Env) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @pass_env
 def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
-    """Count and average duration (creation to finish) of jobs per status."""
+    """Count and average duration (creation to finish) of jobs per status.
+
+    Below the table, what is paused (`jobqueue pause`), since when and why.
+    """
     with env.queue() as q:
         stats = q.stats(since)
+        limits = q.list_limits()
     if as_json:
+        statuses = [
+            {"status": s.status.value, "count": s.count, "avg_duration_sec": s.avg_duration_sec}
+            for s in stats
+        ]
         echo_json(
-            [
-                {"status": s.status.value, "count": s.count, "avg_duration_sec": s.avg_duration_sec}
-                for s in stats
-            ]
+            {"statuses": statuses, "paused": [limit.to_dict() for limit in paused_now(limits)]}
         )
-    else:
-        out().print(render_stats(stats, title=f"Jobs created in the last {format_duration(since)}"))
+        return
+    console = out()
+    console.print(render_stats(stats, title=f"Jobs created in the last {format_duration(since)}"))
+    for line in paused_lines(limits):
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @cli.command("workers")

@@ -2,9 +2,9 @@
 
 Each `Check` is one line of the report: the database answers, the schema is installed and
 current, the jobs table is readable, no job is stuck past its lease or waiting unclaimed,
-which workers are live, and a generator is configured. A failed check carries its fix, so
-the report reads as a to-do list. The checks only read; nothing is created or changed (a
-missing SQLite file is reported, not created by connecting to it).
+what is paused, which workers are live, and a generator is configured. A failed check
+carries its fix, so the report reads as a to-do list. The checks only read; nothing is
+created or changed (a missing SQLite file is reported, not created by connecting to it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..drivers.engines import describe_database, sqlite_path
 from ..errors import ConfigurationError, JobQueueError, PermissionDenied
-from ..models import DEFAULT_TABLE, Status
+from ..models import DEFAULT_TABLE, Limit, Status
 from ..queue import JobQueue
 
 
@@ -152,6 +152,7 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
     try:
         with JobQueue(url, table=table, schema=schema) as q:
             counts = count_jobs(q)
+            paused = _paused_check(q)
             workers = _workers_check(q, counts)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
@@ -170,21 +171,49 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
         checks.append(
             Check("stuck jobs", "ok", f"{counts.processing} processing, none past its lease")
         )
+    checks.append(paused)
     if counts.overdue:
         since = f", the oldest due since {counts.oldest_due:%Y-%m-%d %H:%M:%S} UTC"
+        fix = "is a worker running for their queue? `jobqueue worker --queue NAME`"
+        if paused.state == "warn":
+            fix += "; or are they paused (above)?"
         checks.append(
             Check(
                 "backlog",
                 "warn",
                 f"{counts.overdue} of {counts.pending} pending job(s) due for over a minute "
                 f"and not claimed{since if counts.oldest_due else ''}",
-                "is a worker running for their queue? `jobqueue worker --queue NAME`",
+                fix,
             )
         )
     else:
         checks.append(Check("backlog", "ok", f"{counts.pending} pending, none overdue"))
     checks.append(workers)
     return checks
+
+
+def _paused_check(q: JobQueue) -> Check:
+    """What is paused, since when, until when and why: their jobs wait on purpose."""
+    from .output import pause_text
+
+    try:
+        limits = q.list_limits()
+    except JobQueueError as exc:
+        return Check("paused", "warn", f"cannot read the limits: {exc.message}", exc.hint)
+    paused = [limit for limit in limits if limit.paused]
+    if not paused:
+        return Check("paused", "ok", f"nothing paused{_in_force(limits)}")
+    return Check(
+        "paused",
+        "warn",
+        "; ".join(pause_text(limit) for limit in paused),
+        "`jobqueue resume NAME` (--key for a key) when their pending jobs should run",
+    )
+
+
+def _in_force(limits: list[Limit]) -> str:
+    count = sum(1 for limit in limits if limit.in_force)
+    return f"; {count} limits row(s) in force (`jobqueue limits show`)" if count else ""
 
 
 #: Live workers named on the `check` line; `jobqueue workers` lists them all.

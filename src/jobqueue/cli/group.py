@@ -1,9 +1,9 @@
 """The ``jobqueue`` command group: its global options, the `Env` every subcommand is
 handed, and the one place where errors become exit codes and one line on stderr.
 
-Subcommands live by topic in `jobqueue.cli.jobs`, `.admin` and `.run`, each added with
-``@cli.command()``. Errors are turned into exit codes and one line on stderr here alone
-(`JobqueueGroup` and `main`), so subcommands simply raise our exceptions:
+Subcommands live by topic in `jobqueue.cli.jobs`, `.admin`, `.scheduling` and `.run`,
+each added with ``@cli.command()``. Errors are turned into exit codes and one line on
+stderr here alone (`JobqueueGroup` and `main`), so subcommands simply raise our exceptions:
 
 - 0: success;
 - 1: a job failed, was cancelled or was not found, or a move was refused;

@@ -23,6 +23,8 @@ from .output import (
     job_outcome,
     out,
     parse_duration,
+    paused_lines,
+    paused_now,
     render_jobs,
 )
 
@@ -328,7 +330,8 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List jobs, newest first: as many columns as fit the terminal, one line per job
-    (long results cut short); --wide for all of them, --json for everything."""
+    (long results cut short); --wide for all of them, --json for everything. Below them,
+    what is paused."""
     with env.queue() as q:
         jobs = q.list(
             status=list(statuses) or None,
@@ -338,18 +341,27 @@ def list_command(
             since=since,
             limit=limit,
         )
+        limits = q.list_limits()
     if as_json:
-        echo_json([j.to_dict() for j in jobs])
-    elif not jobs:
-        out().print("No jobs match.")
+        echo_json(
+            {
+                "jobs": [j.to_dict() for j in jobs],
+                "paused": [limit.to_dict() for limit in paused_now(limits)],
+            }
+        )
+        return
+    console = out()
+    if not jobs:
+        console.print("No jobs match.")
     else:
-        console = out()
         table = render_jobs(jobs, width=console.width, wide=wide)
         if wide:  # rows as long as they are, not squeezed into the terminal
             unbounded = console.options.update_width(1_000_000)
             full = console.measure(table, options=unbounded).maximum
             console = Console(highlight=False, width=max(console.width, full))
         console.print(table)
+    for line in paused_lines(limits):
+        console.print(line, markup=False)
 
 
 # -- changing jobs: cancel, retry ------------------------------------------------------

@@ -1,5 +1,5 @@
 """How jobs look in a terminal: the console, JSON output, durations, rich tables for jobs,
-statistics and workers, live progress bars.
+statistics, workers and limits, what is paused, live progress bars.
 
 Every command and the demo show jobs through these, so a job reads the same wherever it
 is shown. Nothing here talks to the database; callers pass `Job` snapshots in.
@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -37,11 +37,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import END_OF_TIME, START_OF_TIME, Job, Status
+from .group import one_line
 
 if TYPE_CHECKING:
     # Annotations only: a command that never shows statistics or workers need not load
     # the operations behind them to start.
-    from ..models import LiveWorker
+    from ..models import Limit, LiveWorker
     from ..operations import StatusStats
 
 
@@ -466,5 +467,99 @@ def render_workers(workers: Sequence[LiveWorker]) -> Table:
             str(w.concurrency),
             when(w.started_at),
             f"{seconds(w.beat_age)} ago",
+        )
+    return table
+
+
+# -- limits and pauses ------------------------------------------------------------------
+
+
+def utc_time(value: datetime, today: datetime | None = None) -> str:
+    """A time in UTC to the second, with its date unless it falls on ``today`` (UTC): the
+    database keeps UTC, and a pause is read against other hosts' clocks and logs."""
+    utc = value.astimezone(UTC)
+    day = (today or datetime.now(UTC)).astimezone(UTC).date()
+    return utc.strftime("%H:%M:%S" if utc.date() == day else "%Y-%m-%d %H:%M:%S")
+
+
+def pause_text(limit: Limit) -> str:
+    """Since when a queue or key is paused, until when and why, in one line:
+    ``queue default since 14:02:11 UTC (until 14:12:11, reason: …)``."""
+    since = f" since {utc_time(limit.paused_at)} UTC" if limit.paused_at else ""
+    until = f"until {utc_time(limit.paused_until)}" if limit.paused_until else "until resumed"
+    reason = f", reason: {limit.pause_reason}" if limit.pause_reason else ""
+    return one_line(f"{limit.scope} {limit.name}{since} ({until}{reason})")
+
+
+def paused_now(limits: Iterable[Limit]) -> list[Limit]:
+    """The queues and keys whose pause is running now, in the order listed."""
+    return [limit for limit in limits if limit.paused]
+
+
+def paused_lines(limits: Iterable[Limit]) -> list[str]:
+    """One ``paused: …`` line per queue or key paused now (none when nothing is)."""
+    return [f"paused: {pause_text(limit)}" for limit in paused_now(limits)]
+
+
+def limit_settings(limit: Limit) -> str:
+    """What a limits row sets, in words: ``at most 5 running, 2 running per owner, 60
+    starts per 1m``; ``no limits`` when it sets nothing."""
+    parts = []
+    if limit.max_running is not None:
+        parts.append(f"at most {limit.max_running} running")
+    if limit.max_running_per_owner is not None:
+        parts.append(f"{limit.max_running_per_owner} running per owner")
+    if limit.rate is not None and limit.per_seconds is not None:
+        per = format_duration(timedelta(seconds=limit.per_seconds))
+        parts.append(f"{limit.rate} starts per {per}")
+    if limit.weight is not None:
+        parts.append(f"weight {limit.weight:g}")
+    return ", ".join(parts) or "no limits"
+
+
+def rate_text(limit: Limit) -> str:
+    if limit.rate is None or limit.per_seconds is None:
+        return "-"
+    return f"{limit.rate} per {format_duration(timedelta(seconds=limit.per_seconds))}"
+
+
+def _caps(limit: Limit) -> str:
+    parts = []
+    if limit.max_running is not None:
+        parts.append(f"{limit.max_running} running")
+    if limit.max_running_per_owner is not None:
+        parts.append(f"{limit.max_running_per_owner} per owner")
+    return ", ".join(parts) or "-"
+
+
+def _pause_cell(limit: Limit) -> str:
+    if not limit.paused:
+        return "-"
+    return pause_text(limit).removeprefix(f"{limit.scope} {limit.name} ")
+
+
+def render_limits(limits: Sequence[Limit]) -> Table:
+    """The limits rows, for `jobqueue limits show`: caps, rate, weight, pause, and the jobs
+    of each queue or key running and pending now."""
+    table = Table(header_style="bold")
+    table.add_column("scope", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("caps", overflow="fold")
+    table.add_column("rate", no_wrap=True)
+    table.add_column("weight", justify="right")
+    table.add_column("paused", overflow="fold")
+    table.add_column("running", justify="right")
+    table.add_column("pending", justify="right")
+    for limit in limits:
+        jobs = limit.scope != "owner"  # an owner's row counts no jobs: it holds a weight
+        table.add_row(
+            limit.scope,
+            limit.name,
+            _caps(limit),
+            rate_text(limit),
+            "-" if limit.weight is None else f"{limit.weight:g}",
+            _pause_cell(limit),
+            str(limit.running) if jobs else "-",
+            str(limit.pending) if jobs else "-",
         )
     return table
