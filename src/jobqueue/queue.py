@@ -463,9 +463,10 @@ class JobQueue(_QueueBase[Engine]):
         else its kind. Only the settings given change; None clears one. Returns the row."""
         return self._run(limit_ops.set_limit(self.statements, scope, name, _settings(settings)))
 
-    def list_limits(self) -> builtins.list[Limit]:
-        """Every limits row, with the jobs of its queue or key running and pending now."""
-        return self._run(limit_ops.list_limits(self.statements))
+    def list_limits(self, *, counts: bool = True) -> builtins.list[Limit]:
+        """Every limits row, with (``counts``) the jobs of its queue or key running and
+        pending now; without them it reads the limits table alone."""
+        return self._run(limit_ops.list_limits(self.statements, counts))
 
     def remove_limit(self, name: str, *, scope: str = "key") -> bool:
         """Delete a limits row (its pause with it); whether there was one."""
@@ -521,9 +522,7 @@ class JobQueue(_QueueBase[Engine]):
         """
         was_limited = self._claim_mode.limited
         jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
-        ):
+        if not jobs and (self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = self._run(more)
             jobs.extend(taken)
@@ -579,9 +578,7 @@ class JobQueue(_QueueBase[Engine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = self._run(op)
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0
-        ):
+        if not jobs and (self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = self._run(more)
             jobs.extend(taken)
@@ -845,9 +842,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             limit_ops.set_limit(self.statements, scope, name, _settings(settings))
         )
 
-    async def list_limits(self) -> builtins.list[Limit]:
-        """Every limits row, with the jobs of its queue or key running and pending now."""
-        return await self._run(limit_ops.list_limits(self.statements))
+    async def list_limits(self, *, counts: bool = True) -> builtins.list[Limit]:
+        """Every limits row, with (``counts``) the jobs of its queue or key running and
+        pending now; without them it reads the limits table alone."""
+        return await self._run(limit_ops.list_limits(self.statements, counts))
 
     async def remove_limit(self, name: str, *, scope: str = "key") -> bool:
         """Delete a limits row (its pause with it); whether there was one."""

@@ -129,7 +129,7 @@ def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
     """
     with env.queue() as q:
         stats = q.stats(since)
-        limits = q.list_limits()
+        limits = q.list_limits(counts=False)
     if as_json:
         statuses = [
             {"status": s.status.value, "count": s.count, "avg_duration_sec": s.avg_duration_sec}

@@ -197,7 +197,7 @@ def _paused_check(q: JobQueue) -> Check:
     from .output import pause_text
 
     try:
-        limits = q.list_limits()
+        limits = q.list_limits(counts=False)
     except JobQueueError as exc:
         return Check("paused", "warn", f"cannot read the limits: {exc.message}", exc.hint)
     paused = [limit for limit in limits if limit.paused]

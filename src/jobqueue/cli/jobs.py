@@ -341,7 +341,7 @@ def list_command(
             since=since,
             limit=limit,
         )
-        limits = q.list_limits()
+        limits = q.list_limits(counts=False)
     if as_json:
         echo_json(
             {

@@ -232,8 +232,8 @@ def _one_limit(s: Statements, scope: str, name: str) -> Steps[Limit]:
 
 
 @operation(Access.READ)
-def list_limits(s: Statements) -> Steps[list[Limit]]:
-    return [Limit.from_row(r) for r in (yield s.list_limits())]
+def list_limits(s: Statements, counts: bool = True) -> Steps[list[Limit]]:
+    return [Limit.from_row(r) for r in (yield s.list_limits(counts))]
 
 
 @operation(Access.ONE_WRITE)

@@ -114,7 +114,7 @@ class Limiting(StatementsBase):
                     lc.per_seconds,
                     lc.paused_at,
                     lc.paused_until,
-                    self._json_text(lc.starts).label("starts"),
+                    self._as_text(lc.starts),
                     DbNow().label("now"),
                 )
                 .where(self._in_force())
@@ -123,9 +123,6 @@ class Limiting(StatementsBase):
             return stmt.with_for_update() if self.dialect == "postgresql" else stmt
 
         return Query(self.once("lock_limits", build), None)
-
-    def _json_text(self, col: Any) -> Any:
-        return self._as_text(col) if col.name in ("starts",) else col
 
     # -- the claim within limits -------------------------------------------------------------
 
@@ -549,11 +546,15 @@ class Limiting(StatementsBase):
             lc.updated_at,
         ]
 
-    def list_limits(self) -> Query:
-        """Every limits row, with whether its pause is running now, and the jobs of its
-        queue or key running and pending."""
+    def list_limits(self, counts: bool = True) -> Query:
+        """Every limits row, with whether its pause is running now, and (``counts``) the
+        jobs of its queue or key running and pending: a count over the jobs table for
+        each row, which `jobqueue limits show` wants and a listing of jobs does not."""
 
         def build() -> Any:
+            if not counts:
+                lc = self.limits.c
+                return select(*self._limit_columns()).order_by(lc.scope, lc.name)
             c = self.t.c
             lc = self.limits.c
             target = case((lc.scope == "queue", c.queue), else_=limit_key_of(c))
@@ -571,4 +572,4 @@ class Limiting(StatementsBase):
                 jobs(Status.PENDING).label("pending"),
             ).order_by(lc.scope, lc.name)
 
-        return Query(self.once("list_limits", build), None)
+        return Query(self.once(("list_limits", counts), build), None)
