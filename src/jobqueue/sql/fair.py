@@ -53,14 +53,20 @@ def _head(t: Table, queue: Any, priority: Any) -> Any:
 
 def _last(t: Table, queue: Any, owner: Any) -> Any:
     """The owner's last turn in the queue's line (one probe of the turn index; NULL owners
-    get their own branch, as ``owner_id = NULL`` matches nothing)."""
+    get their own branch, as ``owner_id = NULL`` matches nothing).
+
+    The order names ``owner_id`` too: PostgreSQL takes ``owner_id IS NULL`` as a condition
+    on the index but not as fixing the column for its order, so ordered by ``turn`` alone
+    it would read every unowned job in the line and sort them to find the last one (for
+    each job entering the line). Ordered by both, a backward scan gives the order and the
+    first entry is the answer."""
     c = t.c
 
     def last_where(*cond: ColumnElement[bool]) -> Any:
         return (
             select(c.turn)
             .where(c.queue == queue, *cond, in_line(t))
-            .order_by(c.turn.desc())
+            .order_by(c.owner_id.desc(), c.turn.desc())
             .limit(1)
             .scalar_subquery()
         )
