@@ -10,14 +10,17 @@ sends (captured while the statement runs once inside a transaction that is rolle
 from __future__ import annotations
 
 import json
+import uuid
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from jobqueue import JobQueue, migrate
+from jobqueue import JobQueue, NewJob, migrate
 from jobqueue.drivers import direct
+from jobqueue.sql.limits import LINE_WINDOW
 from jobqueue.sql.steps import Direct, Query
 from jobqueue.testing import statement_as_sent
 
@@ -96,3 +99,231 @@ def test_listing_a_users_jobs_uses_the_owner_index(busy_queue: JobQueue) -> None
     found = scans(plan_of(busy_queue.engine, step))
     assert any(index == f"{table}_owner_idx" for _, _, index in found), found
     assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
+
+
+# -- the fair-share line at scale ---------------------------------------------------------
+
+
+class Line:
+    """The sizes of a jobs table whose pending jobs stand in the fair-share line."""
+
+    def __init__(self, in_line: int, owners: int) -> None:
+        self.in_line = in_line  # pending jobs with a turn
+        self.owners = owners
+        self.waiting = max(1_000, in_line // 50)  # pending jobs outside the line
+        self.running = max(100, in_line // 1_000)  # processing, lease not expired
+        self.finished = max(1_000, in_line // 20)
+
+    def __repr__(self) -> str:
+        return f"{self.in_line}_in_line_{self.owners}_owners"
+
+
+SMALL_LINE = Line(20_000, 200)
+#: The size issue 14 names: a million pending jobs across ten thousand owners.
+LARGE_LINE = Line(1_000_000, 10_000)
+
+
+#: Owner o of the line's jobs; owner 0 stands for the jobs without an owner (they share
+#: one turn, as one owner's jobs do).
+OWNER = "CASE WHEN g % :owners = 0 THEN NULL ELSE 'user-' || (g % :owners) END"
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(SMALL_LINE, id="20k"),
+        pytest.param(LARGE_LINE, id="1M", marks=pytest.mark.soak),
+    ],
+)
+def line_queue(request: pytest.FixtureRequest, jobqueue_postgres_url: str) -> Iterator[JobQueue]:
+    """A jobs table as a queue's own enqueues leave it: ``in_line`` pending jobs spread
+    evenly over ``owners`` (one of them the jobs without an owner), owner o's k-th job with
+    turn k - 1 (the line interleaves the owners); besides, jobs waiting outside the line (half of them due: retries whose
+    backoff is over; half scheduled for later), running jobs and finished ones. Analysed,
+    and dropped at the end (the large one holds a million rows)."""
+    size: Line = request.param
+    table = f"jobs_line_{uuid.uuid4().hex[:10]}"
+    url = jobqueue_postgres_url
+    migrate(url, table=table)
+    q = JobQueue(url, table=table)
+    fills = [
+        # (rows, status, turn, run_at, lease_expires_at, completed_at, attempts)
+        (size.in_line, "pending", "(g / :owners)::float8", "now()", "NULL", "NULL", 0),
+        (
+            size.waiting,
+            "pending",
+            "NULL",
+            "now() + CASE WHEN g % 2 = 0 THEN interval '1 hour' ELSE interval '-1 minute' END",
+            "NULL",
+            "NULL",
+            1,
+        ),
+        (size.running, "processing", "g::float8", "now()", "now() + interval '1 hour'", "NULL", 1),
+        (size.finished, "completed", "NULL", "now()", "NULL", "now()", 1),
+    ]
+    try:
+        with q.engine.begin() as conn:
+            for rows, status, turn, run_at, lease, completed, attempts in fills:
+                conn.execute(
+                    text(
+                        f'INSERT INTO "{table}" (payload, status, owner_id, turn, run_at,'
+                        " lease_expires_at, completed_at, attempts, locked_by)"
+                        f" SELECT jsonb_build_object('n', g), '{status}',"
+                        f" {OWNER}, {turn}, {run_at}, {lease}, {completed},"
+                        f" {attempts}, {'$$w$$' if status == 'processing' else 'NULL'}"
+                        " FROM generate_series(0, :rows - 1) AS g"
+                    ),
+                    {"owners": size.owners, "rows": rows},
+                )
+            conn.execute(text(f'ANALYZE "{table}"'))
+        yield q
+    finally:
+        q.close()
+        with q.engine.begin() as conn:
+            for suffix in ("", "_limits", "_workers", "_alembic_version"):
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table}{suffix}"'))
+            conn.execute(text(f'DROP FUNCTION IF EXISTS "{table}_notify"()'))
+        q.engine.dispose()
+
+
+def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of the plan, depth first (init plans and subplans included)."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from nodes(child)
+
+
+def uses_index(plan: dict[str, Any], index: str) -> bool:
+    return any(i == index for _, _, i in scans(plan))
+
+
+def no_seq_scan_of(plan: dict[str, Any], table: str) -> bool:
+    return not any(kind == "Seq Scan" and rel == table for kind, rel, _ in scans(plan))
+
+
+def largest_sort(plan: dict[str, Any]) -> float:
+    """The rows the planner expects its largest sort to take (0 without one): a sort of
+    the pending set would take them all."""
+    return max((n["Plan Rows"] for n in nodes(plan) if n["Node Type"] == "Sort"), default=0)
+
+
+def sorts_over(plan: dict[str, Any], index: str) -> bool:
+    """Whether the plan sorts what it reads from ``index`` (instead of taking the index's
+    own order: a probe becomes a read of every matching entry)."""
+    return any(n["Node Type"] == "Sort" and uses_index(n, index) for n in nodes(plan))
+
+
+def time_ms(engine: Engine, step: Direct) -> float:
+    """Milliseconds to run a step on the driver connection, in a transaction rolled back
+    (so the line is the same for the next statement)."""
+    sql, parameters = direct.sent(step, engine.dialect)
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        start = time.perf_counter()
+        raw.execute(sql, parameters).fetchall()
+        elapsed = time.perf_counter() - start
+        raw.rollback()
+    return elapsed * 1000
+
+
+def gates_for_caps(kind: str) -> list[dict[str, Any]]:
+    """Gates as `claim_within` gets them: a cap on a limit key (20 running, fleet-wide) and
+    a cap per owner on the queue (2 running each)."""
+    return [
+        {"scope": "key", "name": kind, "cap": 20, "per_owner": None, "budget": None, "paused": 0},
+        {
+            "scope": "queue",
+            "name": "default",
+            "cap": None,
+            "per_owner": 2,
+            "budget": None,
+            "paused": 0,
+        },
+    ]
+
+
+def test_the_claim_at_scale_is_driven_by_the_claim_index(line_queue: JobQueue) -> None:
+    """The plain claim reads the head of the line from the claim index: no scan of the
+    table, no sort of the pending jobs (only of the few rows it picked)."""
+    q = line_queue
+    table = q.table.name
+    step = q.statements.claim("explainer", limit=10, lease=30.0, queues=["default"], kinds=None)
+    assert isinstance(step, Direct)
+    plan = plan_of(q.engine, step)
+    found = scans(plan)
+    assert any(
+        kind in ("Index Scan", "Index Only Scan") and index == f"{table}_claim_idx"
+        for kind, _, index in found
+    ), found
+    assert no_seq_scan_of(plan, table), found
+    assert largest_sort(plan) <= 2 * 10, plan
+    timings = [time_ms(q.engine, step) for _ in range(3)]
+    print(f"\nplain claim of 10 at {q.table.name}: " + ", ".join(f"{t:.2f} ms" for t in timings))
+
+
+@pytest.mark.parametrize("owner", ["user-42", None], ids=["owned", "no_owner"])
+def test_enqueue_finds_a_turn_through_the_claim_and_turn_indexes(
+    line_queue: JobQueue, owner: str | None
+) -> None:
+    """The INSERT of one job looks up the head of its line (claim index) and its owner's
+    last turn (turn index): index probes, whatever the line's length."""
+    q = line_queue
+    table = q.table.name
+    step = q.statements.insert_many([NewJob(owner_id=owner).to_row(q.limits)])
+    assert isinstance(step, Direct)
+    plan = plan_of(q.engine, step)
+    found = scans(plan)
+    assert uses_index(plan, f"{table}_claim_idx"), found
+    assert uses_index(plan, f"{table}_turn_idx"), found
+    assert no_seq_scan_of(plan, table), found
+    assert largest_sort(plan) == 0, plan  # each look-up is the first entry of an index
+
+
+def test_the_claim_within_limits_reads_a_window_of_the_line(line_queue: JobQueue) -> None:
+    """With a key cap and a per-owner cap in force, the claim reads at most the window at
+    the head of the line (claim index under a LIMIT) and the running jobs from the lease
+    index: no scan of the table, no sort beyond the window."""
+    q = line_queue
+    table = q.table.name
+    step = q.statements.claim_within(
+        gates_for_caps("image"),
+        "explainer",
+        limit=10,
+        lease=30.0,
+        queues=["default"],
+        kinds=None,
+    )
+    plan = plan_of(q.engine, step)
+    found = scans(plan)
+    windows = [
+        n
+        for n in nodes(plan)
+        if n["Node Type"] == "Limit" and uses_index(n, f"{table}_claim_idx")
+    ]
+    assert windows, found
+    assert all(n["Plan Rows"] <= LINE_WINDOW for n in windows), windows
+    assert uses_index(plan, f"{table}_lease_idx"), found
+    assert no_seq_scan_of(plan, table), found
+    assert largest_sort(plan) <= LINE_WINDOW, plan
+    timings = [time_ms(q.engine, step) for _ in range(3)]
+    print(
+        f"\nclaim of 10 within a key cap and a per-owner cap at {q.table.name}: "
+        + ", ".join(f"{t:.2f} ms" for t in timings)
+    )
+
+
+def test_entering_the_line_reads_the_entry_index(line_queue: JobQueue) -> None:
+    """The due jobs waiting outside the line come from the entry index, and their turns
+    from the claim and turn indexes."""
+    q = line_queue
+    table = q.table.name
+    plan = plan_of(q.engine, q.statements.entering())
+    found = scans(plan)
+    assert uses_index(plan, f"{table}_entry_idx"), found
+    assert uses_index(plan, f"{table}_claim_idx"), found
+    assert uses_index(plan, f"{table}_turn_idx"), found
+    assert no_seq_scan_of(plan, table), found
+    # Each entering job's turn is a probe of each index, not a sort of its owner's jobs.
+    assert not sorts_over(plan, f"{table}_turn_idx"), plan
+    assert not sorts_over(plan, f"{table}_claim_idx"), plan
