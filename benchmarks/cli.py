@@ -21,6 +21,8 @@ WORKLOADS = {
     "raw": "benchmarks.raw",
     "enqueue": "benchmarks.enqueue",
     "drain": "benchmarks.drain",
+    "fair": "benchmarks.fair",
+    "limits": "benchmarks.limits",
     "latency": "benchmarks.latency",
     "backlog": "benchmarks.backlog",
     "memory": "benchmarks.memory",

@@ -61,6 +61,11 @@ class Sizes:
     contention_backlog: int = 150_000
     contention_rate: int = 50
     contention_seconds: float = 20.0
+    #: `fair`: no-op jobs of 100 owners, enqueued one owner's backlog after another.
+    fair_jobs: int = 20_000
+    #: `limits`: jobs drained under a key cap and a per-owner cap, and under a rate.
+    limits_jobs: int = 1_000
+    rate_jobs: int = 2_000
 
 
 QUICK = Sizes(
@@ -89,6 +94,9 @@ QUICK = Sizes(
     contention_workers=(2,),
     contention_backlog=15_000,
     contention_seconds=2.0,
+    fair_jobs=1_000,
+    limits_jobs=60,
+    rate_jobs=300,
 )
 
 
