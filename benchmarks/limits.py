@@ -125,8 +125,9 @@ def _most_starts_in_a_window(bench: Bench, table: str, seconds: float) -> int:
     """The most jobs that started within any ``seconds`` (a sliding window over the
     completed jobs' start times)."""
     with bench.engine.connect() as conn:
+        # SQLite gives the stored text (ISO 8601, which sorts as the times do).
         starts: list[datetime] = [
-            r[0]
+            datetime.fromisoformat(r[0]) if isinstance(r[0], str) else r[0]
             for r in conn.execute(
                 text(f'SELECT started_at FROM "{table}" WHERE started_at IS NOT NULL ORDER BY 1')
             )
