@@ -189,6 +189,11 @@ class _QueueBase(Generic[E]):
         }
 
     @property
+    def claims_within_limits(self) -> bool:
+        """Whether this queue's claims last found limits in force (`set_limit`, `pause`)."""
+        return self._claim_mode.limited
+
+    @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 

@@ -51,21 +51,26 @@ class Enqueueing(StatementsBase):
     """Writing new jobs."""
 
     def may_place(self) -> Query:
-        """Whether this role may write ``turn`` and ``limit_key`` (one row: ``may_place``):
-        always on SQLite; on PostgreSQL unless column grants leave them out."""
+        """Whether this role may place its jobs in the line (one row: ``may_place``):
+        always on SQLite; on PostgreSQL when it may write ``turn`` and ``limit_key`` and
+        read the limits table (where the owners' weights are)."""
 
         def build() -> Any:
             if self.dialect != "postgresql":
                 return select(literal(True).label("may_place"))
             t = self.t
             name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
+            lt = self.limits
+            limits = f'"{lt.schema}"."{lt.name}"' if lt.schema else f'"{lt.name}"'
             allowed = and_(
                 *(
                     func.has_column_privilege(
                         literal(name), literal(column), literal_column("'INSERT'")
                     )
                     for column in ("turn", "limit_key")
-                )
+                ),
+                # The turn reads the owner's weight there.
+                func.has_table_privilege(literal(limits), literal_column("'SELECT'")),
             )
             return select(allowed.label("may_place"))
 

@@ -228,8 +228,18 @@ class Limiting(StatementsBase):
         ln = line.c
         order = (ln.priority.desc(), ln.turn, ln.id)
 
-        def count(*where: ColumnElement[bool]) -> Any:
-            return select(func.count()).select_from(running).where(*where).scalar_subquery()
+        # The running jobs counted once per group, not once per job of the window: their
+        # number grows with the fleet, and claims within limits take turns.
+        def counted(name: str, *by: Any) -> Any:
+            return select(*by, func.count().label("n")).group_by(*by).cte(name)
+
+        run_q = counted("running_per_queue", r.queue)
+        run_qo = counted("running_per_queue_owner", r.queue, r.owner)
+        run_k = counted("running_per_key", r.lkey)
+        run_ko = counted("running_per_key_owner", r.lkey, r.owner)
+
+        def n(run: Any) -> Any:
+            return func.coalesce(run.c.n, literal(0, Integer()))
 
         qg = gates.alias("queue_gate")
         kg = gates.alias("key_gate")
@@ -261,13 +271,14 @@ class Limiting(StatementsBase):
         owners_fit = (
             select(ro.id, ro.queue, ro.lkey, ro.priority, ro.turn)
             .select_from(
-                ranked_owner.outerjoin(
-                    qg1, and_(qg1.c.scope == "queue", qg1.c.name == ro.queue)
-                ).outerjoin(kg1, and_(kg1.c.scope == "key", kg1.c.name == ro.lkey))
+                ranked_owner.outerjoin(qg1, and_(qg1.c.scope == "queue", qg1.c.name == ro.queue))
+                .outerjoin(kg1, and_(kg1.c.scope == "key", kg1.c.name == ro.lkey))
+                .outerjoin(run_qo, and_(run_qo.c.queue == ro.queue, run_qo.c.owner == ro.owner))
+                .outerjoin(run_ko, and_(run_ko.c.lkey == ro.lkey, run_ko.c.owner == ro.owner))
             )
             .where(
-                ro.rqo <= room(qg1, "per_owner", count(r.queue == ro.queue, r.owner == ro.owner)),
-                ro.rko <= room(kg1, "per_owner", count(r.lkey == ro.lkey, r.owner == ro.owner)),
+                ro.rqo <= room(qg1, "per_owner", n(run_qo)),
+                ro.rko <= room(kg1, "per_owner", n(run_ko)),
             )
             .cte("owners_fit")
         )
@@ -290,14 +301,15 @@ class Limiting(StatementsBase):
         admitted = (
             select(rk.id)
             .select_from(
-                ranked.outerjoin(qg, and_(qg.c.scope == "queue", qg.c.name == rk.queue)).outerjoin(
-                    kg, and_(kg.c.scope == "key", kg.c.name == rk.lkey)
-                )
+                ranked.outerjoin(qg, and_(qg.c.scope == "queue", qg.c.name == rk.queue))
+                .outerjoin(kg, and_(kg.c.scope == "key", kg.c.name == rk.lkey))
+                .outerjoin(run_q, run_q.c.queue == rk.queue)
+                .outerjoin(run_k, run_k.c.lkey == rk.lkey)
             )
             .where(
-                rk.rq <= room(qg, "cap", count(r.queue == rk.queue)),
+                rk.rq <= room(qg, "cap", n(run_q)),
                 rk.rq <= func.coalesce(qg.c.budget, infinity),
-                rk.rk <= room(kg, "cap", count(r.lkey == rk.lkey)),
+                rk.rk <= room(kg, "cap", n(run_k)),
                 rk.rk <= func.coalesce(kg.c.budget, infinity),
             )
             .order_by(rk.priority.desc(), rk.turn, rk.id)
@@ -351,7 +363,8 @@ class Limiting(StatementsBase):
         """The due jobs waiting outside the line (scheduled, backing off, held back,
         inserted by another client), up to `ENTRY_BATCH` of them, oldest first, with the
         turn each takes (`jobqueue.sql.fair`); jobs of a paused queue or key stay out until
-        it is resumed. On PostgreSQL the rows are locked (two workers take different ones).
+        it is resumed. On PostgreSQL the rows are locked: two workers entering at once
+        take turns.
         `set_turns` writes the turns: computed in one statement and written in another,
         every turn is computed from the line as it was (an UPDATE on SQLite would see its
         own earlier rows)."""
@@ -381,7 +394,11 @@ class Limiting(StatementsBase):
                 .limit(ENTRY_BATCH)
             )
             if self.dialect == "postgresql":
-                due = due.with_for_update(skip_locked=True, of=self.t)
+                # Not SKIP LOCKED: a claim that found nothing and enters jobs itself must
+                # not skip the ones the worker's timer is entering and conclude there is
+                # nothing due. It waits for that short transaction; the rows it entered
+                # then fail the re-checked condition and drop out.
+                due = due.with_for_update(of=self.t)
             d = due.cte("due")
             k = func.row_number().over(
                 partition_by=(d.c.queue, d.c.owner_id), order_by=(d.c.run_at, d.c.id)

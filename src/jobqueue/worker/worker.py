@@ -396,7 +396,9 @@ class Worker:
         self.claims += 1
 
     def _slot_freed(self) -> None:
-        if self._lifecycle.waits_for_slots:
+        # While limits are in force a finished job may free a cap (of its key, its owner)
+        # as well as a slot: the claim loop looks again at once instead of at its next poll.
+        if self._lifecycle.waits_for_slots or self.queue.claims_within_limits:
             self._lifecycle.wake.set()
 
     # -- running one job --------------------------------------------------------------------
