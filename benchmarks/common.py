@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, inspect, make_url, text
 
 from jobqueue import migrate
 from jobqueue.drivers.engines import make_engine, normalise_url
@@ -258,21 +258,28 @@ class Bench:
         """Insert ``pending`` due jobs and ``finished`` completed ones, in a few statements.
 
         Rows get the table's own server defaults (id, times, queue, kind), as rows that a
-        web front end inserts would.
+        web front end inserts would, except for their place in the fair-share line: each
+        pending row takes the turn `enqueue_many` gives a batch of unowned jobs (0, 1, ...),
+        so a drain measures claiming. Rows inserted without a turn would enter the line at
+        the entrance's pace first (docs/scheduling.md).
         """
         batches = [("completed", finished), ("pending", pending)]
+        turned = "turn" in {c["name"] for c in inspect(self.engine).get_columns(table)}
         if self.is_postgres:
             with self.engine.begin() as conn:
                 for status, n in batches:
                     for start in range(0, n, 250_000):
                         count = min(250_000, n - start)
                         done = status == "completed"
+                        turn = ("NULL" if done else f"g - 1 + {start}") if turned else None
                         conn.execute(
                             text(
-                                f'INSERT INTO "{table}" (payload, status, attempts, completed_at)'
+                                f'INSERT INTO "{table}" (payload, status, attempts, completed_at'
+                                f"{', turn' if turn else ''})"
                                 " SELECT jsonb_build_object('prompt', 'a lighthouse', 'n', g),"
                                 f" '{status}', {1 if done else 0},"
                                 f" {'clock_timestamp()' if done else 'NULL'}"
+                                f"{', ' + turn if turn else ''}"
                                 " FROM generate_series(1, :n) AS g"
                             ),
                             {"n": count},
@@ -287,14 +294,17 @@ class Bench:
                 if not n:
                     continue
                 done = status == "completed"
+                turn = ("NULL" if done else "n - 1") if turned else None
                 conn.execute(
                     text(
-                        f'INSERT INTO "{table}" (payload, status, attempts, completed_at)'
+                        f'INSERT INTO "{table}" (payload, status, attempts, completed_at'
+                        f"{', turn' if turn else ''})"
                         " WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g"
                         " WHERE n < :n)"
                         " SELECT json_object('prompt', 'a lighthouse', 'n', n),"
                         f" '{status}', {1 if done else 0},"
-                        f" {'CURRENT_TIMESTAMP' if done else 'NULL'} FROM g"
+                        f" {'CURRENT_TIMESTAMP' if done else 'NULL'}"
+                        f"{', ' + turn if turn else ''} FROM g"
                     ),
                     {"n": n},
                 )
