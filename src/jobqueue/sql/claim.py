@@ -34,7 +34,7 @@ from .common import (
     param,
     unnest,
 )
-from .dialect import DbNow, DbNowAfter, DbNowPlus
+from .dialect import DbNow
 from .fair import in_line
 from .limits import Limiting
 from .steps import Direct
@@ -141,18 +141,7 @@ class Claiming(Limiting):
             update(self.t)
             .where(where)
             .values(
-                status=Status.PROCESSING.value,
-                attempts=c.attempts + 1,
-                locked_by=param("worker_id", Text()),
-                # Later than any earlier claim of the job, even within the clock's step:
-                # part of the fencing token (see `fence`).
-                started_at=DbNowAfter(c.started_at),
-                lease_expires_at=DbNowPlus(param("lease", Float())),
-                updated_at=now,
-                # Each attempt starts its own progress: nothing carries over from a released,
-                # retried or expired attempt.
-                progress=0,
-                progress_message=None,
+                **self.claimed(),
                 errors=case((c.status == Status.PROCESSING.value, lost), else_=c.errors),
             )
             .returning(*self.columns)

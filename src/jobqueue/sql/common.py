@@ -23,6 +23,7 @@ from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     Integer,
     Table,
     Text,
@@ -42,7 +43,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
 from ..models import JSON_COLUMNS, Status
-from .dialect import DbNow, DbNowText, JsonAppend, UTCDateTime, sqlite_time
+from .dialect import DbNow, DbNowAfter, DbNowPlus, DbNowText, JsonAppend, UTCDateTime, sqlite_time
 from .table import limits_table
 
 T = TypeVar("T")
@@ -218,6 +219,25 @@ class StatementsBase(BuiltOnce):
         c = self.t.c
         now = DbNow()
         return case((c.run_at <= now, c.run_at), else_=now)
+
+    def claimed(self) -> dict[str, Any]:
+        """What a claim writes (for ``jq_worker_id``, for ``jq_lease`` seconds): the one
+        move into ``processing``, shared by the plain claim and the claim within limits."""
+        c = self.t.c
+        return {
+            "status": Status.PROCESSING.value,
+            "attempts": c.attempts + 1,
+            "locked_by": param("worker_id", Text()),
+            # Later than any earlier claim of the job, even within the clock's step: part
+            # of the fencing token (see `fence`).
+            "started_at": DbNowAfter(c.started_at),
+            "lease_expires_at": DbNowPlus(param("lease", Float())),
+            "updated_at": DbNow(),
+            # Each attempt starts its own progress: nothing carries over from a released,
+            # retried or expired attempt.
+            "progress": 0,
+            "progress_message": None,
+        }
 
     def lost_lease_message(self) -> ColumnElement[str]:
         """The error recorded for an attempt whose lease expired (claim and reap)."""

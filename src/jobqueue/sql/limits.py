@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Status
 from .common import StatementsBase, batch_json, filter_params, json_param, json_rows, param, unnest
-from .dialect import DbNow, DbNowAfter, DbNowPlus
+from .dialect import DbNow, DbNowPlus
 from .fair import in_line, turn_of
 from .steps import Direct, Query
 
@@ -326,21 +326,7 @@ class Limiting(StatementsBase):
             where = c.id.in_(taken.scalar_subquery())
         else:
             where = c.id.in_(admitted.scalar_subquery())
-        return (
-            update(self.t)
-            .where(where)
-            .values(
-                status=Status.PROCESSING.value,
-                attempts=c.attempts + 1,
-                locked_by=param("worker_id", Text()),
-                started_at=DbNowAfter(c.started_at),
-                lease_expires_at=DbNowPlus(param("lease", Float())),
-                updated_at=now,
-                progress=0,
-                progress_message=None,
-            )
-            .returning(*self.columns)
-        )
+        return update(self.t).where(where).values(**self.claimed()).returning(*self.columns)
 
     def record_starts(self, scope: str, name: str, starts: str) -> Query:
         """Write the starts a rate counts (a JSON array of times)."""
