@@ -32,7 +32,7 @@ from jobqueue.drivers.engines import describe_url
 from jobqueue.errors import redact
 from jobqueue.generators import DefAPIGenerator
 from jobqueue.sql.rls import supabase_sql
-from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH
+from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH, limits_table, workers_table
 from jobqueue.worker import Worker
 from tests.conftest import Either
 from tests.support.fake_defapi import FakeDefAPI
@@ -113,6 +113,28 @@ def test_the_longest_allowed_table_name_migrates_on_postgres(postgres_url: str) 
     with JobQueue(postgres_url, table=name) as q:
         job = q.enqueue("image", {"ok": True}, idempotency_key="k")
         assert q.get(job.id).payload == {"ok": True}
+        # The limits table and its constraints (named after the jobs table) work too.
+        q.set_limit("image", max_running=1, max_running_per_owner=1, rate=5, per=1)
+        assert [j.id for j in q.claim("w", limit=2)] == [job.id]
+    # Every name the schema module declares is in the catalog as it is: none was cut to 63.
+    declared = {
+        str(item.name)
+        for table in (jobs_table(name), limits_table(name), workers_table(name))
+        for item in (*table.constraints, *table.indexes)
+        if item.name is not None
+    }
+    assert max(len(n) for n in declared) <= 63
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            found = set(
+                conn.exec_driver_sql(
+                    "SELECT conname FROM pg_constraint UNION SELECT indexname FROM pg_indexes"
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    assert declared - found == set()
 
 
 NASTY = "'); DROP TABLE generation_jobs; -- \" \\ $$ $x$ %s %(x)s :name ? ` /* */ \u2028"

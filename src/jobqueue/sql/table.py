@@ -348,13 +348,18 @@ def limits_table(
 
 
 def limit_rules(t: Table) -> dict[str, ColumnElement[bool]]:
-    """The check constraints of the limits table, by name (``<limits>_<name>_check``)."""
+    """The check constraints of the limits table, by name (``<limits>_<name>_check``).
+
+    Each name is at most 6 characters: with the longest jobs table name
+    (`TABLE_NAME_MAX_LENGTH`), ``<table>_limits_<name>_check`` then just fits PostgreSQL's
+    63; SQLAlchemy refuses a longer one when it renders the table's DDL.
+    """
     c = t.c
     return {
         "scope": c.scope.in_(LIMIT_SCOPES),
         "name": func.length(c.name).between(1, MAX_TEXT),
-        "max_running": c.max_running.between(1, MAX_LIMIT),
-        "per_owner": c.max_running_per_owner.between(1, MAX_LIMIT),
+        "cap": c.max_running.between(1, MAX_LIMIT),
+        "owncap": c.max_running_per_owner.between(1, MAX_LIMIT),
         # A rate is a number of starts per a period: both or neither.
         "rate": or_(
             and_(c.rate.is_(None), c.per_seconds.is_(None)),

@@ -103,13 +103,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("scope", "name", name=f"{limits}_pkey"),
         sa.CheckConstraint("scope IN ('queue', 'key', 'owner')", name=f"{limits}_scope_check"),
         sa.CheckConstraint("length(name) BETWEEN 1 AND 255", name=f"{limits}_name_check"),
-        sa.CheckConstraint("max_running BETWEEN 1 AND 100000", name=f"{limits}_max_running_check"),
+        sa.CheckConstraint("max_running BETWEEN 1 AND 100000", name=f"{limits}_cap_check"),
         sa.CheckConstraint(
-            "max_running_per_owner BETWEEN 1 AND 100000", name=f"{limits}_per_owner_check"
+            "max_running_per_owner BETWEEN 1 AND 100000", name=f"{limits}_owncap_check"
         ),
         sa.CheckConstraint(
-            "(rate IS NULL AND per_seconds IS NULL) OR "
-            "(rate BETWEEN 1 AND 100000 AND per_seconds BETWEEN 0.001 AND 2678400)",
+            # AND binds before OR: both or neither (written as the schema module renders it).
+            "rate IS NULL AND per_seconds IS NULL OR "
+            "rate BETWEEN 1 AND 100000 AND per_seconds BETWEEN 0.001 AND 2678400.0",
             name=f"{limits}_rate_check",
         ),
         sa.CheckConstraint("weight BETWEEN 0.001 AND 1000", name=f"{limits}_weight_check"),
