@@ -25,7 +25,12 @@ from ..drivers.engines import database_url, make_engine, normalise_url
 from ..drivers.errors import translated_errors
 from ..errors import ConfigurationError, PermissionDenied
 from ..models import DEFAULT_TABLE
-from ..sql.table import validate_identifier, validate_table_name, workers_table_name
+from ..sql.table import (
+    limits_table_name,
+    validate_identifier,
+    validate_table_name,
+    workers_table_name,
+)
 from ..sql.table import version_table as version_table  # documented here too
 
 SCRIPT_LOCATION = "jobqueue:migrations"
@@ -315,9 +320,9 @@ def include_object(
     """An ``include_object`` hook for a host application's Alembic ``env.py``.
 
     Pass it to ``context.configure(include_object=jobqueue.migrations.include_object)`` and
-    autogenerate ignores ``generation_jobs``, its version table and its live-workers table
-    (with their indexes), so it never proposes to drop or alter them. Use `exclude_tables`
-    for other table names.
+    autogenerate ignores ``generation_jobs``, its version table, its live-workers table and
+    its limits table (with their indexes), so it never proposes to drop or alter them. Use
+    `exclude_tables` for other table names.
     """
     return exclude_tables(DEFAULT_TABLE)(obj, name, type_, reflected, compare_to)
 
@@ -327,7 +332,16 @@ IncludeObject = Callable[[Any, str | None, str, bool, Any], bool]
 
 def exclude_tables(*tables: str) -> IncludeObject:
     """Build an ``include_object`` hook that hides the given jobqueue tables."""
-    hidden = {t for name in tables for t in (name, version_table(name), workers_table_name(name))}
+    hidden = {
+        t
+        for name in tables
+        for t in (
+            name,
+            version_table(name),
+            workers_table_name(name),
+            limits_table_name(name),
+        )
+    }
 
     def hook(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if type_ == "table":
