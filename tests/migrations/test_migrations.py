@@ -29,7 +29,7 @@ from jobqueue import (
 )
 from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from jobqueue.sql.table import workers_table
+from jobqueue.sql.table import limits_table, workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +62,7 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             metadata = jobs_table(table_name).metadata
             workers_table(table_name, metadata=metadata)
+            limits_table(table_name, metadata=metadata)
             diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -90,6 +91,7 @@ def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
     hook = exclude_tables("my_jobs")
     assert not hook(None, "my_jobs_alembic_version", "table", True, None)
     assert not hook(None, "my_jobs_workers", "table", True, None)
+    assert not hook(None, "my_jobs_limits", "table", True, None)
     assert hook(None, "users", "table", True, None)
 
 
@@ -190,7 +192,7 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, jobqueue_sqlite_url: s
     )
 
 
-def _owner_index_sql(db_url: str, table: str) -> str:
+def _index_sql(db_url: str, name: str) -> str | None:
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -198,10 +200,14 @@ def _owner_index_sql(db_url: str, table: str) -> str:
                 query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
             else:
                 query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
-            found = conn.execute(text(query), {"name": f"{table}_owner_idx"}).scalar()
+            found = conn.execute(text(query), {"name": name}).scalar()
     finally:
         engine.dispose()
-    return str(found)
+    return None if found is None else str(found)
+
+
+def _owner_index_sql(db_url: str, table: str) -> str:
+    return str(_index_sql(db_url, f"{table}_owner_idx"))
 
 
 def test_0002_keeps_unowned_jobs_out_of_the_owner_index_and_goes_back(
@@ -352,7 +358,11 @@ def _checks(db_url: str, table: str) -> dict[str, str]:
                     text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
                     {"t": table},
                 ).scalar_one()
-                found = re.findall(r"CONSTRAINT (\w+) CHECK \((.*)\),? *\n", ddl + "\n")
+                # Table constraints end their line; the column constraints that ALTER TABLE
+                # ADD COLUMN appended (migration 0005) end where the next column starts.
+                found = re.findall(
+                    r'CONSTRAINT "?(\w+)"? CHECK \((.*?)\)(?=,? *\n|, ")', ddl + "\n"
+                )
     finally:
         engine.dispose()
     return {name.removeprefix(table): definition for name, definition in found}
@@ -363,12 +373,18 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
     fresh = f"{table_name}_x"
     engine = make_engine(db_url)
     try:
-        jobs_table(fresh).metadata.create_all(engine)
+        metadata = jobs_table(fresh).metadata
+        limits_table(fresh, metadata=metadata)
+        metadata.create_all(engine)
     finally:
         engine.dispose()
     migrated, declared = _checks(db_url, table_name), _checks(db_url, fresh)
-    assert len(migrated) == 15
+    assert len(migrated) == 17
     assert {k: v.replace(fresh, table_name) for k, v in declared.items()} == migrated
+    migrated = _checks(db_url, f"{table_name}_limits")
+    declared = _checks(db_url, f"{fresh}_limits")
+    assert len(migrated) == 7
+    assert declared == migrated
 
 
 @pytest.mark.postgres
@@ -391,3 +407,34 @@ def test_the_sql_script_runs_twice_and_upgrades_an_older_database(
         assert schema_state(postgres_url, table=name).up_to_date
     with JobQueue(postgres_url, table=older) as q:
         assert q.enqueue("image", {}, owner_id="a", idempotency_key="k").owner_id == "a"
+
+
+def test_0005_goes_back_to_0004_and_keeps_every_row_and_index(db_url: str, table_name: str) -> None:
+    """Going back drops the turns, limit keys and limits, and nothing else: on SQLite the
+    columns are dropped in place, so the idempotency index (an expression index a table
+    rebuild would lose) stays."""
+    t = table_name
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        q.set_limit("api", max_running=2)
+        kept = q.enqueue("image", {}, owner_id="alice", idempotency_key="k", limit_key="api")
+    downgrade(db_url, t, "0004")
+    assert schema_state(db_url, table=t).current == "0004"
+    engine = make_engine(db_url)
+    try:
+        inspector = inspect(engine)
+        assert f"{t}_limits" not in inspector.get_table_names()
+        columns = {c["name"] for c in inspector.get_columns(t)}
+    finally:
+        engine.dispose()
+    assert not {"turn", "limit_key"} & columns
+    assert _index_sql(db_url, f"{t}_turn_idx") is None
+    assert _index_sql(db_url, f"{t}_entry_idx") is None
+    assert "run_at" in str(_index_sql(db_url, f"{t}_claim_idx"))
+    assert "coalesce" in str(_index_sql(db_url, f"{t}_idempotency_idx")).lower()
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        again = q.enqueue("image", {}, owner_id="alice", idempotency_key="k")
+        assert again.id == kept.id and again.limit_key is None
+        q.enter_line()
+        assert [j.id for j in q.claim("w")] == [kept.id]
