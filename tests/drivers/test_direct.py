@@ -141,7 +141,8 @@ async def pair(
 
 
 def _fill(url: str, tables: Sequence[str]) -> None:
-    """The same jobs in each table: varied priorities, owners, keys and payloads, all due."""
+    """The same jobs in each table: varied priorities, owners, keys and payloads, all due
+    and in the line, in an order of turns other than their ids'."""
     engine = make_engine(url)
     jobs = [
         {
@@ -149,6 +150,7 @@ def _fill(url: str, tables: Sequence[str]) -> None:
             "priority": i % 3,
             "owner": None if i % 2 else f"owner-{i}",
             "key": None if i % 4 else f"key-{i}",
+            "turn": float(i * 7 % 12),
             "payload": f'{{"n": {i}, "prompt": "ein Bär", "big": {2**70}, "none": null}}',
         }
         for i in range(12)
@@ -160,8 +162,8 @@ def _fill(url: str, tables: Sequence[str]) -> None:
                     conn.execute(
                         text(
                             f'INSERT INTO "{table}" (id, priority, owner_id, idempotency_key, '
-                            "payload, run_at, created_at) VALUES (:id, :priority, :owner, :key, "
-                            "CAST(:payload AS jsonb), now() - interval '1 hour', "
+                            "turn, payload, run_at, created_at) VALUES (:id, :priority, :owner, "
+                            ":key, :turn, CAST(:payload AS jsonb), now() - interval '1 hour', "
                             "now() - interval '1 hour')"
                         ),
                         job,
@@ -187,7 +189,15 @@ async def test_one_job_insert(pair: tuple[Side, Side]) -> None:
     await both(
         pair,
         lambda side: side.s.insert_many(
-            [new_row(id=uuid.UUID(int=1001), run_at_value=at, owner_id="o", idempotency_key="k")]
+            [
+                new_row(
+                    id=uuid.UUID(int=1001),
+                    run_at_value=at,
+                    owner_id="o",
+                    idempotency_key="k",
+                    limit_key="api",
+                )
+            ]
         ),
     )
     # The key again: nothing inserted, no rows, on both paths.

@@ -328,6 +328,8 @@ def _fill(url: str, tables: list[str]) -> None:
             "priority": i % 3,
             "owner_id": None if i % 2 else f"owner-{i}",
             "idempotency_key": None if i % 4 else f"key-{i}",
+            # In the line, in an order of turns other than their ids'.
+            "turn": float(i * 7 % 12),
             "payload": f'{{"n": {i}, "prompt": "ein Bär", "none": null}}',
             "run_at": past,
             "created_at": past,

@@ -47,6 +47,7 @@ def new_row(**changes: Any) -> dict[str, Any]:
         "max_attempts": 3,
         "owner_id": None,
         "idempotency_key": None,
+        "limit_key": None,
         "run_at_value": None,
         "delay_seconds": 1.5,
         **changes,
