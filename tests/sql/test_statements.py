@@ -25,10 +25,14 @@ def compiled(stmt: object, dialect: str) -> str:
 def test_claim_locks_without_waiting_only_on_postgres(dialect: str) -> None:
     s = Statements(jobs_table(), dialect)
     sql = compiled(s.claim("w", limit=5, lease=30, queues=["default"], kinds=None), dialect)
-    assert ("FOR UPDATE SKIP LOCKED" in sql) is (dialect == "postgresql")
-    assert (
-        "ORDER BY generation_jobs.priority DESC, generation_jobs.run_at, generation_jobs.id" in sql
-    )
+    # Both sources (pending jobs, expired leases) lock their rows without waiting.
+    assert sql.count("FOR UPDATE SKIP LOCKED") == (2 if dialect == "postgresql" else 0)
+    # The fair-share line: by priority, then turn; only jobs that have entered it.
+    assert "ORDER BY generation_jobs.priority DESC, generation_jobs.turn, generation_jobs.id" in sql
+    assert "generation_jobs.turn IS NOT NULL" in sql
+    # The one-statement claim stands aside while a limit is in force (`claim_within_limits`).
+    assert sql.count("NOT (EXISTS (SELECT") == 2
+    assert "FROM generation_jobs_limits" in sql
     assert "RETURNING" in sql
     now = "clock_timestamp()" if dialect == "postgresql" else "strftime("
     assert now in sql  # database clock, never the worker's
