@@ -360,10 +360,17 @@ def limit_rules(t: Table) -> dict[str, ColumnElement[bool]]:
         "name": func.length(c.name).between(1, MAX_TEXT),
         "cap": c.max_running.between(1, MAX_LIMIT),
         "owncap": c.max_running_per_owner.between(1, MAX_LIMIT),
-        # A rate is a number of starts per a period: both or neither.
+        # A rate is a number of starts per a period: both or neither. The IS NOT NULLs are
+        # needed: with one of them NULL, its BETWEEN is NULL, and a check that comes out
+        # NULL passes.
         "rate": or_(
             and_(c.rate.is_(None), c.per_seconds.is_(None)),
-            and_(c.rate.between(1, MAX_LIMIT), c.per_seconds.between(0.001, MAX_RATE_PERIOD)),
+            and_(
+                c.rate.isnot(None),
+                c.per_seconds.isnot(None),
+                c.rate.between(1, MAX_LIMIT),
+                c.per_seconds.between(0.001, MAX_RATE_PERIOD),
+            ),
         ),
         "weight": c.weight.between(0.001, 1000),
         "times": and_(*(Finite(col) for col in (c.paused_at, c.paused_until, c.updated_at))),

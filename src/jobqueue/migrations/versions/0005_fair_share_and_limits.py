@@ -117,8 +117,11 @@ def upgrade() -> None:
             "max_running_per_owner BETWEEN 1 AND 100000", name=f"{limits}_owncap_check"
         ),
         sa.CheckConstraint(
-            # AND binds before OR: both or neither (written as the schema module renders it).
+            # AND binds before OR: both or neither (written as the schema module renders it;
+            # without the IS NOT NULLs one of the two alone would make the check NULL, which
+            # passes).
             "rate IS NULL AND per_seconds IS NULL OR "
+            "rate IS NOT NULL AND per_seconds IS NOT NULL AND "
             "rate BETWEEN 1 AND 100000 AND per_seconds BETWEEN 0.001 AND 2678400.0",
             name=f"{limits}_rate_check",
         ),
