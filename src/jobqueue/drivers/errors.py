@@ -23,14 +23,16 @@ from ..errors import (
     SchemaNotInstalled,
     redact,
 )
+from ..sql.table import limits_table_name, workers_table_name
 
 
 class Cause(Enum):
     """What a database error means for jobqueue."""
 
     MISSING_TABLE = "missing table"
-    #: An INSERT ... ON CONFLICT whose target no index matches: the table predates the
-    #: index it names (revision 0003 scoped idempotency keys per owner).
+    #: The jobs table is there but predates what a statement names: a column (revision
+    #: 0005 added ``turn`` and ``limit_key``), or the index an INSERT ... ON CONFLICT
+    #: needs (revision 0003 scoped idempotency keys per owner).
     OLD_SCHEMA = "old schema"
     NO_PERMISSION = "no permission"
     OUT_OF_BOUNDS = "out of bounds"
@@ -39,7 +41,7 @@ class Cause(Enum):
 #: PostgreSQL's SQLSTATE codes, by what they mean here.
 BY_SQLSTATE: dict[str, Cause] = {
     "42P01": Cause.MISSING_TABLE,  # undefined_table
-    "42703": Cause.MISSING_TABLE,  # undefined_column: a table older than its statements
+    "42703": Cause.OLD_SCHEMA,  # undefined_column: a table older than its statements
     "42P10": Cause.OLD_SCHEMA,  # invalid_column_reference (no index for ON CONFLICT)
     "42501": Cause.NO_PERMISSION,  # insufficient_privilege, row-level security included
     "23514": Cause.OUT_OF_BOUNDS,  # check_violation
@@ -52,6 +54,8 @@ UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 #: SQLite's messages (sqlite3 gives no SQLSTATE), lower case, by what they mean here.
 SQLITE_TEXT: tuple[tuple[str, Cause], ...] = (
     ("no such table", Cause.MISSING_TABLE),
+    ("no such column", Cause.OLD_SCHEMA),  # in a query
+    ("has no column named", Cause.OLD_SCHEMA),  # in an INSERT's column list
     ("on conflict clause does not match any primary key or unique constraint", Cause.OLD_SCHEMA),
     ("check constraint failed", Cause.OUT_OF_BOUNDS),
 )
@@ -82,6 +86,12 @@ def _cause(orig: BaseException | None, text: str) -> Cause | None:
     return None
 
 
+def _names_a_later_table(text: str, table: str) -> bool:
+    """Whether the (lower-case) error ``text`` names one of the tables that later revisions
+    added next to the jobs table ``table``: its live workers (0004) or its limits (0005)."""
+    return any(name(table).lower() in text for name in (workers_table_name, limits_table_name))
+
+
 def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     """Our error for a driver error, or None when it is not one we can explain better."""
     if isinstance(exc, JobQueueError):
@@ -95,6 +105,9 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     first_line = redact(str(orig if orig is not None else exc)).strip().splitlines()[0:1]
     detail = first_line[0] if first_line else type(exc).__name__
     cause = _cause(orig, text)
+    if cause is Cause.MISSING_TABLE and _names_a_later_table(text, table):
+        # The jobs table is there; a table a later revision added next to it is not.
+        cause = Cause.OLD_SCHEMA
     if cause is Cause.NO_PERMISSION:
         return PermissionDenied(f"the database refused access to {table}: {detail}")
     if cause is Cause.MISSING_TABLE:
