@@ -65,14 +65,18 @@ async def test_a_batch_matches_each_job_to_its_own_owners_key(q: Either) -> None
     assert len(await q.list()) == 4
 
 
-def test_an_older_table_says_to_migrate(db_url: str, table_name: str) -> None:
-    """This version's enqueue needs revision 0003's index: before `jobqueue migrate` it
-    says so, instead of a driver error about ON CONFLICT."""
-    migrate(db_url, table=table_name, revision="0002")
+@pytest.mark.parametrize("revision", ["0002", "0004"])
+def test_an_older_table_says_to_migrate(db_url: str, table_name: str, revision: str) -> None:
+    """This version's enqueue needs revision 0003's index, and its enqueue and claim the
+    columns and limits table of 0005: before `jobqueue migrate` they say so, instead of a
+    driver error about ON CONFLICT or a missing column, or "not installed"."""
+    migrate(db_url, table=table_name, revision=revision)
     with JobQueue(db_url, table=table_name) as queue:
         with pytest.raises(SchemaNotInstalled, match="older than this version") as refused:
             queue.enqueue("image", {}, owner_id="alice", idempotency_key="k")
         assert "jobqueue migrate" in str(refused.value)
+        with pytest.raises(SchemaNotInstalled, match="older than this version"):
+            queue.claim("w")
     migrate(db_url, table=table_name)
     with JobQueue(db_url, table=table_name) as queue:
         assert queue.enqueue("image", {}, owner_id="alice", idempotency_key="k").owner_id == "alice"
