@@ -99,6 +99,22 @@ def exercise(q: JobQueue) -> None:
     q.check_worker_access()
     q.sweep_workers()
     q.worker_gone("w")
+    # Scheduling: with limits in force a claim learns it and claims within them (locks the
+    # rows, claims what fits, records the starts a rate counts).
+    q.set_limit("image", max_running=50, max_running_per_owner=10, rate=100, per=60)
+    q.set_limit("o", scope="owner", weight=2)
+    q.list_limits()
+    q.enqueue_many([NewJob(payload={"n": i}, owner_id="o") for i in range(4)])
+    q.enter_line()
+    limited = q.claim("w", limit=2, queues=None)
+    assert q.claims_within_limits and len(limited) == 2
+    _, more = q.complete_and_claim([Completion(limited[0])], "w", limit=1, queues=None)
+    assert len(more) == 1
+    q.retry_later(limited[1], 60, "the provider said 429")  # and pauses its key
+    refused(lambda: q.retry_later(limited[1], 60, "again"))  # no longer held
+    q.pause("default", duration=60, reason="maintenance")
+    q.resume("default")
+    assert q.remove_limit("image") and not q.remove_limit("image")
 
 
 @pytest.fixture
