@@ -13,7 +13,16 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from jobqueue import AsyncJobQueue, Job, JobQueue, NewJob, PayloadError, Status, migrate
+from jobqueue import (
+    AsyncJobQueue,
+    Job,
+    JobQueue,
+    NewJob,
+    PayloadError,
+    PermissionDenied,
+    Status,
+    migrate,
+)
 from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.operations import COPY_MIN_JOBS
 from tests.conftest import Either
@@ -168,7 +177,9 @@ async def test_a_large_batch_notifies_listeners_once_per_queue(
 
 def test_a_role_that_may_not_copy_still_enqueues(postgres_url: str, pg_table: str) -> None:
     """Column grants only (as Supabase gives ``authenticated``): COPY would be refused, so
-    the batch is INSERTed."""
+    the batch is INSERTed. Without ``turn``, ``limit_key`` and the limits table (where the
+    owners' weights are) among them, the jobs are inserted unplaced and enter the line
+    through the workers; with them, they take their turns at once."""
     role = f"{pg_table}_writer"
     admin = make_engine(postgres_url)
     columns = "id, queue, kind, payload, priority, max_attempts, owner_id, idempotency_key, run_at"
@@ -187,6 +198,25 @@ def test_a_role_that_may_not_copy_still_enqueues(postgres_url: str, pg_table: st
         with JobQueue(limited, table=pg_table) as sq:
             returned = sq.enqueue_many(batch())
             assert [j.id for j in sq.list(limit=1000)] == [j.id for j in reversed(returned)]
+            assert all(j.turn is None for j in returned)  # unplaced, due or not
+            with pytest.raises(PermissionDenied, match="limit key"):
+                sq.enqueue("image", {}, limit_key="api")
+        with JobQueue(postgres_url, table=pg_table) as worker_side:
+            # The jobs due enter the line (the database's clock is this host's).
+            before = datetime.now(UTC)
+            entered = worker_side.enter_line()
+            after = datetime.now(UTC)
+            placed = {j.id for j in worker_side.list(limit=1000) if j.turn is not None}
+            assert entered == len(placed) >= len(returned) - 3  # 3 are due later
+            assert {j.id for j in returned if j.run_at <= before} <= placed
+            assert placed <= {j.id for j in returned if j.run_at <= after}
+        with admin.begin() as conn:
+            conn.execute(text(f'GRANT INSERT (turn, limit_key) ON "{pg_table}" TO "{role}"'))
+            conn.execute(text(f'GRANT SELECT ON "{pg_table}_limits" TO "{role}"'))
+        with JobQueue(limited, table=pg_table) as sq:
+            job = sq.enqueue("image", {}, limit_key="api", owner_id="u\t1")
+            assert job.turn is not None and job.limit_key == "api"
+            assert sq.get(job.id) == job
     finally:
         limited.dispose()
         with admin.begin() as conn:
@@ -376,6 +406,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         max_attempts=9,
         owner_id="owner-1",
         idempotency_key="key-1",
+        limit_key="limit-1",
     ).to_row(QueueLimits())
     created = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     updated = created + timedelta(seconds=1)
@@ -401,6 +432,8 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         remote_task_id=None,
         owner_id="owner-1",
         idempotency_key="key-1",
+        turn=12.5,
+        limit_key="limit-1",
         created_at=created,
         started_at=None,
         completed_at=None,
@@ -408,7 +441,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         unreadable=None,
     )
     for jsonb in (False, True):
-        built = jobs._new_job(row, created, updated, run_at, jsonb)
+        built = jobs._new_job(row, created, updated, run_at, 12.5, jsonb)
         for f in dataclasses.fields(Job):
             assert getattr(built, f.name) == getattr(expected, f.name), (f.name, jsonb)
         assert built == expected
