@@ -27,7 +27,8 @@ import pytest
 from sqlalchemy import make_url
 
 from jobqueue import AsyncJobQueue, Job, JobQueue, Status, migrate
-from jobqueue.operations import Completion
+from jobqueue.models import MAX_TURN
+from jobqueue.operations import COPY_MIN_JOBS, Completion
 from jobqueue.queue import _drive, _drive_async
 from jobqueue.sql.table import bounds, jobs_table
 from jobqueue.worker import Worker, WorkerContext
@@ -371,7 +372,35 @@ class CountingQueue(AsyncJobQueue):
         return written, claimed
 
 
-# -- 2. reads survive any stored time ----------------------------------------------------
+# -- 2. a row in the line's way stops no one entering it --------------------------------
+
+
+async def test_a_row_at_the_last_turn_stops_no_one_entering_the_line(db: Db) -> None:
+    """Another client puts an unowned job in the line at the last turn the table allows.
+    The jobs that follow it (its owner's next turns, and every turn of its queue and
+    priority while it is the head) would pass that bound; the table refuses such a turn,
+    and one refused turn would fail the whole entering batch, every owner's jobs with it,
+    and each enqueue behind it. The turns stop at the bound instead: jobs inserted without
+    a turn enter, enqueues (one, a batch, and on PostgreSQL a batch large enough to COPY)
+    go through, and every one of them is claimed."""
+    at_bound = db.insert(db.json("{}"), turn=repr(MAX_TURN))
+    waiting = {db.insert(db.json("{}")) for _ in range(3)}
+    waiting.add(db.insert(db.json("{}"), owner_id="'alice'"))
+
+    assert await db.q.enter_line() == len(waiting)
+    one = await db.q.enqueue("image", {})
+    batch = await db.q.enqueue_many(
+        [{"kind": "image", "payload": {}} for _ in range(COPY_MIN_JOBS if db.pg else 3)]
+    )
+
+    enqueued = {_id(str(j.id)) for j in [one, *batch]}
+    for job_id in waiting | enqueued:
+        assert (await db.q.get(job_id)).turn == MAX_TURN
+    claimed = await db.q.claim("w1", limit=1000)
+    assert {_id(str(j.id)) for j in claimed} == {at_bound} | waiting | enqueued
+
+
+# -- 3. reads survive any stored time ----------------------------------------------------
 
 
 def _odd_times(db: Db) -> dict[str, dict[str, Any]]:
@@ -538,7 +567,7 @@ def test_the_cli_read_commands_survive_hostile_rows(
     assert "can read" in checked.out, checked.out
 
 
-# -- 3. claiming from no queue or no kind ------------------------------------------------
+# -- 4. claiming from no queue or no kind ------------------------------------------------
 
 
 async def test_claiming_from_no_queue_or_no_kind_returns_nothing(db: Db) -> None:
@@ -561,7 +590,7 @@ async def test_claiming_from_no_queue_or_no_kind_returns_nothing(db: Db) -> None
     assert (await db.q.get(held.id)).status is Status.COMPLETED
 
 
-# -- 4. a failed progress write is not a failed attempt ---------------------------------
+# -- 5. a failed progress write is not a failed attempt ---------------------------------
 
 
 def _make_progress_writes_fail(db_url: str, table: str) -> None:

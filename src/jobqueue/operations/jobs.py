@@ -16,6 +16,7 @@ from ..models import (
     MAX_PROGRESS_MESSAGE,
     MAX_REMOTE_TASK_ID,
     MAX_RESULT_URL,
+    MAX_TURN,
     ClaimMode,
     Completion,
     Job,
@@ -205,7 +206,8 @@ def _new_jobs(
         turn = None
         if run_at <= now:
             place = places[(r["queue"], r["priority"], r["owner_id"])]
-            turn = place["base"] + (rank - 1) * place["step"]
+            # Within the table's bound, as `jobqueue.sql.fair.turn_of` keeps it.
+            turn = min(place["base"] + (rank - 1) * place["step"], MAX_TURN)
         job = _new_job(r, now, now, run_at, turn, True)
         out.append(job)
         yield job, r["payload"]

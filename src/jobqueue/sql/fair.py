@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Float, Table, case, func, literal, select
 
-from ..models import Status
+from ..models import MAX_TURN, Status
 
 
 def in_line(t: Table) -> ColumnElement[bool]:
@@ -91,4 +91,11 @@ def turn_of(t: Table, limits: Table, queue: Any, priority: Any, owner: Any, rank
     head = func.coalesce(_head(t, queue, priority), literal(0.0, Float()))
     after_last = _last(t, queue, owner) + s
     base = case((after_last > head, after_last), else_=head)
-    return base + (rank - 1) * s
+    return _at_most_max(base + (rank - 1) * s)
+
+
+def _at_most_max(turn: Any) -> Any:
+    """``turn``, or ``MAX_TURN`` when it would pass the table's bound (see the module's
+    docstring)."""
+    bound = literal(MAX_TURN, Float())
+    return case((turn > bound, bound), else_=turn)
