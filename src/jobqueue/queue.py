@@ -240,6 +240,16 @@ class _QueueBase(Generic[E]):
         worker's `Entrance` timer puts waiting jobs in the line within a second."""
         return not claimed and self._claim_mode.limited and not was_limited
 
+    def _may_have_entered(self, entered: int) -> bool:
+        """Whether due jobs may be in the line that the claim which found nothing could not
+        see: this entry put some there, or, on PostgreSQL, it may have waited for another
+        worker's entry in progress (the timer's) and then found that worker's jobs in the
+        line already, entering none itself. Claiming again then costs one round trip; a
+        claim that gave up would leave due jobs for the next poll, and `run_until_idle`
+        stop with them still pending. (On SQLite writes take turns: a claim never runs
+        beside an entry.)"""
+        return entered > 0 or self.is_postgres
+
     def _entry_op(self) -> Operation[int]:
         return limit_ops.enter_line(self.statements)
 
@@ -527,7 +537,10 @@ class JobQueue(_QueueBase[Engine]):
         """
         was_limited = self._claim_mode.limited
         jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if not jobs and (self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0):
+        if not jobs and (
+            self._learnt_limits(was_limited, jobs)
+            or self._may_have_entered(self._run(self._entry_op()))
+        ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = self._run(more)
             jobs.extend(taken)
@@ -583,7 +596,10 @@ class JobQueue(_QueueBase[Engine]):
         was_limited = self._claim_mode.limited
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = self._run(op)
-        if not jobs and (self._learnt_limits(was_limited, jobs) or self._run(self._entry_op()) > 0):
+        if not jobs and (
+            self._learnt_limits(was_limited, jobs)
+            or self._may_have_entered(self._run(self._entry_op()))
+        ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = self._run(more)
             jobs.extend(taken)
@@ -907,7 +923,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         was_limited = self._claim_mode.limited
         jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
         if not jobs and (
-            self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
+            self._learnt_limits(was_limited, jobs)
+            or self._may_have_entered(await self._run(self._entry_op()))
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = await self._run(more)
@@ -970,7 +987,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
         written, jobs = await self._run(op)
         if not jobs and (
-            self._learnt_limits(was_limited, jobs) or await self._run(self._entry_op()) > 0
+            self._learnt_limits(was_limited, jobs)
+            or self._may_have_entered(await self._run(self._entry_op()))
         ):
             more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
             taken: builtins.list[Job] = await self._run(more)

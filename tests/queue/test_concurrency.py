@@ -3,13 +3,15 @@ write lock on SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 from collections import Counter
 
+import psycopg
 import pytest
 
-from jobqueue import Completion, JobQueue, NewJob
+from jobqueue import AsyncJobQueue, Completion, JobQueue, NewJob, migrate
 
 
 def _drain(url: str, table: str, worker: str, limit: int, out: list[str]) -> None:
@@ -48,7 +50,6 @@ def _drain_process(url: str, table: str, worker: str, queue: multiprocessing.Que
 def test_processes_claim_2000_jobs_exactly_once_on_postgres(
     postgres_url: str, table_name: str
 ) -> None:
-    from jobqueue import migrate
 
     migrate(postgres_url, table=table_name)
     with JobQueue(postgres_url, table=table_name) as q:
@@ -71,3 +72,47 @@ def test_processes_claim_2000_jobs_exactly_once_on_postgres(
     with JobQueue(postgres_url, table=table_name) as q:
         stats = {s.status.value: s.count for s in q.stats()}
     assert stats == {"completed": 2000}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_a_claim_takes_jobs_another_worker_enters_while_it_looks(
+    postgres_url: str, table_name: str, twin: str
+) -> None:
+    """A claim that finds nothing enters due jobs itself. When another worker (its entrance
+    timer) is entering them at that moment, the claim's entry waits for it and then finds
+    them in the line already, entering none itself: the claim takes them all the same,
+    instead of coming back empty with due jobs waiting (which would end `run_until_idle`
+    early)."""
+    migrate(postgres_url, table=table_name)
+    with psycopg.connect(postgres_url) as other:
+        # A row another client inserted: no turn, so not in the line yet.
+        (row,) = other.execute(f"INSERT INTO {table_name} DEFAULT VALUES RETURNING id").fetchall()
+        other.commit()
+        # The other worker's entry, still in its transaction: the row is locked, its turn
+        # not yet visible.
+        other.execute(f"UPDATE {table_name} SET turn = 0 WHERE id = %s", row)
+        claimed: list[object] = []
+
+        def claim() -> None:
+            if twin == "sync":
+                with JobQueue(postgres_url, table=table_name) as q:
+                    claimed.extend(j.id for j in q.claim("w", limit=5))
+                return
+
+            async def run() -> None:
+                q = AsyncJobQueue(postgres_url, table=table_name)
+                try:
+                    claimed.extend(j.id for j in await q.claim("w", limit=5))
+                finally:
+                    await q.close()
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=claim)
+        thread.start()
+        thread.join(1.0)  # the claim found nothing and its entry waits for the lock
+        assert thread.is_alive()
+        other.commit()
+        thread.join(30)
+    assert claimed == [row[0]]
