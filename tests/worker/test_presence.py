@@ -28,7 +28,7 @@ from jobqueue import AsyncJobQueue, Job, JobQueue, PermissionDenied, Status, mig
 from jobqueue.drivers.engines import make_engine
 from jobqueue.models import WorkerPresence
 from jobqueue.operations.presence import LIVE_LEASES
-from jobqueue.sql.table import workers_table_name
+from jobqueue.sql.table import limits_table_name, workers_table_name
 from jobqueue.worker import Worker, WorkerContext
 from tests.cli.helpers import JOBQUEUE, clean_env
 from tests.support.presence import cli, eventually, role, rows_in, until, worker_thread
@@ -201,6 +201,7 @@ async def test_row_level_security_without_a_policy_for_the_worker_stops_it_at_st
 ) -> None:
     migrate(postgres_url, table=table_name)
     workers = workers_table_name(table_name)
+    limits = limits_table_name(table_name)
     owner = make_engine(postgres_url)
     try:
         with owner.begin() as conn:
@@ -209,6 +210,8 @@ async def test_row_level_security_without_a_policy_for_the_worker_stops_it_at_st
             postgres_url,
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}" TO {{role}}',
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{workers}" TO {{role}}',
+            # Every claim reads the limits in force (and a claim within them writes them).
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{limits}" TO {{role}}',
         ) as url:
             with pytest.raises(PermissionDenied) as refused:
                 await start_as(url, table_name)
