@@ -467,8 +467,14 @@ class Worker:
             await asyncio.wait(list(slots.tasks))
         for slot in unfinished:
             # A handler that swallowed the cancellation and returned anyway has its result
-            # in the batch, and one that failed has written its failure: keep those.
-            if not completer.batched(slot) and slots.held.get(slot.job.id) is slot:
+            # in the batch or being written (a writer took it from the batch: releasing it
+            # meanwhile would make that write find the job pending, and lose the result),
+            # and one that failed has written its failure: keep those.
+            if (
+                slot.completion is None
+                and not completer.batched(slot)
+                and slots.held.get(slot.job.id) is slot
+            ):
                 await completer.release(slot)
         lifecycle.close()
         await completer.finish()
