@@ -50,7 +50,6 @@ def _drain_process(url: str, table: str, worker: str, queue: multiprocessing.Que
 def test_processes_claim_2000_jobs_exactly_once_on_postgres(
     postgres_url: str, table_name: str
 ) -> None:
-
     migrate(postgres_url, table=table_name)
     with JobQueue(postgres_url, table=table_name) as q:
         ids = {str(j.id) for j in q.enqueue_many([NewJob(payload={}) for _ in range(2000)])}
