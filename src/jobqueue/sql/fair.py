@@ -30,14 +30,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Table, case, func, literal, select
+from sqlalchemy import ColumnElement, Float, Table, case, func, literal, literal_column, select
 
-from ..models import MAX_TURN, Status
+from ..models import MAX_TURN
+from .dialect import Larger, Smaller
 
 
 def in_line(t: Table) -> ColumnElement[bool]:
-    """The condition of the claim and turn indexes: pending, with a place in the line."""
-    return (t.c.status == Status.PENDING.value) & t.c.turn.isnot(None)
+    """The condition of the claim and turn indexes: pending, with a place in the line.
+
+    ``'pending'`` is written into the SQL, not bound: SQLite uses a partial index only for
+    a query whose condition implies the index's own, and a parameter implies nothing."""
+    return (t.c.status == literal_column("'pending'")) & t.c.turn.isnot(None)
 
 
 def _head(t: Table, queue: Any, priority: Any) -> Any:
@@ -89,13 +93,7 @@ def turn_of(t: Table, limits: Table, queue: Any, priority: Any, owner: Any, rank
     ``k``, 1 for a job entering alone."""
     s = step(limits, owner)
     head = func.coalesce(_head(t, queue, priority), literal(0.0, Float()))
-    after_last = _last(t, queue, owner) + s
-    base = case((after_last > head, after_last), else_=head)
-    return _at_most_max(base + (rank - 1) * s)
-
-
-def _at_most_max(turn: Any) -> Any:
-    """``turn``, or ``MAX_TURN`` when it would pass the table's bound (see the module's
-    docstring)."""
-    bound = literal(MAX_TURN, Float())
-    return case((turn > bound, bound), else_=turn)
+    # Each look-up appears once in the expression: a CASE comparing them would repeat
+    # (and run again) the subqueries, for every job entering the line.
+    base = Larger(head, func.coalesce(_last(t, queue, owner) + s, head))
+    return Smaller(base + (rank - 1) * s, literal(MAX_TURN, Float()))
