@@ -129,8 +129,17 @@ class Enqueueing(StatementsBase):
                 "inserted_types", lambda: {c.name: c.type for c in self._inserted()}
             )
             return Direct(stmt, rows[0], returning)
-        stmt = self.once("insert_ranked", lambda: self._insert_values(ranked=True))
-        return Query(stmt, [dict(r, rank=k) for r, k in zip(rows, owner_ranks(rows), strict=True)])
+        # SQLite: one row per INSERT (one prepared statement, run per row). A multi-row
+        # VALUES would repeat every row's turn look-ups in one huge statement, which SQLite
+        # prepares in time that grows faster than the batch. Each INSERT sees the rows
+        # before it, so every row takes the next turn as a lone job would (rank 1).
+        stmt = self.once(
+            "insert_each",
+            lambda: self._insert_values(ranked=False).execution_options(
+                insertmanyvalues_page_size=1
+            ),
+        )
+        return Query(stmt, list(rows))
 
     #: What RETURNING gives after an insert: the id (which rows were inserted) and the
     #: values the database clock chose.
