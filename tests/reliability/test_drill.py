@@ -10,8 +10,8 @@ completion per job and from its final claim, attempts never above ``max_attempts
 error history matches the failed attempts, nothing is left pending or processing, and no
 worker ran more handlers at once than its concurrency.
 
-Each run draws a random value for its generator and prints it on a failure; ``JOBQUEUE_DRILL_SEED=<value>``
-replays the same workload and faults.
+Each run draws a random value for its generator and prints it on a failure;
+``JOBQUEUE_DRILL_SEED=<value>`` replays the same workload and faults.
 
 The short run leaves out the two faults that take longest to play out; the soak run
 causes them:
