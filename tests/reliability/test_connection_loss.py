@@ -33,7 +33,9 @@ pytestmark = pytest.mark.postgres
 JOBS = 300
 
 
-@pytest.mark.parametrize("limits", [False, True], ids=["plain", "with-limits"])
+@pytest.mark.parametrize(
+    "limits", [False, pytest.param(True, marks=pytest.mark.soak)], ids=["plain", "with-limits"]
+)
 def test_workers_survive_losing_every_connection(
     pg_workers: Workers, pg_migrated: tuple[str, str], limits: bool
 ) -> None:

@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from jobqueue import JobQueue, NewJob
@@ -138,6 +139,7 @@ def test_caps_hold_across_four_processes_and_every_job_completes(
         assert max(sampler.per_key.values()) >= 4  # the caps were reached, not idle workers
 
 
+@pytest.mark.soak
 def test_a_rate_holds_across_processes(workers: Workers, migrated: tuple[str, str]) -> None:
     """At most 10 starts in any second, two processes claiming."""
     url, table = migrated
@@ -161,6 +163,7 @@ def test_a_rate_holds_across_processes(workers: Workers, migrated: tuple[str, st
         assert starts[-1] - starts[0] >= timedelta(seconds=3)  # 35 starts take 3 windows
 
 
+@pytest.mark.soak
 def test_kill_9_with_limits_in_force_loses_nothing(
     workers: Workers, migrated: tuple[str, str]
 ) -> None:
