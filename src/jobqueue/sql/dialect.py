@@ -153,44 +153,33 @@ def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> st
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
 
 
-class Larger(FunctionElement[Any]):
-    """The larger of two values that are never NULL: ``greatest`` on PostgreSQL, SQLite's
-    two-argument ``max``. One call instead of a CASE that would repeat (and run twice) the
-    subqueries an operand holds."""
+class _Extreme(FunctionElement[Any]):
+    """The larger (`Larger`) or smaller (`Smaller`) of two values that are never NULL. One
+    call instead of a CASE that would repeat (and run twice) the subqueries an operand
+    holds. ``names``: the function on PostgreSQL, and SQLite's two-argument one."""
 
     inherit_cache = True
+    names: tuple[str, str]
 
     def __init__(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> None:
         super().__init__(a, b)
 
 
-@compiles(Larger, "postgresql")
-def _larger_pg(element: Larger, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"greatest({compiler.process(element.clause_expr, **kw)[1:-1]})"
+class Larger(_Extreme):
+    inherit_cache = True
+    names = ("greatest", "max")
+
+
+class Smaller(_Extreme):
+    inherit_cache = True
+    names = ("least", "min")
 
 
 @compiles(Larger)
-def _larger_sqlite(element: Larger, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"max({compiler.process(element.clause_expr, **kw)[1:-1]})"
-
-
-class Smaller(FunctionElement[Any]):
-    """The smaller of two values that are never NULL (``least``, SQLite's ``min``)."""
-
-    inherit_cache = True
-
-    def __init__(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> None:
-        super().__init__(a, b)
-
-
-@compiles(Smaller, "postgresql")
-def _smaller_pg(element: Smaller, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"least({compiler.process(element.clause_expr, **kw)[1:-1]})"
-
-
 @compiles(Smaller)
-def _smaller_sqlite(element: Smaller, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"min({compiler.process(element.clause_expr, **kw)[1:-1]})"
+def _extreme(element: _Extreme, compiler: SQLCompiler, **kw: Any) -> str:
+    name = element.names[0 if compiler.dialect.name == "postgresql" else 1]
+    return f"{name}({compiler.process(element.clause_expr, **kw)[1:-1]})"
 
 
 class Finite(FunctionElement[bool]):
