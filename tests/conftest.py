@@ -31,6 +31,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.user_properties.append(("backend", "postgres"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Captured output with a lone surrogate (a hostile handler's exception, logged) in a
+    form a UTF-8 report can carry: pytest-xdist sends reports between processes as UTF-8."""
+    report = yield
+    report.sections = [(name, _utf8(text)) for name, text in report.sections]
+    return report
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, jobqueue_sqlite_url: str) -> str:
     if request.param == "sqlite":

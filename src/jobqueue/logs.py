@@ -21,7 +21,8 @@ def log_to_file(
     path: str | os.PathLike[str], *, level: int = logging.INFO
 ) -> Iterator[logging.Handler]:
     """Also write the ``jobqueue`` log lines of ``level`` and above to the file at ``path``
-    (appended, UTF-8, `LOG_FORMAT`) while the block runs:
+    (appended, UTF-8, with a backslash escape for what UTF-8 cannot hold, `LOG_FORMAT`)
+    while the block runs:
 
         with log_to_file("worker.log"):
             await worker.run()
@@ -29,7 +30,9 @@ def log_to_file(
     A handler is added to the ``jobqueue`` logger and removed and closed afterwards. If
     that logger would drop lines of ``level``, it is lowered to ``level`` meanwhile and
     put back afterwards."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    # A line may quote a handler's exception or a job's text holding a lone surrogate:
+    # written as an escape, not lost to an encoding error.
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(level)
     logger = logging.getLogger("jobqueue")

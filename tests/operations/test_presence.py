@@ -120,6 +120,21 @@ async def test_a_database_at_an_older_revision_names_the_missing_workers_table(
         await queue.close()
 
 
+async def test_a_database_at_an_older_revision_names_the_missing_limits_table(
+    db_url: str, table_name: str
+) -> None:
+    script = ScriptDirectory.from_config(_config(table_name, None))
+    (revision,) = [r for r in script.walk_revisions() if "limits" in (r.path or "")]
+    assert isinstance(revision.down_revision, str)
+    migrate(db_url, table=table_name, revision=revision.down_revision)
+    queue = AsyncJobQueue(db_url, table=table_name)
+    try:
+        with pytest.raises(SchemaNotInstalled, match=f"limits table '{table_name}_limits'"):
+            await queue.check_worker_access()
+    finally:
+        await queue.close()
+
+
 # -- waits that nobody serves ---------------------------------------------------------------
 
 

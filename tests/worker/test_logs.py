@@ -39,6 +39,25 @@ async def test_log_to_file_gets_the_status_lines_and_is_removed_after(
     assert "after the block" not in path.read_text()
 
 
+async def test_a_failure_quoting_a_lone_surrogate_reaches_the_file_escaped(
+    jq: AsyncJobQueue, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A handler's exception text that UTF-8 cannot hold is written as an escape, not
+    lost to an encoding error in the middle of a worker's log."""
+
+    async def hostile(job: Job, ctx: WorkerContext) -> None:
+        raise ValueError("lone \udc80 surrogate")
+
+    job = await jq.enqueue("hostile", {}, max_attempts=1)
+    path = tmp_path / "worker.log"
+    with log_to_file(path):
+        await Worker(jq, {"hostile": hostile}, lease=2).run_until_idle()
+    text = path.read_text(encoding="utf-8")
+    assert f"Job {job.id} status: failed" in text
+    assert "lone \\udc80 surrogate" in text
+    assert "Logging error" not in capsys.readouterr().err
+
+
 async def test_log_file_gets_the_status_lines(jq: AsyncJobQueue, tmp_path: Path) -> None:
     job = await jq.enqueue("echo", {})
     log_file = tmp_path / "worker.log"

@@ -196,6 +196,28 @@ async def test_a_role_without_rights_on_the_workers_table_stops_the_worker_at_st
 
 
 @pytest.mark.postgres
+async def test_a_role_without_rights_on_the_limits_table_stops_the_worker_at_start(
+    postgres_url: str, table_name: str
+) -> None:
+    """Claims read the limits in force: a role granted the jobs and live-workers tables but
+    not the limits table is told what to grant at start, instead of retrying every claim
+    for ever."""
+    migrate(postgres_url, table=table_name)
+    workers = workers_table_name(table_name)
+    with (
+        role(
+            postgres_url,
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table_name}" TO {{role}}',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{workers}" TO {{role}}',
+        ) as url,
+        pytest.raises(PermissionDenied) as refused,
+    ):
+        await start_as(url, table_name)
+    assert f"on {limits_table_name(table_name)}" in refused.value.message
+    assert "SELECT, INSERT, UPDATE" in refused.value.message
+
+
+@pytest.mark.postgres
 async def test_row_level_security_without_a_policy_for_the_worker_stops_it_at_start(
     postgres_url: str, table_name: str
 ) -> None:

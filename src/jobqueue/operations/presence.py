@@ -122,14 +122,15 @@ def check_access(s: PresenceStatements) -> Steps[None]:
     rows = yield s.access()
     found = {r["what"]: r for r in rows}
     jobs, workers = s.jobs.name, s.t.name
-    names = {"jobs": jobs, "workers": workers}
+    names = {"jobs": jobs, "workers": workers, "limits": s.limits_name}
     if not found["jobs"]["present"]:
         raise SchemaNotInstalled(f"the jobs table {jobs!r} is not installed")
-    if not found["workers"]["present"]:
-        raise SchemaNotInstalled(
-            f"the live-workers table {workers!r} is missing: the database is at an older "
-            "revision than this jobqueue"
-        )
+    for what, title in (("workers", "live-workers"), ("limits", "limits")):
+        if not found[what]["present"]:
+            raise SchemaNotInstalled(
+                f"the {title} table {names[what]!r} is missing: the database is at an older "
+                "revision than this jobqueue"
+            )
     for what, needed in NEEDS.items():
         row = found[what]
         role = row["role"]

@@ -21,13 +21,16 @@ from .common import BuiltOnce
 from .common import param as _p
 from .dialect import DbNow, DbNowPlus
 from .steps import Query
-from .table import workers_table
+from .table import limits_table_name, workers_table
 
 #: What a worker needs on each table: the jobs table to claim and write its jobs (every
 #: write is an UPDATE ... RETURNING, which reads too), its own table to keep its row.
 NEEDS: dict[str, tuple[str, ...]] = {
     "jobs": ("SELECT", "UPDATE"),
     "workers": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    # Claims read the limits in force and record rate starts; a provider's 429 pauses a
+    # limit key, inserting its row when the key has none.
+    "limits": ("SELECT", "INSERT", "UPDATE"),
 }
 #: ``pg_policy.polcmd`` per privilege (``*`` is a policy FOR ALL).
 _POLICY_COMMAND = {"SELECT": "r", "INSERT": "a", "UPDATE": "w", "DELETE": "d"}
@@ -55,7 +58,8 @@ def _access_sql_postgres() -> str:
     return (
         "SELECT t.what, current_user AS role, t.oid IS NOT NULL AS present, "
         f"{rls}, {', '.join(columns)} "
-        "FROM (VALUES ('jobs', to_regclass(:jq_jobs)), ('workers', to_regclass(:jq_workers))) "
+        "FROM (VALUES ('jobs', to_regclass(:jq_jobs)), ('workers', to_regclass(:jq_workers)), "
+        "('limits', to_regclass(:jq_limits))) "
         "AS t(what, oid) "
         "LEFT JOIN pg_class c ON c.oid = t.oid "
         "CROSS JOIN (SELECT rolsuper, rolbypassrls FROM pg_roles "
@@ -74,7 +78,8 @@ def _access_sql_sqlite(schema: str | None) -> str:
         f"EXISTS (SELECT 1 FROM {master} WHERE type = 'table' AND name = t.name) AS present, "
         f"0 AS rls, {allowed} "
         "FROM (SELECT 'jobs' AS what, :jq_jobs_name AS name "
-        "UNION ALL SELECT 'workers', :jq_workers_name) AS t"
+        "UNION ALL SELECT 'workers', :jq_workers_name "
+        "UNION ALL SELECT 'limits', :jq_limits_name) AS t"
     )
 
 
@@ -85,10 +90,13 @@ class PresenceStatements(BuiltOnce):
         super().__init__(dialect)
         self.jobs = jobs
         self.t = workers_table(jobs.name, jobs.schema, jobs.metadata)
+        #: The limits table's name (its `Table` belongs to the queue's `Statements`).
+        self.limits_name = limits_table_name(jobs.name)
 
-    def _qualified(self, table: Table) -> str:
+    def _qualified(self, name: str) -> str:
         """A quoted name for ``to_regclass`` (identifiers are validated: quoting is enough)."""
-        return f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+        schema = self.jobs.schema
+        return f'"{schema}"."{name}"' if schema else f'"{name}"'
 
     def beat(
         self,
@@ -183,12 +191,20 @@ class PresenceStatements(BuiltOnce):
         return Query(self.once("live", build), None)
 
     def access(self) -> Query:
-        """Whether the jobs and workers tables exist and this role may do what a worker
-        does to them (`NEEDS`): one row per table (``what`` is ``jobs`` or ``workers``)."""
+        """Whether the jobs, workers and limits tables exist and this role may do what a
+        worker does to them (`NEEDS`): one row per table (``what`` names it)."""
         if self.dialect == "postgresql":
             stmt = self.once("access", lambda: text(_access_sql_postgres()))
-            params = {"jq_jobs": self._qualified(self.jobs), "jq_workers": self._qualified(self.t)}
+            params = {
+                "jq_jobs": self._qualified(self.jobs.name),
+                "jq_workers": self._qualified(self.t.name),
+                "jq_limits": self._qualified(self.limits_name),
+            }
         else:
             stmt = self.once("access", lambda: text(_access_sql_sqlite(self.jobs.schema)))
-            params = {"jq_jobs_name": self.jobs.name, "jq_workers_name": self.t.name}
+            params = {
+                "jq_jobs_name": self.jobs.name,
+                "jq_workers_name": self.t.name,
+                "jq_limits_name": self.limits_name,
+            }
         return Query(stmt, params)
