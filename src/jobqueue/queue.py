@@ -18,11 +18,11 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Generator,
     Iterable,
     Iterator,
     Mapping,
     Sequence,
-    Sized,
 )
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -79,6 +79,21 @@ log = logging.getLogger("jobqueue.queue")
 
 T = TypeVar("T")
 E = TypeVar("E", Engine, AsyncEngine)
+#: What the first operation of a claim returns: its jobs, or a completion's ids and jobs.
+C = TypeVar("C", builtins.list[Job], tuple[set[UUID], builtins.list[Job]])
+
+#: The operations of one claim (`_QueueBase._claim_plan`), sent each one's result.
+ClaimPlan = Generator[Operation[Any], Any, C]
+
+
+def _same(jobs: builtins.list[Job]) -> builtins.list[Job]:
+    return jobs
+
+
+def _claimed(result: tuple[set[UUID], builtins.list[Job]]) -> builtins.list[Job]:
+    return result[1]
+
+
 JobRef = Job | UUID | str
 
 
@@ -232,23 +247,36 @@ class _QueueBase(Generic[E]):
             mode=self._claim_mode,
         )
 
-    def _learnt_limits(self, was_limited: bool, claimed: Sized) -> bool:
-        """Whether a claim that took nothing learnt that limits are now in force. A claim
-        that takes nothing tries once more at once when it did, or when due jobs waiting
-        outside the fair-share line (a retried job, a row another client inserted) entered
-        it just now (`_entry_op`). A claim that took something returns at once: the
-        worker's `Entrance` timer puts waiting jobs in the line within a second."""
-        return not claimed and self._claim_mode.limited and not was_limited
+    def _claim_plan(
+        self,
+        first: Operation[C],
+        jobs_of: Callable[[C], builtins.list[Job]],
+        worker_id: str,
+        queues: Sequence[str] | str | None,
+        kinds: Sequence[str] | None,
+        limit: int,
+        lease: float | None,
+    ) -> ClaimPlan[C]:
+        """The operations of a claim, run one after the other by `_run_plan`: ``first``
+        (a claim, or a completion with a claim), and, when it took no job, an entry of the
+        due jobs waiting outside the fair-share line (a retried job, a row another client
+        inserted: `_entry_op`) and a second claim.
 
-    def _may_have_entered(self, entered: int) -> bool:
-        """Whether due jobs may be in the line that the claim which found nothing could not
-        see: this entry put some there, or, on PostgreSQL, it may have waited for another
-        worker's entry in progress (the timer's) and then found that worker's jobs in the
-        line already, entering none itself. Claiming again then costs one round trip; a
-        claim that gave up would leave due jobs for the next poll, and `run_until_idle`
-        stop with them still pending. (On SQLite writes take turns: a claim never runs
-        beside an entry.)"""
-        return entered > 0 or self.is_postgres
+        The second claim runs whether or not this entry put jobs in the line: the worker's
+        `Entrance` timer (or another worker) may have entered them between the first claim
+        and this entry, and on PostgreSQL this entry may have waited for such an entry in
+        progress and then found its jobs in the line already. A claim that gave up would
+        leave those jobs for the next poll, and `run_until_idle` stop with them pending. It
+        also obeys the limits the first claim may just have learnt are in force. A claim
+        that took something returns at once: the `Entrance` timer puts waiting jobs in the
+        line within a second."""
+        result: C = yield first
+        jobs = jobs_of(result)
+        if not jobs:
+            yield self._entry_op()
+            more: builtins.list[Job] = yield self._claim_op(worker_id, queues, kinds, limit, lease)
+            jobs.extend(more)
+        return result
 
     def _entry_op(self) -> Operation[int]:
         return limit_ops.enter_line(self.statements)
@@ -404,6 +432,16 @@ class JobQueue(_QueueBase[Engine]):
         self._owns_engine = not isinstance(url, Engine)
         super().__init__(make_engine(url), **config)
 
+    def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
+        """Run a plan's operations one after the other, each as `_run` runs it."""
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(self._run(op))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
@@ -535,16 +573,10 @@ class JobQueue(_QueueBase[Engine]):
         ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
         are in force (`set_limit`, `pause`), it takes only jobs within them.
         """
-        was_limited = self._claim_mode.limited
-        jobs = self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs)
-            or self._may_have_entered(self._run(self._entry_op()))
-        ):
-            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
-            taken: builtins.list[Job] = self._run(more)
-            jobs.extend(taken)
-        return jobs
+        first = self._claim_op(worker_id, queues, kinds, limit, lease)
+        return self._run_plan(
+            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease)
+        )
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
         """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
@@ -593,17 +625,10 @@ class JobQueue(_QueueBase[Engine]):
         """`complete_many` and `claim` as one atomic step (one statement and one commit on
         PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
         only once its job's outcome is written takes the next jobs in the same round trip."""
-        was_limited = self._claim_mode.limited
-        op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
-        written, jobs = self._run(op)
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs)
-            or self._may_have_entered(self._run(self._entry_op()))
-        ):
-            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
-            taken: builtins.list[Job] = self._run(more)
-            jobs.extend(taken)
-        return written, jobs
+        first = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
+        return self._run_plan(
+            self._claim_plan(first, _claimed, worker_id, queues, kinds, limit, lease)
+        )
 
     def fail(
         self,
@@ -768,6 +793,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # connection finishes before its cancellation goes on (`_finished_before_cancelled`).
         self._finish_when_cancelled = statements_outlive_cancellation(self.engine)
 
+    async def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
+        """Run a plan's operations one after the other, each as `_run` runs it."""
+        try:
+            op = next(plan)
+            while True:
+                op = plan.send(await self._run(op))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
@@ -920,16 +955,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
         are in force (`set_limit`, `pause`), it takes only jobs within them.
         """
-        was_limited = self._claim_mode.limited
-        jobs = await self._run(self._claim_op(worker_id, queues, kinds, limit, lease))
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs)
-            or self._may_have_entered(await self._run(self._entry_op()))
-        ):
-            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
-            taken: builtins.list[Job] = await self._run(more)
-            jobs.extend(taken)
-        return jobs
+        first = self._claim_op(worker_id, queues, kinds, limit, lease)
+        return await self._run_plan(
+            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease)
+        )
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
         """Extend the lease of a held job; `LeaseLost` if it is no longer ours."""
@@ -983,17 +1012,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         PostgreSQL): the ids written, and the jobs claimed. A worker loop that frees a slot
         only once its job's outcome is written takes the next jobs in the same round trip.
         """
-        was_limited = self._claim_mode.limited
-        op = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
-        written, jobs = await self._run(op)
-        if not jobs and (
-            self._learnt_limits(was_limited, jobs)
-            or self._may_have_entered(await self._run(self._entry_op()))
-        ):
-            more = self._claim_op(worker_id, queues, kinds, limit - len(jobs), lease)
-            taken: builtins.list[Job] = await self._run(more)
-            jobs.extend(taken)
-        return written, jobs
+        first = self._complete_and_claim_op(items, worker_id, queues, kinds, limit, lease)
+        return await self._run_plan(
+            self._claim_plan(first, _claimed, worker_id, queues, kinds, limit, lease)
+        )
 
     async def fail(
         self,

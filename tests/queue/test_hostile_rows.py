@@ -70,7 +70,7 @@ class Db:
         expressions. Returns the new id."""
         names = ["payload", *columns]
         values = [payload_sql, *columns.values()]
-        if not self.pg:  # SQLite has no server-side default for the id's hex form
+        if not self.pg and "id" not in columns:  # SQLite has no default for the id's hex form
             names.append("id")
             values.append("lower(hex(randomblob(16)))")
         sql = (
@@ -398,6 +398,23 @@ async def test_a_row_at_the_last_turn_stops_no_one_entering_the_line(db: Db) -> 
         assert (await db.q.get(job_id)).turn == MAX_TURN
     claimed = await db.q.claim("w1", limit=1000)
     assert {_id(str(j.id)) for j in claimed} == {at_bound} | waiting | enqueued
+
+
+async def test_a_row_whose_id_cannot_be_read_stays_out_of_the_line(db: Db) -> None:
+    """On SQLite the id is text another client may fill with anything. A row whose id is
+    not 32 lower-case hex digits never enters the line (reading it would fail the whole
+    entrance, and each claim that found nothing, for every job); the rows beside it enter
+    and are claimed. (PostgreSQL's uuid column refuses such an id outright.)"""
+    if db.pg:
+        pytest.skip("PostgreSQL's uuid column holds only UUIDs")
+    for value in ("'not-hex'", "''", "'" + "G" * 32 + "'", "'" + "0" * 33 + "'"):
+        db.insert(db.json("{}"), id=value)
+    good = {db.insert(db.json("{}")) for _ in range(2)}
+
+    assert await db.q.enter_line() == len(good)
+    claimed = await db.q.claim("w1", limit=10)
+    assert {_id(str(j.id)) for j in claimed} == good
+    assert await db.q.claim("w1", limit=10) == []  # an empty claim enters again: no error
 
 
 # -- 3. reads survive any stored time ----------------------------------------------------

@@ -209,6 +209,32 @@ def _finite_sqlite(element: Finite, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({value} IS NULL OR julianday({value}) IS NOT NULL)"
 
 
+class WellFormedId(FunctionElement[bool]):
+    """True when a job's id reads back as a UUID.
+
+    PostgreSQL's ``uuid`` column holds nothing else. SQLite stores the id as text, which
+    another client may fill with anything: an id that is not 32 hex digits would fail
+    every read of a batch that holds it.
+    """
+
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(WellFormedId, "postgresql")
+def _well_formed_id_pg(element: WellFormedId, compiler: SQLCompiler, **kw: Any) -> str:
+    return "true"
+
+
+@compiles(WellFormedId)
+def _well_formed_id_sqlite(element: WellFormedId, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    value = compiler.process(column, **kw)
+    return f"(length({value}) = 32 AND {value} NOT GLOB '*[^0-9a-f]*')"
+
+
 class DbNowText(FunctionElement[Any]):
     """The database's current time as ISO 8601 UTC text, ``2026-11-29T07:05:48.123456+00:00``:
     the ``at`` of an ``errors`` entry, written the same on every backend (SQLite's clock

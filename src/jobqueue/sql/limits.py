@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Status
 from .common import StatementsBase, batch_json, filter_params, json_param, json_rows, param, unnest
-from .dialect import DbNow, DbNowPlus
+from .dialect import DbNow, DbNowPlus, WellFormedId
 from .fair import in_line, turn_of
 from .steps import Direct, Query
 
@@ -376,6 +376,9 @@ class Limiting(StatementsBase):
                 select(c.id, c.queue, c.priority, c.owner_id, c.run_at)
                 .where(c.status == Status.PENDING.value, c.turn.is_(None), c.run_at <= now)
                 .where(~paused)
+                # A row whose id cannot be read stays out: it would fail the entrance
+                # (and every claim batch after it) for every job.
+                .where(WellFormedId(c.id))
                 .order_by(c.run_at, c.id)
                 .limit(ENTRY_BATCH)
             )
