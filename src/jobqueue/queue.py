@@ -78,6 +78,7 @@ from .validation import QueueLimits, new_job_row, seconds_of
 log = logging.getLogger("jobqueue.queue")
 
 T = TypeVar("T")
+S = TypeVar("S")
 E = TypeVar("E", Engine, AsyncEngine)
 #: What the first operation of a claim returns: its jobs, or a completion's ids and jobs.
 C = TypeVar("C", builtins.list[Job], tuple[set[UUID], builtins.list[Job]])
@@ -373,11 +374,26 @@ def _drive(conn: Connection, op: Operation[T], *, own: bool = False, autocommit:
     sent back, until it returns. ``own``: ``conn`` is the queue's own (not a caller's),
     in autocommit mode with ``autocommit``, else in a transaction the queue began."""
     runner = SyncRunner(conn, own=own, autocommit=autocommit)
-    steps = op.steps
+    return _pump(op.steps, lambda step: step.run(runner))
+
+
+def _pump(gen: Generator[S, Any, T], run: Callable[[S], Any]) -> T:
+    """Run what ``gen`` yields with ``run``, sending each result back, until it returns."""
     try:
-        step = next(steps)
+        item = next(gen)
         while True:
-            step = steps.send(step.run(runner))
+            item = gen.send(run(item))
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+async def _pump_async(gen: Generator[S, Any, T], run: Callable[[S], Awaitable[Any]]) -> T:
+    """`_pump` with a ``run`` that is awaited."""
+    try:
+        item = next(gen)
+        while True:
+            item = gen.send(await run(item))
     except StopIteration as done:
         value: T = done.value
         return value
@@ -388,14 +404,7 @@ async def _drive_async(
 ) -> T:
     """`_drive` on an async connection."""
     runner = AsyncRunner(conn, own=own, autocommit=autocommit)
-    steps = op.steps
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(await step.run(runner))
-    except StopIteration as done:
-        value: T = done.value
-        return value
+    return await _pump_async(op.steps, lambda step: step.run(runner))
 
 
 async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
@@ -434,13 +443,7 @@ class JobQueue(_QueueBase[Engine]):
 
     def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
-        try:
-            op = next(plan)
-            while True:
-                op = plan.send(self._run(op))
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        return _pump(plan, self._run)
 
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
         with translated_errors(self.table_name):
@@ -795,13 +798,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
 
     async def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
-        try:
-            op = next(plan)
-            while True:
-                op = plan.send(await self._run(op))
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        return await _pump_async(plan, self._run)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
         with translated_errors(self.table_name):

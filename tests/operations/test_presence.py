@@ -99,14 +99,20 @@ def test_names_derived_from_the_longest_table_name_fit_postgres() -> None:
     assert all(len(n) <= 63 for n in names), names
 
 
+def _just_before(db_url: str, table_name: str, revision_file: str) -> AsyncJobQueue:
+    """A queue on a table migrated up to the revision before the one whose file name
+    holds ``revision_file``."""
+    script = ScriptDirectory.from_config(_config(table_name, None))
+    (revision,) = [r for r in script.walk_revisions() if revision_file in (r.path or "")]
+    assert isinstance(revision.down_revision, str)
+    migrate(db_url, table=table_name, revision=revision.down_revision)
+    return AsyncJobQueue(db_url, table=table_name)
+
+
 async def test_a_database_at_an_older_revision_names_the_missing_workers_table(
     db_url: str, table_name: str
 ) -> None:
-    script = ScriptDirectory.from_config(_config(table_name, None))
-    (revision,) = [r for r in script.walk_revisions() if "live_workers" in (r.path or "")]
-    assert isinstance(revision.down_revision, str)
-    migrate(db_url, table=table_name, revision=revision.down_revision)
-    queue = AsyncJobQueue(db_url, table=table_name)
+    queue = _just_before(db_url, table_name, "live_workers")
     try:
         with pytest.raises(SchemaNotInstalled, match="live-workers table") as missing:
             await queue.check_worker_access()
@@ -123,11 +129,7 @@ async def test_a_database_at_an_older_revision_names_the_missing_workers_table(
 async def test_a_database_at_an_older_revision_names_the_missing_limits_table(
     db_url: str, table_name: str
 ) -> None:
-    script = ScriptDirectory.from_config(_config(table_name, None))
-    (revision,) = [r for r in script.walk_revisions() if "limits" in (r.path or "")]
-    assert isinstance(revision.down_revision, str)
-    migrate(db_url, table=table_name, revision=revision.down_revision)
-    queue = AsyncJobQueue(db_url, table=table_name)
+    queue = _just_before(db_url, table_name, "limits")
     try:
         with pytest.raises(SchemaNotInstalled, match=f"limits table '{table_name}_limits'"):
             await queue.check_worker_access()
