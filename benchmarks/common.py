@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Engine, inspect, make_url, text
+from sqlalchemy import Connection, Engine, inspect, make_url, text
 
 from jobqueue import migrate
 from jobqueue.drivers.engines import make_engine, normalise_url
@@ -163,6 +163,10 @@ def summary_ms(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+#: The tables `migrate` makes beside a jobs table (by suffix; "" is the jobs table).
+COMPANIONS = ("", "_workers", "_limits", "_alembic_version")
+
+
 class Bench:
     """The run: where it measures, what it created, and what it found so far."""
 
@@ -232,10 +236,7 @@ class Bench:
     def cleanup(self) -> None:
         with self.engine.begin() as conn:
             for t in self._tables:
-                conn.execute(text(f'DROP TABLE IF EXISTS "{t}"'))
-                conn.execute(text(f'DROP TABLE IF EXISTS "{t}_alembic_version"'))
-                if self.is_postgres:
-                    conn.execute(text(f'DROP FUNCTION IF EXISTS "{t}_notify"()'))
+                self._drop_jobs_table(conn, t)
             for t in self._raw_tables:
                 conn.execute(text(f'DROP TABLE IF EXISTS "{t}"'))
         self._tables.clear()
@@ -245,12 +246,16 @@ class Bench:
     def drop(self, table: str) -> None:
         """Drop one jobs table early (large backlogs should not wait for the end)."""
         with self.engine.begin() as conn:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table}_alembic_version"'))
-            if self.is_postgres:
-                conn.execute(text(f'DROP FUNCTION IF EXISTS "{table}_notify"()'))
+            self._drop_jobs_table(conn, table)
         if table in self._tables:
             self._tables.remove(table)
+
+    def _drop_jobs_table(self, conn: Connection, table: str) -> None:
+        """Drop a jobs table and what `migrate` made beside it."""
+        for companion in COMPANIONS:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{table}{companion}"'))
+        if self.is_postgres:
+            conn.execute(text(f'DROP FUNCTION IF EXISTS "{table}_notify"()'))
 
     # -- set-up SQL --------------------------------------------------------------------------
 
