@@ -86,24 +86,43 @@ def _bracket(bench: Bench, concurrency: int) -> float:
     return raw.claim_rate(bench, 100, bench.sizes.bracket_batched)
 
 
+def backlog(bench: Bench, name: str, jobs: int) -> str:
+    """A fresh table holding ``jobs`` due jobs."""
+    table = bench.table(name)
+    bench.fill(table, pending=jobs)
+    return table
+
+
+class Checked(NamedTuple):
+    """The SQL count after a drain, the table dropped, and whether every job completed
+    exactly once: all rows ``completed`` with ``attempts = 1``, each id handled once."""
+
+    outcome: dict[str, int]
+    once: bool
+
+
+def check(bench: Bench, table: str, jobs: int, seen: list[UUID]) -> Checked:
+    outcome = bench.outcome(table)
+    bench.drop(table)
+    once = (
+        outcome["completed"] == jobs
+        and outcome["completed_once"] == jobs
+        and len(seen) == jobs
+        and len(set(seen)) == jobs
+    )
+    return Checked(outcome, once)
+
+
 async def _one(bench: Bench, driver: str, concurrency: int) -> None:
     n = bench.sizes.drain_one if concurrency == 1 else bench.sizes.drain
-    table = bench.table(f"drain{concurrency}_{driver}")
-    bench.fill(table, pending=n)
+    table = backlog(bench, f"drain{concurrency}_{driver}", n)
     before = _bracket(bench, concurrency)
     elapsed, seen, cpu_per_job = await drain(
         bench, bench.async_url(driver), table, concurrency=concurrency
     )
     after = _bracket(bench, concurrency)
-    outcome = bench.outcome(table)
-    bench.drop(table)
+    outcome, once = check(bench, table, n, seen)
     ceiling_now = (before + after) / 2
-    once = (
-        outcome["completed"] == n
-        and outcome["completed_once"] == n
-        and len(seen) == n
-        and len(set(seen)) == n
-    )
     ceiling, goal = TARGETS.get(concurrency, (raw.CLAIM_BATCHED, None))
     bench.emit(
         Result(

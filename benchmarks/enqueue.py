@@ -87,6 +87,22 @@ def _sync(bench: Bench) -> None:
     bench.drop(table)
 
 
+async def one_by_one(q: AsyncJobQueue, first: int, count: int) -> float:
+    """Seconds for ``count`` `enqueue` calls, each its own transaction."""
+    start = time.perf_counter()
+    for i in range(first, first + count):
+        await q.enqueue("image", _payload(i))
+    return time.perf_counter() - start
+
+
+async def batch(q: AsyncJobQueue, count: int) -> tuple[int, float]:
+    """Jobs enqueued by one `enqueue_many` of ``count`` jobs, and the seconds it took."""
+    jobs = [NewJob(kind="image", payload=_payload(i)) for i in range(count)]
+    start = time.perf_counter()
+    done = await q.enqueue_many(jobs)
+    return len(done), time.perf_counter() - start
+
+
 async def _async(bench: Bench, driver: str) -> None:
     s = bench.sizes
     table = bench.table(f"enq_one_{driver}")
@@ -97,21 +113,16 @@ async def _async(bench: Bench, driver: str) -> None:
         per_block = max(1, s.enqueue_one // BLOCKS)
         for b in range(BLOCKS):
             mixed.block(per_block)  # blocks the loop, which has nothing else to do
-            start = time.perf_counter()
-            for i in range(per_block):
-                await q.enqueue("image", _payload(b * per_block + i))
-            seconds += time.perf_counter() - start
+            seconds += await one_by_one(q, b * per_block, per_block)
         _one(bench, driver, per_block * BLOCKS / seconds, per_block * BLOCKS, mixed)
     mixed.close()
     bench.drop(table)
 
     table = bench.table(f"enq_many_{driver}")
-    jobs = [NewJob(kind="image", payload=_payload(i)) for i in range(s.enqueue_many)]
     async with AsyncJobQueue(bench.async_url(driver), table=table) as q:
         await q.enqueue("image", _payload(-1))
-        start = time.perf_counter()
-        done = await q.enqueue_many(jobs)
-        _many(bench, driver, len(done) / (time.perf_counter() - start), s.enqueue_many)
+        done, seconds = await batch(q, s.enqueue_many)
+        _many(bench, driver, done / seconds, s.enqueue_many)
     bench.drop(table)
 
 

@@ -9,9 +9,8 @@ job meets an idle worker. Measured with LISTEN/NOTIFY (PostgreSQL) and with poll
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobqueue import AsyncJobQueue
 from jobqueue.worker import Worker
@@ -19,13 +18,28 @@ from jobqueue.worker import Worker
 from . import raw
 from .common import Bench, Result, summary_ms
 from .drain import warm
+from .peers import harness
 
 P50_MS = 2.0
 P99_MS = 5.0
-WARMUP = 5
+WARMUP = harness.WARMUP
 
 
-async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
+class Pickups(NamedTuple):
+    """One run's samples (seconds), the SQL count afterwards (the table is dropped), and
+    the raw floor's samples taken before each of ours (none without the floor)."""
+
+    samples: list[float]
+    outcome: dict[str, int]
+    floor: list[float] | None
+
+
+async def pickups(bench: Bench, driver: str, *, listen: bool, floor: bool = True) -> Pickups:
+    """Time `bench.sizes.latency_samples` pickups by an idle worker at concurrency 10.
+
+    With ``floor`` and NOTIFY on PostgreSQL, a raw psycopg pickup sample runs before each
+    of ours (the peer comparison leaves it out: the peers run without one).
+    """
     mode = "notify" if listen else "polling"
     n = bench.sizes.latency_samples
     poll = 1.0 if listen else bench.sizes.latency_poll_interval
@@ -37,9 +51,7 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
         started.append(time.perf_counter())
         arrived.set()
 
-    samples: list[float] = []
-    # With NOTIFY on PostgreSQL, a raw psycopg pickup sample runs before each of ours.
-    floor = raw.RawPickup(bench) if listen and bench.is_postgres else None
+    raw_floor = raw.RawPickup(bench) if floor and listen and bench.is_postgres else None
     async with AsyncJobQueue(bench.async_url(driver), table=table) as q:
         await warm(q)
         worker = Worker(q, {"image": handler}, concurrency=10, listen=listen, poll_interval=poll)
@@ -52,29 +64,36 @@ async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
             else:
                 raise RuntimeError("the worker's listener did not start")
         await asyncio.sleep(0.1)
-        for i in range(n + WARMUP):
-            if floor is not None:
-                floor.sample()  # blocks the loop briefly: the worker is idle meanwhile
-            arrived.clear()
-            await q.enqueue("image", {**raw.PAYLOAD, "n": i})
-            enqueued = time.perf_counter()
-            async with asyncio.timeout(max(10.0, poll * 5)):
-                await arrived.wait()
-            if i >= WARMUP:
-                samples.append(started[-1] - enqueued)
-            # Let the completion be written, then leave the worker idle for a moment; the
-            # jitter keeps polling samples from locking onto the poll timer's phase.
-            await asyncio.sleep(0.01 + random.uniform(0, 0.005 if listen else poll))
+        samples = await harness.pickup_samples(
+            lambda i: q.enqueue("image", {**raw.PAYLOAD, "n": i}),
+            arrived,
+            started,
+            n,
+            jitter=0.005 if listen else poll,
+            timeout=max(10.0, poll * 5),
+            # blocks the loop briefly: the worker is idle meanwhile
+            before_each=None if raw_floor is None else raw_floor.sample,
+        )
         worker.stop()
         await serving
     outcome = bench.outcome(table)
     bench.drop(table)
+    floor_samples = None
+    if raw_floor is not None:
+        floor_samples = raw_floor.samples[WARMUP:]
+        raw_floor.close()
+    return Pickups(samples, outcome, floor_samples)
+
+
+async def _measure(bench: Bench, driver: str, *, listen: bool) -> None:
+    mode = "notify" if listen else "polling"
+    samples, outcome, floor = await pickups(bench, driver, listen=listen)
+    poll = 1.0 if listen else bench.sizes.latency_poll_interval
     stats = summary_ms(samples)
     extra: dict[str, Any] = {**stats, "poll_interval_s": poll, "completed": outcome["completed"]}
     raw_stats: dict[str, Any] = {}
     if floor is not None:
-        raw_stats = summary_ms(floor.samples[WARMUP:])
-        floor.close()
+        raw_stats = summary_ms(floor)
         extra["raw_pickup"] = raw_stats
     for q_name, limit in (("p50", P50_MS), ("p99", P99_MS)):
         value = stats[f"{q_name}_ms"]

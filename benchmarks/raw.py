@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .common import Bench
+from .peers import harness
 
-PAYLOAD = {"prompt": "a lighthouse at dusk, oil painting", "width": 1024, "height": 1024}
+#: One payload for every library (the peers' too) and every ceiling.
+PAYLOAD = harness.PAYLOAD
 
 # The ceiling names other workloads compare against.
 CLAIM_ONE = "raw_claim_one"
