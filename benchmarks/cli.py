@@ -8,12 +8,13 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jobqueue.drivers.engines import describe_url
 
-from .common import QUICK, Bench, Result, Sizes, scaled
+from .common import QUICK, Bench, Result, Sizes, dump_results, scaled
 
 #: Workload name -> module, in the order they run. Raw ceilings come first: every other
 #: result is divided by one of them.
@@ -50,6 +51,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-raw", action="store_true", help="skip the raw ceilings (no ratios)")
     p.add_argument("--scale", type=float, help="multiply every size by this factor")
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
+    p.add_argument(
+        "--peers",
+        nargs="?",
+        const="all",
+        metavar="NAMES",
+        help="instead of the workloads above, compare jobqueue with peer libraries on the "
+        "same PostgreSQL server, each in a virtualenv made for it: pgqueuer, procrastinate, "
+        "oban (comma-separated; default all, and pgqueuer alone with --quick, which runs "
+        "one small drain); --only then picks among drain_c1, drain_c10, drain_c50, "
+        "enqueue_one, enqueue_batch, pickup",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="with --peers: interleaved repetitions, reported as medians (default 3; "
+        "1 with --quick)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,10 +92,12 @@ def table(results: list[Result]) -> str:
     ceilings = [("raw ceiling", "value", "unit")] + [
         (r.bench, f"{r.value:,.0f}", r.unit) for r in results if r.driver == "raw"
     ]
-    return _grid(ceilings) + "\n\n" + _grid(rows)
+    if len(ceilings) == 1:  # --no-raw, --peers
+        return grid(rows)
+    return grid(ceilings) + "\n\n" + grid(rows)
 
 
-def _grid(rows: list[tuple[str, ...]]) -> str:
+def grid(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -86,6 +107,10 @@ def _grid(rows: list[tuple[str, ...]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     sizes: Sizes = QUICK if args.quick else Sizes()
+    if args.peers is not None:
+        from .peers import compare  # imports the workloads it reuses: only when asked
+
+        sys.exit(compare.main(args, sizes))
     if args.scale:
         sizes = scaled(sizes, args.scale)
     chosen = list(WORKLOADS)
@@ -122,9 +147,4 @@ def main(argv: list[str] | None = None) -> None:
         print(table(bench.results))
         print(f"\n{len(bench.results)} results in {total:.1f} s on {describe_url(url)}")
         if args.json_out:
-            doc = {
-                "settings": settings,
-                "seconds": total,
-                "results": [r.as_json() for r in bench.results],
-            }
-            args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+            dump_results(args.json_out, settings, total, bench.results)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, make_url, text
@@ -140,6 +141,14 @@ class Result:
             out["met"] = self.met
         out.update(self.extra)
         return out
+
+
+def dump_results(
+    path: Path, settings: dict[str, Any], seconds: float, results: list[Result]
+) -> None:
+    """Write a run to ``path`` as JSON (``--json-out``; `benchmarks.report` reads it)."""
+    doc = {"settings": settings, "seconds": seconds, "results": [r.as_json() for r in results]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
