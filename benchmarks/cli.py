@@ -14,7 +14,7 @@ from typing import Any
 
 from jobqueue.drivers.engines import describe_url
 
-from .common import QUICK, Bench, Result, Sizes, dump_results, scaled
+from .common import QUICK, Bench, Result, Sizes, dump_results, resized, scaled
 
 #: Workload name -> module, in the order they run. Raw ceilings come first: every other
 #: result is divided by one of them.
@@ -50,6 +50,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-raw", action="store_true", help="skip the raw ceilings (no ratios)")
     p.add_argument("--scale", type=float, help="multiply every size by this factor")
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="set one size (after --scale), e.g. --size drain=5000; repeatable; the names "
+        "are the fields of benchmarks.common.Sizes",
+    )
     p.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
     p.add_argument(
         "--peers",
@@ -107,12 +115,13 @@ def grid(rows: Sequence[tuple[str, ...]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     sizes: Sizes = QUICK if args.quick else Sizes()
+    if args.scale:
+        sizes = scaled(sizes, args.scale)
+    sizes = resized(sizes, args.size)
     if args.peers is not None:
         from .peers import compare  # imports the workloads it reuses: only when asked
 
         sys.exit(compare.main(args, sizes))
-    if args.scale:
-        sizes = scaled(sizes, args.scale)
     chosen = list(WORKLOADS)
     if args.only:
         chosen = [w.strip() for w in args.only.split(",") if w.strip()]

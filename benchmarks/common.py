@@ -111,6 +111,18 @@ def scaled(sizes: Sizes, factor: float) -> Sizes:
     return replace(sizes, **changes)
 
 
+def resized(sizes: Sizes, settings: Sequence[str]) -> Sizes:
+    """``NAME=N`` settings (``--size``) applied to ``sizes``, for the counts."""
+    counts = [name for name, value in asdict(sizes).items() if type(value) is int]
+    changes: dict[str, Any] = {}
+    for item in settings:
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in counts or not value.isdigit():
+            raise SystemExit(f"--size {item!r}: expected NAME=N, NAME one of {', '.join(counts)}")
+        changes[name] = int(value)
+    return replace(sizes, **changes)
+
+
 @dataclass
 class Result:
     """One measured number, with what it is compared to."""

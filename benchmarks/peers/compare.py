@@ -30,7 +30,7 @@ from jobqueue import AsyncJobQueue, __version__
 from jobqueue.drivers.engines import describe_url
 
 from .. import drain, enqueue, latency
-from ..common import QUICK, Bench, Result, Sizes, dump_results, percentile, scaled
+from ..common import Bench, Result, Sizes, dump_results, percentile
 from . import harness
 from .venvs import PEERS, PeerSkipped, PeerSpec, PeerUnavailable, ensure_venv
 
@@ -77,7 +77,7 @@ class Workload:
 def workloads(sizes: Sizes, *, quick: bool) -> list[Workload]:
     """Issue 15's workloads at these sizes; ``--quick`` keeps one small drain."""
     if quick:
-        return [Workload("drain_c10", harness.DRAIN, QUICK.drain, 10)]
+        return [Workload("drain_c10", harness.DRAIN, sizes.drain, 10)]
     out = [
         Workload(
             f"drain_c{c}",
@@ -313,8 +313,6 @@ def main(args: argparse.Namespace, sizes: Sizes) -> int:
 
     if not args.url or not args.url.startswith("postgres"):
         raise SystemExit("the peer comparison needs PostgreSQL: --url postgresql://...")
-    if args.scale:
-        sizes = scaled(sizes, args.scale)
     chosen = workloads(sizes, quick=args.quick)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
