@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,26 @@ from typing import Any
 def _value(r: dict[str, Any]) -> str:
     v = float(r["value"])
     return f"{v:,.2f}" if v < 10 else f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def side_by_side(results: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Rows of a workload-by-library table from the results' JSON (``--peers``):
+    each peer's median with jobqueue's ratio to it."""
+    peer_results = [r for r in results if "peer" in r and r["bench"].startswith("peer_")]
+    titles: list[str] = []
+    for r in peer_results:
+        if r["driver"] not in titles:
+            titles.append(r["driver"])
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in peer_results:
+        v = float(r["value"])
+        text = f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+        if r.get("ratio") is not None:
+            text += f" ({r['ratio']:.2f})"
+        cells[f"{r['bench'].removeprefix('peer_')} ({r['unit']})"][r["driver"]] = text
+    rows: list[tuple[str, ...]] = [("workload", *titles)]
+    rows += [(name, *(row.get(t, "") for t in titles)) for name, row in cells.items()]
+    return rows
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -26,6 +48,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---:|",
     ]
     results = doc["results"]
+    if s.get("mode") == "peers":
+        return "\n".join([lines[0], "", *_peer_table(s, results)])
     lines += [f"| `{r['bench']}` | {_value(r)} |" for r in results if r["driver"] == "raw"]
     lines += [
         "",
@@ -43,6 +67,21 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{r.get('target', '')} | {met} |"
         )
     return "\n".join(lines)
+
+
+def _peer_table(settings: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    """The peer comparison as one table, a library a column, the ratios in brackets."""
+    rows = side_by_side(results)
+    reps = settings.get("repetitions")
+    lines = [
+        f"Medians of {reps} interleaved repetitions; in brackets, jobqueue's number divided "
+        "by the peer's (above 1 is ahead for jobs/s, below 1 is ahead for ms).",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|---" + "|---:" * (len(rows[0]) - 1) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return lines
 
 
 if __name__ == "__main__":

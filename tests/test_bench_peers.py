@@ -10,6 +10,7 @@ from collections import Counter
 
 from benchmarks.common import Sizes
 from benchmarks.peers import compare, harness
+from benchmarks.report import side_by_side
 
 
 def test_the_runs_interleave_and_no_library_always_goes_first() -> None:
@@ -80,7 +81,7 @@ def test_side_by_side_puts_each_peer_beside_jobqueue() -> None:
     ]
     results[0]["peer"] = "jobqueue"
     results[1] |= {"peer": "pgqueuer", "ratio": 1.5}
-    assert compare.side_by_side(results) == [
+    assert side_by_side(results) == [
         ("workload", "jobqueue", "PgQueuer"),
         ("drain_c10 (jobs/s)", "900", "600 (1.50)"),
     ]

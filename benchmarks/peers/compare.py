@@ -31,6 +31,7 @@ from jobqueue.drivers.engines import describe_url
 
 from .. import drain, enqueue, latency
 from ..common import Bench, Result, Sizes, dump_results, percentile
+from ..report import side_by_side
 from . import harness
 from .venvs import PEERS, PeerSkipped, PeerSpec, PeerUnavailable, ensure_venv
 
@@ -285,26 +286,6 @@ def _emit(
                 extra["jobqueue"] = round(ours, 3)
             result.extra = extra
             bench.emit(result)
-
-
-def side_by_side(results: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """Rows of a workload-by-library table from the results' JSON (also for report.py):
-    each peer's median with jobqueue's ratio to it."""
-    peer_results = [r for r in results if "peer" in r and r["bench"].startswith("peer_")]
-    titles: list[str] = []
-    for r in peer_results:
-        if r["driver"] not in titles:
-            titles.append(r["driver"])
-    cells: dict[str, dict[str, str]] = defaultdict(dict)
-    for r in peer_results:
-        v = float(r["value"])
-        text = f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
-        if r.get("ratio") is not None:
-            text += f" ({r['ratio']:.2f})"
-        cells[f"{r['bench'].removeprefix('peer_')} ({r['unit']})"][r["driver"]] = text
-    rows: list[tuple[str, ...]] = [("workload", *titles)]
-    rows += [(name, *(row.get(t, "") for t in titles)) for name, row in cells.items()]
-    return rows
 
 
 def main(args: argparse.Namespace, sizes: Sizes) -> int:
