@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -219,9 +220,12 @@ def run_peer(python: Path, spec: PeerSpec, task: harness.Task) -> dict[str, Any]
 
 @dataclass
 class Library:
+    """jobqueue or a peer, ready to run a workload."""
+
     name: str
     title: str
     driver: str
+    python: str
     run: Callable[[Workload], dict[str, Any]]
 
 
@@ -233,7 +237,7 @@ def _peers(names: Sequence[str], bench: Bench, *, quick: bool) -> tuple[list[Lib
     for name in names:
         spec = PEERS[name]
         try:
-            python = ensure_venv(spec, bench.note)
+            venv = ensure_venv(spec, bench.note)
         except PeerSkipped as e:
             skipped.append(f"{spec.title}: skipped: {e}")
             bench.note(skipped[-1])
@@ -244,10 +248,10 @@ def _peers(names: Sequence[str], bench: Bench, *, quick: bool) -> tuple[list[Lib
                 raise SystemExit(0) from e
             raise SystemExit(f"peer comparison: {spec.title}: {e}") from e
 
-        def run(w: Workload, python: Path = python, spec: PeerSpec = spec) -> dict[str, Any]:
+        def run(w: Workload, python: Path = venv.python, spec: PeerSpec = spec) -> dict[str, Any]:
             return run_peer(python, spec, w.task(url))
 
-        ready.append(Library(spec.name, spec.title, spec.driver, run))
+        ready.append(Library(spec.name, spec.title, spec.driver, venv.python_version, run))
     return ready, skipped
 
 
@@ -290,47 +294,80 @@ def _emit(
 
 def main(args: argparse.Namespace, sizes: Sizes) -> int:
     """Run the comparison; the exit status."""
-    from ..cli import grid, table  # the CLI imports this module lazily
-
     if not args.url or not args.url.startswith("postgres"):
         raise SystemExit("the peer comparison needs PostgreSQL: --url postgresql://...")
-    chosen = workloads(sizes, quick=args.quick)
-    if args.only:
-        names = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in names if n not in {w.name for w in workloads(sizes, quick=False)}]
-        if unknown:
-            raise SystemExit(f"unknown peer workload(s) {unknown}")
-        chosen = [w for w in workloads(sizes, quick=False) if w.name in names]
-    wanted = _peer_names(args.peers, quick=args.quick)
+    chosen = _chosen(args, sizes)
     repetitions = args.repeat or (1 if args.quick else 3)
-
     bench = Bench(args.url, sizes)
     started = time.perf_counter()
-    settings = {"bench": "settings", "url": describe_url(args.url), **bench.server_settings()}
-    settings.update(mode="peers", repetitions=repetitions, sizes="quick" if args.quick else "full")
-    print(json.dumps(settings), flush=True)
     try:
-        peers, skipped = _peers(wanted, bench, quick=args.quick)
-        ours = Library(OURS, OURS_TITLE, OURS_DRIVER, lambda w: run_ours(bench, w))
+        peers, skipped = _peers(_peer_names(args.peers, quick=args.quick), bench, quick=args.quick)
+        here = ".".join(map(str, sys.version_info[:2]))
+        ours = Library(OURS, OURS_TITLE, OURS_DRIVER, here, lambda w: run_ours(bench, w))
         libraries = [ours, *peers]
+        settings = _settings(bench, args, chosen, libraries, repetitions)
+        print(json.dumps(settings), flush=True)
         runs = _run_all(bench, chosen, libraries, repetitions)
         for w in chosen:
             _emit(bench, w, libraries, runs)
+    except PeerFailed as e:
+        raise SystemExit(f"peer comparison failed: {e}") from e
     finally:
         bench.cleanup()
     total = time.perf_counter() - started
-    print()
-    print(table(bench.results))
-    print()
-    print(f"medians of {repetitions} interleaved repetition(s); (x) = jobqueue / the peer:")
-    print("above 1 is ahead for jobs/s, below 1 is ahead for ms")
-    print(grid(side_by_side([r.as_json() for r in bench.results])))
-    for line in skipped:
-        print(line)
+    _summary(bench.results, repetitions, skipped)
     print(f"\n{len(bench.results)} results in {total:.1f} s on {describe_url(args.url)}")
     if args.json_out:
         dump_results(args.json_out, settings, total, bench.results)
     return 0
+
+
+def _chosen(args: argparse.Namespace, sizes: Sizes) -> list[Workload]:
+    if not args.only:
+        return workloads(sizes, quick=args.quick)
+    every = workloads(sizes, quick=False)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {w.name for w in every}]
+    if unknown:
+        raise SystemExit(
+            f"unknown peer workload(s) {unknown}; choose from {[w.name for w in every]}"
+        )
+    return [w for w in every if w.name in names]
+
+
+def _settings(
+    bench: Bench,
+    args: argparse.Namespace,
+    chosen: Sequence[Workload],
+    libraries: Sequence[Library],
+    repetitions: int,
+) -> dict[str, Any]:
+    """The run's first line: the server, and what ran where."""
+    out: dict[str, Any] = {"bench": "settings", "url": describe_url(args.url)}
+    out.update(bench.server_settings())
+    out.update(
+        mode="peers",
+        repetitions=repetitions,
+        sizes="quick" if args.quick else "full",
+        workloads={w.name: w.jobs for w in chosen},
+        libraries={
+            lib.name: f"{lib.title} ({lib.driver}), Python {lib.python}" for lib in libraries
+        },
+    )
+    return out
+
+
+def _summary(results: Sequence[Result], repetitions: int, skipped: Sequence[str]) -> None:
+    from ..cli import grid, table  # the CLI imports this module lazily
+
+    print()
+    print(table(list(results)))
+    print()
+    print(f"medians of {repetitions} interleaved repetition(s); (x) = jobqueue / the peer:")
+    print("above 1 is ahead for jobs/s, below 1 is ahead for ms")
+    print(grid(side_by_side([r.as_json() for r in results])))
+    for line in skipped:
+        print(line)
 
 
 def _peer_names(option: str, *, quick: bool) -> list[str]:

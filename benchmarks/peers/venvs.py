@@ -166,13 +166,26 @@ def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-def ensure_venv(spec: PeerSpec, note: Callable[[str], None] = print) -> Path:
-    """The peer's virtualenv's Python, made and installed first if need be."""
+@dataclass(frozen=True)
+class Venv:
+    """A peer's virtualenv, ready: its interpreter and that interpreter's version."""
+
+    python: Path
+    version: tuple[int, int]
+
+    @property
+    def python_version(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def ensure_venv(spec: PeerSpec, note: Callable[[str], None] = print) -> Venv:
+    """The peer's virtualenv, made and installed first if need be."""
     python, version = find_python(spec.min_python)
     venv = cache_dir() / f"{spec.name}-{spec.version}"
+    ready = Venv(venv / "bin" / "python", version)
     with _locked(venv.with_name(venv.name + ".lock")):
         if _usable(venv, spec, version):
-            return venv / "bin" / "python"
+            return ready
         note(f"creating {venv} (Python {'.'.join(map(str, version))}) ...")
         shutil.rmtree(venv, ignore_errors=True)
         made = subprocess.run(
@@ -201,4 +214,4 @@ def ensure_venv(spec: PeerSpec, note: Callable[[str], None] = print) -> Path:
                 f"(is the package index reachable?): {_tail(pip.stderr)}"
             )
         (venv / MARKER).write_text(json.dumps(_marker(spec, version)) + "\n")
-    return venv / "bin" / "python"
+    return ready
