@@ -256,6 +256,7 @@ def _raw_statements(q: JobQueue | AsyncJobQueue, dialect: Any) -> dict[str, _Raw
         "idempotency_key": None,
         "run_at_value": None,
         "delay_seconds": 0.0,
+        "limit_key": None,  # the kind is the key, as for a job enqueued without one
     }
     done = [
         {
