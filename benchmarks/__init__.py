@@ -1,4 +1,4 @@
-"""jobqueue's benchmark suite (issue 6): ``python -m benchmarks --url URL``.
+"""jobqueue's benchmark suite: ``python -m benchmarks --url URL``.
 
 Every result is printed as one JSON line and, where a raw ceiling applies, also as a ratio
 to that ceiling measured in the same run on the same server: absolute numbers drift on a

@@ -88,7 +88,7 @@ VARIANTS = (
     "sqlalchemy_fetchall/ac_engine",
 )
 RAW = "raw"
-#: The decision threshold of issue 13: SQLAlchemy's execution within a few percent.
+#: The decision threshold: SQLAlchemy's execution within a few percent of the driver's.
 WITHIN = 1.05
 WORKER = "bench-exec"
 LEASE = 3600.0

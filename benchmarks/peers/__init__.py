@@ -1,4 +1,4 @@
-"""The peer comparison (``python -m benchmarks --peers``, issue 15): jobqueue side by side
+"""The peer comparison (``python -m benchmarks --peers``): jobqueue side by side
 with PgQueuer, procrastinate and Oban for Python. `compare` runs it; `venvs` makes the
 peers' virtualenvs; ``bench_<peer>.py`` drive each peer from inside its virtualenv, with
 the standard-library `harness` they share with jobqueue's own latency workload.

@@ -132,8 +132,8 @@ def ratio(ours: float, theirs: float) -> float | None:
 
 
 def met(w: Workload, metric: str, peer: str, value: float | None) -> bool | None:
-    """Whether a ratio meets issue 15's target: the rates against PgQueuer; the pickup
-    latencies below every peer's."""
+    """Whether a ratio meets its target (docs/performance.md): the rates against
+    PgQueuer; the pickup latencies below every peer's."""
     if value is None:
         return None
     if metric != "rate":

@@ -119,7 +119,7 @@ class Line:
 
 
 SMALL_LINE = Line(20_000, 200)
-#: The size issue 14 names: a million pending jobs across ten thousand owners.
+#: The size the scheduler is held to: a million pending jobs across ten thousand owners.
 LARGE_LINE = Line(1_000_000, 10_000)
 
 
