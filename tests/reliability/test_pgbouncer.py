@@ -262,6 +262,8 @@ def test_the_behavioural_suite_passes_through_a_transaction_pooler(
             "-p",
             "no:cacheprovider",
             "-q",
+            "-n",
+            "0",  # one process: the pooler's connections are the point, not the speed
             "-k",
             "postgres",
             str(root / "tests" / "queue" / "test_queue.py"),
