@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         Completion,
         Job,
         NewJob,
+        Position,
         Status,
         StatusStats,
     )
@@ -94,6 +95,7 @@ _LAZY: dict[str, str] = {
     "MOVES": "models",
     "MockGenerator": "generators",
     "NewJob": "models",
+    "Position": "models",
     "Registry": "worker.registry",
     "Settings": "config",
     "Status": "models",
@@ -149,6 +151,7 @@ __all__ = [
     "NewJob",
     "PayloadError",
     "PermissionDenied",
+    "Position",
     "Registry",
     "RetryLater",
     "SchemaNotInstalled",

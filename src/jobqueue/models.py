@@ -429,3 +429,117 @@ class LiveWorker:
             "expires_at": self.expires_at.isoformat(),
             "beat_age_sec": round(self.beat_age, 3),
         }
+
+
+# -- a job's place in the line ---------------------------------------------------------------
+
+#: How many jobs ahead of one `JobQueue.position` counts at most; past it, it says "more
+#: than" this many (`Position.more`) rather than read further.
+DEFAULT_POSITION_LIMIT = 1000
+#: How many of its kind's latest completed runs a position's estimate is taken from.
+RUN_TIME_SAMPLES = 20
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``21st``…"""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def about(seconds: float) -> str:
+    """A duration as a person waits it: ``about 40 s``, ``about 3 min``, ``about 2 h``."""
+    if seconds < 1:
+        return "any moment"
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {round(seconds / 3600)} h"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a job stands: how many jobs are ahead of it and when it may start and finish
+    (`JobQueue.position`). Every time is measured by the database clock, at ``measured_at``.
+
+    - pending, in the line: ``ahead`` jobs will be claimed before it (``more``: more than
+      that many; it was not counted further). ``start_in`` and ``finish_in`` are estimates
+      in seconds, None when nothing can be estimated: no completed run of its kind to go
+      by, no live worker serving it, or too many jobs ahead to count;
+    - pending, not yet in the line (scheduled for later, backing off after a failure,
+      held back, or inserted by another client): ``ahead`` is None, ``enters_line_in``
+      says when it is due (0: now; a worker puts it in line within a second or so);
+    - processing: ``ahead`` is 0, ``start_in`` None (it started), ``finish_in`` its
+      kind's typical run time less the time it has run (None once it has run longer);
+    - final: ``ahead`` None and no estimate.
+    """
+
+    job_id: uuid.UUID
+    status: Status
+    ahead: int | None
+    more: bool = False
+    start_in: float | None = None
+    finish_in: float | None = None
+    enters_line_in: float | None = None
+    #: The median run time of its kind's latest completed runs (`RUN_TIME_SAMPLES`), in
+    #: seconds; None when none completed.
+    run_time: float | None = None
+    #: How many jobs the live workers that serve this job run at once (their concurrency);
+    #: None when the live workers could not be read.
+    capacity: int | None = None
+    measured_at: datetime | None = None
+
+    @property
+    def place(self) -> int | None:
+        """Its place in the line, counting from 1 (``ahead`` + 1), while it waits in it."""
+        if self.status is not Status.PENDING or self.ahead is None:
+            return None
+        return self.ahead + 1
+
+    def describe(self) -> str:
+        """One line for a person waiting: ``3rd in line · about 40 s`` (until it is done),
+        ``running · about 12 s left``, ``more than 1000 jobs ahead``, ``scheduled: enters
+        the line in about 5 min``, or empty for a final job."""
+        if self.status.is_final:
+            return ""
+        if self.status is Status.PROCESSING:
+            if self.finish_in is None:
+                return "running"
+            if self.finish_in < 1:
+                return "running · finishing any moment"
+            return f"running · {about(self.finish_in)} left"
+        if self.ahead is None:
+            if self.enters_line_in is not None and self.enters_line_in >= 1:
+                return f"scheduled: enters the line in {about(self.enters_line_in)}"
+            return "entering the line"
+        parts: list[str] = []
+        if self.more:
+            parts.append(f"more than {self.ahead} jobs ahead")
+        else:
+            parts.append(f"{ordinal(self.ahead + 1)} in line")
+        if self.finish_in is not None:
+            parts.append(about(self.finish_in))
+        elif self.capacity == 0:
+            parts.append("no worker serves it")
+        return " · ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (seconds rounded to tenths), for ``jobqueue status --json``."""
+
+        def tenths(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "job_id": str(self.job_id),
+            "status": self.status.value,
+            "ahead": self.ahead,
+            "more": self.more,
+            "place": self.place,
+            "start_in": tenths(self.start_in),
+            "finish_in": tenths(self.finish_in),
+            "enters_line_in": tenths(self.enters_line_in),
+            "run_time": tenths(self.run_time),
+            "capacity": self.capacity,
+            "measured_at": None if self.measured_at is None else self.measured_at.isoformat(),
+            "text": self.describe(),
+        }

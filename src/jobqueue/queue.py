@@ -54,6 +54,7 @@ from .models import (
     DEFAULT_KIND,
     DEFAULT_LEASE,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_POSITION_LIMIT,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
     ClaimMode,
@@ -63,17 +64,19 @@ from .models import (
     LiveWorker,
     NewJob,
     Placement,
+    Position,
     Status,
     StatusStats,
     WorkerPresence,
 )
 from .operations import Access, Operation, presence
 from .operations import limits as limit_ops
+from .operations.position import PositionCache, position
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import QueueLimits, new_job_row, seconds_of
+from .validation import QueueLimits, new_job_row, parse_job_id, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -96,6 +99,14 @@ def _claimed(result: tuple[set[UUID], builtins.list[Job]]) -> builtins.list[Job]
 
 
 JobRef = Job | UUID | str
+
+
+class PositionKey(NamedTuple):
+    """What a kept position is found by: the job, whose it is asked as, how far to count."""
+
+    job_id: UUID
+    owner_id: str | None
+    limit: int
 
 
 class EnqueueOptions(TypedDict, total=False):
@@ -171,6 +182,11 @@ class _QueueBase(Generic[E]):
         self.retry_backoff = retry_backoff
         self._claim_mode = ClaimMode()
         self._placement = Placement()
+        #: Recent answers of `position`, a few seconds each (`PositionCache`).
+        self.positions = PositionCache()
+        # False once the live workers proved unreadable for this caller: positions are
+        # then computed without them (no capacity, so no estimate).
+        self._workers_readable = True
 
     def _plans_for(self, engine: E) -> dict[Access, _Plan[E]]:
         """Where each kind of operation runs (the one place that decides it).
@@ -320,6 +336,22 @@ class _QueueBase(Generic[E]):
             retry_in=retry_in,
             backoff=self.retry_backoff,
         )
+
+    def _position_key(self, job_id: JobRef, owner_id: str | None, limit: int) -> PositionKey:
+        return PositionKey(parse_job_id(job_id), owner_id, limit)
+
+    def _position_op(self, key: PositionKey) -> Operation[Position]:
+        workers = self.worker_statements if self._workers_readable else None
+        return position(self.statements, workers, key.job_id, key.owner_id, key.limit)
+
+    def _position_without_workers(self, exc: JobQueueError) -> bool:
+        """Whether to compute positions without the live workers from now on: the read
+        failed as it does when this caller may not read their table (or it is missing)."""
+        if not self._workers_readable or not isinstance(exc, PermissionDenied | SchemaNotInstalled):
+            return False
+        log.debug("positions without the live workers: %s", exc)
+        self._workers_readable = False
+        return True
 
     @staticmethod
     def _final(job: Job) -> Job:
@@ -693,6 +725,42 @@ class JobQueue(_QueueBase[Engine]):
     def retry(self, job_id: JobRef) -> Job:
         """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
         return self._run(ops.retry(self.statements, job_id))
+
+    def position(
+        self,
+        job_id: JobRef,
+        *,
+        owner_id: str | None = None,
+        limit: int = DEFAULT_POSITION_LIMIT,
+        max_age: float | None = None,
+    ) -> Position:
+        """Where the job stands: how many jobs are ahead of it in the line, and when it
+        is expected to start and finish (`Position`; ``position.describe()`` says it in
+        words, e.g. ``3rd in line · about 40 s``). With ``owner_id``, `JobNotFound`
+        unless the job is theirs.
+
+        Jobs ahead are counted in the order the workers claim them (priority, then the
+        fair-share turn, then id), across the queues of the live workers that serve the
+        job, at most ``limit`` of them (``position.more`` says there are more). The
+        estimates come from the median run time of the kind's latest completed runs and
+        the concurrency of those live workers; they are None when nothing can be
+        estimated. Every time is by the database clock.
+
+        An answer is kept for ``max_age`` seconds (default 3, the queue's
+        ``positions.max_age``), so that polling it often costs the database one
+        computation per job per few seconds; 0 computes it afresh.
+        """
+        key = self._position_key(job_id, owner_id, limit)
+        found = self.positions.get(key, max_age)
+        if found is None:
+            try:
+                found = self._run(self._position_op(key))
+            except JobQueueError as exc:
+                if not self._position_without_workers(exc):
+                    raise
+                found = self._run(self._position_op(key))
+            self.positions.put(key, found)
+        return found
 
     def list(
         self,
@@ -1072,6 +1140,42 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def retry(self, job_id: JobRef) -> Job:
         """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
         return await self._run(ops.retry(self.statements, job_id))
+
+    async def position(
+        self,
+        job_id: JobRef,
+        *,
+        owner_id: str | None = None,
+        limit: int = DEFAULT_POSITION_LIMIT,
+        max_age: float | None = None,
+    ) -> Position:
+        """Where the job stands: how many jobs are ahead of it in the line, and when it
+        is expected to start and finish (`Position`; ``position.describe()`` says it in
+        words, e.g. ``3rd in line · about 40 s``). With ``owner_id``, `JobNotFound`
+        unless the job is theirs.
+
+        Jobs ahead are counted in the order the workers claim them (priority, then the
+        fair-share turn, then id), across the queues of the live workers that serve the
+        job, at most ``limit`` of them (``position.more`` says there are more). The
+        estimates come from the median run time of the kind's latest completed runs and
+        the concurrency of those live workers; they are None when nothing can be
+        estimated. Every time is by the database clock.
+
+        An answer is kept for ``max_age`` seconds (default 3, the queue's
+        ``positions.max_age``), so that polling it often costs the database one
+        computation per job per few seconds; 0 computes it afresh.
+        """
+        key = self._position_key(job_id, owner_id, limit)
+        found = self.positions.get(key, max_age)
+        if found is None:
+            try:
+                found = await self._run(self._position_op(key))
+            except JobQueueError as exc:
+                if not self._position_without_workers(exc):
+                    raise
+                found = await self._run(self._position_op(key))
+            self.positions.put(key, found)
+        return found
 
     async def list(
         self,

@@ -89,6 +89,7 @@ def exercise(q: JobQueue) -> None:
     refused(lambda: q.cancel(pending))  # final: refused
     refused(lambda: q.cancel(q.enqueue("image", {}, owner_id="a"), owner_id="b"))
     q.get(pending)
+    q.position(q.enqueue("image", {}))  # every read a pending job in line makes
     q.list(status="pending", since=timedelta(hours=1))
     q.stats()
     q.reap()

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import PayloadError, PermissionDenied, SchemaNotInstalled
 from ..models import LiveWorker, WorkerPresence
 from ..sql.presence import NEEDS, PresenceStatements
+from ..sql.steps import Rows
 from ..validation import check_int, check_text, seconds_of
 from .contract import Access, Steps, operation
 
@@ -93,6 +94,11 @@ def sweep(s: PresenceStatements) -> Steps[list[str]]:
 def live_workers(s: PresenceStatements) -> Steps[list[LiveWorker]]:
     """The live workers, oldest first."""
     rows = yield s.live()
+    return read_live(rows)
+
+
+def read_live(rows: Rows) -> list[LiveWorker]:
+    """The rows of `PresenceStatements.live` as `LiveWorker` records."""
     return [
         LiveWorker(
             worker_id=r["worker_id"],

@@ -172,6 +172,16 @@ def jobs_table(
     # The jobs waiting to enter the line, by the time they may.
     waiting = and_(t.c.status == text("'pending'"), t.c.turn.is_(None))
     Index(f"{name}_entry_idx", t.c.run_at, postgresql_where=waiting, sqlite_where=waiting)
+    # Each kind's latest completed runs: what a job's expected run time is taken from
+    # (`jobqueue.sql.position`; migration 0006).
+    completed = t.c.status == text("'completed'")
+    Index(
+        f"{name}_done_idx",
+        t.c.kind,
+        t.c.completed_at,
+        postgresql_where=completed,
+        sqlite_where=completed,
+    )
     processing = t.c.status == text("'processing'")
     Index(
         f"{name}_lease_idx",
