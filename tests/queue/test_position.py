@@ -18,7 +18,9 @@ from tests.conftest import Either
 RUN = 10.0  # seconds each completed run is made to have taken
 
 
-async def completed_runs(q: Either, raw_sql: Any, n: int, seconds: float, kind: str = "image") -> None:
+async def completed_runs(
+    q: Either, raw_sql: Any, n: int, seconds: float, kind: str = "image"
+) -> None:
     """``n`` completed jobs of ``kind`` whose run took ``seconds``."""
     for i in range(n):
         await q.enqueue(kind, {"done": i}, queue="history")

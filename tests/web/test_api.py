@@ -1012,3 +1012,72 @@ async def test_open_streams_per_owner_are_bounded(aqueue: AsyncJobQueue) -> None
             assert (await alice.get(f"/jobs/{uuid.uuid4()}/events")).status_code == 404
         async with alice.stream("GET", f"/jobs/{ids[1]}/events") as last:
             assert last.status_code == 200
+
+
+# -- where a job stands in the line ---------------------------------------------------------
+
+
+async def made_history(aqueue: AsyncJobQueue, raw_sql: Callable[..., list[Any]]) -> None:
+    """Two completed image runs of 10 s each, and a live worker running two at once."""
+    from jobqueue import Completion
+    from jobqueue.models import WorkerPresence
+
+    for _ in range(2):
+        await aqueue.enqueue("image", {}, queue="history")
+    done = await aqueue.claim("w-history", limit=2, queues=["history"])
+    await aqueue.complete_many([Completion(j) for j in done])
+    if aqueue.is_postgres:
+        later = "started_at + interval '10 seconds'"
+    else:
+        later = "strftime('%Y-%m-%d %H:%M:%f000', started_at, '+10 seconds')"
+    raw_sql(f"UPDATE {aqueue.table.name} SET completed_at = {later} WHERE queue = 'history'")
+    await aqueue.worker_beat(WorkerPresence("w1", ("default",), None, 2), ttl=60)
+
+
+async def test_get_shows_the_place_in_line_and_the_eta(
+    alice: httpx.AsyncClient, aqueue: AsyncJobQueue, raw_sql: Callable[..., list[Any]]
+) -> None:
+    ids = [(await alice.post("/jobs", json={"prompt": f"p{i}"})).json()["id"] for i in range(3)]
+    unknown = (await alice.get(f"/jobs/{ids[2]}")).json()
+    assert (unknown["position"], unknown["position_more"], unknown["eta_seconds"]) == (
+        2,
+        False,
+        None,
+    )
+    assert unknown["position_text"] == "3rd in line · no worker serves it"
+    await made_history(aqueue, raw_sql)
+    aqueue.positions.max_age = 0  # no kept answer from before the history
+    body = (await alice.get(f"/jobs/{ids[2]}")).json()
+    assert (body["position"], body["start_eta_seconds"], body["eta_seconds"]) == (2, 10, 20)
+    assert body["position_text"] == "3rd in line · about 20 s"
+    await alice.post(f"/jobs/{ids[2]}/cancel")
+    final = (await alice.get(f"/jobs/{ids[2]}")).json()
+    assert (final["position"], final["eta_seconds"], final["position_text"]) == (None, None, None)
+    # The list and the answers of POST and cancel leave the position out (not computed).
+    assert "position" not in (await alice.get("/jobs")).json()["jobs"][0]
+
+
+async def test_event_stream_sends_the_line_moving(
+    aqueue: AsyncJobQueue, raw_sql: Callable[..., list[Any]]
+) -> None:
+    """A job ahead leaving the line is news to a stream, though the job itself did not
+    change."""
+    await made_history(aqueue, raw_sql)
+    aqueue.positions.max_age = 0
+    app = create_app(aqueue, identify=by_header, events_poll_interval=0.05)
+    async with (
+        running_server(app) as base,
+        httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as client,
+    ):
+        ids = [
+            (await client.post("/jobs", json={"prompt": f"p{i}"})).json()["id"] for i in range(3)
+        ]
+        events = read_events(client, f"/jobs/{ids[2]}/events")
+        first = await anext(events)
+        assert (first["status"], first["position"], first["eta_seconds"]) == ("pending", 2, 20)
+        await client.post(f"/jobs/{ids[0]}/cancel")
+        moved = await anext(events)
+        assert (moved["status"], moved["position"], moved["eta_seconds"]) == ("pending", 1, 10)
+        await client.post(f"/jobs/{ids[2]}/cancel")
+        last = await anext(events)
+        assert (last["status"], last["position"]) == ("cancelled", None)

@@ -32,11 +32,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigurationError, JobQueueError
 from ..generators.base import IMAGE_KIND
-from ..models import DEFAULT_QUEUE, Job, Status
+from ..models import DEFAULT_QUEUE, Job, Position, Status
 from ..queue import AsyncJobQueue
 from ..validation import parse_job_id
 from .allowed import Allowed
-from .events import RECONNECT_MS, Subscription, Watchers, job_events
+from .events import RECONNECT_MS, Snapshot, Subscription, Watchers, job_events
 from .guards import (
     DEMO_RATE_LIMIT,
     OriginCheck,
@@ -124,10 +124,29 @@ class JobsApi:
             )
         return owner
 
-    def view(self, request: Request, job: Job) -> dict[str, Any]:
+    def view(self, request: Request, job: Job, position: Position | None = None) -> dict[str, Any]:
         # A path, not an absolute URL: behind a TLS-terminating proxy the app may not know
         # the public scheme and host, and the browser resolves a path correctly anyway.
-        return job_view(job, lambda name: request.url_for("mock_image", name=name).path)
+        return job_view(job, lambda name: request.url_for("mock_image", name=name).path, position)
+
+    async def snapshot(self, job_id: str, owner: str, job: Job | None = None) -> Snapshot:
+        """The job (read now unless given) and where it stands.
+
+        The position is the queue's kept answer (a few seconds old at most) unless the
+        job has moved since it was computed. Where it cannot be had (the database is
+        busy), the job is shown without it rather than not at all."""
+        if job is None:
+            job = await self.queue.get(job_id, owner_id=owner)
+        if job.is_final:
+            return Snapshot(job, Position(job.id, job.status, None))
+        try:
+            position = await self.queue.position(job.id, owner_id=owner)
+            if position.status is not job.status:
+                position = await self.queue.position(job.id, owner_id=owner, max_age=0)
+        except JobQueueError as exc:
+            logger.debug("no position for job %s: %s", job.id, exc)
+            return Snapshot(job)
+        return Snapshot(job, position)
 
     def job_id(self, request: Request) -> str:
         return str(parse_job_id(request.path_params["job_id"]))
@@ -195,8 +214,8 @@ class JobsApi:
 
     async def show(self, request: Request) -> Response:
         owner = await self.owner_of(request)
-        job = await self.queue.get(self.job_id(request), owner_id=owner)
-        return JSONResponse(self.view(request, job), headers=_NO_STORE)
+        seen = await self.snapshot(self.job_id(request), owner)
+        return JSONResponse(self.view(request, seen.job, seen.position), headers=_NO_STORE)
 
     async def list_jobs(self, request: Request) -> Response:
         owner = await self.owner_of(request)
@@ -234,15 +253,15 @@ class JobsApi:
                 headers={"Retry-After": str(seconds)},
             )
         try:
-            first = await self.queue.get(job_id, owner_id=owner)  # 404 now, not in the stream
+            first = await self.snapshot(job_id, owner)  # 404 now, not in the stream
         except BaseException:
             watchers.release(owner)
             raise
 
-        async def load() -> Job:
-            return await self.queue.get(job_id, owner_id=owner)
+        async def load() -> Snapshot:
+            return await self.snapshot(job_id, owner)
 
-        if first.is_final:  # nothing will change: send it, no watch needed
+        if first.job.is_final:  # nothing will change: send it, no watch needed
             sub = Subscription(first)
         else:
             sub = watchers.subscribe(owner, job_id, first, load)
@@ -253,7 +272,7 @@ class JobsApi:
 
         stream = job_events(
             sub,
-            lambda job: self.view(request, job),
+            lambda seen: self.view(request, seen.job, seen.position),
             heartbeat_interval=self.heartbeat_interval,
             gone={"error": {"code": "not_found", "message": self.not_found}},
         )

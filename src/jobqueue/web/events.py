@@ -4,10 +4,10 @@ Every open stream of the same job (and owner) shares one `JobWatch`: a single ta
 the job from the store once per interval (one indexed primary-key read) and hands each
 change to all of that job's streams, so a hundred tabs on one job cost the database what
 one does. A change is what `AsyncJobQueue.wait` calls one (`operations.Waiter`): the
-status, progress or attempt moved. A (re)connecting client always gets the current
-snapshot first (read when its stream opens), so an EventSource that reconnects after a
-network blip misses nothing. Comment lines keep idle proxies from closing a stream while a
-job waits in line.
+status, progress or attempt moved; or the job's place in the line (`Snapshot.key`). A
+(re)connecting client always gets the current snapshot first (read when its stream
+opens), so an EventSource that reconnects after a network blip misses nothing. Comment
+lines keep idle proxies from closing a stream while a job waits in line.
 
 The number of open streams per owner is bounded (`Watchers.reserve`), so one caller
 cannot hold an unbounded number of connections and tasks.
@@ -21,11 +21,12 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DatabaseUnavailable, JobNotFound
-from ..models import Job
+from ..models import Job, Position
 from ..operations.waiting import Waiter
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,42 @@ logger = logging.getLogger(__name__)
 #: Tells EventSource how long to wait before reconnecting (milliseconds).
 RECONNECT_MS = 3000
 
-Load = Callable[[], Awaitable[Job]]
+#: An estimate moving by less than this many seconds is no news to a stream.
+ETA_STEP = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a stream shows of a job: the job, and where it stands (None: not known)."""
+
+    job: Job
+    position: Position | None = None
+
+    def key(self) -> Hashable:
+        """What makes a snapshot news: the job's status, progress or attempt, how many
+        jobs are ahead of it, or its estimated finish moving by `ETA_STEP` seconds."""
+        j, p = self.job, self.position
+        place = None
+        if p is not None:
+            eta = None if p.finish_in is None else round(p.finish_in / ETA_STEP)
+            place = (p.ahead, p.more, eta)
+        return (j.status, j.progress, j.progress_message, j.attempts, place)
+
+
+class Seen:
+    """Remembers the last snapshot a reader was given, and says whether one is news."""
+
+    def __init__(self) -> None:
+        self._key: Hashable = object()
+
+    def changed(self, snapshot: Snapshot) -> bool:
+        key = snapshot.key()
+        news = key != self._key
+        self._key = key
+        return news
+
+
+Load = Callable[[], Awaitable[Snapshot]]
 
 
 def sse_message(data: Any, *, event: str | None = None) -> str:
@@ -45,15 +81,15 @@ def sse_message(data: Any, *, event: str | None = None) -> str:
 class Subscription:
     """One stream's view of a `JobWatch`: the latest snapshot and whether it ended."""
 
-    def __init__(self, first: Job) -> None:
-        self.latest: Job = first
+    def __init__(self, first: Snapshot) -> None:
+        self.latest: Snapshot = first
         self.gone = False  # the job disappeared (pruned) while watched
         self.broken = False  # the watch stopped on an unexpected error
         self.news = asyncio.Event()
         self.news.set()  # the first snapshot is news
 
-    def publish(self, job: Job) -> None:
-        self.latest = job
+    def publish(self, snapshot: Snapshot) -> None:
+        self.latest = snapshot
         self.news.set()
 
     def end(self, *, gone: bool) -> None:
@@ -77,6 +113,7 @@ class JobWatch:
 
     async def _run(self) -> None:
         waiter = Waiter(self.interval, None)
+        seen = Seen()
         try:
             while True:
                 await asyncio.sleep(waiter.interval)
@@ -85,17 +122,17 @@ class JobWatch:
                 if not self.subscriptions:
                     return
                 try:
-                    job = await self.load()
+                    snapshot = await self.load()
                 except JobNotFound:  # pruned while we watched
                     for sub in self.subscriptions:
                         sub.end(gone=True)
                     return
                 except DatabaseUnavailable:
                     continue  # try again next interval; the streams keep their heartbeats
-                if waiter.changed(job):
+                if seen.changed(snapshot):
                     for sub in self.subscriptions:
-                        sub.publish(job)
-                if job.is_final:
+                        sub.publish(snapshot)
+                if snapshot.job.is_final:
                     return
         except Exception:
             logger.exception("the event stream's watch of a job failed")
@@ -129,7 +166,7 @@ class Watchers:
     def open_streams(self, owner: str) -> int:
         return self._streams[owner]
 
-    def subscribe(self, owner: str, job_id: str, first: Job, load: Load) -> Subscription:
+    def subscribe(self, owner: str, job_id: str, first: Snapshot, load: Load) -> Subscription:
         """Join the job's watch (starting one if none runs) with ``first`` as the snapshot."""
         sub = Subscription(first)
         key = (owner, job_id)
@@ -167,7 +204,7 @@ class Watchers:
 
 async def job_events(
     sub: Subscription,
-    view: Callable[[Job], dict[str, Any]],
+    view: Callable[[Snapshot], dict[str, Any]],
     *,
     heartbeat_interval: float,
     gone: dict[str, Any],
@@ -175,7 +212,7 @@ async def job_events(
     """Yield SSE frames for one subscription: a snapshot per change, ending after the final
     status (or a ``gone`` event when the job was pruned)."""
     yield f"retry: {RECONNECT_MS}\n\n"
-    seen = Waiter(heartbeat_interval, None)
+    seen = Seen()
     quiet_since = time.monotonic()
     while True:
         left = heartbeat_interval - (time.monotonic() - quiet_since)
@@ -191,9 +228,9 @@ async def job_events(
             return
         if sub.broken:
             return  # the client reconnects after RECONNECT_MS and gets a fresh watch
-        job = sub.latest
-        if seen.changed(job):
-            yield sse_message(view(job))
+        snapshot = sub.latest
+        if seen.changed(snapshot):
+            yield sse_message(view(snapshot))
             quiet_since = time.monotonic()
-            if job.is_final:
+            if snapshot.job.is_final:
                 return

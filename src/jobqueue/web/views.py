@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import GenerationError
 from ..generators.base import GenerationResult
-from ..models import Job
+from ..models import Job, Position
 from .placeholder import NAME
 
 #: Hosts under the reserved ``.invalid`` top-level domain (RFC 2606) can never be fetched:
@@ -109,11 +109,34 @@ def public_error(error: str | None) -> tuple[str | None, str | None]:
     return code, PUBLIC_ERRORS[code]
 
 
-def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
+def position_view(position: Position) -> dict[str, Any]:
+    """Where a job stands, for a person waiting (`AsyncJobQueue.position`): ``position``
+    is how many jobs are ahead of it (0 while it runs; null when it is not in the line:
+    final, or waiting for its time), ``position_more`` says there are more than that,
+    ``eta_seconds`` and ``start_eta_seconds`` estimate when it finishes and starts (whole
+    seconds; null when nothing can be estimated), and ``position_text`` says it in words
+    ("3rd in line · about 40 s")."""
+
+    def whole(seconds: float | None) -> int | None:
+        return None if seconds is None else round(seconds)
+
+    return {
+        "position": position.ahead,
+        "position_more": position.more,
+        "eta_seconds": whole(position.finish_in),
+        "start_eta_seconds": whole(position.start_in),
+        "position_text": position.describe() or None,
+    }
+
+
+def job_view(
+    job: Job, placeholder_url: PlaceholderUrl, position: Position | None = None
+) -> dict[str, Any]:
     """The JSON body of ``GET /jobs/{id}`` (and of every other answer about one job).
 
     ``preview_urls`` are what a browser should display: the result images, except that
-    unreachable mock URLs become the app's own placeholder drawings.
+    unreachable mock URLs become the app's own placeholder drawings. With ``position``,
+    the fields of `position_view` too (``GET /jobs/{id}`` and its event stream).
     """
     images = result_images(job)
     previews = []
@@ -145,4 +168,5 @@ def job_view(job: Job, placeholder_url: PlaceholderUrl) -> dict[str, Any]:
         "updated_at": _iso(job.updated_at),
         "duration": job.duration,
         "final": job.is_final,
+        **({} if position is None else position_view(position)),
     }
