@@ -953,8 +953,11 @@ async def test_many_streams_on_one_job_cost_one_read_per_interval(
             reads = counter.count - before
             print(f"{streams} streams, {reads} reads in {20 * interval:g} s")
             # One shared watch: about one read per interval (timers on a busy machine
-            # may fire late, never more often); one watch per stream would be 12 times that.
-            assert 5 <= reads <= 22, reads
+            # may fire late, never more often), and the job's position computed again once
+            # its kept answer is older than max_age (its few statements, at most once in
+            # these 2 s); one watch per stream would be 12 times that.
+            position_reads = 5
+            assert 5 <= reads <= 22 + position_reads, reads
             # ...and every stream still gets every change.
             [held] = await aqueue.claim("w1")
             await aqueue.complete(held)
