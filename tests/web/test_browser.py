@@ -371,3 +371,58 @@ async def test_client_and_demo_page_use_only_http_and_data_image_urls(
             await context.close()
     finally:
         await queue.close()
+
+
+async def test_the_page_says_the_place_in_line_and_the_wait(
+    jobqueue_sqlite_url: str, table_name: str, browser: Any
+) -> None:
+    """One slot, held by a job that runs for ever (the gate stays shut), two more jobs
+    ahead, and runs of 10 s so far: the page's job is 3rd in line, done in about 40 s
+    (what is left of the running job's 10 s, two jobs of 10 s, then its own). The status
+    lines in the console say the same."""
+    from jobqueue import Completion
+    from tests.conftest import sql_runner
+
+    migrate(jobqueue_sqlite_url, table=table_name)
+    queue = AsyncJobQueue(jobqueue_sqlite_url, table=table_name)
+    for _ in range(3):
+        await queue.enqueue("image", {"prompt": "history"}, queue="history")
+    done = await queue.claim("w-history", limit=3, queues=["history"])
+    await queue.complete_many([Completion(j) for j in done])
+    with sql_runner(jobqueue_sqlite_url) as run:
+        run(
+            f"UPDATE {table_name} SET completed_at = "
+            "strftime('%Y-%m-%d %H:%M:%f000', started_at, '+10 seconds')"
+        )
+    for owner in ("a", "b", "c"):  # one runs, two wait ahead of the page's job
+        await queue.enqueue("image", {"prompt": owner}, owner_id=owner)
+    generator = GatedMock(MockGenerator(delay=0.1, steps=1))
+    worker = Worker(queue, generator=generator, poll_interval=0.2, listen=False, concurrency=1)
+    app = create_app(queue, worker=worker, poll_interval_ms=300)
+    try:
+        async with running_server(app) as base:
+            await asyncio.wait_for(generator.started.wait(), STEP_TIMEOUT)
+            context = await browser.new_context()
+            page = await context.new_page()
+            lines: list[str] = []
+            page.on("console", lambda message: lines.append(message.text))
+            page.set_default_timeout(STEP_TIMEOUT * 1000)
+            await page.goto(base + "/")
+            await page.fill("#prompt", "wait in line")
+            await page.click("text=Generate")
+            created = await wait_for_line(lines, r"📋 Job created: ([0-9a-f-]{36})")
+            said = await wait_for_line(
+                lines, rf"⏳ Job {created.group(1)} status: pending · 3rd in line · about (\d+) s"
+            )
+            assert 30 <= int(said.group(1)) <= 40
+            wait = page.locator("#wait")
+            await wait.wait_for(state="visible")
+            shown = await wait.text_content() or ""
+            assert re.fullmatch(r"3rd in line · about (3\d|40) s", shown), shown
+            generator.gate.set()
+            await wait_for_line(lines, rf"⏳ Job {created.group(1)} status: completed")
+            await page.wait_for_function("document.getElementById('wait').hidden")
+            await context.close()
+    finally:
+        generator.gate.set()
+        await queue.close()

@@ -2,7 +2,14 @@
 // Running job ids live in localStorage, so a reload (or a closed and reopened tab) picks
 // them up again and follows them to the end.
 
-import { cancelJob, followJob, generateImageAsync, listJobs, safeUrl } from "./jobqueue.js";
+import {
+  cancelJob,
+  followJob,
+  generateImageAsync,
+  listJobs,
+  safeUrl,
+  waitText,
+} from "./jobqueue.js";
 
 const STORE_KEY = "jobqueue.running";
 const pollInterval = Number(document.body.dataset.pollInterval) || 3000;
@@ -45,6 +52,10 @@ function showJob(job) {
   const detail = job.progress_message ? ` — ${job.progress_message}` : "";
   const percent = job.status === "processing" ? ` ${job.progress}%` : "";
   status.textContent = `Job ${job.id}: ${job.status}${percent}${detail}`;
+  // "3rd in line · about 40 s" while it waits, "about 12 s left" while it runs.
+  const wait = $("wait");
+  wait.textContent = waitText(job);
+  wait.hidden = !wait.textContent;
   const bar = $("progress");
   bar.hidden = job.final;
   bar.value = job.progress;

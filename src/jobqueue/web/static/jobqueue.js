@@ -12,7 +12,8 @@
 //   headers       extra request headers, e.g. { Authorization: "Bearer ..." }
 //   credentials   fetch credentials mode (default "same-origin", which sends cookies)
 //   signal        an AbortSignal that stops waiting (the job itself keeps running)
-//   onUpdate      called with each new job snapshot (status or progress changed)
+//   onUpdate      called with each new job snapshot (status, progress, or its place in line
+//                 and estimated wait changed: job.position, job.eta_seconds; see waitText)
 //   logger        where the status lines go (default console; null for silence)
 //   maxErrors     network errors or 5xx answers in a row that followJob waits out (default 5)
 //
@@ -22,6 +23,40 @@
 
 const DEFAULT_BASE = new URL("..", import.meta.url).href;
 const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+/** "1st", "2nd", "3rd", "4th", "11th", "21st"... */
+export function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 10 && tens <= 20 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[n % 10] ?? "th");
+  return `${n}${suffix}`;
+}
+
+/** A wait in words: "about 40 s", "about 3 min", "about 2 h". */
+export function about(seconds) {
+  if (seconds < 1) return "any moment";
+  if (seconds < 90) return `about ${Math.max(1, Math.round(seconds))} s`;
+  if (seconds < 5400) return `about ${Math.round(seconds / 60)} min`;
+  return `about ${Math.round(seconds / 3600)} h`;
+}
+
+/**
+ * Where a job stands, in words, from the snapshot of GET /jobs/{id} or its event stream:
+ * "3rd in line · about 40 s" while it waits (the time until it is done), "about 12 s
+ * left" while it runs, "" when there is nothing to say (final, or not known).
+ */
+export function waitText(job) {
+  if (!job) return "";
+  if (job.status === "processing") {
+    return typeof job.eta_seconds === "number" ? `${about(job.eta_seconds)} left` : "";
+  }
+  if (job.status !== "pending") return "";
+  // Not in the line yet (scheduled for later): the server's words say when it enters.
+  if (typeof job.position !== "number") return job.position_text ?? "";
+  const place = job.position_more
+    ? `more than ${job.position} jobs ahead`
+    : `${ordinal(job.position + 1)} in line`;
+  return typeof job.eta_seconds === "number" ? `${place} · ${about(job.eta_seconds)}` : place;
+}
 
 /** A job that ended failed or cancelled, or a request the API refused. */
 export class JobError extends Error {
@@ -214,8 +249,16 @@ export async function followJob(id, options = {}) {
       await sleep(interval, options.signal);
       continue;
     }
-    logger?.log(`⏳ Job ${job.id} status: ${job.status}`);
-    const key = `${job.status}/${job.progress}/${job.progress_message}`;
+    const wait = waitText(job);
+    logger?.log(`⏳ Job ${job.id} status: ${job.status}${wait ? ` · ${wait}` : ""}`);
+    const key = [
+      job.status,
+      job.progress,
+      job.progress_message,
+      job.position,
+      job.position_more,
+      job.eta_seconds,
+    ].join("/");
     if (key !== seen) {
       seen = key;
       options.onUpdate?.(job);
