@@ -497,3 +497,37 @@ def test_pooler_ports_are_recognised() -> None:
     assert _looks_like_transaction_pooler(pooler)
     assert not _looks_like_transaction_pooler("postgresql://postgres@db.abc.supabase.co:5432/x")
     assert not _looks_like_transaction_pooler("sqlite:///jobs.db")
+
+
+def test_status_says_the_place_in_line(jq: Run, db_url: str, table_name: str) -> None:
+    """Runs of 10 s, one live worker running one job at a time: the third job waiting is
+    done in about 30 s. A final job has no place."""
+    from jobqueue import Completion
+    from jobqueue.models import WorkerPresence
+    from tests.conftest import sql_runner
+
+    migrate(db_url, table=table_name)
+    with JobQueue(db_url, table=table_name) as q:
+        q.enqueue("image", {}, queue="history")
+        q.complete_many([Completion(j) for j in q.claim("w-history", queues=["history"])])
+        later = (
+            "started_at + interval '10 seconds'"
+            if q.is_postgres
+            else "strftime('%Y-%m-%d %H:%M:%f000', started_at, '+10 seconds')"
+        )
+        with sql_runner(db_url) as run_sql:
+            run_sql(f"UPDATE {table_name} SET completed_at = {later}")
+        jobs = [q.enqueue("image", {"n": i}) for i in range(3)]
+        q.worker_beat(WorkerPresence("w1", ("default",), None, 1), ttl=120)
+        q.cancel(jobs[0].id)
+    shown = jq("status", str(jobs[2].id))
+    assert shown.code == 0, shown.err
+    assert "in line" in shown.out and "2nd in line · about 20 s" in shown.out
+    as_json = json.loads(jq("status", str(jobs[2].id), "--json").out)["position"]
+    assert (as_json["ahead"], as_json["finish_in"], as_json["capacity"]) == (1, 20.0, 1)
+    assert as_json["text"] == "2nd in line · about 20 s"
+    final = jq("status", str(jobs[0].id), "--json")
+    assert (
+        "position" not in json.loads(final.out)
+        and "in line" not in jq("status", str(jobs[0].id)).out
+    )

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from ..errors import ConfigurationError, InvalidTransition, JobFailed, PayloadError
-from ..models import DEFAULT_QUEUE, FINAL_STATUSES, Job, Status
+from ..errors import ConfigurationError, InvalidTransition, JobFailed, JobQueueError, PayloadError
+from ..models import DEFAULT_QUEUE, FINAL_STATUSES, Job, Position, Status
 from .group import Env, F, app_option, cli, one_line, pass_env
 from .output import (
     DURATION,
@@ -281,17 +281,31 @@ def _raise_if_failed(job: Job) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @pass_env
 def status_command(env: Env, job_id: str, watch: bool, interval: timedelta, as_json: bool) -> None:
-    """Show a job. Exit code 1 if it failed or was cancelled."""
+    """Show a job, and where it stands in the line while it waits or runs (jobs ahead of
+    it, estimated wait). Exit code 1 if it failed or was cancelled."""
     with env.queue() as q:
         job = q.get(job_id)
         if watch and not job.is_final:
             _watch(q, job, interval=max(interval.total_seconds(), 0.05), as_json=as_json)
             return
+        position = None if job.is_final else _position(q, job)
     if as_json:
-        echo_json(job.to_dict())
+        shown = job.to_dict()
+        if position is not None:
+            shown["position"] = position.to_dict()
+        echo_json(shown)
     else:
-        out().print(job_details(job))
+        out().print(job_details(job, position))
     _raise_if_failed(job)
+
+
+def _position(q: JobQueue, job: Job) -> Position | None:
+    """Where the job stands, or None when it cannot be had (the status still shows)."""
+    try:
+        return q.position(job.id)
+    except JobQueueError as exc:
+        click.echo(f"warning: no place in line: {one_line(exc.message)}", err=True)
+        return None
 
 
 @cli.command("list")

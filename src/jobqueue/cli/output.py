@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..models import END_OF_TIME, START_OF_TIME, Job, Status
+from ..models import END_OF_TIME, START_OF_TIME, Job, Position, Status
 from .group import one_line
 
 if TYPE_CHECKING:
@@ -330,14 +330,16 @@ def _last_cells(text: str, width: int) -> str:
     return "".join(reversed(out))
 
 
-def job_details(job: Job) -> Table:
-    """Every field of one job, one per line, for `jobqueue status`."""
+def job_details(job: Job, position: Position | None = None) -> Table:
+    """Every field of one job, one per line, for `jobqueue status`; with ``position``,
+    where it stands in the line (``3rd in line · about 40 s``) under its status."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     rows: list[tuple[str, Any]] = [
         ("id", str(job.id)),
         ("status", status_text(job.status)),
+        *([("in line", position.describe())] if position and position.describe() else []),
         ("kind", job.kind),
         ("queue", job.queue),
         (
