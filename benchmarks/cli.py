@@ -29,6 +29,7 @@ WORKLOADS = {
     "memory": "benchmarks.memory",
     "execution": "benchmarks.execution",
     "contention": "benchmarks.contention",
+    "position": "benchmarks.position",
 }
 
 
