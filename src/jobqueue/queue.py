@@ -73,7 +73,7 @@ from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import QueueLimits, new_job_rows, seconds_of
+from .validation import QueueLimits, new_job_row, new_job_rows, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -225,7 +225,7 @@ class _QueueBase(Generic[E]):
     def _enqueue_rows(
         self, kind: str, payload: Any, options: EnqueueOptions
     ) -> list[dict[str, Any]]:
-        return self._new_rows([NewJob(kind=kind, payload=payload, **options)])
+        return [new_job_row(NewJob(kind=kind, payload=payload, **options), self.limits)]
 
     def _claim_op(
         self,

@@ -397,7 +397,35 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
     statements insert: its id made here (`uuid7`), its payload as the JSON text that is
     stored (``payload``) and as a read gives it back (``payload_value``), and its start
     as given (``run_at_value``) or as a delay from the database clock (``delay_seconds``)."""
-    return new_job_rows([job], limits)[0]
+    check_text(job.kind, "kind", limit=MAX_NAME)
+    check_text(job.queue, "queue", limit=MAX_NAME)
+    text, value = encode_json({} if job.payload is None else job.payload, "payload", limits)
+    _check_int_fast(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+    _check_int_fast(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+    if job.owner_id is not None:
+        check_text(job.owner_id, "owner_id")
+    if job.idempotency_key is not None:
+        check_text(job.idempotency_key, "idempotency_key")
+    if job.limit_key is not None:
+        check_text(job.limit_key, "limit_key", limit=MAX_NAME)
+    return _row(job, uuid7(), text, value, _start_of(job))
+
+
+def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "queue": job.queue,
+        "kind": job.kind,
+        "payload": text,
+        "payload_value": value,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "owner_id": job.owner_id,
+        "idempotency_key": job.idempotency_key,
+        "limit_key": job.limit_key,
+        "run_at_value": job.run_at,
+        "delay_seconds": delay,
+    }
 
 
 def new_job_rows(jobs: Sequence[NewJob], limits: QueueLimits) -> list[dict[str, Any]]:
@@ -440,21 +468,10 @@ def new_job_rows(jobs: Sequence[NewJob], limits: QueueLimits) -> list[dict[str, 
             _decoded(payloads[:done], texts[:done], "payload")
             raise
     values = _decoded(payloads, texts, "payload")
+    if len(jobs) == 1:
+        return [_row(jobs[0], uuid7(), texts[0], values[0], delays[0])]
     return [
-        {
-            "id": id_,
-            "queue": job.queue,
-            "kind": job.kind,
-            "payload": text,
-            "payload_value": value,
-            "priority": job.priority,
-            "max_attempts": job.max_attempts,
-            "owner_id": job.owner_id,
-            "idempotency_key": job.idempotency_key,
-            "limit_key": job.limit_key,
-            "run_at_value": job.run_at,
-            "delay_seconds": delay,
-        }
+        _row(job, id_, text, value, delay)
         for job, id_, text, value, delay in zip(
             jobs, uuid7_many(len(jobs)), texts, values, delays, strict=True
         )
