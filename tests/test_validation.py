@@ -3,7 +3,11 @@ databases, is in tests/queue/test_queue.py."""
 
 from __future__ import annotations
 
-from jobqueue.validation import QueueLimits, check_json
+import pytest
+
+from jobqueue.errors import PayloadError
+from jobqueue.models import NewJob
+from jobqueue.validation import QueueLimits, check_json, new_job_row, new_job_rows, uuid7
 
 
 def test_check_json_returns_the_text_that_is_stored() -> None:
@@ -13,3 +17,48 @@ def test_check_json_returns_the_text_that_is_stored() -> None:
     assert check_json({"prompt": "ein Bär", "n": [1, 2.5]}, "payload", QueueLimits()) == (
         '{"prompt": "ein Bär", "n": [1, 2.5]}'
     )
+
+
+def test_a_batch_is_checked_as_its_jobs_would_be_one_by_one() -> None:
+    """`new_job_rows` shares work across a batch (names checked once, payloads decoded a
+    chunk at a time, ids made together) and still gives each job's row as `new_job_row`
+    would, and refuses a batch with the error its first bad job raises alone."""
+    limits = QueueLimits()
+    jobs = [
+        NewJob(kind="email", payload={"n": i, "t": (1, 2)}, owner_id="ann", priority=i % 3)
+        for i in range(2_500)  # more than one decoding chunk
+    ]
+    rows = new_job_rows(jobs, limits)
+    ids = [r["id"] for r in rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert uuid7() > ids[-1]
+    for job, row in zip(jobs, rows, strict=True):
+        alone = new_job_row(job, limits)
+        assert {k: v for k, v in row.items() if k != "id"} == {
+            k: v for k, v in alone.items() if k != "id"
+        }
+    assert rows[0]["payload_value"] == {"n": 0, "t": [1, 2]}
+
+    # The first bad job decides the error, though a later one fails an earlier check.
+    bad = [*jobs[:5], NewJob(payload={1: "a"}), NewJob(priority=True), *jobs[5:]]
+    with pytest.raises(PayloadError, match="non-string key"):
+        new_job_rows(bad, limits)
+    bad = [*jobs[:5], NewJob(priority=True), NewJob(payload={1: "a"})]
+    with pytest.raises(PayloadError, match="priority"):
+        new_job_rows(bad, limits)
+    for refused, match in [
+        (NewJob(kind=""), "kind"),
+        (NewJob(owner_id="a\x00b"), "owner_id"),
+        (NewJob(payload={"x": float("nan")}), "not JSON-serialisable"),
+        (NewJob(payload={"x": "a\x00"}), "NUL"),
+        (NewJob(payload="x" * 2_000_000), "over the limit"),
+    ]:
+        with pytest.raises(PayloadError, match=match):
+            new_job_rows([*jobs[:3], refused, *jobs[3:6]], limits)
+
+
+def test_a_payload_that_holds_itself_is_refused() -> None:
+    looped: dict[str, object] = {}
+    looped["me"] = looped
+    with pytest.raises(PayloadError):
+        check_json(looped, "payload", QueueLimits())

@@ -76,7 +76,7 @@ from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import QueueLimits, new_job_row, parse_job_id, seconds_of
+from .validation import QueueLimits, new_job_row, new_job_rows, parse_job_id, seconds_of
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -236,12 +236,12 @@ class _QueueBase(Generic[E]):
 
     def _new_rows(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[dict[str, Any]]:
         limits = self.limits
-        return [new_job_row(j if isinstance(j, NewJob) else NewJob(**j), limits) for j in jobs]
+        return new_job_rows([j if isinstance(j, NewJob) else NewJob(**j) for j in jobs], limits)
 
     def _enqueue_rows(
         self, kind: str, payload: Any, options: EnqueueOptions
     ) -> list[dict[str, Any]]:
-        return self._new_rows([NewJob(kind=kind, payload=payload, **options)])
+        return [new_job_row(NewJob(kind=kind, payload=payload, **options), self.limits)]
 
     def _claim_op(
         self,

@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any
 
 from .errors import InvalidJobId, PayloadError
@@ -67,6 +68,31 @@ def uuid7() -> uuid.UUID:
     rand_a, rand_b = counter >> 62, counter & ((1 << 62) - 1)
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b
     return uuid.UUID(int=value)
+
+
+def uuid7_many(n: int) -> list[uuid.UUID]:
+    """``n`` ids as ``n`` calls of `uuid7` would make them, for one batch: one reading of
+    the clock and one turn of the lock, the counter run on by ``n`` (so the batch's ids are
+    in order, after every id made here before and before every id made after)."""
+    global _uuid7_last
+    ms = time.time_ns() // 1_000_000
+    with _uuid7_lock:
+        last_ms, last_counter = _uuid7_last
+        if ms > last_ms:
+            first = int.from_bytes(os.urandom(10), "big") >> 7  # 73 bits: room to count
+        else:
+            ms, first = last_ms, last_counter + 1
+        if first + n > 1 << 74:  # the millisecond's counter would overflow: one by one
+            fallback = True
+        else:
+            fallback = False
+            _uuid7_last = (ms, first + n - 1)
+    if fallback:
+        return [uuid7() for _ in range(n)]
+    high = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0x2 << 62
+    low = (1 << 62) - 1
+    make = uuid.UUID
+    return [make(int=high | (c >> 62) << 64 | (c & low)) for c in range(first, first + n)]
 
 
 def parse_job_id(job_id: object) -> uuid.UUID:
@@ -126,6 +152,24 @@ def _json_shape_problem(value: Any) -> str | None:
 #: per call (docs/performance.md has what that saves). Encoding keeps no state.
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
 
+#: The same encoding through the C encoder `_ENCODER` would build on every call (about half
+#: the time per payload): no circular-reference markers, so a value that holds itself ends
+#: in RecursionError, which `encode_json` refuses as it refuses any value nested too deep.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
+_C_ENCODE = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None, _ENCODER.default, encode_basestring, None, ": ", ", ", False, False, False
+    )
+)
+
+
+def _encode(value: Any) -> str:
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
 
 def check_json(value: Any, what: str, limits: QueueLimits) -> str:
     """``value`` as JSON text, refused when it is not strict JSON (NaN included) or too
@@ -148,22 +192,30 @@ def encode_json(value: Any, what: str, limits: QueueLimits) -> tuple[str, Any]:
     else gets the exact walk (`_json_shape_problem`), which explains what is wrong or
     accepts it (a tuple decodes to a list, for one).
     """
+    encoded = _checked_text(value, what, limits)
+    decoded = json.loads(encoded)
+    if decoded != value:
+        _refuse_shape(value, what)
+    return encoded, decoded
+
+
+def _checked_text(value: Any, what: str, limits: QueueLimits) -> str:
+    """``value``'s JSON text, with every check `encode_json` makes except the comparison
+    of the value with the text's decoding (which a batch makes for many values at once)."""
     try:
-        encoded = _ENCODER.encode(value)
+        encoded = _encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         _refuse_shape(value, what)
         raise PayloadError(f"the {what} is not JSON-serialisable: {exc}") from None
-    try:
-        size = len(encoded.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate: the walk names it
-        _refuse_shape(value, what)
-        raise  # not reached: the walk finds every lone surrogate
-    decoded = json.loads(encoded)
-    if (
-        "\\u0000" in encoded
-        or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH
-        or decoded != value
-    ):
+    if encoded.isascii():  # one byte a character (known without a scan)
+        size = len(encoded)
+    else:
+        try:
+            size = len(encoded.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: the walk names it
+            _refuse_shape(value, what)
+            raise  # not reached: the walk finds every lone surrogate
+    if "\\u0000" in encoded or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH:
         _refuse_shape(value, what)
     if size > limits.max_payload_bytes:
         raise PayloadError(
@@ -171,7 +223,29 @@ def encode_json(value: Any, what: str, limits: QueueLimits) -> tuple[str, Any]:
             hint="store large data elsewhere (object storage) and put its URL in the payload, "
             "or raise max_payload_bytes",
         )
-    return encoded, decoded
+    return encoded
+
+
+#: How many payloads a batch decodes in one call (`_decoded`): one JSON array of their
+#: texts, so that the text held twice at once stays small.
+_DECODE_CHUNK = 1_000
+
+
+def _decoded(values: Sequence[Any], texts: Sequence[str], what: str) -> list[Any]:
+    """The decoding of each text of ``texts`` (`encode_json`'s second half, for a batch):
+    each chunk of texts decoded as one JSON array and compared with its values in one
+    comparison; a value that differs from its decoding gets the exact walk, which refuses
+    it or accepts it (a tuple decodes to a list)."""
+    out: list[Any] = []
+    for start in range(0, len(texts), _DECODE_CHUNK):
+        chunk = values[start : start + _DECODE_CHUNK]
+        decoded = json.loads("[" + ",".join(texts[start : start + _DECODE_CHUNK]) + "]")
+        if decoded != chunk:
+            for value, back in zip(chunk, decoded, strict=True):
+                if back != value:
+                    _refuse_shape(value, what)
+        out.extend(decoded)
+    return out
 
 
 def _refuse_shape(value: Any, what: str) -> None:
@@ -325,16 +399,93 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
     as given (``run_at_value``) or as a delay from the database clock (``delay_seconds``)."""
     check_text(job.kind, "kind", limit=MAX_NAME)
     check_text(job.queue, "queue", limit=MAX_NAME)
-    payload = {} if job.payload is None else job.payload
-    payload_json, payload_value = encode_json(payload, "payload", limits)
-    check_int(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
-    check_int(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+    text, value = encode_json({} if job.payload is None else job.payload, "payload", limits)
+    _check_int_fast(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+    _check_int_fast(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
     if job.owner_id is not None:
         check_text(job.owner_id, "owner_id")
     if job.idempotency_key is not None:
         check_text(job.idempotency_key, "idempotency_key")
     if job.limit_key is not None:
         check_text(job.limit_key, "limit_key", limit=MAX_NAME)
+    return _row(job, uuid7(), text, value, _start_of(job))
+
+
+def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "queue": job.queue,
+        "kind": job.kind,
+        "payload": text,
+        "payload_value": value,
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "owner_id": job.owner_id,
+        "idempotency_key": job.idempotency_key,
+        "limit_key": job.limit_key,
+        "run_at_value": job.run_at,
+        "delay_seconds": delay,
+    }
+
+
+def new_job_rows(jobs: Sequence[NewJob], limits: QueueLimits) -> list[dict[str, Any]]:
+    """`new_job_row` of each job, in order, with what a batch can share done once: a name
+    (kind, queue, owner, limit key) is checked the first time it appears, the ids are made
+    together (`uuid7_many`), and the payloads' texts are decoded and compared with their
+    values a chunk at a time (`_decoded`). The first bad job raises the error it would
+    raise alone."""
+    seen: set[tuple[str, Any]] = set()
+
+    def name(value: Any, what: str, limit: int) -> None:
+        # Keyed by type as well: 1 and True are equal, and only a str passes the check.
+        key = (what, value) if type(value) is str else None
+        if key is None or key not in seen:
+            check_text(value, what, limit=limit)
+            seen.add((what, value))
+
+    texts: list[str] = []
+    payloads: list[Any] = []
+    delays: list[float] = []
+    for done, job in enumerate(jobs):
+        try:
+            name(job.kind, "kind", MAX_NAME)
+            name(job.queue, "queue", MAX_NAME)
+            payload = {} if job.payload is None else job.payload
+            texts.append(_checked_text(payload, "payload", limits))
+            payloads.append(payload)
+            _check_int_fast(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+            _check_int_fast(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+            if job.owner_id is not None:
+                name(job.owner_id, "owner_id", MAX_TEXT)
+            if job.idempotency_key is not None:
+                check_text(job.idempotency_key, "idempotency_key")
+            if job.limit_key is not None:
+                name(job.limit_key, "limit_key", MAX_NAME)
+            delays.append(_start_of(job))
+        except PayloadError:
+            # An earlier job whose payload does not decode to itself fails first, as it
+            # would have alone.
+            _decoded(payloads[:done], texts[:done], "payload")
+            raise
+    values = _decoded(payloads, texts, "payload")
+    if len(jobs) == 1:
+        return [_row(jobs[0], uuid7(), texts[0], values[0], delays[0])]
+    return [
+        _row(job, id_, text, value, delay)
+        for job, id_, text, value, delay in zip(
+            jobs, uuid7_many(len(jobs)), texts, values, delays, strict=True
+        )
+    ]
+
+
+def _check_int_fast(value: Any, what: str, low: int, high: int) -> None:
+    """`check_int`, with a plain int in range passing at the cost of one comparison."""
+    if type(value) is not int or not low <= value <= high:
+        check_int(value, what, low, high)
+
+
+def _start_of(job: NewJob) -> float:
+    """Check ``job``'s ``run_at`` and ``delay``; the delay in seconds (0 without one)."""
     if job.run_at is not None and job.delay is not None:
         raise PayloadError("give run_at or delay, not both")
     if job.run_at is not None and (
@@ -346,21 +497,7 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
             job.run_at.astimezone(UTC)  # stored in UTC: it must exist in UTC
         except OverflowError:
             raise PayloadError("run_at is out of range once converted to UTC") from None
-    delay = 0.0 if job.delay is None else seconds_of(job.delay, "delay")
-    return {
-        "id": uuid7(),
-        "queue": job.queue,
-        "kind": job.kind,
-        "payload": payload_json,
-        "payload_value": payload_value,
-        "priority": job.priority,
-        "max_attempts": job.max_attempts,
-        "owner_id": job.owner_id,
-        "idempotency_key": job.idempotency_key,
-        "limit_key": job.limit_key,
-        "run_at_value": job.run_at,
-        "delay_seconds": delay,
-    }
+    return 0.0 if job.delay is None else seconds_of(job.delay, "delay")
 
 
 def parse_statuses(status: Status | str | Iterable[Status | str]) -> list[Status]:

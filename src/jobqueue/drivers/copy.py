@@ -69,6 +69,8 @@ def _as_text(step: CopyRows) -> Iterator[Sequence[Any]]:
     uuids = [i for i, kind in enumerate(kinds) if kind is uuid.UUID]
     times = [i for i, kind in enumerate(kinds) if kind is datetime]
     formatted: dict[datetime, str] = {}
+    last: datetime | None = None  # the time formatted last, and its text: most often the
+    last_text = ""  # next one too (a batch's times are one object), found without a hash
     for record in step.records:
         values = list(record)
         for i in uuids:
@@ -76,11 +78,14 @@ def _as_text(step: CopyRows) -> Iterator[Sequence[Any]]:
                 values[i] = str(values[i])
         for i in times:
             moment = values[i]
-            if moment is not None:
+            if moment is None:
+                continue
+            if moment is not last:
                 text = formatted.get(moment)
                 if text is None:
                     text = formatted[moment] = moment.isoformat()
-                values[i] = text
+                last, last_text = moment, text
+            values[i] = last_text
         yield values
 
 

@@ -200,7 +200,9 @@ def _new_jobs(
     for r, rank in zip(rows, owner_ranks(rows), strict=True):
         run_at = r["run_at_value"]
         if run_at is None:
-            run_at = now + timedelta(seconds=r["delay_seconds"])
+            delay = r["delay_seconds"]
+            # Due now: the clock reading itself, one object the COPY formats once.
+            run_at = now + timedelta(seconds=delay) if delay else now
         else:
             run_at = run_at.astimezone(UTC)
         turn = None

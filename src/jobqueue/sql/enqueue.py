@@ -159,7 +159,7 @@ class Enqueueing(StatementsBase):
         queue = bindparam("queue", type_=String())
         priority = bindparam("priority", type_=Integer())
         owner = bindparam("owner_id", type_=Text())
-        rank = bindparam("rank", type_=Integer()) if ranked else literal(1, Integer())
+        rank = bindparam("rank", type_=Integer()) if ranked else None
         payload = bindparam("payload", type_=Text())  # JSON text from check_json
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         stmt = insert(self.t).values(
@@ -292,14 +292,13 @@ class Enqueueing(StatementsBase):
                 ],
                 "groups",
             ).c
-            one = literal(1, Integer())
             return select(
                 DbNow().label("now"),
                 may_copy.label("may_copy"),
                 g.queue,
                 g.priority,
                 g.owner_id,
-                turn_of(self.t, self.limits, g.queue, g.priority, g.owner_id, one).label("base"),
+                turn_of(self.t, self.limits, g.queue, g.priority, g.owner_id, None).label("base"),
                 step(self.limits, g.owner_id).label("step"),
             )
 

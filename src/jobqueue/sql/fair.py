@@ -88,12 +88,17 @@ def step(limits: Table, owner: Any) -> Any:
     return literal(1.0, Float()) / func.coalesce(weight, literal(1.0, Float()))
 
 
-def turn_of(t: Table, limits: Table, queue: Any, priority: Any, owner: Any, rank: Any) -> Any:
+def turn_of(
+    t: Table, limits: Table, queue: Any, priority: Any, owner: Any, rank: Any | None
+) -> Any:
     """The turn of a job entering the line (see the module's docstring); ``rank`` is its
-    ``k``, 1 for a job entering alone."""
+    ``k``, None for a job entering alone (``k`` = 1: the statement then has no
+    ``(k - 1) * step`` term, whose second look-up of the weight would run for nothing)."""
     s = step(limits, owner)
     head = func.coalesce(_head(t, queue, priority), literal(0.0, Float()))
     # Each look-up appears once in the expression: a CASE comparing them would repeat
     # (and run again) the subqueries, for every job entering the line.
     base = Larger(head, func.coalesce(_last(t, queue, owner) + s, head))
+    if rank is None:
+        return Smaller(base, literal(MAX_TURN, Float()))
     return Smaller(base + (rank - 1) * s, literal(MAX_TURN, Float()))
