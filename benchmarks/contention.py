@@ -15,9 +15,10 @@ run, on the same machine at nearly the same time. Afterwards a SQL count and the
 own counts prove that every job completed at most once and each completion was handled
 once.
 
-Each worker is a child process (``python -m benchmarks.contention --child ...``) that
-starts, connects and warms up first, then starts serving when told; the parent waits a
-moment for them to be busy before it starts the clock.
+Each worker is a child process (``python -m benchmarks.contention --child ...``, `Workers`;
+the `scaleout` workload starts its workers the same way) that starts, connects and warms up
+first, then starts serving when told; the parent waits a moment for them to be busy before
+it starts the clock.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 
@@ -48,7 +49,7 @@ WARMUP = 1.0
 START_TIMEOUT = 120.0
 
 
-def _child(url: str, table: str, concurrency: int) -> None:
+def _child(url: str, table: str, concurrency: int, until_idle: bool) -> None:
     from jobqueue import AsyncJobQueue
     from jobqueue.worker import Worker
 
@@ -66,20 +67,50 @@ def _child(url: str, table: str, concurrency: int) -> None:
             worker = Worker(q, {"image": handler}, concurrency=concurrency, grace_period=60)
             print("ready", flush=True)
             await asyncio.to_thread(sys.stdin.readline)  # "go"
-            serving = asyncio.create_task(worker.run())
-            await asyncio.to_thread(sys.stdin.readline)  # "stop"
-            worker.stop()
-            await serving
-            print(f"done {handled}", flush=True)
+            cpu = time.process_time()
+            if until_idle:
+                await worker.run_until_idle()
+            else:
+                serving = asyncio.create_task(worker.run())
+                await asyncio.to_thread(sys.stdin.readline)  # "stop"
+                worker.stop()
+                await serving
+            print(f"done {handled} {time.process_time() - cpu:.4f}", flush=True)
+            # Connected until told to go (or stdin closes): the parent reads the server's
+            # CPU time from these connections' processes before they end.
+            await asyncio.to_thread(sys.stdin.readline)
 
     asyncio.run(main())
 
 
-class _Workers:
-    """``n`` worker processes on ``table``: started, told to go, told to stop."""
+class Done(NamedTuple):
+    """What a worker process reports when it stops: the jobs its handler ran, and the CPU
+    seconds it spent from "go" to then."""
 
-    def __init__(self, url: str, table: str, n: int) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.contention", "--child", table, str(CONCURRENCY)]
+    handled: int
+    cpu: float
+
+
+class Workers:
+    """``n`` worker processes on ``table`` (``python -m benchmarks.contention --child``):
+    started, told to go, then told to stop (`stop`) or, with ``until_idle``, left to drain
+    the table and stop by themselves (`finish`); `close` ends them. Each connects and warms
+    up before it says it is ready, so "go" starts them all at once."""
+
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        n: int,
+        *,
+        concurrency: int = CONCURRENCY,
+        until_idle: bool = False,
+    ) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.contention", "--child", table, str(concurrency)]
+        if until_idle:
+            cmd.append("--until-idle")
+        self.until_idle = until_idle
+        self._ready = False
         # The URL travels in the environment, not on the command line that `ps` shows.
         env = {**os.environ, URL_ENV: url}
         root = Path(__file__).resolve().parent.parent
@@ -104,20 +135,39 @@ class _Workers:
             line = p.stdout.readline().split()
             if not line or line[0] != word:
                 self.kill()
-                raise RuntimeError(f"a contention worker said {line!r}, not {word!r}")
+                raise RuntimeError(f"a worker process said {line!r}, not {word!r}")
             rests.append(" ".join(line[1:]))
         return rests
 
+    def ready(self) -> None:
+        """Wait until every process has connected and warmed up."""
+        if not self._ready:
+            self._read("ready")
+            self._ready = True
+
     def go(self) -> None:
-        self._read("ready")
+        self.ready()
         self._say("go")
+
+    def finish(self) -> list[Done]:
+        """Each process's report once it has stopped: told to (serving) or by itself (with
+        ``until_idle``, when its claims find nothing left)."""
+        if not self.until_idle:
+            self._say("stop")
+        return [Done(int(h), float(c)) for h, c in (r.split() for r in self._read("done"))]
+
+    def close(self) -> None:
+        """Let the stopped processes disconnect and exit."""
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.close()
+        for p in self.procs:
+            p.wait(timeout=START_TIMEOUT)
 
     def stop(self) -> int:
         """Stop them all (gracefully); the jobs their handlers ran, in all."""
-        self._say("stop")
-        handled = sum(int(rest) for rest in self._read("done"))
-        for p in self.procs:
-            p.wait(timeout=START_TIMEOUT)
+        handled = sum(d.handled for d in self.finish())
+        self.close()
         return handled
 
     def kill(self) -> None:
@@ -143,7 +193,7 @@ def _one(bench: Bench, lab: Bench, driver: str, workers: int) -> None:
     period = 1.0 / s.contention_rate
     calls = max(1, round(s.contention_seconds * s.contention_rate))
     latencies: list[float] = []
-    pool = _Workers(lab.url, table, workers)
+    pool = Workers(lab.url, table, workers)
     try:
         with JobQueue(lab.url, table=table) as q:
             q.enqueue("image", {**raw.PAYLOAD, "n": -1})  # connect outside the timing
@@ -218,6 +268,7 @@ def run(bench: Bench) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=2, metavar=("TABLE", "CONCURRENCY"))
+    parser.add_argument("--until-idle", action="store_true")
     args = parser.parse_args()
     table, concurrency = args.child
-    _child(os.environ[URL_ENV], table, int(concurrency))
+    _child(os.environ[URL_ENV], table, int(concurrency), args.until_idle)
