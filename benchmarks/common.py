@@ -62,8 +62,10 @@ class Sizes:
     contention_backlog: int = 150_000
     contention_rate: int = 50
     contention_seconds: float = 20.0
-    #: `fair`: no-op jobs of 100 owners, enqueued one owner's backlog after another.
+    #: `fair`: no-op jobs of 100 owners, enqueued one owner's backlog after another, and as
+    #: many of one owner, drained in turn this many times each.
     fair_jobs: int = 20_000
+    fair_rounds: int = 3
     #: `limits`: jobs drained under a key cap and a per-owner cap, and under a rate.
     limits_jobs: int = 1_000
     rate_jobs: int = 2_000
@@ -96,6 +98,7 @@ QUICK = Sizes(
     contention_backlog=15_000,
     contention_seconds=2.0,
     fair_jobs=1_000,
+    fair_rounds=1,
     limits_jobs=60,
     rate_jobs=300,
 )
