@@ -30,6 +30,7 @@ WORKLOADS = {
     "execution": "benchmarks.execution",
     "contention": "benchmarks.contention",
     "position": "benchmarks.position",
+    "scaleout": "benchmarks.scaleout",
 }
 
 

@@ -66,6 +66,10 @@ class Sizes:
     #: many of one owner, drained in turn this many times each.
     fair_jobs: int = 20_000
     fair_rounds: int = 3
+    #: `scaleout`: worker processes draining one backlog together, its jobs, and rounds.
+    scaleout_workers: tuple[int, ...] = (1, 2, 4, 8)
+    scaleout_jobs: int = 100_000
+    scaleout_rounds: int = 3
     #: `limits`: jobs drained under a key cap and a per-owner cap, and under a rate.
     limits_jobs: int = 1_000
     rate_jobs: int = 2_000
@@ -99,6 +103,9 @@ QUICK = Sizes(
     contention_seconds=2.0,
     fair_jobs=1_000,
     fair_rounds=1,
+    scaleout_workers=(2,),
+    scaleout_jobs=2_000,
+    scaleout_rounds=1,
     limits_jobs=60,
     rate_jobs=300,
 )
