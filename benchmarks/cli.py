@@ -31,6 +31,7 @@ WORKLOADS = {
     "contention": "benchmarks.contention",
     "position": "benchmarks.position",
     "scaleout": "benchmarks.scaleout",
+    "cost": "benchmarks.cost",
 }
 
 

@@ -70,6 +70,8 @@ class Sizes:
     scaleout_workers: tuple[int, ...] = (1, 2, 4, 8)
     scaleout_jobs: int = 100_000
     scaleout_rounds: int = 3
+    #: `cost`: jobs whose whole life's WAL and index entries are counted, per table.
+    cost_jobs: int = 5_000
     #: `limits`: jobs drained under a key cap and a per-owner cap, and under a rate.
     limits_jobs: int = 1_000
     rate_jobs: int = 2_000
@@ -106,6 +108,7 @@ QUICK = Sizes(
     scaleout_workers=(2,),
     scaleout_jobs=2_000,
     scaleout_rounds=1,
+    cost_jobs=300,
     limits_jobs=60,
     rate_jobs=300,
 )

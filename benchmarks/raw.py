@@ -167,8 +167,8 @@ class _Postgres:
         self.dsn = bench.libpq_url()
         self.payload = json.dumps(PAYLOAD)
 
-    def connect(self, autocommit: bool = False) -> Any:
-        return self.psycopg.connect(self.dsn, autocommit=autocommit)
+    def connect(self, autocommit: bool = False, **params: Any) -> Any:
+        return self.psycopg.connect(self.dsn, autocommit=autocommit, **params)
 
     def create(self, name: str) -> str:
         t = self.bench.raw_table(name)
@@ -196,7 +196,9 @@ class _Postgres:
             conn.execute(f'VACUUM ANALYZE "{t}"')
         return t
 
-    def claim_loop(self, t: str, batch: int) -> Callable[[], int]:
+    @staticmethod
+    def claim_sql(t: str, batch: int) -> tuple[str, str, str]:
+        """The raw loop's statements: claim ``batch`` rows, mark one done, mark many done."""
         claim = (
             f"WITH next AS (SELECT id FROM \"{t}\" WHERE status = 'pending'"
             f" ORDER BY id LIMIT {batch} FOR UPDATE SKIP LOCKED)"
@@ -205,6 +207,10 @@ class _Postgres:
         )
         done_one = f"UPDATE \"{t}\" SET status = 'done' WHERE id = %s"
         done_many = f"UPDATE \"{t}\" SET status = 'done' WHERE id = ANY(%s)"
+        return claim, done_one, done_many
+
+    def claim_loop(self, t: str, batch: int) -> Callable[[], int]:
+        claim, done_one, done_many = self.claim_sql(t, batch)
 
         def body() -> int:
             count = 0
@@ -235,9 +241,14 @@ class _Postgres:
         rate = self.claim_rate(name, rows, batch, clients)
         self.bench.ceiling(name, rate, rows=rows, batch=batch, clients=clients)
 
+    @staticmethod
+    def insert_sql(t: str) -> str:
+        """The raw single-row INSERT."""
+        return f'INSERT INTO "{t}" (payload) VALUES (%s) RETURNING id'
+
     def insert_one(self, rows: int) -> None:
         t = self.create("insert_one")
-        sql = f'INSERT INTO "{t}" (payload) VALUES (%s) RETURNING id'
+        sql = self.insert_sql(t)
         with self.connect() as conn:
             start = time.perf_counter()
             for _ in range(rows):
