@@ -108,7 +108,7 @@ QUICK = Sizes(
     scaleout_workers=(2,),
     scaleout_jobs=2_000,
     scaleout_rounds=1,
-    cost_jobs=300,
+    cost_jobs=100,
     limits_jobs=60,
     rate_jobs=300,
 )

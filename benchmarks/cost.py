@@ -36,6 +36,10 @@ What is counted, between the phase's first and last statement:
   once those backends are gone (a backend flushes its statistics as it exits) and two
   readings agree.
 
+Between phases the table is analysed (outside the measured windows), as autovacuum soon
+would after a burst of enqueues, so that the claims and completions run the plans of a
+table in use.
+
 A full page image is written the first time a page changes after a checkpoint, so those
 bytes depend on when the last checkpoint was; ``bytes_without_fpi`` is the part that does
 not, and ``checkpoints`` says whether one happened within the phase.
@@ -98,6 +102,7 @@ class Usage:
     bytes: int = 0
     fpi_bytes: int = 0
     types: Counter[str] = field(default_factory=Counter)
+    type_bytes: Counter[str] = field(default_factory=Counter)
 
 
 class Meter:
@@ -260,6 +265,7 @@ class Meter:
                 n = _NTUPLES.search(description or "")
                 use.types[kind + " tuples"] += int(n.group(1)) if n else 1
             use.types[kind] += 1
+            use.type_bytes[kind] += length
             if xid:
                 xids.add(xid)
         mine = Usage()
@@ -464,7 +470,11 @@ def _measure(bench: Bench, meter: Meter, v: Variant) -> dict[str, Any]:
                         if label in entries
                         else {}
                     ),
-                    "records": dict(sorted(u.types.items())),
+                    # record type: [records, bytes] per job
+                    "records": {
+                        k: [_per_job(n, jobs), _per_job(u.type_bytes[k], jobs)]
+                        for k, n in sorted(u.types.items())
+                    },
                 }
                 for label, u in sorted(usage.items(), key=lambda kv: -kv[1].bytes)
             }
@@ -485,7 +495,11 @@ def _measure(bench: Bench, meter: Meter, v: Variant) -> dict[str, Any]:
         bench.emit(
             Result(f"cost_{v.name}_{phase}", value, "WAL bytes/job", driver=v.driver, extra=extra)
         )
-        mark = end
+        # Statistics as autovacuum would soon have them after a burst of enqueues, so that
+        # the next phase's plans are those of a table in use; ANALYZE writes no WAL on the
+        # table, and the next phase's window starts after it.
+        meter.conn.execute(f'ANALYZE "{v.tables[0]}"')
+        mark = meter.mark(relations)
     return life
 
 
