@@ -208,7 +208,7 @@ class Meter:
             if now == last:
                 return
             last = now
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def mark(self, relations: dict[int, Relation], *, end: bool = False) -> Mark:
         relids = [r.relid for r in relations.values()]
