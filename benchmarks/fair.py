@@ -14,7 +14,10 @@ completed exactly once.
 What the interleaving costs: the same number of jobs of a single owner, enqueued the same
 way (one `enqueue_many` per hundredth), drained by the same worker, alternating with the
 100 owners' drain for ``fair_rounds`` rounds (the order swaps each round). The 100 owners'
-median rate is reported as a ratio to the single owner's median (target: at least 0.8).
+median rate is reported as a ratio to the single owner's median (target: at least 0.8),
+and so is the CPU each job cost the worker (this process) and the database server (its
+processes serving this database, from ``/proc``, when it runs on this machine), which a
+busy machine's load moves far less than the rate.
 """
 
 from __future__ import annotations
@@ -75,9 +78,14 @@ async def _drain_once(bench: Bench, driver: str, owners: int, label: str) -> dic
     async with AsyncJobQueue(url, table=table) as q:
         await warm(q)
         worker = Worker(q, {"image": handler}, concurrency=CONCURRENCY, grace_period=60)
-        start = time.perf_counter()
-        await worker.run_until_idle()
-        elapsed = time.perf_counter() - start
+        with bench.engine.connect() as conn:
+            before = cpu.Snapshot.take(conn)
+            client = time.process_time()
+            start = time.perf_counter()
+            await worker.run_until_idle()
+            elapsed = time.perf_counter() - start
+            client = time.process_time() - client
+            used = cpu.used(before, cpu.Snapshot.take(conn))
     outcome = bench.outcome(table)
     bench.drop(table)
     once = outcome["completed"] == jobs == outcome["completed_once"] == len(started)
@@ -90,6 +98,8 @@ async def _drain_once(bench: Bench, driver: str, owners: int, label: str) -> dic
         "enqueue_rate": jobs / enqueue_seconds,
         "first": first_starts(started),
         "load_1m": None if load is None else load[0],
+        "client_cpu_us": client / jobs * 1e6,
+        "server_cpu_us": None if used.server is None else used.server / jobs * 1e6,
         "outcome": outcome,
     }
 
@@ -105,6 +115,11 @@ async def _rounds(bench: Bench, driver: str) -> None:
             runs.append(await _drain_once(bench, driver, owners, f"r{r}"))
     one = statistics.median(x["rate"] for x in single)
     many = statistics.median(x["rate"] for x in fair)
+    # CPU per job moves far less with the machine's load than the rate does.
+    cpu_ratio = {
+        side: _ratio([x[f"{side}_cpu_us"] for x in fair], [x[f"{side}_cpu_us"] for x in single])
+        for side in ("client", "server")
+    }
     bench.emit(
         Result(
             "fair_single_owner",
@@ -117,6 +132,8 @@ async def _rounds(bench: Bench, driver: str) -> None:
                 "concurrency": CONCURRENCY,
                 "rates": [round(x["rate"], 1) for x in single],
                 "load_1m": [x["load_1m"] for x in single],
+                "client_cpu_us_per_job": _median(single, "client_cpu_us"),
+                "server_cpu_us_per_job": _median(single, "server_cpu_us"),
                 "exactly_once": True,
             },
         )
@@ -142,6 +159,11 @@ async def _rounds(bench: Bench, driver: str) -> None:
                     round(f["rate"] / s["rate"], 3) for f, s in zip(fair, single, strict=True)
                 ],
                 "load_1m": [x["load_1m"] for x in fair],
+                "client_cpu_us_per_job": _median(fair, "client_cpu_us"),
+                "server_cpu_us_per_job": _median(fair, "server_cpu_us"),
+                # CPU per job, 100 owners over one (medians): above 1, fair share costs more
+                "client_cpu_to_single": cpu_ratio["client"],
+                "server_cpu_to_single": cpu_ratio["server"],
                 "seconds": round(last["seconds"], 3),
                 "enqueue_jobs_per_s": round(last["enqueue_rate"], 1),
                 # Fair: about OWNERS (+ CONCURRENCY); first come, first served: about jobs.
@@ -156,6 +178,19 @@ async def _rounds(bench: Bench, driver: str) -> None:
             },
         )
     )
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [x[key] for x in runs if x[key] is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def _ratio(a: list[float | None], b: list[float | None]) -> float | None:
+    xs = [x for x in a if x is not None]
+    ys = [y for y in b if y is not None]
+    if not xs or not ys:
+        return None
+    return round(statistics.median(xs) / statistics.median(ys), 3)
 
 
 def run(bench: Bench) -> None:

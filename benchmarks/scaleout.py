@@ -8,12 +8,13 @@ Jobs/s run from "go" to the last process's report. Afterwards a SQL count and th
 handlers' own counts prove that each job completed exactly once.
 
 Beside the rate, where the CPU went over the same window: the worker processes' own CPU
-time (each reports it), the database server's (its processes serving this database and
-its background writers, from ``/proc``: only when the server runs on this machine), and the
-machine's in all (``/proc/stat``), so the report can say whether the server or the workers
-were the limit, or a machine without a spare core. The numbers of processes run in turn in
-each round, in the opposite order in the next round (1, 2, 4, 8, then 8, 4, 2, 1, ...);
-each number's result is the median of its rounds. The load average is recorded with each.
+time (each reports it), the database server's (its backends serving this database, and
+apart its background processes, from ``/proc``: only when the server runs on this
+machine), and the machine's in all (``/proc/stat``), so the report can say whether the
+server or the workers were the limit, or a machine without a spare core. The numbers of
+processes run in turn in each round, in the opposite order in the next round (1, 2, 4, 8,
+then 8, 4, 2, 1, ...); each number's result is the median of its rounds. The load average
+is recorded with each.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _round(bench: Bench, workers: int, label: str) -> dict[str, Any]:
         "seconds": elapsed,
         "workers_cores": worker_cpu / elapsed,
         "server_cores": None if use.server is None else use.server / elapsed,
+        "background_cores": None if use.background is None else use.background / elapsed,
         "machine_cores": None if use.machine_busy is None else use.machine_busy / elapsed,
         "machine_cpus": None if use.machine_total is None else round(use.machine_total / elapsed),
         "workers_cpu_us_per_job": worker_cpu / jobs * 1e6,
@@ -99,6 +101,7 @@ def run(bench: Bench) -> None:
     for n in counts:
         rs = runs[n]
         server = _median(rs, "server_cores")
+        background = _median(rs, "background_cores")
         workers = _median(rs, "workers_cores")
         machine = _median(rs, "machine_cores")
         cpus = rs[0]["machine_cpus"]
@@ -113,11 +116,13 @@ def run(bench: Bench) -> None:
             # CPU in cores (CPU seconds per second of the drain), medians over the rounds.
             "workers_cores": workers,
             "server_cores": server,
+            "background_cores": background,
             "machine_cores": machine,
             "machine_cpus": cpus,
+            # the rest: other databases' backends, other people's processes, this one
             "other_cores": None
-            if None in (machine, server, workers)
-            else round(machine - server - workers, 2),  # type: ignore[operator]
+            if machine is None or server is None or workers is None
+            else round(machine - server - (background or 0.0) - workers, 2),
             "workers_cpu_us_per_job": _median(rs, "workers_cpu_us_per_job", 1),
             "server_cpu_us_per_job": _median(rs, "server_cpu_us_per_job", 1),
             "limit": _limit(server, workers, machine, cpus),
