@@ -48,6 +48,7 @@ not, and ``checkpoints`` says whether one happened within the phase.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -119,6 +120,10 @@ class Meter:
         )
         self.created_walinspect = False
         self.walinspect = self._walinspect()
+        # A temporary physical replication slot keeps the window's WAL until it is read: on
+        # a busy server checkpoints may otherwise remove a segment first.
+        self.slot = f"jobqueue_bench_cost_{os.getpid()}"
+        self.holding = False
 
     def _walinspect(self) -> bool:
         have = self.conn.execute(
@@ -133,7 +138,24 @@ class Meter:
         self.created_walinspect = True
         return True
 
+    def hold(self) -> None:
+        """Keep the WAL from now on until `release` (the slot reserves it at once)."""
+        self.release()
+        try:
+            self.conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true, true)", (self.slot,)
+            )
+        except Exception:  # no slot to spare, or not allowed: read the WAL without one
+            return
+        self.holding = True
+
+    def release(self) -> None:
+        if self.holding:
+            self.conn.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+            self.holding = False
+
     def close(self) -> None:
+        self.release()
         if self.created_walinspect:
             self.conn.execute("DROP EXTENSION IF EXISTS pg_walinspect")
         self.conn.close()
@@ -213,6 +235,8 @@ class Meter:
     def mark(self, relations: dict[int, Relation], *, end: bool = False) -> Mark:
         relids = [r.relid for r in relations.values()]
         self.settle(relids)
+        if self.walinspect and not end:
+            self.hold()
         # The end of a window is the last flushed position (pg_walinspect reads no further;
         # every phase's commits were flushed before they returned).
         lsn_sql = "pg_current_wal_flush_lsn()" if end else "pg_current_wal_insert_lsn()"
@@ -233,15 +257,22 @@ class Meter:
 
     def wal(
         self, start: str, end: str, relations: dict[int, Relation]
-    ) -> tuple[dict[str, Usage], Usage]:
+    ) -> tuple[dict[str, Usage], Usage] | None:
         """The window's WAL on ``relations`` (by label), and the commit records of the
-        transactions that wrote it."""
-        rows = self.conn.execute(
-            "SELECT xid::text::bigint, resource_manager, record_type, record_length,"
-            " fpi_length, description, block_ref FROM pg_get_wal_records_info(%s, %s)"
-            " WHERE block_ref LIKE %s OR resource_manager = 'Transaction'",
-            (start, end, f"%/{self.dboid}/%"),
-        ).fetchall()
+        transactions that wrote it; None if the server removed part of it first."""
+        import psycopg
+
+        try:
+            rows = self.conn.execute(
+                "SELECT xid::text::bigint, resource_manager, record_type, record_length,"
+                " fpi_length, description, block_ref FROM pg_get_wal_records_info(%s, %s)"
+                " WHERE block_ref LIKE %s OR resource_manager = 'Transaction'",
+                (start, end, f"%/{self.dboid}/%"),
+            ).fetchall()
+        except psycopg.errors.UndefinedFile:
+            return None
+        finally:
+            self.release()
         ours: dict[str, Usage] = defaultdict(Usage)
         xids: set[int] = set()
         commits: list[tuple[int, int]] = []
@@ -446,8 +477,9 @@ def _measure(bench: Bench, meter: Meter, v: Variant) -> dict[str, Any]:
             if s["idx_scan"] - mark.indexes.get(relid, {}).get("idx_scan", 0)
         }
         value = server["wal_bytes"] / jobs
-        if meter.walinspect:
-            usage, commits = meter.wal(mark.lsn, end.lsn, relations)
+        read = meter.wal(mark.lsn, end.lsn, relations) if meter.walinspect else None
+        if read is not None:
+            usage, commits = read
             total = sum(u.bytes for u in usage.values()) + commits.bytes
             fpi = sum(u.fpi_bytes for u in usage.values())
             value = total / jobs
@@ -485,7 +517,10 @@ def _measure(bench: Bench, meter: Meter, v: Variant) -> dict[str, Any]:
             life["records"] += sum(u.records for u in usage.values()) + commits.records
             life["entries"].update(entries)
         else:
-            extra["source"] = "pg_stat_wal (the whole server's WAL: pg_walinspect unavailable)"
+            why = (
+                "unavailable" if not meter.walinspect else "the WAL was removed before it was read"
+            )
+            extra["source"] = f"pg_stat_wal (the whole server's WAL: pg_walinspect {why})"
             life["bytes"] += server["wal_bytes"]
         life["wal_bytes_server"] += server["wal_bytes"]
         t = extra["tables"].get("table", {})
