@@ -518,9 +518,11 @@ def _measure(bench: Bench, meter: Meter, v: Variant) -> dict[str, Any]:
             life["entries"].update(entries)
         else:
             why = (
-                "unavailable" if not meter.walinspect else "the WAL was removed before it was read"
+                "pg_walinspect unavailable"
+                if not meter.walinspect
+                else "the window's WAL was removed before it was read"
             )
-            extra["source"] = f"pg_stat_wal (the whole server's WAL: pg_walinspect {why})"
+            extra["source"] = f"pg_stat_wal (the whole server's WAL: {why})"
             life["bytes"] += server["wal_bytes"]
         life["wal_bytes_server"] += server["wal_bytes"]
         t = extra["tables"].get("table", {})
