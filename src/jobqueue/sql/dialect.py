@@ -120,8 +120,11 @@ class DbNow(FunctionElement[Any]):
 
 @compiles(DbNow, "postgresql")
 def _now_pg(element: DbNow, compiler: SQLCompiler, **kw: Any) -> str:
-    # clock_timestamp, not now(): a long transaction must not hand out stale leases.
-    return "clock_timestamp()"
+    # statement_timestamp, not now(): a long transaction must not hand out stale leases.
+    # Not clock_timestamp() either: that is volatile, so the planner cannot bound an index
+    # scan by it (a claim's expired-lease probe would read every held job's lease entry),
+    # and it moves while one statement runs (rows written together get one time).
+    return "statement_timestamp()"
 
 
 @compiles(DbNow)
@@ -143,7 +146,7 @@ class DbNowPlus(FunctionElement[Any]):
 @compiles(DbNowPlus, "postgresql")
 def _now_plus_pg(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
     (seconds,) = element.clauses
-    return f"(clock_timestamp() + make_interval(secs => {compiler.process(seconds, **kw)}))"
+    return f"(statement_timestamp() + make_interval(secs => {compiler.process(seconds, **kw)}))"
 
 
 @compiles(DbNowPlus)
@@ -246,7 +249,7 @@ class DbNowText(FunctionElement[Any]):
 @compiles(DbNowText, "postgresql")
 def _now_text_pg(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
     # Not the timestamp itself: JSON would write it in the session's time zone.
-    return "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    return "to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 
 
 @compiles(DbNowText)
@@ -271,7 +274,7 @@ def _now_after_pg(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
     (column,) = element.clauses
     # GREATEST ignores NULLs; timestamptz counts in microseconds.
     return (
-        f"GREATEST(clock_timestamp(), {compiler.process(column, **kw)} + interval '1 microsecond')"
+        f"GREATEST(statement_timestamp(), {compiler.process(column, **kw)} + interval '1 microsecond')"
     )
 
 
