@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
-from jobqueue import Completion, jobs_table
+from jobqueue import Completion, NewJob, jobs_table
 from jobqueue.sql.statements import Statements
 from jobqueue.sql.steps import Query
+from jobqueue.validation import QueueLimits
 
 DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
 
@@ -34,7 +35,7 @@ def test_claim_locks_without_waiting_only_on_postgres(dialect: str) -> None:
     assert sql.count("NOT (EXISTS (SELECT") == 2
     assert "FROM generation_jobs_limits" in sql
     assert "RETURNING" in sql
-    now = "clock_timestamp()" if dialect == "postgresql" else "strftime("
+    now = "statement_timestamp()" if dialect == "postgresql" else "strftime("
     assert now in sql  # database clock, never the worker's
 
 
@@ -90,3 +91,15 @@ def test_hostile_table_names_never_reach_sql() -> None:
             jobs_table(name)
     with pytest.raises(ConfigurationError):
         jobs_table("jobs", schema="public; DROP SCHEMA x")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_one_job_without_an_idempotency_key_is_a_plain_insert(dialect: str) -> None:
+    """Only a job with a key can meet an existing row: one without is inserted without
+    ON CONFLICT (no conflict check, no extra WAL record)."""
+    s = Statements(jobs_table(), dialect)
+    bounds = QueueLimits()
+    plain = compiled(s.insert_many([NewJob().to_row(bounds)]), dialect)
+    keyed = compiled(s.insert_many([NewJob(idempotency_key="click-1").to_row(bounds)]), dialect)
+    assert "ON CONFLICT" not in plain
+    assert "ON CONFLICT" in keyed and "DO NOTHING" in keyed

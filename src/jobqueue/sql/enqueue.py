@@ -124,7 +124,12 @@ class Enqueueing(StatementsBase):
                 },
             )
         if len(rows) == 1:
-            stmt = self.once("insert", lambda: self._insert_values(ranked=False))
+            # Without an idempotency key nothing can conflict: a plain INSERT skips the
+            # conflict check and its WAL record (the new id is ours).
+            if rows[0]["idempotency_key"] is None:
+                stmt = self.once("insert", lambda: self._insert_values(ranked=False, keyed=False))
+            else:
+                stmt = self.once("insert_keyed", lambda: self._insert_values(ranked=False))
             returning = self.once(
                 "inserted_types", lambda: {c.name: c.type for c in self._inserted()}
             )
@@ -149,9 +154,10 @@ class Enqueueing(StatementsBase):
         # A role that may not place its jobs may not read their turn either.
         return [self.t.c[name] for name in self.INSERTED if placed or name != "turn"]
 
-    def _insert_values(self, *, ranked: bool, placed: bool = True) -> Any:
+    def _insert_values(self, *, ranked: bool, placed: bool = True, keyed: bool = True) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
-        batch's jobs of the same owner and queue (`owner_ranks`)."""
+        batch's jobs of the same owner and queue (`owner_ranks`). ``keyed`` False: rows
+        without an idempotency key, inserted without ON CONFLICT."""
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
@@ -181,11 +187,11 @@ class Enqueueing(StatementsBase):
                 else {}
             ),
         )
+        if keyed:
+            stmt = stmt.on_conflict_do_nothing(**self._key_conflict())
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
-        return stmt.on_conflict_do_nothing(**self._key_conflict()).returning(
-            *self._inserted(placed)
-        )
+        return stmt.returning(*self._inserted(placed))
 
     def _insert_unnest(self) -> Any:
         c = self.t.c
