@@ -222,7 +222,9 @@ async def test_a_task_id_write_stops_retrying_when_the_attempt_is_stopped(
 
     await hiccup.begin()
     job = await jq.enqueue("submit_sync", {}, max_attempts=1)
-    worker = Worker(jq, {"submit_sync": submit_sync}, listen=False, poll_interval=0.05, lease=2)
+    # The hiccup stops heartbeats too: the lease must outlast the wait for the first retry
+    # and the cancel on a loaded machine (at 2 s the reaper once failed the job first).
+    worker = Worker(jq, {"submit_sync": submit_sync}, listen=False, poll_interval=0.05, lease=8)
     task = await run_in_background(worker)
     try:
         await eventually(lambda: _retries(caplog, "task id") >= 1, 30)
