@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import warnings
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -109,12 +110,26 @@ class GenerationError(JobQueueError):
     """False when running the job again cannot help or could cost twice (a rejected key, a
     bad request, a submit the provider may already have accepted)."""
 
+    cost: Decimal | None = None
+    """What the provider charged for the failed generation anyway (DefAPI's ``consumed``
+    of a failed task), in ``cost_unit``: the worker adds it to the job's cost."""
+
+    cost_unit: str | None = None
+
     def __init__(
-        self, message: str, *, hint: str | None = None, retryable: bool | None = None
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        retryable: bool | None = None,
+        cost: Decimal | None = None,
+        cost_unit: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         if retryable is not None:
             self.retryable = retryable
+        if cost is not None:
+            self.cost, self.cost_unit = cost, cost_unit
 
 
 class RetryLater(JobQueueError):

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,13 @@ MAX_LIMIT = 100_000  # a cap on running jobs, or a rate's number of starts
 MAX_RATE_PERIOD = 86_400.0 * 31  # a rate's period, in seconds
 MAX_TURN = 1e15  # a place in the fair-share line (see jobqueue.sql.fair)
 MAX_ERROR = 10_000  # a failed attempt's message, cut to this many characters
+#: A cost (a job's, an estimate, a budget) is an exact decimal with at most `COST_PLACES`
+#: places, from 0 to `MAX_COST`: ``numeric(20, 6)`` on PostgreSQL, whole millionths
+#: (an integer) on SQLite (`jobqueue.sql.dialect.Money`).
+COST_PLACES = 6
+MAX_COST = Decimal(10) ** 12
+#: A cost's unit or currency (``USD``, ``credits``): 1 to this many characters.
+MAX_COST_UNIT = 20
 #: The longest duration a call may give (a delay, a lease, a retention period): the
 #: checks (`jobqueue.validation.seconds_of`) refuse longer ones.
 MAX_DELAY = timedelta(days=366)
@@ -163,6 +171,13 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    #: What the job cost so far (every attempt's reported cost added up), in ``cost_unit``;
+    #: None until a cost is reported.
+    cost: Decimal | None
+    cost_unit: str | None
+    #: The estimate its owner's budget reserved for it at enqueue (`jobqueue.sql.budgets`):
+    #: counted against the budget while the job is pending or running.
+    reserved: Decimal | None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     unreadable: str | None = None
 
@@ -211,6 +226,8 @@ class Job:
                 value = str(value)
             elif isinstance(value, Status):
                 value = value.value
+            elif isinstance(value, Decimal):
+                value = str(value)
             out[name] = value
         if self.unreadable is not None:
             out["unreadable"] = self.unreadable
@@ -284,6 +301,9 @@ class Completion:
     job: Job
     result: Any = None
     result_url: str | None = None
+    #: What the attempt cost (added to the job's ``cost``), and its unit.
+    cost: Decimal | None = None
+    cost_unit: str | None = None
 
 
 @dataclass(slots=True)
@@ -364,11 +384,35 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class StatusStats:
-    """One line of the statistics: a status, its job count and mean duration."""
+    """One line of the statistics: a status (and, grouped ``by`` one, a kind or an
+    owner), its job count and mean duration, and what its jobs cost.
+
+    ``cost`` is the sum of the jobs' costs in ``cost_unit`` (a line per unit when jobs
+    report several; None for jobs that reported none), ``charged`` how many of the jobs
+    cost money (for ``failed`` and ``cancelled`` lines: what was paid for and not
+    delivered)."""
 
     status: Status
     count: int
     avg_duration_sec: float | None
+    kind: str | None = None
+    owner_id: str | None = None
+    cost: Decimal = Decimal(0)
+    cost_unit: str | None = None
+    charged: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the cost as a decimal string)."""
+        return {
+            "status": self.status.value,
+            "kind": self.kind,
+            "owner_id": self.owner_id,
+            "count": self.count,
+            "avg_duration_sec": self.avg_duration_sec,
+            "cost": str(self.cost),
+            "cost_unit": self.cost_unit,
+            "charged": self.charged,
+        }
 
 
 # -- live workers ----------------------------------------------------------------------------

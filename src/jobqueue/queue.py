@@ -26,6 +26,7 @@ from collections.abc import (
 )
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, Unpack
 from uuid import UUID
 
@@ -325,7 +326,13 @@ class _QueueBase(Generic[E]):
         )
 
     def _fail_op(
-        self, job: Job, error: BaseException | str, retry: bool | None, retry_in: Any
+        self,
+        job: Job,
+        error: BaseException | str,
+        retry: bool | None,
+        retry_in: Any,
+        cost: Any = None,
+        cost_unit: str | None = None,
     ) -> Operation[Job]:
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         return ops.fail(
@@ -335,6 +342,8 @@ class _QueueBase(Generic[E]):
             retry=retry,
             retry_in=retry_in,
             backoff=self.retry_backoff,
+            cost=cost,
+            cost_unit=cost_unit,
         )
 
     def _position_key(self, job_id: JobRef, owner_id: str | None, limit: int) -> PositionKey:
@@ -639,9 +648,21 @@ class JobQueue(_QueueBase[Engine]):
         warn_renamed("JobQueue.remember_task()", "save_remote_task_id()")
         self.save_remote_task_id(job, remote_task_id)
 
-    def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
-        """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
-        return self._run(ops.complete(self.statements, job, result, result_url, self.limits))
+    def complete(
+        self,
+        job: Job,
+        result: Any = None,
+        result_url: str | None = None,
+        *,
+        cost: Decimal | int | str | None = None,
+        cost_unit: str | None = None,
+    ) -> Job:
+        """Finish a held job with its result; `LeaseLost` if it is no longer ours.
+        ``cost`` (an exact amount in ``cost_unit``) is what the attempt cost: it is added
+        to the job's ``cost``."""
+        return self._run(
+            ops.complete(self.statements, job, result, result_url, self.limits, cost, cost_unit)
+        )
 
     def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
         """Complete many held jobs in one statement; returns the ids that were written."""
@@ -672,9 +693,13 @@ class JobQueue(_QueueBase[Engine]):
         *,
         retry: bool | None = None,
         retry_in: float | timedelta | None = None,
+        cost: Decimal | int | str | None = None,
+        cost_unit: str | None = None,
     ) -> Job:
-        """Record a failure: a retry with backoff while attempts remain, else ``failed``."""
-        return self._run(self._fail_op(job, error, retry, retry_in))
+        """Record a failure: a retry with backoff while attempts remain, else ``failed``.
+        ``cost``: what the attempt cost even so (a provider that charged for a task that
+        then failed), added to the job's ``cost``."""
+        return self._run(self._fail_op(job, error, retry, retry_in, cost, cost_unit))
 
     def release(self, job: Job, reason: str = "released by worker") -> Job:
         """Hand a held job back to ``pending`` at once, without spending an attempt."""
@@ -786,9 +811,19 @@ class JobQueue(_QueueBase[Engine]):
             )
         )
 
-    def stats(self, since: timedelta | float = timedelta(days=1)) -> builtins.list[StatusStats]:
-        """Count and mean duration per status of jobs created within ``since``."""
-        return self._run(ops.stats(self.statements, since))
+    def stats(
+        self,
+        since: timedelta | float = timedelta(days=1),
+        *,
+        by: str | None = None,
+        owner_id: str | None = None,
+    ) -> builtins.list[StatusStats]:
+        """Per status of the jobs created within ``since``: their count, mean duration, and
+        what they cost (`StatusStats`: ``cost`` summed per ``cost_unit``, and ``charged``,
+        how many cost money: for ``failed`` and ``cancelled`` lines, what was paid for and
+        not delivered). ``by="kind"`` or ``by="owner"`` splits each status's line by kind
+        or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
+        return self._run(ops.stats(self.statements, since, by, owner_id))
 
     def prune(
         self,
@@ -1055,9 +1090,21 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         warn_renamed("AsyncJobQueue.remember_task()", "save_remote_task_id()")
         await self.save_remote_task_id(job, remote_task_id)
 
-    async def complete(self, job: Job, result: Any = None, result_url: str | None = None) -> Job:
-        """Finish a held job with its result; `LeaseLost` if it is no longer ours."""
-        return await self._run(ops.complete(self.statements, job, result, result_url, self.limits))
+    async def complete(
+        self,
+        job: Job,
+        result: Any = None,
+        result_url: str | None = None,
+        *,
+        cost: Decimal | int | str | None = None,
+        cost_unit: str | None = None,
+    ) -> Job:
+        """Finish a held job with its result; `LeaseLost` if it is no longer ours.
+        ``cost`` (an exact amount in ``cost_unit``) is what the attempt cost: it is added
+        to the job's ``cost``."""
+        return await self._run(
+            ops.complete(self.statements, job, result, result_url, self.limits, cost, cost_unit)
+        )
 
     async def complete_many(self, items: Sequence[Completion]) -> set[UUID]:
         """Complete many held jobs in one statement; returns the ids that were written."""
@@ -1089,9 +1136,13 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         *,
         retry: bool | None = None,
         retry_in: float | timedelta | None = None,
+        cost: Decimal | int | str | None = None,
+        cost_unit: str | None = None,
     ) -> Job:
-        """Record a failure: a retry with backoff while attempts remain, else ``failed``."""
-        return await self._run(self._fail_op(job, error, retry, retry_in))
+        """Record a failure: a retry with backoff while attempts remain, else ``failed``.
+        ``cost``: what the attempt cost even so (a provider that charged for a task that
+        then failed), added to the job's ``cost``."""
+        return await self._run(self._fail_op(job, error, retry, retry_in, cost, cost_unit))
 
     async def release(self, job: Job, reason: str = "released by worker") -> Job:
         """Hand a held job back to ``pending`` at once, without spending an attempt."""
@@ -1202,10 +1253,18 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         )
 
     async def stats(
-        self, since: timedelta | float = timedelta(days=1)
+        self,
+        since: timedelta | float = timedelta(days=1),
+        *,
+        by: str | None = None,
+        owner_id: str | None = None,
     ) -> builtins.list[StatusStats]:
-        """Count and mean duration per status of jobs created within ``since``."""
-        return await self._run(ops.stats(self.statements, since))
+        """Per status of the jobs created within ``since``: their count, mean duration, and
+        what they cost (`StatusStats`: ``cost`` summed per ``cost_unit``, and ``charged``,
+        how many cost money: for ``failed`` and ``cancelled`` lines, what was paid for and
+        not delivered). ``by="kind"`` or ``by="owner"`` splits each status's line by kind
+        or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
+        return await self._run(ops.stats(self.statements, since, by, owner_id))
 
     async def prune(
         self,

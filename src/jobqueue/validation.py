@@ -27,9 +27,12 @@ from typing import Any
 
 from .errors import InvalidJobId, PayloadError
 from .models import (
+    COST_PLACES,
     DEFAULT_MAX_PAYLOAD_BYTES,
     JSON_COLUMNS,
     MAX_ATTEMPTS_LIMIT,
+    MAX_COST,
+    MAX_COST_UNIT,
     MAX_DELAY,
     MAX_JSON_DEPTH,
     MAX_NAME,
@@ -390,6 +393,45 @@ def seconds_of(value: float | timedelta, what: str, *, low: float = 0.0) -> floa
     if secs < low or secs > MAX_DELAY.total_seconds():
         raise PayloadError(f"{what} must be between {low} seconds and {MAX_DELAY.days} days")
     return float(secs)
+
+
+def check_cost(value: Any, what: str = "cost") -> Decimal | None:
+    """An amount of money (a cost, an estimate, a budget) as an exact `Decimal`: a
+    `Decimal`, an int, or decimal text (``"0.04"``, as DefAPI sends ``consumed``), from 0 to
+    `MAX_COST`, with at most `COST_PLACES` places. A float is taken by its shortest repr
+    (``0.1`` is ``Decimal("0.1")``), not its binary value. None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise PayloadError(
+            f"{what} must be a decimal amount, not {type(value).__name__}",
+            hint='e.g. Decimal("0.04"), "0.04" or 4',
+        )
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except ArithmeticError:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or not 0 <= amount <= MAX_COST:
+        raise PayloadError(
+            f"{what} must be a finite amount between 0 and {MAX_COST}, not {value!r}"
+        )
+    if amount.quantize(_COST_STEP) != amount:
+        raise PayloadError(
+            f"{what} {value!r} has more than {COST_PLACES} decimal places",
+            hint=f"round it to {COST_PLACES} places (amounts are stored exactly)",
+        )
+    return amount
+
+
+_COST_STEP = Decimal(1).scaleb(-COST_PLACES)
+
+
+def check_cost_unit(value: Any, what: str = "cost_unit") -> str | None:
+    """A cost's unit or currency (``USD``, ``credits``): 1 to `MAX_COST_UNIT` characters."""
+    if value is None:
+        return None
+    check_text(value, what, limit=MAX_COST_UNIT)
+    return str(value)
 
 
 def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:

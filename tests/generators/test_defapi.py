@@ -6,6 +6,7 @@ import email.utils
 import logging
 import socket
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,7 +64,7 @@ async def test_success_returns_images_cost_and_progress(fake_defapi: FakeDefAPI)
     (task,) = fake_defapi.tasks_for("a lego castle")
     assert result.images == (f"https://cdn.fake-defapi.invalid/{task.task_id}/0.png",)
     assert result.url == result.images[0]
-    assert result.cost == pytest.approx(0.04)
+    assert result.cost == Decimal("0.04") and result.cost_unit == "credits"
     assert result.raw["data"]["status"] == "success"
     # The body DefAPI received: prompt, default model, input images and the options.
     assert task.body == {
@@ -502,3 +503,13 @@ async def test_a_429_in_a_worker_holds_the_job_back_pauses_the_key_and_pays_once
 
 def where_of(where: str) -> str:
     return f"POST {GOOGLE_PATH}" if where == "submit" else f"GET {QUERY_PATH}"
+
+
+async def test_a_failed_task_reports_what_it_consumed(fake_defapi: FakeDefAPI) -> None:
+    """A DefAPI task that failed still cost its ``consumed``: the error carries it, so the
+    worker keeps it on the job."""
+    fake_defapi.scenario(fail_reason="content policy violation", failed_consumed="0.04")
+    gen = make(fake_defapi)
+    with pytest.raises(GenerationError) as caught:
+        await gen.generate(GenerationRequest("a fox"), LocalContext())
+    assert caught.value.cost == Decimal("0.04") and caught.value.cost_unit == "credits"

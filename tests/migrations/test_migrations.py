@@ -29,7 +29,7 @@ from jobqueue import (
 )
 from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from jobqueue.sql.table import limits_table, workers_table
+from jobqueue.sql.table import budgets_table, limits_table, workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +63,7 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
             metadata = jobs_table(table_name).metadata
             workers_table(table_name, metadata=metadata)
             limits_table(table_name, metadata=metadata)
+            budgets_table(table_name, metadata=metadata)
             diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -375,15 +376,20 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
     try:
         metadata = jobs_table(fresh).metadata
         limits_table(fresh, metadata=metadata)
+        budgets_table(fresh, metadata=metadata)
         metadata.create_all(engine)
     finally:
         engine.dispose()
     migrated, declared = _checks(db_url, table_name), _checks(db_url, fresh)
-    assert len(migrated) == 17
+    assert len(migrated) == 20
     assert {k: v.replace(fresh, table_name) for k, v in declared.items()} == migrated
     migrated = _checks(db_url, f"{table_name}_limits")
     declared = _checks(db_url, f"{fresh}_limits")
     assert len(migrated) == 7
+    assert declared == migrated
+    migrated = _checks(db_url, f"{table_name}_budgets")
+    declared = _checks(db_url, f"{fresh}_budgets")
+    assert len(migrated) == 4
     assert declared == migrated
 
 

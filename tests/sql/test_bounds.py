@@ -273,6 +273,10 @@ def test_every_constraint_is_checked_here() -> None:
         "attempts_left",
         "times",
         "turn",
+        # tests/costs/test_costs.py: cost and reserved (the same `MoneyBounds`), cost_unit.
+        "cost",
+        "cost_unit",
+        "reserved",
     }
     assert set(bounds(jobs_table())) == tested
     limit_tested = {b.constraint for b in LIMIT_BOUNDS} | {"scope", "name", "times"}

@@ -75,6 +75,8 @@ class Scenario:
     hold: bool = False
     images: int = 1
     consumed: str = "0.04"
+    #: What a task that ends ``failed`` reports it consumed (DefAPI may charge for those).
+    failed_consumed: str = "0"
     echo: str = ""
     echo_in: str = ""
     echo_pad: int = 0
@@ -302,6 +304,7 @@ class FakeDefAPI:
             elif sc.fail_reason is not None:
                 data["status"] = "failed"
                 data["status_reason"] = {"message": sc.fail_reason}
+                data["consumed"] = sc.failed_consumed
             else:
                 data["status"] = "success"
                 data["consumed"] = sc.consumed

@@ -120,27 +120,37 @@ def check_command(env: Env) -> None:
     show_default=True,
     help="Jobs created within this time.",
 )
+@click.option(
+    "--by",
+    type=click.Choice(["kind", "owner"]),
+    help="Split each status's line by kind or by owner.",
+)
+@click.option("--owner", "owner_id", help="Only this owner's jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @pass_env
-def stats_command(env: Env, since: timedelta, as_json: bool) -> None:
-    """Count and average duration (creation to finish) of jobs per status.
+def stats_command(
+    env: Env, since: timedelta, by: str | None, owner_id: str | None, as_json: bool
+) -> None:
+    """Count, average duration (creation to finish) and cost of jobs per status.
 
-    Below the table, what is paused (`jobqueue pause`), since when and why.
+    The cost is summed per unit; "paid" counts the jobs that cost money (on a failed or
+    cancelled line: paid for and not delivered). Below the table, what is paused
+    (`jobqueue pause`), since when and why.
     """
     with env.queue() as q:
-        stats = q.stats(since)
+        stats = q.stats(since, by=by, owner_id=owner_id)
         limits = q.list_limits(counts=False)
     if as_json:
-        statuses = [
-            {"status": s.status.value, "count": s.count, "avg_duration_sec": s.avg_duration_sec}
-            for s in stats
-        ]
+        statuses = [s.to_dict() for s in stats]
         echo_json(
             {"statuses": statuses, "paused": [limit.to_dict() for limit in paused_now(limits)]}
         )
         return
     console = out()
-    console.print(render_stats(stats, title=f"Jobs created in the last {format_duration(since)}"))
+    title = f"Jobs created in the last {format_duration(since)}"
+    if owner_id is not None:
+        title += f" by {owner_id}"
+    console.print(render_stats(stats, title=title, by=by))
     for line in paused_lines(limits):
         console.print(line, markup=False, soft_wrap=True)
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -378,19 +379,52 @@ def job_details(job: Job, position: Position | None = None) -> Table:
     return table
 
 
-def render_stats(stats: Iterable[StatusStats], *, title: str | None = None) -> Table:
-    """The statistics (`JobQueue.stats`) as a table: count and mean duration per status."""
+def render_stats(
+    stats: Iterable[StatusStats], *, title: str | None = None, by: str | None = None
+) -> Table:
+    """The statistics (`JobQueue.stats`) as a table: count, mean duration and cost per
+    status (and ``by`` kind or owner), with the jobs that cost money ("paid") and the
+    total cost per unit."""
+    lines = list(stats)
     table = Table(title=title, header_style="bold")
     table.add_column("status")
+    if by is not None:
+        table.add_column(by)
     table.add_column("count", justify="right")
     table.add_column("avg duration", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("paid", justify="right")
     total = 0
-    for line in stats:
+    costs: dict[str | None, Decimal] = {}
+    for line in lines:
         total += line.count
-        table.add_row(status_text(line.status), str(line.count), seconds(line.avg_duration_sec))
+        group = [] if by is None else [str((line.kind if by == "kind" else line.owner_id) or "-")]
+        table.add_row(
+            status_text(line.status),
+            *group,
+            str(line.count),
+            seconds(line.avg_duration_sec),
+            cost_text(line.cost, line.cost_unit) if line.cost_unit else "",
+            str(line.charged) if line.charged else "",
+        )
+        if line.cost_unit is not None:
+            costs[line.cost_unit] = costs.get(line.cost_unit, Decimal(0)) + line.cost
     table.add_section()
-    table.add_row("total", str(total), "")
+    spent = ", ".join(cost_text(amount, unit) for unit, amount in sorted(costs.items()))
+    table.add_row(
+        "total",
+        *([""] if by is not None else []),
+        str(total),
+        "",
+        spent,
+        str(sum(line.charged for line in lines) or ""),
+    )
     return table
+
+
+def cost_text(amount: Decimal, unit: str | None) -> str:
+    """An amount and its unit: ``0.04 USD``."""
+    return f"{amount} {unit}" if unit else str(amount)
 
 
 class JobBars:

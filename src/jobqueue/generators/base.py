@@ -12,7 +12,8 @@ import base64
 import difflib
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from ..errors import PayloadError, warn_renamed
@@ -95,8 +96,11 @@ class GenerationResult:
 
     images: tuple[str, ...]
     text: str | None = None
-    cost: float | None = None
+    #: What the generation cost (DefAPI's ``consumed``), exactly, in ``cost_unit``: the
+    #: worker stores it in the job's ``cost`` column.
+    cost: Decimal | None = None
     raw: Any = None
+    cost_unit: str | None = None
 
     @property
     def url(self) -> str | None:
@@ -105,7 +109,8 @@ class GenerationResult:
 
     def to_result(self) -> dict[str, Any]:
         """The job's ``result`` column (JSON)."""
-        return {"images": list(self.images), "text": self.text, "cost": self.cost, "raw": self.raw}
+        cost = None if self.cost is None else float(self.cost)  # JSON: the column has it exactly
+        return {"images": list(self.images), "text": self.text, "cost": cost, "raw": self.raw}
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> GenerationResult:
@@ -113,10 +118,12 @@ class GenerationResult:
         URL strings count as none."""
         images = result.get("images")
         valid = isinstance(images, list | tuple) and all(isinstance(i, str) for i in images)
+        cost = result.get("cost")
+        number = isinstance(cost, int | float) and not isinstance(cost, bool)
         return cls(
             tuple(images) if valid and images else (),
             result.get("text"),
-            result.get("cost"),
+            Decimal(str(cost)) if number else None,
             result.get("raw"),
         )
 
@@ -131,9 +138,11 @@ class GenerationResult:
         if isinstance(job.result, Mapping):
             result = cls.from_result(job.result)
             if result.images:
+                if job.cost is not None:  # the column's exact amount
+                    return replace(result, cost=job.cost, cost_unit=job.cost_unit)
                 return result
         images = (job.result_url,) if job.result_url else ()
-        return cls(images=images, raw=job.result)
+        return cls(images=images, raw=job.result, cost=job.cost, cost_unit=job.cost_unit)
 
 
 @runtime_checkable

@@ -41,6 +41,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -172,6 +173,9 @@ class DefAPIGenerator:
     """
 
     name = "defapi"
+    #: The unit of DefAPI's ``consumed``, which the job's ``cost`` is stored in (a
+    #: subclass or an instance may name another).
+    cost_unit = "credits"
 
     def __init__(
         self,
@@ -515,7 +519,12 @@ class DefAPIGenerator:
                     return self._result(task_id, body, data)
                 if status == "failed":
                     reason = _failure_reason(data)
-                    raise TaskEnded(self.scrub(f"DefAPI task {task_id} failed: {reason}"))
+                    # What a failed task consumed is paid all the same: the job keeps it.
+                    raise TaskEnded(
+                        self.scrub(f"DefAPI task {task_id} failed: {reason}"),
+                        cost=_cost(data.get("consumed")),
+                        cost_unit=self.cost_unit,
+                    )
                 if status != last_status:
                     last_status = status
                     if status in WAITING_STATUSES:
@@ -547,15 +556,21 @@ class DefAPIGenerator:
         text = "\n".join(texts) if texts else None
         if not images:
             detail = f": {self._scrubber.cut(text, 200)}" if text else ""
-            raise self._error(
+            error = self._error(
                 f"DefAPI task {task_id} succeeded but returned no image{detail}",
                 retryable=False,
             )
+            error.cost, error.cost_unit = _cost(data.get("consumed")), self.cost_unit
+            raise error
         logger.info("DefAPI task %s succeeded with %d image(s)", self.scrub(task_id), len(images))
         # Scrubbed as a whole by `generate` (image URLs and text too); ``raw`` here already,
         # for callers of `poll`.
         return GenerationResult(
-            images=images, text=text, cost=_cost(data.get("consumed")), raw=self.scrub(body)
+            images=images,
+            text=text,
+            cost=_cost(data.get("consumed")),
+            raw=self.scrub(body),
+            cost_unit=self.cost_unit,
         )
 
     async def generate(self, request: GenerationRequest, context: JobContext) -> GenerationResult:
@@ -600,11 +615,17 @@ def _failure_reason(data: Mapping[str, Any]) -> str:
     return "no reason given"
 
 
-def _cost(value: Any) -> float | None:
-    """``data.consumed`` as a number (DefAPI sends it as a string such as "0.04")."""
-    if isinstance(value, bool) or value is None:
+def _cost(value: Any) -> Decimal | None:
+    """``data.consumed`` as an exact decimal (DefAPI sends it as a string such as "0.04");
+    None when it is missing or no amount the job can store (negative, not a number, more
+    than 6 places): a result is never lost over its price."""
+    if isinstance(value, bool) or value is None or not isinstance(value, str | int | float):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        amount = Decimal(str(value).strip())
+    except ArithmeticError:
         return None
+    if not amount.is_finite() or amount < 0 or amount.as_tuple().exponent < -6:  # type: ignore[operator]
+        logger.warning("DefAPI reported a cost the job cannot store: %r", value)
+        return None
+    return amount

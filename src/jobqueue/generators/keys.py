@@ -172,6 +172,7 @@ class Scrubber:
             text=None if result.text is None else self.text(result.text),
             cost=result.cost,
             raw=self.value(result.raw),
+            cost_unit=result.cost_unit,
         )
 
     # -- exceptions ----------------------------------------------------------------------------

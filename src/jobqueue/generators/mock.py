@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import random
+from decimal import Decimal
 from typing import Any
 
 from ..errors import ConfigurationError, GenerationError
@@ -51,7 +52,9 @@ class MockGenerator:
     ``delay`` seconds are spread over ``steps`` progress reports; ``failure_rate`` (0 to 1)
     of the generations end in `GenerationError`, decided by a ``seed``-ed random generator.
     ``submitted`` and ``resumed`` count fresh submissions and resumed tasks, so tests can
-    check that a retried job polls its saved task instead of submitting again.
+    check that a retried job polls its saved task instead of submitting again. ``cost``
+    (an exact amount in ``cost_unit``) is what each generation reports it cost, failed
+    ones included, as a provider that charges for a task that then fails.
     """
 
     name = "mock"
@@ -63,6 +66,8 @@ class MockGenerator:
         failure_rate: float = 0.0,
         seed: int | None = None,
         base_url: str = DEFAULT_MOCK_BASE_URL,
+        cost: Decimal | int | str = 0,
+        cost_unit: str = "credits",
     ) -> None:
         if not delay >= 0:
             raise ConfigurationError(f"MockGenerator delay must be >= 0 seconds, not {delay!r}")
@@ -72,6 +77,15 @@ class MockGenerator:
             raise ConfigurationError(
                 f"MockGenerator failure_rate must be between 0 and 1, not {failure_rate!r}"
             )
+        try:
+            self.cost = Decimal(str(cost))
+        except ArithmeticError:
+            raise ConfigurationError(
+                f"MockGenerator cost must be a decimal amount, not {cost!r}"
+            ) from None
+        if not self.cost.is_finite() or self.cost < 0:
+            raise ConfigurationError(f"MockGenerator cost must be 0 or more, not {cost!r}")
+        self.cost_unit = cost_unit
         self.delay = float(delay)
         self.steps = steps
         self.failure_rate = float(failure_rate)
@@ -121,9 +135,17 @@ class MockGenerator:
             raise GenerationError(
                 f"mock generation failed on purpose (failure_rate={self.failure_rate:g})",
                 hint="the mock fails at its configured rate; set failure_rate=0 to stop that",
+                cost=self.cost,
+                cost_unit=self.cost_unit,
             )
         raw: dict[str, Any] = {"task_id": task_id, "status": "success", "mock": True}
-        return GenerationResult(images=self.urls_for(request), text=None, cost=0.0, raw=raw)
+        return GenerationResult(
+            images=self.urls_for(request),
+            text=None,
+            cost=self.cost,
+            raw=raw,
+            cost_unit=self.cost_unit,
+        )
 
     async def aclose(self) -> None:
         """Nothing to release: the mock holds no connections."""

@@ -26,6 +26,7 @@ from ..drivers.errors import translated_errors
 from ..errors import ConfigurationError, PermissionDenied
 from ..models import DEFAULT_TABLE
 from ..sql.table import (
+    budgets_table_name,
     limits_table_name,
     validate_identifier,
     validate_table_name,
@@ -321,8 +322,8 @@ def include_object(
 
     Pass it to ``context.configure(include_object=jobqueue.migrations.include_object)`` and
     autogenerate ignores ``generation_jobs``, its version table, its live-workers table and
-    its limits table (with their indexes), so it never proposes to drop or alter them. Use
-    `exclude_tables` for other table names.
+    its limits and budgets tables (with their indexes), so it never proposes to drop or
+    alter them. Use `exclude_tables` for other table names.
     """
     return exclude_tables(DEFAULT_TABLE)(obj, name, type_, reflected, compare_to)
 
@@ -340,6 +341,7 @@ def exclude_tables(*tables: str) -> IncludeObject:
             version_table(name),
             workers_table_name(name),
             limits_table_name(name),
+            budgets_table_name(name),
         )
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +32,8 @@ from ..sql.steps import Row, Rows
 from ..validation import (
     READ_PAYLOAD_FACTOR,
     QueueLimits,
+    check_cost,
+    check_cost_unit,
     check_int,
     check_json,
     check_text,
@@ -178,6 +181,9 @@ def _new_job(
         None,  # started_at
         None,  # completed_at
         updated_at,  # updated_at
+        None,  # cost
+        None,  # cost_unit
+        r.get("reserved"),  # reserved
         _NO_EXTRA,  # extra
         None,  # unreadable
     )
@@ -335,26 +341,46 @@ def _check_result(result: Any, result_url: str | None, limits: QueueLimits) -> s
     return None if result is None else check_json(result, "result", limits)
 
 
+def _check_spent(cost: Any, unit: Any) -> tuple[Decimal | None, str | None]:
+    """An attempt's reported cost and unit, checked (a unit without a cost is dropped)."""
+    amount = check_cost(cost)
+    return amount, None if amount is None else check_cost_unit(unit)
+
+
 @operation(Access.ONE_WRITE)
 def complete(
-    s: Statements, job: Job, result: Any, result_url: str | None, limits: QueueLimits
+    s: Statements,
+    job: Job,
+    result: Any,
+    result_url: str | None,
+    limits: QueueLimits,
+    cost: Any = None,
+    cost_unit: str | None = None,
 ) -> Steps[Job]:
     result_json = _check_result(result, result_url, limits)
-    rows = yield s.complete(job.id, job.attempts, job.started_at, result_json, result_url)
+    amount, unit = _check_spent(cost, cost_unit)
+    rows = yield s.complete(
+        job.id, job.attempts, job.started_at, result_json, result_url, amount, unit
+    )
     return read_job((yield from _check_fence(s, job, rows, "complete")))
 
 
 def _completion_rows(items: Sequence[Completion], limits: QueueLimits) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": i.job.id,
-            "attempt": i.job.attempts,
-            "started": i.job.started_at,
-            "result": _check_result(i.result, i.result_url, limits),
-            "result_url": i.result_url,
-        }
-        for i in items
-    ]
+    rows = []
+    for i in items:
+        amount, unit = _check_spent(i.cost, i.cost_unit)
+        rows.append(
+            {
+                "id": i.job.id,
+                "attempt": i.job.attempts,
+                "started": i.job.started_at,
+                "result": _check_result(i.result, i.result_url, limits),
+                "result_url": i.result_url,
+                "cost": amount,
+                "cost_unit": unit,
+            }
+        )
+    return rows
 
 
 @operation(Access.ONE_WRITE)
@@ -461,9 +487,12 @@ def fail(
     retry: bool | None,
     retry_in: float | timedelta | None,
     backoff: tuple[float, float],
+    cost: Any = None,
+    cost_unit: str | None = None,
 ) -> Steps[Job]:
     """Record a failed attempt. ``retry=None`` retries while attempts remain, ``False`` never,
-    ``True`` even when they are spent (one more attempt)."""
+    ``True`` even when they are spent (one more attempt). ``cost``: what the attempt cost
+    anyway (a provider that charged for a task that then failed), added to the job's."""
     message = storable_text(str(error))[:MAX_ERROR] or "failed without a message"
     if retry is None:
         retry = job.attempts < job.max_attempts
@@ -474,7 +503,8 @@ def fail(
             if retry_in is not None
             else backoff_delay(job.attempts, *backoff)
         )
-    rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay)
+    amount, unit = _check_spent(cost, cost_unit)
+    rows = yield s.fail(job.id, job.attempts, job.started_at, message, delay, amount, unit)
     return read_job((yield from _check_fence(s, job, rows, "fail")))
 
 
@@ -565,14 +595,33 @@ def list_jobs(
 
 
 @operation(Access.READ)
-def stats(s: Statements, since: timedelta | float) -> Steps[list[StatusStats]]:
+def stats(
+    s: Statements,
+    since: timedelta | float,
+    by: str | None = None,
+    owner_id: str | None = None,
+) -> Steps[list[StatusStats]]:
+    """Per status (and ``by`` ``"kind"`` or ``"owner"``) and cost unit: jobs, mean
+    duration, cost and how many cost money; ``owner_id`` keeps one owner's jobs."""
     secs = seconds_of(since, "since")
-    rows = yield s.stats(secs)
+    if by is not None and by not in s.STATS_BY:
+        raise PayloadError(
+            f"stats can be grouped by {' or '.join(s.STATS_BY)}, not {by!r}",
+            hint="by='owner' for each owner's spending, by='kind' for each kind's",
+        )
+    if owner_id is not None:
+        check_text(owner_id, "owner_id")
+    rows = yield s.stats(secs, by, owner_id)
     return [
         StatusStats(
             Status(r["status"]),
             int(r["count"]),
             None if r["avg_duration_sec"] is None else float(r["avg_duration_sec"]),
+            kind=r.get("grouped") if by == "kind" else None,
+            owner_id=r.get("grouped") if by == "owner" else owner_id,
+            cost=r["cost"] if r["cost"] is not None else Decimal(0),
+            cost_unit=r["cost_unit"],
+            charged=int(r["charged"] or 0),
         )
         for r in rows
     ]

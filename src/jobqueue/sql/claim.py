@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    Numeric,
     Text,
     Uuid,
     case,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeEngine
 
-from ..models import Status
+from ..models import COST_PLACES, Status
 from .common import (
     COMPLETION_COLUMNS,
     batch_json,
@@ -34,7 +35,7 @@ from .common import (
     param,
     unnest,
 )
-from .dialect import DbNow
+from .dialect import DbNow, to_micros
 from .fair import in_line
 from .limits import Limiting
 from .steps import Direct
@@ -48,6 +49,8 @@ def completion_arrays(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]
         "jq_started": [i["started"] for i in items],
         "jq_results": [i["result"] for i in items],
         "jq_result_urls": [i["result_url"] for i in items],
+        "jq_costs": [i["cost"] for i in items],
+        "jq_cost_units": [i["cost_unit"] for i in items],
     }
 
 
@@ -150,8 +153,9 @@ class Claiming(Limiting):
     def complete_many(self, items: Sequence[Mapping[str, Any]]) -> Direct:
         """Complete many held jobs in one statement (the worker's batched completer).
 
-        ``items`` are ``{"id", "attempt", "started", "result", "result_url"}``: the claim
-        and the result as JSON text. The fencing condition is the same as `complete`, so
+        ``items`` are ``{"id", "attempt", "started", "result", "result_url", "cost",
+        "cost_unit"}``: the claim, the result as JSON text, and what the attempt cost
+        (`added_cost`). The fencing condition is the same as `complete`, so
         RETURNING tells which jobs were fenced off (those ids are missing). On PostgreSQL
         the batch travels as array parameters that are ``unnest``\\ed and joined to the
         table, on SQLite as one JSON parameter (`json_rows`): one cached statement for any
@@ -166,7 +170,18 @@ class Claiming(Limiting):
             batch = json_rows(COMPLETION_COLUMNS, "batch")
             return self._complete_from(batch, batch.c.result)
 
-        rows = [(i["id"], i["attempt"], i["started"], i["result"], i["result_url"]) for i in items]
+        rows = [
+            (
+                i["id"],
+                i["attempt"],
+                i["started"],
+                i["result"],
+                i["result_url"],
+                None if i["cost"] is None else to_micros(i["cost"]),
+                i["cost_unit"],
+            )
+            for i in items
+        ]
         stmt = self.once("complete_many_sqlite", build)
         return Direct(stmt, {"jq_batch": batch_json(rows)}, returning)
 
@@ -232,6 +247,8 @@ class Claiming(Limiting):
             ("started", "started", DateTime(timezone=True)),
             ("result", "results", Text()),
             ("result_url", "result_urls", Text()),
+            ("cost", "costs", Numeric(20, COST_PLACES)),
+            ("cost_unit", "cost_units", Text()),
         ]
         batch = unnest(arrays, "batch")
         return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()))
@@ -246,6 +263,7 @@ class Claiming(Limiting):
                 status=Status.COMPLETED.value,
                 result=result,
                 result_url=batch.c.result_url,
+                **self.added_cost(batch.c.cost, batch.c.cost_unit),
                 error=None,
                 progress=100,
                 lease_expires_at=None,

@@ -43,7 +43,15 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
 from ..models import JSON_COLUMNS, Status
-from .dialect import DbNow, DbNowAfter, DbNowPlus, DbNowText, JsonAppend, UTCDateTime, sqlite_time
+from .dialect import (
+    DbNow,
+    DbNowAfter,
+    DbNowPlus,
+    DbNowText,
+    JsonAppend,
+    UTCDateTime,
+    sqlite_time,
+)
 from .table import limits_table
 
 T = TypeVar("T")
@@ -135,7 +143,14 @@ HELD_COLUMNS: list[tuple[str, TypeEngine[Any]]] = [
     ("attempt", Integer()),
     ("started", UTCDateTime()),
 ]
-COMPLETION_COLUMNS = [*HELD_COLUMNS, ("result", Text()), ("result_url", Text())]
+COMPLETION_COLUMNS = [
+    *HELD_COLUMNS,
+    ("result", Text()),
+    ("result_url", Text()),
+    # As SQLite stores it (`Money`): whole millionths, written to the column as they are.
+    ("cost", Integer()),
+    ("cost_unit", Text()),
+]
 
 
 class BuiltOnce:
@@ -256,6 +271,20 @@ class StatementsBase(BuiltOnce):
             literal_column("'error'"),
             message,
         )
+
+    def added_cost(self, amount: ColumnElement[Any], unit: ColumnElement[Any]) -> dict[str, Any]:
+        """What an outcome that reports a cost writes: ``amount`` added to the job's cost
+        (NULL adds nothing, and leaves a job that never reported one at NULL), and ``unit``
+        as its unit when given. Every writer of an outcome (completion, failure) uses it,
+        so a job that cost money keeps its cost whatever it comes to."""
+        c = self.t.c
+        return {
+            "cost": case(
+                (amount.is_(None), c.cost),
+                else_=func.coalesce(c.cost, literal_column("0")) + amount,
+            ),
+            "cost_unit": func.coalesce(unit, c.cost_unit),
+        }
 
     def at_least_one_more(self) -> ColumnElement[int]:
         """``max_attempts``, raised to leave one more attempt when none is left."""

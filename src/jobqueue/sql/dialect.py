@@ -13,16 +13,17 @@ database can be the referee.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, Float, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Dialect, Float, Numeric, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, literal
 from sqlalchemy.types import DateTime
 
-from ..models import END_OF_TIME, START_OF_TIME
+from ..models import COST_PLACES, END_OF_TIME, MAX_COST, START_OF_TIME
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -106,6 +107,91 @@ def _sqlite_json_ddl(type_: SQLiteJSON, compiler: Any, **kw: Any) -> str:
 
 def json_type() -> Any:
     return SQLiteJSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+#: A cost in its smallest stored step: SQLite keeps whole millionths.
+MICROS = 10**COST_PLACES
+
+
+def plain_decimal(value: Decimal) -> Decimal:
+    """``value`` without trailing zeros and never in exponent form (``0.04``, ``12``)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+def to_micros(value: Decimal) -> int:
+    """A checked cost (at most `COST_PLACES` places) as SQLite stores it."""
+    return int(value.scaleb(COST_PLACES))
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact amount of money (a cost, an estimate, a budget), read as a `Decimal`.
+
+    PostgreSQL stores ``numeric(20, 6)``. SQLite has no exact decimal type (its NUMERIC
+    affinity turns ``0.1`` into a float), so it stores the amount as an integer number of
+    millionths (``0.04`` is ``40000``): sums stay exact integers there. A value that is not
+    an integer (a client wrote a float or text, past the check constraint) reads as None.
+    """
+
+    impl = Numeric(20, COST_PLACES)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, COST_PLACES, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+        return to_micros(amount) if dialect.name == "sqlite" else amount
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """Only `process_result_value`: every driver returns ``numeric`` as a `Decimal`
+        (or SQLite's integer) already, and the fast path (`jobqueue.drivers.direct`) asks
+        for processors without the column's type code, which SQLAlchemy's numeric needs."""
+
+        def process(value: Any) -> Decimal | None:
+            return self.process_result_value(value, dialect)
+
+        return process
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None
+            return plain_decimal(Decimal(value).scaleb(-COST_PLACES))
+        return plain_decimal(Decimal(value))
+
+
+class MoneyBounds(FunctionElement[bool]):
+    """True when an amount is within 0 and `MAX_COST`, or NULL (a check passes); on SQLite
+    also that it is stored as `Money` stores it (an integer of millionths)."""
+
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(MoneyBounds, "postgresql")
+def _money_bounds_pg(element: MoneyBounds, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"{compiler.process(column, **kw)} BETWEEN 0 AND {MAX_COST}"
+
+
+@compiles(MoneyBounds)
+def _money_bounds_sqlite(element: MoneyBounds, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    value = compiler.process(column, **kw)
+    return (
+        f"({value} IS NULL OR typeof({value}) = 'integer' "
+        f"AND {value} BETWEEN 0 AND {MAX_COST * MICROS})"
+    )
 
 
 SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"

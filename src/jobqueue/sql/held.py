@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +34,7 @@ from .common import (
     param,
     unnest,
 )
-from .dialect import DbNow, DbNowPlus
+from .dialect import DbNow, DbNowPlus, Money
 from .steps import Direct, Query
 
 
@@ -153,8 +154,11 @@ class HeldJobs(StatementsBase):
         started: datetime | None,
         result_json: str | None,
         result_url: str | None,
+        cost: Decimal | None = None,
+        cost_unit: str | None = None,
     ) -> Query:
-        """Complete a held job; ``result_json`` is the result as JSON text (None: no result)."""
+        """Complete a held job; ``result_json`` is the result as JSON text (None: no result),
+        ``cost`` what the attempt cost (`added_cost`)."""
 
         def build() -> Any:
             now = DbNow()
@@ -165,6 +169,7 @@ class HeldJobs(StatementsBase):
                     status=Status.COMPLETED.value,
                     result=json_param("result", self.dialect),
                     result_url=param("result_url", Text()),
+                    **self._cost_params(),
                     error=None,
                     progress=100,
                     lease_expires_at=None,
@@ -175,9 +180,20 @@ class HeldJobs(StatementsBase):
             )
 
         params = fence_params(
-            job_id, attempt, started, jq_result=result_json, jq_result_url=result_url
+            job_id,
+            attempt,
+            started,
+            jq_result=result_json,
+            jq_result_url=result_url,
+            jq_cost=cost,
+            jq_cost_unit=cost_unit,
         )
         return Query(self.once("complete", build), params)
+
+    def _cost_params(self) -> dict[str, Any]:
+        return self.added_cost(
+            cast(param("cost", Money()), Money()), cast(param("cost_unit", Text()), Text())
+        )
 
     def fail(
         self,
@@ -186,9 +202,12 @@ class HeldJobs(StatementsBase):
         started: datetime | None,
         error: str,
         retry_in: float | None,
+        cost: Decimal | None = None,
+        cost_unit: str | None = None,
     ) -> Query:
         """Record a failed attempt: back to ``pending`` after ``retry_in`` seconds, or, when
-        ``retry_in`` is None, ``failed`` for good. The error joins the ``errors`` history."""
+        ``retry_in`` is None, ``failed`` for good. The error joins the ``errors`` history;
+        what the attempt cost, if anything, is added to the job's cost (`added_cost`)."""
         retrying = retry_in is not None
 
         def build() -> Any:
@@ -199,6 +218,7 @@ class HeldJobs(StatementsBase):
                 "errors": self.error_entry(cast(message, Text())),
                 "lease_expires_at": None,
                 "updated_at": now,
+                **self._cost_params(),
             }
             if not retrying:
                 moves: dict[str, Any] = {"status": Status.FAILED.value, "completed_at": now}
@@ -218,7 +238,9 @@ class HeldJobs(StatementsBase):
                 .returning(*self.columns)
             )
 
-        params = fence_params(job_id, attempt, started, jq_error=error)
+        params = fence_params(
+            job_id, attempt, started, jq_error=error, jq_cost=cost, jq_cost_unit=cost_unit
+        )
         if retrying:
             params["jq_retry_in"] = retry_in
         return Query(self.once(("fail", retrying), build), params)

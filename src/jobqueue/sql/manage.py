@@ -18,13 +18,14 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
     select,
     update,
 )
 
 from ..models import Status, sources_of
 from .common import StatementsBase, param, status_values
-from .dialect import DbNow, DbNowPlus, UTCDateTime
+from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
 from .steps import Query
 
 
@@ -180,8 +181,19 @@ class Managing(StatementsBase):
             params["jq_since"] = -since
         return Query(self.once((*shape, since_kind), build), params)
 
-    def stats(self, since_seconds: float) -> Query:
-        """The statistics: jobs per status and their mean creation-to-finish time."""
+    #: What `stats` may group its lines by, besides the status.
+    STATS_BY = ("kind", "owner")
+
+    def stats(
+        self, since_seconds: float, by: str | None = None, owner_id: str | None = None
+    ) -> Query:
+        """The statistics of the jobs created in the last ``since_seconds``: per status (and
+        ``by`` kind or owner) and cost unit, the jobs, their mean creation-to-finish time,
+        the sum of their costs, and how many of them cost money (``charged``). With
+        ``owner_id``, only that owner's jobs (an end user's own spending)."""
+        if by is not None and by not in self.STATS_BY:
+            raise ValueError(f"stats group by one of {self.STATS_BY}, not {by!r}")
+        mine = owner_id is not None
 
         def build() -> Any:
             c = self.t.c
@@ -194,18 +206,27 @@ class Managing(StatementsBase):
                 )
             else:
                 seconds = (func.julianday(c.completed_at) - func.julianday(c.created_at)) * 86400.0
-            return (
-                select(
-                    c.status,
-                    func.count().label("count"),
-                    func.avg(seconds).label("avg_duration_sec"),
-                )
-                .where(c.created_at > DbNowPlus(param("back", Float())))
-                .group_by(c.status)
-                .order_by(c.status)
+            group = [] if by is None else [c.kind if by == "kind" else c.owner_id]
+            charged = case((c.cost > literal_column("0"), literal_column("1")), else_=0)
+            stmt = select(
+                c.status,
+                *(col.label("grouped") for col in group),
+                c.cost_unit,
+                func.count().label("count"),
+                func.avg(seconds).label("avg_duration_sec"),
+                func.sum(c.cost, type_=Money()).label("cost"),
+                func.sum(charged, type_=Integer()).label("charged"),
+            ).where(c.created_at > DbNowPlus(param("back", Float())))
+            if mine:
+                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
+            return stmt.group_by(c.status, *group, c.cost_unit).order_by(
+                c.status, *group, c.cost_unit
             )
 
-        return Query(self.once("stats", build), {"jq_back": -since_seconds})
+        params: dict[str, Any] = {"jq_back": -since_seconds}
+        if mine:
+            params["jq_owner_id"] = owner_id
+        return Query(self.once(("stats", by, mine), build), params)
 
     def prune(self, older_than_seconds: float, statuses: Sequence[Status]) -> Query:
         """Delete jobs in the given (final) statuses that finished more than

@@ -46,6 +46,7 @@ from ..models import (
 )
 from .table import (
     OWNER_COLUMNS,
+    budgets_table_name,
     limits_table_name,
     validate_identifier,
     validate_table_name,
@@ -223,6 +224,8 @@ def rls_statements(
         out.insert(1, f"GRANT USAGE ON SCHEMA {_quote(schema)} TO {user}, {worker}")
     out += live_workers_statements(table, schema, worker_role)
     out += worker_only_statements(limits_table_name(table), schema, worker_role)
+    # The budgets are the operator's: a user who could write them could raise their own.
+    out += worker_only_statements(budgets_table_name(table), schema, worker_role)
     return out
 
 

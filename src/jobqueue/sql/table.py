@@ -40,6 +40,7 @@ from ..models import (
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
     MAX_ATTEMPTS_LIMIT,
+    MAX_COST_UNIT,
     MAX_ERROR,
     MAX_LIMIT,
     MAX_NAME,
@@ -52,7 +53,7 @@ from ..models import (
     MAX_TURN,
     Status,
 )
-from .dialect import DbNow, Finite, NewJobId, UTCDateTime, json_type
+from .dialect import DbNow, Finite, Money, MoneyBounds, NewJobId, UTCDateTime, json_type
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -140,6 +141,11 @@ def jobs_table(
         Column("started_at", UTCDateTime()),
         Column("completed_at", UTCDateTime()),
         Column("updated_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        # What the job cost (every attempt's reported cost added up) and in what unit, and
+        # what its owner's budget reserved for it at enqueue (migration 0007).
+        Column("cost", Money()),
+        Column("cost_unit", String(MAX_COST_UNIT)),
+        Column("reserved", Money()),
         CheckConstraint(
             "status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')",
             name=f"{name}_status_check",
@@ -254,6 +260,9 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
         "result_url": length(c.result_url, 1, MAX_RESULT_URL),
         "error": length(c.error, 0, MAX_ERROR),
         "priority": c.priority.between(-MAX_PRIORITY, MAX_PRIORITY),
+        "cost": MoneyBounds(c.cost),
+        "cost_unit": length(c.cost_unit, 1, MAX_COST_UNIT),
+        "reserved": MoneyBounds(c.reserved),
         # Finite: NaN or an infinity would put a job past or before every other for good.
         "turn": c.turn.between(-MAX_TURN, MAX_TURN),
         # Not max_attempts alone: an operator's `retry` of a job that spent its attempts
@@ -302,6 +311,9 @@ OWNER_COLUMNS: tuple[str, ...] = (
     "started_at",
     "completed_at",
     "updated_at",
+    "cost",
+    "cost_unit",
+    "reserved",
 )
 
 
@@ -433,3 +445,54 @@ def workers_table(
         PrimaryKeyConstraint("worker_id", name=f"{name}_pkey"),
         schema=schema,
     )
+
+
+# -- the budgets -------------------------------------------------------------------------------
+
+BUDGETS_SUFFIX = "_budgets"
+
+#: A budget is an amount per day or per calendar month (UTC), or a prepaid balance that
+#: never starts over.
+BUDGET_PERIODS = ("day", "month", "balance")
+
+
+def budgets_table_name(jobs_table_name: str) -> str:
+    """The budgets table of the jobs table ``jobs_table_name`` (``generation_jobs_budgets``)."""
+    return f"{jobs_table_name}{BUDGETS_SUFFIX}"
+
+
+def budgets_table(
+    jobs_table_name: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """The `Table` of the owners' budgets (`jobqueue.sql.budgets`): one row per owner that
+    has one, with its ``amount`` per ``period`` (or as a prepaid balance) and its unit.
+
+    Its check constraints' names are ``<budgets>_<3 letters>_check``: with the longest jobs
+    table name they just fit PostgreSQL's 63 characters."""
+    validate_table_name(jobs_table_name)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    name = budgets_table_name(jobs_table_name)
+    t = Table(
+        name,
+        metadata if metadata is not None else MetaData(),
+        Column("owner_id", String(MAX_TEXT), nullable=False),
+        Column("amount", Money(), nullable=False),
+        Column("period", String(10), nullable=False),
+        Column("cost_unit", String(MAX_COST_UNIT)),
+        Column("updated_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        PrimaryKeyConstraint("owner_id", name=f"{name}_pkey"),
+        schema=schema,
+    )
+    c = t.c
+    rules: dict[str, ColumnElement[bool]] = {
+        "own": func.length(c.owner_id).between(1, MAX_TEXT),
+        "amt": MoneyBounds(c.amount),
+        "per": c.period.in_(BUDGET_PERIODS),
+        "unt": func.length(c.cost_unit).between(1, MAX_COST_UNIT),
+    }
+    for suffix, rule in rules.items():
+        t.append_constraint(CheckConstraint(rule, name=f"{name}_{suffix}_check"))
+    return t

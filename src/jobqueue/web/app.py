@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from decimal import Decimal
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -233,6 +235,29 @@ class JobsApi:
         )
         return JSONResponse({"jobs": [self.view(request, j) for j in jobs]}, headers=_NO_STORE)
 
+    async def spending(self, request: Request) -> Response:
+        """The caller's own spending over the last ``days`` (default 30): per status, the
+        jobs, what they cost per unit, and how many failed or were cancelled after they
+        had cost money."""
+        owner = await self.owner_of(request)
+        days = _int_param(request, "days", DEFAULT_SPENDING_DAYS, 1, MAX_SPENDING_DAYS)
+        lines = await self.queue.stats(timedelta(days=days), owner_id=owner)
+        total: dict[str, Decimal] = {}
+        for line in lines:
+            if line.cost_unit is not None:
+                total[line.cost_unit] = total.get(line.cost_unit, Decimal(0)) + line.cost
+        lost = sum(line.charged for line in lines if line.status in _PAID_NOT_DELIVERED)
+        body = {
+            "days": days,
+            "spent": [{"cost": str(v), "cost_unit": k} for k, v in sorted(total.items())],
+            "paid_not_delivered": lost,
+            "statuses": [
+                {k: v for k, v in line.to_dict().items() if k not in ("kind", "owner_id")}
+                for line in lines
+            ],
+        }
+        return JSONResponse(body, headers=_NO_STORE)
+
     async def cancel(self, request: Request) -> Response:
         owner = await self.owner_of(request)
         job = await self.queue.cancel(self.job_id(request), owner_id=owner)
@@ -323,6 +348,13 @@ class _Stream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.on_close()
+
+
+#: The period of ``GET /spending`` (days back), unless the caller asks for another.
+DEFAULT_SPENDING_DAYS = 30
+MAX_SPENDING_DAYS = 366
+#: Statuses whose jobs that cost money were paid for and not delivered.
+_PAID_NOT_DELIVERED = frozenset({Status.FAILED, Status.CANCELLED})
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -437,6 +469,7 @@ def create_app(
         Route("/jobs/{job_id}", api.show, methods=["GET"], name="job"),
         Route("/jobs/{job_id}/cancel", api.cancel, methods=["POST"]),
         Route("/jobs/{job_id}/events", api.events, methods=["GET"]),
+        Route("/spending", api.spending, methods=["GET"]),
         Route("/mock-images/{name}.svg", api.mock_image, methods=["GET"], name="mock_image"),
         Mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static"),
     ]

@@ -24,6 +24,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 from uuid import UUID
 
@@ -138,7 +139,14 @@ class Completer:
         """Write a failed attempt: retried by the job's policy unless ``failed.retry`` is
         False; the job is let go whatever happens."""
         job = slot.job
-        write = functools.partial(self.queue.fail, job, failed.reason, retry=failed.retry)
+        write = functools.partial(
+            self.queue.fail,
+            job,
+            failed.reason,
+            retry=failed.retry,
+            cost=failed.cost,
+            cost_unit=failed.cost_unit,
+        )
         try:
             after = await self._persist(
                 write, f"Job {job.id}: ", "recording its failure", "the reaper will return it"
@@ -352,7 +360,14 @@ class Completer:
         for slot in items:
             c = slot.completion
             assert c is not None
-            write = functools.partial(self.queue.complete, c.job, c.result, c.result_url)
+            write = functools.partial(
+                self.queue.complete,
+                c.job,
+                c.result,
+                c.result_url,
+                cost=c.cost,
+                cost_unit=c.cost_unit,
+            )
             try:
                 await self._persist(
                     write,
@@ -361,7 +376,9 @@ class Completer:
                     "the reaper will return it",
                 )
             except PayloadError as exc:
-                await self.fail(slot, Failed.of(exc, False))
+                # The result cannot be stored; what the attempt cost is kept all the same.
+                failed = Failed.of(exc, False)
+                await self.fail(slot, replace(failed, cost=c.cost, cost_unit=c.cost_unit))
             except REFUSED:
                 self._completed(slot, False)
             except GaveUp:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
 
 from ..backoff import Backoff
@@ -32,10 +33,15 @@ Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
 
 @dataclass(frozen=True, slots=True)
 class HandlerResult:
-    """What a handler returns to set both ``result`` (JSON) and ``result_url``."""
+    """What a handler returns to set ``result`` (JSON) and ``result_url``, and to report
+    what the job cost: ``cost`` (an exact amount: a `Decimal`, an int, or decimal text such
+    as ``"0.04"``) in ``cost_unit`` (``"USD"``, ``"credits"``), stored in the job's ``cost``
+    and ``cost_unit`` columns."""
 
     result: Any = None
     result_url: str | None = None
+    cost: Decimal | int | str | None = None
+    cost_unit: str | None = None
 
 
 class WorkerContext(OldContextNames):

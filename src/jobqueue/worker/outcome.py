@@ -10,15 +10,20 @@ it here).
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 from ..errors import ERROR_TEXT_LIMIT, PayloadError, RetryLater, describe_error, redact
 from ..generators.base import GenerationResult
 from ..models import MAX_DELAY, Job
 from ..operations import Completion
+from ..validation import check_cost, check_cost_unit
 from .context import HandlerResult
+
+log = logging.getLogger("jobqueue.worker")
 
 
 class StopReason(enum.Enum):
@@ -41,18 +46,34 @@ class Failed:
     reason: str
     retry: bool | None = None
     quiet: bool = False
+    #: What the attempt cost even so (a provider that charged for a task that failed).
+    cost: Any = None
+    cost_unit: str | None = None
 
     @classmethod
     def of(
         cls, error: BaseException | str, retry: bool | None = None, *, quiet: bool = False
     ) -> Failed:
         """The failure for ``error``: `PayloadError` and errors with ``retryable = False``
-        are never retried, since no later attempt can do better."""
+        are never retried, since no later attempt can do better. An error that carries a
+        ``cost`` (a `GenerationError` the provider charged for) passes it on."""
         if isinstance(error, BaseException):
             if isinstance(error, PayloadError) or getattr(error, "retryable", True) is False:
                 retry = False
-            return cls(describe_error(error), retry, quiet)
+            cost, unit = getattr(error, "cost", None), getattr(error, "cost_unit", None)
+            return cls(describe_error(error), retry, quiet, *_checked_cost(cost, unit))
         return cls(redact(error), retry, quiet)
+
+
+def _checked_cost(
+    cost: Any, unit: Any, what: str = "a failed attempt's reported cost"
+) -> tuple[Decimal | None, str | None]:
+    try:
+        amount = check_cost(cost)
+        return amount, None if amount is None else check_cost_unit(unit)
+    except PayloadError as exc:
+        log.warning("%s is not stored: %s", what, exc)
+        return None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +121,23 @@ def held_back_of(error: RetryLater) -> HeldBack | Failed:
     return HeldBack(min(float(after), MAX_DELAY.total_seconds()), text)
 
 
+def reported_cost(job: Job, cost: Any, unit: Any) -> tuple[Decimal | None, str | None]:
+    """A handler's or generator's reported cost, checked; one the job cannot store (not an
+    amount, negative, too precise, a unit too long) is logged and left out, so a result is
+    never lost over its price."""
+    return _checked_cost(cost, unit, f"Job {job.id}: its reported cost")
+
+
 def completion_of(job: Job, value: Any) -> Completion:
     """A handler's return value as the job's completion: a `GenerationResult` or a
-    `HandlerResult` set ``result`` and ``result_url``; any other value is the result."""
+    `HandlerResult` set ``result``, ``result_url`` and the attempt's cost; any other value
+    is the result."""
     if isinstance(value, GenerationResult):
-        return Completion(job, value.to_result(), value.url)
+        cost, unit = reported_cost(job, value.cost, value.cost_unit)
+        return Completion(job, value.to_result(), value.url, cost, unit)
     if isinstance(value, HandlerResult):
-        return Completion(job, value.result, value.result_url)
+        cost, unit = reported_cost(job, value.cost, value.cost_unit)
+        return Completion(job, value.result, value.result_url, cost, unit)
     return Completion(job, value)
 
 
