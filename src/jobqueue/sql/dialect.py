@@ -335,7 +335,10 @@ class DbNowText(FunctionElement[Any]):
 @compiles(DbNowText, "postgresql")
 def _now_text_pg(element: DbNowText, compiler: SQLCompiler, **kw: Any) -> str:
     # Not the timestamp itself: JSON would write it in the session's time zone.
-    return "to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    return (
+        "to_char(statement_timestamp() AT TIME ZONE 'UTC',"
+        " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+    )
 
 
 @compiles(DbNowText)
@@ -360,7 +363,8 @@ def _now_after_pg(element: DbNowAfter, compiler: SQLCompiler, **kw: Any) -> str:
     (column,) = element.clauses
     # GREATEST ignores NULLs; timestamptz counts in microseconds.
     return (
-        f"GREATEST(statement_timestamp(), {compiler.process(column, **kw)} + interval '1 microsecond')"
+        f"GREATEST(statement_timestamp(),"
+        f" {compiler.process(column, **kw)} + interval '1 microsecond')"
     )
 
 
