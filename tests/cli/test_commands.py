@@ -531,3 +531,24 @@ def test_status_says_the_place_in_line(jq: Run, db_url: str, table_name: str) ->
         "position" not in json.loads(final.out)
         and "in line" not in jq("status", str(jobs[0].id)).out
     )
+
+
+def test_stats_by_owner_sums_each_owners_costs(jq: Run, db_url: str, table_name: str) -> None:
+    """`jobqueue stats --by owner --since 7d`: one line per status and owner with what its
+    jobs cost; `--owner` keeps one owner's lines."""
+    migrate(db_url, table=table_name)
+    with JobQueue(db_url, table=table_name) as q:
+        for owner, cost in (("ann", "0.25"), ("ann", "0.5"), ("bob", "2")):
+            q.enqueue("image", {}, owner_id=owner)
+            (held,) = q.claim("w", limit=1, queues=None)
+            q.complete(held, {}, cost=cost, cost_unit="USD")
+    shown = jq("stats", "--by", "owner", "--since", "7d", "--json")
+    assert shown.code == 0, shown.err
+    lines = {(x["owner_id"], x["status"]): x for x in json.loads(shown.out)["statuses"]}
+    assert set(lines) == {("ann", "completed"), ("bob", "completed")}
+    assert (lines["ann", "completed"]["count"], lines["ann", "completed"]["cost"]) == (2, "0.75")
+    assert lines["bob", "completed"]["cost_unit"] == "USD"
+    one = json.loads(jq("stats", "--owner", "bob", "--json").out)["statuses"]
+    assert [(x["status"], x["count"], x["cost"]) for x in one] == [("completed", 1, "2")]
+    table = jq("stats", "--by", "owner")
+    assert table.code == 0 and "ann" in table.out and "0.75" in table.out, table.out

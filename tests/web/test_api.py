@@ -1084,3 +1084,34 @@ async def test_event_stream_sends_the_line_moving(
         await client.post(f"/jobs/{ids[2]}/cancel")
         last = await anext(events)
         assert (last["status"], last["position"]) == ("cancelled", None)
+
+
+async def test_spending_shows_only_the_callers_own_costs(
+    app: Any, alice: httpx.AsyncClient, bob: httpx.AsyncClient, aqueue: AsyncJobQueue
+) -> None:
+    """``GET /spending``: what the caller's jobs cost per unit over the period, summed
+    exactly, and how many of them failed or were cancelled after they had cost money; never
+    another caller's."""
+    ids = {}
+    for user, client in (("alice", alice), ("bob", bob)):
+        r = await client.post("/jobs", json={"prompt": f"{user}'s fox"})
+        assert r.status_code == 202, r.text
+        ids[user] = r.json()["id"]
+    second = (await alice.post("/jobs", json={"prompt": "another"})).json()["id"]
+    held = {str(j.id): j for j in await aqueue.claim("w", limit=3)}
+    await aqueue.complete(held[ids["alice"]], {"ok": 1}, cost="0.1", cost_unit="USD")
+    await aqueue.fail(held[second], "provider said no", retry=False, cost="0.2", cost_unit="USD")
+    await aqueue.complete(held[ids["bob"]], {"ok": 1}, cost="5", cost_unit="USD")
+
+    r = await alice.get("/spending")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["days"] == 30
+    assert body["spent"] == [{"cost": "0.3", "cost_unit": "USD"}]  # 0.1 + 0.2, exact
+    assert body["paid_not_delivered"] == 1
+    assert sorted(line["status"] for line in body["statuses"]) == ["completed", "failed"]
+    assert (await bob.get("/spending?days=7")).json()["spent"] == [
+        {"cost": "5", "cost_unit": "USD"}
+    ]
+    bad = await alice.get("/spending?days=0")
+    assert bad.status_code == 400 and "days" in bad.text
