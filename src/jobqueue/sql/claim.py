@@ -114,7 +114,9 @@ class Claiming(Limiting):
         expired = (
             select(c.id, c.priority, place)
             .where(
-                c.status == Status.PROCESSING.value,
+                # Written into the SQL, as `in_line` writes 'pending': the condition of the
+                # partial lease index, which a plan made for any parameters can then use.
+                c.status == literal_column("'processing'"),
                 c.lease_expires_at < now,
                 c.attempts < c.max_attempts,
                 *filters,
