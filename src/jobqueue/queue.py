@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import copy
 import logging
 import time
 from collections.abc import (
@@ -37,6 +38,7 @@ from .drivers.engines import (
     READ_ONLY,
     make_async_engine,
     make_engine,
+    pool_capacity,
     statements_outlive_cancellation,
 )
 from .drivers.errors import translated_errors
@@ -142,6 +144,16 @@ class _Plan(NamedTuple, Generic[E]):
 
     engine: E
     transaction: bool
+
+
+class _Held:
+    """The connection a `AsyncJobQueue._holding` view keeps, and the engine it is from."""
+
+    __slots__ = ("conn", "engine")
+
+    def __init__(self) -> None:
+        self.conn: AsyncConnection | None = None
+        self.engine: AsyncEngine | None = None
 
 
 class _QueueBase(Generic[E]):
@@ -796,6 +808,39 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # connection finishes before its cancellation goes on (`_finished_before_cancelled`).
         self._finish_when_cancelled = statements_outlive_cancellation(self.engine)
 
+    #: On a view made by `_holding`: the connection its operations keep.
+    _held: _Held | None = None
+
+    def _holding(self, spare: int) -> AsyncJobQueue | None:
+        """This queue as a view that keeps one connection of its own from one operation to
+        the next, for one task at a time (a worker's completion writer, which writes
+        hundreds of batches a second): a connection taken from the pool and given back for
+        each operation costs, with its switch into autocommit mode and back, a good part of
+        what the statement itself costs the client.
+
+        Only on PostgreSQL, and only while the pool keeps ``spare`` connections for the
+        rest (a held connection is not in the pool for anyone else); None otherwise. Only
+        the operations run statement by statement in autocommit mode keep the connection;
+        an error in one gives it back to the pool, as does `_let_go`.
+        """
+        capacity = pool_capacity(self.engine)
+        if not self.is_postgres or (capacity is not None and capacity < spare + 1):
+            return None
+        view = copy.copy(self)
+        view._held = _Held()
+        return view
+
+    async def _let_go(self) -> None:
+        """Give the connection a `_holding` view keeps back to the pool."""
+        held = self._held
+        if held is not None and held.conn is not None:
+            conn, held.conn = held.conn, None
+            await conn.close()
+
+    def _holds(self) -> bool:
+        """Whether this `_holding` view keeps a connection now."""
+        return self._held is not None and self._held.conn is not None
+
     async def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
         return await _pump_async(plan, self._run)
@@ -811,6 +856,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def _run_own(self, op: Operation[T]) -> T:
         """Run ``op`` on a connection of the queue's own, chosen by its plan."""
         plan = self._plans[op.access]
+        if self._held is not None and not plan.transaction:
+            return await self._run_held(op, plan.engine, self._held)
         if plan.transaction:
             if self._on_thread:
                 async with plan.engine.connect() as conn:
@@ -830,6 +877,23 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # guarantee.
         await conn.close()
         return result
+
+    async def _run_held(self, op: Operation[T], engine: AsyncEngine, held: _Held) -> T:
+        """`_run_own` in autocommit mode on the connection ``held`` keeps (taken from
+        ``engine``'s pool when it keeps none)."""
+        conn = held.conn
+        if conn is None or held.engine is not engine:
+            await self._let_go()
+            conn = held.conn = await engine.connect().start()
+            held.engine = engine
+        try:
+            return await _drive_async(conn, op, own=True, autocommit=True)
+        except BaseException as exc:
+            # Whatever went wrong (a lost connection, a cancellation half-way through a
+            # statement, a refusal), the connection goes back as `_run_own` would return it.
+            held.conn = None
+            await conn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
 
     async def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from jobqueue import (
+    AsyncJobQueue,
     Completion,
     InvalidJobId,
     InvalidTransition,
@@ -23,7 +24,9 @@ from jobqueue import (
     NewJob,
     PayloadError,
     Status,
+    migrate,
 )
+from jobqueue.drivers.engines import make_async_engine
 from tests.conftest import Either
 
 
@@ -648,3 +651,38 @@ async def test_error_times_written_before_read_in_the_one_format(
         "not a time",
     ]
     assert (await q.list())[0].errors == read.errors
+
+
+async def test_a_holding_view_runs_its_operations_on_one_connection(
+    postgres_url: str, table_name: str
+) -> None:
+    """`AsyncJobQueue._holding` (a worker's completion writer): the operations of a view
+    run on one connection it keeps, an error gives that connection back to the pool, and
+    so does `_let_go`; a queue whose pool cannot spare one gets no view."""
+    migrate(postgres_url, table=table_name)
+    async with AsyncJobQueue(postgres_url, table=table_name) as q:
+        pool: Any = q.engine.pool
+        view = q._holding(3)
+        assert view is not None and not view._holds()
+        job = await q.enqueue("image", {"n": 1})
+        (claimed,) = await view.claim("w", limit=1)
+        assert view._holds() and pool.checkedout() == 1
+        held = view._held
+        assert held is not None
+        conn = held.conn
+        await view.complete(claimed, {"ok": True})
+        assert held.conn is conn and pool.checkedout() == 1  # the same connection again
+        assert (await q.get(job.id)).status is Status.COMPLETED
+        with pytest.raises(LeaseLost):
+            await view.complete(claimed, {"again": True})  # an error: given back
+        assert not view._holds() and pool.checkedout() == 0
+        await view.get(job.id)
+        assert view._holds()
+        await view._let_go()
+        assert not view._holds() and pool.checkedout() == 0
+        assert q._holding(100) is None  # 5 + 10 connections cannot spare 100
+    engine = make_async_engine(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        assert AsyncJobQueue(engine, table=table_name)._holding(1) is None
+    finally:
+        await engine.dispose()

@@ -20,6 +20,7 @@ returns it to the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -49,6 +50,11 @@ COMPLETION_BATCH = 500
 #: next one overlaps them anyway, and each batch is a statement and a commit).
 WRITERS = 2
 SPLIT_AT = 4
+#: Each writer keeps its connection between batches (`AsyncJobQueue._holding`) while the
+#: pool keeps this many for the rest of the worker (claims, heartbeats, handlers' writes);
+#: a writer idle this long (seconds) gives it back.
+SPARE_CONNECTIONS = 3
+HOLD_IDLE = 1.0
 
 RELEASE_REASON = "released: the worker stopped before the job finished"
 HAND_BACK_REASON = "released: claimed by a worker with no free place for it"
@@ -93,10 +99,17 @@ class Completer:
         #: Tasks writing completion batches.
         self._writers: set[asyncio.Task[None]] = set()
         self._batcher: asyncio.Task[None] | None = None
+        #: The writers' views of the queue that keep a connection between batches, those
+        #: no writer uses now (none where the pool cannot spare them).
+        self._views: list[AsyncJobQueue] = []
+        self._idle_views: list[AsyncJobQueue] = []
 
     # -- the run ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        views = [self.queue._holding(SPARE_CONNECTIONS + WRITERS - 1) for _ in range(WRITERS)]
+        self._views = [v for v in views if v is not None]
+        self._idle_views = list(self._views)
         self._batcher = asyncio.create_task(self._batch_loop(), name="jobqueue-completer")
 
     async def finish(self) -> None:
@@ -104,12 +117,22 @@ class Completer:
         self._ready.set()
         if self._batcher is not None and not self._batcher.done():
             await self._batcher
+        await self._let_go_idle()
 
     async def cancel(self) -> None:
         """End the batch loop if it still runs (a run cut short)."""
         if self._batcher is not None:
             self._batcher.cancel()
             await asyncio.gather(self._batcher, return_exceptions=True)
+        # A writer still running gives its connection back when it ends (`_writer_done`).
+        await self._let_go_idle()
+        self._views = []
+
+    async def _let_go_idle(self) -> None:
+        """Give the connections of the views no writer uses back to the pool."""
+        for view in self._idle_views:
+            with contextlib.suppress(Exception):
+                await view._let_go()
 
     def idle(self) -> bool:
         """Nothing waits to be written and nothing is being written."""
@@ -259,7 +282,17 @@ class Completer:
         """
         lifecycle = self.lifecycle
         while True:
-            await self._ready.wait()
+            if not self._writers and any(v._holds() for v in self._idle_views):
+                # Keep the writers' connections while batches follow each other; give them
+                # back when none came for a while.
+                try:
+                    async with asyncio.timeout(HOLD_IDLE):
+                        await self._ready.wait()
+                except TimeoutError:
+                    await self._let_go_idle()
+                    continue
+            else:
+                await self._ready.wait()
             if (
                 not lifecycle.closing
                 and len(self._batch) < COMPLETION_BATCH
@@ -274,9 +307,10 @@ class Completer:
                     size = -(-size // idle)
                 size = min(COMPLETION_BATCH, size)
                 items, self._batch[:size] = self._batch[:size], []
-                writer = asyncio.create_task(self._write(items), name="jobqueue-completer")
+                view = self._idle_views.pop() if self._idle_views else self.queue
+                writer = asyncio.create_task(self._write(items, view), name="jobqueue-completer")
                 self._writers.add(writer)
-                writer.add_done_callback(self._writer_done)
+                writer.add_done_callback(functools.partial(self._writer_done, view))
             if lifecycle.closing and not self._batch and not self._writers:
                 return
             if self._writers and (self._batch or lifecycle.closing):
@@ -284,18 +318,25 @@ class Completer:
                 await asyncio.wait(set(self._writers), return_when=asyncio.FIRST_COMPLETED)
                 self._ready.set()
 
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
+    def _writer_done(self, view: AsyncJobQueue, task: asyncio.Task[None]) -> None:
         self._writers.discard(task)
+        if view is not self.queue:
+            if view in self._views:
+                self._idle_views.append(view)
+            else:  # the run was cut short while it wrote
+                let_go = asyncio.ensure_future(view._let_go())
+                let_go.add_done_callback(_ignore_outcome)
         if not task.cancelled() and task.exception() is not None:
             log.error("a completion writer ended unexpectedly", exc_info=task.exception())
         self._slot_freed()
 
-    async def _write(self, items: list[Slot]) -> None:
-        """Write one batch's completions (and claim with them while the claim loop waits
-        for slots)."""
+    async def _write(self, items: list[Slot], queue: AsyncJobQueue) -> None:
+        """Write one batch's completions through ``queue`` (the queue, or a view of it
+        that keeps a connection), and claim with them while the claim loop waits for
+        slots."""
         try:
             written, claimed = await self._persist(
-                functools.partial(self._complete_batch, items),
+                functools.partial(self._complete_batch, items, queue),
                 "",
                 f"completing {len(items)} jobs",
                 "the reaper will return them",
@@ -321,7 +362,9 @@ class Completer:
         for job in claimed[room:]:
             await self._hand_back(job)
 
-    async def _complete_batch(self, items: Sequence[Slot]) -> tuple[set[UUID], list[Job]]:
+    async def _complete_batch(
+        self, items: Sequence[Slot], queue: AsyncJobQueue
+    ) -> tuple[set[UUID], list[Job]]:
         """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
         completions = [s.completion for s in items if s.completion is not None]
         # Claim only while the claim loop waits for slots (more may be due now), never
@@ -336,7 +379,7 @@ class Completer:
                 # The claim loop waits for these very slots: take their next jobs in the
                 # same statement (one commit for both, see complete_and_claim).
                 self._count_claim()
-                return await self.queue.complete_and_claim(
+                return await queue.complete_and_claim(
                     completions,
                     self.worker_id,
                     queues=self.queues,
@@ -344,7 +387,7 @@ class Completer:
                     limit=free,
                     lease=self.lease,
                 )
-            return await self.queue.complete_many(completions), []
+            return await queue.complete_many(completions), []
         finally:
             self.slots.reserved -= beyond
 
@@ -383,6 +426,11 @@ class Completer:
                 slot.job.id,
                 slot.job.attempts,
             )
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 __all__ = [
