@@ -58,7 +58,7 @@ async def test_writers_keep_their_connections_only_while_they_write(jq: AsyncJob
     worker: Worker
 
     async def echo(job: Job, ctx: WorkerContext) -> Any:
-        kept.append(sum(v._holds() for v in worker._completer._views))
+        kept.append(sum(h.holds for h in worker._completer._held))
         await asyncio.sleep(random.choice((0, 0, 0.001)))
 
     worker = Worker(jq, {"echo": echo}, concurrency=8, lease=5)
@@ -66,7 +66,7 @@ async def test_writers_keep_their_connections_only_while_they_write(jq: AsyncJob
     assert max(kept) <= WRITERS
     if jq.dialect == "postgresql":
         assert max(kept) >= 1  # the writers did keep theirs
-    assert not any(v._holds() for v in worker._completer._views)
+    assert not any(h.holds for h in worker._completer._held)
     assert pool.checkedout() == 0
 
 

@@ -31,7 +31,7 @@ from uuid import UUID
 from ..errors import PayloadError
 from ..models import Job, Status
 from ..operations import Completion
-from ..queue import AsyncJobQueue
+from ..queue import AsyncJobQueue, Held
 from .lifecycle import Lifecycle
 from .outcome import Failed, HeldBack, Outcome
 from .slots import Slot, Slots, matched
@@ -99,17 +99,17 @@ class Completer:
         #: Tasks writing completion batches.
         self._writers: set[asyncio.Task[None]] = set()
         self._batcher: asyncio.Task[None] | None = None
-        #: The writers' views of the queue that keep a connection between batches, those
-        #: no writer uses now (none where the pool cannot spare them).
-        self._views: list[AsyncJobQueue] = []
-        self._idle_views: list[AsyncJobQueue] = []
+        #: The connections the writers keep between batches, and those no writer uses now
+        #: (none where the pool cannot spare them).
+        self._held: list[Held] = []
+        self._idle_held: list[Held] = []
 
     # -- the run ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        views = [self.queue._holding(SPARE_CONNECTIONS + WRITERS - 1) for _ in range(WRITERS)]
-        self._views = [v for v in views if v is not None]
-        self._idle_views = list(self._views)
+        held = [self.queue._holding(SPARE_CONNECTIONS + WRITERS - 1) for _ in range(WRITERS)]
+        self._held = [h for h in held if h is not None]
+        self._idle_held = list(self._held)
         self._batcher = asyncio.create_task(self._batch_loop(), name="jobqueue-completer")
 
     async def finish(self) -> None:
@@ -126,13 +126,13 @@ class Completer:
             await asyncio.gather(self._batcher, return_exceptions=True)
         # A writer still running gives its connection back when it ends (`_writer_done`).
         await self._let_go_idle()
-        self._views = []
+        self._held = []
 
     async def _let_go_idle(self) -> None:
-        """Give the connections of the views no writer uses back to the pool."""
-        for view in self._idle_views:
+        """Give the connections no writer uses back to the pool."""
+        for held in self._idle_held:
             with contextlib.suppress(Exception):
-                await view._let_go()
+                await held.let_go()
 
     def idle(self) -> bool:
         """Nothing waits to be written and nothing is being written."""
@@ -282,7 +282,7 @@ class Completer:
         """
         lifecycle = self.lifecycle
         while True:
-            if not self._writers and any(v._holds() for v in self._idle_views):
+            if not self._writers and any(h.holds for h in self._idle_held):
                 # Keep the writers' connections while batches follow each other; give them
                 # back when none came for a while.
                 try:
@@ -307,10 +307,10 @@ class Completer:
                     size = -(-size // idle)
                 size = min(COMPLETION_BATCH, size)
                 items, self._batch[:size] = self._batch[:size], []
-                view = self._idle_views.pop() if self._idle_views else self.queue
-                writer = asyncio.create_task(self._write(items, view), name="jobqueue-completer")
+                held = self._idle_held.pop() if self._idle_held else None
+                writer = asyncio.create_task(self._write(items, held), name="jobqueue-completer")
                 self._writers.add(writer)
-                writer.add_done_callback(functools.partial(self._writer_done, view))
+                writer.add_done_callback(functools.partial(self._writer_done, held))
             if lifecycle.closing and not self._batch and not self._writers:
                 return
             if self._writers and (self._batch or lifecycle.closing):
@@ -318,25 +318,24 @@ class Completer:
                 await asyncio.wait(set(self._writers), return_when=asyncio.FIRST_COMPLETED)
                 self._ready.set()
 
-    def _writer_done(self, view: AsyncJobQueue, task: asyncio.Task[None]) -> None:
+    def _writer_done(self, held: Held | None, task: asyncio.Task[None]) -> None:
         self._writers.discard(task)
-        if view is not self.queue:
-            if view in self._views:
-                self._idle_views.append(view)
+        if held is not None:
+            if held in self._held:
+                self._idle_held.append(held)
             else:  # the run was cut short while it wrote
-                let_go = asyncio.ensure_future(view._let_go())
+                let_go = asyncio.ensure_future(held.let_go())
                 let_go.add_done_callback(_ignore_outcome)
         if not task.cancelled() and task.exception() is not None:
             log.error("a completion writer ended unexpectedly", exc_info=task.exception())
         self._slot_freed()
 
-    async def _write(self, items: list[Slot], queue: AsyncJobQueue) -> None:
-        """Write one batch's completions through ``queue`` (the queue, or a view of it
-        that keeps a connection), and claim with them while the claim loop waits for
-        slots."""
+    async def _write(self, items: list[Slot], held: Held | None) -> None:
+        """Write one batch's completions (on the connection ``held`` keeps, if any), and
+        claim with them while the claim loop waits for slots."""
         try:
             written, claimed = await self._persist(
-                functools.partial(self._complete_batch, items, queue),
+                functools.partial(self._complete_batch, items, held),
                 "",
                 f"completing {len(items)} jobs",
                 "the reaper will return them",
@@ -363,7 +362,7 @@ class Completer:
             await self._hand_back(job)
 
     async def _complete_batch(
-        self, items: Sequence[Slot], queue: AsyncJobQueue
+        self, items: Sequence[Slot], held: Held | None
     ) -> tuple[set[UUID], list[Job]]:
         """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
         completions = [s.completion for s in items if s.completion is not None]
@@ -374,20 +373,23 @@ class Completer:
         # have been let go already (an attempt stopped when its job was claimed again).
         beyond = max(0, free - self.slots.own(items))
         self.slots.reserved += beyond
+        queue = self.queue
         try:
             if free > 0:
                 # The claim loop waits for these very slots: take their next jobs in the
                 # same statement (one commit for both, see complete_and_claim).
                 self._count_claim()
-                return await queue.complete_and_claim(
-                    completions,
-                    self.worker_id,
-                    queues=self.queues,
-                    kinds=self.kinds,
-                    limit=free,
-                    lease=self.lease,
-                )
-            return await queue.complete_many(completions), []
+                with queue._on_held(held):
+                    return await queue.complete_and_claim(
+                        completions,
+                        self.worker_id,
+                        queues=self.queues,
+                        kinds=self.kinds,
+                        limit=free,
+                        lease=self.lease,
+                    )
+            with queue._on_held(held):
+                return await queue.complete_many(completions), []
         finally:
             self.slots.reserved -= beyond
 
