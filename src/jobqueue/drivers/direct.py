@@ -33,7 +33,7 @@ from psycopg import AsyncRawCursor, RawCursor
 from sqlalchemy import Connection, Dialect, Executable, Float
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..sql.steps import Direct, Query, Rows, Step
+from ..sql.steps import Direct, Query, Row, Rows, Step
 from .raw import driver_connection, driver_connection_async, driver_errors, driver_errors_async
 
 Processor = Callable[[Any], Any] | None
@@ -87,6 +87,10 @@ class _Compiled:
     def sent(self, given: Mapping[str, Any]) -> tuple[str, Any]:
         """The SQL text and parameters for ``given``."""
         return self.expanded(given) if self.expanding else (self.sql, self.params(given))
+
+    def row(self, names: Sequence[str], values: Sequence[Any]) -> Row:
+        """One row of values as a dict by ``names`` (see `rows`)."""
+        return self.rows(names, [values])[0]
 
     def rows(self, names: Sequence[str], records: Sequence[Sequence[Any]]) -> Rows:
         """``records`` as dicts by ``names``, each value processed by its column's type:
