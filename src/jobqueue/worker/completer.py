@@ -3,7 +3,8 @@
 - completions are collected for a few milliseconds (`COMPLETION_WINDOW`, or until
   `COMPLETION_BATCH` wait) and written in one fenced statement; while the claim loop waits
   for a slot, the same statement claims the batch's replacements (`complete_and_claim`);
-  up to `WRITERS` batches are written at once, each on its own pooled connection;
+  up to `WRITERS` batches are written at once, each on its own pooled connection, which
+  its writer keeps from one batch to the next while the pool can spare it;
 - a failed attempt is written with the job's retry policy (or fails the job at once);
 - a job held back (`RetryLater`) goes back to ``pending`` for a while without spending an
   attempt, its limit key paused for as long for every worker (`AsyncJobQueue.retry_later`);
