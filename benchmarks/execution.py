@@ -70,6 +70,7 @@ from jobqueue.drivers import direct
 from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.drivers.runner import rows_of
 from jobqueue.operations import Access
+from jobqueue.sql.claim import completion_batch
 from jobqueue.sql.steps import Direct
 
 from . import raw
@@ -322,10 +323,7 @@ class _Held:
 
     def __init__(self, cac: _RawStatement) -> None:
         self.cac = cac
-        self.slots = [
-            cac.slot(k)
-            for k in ("jq_ids", "jq_attempts", "jq_started", "jq_results", "jq_result_urls")
-        ]
+        self.slot = cac.slot("jq_batch")
         self.ids: list[Any] = []
         self.attempts: list[int] = []
         self.started: list[Any] = []
@@ -334,10 +332,12 @@ class _Held:
 
     def params(self) -> Any:
         p = self.cac.params
-        n = len(self.ids)
-        p[self.slots[0]], p[self.slots[1]] = self.ids, self.attempts
-        p[self.slots[2]] = self.started
-        p[self.slots[3]], p[self.slots[4]] = ['{"url": "x"}'] * n, [None] * n
+        p[self.slot] = completion_batch(
+            [
+                {"id": i, "attempt": a, "started": t, "result": '{"url": "x"}', "result_url": None}
+                for i, a, t in zip(self.ids, self.attempts, self.started, strict=True)
+            ]
+        )["jq_batch"]
         return p
 
     def take(self, stmt: _RawStatement, names: Callable[[], list[str]], rows: Any) -> int:

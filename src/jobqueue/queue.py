@@ -25,6 +25,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, Unpack
@@ -38,6 +39,7 @@ from .drivers.engines import (
     READ_ONLY,
     make_async_engine,
     make_engine,
+    pool_capacity,
     statements_outlive_cancellation,
 )
 from .drivers.errors import translated_errors
@@ -154,6 +156,35 @@ class _Plan(NamedTuple, Generic[E]):
 
     engine: E
     transaction: bool
+
+
+class Held:
+    """A connection of an `AsyncJobQueue`'s own that one task keeps from one operation to
+    the next (`AsyncJobQueue._holding`), and the engine it is from."""
+
+    __slots__ = ("conn", "engine", "queue", "task")
+
+    def __init__(self, queue: AsyncJobQueue) -> None:
+        self.queue = queue
+        self.conn: AsyncConnection | None = None
+        self.engine: AsyncEngine | None = None
+        #: The task using it now (`AsyncJobQueue._on_held`).
+        self.task: asyncio.Task[Any] | None = None
+
+    @property
+    def holds(self) -> bool:
+        """Whether it keeps a connection now."""
+        return self.conn is not None
+
+    async def let_go(self) -> None:
+        """Give the connection back to the pool."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
+
+
+#: The `Held` connection the operations of the current task run on (`_on_held`).
+_HELD: ContextVar[Held | None] = ContextVar("jobqueue_held", default=None)
 
 
 class _QueueBase(Generic[E]):
@@ -899,6 +930,37 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # connection finishes before its cancellation goes on (`_finished_before_cancelled`).
         self._finish_when_cancelled = statements_outlive_cancellation(self.engine)
 
+    def _holding(self, spare: int) -> Held | None:
+        """A connection of the queue's own to keep from one operation to the next, for one
+        task at a time (a worker's completion writer, which writes hundreds of batches a
+        second): a connection taken from the pool and given back for each operation costs,
+        with its switch into autocommit mode and back, a good part of what the statement
+        itself costs the client. The operations a task runs inside `_on_held` use it.
+
+        Only on PostgreSQL, and only while the pool keeps ``spare`` connections for the
+        rest (a kept connection is not in the pool for anyone else); None otherwise. Only
+        the operations run statement by statement in autocommit mode use it; an error in
+        one gives it back to the pool, as does `Held.let_go`.
+        """
+        capacity = pool_capacity(self.engine)
+        if not self.is_postgres or (capacity is not None and capacity < spare + 1):
+            return None
+        return Held(self)
+
+    @contextmanager
+    def _on_held(self, held: Held | None) -> Iterator[None]:
+        """Run the current task's operations on this queue on ``held`` (None: as usual)."""
+        if held is None:
+            yield
+            return
+        held.task = asyncio.current_task()
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            held.task = None
+
     async def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
         return await _pump_async(plan, self._run)
@@ -914,6 +976,14 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def _run_own(self, op: Operation[T]) -> T:
         """Run ``op`` on a connection of the queue's own, chosen by its plan."""
         plan = self._plans[op.access]
+        held = _HELD.get()
+        if (
+            held is not None
+            and held.queue is self
+            and not plan.transaction
+            and held.task is asyncio.current_task()  # not a task started inside `_on_held`
+        ):
+            return await self._run_held(op, plan.engine, held)
         if plan.transaction:
             if self._on_thread:
                 async with plan.engine.connect() as conn:
@@ -933,6 +1003,23 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # guarantee.
         await conn.close()
         return result
+
+    async def _run_held(self, op: Operation[T], engine: AsyncEngine, held: Held) -> T:
+        """`_run_own` in autocommit mode on the connection ``held`` keeps (taken from
+        ``engine``'s pool when it keeps none)."""
+        conn = held.conn
+        if conn is None or held.engine is not engine:
+            await held.let_go()
+            conn = held.conn = await engine.connect().start()
+            held.engine = engine
+        try:
+            return await _drive_async(conn, op, own=True, autocommit=True)
+        except BaseException as exc:
+            # Whatever went wrong (a lost connection, a cancellation half-way through a
+            # statement, a refusal), the connection goes back as `_run_own` would return it.
+            held.conn = None
+            await conn.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
 
     async def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`

@@ -320,6 +320,9 @@ def read_job(row: Mapping[str, Any], max_payload_chars: int | None = None) -> Jo
         text = values[column]
         if text is None:
             continue
+        if text == "[]":  # most jobs' ``errors``: no decoder needed
+            values[column] = []
+            continue
         try:
             if column == "payload" and max_payload_chars is not None:
                 _check_length(text, max_payload_chars)

@@ -287,6 +287,55 @@ async def test_the_same_sql_and_parameters_are_sent(postgres_url: str) -> None:
         engine.dispose()
 
 
+async def test_psycopg_receives_what_its_own_conversion_sends(postgres_url: str) -> None:
+    """On psycopg the fast path sends a hot statement with ``$n`` placeholders made once
+    (`direct.native_sql`) through a raw cursor: the query text, parameter values, types
+    and formats psycopg passes to libpq are those its own conversion of the named form
+    (what SQLAlchemy sends) gives."""
+    from psycopg._queries import PostgresQuery, PostgresRawQuery
+    from psycopg.adapt import Transformer
+
+    s = _statements("jobs_native")
+    engine = make_engine(postgres_url)
+    started = datetime.now(UTC)
+    batch = [
+        {"id": uuid.uuid4(), "attempt": 1, "started": started, "result": "{}", "result_url": None},
+        {"id": uuid.uuid4(), "attempt": 2, "started": started, "result": None, "result_url": "u"},
+    ]
+    steps = [
+        s.insert_many([new_row()]),
+        s.claim(WORKER, limit=3, lease=30.0, queues=("a", "b"), kinds=("image",)),
+        s.heartbeat_many(WORKER, [(uuid.uuid4(), 1, started)], 30.0),
+        s.complete_many(batch),
+        s.complete_and_claim(batch, WORKER, limit=3, lease=30.0, queues=("a",), kinds=None),
+        s.complete_and_claim(batch, WORKER, limit=3, lease=30.0, queues=None, kinds=None),
+    ]
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            for step in steps:
+                assert isinstance(step, Direct)
+                c = direct._compile(step, engine.dialect)
+                assert c.native is not None
+                sql, params = direct.sent(step, engine.dialect)
+                named = PostgresQuery(Transformer(raw))
+                named.convert(sql, params)
+                native = PostgresRawQuery(Transformer(raw))
+                native.convert(c.native[0], c.native_params(step.params))
+                assert native.query == named.query
+                assert native.params == named.params
+                assert native.types == named.types
+                assert native.formats == named.formats
+    finally:
+        engine.dispose()
+
+
+def test_native_sql_numbers_each_name_once() -> None:
+    sql, order = direct.native_sql("SELECT %(a)s, %(b)s::int, %(a)s, 'x%%y' || %(c)s")
+    assert sql == "SELECT $1, $2::int, $1, 'x%y' || $3"
+    assert order == ("a", "b", "c")
+
+
 async def test_errors_translate_to_the_same_errors(pair: tuple[Side, Side]) -> None:
     sa, fast = pair
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from jobqueue import (
+    AsyncJobQueue,
     Completion,
     InvalidJobId,
     InvalidTransition,
@@ -23,7 +24,9 @@ from jobqueue import (
     NewJob,
     PayloadError,
     Status,
+    migrate,
 )
+from jobqueue.drivers.engines import make_async_engine
 from tests.conftest import Either
 
 
@@ -648,3 +651,45 @@ async def test_error_times_written_before_read_in_the_one_format(
         "not a time",
     ]
     assert (await q.list())[0].errors == read.errors
+
+
+async def test_a_held_connection_runs_a_tasks_operations(
+    postgres_url: str, table_name: str
+) -> None:
+    """`AsyncJobQueue._holding` (a worker's completion writer): the operations a task runs
+    inside `_on_held` run on the one connection it keeps, not those of other tasks (one
+    started inside the block included); an error gives the connection back to the pool,
+    and so does `Held.let_go`; a queue whose pool cannot spare one gets none."""
+    migrate(postgres_url, table=table_name)
+    async with AsyncJobQueue(postgres_url, table=table_name) as q:
+        pool: Any = q.engine.pool
+        held = q._holding(3)
+        assert held is not None and not held.holds
+        job = await q.enqueue("image", {"n": 1})
+        with q._on_held(held):
+            (claimed,) = await q.claim("w", limit=1)
+            assert held.holds and pool.checkedout() == 1
+            conn = held.conn
+            # Another task (even one started here) takes a connection of its own.
+            other = asyncio.create_task(q.get(job.id))
+            await asyncio.sleep(0)
+            assert pool.checkedout() == 2
+            await other
+            await q.complete(claimed, {"ok": True})
+            assert held.conn is conn and pool.checkedout() == 1  # the same connection again
+        assert (await q.get(job.id)).status is Status.COMPLETED
+        assert held.holds and pool.checkedout() == 1
+        with q._on_held(held), pytest.raises(LeaseLost):
+            await q.complete(claimed, {"again": True})  # an error: given back
+        assert not held.holds and pool.checkedout() == 0
+        with q._on_held(held):
+            await q.get(job.id)
+        assert held.holds
+        await held.let_go()
+        assert not held.holds and pool.checkedout() == 0
+        assert q._holding(100) is None  # 5 + 10 connections cannot spare 100
+    engine = make_async_engine(postgres_url, pool_size=1, max_overflow=0)
+    try:
+        assert AsyncJobQueue(engine, table=table_name)._holding(1) is None
+    finally:
+        await engine.dispose()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from psycopg import sql as psycopg_sql
 from sqlalchemy import Engine, text
 
 from jobqueue import JobQueue, NewJob, migrate
@@ -88,6 +89,61 @@ def test_claim_takes_pending_jobs_from_the_claim_index(busy_queue: JobQueue) -> 
         kind in ("Index Scan", "Index Only Scan") and index == f"{table}_claim_idx"
         for kind, _, index in found
     ), found
+    assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
+
+
+def generic_plan_of(engine: Engine, step: Direct) -> dict[str, Any]:
+    """EXPLAIN of the plan PostgreSQL keeps for a prepared statement once it stops
+    planning it for each execution's values (a generic plan), as psycopg prepares a hot
+    statement after a few runs."""
+    c = direct._compile(step, engine.dialect)
+    assert c.native is not None
+    sql, names = c.native
+    params = c.params(step.params)
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            raw.execute(f"PREPARE jq_generic AS {sql}".encode(), prepare=False)
+            values = ", ".join(psycopg_sql.Literal(params[name]).as_string(raw) for name in names)
+            (doc,) = raw.execute(
+                f"EXPLAIN (FORMAT JSON) EXECUTE jq_generic({values})".encode(), prepare=False
+            ).fetchone()
+        finally:
+            raw.execute("DEALLOCATE ALL")
+            raw.execute("RESET plan_cache_mode")
+            raw.rollback()
+    plan: dict[str, Any] = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    return plan
+
+
+def test_the_busy_workers_statement_has_a_generic_plan_on_the_indexes(
+    busy_queue: JobQueue,
+) -> None:
+    """``complete_and_claim`` runs hundreds of times a second in a busy worker: planned
+    once for any values (no status bound as a parameter, which a partial index could not
+    match), it still reads the claim and lease indexes and the primary key, and never the
+    whole table, so PostgreSQL can keep that plan instead of planning every execution."""
+    table = busy_queue.table.name
+    started = busy_queue.claim("explainer", limit=2, queues=["default"])
+    batch = [
+        {
+            "id": j.id,
+            "attempt": j.attempts,
+            "started": j.started_at,
+            "result": None,
+            "result_url": None,
+        }
+        for j in started
+    ]
+    step = busy_queue.statements.complete_and_claim(
+        batch, "explainer", limit=10, lease=30.0, queues=["default"], kinds=["image"]
+    )
+    assert isinstance(step, Direct)
+    found = scans(generic_plan_of(busy_queue.engine, step))
+    indexes = {index for _, rel, index in found if rel == table}
+    assert {f"{table}_claim_idx", f"{table}_lease_idx", f"{table}_pkey"} <= indexes, found
     assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
 
 

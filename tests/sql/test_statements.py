@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from jobqueue import Completion, NewJob, jobs_table
@@ -103,3 +105,40 @@ def test_one_job_without_an_idempotency_key_is_a_plain_insert(dialect: str) -> N
     keyed = compiled(s.insert_many([NewJob(idempotency_key="click-1").to_row(bounds)]), dialect)
     assert "ON CONFLICT" not in plain
     assert "ON CONFLICT" in keyed and "DO NOTHING" in keyed
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "started",
+    [
+        datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC),  # no fraction: isoformat leaves it out
+        datetime(2026, 1, 1, 12, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 14, 0, 0, 999_999, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_a_completion_batch_fences_to_the_microsecond(
+    postgres_url: str, table_name: str, started: datetime
+) -> None:
+    """On PostgreSQL a batch travels as JSON text (`completion_batch`): a claim's start
+    time reads back as exactly that instant, so the fence matches it and nothing a
+    microsecond away."""
+    from jobqueue import JobQueue, migrate
+    from jobqueue.operations import complete_many
+
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        job = q.enqueue("image", {"n": 1})
+        with q.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE \"{table_name}\" SET status = 'processing', attempts = 1, "
+                    "started_at = :started WHERE id = :id"
+                ),
+                {"started": started, "id": job.id},
+            )
+        held = q.get(job.id)
+        assert held.started_at == started
+        off = dataclasses.replace(held, started_at=started + timedelta(microseconds=1))
+        assert q._run(complete_many(q.statements, [Completion(off)], q.limits)) == set()
+        assert q._run(complete_many(q.statements, [Completion(held)], q.limits)) == {job.id}
+        assert q.get(job.id).status.value == "completed"

@@ -46,6 +46,30 @@ async def test_jobs_held_never_exceed_concurrency_while_batches_overlap(
     assert max(held_at_start) <= 6, max(held_at_start)
 
 
+async def test_writers_keep_their_connections_only_while_they_write(jq: AsyncJobQueue) -> None:
+    """On PostgreSQL each completion writer keeps one pooled connection from one batch to
+    the next (at most `WRITERS` kept at once) and gives it back when the run ends: no
+    connection of the pool stays checked out."""
+    from jobqueue.worker.completer import WRITERS
+
+    await jq.enqueue_many([{"kind": "echo", "payload": {"n": n}} for n in range(300)])
+    pool: Any = jq.engine.pool
+    kept: list[int] = []
+    worker: Worker
+
+    async def echo(job: Job, ctx: WorkerContext) -> Any:
+        kept.append(sum(h.holds for h in worker._completer._held))
+        await asyncio.sleep(random.choice((0, 0, 0.001)))
+
+    worker = Worker(jq, {"echo": echo}, concurrency=8, lease=5)
+    assert await worker.run_until_idle() == 300
+    assert max(kept) <= WRITERS
+    if jq.dialect == "postgresql":
+        assert max(kept) >= 1  # the writers did keep theirs
+    assert not any(h.holds for h in worker._completer._held)
+    assert pool.checkedout() == 0
+
+
 async def test_run_until_idle_completes_a_batch_concurrently_and_once(
     jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -22,16 +22,18 @@ errors as SQLAlchemy's own execution.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import aiosqlite
+from psycopg import AsyncRawCursor, RawCursor
 from sqlalchemy import Connection, Dialect, Executable, Float
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..sql.steps import Direct, Query, Rows, Step
+from ..sql.steps import Direct, Query, Row, Rows, Step
 from .raw import driver_connection, driver_connection_async, driver_errors, driver_errors_async
 
 Processor = Callable[[Any], Any] | None
@@ -50,6 +52,9 @@ class _Compiled:
     #: Whether the statement has parameters expanded as it runs (an IN list): its SQL
     #: text is then made for each run (`expanded`).
     expanding: bool
+    #: On psycopg, the SQL with PostgreSQL's own ``$n`` placeholders and the parameter
+    #: names in their order (`native_sql`), for a raw cursor; None where not used.
+    native: tuple[str, tuple[str, ...]] | None = None
 
     def params(self, given: Mapping[str, Any]) -> Any:
         values = self.compiled.construct_params(given)
@@ -73,15 +78,34 @@ class _Compiled:
             return state.statement, values
         return state.statement, [values[key] for key in state.positiontup]
 
+    def native_params(self, given: Mapping[str, Any]) -> list[Any]:
+        """The parameters for `native` SQL: in ``$n`` order."""
+        assert self.native is not None
+        values = self.params(given)
+        return [values[key] for key in self.native[1]]
+
     def sent(self, given: Mapping[str, Any]) -> tuple[str, Any]:
         """The SQL text and parameters for ``given``."""
         return self.expanded(given) if self.expanding else (self.sql, self.params(given))
 
-    def row(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
-        out = {}
-        for name, value in zip(names, values, strict=True):
-            process = self.results.get(name)
-            out[name] = value if process is None or value is None else process(value)
+    def row(self, names: Sequence[str], values: Sequence[Any]) -> Row:
+        """One row of values as a dict by ``names`` (see `rows`)."""
+        return self.rows(names, [values])[0]
+
+    def rows(self, names: Sequence[str], records: Sequence[Sequence[Any]]) -> Rows:
+        """``records`` as dicts by ``names``, each value processed by its column's type:
+        the columns that have a processor are looked up once per result, not per row."""
+        processed = [
+            (name, process) for name in names if (process := self.results.get(name)) is not None
+        ]
+        out: Rows = []
+        for values in records:
+            row = dict(zip(names, values, strict=True))
+            for name, process in processed:
+                value = row[name]
+                if value is not None:
+                    row[name] = process(value)
+            out.append(row)
         return out
 
 
@@ -114,13 +138,43 @@ def _compile(step: Query, dialect: Dialect) -> _Compiled:
     results = {name: _result_processor(type_, dialect) for name, type_ in returning.items()}
     positional = tuple(compiled.positiontup) if compiled.positiontup else None
     expanding = bool(compiled.post_compile_params or compiled.literal_execute_params)
+    native = None
+    if hot and not expanding and dialect.driver in ("psycopg", "psycopg_async"):
+        native = native_sql(compiled.string)
     found = _Compiled(
-        step.statement, compiled.string, positional, compiled, binds, results, expanding
+        step.statement, compiled.string, positional, compiled, binds, results, expanding, native
     )
     if len(_compiled) > 256:  # statements are built once per queue: this stays tiny
         _compiled.clear()
     _compiled[key] = found
     return found
+
+
+_PLACEHOLDER = re.compile(r"%(?:\(([^)]+)\)s|%)")
+
+
+def native_sql(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` in psycopg's named style (``%(name)s``, ``%%``) with PostgreSQL's own
+    ``$n`` placeholders instead, and the names in ``$n`` order: a name used twice is one
+    parameter, as psycopg itself converts it.
+
+    psycopg converts a query's placeholders on every execution and caches the result only
+    for queries of at most 4 kB; `complete_and_claim` is longer, and converting it again
+    cost more client time than all the rest of the statement's execution. Done once here,
+    the statement runs on a raw cursor (`psycopg.RawCursor`), which sends the text as it is
+    (``tests/drivers/test_direct.py`` checks it is what psycopg's conversion sends).
+    """
+    order: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in order:
+            order[name] = len(order) + 1
+        return f"${order[name]}"
+
+    return _PLACEHOLDER.sub(number, sql), tuple(order)
 
 
 def sqlite_runs(step: Step) -> TypeGuard[Query]:
@@ -137,7 +191,7 @@ def sqlite_rows(raw: sqlite3.Connection, step: Query, dialect: Dialect) -> Rows:
     cursor = raw.execute(*c.sent(step.params if isinstance(step.params, Mapping) else {}))
     try:
         names = [d[0] for d in cursor.description or ()]
-        return [c.row(names, values) for values in cursor.fetchall()]
+        return c.rows(names, cursor.fetchall())
     finally:
         cursor.close()
 
@@ -159,9 +213,12 @@ def run_direct(conn: Connection, step: Direct) -> Rows:
     with driver_errors(conn, raw, c.sql):
         if isinstance(raw, sqlite3.Connection):
             return sqlite_rows(raw, step, conn.dialect)
-        cursor = raw.execute(c.sql, c.params(step.params))
-        names = [d.name for d in cursor.description or ()]
-        return [c.row(names, values) for values in cursor.fetchall()]
+        if c.native is not None:
+            cursor = RawCursor(raw)
+            cursor.execute(c.native[0], c.native_params(step.params))
+        else:
+            cursor = raw.execute(c.sql, c.params(step.params))
+        return c.rows(_names(cursor), cursor.fetchall())
 
 
 async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
@@ -176,10 +233,23 @@ async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
             return rows
         if c.positional is not None:  # asyncpg
             records = await raw.fetch(c.sql, *c.params(step.params))
-            return [c.row(list(r.keys()), list(r.values())) for r in records]
-        cursor = await raw.execute(c.sql, c.params(step.params))
-        names = [d.name for d in cursor.description or ()]
-        return [c.row(names, values) for values in await cursor.fetchall()]
+            return c.rows(list(records[0].keys()) if records else [], records)
+        if c.native is not None:
+            cursor = AsyncRawCursor(raw)
+            await cursor.execute(c.native[0], c.native_params(step.params))
+        else:
+            cursor = await raw.execute(c.sql, c.params(step.params))
+        return c.rows(_names(cursor), await cursor.fetchall())
+
+
+def _names(cursor: Any) -> list[str]:
+    """The column names of a psycopg cursor's result, read from the result itself:
+    ``cursor.description`` builds a column object, with its type looked up, per column."""
+    result = cursor.pgresult
+    if result is None or not result.nfields:
+        return []
+    encoding = cursor.connection.info.encoding
+    return [result.fname(i).decode(encoding) for i in range(result.nfields)]
 
 
 def sent(step: Query, dialect: Dialect) -> tuple[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, redact
@@ -333,6 +334,19 @@ def statements_outlive_cancellation(engine: Engine | AsyncEngine) -> bool:
     rolls back: their operations stay cancellable at once.
     """
     return engine.dialect.driver == "aiosqlite"
+
+
+def pool_capacity(engine: Engine | AsyncEngine) -> int | None:
+    """How many connections ``engine``'s pool hands out at most (``pool_size`` plus
+    ``max_overflow``); None when it has no such bound (a pool that opens a connection for
+    each checkout, or an unlimited overflow), 0 when it is not a queue pool."""
+    pool = engine.pool
+    if isinstance(pool, NullPool):
+        return None
+    if not isinstance(pool, QueuePool | AsyncAdaptedQueuePool):
+        return 0
+    overflow = getattr(pool, "_max_overflow", 0)
+    return None if overflow < 0 else pool.size() + overflow
 
 
 def describe_url(url: str | URL) -> str:

@@ -446,12 +446,19 @@ def _complete_and_claim_at_once(
     # One row at least (the LEFT JOIN); one of them lists the ids written.
     found = [r["jq_completed"] for r in rows if r["jq_completed"] is not None]
     written = set(found[0]) if found else set()
-    rows = [
-        {k: v for k, v in r.items() if k != "jq_completed"} for r in rows if r["id"] is not None
-    ]
+    rows = [_without_completed(r) for r in rows if r["id"] is not None]
     if not rows and mode is not None:
         yield from _learn_mode(s, mode)
     return written, _claimed_jobs(rows, limits)
+
+
+def _without_completed(row: Row) -> Row:
+    """A claimed job's row without the written ids' column: the row itself when the
+    runner gave a dict (it is ours to change), else a copy."""
+    if isinstance(row, dict):
+        row.pop("jq_completed", None)
+        return row
+    return {k: v for k, v in row.items() if k != "jq_completed"}
 
 
 @operation(Access.TRANSACTION)

@@ -3,7 +3,8 @@
 - completions are collected for a few milliseconds (`COMPLETION_WINDOW`, or until
   `COMPLETION_BATCH` wait) and written in one fenced statement; while the claim loop waits
   for a slot, the same statement claims the batch's replacements (`complete_and_claim`);
-  up to `WRITERS` batches are written at once, each on its own pooled connection;
+  up to `WRITERS` batches are written at once, each on its own pooled connection, which
+  its writer keeps from one batch to the next while the pool can spare it;
 - a failed attempt is written with the job's retry policy (or fails the job at once);
 - a job held back (`RetryLater`) goes back to ``pending`` for a while without spending an
   attempt, its limit key paused for as long for every worker (`AsyncJobQueue.retry_later`);
@@ -20,6 +21,7 @@ returns it to the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -31,7 +33,7 @@ from uuid import UUID
 from ..errors import PayloadError
 from ..models import Job, Status
 from ..operations import Completion
-from ..queue import AsyncJobQueue
+from ..queue import AsyncJobQueue, Held
 from .lifecycle import Lifecycle
 from .outcome import Failed, HeldBack, Outcome
 from .slots import Slot, Slots, matched
@@ -50,6 +52,11 @@ COMPLETION_BATCH = 500
 #: next one overlaps them anyway, and each batch is a statement and a commit).
 WRITERS = 2
 SPLIT_AT = 4
+#: Each writer keeps its connection between batches (`AsyncJobQueue._holding`) while the
+#: pool keeps this many for the rest of the worker (claims, heartbeats, handlers' writes);
+#: a writer idle this long (seconds) gives it back.
+SPARE_CONNECTIONS = 3
+HOLD_IDLE = 1.0
 
 RELEASE_REASON = "released: the worker stopped before the job finished"
 HAND_BACK_REASON = "released: claimed by a worker with no free place for it"
@@ -94,10 +101,17 @@ class Completer:
         #: Tasks writing completion batches.
         self._writers: set[asyncio.Task[None]] = set()
         self._batcher: asyncio.Task[None] | None = None
+        #: The connections the writers keep between batches, and those no writer uses now
+        #: (none where the pool cannot spare them).
+        self._held: list[Held] = []
+        self._idle_held: list[Held] = []
 
     # -- the run ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        held = [self.queue._holding(SPARE_CONNECTIONS + WRITERS - 1) for _ in range(WRITERS)]
+        self._held = [h for h in held if h is not None]
+        self._idle_held = list(self._held)
         self._batcher = asyncio.create_task(self._batch_loop(), name="jobqueue-completer")
 
     async def finish(self) -> None:
@@ -105,12 +119,22 @@ class Completer:
         self._ready.set()
         if self._batcher is not None and not self._batcher.done():
             await self._batcher
+        await self._let_go_idle()
 
     async def cancel(self) -> None:
         """End the batch loop if it still runs (a run cut short)."""
         if self._batcher is not None:
             self._batcher.cancel()
             await asyncio.gather(self._batcher, return_exceptions=True)
+        # A writer still running gives its connection back when it ends (`_writer_done`).
+        await self._let_go_idle()
+        self._held = []
+
+    async def _let_go_idle(self) -> None:
+        """Give the connections no writer uses back to the pool."""
+        for held in self._idle_held:
+            with contextlib.suppress(Exception):
+                await held.let_go()
 
     def idle(self) -> bool:
         """Nothing waits to be written and nothing is being written."""
@@ -267,7 +291,17 @@ class Completer:
         """
         lifecycle = self.lifecycle
         while True:
-            await self._ready.wait()
+            if not self._writers and any(h.holds for h in self._idle_held):
+                # Keep the writers' connections while batches follow each other; give them
+                # back when none came for a while.
+                try:
+                    async with asyncio.timeout(HOLD_IDLE):
+                        await self._ready.wait()
+                except TimeoutError:
+                    await self._let_go_idle()
+                    continue
+            else:
+                await self._ready.wait()
             if (
                 not lifecycle.closing
                 and len(self._batch) < COMPLETION_BATCH
@@ -282,9 +316,10 @@ class Completer:
                     size = -(-size // idle)
                 size = min(COMPLETION_BATCH, size)
                 items, self._batch[:size] = self._batch[:size], []
-                writer = asyncio.create_task(self._write(items), name="jobqueue-completer")
+                held = self._idle_held.pop() if self._idle_held else None
+                writer = asyncio.create_task(self._write(items, held), name="jobqueue-completer")
                 self._writers.add(writer)
-                writer.add_done_callback(self._writer_done)
+                writer.add_done_callback(functools.partial(self._writer_done, held))
             if lifecycle.closing and not self._batch and not self._writers:
                 return
             if self._writers and (self._batch or lifecycle.closing):
@@ -292,18 +327,24 @@ class Completer:
                 await asyncio.wait(set(self._writers), return_when=asyncio.FIRST_COMPLETED)
                 self._ready.set()
 
-    def _writer_done(self, task: asyncio.Task[None]) -> None:
+    def _writer_done(self, held: Held | None, task: asyncio.Task[None]) -> None:
         self._writers.discard(task)
+        if held is not None:
+            if held in self._held:
+                self._idle_held.append(held)
+            else:  # the run was cut short while it wrote
+                let_go = asyncio.ensure_future(held.let_go())
+                let_go.add_done_callback(_ignore_outcome)
         if not task.cancelled() and task.exception() is not None:
             log.error("a completion writer ended unexpectedly", exc_info=task.exception())
         self._slot_freed()
 
-    async def _write(self, items: list[Slot]) -> None:
-        """Write one batch's completions (and claim with them while the claim loop waits
-        for slots)."""
+    async def _write(self, items: list[Slot], held: Held | None) -> None:
+        """Write one batch's completions (on the connection ``held`` keeps, if any), and
+        claim with them while the claim loop waits for slots."""
         try:
             written, claimed = await self._persist(
-                functools.partial(self._complete_batch, items),
+                functools.partial(self._complete_batch, items, held),
                 "",
                 f"completing {len(items)} jobs",
                 "the reaper will return them",
@@ -329,7 +370,9 @@ class Completer:
         for job in claimed[room:]:
             await self._hand_back(job)
 
-    async def _complete_batch(self, items: Sequence[Slot]) -> tuple[set[UUID], list[Job]]:
+    async def _complete_batch(
+        self, items: Sequence[Slot], held: Held | None
+    ) -> tuple[set[UUID], list[Job]]:
         """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
         completions = [s.completion for s in items if s.completion is not None]
         # Claim only while the claim loop waits for slots (more may be due now), never
@@ -339,20 +382,23 @@ class Completer:
         # have been let go already (an attempt stopped when its job was claimed again).
         beyond = max(0, free - self.slots.own(items))
         self.slots.reserved += beyond
+        queue = self.queue
         try:
             if free > 0:
                 # The claim loop waits for these very slots: take their next jobs in the
                 # same statement (one commit for both, see complete_and_claim).
                 self._count_claim()
-                return await self.queue.complete_and_claim(
-                    completions,
-                    self.worker_id,
-                    queues=self.queues,
-                    kinds=self.kinds,
-                    limit=free,
-                    lease=self.lease,
-                )
-            return await self.queue.complete_many(completions), []
+                with queue._on_held(held):
+                    return await queue.complete_and_claim(
+                        completions,
+                        self.worker_id,
+                        queues=self.queues,
+                        kinds=self.kinds,
+                        limit=free,
+                        lease=self.lease,
+                    )
+            with queue._on_held(held):
+                return await queue.complete_many(completions), []
         finally:
             self.slots.reserved -= beyond
 
@@ -400,6 +446,11 @@ class Completer:
                 slot.job.id,
                 slot.job.attempts,
             )
+
+
+def _ignore_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 __all__ = [

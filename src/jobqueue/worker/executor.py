@@ -51,6 +51,8 @@ class Executor:
         self.threads = threads
         #: Kinds without a handler whose first job was logged (the next ones are not).
         self._unserved_seen: set[str] = set()
+        #: `is_async` of each handler met, by id (the handler kept, so the id stays its).
+        self._async: dict[int, tuple[Handler, bool]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     async def run(self, slot: Slot) -> Outcome:
@@ -76,15 +78,19 @@ class Executor:
             message = f"no handler for job kind {job.kind!r} (this worker runs: {known})"
             return Failed.of(message, False, quiet=quiet)
         timeout = self.timeouts.get(job.kind, self.job_timeout)
+        deadline = None
         try:
-            async with asyncio.timeout(timeout) as deadline:
+            if timeout is None:
                 value = await self._call(handler, job, slot.ctx)
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    value = await self._call(handler, job, slot.ctx)
         except asyncio.CancelledError:
             if slot.stopped_because is None:
                 raise
             return Stopped(slot.stopped_because)
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 slot.ctx.cancelled.set()  # a sync handler's thread cannot be cancelled
                 return Failed.of(f"JobTimeout: the handler ran longer than {timeout:g}s")
             return Failed.of(exc)
@@ -100,6 +106,14 @@ class Executor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+    def _is_async(self, handler: Handler) -> bool:
+        """`is_async`, asked once per handler (``inspect`` is slow next to a no-op job)."""
+        key = id(handler)
+        known = self._async.get(key)
+        if known is None or known[0] is not handler:
+            known = self._async[key] = (handler, is_async(handler))
+        return known[1]
 
     def _seen_unserved(self, job: Job) -> bool:
         """Whether a job of this kind without a handler was met before; the first one of
@@ -118,7 +132,7 @@ class Executor:
         return False
 
     async def _call(self, handler: Handler, job: Job, ctx: WorkerContext) -> Any:
-        if is_async(handler):
+        if self._is_async(handler):
             return await handler(job, ctx)
         if self._pool is None:
             # Our own threads: a sync handler that hangs past its timeout cannot be killed,
