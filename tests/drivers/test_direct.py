@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -268,7 +269,15 @@ async def test_the_same_sql_and_parameters_are_sent(postgres_url: str) -> None:
     engine = make_engine(postgres_url)
     started = datetime.now(UTC)
     batch = [
-        {"id": uuid.uuid4(), "attempt": 1, "started": started, "result": "{}", "result_url": None}
+        {
+            "id": uuid.uuid4(),
+            "attempt": 1,
+            "started": started,
+            "result": "{}",
+            "result_url": None,
+            "cost": None,
+            "cost_unit": None,
+        }
     ]
     steps = [
         s.insert_many([new_row()]),
@@ -299,8 +308,24 @@ async def test_psycopg_receives_what_its_own_conversion_sends(postgres_url: str)
     engine = make_engine(postgres_url)
     started = datetime.now(UTC)
     batch = [
-        {"id": uuid.uuid4(), "attempt": 1, "started": started, "result": "{}", "result_url": None},
-        {"id": uuid.uuid4(), "attempt": 2, "started": started, "result": None, "result_url": "u"},
+        {
+            "id": uuid.uuid4(),
+            "attempt": 1,
+            "started": started,
+            "result": "{}",
+            "result_url": None,
+            "cost": None,
+            "cost_unit": None,
+        },
+        {
+            "id": uuid.uuid4(),
+            "attempt": 2,
+            "started": started,
+            "result": None,
+            "result_url": "u",
+            "cost": Decimal("0.040001"),
+            "cost_unit": "USD",
+        },
     ]
     steps = [
         s.insert_many([new_row()]),

@@ -134,6 +134,8 @@ def test_the_busy_workers_statement_has_a_generic_plan_on_the_indexes(
             "started": j.started_at,
             "result": None,
             "result_url": None,
+            "cost": None,
+            "cost_unit": None,
         }
         for j in started
     ]

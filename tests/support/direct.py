@@ -60,6 +60,14 @@ def held(rows: Rows) -> list[tuple[uuid.UUID, int, datetime]]:
 
 def completions(rows: Rows) -> list[dict[str, Any]]:
     return [
-        {"id": i, "attempt": a, "started": t, "result": '{"url": "u"}', "result_url": None}
+        {
+            "id": i,
+            "attempt": a,
+            "started": t,
+            "result": '{"url": "u"}',
+            "result_url": None,
+            "cost": None,
+            "cost_unit": None,
+        }
         for i, a, t in held(rows)
     ]
