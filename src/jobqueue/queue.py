@@ -43,6 +43,7 @@ from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
+    JobExpired,
     JobFailed,
     JobQueueError,
     PermissionDenied,
@@ -120,6 +121,8 @@ class EnqueueOptions(TypedDict, total=False):
     owner_id: str | None
     idempotency_key: str | None
     limit_key: str | None
+    expires_in: float | timedelta | None
+    start_by: datetime | None
 
 
 class LimitSettings(TypedDict, total=False):
@@ -358,6 +361,14 @@ class _QueueBase(Generic[E]):
         if job.status is Status.COMPLETED:
             return job
         raise JobFailed.of(job)
+
+    @staticmethod
+    def _waited(job: Job) -> Job:
+        """The end of a wait: the final job, or `JobExpired` for an expired one (it never
+        ran: a caller reading only the status would take it for done)."""
+        if job.status is Status.EXPIRED:
+            raise JobExpired.of(job)
+        return job
 
     @staticmethod
     def _timed_out(job_id: object, waiter: Waiter) -> WaitTimeout:
@@ -684,6 +695,12 @@ class JobQueue(_QueueBase[Engine]):
         """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return self._run(ops.reap(self.statements))
 
+    def expire(self) -> builtins.list[Job]:
+        """Move pending jobs past their start deadline (``start_by``, by the database clock)
+        to ``expired``, one batch; the jobs moved. Workers run it on a timer; no claim takes
+        such a job meanwhile."""
+        return self._run(ops.expire(self.statements))
+
     # -- live workers (see jobqueue.presence) --------------------------------------------------
 
     def live_workers(self) -> builtins.list[LiveWorker]:
@@ -808,7 +825,9 @@ class JobQueue(_QueueBase[Engine]):
         no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
-        """Poll until the job is final and return it (whatever the final status).
+        """Poll until the job is final and return it (completed, failed or cancelled), or
+        raise `JobExpired` when it expired: it was not started by its start deadline and
+        never ran (the error's ``job_id`` names it; `get` reads it).
 
         ``on_change`` is called with each new status or progress. `WaitTimeout` when
         ``timeout`` passes first; the job itself keeps running.
@@ -826,7 +845,7 @@ class JobQueue(_QueueBase[Engine]):
             if on_change is not None and waiter.changed(job):
                 on_change(job)
             if job.is_final:
-                return job
+                return self._waited(job)
             if lookout.due(job):
                 try:
                     workers = self.live_workers()
@@ -1101,6 +1120,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return await self._run(ops.reap(self.statements))
 
+    async def expire(self) -> builtins.list[Job]:
+        """Move pending jobs past their start deadline (``start_by``, by the database clock)
+        to ``expired``, one batch; the jobs moved. Workers run it on a timer; no claim takes
+        such a job meanwhile."""
+        return await self._run(ops.expire(self.statements))
+
     async def live_workers(self) -> builtins.list[LiveWorker]:
         """The workers whose heartbeat is recent (by the database clock), oldest first."""
         with self._presence_errors():
@@ -1225,7 +1250,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
-        """Poll until the job is final and return it (whatever the final status).
+        """Poll until the job is final and return it (completed, failed or cancelled), or
+        raise `JobExpired` when it expired: it was not started by its start deadline and
+        never ran (the error's ``job_id`` names it; `get` reads it).
 
         ``on_change`` is called with each new status or progress. `WaitTimeout` when
         ``timeout`` passes first; the job itself keeps running.
@@ -1248,7 +1275,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
                 if isinstance(outcome, Awaitable):
                     await outcome
             if job.is_final:
-                return job
+                return self._waited(job)
             if lookout.due(job):
                 try:
                     workers = await self.live_workers()

@@ -438,6 +438,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         started_at=None,
         completed_at=None,
         updated_at=updated,
+        start_by=None,
         unreadable=None,
     )
     for jsonb in (False, True):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
     select,
     update,
 )
@@ -26,6 +27,9 @@ from ..models import Status, sources_of
 from .common import StatementsBase, param, status_values
 from .dialect import DbNow, DbNowPlus, UTCDateTime
 from .steps import Query
+
+#: How many jobs past their start deadline one `expire` moves to ``expired`` at most.
+EXPIRY_BATCH = 1000
 
 
 class Managing(StatementsBase):
@@ -67,7 +71,9 @@ class Managing(StatementsBase):
         return Query(self.once(("cancel", by_owner), build), params)
 
     def retry(self, job_id: UUID) -> Query:
-        """An operator's retry of a ``failed`` or ``cancelled`` job: one more attempt, now."""
+        """An operator's retry of a ``failed``, ``cancelled`` or ``expired`` job: one more
+        attempt, now. A start deadline still ahead stays; one that has passed (an expired
+        job's) is dropped, so the retried job runs instead of expiring again."""
 
         def build() -> Any:
             c = self.t.c
@@ -84,12 +90,44 @@ class Managing(StatementsBase):
                     locked_by=None,
                     lease_expires_at=None,
                     completed_at=None,
+                    start_by=case((c.start_by > now, c.start_by), else_=None),
                     updated_at=now,
                 )
                 .returning(*self.columns)
             )
 
         return Query(self.once("retry", build), {"jq_job_id": job_id})
+
+    def expire(self) -> Query:
+        """Move pending jobs whose start deadline has passed (by the database clock) to
+        ``expired``, up to `EXPIRY_BATCH` of them, earliest deadline first, through the
+        deadline index. On PostgreSQL rows another transaction holds (a claim, a cancel)
+        are skipped: a claim will not take them, and the next round sees them again."""
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            # 'pending' written into the SQL: SQLite uses the partial index only then.
+            due = (
+                select(c.id)
+                .where(
+                    c.status == literal_column("'pending'"),
+                    c.start_by.isnot(None),
+                    c.start_by <= now,
+                )
+                .order_by(c.start_by)
+                .limit(EXPIRY_BATCH)
+            )
+            if self.dialect == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            return (
+                update(self.t)
+                .where(c.id.in_(due.scalar_subquery()), c.status == Status.PENDING.value)
+                .values(status=Status.EXPIRED.value, completed_at=now, updated_at=now)
+                .returning(*self.columns)
+            )
+
+        return Query(self.once("expire", build), None)
 
     def reap(self) -> Query:
         """Return jobs whose lease expired to ``pending`` in their place in line (their
