@@ -739,8 +739,16 @@ class JobQueue(_QueueBase[Engine]):
         """Cancel a pending or running job (a running handler is stopped by its worker)."""
         return self._run(ops.cancel(self.statements, job_id, owner_id))
 
+    def cancel_if_pending(self, job_id: JobRef, *, owner_id: str | None = None) -> Job | None:
+        """Cancel the job only while no worker has started it: the cancelled job, or None
+        when it has started, is final or is not found (for ``owner_id``). What the web app
+        does for a job whose last watcher left (``create_app(cancel_abandoned_after=...)``)."""
+        return self._run(ops.cancel_if_pending(self.statements, job_id, owner_id))
+
     def retry(self, job_id: JobRef) -> Job:
-        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
+        """Queue a ``failed``, ``cancelled`` or ``expired`` job again with one more attempt.
+        A start deadline still ahead stays; one that has passed is dropped (an expired
+        job runs without one)."""
         return self._run(ops.retry(self.statements, job_id))
 
     def position(
@@ -1162,8 +1170,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """Cancel a pending or running job (a running handler is stopped by its worker)."""
         return await self._run(ops.cancel(self.statements, job_id, owner_id))
 
+    async def cancel_if_pending(self, job_id: JobRef, *, owner_id: str | None = None) -> Job | None:
+        """Cancel the job only while no worker has started it: the cancelled job, or None
+        when it has started, is final or is not found (for ``owner_id``). What the web app
+        does for a job whose last watcher left (``create_app(cancel_abandoned_after=...)``)."""
+        return await self._run(ops.cancel_if_pending(self.statements, job_id, owner_id))
+
     async def retry(self, job_id: JobRef) -> Job:
-        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
+        """Queue a ``failed``, ``cancelled`` or ``expired`` job again with one more attempt.
+        A start deadline still ahead stays; one that has passed is dropped (an expired
+        job runs without one)."""
         return await self._run(ops.retry(self.statements, job_id))
 
     async def position(

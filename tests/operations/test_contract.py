@@ -94,6 +94,7 @@ def exercise(q: JobQueue) -> None:
     q.stats()
     q.reap()
     q.expire()
+    q.cancel_if_pending(q.enqueue("image", {}).id)
     q.prune(older_than=0)
     me = WorkerPresence("w", ("default",), None, 1)
     q.worker_beat(me, ttl=30)

@@ -518,6 +518,18 @@ def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Steps[
 
 
 @operation(Access.ONE_WRITE)
+def cancel_if_pending(
+    s: Statements, job_id: object, owner_id: str | None = None
+) -> Steps[Job | None]:
+    """Cancel the job only while no claim has taken it: the cancelled job, or None when it
+    has started, is final, or is not there (or not ``owner_id``'s). One statement, so a
+    claim in between cannot be overtaken: a job that started keeps running."""
+    jid = parse_job_id(job_id)
+    rows = yield s.cancel(jid, owner_id, pending_only=True)
+    return read_job(rows[0]) if rows else None
+
+
+@operation(Access.ONE_WRITE)
 def retry(s: Statements, job_id: object) -> Steps[Job]:
     jid = parse_job_id(job_id)
     rows = yield s.retry(jid)

@@ -35,21 +35,25 @@ EXPIRY_BATCH = 1000
 class Managing(StatementsBase):
     """Anyone's moves of a job, and reading jobs."""
 
-    def cancel(self, job_id: UUID, owner_id: str | None = None) -> Query:
-        """Cancel a job that may still move to ``cancelled`` (pending or processing).
+    def cancel(
+        self, job_id: UUID, owner_id: str | None = None, *, pending_only: bool = False
+    ) -> Query:
+        """Cancel a job that may still move to ``cancelled`` (pending or processing; with
+        ``pending_only``, only one no claim has taken).
 
         Only the statuses the table of moves allows are matched, so a finished job is never
         reopened; with ``owner_id`` only that owner's job matches (an end user's cancel).
         A running job's worker learns of it at its next fenced write or its cancel check.
         """
         by_owner = owner_id is not None
+        sources = (Status.PENDING,) if pending_only else sources_of(Status.CANCELLED)
 
         def build() -> Any:
             c = self.t.c
             now = DbNow()
             where = [
                 c.id == param("job_id", Uuid()),
-                c.status.in_(status_values(sources_of(Status.CANCELLED))),
+                c.status.in_(status_values(sources)),
             ]
             if by_owner:
                 where.append(c.owner_id == param("owner_id", Text()))
@@ -68,7 +72,7 @@ class Managing(StatementsBase):
         params: dict[str, Any] = {"jq_job_id": job_id}
         if by_owner:
             params["jq_owner_id"] = owner_id
-        return Query(self.once(("cancel", by_owner), build), params)
+        return Query(self.once(("cancel", by_owner, pending_only), build), params)
 
     def retry(self, job_id: UUID) -> Query:
         """An operator's retry of a ``failed``, ``cancelled`` or ``expired`` job: one more
