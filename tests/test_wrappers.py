@@ -221,9 +221,11 @@ class Recording(MockGenerator):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.prompts: list[str] = []
+        self.started = asyncio.Event()
 
     async def generate(self, request: GenerationRequest, context: Any) -> Any:
         self.prompts.append(request.prompt)
+        self.started.set()
         return await super().generate(request, context)
 
 
@@ -235,8 +237,8 @@ async def test_a_job_not_started_by_its_deadline_raises_job_expired(aqueue: Asyn
     busy = await aqueue.enqueue("image", GenerationRequest("busy").to_payload())
     task = asyncio.create_task(worker.run())
     try:
-        while (await aqueue.get(busy.id)).status is not Status.PROCESSING:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(generator.started.wait(), 20)  # the only slot is taken
+        assert (await aqueue.get(busy.id)).status is Status.PROCESSING
         with pytest.raises(JobExpired, match="not started in time") as info:
             await generate_image_async(aqueue, "too late", poll_interval=0.05, expires_in=0.3)
         job = await aqueue.get(info.value.job_id)  # type: ignore[arg-type]
