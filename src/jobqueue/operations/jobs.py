@@ -180,7 +180,7 @@ def _new_job(
         None,  # started_at
         None,  # completed_at
         updated_at,  # updated_at
-        r["start_by_value"],  # start_by: as given (one from expires_in is the database's)
+        r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
         _NO_EXTRA,  # extra
         None,  # unreadable
     )
@@ -214,7 +214,7 @@ def _new_jobs(
             # Within the table's bound, as `jobqueue.sql.fair.turn_of` keeps it.
             turn = min(place["base"] + (rank - 1) * place["step"], MAX_TURN)
         job = _new_job(r, now, now, run_at, turn, True)
-        expires, start_by = r["expires_seconds"], r["start_by_value"]
+        expires, start_by = r.get("expires_seconds"), r.get("start_by_value")
         if expires is not None:
             job = replace(job, start_by=now + timedelta(seconds=expires))
         elif start_by is not None:

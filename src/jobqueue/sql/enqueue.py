@@ -99,7 +99,11 @@ class Enqueueing(StatementsBase):
         that carry one: an enqueue without one runs the statement it ran before deadlines
         existed, and a role granted the columns of that time can still run it.
         """
-        dl = any(r["start_by_value"] is not None or r["expires_seconds"] is not None for r in rows)
+        # Rows made before deadlines existed may lack both keys: no deadline.
+        dl = any(
+            r.get("start_by_value") is not None or r.get("expires_seconds") is not None
+            for r in rows
+        )
         if not placed:
             stmt = self.once(
                 ("insert_unplaced", dl),
