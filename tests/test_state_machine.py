@@ -16,26 +16,29 @@ from jobqueue import MOVES, InvalidTransition, Job, JobQueueError, LeaseLost, St
 from jobqueue.models import FINAL_STATUSES, can_move, check_move, sources_of
 from tests.conftest import Either
 
-PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED = (
+PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED, EXPIRED = (
     Status.PENDING,
     Status.PROCESSING,
     Status.COMPLETED,
     Status.FAILED,
     Status.CANCELLED,
+    Status.EXPIRED,
 )
 
 # Every status to every status: may a job move so?
-#                        to: pending processing completed failed cancelled
-COLUMNS = (PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED)
-EXPECTED: dict[Status, tuple[bool, bool, bool, bool, bool]] = {
-    PENDING: (False, True, False, False, True),
-    PROCESSING: (True, False, True, True, True),
-    COMPLETED: (False, False, False, False, False),
-    FAILED: (True, False, False, False, False),
-    CANCELLED: (True, False, False, False, False),
+#                        to: pending processing completed failed cancelled expired
+COLUMNS = (PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED, EXPIRED)
+EXPECTED: dict[Status, tuple[bool, bool, bool, bool, bool, bool]] = {
+    PENDING: (False, True, False, False, True, True),
+    PROCESSING: (True, False, True, True, True, False),
+    COMPLETED: (False, False, False, False, False, False),
+    FAILED: (True, False, False, False, False, False),
+    CANCELLED: (True, False, False, False, False, False),
+    EXPIRED: (True, False, False, False, False, False),
 }
 
-# Each API move: the status it leads to, and how to attempt it on a job.
+# Each API move: the status it leads to, and how to attempt it on a job. "expire" is the
+# sweep (`expire`) run after the job's start deadline was moved into the past (`PREPARE`).
 Action = Callable[[Either, Job], Awaitable[Any]]
 ACTIONS: dict[str, tuple[Status, Action]] = {
     "claim": (PROCESSING, lambda q, j: q.claim("w2")),
@@ -45,6 +48,7 @@ ACTIONS: dict[str, tuple[Status, Action]] = {
     "release": (PENDING, lambda q, j: q.release(j)),
     "cancel": (CANCELLED, lambda q, j: q.cancel(j.id)),
     "retry": (PENDING, lambda q, j: q.retry(j.id)),
+    "expire": (EXPIRED, lambda q, j: q.expire()),
 }
 # Where each action may start.
 SOURCES: dict[str, set[Status]] = {
@@ -54,7 +58,8 @@ SOURCES: dict[str, set[Status]] = {
     "fail-and-retry": {PROCESSING},
     "release": {PROCESSING},
     "cancel": {PENDING, PROCESSING},
-    "retry": {FAILED, CANCELLED},
+    "retry": {FAILED, CANCELLED, EXPIRED},
+    "expire": {PENDING},
 }
 
 
@@ -83,10 +88,10 @@ def test_the_state_machine_allows_exactly_the_expected_moves(
 
 
 def test_final_statuses_have_no_way_out_but_retry() -> None:
-    assert {COMPLETED, FAILED, CANCELLED} == FINAL_STATUSES
-    assert [s.is_final for s in COLUMNS] == [False, False, True, True, True]
+    assert {COMPLETED, FAILED, CANCELLED, EXPIRED} == FINAL_STATUSES
+    assert [s.is_final for s in COLUMNS] == [False, False, True, True, True, True]
     assert MOVES[COMPLETED] == frozenset()
-    assert MOVES[FAILED] == MOVES[CANCELLED] == {PENDING}
+    assert MOVES[FAILED] == MOVES[CANCELLED] == MOVES[EXPIRED] == {PENDING}
 
 
 def test_the_api_actions_make_every_expected_move_and_no_other() -> None:
@@ -96,10 +101,22 @@ def test_the_api_actions_make_every_expected_move_and_no_other() -> None:
     assert made == {(s, t) for s in Status for t in Status if expected(s, t)}
 
 
-async def _job_in(q: Either, status: Status) -> Job:
-    job: Job = await q.enqueue("image", {"for": status.value}, max_attempts=5)
+def _past_deadline(raw_sql: Callable[..., Any], table: str, q: Either, job: Job) -> None:
+    """Move ``job``'s start deadline an hour into the past, as another client could."""
+    key = job.id if q.dialect == "postgresql" else job.id.hex
+    past = "now() - interval '1 hour'" if q.dialect == "postgresql" else "'2000-01-01 00:00:00'"
+    raw_sql(f"UPDATE {table} SET start_by = {past} WHERE id = :id", id=key)
+
+
+async def _job_in(q: Either, status: Status, past_deadline: Callable[[Job], None]) -> Job:
+    # Every job has a deadline ahead, which "expire" moves into the past.
+    job: Job = await q.enqueue("image", {"for": status.value}, max_attempts=5, expires_in=3600)
     if status is Status.PENDING:
         return job
+    if status is Status.EXPIRED:
+        past_deadline(job)  # the only way in: the sweep, once the deadline has passed
+        (expired,) = [j for j in await q.expire() if j.id == job.id]
+        return expired  # type: ignore[no-any-return]
     if status is Status.CANCELLED:
         cancelled: Job = await q.cancel(job.id)
         return cancelled
@@ -114,9 +131,16 @@ async def _job_in(q: Either, status: Status) -> Job:
 
 
 @pytest.mark.parametrize("source", list(Status))
-async def test_every_api_move_from_every_status(q: Either, source: Status) -> None:
+async def test_every_api_move_from_every_status(
+    q: Either, source: Status, raw_sql: Callable[..., Any], migrated: tuple[str, str]
+) -> None:
+    def past_deadline(job: Job) -> None:
+        _past_deadline(raw_sql, migrated[1], q, job)
+
     for name, (target, attempt) in ACTIONS.items():
-        job = await _job_in(q, source)
+        job = await _job_in(q, source, past_deadline)
+        if name == "expire":
+            past_deadline(job)
         before = await q.get(job.id)
         outcome: Any
         try:
@@ -127,7 +151,7 @@ async def test_every_api_move_from_every_status(q: Either, source: Status) -> No
             pytest.fail(f"{name} from {source} raised {exc!r}")
         after = await q.get(job.id)
         allowed = source in SOURCES[name]
-        if name == "claim":
+        if name in ("claim", "expire"):
             outcome = [j for j in outcome or [] if j.id == job.id]
         if allowed:
             assert outcome, f"{name} from {source} was refused"

@@ -19,6 +19,7 @@ from jobqueue import (
     GenerationRequest,
     Generator,
     Job,
+    JobExpired,
     JobFailed,
     JobQueue,
     LocalContext,
@@ -212,6 +213,41 @@ async def test_cancelled_job_raises_job_failed(aqueue: AsyncJobQueue) -> None:
         await generate_image_async(
             aqueue, "never mind", poll_interval=0.05, timeout=10, on_created=cancel_at_once
         )
+
+
+class Recording(MockGenerator):
+    """The mock, remembering every prompt it was asked for."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.prompts: list[str] = []
+        self.started = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest, context: Any) -> Any:
+        self.prompts.append(request.prompt)
+        self.started.set()
+        return await super().generate(request, context)
+
+
+async def test_a_job_not_started_by_its_deadline_raises_job_expired(aqueue: AsyncJobQueue) -> None:
+    """The only slot is busy past the deadline: the worker's expiry timer ends the job
+    ``expired``, and it never reaches the generator."""
+    generator = Recording(delay=1.5, steps=1)
+    worker = Worker(aqueue, generator=generator, poll_interval=0.05, concurrency=1, lease=10)
+    busy = await aqueue.enqueue("image", GenerationRequest("busy").to_payload())
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(generator.started.wait(), 20)  # the only slot is taken
+        assert (await aqueue.get(busy.id)).status is Status.PROCESSING
+        with pytest.raises(JobExpired, match="not started in time") as info:
+            await generate_image_async(aqueue, "too late", poll_interval=0.05, expires_in=0.3)
+        job = await aqueue.get(info.value.job_id)  # type: ignore[arg-type]
+        assert (job.status, job.attempts, job.started_at) == (Status.EXPIRED, 0, None)
+        assert isinstance(info.value, JobFailed)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+    assert generator.prompts == ["busy"]
 
 
 async def test_timeout_leaves_the_job_running(aqueue: AsyncJobQueue) -> None:

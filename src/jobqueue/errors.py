@@ -173,12 +173,30 @@ class JobFailed(JobQueueError):
 
     @classmethod
     def of(cls, job: Job) -> JobFailed:
-        """The error for ``job``, which ended ``failed`` or ``cancelled``: the one wording
-        that `wait_result` and the CLI both use."""
+        """The error for ``job``, which ended ``failed``, ``cancelled`` or ``expired``
+        (`JobExpired`): the one wording that `wait_result` and the CLI both use."""
+        if job.status == "expired" and cls is JobFailed:
+            return JobExpired.of(job)
         return cls(
             f"job {job.id} ended {job.status.value}: {job.error or 'no error recorded'}",
             job_id=job.id,
         )
+
+
+class JobExpired(JobFailed):
+    """A job that a caller waited for was not started by its start deadline (``start_by``)
+    and became ``expired``: it never ran, and never reached the provider. A `JobFailed`,
+    so code that handles a job that did not complete handles this one too."""
+
+    hint = (
+        "nothing ran and nothing was spent; enqueue again with a later deadline, or "
+        "`jobqueue retry ID` to run it without one"
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> JobExpired:
+        deadline = "" if job.start_by is None else f" (its deadline was {job.start_by.isoformat()})"
+        return cls(f"job {job.id} expired: it was not started in time{deadline}", job_id=job.id)
 
 
 class WaitTimeout(JobQueueError, TimeoutError):

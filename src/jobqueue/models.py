@@ -87,13 +87,18 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Not started by its start deadline (``start_by``): it never ran and never will,
+    #: unless an operator retries it.
+    EXPIRED = "expired"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+FINAL_STATUSES: frozenset[Status] = frozenset(
+    {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED}
+)
 
 #: Every allowed move, and only those. The moves anyone may ask for (cancel, retry) take
 #: their ``WHERE status IN (...)`` from this mapping (``sources_of``); a worker's moves name
@@ -101,8 +106,8 @@ FINAL_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, 
 #: write and the reaper), which is this mapping's too. tests/test_state_machine.py tries
 #: every move of the API from every status, so SQL and this mapping cannot part unnoticed.
 MOVES: Mapping[Status, frozenset[Status]] = {
-    # claim; cancel before it started
-    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED}),
+    # claim; cancel before it started; expire: its start deadline passed before a claim
+    Status.PENDING: frozenset({Status.PROCESSING, Status.CANCELLED, Status.EXPIRED}),
     # finish; fail for good; retry, release, or reap back to the queue; cancel while running
     Status.PROCESSING: frozenset(
         {Status.COMPLETED, Status.FAILED, Status.PENDING, Status.CANCELLED}
@@ -110,6 +115,7 @@ MOVES: Mapping[Status, frozenset[Status]] = {
     # an operator's `retry`
     Status.FAILED: frozenset({Status.PENDING}),
     Status.CANCELLED: frozenset({Status.PENDING}),
+    Status.EXPIRED: frozenset({Status.PENDING}),
     Status.COMPLETED: frozenset(),
 }
 
@@ -140,6 +146,9 @@ class Job:
     while the row still has the ``attempts`` and ``started_at`` it was claimed with and is
     ``processing`` (a release gives the attempt back, so only ``started_at`` tells its
     claim from the next one).
+
+    ``start_by`` is the job's start deadline (None: none): a job no claim has taken by
+    then is moved to ``expired`` and never runs (`JobQueue.expire`).
 
     ``unreadable`` says why part of a row written by another client could not be read
     (``"payload could not be decoded: …"``); that value reads as None (``errors`` as
@@ -179,6 +188,7 @@ class Job:
     #: The estimate its owner's budget reserved for it at enqueue (`jobqueue.sql.budgets`):
     #: counted against the budget while the job is pending or running.
     reserved: Decimal | None
+    start_by: datetime | None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     unreadable: str | None = None
 
@@ -293,6 +303,11 @@ class NewJob:
     owner_id: str | None = None
     idempotency_key: str | None = None
     limit_key: str | None = None
+    #: The start deadline: not started (claimed) by then, the job becomes ``expired``
+    #: instead of running. ``expires_in`` counts from the enqueue, by the database clock;
+    #: ``start_by`` is a timezone-aware time. At most one of the two.
+    expires_in: float | timedelta | None = None
+    start_by: datetime | None = None
 
     def to_row(self, limits: QueueLimits) -> dict[str, Any]:
         """The job checked against ``limits`` and made into the row the queue inserts

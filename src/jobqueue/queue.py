@@ -46,6 +46,7 @@ from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
+    JobExpired,
     JobFailed,
     JobQueueError,
     PermissionDenied,
@@ -123,6 +124,8 @@ class EnqueueOptions(TypedDict, total=False):
     owner_id: str | None
     idempotency_key: str | None
     limit_key: str | None
+    expires_in: float | timedelta | None
+    start_by: datetime | None
 
 
 class LimitSettings(TypedDict, total=False):
@@ -398,6 +401,14 @@ class _QueueBase(Generic[E]):
         if job.status is Status.COMPLETED:
             return job
         raise JobFailed.of(job)
+
+    @staticmethod
+    def _waited(job: Job) -> Job:
+        """The end of a wait: the final job, or `JobExpired` for an expired one (it never
+        ran: a caller reading only the status would take it for done)."""
+        if job.status is Status.EXPIRED:
+            raise JobExpired.of(job)
+        return job
 
     @staticmethod
     def _timed_out(job_id: object, waiter: Waiter) -> WaitTimeout:
@@ -740,6 +751,12 @@ class JobQueue(_QueueBase[Engine]):
         """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return self._run(ops.reap(self.statements))
 
+    def expire(self) -> builtins.list[Job]:
+        """Move pending jobs past their start deadline (``start_by``, by the database clock)
+        to ``expired``, one batch; the jobs moved. Workers run it on a timer; no claim takes
+        such a job meanwhile."""
+        return self._run(ops.expire(self.statements))
+
     # -- live workers (see jobqueue.presence) --------------------------------------------------
 
     def live_workers(self) -> builtins.list[LiveWorker]:
@@ -778,8 +795,16 @@ class JobQueue(_QueueBase[Engine]):
         """Cancel a pending or running job (a running handler is stopped by its worker)."""
         return self._run(ops.cancel(self.statements, job_id, owner_id))
 
+    def cancel_if_pending(self, job_id: JobRef, *, owner_id: str | None = None) -> Job | None:
+        """Cancel the job only while no worker has started it: the cancelled job, or None
+        when it has started, is final or is not found (for ``owner_id``). What the web app
+        does for a job whose last watcher left (``create_app(cancel_abandoned_after=...)``)."""
+        return self._run(ops.cancel_if_pending(self.statements, job_id, owner_id))
+
     def retry(self, job_id: JobRef) -> Job:
-        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
+        """Queue a ``failed``, ``cancelled`` or ``expired`` job again with one more attempt.
+        A start deadline still ahead stays; one that has passed is dropped (an expired
+        job runs without one)."""
         return self._run(ops.retry(self.statements, job_id))
 
     def position(
@@ -874,7 +899,9 @@ class JobQueue(_QueueBase[Engine]):
         no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
-        """Poll until the job is final and return it (whatever the final status).
+        """Poll until the job is final and return it (completed, failed or cancelled), or
+        raise `JobExpired` when it expired: it was not started by its start deadline and
+        never ran (the error's ``job_id`` names it; `get` reads it).
 
         ``on_change`` is called with each new status or progress. `WaitTimeout` when
         ``timeout`` passes first; the job itself keeps running.
@@ -892,7 +919,7 @@ class JobQueue(_QueueBase[Engine]):
             if on_change is not None and waiter.changed(job):
                 on_change(job)
             if job.is_final:
-                return job
+                return self._waited(job)
             if lookout.due(job):
                 try:
                     workers = self.live_workers()
@@ -1239,6 +1266,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """Return expired leases to ``pending`` (``failed`` when out of attempts)."""
         return await self._run(ops.reap(self.statements))
 
+    async def expire(self) -> builtins.list[Job]:
+        """Move pending jobs past their start deadline (``start_by``, by the database clock)
+        to ``expired``, one batch; the jobs moved. Workers run it on a timer; no claim takes
+        such a job meanwhile."""
+        return await self._run(ops.expire(self.statements))
+
     async def live_workers(self) -> builtins.list[LiveWorker]:
         """The workers whose heartbeat is recent (by the database clock), oldest first."""
         with self._presence_errors():
@@ -1275,8 +1308,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """Cancel a pending or running job (a running handler is stopped by its worker)."""
         return await self._run(ops.cancel(self.statements, job_id, owner_id))
 
+    async def cancel_if_pending(self, job_id: JobRef, *, owner_id: str | None = None) -> Job | None:
+        """Cancel the job only while no worker has started it: the cancelled job, or None
+        when it has started, is final or is not found (for ``owner_id``). What the web app
+        does for a job whose last watcher left (``create_app(cancel_abandoned_after=...)``)."""
+        return await self._run(ops.cancel_if_pending(self.statements, job_id, owner_id))
+
     async def retry(self, job_id: JobRef) -> Job:
-        """Queue a ``failed`` or ``cancelled`` job again with one more attempt."""
+        """Queue a ``failed``, ``cancelled`` or ``expired`` job again with one more attempt.
+        A start deadline still ahead stays; one that has passed is dropped (an expired
+        job runs without one)."""
         return await self._run(ops.retry(self.statements, job_id))
 
     async def position(
@@ -1371,7 +1412,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         no_worker_after: float | None = NO_WORKER_AFTER,
         on_no_worker: Callable[[str], object] | None = None,
     ) -> Job:
-        """Poll until the job is final and return it (whatever the final status).
+        """Poll until the job is final and return it (completed, failed or cancelled), or
+        raise `JobExpired` when it expired: it was not started by its start deadline and
+        never ran (the error's ``job_id`` names it; `get` reads it).
 
         ``on_change`` is called with each new status or progress. `WaitTimeout` when
         ``timeout`` passes first; the job itself keeps running.
@@ -1394,7 +1437,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
                 if isinstance(outcome, Awaitable):
                     await outcome
             if job.is_final:
-                return job
+                return self._waited(job)
             if lookout.due(job):
                 try:
                     workers = await self.live_workers()

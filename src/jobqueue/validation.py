@@ -457,6 +457,8 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
 
 
 def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
+    # The deadline's own check: `_start_of` has run, so ``run_at`` and ``delay`` are sound.
+    expires = _deadline_of(job, delay)
     return {
         "id": id_,
         "queue": job.queue,
@@ -470,6 +472,8 @@ def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> di
         "limit_key": job.limit_key,
         "run_at_value": job.run_at,
         "delay_seconds": delay,
+        "start_by_value": job.start_by,
+        "expires_seconds": expires,
     }
 
 
@@ -543,6 +547,40 @@ def _start_of(job: NewJob) -> float:
         except OverflowError:
             raise PayloadError("run_at is out of range once converted to UTC") from None
     return 0.0 if job.delay is None else seconds_of(job.delay, "delay")
+
+
+def _deadline_of(job: NewJob, delay: float) -> float | None:
+    """Check ``job``'s start deadline; ``expires_in`` in seconds (None without one).
+
+    A deadline at or before the job's own start (both known here: two times, or two
+    durations from the enqueue) could never be met, and is refused. Any other deadline is
+    judged by the database clock only: one already past when the row is written expires
+    the job before any claim can take it."""
+    if job.expires_in is None and job.start_by is None:
+        return None
+    if job.expires_in is not None and job.start_by is not None:
+        raise PayloadError("give expires_in or start_by, not both")
+    if job.start_by is not None:
+        if not isinstance(job.start_by, datetime) or job.start_by.tzinfo is None:
+            raise PayloadError("start_by must be a timezone-aware datetime")
+        try:
+            job.start_by.astimezone(UTC)
+        except OverflowError:
+            raise PayloadError("start_by is out of range once converted to UTC") from None
+        if job.run_at is not None and job.start_by <= job.run_at:
+            raise PayloadError(
+                "start_by must be later than run_at: the job could never start in time",
+                hint="give a later start_by, or an earlier run_at",
+            )
+        return None
+    assert job.expires_in is not None
+    seconds = seconds_of(job.expires_in, "expires_in", low=0.001)
+    if job.run_at is None and seconds <= delay:
+        raise PayloadError(
+            "expires_in must be longer than delay: the job could never start in time",
+            hint="give a longer expires_in, or a shorter delay",
+        )
+    return seconds
 
 
 def parse_statuses(status: Status | str | Iterable[Status | str]) -> list[Status]:

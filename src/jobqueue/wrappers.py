@@ -20,6 +20,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -48,6 +49,8 @@ class _ImageCall:
     queue_name: str
     on_created: Callable[[UUID], Any] | None
     on_status: Callable[[Job], Any] | None
+    #: The start deadline, as `enqueue` takes it (``expires_in`` or ``start_by``).
+    deadline: dict[str, Any]
 
     @classmethod
     def build(
@@ -61,9 +64,16 @@ class _ImageCall:
         queue_name: str,
         on_created: Callable[[UUID], Any] | None,
         on_status: Callable[[Job], Any] | None,
+        expires_in: float | timedelta | None,
+        start_by: datetime | None,
     ) -> _ImageCall:
         request = _request(prompt, model, images, options)
-        return cls(request, owner_id, idempotency_key, queue_name, on_created, on_status)
+        deadline: dict[str, Any] = {}
+        if expires_in is not None:
+            deadline["expires_in"] = expires_in
+        if start_by is not None:
+            deadline["start_by"] = start_by
+        return cls(request, owner_id, idempotency_key, queue_name, on_created, on_status, deadline)
 
     def enqueue_kwargs(self) -> dict[str, Any]:
         """Everything ``enqueue`` needs for this call, so the twins pass it on unchanged."""
@@ -73,6 +83,7 @@ class _ImageCall:
             "queue": self.queue_name,
             "owner_id": self.owner_id,
             "idempotency_key": self.idempotency_key,
+            **self.deadline,
         }
 
     def created(self, job: Job) -> Any:
@@ -88,7 +99,9 @@ class _ImageCall:
             if job.progress_message:
                 detail += f", {job.progress_message}"
             line += f" ({detail})"
-        if job.status in (Status.FAILED, Status.CANCELLED) and job.error:
+        if job.status is Status.EXPIRED:
+            line += ": not started by its deadline"
+        elif job.status in (Status.FAILED, Status.CANCELLED) and job.error:
             line += f": {job.error}"
         logger.info("%s", line)
         return None if self.on_status is None else self.on_status(job)
@@ -128,18 +141,23 @@ async def generate_image_async(
     on_created: Callable[[UUID], Any] | None = None,
     on_status: Callable[[Job], Any] | None = None,
     no_worker_after: float | None = NO_WORKER_AFTER,
+    expires_in: float | timedelta | None = None,
+    start_by: datetime | None = None,
 ) -> GenerationResult:
     """Enqueue an image job, report its id via ``on_created``, wait, and return the result.
 
     ``on_created`` and ``on_status`` may be plain or async functions. Raises `JobFailed` when
     the job ends ``failed`` or ``cancelled``, and `WaitTimeout` when ``timeout`` seconds pass
     first — the job keeps running, and ``queue.wait(id)`` picks it up again later.
+    ``expires_in`` (seconds) or ``start_by`` (a time) is the job's start deadline: when no
+    worker has started it by then it ends ``expired``, never reaches the provider, and this
+    raises `JobExpired` (a `JobFailed`).
     When the job is not final after ``no_worker_after`` seconds and no live worker serves
     its queue, a warning says so (once) and what to start; None turns that off.
     """
     call = _ImageCall.build(
         prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
-        on_status,
+        on_status, expires_in, start_by,
     )  # fmt: skip
     job = await queue.enqueue(**call.enqueue_kwargs())
     outcome = call.created(job)
@@ -171,11 +189,13 @@ def generate_image_queued(
     on_created: Callable[[UUID], Any] | None = None,
     on_status: Callable[[Job], Any] | None = None,
     no_worker_after: float | None = NO_WORKER_AFTER,
+    expires_in: float | timedelta | None = None,
+    start_by: datetime | None = None,
 ) -> GenerationResult:
     """The blocking form of `generate_image_async`, on a sync `JobQueue`."""
     call = _ImageCall.build(
         prompt, model, images, options, owner_id, idempotency_key, queue_name, on_created,
-        on_status,
+        on_status, expires_in, start_by,
     )  # fmt: skip
     job = queue.enqueue(**call.enqueue_kwargs())
     call.created(job)

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -444,3 +445,44 @@ def test_0005_goes_back_to_0004_and_keeps_every_row_and_index(db_url: str, table
         assert again.id == kept.id and again.limit_key is None
         q.enter_line()
         assert [j.id for j in q.claim("w")] == [kept.id]
+
+
+def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
+    db_url: str, table_name: str
+) -> None:
+    """Up from 0006 with rows in place (no table copy on SQLite: the rows and the
+    idempotency index stay), then back: an expired job becomes a cancelled one, the old
+    status check returns, the deadline's column and index go."""
+    t = table_name
+    migrate(db_url, table=t, revision="0006")
+    with sql_runner(db_url) as run:
+        run(f"INSERT INTO {t} (owner_id, idempotency_key) VALUES ('u', 'k')")
+        with pytest.raises(Exception, match=r"(?i)check constraint"):
+            run(f"INSERT INTO {t} (status) VALUES ('expired')")
+    migrate(db_url, table=t)
+    assert schema_state(db_url, table=t).current == "0008"
+    assert "start_by" in str(_index_sql(db_url, f"{t}_deadline_idx"))
+    assert "coalesce" in str(_index_sql(db_url, f"{t}_idempotency_idx")).lower()
+    with JobQueue(db_url, table=t) as q:
+        (old,) = q.list()
+        assert old.start_by is None and old.status is Status.PENDING
+        assert q.enqueue("image", {}, owner_id="u", idempotency_key="k").id == old.id
+        gone = q.enqueue("image", {}, expires_in=0.01)
+        time.sleep(0.1)
+        assert [j.id for j in q.expire()] == [gone.id]
+    downgrade(db_url, t, "0006")
+    assert schema_state(db_url, table=t).current == "0006"
+    assert _index_sql(db_url, f"{t}_deadline_idx") is None
+    engine = make_engine(db_url)
+    try:
+        assert "start_by" not in {c["name"] for c in inspect(engine).get_columns(t)}
+    finally:
+        engine.dispose()
+    with sql_runner(db_url) as run:
+        rows = run(f"SELECT status, error FROM {t} WHERE owner_id IS NULL")
+        assert [(r[0], "expired" in r[1]) for r in rows] == [("cancelled", True)]
+        with pytest.raises(Exception, match=r"(?i)check constraint"):
+            run(f"INSERT INTO {t} (status) VALUES ('expired')")
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        assert q.retry(q.list(status="cancelled")[0].id).status is Status.PENDING

@@ -93,6 +93,8 @@ def exercise(q: JobQueue) -> None:
     q.list(status="pending", since=timedelta(hours=1))
     q.stats()
     q.reap()
+    q.expire()
+    q.cancel_if_pending(q.enqueue("image", {}).id)
     q.prune(older_than=0)
     me = WorkerPresence("w", ("default",), None, 1)
     q.worker_beat(me, ttl=30)

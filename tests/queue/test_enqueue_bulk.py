@@ -441,6 +441,7 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         cost=None,
         cost_unit=None,
         reserved=None,
+        start_by=None,
         unreadable=None,
     )
     for jsonb in (False, True):

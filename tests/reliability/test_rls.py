@@ -110,6 +110,33 @@ def test_a_user_inserts_and_reads_only_their_own_jobs(
     assert {j.id for j in admin.list()} == {mine.id, theirs.id}
 
 
+def test_a_user_may_give_a_deadline_but_never_insert_an_expired_job(
+    as_role: Callable[..., JobQueue], admin: JobQueue
+) -> None:
+    """Through the library (which names ``start_by`` only with a deadline, so a table set
+    up before deadlines existed still takes other enqueues) and as supabase-js would."""
+    alice_id, _ = users()
+    alice = as_role("authenticated", alice_id)
+    plain = alice.enqueue("image", {"prompt": "x"}, owner_id=alice_id)
+    timed = alice.enqueue("image", {"prompt": "y"}, owner_id=alice_id, expires_in=60)
+    assert plain.start_by is None and timed.start_by is not None
+    assert admin.get(timed.id).start_by == timed.start_by
+    raw(
+        alice,
+        f"INSERT INTO {alice.table_name} (owner_id, kind, start_by) "
+        "VALUES (:o, 'image', now() + interval '5 minutes')",
+        o=alice_id,
+    )
+    with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+        raw(
+            alice,
+            f"INSERT INTO {alice.table_name} (owner_id, status) VALUES (:o, 'expired')",
+            o=alice_id,
+        )
+    assert {j["start_by"] is not None for j in visible(alice)} == {True, False}
+    assert len(admin.list()) == 3
+
+
 def test_a_user_cannot_read_another_users_job_by_id(as_role: Callable[..., JobQueue]) -> None:
     alice_id, bob_id = users()
     alice, bob = as_role("authenticated", alice_id), as_role("authenticated", bob_id)

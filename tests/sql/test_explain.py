@@ -391,3 +391,14 @@ def test_entering_the_line_reads_the_entry_index(line_queue: JobQueue) -> None:
     # Each entering job's turn is a probe of each index, not a sort of its owner's jobs.
     assert not sorts_over(plan, f"{table}_turn_idx"), plan
     assert not sorts_over(plan, f"{table}_claim_idx"), plan
+
+
+def test_the_expiry_sweep_reads_the_deadline_index(line_queue: JobQueue) -> None:
+    """Finding the pending jobs past their deadline is a range scan of the deadline index
+    (partial: only pending jobs that have a deadline), never a scan of the table."""
+    q = line_queue
+    table = q.table.name
+    plan = plan_of(q.engine, q.statements.expire())
+    found = scans(plan)
+    assert uses_index(plan, f"{table}_deadline_idx"), found
+    assert no_seq_scan_of(plan, table), found

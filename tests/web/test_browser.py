@@ -426,3 +426,51 @@ async def test_the_page_says_the_place_in_line_and_the_wait(
     finally:
         generator.gate.set()
         await queue.close()
+
+
+async def test_the_client_reports_a_job_that_expired(demo: Demo, browser: Any) -> None:
+    """A job created with a start deadline while the queue is paused: the worker's expiry
+    timer ends it ``expired``; followJob and watchJob reject with a JobError whose code says
+    so, and the demo page shows the status and why (the job never reached the generator)."""
+    await demo.queue.pause("default", reason="no worker free")
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(STEP_TIMEOUT * 1000)
+    await page.goto(demo.base + "/")
+    outcome = await page.evaluate(
+        """async () => {
+            const jq = await import("./static/jobqueue.js");
+            const created = await jq.createJob("too late", { expiresIn: 0.5 });
+            const caught = async (promise) => {
+                try {
+                    await promise;
+                    return null;
+                } catch (e) {
+                    const status = e.job?.status;
+                    return { name: e.name, code: e.code, status, message: e.message };
+                }
+            };
+            const follow = { pollInterval: 100, logger: null };
+            const polled = await caught(jq.followJob(created.id, follow));
+            const pushed = await caught(jq.watchJob(created.id));
+            return { id: created.id, startBy: created.start_by, polled, pushed };
+        }"""
+    )
+    assert outcome["startBy"] is not None
+    for seen in (outcome["polled"], outcome["pushed"]):
+        assert seen["name"] == "JobError"
+        assert (seen["code"], seen["status"]) == ("expired", "expired")
+        assert "deadline" in seen["message"]
+    assert (await demo.queue.get(outcome["id"])).status == "expired"
+    assert not demo.generator.started.is_set()
+    # The demo page, resuming the job, shows it expired and why.
+    await page.evaluate(
+        "(id) => localStorage.setItem('jobqueue.running', JSON.stringify([id]))", outcome["id"]
+    )
+    await page.reload()
+    status = page.locator("#status")
+    await status.wait_for(state="visible")
+    await page.wait_for_function("document.querySelector('#status').dataset.status === 'expired'")
+    assert "expired" in (await status.text_content() or "")
+    assert "deadline" in (await page.locator("#error").text_content() or "")
+    await context.close()

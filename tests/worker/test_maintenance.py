@@ -162,3 +162,23 @@ async def test_a_round_that_outlasts_the_stop_timeout_is_cancelled() -> None:
     await eventually(lambda: timer.started)
     await asyncio.wait_for(timer.stop(timeout=0.1), 5)
     assert timer.finished == 0
+
+
+async def test_the_expiry_timer_ends_jobs_past_their_deadline_unrun(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    late = await jq.enqueue("work", {"n": "late"}, expires_in=0.05)
+    on_time = await jq.enqueue("work", {"n": "on time"}, expires_in=3600)
+    await asyncio.sleep(0.2)
+    ran: list[str] = []
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        ran.append(job.payload["n"])
+
+    worker = Worker(jq, {"work": work}, poll_interval=0.05, listen=False)
+    assert await worker.run_until_idle() == 1
+    assert ran == ["on time"]
+    assert (await jq.get(on_time.id)).status is Status.COMPLETED
+    assert (await jq.get(late.id)).status is Status.EXPIRED
+    assert f"Job {late.id} status: expired (not started by its deadline)" in messages(caplog)

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from ..errors import ConfigurationError, InvalidTransition, JobFailed, JobQueueError, PayloadError
+from ..errors import (
+    ConfigurationError,
+    InvalidTransition,
+    JobExpired,
+    JobFailed,
+    JobQueueError,
+    PayloadError,
+)
 from ..models import DEFAULT_QUEUE, FINAL_STATUSES, Job, Position, Status
 from .group import Env, F, app_option, cli, one_line, pass_env
 from .output import (
@@ -49,6 +56,11 @@ def _enqueue_options(command: F) -> F:
         ),
         click.option("--delay", type=DURATION, help="Run no earlier than this from now (30s, 5m)."),
         click.option(
+            "--expires-in",
+            type=DURATION,
+            help="Start deadline from now (10m): not started by then, the job expires unrun.",
+        ),
+        click.option(
             "--max-attempts",
             type=click.IntRange(1, 1000),
             default=3,
@@ -76,6 +88,7 @@ def _create(
     queue: str,
     priority: int,
     delay: timedelta | None,
+    expires_in: timedelta | None,
     max_attempts: int,
     owner: str | None,
     idempotency_key: str | None,
@@ -89,6 +102,7 @@ def _create(
             queue=queue,
             priority=priority,
             delay=delay,
+            expires_in=expires_in,
             max_attempts=max_attempts,
             owner_id=owner,
             idempotency_key=idempotency_key,
@@ -221,15 +235,24 @@ def _watch(q: JobQueue, job: Job, *, interval: float, as_json: bool) -> Job:
     """Poll until the job is final, with a live bar (or quietly for --json)."""
     lookout = _no_worker_lookout()
     if as_json:
-        final = q.wait(job.id, interval=interval, **lookout)
+        final = _waited(q, job, interval=interval, **lookout)
         echo_json(final.to_dict())
     else:
         with JobBars(out()) as bars:
             bars.track(job)
-            final = q.wait(job.id, interval=interval, on_change=bars.update, **lookout)
+            final = _waited(q, job, interval=interval, on_change=bars.update, **lookout)
         out().print(f"{final.status.value}: {job_outcome(final)}", soft_wrap=True, markup=False)
     _raise_if_failed(final)
     return final
+
+
+def _waited(q: JobQueue, job: Job, **options: Any) -> Job:
+    """`JobQueue.wait`, with an expired job returned like every other final one (shown,
+    then refused with exit code 1 by `_raise_if_failed`)."""
+    try:
+        return q.wait(job.id, **options)
+    except JobExpired:
+        return q.get(job.id)
 
 
 #: Seconds a watched job may wait before the watch looks for a live worker serving it
@@ -282,7 +305,7 @@ def _raise_if_failed(job: Job) -> None:
 @pass_env
 def status_command(env: Env, job_id: str, watch: bool, interval: timedelta, as_json: bool) -> None:
     """Show a job, and where it stands in the line while it waits or runs (jobs ahead of
-    it, estimated wait). Exit code 1 if it failed or was cancelled."""
+    it, estimated wait). Exit code 1 if it failed, was cancelled or expired."""
     with env.queue() as q:
         job = q.get(job_id)
         if watch and not job.is_final:
@@ -403,7 +426,8 @@ def cancel_command(env: Env, job_id: str) -> None:
 @click.argument("job_id", metavar="ID")
 @pass_env
 def retry_command(env: Env, job_id: str) -> None:
-    """Queue a failed or cancelled job again (one more attempt)."""
+    """Queue a failed, cancelled or expired job again (one more attempt; an expired job
+    runs without its deadline, which has passed)."""
     with env.queue() as q:
         job = q.retry(job_id)
     out().print(

@@ -119,6 +119,7 @@ STATUS_STYLE: dict[Status, str] = {
     Status.COMPLETED: "green",
     Status.FAILED: "red",
     Status.CANCELLED: "magenta",
+    Status.EXPIRED: "bright_black",
 }
 
 
@@ -155,6 +156,8 @@ def job_summary(job: Job) -> str:
         if images:
             return images[0] + (f" (+{len(images) - 1} more)" if len(images) > 1 else "")
         return "result saved" if job.result is not None else ""
+    if job.status is Status.EXPIRED:
+        return f"not started by its deadline ({when(job.start_by)})"
     if job.error and job.status in (Status.FAILED, Status.CANCELLED, Status.PENDING):
         return job.error.splitlines()[0] if job.error.strip() else ""
     return job.progress_message or ""
@@ -353,6 +356,7 @@ def job_details(job: Job, position: Position | None = None) -> Table:
         ("idempotency key", job.idempotency_key or "-"),
         ("created", when(job.created_at)),
         ("run at", when(job.run_at)),
+        ("start by", when(job.start_by)),
         ("started", when(job.started_at)),
         ("completed", when(job.completed_at)),
         ("took", seconds(job.duration)),

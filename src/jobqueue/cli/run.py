@@ -287,9 +287,22 @@ async def _run_worker(
     help="async def f(request) -> owner id or None, from your app's sessions. "
     "[default: an anonymous cookie per browser (demo mode)]",
 )
+@click.option(
+    "--cancel-abandoned-after",
+    type=DURATION,
+    metavar="DURATION",
+    help="Cancel a pending job once its last event stream closed and none reopened within "
+    "this grace period (30s). [default: off]",
+)
 @pass_env
 def serve_command(
-    env: Env, host: str, port: int, no_worker: bool, concurrency: int, identify: str | None
+    env: Env,
+    host: str,
+    port: int,
+    no_worker: bool,
+    concurrency: int,
+    identify: str | None,
+    cancel_abandoned_after: timedelta | None,
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
@@ -327,6 +340,10 @@ def serve_command(
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
                 identify=hook, log_level="debug" if env.debug else "info", sock=sock,
+                cancel_abandoned_after=(
+                    None if cancel_abandoned_after is None
+                    else cancel_abandoned_after.total_seconds()
+                ),
             )  # fmt: skip
         finally:
             closing()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
@@ -123,7 +124,8 @@ def enqueue_many(
         if row is not None:
             run_at = row["run_at"]
             turn = row.get("turn")
-            out.append(_new_job(r, row["created_at"], row["updated_at"], run_at, turn, jsonb))
+            job = _new_job(r, row["created_at"], row["updated_at"], run_at, turn, jsonb)
+            out.append(job if "start_by" not in row else replace(job, start_by=row["start_by"]))
             continue
         found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))
         if found_job is None:  # the conflicting row vanished between the two statements
@@ -184,6 +186,7 @@ def _new_job(
         None,  # cost
         None,  # cost_unit
         r.get("reserved"),  # reserved
+        r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
         _NO_EXTRA,  # extra
         None,  # unreadable
     )
@@ -217,6 +220,11 @@ def _new_jobs(
             # Within the table's bound, as `jobqueue.sql.fair.turn_of` keeps it.
             turn = min(place["base"] + (rank - 1) * place["step"], MAX_TURN)
         job = _new_job(r, now, now, run_at, turn, True)
+        expires, start_by = r.get("expires_seconds"), r.get("start_by_value")
+        if expires is not None:
+            job = replace(job, start_by=now + timedelta(seconds=expires))
+        elif start_by is not None:
+            job = replace(job, start_by=start_by.astimezone(UTC))
         out.append(job)
         yield job, r["payload"]
 
@@ -547,6 +555,18 @@ def cancel(s: Statements, job_id: object, owner_id: str | None = None) -> Steps[
 
 
 @operation(Access.ONE_WRITE)
+def cancel_if_pending(
+    s: Statements, job_id: object, owner_id: str | None = None
+) -> Steps[Job | None]:
+    """Cancel the job only while no claim has taken it: the cancelled job, or None when it
+    has started, is final, or is not there (or not ``owner_id``'s). One statement, so a
+    claim in between cannot be overtaken: a job that started keeps running."""
+    jid = parse_job_id(job_id)
+    rows = yield s.cancel(jid, owner_id, pending_only=True)
+    return read_job(rows[0]) if rows else None
+
+
+@operation(Access.ONE_WRITE)
 def retry(s: Statements, job_id: object) -> Steps[Job]:
     jid = parse_job_id(job_id)
     rows = yield s.retry(jid)
@@ -641,6 +661,28 @@ def reap(s: Statements) -> Steps[list[tuple[uuid.UUID, Status]]]:
 
 
 @operation(Access.ONE_WRITE)
+def expire(s: Statements) -> Steps[list[Job]]:
+    """Move up to `jobqueue.sql.manage.EXPIRY_BATCH` pending jobs past their start deadline
+    to ``expired`` (by the database clock); the jobs moved. No claim takes such a job
+    meanwhile (`Statements.before_deadline`), so it never reaches a handler either way."""
+    rows = yield s.expire()
+    expired = [read_job(r) for r in rows]
+    yield from release_expired(s, expired)
+    return expired
+
+
+def release_expired(s: Statements, expired: Sequence[Job]) -> Steps[None]:
+    """Give back what the ``expired`` jobs held but never used: the one place for it, run
+    in the expiry's own operation, right after its write.
+
+    Nothing is held yet. Budget reservations (an owner's reserved estimate of a job's cost)
+    are to be released here, in the same transaction as the move to ``expired`` (the
+    operation's access becomes `Access.TRANSACTION` then); a cancel before the start
+    releases them in `cancel` the same way."""
+    yield from ()
+
+
+@operation(Access.ONE_WRITE)
 def prune(
     s: Statements, older_than: timedelta | float, statuses: Iterable[Status | str] | None
 ) -> Steps[int]:
@@ -648,6 +690,8 @@ def prune(
     chosen = parse_statuses(statuses) if statuses is not None else list(Status)
     final = [x for x in chosen if x.is_final]
     if not final:
-        raise PayloadError("prune removes finished jobs only: completed, failed or cancelled")
+        raise PayloadError(
+            "prune removes finished jobs only: completed, failed, cancelled or expired"
+        )
     rows = yield s.prune(secs, final)
     return len(rows)

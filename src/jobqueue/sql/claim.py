@@ -98,6 +98,10 @@ class Claiming(Limiting):
         """Take up to ``limit`` due jobs in the line's order: highest priority, then turn
         (fair share between owners, `jobqueue.sql.fair`), then id.
 
+        Jobs past their start deadline (``start_by``) are never taken, pending or not:
+        `expire` moves them to ``expired`` (the reaper first returns an expired lease's job
+        to ``pending``).
+
         Pending jobs come from the partial claim index. Processing jobs whose lease expired
         are claimable too (their lost attempt is recorded in ``errors``), in the same order
         as pending ones: a job whose worker vanished keeps its place in line (its priority
@@ -135,6 +139,8 @@ class Claiming(Limiting):
         # Taken only while no limits row is in force (`jobqueue.sql.limits`): then claims
         # obey the limits instead, in `Limiting.claim_within`.
         filters.append(self.no_limits_in_force())
+        # Never a job past its start deadline: `expire` moves it to ``expired``.
+        filters.append(self.before_deadline())
         pending = (
             select(c.id, c.priority, c.turn)
             .where(in_line(self.t), c.run_at <= now, *filters)

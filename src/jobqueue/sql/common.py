@@ -35,6 +35,7 @@ from sqlalchemy import (
     column,
     func,
     literal_column,
+    or_,
     select,
     type_coerce,
 )
@@ -253,6 +254,13 @@ class StatementsBase(BuiltOnce):
             "progress": 0,
             "progress_message": None,
         }
+
+    def before_deadline(self) -> ColumnElement[bool]:
+        """A job that may still start: no start deadline, or one still ahead by the database
+        clock. Every claim takes only such jobs, so a job past its deadline never reaches
+        a handler; `expire` moves it to ``expired``."""
+        c = self.t.c
+        return or_(c.start_by.is_(None), c.start_by > DbNow())
 
     def lost_lease_message(self) -> ColumnElement[str]:
         """The error recorded for an attempt whose lease expired (claim and reap)."""

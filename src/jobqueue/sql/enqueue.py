@@ -93,22 +93,43 @@ class Enqueueing(StatementsBase):
 
         ``placed`` False leaves ``turn`` and ``limit_key`` out, for a role that may not
         write them (`may_place`): the jobs enter the line through the workers.
+
+        A start deadline (``start_by``: the caller's time, else the database clock plus
+        ``expires_seconds``) is written, and returned, only by the statements of batches
+        that carry one: an enqueue without one runs the statement it ran before deadlines
+        existed, and a role granted the columns of that time can still run it.
         """
+        # Rows made before deadlines existed may lack both keys: no deadline.
+        dl = any(
+            r.get("start_by_value") is not None or r.get("expires_seconds") is not None
+            for r in rows
+        )
         if not placed:
             stmt = self.once(
-                "insert_unplaced", lambda: self._insert_values(ranked=False, placed=False)
+                ("insert_unplaced", dl),
+                lambda: self._insert_values(ranked=False, placed=False, deadline=dl),
             )
             if len(rows) == 1:
                 returning = self.once(
-                    "unplaced_types", lambda: {c.name: c.type for c in self._inserted(False)}
+                    ("unplaced_types", dl),
+                    lambda: {c.name: c.type for c in self._inserted(False, dl)},
                 )
                 return Direct(stmt, rows[0], returning)
             # Without the key among the parameters: SQLAlchemy would insert that column.
             return Query(stmt, [{k: v for k, v in r.items() if k != "limit_key"} for r in rows])
         if self.dialect == "postgresql" and len(rows) > 1:
-            return Query(
-                self.once("insert_pg", self._insert_unnest),
+            deadlines = (
                 {
+                    "jq_start_bys": [r["start_by_value"] for r in rows],
+                    "jq_expires": [r["expires_seconds"] for r in rows],
+                }
+                if dl
+                else {}
+            )
+            return Query(
+                self.once(("insert_pg", dl), lambda: self._insert_unnest(dl)),
+                deadlines
+                | {
                     "jq_ids": [r["id"] for r in rows],
                     "jq_queues": [r["queue"] for r in rows],
                     "jq_kinds": [r["kind"] for r in rows],
@@ -126,12 +147,13 @@ class Enqueueing(StatementsBase):
         if len(rows) == 1:
             # Without an idempotency key nothing can conflict: a plain INSERT skips the
             # conflict check and its WAL record (the new id is ours).
-            if rows[0]["idempotency_key"] is None:
-                stmt = self.once("insert", lambda: self._insert_values(ranked=False, keyed=False))
-            else:
-                stmt = self.once("insert_keyed", lambda: self._insert_values(ranked=False))
+            keyed = rows[0]["idempotency_key"] is not None
+            stmt = self.once(
+                ("insert", dl, keyed),
+                lambda: self._insert_values(ranked=False, deadline=dl, keyed=keyed),
+            )
             returning = self.once(
-                "inserted_types", lambda: {c.name: c.type for c in self._inserted()}
+                ("inserted_types", dl), lambda: {c.name: c.type for c in self._inserted(True, dl)}
             )
             return Direct(stmt, rows[0], returning)
         # SQLite: one row per INSERT (one prepared statement, run per row). A multi-row
@@ -139,25 +161,40 @@ class Enqueueing(StatementsBase):
         # prepares in time that grows faster than the batch. Each INSERT sees the rows
         # before it, so every row takes the next turn as a lone job would (rank 1).
         stmt = self.once(
-            "insert_each",
-            lambda: self._insert_values(ranked=False).execution_options(
+            ("insert_each", dl),
+            lambda: self._insert_values(ranked=False, deadline=dl).execution_options(
                 insertmanyvalues_page_size=1
             ),
         )
         return Query(stmt, list(rows))
 
     #: What RETURNING gives after an insert: the id (which rows were inserted) and the
-    #: values the database clock chose.
-    INSERTED = ("id", "created_at", "updated_at", "run_at", "turn")
+    #: values the database clock chose (``start_by`` only with a deadline, see `insert_many`).
+    INSERTED = ("id", "created_at", "updated_at", "run_at", "turn", "start_by")
 
-    def _inserted(self, placed: bool = True) -> list[Any]:
+    def _inserted(self, placed: bool = True, deadline: bool = False) -> list[Any]:
         # A role that may not place its jobs may not read their turn either.
-        return [self.t.c[name] for name in self.INSERTED if placed or name != "turn"]
+        left_out = {"turn"} if not placed else set()
+        if not deadline:
+            left_out.add("start_by")
+        return [self.t.c[name] for name in self.INSERTED if name not in left_out]
 
-    def _insert_values(self, *, ranked: bool, placed: bool = True, keyed: bool = True) -> Any:
+    @staticmethod
+    def _deadline(start_by: Any, expires: Any) -> Any:
+        """A new job's start deadline: the time given, else the database clock plus
+        ``expires`` seconds, else none (NULL)."""
+        # Cast for the test: PostgreSQL cannot tell a bare parameter's type from IS NOT NULL.
+        return func.coalesce(
+            start_by, case((cast(expires, Float()).isnot(None), DbNowPlus(expires)))
+        )
+
+    def _insert_values(
+        self, *, ranked: bool, placed: bool = True, deadline: bool = False, keyed: bool = True
+    ) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
-        batch's jobs of the same owner and queue (`owner_ranks`). ``keyed`` False: rows
-        without an idempotency key, inserted without ON CONFLICT."""
+        batch's jobs of the same owner and queue (`owner_ranks`); with ``deadline``, its
+        start deadline too. ``keyed`` False: rows without an idempotency key, inserted
+        without ON CONFLICT."""
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
@@ -186,14 +223,24 @@ class Enqueueing(StatementsBase):
                 if placed
                 else {}
             ),
+            **(
+                {
+                    "start_by": self._deadline(
+                        bindparam("start_by_value", type_=UTCDateTime()),
+                        bindparam("expires_seconds", type_=Float()),
+                    )
+                }
+                if deadline
+                else {}
+            ),
         )
         if keyed:
             stmt = stmt.on_conflict_do_nothing(**self._key_conflict())
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
-        return stmt.returning(*self._inserted(placed))
+        return stmt.returning(*self._inserted(placed, deadline))
 
-    def _insert_unnest(self) -> Any:
+    def _insert_unnest(self, deadline: bool = False) -> Any:
         c = self.t.c
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [
             ("id", "ids", Uuid()),
@@ -209,6 +256,11 @@ class Enqueueing(StatementsBase):
             ("delay_seconds", "delays", Float()),
             ("rank", "ranks", Integer()),
         ]
+        if deadline:
+            arrays += [
+                ("start_by_value", "start_bys", DateTime(timezone=True)),
+                ("expires_seconds", "expires", Float()),
+            ]
         n = unnest(arrays, "new_jobs").c
         run_at = func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds))
         rows = select(
@@ -223,6 +275,7 @@ class Enqueueing(StatementsBase):
             n.limit_key,
             run_at,
             self._entering_turn(run_at, n.queue, n.priority, n.owner_id, n.rank),
+            *([self._deadline(n.start_by_value, n.expires_seconds)] if deadline else []),
         )
         targets = [
             c.id,
@@ -236,12 +289,13 @@ class Enqueueing(StatementsBase):
             c.limit_key,
             c.run_at,
             c.turn,
+            *([c.start_by] if deadline else []),
         ]
         return (
             postgresql.insert(self.t)
             .from_select(targets, rows)
             .on_conflict_do_nothing(**self._key_conflict())
-            .returning(*self._inserted())
+            .returning(*self._inserted(True, deadline))
         )
 
     def _entering_turn(self, run_at: Any, queue: Any, priority: Any, owner: Any, rank: Any) -> Any:
@@ -272,6 +326,7 @@ class Enqueueing(StatementsBase):
         "turn",
         "created_at",
         "updated_at",
+        "start_by",
     )
 
     def copy_context(self, groups: Sequence[tuple[str, int, str | None]]) -> Query:
@@ -335,6 +390,7 @@ class Enqueueing(StatementsBase):
                 j.turn,
                 j.created_at,
                 j.updated_at,
+                j.start_by,
             )
             for j, payload in jobs
         )

@@ -214,7 +214,7 @@ class Limiting(StatementsBase):
                 c.priority,
                 c.turn,
             )
-            .where(in_line(self.t), c.run_at <= now, ~paused, *filters)
+            .where(in_line(self.t), c.run_at <= now, self.before_deadline(), ~paused, *filters)
             .order_by(c.priority.desc(), c.turn, c.id)
             .limit(param("window", Integer()))
             .cte("line")
@@ -320,7 +320,12 @@ class Limiting(StatementsBase):
             # since this statement's snapshot fails the re-checked condition and drops out.
             taken = (
                 select(c.id)
-                .where(c.id.in_(admitted.scalar_subquery()), in_line(self.t), c.run_at <= now)
+                .where(
+                    c.id.in_(admitted.scalar_subquery()),
+                    in_line(self.t),
+                    c.run_at <= now,
+                    self.before_deadline(),
+                )
                 .with_for_update(skip_locked=True)
             )
             where = c.id.in_(taken.scalar_subquery())

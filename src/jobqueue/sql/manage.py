@@ -28,25 +28,32 @@ from .common import StatementsBase, param, status_values
 from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
 from .steps import Query
 
+#: How many jobs past their start deadline one `expire` moves to ``expired`` at most.
+EXPIRY_BATCH = 1000
+
 
 class Managing(StatementsBase):
     """Anyone's moves of a job, and reading jobs."""
 
-    def cancel(self, job_id: UUID, owner_id: str | None = None) -> Query:
-        """Cancel a job that may still move to ``cancelled`` (pending or processing).
+    def cancel(
+        self, job_id: UUID, owner_id: str | None = None, *, pending_only: bool = False
+    ) -> Query:
+        """Cancel a job that may still move to ``cancelled`` (pending or processing; with
+        ``pending_only``, only one no claim has taken).
 
         Only the statuses the table of moves allows are matched, so a finished job is never
         reopened; with ``owner_id`` only that owner's job matches (an end user's cancel).
         A running job's worker learns of it at its next fenced write or its cancel check.
         """
         by_owner = owner_id is not None
+        sources = (Status.PENDING,) if pending_only else sources_of(Status.CANCELLED)
 
         def build() -> Any:
             c = self.t.c
             now = DbNow()
             where = [
                 c.id == param("job_id", Uuid()),
-                c.status.in_(status_values(sources_of(Status.CANCELLED))),
+                c.status.in_(status_values(sources)),
             ]
             if by_owner:
                 where.append(c.owner_id == param("owner_id", Text()))
@@ -65,10 +72,12 @@ class Managing(StatementsBase):
         params: dict[str, Any] = {"jq_job_id": job_id}
         if by_owner:
             params["jq_owner_id"] = owner_id
-        return Query(self.once(("cancel", by_owner), build), params)
+        return Query(self.once(("cancel", by_owner, pending_only), build), params)
 
     def retry(self, job_id: UUID) -> Query:
-        """An operator's retry of a ``failed`` or ``cancelled`` job: one more attempt, now."""
+        """An operator's retry of a ``failed``, ``cancelled`` or ``expired`` job: one more
+        attempt, now. A start deadline still ahead stays; one that has passed (an expired
+        job's) is dropped, so the retried job runs instead of expiring again."""
 
         def build() -> Any:
             c = self.t.c
@@ -85,12 +94,44 @@ class Managing(StatementsBase):
                     locked_by=None,
                     lease_expires_at=None,
                     completed_at=None,
+                    start_by=case((c.start_by > now, c.start_by), else_=None),
                     updated_at=now,
                 )
                 .returning(*self.columns)
             )
 
         return Query(self.once("retry", build), {"jq_job_id": job_id})
+
+    def expire(self) -> Query:
+        """Move pending jobs whose start deadline has passed (by the database clock) to
+        ``expired``, up to `EXPIRY_BATCH` of them, earliest deadline first, through the
+        deadline index. On PostgreSQL rows another transaction holds (a claim, a cancel)
+        are skipped: a claim will not take them, and the next round sees them again."""
+
+        def build() -> Any:
+            c = self.t.c
+            now = DbNow()
+            # 'pending' written into the SQL: SQLite uses the partial index only then.
+            due = (
+                select(c.id)
+                .where(
+                    c.status == literal_column("'pending'"),
+                    c.start_by.isnot(None),
+                    c.start_by <= now,
+                )
+                .order_by(c.start_by)
+                .limit(EXPIRY_BATCH)
+            )
+            if self.dialect == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            return (
+                update(self.t)
+                .where(c.id.in_(due.scalar_subquery()), c.status == Status.PENDING.value)
+                .values(status=Status.EXPIRED.value, completed_at=now, updated_at=now)
+                .returning(*self.columns)
+            )
+
+        return Query(self.once("expire", build), None)
 
     def reap(self) -> Query:
         """Return jobs whose lease expired to ``pending`` in their place in line (their

@@ -82,7 +82,8 @@ _NEW_JOB = (
 #: What ``authenticated`` may name in an INSERT: what `JobQueue.enqueue` and a supabase-js
 #: ``insert({kind, payload, owner_id})`` send. Every other column takes its default.
 #: ``priority``, ``max_attempts`` and ``run_at`` are here only because the library's own
-#: INSERT names them; the policy below pins what they may hold.
+#: INSERT names them; the policy below pins what they may hold. ``start_by`` (a start
+#: deadline) needs no bound: it only ever ends the user's own job sooner, unrun.
 USER_COLUMNS = (
     "id",
     "queue",
@@ -93,6 +94,7 @@ USER_COLUMNS = (
     "owner_id",
     "idempotency_key",
     "run_at",
+    "start_by",
 )
 
 #: A browser's job waits its turn: no priority, no extra attempts, no back-dated run_at

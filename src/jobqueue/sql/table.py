@@ -146,10 +146,11 @@ def jobs_table(
         Column("cost", Money()),
         Column("cost_unit", String(MAX_COST_UNIT)),
         Column("reserved", Money()),
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')",
-            name=f"{name}_status_check",
-        ),
+        # The start deadline: a job not claimed by then is expired instead (migration 0008).
+        # No bound: ``infinity`` (PostgreSQL) reads as no deadline at all, ``-infinity`` as
+        # one long past, and both compare as such in SQL.
+        Column("start_by", UTCDateTime()),
+        CheckConstraint(status_check(), name=f"{name}_status_check"),
         CheckConstraint("progress BETWEEN 0 AND 100", name=f"{name}_progress_check"),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name=f"{name}_attempts_check"),
         schema=schema,
@@ -188,6 +189,15 @@ def jobs_table(
         postgresql_where=completed,
         sqlite_where=completed,
     )
+    # The pending jobs with a deadline, by it: what the expiry sweep reads (migration 0008).
+    # Partial, so a job without a deadline costs it nothing: no entry when it is inserted.
+    deadline = and_(t.c.status == text("'pending'"), t.c.start_by.isnot(None))
+    Index(
+        f"{name}_deadline_idx",
+        t.c.start_by,
+        postgresql_where=deadline,
+        sqlite_where=deadline,
+    )
     processing = t.c.status == text("'processing'")
     Index(
         f"{name}_lease_idx",
@@ -216,6 +226,12 @@ def jobs_table(
         sqlite_where=has_key,
     )
     return t
+
+
+def status_check() -> str:
+    """The condition of ``<table>_status_check``: every status of the state machine
+    (`jobqueue.models.Status`), in its order."""
+    return "status IN (" + ", ".join(f"'{s.value}'" for s in Status) + ")"
 
 
 def owner_scope(t: Table) -> ColumnElement[str]:
@@ -314,6 +330,7 @@ OWNER_COLUMNS: tuple[str, ...] = (
     "cost",
     "cost_unit",
     "reserved",
+    "start_by",
 )
 
 

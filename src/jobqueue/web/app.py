@@ -192,14 +192,15 @@ class JobsApi:
         owner = await self.owner_of(request)
         self.spend(request, owner)
         key = idempotency_key_of(request)
-        generation = await read_generation(request, self.limits)
-        payload = generation.to_payload()
+        asked = await read_generation(request, self.limits)
+        payload = asked.request.to_payload()
         job = await self.queue.enqueue(
             IMAGE_KIND,
             payload,
             queue=self.queue_name,
             owner_id=owner,
             idempotency_key=key,  # the queue scopes keys per owner
+            **asked.deadline,
         )
         if job.owner_id != owner or job.payload != payload:
             raise ApiError(
@@ -290,10 +291,12 @@ class JobsApi:
             sub = Subscription(first)
         else:
             sub = watchers.subscribe(owner, job_id, first, load)
+        watchers.opened(owner, job_id)
 
         def close() -> None:
             watchers.unsubscribe(owner, job_id, sub)
             watchers.release(owner)
+            watchers.closed(owner, job_id, final=sub.latest.job.is_final)
 
         stream = job_events(
             sub,
@@ -307,6 +310,13 @@ class JobsApi:
             media_type="text/event-stream",
             headers={"X-Accel-Buffering": "no", **_NO_STORE},
         )
+
+    async def abandoned(self, owner: str, job_id: str) -> None:
+        """Every event stream of the job closed and none opened again within the grace
+        period: cancel it if no worker has started it (nothing was spent on it yet)."""
+        job = await self.queue.cancel_if_pending(job_id, owner_id=owner)
+        if job is not None:
+            logger.info("Job %s status: cancelled (its last watcher left)", job.id)
 
     @property
     def not_found(self) -> str:
@@ -396,6 +406,7 @@ def create_app(
     base_url: str | None = None,
     check_origin: bool = True,
     trusted_origins: Iterable[str] = (),
+    cancel_abandoned_after: float | None = None,
 ) -> Starlette:
     """Build the job API app.
 
@@ -414,6 +425,11 @@ def create_app(
     where ``Location`` points and the app's own origin; ``check_origin`` refuses
     cross-site ``POST``s that carry cookies (turn it off only when ``identify`` never reads
     a cookie), ``trusted_origins`` lists other origins whose pages may post.
+
+    ``cancel_abandoned_after`` (seconds; None, the default: off) cancels a pending job
+    whose event streams all closed when none reconnects within that grace period, so a
+    job its user walked away from is not paid for. A job a worker has started runs on; a
+    client that only polls ``GET /jobs/{id}`` is no watcher and keeps its jobs.
     """
     fits = _default_upload_limit(queue)
     upload_limit = fits if max_upload_bytes is None else max_upload_bytes
@@ -444,6 +460,16 @@ def create_app(
     public_base = None if base_url is None else _public_base(base_url)
     if rate_limit is None:
         rate_limit = DEMO_RATE_LIMIT if demo else False
+    if cancel_abandoned_after is not None and (
+        isinstance(cancel_abandoned_after, bool)
+        or not isinstance(cancel_abandoned_after, int | float)
+        or not 0 <= cancel_abandoned_after <= 86_400
+    ):
+        raise ConfigurationError(
+            f"cancel_abandoned_after must be None or seconds from 0 to 86400, "
+            f"not {cancel_abandoned_after!r}",
+            hint="for example 30: long enough for a page reload to reconnect",
+        )
     watchers = Watchers(
         poll_interval=events_poll_interval, max_streams_per_owner=max_streams_per_owner
     )
@@ -463,6 +489,8 @@ def create_app(
         rate_limiter=None if rate_limit is False else RateLimiter(rate_limit),
         watchers=watchers,
     )
+    if cancel_abandoned_after is not None:
+        watchers.abandon(float(cancel_abandoned_after), api.abandoned)
     routes = [
         Route("/jobs", api.create, methods=["POST"]),
         Route("/jobs", api.list_jobs, methods=["GET"]),

@@ -11,6 +11,13 @@ lines keep idle proxies from closing a stream while a job waits in line.
 
 The number of open streams per owner is bounded (`Watchers.reserve`), so one caller
 cannot hold an unbounded number of connections and tasks.
+
+Abandonment (opt-in, ``abandon_after``): when the last stream of a job that was not final
+closes and no stream of it opens again within the grace period, ``on_abandoned`` is called
+for it (the app cancels the job if no worker has started it, so nobody pays for a picture
+nobody waits for). A reconnect within the grace period (an EventSource's, after a network
+blip or a page reload) keeps the job. The grace timers live in this process: a server that
+stops within one forgets it.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class Seen:
 
 
 Load = Callable[[], Awaitable[Snapshot]]
+#: Called with (owner, job id) for a job whose watchers all left (see the module's text).
+OnAbandoned = Callable[[str, str], Awaitable[object]]
 
 
 def sse_message(data: Any, *, event: str | None = None) -> str:
@@ -148,8 +157,69 @@ class Watchers:
     def __init__(self, *, poll_interval: float, max_streams_per_owner: int) -> None:
         self.poll_interval = poll_interval
         self.max_streams_per_owner = max_streams_per_owner
+        #: Abandonment's grace period (None: off) and what it calls (`abandon`).
+        self.abandon_after: float | None = None
+        self._on_abandoned: OnAbandoned | None = None
         self._watches: dict[tuple[str, str], JobWatch] = {}
         self._streams: Counter[str] = Counter()
+        #: Open streams per (owner, job), and the grace period running for each job whose
+        #: streams all closed (a token: a stream opening meanwhile replaces it).
+        self._viewers: Counter[tuple[str, str]] = Counter()
+        self._left: dict[tuple[str, str], object] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+        #: The timers still sleeping: only those are cancelled at shutdown (one that acts
+        #: is waited for: a statement is never cut off half-way).
+        self._sleeping: set[asyncio.Task[None]] = set()
+
+    def abandon(self, after: float, on_abandoned: OnAbandoned) -> None:
+        """Turn abandonment on: ``on_abandoned(owner, job_id)`` for a job that was not
+        final when its last stream closed, once ``after`` seconds pass without a stream
+        of it opening again."""
+        self.abandon_after = after
+        self._on_abandoned = on_abandoned
+
+    def opened(self, owner: str, job_id: str) -> None:
+        """A stream of the job opened: it is watched (again), whatever grace period ran."""
+        key = (owner, job_id)
+        self._viewers[key] += 1
+        self._left.pop(key, None)
+
+    def closed(self, owner: str, job_id: str, *, final: bool) -> None:
+        """A stream of the job closed; ``final``: the job it last showed was final. The
+        last one of a job that was not final starts the grace period (when abandonment is
+        on)."""
+        key = (owner, job_id)
+        self._viewers[key] -= 1
+        if self._viewers[key] > 0:
+            return
+        del self._viewers[key]
+        if final or self.abandon_after is None:
+            return
+        token = self._left[key] = object()
+        timer = asyncio.create_task(self._grace(key, token), name="jobqueue-sse-abandon")
+        self._timers.add(timer)
+        self._sleeping.add(timer)
+        timer.add_done_callback(self._timers.discard)
+        timer.add_done_callback(self._sleeping.discard)
+
+    async def _grace(self, key: tuple[str, str], token: object) -> None:
+        assert self.abandon_after is not None and self._on_abandoned is not None
+        await asyncio.sleep(self.abandon_after)
+        task = asyncio.current_task()
+        if task is not None:
+            self._sleeping.discard(task)
+        if self._left.get(key) is not token:
+            return  # a stream opened meanwhile (and may have closed again: its own timer)
+        del self._left[key]
+        try:
+            await self._on_abandoned(*key)
+        except Exception:
+            logger.exception("abandoning job %s failed", key[1])
+
+    @property
+    def grace_periods(self) -> int:
+        """How many jobs wait out a grace period now (all their streams closed)."""
+        return len(self._left)
 
     def reserve(self, owner: str) -> bool:
         """Count one more open stream for ``owner``; False when it already has the most."""
@@ -193,10 +263,12 @@ class Watchers:
         return len(self._watches)
 
     async def close(self) -> None:
-        """Stop every watch (the app is shutting down)."""
+        """Stop every watch and grace period (the app is shutting down)."""
         tasks = [w.task for w in self._watches.values() if w.task is not None]
+        tasks += list(self._sleeping)
         for task in tasks:
             task.cancel()
+        tasks += list(self._timers - set(tasks))
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
@@ -23,8 +24,8 @@ from ..models import MAX_JSON_DEPTH
 from .allowed import Allowed
 from .problems import ApiError
 
-JSON_FIELDS = frozenset({"prompt", "model", "images", "options"})
-FORM_FIELDS = frozenset({"prompt", "model", "options", "image"})
+JSON_FIELDS = frozenset({"prompt", "model", "images", "options", "expires_in", "start_by"})
+FORM_FIELDS = frozenset({"prompt", "model", "options", "image", "expires_in", "start_by"})
 MAX_IMAGE_URLS = 8
 MAX_URL_CHARS = 8192
 MAX_MODEL_CHARS = 200
@@ -116,7 +117,17 @@ def limited(request: Request, limit: int) -> Request:
     return Request(request.scope, receive)
 
 
-async def read_generation(request: Request, limits: RequestLimits) -> GenerationRequest:
+@dataclass(frozen=True, slots=True)
+class NewGeneration:
+    """What a ``POST /jobs`` asks for: the generation, and its start deadline as the
+    queue's ``enqueue`` options (``expires_in`` seconds, or a ``start_by`` time; none
+    when empty). The queue checks the deadline's bounds (`PayloadError`: 422)."""
+
+    request: GenerationRequest
+    deadline: dict[str, Any] = field(default_factory=dict)
+
+
+async def read_generation(request: Request, limits: RequestLimits) -> NewGeneration:
     """The generation a ``POST /jobs`` asks for, or an `ApiError` saying what is wrong."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = limited(request, limits.max_body_bytes)
@@ -190,7 +201,34 @@ def parse_json(raw: bytes | str, what: str) -> Any:
     raise ApiError(400, "invalid_json", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _from_json(raw: bytes, limits: RequestLimits) -> GenerationRequest:
+def _deadline(expires_in: Any, start_by: Any, *, texts: bool) -> dict[str, Any]:
+    """The start deadline a request gives: ``expires_in`` (seconds from now, by the
+    database clock: the client's own clock never counts) or ``start_by`` (an ISO 8601 time
+    with its offset). ``texts``: both arrive as form text."""
+    out: dict[str, Any] = {}
+    if expires_in is not None and expires_in != "":
+        if texts:
+            try:
+                expires_in = float(expires_in)
+            except ValueError:
+                raise _invalid("expires_in", "must be a number of seconds") from None
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            raise _invalid("expires_in", "must be a number of seconds")
+        out["expires_in"] = expires_in
+    if start_by is not None and start_by != "":
+        if not isinstance(start_by, str) or len(start_by) > 64:
+            raise _invalid("start_by", "must be an ISO 8601 time with its offset")
+        try:
+            when = datetime.fromisoformat(start_by)
+        except ValueError:
+            raise _invalid("start_by", "must be an ISO 8601 time with its offset") from None
+        if when.tzinfo is None:
+            raise _invalid("start_by", "needs its offset (Z or +hh:mm)")
+        out["start_by"] = when
+    return out
+
+
+def _from_json(raw: bytes, limits: RequestLimits) -> NewGeneration:
     data = parse_json(raw, "the body")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
@@ -202,10 +240,12 @@ def _from_json(raw: bytes, limits: RequestLimits) -> GenerationRequest:
         raise _invalid("images", f"takes at most {MAX_IMAGE_URLS} URLs")
     for url in images:
         _check_image_url(url, limits)
-    return _build(data.get("prompt"), data.get("model"), images, data.get("options"), limits)
+    generation = _build(data.get("prompt"), data.get("model"), images, data.get("options"), limits)
+    deadline = _deadline(data.get("expires_in"), data.get("start_by"), texts=False)
+    return NewGeneration(generation, deadline)
 
 
-async def _from_form(request: Request, limits: RequestLimits) -> GenerationRequest:
+async def _from_form(request: Request, limits: RequestLimits) -> NewGeneration:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=limits.max_body_bytes)
     except ApiError:
@@ -218,14 +258,14 @@ async def _from_form(request: Request, limits: RequestLimits) -> GenerationReque
         await form.close()
 
 
-async def _read_form(form: FormData, limits: RequestLimits) -> GenerationRequest:
+async def _read_form(form: FormData, limits: RequestLimits) -> NewGeneration:
     keys = list(form.keys())
     _refuse_unknown(dict.fromkeys(keys), FORM_FIELDS)
     for key in keys:
         if len(form.getlist(key)) > 1:
             raise _invalid(key, "was sent more than once")
     texts: dict[str, str | None] = {}
-    for key in ("prompt", "model", "options"):
+    for key in ("prompt", "model", "options", "expires_in", "start_by"):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise _invalid(key, "must be a text field, not a file")
@@ -234,9 +274,10 @@ async def _read_form(form: FormData, limits: RequestLimits) -> GenerationRequest
     if texts["options"]:
         options = parse_json(texts["options"], "the field 'options'")
     generation = _build(texts["prompt"], texts["model"] or None, [], options, limits)
+    deadline = _deadline(texts["expires_in"], texts["start_by"], texts=True)
     upload = form.get("image")
     if upload is None or upload == "":  # an empty file input arrives as an empty field
-        return generation
+        return NewGeneration(generation, deadline)
     if not isinstance(upload, UploadFile):
         raise _invalid("image", "must be a file")
     data = await upload.read(limits.max_upload_bytes + 1)
@@ -248,13 +289,13 @@ async def _read_form(form: FormData, limits: RequestLimits) -> GenerationRequest
             hint="send a smaller image",
         )
     if not data:
-        return generation
+        return NewGeneration(generation, deadline)
     mime = sniff_image(data)
     if mime is None:
         raise ApiError(
             415, "unsupported_image", "the uploaded file is not a PNG, JPEG, GIF or WebP image"
         )
-    return generation.with_image_bytes(data, mime)
+    return NewGeneration(generation.with_image_bytes(data, mime), deadline)
 
 
 def _build(

@@ -95,12 +95,14 @@ async def serve(
     identify: Identify | None = None,
     log_level: str = "info",
     sock: socket.socket | None = None,
+    cancel_abandoned_after: float | None = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
 
     ``sock`` is a socket from `listen_on` (by default, one for ``host`` and ``port``): the
     worker starts only once the address is ours. uvicorn owns the signals: on shutdown the
-    app's lifespan stops the worker gracefully.
+    app's lifespan stops the worker gracefully. ``cancel_abandoned_after``: as for
+    `create_app`.
     """
     from ..worker import Worker
 
@@ -109,7 +111,9 @@ async def serve(
     worker = None
     if generator is not None:
         worker = Worker(queue, generator=generator, concurrency=concurrency)
-    app = create_app(queue, identify=identify, worker=worker)
+    app = create_app(
+        queue, identify=identify, worker=worker, cancel_abandoned_after=cancel_abandoned_after
+    )
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
     await _Server(config, worker).serve(sockets=[sock])
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import GenerationError
 from ..generators.base import GenerationResult
-from ..models import Job, Position
+from ..models import Job, Position, Status
 from .placeholder import NAME
 
 #: Hosts under the reserved ``.invalid`` top-level domain (RFC 2606) can never be fetched:
@@ -58,6 +58,7 @@ PUBLIC_ERRORS = {
     "timed_out": "the generation took too long and was stopped",
     "internal_error": "the job failed because of an internal error; "
     "quote the job id when you report it",
+    "expired": "the job was not started before its deadline; it never ran and cost nothing",
 }
 #: Stored by the worker for the lease that expired / the job it handed back (statements.py
 #: and worker.py write these texts).
@@ -134,6 +135,7 @@ def job_view(
 ) -> dict[str, Any]:
     """The JSON body of ``GET /jobs/{id}`` (and of every other answer about one job).
 
+    An ``expired`` job (not started by its ``start_by``) has ``error_code`` ``expired``.
     ``preview_urls`` are what a browser should display: the result images, except that
     unreachable mock URLs become the app's own placeholder drawings. With ``position``,
     the fields of `position_view` too (``GET /jobs/{id}`` and its event stream).
@@ -146,6 +148,8 @@ def job_view(
     payload = job.payload if isinstance(job.payload, dict) else {}
     prompt = payload.get("prompt")
     error_code, error = public_error(job.error)
+    if job.status is Status.EXPIRED:
+        error_code, error = "expired", PUBLIC_ERRORS["expired"]
     return {
         "id": str(job.id),
         "status": job.status.value,
@@ -166,6 +170,7 @@ def job_view(
         "started_at": _iso(job.started_at),
         "completed_at": _iso(job.completed_at),
         "updated_at": _iso(job.updated_at),
+        "start_by": _iso(job.start_by),
         "duration": job.duration,
         "final": job.is_final,
         **({} if position is None else position_view(position)),

@@ -6,6 +6,8 @@
   holds under those ids by the time it comes.
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
+- `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
+  them meanwhile, so this is the bookkeeping, not the guard).
 - `Presence` keeps the worker's row in the live-workers table: `Presence.announce` checks
   that the worker's role may do a worker's work and writes the row (a missing table or a
   refused permission stops the worker there, with our error and its hint; other errors
@@ -47,6 +49,7 @@ from ..models import Job, Status, WorkerPresence
 from ..operations.presence import beat_interval_of, ttl_of
 from ..queue import AsyncJobQueue
 from ..sql.limits import ENTRY_BATCH
+from ..sql.manage import EXPIRY_BATCH
 from .outcome import StopReason
 from .slots import Slot, Slots, matched
 
@@ -227,6 +230,28 @@ class Entrance(Periodic):
             pass
 
 
+class Expiry(Periodic):
+    """Moves pending jobs past their start deadline to ``expired`` every ``interval``
+    seconds (`AsyncJobQueue.expire`), every queue's, whichever queues this worker serves:
+    a deadline is the same promise wherever the job waits. Rounds follow each other at once
+    while a round fills a whole batch. The first round comes at once."""
+
+    name = "expiry"
+    failure = "expiring jobs past their start deadline"
+
+    def __init__(self, queue: AsyncJobQueue, interval: float):
+        super().__init__(interval, first=0.0)
+        self.queue = queue
+
+    async def round(self) -> None:
+        while True:
+            expired = await self.queue.expire()
+            for job in expired:
+                log.info("Job %s status: expired (not started by its deadline)", job.id)
+            if len(expired) < EXPIRY_BATCH:
+                return
+
+
 class Presence(Periodic):
     """Keeps ``me``'s row in the live-workers table of ``queue``, timed by ``lease``: a beat
     every third of it, live for `presence.LIVE_LEASES` leases after each beat, and a sweep
@@ -339,6 +364,7 @@ class Wakeups:
 __all__ = [
     "FATAL_AT_START",
     "STOP_TIMEOUT",
+    "Expiry",
     "Heartbeats",
     "Periodic",
     "Presence",

@@ -50,7 +50,7 @@ from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
-from .maintenance import Entrance, Heartbeats, Periodic, Presence, Reaper, Wakeups
+from .maintenance import Entrance, Expiry, Heartbeats, Periodic, Presence, Reaper, Wakeups
 from .outcome import StopReason
 from .registry import Registry
 from .slots import Slot, Slots
@@ -310,6 +310,7 @@ class Worker:
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
             Reaper(self.queue, self.reap_interval, at_once=until_idle),
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
+            Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
         ]
         if not until_idle and self.listen and self.queue.is_postgres:
             wakeups = Wakeups(self.queue, self.worker_id, self._on_notify)

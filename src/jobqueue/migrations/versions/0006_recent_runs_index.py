@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-03
+Create Date: 2026-11-29
 
 ``<table>_done_idx`` on ``(kind, completed_at)`` over completed jobs lets
 `JobQueue.position` read a kind's latest runs (`jobqueue.sql.position`) in a few index

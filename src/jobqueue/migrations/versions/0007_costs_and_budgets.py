@@ -3,7 +3,7 @@ budgets table.
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-08
+Create Date: 2026-11-29
 
 1. ``cost`` (what the job cost, every attempt's reported cost added up), ``cost_unit``
    (its unit or currency) and ``reserved`` (the estimate its owner's budget reserved for

@@ -16,13 +16,15 @@
 //                 and estimated wait changed: job.position, job.eta_seconds; see waitText)
 //   logger        where the status lines go (default console; null for silence)
 //   maxErrors     network errors or 5xx answers in a row that followJob waits out (default 5)
+//   expiresIn     seconds (startBy: a Date) a new job may wait for a worker; not started by
+//                 then, it ends "expired" (a JobError with code "expired") and never runs
 //
 // Result URLs come from the image provider, so the client only hands out (and the demo page
 // only shows) http(s): and data:image/ URLs; any other (javascript:, data:text/html, ...) is
 // dropped from the job snapshot with a console warning.
 
 const DEFAULT_BASE = new URL("..", import.meta.url).href;
-const FINAL = new Set(["completed", "failed", "cancelled"]);
+const FINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 
 /** "1st", "2nd", "3rd", "4th", "11th", "21st"... */
 export function ordinal(n) {
@@ -58,7 +60,10 @@ export function waitText(job) {
   return typeof job.eta_seconds === "number" ? `${place} · ${about(job.eta_seconds)}` : place;
 }
 
-/** A job that ended failed or cancelled, or a request the API refused. */
+/**
+ * A job that ended failed, cancelled or expired, or a request the API refused. code is the
+ * job's status ("expired": not started by its deadline, it never ran) or the API's code.
+ */
 export class JobError extends Error {
   constructor(message, { job = null, code = null, status = null } = {}) {
     super(message);
@@ -187,24 +192,39 @@ function settle(job, options) {
   });
 }
 
+/** The start deadline of options: expiresIn (seconds) or startBy (a Date or ISO text). */
+function deadlineOf(options) {
+  const out = {};
+  if (options.expiresIn != null) out.expires_in = options.expiresIn;
+  if (options.startBy != null) {
+    out.start_by =
+      options.startBy instanceof Date ? options.startBy.toISOString() : String(options.startBy);
+  }
+  return out;
+}
+
 /**
  * Create a job and return its snapshot at once (HTTP 202).
  * options.image: a File or Blob to upload; options.images: input image URLs;
- * options.model, options.options: passed through; options.idempotencyKey: repeat-safe key.
+ * options.model, options.options: passed through; options.idempotencyKey: repeat-safe key;
+ * options.expiresIn (seconds) or options.startBy (a Date): the start deadline, after which
+ * a job no worker has started ends "expired" instead of running.
  */
 export async function createJob(prompt, options = {}) {
   const headers = { ...(options.headers ?? {}) };
   if (options.idempotencyKey) headers["Idempotency-Key"] = options.idempotencyKey;
   const opts = { ...options, headers };
+  const deadline = deadlineOf(options);
   if (options.image) {
     const form = new FormData();
     form.append("prompt", prompt);
     if (options.model) form.append("model", options.model);
     if (options.options) form.append("options", JSON.stringify(options.options));
+    for (const [name, value] of Object.entries(deadline)) form.append(name, String(value));
     form.append("image", options.image);
     return cleanJob(await request("POST", "jobs", opts, form), options);
   }
-  const body = { prompt };
+  const body = { prompt, ...deadline };
   if (options.model) body.model = options.model;
   if (options.images?.length) body.images = options.images;
   if (options.options) body.options = options.options;
@@ -228,7 +248,7 @@ export async function cancelJob(id, options = {}) {
 /**
  * Follow an existing job by polling until it is final: the resume helper.
  * Logs "⏳ Job <id> status: <status>" on every poll; resolves with the result of a
- * completed job, rejects with a JobError for a failed or cancelled one.
+ * completed job, rejects with a JobError for a failed, cancelled or expired one.
  */
 export async function followJob(id, options = {}) {
   const interval = options.pollInterval ?? 3000;
