@@ -266,6 +266,8 @@ def _raw_statements(q: JobQueue | AsyncJobQueue, dialect: Any) -> dict[str, _Raw
             "started": datetime.now(UTC),
             "result": '{"url": "x"}',
             "result_url": None,
+            "cost": None,
+            "cost_unit": None,
         }
     ]
     steps = {
@@ -334,7 +336,15 @@ class _Held:
         p = self.cac.params
         p[self.slot] = completion_batch(
             [
-                {"id": i, "attempt": a, "started": t, "result": '{"url": "x"}', "result_url": None}
+                {
+                    "id": i,
+                    "attempt": a,
+                    "started": t,
+                    "result": '{"url": "x"}',
+                    "result_url": None,
+                    "cost": None,
+                    "cost_unit": None,
+                }
                 for i, a, t in zip(self.ids, self.attempts, self.started, strict=True)
             ]
         )["jq_batch"]
