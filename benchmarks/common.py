@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, inspect, make_url, text
 
 from jobqueue import migrate
 from jobqueue.drivers.engines import make_engine, normalise_url
+from jobqueue.sql.table import companion_table_names, version_table
 
 
 @dataclass(frozen=True)
@@ -197,10 +198,6 @@ def summary_ms(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
-#: The tables `migrate` makes beside a jobs table (by suffix; "" is the jobs table).
-COMPANIONS = ("", "_workers", "_limits", "_alembic_version")
-
-
 class Bench:
     """The run: where it measures, what it created, and what it found so far."""
 
@@ -286,8 +283,8 @@ class Bench:
 
     def _drop_jobs_table(self, conn: Connection, table: str) -> None:
         """Drop a jobs table and what `migrate` made beside it."""
-        for companion in COMPANIONS:
-            conn.execute(text(f'DROP TABLE IF EXISTS "{table}{companion}"'))
+        for name in (table, *companion_table_names(table), version_table(table)):
+            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
         if self.is_postgres:
             conn.execute(text(f'DROP FUNCTION IF EXISTS "{table}_notify"()'))
 

@@ -26,11 +26,9 @@ from ..drivers.errors import translated_errors
 from ..errors import ConfigurationError, PermissionDenied
 from ..models import DEFAULT_TABLE
 from ..sql.table import (
-    budgets_table_name,
-    limits_table_name,
+    companion_table_names,
     validate_identifier,
     validate_table_name,
-    workers_table_name,
 )
 from ..sql.table import version_table as version_table  # documented here too
 
@@ -336,13 +334,7 @@ def exclude_tables(*tables: str) -> IncludeObject:
     hidden = {
         t
         for name in tables
-        for t in (
-            name,
-            version_table(name),
-            workers_table_name(name),
-            limits_table_name(name),
-            budgets_table_name(name),
-        )
+        for t in (name, version_table(name), *companion_table_names(name))
     }
 
     def hook(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:

@@ -513,3 +513,14 @@ def budgets_table(
     for suffix, rule in rules.items():
         t.append_constraint(CheckConstraint(rule, name=f"{name}_{suffix}_check"))
     return t
+
+
+def companion_table_names(jobs_table_name: str) -> tuple[str, ...]:
+    """The tables the migrations make beside the jobs table ``jobs_table_name`` (live
+    workers, limits, budgets): what a tool that hides or drops a jobs table must hide or
+    drop with it (besides Alembic's version table)."""
+    return (
+        workers_table_name(jobs_table_name),
+        limits_table_name(jobs_table_name),
+        budgets_table_name(jobs_table_name),
+    )
