@@ -53,6 +53,7 @@ from .dialect import (
     UTCDateTime,
     sqlite_time,
 )
+from .steps import Query
 from .table import limits_table
 
 T = TypeVar("T")
@@ -185,6 +186,30 @@ class StatementsBase(BuiltOnce):
         #: What every statement that returns jobs returns: the table's columns, the JSON
         #: ones as their text (see `_as_text`).
         self.columns: list[ColumnElement[Any]] = [self._as_text(c) for c in table.c]
+
+    def one_job(
+        self,
+        name: str,
+        columns: Callable[[], Sequence[Any]],
+        job_id: UUID,
+        owner_id: str | None,
+    ) -> Query:
+        """``columns`` of one job by id; with ``owner_id`` only when it belongs to that
+        owner, so an end user cannot read another user's job by guessing its id. The
+        statement is built once per ``name`` and whether an owner is given."""
+        by_owner = owner_id is not None
+
+        def build() -> Any:
+            c = self.t.c
+            stmt = select(*columns()).where(c.id == param("job_id", Uuid()))
+            if by_owner:
+                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
+            return stmt
+
+        params: dict[str, Any] = {"jq_job_id": job_id}
+        if by_owner:
+            params["jq_owner_id"] = owner_id
+        return Query(self.once((name, by_owner), build), params)
 
     def _as_text(self, col: Any) -> ColumnElement[Any]:
         """A JSON column as its text, for `jobqueue.validation.read_job` to decode row by row.

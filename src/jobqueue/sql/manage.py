@@ -165,19 +165,7 @@ class Managing(StatementsBase):
     def get(self, job_id: UUID, owner_id: str | None = None) -> Query:
         """One job by id; with ``owner_id`` only when it belongs to that owner, so an end
         user cannot read another user's job by guessing its id."""
-        by_owner = owner_id is not None
-
-        def build() -> Any:
-            c = self.t.c
-            stmt = select(*self.columns).where(c.id == param("job_id", Uuid()))
-            if by_owner:
-                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
-            return stmt
-
-        params: dict[str, Any] = {"jq_job_id": job_id}
-        if by_owner:
-            params["jq_owner_id"] = owner_id
-        return Query(self.once(("get", by_owner), build), params)
+        return self.one_job("get", lambda: self.columns, job_id, owner_id)
 
     def list(
         self,

@@ -31,11 +31,10 @@ class Positioning(StatementsBase):
     def position_job(self, job_id: UUID, owner_id: str | None = None) -> Query:
         """What a position needs of the job (with ``owner_id``, only when it is theirs),
         and the database clock's ``now``."""
-        by_owner = owner_id is not None
-
-        def build() -> Any:
-            c = self.t.c
-            stmt = select(
+        c = self.t.c
+        return self.one_job(
+            "position_job",
+            lambda: (
                 c.id,
                 c.status,
                 c.queue,
@@ -45,15 +44,10 @@ class Positioning(StatementsBase):
                 c.run_at,
                 c.started_at,
                 DbNow().label("now"),
-            ).where(c.id == param("job_id", Uuid()))
-            if by_owner:
-                stmt = stmt.where(c.owner_id == param("owner_id", Text()))
-            return stmt
-
-        params: dict[str, Any] = {"jq_job_id": job_id}
-        if by_owner:
-            params["jq_owner_id"] = owner_id
-        return Query(self.once(("position_job", by_owner), build), params)
+            ),
+            job_id,
+            owner_id,
+        )
 
     def jobs_ahead(
         self, queues: tuple[str, ...], priority: int, turn: float, job_id: UUID, limit: int
