@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from ._compat import install as _serve_old_import_paths
 from .errors import (
     ConfigurationError,
+    DatabaseBusy,
+    DatabaseReadOnly,
     DatabaseUnavailable,
     GenerationError,
     InvalidJobId,
@@ -131,6 +133,8 @@ __all__ = [
     "AsyncJobQueue",
     "Completion",
     "ConfigurationError",
+    "DatabaseBusy",
+    "DatabaseReadOnly",
     "DatabaseUnavailable",
     "DefAPIGenerator",
     "GenerationError",

@@ -58,6 +58,31 @@ class DatabaseUnavailable(JobQueueError):
     hint = "check JOBQUEUE_DATABASE_URL and that the database server is running"
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """A lock the statement needed stayed taken for longer than the queue's ``lock_timeout``
+    (another session, such as a migration or a DBA's ``LOCK TABLE``, holds it); on SQLite,
+    another writer held the write lock for as long. Nothing was written. A
+    `DatabaseUnavailable`, so whatever retries an outage retries this too (a worker backs
+    off and claims again; the web API answers 503)."""
+
+    hint = (
+        "another session holds a lock on the jobs table (a migration, a LOCK TABLE, a long "
+        "transaction): try again shortly; pg_locks shows who holds it"
+    )
+
+
+class DatabaseReadOnly(DatabaseUnavailable):
+    """The database refuses writes: it is read-only (``default_transaction_read_only``, a
+    standby, a read-only file) or out of disk space. Nothing was written; reads still work.
+    A `DatabaseUnavailable`: workers back off and write their outcomes once writes come
+    back."""
+
+    hint = (
+        "make the database writable again (free disk space, turn off "
+        "default_transaction_read_only, point at the primary); jobs resume by themselves"
+    )
+
+
 class PermissionDenied(JobQueueError):
     """The database role may not do what was asked (often an RLS policy)."""
 

@@ -46,6 +46,7 @@ from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
+    ConfigurationError,
     JobExpired,
     JobFailed,
     JobQueueError,
@@ -511,6 +512,15 @@ async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+def _no_lock_timeout_for_given(url: object, lock_timeout: float | None, kind: type) -> None:
+    """Refuse ``lock_timeout`` with an engine the caller made: it is set up already."""
+    if lock_timeout is not None and isinstance(url, kind):
+        raise ConfigurationError(
+            "lock_timeout applies to an engine the queue makes, not to one passed in",
+            hint="make the engine with jobqueue.drivers.engines.make_engine(url, lock_timeout=...)",
+        )
+
+
 class JobQueue(_QueueBase[Engine]):
     """A job queue over a synchronous SQLAlchemy engine.
 
@@ -518,11 +528,22 @@ class JobQueue(_QueueBase[Engine]):
     a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
     ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
     ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``lock_timeout``: seconds a statement waits for a lock before it fails with
+    `DatabaseBusy` (default ``JOBQUEUE_LOCK_TIMEOUT``, else 5 on PostgreSQL and 60 on
+    SQLite); it applies to the engine the queue makes, so not with an `Engine` passed in
+    (give it to `make_engine` instead).
     """
 
-    def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        url: str | URL | Engine | None = None,
+        *,
+        lock_timeout: float | None = None,
+        **config: Any,
+    ) -> None:
         self._owns_engine = not isinstance(url, Engine)
-        super().__init__(make_engine(url), **config)
+        _no_lock_timeout_for_given(url, lock_timeout, Engine)
+        super().__init__(make_engine(url, lock_timeout=lock_timeout), **config)
 
     def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
@@ -946,12 +967,20 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL
     (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
     the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)),
+    ``lock_timeout`` as for `JobQueue`.
     """
 
-    def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        url: str | URL | AsyncEngine | None = None,
+        *,
+        lock_timeout: float | None = None,
+        **config: Any,
+    ) -> None:
         self._owns_engine = not isinstance(url, AsyncEngine)
-        super().__init__(make_async_engine(url), **config)
+        _no_lock_timeout_for_given(url, lock_timeout, AsyncEngine)
+        super().__init__(make_async_engine(url, lock_timeout=lock_timeout), **config)
         self._on_thread = runs_on_thread(self.engine.dialect)
         # Where a cancelled statement runs on regardless, an operation on the queue's own
         # connection finishes before its cancellation goes on (`_finished_before_cancelled`).

@@ -23,7 +23,6 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import MetaData, event, insert, make_url, select
-from sqlalchemy.exc import OperationalError
 
 from jobqueue import AsyncJobQueue, JobQueue, Status, migrate
 from jobqueue.drivers import direct, engines
@@ -31,7 +30,7 @@ from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.drivers.errors import translate
 from jobqueue.drivers.runner import rows_of
 from jobqueue.drivers.sqlite_thread import run_transaction
-from jobqueue.errors import PayloadError, SchemaNotInstalled
+from jobqueue.errors import DatabaseBusy, PayloadError, SchemaNotInstalled
 from jobqueue.models import Completion, WorkerPresence
 from jobqueue.sql.statements import Statements
 from jobqueue.sql.steps import Direct, Query, Row, Rows, Step
@@ -106,7 +105,7 @@ def test_a_writer_gives_up_after_the_busy_timeout(
     sqlite_table: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The short tries end when `SQLITE_BUSY_TIMEOUT_MS` have passed, with SQLite's own
-    "database is locked"."""
+    "database is locked", raised as `DatabaseBusy`."""
     monkeypatch.setattr(engines, "SQLITE_BUSY_TIMEOUT_MS", 300)
     url, table = sqlite_table
     q = JobQueue(url, table=table)
@@ -124,7 +123,7 @@ def test_a_writer_gives_up_after_the_busy_timeout(
         writer.join(30)  # a writer that never gives up fails here, not by hanging
         assert not writer.is_alive()
     assert len(failed) == 1
-    assert isinstance(failed[0], OperationalError)
+    assert isinstance(failed[0], DatabaseBusy)
     assert "database is locked" in str(failed[0])
     assert q.enqueue("image", {}).id  # the connection is fine afterwards
     q.close()

@@ -27,6 +27,15 @@ from ..models import END_OF_TIME, START_OF_TIME
 DEFAULT_URL = "sqlite:///jobqueue.db"
 URL_ENV = "JOBQUEUE_DATABASE_URL"
 
+#: How long (seconds) one of our statements on PostgreSQL waits for a lock before it fails
+#: with `jobqueue.errors.DatabaseBusy`, unless the queue is given ``lock_timeout`` or
+#: ``JOBQUEUE_LOCK_TIMEOUT`` is set. Without a bound, a migration or a DBA holding
+#: ``ACCESS EXCLUSIVE`` on the jobs table would keep every enqueue waiting for as long as
+#: it holds it (and callers' requests would pile up behind them); with it, enqueue fails
+#: clearly and workers back off and try again.
+DEFAULT_LOCK_TIMEOUT = 5.0
+LOCK_TIMEOUT_ENV = "JOBQUEUE_LOCK_TIMEOUT"
+
 #: How long a SQLite writer waits for the write lock before giving up. Claims and
 #: completions are short, so a long wait only happens under heavy multi-process load.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -92,7 +101,32 @@ READ_ONLY = "jobqueue_read_only"
 BEGUN = "jobqueue_begun"
 
 
-def _setup_sqlite(sync_engine: Engine) -> None:
+def lock_timeout_of(lock_timeout: float | None, backend: str) -> float:
+    """The lock wait (seconds) an engine for ``backend`` uses: ``lock_timeout`` when given,
+    else ``JOBQUEUE_LOCK_TIMEOUT``, else the backend's default (`DEFAULT_LOCK_TIMEOUT` on
+    PostgreSQL; on SQLite `SQLITE_BUSY_TIMEOUT_MS`, since there every writer takes the one
+    write lock in turn, and a busy moment is no stuck lock)."""
+    source, shown = "lock_timeout", repr(lock_timeout)
+    if lock_timeout is None:
+        text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+        if not text:
+            if backend == "sqlite":
+                return SQLITE_BUSY_TIMEOUT_MS / 1000
+            return DEFAULT_LOCK_TIMEOUT
+        source, shown = LOCK_TIMEOUT_ENV, repr(text)
+        try:
+            lock_timeout = float(text)
+        except ValueError:
+            lock_timeout = -1.0
+    if not 0 < lock_timeout < 86_400:  # also refuses NaN
+        raise ConfigurationError(
+            f"{source}={shown} is not a number of seconds between 0 and a day",
+            hint=f"set {source} to a few seconds, e.g. 5",
+        )
+    return float(lock_timeout)
+
+
+def _setup_sqlite(sync_engine: Engine, busy_ms: int | None = None) -> None:
     """Let many connections (and processes) share one SQLite file safely.
 
     pysqlite's own transaction handling is turned off so that every transaction that may
@@ -108,7 +142,9 @@ def _setup_sqlite(sync_engine: Engine) -> None:
         # them with U+FFFD in place of the bad bytes rather than fail the whole read.
         record.driver_connection.text_factory = _lenient_text
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # The connection's lock wait: `begin_immediate` reads it back for its deadline.
+        wait = SQLITE_BUSY_TIMEOUT_MS if busy_ms is None else busy_ms
+        cursor.execute(f"PRAGMA busy_timeout = {int(wait)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
@@ -138,8 +174,12 @@ def _setup_sqlite(sync_engine: Engine) -> None:
 
 def begin_immediate(raw: sqlite3.Connection) -> None:
     """``BEGIN IMMEDIATE`` on a sqlite3 connection, waiting for the write lock for up to
-    `SQLITE_BUSY_TIMEOUT_MS` in tries of `SQLITE_LOCK_TRY_MS` each (see there why)."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    the connection's busy timeout (the engine's lock wait, `SQLITE_BUSY_TIMEOUT_MS` unless
+    the queue was given ``lock_timeout``) in tries of `SQLITE_LOCK_TRY_MS` each (see there
+    why); then SQLite's "database is locked", which the queue raises as
+    `jobqueue.errors.DatabaseBusy`."""
+    (wait_ms,) = raw.execute("PRAGMA busy_timeout").fetchone()
+    deadline = time.monotonic() + wait_ms / 1000
     raw.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TRY_MS}")
     try:
         while True:
@@ -152,7 +192,7 @@ def begin_immediate(raw: sqlite3.Connection) -> None:
                     raise
     finally:
         # Every other wait (a reader during recovery, a checkpoint) keeps the long timeout.
-        raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        raw.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
 
 
 def _lenient_text(data: bytes) -> str:
@@ -277,10 +317,52 @@ def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
     return u.difference_update_query(["prepare_threshold"])
 
 
+def behind_transaction_pooler(u: URL) -> bool:
+    """Whether ``u`` says its server is a transaction-mode pooler: it turns prepared
+    statements off, as such a pooler needs (``?prepare_threshold=none`` for psycopg,
+    ``?prepared_statement_cache_size=0`` for asyncpg)."""
+    raw = u.query.get("prepare_threshold") or u.query.get("prepared_statement_cache_size")
+    if raw is None:
+        return False
+    value = (raw[-1] if isinstance(raw, tuple) else raw).strip().lower()
+    return value in ("none", "null", "off", "false", "", "0")
+
+
+def _lock_timeout_option(u: URL, kwargs: dict[str, Any], seconds: float) -> None:
+    """Start every PostgreSQL session with ``lock_timeout``, as a startup parameter: no
+    round trip, and no statement that could find the setting missing.
+
+    Not behind a transaction-mode pooler (`behind_transaction_pooler`): PgBouncer refuses a
+    connection that brings startup parameters it does not know ("unsupported startup
+    parameter"), and a session ``SET`` would stay on whichever server connection ran it.
+    There the setting belongs to the role (``ALTER ROLE ... SET lock_timeout``), which the
+    server applies to every connection the pooler opens (docs/operations.md).
+    A ``lock_timeout`` the caller put in the connection's options already is kept.
+    """
+    if behind_transaction_pooler(u):
+        return
+    ms = max(1, round(seconds * 1000))
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if u.get_driver_name() == "asyncpg":
+        settings = dict(connect_args.get("server_settings") or {})
+        settings.setdefault("lock_timeout", str(ms))
+        connect_args["server_settings"] = settings
+    else:
+        given = connect_args.get("options") or u.query.get("options") or ""
+        given = given[-1] if isinstance(given, tuple) else given
+        if "lock_timeout" not in given:
+            connect_args["options"] = f"{given} -c lock_timeout={ms}".strip()
+    kwargs["connect_args"] = connect_args
+
+
 def _engine_settings(
-    url: str | URL | None, kwargs: dict[str, Any], *, asynchronous: bool
-) -> tuple[URL, dict[str, Any]]:
-    """The URL and engine options both `make_engine` and `make_async_engine` use.
+    url: str | URL | None,
+    kwargs: dict[str, Any],
+    *,
+    asynchronous: bool,
+    lock_timeout: float | None,
+) -> tuple[URL, dict[str, Any], float]:
+    """The URL, engine options and lock wait both `make_engine` and `make_async_engine` use.
 
     Statement parameters are kept out of SQLAlchemy's error messages
     (``hide_parameters=True``): they hold payloads and results (user data), and a failed
@@ -288,33 +370,45 @@ def _engine_settings(
     """
     kwargs.setdefault("hide_parameters", True)
     u = normalise_url(database_url(url), asynchronous=asynchronous)
+    wait = lock_timeout_of(lock_timeout, u.get_backend_name())
     if u.get_backend_name() == "sqlite":
-        return u, kwargs
+        return u, kwargs, wait
     kwargs.setdefault("pool_pre_ping", PRE_PING)
-    return _pooler_options(u, kwargs), kwargs
+    _lock_timeout_option(u, kwargs, wait)
+    return _pooler_options(u, kwargs), kwargs, wait
 
 
-def make_engine(url: str | URL | Engine | None = None, **kwargs: Any) -> Engine:
-    """A sync engine for ``url`` set up for jobqueue (an `Engine` is returned as it is)."""
+def make_engine(
+    url: str | URL | Engine | None = None, *, lock_timeout: float | None = None, **kwargs: Any
+) -> Engine:
+    """A sync engine for ``url`` set up for jobqueue (an `Engine` is returned as it is).
+
+    ``lock_timeout``: how long (seconds) a statement waits for a lock before it fails with
+    `jobqueue.errors.DatabaseBusy` (see `lock_timeout_of` for the default)."""
     if isinstance(url, Engine):
         return url
-    u, options = _engine_settings(url, kwargs, asynchronous=False)
+    u, options, wait = _engine_settings(url, kwargs, asynchronous=False, lock_timeout=lock_timeout)
     engine = create_engine(u, **options)
     if u.get_backend_name() == "sqlite":
-        _setup_sqlite(engine)
+        _setup_sqlite(engine, round(wait * 1000))
     else:
         _setup_postgres(engine)
     return engine
 
 
-def make_async_engine(url: str | URL | AsyncEngine | None = None, **kwargs: Any) -> AsyncEngine:
+def make_async_engine(
+    url: str | URL | AsyncEngine | None = None,
+    *,
+    lock_timeout: float | None = None,
+    **kwargs: Any,
+) -> AsyncEngine:
     """The asyncio twin of `make_engine`."""
     if isinstance(url, AsyncEngine):
         return url
-    u, options = _engine_settings(url, kwargs, asynchronous=True)
+    u, options, wait = _engine_settings(url, kwargs, asynchronous=True, lock_timeout=lock_timeout)
     engine = create_async_engine(u, **options)
     if u.get_backend_name() == "sqlite":
-        _setup_sqlite(engine.sync_engine)
+        _setup_sqlite(engine.sync_engine, round(wait * 1000))
     else:
         _setup_postgres(engine.sync_engine)
     return engine

@@ -16,6 +16,8 @@ from enum import Enum
 from sqlalchemy import exc as sa_exc
 
 from ..errors import (
+    DatabaseBusy,
+    DatabaseReadOnly,
     DatabaseUnavailable,
     JobQueueError,
     PayloadError,
@@ -36,6 +38,10 @@ class Cause(Enum):
     OLD_SCHEMA = "old schema"
     NO_PERMISSION = "no permission"
     OUT_OF_BOUNDS = "out of bounds"
+    #: A lock stayed taken past ``lock_timeout`` (SQLite: the write lock past its wait).
+    BUSY = "busy"
+    #: The database refuses writes: read-only, or out of disk space.
+    READ_ONLY = "read only"
 
 
 #: PostgreSQL's SQLSTATE codes, by what they mean here.
@@ -45,6 +51,9 @@ BY_SQLSTATE: dict[str, Cause] = {
     "42P10": Cause.OLD_SCHEMA,  # invalid_column_reference (no index for ON CONFLICT)
     "42501": Cause.NO_PERMISSION,  # insufficient_privilege, row-level security included
     "23514": Cause.OUT_OF_BOUNDS,  # check_violation
+    "55P03": Cause.BUSY,  # lock_not_available: lock_timeout ran out (or NOWAIT)
+    "25006": Cause.READ_ONLY,  # read_only_sql_transaction
+    "53100": Cause.READ_ONLY,  # disk_full
 }
 
 #: SQLSTATE classes of a connection that is gone or a server that will not serve: 08
@@ -58,6 +67,10 @@ SQLITE_TEXT: tuple[tuple[str, Cause], ...] = (
     ("has no column named", Cause.OLD_SCHEMA),  # in an INSERT's column list
     ("on conflict clause does not match any primary key or unique constraint", Cause.OLD_SCHEMA),
     ("check constraint failed", Cause.OUT_OF_BOUNDS),
+    # Its busy wait ran out: another connection held the write lock all along.
+    ("database is locked", Cause.BUSY),
+    ("attempt to write a readonly database", Cause.READ_ONLY),
+    ("database or disk is full", Cause.READ_ONLY),
 )
 #: SQLite's "database is locked" (its busy timeout ran out) is an operational error that
 #: does not mean the database is unreachable.
@@ -123,6 +136,10 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
             f"a job in {table} holds a value outside the table's bounds ({detail})",
             hint="correct the job's values (the constraint named says which) and try again",
         )
+    if cause is Cause.BUSY:
+        return DatabaseBusy(f"a lock on {table} stayed taken too long; nothing written ({detail})")
+    if cause is Cause.READ_ONLY:
+        return DatabaseReadOnly(f"the database refuses writes; nothing written ({detail})")
     if _unreachable(exc, text):
         return DatabaseUnavailable(f"database error: {detail}")
     return None

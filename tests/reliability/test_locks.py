@@ -1,0 +1,188 @@
+"""A long lock on the jobs table: a migration, or a DBA's ``LOCK TABLE ... IN ACCESS
+EXCLUSIVE MODE`` held for a while.
+
+Every statement of ours waits for a lock at most the queue's ``lock_timeout``: enqueue
+then fails with `DatabaseBusy` having written nothing, a worker backs off without
+crashing, and everything resumes once the lock is gone. On SQLite the analogue is another
+connection holding the write lock (``BEGIN EXCLUSIVE``), waited for just as long.
+The fast variants hold the lock for a few seconds with a lock timeout of half a second;
+the soak variant holds it for 30 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from jobqueue import AsyncJobQueue, DatabaseBusy, JobQueue, NewJob, Status, migrate
+from jobqueue.drivers.engines import make_engine
+from jobqueue.worker import Worker
+
+from .conftest import status_counts, wait_for
+
+LOCK_TIMEOUT = 0.5
+
+
+@contextmanager
+def table_locked(url: str, table: str) -> Iterator[None]:
+    """Another session holds the strongest lock on ``table`` while the block runs: on
+    PostgreSQL ``ACCESS EXCLUSIVE`` (what ALTER TABLE takes), on SQLite the database's
+    write lock (a transaction begun ``EXCLUSIVE``)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        assert u.database
+        conn = sqlite3.connect(u.database, isolation_level=None)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    dsn = u.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as holder:
+        holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        yield
+        holder.rollback()
+
+
+# -- enqueue -------------------------------------------------------------------------------
+
+
+def test_enqueue_fails_clearly_within_the_lock_timeout(migrated: tuple[str, str]) -> None:
+    url, table = migrated
+    with JobQueue(url, table=table, lock_timeout=LOCK_TIMEOUT) as q:
+        q.enqueue("image", {"before": True})
+        with table_locked(url, table):
+            for attempt in (
+                lambda: q.enqueue("image", {"n": 1}),
+                lambda: q.enqueue_many([NewJob(payload={"n": i}) for i in range(10)]),
+            ):
+                began = time.monotonic()
+                with pytest.raises(DatabaseBusy) as caught:
+                    attempt()
+                waited = time.monotonic() - began
+                assert LOCK_TIMEOUT * 0.8 <= waited < LOCK_TIMEOUT + 1.5, waited
+                assert "nothing written" in caught.value.message
+                assert "lock" in caught.value.hint
+        # Nothing of the refused calls was written, and the queue works at once.
+        assert status_counts(q) == {"pending": 1}
+        q.enqueue("image", {"after": True})
+        assert status_counts(q) == {"pending": 2}
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_async_enqueue_fails_clearly_on_both_drivers(
+    postgres_url: str, table_name: str, driver: str
+) -> None:
+    migrate(postgres_url, table=table_name)
+    url = make_url(postgres_url).set(drivername=f"postgresql+{driver}")
+    q = AsyncJobQueue(url, table=table_name, lock_timeout=LOCK_TIMEOUT)
+    try:
+        await q.enqueue("image", {})
+        with table_locked(postgres_url, table_name):
+            began = time.monotonic()
+            with pytest.raises(DatabaseBusy):
+                await q.enqueue("image", {"n": 1})
+            assert time.monotonic() - began < LOCK_TIMEOUT + 1.5
+        assert len(await q.list(limit=10)) == 1
+    finally:
+        await q.close()
+
+
+def test_the_lock_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch, postgres_url: str) -> None:
+    """The queue's argument, else ``JOBQUEUE_LOCK_TIMEOUT``, else 5 s; refused when it is no
+    number of seconds; not applied to an engine made by the caller."""
+    from jobqueue import ConfigurationError
+
+    def shown(**kwargs: Any) -> str:
+        engine = make_engine(postgres_url, **kwargs)
+        try:
+            with engine.connect() as conn:
+                return str(conn.exec_driver_sql("SHOW lock_timeout").scalar())
+        finally:
+            engine.dispose()
+
+    monkeypatch.delenv("JOBQUEUE_LOCK_TIMEOUT", raising=False)
+    assert shown() == "5s"
+    assert shown(lock_timeout=0.25) == "250ms"
+    monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "2")
+    assert shown() == "2s"
+    monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="JOBQUEUE_LOCK_TIMEOUT"):
+        shown()
+    with pytest.raises(ConfigurationError, match="lock_timeout"):
+        shown(lock_timeout=0)
+    monkeypatch.delenv("JOBQUEUE_LOCK_TIMEOUT")
+    engine = make_engine(postgres_url)
+    try:
+        with pytest.raises(ConfigurationError, match="not to one passed in"):
+            JobQueue(engine, lock_timeout=1)
+    finally:
+        engine.dispose()
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+async def _drain_through_a_lock(url: str, table: str, *, jobs: int, hold: float) -> None:
+    """A worker is busy when the lock comes: it stops claiming, does not crash, and once the
+    lock goes it drains every job, each run and completed exactly once."""
+    with JobQueue(url, table=table) as setup:
+        ids = {j.id for j in setup.enqueue_many([NewJob(kind="echo") for _ in range(jobs)])}
+    runs: collections.Counter[Any] = collections.Counter()
+
+    async def echo(job: Any, ctx: Any) -> dict[str, bool]:
+        runs[job.id] += 1
+        await asyncio.sleep(0.005)
+        return {"ok": True}
+
+    q = AsyncJobQueue(url, table=table, lock_timeout=LOCK_TIMEOUT)
+    worker = Worker(q, {"echo": echo}, concurrency=4, lease=30, poll_interval=0.1)
+    serving = asyncio.create_task(worker.run())
+    try:
+        await asyncio.to_thread(wait_for, lambda: sum(runs.values()) >= 20, 30, "first runs")
+        with table_locked(url, table):
+            # Handlers already running finish; after that nothing new may start.
+            await asyncio.sleep(LOCK_TIMEOUT * 2 + 0.5)
+            during = sum(runs.values())
+            await asyncio.sleep(hold)
+            assert sum(runs.values()) == during, "a job started while the table was locked"
+            assert not serving.done(), "the worker ended during the lock"
+        assert during < jobs
+        await asyncio.to_thread(wait_for, lambda: set(runs) == ids, 60, "every job to run")
+        with JobQueue(url, table=table) as check:
+            await asyncio.to_thread(
+                wait_for, lambda: status_counts(check) == {"completed": jobs}, 30, "completions"
+            )
+            assert {(await q.get(i)).status for i in list(ids)[:20]} == {Status.COMPLETED}
+        assert set(runs.values()) == {1}, "a job ran twice"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(serving, 30)
+        await q.close()
+
+
+async def test_a_worker_waits_out_a_lock_and_drains_exactly_once(
+    migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, table = migrated
+    with caplog.at_level(logging.WARNING, logger="jobqueue"):
+        await _drain_through_a_lock(url, table, jobs=300, hold=2.0)
+    assert "DatabaseBusy" in caplog.text, "the worker did not say why it waited"
+
+
+@pytest.mark.soak
+async def test_a_thirty_second_lock(migrated: tuple[str, str]) -> None:
+    url, table = migrated
+    await _drain_through_a_lock(url, table, jobs=3_000, hold=30.0)
