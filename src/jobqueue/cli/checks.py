@@ -154,9 +154,10 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
             counts = count_jobs(q)
             paused = _paused_check(q)
             workers = _workers_check(q, counts)
+            writes = _writes_check(q)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
-    checks = [Check("access", "ok", f"can read {table}")]
+    checks = [Check("access", "ok", f"can read {table}"), writes]
     if counts.expired:
         checks.append(
             Check(
@@ -190,6 +191,51 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
         checks.append(Check("backlog", "ok", f"{counts.pending} pending, none overdue"))
     checks.append(workers)
     return checks
+
+
+def refuses_writes(q: JobQueue) -> str | None:
+    """Why the database would refuse a write now, read without writing: a new session of
+    PostgreSQL's that begins read-only (``default_transaction_read_only``, as a provider
+    sets when the disk fills up) or a standby; a SQLite connection made read-only. None
+    when it would take one (a disk that is full shows only when a write fails: then
+    workers log `DatabaseReadOnly` and back off)."""
+    with q.engine.connect() as conn:
+        if q.is_postgres:
+            read_only, standby = conn.exec_driver_sql(
+                "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()"
+            ).one()
+            if standby:
+                return "the server is a standby (in recovery)"
+            return (
+                "new sessions begin read-only (default_transaction_read_only)"
+                if read_only
+                else None
+            )
+        if conn.exec_driver_sql("PRAGMA query_only").scalar():
+            return "the connection is read-only (PRAGMA query_only)"
+    return None
+
+
+def _writes_check(q: JobQueue) -> Check:
+    """Whether the database takes writes: while it refuses them enqueue fails with
+    `DatabaseReadOnly` and workers back off, keeping the outcomes they hold."""
+    from ..drivers.errors import translated_errors
+
+    try:
+        with translated_errors(q.table_name):
+            why = refuses_writes(q)
+    except JobQueueError as exc:
+        return Check("writes", "warn", f"cannot tell: {exc.message}", exc.hint)
+    if why is None:
+        return Check("writes", "ok", "the database takes writes")
+    return Check(
+        "writes",
+        "fail",
+        f"the database refuses writes: {why}; enqueue fails and workers back off, holding "
+        "the outcomes of running jobs until writes come back",
+        "make it writable again (free disk space, ALTER DATABASE ... RESET "
+        "default_transaction_read_only, or point at the primary)",
+    )
 
 
 def _paused_check(q: JobQueue) -> Check:

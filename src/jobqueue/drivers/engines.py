@@ -23,6 +23,7 @@ from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, redact
 from ..models import END_OF_TIME, START_OF_TIME
+from .errors import session_refuses_writes
 
 DEFAULT_URL = "sqlite:///jobqueue.db"
 URL_ENV = "JOBQUEUE_DATABASE_URL"
@@ -193,6 +194,19 @@ def begin_immediate(raw: sqlite3.Connection) -> None:
     finally:
         # Every other wait (a reader during recovery, a checkpoint) keeps the long timeout.
         raw.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+
+
+def _drop_read_only_sessions(sync_engine: Engine) -> None:
+    """A connection whose session refuses writes (`session_refuses_writes`) is handled as
+    a lost one: SQLAlchemy drops it and every pooled connection opened before it, so that
+    once the database takes writes again (read-only lifted, disk space freed) the next
+    connections are new sessions that see it. The error itself is raised as ever
+    (`jobqueue.errors.DatabaseReadOnly`)."""
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if session_refuses_writes(context.original_exception):
+            context.is_disconnect = True
 
 
 def _lenient_text(data: bytes) -> str:
@@ -393,6 +407,7 @@ def make_engine(
         _setup_sqlite(engine, round(wait * 1000))
     else:
         _setup_postgres(engine)
+    _drop_read_only_sessions(engine)
     return engine
 
 
@@ -411,6 +426,7 @@ def make_async_engine(
         _setup_sqlite(engine.sync_engine, round(wait * 1000))
     else:
         _setup_postgres(engine.sync_engine)
+    _drop_read_only_sessions(engine.sync_engine)
     return engine
 
 

@@ -88,6 +88,22 @@ def sqlstate(error: BaseException | None) -> str | None:
     return code if isinstance(code, str) else None
 
 
+#: SQLSTATE of a write refused because the session began read-only
+#: (``default_transaction_read_only``, which a session reads once, when it starts).
+READ_ONLY_SESSION = "25006"
+
+
+def session_refuses_writes(error: BaseException | None) -> bool:
+    """Whether ``error`` says this session will refuse every write, whatever the database
+    says now: a PostgreSQL session begun while the database was read-only keeps that
+    default for as long as it lives, and a SQLite connection that opened its file
+    read-only stays so. Such a connection is dropped (`jobqueue.drivers.engines`,
+    `jobqueue.drivers.raw`), so that once writes are back the next one accepts them."""
+    if sqlstate(error) == READ_ONLY_SESSION:
+        return True
+    return _from_sqlite(error) and "readonly database" in str(error).lower()
+
+
 def _cause(orig: BaseException | None, text: str) -> Cause | None:
     code = sqlstate(orig)
     if code is not None:

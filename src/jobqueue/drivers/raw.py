@@ -20,6 +20,8 @@ from sqlalchemy import Connection, Dialect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .errors import session_refuses_writes
+
 #: The drivers (SQLAlchemy's names for them) whose connections the fast path and COPY use.
 SUPPORTED = frozenset({"psycopg", "psycopg_async", "asyncpg"})
 #: SQLite's drivers, whose connections the fast path uses in the queue's own transactions.
@@ -70,11 +72,12 @@ def lost(raw: Any) -> bool:
 @contextmanager
 def driver_errors(conn: Connection, raw: Any, sql: str) -> Iterator[None]:
     """Driver errors of a statement run on ``raw`` as SQLAlchemy would raise them, and a
-    lost connection invalidated (as SQLAlchemy does: the pool must not hand it out again)."""
+    lost connection invalidated (as SQLAlchemy does: the pool must not hand it out again),
+    as is one whose session refuses writes (`session_refuses_writes`)."""
     try:
         yield
     except Exception as exc:
-        if lost(raw):
+        if lost(raw) or session_refuses_writes(exc):
             conn.invalidate()
         _reraise(sql, exc, raw)
 
@@ -85,7 +88,7 @@ async def driver_errors_async(conn: AsyncConnection, raw: Any, sql: str) -> Asyn
     try:
         yield
     except Exception as exc:
-        if lost(raw):
+        if lost(raw) or session_refuses_writes(exc):
             await conn.invalidate()
         _reraise(sql, exc, raw)
 
