@@ -186,3 +186,81 @@ async def test_a_worker_waits_out_a_lock_and_drains_exactly_once(
 async def test_a_thirty_second_lock(migrated: tuple[str, str]) -> None:
     url, table = migrated
     await _drain_through_a_lock(url, table, jobs=3_000, hold=30.0)
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+@contextmanager
+def table_read(url: str, table: str) -> Iterator[None]:
+    """A long transaction that read ``table`` (a report, a backup): it holds ``ACCESS
+    SHARE``, which an ALTER TABLE must wait for."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as holder:
+        holder.execute(f'SELECT count(*) FROM "{table}"')
+        yield
+        holder.rollback()
+
+
+def _revision_and_index(url: str, table: str) -> tuple[str | None, bool]:
+    from jobqueue.migrations import schema_state
+
+    with JobQueue(url, table=table) as q, q.engine.connect() as conn:
+        index = conn.exec_driver_sql(
+            "SELECT to_regclass(%s) IS NOT NULL", (f'"{table}_done_idx"',)
+        ).scalar()
+    return schema_state(url, table=table).current, bool(index)
+
+
+def test_a_migration_gives_up_whole_after_its_tries(postgres_url: str, table_name: str) -> None:
+    """From 0005: 0006 builds an index (no conflict with a reader), 0007 alters the table
+    (waits for the reader). The run gives up after its tries, and rolls back all of it,
+    0006's index included."""
+    migrate(postgres_url, table=table_name, revision="0005")
+    with table_read(postgres_url, table_name):
+        began = time.monotonic()
+        with pytest.raises(DatabaseBusy, match="gave up after 2 tries") as caught:
+            migrate(postgres_url, table=table_name, lock_timeout=0.2, attempts=2)
+        assert time.monotonic() - began < 5
+        assert "nothing was changed" in caught.value.message
+        assert "pg_locks" in caught.value.hint
+    assert _revision_and_index(postgres_url, table_name) == ("0005", False)
+    migrate(postgres_url, table=table_name)
+    from jobqueue.migrations import head_revision
+
+    assert _revision_and_index(postgres_url, table_name) == (head_revision(), True)
+
+
+def test_a_migration_retries_and_the_queue_keeps_moving(
+    postgres_url: str, table_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a migration waits for a reader to finish, its short tries let enqueue through
+    in between; once the reader is done the migration succeeds."""
+    import threading
+
+    from jobqueue.migrations import head_revision
+
+    migrate(postgres_url, table=table_name, revision="0005")
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(postgres_url, table=table_name, lock_timeout=0.2, attempts=20)
+        except BaseException as exc:
+            failed.append(exc)
+
+    caplog.set_level(logging.WARNING, logger="jobqueue.migrations")
+    with JobQueue(postgres_url, table=table_name, lock_timeout=3) as q:
+        with table_read(postgres_url, table_name):
+            migration = threading.Thread(target=run)
+            migration.start()
+            wait_for(lambda: "met a lock held too long" in caplog.text, 10, "a retry")
+            for _ in range(5):
+                began = time.monotonic()
+                q.enqueue("image", {})
+                assert time.monotonic() - began < 1.5, "enqueue queued behind the migration"
+            assert migration.is_alive()
+        migration.join(60)
+        assert not migration.is_alive() and not failed, failed
+        assert _revision_and_index(postgres_url, table_name) == (head_revision(), True)
+        assert len(q.list(limit=10)) == 5

@@ -10,6 +10,7 @@ our history and the host's never meet.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,20 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, inspect, make_url, text
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from alembic import command
 
 from ..drivers.engines import database_url, make_engine, normalise_url
 from ..drivers.errors import translated_errors
-from ..errors import ConfigurationError, PermissionDenied
+from ..errors import ConfigurationError, DatabaseBusy, PermissionDenied
 from ..models import DEFAULT_TABLE
 from ..sql.table import (
     companion_table_names,
@@ -33,6 +42,8 @@ from ..sql.table import (
 from ..sql.table import version_table as version_table  # documented here too
 
 SCRIPT_LOCATION = "jobqueue:migrations"
+
+log = logging.getLogger("jobqueue.migrations")
 
 
 @dataclass(frozen=True)
@@ -128,32 +139,97 @@ def run_env(context: Any) -> None:
         engine.dispose()
 
 
+#: How long (seconds) one statement of a migration waits for a lock on PostgreSQL, and how
+#: many times a run that met a lock held longer is tried (all or nothing each time: the
+#: revisions run in one transaction). A DDL statement waiting for its lock blocks every
+#: statement that comes after it on the table, enqueue and claim included: a short wait
+#: given up and tried again later keeps the queue moving while, say, a long report reads
+#: the table.
+MIGRATION_LOCK_TIMEOUT = 2.0
+MIGRATION_ATTEMPTS = 10
+#: The longest pause between two tries (they grow from half a second).
+MIGRATION_RETRY_CAP = 15.0
+
+
 def migrate(
     url: str | URL | Engine | None = None,
     *,
     table: str = DEFAULT_TABLE,
     schema: str | None = None,
     revision: str = "head",
+    lock_timeout: float = MIGRATION_LOCK_TIMEOUT,
+    attempts: int = MIGRATION_ATTEMPTS,
 ) -> None:
     """Bring the database at ``url`` (an `Engine`, or ``JOBQUEUE_DATABASE_URL``) to
     ``revision``. Safe to run repeatedly and from several processes at once on PostgreSQL
-    (each run takes a transaction-level advisory lock first)."""
+    (each run takes a transaction-level advisory lock first).
+
+    Every revision runs in one transaction. On PostgreSQL each statement waits at most
+    ``lock_timeout`` seconds for its lock; a run that waited longer is rolled back whole
+    and tried again, ``attempts`` times in all, with growing pauses, and then fails with
+    `DatabaseBusy`, the database as it was (docs/operations.md lists what each revision
+    locks). On SQLite a run waits for the write lock as every writer does."""
+    if not 0 < lock_timeout < 86_400 or attempts < 1:
+        raise ConfigurationError(
+            f"migrate needs a lock_timeout in (0, 86400) seconds and attempts >= 1, not "
+            f"{lock_timeout!r} and {attempts!r}",
+        )
     cfg = _config(table, schema)
     engine = make_engine(url)
+    retrying = Retrying(
+        retry=retry_if_exception_type(DatabaseBusy),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.5, max=MIGRATION_RETRY_CAP) + wait_random(0, 0.5),
+        before_sleep=_log_lock_wait,
+        reraise=True,
+    )
     try:
-        with translated_errors(table), engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(
-                    "SELECT pg_advisory_xact_lock(hashtext('jobqueue:' || %s))",
-                    (f"{schema}.{table}",),
-                )
-                if schema is not None:
-                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+        retrying(_migrate_once, engine, cfg, table, schema, revision, lock_timeout)
+    except DatabaseBusy as exc:
+        raise DatabaseBusy(
+            f"migrating {table} gave up after {attempts} tries: another session held a lock "
+            f"it needs for longer than {lock_timeout:g}s each time; nothing was changed",
+            hint="find the holder in pg_locks / pg_stat_activity (a long transaction, a "
+            "LOCK TABLE) and run `jobqueue migrate` again once it is gone",
+        ) from exc
     finally:
         if not isinstance(url, Engine):
             engine.dispose()
+
+
+def _migrate_once(
+    engine: Engine,
+    cfg: Config,
+    table: str,
+    schema: str | None,
+    revision: str,
+    lock_timeout: float,
+) -> None:
+    """One try of `migrate`: all its revisions in one transaction."""
+    with translated_errors(table), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Another migration of this table is waited for as long as it runs...
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+            conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtext('jobqueue:' || %s))",
+                (f"{schema}.{table}",),
+            )
+            # ...but the table's users only as long as a short wait (see migrate).
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout * 1000))}")
+            if schema is not None:
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def _log_lock_wait(state: RetryCallState) -> None:
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning(
+        "migration try %d met a lock held too long (rolled back, nothing changed); "
+        "trying again in %.1fs",
+        state.attempt_number,
+        wait,
+    )
 
 
 def _offline(table: str, schema: str | None, url: str, spec: str) -> str:
