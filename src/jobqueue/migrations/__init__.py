@@ -69,6 +69,36 @@ class Target:
         return self.name
 
 
+@dataclass(frozen=True)
+class TableWork:
+    """What a revision does to an existing jobs table, declared by each revision as
+    ``TABLE_WORK`` (listed in docs/operations.md, and as a comment in `sql`'s script).
+
+    Each run of `migrate` holds the strongest lock any of its revisions takes until it
+    commits (one transaction), so the longest of them bounds how long enqueue and claim
+    wait (each for at most its own ``lock_timeout``, then `DatabaseBusy`)."""
+
+    #: The table lock PostgreSQL takes and what it holds it for.
+    locks: str
+    #: Whether PostgreSQL copies the whole table (none of ours does).
+    rewrites: bool
+    #: Whether SQLite copies the whole table.
+    sqlite_rewrites: bool
+
+    def comment(self) -> str:
+        """One SQL comment line for the PostgreSQL script."""
+        copies = "rewrites the table" if self.rewrites else "no rewrite"
+        return f"-- jobs table: {copies}; lock: {self.locks}"
+
+
+def table_work(revision: str) -> TableWork:
+    """The `TableWork` that ``revision`` declares."""
+    script = ScriptDirectory.from_config(_config(DEFAULT_TABLE, None)).get_revision(revision)
+    assert script is not None and script.module is not None
+    work: TableWork = script.module.TABLE_WORK
+    return work
+
+
 def target() -> Target:
     """The current run's target, for use inside revision scripts."""
     from alembic import context
@@ -290,6 +320,7 @@ def migration_statements(
         )
         out.append(
             f"-- revision {step.revision}: {step.doc.splitlines()[0]}\n"
+            f"{step.module.TABLE_WORK.comment()}\n"
             f"DO {_STEP_TAG} BEGIN IF {before} THEN EXECUTE {_SQL_TAG}\n{text}\n{_SQL_TAG}; "
             f"END IF; END {_STEP_TAG}"
         )
@@ -313,8 +344,23 @@ def sql(
     header = (
         f"-- jobqueue: the jobs table {where} and its version table {version_table(table)}\n"
         "-- Safe to run again: each revision runs only where the database stands before it.\n"
+        f"{LOCK_TIMEOUT_NOTE}"
     )
-    return f"{header}BEGIN;\n\n" + ";\n\n".join(statements) + ";\n\nCOMMIT;\n"
+    return (
+        f"{header}BEGIN;\n{LOCK_TIMEOUT_SQL};\n\n"
+        + ";\n\n".join(statements)
+        + ";\n\nCOMMIT;\n"
+    )
+
+
+#: The script's first statement: it waits for the jobs table's lock as `migrate` does, so
+#: that a paste while a long transaction reads the table fails (and changes nothing)
+#: instead of stalling every enqueue and claim behind it.
+LOCK_TIMEOUT_SQL = f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT:g}s'"
+LOCK_TIMEOUT_NOTE = (
+    f"-- Waits at most {MIGRATION_LOCK_TIMEOUT:g}s for each lock (\"canceling statement due to "
+    "lock timeout\": nothing changed; run it again).\n"
+)
 
 
 @dataclass(frozen=True)

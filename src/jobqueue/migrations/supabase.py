@@ -13,7 +13,7 @@ from ..drivers.errors import translated_errors
 from ..errors import ConfigurationError
 from ..models import DEFAULT_KIND, DEFAULT_QUEUE, DEFAULT_TABLE
 from ..sql.rls import ANONYMOUS_ROLE, DEFAULT_WORKER_ROLE, USER_ROLE, rls_statements
-from . import migration_statements
+from . import LOCK_TIMEOUT_NOTE, LOCK_TIMEOUT_SQL, migration_statements
 
 
 def supabase_script(
@@ -40,8 +40,13 @@ def supabase_script(
         f"-- jobqueue: the jobs table {where}, then its row-level security for Supabase\n"
         f"-- authenticated: insert and read own jobs; {worker_role}: everything; anon: nothing\n"
         "-- Safe to run again: revisions already applied are skipped.\n"
+        f"{LOCK_TIMEOUT_NOTE}"
     )
-    return f"{header}BEGIN;\n\n" + ";\n\n".join(statements) + ";\n\nCOMMIT;\n"
+    return (
+        f"{header}BEGIN;\n{LOCK_TIMEOUT_SQL};\n\n"
+        + ";\n\n".join(statements)
+        + ";\n\nCOMMIT;\n"
+    )
 
 
 def _check_prerequisites(conn: Connection, roles: tuple[str, ...]) -> None:

@@ -13,13 +13,20 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 from jobqueue.sql.dialect import DbNow, NewJobId, UTCDateTime, json_type
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="none: it creates the table",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 
 def upgrade() -> None:

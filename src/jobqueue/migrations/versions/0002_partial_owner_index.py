@@ -18,12 +18,20 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="ACCESS EXCLUSIVE (the old owner index is dropped) while it builds the new "
+    "one (seconds per million rows)",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 
 def _owner_index(where: sa.TextClause | None) -> None:

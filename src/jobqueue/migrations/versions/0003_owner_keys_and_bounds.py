@@ -34,13 +34,21 @@ import sqlalchemy as sa
 
 from alembic import op
 from jobqueue.errors import ConfigurationError
-from jobqueue.migrations import Target, target
+from jobqueue.migrations import TableWork, Target, target
 from jobqueue.sql.dialect import DbNow, NewJobId, UTCDateTime, json_type
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="ACCESS EXCLUSIVE while it rebuilds the idempotency index and scans the table to "
+    "validate the bounds (seconds per million rows)",
+    rewrites=False,
+    sqlite_rewrites=True,
+)
 
 FAILED_BY_MIGRATION = (
     "failed by migration 0003: this job holds values outside the table's bounds (its check "

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 from jobqueue.sql.dialect import DbNow, UTCDateTime, json_type
 from jobqueue.sql.table import workers_table_name
 
@@ -22,6 +22,13 @@ revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="none on the jobs table: it creates the live-workers table",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 
 def upgrade() -> None:

@@ -24,13 +24,21 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 from jobqueue.sql.dialect import DbNow, UTCDateTime, json_type
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="ACCESS EXCLUSIVE while it adds two columns, scans the table for their checks, "
+    "sets the turns of pending jobs and builds three indexes (seconds per million rows)",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 CHECKS = {
     # Written as the schema module renders them, so both describe the same constraint.

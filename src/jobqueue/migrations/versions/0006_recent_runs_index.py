@@ -17,12 +17,19 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="SHARE while it builds the recent-runs index: writes wait, reads go on",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 
 def upgrade() -> None:

@@ -21,13 +21,21 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from jobqueue.migrations import target
+from jobqueue.migrations import TableWork, target
 from jobqueue.sql.dialect import DbNow, Money, UTCDateTime
 
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="ACCESS EXCLUSIVE while it adds three columns and scans the table for their "
+    "checks (seconds per million rows)",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 #: The largest amount, as each database stores it (`jobqueue.models.MAX_COST`).
 MAX_PG = "1000000000000"

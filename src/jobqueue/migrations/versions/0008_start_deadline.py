@@ -25,12 +25,20 @@ import sqlalchemy as sa
 
 from alembic import op
 from jobqueue.errors import ConfigurationError
-from jobqueue.migrations import Target, target
+from jobqueue.migrations import TableWork, Target, target
 
 revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+#: What it does to an existing jobs table (docs/operations.md; a comment in `jobqueue sql`).
+TABLE_WORK = TableWork(
+    locks="ACCESS EXCLUSIVE while it adds a column, scans the table for the new status "
+    "check and builds the deadline index",
+    rewrites=False,
+    sqlite_rewrites=False,
+)
 
 # Written out, not derived from `jobqueue.models.Status`: a revision describes the schema
 # as it was at that revision, whatever statuses come later.
