@@ -29,6 +29,7 @@ from jobqueue.drivers.engines import make_engine
 from jobqueue.worker import Worker
 
 from .conftest import status_counts, wait_for
+from .test_pgbouncer import pgbouncer_port  # noqa: F401  (fixture: PgBouncer on loopback)
 
 LOCK_TIMEOUT = 0.5
 
@@ -130,6 +131,44 @@ def test_the_lock_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch, postgres
             JobQueue(engine, lock_timeout=1)
     finally:
         engine.dispose()
+
+
+def test_behind_a_transaction_pooler_the_roles_setting_bounds_the_wait(
+    postgres_url: str, table_name: str, request: pytest.FixtureRequest
+) -> None:
+    """Through PgBouncer (transaction mode) jobqueue sends no startup parameter, which
+    PgBouncer would refuse; the setting of the role (here of a database of the test's own,
+    which the server applies the same way) bounds the wait instead."""
+    port: int = request.getfixturevalue("pgbouncer_port")
+    admin = JobQueue(postgres_url)
+    name = f"{make_url(postgres_url).database}_pooled_locks"
+
+    def run(sql: str) -> None:
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(sql)
+
+    run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    run(f'CREATE DATABASE "{name}"')
+    try:
+        run(f"ALTER DATABASE \"{name}\" SET lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
+        direct = make_url(postgres_url).set(database=name)
+        migrate(direct, table=table_name)
+        pooled = direct.set(host="127.0.0.1", port=port).update_query_dict(
+            {"prepare_threshold": "none"}
+        )
+        with JobQueue(pooled, table=table_name) as q:
+            with q.engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "500ms"
+            q.enqueue("image", {})
+            with table_locked(direct.render_as_string(hide_password=False), table_name):
+                began = time.monotonic()
+                with pytest.raises(DatabaseBusy):
+                    q.enqueue("image", {})
+                assert time.monotonic() - began < LOCK_TIMEOUT + 1.5
+            assert status_counts(q) == {"pending": 1}
+    finally:
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 # -- workers -------------------------------------------------------------------------------

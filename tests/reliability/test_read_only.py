@@ -54,9 +54,8 @@ def own_database(postgres_url: str) -> Iterator[tuple[str, ReadOnly]]:
     run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     run(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False), (
-            read_only
-        )
+        url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        yield url, read_only
     finally:
         run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
