@@ -28,6 +28,7 @@ import os
 import random
 import secrets
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, bindparam, make_url, text
 
 from jobqueue import InvalidTransition, JobQueue, NewJob, Status
@@ -99,6 +101,23 @@ class Variant:
     settle_timeout: float = 120.0
     #: Checks beyond `ALWAYS` (see `CHECKS`); they run in the variants that name them.
     extra_checks: tuple[str, ...] = ()
+    #: Long locks (`long_lock`): another session holds the jobs table (PostgreSQL:
+    #: ``ACCESS EXCLUSIVE``; SQLite: the write lock) for between the two numbers of seconds
+    #: of ``lock``. The workers' ``lock_timeout`` (None: the default) decides whether they
+    #: wait it out or meet `DatabaseBusy` and back off.
+    locks: int = 0
+    lock: tuple[float, float] = (1.0, 3.0)
+    lock_timeout: float | None = None
+    #: PostgreSQL only: spells of a database that refuses writes (`read_only_spell`).
+    read_only_spells: int = 0
+    read_only: tuple[float, float] = (0.5, 2.0)
+    #: Silent partitions between the workers and PostgreSQL, each lasting between the two
+    #: numbers of seconds of ``partition``: played by `PARTITION`, which the TCP proxy of
+    #: tests/support/netproxy.py provides once the workers connect through it.
+    partitions: int = 0
+    partition: tuple[float, float] = (1.0, 6.0)
+    #: Each job's ``max_attempts`` is drawn from these.
+    attempts: tuple[int, ...] = (1, 2, 2, 3, 3, 4)
 
 
 COMMON_STEPS = {"ok": 55, "slow": 15, "save_task_id": 8, "raise": 14, "permanent": 3, "timeout": 1}
@@ -119,6 +138,8 @@ SHORT = Variant(
     cancels=12,
     retries=4,
     steps=COMMON_STEPS,
+    locks=1,
+    lock=(0.5, 1.5),
 )
 
 SOAK = Variant(
@@ -144,14 +165,75 @@ SOAK = Variant(
     extra_checks=("place_kept",),
 )
 
+#: The mixed soak (issue 18): every fault at random for ten minutes over four workers and
+#: 100,000 jobs that must all complete, each exactly once (the audit trigger counts the
+#: completions), and each paid job submitted to the provider once. Its plans only succeed
+#: (a job may still lose attempts to the faults, so it gets a few); no cancels or operator
+#: retries, which would end jobs otherwise. The workers' lock timeout is shorter than the
+#: locks, so they meet `DatabaseBusy` and back off.
+MIXED = Variant(
+    name="mixed",
+    jobs=100_000,
+    duration=600.0,
+    processes=4,
+    concurrency=(8, 16),
+    lease=6.0,
+    job_timeout=20.0,
+    slow=1.0,
+    kills=40,
+    graceful_restarts=10,
+    cancels=0,
+    retries=0,
+    steps={"ok": 70, "slow": 5, "paid": 25},
+    # Enough that the faults (a kill, a lost lease) never spend all of a job's attempts.
+    attempts=(25,),
+    outages=30,
+    locks=20,
+    lock=(1.0, 8.0),
+    lock_timeout=2.0,
+    read_only_spells=10,
+    read_only=(1.0, 8.0),
+    partitions=0,  # set once PARTITION is provided (tests/support/netproxy.py)
+    settle_timeout=1800.0,
+    extra_checks=("every_job_completed", "one_submission"),
+)
+
+
+def scaled(variant: Variant, share: float) -> Variant:
+    """``variant`` with its jobs, duration and faults scaled by ``share`` (at least one of
+    each fault it has): a quick run of the same mix."""
+
+    def n(count: int) -> int:
+        return max(1, round(count * share)) if count else 0
+
+    return replace(
+        variant,
+        name=f"{variant.name} x{share:g}",
+        jobs=max(50, round(variant.jobs * share)),
+        duration=max(10.0, variant.duration * share),
+        kills=n(variant.kills),
+        graceful_restarts=n(variant.graceful_restarts),
+        outages=n(variant.outages),
+        locks=n(variant.locks),
+        read_only_spells=n(variant.read_only_spells),
+        partitions=n(variant.partitions),
+    )
+
+
+#: Plays one partition of ``seconds`` between the workers and PostgreSQL and returns when
+#: it began and ended (database clock). None until the partitions work provides it.
+PARTITION: Callable[[float], tuple[datetime, datetime]] | None = None
+
 
 STALL_QUEUE = "stall"
 
 
-def plan_for(rng: random.Random, steps: dict[str, int]) -> tuple[list[str], int]:
+def plan_for(
+    rng: random.Random, steps: dict[str, int], attempts: Sequence[int] = (1, 2, 2, 3, 3, 4)
+) -> tuple[list[str], int]:
     """A job's plan (a step per attempt, drawn by the weights of ``steps``) and its
-    ``max_attempts``."""
-    max_attempts = rng.choice((1, 2, 2, 3, 3, 4))
+    ``max_attempts`` (drawn from ``attempts``)."""
+    max_attempts = rng.choice(attempts)
     names, weights = zip(*steps.items(), strict=True)
     plan = rng.choices(names, weights, k=max_attempts)
     # One more step for attempts a retry adds; a stall is followed by ordinary work.
@@ -422,6 +504,9 @@ class Evidence:
     stopped: set[str] = field(default_factory=set)  # sent SIGTERM
     #: Outages of the workers' PostgreSQL connections: (began, ended), database clock.
     outages: list[tuple[datetime, datetime]] = field(default_factory=list)
+    #: Long locks, read-only spells and partitions: (began, ended), database clock. No
+    #: write of a worker's lands meanwhile, its heartbeats included.
+    write_stops: list[tuple[datetime, datetime]] = field(default_factory=list)
     cancels: collections.Counter[uuid.UUID] = field(default_factory=collections.Counter)
     retries: collections.Counter[uuid.UUID] = field(default_factory=collections.Counter)
 
@@ -546,6 +631,8 @@ def lease_loss_explained(
     started = (claim.job, claim.new_attempts, claim.new_started, worker) in started_claims(ev)
     if terminated and (not started or worker in ev.stopped):
         return "an outage lost the claim's answer, or the stopping worker's writes"
+    if any(claim.at <= ended and began <= lost_at for began, ended in ev.write_stops):
+        return "a long lock, a read-only spell or a partition kept its heartbeats out"
     return None
 
 
@@ -841,6 +928,39 @@ def is_failure_retry(ev: Evidence, m: Move) -> bool:
     return not str(job.errors[m.old_errors].get("error", "")).startswith(LOST_LEASE)
 
 
+def check_every_job_completed(ev: Evidence) -> Findings:
+    """Every job ended ``completed`` and the audit trigger counted exactly one completion
+    for it (for variants whose plans only succeed)."""
+    completions = collections.Counter(m.job for m in ev.moves if kind_of(m) == "complete")
+    out = [
+        f"job {job_id} ended {job.status} after {completions[job_id]} completions"
+        for job_id, job in ev.jobs.items()
+        if job.status != Status.COMPLETED or completions[job_id] != 1
+    ]
+    missing = set(ev.plans) - set(ev.jobs)
+    out += [f"job {job_id} was enqueued and is gone" for job_id in sorted(missing)[:20]]
+    return out
+
+
+def check_one_submission(ev: Evidence) -> Findings:
+    """A paid job's task is submitted to the provider once: a handler submits only when
+    the job has no task id saved, so a second submission means the first one's id never
+    reached the database (its worker died, or lost the attempt, before the save landed)."""
+    saved = {(x.job, x.attempt, x.claim, x.worker) for x in ev.lines if x.event == "saved"}
+    by_job: dict[uuid.UUID, list[Line]] = collections.defaultdict(list)
+    for x in ev.lines:
+        if x.event == "submit":
+            by_job[x.job].append(x)
+    out = []
+    for job_id, submits in by_job.items():
+        for x in submits[:-1]:
+            if (x.job, x.attempt, x.claim, x.worker) in saved:
+                out.append(
+                    f"job {job_id}: submitted again after attempt {x.attempt} saved its task id"
+                )
+    return out
+
+
 #: The checks, by name. ``place_kept`` holds once a reaped job keeps its place in line; the
 #: variants that run it list it in `Variant.extra_checks`.
 CHECKS: dict[str, Callable[[Evidence], Findings]] = {
@@ -854,8 +974,12 @@ CHECKS: dict[str, Callable[[Evidence], Findings]] = {
     "concurrency": check_concurrency,
     "handlers_stopped_for_cause": check_handlers_stopped_for_cause,
     "place_kept": check_place_kept,
+    "every_job_completed": check_every_job_completed,
+    "one_submission": check_one_submission,
 }
-ALWAYS = tuple(name for name in CHECKS if name != "place_kept")
+#: Checks only some variants run (`Variant.extra_checks`).
+OPTIONAL = ("place_kept", "every_job_completed", "one_submission")
+ALWAYS = tuple(name for name in CHECKS if name not in OPTIONAL)
 
 
 def check(ev: Evidence, names: Sequence[str] | None = None) -> dict[str, Findings]:
@@ -956,6 +1080,69 @@ def outage(engine: Engine, seconds: float) -> tuple[datetime, datetime]:
     return began, ended
 
 
+def database_now(engine: Engine) -> datetime:
+    """The database's clock (on SQLite, the system's: what its statements use)."""
+    if engine.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    with engine.connect() as conn:
+        result = as_time(conn.execute(text("SELECT clock_timestamp()")).scalar_one())
+    assert result is not None
+    return result
+
+
+def long_lock(engine: Engine, url: str, table: str, seconds: float) -> tuple[datetime, datetime]:
+    """Another session holds the jobs table for ``seconds`` (PostgreSQL: ``ACCESS
+    EXCLUSIVE``, as a migration's ALTER TABLE; SQLite: the write lock); when it began and
+    ended."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        assert u.database
+        conn = sqlite3.connect(u.database, isolation_level=None)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            began = datetime.now(UTC)
+            time.sleep(seconds)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return began, datetime.now(UTC)
+    dsn = u.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, application_name="jq-drill-lock") as holder:
+        holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        began = database_now(engine)
+        time.sleep(seconds)
+        holder.rollback()
+    return began, database_now(engine)
+
+
+def read_only_spell(engine: Engine, seconds: float) -> tuple[datetime, datetime]:
+    """The database refuses the workers' writes for ``seconds`` (PostgreSQL): new sessions
+    begin read-only and the workers' open ones are ended. The drill's own sessions are
+    exempt (`drill_engine`). When it began and ended."""
+    with engine.begin() as conn:
+        name = conn.execute(text("SELECT current_database()")).scalar_one()
+        conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+    try:
+        began = terminate_worker_backends(engine)
+        time.sleep(seconds)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+    return began, database_now(engine)
+
+
+def drill_engine(url: str) -> Engine:
+    """The drill's own engine: on PostgreSQL it writes through read-only spells (its
+    sessions say so when they start) and waits out long locks, as an operator would."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return make_engine(url)
+    return make_engine(
+        url,
+        lock_timeout=600,
+        connect_args={"options": "-c default_transaction_read_only=off"},
+    )
+
+
 @contextmanager
 def drill_workers(url: str, table: str, directory: Path) -> Iterator[Workers]:
     workers = Workers(worker_url(url), table, directory, target=drill_worker.main)
@@ -993,8 +1180,12 @@ def schedule(rng: random.Random, variant: Variant, postgres: bool) -> list[tuple
     cancels = ("cancel-pending", "cancel-running")
     events += [(rng.uniform(0, d), rng.choice(cancels)) for _ in range(variant.cancels)]
     events += [(rng.uniform(d / 3, d), "retry") for _ in range(variant.retries)]
+    events += [(rng.uniform(0.1, d), "lock") for _ in range(variant.locks)]
     if postgres:
         events += [(rng.uniform(0.1, d), "outage") for _ in range(variant.outages)]
+        events += [(rng.uniform(0.1, d), "read-only") for _ in range(variant.read_only_spells)]
+        if PARTITION is not None:
+            events += [(rng.uniform(0.1, d), "partition") for _ in range(variant.partitions)]
     return sorted(events)
 
 
@@ -1003,10 +1194,10 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
     caller with `check`."""
     began = time.monotonic()
     rng = random.Random(seed)
-    engine = make_engine(url)
+    engine = drill_engine(url)
     install_audit(engine, table)
     postgres = engine.dialect.name == "postgresql"
-    queue = JobQueue(url, table=table)
+    queue = JobQueue(engine, table=table)
     counts: collections.Counter[str] = collections.Counter()
     plans: dict[uuid.UUID, list[str]] = {}
     concurrency: dict[str, int] = {}
@@ -1040,6 +1231,7 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 stall=stall,
                 grace=0.5,
                 poll_interval=0.3,
+                lock_timeout=variant.lock_timeout,
             )
             concurrency[worker_id] = n
             queue_of[worker_id] = queue_name
@@ -1082,7 +1274,7 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 for _ in range(n):
                     stalls = rng.random() < variant.stall_share
                     plan, max_attempts = plan_for(
-                        rng, variant.stall_steps if stalls else variant.steps
+                        rng, variant.stall_steps if stalls else variant.steps, variant.attempts
                     )
                     new.append(
                         NewJob(
@@ -1095,7 +1287,7 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                             delay=rng.choice((None,) * 5 + (rng.uniform(0.5, 3.0),)),
                         )
                     )
-                if not plans:
+                if not plans and "every_job_completed" not in variant.extra_checks:
                     # One job that ends failed whatever happens to it (the drill never
                     # cancels or retries it): a run always has every final status to check.
                     new[0] = replace(new[0], payload={"plan": ["permanent"]}, max_attempts=1)
@@ -1155,6 +1347,16 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
             elif event == "outage":
                 ev.outages.append(outage(engine, rng.uniform(*variant.outage)))
                 counts["outage"] += 1
+            elif event == "lock":
+                ev.write_stops.append(long_lock(engine, url, table, rng.uniform(*variant.lock)))
+                counts["long lock"] += 1
+            elif event == "read-only":
+                ev.write_stops.append(read_only_spell(engine, rng.uniform(*variant.read_only)))
+                counts["read-only spell"] += 1
+            elif event == "partition":
+                assert PARTITION is not None
+                ev.write_stops.append(PARTITION(rng.uniform(*variant.partition)))
+                counts["partition"] += 1
 
         def left() -> int:
             dead = [w for w in alive if not workers.procs[w].is_alive()]
@@ -1203,6 +1405,7 @@ def drill(url: str, table: str, directory: Path, variant: Variant) -> Run:
 
 __all__ = [
     "CHECKS",
+    "MIXED",
     "SHORT",
     "SOAK",
     "Evidence",

@@ -10,7 +10,10 @@ last entry for later attempts) says what this attempt does:
 - ``permanent``: fails with an error marked ``retryable = False`` (failed at once);
 - ``timeout``: sleeps far past the worker's ``job_timeout``;
 - ``stall``: blocks the event loop (``time.sleep``) past the lease, for up to
-  ``--stall`` seconds, as a long GC pause or a blocking call would, then as ``ok``.
+  ``--stall`` seconds, as a long GC pause or a blocking call would, then as ``ok``;
+- ``paid``: as a paid provider generation: submits a task (a ``submit`` line) and saves its
+  id before going on (a ``saved`` line once written) unless the job has one saved
+  already, which it resumes, as `DefAPIGenerator` does; then as ``ok``.
 
 Every handler call appends one line to the ``--executions`` file when it starts and one
 when it ends (whatever ends it), each a single ``O_APPEND`` write of a JSON object, so a
@@ -83,12 +86,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stall", type=float, default=0.0, help="stall steps block this long")
     p.add_argument("--retry-base", type=float, default=0.05)
     p.add_argument("--retry-cap", type=float, default=0.5)
+    p.add_argument("--lock-timeout", type=float, default=None)
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
     queue = AsyncJobQueue(
-        args.url, table=args.table, retry_backoff=(args.retry_base, args.retry_cap)
+        args.url,
+        table=args.table,
+        retry_backoff=(args.retry_base, args.retry_cap),
+        lock_timeout=args.lock_timeout,
     )
     fd = os.open(args.executions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     rng = random.Random(f"{args.seed}:{args.worker_id}")
@@ -105,7 +112,11 @@ async def serve(args: argparse.Namespace) -> None:
         record("start", job, claim, step=step)
         outcome = "ok"
         try:
-            if step in ("ok", "save_task_id", "stall"):
+            if step in ("ok", "save_task_id", "stall", "paid"):
+                if step == "paid" and job.remote_task_id is None:
+                    record("submit", job, claim)
+                    await ctx.save_remote_task_id(f"paid-{job.id}-{job.attempts}")
+                    record("saved", job, claim)
                 if step == "save_task_id":
                     await ctx.save_remote_task_id(f"task-{job.id}-{job.attempts}")
                 if step == "stall":

@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url
 
 from jobqueue import JobQueue, Status
 from jobqueue.drivers.engines import make_engine
 
 from . import drill
-from .drill import SHORT, SOAK, Evidence, check, install_audit, read_audit
+from .drill import MIXED, SHORT, SOAK, Evidence, check, install_audit, read_audit
 
 
 def test_the_short_drill_breaks_no_invariant(migrated: tuple[str, str], tmp_path: Path) -> None:
@@ -54,6 +55,7 @@ def test_the_short_drill_breaks_no_invariant(migrated: tuple[str, str], tmp_path
     # The run did what it is meant to check: without these the checks would pass vacuously.
     assert counts["kill -9"] + counts["kill -9 (idle)"] == SHORT.kills
     assert counts["graceful restart"] == SHORT.graceful_restarts
+    assert counts["long lock"] == SHORT.locks
     assert counts["cancel-pending"] + counts["cancel-running"] > 0, counts
     statuses = {j.status for j in ev.jobs.values()}
     assert {Status.COMPLETED, Status.FAILED} <= statuses, statuses
@@ -63,6 +65,35 @@ def test_the_short_drill_breaks_no_invariant(migrated: tuple[str, str], tmp_path
 def test_the_soak_drill_breaks_no_invariant(migrated: tuple[str, str], tmp_path: Path) -> None:
     url, table = migrated
     drill.drill(url, table, tmp_path, SOAK)
+
+
+def _mixed(url: str, table: str, directory: Path, variant: drill.Variant) -> None:
+    run = drill.drill(url, table, directory, variant)
+    postgres = make_url(url).get_backend_name() == "postgresql"
+    faults = {"long lock": variant.locks}
+    if postgres:
+        faults.update({"outage": variant.outages, "read-only spell": variant.read_only_spells})
+    assert {k: run.counts[k] for k in faults} == faults, run.counts
+    assert run.counts["kill -9"] + run.counts["kill -9 (idle)"] == variant.kills
+    submits = sum(x.event == "submit" for x in run.evidence.lines)
+    paid = sum("paid" in plan for plan in run.evidence.plans.values())
+    print(f"{variant.name}: {paid} paid jobs, {submits} submissions")
+
+
+@pytest.mark.soak
+def test_the_mixed_soak_completes_every_job_once(migrated: tuple[str, str], tmp_path: Path) -> None:
+    """Issue 18's mixed soak: ten minutes of every fault over four workers and 100,000
+    jobs (`drill.MIXED`); every job completed exactly once, each paid job submitted once
+    unless its task id never reached the database."""
+    url, table = migrated
+    _mixed(url, table, tmp_path, MIXED)
+
+
+@pytest.mark.soak
+def test_a_short_mixed_soak(migrated: tuple[str, str], tmp_path: Path) -> None:
+    """The same mix, a fiftieth as long: every fault at least once in twelve seconds."""
+    url, table = migrated
+    _mixed(url, table, tmp_path, drill.scaled(MIXED, 0.02))
 
 
 # -- the checks catch what they claim to --------------------------------------------------
