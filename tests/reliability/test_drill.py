@@ -33,6 +33,7 @@ short run's SIGKILLs lead to reaps too.
 
 from __future__ import annotations
 
+import collections
 import json
 import uuid
 from pathlib import Path
@@ -75,9 +76,12 @@ def _mixed(url: str, table: str, directory: Path, variant: drill.Variant) -> Non
         faults.update({"outage": variant.outages, "read-only spell": variant.read_only_spells})
     assert {k: run.counts[k] for k in faults} == faults, run.counts
     assert run.counts["kill -9"] + run.counts["kill -9 (idle)"] == variant.kills
-    submits = sum(x.event == "submit" for x in run.evidence.lines)
-    paid = sum("paid" in plan for plan in run.evidence.plans.values())
-    print(f"{variant.name}: {paid} paid jobs, {submits} submissions")
+    submits = collections.Counter(x.job for x in run.evidence.lines if x.event == "submit")
+    again = sum(n > 1 for n in submits.values())
+    print(
+        f"{variant.name}: {len(submits)} paid jobs submitted, {sum(submits.values())} "
+        f"submissions ({again} jobs twice or more: their first task id never landed)"
+    )
 
 
 @pytest.mark.soak
