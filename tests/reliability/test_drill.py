@@ -25,7 +25,12 @@ On SQLite a stall is also a test of the write lock: a worker whose event loop st
 still must not hold it (every other worker's heartbeats would wait, and ``error_history``
 would find leases lost by live, unstalled workers).
 
-Both runs cancel handlers in the middle of their writes through the context.
+Both runs cancel handlers in the middle of their writes through the context, and hold
+the jobs table for a while (a long lock).
+
+The mixed soak (`drill.MIXED`) mixes every fault for ten minutes over 100,000 jobs that
+must all complete, each exactly once, with each paid job submitted once; a short variant
+runs the same mix at a fiftieth of the size.
 
 ``place_kept`` (a reaped job keeps its place in line) runs in the soak run only, since the
 short run's SIGKILLs lead to reaps too.
