@@ -119,7 +119,12 @@ def _config(table: str, schema: str | None) -> Config:
 
 
 def run_env(context: Any) -> None:
-    """The body of ``env.py``: configure Alembic for our table and run the revisions."""
+    """The body of ``env.py``: configure Alembic for our table and run the revisions.
+
+    Run by the ``alembic`` command itself (not through `migrate`), its engine comes from
+    `make_engine`, so every statement waits for a lock at most the engine's lock timeout
+    (`jobqueue.drivers.engines.lock_timeout_of`) and then fails, the revisions rolled back
+    with it; `migrate` adds a shorter wait and the retries."""
     cfg = context.config
     x = context.get_x_argument(as_dictionary=True)
     table = cfg.attributes.get("jobqueue_table") or x.get("table") or DEFAULT_TABLE
