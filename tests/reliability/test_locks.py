@@ -15,9 +15,10 @@ import asyncio
 import collections
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
@@ -55,6 +56,34 @@ def table_locked(url: str, table: str) -> Iterator[None]:
         holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
         yield
         holder.rollback()
+
+
+@asynccontextmanager
+async def table_locked_aside(url: str, table: str) -> AsyncIterator[None]:
+    """`table_locked`, taken, held and given back by a thread of its own: taking the lock
+    may wait for a statement of a worker on this event loop, which needs the loop to
+    finish it (a blocking call here would wait for it for ever)."""
+    taken, done = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with table_locked(url, table):
+                taken.set()
+                done.wait(300)
+        except BaseException as exc:
+            failed.append(exc)
+            taken.set()
+
+    holder = asyncio.create_task(asyncio.to_thread(hold))
+    await asyncio.to_thread(taken.wait, 60)
+    if failed:
+        raise failed[0]
+    try:
+        yield
+    finally:
+        done.set()
+        await holder
 
 
 # -- enqueue -------------------------------------------------------------------------------
@@ -191,7 +220,7 @@ async def _drain_through_a_lock(url: str, table: str, *, jobs: int, hold: float)
     serving = asyncio.create_task(worker.run())
     try:
         await asyncio.to_thread(wait_for, lambda: sum(runs.values()) >= 20, 30, "first runs")
-        with table_locked(url, table):
+        async with table_locked_aside(url, table):
             # Handlers already running finish; after that nothing new may start.
             await asyncio.sleep(LOCK_TIMEOUT * 2 + 0.5)
             during = sum(runs.values())
@@ -275,8 +304,6 @@ def test_a_migration_retries_and_the_queue_keeps_moving(
 ) -> None:
     """While a migration waits for a reader to finish, its short tries let enqueue through
     in between; once the reader is done the migration succeeds."""
-    import threading
-
     from jobqueue.migrations import head_revision
 
     migrate(postgres_url, table=table_name, revision="0005")
