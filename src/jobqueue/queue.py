@@ -75,9 +75,12 @@ from .models import (
 )
 from .operations import Access, Operation, presence
 from .operations import limits as limit_ops
+from .operations import schedules as schedule_ops
 from .operations.position import PositionCache, position
+from .operations.schedules import Schedule, ScheduleRound, ScheduleSpec
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
+from .sql.schedules import ScheduleStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
 from .validation import QueueLimits, new_job_row, new_job_rows, parse_job_id, seconds_of
@@ -211,6 +214,7 @@ class _QueueBase(Generic[E]):
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
         self.worker_statements = PresenceStatements(self.table, self.dialect)
+        self.schedule_statements = ScheduleStatements(self.table, self.dialect)
         self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
@@ -641,6 +645,67 @@ class JobQueue(_QueueBase[Engine]):
         longer held."""
         return self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
+    # -- periodic jobs (see jobqueue.operations.schedules) -------------------------------------
+
+    def add_schedule(
+        self,
+        name: str,
+        *,
+        kind: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        queue: str = DEFAULT_QUEUE,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "once",
+        enabled: bool = True,
+    ) -> Schedule:
+        """Create the schedule ``name``, or replace its definition: a job of ``kind`` (in
+        ``queue``, with ``payload`` and ``priority``) at each tick of ``cron`` (a cron
+        expression read in ``timezone``; needs the ``cron`` extra) or ``every`` seconds.
+        Every worker's scheduler watches it, and each tick makes exactly one job. Ticks
+        missed while no worker ran: ``missed="once"`` enqueues one job for the latest,
+        ``"skip"`` none. Its next tick is the first after now, or kept when only the job's
+        values change. Returns the schedule as stored."""
+        spec = schedule_ops.define_schedule(
+            name,
+            kind=kind,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            queue=queue,
+            payload=payload,
+            priority=priority,
+            missed=missed,
+            enabled=enabled,
+            limits=self.limits,
+        )
+        return self._run(schedule_ops.add_schedule(self.schedule_statements, spec))
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name, with its next and last tick."""
+        return self._run(schedule_ops.list_schedules(self.schedule_statements))
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; whether there was one. The jobs it made stay."""
+        return self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
+
+    def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
+        """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),
+        in one transaction: what a worker does with its registry's schedules at start."""
+        return self._run(schedule_ops.declare_schedules(self.schedule_statements, specs))
+
+    def run_schedules(self) -> ScheduleRound:
+        """One scheduler round: enqueue a job for each schedule whose tick has come (by the
+        database clock) and move it on to its next tick, exactly once however many callers
+        run it at the same time. Workers run it on a timer."""
+        return self._run(
+            schedule_ops.run_schedules(
+                self.schedule_statements, self.statements, self.limits, self._placement
+            )
         )
 
     # -- workers -----------------------------------------------------------------------------
@@ -1153,6 +1218,67 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         longer held."""
         return await self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
+    # -- periodic jobs (see jobqueue.operations.schedules) -------------------------------------
+
+    async def add_schedule(
+        self,
+        name: str,
+        *,
+        kind: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        queue: str = DEFAULT_QUEUE,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "once",
+        enabled: bool = True,
+    ) -> Schedule:
+        """Create the schedule ``name``, or replace its definition: a job of ``kind`` (in
+        ``queue``, with ``payload`` and ``priority``) at each tick of ``cron`` (a cron
+        expression read in ``timezone``; needs the ``cron`` extra) or ``every`` seconds.
+        Every worker's scheduler watches it, and each tick makes exactly one job. Ticks
+        missed while no worker ran: ``missed="once"`` enqueues one job for the latest,
+        ``"skip"`` none. Its next tick is the first after now, or kept when only the job's
+        values change. Returns the schedule as stored."""
+        spec = schedule_ops.define_schedule(
+            name,
+            kind=kind,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            queue=queue,
+            payload=payload,
+            priority=priority,
+            missed=missed,
+            enabled=enabled,
+            limits=self.limits,
+        )
+        return await self._run(schedule_ops.add_schedule(self.schedule_statements, spec))
+
+    async def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name, with its next and last tick."""
+        return await self._run(schedule_ops.list_schedules(self.schedule_statements))
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; whether there was one. The jobs it made stay."""
+        return await self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
+
+    async def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
+        """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),
+        in one transaction: what a worker does with its registry's schedules at start."""
+        return await self._run(schedule_ops.declare_schedules(self.schedule_statements, specs))
+
+    async def run_schedules(self) -> ScheduleRound:
+        """One scheduler round: enqueue a job for each schedule whose tick has come (by the
+        database clock) and move it on to its next tick, exactly once however many callers
+        run it at the same time. Workers run it on a timer."""
+        return await self._run(
+            schedule_ops.run_schedules(
+                self.schedule_statements, self.statements, self.limits, self._placement
+            )
         )
 
     async def claim(
