@@ -129,6 +129,11 @@ def _require_schema(env: Env) -> None:
     help="Also claim jobs of kinds this worker has no handler for, and fail them at once "
     "(logged once per kind), instead of leaving them to other workers.",
 )
+@click.option(
+    "--no-schedules",
+    is_flag=True,
+    help="Do not run the scheduler of periodic jobs in this worker (see `jobqueue schedule`).",
+)
 @pass_env
 def worker_command(
     env: Env,
@@ -143,6 +148,7 @@ def worker_command(
     worker_id: str | None,
     app: str | None,
     all_kinds: bool,
+    no_schedules: bool,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
 
@@ -192,6 +198,7 @@ def worker_command(
             generator=generator,
             log_file=log_file,
             all_kinds=all_kinds,
+            schedules=not no_schedules,
             concurrency=concurrency,
             queues=queues,
             lease=lease.total_seconds(),

@@ -358,6 +358,8 @@ class ScheduleRound:
     broken: dict[str, str] = field(default_factory=dict)
     #: How many due schedules another scheduler moved on first.
     lost: int = 0
+    #: How many schedules were due (a full batch means more may be).
+    due: int = 0
 
 
 @operation(Access.TRANSACTION)
@@ -371,6 +373,7 @@ def run_schedules(
     and a job for each tick this call moved on, enqueued in the same transaction."""
     done = ScheduleRound()
     due = yield ss.due()
+    done.due = len(due)
     if not due:
         return done
     moves: list[tuple[str, datetime, datetime, datetime | None]] = []

@@ -81,7 +81,7 @@ class ScheduleStatements(BuiltOnce):
         # client wrote must not fail the whole round.
         payload = sc.payload
         if self.dialect == "postgresql":
-            as_text = cast(payload, Text())
+            as_text: Any = cast(payload, Text())
         else:
             as_text = type_coerce(payload, Text())
         return [

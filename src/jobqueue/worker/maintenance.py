@@ -8,6 +8,8 @@
   their attempts are spent).
 - `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
   them meanwhile, so this is the bookkeeping, not the guard).
+- `Scheduler` runs the periodic jobs: each schedule's tick enqueues exactly one job,
+  however many workers run one (the database decides which enqueues it).
 - `Presence` keeps the worker's row in the live-workers table: `Presence.announce` checks
   that the worker's role may do a worker's work and writes the row (a missing table or a
   refused permission stops the worker there, with our error and its hint; other errors
@@ -34,7 +36,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..backoff import Backoff
 from ..drivers.listen import Listener, libpq_url
@@ -47,9 +49,11 @@ from ..errors import (
 )
 from ..models import Job, Status, WorkerPresence
 from ..operations.presence import beat_interval_of, ttl_of
+from ..operations.schedules import ScheduleRound, ScheduleSpec
 from ..queue import AsyncJobQueue
 from ..sql.limits import ENTRY_BATCH
 from ..sql.manage import EXPIRY_BATCH
+from ..sql.schedules import DUE_BATCH
 from .outcome import StopReason
 from .slots import Slot, Slots, matched
 
@@ -252,6 +256,52 @@ class Expiry(Periodic):
                 return
 
 
+class Scheduler(Periodic):
+    """Runs the periodic jobs (`AsyncJobQueue.run_schedules`) every ``interval`` seconds:
+    each schedule whose tick has come gets one job, however many workers' schedulers run
+    (the database decides which one enqueues it). The first round comes at once, and
+    first writes ``declared`` (the worker's registry's schedules) to the schedules table.
+    Rounds follow each other at once while a round fills a whole batch."""
+
+    name = "scheduler"
+    failure = "running the schedules"
+
+    def __init__(
+        self, queue: AsyncJobQueue, interval: float, declared: Sequence[ScheduleSpec] = ()
+    ):
+        super().__init__(interval, first=0.0)
+        self.queue = queue
+        self.declared = list(declared)
+        self._told: set[str] = set()
+
+    async def round(self) -> None:
+        try:
+            if self.declared:
+                await self.queue.declare_schedules(self.declared)
+                log.info("Schedules declared: %s", ", ".join(spec.name for spec in self.declared))
+                self.declared = []
+            while True:
+                done = await self.queue.run_schedules()
+                self._report(done)
+                if done.due < DUE_BATCH:
+                    return
+        except SchemaNotInstalled as exc:
+            # A database not migrated to the schedules yet: said once, not every second.
+            if "schema" not in self._told:
+                self._told.add("schema")
+                log.warning("Schedules are not run: %s (%s)", exc.message, exc.hint)
+
+    def _report(self, done: ScheduleRound) -> None:
+        for job in done.enqueued:
+            log.info("Job %s enqueued by its schedule (%s)", job.id, job.idempotency_key)
+        for name in done.skipped:
+            log.info("Schedule %s: missed ticks skipped (missed='skip')", name)
+        for name, why in done.broken.items():
+            if name not in self._told:
+                self._told.add(name)
+                log.warning("Schedule %s cannot run: %s", name, why)
+
+
 class Presence(Periodic):
     """Keeps ``me``'s row in the live-workers table of ``queue``, timed by ``lease``: a beat
     every third of it, live for `presence.LIVE_LEASES` leases after each beat, and a sweep
@@ -369,5 +419,6 @@ __all__ = [
     "Periodic",
     "Presence",
     "Reaper",
+    "Scheduler",
     "Wakeups",
 ]

@@ -20,13 +20,17 @@ myapp.jobs:jobs``) and where producers take each kind's defaults (``jobs.enqueue
 - ``timeout``: how long the worker lets a handler of this kind run before it fails the
   attempt (retried by the job's policy); it wins over the worker's ``job_timeout``.
 
+``jobs.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Berlin")``
+declares a periodic job (docs/schedules.md): every worker built from the registry writes
+it to the database at start and runs the scheduler.
+
 This module knows handlers only as values to keep: running them is the worker's part.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from ..models import Job
+    from ..operations.schedules import ScheduleSpec
     from ..queue import AsyncJobQueue, EnqueueOptions, JobQueue
     from .context import Handler
 
@@ -76,6 +81,8 @@ class Registry:
     def __init__(self, *, image: bool = True) -> None:
         self.image = image
         self._kinds: dict[str, JobKind] = {}
+        #: Declared schedules by name, each with whether it names its queue.
+        self._schedules: dict[str, tuple[ScheduleSpec, bool]] = {}
 
     @classmethod
     def of(cls, handlers: Mapping[str, Handler | Generator]) -> Registry:
@@ -137,11 +144,68 @@ class Registry:
         self._kinds[kind] = entry
         return entry
 
+    def schedule(
+        self,
+        name: str,
+        kind: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Any = None,
+        queue: str | None = None,
+        priority: int = 0,
+        missed: str = "once",
+    ) -> ScheduleSpec:
+        """Declare the periodic job ``name``: a job of ``kind`` at each tick of ``cron`` (a
+        cron expression read in ``timezone``; needs the ``cron`` extra) or ``every``
+        seconds. Every worker built from this registry writes it to the schedules table
+        when it starts (the last worker to start wins if two disagree), and each tick makes
+        one job whichever workers run. ``queue`` defaults to the kind's, as registered by
+        the time a worker starts. ``missed``: what ticks missed while no worker ran make,
+        one job for the latest (``"once"``) or none (``"skip"``). See docs/schedules.md."""
+        from ..operations.schedules import define_schedule
+
+        if name in self._schedules:
+            raise ConfigurationError(
+                f"schedule {name!r} is declared twice", hint="give each schedule its own name"
+            )
+        try:
+            spec = define_schedule(
+                name,
+                kind=kind,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                queue=queue or DEFAULT_QUEUE,
+                payload=payload,
+                priority=priority,
+                missed=missed,
+            )
+        except PayloadError as exc:
+            raise ConfigurationError(
+                exc.message, hint=f"fix the schedule's declaration ({exc.hint})"
+            ) from None
+        self._schedules[name] = (spec, queue is not None)
+        return spec
+
+    @property
+    def schedules(self) -> list[ScheduleSpec]:
+        """The declared schedules, each in its kind's queue unless it names one."""
+        out = []
+        for spec, queue_given in self._schedules.values():
+            entry = self._kinds.get(spec.kind)
+            if not queue_given and entry is not None:
+                spec = replace(spec, queue=entry.queue)
+            out.append(spec)
+        return out
+
     def with_default(self, kind: str, handler: Handler | Generator) -> Registry:
         """A copy that also runs ``kind`` with ``handler`` (default options), unless this
         registry registers ``kind`` itself; this registry is left as it is."""
         copy = Registry(image=self.image)
         copy._kinds = dict(self._kinds)
+        copy._schedules = dict(self._schedules)
         if kind not in copy._kinds:
             copy.add(kind, handler)
         return copy

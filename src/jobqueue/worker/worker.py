@@ -50,7 +50,16 @@ from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
-from .maintenance import Entrance, Expiry, Heartbeats, Periodic, Presence, Reaper, Wakeups
+from .maintenance import (
+    Entrance,
+    Expiry,
+    Heartbeats,
+    Periodic,
+    Presence,
+    Reaper,
+    Scheduler,
+    Wakeups,
+)
 from .outcome import StopReason
 from .registry import Registry
 from .slots import Slot, Slots
@@ -105,6 +114,10 @@ class Worker:
       they are cancelled and released to ``pending`` (no attempt spent).
     - ``job_timeout``: a handler running longer fails its attempt (retried by policy).
     - ``reap_interval``: how often expired leases are reaped (default: ``lease``).
+    - ``schedules``: run the scheduler of periodic jobs (`add_schedule`, and the
+      registry's `Registry.schedule`, written to the database at start) every
+      ``schedule_interval``; every worker may run it, and each tick still makes one job.
+      `run_until_idle` never runs it.
     - ``log_file``: deprecated; wrap the run in ``jobqueue.logs.log_to_file(path)``
       instead. Also writes the ``jobqueue`` log lines to this file while serving.
 
@@ -130,6 +143,8 @@ class Worker:
         log_file: str | os.PathLike[str] | None = None,
         kinds: Sequence[str] | None = None,
         all_kinds: bool = False,
+        schedules: bool = True,
+        schedule_interval: float | timedelta = 1.0,
     ) -> None:
         if not isinstance(queue, AsyncJobQueue):
             raise ConfigurationError(
@@ -181,6 +196,9 @@ class Worker:
             self.lease if reap_interval is None else _seconds(reap_interval, "reap_interval")
         )
         self.listen = listen
+        #: Whether `run` runs the periodic jobs' scheduler, and how often it looks.
+        self.schedules = schedules
+        self.schedule_interval = _seconds(schedule_interval, "schedule_interval")
         self.worker_id = worker_id or default_worker_id()
         if log_file is not None:
             warnings.warn(
@@ -312,6 +330,9 @@ class Worker:
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
             Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
         ]
+        if not until_idle and self.schedules:
+            declared = self.registry.schedules
+            services.append(Scheduler(self.queue, self.schedule_interval, declared))
         if not until_idle and self.listen and self.queue.is_postgres:
             wakeups = Wakeups(self.queue, self.worker_id, self._on_notify)
             self.listener = wakeups.listener
