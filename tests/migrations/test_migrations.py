@@ -30,7 +30,7 @@ from jobqueue import (
 )
 from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from jobqueue.sql.table import budgets_table, limits_table, workers_table
+from jobqueue.sql.table import budgets_table, limits_table, schedules_table, workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,7 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
             workers_table(table_name, metadata=metadata)
             limits_table(table_name, metadata=metadata)
             budgets_table(table_name, metadata=metadata)
+            schedules_table(table_name, metadata=metadata)
             diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -378,6 +379,7 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
         metadata = jobs_table(fresh).metadata
         limits_table(fresh, metadata=metadata)
         budgets_table(fresh, metadata=metadata)
+        schedules_table(fresh, metadata=metadata)
         metadata.create_all(engine)
     finally:
         engine.dispose()
@@ -391,6 +393,10 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
     migrated = _checks(db_url, f"{table_name}_budgets")
     declared = _checks(db_url, f"{fresh}_budgets")
     assert len(migrated) == 4
+    assert declared == migrated
+    migrated = _checks(db_url, f"{table_name}_schedules")
+    declared = _checks(db_url, f"{fresh}_schedules")
+    assert len(migrated) == 7
     assert declared == migrated
 
 
@@ -459,7 +465,7 @@ def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
         run(f"INSERT INTO {t} (owner_id, idempotency_key) VALUES ('u', 'k')")
         with pytest.raises(Exception, match=r"(?i)check constraint"):
             run(f"INSERT INTO {t} (status) VALUES ('expired')")
-    migrate(db_url, table=t)
+    migrate(db_url, table=t, revision="0008")
     assert schema_state(db_url, table=t).current == "0008"
     assert "start_by" in str(_index_sql(db_url, f"{t}_deadline_idx"))
     assert "coalesce" in str(_index_sql(db_url, f"{t}_idempotency_idx")).lower()
@@ -486,3 +492,33 @@ def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
     migrate(db_url, table=t)
     with JobQueue(db_url, table=t) as q:
         assert q.retry(q.list(status="cancelled")[0].id).status is Status.PENDING
+
+
+def test_0009_adds_the_schedules_table_and_goes_back_to_0008(db_url: str, table_name: str) -> None:
+    """Up from 0008 with a job in place, a schedule made and run, then back: the schedules
+    table and its index go, the jobs stay (their keys too), and up again works."""
+    t = table_name
+    migrate(db_url, table=t, revision="0008")
+    with JobQueue(db_url, table=t) as q:
+        kept = q.enqueue("image", {}, idempotency_key="k")
+    migrate(db_url, table=t)
+    assert schema_state(db_url, table=t).current == "0009"
+    assert "next_tick" in str(_index_sql(db_url, f"{t}_schedules_due_idx"))
+    with JobQueue(db_url, table=t) as q:
+        assert q.add_schedule("s", kind="image", every=60).every == 60
+        with pytest.raises(Exception, match=r"(?i)check constraint"), sql_runner(db_url) as run:
+            run(
+                f"INSERT INTO {t}_schedules (name, kind, next_tick) VALUES ('x', 'k', '2026-01-01')"
+            )
+    downgrade(db_url, t, "0008")
+    assert schema_state(db_url, table=t).current == "0008"
+    assert _index_sql(db_url, f"{t}_schedules_due_idx") is None
+    engine = make_engine(db_url)
+    try:
+        assert f"{t}_schedules" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        assert q.enqueue("image", {}, idempotency_key="k").id == kept.id
+        assert q.list_schedules() == []

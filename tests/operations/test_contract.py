@@ -9,8 +9,9 @@ the table of moves refuses), and counting the writes each made.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -19,6 +20,7 @@ from jobqueue import Completion, JobQueue, JobQueueError, NewJob, migrate
 from jobqueue.models import WorkerPresence
 from jobqueue.operations import COPY_MIN_JOBS, Access, Operation
 from jobqueue.operations.contract import DECLARED
+from jobqueue.operations.schedules import define_schedule
 from jobqueue.sql.steps import Rows, Step
 
 T = TypeVar("T")
@@ -118,6 +120,13 @@ def exercise(q: JobQueue) -> None:
     q.pause("default", duration=60, reason="maintenance")
     q.resume("default")
     assert q.remove_limit("image") and not q.remove_limit("image")
+    # Periodic jobs: a round that moves a due schedule on and enqueues its tick's job.
+    q.add_schedule("tick", kind="image", every=1)
+    q.declare_schedules([define_schedule("other", kind="image", every=60)])
+    q.list_schedules()
+    time.sleep(max(0.0, (q.list_schedules()[1].next_tick - datetime.now(UTC)).total_seconds()))
+    assert len(q.run_schedules().enqueued) == 1
+    assert q.remove_schedule("tick") and not q.remove_schedule("tick")
 
 
 @pytest.fixture
