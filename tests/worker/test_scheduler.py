@@ -1,0 +1,82 @@
+"""The worker's scheduler of periodic jobs: a registry's schedules written to the database
+at start, ticks turned into jobs the worker then runs, and the option to leave it off.
+Real databases (SQLite and PostgreSQL); the race between worker processes is in
+tests/reliability/test_schedules.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from jobqueue import AsyncJobQueue, ConfigurationError, Job, Registry
+from jobqueue.worker import Worker, WorkerContext
+from tests.worker.conftest import eventually, messages, run_in_background, stop
+
+
+def test_a_registry_declares_schedules_in_its_kinds_queue() -> None:
+    jobs = Registry(image=False)
+
+    @jobs.handler("report", queue="reports")
+    async def report(job: Job, ctx: WorkerContext) -> None: ...
+
+    jobs.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Berlin")
+    jobs.schedule("often", "report", every=60, queue="elsewhere", missed="skip")
+    jobs.schedule("unregistered", "other", every=60)
+    queues = {s.name: s.queue for s in jobs.schedules}
+    assert queues == {"nightly": "reports", "often": "elsewhere", "unregistered": "default"}
+    with pytest.raises(ConfigurationError, match="declared twice"):
+        jobs.schedule("nightly", "report", every=60)
+    with pytest.raises(ConfigurationError, match="unknown time zone") as caught:
+        jobs.schedule("bad", "report", every=60, timezone="Nowhere/Else")
+    assert "fix the schedule's declaration" in caught.value.hint
+
+
+async def test_a_worker_declares_its_schedules_and_runs_their_jobs(
+    jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    jobs = Registry(image=False)
+    ran: list[str] = []
+
+    @jobs.handler("tick")
+    async def tick(job: Job, ctx: WorkerContext) -> None:
+        ran.append(job.idempotency_key or "")
+
+    jobs.schedule("every-second", "tick", every=1, payload={"from": "registry"})
+    worker = Worker(jq, jobs, poll_interval=0.05, listen=False, schedule_interval=0.1)
+    task = await run_in_background(worker)
+    try:
+        await eventually(lambda: len(ran) >= 2, timeout=5)
+    finally:
+        await stop(worker, task)
+    (schedule,) = await jq.list_schedules()
+    assert (schedule.name, schedule.kind, schedule.payload) == (
+        "every-second",
+        "tick",
+        {"from": "registry"},
+    )
+    done = await jq.list(status="completed")
+    assert sorted(j.idempotency_key for j in done) == sorted(ran)
+    assert all(j.idempotency_key.startswith("schedule:every-second:") for j in done)
+    assert "Schedules declared: every-second" in messages(caplog)
+
+
+async def test_a_worker_without_schedules_leaves_them_alone(jq: AsyncJobQueue) -> None:
+    await jq.add_schedule("tick", kind="tick", every=1)
+    jobs = Registry(image=False)
+    jobs.schedule("declared", "tick", every=1)
+
+    @jobs.handler("tick")
+    async def tick(job: Job, ctx: WorkerContext) -> None: ...
+
+    worker = Worker(jq, jobs, poll_interval=0.05, listen=False, schedules=False)
+    task = await run_in_background(worker)
+    await asyncio.sleep(1.5)
+    await stop(worker, task)
+    assert [s.name for s in await jq.list_schedules()] == ["tick"]
+    assert await jq.list() == []
+    # run_until_idle never runs the scheduler either.
+    assert await Worker(jq, jobs, listen=False).run_until_idle() == 0
+    assert await jq.list() == []
