@@ -21,12 +21,13 @@ import pytest
 
 from jobqueue import ConfigurationError, JobQueue, PayloadError
 from jobqueue.operations.schedules import (
+    CATCH_UP,
     KEY_PREFIX,
     ON_TIME,
     Timing,
     define_schedule,
     idempotency_key,
-    plan_tick,
+    plan_ticks,
 )
 
 from ..conftest import Either
@@ -88,19 +89,38 @@ def test_cron_in_the_hour_dst_repeats_runs_once() -> None:
     assert half_past_two.next_after(first) == utc(2026, 10, 26, 1, 30)  # the next day's, CET
 
 
-def test_the_latest_due_tick_runs_and_the_missed_ones_before_it_do_not() -> None:
+def test_a_late_scheduler_catches_up_on_the_ticks_that_are_still_on_time() -> None:
+    every_second = Timing.of(every=1)
+    start = utc(2026, 5, 1, 12)
+    now = start + timedelta(seconds=2.5)
+    for missed in ("once", "skip"):
+        runs, following, dropped = plan_ticks(every_second, missed, start, now)
+        assert runs == [start + timedelta(seconds=i) for i in range(3)]
+        assert (following, dropped) == (start + timedelta(seconds=3), False)
+    # After a long outage, only the latest few on-time ticks: a few jobs, not a burst.
+    runs, _, dropped = plan_ticks(every_second, "once", start, start + timedelta(hours=1))
+    assert len(runs) == CATCH_UP and runs[-1] == start + timedelta(hours=1) and dropped
+
+
+def test_the_tick_plan_runs_missed_ticks_once_or_skips_them() -> None:
     hourly = Timing.of(every=3600)
+    # Due since 09:00; the 12:00 tick is 20 s late: on time, so it runs whatever the policy
+    # and stands for the missed ones.
     now = utc(2026, 5, 1, 12, 0, 20)
-    # Due since 09:00, missed 09:00 to 11:00: once runs the latest (12:00) only.
-    assert plan_tick(hourly, "once", utc(2026, 5, 1, 9), now) == (
-        utc(2026, 5, 1, 12),
+    for missed in ("once", "skip"):
+        assert plan_ticks(hourly, missed, utc(2026, 5, 1, 9), now) == (
+            [utc(2026, 5, 1, 12)],
+            utc(2026, 5, 1, 13),
+            True,
+        )
+    # A minute and more late, every due tick was missed: once runs the latest, skip none.
+    later = utc(2026, 5, 1, 12) + timedelta(seconds=ON_TIME + 1)
+    assert plan_ticks(hourly, "once", utc(2026, 5, 1, 9), later) == (
+        [utc(2026, 5, 1, 12)],
         utc(2026, 5, 1, 13),
+        False,
     )
-    # The latest is 20 s late: on time, so skip runs it too.
-    assert plan_tick(hourly, "skip", utc(2026, 5, 1, 9), now)[0] == utc(2026, 5, 1, 12)
-    later = now + timedelta(seconds=ON_TIME)
-    assert plan_tick(hourly, "skip", utc(2026, 5, 1, 9), later) == (None, utc(2026, 5, 1, 13))
-    assert plan_tick(hourly, "once", utc(2026, 5, 1, 9), later)[0] == utc(2026, 5, 1, 12)
+    assert plan_ticks(hourly, "skip", utc(2026, 5, 1, 9), later) == ([], utc(2026, 5, 1, 13), True)
 
 
 def test_a_schedule_is_checked_before_it_is_stored() -> None:
@@ -202,7 +222,7 @@ async def test_each_tick_enqueues_one_job_with_its_key(q: Either) -> None:
     assert second.id != job.id
 
 
-async def test_missed_ticks_run_once_for_the_latest_or_are_skipped(
+async def test_a_schedule_due_since_last_year_runs_once_or_skips(
     q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
 ) -> None:
     # Yearly on 1 January: a schedule due since 2025 missed 2025's and 2026's ticks.

@@ -16,11 +16,12 @@ enqueued in the same transaction with the idempotency key ``schedule:<name>:<tic
 a tick makes exactly one job however many workers run, and even a tick replayed (a
 schedule removed and added again within it) finds its job already made.
 
-Ticks missed while no scheduler ran (every worker stopped) are handled by the schedule's
-``missed`` policy: ``once`` enqueues one job, for the latest missed tick, then goes on;
-``skip`` enqueues nothing for them and waits for the next tick. A tick is missed when it is
-more than `ON_TIME` seconds late: the latest due tick within that still runs under
-``skip`` (a scheduler's timer and a busy database make every tick a little late).
+A tick at most `ON_TIME` seconds late is on time: it gets its job even when the
+schedulers come to it late (their timers, a busy database, a worker killed just before the
+tick), up to the `CATCH_UP` latest such ticks of a schedule in one round. Ticks later than
+that were missed while no scheduler ran (every worker stopped), and the schedule's
+``missed`` policy decides: ``once`` enqueues one job, for the latest missed tick, then
+goes on; ``skip`` enqueues nothing for them and waits for the next tick (see `plan_ticks`).
 """
 
 from __future__ import annotations
@@ -42,9 +43,15 @@ from ..validation import QueueLimits, check_int, check_text, encode_json, new_jo
 from .contract import Access, Steps, operation
 from .jobs import enqueue_many
 
-#: Seconds a tick may be late and still count as on time: under ``missed="skip"`` the
-#: latest due tick runs when it is at most this late, and is skipped when it is later.
+#: Seconds a tick may be late and still count as on time (and get its job whatever the
+#: schedule's ``missed`` policy); a later one was missed.
 ON_TIME = 60.0
+
+#: The most on-time ticks of one schedule a round catches up on (the latest ones).
+CATCH_UP = 5
+
+#: The resolution of ticks: the database keeps times to the microsecond.
+_STEP = timedelta(microseconds=1)
 
 #: The prefix of the idempotency key of a scheduled job: ``schedule:<name>:<tick>``.
 KEY_PREFIX = "schedule:"
@@ -159,7 +166,7 @@ class Timing:
         if self.cron is not None:
             from cronsim import CronSim
 
-            after = moment.astimezone(self.zone) + timedelta(microseconds=1)
+            after = moment.astimezone(self.zone) + _STEP
             tick: datetime = next(CronSim(self.cron, after, reverse=True))
             return tick.astimezone(UTC)
         anchor, step = self._interval()
@@ -167,19 +174,31 @@ class Timing:
         return anchor + timedelta(microseconds=(elapsed // step) * step)
 
 
-def plan_tick(
+def plan_ticks(
     timing: Timing, missed: str, next_tick: datetime, now: datetime
-) -> tuple[datetime | None, datetime]:
-    """What a scheduler does with a schedule due at ``next_tick`` (at or before ``now``):
-    the tick to enqueue a job for (None: none), and the schedule's next tick after it.
+) -> tuple[list[datetime], datetime, bool]:
+    """What a scheduler does with a schedule due since ``next_tick`` (at or before
+    ``now``): the ticks to enqueue a job for, oldest first; the schedule's next tick after
+    them; and whether due ticks passed without a job.
 
-    Of the ticks due, only the latest can run: the ones before it were missed. It runs when
-    it is at most `ON_TIME` late, and, with ``missed="once"``, however late it is."""
-    latest = max(timing.latest_until(now), next_tick)
-    following = timing.next_after(max(now, latest))
-    late = (now - latest).total_seconds()
-    run = latest if missed == "once" or late <= ON_TIME else None
-    return run, following
+    A tick at most `ON_TIME` late is on time and gets its job, so a scheduler that comes a
+    little late (a busy database, a worker killed just before the tick) catches up; at most
+    the `CATCH_UP` latest such ticks, so a fast schedule after an outage makes a few jobs,
+    not a burst. Ticks later than that were missed: with ``missed="once"`` the latest of
+    them gets one job when no tick after it is on time; with ``"skip"`` none does."""
+    cutoff = now - timedelta(seconds=ON_TIME)
+    on_time: list[datetime] = []
+    tick = timing.latest_until(now)
+    while tick >= next_tick and tick >= cutoff and len(on_time) < CATCH_UP:
+        on_time.append(tick)
+        tick = timing.latest_until(tick - _STEP)
+    on_time.reverse()
+    following = timing.next_after(now)
+    if on_time:
+        return on_time, following, on_time[0] > next_tick
+    if missed == "once":
+        return [max(timing.latest_until(now), next_tick)], following, False
+    return [], following, True
 
 
 def idempotency_key(name: str, tick: datetime) -> str:
@@ -351,7 +370,7 @@ class ScheduleRound:
 
     #: The jobs enqueued, one per tick run.
     enqueued: list[Job] = field(default_factory=list)
-    #: The schedules moved past missed ticks without a job (``missed="skip"``), by name.
+    #: The schedules moved past due ticks that got no job (missed, or beyond `CATCH_UP`).
     skipped: list[str] = field(default_factory=list)
     #: Schedules that cannot tick (a cron expression without the ``cron`` extra, an
     #: unknown time zone, a row another client wrote badly), with why; they stay due.
@@ -377,26 +396,27 @@ def run_schedules(
     if not due:
         return done
     moves: list[tuple[str, datetime, datetime, datetime | None]] = []
-    jobs: dict[str, dict[str, Any]] = {}
+    jobs: dict[str, list[dict[str, Any]]] = {}
     for row in due:
         name = row["name"]
         try:
             timing = Timing.of(row["cron"], row["every_seconds"], row["timezone"])
-            run, following = plan_tick(timing, row["missed"], row["next_tick"], row["now"])
-            if run is not None:
-                jobs[name] = new_job_row(_job_of(row, run), limits)
+            runs, following, dropped = plan_ticks(
+                timing, row["missed"], row["next_tick"], row["now"]
+            )
+            jobs[name] = [new_job_row(_job_of(row, tick), limits) for tick in runs]
         except (PayloadError, ConfigurationError) as exc:
             done.broken[name] = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
             continue
-        moves.append((name, row["next_tick"], following, run))
-        if run is None:
+        moves.append((name, row["next_tick"], following, runs[-1] if runs else None))
+        if dropped:
             done.skipped.append(name)
     if not moves:
         return done
     moved = {r["name"] for r in (yield ss.advance(moves))}
     done.lost = len(moves) - len(moved)
     done.skipped = [n for n in done.skipped if n in moved]
-    rows = [job for name, job in jobs.items() if name in moved]
+    rows = [job for name, made in jobs.items() if name in moved for job in made]
     if rows:
         done.enqueued = yield from enqueue_many(s, rows, placement).steps
     return done
@@ -417,6 +437,7 @@ def _job_of(row: Mapping[str, Any], tick: datetime) -> NewJob:
 
 
 __all__ = [
+    "CATCH_UP",
     "KEY_PREFIX",
     "ON_TIME",
     "Schedule",
@@ -428,7 +449,7 @@ __all__ = [
     "define_schedule",
     "idempotency_key",
     "list_schedules",
-    "plan_tick",
+    "plan_ticks",
     "remove_schedule",
     "run_schedules",
     "zone_of",
