@@ -317,7 +317,7 @@ class Schedule:
     @property
     def timing(self) -> str:
         """``cron '<expr>'`` or ``every <n>s``, with the time zone unless UTC."""
-        what = f"cron {self.cron!r}" if self.cron is not None else f"every {self.every:g}s"
+        what = f"cron {self.cron!r}" if self.cron is not None else f"every {_span(self.every)}"
         return what if self.timezone == "UTC" else f"{what} ({self.timezone})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,6 +327,15 @@ class Schedule:
             value = getattr(self, key)
             out[key] = value.isoformat() if isinstance(value, datetime) else value
         return out
+
+
+def _span(seconds: float | None) -> str:
+    """An interval as ``--every`` takes it: ``1d``, ``2h``, ``30m``, ``45s``, ``1.5s``."""
+    secs = seconds or 0.0
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size and secs % size == 0:
+            return f"{int(secs // size)}{unit}"
+    return f"{secs:g}s"
 
 
 # -- the operations ------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ class Scheduler(Periodic):
         for job in done.enqueued:
             log.info("Job %s enqueued by its schedule (%s)", job.id, job.idempotency_key)
         for name in done.skipped:
-            log.info("Schedule %s: missed ticks skipped (missed='skip')", name)
+            log.info("Schedule %s: skipped missed ticks", name)
         for name, why in done.broken.items():
             if name not in self._told:
                 self._told.add(name)
