@@ -12,6 +12,7 @@ import pytest
 
 from jobqueue import AsyncJobQueue, ConfigurationError, Job, Registry
 from jobqueue.worker import Worker, WorkerContext
+from tests.conftest import downgrade
 from tests.worker.conftest import eventually, messages, run_in_background, stop
 
 
@@ -80,3 +81,32 @@ async def test_a_worker_without_schedules_leaves_them_alone(jq: AsyncJobQueue) -
     # run_until_idle never runs the scheduler either.
     assert await Worker(jq, jobs, listen=False).run_until_idle() == 0
     assert await jq.list() == []
+
+
+async def test_a_database_without_the_schedules_table_is_said_once_and_jobs_still_run(
+    migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, table = migrated
+    downgrade(url, table, "0008")
+    caplog.set_level(logging.INFO, logger="jobqueue.worker")
+    queue = AsyncJobQueue(url, table=table)
+    ran: list[str] = []
+
+    async def work(job: Job, ctx: WorkerContext) -> None:
+        ran.append(job.kind)
+
+    try:
+        worker = Worker(
+            queue, {"work": work}, poll_interval=0.05, listen=False, schedule_interval=0.05
+        )
+        task = await run_in_background(worker)
+        try:
+            await queue.enqueue("work", {})
+            await eventually(lambda: ran == ["work"], timeout=5)
+            await asyncio.sleep(0.3)
+        finally:
+            await stop(worker, task)
+    finally:
+        await queue.close()
+    said = [m for m in messages(caplog).splitlines() if m.startswith("Schedules are not run")]
+    assert len(said) == 1 and "older than this version" in said[0], said

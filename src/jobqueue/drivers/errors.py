@@ -23,7 +23,7 @@ from ..errors import (
     SchemaNotInstalled,
     redact,
 )
-from ..sql.table import limits_table_name, workers_table_name
+from ..sql.table import companion_table_names
 
 
 class Cause(Enum):
@@ -88,8 +88,9 @@ def _cause(orig: BaseException | None, text: str) -> Cause | None:
 
 def _names_a_later_table(text: str, table: str) -> bool:
     """Whether the (lower-case) error ``text`` names one of the tables that later revisions
-    added next to the jobs table ``table``: its live workers (0004) or its limits (0005)."""
-    return any(name(table).lower() in text for name in (workers_table_name, limits_table_name))
+    added next to the jobs table ``table``: its live workers (0004), its limits (0005), its
+    budgets (0007), its schedules (0009)."""
+    return any(name.lower() in text for name in companion_table_names(table))
 
 
 def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
