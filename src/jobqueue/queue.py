@@ -702,6 +702,8 @@ class JobQueue(_QueueBase[Engine]):
         """One scheduler round: enqueue a job for each schedule whose tick has come (by the
         database clock) and move it on to its next tick, exactly once however many callers
         run it at the same time. Workers run it on a timer."""
+        if not self._run(schedule_ops.any_due(self.schedule_statements)):
+            return ScheduleRound()
         return self._run(
             schedule_ops.run_schedules(
                 self.schedule_statements, self.statements, self.limits, self._placement
@@ -1275,6 +1277,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """One scheduler round: enqueue a job for each schedule whose tick has come (by the
         database clock) and move it on to its next tick, exactly once however many callers
         run it at the same time. Workers run it on a timer."""
+        if not await self._run(schedule_ops.any_due(self.schedule_statements)):
+            return ScheduleRound()
         return await self._run(
             schedule_ops.run_schedules(
                 self.schedule_statements, self.statements, self.limits, self._placement

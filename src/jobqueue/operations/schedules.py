@@ -373,6 +373,12 @@ def remove_schedule(ss: ScheduleStatements, name: str) -> Steps[bool]:
     return bool((yield ss.delete(name)))
 
 
+@operation(Access.READ)
+def any_due(ss: ScheduleStatements) -> Steps[bool]:
+    """Whether a schedule's tick has come: what a round asks before it starts writing."""
+    return bool((yield ss.any_due())[0]["due"])
+
+
 @dataclass
 class ScheduleRound:
     """What one round of `run_schedules` did."""
@@ -454,6 +460,7 @@ __all__ = [
     "ScheduleSpec",
     "Timing",
     "add_schedule",
+    "any_due",
     "declare_schedules",
     "define_schedule",
     "idempotency_key",

@@ -161,6 +161,23 @@ class ScheduleStatements(BuiltOnce):
 
         return Query(self.once("delete", build), {"jq_name": name})
 
+    def any_due(self) -> Query:
+        """Whether any enabled schedule's next tick has come (one row: ``due``): a read, so
+        the rounds that find nothing to do (most of them) take no lock, not even SQLite's
+        write lock."""
+
+        def build() -> Any:
+            sc = self.s.c
+            found = (
+                select(sc.name)
+                .where(sc.enabled.is_(True), sc.next_tick <= DbNow())
+                .limit(1)
+                .exists()
+            )
+            return select(found.label("due"))
+
+        return Query(self.once("any_due", build), None)
+
     def due(self) -> Query:
         """The enabled schedules whose next tick has come by the database clock, with the
         clock (``now``), at most `DUE_BATCH`. On PostgreSQL the rows are locked, and rows
