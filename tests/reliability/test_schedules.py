@@ -58,18 +58,19 @@ def _run(workers: Workers, migrated: tuple[str, str], rounds: int, pause: float)
             if i < rounds - 1:
                 workers.start()
         time.sleep(pause)
-        (schedule,) = queue.list_schedules()
         codes = workers.stop_all()
         assert set(codes.values()) == {0}, workers.log_text()
+        (schedule,) = queue.list_schedules()  # after the stop: no tick is run any more
         ticks = _ticks(queue, "beat")
         # One job per tick, and no tick left out from the first to the last one run.
         assert set(ticks.values()) == {1}, ticks
         run = sorted(ticks)
-        assert run[0] == first
-        assert run == [first + timedelta(seconds=i) for i in range(len(run))]
-        assert schedule.next_tick == run[-1] + timedelta(seconds=1)
-        # The schedulers kept up until the end: about one tick per second of the run.
-        assert len(run) >= int((rounds + 1) * pause) - 1, (len(run), rounds, pause)
+        assert run[0] == first, (first, run)
+        assert run == [first + timedelta(seconds=i) for i in range(len(run))], run
+        assert schedule.next_tick == run[-1] + timedelta(seconds=1), (schedule, run)
+        # The schedulers kept up until the end: about one tick per second of the run (a
+        # busy machine may leave the last tick or two to a round that never came).
+        assert len(run) >= int((rounds + 1) * pause) - 2, (len(run), rounds, pause)
         assert "running the schedules failed" not in workers.log_text()
         assert _enqueued(workers, killed[0]) >= 1
         others = {p.stem for p in workers.directory.glob("*.log")} - set(killed)
