@@ -225,15 +225,17 @@ async def test_each_tick_enqueues_one_job_with_its_key(q: Either) -> None:
 async def test_a_schedule_due_since_last_year_runs_once_or_skips(
     q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
 ) -> None:
-    # Yearly on 1 January: a schedule due since 2025 missed 2025's and 2026's ticks.
+    # Yearly on 1 January: a schedule due since last year missed last year's and this one's.
+    year = datetime.now(UTC).year
     for name, missed in (("once", "once"), ("skip", "skip")):
         await q.add_schedule(name, kind="report", cron="0 0 1 1 *", missed=missed)
-        _set_next_tick(raw_sql, migrated, name, "2025-01-01 00:00:00")
+        _set_next_tick(raw_sql, migrated, name, f"{year - 1}-01-01 00:00:00")
     done = await q.run_schedules()
-    assert [j.idempotency_key for j in done.enqueued] == [idempotency_key("once", utc(2026, 1, 1))]
+    this_year, next_year = utc(year, 1, 1), utc(year + 1, 1, 1)
+    assert [j.idempotency_key for j in done.enqueued] == [idempotency_key("once", this_year)]
     assert done.skipped == ["skip"]
     ticks = {s.name: (s.next_tick, s.last_tick) for s in await q.list_schedules()}
-    assert ticks == {"once": (utc(2027, 1, 1), utc(2026, 1, 1)), "skip": (utc(2027, 1, 1), None)}
+    assert ticks == {"once": (next_year, this_year), "skip": (next_year, None)}
     assert (await q.run_schedules()).enqueued == []
 
 
@@ -297,3 +299,19 @@ def test_schedulers_running_at_once_make_exactly_one_job_per_tick(
     finally:
         for q in queues:
             q.close()
+
+
+async def test_a_tick_replayed_finds_its_job_already_made(
+    q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
+) -> None:
+    """The idempotency key stands behind the compare-and-set: a schedule set back to a tick
+    it already ran (removed and added again within the tick, a row edited by hand) makes no
+    second job, although the job has no owner (the key's scope then is the queue's)."""
+    await q.add_schedule("replay", kind="report", cron="0 0 1 1 *")
+    _set_next_tick(raw_sql, migrated, "replay", "2026-01-01 00:00:00")
+    (first,) = (await q.run_schedules()).enqueued
+    assert first.owner_id is None
+    _set_next_tick(raw_sql, migrated, "replay", "2026-01-01 00:00:00")
+    (again,) = (await q.run_schedules()).enqueued
+    assert again.id == first.id
+    assert [j.id for j in await q.list()] == [first.id]
