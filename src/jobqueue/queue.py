@@ -74,7 +74,9 @@ from .models import (
     WorkerPresence,
 )
 from .operations import Access, Operation, presence
+from .operations import admin as admin_ops
 from .operations import limits as limit_ops
+from .operations.admin import JobPage, Overview
 from .operations.position import PositionCache, position
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
@@ -126,6 +128,19 @@ class EnqueueOptions(TypedDict, total=False):
     limit_key: str | None
     expires_in: float | timedelta | None
     start_by: datetime | None
+
+
+class PageFilters(TypedDict, total=False):
+    """What `JobQueue.job_page` filters and pages by."""
+
+    status: Status | str | Iterable[Status | str] | None
+    queue: str | None
+    kind: str | None
+    owner_id: str | None
+    created_from: datetime | None
+    created_to: datetime | None
+    after: tuple[datetime, object] | None
+    limit: int
 
 
 class LimitSettings(TypedDict, total=False):
@@ -807,6 +822,21 @@ class JobQueue(_QueueBase[Engine]):
         job runs without one)."""
         return self._run(ops.retry(self.statements, job_id))
 
+    def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return self._run(admin_ops.overview(self.statements))
+
+    def job_page(self, **filters: Unpack[PageFilters]) -> JobPage:
+        """A page of the jobs table, newest first (by keyset: ``after`` is the previous
+        page's `JobPage.after`), filtered by status, queue, kind, owner and creation time."""
+        return self._run(admin_ops.job_page(self.statements, **filters))
+
     def position(
         self,
         job_id: JobRef,
@@ -1319,6 +1349,21 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         A start deadline still ahead stays; one that has passed is dropped (an expired
         job runs without one)."""
         return await self._run(ops.retry(self.statements, job_id))
+
+    async def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return await self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    async def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return await self._run(admin_ops.overview(self.statements))
+
+    async def job_page(self, **filters: Unpack[PageFilters]) -> JobPage:
+        """A page of the jobs table, newest first (by keyset: ``after`` is the previous
+        page's `JobPage.after`), filtered by status, queue, kind, owner and creation time."""
+        return await self._run(admin_ops.job_page(self.statements, **filters))
 
     async def position(
         self,

@@ -15,16 +15,20 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from ..errors import ConfigurationError
 from ..loading import import_object
 from ..queue import AsyncJobQueue
+from .admin import Authenticate, check_admin_bind, create_admin_app
 from .app import create_app
 from .owners import Identify
 
@@ -49,6 +53,23 @@ def load_identify(path: str) -> Identify:
             f"the identify hook {path!r} must be `async def f(request) -> str | None`"
         )
     hook: Identify = target
+    return hook
+
+
+def load_authenticate(path: str) -> Authenticate:
+    """Import ``package.module:function`` as the admin dashboard's authentication hook."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(
+            f"--admin-auth takes module:function, not {path!r}",
+            hint="for example --admin-auth myapp.auth:admin_of",
+        )
+    target: Any = import_object(path, "--admin-auth").value
+    if not callable(target):
+        raise ConfigurationError(
+            f"the admin hook {path!r} must be `async def f(request) -> str | None`"
+        )
+    hook: Authenticate = target
     return hook
 
 
@@ -96,16 +117,21 @@ async def serve(
     log_level: str = "info",
     sock: socket.socket | None = None,
     cancel_abandoned_after: float | None = None,
+    admin: bool = False,
+    authenticate: Authenticate | None = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
 
     ``sock`` is a socket from `listen_on` (by default, one for ``host`` and ``port``): the
     worker starts only once the address is ours. uvicorn owns the signals: on shutdown the
     app's lifespan stops the worker gracefully. ``cancel_abandoned_after``: as for
-    `create_app`.
+    `create_app`. With ``admin``, the admin dashboard (`create_admin_app`, with
+    ``authenticate``) is served under ``/admin/``; without a hook only on loopback.
     """
     from ..worker import Worker
 
+    if admin:
+        check_admin_bind(host, authenticate)
     if sock is None:
         sock = listen_on(host, port)
     worker = None
@@ -114,8 +140,23 @@ async def serve(
     app = create_app(
         queue, identify=identify, worker=worker, cancel_abandoned_after=cancel_abandoned_after
     )
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
+    served: ASGIApp = app
+    if admin:
+        served = with_admin(app, create_admin_app(queue, authenticate=authenticate))
+    config = uvicorn.Config(served, host=host, port=port, lifespan="on", log_level=log_level)
     await _Server(config, worker).serve(sockets=[sock])
+
+
+def with_admin(api: Starlette, dashboard: Starlette, path: str = "/admin") -> Starlette:
+    """One app: ``dashboard`` under ``path``, ``api`` everywhere else, with the API's
+    lifespan (its in-process worker) run for both."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with api.router.lifespan_context(api):
+            yield
+
+    return Starlette(routes=[Mount(path, app=dashboard), Mount("", app=api)], lifespan=lifespan)
 
 
 class _Server(uvicorn.Server):
