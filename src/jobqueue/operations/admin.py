@@ -110,8 +110,7 @@ def overview(s: Statements) -> Steps[Overview]:
         completed=_per_minute(finished, Status.COMPLETED),
         failed=_per_minute(finished, Status.FAILED),
         cost_today={
-            r["cost_unit"] or "": r["cost"] if r["cost"] is not None else Decimal(0)
-            for r in costs
+            r["cost_unit"] or "": r["cost"] if r["cost"] is not None else Decimal(0) for r in costs
         },
     )
 

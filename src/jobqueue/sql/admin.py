@@ -225,4 +225,3 @@ class AdminStatements(Managing):
             )
 
         return Query(self.once("admin_retry_many", build), {"jq_job_ids": list(job_ids)})
-

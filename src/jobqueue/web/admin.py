@@ -127,8 +127,7 @@ class AdminApi:
                     401,
                     "unauthenticated",
                     "sign in as an administrator to use the dashboard",
-                    hint="the host application's authenticate hook found no admin for this "
-                    "request",
+                    hint="the host application's authenticate hook found no admin for this request",
                 )
             return str(name)
         client = request.client.host if request.client else None
