@@ -37,8 +37,9 @@ class QueueCount:
 class Overview:
     """The jobs table at a glance, read at ``now`` (the database clock).
 
-    ``finished`` counts the jobs completed and failed in each of the last
-    `THROUGHPUT_MINUTES` minutes, oldest minute first (``finished[-1]`` is this minute);
+    ``counts``: per queue and status, the jobs and the oldest one's creation time.
+    ``completed`` and ``failed`` count the jobs that finished so in each of the last 60
+    minutes (by ``completed_at``), oldest minute first (``completed[-1]`` is this minute);
     ``cost_today`` is what the jobs written since the start of today (UTC) cost, per unit.
     """
 
@@ -48,8 +49,10 @@ class Overview:
     failed: list[int]
     cost_today: dict[str, Decimal]
 
-    def total(self, status: Status) -> int:
-        return sum(c.count for c in self.counts if c.status is status)
+    def total(self, status: Status | str) -> int:
+        """The jobs in ``status``, all queues together."""
+        wanted = Status(status)
+        return sum(c.count for c in self.counts if c.status is wanted)
 
     @property
     def oldest_pending(self) -> datetime | None:
