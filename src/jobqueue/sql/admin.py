@@ -19,7 +19,6 @@ from sqlalchemy import (
     Integer,
     Text,
     Uuid,
-    and_,
     bindparam,
     func,
     or_,
@@ -199,9 +198,12 @@ class AdminStatements(Managing):
             if created_to is not None:
                 stmt = stmt.where(c.created_at < param("created_to", UTCDateTime()))
             if after is not None:
+                # (created_at, id) < (at, id): written so that the first condition bounds
+                # a scan of the creation-time index, however deep the page.
                 at = param("after_at", UTCDateTime())
-                same_time_before = and_(c.created_at == at, c.id < param("after_id", Uuid()))
-                stmt = stmt.where(or_(c.created_at < at, same_time_before))
+                stmt = stmt.where(
+                    c.created_at <= at, or_(c.created_at < at, c.id < param("after_id", Uuid()))
+                )
             return stmt.order_by(c.created_at.desc(), c.id.desc()).limit(param("limit", Integer()))
 
         params: dict[str, Any] = {"jq_limit": limit}
