@@ -88,7 +88,7 @@ function table(headers, rows, attrs = {}) {
   return el(
     "table",
     attrs,
-    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { text: h })))),
+    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows),
   );
 }
@@ -267,6 +267,10 @@ async function showJobs(mine, params) {
       el("td", { class: "num", text: `${j.attempts}/${j.max_attempts}` }),
       el("td", { text: when(j.created_at) }), el("td", { class: "error", text: j.error ?? "" }));
   });
+  const selectAll = el("input", { type: "checkbox", id: "select-all", "aria-label": "select every retryable job on this page" });
+  selectAll.addEventListener("change", () => {
+    for (const box of boxes) if (!box.disabled) box.checked = selectAll.checked;
+  });
   const retrySelected = el("button", { id: "retry-selected" }, "Retry selected");
   retrySelected.addEventListener("click", async () => {
     const ids = boxes.filter((b) => b.checked).map((b) => b.value);
@@ -293,7 +297,7 @@ async function showJobs(mine, params) {
   view.replaceChildren(section(
     "Jobs", form,
     data.jobs.length
-      ? table(["", "id", "status", "queue", "kind", "owner", "attempts", "created", "error"], rows, { id: "jobs" })
+      ? table([selectAll, "id", "status", "queue", "kind", "owner", "attempts", "created", "error"], rows, { id: "jobs" })
       : el("p", { class: "muted", id: "no-jobs", text: "No job matches." }),
     el("div", { class: "actions" }, retrySelected, ...more),
   ));
