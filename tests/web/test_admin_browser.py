@@ -110,9 +110,7 @@ async def test_operator_finds_a_failed_job_retries_it_and_watches_it_complete(
     for n in range(6):
         await q.enqueue("render", {"n": n}, owner_id=f"user-{n % 3}")
     flaky = await q.enqueue("render", {"n": 99, "flaky": True}, max_attempts=1, owner_id="user-9")
-    more = [
-        await q.enqueue("render", {"n": n, "flaky": True}, max_attempts=1) for n in (100, 101)
-    ]
+    more = [await q.enqueue("render", {"n": n, "flaky": True}, max_attempts=1) for n in (100, 101)]
     hostile = await q.enqueue("render", {"prompt": HOSTILE}, owner_id="<b>owner</b>")
     await settled(q, 10)
     assert (await q.get(flaky.id)).status.value == "failed"
