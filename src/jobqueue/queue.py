@@ -130,19 +130,6 @@ class EnqueueOptions(TypedDict, total=False):
     start_by: datetime | None
 
 
-class PageFilters(TypedDict, total=False):
-    """What `JobQueue.job_page` filters and pages by."""
-
-    status: Status | str | Iterable[Status | str] | None
-    queue: str | None
-    kind: str | None
-    owner_id: str | None
-    created_from: datetime | None
-    created_to: datetime | None
-    after: tuple[datetime, object] | None
-    limit: int
-
-
 class LimitSettings(TypedDict, total=False):
     """Keyword settings of `set_limit` (None clears one)."""
 
@@ -832,10 +819,36 @@ class JobQueue(_QueueBase[Engine]):
         completions and failures per minute, today's cost (three grouped reads)."""
         return self._run(admin_ops.overview(self.statements))
 
-    def job_page(self, **filters: Unpack[PageFilters]) -> JobPage:
-        """A page of the jobs table, newest first (by keyset: ``after`` is the previous
-        page's `JobPage.after`), filtered by status, queue, kind, owner and creation time."""
-        return self._run(admin_ops.job_page(self.statements, **filters))
+    def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
 
     def position(
         self,
@@ -1360,10 +1373,36 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         completions and failures per minute, today's cost (three grouped reads)."""
         return await self._run(admin_ops.overview(self.statements))
 
-    async def job_page(self, **filters: Unpack[PageFilters]) -> JobPage:
-        """A page of the jobs table, newest first (by keyset: ``after`` is the previous
-        page's `JobPage.after`), filtered by status, queue, kind, owner and creation time."""
-        return await self._run(admin_ops.job_page(self.statements, **filters))
+    async def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return await self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
 
     async def position(
         self,

@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
-    ColumnElement,
     Integer,
     Text,
     Uuid,
@@ -25,13 +24,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from ..models import Status
 from .common import param, status_values
-from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
+from .dialect import DbNow, DbNowPlus, DbStartOfDay, MinutesAgo, Money, UTCDateTime
 from .manage import Managing
 from .steps import Query
 
@@ -57,47 +53,6 @@ PAGE_COLUMNS = (
     "updated_at",
     "completed_at",
 )
-
-
-class DbStartOfDay(FunctionElement[Any]):
-    """The start of the database's current UTC day."""
-
-    type = UTCDateTime()
-    inherit_cache = True
-
-
-@compiles(DbStartOfDay, "postgresql")
-def _start_of_day_pg(element: DbStartOfDay, compiler: SQLCompiler, **kw: Any) -> str:
-    return "date_trunc('day', statement_timestamp(), 'UTC')"
-
-
-@compiles(DbStartOfDay)
-def _start_of_day_sqlite(element: DbStartOfDay, compiler: SQLCompiler, **kw: Any) -> str:
-    return "strftime('%Y-%m-%d 00:00:00.000000', 'now')"
-
-
-class MinutesAgo(FunctionElement[Any]):
-    """Whole minutes between a time column and the database clock (0: this minute)."""
-
-    type = Integer()
-    inherit_cache = True
-
-    def __init__(self, column: ColumnElement[Any]) -> None:
-        super().__init__(column)
-
-
-@compiles(MinutesAgo, "postgresql")
-def _minutes_ago_pg(element: MinutesAgo, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses
-    at = compiler.process(column, **kw)
-    return f"CAST(floor(extract(epoch FROM (statement_timestamp() - {at})) / 60) AS integer)"
-
-
-@compiles(MinutesAgo)
-def _minutes_ago_sqlite(element: MinutesAgo, compiler: SQLCompiler, **kw: Any) -> str:
-    (column,) = element.clauses
-    at = compiler.process(column, **kw)
-    return f"CAST((julianday('now') - julianday({at})) * 1440 AS INTEGER)"
 
 
 class AdminStatements(Managing):
