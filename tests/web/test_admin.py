@@ -7,8 +7,10 @@ runs as a real process on a real port. The browser test is test_admin_browser.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,16 +22,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import make_url
 from starlette.requests import Request
 
 from jobqueue import AsyncJobQueue, ConfigurationError, PayloadError, migrate
-from jobqueue.models import Status
+from jobqueue.models import Status, WorkerPresence
 from jobqueue.web import create_admin_app
 from jobqueue.web.admin import TOKEN_COOKIE, TOKEN_HEADER, check_admin_bind
 from jobqueue.web.serve import serve
 from tests.support.ports import free_port
 
 LOOPBACK = ("127.0.0.1", 50000)
+ZERO = {s.value: 0 for s in Status}
 ELSEWHERE = ("203.0.113.9", 50000)
 
 
@@ -76,6 +80,8 @@ async def test_overview_counts_throughput_cost_and_oldest_pending(
     queues = {q["queue"]: q["counts"] for q in body["queues"]}
     assert queues["bulk"] == {"pending": 1, "completed": 1}
     assert queues["default"]["pending"] == 1
+    waiting = {q["queue"]: q.get("oldest_pending_age") for q in body["queues"]}
+    assert all(0 <= age < 60 for age in waiting.values()), waiting
     assert sum(body["throughput"]["completed"]) == 1
     assert sum(body["throughput"]["failed"]) == 1
     assert len(body["throughput"]["completed"]) == 60
@@ -89,8 +95,6 @@ async def test_overview_counts_throughput_cost_and_oldest_pending(
 async def test_overview_lists_paused_queues_and_live_workers(
     admin: httpx.AsyncClient, aqueue: AsyncJobQueue
 ) -> None:
-    from jobqueue.models import WorkerPresence
-
     await aqueue.worker_beat(WorkerPresence("w-live", ("default",), None, 4), ttl=30)
     await aqueue.pause("bulk", reason="maintenance")
     body = (await admin.get("/api/overview")).json()
@@ -325,8 +329,8 @@ def test_jobqueue_serve_admin(tmp_path: Path) -> None:
     assert "no authentication hook" in refused.stderr and "--admin-auth" in refused.stderr
 
     port = free_port()
-    proc = subprocess.Popen(
-        [*command, "--port", str(port)],
+    proc = subprocess.Popen(  # with the in-process worker: the API's lifespan runs too
+        [sys.executable, "-m", "jobqueue", "serve", "--admin", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -343,10 +347,62 @@ def test_jobqueue_serve_admin(tmp_path: Path) -> None:
         assert page.status_code == 200 and "jobqueue admin" in page.text
         assert f"{TOKEN_COOKIE}=" in page.headers["set-cookie"]
         assert "Path=/admin/" in page.headers["set-cookie"]
-        assert httpx.get(base + "/admin/api/overview").json()["totals"]["pending"] == 0
-        assert httpx.get(base + "/static/jobqueue.js").status_code == 200  # the API still
+        moved = httpx.get(base + "/admin?x=1")
+        assert moved.status_code == 308 and moved.headers["location"] == base + "/admin/?x=1"
+        with httpx.Client(base_url=base) as user:  # the job API beside it, in demo mode
+            assert user.post("/jobs", json={"prompt": "served"}).status_code == 202
+        for _ in range(150):
+            totals = httpx.get(base + "/admin/api/overview").json()["totals"]
+            if totals["completed"] == 1:
+                break
+            time.sleep(0.2)
+        assert totals["completed"] == 1, totals
     finally:
         proc.send_signal(signal.SIGINT)
         printed, _ = proc.communicate(timeout=40)
     assert proc.returncode == 0, printed
     assert f"admin http://127.0.0.1:{port}/admin/" in printed
+
+
+async def test_rows_other_clients_wrote_with_odd_times_do_not_break_it(
+    admin: httpx.AsyncClient, aqueue: AsyncJobQueue, migrated: tuple[str, str], raw_sql: Any
+) -> None:
+    """Rows from before the table's bounds (migration 0003) may hold times at infinity
+    (PostgreSQL) or text that is no time (SQLite): every view reads past them."""
+    url, table = migrated
+    columns = "(id, payload, status, created_at, completed_at, updated_at)"
+    if aqueue.is_postgres:
+        raw_sql(f"ALTER TABLE {table} DROP CONSTRAINT {table}_times_check")
+        for n, status, created, completed in (
+            (1, "completed", "'-infinity'", "'infinity'"),
+            (2, "pending", "'infinity'", "NULL"),
+        ):
+            raw_sql(
+                f"INSERT INTO {table} {columns} VALUES ('01234567-89ab-7def-8123-00000000000{n}',"
+                f" '{{}}', '{status}', {created}, {completed}, {created})"
+            )
+    else:
+        path = make_url(url).database
+        assert path is not None
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA ignore_check_constraints = ON")
+            for n, status, created, completed in (
+                (1, "completed", "'not a time'", "'not a time'"),
+                (2, "pending", "''", "NULL"),
+            ):
+                conn.execute(
+                    f"INSERT INTO {table} {columns} VALUES ('0123456789ab7def812300000000000{n}',"
+                    f" '{{}}', '{status}', {created}, {completed}, {created})"
+                )
+            conn.commit()
+    overview = await admin.get("/api/overview")
+    assert overview.status_code == 200, overview.text
+    assert overview.json()["totals"] == {**ZERO, "completed": 1, "pending": 1}
+    listed = await admin.get("/api/jobs")
+    assert listed.status_code == 200 and len(listed.json()["jobs"]) == 2
+    for job in listed.json()["jobs"]:
+        assert (await admin.get(f"/api/jobs/{job['id']}")).status_code == 200
+    first = (await admin.get("/api/jobs", params={"limit": "1"})).json()
+    rest = await admin.get("/api/jobs", params={"limit": "1", "after": first["next"]})
+    assert rest.status_code == 200
+    assert [j["id"] for j in rest.json()["jobs"]] != [j["id"] for j in first["jobs"]]

@@ -440,24 +440,33 @@ def _money(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _age(now: datetime | None, then: datetime | None) -> float | None:
+    """Seconds from ``then`` to ``now`` (both the database's), None when either is."""
+    if now is None or then is None:
+        return None
+    try:
+        return max(0.0, (now - then).total_seconds())
+    except OverflowError:  # a time at infinity, written by another client
+        return None
+
+
 def overview_view(
     seen: Overview, limits: list[Limit], workers: list[LiveWorker] | None
 ) -> dict[str, Any]:
     totals = {s.value: seen.total(s) for s in Status}
-    queues: dict[str, dict[str, int]] = {}
+    queues: dict[str, dict[str, Any]] = {}
     for line in seen.counts:
-        queues.setdefault(line.queue, {})[line.status.value] = line.count
+        queue = queues.setdefault(line.queue, {"queue": line.queue, "counts": {}})
+        queue["counts"][line.status.value] = line.count
+        if line.status is Status.PENDING:
+            queue["oldest_pending_age"] = _age(seen.now, line.oldest)
     oldest = seen.oldest_pending
     return {
         "now": _iso(seen.now),
         "totals": totals,
-        "queues": [{"queue": q, "counts": c} for q, c in sorted(queues.items())],
+        "queues": [queues[name] for name in sorted(queues)],
         "oldest_pending": _iso(oldest),
-        "oldest_pending_age": (
-            None
-            if oldest is None or seen.now is None
-            else max(0.0, (seen.now - oldest).total_seconds())
-        ),
+        "oldest_pending_age": _age(seen.now, oldest),
         "throughput": {"completed": seen.completed, "failed": seen.failed},
         "cost_today": [{"unit": u, "cost": _money(c)} for u, c in seen.cost_today.items()],
         "workers": None if workers is None else [worker_view(w) for w in workers],

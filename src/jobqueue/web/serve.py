@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from ..errors import ConfigurationError
@@ -156,7 +158,18 @@ def with_admin(api: Starlette, dashboard: Starlette, path: str = "/admin") -> St
         async with api.router.lifespan_context(api):
             yield
 
-    return Starlette(routes=[Mount(path, app=dashboard), Mount("", app=api)], lifespan=lifespan)
+    async def to_dashboard(request: Request) -> Response:
+        # The page links its files and API relative to itself: it must end with a slash.
+        return RedirectResponse(request.url.replace(path=request.url.path + "/"), 308)
+
+    return Starlette(
+        routes=[
+            Route(path, to_dashboard, methods=["GET", "HEAD"]),
+            Mount(path, app=dashboard),
+            Mount("", app=api),
+        ],
+        lifespan=lifespan,
+    )
 
 
 class _Server(uvicorn.Server):

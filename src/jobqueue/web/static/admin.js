@@ -152,10 +152,11 @@ async function showOverview(mine) {
         el("span", { class: "count", text: data.totals[s] ?? 0 }), el("span", { text: s }))),
   );
   const queues = table(
-    ["queue", ...STATUSES],
+    ["queue", ...STATUSES, "oldest pending"],
     data.queues.map((q) =>
-      el("tr", {}, el("td", { text: q.queue }),
-        ...STATUSES.map((s) => el("td", { class: "num", text: q.counts[s] ?? 0 })))),
+      el("tr", { "data-queue": q.queue }, el("td", { text: q.queue }),
+        ...STATUSES.map((s) => el("td", { class: "num", text: q.counts[s] ?? 0 })),
+        el("td", { class: "num", text: ago(q.oldest_pending_age) }))),
     { id: "queues" },
   );
   const costs = data.cost_today.length
