@@ -29,7 +29,7 @@ from jobqueue import AsyncJobQueue, ConfigurationError, PayloadError, migrate
 from jobqueue.models import Status, WorkerPresence
 from jobqueue.web import create_admin_app
 from jobqueue.web.admin import TOKEN_COOKIE, TOKEN_HEADER, check_admin_bind
-from jobqueue.web.serve import serve
+from jobqueue.web.serve import load_authenticate, serve
 from tests.support.ports import free_port
 
 LOOPBACK = ("127.0.0.1", 50000)
@@ -307,6 +307,13 @@ async def test_serve_refuses_a_dashboard_without_hook_on_all_interfaces(
 ) -> None:
     with pytest.raises(ConfigurationError, match="no authentication hook"):
         await serve(aqueue, host="0.0.0.0", port=free_port(), admin=True)
+
+
+@pytest.mark.parametrize("path", ["no_colon", "json:nope", "no_such_module_xyz:f", "json:__doc__"])
+def test_bad_admin_hooks_are_refused(path: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_authenticate(path)
+    assert refused.value.message.startswith(("--admin-auth ", "the admin hook "))
 
 
 async def test_retry_many_is_bounded_and_one_statement(aqueue: AsyncJobQueue) -> None:

@@ -43,36 +43,30 @@ logger = logging.getLogger(__name__)
 
 def load_identify(path: str) -> Identify:
     """Import ``package.module:function`` and check it can be called as an identify hook."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(
-            f"--identify takes module:function, not {path!r}",
-            hint="for example --identify myapp.auth:owner_of",
-        )
-    target: Any = import_object(path, "--identify").value
-    if not callable(target):
-        raise ConfigurationError(
-            f"the identify hook {path!r} must be `async def f(request) -> str | None`"
-        )
-    hook: Identify = target
+    hook: Identify = _load_hook(path, "--identify", "identify hook", "myapp.auth:owner_of")
     return hook
 
 
 def load_authenticate(path: str) -> Authenticate:
     """Import ``package.module:function`` as the admin dashboard's authentication hook."""
+    hook: Authenticate = _load_hook(path, "--admin-auth", "admin hook", "myapp.auth:admin_of")
+    return hook
+
+
+def _load_hook(path: str, option: str, what: str, example: str) -> Any:
+    """The function ``path`` names, checked to be one: a request hook of the web apps."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(
-            f"--admin-auth takes module:function, not {path!r}",
-            hint="for example --admin-auth myapp.auth:admin_of",
+            f"{option} takes module:function, not {path!r}",
+            hint=f"for example {option} {example}",
         )
-    target: Any = import_object(path, "--admin-auth").value
+    target: Any = import_object(path, option).value
     if not callable(target):
         raise ConfigurationError(
-            f"the admin hook {path!r} must be `async def f(request) -> str | None`"
+            f"the {what} {path!r} must be `async def f(request) -> str | None`"
         )
-    hook: Authenticate = target
-    return hook
+    return target
 
 
 def listen_on(host: str, port: int) -> socket.socket:
