@@ -119,6 +119,7 @@ class AdminApi:
     # -- who is asking -----------------------------------------------------------------
 
     async def admin_of(self, request: Request) -> str:
+        """Who is asking (the hook's answer, or "local"); 401 or 403 when nobody may."""
         if self.authenticate is not None:
             found = self.authenticate(request)
             name = await found if inspect.isawaitable(found) else found
@@ -232,13 +233,13 @@ class AdminApi:
     async def retry(self, request: Request) -> Response:
         admin = await self.acting(request)
         job = await self.queue.retry(self.job_id(request))
-        logger.info("admin %s retried job %s", admin, job.id)
+        logger.info("admin %r retried job %s", admin, job.id)
         return JSONResponse(job_detail(job), headers=_NO_STORE)
 
     async def cancel(self, request: Request) -> Response:
         admin = await self.acting(request)
         job = await self.queue.cancel(self.job_id(request))
-        logger.info("admin %s cancelled job %s", admin, job.id)
+        logger.info("admin %r cancelled job %s", admin, job.id)
         return JSONResponse(job_detail(job), headers=_NO_STORE)
 
     async def retry_many(self, request: Request) -> Response:
@@ -252,7 +253,7 @@ class AdminApi:
                 400, "invalid_request", f"at most {MAX_PAGE} jobs can be retried at once"
             )
         jobs = await self.queue.retry_many([parse_job_id(i) for i in ids])
-        logger.info("admin %s retried %d jobs", admin, len(jobs))
+        logger.info("admin %r retried %d jobs", admin, len(jobs))
         return JSONResponse({"retried": [str(j.id) for j in jobs]}, headers=_NO_STORE)
 
     async def pause(self, request: Request) -> Response:
@@ -273,14 +274,14 @@ class AdminApi:
             duration=None if minutes is None else timedelta(minutes=minutes),
             reason=reason or f"paused by {admin} from the dashboard",
         )
-        logger.info("admin %s paused %s %s", admin, scope, name)
+        logger.info("admin %r paused %s %r", admin, scope, name)
         return JSONResponse(limit_view(limit), headers=_NO_STORE)
 
     async def resume(self, request: Request) -> Response:
         admin = await self.acting(request)
         scope, name = _limit_target(await _json_body(request))
         limit = await self.queue.resume(name, scope=scope)
-        logger.info("admin %s resumed %s %s", admin, scope, name)
+        logger.info("admin %r resumed %s %r", admin, scope, name)
         return JSONResponse(limit_view(limit), headers=_NO_STORE)
 
     def job_id(self, request: Request) -> str:
