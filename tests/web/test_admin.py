@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import make_url
 from starlette.requests import Request
 
+import jobqueue.web.admin
 from jobqueue import AsyncJobQueue, ConfigurationError, PayloadError, migrate
 from jobqueue.models import Status, WorkerPresence
 from jobqueue.web import create_admin_app
@@ -90,6 +91,23 @@ async def test_overview_counts_throughput_cost_and_oldest_pending(
     assert datetime.fromisoformat(body["oldest_pending"]) == first.created_at
     assert 0 <= body["oldest_pending_age"] < 60
     assert body["workers"] == [] and body["limits"] == []
+
+
+async def test_open_dashboards_share_one_overview_read_until_an_action(
+    admin: httpx.AsyncClient, aqueue: AsyncJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview's counts read the whole jobs table: within `OVERVIEW_MAX_AGE` every
+    open dashboard gets the same read, and an action through the dashboard reads anew."""
+    monkeypatch.setattr(jobqueue.web.admin, "OVERVIEW_MAX_AGE", 60.0)  # a loaded machine
+    job_id = await fail_one(aqueue)
+    first = (await admin.get("/api/overview")).json()
+    assert first["totals"]["failed"] == 1
+    await aqueue.enqueue("image", {"n": 2})  # by the app, not through the dashboard
+    again = (await admin.get("/api/overview")).json()
+    assert again == first  # the shared read
+    assert (await admin.post(f"/api/jobs/{job_id}/retry")).status_code == 200
+    after = (await admin.get("/api/overview")).json()
+    assert (after["totals"]["failed"], after["totals"]["pending"]) == (0, 2)
 
 
 async def test_overview_lists_paused_queues_and_live_workers(

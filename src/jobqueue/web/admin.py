@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -51,6 +52,10 @@ from ..sql.admin import MAX_PAGE
 from ..validation import parse_job_id
 from .guards import OriginCheck, SecurityHeaders
 from .problems import ApiError, error_response, handle_http_exception, library_error_handler
+
+#: How long (seconds) every open dashboard shares one read of the overview; an action
+#: through the dashboard reads it anew.
+OVERVIEW_MAX_AGE = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +120,9 @@ class AdminApi:
     def __init__(self, queue: AsyncJobQueue, authenticate: Authenticate | None) -> None:
         self.queue = queue
         self.authenticate = authenticate
+        #: The overview last read (monotonic time, body): its counts read the whole jobs
+        #: table, so every open dashboard shares one read per `OVERVIEW_MAX_AGE`.
+        self._overview: tuple[float, dict[str, Any]] | None = None
 
     # -- who is asking -----------------------------------------------------------------
 
@@ -158,6 +166,7 @@ class AdminApi:
     async def acting(self, request: Request) -> str:
         admin = await self.admin_of(request)
         self.check_token(request)
+        self._overview = None  # the action changes what the next overview shows
         return admin
 
     # -- the page ----------------------------------------------------------------------
@@ -183,6 +192,14 @@ class AdminApi:
 
     async def overview(self, request: Request) -> Response:
         await self.admin_of(request)
+        cached = self._overview
+        if cached is not None and time.monotonic() - cached[0] < OVERVIEW_MAX_AGE:
+            return JSONResponse(cached[1], headers=_NO_STORE)
+        body = await self._read_overview()
+        self._overview = (time.monotonic(), body)
+        return JSONResponse(body, headers=_NO_STORE)
+
+    async def _read_overview(self) -> dict[str, Any]:
         seen = await self.queue.overview()
         limits = await self.queue.list_limits()
         workers: list[LiveWorker] | None
@@ -191,7 +208,7 @@ class AdminApi:
         except JobQueueError as exc:  # an older schema, a role that may not read them
             logger.debug("no live workers for the dashboard: %s", exc)
             workers = None
-        return JSONResponse(overview_view(seen, limits, workers), headers=_NO_STORE)
+        return overview_view(seen, limits, workers)
 
     async def jobs(self, request: Request) -> Response:
         await self.admin_of(request)
