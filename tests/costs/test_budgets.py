@@ -345,8 +345,12 @@ def test_racing_processes_cannot_overspend(migrated: tuple[str, str]) -> None:
     try:
         queue.set_budget("ann", 10 * E, period="day")
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(2) as pool:
+        pool = ctx.Pool(2)
+        try:
             counts = pool.starmap(racers.enqueue_racing, [(url, table, "ann", str(E), 4, 5)] * 2)
+        finally:
+            pool.close()  # the processes end on their own, their connections closed
+            pool.join()
         assert sum(accepted for accepted, _ in counts) == 10
         assert sum(refused for _, refused in counts) == 30
         assert len(queue.list(owner_id="ann", limit=100)) == 10

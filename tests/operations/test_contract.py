@@ -118,6 +118,16 @@ def exercise(q: JobQueue) -> None:
     q.pause("default", duration=60, reason="maintenance")
     q.resume("default")
     assert q.remove_limit("image") and not q.remove_limit("image")
+    # Budgets: an owner with one is enqueued within it (lock, sum, insert), or refused.
+    q.set_budget("rich", "1", period="day")
+    q.get_budget("rich")
+    q.list_budgets()
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    refused(lambda: q.enqueue("image", {}, owner_id="rich", estimated_cost="1"))
+    q.set_budget("rich", "100", period="month")
+    q.enqueue_many([NewJob(payload={"n": i}, owner_id="rich") for i in range(COPY_MIN_JOBS)])
+    assert q.remove_budget("rich") and not q.remove_budget("rich")
 
 
 @pytest.fixture

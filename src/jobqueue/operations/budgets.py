@@ -136,10 +136,13 @@ def _check_fits(budget: Row, wanted: Decimal) -> None:
         budget["period"], "the"
     )
     left = max(amount - spent, Decimal(0))
+    if wanted > 0:
+        why = f"reserving {wanted}{unit} would pass {period} budget of {amount}{unit}"
+    else:  # jobs without an estimate: refused once nothing is left
+        why = f"{period} budget of {amount}{unit} is used up"
     raise BudgetExceeded(
-        f"owner {budget['owner_id']!r} is over budget: reserving {wanted}{unit} would pass "
-        f"{period} budget of {amount}{unit} ({spent}{unit} spent or reserved, {left}{unit} "
-        "left); nothing was enqueued",
+        f"owner {budget['owner_id']!r} is over budget: {why} ({spent}{unit} spent or "
+        f"reserved, {left}{unit} left); nothing was enqueued",
         owner_id=budget["owner_id"],
         amount=amount,
         period=budget["period"],
