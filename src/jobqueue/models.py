@@ -355,6 +355,19 @@ class Budget:
     def remaining(self) -> Decimal:
         return self.amount - self.spent
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: amounts as decimal strings (exact), times in ISO 8601."""
+        return {
+            "owner_id": self.owner_id,
+            "amount": str(self.amount),
+            "period": self.period,
+            "cost_unit": self.cost_unit,
+            "spent": str(self.spent),
+            "remaining": str(self.remaining),
+            "since": None if self.since is None else self.since.isoformat(),
+            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+        }
+
 
 @dataclass(slots=True)
 class ClaimMode:
@@ -374,6 +387,10 @@ class Placement:
     (`jobqueue.sql.fair`), and a limit key is not its to choose."""
 
     placed: bool | None = None
+    #: Whether it may read the owners' budgets, learnt with ``placed``. A role that may
+    #: not (the budgets are the operator's, `jobqueue.sql.rls`) is not held to them:
+    #: owned jobs are inserted without a look at the budgets (docs/costs.md).
+    budgets: bool = True
 
 
 @dataclass(frozen=True, slots=True)

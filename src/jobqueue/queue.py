@@ -1181,21 +1181,27 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         period: str = "month",
         cost_unit: str | None = None,
     ) -> Budget:
-        """As `JobQueue.set_budget`."""
+        """Give ``owner_id`` a budget of ``amount`` per ``period``: ``"day"`` or ``"month"``
+        (calendar, UTC, by the database clock) or ``"balance"`` (prepaid, never starts
+        over), replacing any it had. From then on its enqueues reserve each job's estimated
+        cost and are refused with `BudgetExceeded` past it. ``cost_unit``: only costs in it
+        count (None: every cost). Returns the budget with what already counts."""
         return await self._run(
             budget_ops.set_budget(self.statements, owner_id, amount, period, cost_unit)
         )
 
     async def get_budget(self, owner_id: str) -> Budget | None:
-        """As `JobQueue.get_budget`."""
+        """``owner_id``'s budget with what counts against it now (`Budget.spent`,
+        `Budget.remaining`), or None when it has none."""
         return await self._run(budget_ops.get_budget(self.statements, owner_id))
 
     async def list_budgets(self) -> builtins.list[Budget]:
-        """As `JobQueue.list_budgets`."""
+        """Every owner's budget, with what counts against it now, by owner."""
         return await self._run(budget_ops.list_budgets(self.statements))
 
     async def remove_budget(self, owner_id: str) -> bool:
-        """As `JobQueue.remove_budget`."""
+        """Delete ``owner_id``'s budget (its enqueues are no longer limited); whether it
+        had one."""
         return await self._run(budget_ops.remove_budget(self.statements, owner_id))
 
     # -- scheduling --------------------------------------------------------------------------

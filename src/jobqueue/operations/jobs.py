@@ -106,16 +106,19 @@ def _enqueue(
     placed = True
     if placement is not None:
         if placement.placed is None:
-            placement.placed = bool((yield s.may_place())[0]["may_place"])
+            (may,) = yield s.may_place()
+            placement.budgets = bool(may["may_budget"])
+            placement.placed = bool(may["may_place"])
         placed = placement.placed
     if not placed and any(r["limit_key"] is not None for r in rows):
         raise PermissionDenied(
             "this role may not choose a job's limit key",
             hint="enqueue without limit_key (the kind is the key), or as the worker role",
         )
-    # A role that may not place its jobs may not read the budgets either (Supabase users:
-    # the budgets are the operator's), and is not held to them (docs/costs.md).
-    owners = _owners(rows) if guard and placed else []
+    # A role that may not read the budgets (Supabase users: they are the operator's, and
+    # so is placing jobs) is not held to them (docs/costs.md).
+    held_to_budgets = placement is None or placement.budgets
+    owners = _owners(rows) if guard and placed and held_to_budgets else []
     copying = (
         guard  # else the caller reserves, and COPY does not write ``reserved``
         and placed  # else the role has column grants only, and COPY needs them all

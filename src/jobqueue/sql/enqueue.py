@@ -56,11 +56,14 @@ class Enqueueing(Budgeting):
     def may_place(self) -> Query:
         """Whether this role may place its jobs in the line (one row: ``may_place``):
         always on SQLite; on PostgreSQL when it may write ``turn`` and ``limit_key`` and
-        read the limits table (where the owners' weights are)."""
+        read the limits table (where the owners' weights are). And whether it may read the
+        owners' budgets (``may_budget``)."""
 
         def build() -> Any:
             if self.dialect != "postgresql":
-                return select(literal(True).label("may_place"))
+                return select(
+                    literal(True).label("may_place"), literal(True).label("may_budget")
+                )
             t = self.t
             name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
             lt = self.limits
@@ -75,7 +78,10 @@ class Enqueueing(Budgeting):
                 # The turn reads the owner's weight there.
                 func.has_table_privilege(literal(limits), literal_column("'SELECT'")),
             )
-            return select(allowed.label("may_place"))
+            bt = self.budgets
+            budgets = f'"{bt.schema}"."{bt.name}"' if bt.schema else f'"{bt.name}"'
+            readable = func.has_table_privilege(literal(budgets), literal_column("'SELECT'"))
+            return select(allowed.label("may_place"), readable.label("may_budget"))
 
         return Query(self.once("may_place", build), None)
 
