@@ -356,4 +356,3 @@ def test_racing_processes_cannot_overspend(migrated: tuple[str, str]) -> None:
         assert len(queue.list(owner_id="ann", limit=100)) == 10
     finally:
         queue.close()
-

@@ -61,9 +61,7 @@ class Enqueueing(Budgeting):
 
         def build() -> Any:
             if self.dialect != "postgresql":
-                return select(
-                    literal(True).label("may_place"), literal(True).label("may_budget")
-                )
+                return select(literal(True).label("may_place"), literal(True).label("may_budget"))
             t = self.t
             name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
             lt = self.limits
@@ -122,7 +120,8 @@ class Enqueueing(Budgeting):
             r.get("start_by_value") is not None or r.get("expires_seconds") is not None
             for r in rows
         )
-        rs = any(r.get("reserved") is not None for r in rows)
+        # Rows a budget reserved for all carry the key (None for other owners' jobs).
+        rs = "reserved" in rows[0]
         if not placed:
             stmt = self.once(
                 ("insert_unplaced", dl),
@@ -148,9 +147,7 @@ class Enqueueing(Budgeting):
             if rs:
                 deadlines["jq_reserveds"] = [r.get("reserved") for r in rows]
             return Query(
-                self.once(
-                    ("insert_pg", dl, rs, guard), lambda: self._insert_unnest(dl, rs, guard)
-                ),
+                self.once(("insert_pg", dl, rs, guard), lambda: self._insert_unnest(dl, rs, guard)),
                 deadlines
                 | {
                     "jq_ids": [r["id"] for r in rows],
