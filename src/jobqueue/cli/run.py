@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,13 @@ import click
 from rich.console import Console
 
 from .._console import closing, run_async
-from ..errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotInstalled
+from ..errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+)
 from ..models import DEFAULT_QUEUE, Status
 from .group import EXIT_FAILED, Env, app_option, cli, pass_env
 from .output import DURATION, format_duration, out
@@ -294,6 +301,14 @@ async def _run_worker(
     help="Cancel a pending job once its last event stream closed and none reopened within "
     "this grace period (30s). [default: off]",
 )
+@click.option(
+    "--estimated-cost",
+    "estimates",
+    multiple=True,
+    metavar="KIND=AMOUNT",
+    help="What a job of KIND is expected to cost, reserved against its owner's budget "
+    "(repeatable; image=0.04). See `jobqueue budget`.",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -303,6 +318,7 @@ def serve_command(
     concurrency: int,
     identify: str | None,
     cancel_abandoned_after: timedelta | None,
+    estimates: tuple[str, ...],
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
@@ -319,6 +335,7 @@ def serve_command(
     from ..config import Settings
 
     hook = load_identify(identify) if identify else None
+    estimated_costs = _estimates(estimates)
     settings = Settings.from_env()
     generator = None if no_worker else settings.generator()
     _require_schema(env)
@@ -335,7 +352,7 @@ def serve_command(
     )
 
     async def run() -> None:
-        queue = env.async_queue()
+        queue = env.async_queue(estimated_costs=estimated_costs)
         try:
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
@@ -352,6 +369,23 @@ def serve_command(
             await queue.close()
 
     run_async(run())
+
+
+def _estimates(pairs: tuple[str, ...]) -> dict[str, Decimal]:
+    """``--estimated-cost KIND=AMOUNT`` options as `JobQueue`'s ``estimated_costs``."""
+    from ..validation import check_cost
+
+    out: dict[str, Decimal] = {}
+    for pair in pairs:
+        kind, sep, amount = pair.partition("=")
+        if not sep or not kind.strip() or not amount.strip():
+            raise PayloadError(
+                f"--estimated-cost {pair!r} is not KIND=AMOUNT", hint="e.g. image=0.04"
+            )
+        checked = check_cost(amount.strip(), f"--estimated-cost of {kind.strip()}")
+        assert checked is not None
+        out[kind.strip()] = checked
+    return out
 
 
 # -- the demo ---------------------------------------------------------------------------
