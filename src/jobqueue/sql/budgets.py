@@ -178,10 +178,11 @@ class Budgeting(StatementsBase):
         return Query(self.once(("budgets", some), build), params)
 
     def lock_budgets(self, owners: Sequence[str]) -> Query:
-        """Lock the budget rows of ``owners`` (PostgreSQL; in order, so two batches never
-        wait on each other), until the transaction ends: enqueues for an owner with a
-        budget then sum and reserve one at a time. SQLite needs no lock: its writers
-        already run one at a time (``BEGIN IMMEDIATE``). Returns the owners with a budget."""
+        """Lock the budget rows of ``owners`` (PostgreSQL; in the owners' order, so that two
+        batches with owners in common cannot deadlock) until the transaction ends: the
+        enqueues for an owner with a budget then sum and reserve one at a time. SQLite
+        needs no lock: its writers already run one at a time (``BEGIN IMMEDIATE``).
+        Returns the owners with a budget."""
 
         def build() -> Any:
             b = self.budgets.c
