@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._compat import install as _serve_old_import_paths
 from .errors import (
+    BudgetExceeded,
     ConfigurationError,
     DatabaseUnavailable,
     GenerationError,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from .models import (
         FINAL_STATUSES,
         MOVES,
+        Budget,
         Completion,
         Job,
         NewJob,
@@ -82,6 +84,7 @@ _serve_old_import_paths()
 #: Where each lazily imported name lives.
 _LAZY: dict[str, str] = {
     "AsyncJobQueue": "queue",
+    "Budget": "models",
     "Completion": "models",
     "DefAPIGenerator": "generators",
     "FINAL_STATUSES": "models",
@@ -129,6 +132,8 @@ __all__ = [
     "FINAL_STATUSES",
     "MOVES",
     "AsyncJobQueue",
+    "Budget",
+    "BudgetExceeded",
     "Completion",
     "ConfigurationError",
     "DatabaseUnavailable",

@@ -199,6 +199,36 @@ class JobExpired(JobFailed):
         return cls(f"job {job.id} expired: it was not started in time{deadline}", job_id=job.id)
 
 
+class BudgetExceeded(JobQueueError):
+    """An enqueue refused because reserving its jobs' estimated cost would take their
+    owner past the budget (`JobQueue.set_budget`): nothing was enqueued. ``owner_id``,
+    ``amount`` and ``period`` are the budget's, ``spent`` what already counts against it
+    (costs plus what pending and running jobs reserved), ``requested`` the batch's estimate."""
+
+    hint = (
+        "raise the budget with `jobqueue budget set OWNER AMOUNT` or wait for the period to "
+        "roll over; a prepaid balance never rolls over, top it up"
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        owner_id: str = "",
+        amount: Decimal | None = None,
+        period: str = "",
+        spent: Decimal | None = None,
+        requested: Decimal | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.owner_id = owner_id
+        self.amount = amount
+        self.period = period
+        self.spent = spent
+        self.requested = requested
+
+
 class WaitTimeout(JobQueueError, TimeoutError):
     """A wait for a job ran out of time; the job itself keeps running."""
 

@@ -61,6 +61,7 @@ from .models import (
     DEFAULT_POSITION_LIMIT,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
+    Budget,
     ClaimMode,
     Completion,
     Job,
@@ -75,6 +76,7 @@ from .models import (
 )
 from .operations import Access, Operation, presence
 from .operations import admin as admin_ops
+from .operations import budgets as budget_ops
 from .operations import limits as limit_ops
 from .operations import schedules as schedule_ops
 from .operations.admin import JobPage, Overview
@@ -85,7 +87,14 @@ from .sql.presence import PresenceStatements
 from .sql.schedules import ScheduleStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import QueueLimits, new_job_row, new_job_rows, parse_job_id, seconds_of
+from .validation import (
+    QueueLimits,
+    check_cost,
+    new_job_row,
+    new_job_rows,
+    parse_job_id,
+    seconds_of,
+)
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -131,6 +140,7 @@ class EnqueueOptions(TypedDict, total=False):
     limit_key: str | None
     expires_in: float | timedelta | None
     start_by: datetime | None
+    estimated_cost: Decimal | int | str | None
 
 
 class LimitSettings(TypedDict, total=False):
@@ -148,6 +158,12 @@ def _settings(settings: LimitSettings) -> dict[str, Any]:
     if "per" in out:
         out["per_seconds"] = _secs(out.pop("per"))
     return out
+
+
+def _estimate(kind: str, amount: Decimal | int | str) -> Decimal:
+    checked = check_cost(amount, f"the estimated cost of kind {kind!r}")
+    assert checked is not None
+    return checked
 
 
 def _secs(value: float | timedelta | None) -> float | None:
@@ -209,6 +225,7 @@ class _QueueBase(Generic[E]):
         lease: float = DEFAULT_LEASE,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retry_backoff: tuple[float, float] = (5.0, 600.0),
+        estimated_costs: Mapping[str, Decimal | int | str] | None = None,
     ) -> None:
         self.engine = engine
         self.table: Table = jobs_table(table, schema, MetaData())
@@ -221,6 +238,11 @@ class _QueueBase(Generic[E]):
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
+        #: What a job of each kind is expected to cost when its caller gives no
+        #: ``estimated_cost``: reserved against its owner's budget (`set_budget`).
+        self.estimated_costs: dict[str, Decimal] = {
+            kind: _estimate(kind, amount) for kind, amount in (estimated_costs or {}).items()
+        }
         self._claim_mode = ClaimMode()
         self._placement = Placement()
         #: Recent answers of `position`, a few seconds each (`PositionCache`).
@@ -283,6 +305,13 @@ class _QueueBase(Generic[E]):
         self, kind: str, payload: Any, options: EnqueueOptions
     ) -> list[dict[str, Any]]:
         return [new_job_row(NewJob(kind=kind, payload=payload, **options), self.limits)]
+
+    def _within_budgets(self, rows: list[dict[str, Any]]) -> Operation[list[Job]]:
+        """The enqueue of a batch an owner of which has a budget (`enqueue_many` answered
+        None): reserve, or refuse with `BudgetExceeded`."""
+        return budget_ops.enqueue_within_budgets(
+            self.statements, rows, self._placement, self.estimated_costs
+        )
 
     def _claim_op(
         self,
@@ -577,7 +606,7 @@ class JobQueue(_QueueBase[Engine]):
         of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[0]
+        return self._enqueue(rows, connection)[0]
 
     def enqueue_many(
         self,
@@ -592,9 +621,48 @@ class JobQueue(_QueueBase[Engine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
+        return self._enqueue(self._new_rows(jobs), connection)
+
+    def _enqueue(
+        self, rows: builtins.list[dict[str, Any]], connection: Connection | None
+    ) -> builtins.list[Job]:
+        jobs = self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        if jobs is None:  # an owner has a budget
+            jobs = self._run(self._within_budgets(rows), connection)
+        return jobs
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        owner_id: str,
+        amount: Decimal | int | str,
+        *,
+        period: str = "month",
+        cost_unit: str | None = None,
+    ) -> Budget:
+        """Give ``owner_id`` a budget of ``amount`` per ``period``: ``"day"`` or ``"month"``
+        (calendar, UTC, by the database clock) or ``"balance"`` (prepaid, never starts
+        over), replacing any it had. From then on its enqueues reserve each job's estimated
+        cost and are refused with `BudgetExceeded` past it. ``cost_unit``: only costs in it
+        count (None: every cost). Returns the budget with what already counts."""
         return self._run(
-            ops.enqueue_many(self.statements, self._new_rows(jobs), self._placement), connection
+            budget_ops.set_budget(self.statements, owner_id, amount, period, cost_unit)
         )
+
+    def get_budget(self, owner_id: str) -> Budget | None:
+        """``owner_id``'s budget with what counts against it now (`Budget.spent`,
+        `Budget.remaining`), or None when it has none."""
+        return self._run(budget_ops.get_budget(self.statements, owner_id))
+
+    def list_budgets(self) -> builtins.list[Budget]:
+        """Every owner's budget, with what counts against it now, by owner."""
+        return self._run(budget_ops.list_budgets(self.statements))
+
+    def remove_budget(self, owner_id: str) -> bool:
+        """Delete ``owner_id``'s budget (its enqueues are no longer limited); whether it
+        had one."""
+        return self._run(budget_ops.remove_budget(self.statements, owner_id))
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -1188,9 +1256,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         instead of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return (
-            await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
-        )[0]
+        return (await self._enqueue(rows, connection))[0]
 
     async def enqueue_many(
         self,
@@ -1205,8 +1271,48 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
-        rows = self._new_rows(jobs)
-        return await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        return await self._enqueue(self._new_rows(jobs), connection)
+
+    async def _enqueue(
+        self, rows: builtins.list[dict[str, Any]], connection: AsyncConnection | None
+    ) -> builtins.list[Job]:
+        jobs = await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        if jobs is None:  # an owner has a budget
+            jobs = await self._run(self._within_budgets(rows), connection)
+        return jobs
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    async def set_budget(
+        self,
+        owner_id: str,
+        amount: Decimal | int | str,
+        *,
+        period: str = "month",
+        cost_unit: str | None = None,
+    ) -> Budget:
+        """Give ``owner_id`` a budget of ``amount`` per ``period``: ``"day"`` or ``"month"``
+        (calendar, UTC, by the database clock) or ``"balance"`` (prepaid, never starts
+        over), replacing any it had. From then on its enqueues reserve each job's estimated
+        cost and are refused with `BudgetExceeded` past it. ``cost_unit``: only costs in it
+        count (None: every cost). Returns the budget with what already counts."""
+        return await self._run(
+            budget_ops.set_budget(self.statements, owner_id, amount, period, cost_unit)
+        )
+
+    async def get_budget(self, owner_id: str) -> Budget | None:
+        """``owner_id``'s budget with what counts against it now (`Budget.spent`,
+        `Budget.remaining`), or None when it has none."""
+        return await self._run(budget_ops.get_budget(self.statements, owner_id))
+
+    async def list_budgets(self) -> builtins.list[Budget]:
+        """Every owner's budget, with what counts against it now, by owner."""
+        return await self._run(budget_ops.list_budgets(self.statements))
+
+    async def remove_budget(self, owner_id: str) -> bool:
+        """Delete ``owner_id``'s budget (its enqueues are no longer limited); whether it
+        had one."""
+        return await self._run(budget_ops.remove_budget(self.statements, owner_id))
 
     # -- scheduling --------------------------------------------------------------------------
 

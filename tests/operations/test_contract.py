@@ -127,6 +127,16 @@ def exercise(q: JobQueue) -> None:
     q.job_page(owner_id="o", queue="default", created_from=page.after[0], after=page.after)
     q.fail(q.claim("w", limit=1, queues=None)[0], "for good", retry=False)
     assert len(q.retry_many([j.id for j in q.list(status="failed")])) >= 1
+    # Budgets: an owner with one is enqueued within it (lock, sum, insert), or refused.
+    q.set_budget("rich", "1", period="day")
+    q.get_budget("rich")
+    q.list_budgets()
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    refused(lambda: q.enqueue("image", {}, owner_id="rich", estimated_cost="1"))
+    q.set_budget("rich", "100", period="month")
+    q.enqueue_many([NewJob(payload={"n": i}, owner_id="rich") for i in range(COPY_MIN_JOBS)])
+    assert q.remove_budget("rich") and not q.remove_budget("rich")
     # Periodic jobs: a round that moves a due schedule on and enqueues its tick's job.
     q.add_schedule("tick", kind="image", every=1)
     q.declare_schedules([define_schedule("other", kind="image", every=60)])

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,13 @@ import click
 from rich.console import Console
 
 from .._console import closing, run_async
-from ..errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotInstalled
+from ..errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+)
 from ..models import DEFAULT_QUEUE, Status
 from .group import EXIT_FAILED, Env, app_option, cli, pass_env
 from .output import DURATION, format_duration, out
@@ -312,6 +319,14 @@ async def _run_worker(
     metavar="MODULE:FUNCTION",
     help="async def f(request) -> admin name or None: who may use the dashboard.",
 )
+@click.option(
+    "--estimated-cost",
+    "estimates",
+    multiple=True,
+    metavar="KIND=AMOUNT",
+    help="What a job of KIND is expected to cost, reserved against its owner's budget "
+    "(repeatable; image=0.04). See `jobqueue budget`.",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -323,6 +338,7 @@ def serve_command(
     cancel_abandoned_after: timedelta | None,
     admin: bool,
     admin_auth: str | None,
+    estimates: tuple[str, ...],
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
@@ -341,6 +357,7 @@ def serve_command(
     from ..config import Settings
 
     hook = load_identify(identify) if identify else None
+    estimated_costs = _estimates(estimates)
     if admin_auth and not admin:
         raise ConfigurationError("--admin-auth needs --admin", hint="add --admin")
     admin_hook = load_authenticate(admin_auth) if admin_auth else None
@@ -364,7 +381,7 @@ def serve_command(
     )
 
     async def run() -> None:
-        queue = env.async_queue()
+        queue = env.async_queue(estimated_costs=estimated_costs)
         try:
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
@@ -382,6 +399,23 @@ def serve_command(
             await queue.close()
 
     run_async(run())
+
+
+def _estimates(pairs: tuple[str, ...]) -> dict[str, Decimal]:
+    """``--estimated-cost KIND=AMOUNT`` options as `JobQueue`'s ``estimated_costs``."""
+    from ..validation import check_cost
+
+    out: dict[str, Decimal] = {}
+    for pair in pairs:
+        kind, sep, amount = pair.partition("=")
+        if not sep or not kind.strip() or not amount.strip():
+            raise PayloadError(
+                f"--estimated-cost {pair!r} is not KIND=AMOUNT", hint="e.g. image=0.04"
+            )
+        checked = check_cost(amount.strip(), f"--estimated-cost of {kind.strip()}")
+        assert checked is not None
+        out[kind.strip()] = checked
+    return out
 
 
 # -- the demo ---------------------------------------------------------------------------

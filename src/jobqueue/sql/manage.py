@@ -19,12 +19,14 @@ from sqlalchemy import (
     delete,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
 
 from ..models import Status, sources_of
-from .common import StatementsBase, param, status_values
+from .budgets import Budgeting
+from .common import param, status_values
 from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
 from .steps import Query
 
@@ -32,7 +34,7 @@ from .steps import Query
 EXPIRY_BATCH = 1000
 
 
-class Managing(StatementsBase):
+class Managing(Budgeting):
     """Anyone's moves of a job, and reading jobs."""
 
     def cancel(
@@ -272,7 +274,8 @@ class Managing(StatementsBase):
         ``older_than_seconds`` ago by the database clock; RETURNING says how many.
 
         The age is measured from ``completed_at``, not creation, so a job that ran for days
-        is kept for the full retention period after it ended.
+        is kept for the full retention period after it ended. Jobs that still count against
+        their owner's budget are kept (`Budgeting.still_counted`).
         """
         chosen = tuple(status_values(statuses))
 
@@ -283,6 +286,9 @@ class Managing(StatementsBase):
                 .where(
                     c.status.in_(list(chosen)),
                     c.completed_at < DbNowPlus(param("back", Float())),
+                    # What still counts against a budget stays: its owner's spending
+                    # would otherwise shrink (`jobqueue.sql.budgets`).
+                    or_(c.owner_id.is_(None), ~self.still_counted()),
                 )
                 .returning(c.id)
             )

@@ -239,7 +239,7 @@ class JobsApi:
     async def spending(self, request: Request) -> Response:
         """The caller's own spending over the last ``days`` (default 30): per status, the
         jobs, what they cost per unit, and how many failed or were cancelled after they
-        had cost money."""
+        had cost money; and the caller's budget, if it has one (`JobQueue.get_budget`)."""
         owner = await self.owner_of(request)
         days = _int_param(request, "days", DEFAULT_SPENDING_DAYS, 1, MAX_SPENDING_DAYS)
         lines = await self.queue.stats(timedelta(days=days), owner_id=owner)
@@ -248,8 +248,11 @@ class JobsApi:
             if line.cost_unit is not None:
                 total[line.cost_unit] = total.get(line.cost_unit, Decimal(0)) + line.cost
         lost = sum(line.charged for line in lines if line.status in _PAID_NOT_DELIVERED)
+        budget = await self.queue.get_budget(owner)
         body = {
             "days": days,
+            # The caller's budget, with what counts against it now and what is left.
+            "budget": None if budget is None else budget.to_dict(),
             "spent": [{"cost": str(v), "cost_unit": k} for k, v in sorted(total.items())],
             "paid_not_delivered": lost,
             "statuses": [

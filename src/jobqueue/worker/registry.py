@@ -19,6 +19,9 @@ myapp.jobs:jobs``) and where producers take each kind's defaults (``jobs.enqueue
   unless told which queues to use.
 - ``timeout``: how long the worker lets a handler of this kind run before it fails the
   attempt (retried by the job's policy); it wins over the worker's ``job_timeout``.
+- ``estimated_cost``: what a job of this kind is expected to cost, given to jobs created
+  through the registry as their ``estimated_cost`` (reserved against their owner's budget,
+  `JobQueue.set_budget`) unless the caller gives one.
 
 ``jobs.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Berlin")``
 declares a periodic job (docs/schedules.md): every worker built from the registry writes
@@ -32,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -39,6 +43,7 @@ from ..errors import ConfigurationError, PayloadError
 from ..generators.base import IMAGE_KIND, Generator
 from ..models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ATTEMPTS_LIMIT, MAX_NAME
 from ..operations import check_int, check_text, seconds_of
+from ..validation import check_cost
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -67,6 +72,8 @@ class JobKind:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Seconds a handler of this kind may run; None: the worker's ``job_timeout``.
     timeout: float | None = None
+    #: What a job of this kind is expected to cost (reserved against its owner's budget).
+    estimated_cost: Decimal | None = None
 
 
 class Registry:
@@ -102,12 +109,20 @@ class Registry:
         queue: str = DEFAULT_QUEUE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
+        estimated_cost: Decimal | int | str | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated ``async def h(job, ctx)`` (or plain function, run in a
         thread) as the handler of ``kind``; the function itself is returned unchanged."""
 
         def register(function: H) -> H:
-            self.add(kind, function, queue=queue, max_attempts=max_attempts, timeout=timeout)
+            self.add(
+                kind,
+                function,
+                queue=queue,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                estimated_cost=estimated_cost,
+            )
             return function
 
         return register
@@ -120,6 +135,7 @@ class Registry:
         queue: str = DEFAULT_QUEUE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
+        estimated_cost: Decimal | int | str | None = None,
     ) -> JobKind:
         """Register ``handler`` (a function or a `Generator`) for ``kind``; as `handler`."""
         _checked(check_text, kind, "a job kind", limit=MAX_NAME)
@@ -140,7 +156,8 @@ class Registry:
         if timeout is not None:
             what = f"the timeout of kind {kind!r}"
             seconds = _checked(seconds_of, timeout, what, low=MIN_TIMEOUT)
-        entry = JobKind(kind, handler, queue, max_attempts, seconds)
+        estimate = _checked(check_cost, estimated_cost, f"the estimated cost of kind {kind!r}")
+        entry = JobKind(kind, handler, queue, max_attempts, seconds, estimate)
         self._kinds[kind] = entry
         return entry
 
@@ -248,7 +265,8 @@ class Registry:
     # -- producing ------------------------------------------------------------------------------
 
     def enqueue_options(self, kind: str, **given: Unpack[EnqueueOptions]) -> EnqueueOptions:
-        """``given`` completed with the kind's ``queue`` and ``max_attempts``; a value the
+        """``given`` completed with the kind's ``queue``, ``max_attempts`` and
+        ``estimated_cost``; a value the
         caller gives wins. `ConfigurationError` for a kind this registry does not serve
         (a typo would otherwise wait for a worker that never comes)."""
         entry = self._kinds.get(kind)
@@ -261,6 +279,8 @@ class Registry:
                 hint=f'register it with @jobs.handler("{kind}") or check its spelling',
             )
         options: EnqueueOptions = {"queue": entry.queue, "max_attempts": entry.max_attempts}
+        if entry.estimated_cost is not None:
+            options["estimated_cost"] = entry.estimated_cost
         options.update(given)
         return options
 
