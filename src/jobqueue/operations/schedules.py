@@ -433,7 +433,9 @@ def run_schedules(
     done.skipped = [n for n in done.skipped if n in moved]
     rows = [job for name, made in jobs.items() if name in moved for job in made]
     if rows:
-        done.enqueued = yield from enqueue_many(s, rows, placement).steps
+        # None would mean an owner's budget must be checked first; scheduled jobs have no
+        # owner, so no budget holds them back.
+        done.enqueued = (yield from enqueue_many(s, rows, placement).steps) or []
     return done
 
 
