@@ -35,7 +35,9 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from .drivers.deadline import Timer, async_deadline, sync_deadline
 from .drivers.engines import (
+    DEFAULT_COMMAND_TIMEOUT,
     READ_ONLY,
     make_async_engine,
     make_engine,
@@ -46,6 +48,7 @@ from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
+    DatabaseTimeout,
     JobExpired,
     JobFailed,
     JobQueueError,
@@ -204,6 +207,7 @@ class _QueueBase(Generic[E]):
         lease: float = DEFAULT_LEASE,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retry_backoff: tuple[float, float] = (5.0, 600.0),
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.table: Table = jobs_table(table, schema, MetaData())
@@ -215,6 +219,13 @@ class _QueueBase(Generic[E]):
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
+        #: The longest one operation on a connection of the queue's own may go without an
+        #: answer from PostgreSQL (seconds; None: no bound): `DatabaseTimeout` after it.
+        self.command_timeout = (
+            None
+            if command_timeout is None or not self.is_postgres
+            else seconds_of(command_timeout, "command_timeout", low=0.001)
+        )
         self._claim_mode = ClaimMode()
         self._placement = Placement()
         #: Recent answers of `position`, a few seconds each (`PositionCache`).
@@ -490,6 +501,16 @@ async def _drive_async(
     return await _pump_async(op.steps, lambda step: step.run(runner))
 
 
+def _raise_if_timed_out(timer: Timer | None, exc: Exception) -> None:
+    """`DatabaseTimeout` in place of ``exc`` when the operation's deadline broke its
+    connection (`jobqueue.drivers.deadline`)."""
+    if timer is not None and timer.fired:
+        raise DatabaseTimeout(
+            f"the database did not answer within {timer.seconds:g} s (command_timeout); "
+            "the connection was dropped"
+        ) from exc
+
+
 async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """Await ``work`` in a task of its own that cancelling the caller does not cancel: the
     caller's cancellation (however many times it is cancelled) waits until ``work`` has
@@ -533,11 +554,21 @@ class JobQueue(_QueueBase[Engine]):
             if connection is not None:
                 return _drive(connection, op)
             plan = self._plans[op.access]
-            if plan.transaction:
-                with plan.engine.begin() as conn:
-                    return _drive(conn, op, own=True)
-            with plan.engine.connect() as conn:
-                return _drive(conn, op, own=True, autocommit=True)
+            if self.command_timeout is None:
+                if plan.transaction:
+                    with plan.engine.begin() as conn:
+                        return _drive(conn, op, own=True)
+                with plan.engine.connect() as conn:
+                    return _drive(conn, op, own=True, autocommit=True)
+            with plan.engine.connect() as conn, sync_deadline(conn, self.command_timeout) as timer:
+                try:
+                    if plan.transaction:
+                        with conn.begin():  # the commit inside the deadline too
+                            return _drive(conn, op, own=True)
+                    return _drive(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
 
     def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
@@ -1015,11 +1046,25 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             if self._on_thread:
                 async with plan.engine.connect() as conn:
                     return await run_transaction(conn, op.steps)
-            async with plan.engine.begin() as conn:
-                return await _drive_async(conn, op, own=True)
+            if self.command_timeout is None:
+                async with plan.engine.begin() as conn:
+                    return await _drive_async(conn, op, own=True)
+            async with plan.engine.connect() as conn:
+                with async_deadline(conn, self.command_timeout) as timer:
+                    try:
+                        async with conn.begin():  # the commit inside the deadline too
+                            return await _drive_async(conn, op, own=True)
+                    except Exception as exc:
+                        _raise_if_timed_out(timer, exc)
+                        raise
         conn = await plan.engine.connect().start()
         try:
-            result = await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    result = await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
             await conn.__aexit__(type(exc), exc, exc.__traceback__)
@@ -1040,7 +1085,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             conn = held.conn = await engine.connect().start()
             held.engine = engine
         try:
-            return await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    return await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # Whatever went wrong (a lost connection, a cancellation half-way through a
             # statement, a refusal), the connection goes back as `_run_own` would return it.

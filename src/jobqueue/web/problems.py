@@ -73,6 +73,10 @@ DEMO_NOT_FOUND_HINT = (
 )
 
 
+#: Seconds a client is asked to wait (``Retry-After``) when the job store is unavailable.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
 def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
     """The HTTP meaning of a library error (``demo``: the app tells owners apart by cookie)."""
     if isinstance(exc, ApiError):
@@ -89,7 +93,15 @@ def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
     if isinstance(exc, PayloadError):
         return ApiError(422, "invalid_request", exc.message, hint=exc.hint)
     if isinstance(exc, DatabaseUnavailable):
-        return ApiError(503, "unavailable", "the job store is unavailable, try again shortly")
+        # A bounded answer (the queue's command_timeout ends a wait on a silent database)
+        # that tells clients when to come back, instead of requests piling up behind it.
+        return ApiError(
+            503,
+            "unavailable",
+            "the job store is unavailable, try again shortly",
+            hint=f"retry in {UNAVAILABLE_RETRY_AFTER} s",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+        )
     return ApiError(500, "internal_error", "the job store failed to answer this request")
 
 

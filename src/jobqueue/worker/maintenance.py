@@ -4,6 +4,8 @@
   lease; a claim missing from the answer was cancelled, reaped or taken over, and its
   handler is stopped. The answer is matched to the claims sent, never to what the worker
   holds under those ids by the time it comes.
+- `LeaseWatch` stops the handlers of jobs whose leases must have run out because no
+  heartbeat got an answer for a whole lease (the worker is cut off from the database).
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
 - `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
@@ -148,7 +150,10 @@ class Heartbeats(Periodic):
         alive = await self.queue.heartbeat_many(
             self.worker_id, [slot.job for slot in sent], lease=self.lease
         )
+        answered = time.monotonic()
         kept = matched(sent, alive)
+        for slot in kept:
+            slot.confirmed = answered
         for slot in sent:
             # Each answer is about the claim sent. One this worker no longer holds (its
             # outcome was written, or the worker claimed the job again meanwhile and
@@ -186,6 +191,47 @@ class Heartbeats(Periodic):
             )
         slot.stop_handler(reason)
         self.slots.let_go(slot)
+
+
+class LeaseWatch(Periodic):
+    """Gives up, locally, the jobs whose leases must have run out: a running handler whose
+    claim the database has not confirmed (claim or heartbeat answer, `Slot.confirmed`) for
+    a whole ``lease`` by this process's monotonic clock is stopped as a lost lease, and the
+    worker stops holding the job.
+
+    That is what a worker cut off from the database (a partition, a silent network) does
+    on its own: its heartbeats get no answer, so by then another worker may have claimed
+    the job, and its handler must not go on (paying a provider for work whose outcome
+    will be refused). Its late writes are fenced anyway; this ends the work itself. Looks
+    every tenth of a lease (at most a second), independently of the heartbeat's rounds,
+    which may themselves be waiting on the silent network."""
+
+    name = "lease-watch"
+    failure = "watching leases"
+
+    def __init__(self, slots: Slots, lease: float) -> None:
+        super().__init__(min(1.0, lease / 10), backoff=False)
+        self.slots = slots
+        self.lease = lease
+        #: Handlers stopped because their lease must have run out.
+        self.given_up = 0
+
+    async def round(self) -> None:
+        now = time.monotonic()
+        for slot in list(self.slots.held.values()):
+            if slot.handler_done or slot.task is None or now - slot.confirmed < self.lease:
+                continue
+            self.given_up += 1
+            log.warning(
+                "Job %s: no heartbeat answered for %.1fs (lease %gs): its lease has run out, "
+                "another worker may hold it now; stopping its handler (attempt %d)",
+                slot.job.id,
+                now - slot.confirmed,
+                self.lease,
+                slot.job.attempts,
+            )
+            slot.stop_handler(StopReason.LEASE_LOST)
+            self.slots.let_go(slot)
 
 
 class Reaper(Periodic):
@@ -366,6 +412,7 @@ __all__ = [
     "STOP_TIMEOUT",
     "Expiry",
     "Heartbeats",
+    "LeaseWatch",
     "Periodic",
     "Presence",
     "Reaper",

@@ -50,7 +50,16 @@ from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
-from .maintenance import Entrance, Expiry, Heartbeats, Periodic, Presence, Reaper, Wakeups
+from .maintenance import (
+    Entrance,
+    Expiry,
+    Heartbeats,
+    LeaseWatch,
+    Periodic,
+    Presence,
+    Reaper,
+    Wakeups,
+)
 from .outcome import StopReason
 from .registry import Registry
 from .slots import Slot, Slots
@@ -308,6 +317,7 @@ class Worker:
     def _services(self, until_idle: bool) -> list[Periodic | Wakeups]:
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
+            LeaseWatch(self._slots, self.lease),
             Reaper(self.queue, self.reap_interval, at_once=until_idle),
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
             Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
@@ -408,7 +418,8 @@ class Worker:
         assert self._loop is not None
         slots = self._slots
         ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
-        slot = Slot(job, ctx, time.monotonic())
+        now = time.monotonic()
+        slot = Slot(job, ctx, now, confirmed=now)
         previous = slots.take(slot)
         if previous is not None and not previous.handler_done and previous.task is not None:
             # We claimed the job again after our own earlier attempt lost its lease (say,
