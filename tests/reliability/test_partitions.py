@@ -1,0 +1,311 @@
+"""Silent partitions: the network to PostgreSQL stops answering without closing anything.
+
+Every test puts a proxy of its own (`tests.support.netproxy.NetProxy`) between a client and
+the shared PostgreSQL server, on loopback, and blackholes it: both sockets stay open and
+every byte is acknowledged by the proxy's kernel, so neither TCP keepalives nor
+``tcp_user_timeout`` can notice. What must notice is jobqueue's own clock: the queue's
+``command_timeout`` (`DatabaseTimeout`), the worker's lease watch, the listener's probe.
+The fast variants run in the default suite with timeouts of a second or two; the drill of
+two worker processes runs under ``-m soak``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from jobqueue import AsyncJobQueue, DefAPIGenerator, JobQueue, Status
+from jobqueue.drivers.listen import Listener, libpq_url
+from jobqueue.errors import DatabaseTimeout
+from jobqueue.web.app import create_app
+from jobqueue.worker import Worker
+from tests.support.fake_defapi import FakeDefAPI
+from tests.support.netproxy import NetProxy
+from tests.web.server import running_server
+
+pytestmark = pytest.mark.postgres
+
+#: The client-side bound the fast tests use (seconds), and the slack a bound may take on a
+#: busy machine.
+COMMAND_TIMEOUT = 1.0
+SLACK = 1.5
+
+
+@pytest.fixture
+def proxy(pg_migrated: tuple[str, str]) -> Iterator[NetProxy]:
+    """A proxy to the test's database server, stopped (every connection through it reset)
+    before the database is dropped."""
+    with NetProxy.for_url(pg_migrated[0]) as p:
+        yield p
+
+
+def _through(proxy: NetProxy, url: str, driver: str = "psycopg") -> str:
+    """``url`` through the proxy, with a short connect timeout (psycopg's shortest is 2 s)."""
+    routed = proxy.url_for(url).replace("postgresql://", f"postgresql+{driver}://", 1)
+    return routed + ("?connect_timeout=1" if driver == "psycopg" else "")
+
+
+async def _within(bound: float, call: Any) -> tuple[BaseException, float]:
+    started = time.monotonic()
+    with pytest.raises(DatabaseTimeout) as caught:
+        await call
+    return caught.value, time.monotonic() - started
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+def test_a_sync_enqueue_and_wait_through_a_blackhole_time_out_then_recover(
+    proxy: NetProxy, pg_migrated: tuple[str, str]
+) -> None:
+    url, table = pg_migrated
+    with JobQueue(_through(proxy, url), table=table, command_timeout=COMMAND_TIMEOUT) as queue:
+        job = queue.enqueue("work", {"n": 1})  # a pooled connection, open before the cut
+        with proxy.blackholed():
+            started = time.monotonic()
+            with pytest.raises(DatabaseTimeout, match="did not answer within 1 s") as caught:
+                queue.enqueue("work", {"n": 2})
+            assert time.monotonic() - started < COMMAND_TIMEOUT + SLACK
+            assert caught.value.hint  # what to do, including that a keyed enqueue may repeat
+            # The pool is empty now: a new connection waits its connect timeout instead.
+            started = time.monotonic()
+            with pytest.raises(DatabaseTimeout):
+                queue.wait(job.id, timeout=30)
+            assert time.monotonic() - started < 2 + COMMAND_TIMEOUT + SLACK
+        assert queue.enqueue("work", {"n": 3}).status is Status.PENDING
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_an_async_enqueue_and_wait_through_a_blackhole_time_out_then_recover(
+    proxy: NetProxy, pg_migrated: tuple[str, str], driver: str
+) -> None:
+    url, table = pg_migrated
+    queue = AsyncJobQueue(_through(proxy, url, driver), table=table, command_timeout=COMMAND_TIMEOUT)
+    try:
+        job = await queue.enqueue("work", {"n": 1})
+        with proxy.blackholed():
+            started = time.monotonic()
+            with pytest.raises(DatabaseTimeout):
+                await queue.enqueue("work", {"n": 2})
+            assert time.monotonic() - started < COMMAND_TIMEOUT + SLACK
+        # Healed before the wait: it works again on a fresh connection.
+        assert (await queue.get(job.id)).status is Status.PENDING
+        proxy.blackhole("down")  # the server hears the statement, its answer is lost
+        started = time.monotonic()
+        with pytest.raises(DatabaseTimeout):
+            await queue.wait(job.id, timeout=30)
+        # A connection checkout may open a new connection first (asyncpg's connect timeout
+        # is its default, 10 s): the bound is the connect timeout plus command_timeout.
+        assert time.monotonic() - started < 10 + COMMAND_TIMEOUT + SLACK
+        proxy.passing()
+        assert (await queue.enqueue("work", {"n": 3})).status is Status.PENDING
+    finally:
+        await queue.close()
+
+
+async def _by_header(request: Request) -> str | None:
+    return request.headers.get("x-user")
+
+
+async def test_the_web_api_answers_503_with_retry_after_through_a_blackhole(
+    proxy: NetProxy, pg_migrated: tuple[str, str]
+) -> None:
+    url, table = pg_migrated
+    queue = AsyncJobQueue(_through(proxy, url), table=table, command_timeout=COMMAND_TIMEOUT)
+    app = create_app(queue, identify=_by_header)
+    try:
+        async with (
+            running_server(app) as base,
+            httpx.AsyncClient(base_url=base, headers={"X-User": "alice"}, timeout=30) as client,
+        ):
+            assert (await client.post("/jobs", json={"prompt": "before"})).status_code == 202
+            with proxy.blackholed():
+                started = time.monotonic()
+                answers = await asyncio.gather(
+                    *(client.post("/jobs", json={"prompt": f"cut {i}"}) for i in range(5))
+                )
+                elapsed = time.monotonic() - started
+            # Every request is answered, in bounded time, with when to come back.
+            assert [r.status_code for r in answers] == [503] * 5
+            assert all(r.headers["Retry-After"].isdigit() for r in answers)
+            assert answers[0].json()["error"]["code"] == "unavailable"
+            assert elapsed < 2 + COMMAND_TIMEOUT + SLACK
+            assert (await client.post("/jobs", json={"prompt": "after"})).status_code == 202
+    finally:
+        await queue.close()
+
+
+# -- the listener ---------------------------------------------------------------------------
+
+
+async def test_the_listener_notices_a_silent_connection_and_comes_back(
+    proxy: NetProxy, pg_migrated: tuple[str, str]
+) -> None:
+    """LISTEN hears nothing either way: only a probe tells a quiet queue from a silent
+    network. The listener probes after ``health_interval`` of quiet, drops the connection
+    when the probe gets no answer within ``probe_timeout``, and reconnects once the network
+    is back (meanwhile the worker finds jobs by its poll)."""
+    url, table = pg_migrated
+    heard: list[str | None] = []
+    from sqlalchemy import make_url
+
+    listener = Listener(
+        libpq_url(make_url(_through(proxy, url))),
+        table,
+        heard.append,
+        health_interval=0.3,
+        probe_timeout=0.5,
+        reconnect_backoff=(0.1, 0.5),
+        connect_timeout=2,
+    )
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.listening.wait(), 10)
+        proxy.blackhole()
+        started = time.monotonic()
+        while listener.listening.is_set():
+            await asyncio.sleep(0.05)
+        # Noticed within a quiet interval and a probe (plus scheduling slack).
+        assert time.monotonic() - started < 0.3 + 0.5 + SLACK
+        assert listener.silent_probes == 1
+        proxy.passing()
+        await asyncio.wait_for(listener.listening.wait(), 10)
+        assert listener.connections == 2
+        queue = AsyncJobQueue(url, table=table)
+        try:
+            await queue.enqueue("work", {"n": 1}, queue="partitioned")
+        finally:
+            await queue.close()
+        for _ in range(100):
+            if "partitioned" in heard:
+                break
+            await asyncio.sleep(0.05)
+        assert "partitioned" in heard
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# -- a worker cut off mid-job ----------------------------------------------------------------
+
+LEASE = 1.0
+
+
+def _held(fake: FakeDefAPI, prompts: set[str], held: bool) -> None:
+    with fake.lock:
+        for task in fake.tasks.values():
+            if task.prompt in prompts:
+                task.held = held
+
+
+async def _until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_worker_cut_off_mid_job_gives_up_and_another_takes_over_exactly_once(
+    proxy: NetProxy,
+    pg_migrated: tuple[str, str],
+    fake_defapi: FakeDefAPI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Worker A reaches PostgreSQL through the proxy, worker B directly. A holds four image
+    jobs whose DefAPI tasks are submitted and saved, then is cut off. Two of the tasks
+    finish while A is cut off (A's completions wait in its writer), two stay in progress
+    (A's handlers are still polling). After one lease A gives the running two up by itself;
+    B takes all four over, resumes each saved task and completes it. When the network heals,
+    A's late completions are refused (fenced) and change nothing, and A serves new jobs.
+    DefAPI saw one submission per job."""
+    url, table = pg_migrated
+    fake = fake_defapi
+    fake.scenario(hold=True, polls_before_success=0)
+    a_queue = AsyncJobQueue(
+        _through(proxy, url), table=table, lease=LEASE, command_timeout=COMMAND_TIMEOUT
+    )
+    b_queue = AsyncJobQueue(url, table=table, lease=LEASE)
+    gen_a = DefAPIGenerator(fake.api_key, base_url=fake.url, poll_interval=0.05)
+    gen_b = DefAPIGenerator(fake.api_key, base_url=fake.url, poll_interval=0.05)
+    worker_a = Worker(
+        a_queue, generator=gen_a, lease=LEASE, poll_interval=0.1, listen=False, worker_id="A"
+    )
+    worker_b = Worker(
+        b_queue, generator=gen_b, lease=LEASE, poll_interval=0.1, listen=False, worker_id="B"
+    )
+    finishing = {"finish 0", "finish 1"}
+    running = {"run 0", "run 1"}
+    jobs = [
+        await b_queue.enqueue("image", {"prompt": p}, max_attempts=3)
+        for p in sorted(finishing | running)
+    ]
+    run_a = asyncio.create_task(worker_a.run())
+    run_b: asyncio.Task[None] | None = None
+    try:
+
+        async def all_saved() -> bool:
+            got = [await b_queue.get(j.id) for j in jobs]
+            # Saved, and polling the task (its progress written: "in_progress" is 50 %).
+            return all(j.remote_task_id and j.locked_by == "A" and j.progress == 50 for j in got)
+
+        await _until(all_saved, 20, "A to submit, save and poll every task")
+        run_b = asyncio.create_task(worker_b.run())
+        proxy.blackhole()
+        _held(fake, finishing, False)  # these finish at DefAPI while A is cut off
+        await asyncio.sleep(0.2)  # a heartbeat A sent just before the cut has landed
+        leases = {j.id: (await b_queue.get(j.id)).lease_expires_at for j in jobs}
+
+        async def taken_over() -> bool:
+            got = [await b_queue.get(j.id) for j in jobs]
+            return all(j.locked_by == "B" or j.status is Status.COMPLETED for j in got)
+
+        await _until(taken_over, 20, "B to take every job over")
+        # Not before A's lease ran out by the database clock.
+        for j in jobs:
+            now = await b_queue.get(j.id)
+            assert now.started_at is not None and now.started_at >= leases[j.id]
+        _held(fake, running, False)
+
+        async def completed() -> bool:
+            got = [await b_queue.get(j.id) for j in jobs]
+            return all(j.status is Status.COMPLETED for j in got)
+
+        await _until(completed, 20, "B to complete every job")
+        # A gave up the handlers that were still running, by itself, while cut off.
+        assert worker_a.lease_watch is not None
+        assert worker_a.lease_watch.given_up == len(running)
+        proxy.passing()
+
+        # Healed: A's late completions reach the database and are refused.
+        async def refused() -> bool:
+            return caplog.text.count("LeaseLost: the result of attempt 1 was not written") == 2
+
+        await _until(refused, 20, "A's late writes to be refused")
+        final = [await b_queue.get(j.id) for j in jobs]
+        assert all(j.status is Status.COMPLETED and j.locked_by == "B" for j in final)
+        assert all(j.attempts == 2 for j in final)
+        assert all(fake.submissions[p] == 1 for p in finishing | running)
+        # A rejoins on its own: with B stopped, A runs a new job.
+        worker_b.stop()
+        await asyncio.wait_for(run_b, 20)
+        fake.scenario(polls_before_success=0)
+        new = await b_queue.enqueue("image", {"prompt": "after the heal"})
+        done = await b_queue.wait(new.id, timeout=30, interval=0.1)
+        assert done.status is Status.COMPLETED and done.locked_by == "A"
+    finally:
+        worker_a.stop(immediate=True)
+        worker_b.stop(immediate=True)
+        proxy.passing()
+        await asyncio.gather(run_a, *([run_b] if run_b else []), return_exceptions=True)
+        for closing in (gen_a.aclose(), gen_b.aclose(), a_queue.close(), b_queue.close()):
+            await closing
+
