@@ -12,16 +12,17 @@ two worker processes runs under ``-m soak``.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from starlette.requests import Request
 
-from jobqueue import AsyncJobQueue, DefAPIGenerator, JobQueue, Status
+from jobqueue import AsyncJobQueue, DefAPIGenerator, Job, JobQueue, Status
 from jobqueue.drivers.listen import Listener, libpq_url
 from jobqueue.errors import DatabaseTimeout
 from jobqueue.web.app import create_app
@@ -29,6 +30,9 @@ from jobqueue.worker import Worker
 from tests.support.fake_defapi import FakeDefAPI
 from tests.support.netproxy import NetProxy
 from tests.web.server import running_server
+
+from . import partition_worker
+from .conftest import Workers, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -303,3 +307,110 @@ async def test_a_worker_cut_off_mid_job_gives_up_and_another_takes_over_exactly_
         await asyncio.gather(run_a, *([run_b] if run_b else []), return_exceptions=True)
         for closing in (gen_a.aclose(), gen_b.aclose(), a_queue.close(), b_queue.close()):
             await closing
+
+
+# -- the drill: two worker processes, one of them cut off ------------------------------------
+
+DRILL_LEASE = 2.0
+DRILL_JOBS = 40
+
+
+@pytest.mark.soak
+def test_drill_two_worker_processes_one_cut_off_by_a_partition(
+    proxy: NetProxy, pg_workers: Workers, fake_defapi: FakeDefAPI
+) -> None:
+    """Worker A reaches PostgreSQL through the proxy, worker B directly, both real
+    processes on a fake DefAPI whose tasks stay in progress until released. A holds half
+    the jobs mid-run (task ids saved), B the other half; then A is cut off for three
+    leases, and the tasks finish meanwhile. B takes A's jobs over after the lease and
+    completes every job; after the heal A's late writes are refused and A, alone, serves
+    new jobs. Audit: each job completed exactly once (a trigger counts the moves into
+    ``completed``), DefAPI saw one submission per job."""
+    workers, fake = pg_workers, fake_defapi
+    url, table = workers.url, workers.table
+    queue = JobQueue(url, table=table)
+    audit = f"{table}_completions"
+    with queue.engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {audit} (job_id uuid NOT NULL)"))
+        conn.execute(
+            text(
+                f"CREATE FUNCTION {audit}_count() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN INSERT INTO {audit} VALUES (NEW.id); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {audit}_count AFTER UPDATE ON {table} FOR EACH ROW "
+                "WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM 'completed') "
+                f"EXECUTE FUNCTION {audit}_count()"
+            )
+        )
+    fake.scenario(hold=True, polls_before_success=0)
+    prompts = [f"drill {i}" for i in range(DRILL_JOBS)]
+    jobs = [queue.enqueue("image", {"prompt": p}, max_attempts=5) for p in prompts]
+    common = {
+        "defapi_url": fake.url,
+        "defapi_key": fake.api_key,
+        "lease": DRILL_LEASE,
+        "concurrency": DRILL_JOBS // 2,
+    }
+    workers.target = partition_worker.main
+    workers.url = proxy.url_for(url)
+    a = workers.start("A", **common)
+    workers.url = url
+
+    def polling(worker_id: str) -> list[Job]:
+        got = [queue.get(j.id) for j in jobs]
+        mine = [j for j in got if j.locked_by == worker_id and j.remote_task_id and j.progress == 50]
+        return mine if len(mine) == DRILL_JOBS // 2 else []
+
+    held_by_a = wait_for(lambda: polling(a), 60, "A to hold half the jobs mid-run")
+    b = workers.start("B", **common)
+    wait_for(lambda: polling(b), 60, "B to hold the other half mid-run")
+    proxy.blackhole()
+    time.sleep(0.2)
+    # B's tasks and half of A's finish while A is cut off (A's completions of those wait
+    # in its writer); A's other half are still running when A's lease runs out.
+    running = {j.payload["prompt"] for j in held_by_a[: len(held_by_a) // 2]}
+    with fake.lock:
+        for task in fake.tasks.values():
+            task.held = task.prompt in running
+    wait_for(
+        lambda: all(queue.get(j.id).locked_by == b for j in held_by_a),
+        60,
+        "B to take A's jobs over",
+    )
+    fake.release()
+    wait_for(
+        lambda: all(queue.get(j.id).status is Status.COMPLETED for j in jobs),
+        60,
+        "B to complete every job",
+    )
+    for job in held_by_a:
+        now = queue.get(job.id)
+        assert now.locked_by == b and now.attempts == 2
+    time.sleep(max(0.0, 3 * DRILL_LEASE - 1))
+    proxy.passing()
+    wait_for(
+        lambda: workers.log_text().count("LeaseLost") >= 1, 60, "A's late writes to be refused"
+    )
+    workers.signal(b, signal.SIGTERM)
+    workers.procs[b].join(30)
+    fake.scenario(polls_before_success=1)
+    after = [queue.enqueue("image", {"prompt": f"after {i}"}) for i in range(5)]
+    wait_for(
+        lambda: all(queue.get(j.id).status is Status.COMPLETED for j in after),
+        60,
+        "A to rejoin and serve new jobs",
+    )
+    assert all(queue.get(j.id).locked_by == a for j in after)
+    with queue.engine.connect() as conn:
+        counts = dict(
+            conn.execute(text(f"SELECT job_id, count(*) FROM {audit} GROUP BY job_id")).all()
+        )
+    assert {str(k): v for k, v in counts.items()} == {str(j.id): 1 for j in jobs + after}
+    assert all(fake.submissions[p] == 1 for p in prompts)
+    # A gave the running half up by itself, before the heal.
+    assert workers.log_text().count("no heartbeat answered") == len(running)
+    workers.stop_all()
+    queue.close()
