@@ -361,7 +361,9 @@ def test_drill_two_worker_processes_one_cut_off_by_a_partition(
 
     def polling(worker_id: str) -> list[Job]:
         got = [queue.get(j.id) for j in jobs]
-        mine = [j for j in got if j.locked_by == worker_id and j.remote_task_id and j.progress == 50]
+        mine = [
+            j for j in got if j.locked_by == worker_id and j.remote_task_id and j.progress == 50
+        ]
         return mine if len(mine) == DRILL_JOBS // 2 else []
 
     held_by_a = wait_for(lambda: polling(a), 60, "A to hold half the jobs mid-run")
