@@ -25,6 +25,7 @@ from starlette.requests import Request
 from jobqueue import AsyncJobQueue, DefAPIGenerator, Job, JobQueue, Status
 from jobqueue.drivers.listen import Listener, libpq_url
 from jobqueue.errors import DatabaseTimeout
+from jobqueue.generators.base import GenerationRequest
 from jobqueue.web.app import create_app
 from jobqueue.worker import Worker
 from tests.support.fake_defapi import FakeDefAPI
@@ -193,7 +194,7 @@ async def test_the_listener_notices_a_silent_connection_and_comes_back(
 
 # -- a worker cut off mid-job ----------------------------------------------------------------
 
-LEASE = 1.0
+LEASE = 2.0
 
 
 def _held(fake: FakeDefAPI, prompts: set[str], held: bool) -> None:
@@ -394,7 +395,9 @@ def test_drill_two_worker_processes_one_cut_off_by_a_partition(
     time.sleep(max(0.0, 3 * DRILL_LEASE - 1))
     proxy.passing()
     wait_for(
-        lambda: workers.log_text().count("LeaseLost") >= 1, 60, "A's late writes to be refused"
+        lambda: "LeaseLost: the result of attempt 1 was not written" in workers.log_text(),
+        60,
+        "A's late writes to be refused",
     )
     workers.signal(b, signal.SIGTERM)
     workers.procs[b].join(30)
@@ -416,3 +419,53 @@ def test_drill_two_worker_processes_one_cut_off_by_a_partition(
     assert workers.log_text().count("no heartbeat answered") == len(running)
     workers.stop_all()
     queue.close()
+
+
+async def test_a_worker_cut_off_before_a_paid_submit_never_sends_it(
+    proxy: NetProxy, pg_migrated: tuple[str, str], fake_defapi: FakeDefAPI
+) -> None:
+    """A's handler reaches DefAPI's submit just after A is cut off (its claim's lease still
+    fresh by its own clock). The generator first has the lease confirmed in a round trip of
+    its own (`before_paid_request`), which gets no answer: A's lease watch stops the
+    attempt once the lease must have run out, before anything was submitted. B takes the
+    job over and pays for it, once."""
+    url, table = pg_migrated
+    fake = fake_defapi
+    fake.scenario(polls_before_success=0)
+    go = asyncio.Event()
+    generator = DefAPIGenerator(fake.api_key, base_url=fake.url, poll_interval=0.05)
+
+    async def late_image(job: Job, ctx: Any) -> Any:
+        await go.wait()
+        return await generator.generate(GenerationRequest.from_payload(job.payload), ctx)
+
+    a_queue = AsyncJobQueue(
+        _through(proxy, url), table=table, lease=LEASE, command_timeout=COMMAND_TIMEOUT
+    )
+    b_queue = AsyncJobQueue(url, table=table, lease=LEASE)
+    options: dict[str, Any] = {"lease": LEASE, "poll_interval": 0.1, "listen": False}
+    worker_a = Worker(a_queue, {"image": late_image}, worker_id="A", **options)
+    worker_b = Worker(b_queue, {"image": late_image}, worker_id="B", **options)
+    job = await b_queue.enqueue("image", {"prompt": "late"}, max_attempts=3)
+    run_a = asyncio.create_task(worker_a.run())
+    run_b: asyncio.Task[None] | None = None
+    try:
+
+        async def held_by_a() -> bool:
+            return (await b_queue.get(job.id)).locked_by == "A"
+
+        await _until(held_by_a, 20, "A to claim the job")
+        run_b = asyncio.create_task(worker_b.run())
+        proxy.blackhole()
+        go.set()
+        done = await b_queue.wait(job.id, timeout=30, interval=0.1)
+        assert done.status is Status.COMPLETED and done.locked_by == "B" and done.attempts == 2
+        assert fake.submissions["late"] == 1
+        assert worker_a.lease_watch is not None and worker_a.lease_watch.given_up == 1
+    finally:
+        worker_a.stop(immediate=True)
+        worker_b.stop(immediate=True)
+        proxy.passing()
+        await asyncio.gather(run_a, *([run_b] if run_b else []), return_exceptions=True)
+        for closing in (generator.aclose(), a_queue.close(), b_queue.close()):
+            await closing

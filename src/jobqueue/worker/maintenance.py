@@ -153,7 +153,7 @@ class Heartbeats(Periodic):
         answered = time.monotonic()
         kept = matched(sent, alive)
         for slot in kept:
-            slot.confirmed = answered
+            slot.ctx.confirm(answered)
         for slot in sent:
             # Each answer is about the claim sent. One this worker no longer holds (its
             # outcome was written, or the worker claimed the job again meanwhile and
@@ -195,7 +195,8 @@ class Heartbeats(Periodic):
 
 class LeaseWatch(Periodic):
     """Gives up, locally, the jobs whose leases must have run out: a running handler whose
-    claim the database has not confirmed (claim or heartbeat answer, `Slot.confirmed`) for
+    claim the database has not confirmed (claim or heartbeat answer,
+    `WorkerContext.confirmed`) for
     a whole ``lease`` by this process's monotonic clock is stopped as a lost lease, and the
     worker stops holding the job.
 
@@ -219,14 +220,16 @@ class LeaseWatch(Periodic):
     async def round(self) -> None:
         now = time.monotonic()
         for slot in list(self.slots.held.values()):
-            if slot.handler_done or slot.task is None or now - slot.confirmed < self.lease:
+            silent = now - slot.ctx.confirmed
+            if slot.handler_done or slot.task is None or silent < self.lease:
                 continue
             self.given_up += 1
             log.warning(
-                "Job %s: no heartbeat answered for %.1fs (lease %gs): its lease has run out, "
-                "another worker may hold it now; stopping its handler (attempt %d)",
+                "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs), so its lease "
+                "has run out and another worker may hold it now; stopping its handler "
+                "(attempt %d)",
                 slot.job.id,
-                now - slot.confirmed,
+                silent,
                 self.lease,
                 slot.job.attempts,
             )

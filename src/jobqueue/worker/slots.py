@@ -37,10 +37,6 @@ class Slot:
     #: The worker no longer holds this claim (its outcome was written or given up, or it
     #: was stopped and the job is someone else's business now).
     let_go: bool = False
-    #: When the database last confirmed the claim's lease (monotonic seconds): the claim's
-    #: answer, then each heartbeat answer that matched it. The lease ran out by the
-    #: database's clock no later than a lease after it (`LeaseWatch`).
-    confirmed: float = 0.0
 
     def stop_handler(self, reason: StopReason) -> None:
         """Stop the running handler: ``ctx.cancelled`` for a sync one, task cancellation

@@ -421,8 +421,7 @@ class Worker:
         assert self._loop is not None
         slots = self._slots
         ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
-        now = time.monotonic()
-        slot = Slot(job, ctx, now, confirmed=now)
+        slot = Slot(job, ctx, time.monotonic())
         previous = slots.take(slot)
         if previous is not None and not previous.handler_done and previous.task is not None:
             # We claimed the job again after our own earlier attempt lost its lease (say,
