@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._compat import install as _serve_old_import_paths
 from .errors import (
     ConfigurationError,
+    DatabaseTimeout,
     DatabaseUnavailable,
     GenerationError,
     InvalidJobId,
@@ -131,6 +132,7 @@ __all__ = [
     "AsyncJobQueue",
     "Completion",
     "ConfigurationError",
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "DefAPIGenerator",
     "GenerationError",

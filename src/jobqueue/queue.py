@@ -538,7 +538,9 @@ class JobQueue(_QueueBase[Engine]):
     ``url`` may be a URL string, an `Engine`, or None for ``JOBQUEUE_DATABASE_URL`` (default:
     a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
     ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)) and
+    ``command_timeout`` (PostgreSQL: the longest one operation waits for the database's
+    answer, default 30 s, None for no bound; then `DatabaseTimeout`, docs/operations.md).
     """
 
     def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
@@ -977,7 +979,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL
     (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
     the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)) and
+    ``command_timeout`` (as for `JobQueue`).
     """
 
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
