@@ -98,6 +98,10 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     if isinstance(exc, JobQueueError):
         return exc
     if not isinstance(exc, sa_exc.DBAPIError):
+        if isinstance(exc, sa_exc.TimeoutError):
+            # Every pooled connection busy for pool_timeout: with a silent network, each
+            # waits out command_timeout first. A 503 for the web API, not a 500.
+            return DatabaseTimeout(f"no database connection came free in time: {exc}")
         if isinstance(exc, TimeoutError):  # asyncpg's connect timeout, unwrapped
             return DatabaseTimeout("could not connect to the database in time")
         if isinstance(exc, OSError | ConnectionError):
