@@ -49,6 +49,7 @@ from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
     DatabaseTimeout,
+    DatabaseUnavailable,
     JobExpired,
     JobFailed,
     JobQueueError,
@@ -226,6 +227,10 @@ class _QueueBase(Generic[E]):
             if command_timeout is None or not self.is_postgres
             else seconds_of(command_timeout, "command_timeout", low=0.001)
         )
+        #: When an operation last failed because the database could not be reached
+        #: (`DatabaseUnavailable`, a `DatabaseTimeout` included), by this process's
+        #: monotonic clock; None if none has. A worker's lease watch reads it.
+        self.unreachable_at: float | None = None
         self._claim_mode = ClaimMode()
         self._placement = Placement()
         #: Recent answers of `position`, a few seconds each (`PositionCache`).
@@ -552,6 +557,13 @@ class JobQueue(_QueueBase[Engine]):
         return _pump(plan, self._run)
 
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
+        try:
+            return self._run_translated(op, connection)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
+
+    def _run_translated(self, op: Operation[T], connection: Connection | None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
                 return _drive(connection, op)
@@ -1027,12 +1039,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         return await _pump_async(plan, self._run)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
-        with translated_errors(self.table_name):
-            if connection is not None:
-                return await _drive_async(connection, op)
-            if self._finish_when_cancelled:
-                return await _finished_before_cancelled(self._run_own(op))
-            return await self._run_own(op)
+        try:
+            with translated_errors(self.table_name):
+                if connection is not None:
+                    return await _drive_async(connection, op)
+                if self._finish_when_cancelled:
+                    return await _finished_before_cancelled(self._run_own(op))
+                return await self._run_own(op)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
 
     async def _run_own(self, op: Operation[T]) -> T:
         """Run ``op`` on a connection of the queue's own, chosen by its plan."""

@@ -5,7 +5,8 @@
   handler is stopped. The answer is matched to the claims sent, never to what the worker
   holds under those ids by the time it comes.
 - `LeaseWatch` stops the handlers of jobs whose leases must have run out because no
-  heartbeat got an answer for a whole lease (the worker is cut off from the database).
+  heartbeat got an answer for a whole lease while the database could not be reached (the
+  worker is cut off from it).
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
 - `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
@@ -194,42 +195,55 @@ class Heartbeats(Periodic):
 
 
 class LeaseWatch(Periodic):
-    """Gives up, locally, the jobs whose leases must have run out: a running handler whose
-    claim the database has not confirmed (claim or heartbeat answer,
-    `WorkerContext.confirmed`) for
-    a whole ``lease`` by this process's monotonic clock is stopped as a lost lease, and the
+    """Gives up, locally, the jobs whose leases must have run out while the database could
+    not be reached: a running handler whose claim the database has not confirmed (the
+    claim's answer, then each heartbeat answer: `WorkerContext.confirmed`) for a whole
+    ``lease`` by this process's monotonic clock, with an operation of the worker failing as
+    unreachable since (`AsyncJobQueue.unreachable_at`: a lost connection, a refused one, or
+    no answer within the queue's ``command_timeout``), is stopped as a lost lease, and the
     worker stops holding the job.
 
     That is what a worker cut off from the database (a partition, a silent network) does
-    on its own: its heartbeats get no answer, so by then another worker may have claimed
-    the job, and its handler must not go on (paying a provider for work whose outcome
-    will be refused). Its late writes are fenced anyway; this ends the work itself. Looks
-    every tenth of a lease (at most a second), independently of the heartbeat's rounds,
-    which may themselves be waiting on the silent network."""
+    on its own: by then another worker may have claimed the job, and its handler must not
+    go on (polling, paying a provider) for an outcome that will be refused. Its late
+    writes are fenced anyway; this ends the work itself. A database that answers slowly
+    (a heartbeat waiting on a lock, SQLite's write lock under load) is waited for instead:
+    once it answers, the heartbeat extends the lease of every job nobody took over, and
+    their work goes on. Looks every tenth of a lease (at most a second), independently of
+    the heartbeat's rounds, which may themselves be waiting on the network."""
 
     name = "lease-watch"
     failure = "watching leases"
 
-    def __init__(self, slots: Slots, lease: float) -> None:
+    def __init__(self, queue: AsyncJobQueue, slots: Slots, lease: float) -> None:
         super().__init__(min(1.0, lease / 10), backoff=False)
+        self.queue = queue
         self.slots = slots
         self.lease = lease
         #: Handlers stopped because their lease must have run out.
         self.given_up = 0
 
     async def round(self) -> None:
+        unreachable_at = self.queue.unreachable_at
+        if unreachable_at is None:
+            return
         now = time.monotonic()
         for slot in list(self.slots.held.values()):
-            silent = now - slot.ctx.confirmed
-            if slot.handler_done or slot.task is None or silent < self.lease:
+            confirmed = slot.ctx.confirmed
+            if (
+                slot.handler_done
+                or slot.task is None
+                or unreachable_at < confirmed
+                or now - confirmed < self.lease
+            ):
                 continue
             self.given_up += 1
             log.warning(
-                "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs), so its lease "
-                "has run out and another worker may hold it now; stopping its handler "
-                "(attempt %d)",
+                "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs) and the "
+                "database cannot be reached, so its lease has run out and another worker "
+                "may hold it now; stopping its handler (attempt %d)",
                 slot.job.id,
-                silent,
+                now - confirmed,
                 self.lease,
                 slot.job.attempts,
             )

@@ -317,7 +317,7 @@ class Worker:
         return presence
 
     def _services(self, until_idle: bool) -> list[Periodic | Wakeups]:
-        self.lease_watch = LeaseWatch(self._slots, self.lease)
+        self.lease_watch = LeaseWatch(self.queue, self._slots, self.lease)
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
             self.lease_watch,
