@@ -469,3 +469,42 @@ async def test_a_worker_cut_off_before_a_paid_submit_never_sends_it(
         await asyncio.gather(run_a, *([run_b] if run_b else []), return_exceptions=True)
         for closing in (generator.aclose(), a_queue.close(), b_queue.close()):
             await closing
+
+
+async def test_a_database_that_only_answers_slowly_is_waited_for(
+    pg_migrated: tuple[str, str],
+) -> None:
+    """Silence is not slowness: another transaction holds the job's row for two leases, so
+    the worker's heartbeat waits on the lock and gets no answer, but nothing fails as
+    unreachable: the lease watch leaves the handler alone. (Once the lock goes, the lease
+    has run out by the database's clock, and the waiting heartbeat and the worker's next
+    claim race for the row: the job completes either in attempt 1 or, claimed again, in
+    attempt 2; never by a handler the lease watch stopped.)"""
+    url, table = pg_migrated
+    lease = 1.0
+    queue = AsyncJobQueue(url, table=table, lease=lease)
+    started = asyncio.Event()
+
+    async def slow(job: Job, ctx: Any) -> str:
+        started.set()
+        await asyncio.sleep(3 * lease)
+        return "done"
+
+    worker = Worker(queue, {"work": slow}, lease=lease, poll_interval=0.1, listen=False)
+    job = await queue.enqueue("work", max_attempts=3)
+    run = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        async with queue.engine.connect() as conn, conn.begin():
+            await conn.execute(
+                text(f"SELECT id FROM {table} WHERE id = :id FOR UPDATE"), {"id": job.id}
+            )
+            await asyncio.sleep(2 * lease)
+        done = await queue.wait(job.id, timeout=20, interval=0.1)
+        assert done.status is Status.COMPLETED
+        assert worker.lease_watch is not None and worker.lease_watch.given_up == 0
+        assert queue.unreachable_at is None
+    finally:
+        worker.stop(immediate=True)
+        await asyncio.gather(run, return_exceptions=True)
+        await queue.close()
