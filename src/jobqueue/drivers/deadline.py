@@ -79,26 +79,39 @@ class _Watchdog:
         self._heap: list[tuple[float, int, list[Any]]] = []
         self._count = itertools.count()
         self._thread: threading.Thread | None = None
+        #: Disarmed entries still in the heap (about: the thread pops some as they fall due).
+        self._stale = 0
 
     def arm(self, seconds: float, fd: int, timer: Timer) -> list[Any]:
         # Our own descriptor of the socket: shutting it down reaches the connection's
         # socket, and it cannot be another socket's by then even if the driver closed and
         # the system reused its descriptor meanwhile.
         entry: list[Any] = [os.dup(fd), timer]
+        item = (time.monotonic() + seconds, next(self._count), entry)
         with self._lock:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._count), entry))
+            heapq.heappush(self._heap, item)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="jobqueue-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._lock.notify()
+            elif self._heap[0] is item:
+                # Only a deadline earlier than every other one changes when the thread
+                # must wake; the rest wait their turn (and most are disarmed by then).
+                self._lock.notify()
         return entry
 
     def disarm(self, entry: list[Any]) -> None:
         with self._lock:
             fd = entry[0]
             entry[0] = None
+            self._stale += 1
+            if self._stale > 1024 and self._stale * 2 > len(self._heap):
+                # Disarmed deadlines wait in the heap until they are due: drop them in one
+                # pass once they are most of it, so a busy client's heap stays small.
+                self._heap = [item for item in self._heap if item[2][0] is not None]
+                heapq.heapify(self._heap)
+                self._stale = 0
         if fd is not None:
             os.close(fd)
 
