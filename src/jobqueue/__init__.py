@@ -14,6 +14,7 @@ from ._compat import install as _serve_old_import_paths
 from .errors import (
     BudgetExceeded,
     ConfigurationError,
+    DatabaseTimeout,
     DatabaseUnavailable,
     GenerationError,
     InvalidJobId,
@@ -136,6 +137,7 @@ __all__ = [
     "BudgetExceeded",
     "Completion",
     "ConfigurationError",
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "DefAPIGenerator",
     "GenerationError",

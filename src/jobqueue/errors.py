@@ -58,6 +58,17 @@ class DatabaseUnavailable(JobQueueError):
     hint = "check JOBQUEUE_DATABASE_URL and that the database server is running"
 
 
+class DatabaseTimeout(DatabaseUnavailable, TimeoutError):
+    """The database gave no answer within the queue's ``command_timeout``: the network to it
+    is silent (a partition, a stuck proxy or load balancer) or it is stalled. The connection
+    was dropped. The operation may or may not have taken effect on the server."""
+
+    hint = (
+        "check the network path to the database; retry later (an enqueue with an "
+        "idempotency_key can be sent again safely), or raise command_timeout for long batches"
+    )
+
+
 class PermissionDenied(JobQueueError):
     """The database role may not do what was asked (often an RLS policy)."""
 

@@ -35,7 +35,9 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from .drivers.deadline import Timer, async_deadline, sync_deadline
 from .drivers.engines import (
+    DEFAULT_COMMAND_TIMEOUT,
     READ_ONLY,
     make_async_engine,
     make_engine,
@@ -46,6 +48,8 @@ from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
+    DatabaseTimeout,
+    DatabaseUnavailable,
     JobExpired,
     JobFailed,
     JobQueueError,
@@ -226,6 +230,7 @@ class _QueueBase(Generic[E]):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retry_backoff: tuple[float, float] = (5.0, 600.0),
         estimated_costs: Mapping[str, Decimal | int | str] | None = None,
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.table: Table = jobs_table(table, schema, MetaData())
@@ -243,6 +248,17 @@ class _QueueBase(Generic[E]):
         self.estimated_costs: dict[str, Decimal] = {
             kind: _estimate(kind, amount) for kind, amount in (estimated_costs or {}).items()
         }
+        #: The longest one operation on a connection of the queue's own may go without an
+        #: answer from PostgreSQL (seconds; None: no bound): `DatabaseTimeout` after it.
+        self.command_timeout = (
+            None
+            if command_timeout is None or not self.is_postgres
+            else seconds_of(command_timeout, "command_timeout", low=0.001)
+        )
+        #: When an operation last failed because the database could not be reached
+        #: (`DatabaseUnavailable`, a `DatabaseTimeout` included), by this process's
+        #: monotonic clock; None if none has. A worker's lease watch reads it.
+        self.unreachable_at: float | None = None
         self._claim_mode = ClaimMode()
         self._placement = Placement()
         #: Recent answers of `position`, a few seconds each (`PositionCache`).
@@ -525,6 +541,16 @@ async def _drive_async(
     return await _pump_async(op.steps, lambda step: step.run(runner))
 
 
+def _raise_if_timed_out(timer: Timer | None, exc: Exception) -> None:
+    """`DatabaseTimeout` in place of ``exc`` when the operation's deadline broke its
+    connection (`jobqueue.drivers.deadline`)."""
+    if timer is not None and timer.fired:
+        raise DatabaseTimeout(
+            f"the database did not answer within {timer.seconds:g} s (command_timeout); "
+            "the connection was dropped"
+        ) from exc
+
+
 async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """Await ``work`` in a task of its own that cancelling the caller does not cancel: the
     caller's cancellation (however many times it is cancelled) waits until ``work`` has
@@ -552,7 +578,9 @@ class JobQueue(_QueueBase[Engine]):
     ``url`` may be a URL string, an `Engine`, or None for ``JOBQUEUE_DATABASE_URL`` (default:
     a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
     ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)) and
+    ``command_timeout`` (PostgreSQL: the longest one operation waits for the database's
+    answer, default 30 s, None for no bound; then `DatabaseTimeout`, docs/operations.md).
     """
 
     def __init__(self, url: str | URL | Engine | None = None, **config: Any) -> None:
@@ -564,15 +592,32 @@ class JobQueue(_QueueBase[Engine]):
         return _pump(plan, self._run)
 
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
+        try:
+            return self._run_translated(op, connection)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
+
+    def _run_translated(self, op: Operation[T], connection: Connection | None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
                 return _drive(connection, op)
             plan = self._plans[op.access]
-            if plan.transaction:
-                with plan.engine.begin() as conn:
-                    return _drive(conn, op, own=True)
-            with plan.engine.connect() as conn:
-                return _drive(conn, op, own=True, autocommit=True)
+            if self.command_timeout is None:
+                if plan.transaction:
+                    with plan.engine.begin() as conn:
+                        return _drive(conn, op, own=True)
+                with plan.engine.connect() as conn:
+                    return _drive(conn, op, own=True, autocommit=True)
+            with plan.engine.connect() as conn, sync_deadline(conn, self.command_timeout) as timer:
+                try:
+                    if plan.transaction:
+                        with conn.begin():  # the commit inside the deadline too
+                            return _drive(conn, op, own=True)
+                    return _drive(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
 
     def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
@@ -1124,7 +1169,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL
     (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
     the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)) and
+    ``command_timeout`` (as for `JobQueue`).
     """
 
     def __init__(self, url: str | URL | AsyncEngine | None = None, **config: Any) -> None:
@@ -1171,12 +1217,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         return await _pump_async(plan, self._run)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
-        with translated_errors(self.table_name):
-            if connection is not None:
-                return await _drive_async(connection, op)
-            if self._finish_when_cancelled:
-                return await _finished_before_cancelled(self._run_own(op))
-            return await self._run_own(op)
+        try:
+            with translated_errors(self.table_name):
+                if connection is not None:
+                    return await _drive_async(connection, op)
+                if self._finish_when_cancelled:
+                    return await _finished_before_cancelled(self._run_own(op))
+                return await self._run_own(op)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
 
     async def _run_own(self, op: Operation[T]) -> T:
         """Run ``op`` on a connection of the queue's own, chosen by its plan."""
@@ -1193,11 +1243,25 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             if self._on_thread:
                 async with plan.engine.connect() as conn:
                     return await run_transaction(conn, op.steps)
-            async with plan.engine.begin() as conn:
-                return await _drive_async(conn, op, own=True)
+            if self.command_timeout is None:
+                async with plan.engine.begin() as conn:
+                    return await _drive_async(conn, op, own=True)
+            async with plan.engine.connect() as conn:
+                with async_deadline(conn, self.command_timeout) as timer:
+                    try:
+                        async with conn.begin():  # the commit inside the deadline too
+                            return await _drive_async(conn, op, own=True)
+                    except Exception as exc:
+                        _raise_if_timed_out(timer, exc)
+                        raise
         conn = await plan.engine.connect().start()
         try:
-            result = await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    result = await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
             await conn.__aexit__(type(exc), exc, exc.__traceback__)
@@ -1218,7 +1282,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             conn = held.conn = await engine.connect().start()
             held.engine = engine
         try:
-            return await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    return await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # Whatever went wrong (a lost connection, a cancellation half-way through a
             # statement, a refusal), the connection goes back as `_run_own` would return it.

@@ -16,6 +16,7 @@ from enum import Enum
 from sqlalchemy import exc as sa_exc
 
 from ..errors import (
+    DatabaseTimeout,
     DatabaseUnavailable,
     JobQueueError,
     PayloadError,
@@ -98,6 +99,12 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     if isinstance(exc, JobQueueError):
         return exc
     if not isinstance(exc, sa_exc.DBAPIError):
+        if isinstance(exc, sa_exc.TimeoutError):
+            # Every pooled connection busy for pool_timeout: with a silent network, each
+            # waits out command_timeout first. A 503 for the web API, not a 500.
+            return DatabaseTimeout(f"no database connection came free in time: {exc}")
+        if isinstance(exc, TimeoutError):  # asyncpg's connect timeout, unwrapped
+            return DatabaseTimeout("could not connect to the database in time")
         if isinstance(exc, OSError | ConnectionError):
             return DatabaseUnavailable(f"cannot reach the database: {redact(str(exc))}")
         return None
@@ -124,6 +131,8 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
             f"a job in {table} holds a value outside the table's bounds ({detail})",
             hint="correct the job's values (the constraint named says which) and try again",
         )
+    if _connect_timed_out(orig):
+        return DatabaseTimeout(f"could not connect to the database in time: {detail}")
     if _unreachable(exc, text):
         return DatabaseUnavailable(f"database error: {detail}")
     return None
@@ -142,6 +151,12 @@ def _unreachable(exc: sa_exc.DBAPIError, text: str) -> bool:
     ):
         return False
     return not (_from_sqlite(exc.orig) and SQLITE_BUSY in text)
+
+
+def _connect_timed_out(error: BaseException | None) -> bool:
+    """Whether ``error`` is a connection attempt that ran out of its ``connect_timeout``
+    (psycopg's ``ConnectionTimeout``; asyncpg raises the built-in `TimeoutError`)."""
+    return isinstance(error, TimeoutError) or type(error).__name__ == "ConnectionTimeout"
 
 
 def _from_sqlite(error: BaseException | None) -> bool:

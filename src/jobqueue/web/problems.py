@@ -80,6 +80,9 @@ BUDGET_HINT = (
     "a larger one; GET /spending shows what is left"
 )
 
+#: Seconds a client is asked to wait (``Retry-After``) when the job store is unavailable.
+UNAVAILABLE_RETRY_AFTER = 5
+
 
 def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
     """The HTTP meaning of a library error (``demo``: the app tells owners apart by cookie)."""
@@ -101,7 +104,15 @@ def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
         # operator's hint (a command to run) is no use to an end user.
         return ApiError(402, "budget_exceeded", exc.message, hint=BUDGET_HINT)
     if isinstance(exc, DatabaseUnavailable):
-        return ApiError(503, "unavailable", "the job store is unavailable, try again shortly")
+        # A bounded answer (the queue's command_timeout ends a wait on a silent database)
+        # that tells clients when to come back, instead of requests piling up behind it.
+        return ApiError(
+            503,
+            "unavailable",
+            "the job store is unavailable, try again shortly",
+            hint=f"retry in {UNAVAILABLE_RETRY_AFTER} s",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+        )
     return ApiError(500, "internal_error", "the job store failed to answer this request")
 
 

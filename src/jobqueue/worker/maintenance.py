@@ -4,6 +4,9 @@
   lease; a claim missing from the answer was cancelled, reaped or taken over, and its
   handler is stopped. The answer is matched to the claims sent, never to what the worker
   holds under those ids by the time it comes.
+- `LeaseWatch` stops the handlers of jobs whose leases must have run out because no
+  heartbeat got an answer for a whole lease while the database could not be reached (the
+  worker is cut off from it).
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
 - `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
@@ -152,7 +155,10 @@ class Heartbeats(Periodic):
         alive = await self.queue.heartbeat_many(
             self.worker_id, [slot.job for slot in sent], lease=self.lease
         )
+        answered = time.monotonic()
         kept = matched(sent, alive)
+        for slot in kept:
+            slot.ctx.confirm(answered)
         for slot in sent:
             # Each answer is about the claim sent. One this worker no longer holds (its
             # outcome was written, or the worker claimed the job again meanwhile and
@@ -190,6 +196,63 @@ class Heartbeats(Periodic):
             )
         slot.stop_handler(reason)
         self.slots.let_go(slot)
+
+
+class LeaseWatch(Periodic):
+    """Gives up, locally, the jobs whose leases must have run out while the database could
+    not be reached: a running handler whose claim the database has not confirmed (the
+    claim's answer, then each heartbeat answer: `WorkerContext.confirmed`) for a whole
+    ``lease`` by this process's monotonic clock, with an operation of the worker failing as
+    unreachable since (`AsyncJobQueue.unreachable_at`: a lost connection, a refused one, or
+    no answer within the queue's ``command_timeout``), is stopped as a lost lease, and the
+    worker stops holding the job.
+
+    That is what a worker cut off from the database (a partition, a silent network) does
+    on its own: by then another worker may have claimed the job, and its handler must not
+    go on (polling, paying a provider) for an outcome that will be refused. Its late
+    writes are fenced anyway; this ends the work itself. A database that answers slowly
+    (a heartbeat waiting on a lock, SQLite's write lock under load) is waited for instead:
+    once it answers, the heartbeat extends the lease of every job nobody took over, and
+    their work goes on. Looks every tenth of a lease (at most a second), independently of
+    the heartbeat's rounds, which may themselves be waiting on the network."""
+
+    name = "lease-watch"
+    failure = "watching leases"
+
+    def __init__(self, queue: AsyncJobQueue, slots: Slots, lease: float) -> None:
+        super().__init__(min(1.0, lease / 10), backoff=False)
+        self.queue = queue
+        self.slots = slots
+        self.lease = lease
+        #: Handlers stopped because their lease must have run out.
+        self.given_up = 0
+
+    async def round(self) -> None:
+        unreachable_at = self.queue.unreachable_at
+        if unreachable_at is None:
+            return
+        now = time.monotonic()
+        for slot in list(self.slots.held.values()):
+            confirmed = slot.ctx.confirmed
+            if (
+                slot.handler_done
+                or slot.task is None
+                or unreachable_at < confirmed
+                or now - confirmed < self.lease
+            ):
+                continue
+            self.given_up += 1
+            log.warning(
+                "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs) and the "
+                "database cannot be reached, so its lease has run out and another worker "
+                "may hold it now; stopping its handler (attempt %d)",
+                slot.job.id,
+                now - confirmed,
+                self.lease,
+                slot.job.attempts,
+            )
+            slot.stop_handler(StopReason.LEASE_LOST)
+            self.slots.let_go(slot)
 
 
 class Reaper(Periodic):
@@ -416,6 +479,7 @@ __all__ = [
     "STOP_TIMEOUT",
     "Expiry",
     "Heartbeats",
+    "LeaseWatch",
     "Periodic",
     "Presence",
     "Reaper",

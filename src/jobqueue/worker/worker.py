@@ -54,6 +54,7 @@ from .maintenance import (
     Entrance,
     Expiry,
     Heartbeats,
+    LeaseWatch,
     Periodic,
     Presence,
     Reaper,
@@ -210,6 +211,8 @@ class Worker:
         self.log_file = log_file
         #: The LISTEN/NOTIFY listener while `run` is serving on PostgreSQL with ``listen``.
         self.listener: Listener | None = None
+        #: The watch that gives up jobs whose lease must have run out, while `run` serves.
+        self.lease_watch: LeaseWatch | None = None
         #: Claim statements run so far (each may take many jobs).
         self.claims = 0
         self._lifecycle = Lifecycle(self.worker_id, self.grace_period)
@@ -324,8 +327,10 @@ class Worker:
         return presence
 
     def _services(self, until_idle: bool) -> list[Periodic | Wakeups]:
+        self.lease_watch = LeaseWatch(self.queue, self._slots, self.lease)
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
+            self.lease_watch,
             Reaper(self.queue, self.reap_interval, at_once=until_idle),
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
             Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
