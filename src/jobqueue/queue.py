@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -35,6 +35,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from . import tracing
 from .drivers.engines import (
     READ_ONLY,
     make_async_engine,
@@ -75,6 +76,7 @@ from .models import (
 )
 from .operations import Access, Operation, presence
 from .operations import limits as limit_ops
+from .operations.gauges import Gauges, gauges
 from .operations.position import PositionCache, position
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
@@ -190,6 +192,10 @@ class Held:
 _HELD: ContextVar[Held | None] = ContextVar("jobqueue_held", default=None)
 
 
+#: The enqueue's "span" while no trace is going on.
+_UNTRACED: AbstractContextManager[None] = nullcontext()
+
+
 class _QueueBase(Generic[E]):
     """Configuration and argument handling shared by both queues."""
 
@@ -277,6 +283,12 @@ class _QueueBase(Generic[E]):
         self, kind: str, payload: Any, options: EnqueueOptions
     ) -> list[dict[str, Any]]:
         return [new_job_row(NewJob(kind=kind, payload=payload, **options), self.limits)]
+
+    @staticmethod
+    def _traced(rows: list[dict[str, Any]]) -> AbstractContextManager[None]:
+        """The enqueue's span, its trace stored with the new jobs (`jobqueue.tracing`);
+        nothing at all while no trace is going on."""
+        return tracing.enqueue_span(rows) if tracing.active() else _UNTRACED
 
     def _claim_op(
         self,
@@ -571,7 +583,10 @@ class JobQueue(_QueueBase[Engine]):
         of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[0]
+        with self._traced(rows):
+            return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[
+                0
+            ]
 
     def enqueue_many(
         self,
@@ -586,9 +601,9 @@ class JobQueue(_QueueBase[Engine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
-        return self._run(
-            ops.enqueue_many(self.statements, self._new_rows(jobs), self._placement), connection
-        )
+        rows = self._new_rows(jobs)
+        with self._traced(rows):
+            return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -881,6 +896,13 @@ class JobQueue(_QueueBase[Engine]):
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return self._run(ops.stats(self.statements, since, by, owner_id))
 
+    def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics: jobs waiting and running per
+        queue, the oldest due job's wait, stuck jobs, paused queues and keys, the spend of
+        the jobs created today (`jobqueue.operations.gauges.Gauges`). Two grouped reads,
+        whatever the number of jobs."""
+        return self._run(gauges(self.statements))
+
     def prune(
         self,
         older_than: timedelta | float = timedelta(days=7),
@@ -1078,9 +1100,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         instead of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return (
-            await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
-        )[0]
+        with self._traced(rows):
+            return (
+                await self._run(
+                    ops.enqueue_many(self.statements, rows, self._placement), connection
+                )
+            )[0]
 
     async def enqueue_many(
         self,
@@ -1096,7 +1121,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         `enqueue`.
         """
         rows = self._new_rows(jobs)
-        return await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        with self._traced(rows):
+            return await self._run(
+                ops.enqueue_many(self.statements, rows, self._placement), connection
+            )
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -1393,6 +1421,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         not delivered). ``by="kind"`` or ``by="owner"`` splits each status's line by kind
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return await self._run(ops.stats(self.statements, since, by, owner_id))
+
+    async def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics (see `JobQueue.gauges`)."""
+        return await self._run(gauges(self.statements))
 
     async def prune(
         self,

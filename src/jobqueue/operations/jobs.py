@@ -104,7 +104,8 @@ def enqueue_many(
         if context[0]["may_copy"]:
             jobs: list[Job] = []
             places = {(g["queue"], g["priority"], g["owner_id"]): g for g in context}
-            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs))
+            traced = rows[0].get("trace_context") is not None
+            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs), traced=traced)
             return jobs
     inserted = yield s.insert_many(rows, placed=placed)
     jsonb = s.dialect == "postgresql"
@@ -187,6 +188,7 @@ def _new_job(
         None,  # cost_unit
         r.get("reserved"),  # reserved
         r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
+        r.get("trace_context"),  # trace_context
         _NO_EXTRA,  # extra
         None,  # unreadable
     )

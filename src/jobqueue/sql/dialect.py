@@ -242,6 +242,23 @@ def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> st
     return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', {modifier})"
 
 
+class DbToday(FunctionElement[Any]):
+    """The start of the database's current day, UTC (midnight)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(DbToday, "postgresql")
+def _today_pg(element: DbToday, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(date_trunc('day', statement_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
+
+@compiles(DbToday)
+def _today_sqlite(element: DbToday, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d 00:00:00.000000', 'now')"
+
+
 class _Extreme(FunctionElement[Any]):
     """The larger (`Larger`) or smaller (`Smaller`) of two values that are never NULL. One
     call instead of a CASE that would repeat (and run twice) the subqueries an operand

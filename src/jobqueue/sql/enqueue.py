@@ -3,7 +3,7 @@ large batches, and the look-up of jobs an idempotency key already names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -104,10 +104,13 @@ class Enqueueing(StatementsBase):
             r.get("start_by_value") is not None or r.get("expires_seconds") is not None
             for r in rows
         )
+        # A trace context is stored only by the statements of enqueues made in a trace
+        # (`jobqueue.tracing`), which give it to every row: others never name the column.
+        tc = bool(rows) and rows[0].get("trace_context") is not None
         if not placed:
             stmt = self.once(
-                ("insert_unplaced", dl),
-                lambda: self._insert_values(ranked=False, placed=False, deadline=dl),
+                ("insert_unplaced", dl, tc),
+                lambda: self._insert_values(ranked=False, placed=False, deadline=dl, traced=tc),
             )
             if len(rows) == 1:
                 returning = self.once(
@@ -126,9 +129,11 @@ class Enqueueing(StatementsBase):
                 if dl
                 else {}
             )
+            traces = {"jq_trace_contexts": [r["trace_context"] for r in rows]} if tc else {}
             return Query(
-                self.once(("insert_pg", dl), lambda: self._insert_unnest(dl)),
+                self.once(("insert_pg", dl, tc), lambda: self._insert_unnest(dl, tc)),
                 deadlines
+                | traces
                 | {
                     "jq_ids": [r["id"] for r in rows],
                     "jq_queues": [r["queue"] for r in rows],
@@ -149,8 +154,8 @@ class Enqueueing(StatementsBase):
             # conflict check and its WAL record (the new id is ours).
             keyed = rows[0]["idempotency_key"] is not None
             stmt = self.once(
-                ("insert", dl, keyed),
-                lambda: self._insert_values(ranked=False, deadline=dl, keyed=keyed),
+                ("insert", dl, keyed, tc),
+                lambda: self._insert_values(ranked=False, deadline=dl, keyed=keyed, traced=tc),
             )
             returning = self.once(
                 ("inserted_types", dl), lambda: {c.name: c.type for c in self._inserted(True, dl)}
@@ -161,8 +166,8 @@ class Enqueueing(StatementsBase):
         # prepares in time that grows faster than the batch. Each INSERT sees the rows
         # before it, so every row takes the next turn as a lone job would (rank 1).
         stmt = self.once(
-            ("insert_each", dl),
-            lambda: self._insert_values(ranked=False, deadline=dl).execution_options(
+            ("insert_each", dl, tc),
+            lambda: self._insert_values(ranked=False, deadline=dl, traced=tc).execution_options(
                 insertmanyvalues_page_size=1
             ),
         )
@@ -189,7 +194,13 @@ class Enqueueing(StatementsBase):
         )
 
     def _insert_values(
-        self, *, ranked: bool, placed: bool = True, deadline: bool = False, keyed: bool = True
+        self,
+        *,
+        ranked: bool,
+        placed: bool = True,
+        deadline: bool = False,
+        keyed: bool = True,
+        traced: bool = False,
     ) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
         batch's jobs of the same owner and queue (`owner_ranks`); with ``deadline``, its
@@ -233,6 +244,7 @@ class Enqueueing(StatementsBase):
                 if deadline
                 else {}
             ),
+            **({"trace_context": bindparam("trace_context", type_=Text())} if traced else {}),
         )
         if keyed:
             stmt = stmt.on_conflict_do_nothing(**self._key_conflict())
@@ -240,7 +252,7 @@ class Enqueueing(StatementsBase):
         # (asking for it would make SQLAlchemy insert one row per statement).
         return stmt.returning(*self._inserted(placed, deadline))
 
-    def _insert_unnest(self, deadline: bool = False) -> Any:
+    def _insert_unnest(self, deadline: bool = False, traced: bool = False) -> Any:
         c = self.t.c
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [
             ("id", "ids", Uuid()),
@@ -261,6 +273,8 @@ class Enqueueing(StatementsBase):
                 ("start_by_value", "start_bys", DateTime(timezone=True)),
                 ("expires_seconds", "expires", Float()),
             ]
+        if traced:
+            arrays.append(("trace_context", "trace_contexts", Text()))
         n = unnest(arrays, "new_jobs").c
         run_at = func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds))
         rows = select(
@@ -276,6 +290,7 @@ class Enqueueing(StatementsBase):
             run_at,
             self._entering_turn(run_at, n.queue, n.priority, n.owner_id, n.rank),
             *([self._deadline(n.start_by_value, n.expires_seconds)] if deadline else []),
+            *([n.trace_context] if traced else []),
         )
         targets = [
             c.id,
@@ -290,6 +305,7 @@ class Enqueueing(StatementsBase):
             c.run_at,
             c.turn,
             *([c.start_by] if deadline else []),
+            *([c.trace_context] if traced else []),
         ]
         return (
             postgresql.insert(self.t)
@@ -373,10 +389,11 @@ class Enqueueing(StatementsBase):
         }
         return Query(self.once("copy_context", build), params)
 
-    def copy_new(self, jobs: Iterable[tuple[Job, str]]) -> CopyRows:
+    def copy_new(self, jobs: Iterable[tuple[Job, str]], *, traced: bool = False) -> CopyRows:
         """COPY new jobs (PostgreSQL): each `Job` as it will be stored, with its payload
-        as JSON text. ``jobs`` may be lazy (see `CopyRows`)."""
-        records = (
+        as JSON text. ``jobs`` may be lazy (see `CopyRows`). With ``traced`` (an enqueue in a
+        trace, `jobqueue.tracing`) each job's ``trace_context`` is written too."""
+        records: Iterator[tuple[Any, ...]] = (
             (
                 j.id,
                 j.queue,
@@ -394,8 +411,30 @@ class Enqueueing(StatementsBase):
             )
             for j, payload in jobs
         )
-        types = tuple(self.t.c[name].type for name in self.COPY_COLUMNS)
-        return CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
+        if traced:
+            # Apart from the plain records, which every large batch builds.
+            records = (
+                (
+                    j.id,
+                    j.queue,
+                    j.kind,
+                    payload,
+                    j.priority,
+                    j.max_attempts,
+                    j.owner_id,
+                    j.limit_key,
+                    j.run_at,
+                    j.turn,
+                    j.created_at,
+                    j.updated_at,
+                    j.start_by,
+                    j.trace_context,
+                )
+                for j, payload in jobs
+            )
+        columns = (*self.COPY_COLUMNS, "trace_context") if traced else self.COPY_COLUMNS
+        types = tuple(self.t.c[name].type for name in columns)
+        return CopyRows(self.t.schema, self.t.name, columns, types, records)
 
     def by_idempotency_keys(self, queue: str, owner_id: str | None, keys: Sequence[str]) -> Query:
         """The jobs holding ``keys`` in ``queue`` for ``owner_id`` (None: the unowned jobs'),
