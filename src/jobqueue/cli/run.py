@@ -4,9 +4,11 @@ unless told otherwise) and ``demo``; and the logging they set up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +131,18 @@ def _require_schema(env: Env) -> None:
     help="Also claim jobs of kinds this worker has no handler for, and fail them at once "
     "(logged once per kind), instead of leaving them to other workers.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (needs jobqueue[metrics]; see "
+    "docs/operations.md).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for every interface).",
+)
 @pass_env
 def worker_command(
     env: Env,
@@ -143,6 +157,8 @@ def worker_command(
     worker_id: str | None,
     app: str | None,
     all_kinds: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
 
@@ -154,6 +170,10 @@ def worker_command(
     from ..config import Settings
 
     settings = Settings.from_env()
+    if metrics_port is not None:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()  # before any claim
     registry, generator = _worker_kinds(app, settings)  # fails here, before any claim
     from contextlib import suppress
 
@@ -200,6 +220,7 @@ def worker_command(
             listen=listen,
             job_timeout=None if job_timeout is None else job_timeout.total_seconds(),
             worker_id=worker_id,
+            metrics_at=None if metrics_port is None else (metrics_host, metrics_port),
         )
     )
 
@@ -248,20 +269,31 @@ async def _run_worker(
     registry: Registry,
     generator: Generator | None,
     log_file: Path | None,
+    metrics_at: tuple[str, int] | None = None,
     **options: Any,
 ) -> None:
     """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped,
-    also logging to ``log_file`` when given; the generator is closed afterwards."""
+    also logging to ``log_file`` when given, and serving metrics on ``metrics_at`` (host,
+    port) when given; the generator is closed afterwards."""
     from ..logs import log_to_file
     from ..worker import Worker
 
     queue = env.async_queue()
+    stop_metrics: Callable[[], None] | None = None
     try:
+        if metrics_at is not None:
+            from ..observability.metrics import Metrics
+
+            metrics = Metrics(queue, loop=asyncio.get_running_loop())
+            stop_metrics = metrics.serve(metrics_at[1], metrics_at[0])
+            options["observers"] = [metrics.worker]
         worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
         with log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
             await worker.run()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         closing()
         if generator is not None:
             await generator.aclose()

@@ -55,7 +55,9 @@ DEFAULT_TTL = 5.0
 READ_TIMEOUT = 10.0
 
 
-def _prometheus() -> Any:
+def require_prometheus() -> Any:
+    """The prometheus_client module; a `ConfigurationError` saying how to install it when
+    it is missing."""
     try:
         import prometheus_client
     except ImportError:
@@ -86,7 +88,7 @@ class WorkerMetrics:
     (``Worker(..., observers=[metrics])``). Several workers of one process may share it."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        prom = _prometheus()
+        prom = require_prometheus()
         labels = ("queue", "kind")
         self.started_total = prom.Counter(
             "jobqueue_jobs_started",
@@ -305,12 +307,6 @@ def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Any]],
-    Awaitable[None],
-]
-
-
 class Metrics:
     """The worker metrics (`WorkerMetrics`, ``worker``) and the database gauges
     (`DatabaseGauges`, ``database``) of ``queue`` in one registry (a new one unless
@@ -324,7 +320,7 @@ class Metrics:
         ttl: float = DEFAULT_TTL,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        prom = _prometheus()
+        prom = require_prometheus()
         if registry is None:
             registry = prom.CollectorRegistry()
             prom.ProcessCollector(registry=registry)
@@ -336,33 +332,19 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus' text format, and its content type."""
-        prom = _prometheus()
+        prom = require_prometheus()
         return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
-    def asgi(self) -> ASGIApp:
-        """An ASGI app answering any GET with the metrics (mount it at ``/metrics``)."""
-
-        async def app(
-            scope: dict[str, Any],
-            receive: Callable[[], Awaitable[dict[str, Any]]],
-            send: Callable[[dict[str, Any]], Any],
-        ) -> None:
-            if scope["type"] != "http":
-                return
-            if scope.get("method") not in ("GET", "HEAD"):
-                await _respond(send, 405, b"method not allowed\n", "text/plain")
-                return
-            await self.database.refresh()
-            body, content_type = self.render()
-            await _respond(send, 200, body, content_type, head=scope.get("method") == "HEAD")
-
-        return app
+    def asgi(self) -> MetricsApp:
+        """An ASGI app answering GET (and HEAD) with the metrics: mount it at ``/metrics``
+        (`jobqueue.web.create_app` does, given ``metrics``)."""
+        return MetricsApp(self)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
         """Serve the metrics over HTTP on ``host:port`` from a thread of its own (every
         path answers); returns what stops it. With an `AsyncJobQueue`, the database is read
         on the loop the `Metrics` was given (``loop``)."""
-        prom = _prometheus()
+        prom = require_prometheus()
         try:
             server, thread = prom.start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
@@ -379,8 +361,31 @@ class Metrics:
         return stop
 
 
+class MetricsApp:
+    """The ASGI app of `Metrics.asgi` (a class, so that routers take it for an app)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        method = scope.get("method")
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8")
+            return
+        await self.metrics.database.refresh()
+        body, content_type = self.metrics.render()
+        await _respond(send, 200, body, content_type, head=method == "HEAD")
+
+
 async def _respond(
-    send: Callable[[dict[str, Any]], Any],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
     status: int,
     body: bytes,
     content_type: str,
@@ -401,5 +406,7 @@ __all__ = [
     "MAX_LABEL_VALUES",
     "DatabaseGauges",
     "Metrics",
+    "MetricsApp",
     "WorkerMetrics",
+    "require_prometheus",
 ]
