@@ -228,7 +228,7 @@ async def test_a_scrape_runs_two_statements_whatever_the_number_of_jobs(
 
 async def test_stuck_jobs_and_the_oldest_wait(jq: AsyncJobQueue) -> None:
     await jq.enqueue("k", {}, queue="slow")
-    [held] = await jq.claim("vanished", queues=["slow"], lease=0.01)
+    assert len(await jq.claim("vanished", queues=["slow"], lease=0.01)) == 1
     waiting = await jq.enqueue("k", {}, queue="slow")
     await asyncio.sleep(0.3)
     gauges = await jq.gauges()
