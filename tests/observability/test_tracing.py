@@ -173,7 +173,7 @@ async def test_a_batch_stores_its_trace_with_every_job(
         stored = {(await jq.get(j.id)).trace_context for j in jobs[:: max(1, size // 10)]}
         assert {j.trace_context for j in jobs} == stored
         assert len(stored) == 1 and None not in stored
-    [small, large] = named(spans, "jobqueue enqueue")
+    [_, large] = named(spans, "jobqueue enqueue")
     assert large.attributes is not None
     assert large.attributes["messaging.batch.message_count"] == COPY_MIN_JOBS
 
@@ -227,3 +227,28 @@ def test_without_opentelemetry_jobs_run_and_store_nothing(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "1", "completed", "None"]
+
+
+async def test_the_table_bounds_the_trace_context_as_tracing_does(
+    jq: AsyncJobQueue, spans: InMemorySpanExporter
+) -> None:
+    """What `jobqueue.tracing` stores is never longer than `MAX_TRACE_CONTEXT`, and the
+    table refuses what is (a row another client writes)."""
+    limit = tracing.MAX_TRACE_CONTEXT
+    longest = "x" * limit
+    async with jq.engine.begin() as conn:
+        await conn.execute(
+            jq.table.insert().values(kind="k", trace_context=longest),
+        )
+    with pytest.raises(Exception, match=r"(?i)check constraint"):
+        async with jq.engine.begin() as conn:
+            await conn.execute(jq.table.insert().values(kind="k", trace_context=longest + "x"))
+    # A tracestate past the bound is not stored: the job keeps no context rather than fail.
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    state = TraceState([(f"k{i}", "v" * 200) for i in range(6)])
+    parent = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(1), trace_state=state)
+    with trace.use_span(NonRecordingSpan(parent)):
+        job = await jq.enqueue("k", {})
+    assert job.trace_context is None
+    assert (await jq.get(job.id)).trace_context is None
