@@ -19,10 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 
-from jobqueue import AsyncJobQueue, Job, JobQueue
+from jobqueue import AsyncJobQueue, ConfigurationError, Job, JobQueue
 from jobqueue.observability import Metrics
+from jobqueue.observability.metrics import MAX_LABEL_VALUES
 from jobqueue.web import create_app
 from jobqueue.worker import HandlerResult, Worker, WorkerContext
+from jobqueue.worker.observer import Event
 from tests.support.ports import free_port
 
 OWNER = "owner-4f2a-secret"
@@ -248,3 +250,33 @@ async def test_a_failed_read_reports_the_database_down(jq: AsyncJobQueue) -> Non
     assert response.status_code == 200
     found = samples(response.text)
     assert value(found, "jobqueue_database_up") == 0
+
+
+async def test_labels_stay_bounded_however_many_kinds_and_queues(jq: AsyncJobQueue) -> None:
+    """A client inserting jobs of ever new kinds and queues (rows other clients write) adds
+    no more than `MAX_LABEL_VALUES` values to a label: the rest count as ``other``."""
+    many = MAX_LABEL_VALUES + 5
+    jobs = await jq.enqueue_many([{"kind": f"k{i}", "queue": f"q{i}"} for i in range(many)])
+    metrics = Metrics(jq)
+    for job in jobs:
+        # The observer's own entry points, as the worker calls them at each start.
+        metrics.worker.ran(job, metrics.worker.started(job), None)
+        metrics.worker.finished(job, Event.COMPLETED)
+    await metrics.database.refresh()
+    found = samples(metrics.render()[0].decode())
+    started = {k: v for k, v in found.items() if k[0] == "jobqueue_jobs_started_total"}
+    assert sum(started.values()) == many
+    assert len({dict(labels)["kind"] for _, labels in started}) == MAX_LABEL_VALUES + 1
+    assert value(found, "jobqueue_jobs_started_total", queue="other", kind="other") == 5
+    pending = {
+        dict(labels)["queue"]: v
+        for (name, labels), v in found.items()
+        if name == "jobqueue_queue_jobs" and dict(labels)["status"] == "pending"
+    }
+    assert len(pending) == MAX_LABEL_VALUES and sum(pending.values()) == many
+    assert pending["other"] == 6
+
+
+def test_serving_an_async_queues_metrics_needs_its_loop(jq: AsyncJobQueue) -> None:
+    with pytest.raises(ConfigurationError, match="event loop"):
+        Metrics(jq).serve(free_port())

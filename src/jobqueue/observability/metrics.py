@@ -23,13 +23,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ..errors import ConfigurationError, describe_error
 from ..models import Job, Status
-from ..operations.gauges import Gauges
+from ..operations.gauges import Gauges, QueueGauge
 from ..queue import AsyncJobQueue, JobQueue
 from ..worker.observer import Event
 from ..worker.outcome import Outcome
@@ -271,7 +271,7 @@ class DatabaseGauges:
             "Running jobs whose lease ran out: their worker is gone and none took them back.",
             labels=("queue",),
         )
-        for name, q in g.queues.items():
+        for name, q in _capped_queues(g.queues).items():
             jobs.add_metric((name, Status.PENDING.value), q.pending)
             jobs.add_metric((name, Status.PROCESSING.value), q.running)
             age.add_metric((name,), q.oldest_pending_age)
@@ -281,17 +281,34 @@ class DatabaseGauges:
             "Queues (scope queue) and limit keys (scope key) paused now.",
             labels=("scope", "name"),
         )
-        for scope, name in g.paused:
-            if scope != "owner":  # an owner's id is no label
-                paused.add_metric((scope, name), 1)
+        shown = [(scope, name) for scope, name in g.paused if scope != "owner"]  # no owner ids
+        for scope, name in shown[:MAX_LABEL_VALUES]:
+            paused.add_metric((scope, name), 1)
         spend = GaugeMetricFamily(
             "jobqueue_spend_today",
             "What the jobs created since midnight UTC cost so far, per cost unit.",
             labels=("unit",),
         )
-        for unit, amount in g.spend_today.items():
+        for unit, amount in list(g.spend_today.items())[:MAX_LABEL_VALUES]:
             spend.add_metric((unit or "",), float(amount))
         yield from (jobs, age, stuck, paused, spend)
+
+
+def _capped_queues(queues: Mapping[str, QueueGauge]) -> dict[str, QueueGauge]:
+    """At most `MAX_LABEL_VALUES` queues by name, the rest added up as ``other`` (their
+    oldest wait the longest among them)."""
+    if len(queues) <= MAX_LABEL_VALUES:
+        return dict(queues)
+    names = list(queues)
+    shown = {name: queues[name] for name in names[: MAX_LABEL_VALUES - 1]}
+    rest = [queues[name] for name in names[MAX_LABEL_VALUES - 1 :]]
+    shown[OTHER] = QueueGauge(
+        sum(q.pending for q in rest),
+        sum(q.running for q in rest),
+        max(q.oldest_pending_age for q in rest),
+        sum(q.stuck for q in rest),
+    )
+    return shown
 
 
 async def _read(queue: AsyncJobQueue | JobQueue) -> Gauges:
@@ -345,6 +362,12 @@ class Metrics:
         path answers); returns what stops it. With an `AsyncJobQueue`, the database is read
         on the loop the `Metrics` was given (``loop``)."""
         prom = require_prometheus()
+        database = self.database
+        if isinstance(database.queue, AsyncJobQueue) and database.loop is None:
+            raise ConfigurationError(
+                "serving the metrics of an AsyncJobQueue needs the event loop it runs on",
+                hint="Metrics(queue, loop=asyncio.get_running_loop()), or mount metrics.asgi()",
+            )
         try:
             server, thread = prom.start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
