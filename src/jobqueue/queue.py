@@ -75,7 +75,9 @@ from .models import (
     WorkerPresence,
 )
 from .operations import Access, Operation, presence
+from .operations import admin as admin_ops
 from .operations import limits as limit_ops
+from .operations.admin import JobPage, Overview
 from .operations.gauges import Gauges, gauges
 from .operations.position import PositionCache, position
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
@@ -822,6 +824,47 @@ class JobQueue(_QueueBase[Engine]):
         job runs without one)."""
         return self._run(ops.retry(self.statements, job_id))
 
+    def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return self._run(admin_ops.overview(self.statements))
+
+    def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
+
     def position(
         self,
         job_id: JobRef,
@@ -1347,6 +1390,47 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         A start deadline still ahead stays; one that has passed is dropped (an expired
         job runs without one)."""
         return await self._run(ops.retry(self.statements, job_id))
+
+    async def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return await self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    async def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return await self._run(admin_ops.overview(self.statements))
+
+    async def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return await self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
 
     async def position(
         self,

@@ -178,6 +178,10 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, jobqueue_sqlite_url: s
         "jobqueue/migrations/script.py.mako",
         "jobqueue/migrations/versions/0001_create_jobs_table.py",
         "jobqueue/py.typed",
+        # the admin dashboard's page and files, served from the package
+        "jobqueue/web/static/admin.html",
+        "jobqueue/web/static/admin.js",
+        "jobqueue/web/static/admin.css",
     ):
         assert needed in names
     code = (

@@ -119,6 +119,13 @@ def exercise(q: JobQueue) -> None:
     q.pause("default", duration=60, reason="maintenance")
     q.resume("default")
     assert q.remove_limit("image") and not q.remove_limit("image")
+    # The admin dashboard: its grouped reads, a filtered page by keyset, retrying many.
+    q.overview()
+    page = q.job_page(status="pending", kind="image", limit=1)
+    assert page.after is not None
+    q.job_page(owner_id="o", queue="default", created_from=page.after[0], after=page.after)
+    q.fail(q.claim("w", limit=1, queues=None)[0], "for good", retry=False)
+    assert len(q.retry_many([j.id for j in q.list(status="failed")])) >= 1
 
 
 @pytest.fixture

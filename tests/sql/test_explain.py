@@ -159,6 +159,29 @@ def test_listing_a_users_jobs_uses_the_owner_index(busy_queue: JobQueue) -> None
     assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
 
 
+def test_the_admin_jobs_table_pages_by_the_creation_index(busy_queue: JobQueue) -> None:
+    """A page of the dashboard's jobs table, the first or one deep in the table, reads
+    the creation-time index from its keyset on: never the whole table."""
+    table = busy_queue.table.name
+    first = busy_queue.job_page(limit=50)
+    assert first.after is not None
+    deep = busy_queue.job_page(limit=100, after=first.after)
+    for after in (None, deep.after):
+        step = busy_queue.statements.page(
+            statuses=None,
+            queue=None,
+            kind=None,
+            owner_id=None,
+            created_from=None,
+            created_to=None,
+            after=after,
+            limit=51,
+        )
+        found = scans(plan_of(busy_queue.engine, step))
+        assert any(index == f"{table}_created_idx" for _, _, index in found), found
+        assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
+
+
 # -- the fair-share line at scale ---------------------------------------------------------
 
 

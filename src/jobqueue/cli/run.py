@@ -326,6 +326,17 @@ async def _run_worker(
     help="Cancel a pending job once its last event stream closed and none reopened within "
     "this grace period (30s). [default: off]",
 )
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="Serve the admin dashboard under /admin/ too; without --admin-auth only on a "
+    "loopback --host.",
+)
+@click.option(
+    "--admin-auth",
+    metavar="MODULE:FUNCTION",
+    help="async def f(request) -> admin name or None: who may use the dashboard.",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -335,14 +346,18 @@ def serve_command(
     concurrency: int,
     identify: str | None,
     cancel_abandoned_after: timedelta | None,
+    admin: bool,
+    admin_auth: str | None,
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
     Open http://HOST:PORT/ for the demo. By default a worker runs in the same process;
     with --no-worker only the API runs (production: scale `jobqueue worker` separately).
+    With --admin the operator's dashboard is at http://HOST:PORT/admin/.
     """
     try:
-        from ..web.serve import listen_on, load_identify, serve
+        from ..web.admin import check_admin_bind
+        from ..web.serve import listen_on, load_authenticate, load_identify, serve
     except ImportError as exc:
         raise ConfigurationError(
             f"the web extra is not installed ({exc.name} is missing)",
@@ -351,6 +366,11 @@ def serve_command(
     from ..config import Settings
 
     hook = load_identify(identify) if identify else None
+    if admin_auth and not admin:
+        raise ConfigurationError("--admin-auth needs --admin", hint="add --admin")
+    admin_hook = load_authenticate(admin_auth) if admin_auth else None
+    if admin:
+        check_admin_bind(host, admin_hook)  # before anything starts
     settings = Settings.from_env()
     generator = None if no_worker else settings.generator()
     _require_schema(env)
@@ -360,8 +380,10 @@ def serve_command(
     worker = "off"
     if generator is not None:
         worker = f"on ({settings.describe()}), concurrency {concurrency}"
+    dashboard = f"; admin http://{host}:{port}/admin/" if admin else ""
     console.print(
-        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}",
+        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}"
+        f"{dashboard}",
         soft_wrap=True,
         markup=False,
     )
@@ -376,6 +398,7 @@ def serve_command(
                     None if cancel_abandoned_after is None
                     else cancel_abandoned_after.total_seconds()
                 ),
+                admin=admin, authenticate=admin_hook,
             )  # fmt: skip
         finally:
             closing()

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 
 from .common import StatementsBase
-from .dialect import DbNow, DbToday, Money, UTCDateTime
+from .dialect import DbNow, DbStartOfDay, Money, UTCDateTime
 from .steps import Query
 
 
@@ -89,7 +89,7 @@ class Gauging(StatementsBase):
                     type_coerce(null(), UTCDateTime()).label("at"),
                     func.sum(c.cost, type_=Money()).label("amount"),
                 )
-                .where(c.created_at >= DbToday(), c.cost.isnot(None))
+                .where(c.created_at >= DbStartOfDay(), c.cost.isnot(None))
                 .group_by(c.cost_unit)
             )
             paused = select(

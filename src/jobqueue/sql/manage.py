@@ -81,26 +81,36 @@ class Managing(StatementsBase):
 
         def build() -> Any:
             c = self.t.c
-            now = DbNow()
-            final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
             return (
                 update(self.t)
-                .where(c.id == param("job_id", Uuid()), c.status.in_(status_values(final_sources)))
-                .values(
-                    status=Status.PENDING.value,
-                    turn=None,  # enters the line anew (`jobqueue.sql.fair`)
-                    run_at=now,
-                    max_attempts=self.at_least_one_more(),
-                    locked_by=None,
-                    lease_expires_at=None,
-                    completed_at=None,
-                    start_by=case((c.start_by > now, c.start_by), else_=None),
-                    updated_at=now,
-                )
+                .where(c.id == param("job_id", Uuid()), self.retryable())
+                .values(**self.retried())
                 .returning(*self.columns)
             )
 
         return Query(self.once("retry", build), {"jq_job_id": job_id})
+
+    def retryable(self) -> ColumnElement[bool]:
+        """The statuses an operator's retry takes a job from: the final ones the table of
+        moves lets go back to ``pending``."""
+        final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
+        return self.t.c.status.in_(status_values(final_sources))
+
+    def retried(self) -> dict[str, Any]:
+        """What an operator's retry writes (see `retry`)."""
+        c = self.t.c
+        now = DbNow()
+        return {
+            "status": Status.PENDING.value,
+            "turn": None,  # enters the line anew (`jobqueue.sql.fair`)
+            "run_at": now,
+            "max_attempts": self.at_least_one_more(),
+            "locked_by": None,
+            "lease_expires_at": None,
+            "completed_at": None,
+            "start_by": case((c.start_by > now, c.start_by), else_=None),
+            "updated_at": now,
+        }
 
     def expire(self) -> Query:
         """Move pending jobs whose start deadline has passed (by the database clock) to
