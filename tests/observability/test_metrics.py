@@ -7,11 +7,13 @@ parsed with prometheus_client's own parser."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -280,3 +282,22 @@ async def test_labels_stay_bounded_however_many_kinds_and_queues(jq: AsyncJobQue
 def test_serving_an_async_queues_metrics_needs_its_loop(jq: AsyncJobQueue) -> None:
     with pytest.raises(ConfigurationError, match="event loop"):
         Metrics(jq).serve(free_port())
+
+
+async def test_the_documented_rules_name_metrics_that_exist(jq: AsyncJobQueue) -> None:
+    """Every metric docs/metrics.md's scrape configuration and alert rules (and its tables)
+    name is one a scrape gives."""
+    page = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    named = set(re.findall(r"\bjobqueue_[a-z_]+\b", page))
+    metrics = Metrics(jq)
+    await metrics.database.refresh()
+    families = {f.name for f in text_string_to_metric_families(metrics.render()[0].decode())}
+
+    def family(name: str) -> str:
+        for suffix in ("_total", "_count", "_sum", "_bucket"):
+            if name.removesuffix(suffix) in families:
+                return name.removesuffix(suffix)
+        return name
+
+    assert named and {family(n) for n in named} <= families, named - families
+    assert len(named) >= 10
