@@ -586,9 +586,8 @@ class JobQueue(_QueueBase[Engine]):
         """
         rows = self._enqueue_rows(kind, payload, options)
         with self._traced(rows):
-            return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[
-                0
-            ]
+            jobs = self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        return jobs[0]
 
     def enqueue_many(
         self,
@@ -1144,11 +1143,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """
         rows = self._enqueue_rows(kind, payload, options)
         with self._traced(rows):
-            return (
-                await self._run(
-                    ops.enqueue_many(self.statements, rows, self._placement), connection
-                )
-            )[0]
+            jobs = await self._run(
+                ops.enqueue_many(self.statements, rows, self._placement), connection
+            )
+        return jobs[0]
 
     async def enqueue_many(
         self,

@@ -252,3 +252,11 @@ async def test_the_table_bounds_the_trace_context_as_tracing_does(
         job = await jq.enqueue("k", {})
     assert job.trace_context is None
     assert (await jq.get(job.id)).trace_context is None
+
+
+async def test_a_worker_told_not_to_trace_records_no_run(
+    jq: AsyncJobQueue, spans: InMemorySpanExporter
+) -> None:
+    await jq.enqueue("k", {})
+    await Worker(jq, {"k": lambda job, ctx: "ok"}, trace=False).run_until_idle()
+    assert [s.name for s in spans.get_finished_spans()] == ["jobqueue enqueue"]
