@@ -337,6 +337,12 @@ async def _run_worker(
     metavar="MODULE:FUNCTION",
     help="async def f(request) -> admin name or None: who may use the dashboard.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (needs jobqueue[metrics]; readable by anyone "
+    "who reaches the server).",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -348,6 +354,7 @@ def serve_command(
     cancel_abandoned_after: timedelta | None,
     admin: bool,
     admin_auth: str | None,
+    metrics: bool,
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
@@ -371,6 +378,10 @@ def serve_command(
     admin_hook = load_authenticate(admin_auth) if admin_auth else None
     if admin:
         check_admin_bind(host, admin_hook)  # before anything starts
+    if metrics:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()
     settings = Settings.from_env()
     generator = None if no_worker else settings.generator()
     _require_schema(env)
@@ -381,6 +392,8 @@ def serve_command(
     if generator is not None:
         worker = f"on ({settings.describe()}), concurrency {concurrency}"
     dashboard = f"; admin http://{host}:{port}/admin/" if admin else ""
+    if metrics:
+        dashboard += f"; metrics http://{host}:{port}/metrics"
     console.print(
         f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}"
         f"{dashboard}",
@@ -398,7 +411,7 @@ def serve_command(
                     None if cancel_abandoned_after is None
                     else cancel_abandoned_after.total_seconds()
                 ),
-                admin=admin, authenticate=admin_hook,
+                admin=admin, authenticate=admin_hook, metrics=metrics,
             )  # fmt: skip
         finally:
             closing()
