@@ -189,6 +189,9 @@ class Job:
     #: counted against the budget while the job is pending or running.
     reserved: Decimal | None
     start_by: datetime | None
+    #: The trace the job was enqueued in (`jobqueue.tracing`: W3C ``traceparent`` and
+    #: ``tracestate`` as JSON text), which its runs continue; None without tracing.
+    trace_context: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     unreadable: str | None = None
 

@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -35,6 +35,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from . import tracing
 from .drivers.deadline import Timer, async_deadline, sync_deadline
 from .drivers.engines import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -84,6 +85,7 @@ from .operations import budgets as budget_ops
 from .operations import limits as limit_ops
 from .operations import schedules as schedule_ops
 from .operations.admin import JobPage, Overview
+from .operations.gauges import Gauges, gauges
 from .operations.position import PositionCache, position
 from .operations.schedules import Schedule, ScheduleRound, ScheduleSpec
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
@@ -215,6 +217,10 @@ class Held:
 _HELD: ContextVar[Held | None] = ContextVar("jobqueue_held", default=None)
 
 
+#: The enqueue's "span" while no trace is going on.
+_UNTRACED: AbstractContextManager[None] = nullcontext()
+
+
 class _QueueBase(Generic[E]):
     """Configuration and argument handling shared by both queues."""
 
@@ -328,6 +334,12 @@ class _QueueBase(Generic[E]):
         return budget_ops.enqueue_within_budgets(
             self.statements, rows, self._placement, self.estimated_costs
         )
+
+    @staticmethod
+    def _traced(rows: list[dict[str, Any]]) -> AbstractContextManager[None]:
+        """The enqueue's span, its trace stored with the new jobs (`jobqueue.tracing`);
+        nothing at all while no trace is going on."""
+        return tracing.enqueue_span(rows) if tracing.active() else _UNTRACED
 
     def _claim_op(
         self,
@@ -651,7 +663,8 @@ class JobQueue(_QueueBase[Engine]):
         of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return self._enqueue(rows, connection)[0]
+        with self._traced(rows):
+            return self._enqueue(rows, connection)[0]
 
     def enqueue_many(
         self,
@@ -666,7 +679,9 @@ class JobQueue(_QueueBase[Engine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
-        return self._enqueue(self._new_rows(jobs), connection)
+        rows = self._new_rows(jobs)
+        with self._traced(rows):
+            return self._enqueue(rows, connection)
 
     def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: Connection | None
@@ -1104,6 +1119,13 @@ class JobQueue(_QueueBase[Engine]):
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return self._run(ops.stats(self.statements, since, by, owner_id))
 
+    def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics: jobs waiting and running per
+        queue, the oldest due job's wait, stuck jobs, paused queues and keys, the spend of
+        the jobs created today (`jobqueue.operations.gauges.Gauges`). Two grouped reads,
+        whatever the number of jobs."""
+        return self._run(gauges(self.statements))
+
     def prune(
         self,
         older_than: timedelta | float = timedelta(days=7),
@@ -1325,7 +1347,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         instead of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return (await self._enqueue(rows, connection))[0]
+        with self._traced(rows):
+            return (await self._enqueue(rows, connection))[0]
 
     async def enqueue_many(
         self,
@@ -1340,7 +1363,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
-        return await self._enqueue(self._new_rows(jobs), connection)
+        rows = self._new_rows(jobs)
+        with self._traced(rows):
+            return await self._enqueue(rows, connection)
 
     async def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: AsyncConnection | None
@@ -1782,6 +1807,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         not delivered). ``by="kind"`` or ``by="owner"`` splits each status's line by kind
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return await self._run(ops.stats(self.statements, since, by, owner_id))
+
+    async def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics (see `JobQueue.gauges`)."""
+        return await self._run(gauges(self.statements))
 
     async def prune(
         self,

@@ -388,7 +388,7 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
     finally:
         engine.dispose()
     migrated, declared = _checks(db_url, table_name), _checks(db_url, fresh)
-    assert len(migrated) == 20
+    assert len(migrated) == 21
     assert {k: v.replace(fresh, table_name) for k, v in declared.items()} == migrated
     migrated = _checks(db_url, f"{table_name}_limits")
     declared = _checks(db_url, f"{fresh}_limits")
@@ -472,6 +472,7 @@ def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
     migrate(db_url, table=t, revision="0008")
     assert schema_state(db_url, table=t).current == "0008"
     assert "start_by" in str(_index_sql(db_url, f"{t}_deadline_idx"))
+    migrate(db_url, table=t)  # the queue below reads the columns of later revisions too
     assert "coalesce" in str(_index_sql(db_url, f"{t}_idempotency_idx")).lower()
     with JobQueue(db_url, table=t) as q:
         (old,) = q.list()
@@ -505,7 +506,7 @@ def test_0009_adds_the_schedules_table_and_goes_back_to_0008(db_url: str, table_
     migrate(db_url, table=t, revision="0008")
     with JobQueue(db_url, table=t) as q:
         kept = q.enqueue("image", {}, idempotency_key="k")
-    migrate(db_url, table=t)
+    migrate(db_url, table=t, revision="0009")
     assert schema_state(db_url, table=t).current == "0009"
     assert "next_tick" in str(_index_sql(db_url, f"{t}_schedules_due_idx"))
     with JobQueue(db_url, table=t) as q:
@@ -526,3 +527,30 @@ def test_0009_adds_the_schedules_table_and_goes_back_to_0008(db_url: str, table_
     with JobQueue(db_url, table=t) as q:
         assert q.enqueue("image", {}, idempotency_key="k").id == kept.id
         assert q.list_schedules() == []
+
+
+def test_0010_adds_the_trace_context_and_goes_back_to_0009(db_url: str, table_name: str) -> None:
+    """Up from 0009 with a row in place: the row keeps no trace (NULL), a stored trace is
+    bounded by its check constraint; back: the column goes, the rows stay."""
+    t = table_name
+    migrate(db_url, table=t, revision="0009")
+    with sql_runner(db_url) as run:
+        run(f"INSERT INTO {t} (kind) VALUES ('before')")
+    migrate(db_url, table=t, revision="0010")
+    assert schema_state(db_url, table=t).current == "0010"
+    with JobQueue(db_url, table=t) as q:
+        (old,) = q.list()
+        assert old.kind == "before" and old.trace_context is None
+    with sql_runner(db_url) as run:
+        run(f"INSERT INTO {t} (kind, trace_context) VALUES ('traced', '{{}}')")
+        with pytest.raises(Exception, match=r"(?i)check constraint"):
+            run(f"INSERT INTO {t} (trace_context) VALUES ('{'x' * 1025}')")
+    downgrade(db_url, t, "0009")
+    assert schema_state(db_url, table=t).current == "0009"
+    engine = make_engine(db_url)
+    try:
+        assert "trace_context" not in {c["name"] for c in inspect(engine).get_columns(t)}
+    finally:
+        engine.dispose()
+    with sql_runner(db_url) as run:
+        assert sorted(r[0] for r in run(f"SELECT kind FROM {t}")) == ["before", "traced"]

@@ -94,6 +94,7 @@ def exercise(q: JobQueue) -> None:
     q.position(q.enqueue("image", {}))  # every read a pending job in line makes
     q.list(status="pending", since=timedelta(hours=1))
     q.stats()
+    q.gauges()
     q.reap()
     q.expire()
     q.cancel_if_pending(q.enqueue("image", {}).id)

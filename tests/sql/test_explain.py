@@ -425,3 +425,38 @@ def test_the_expiry_sweep_reads_the_deadline_index(line_queue: JobQueue) -> None
     found = scans(plan)
     assert uses_index(plan, f"{table}_deadline_idx"), found
     assert no_seq_scan_of(plan, table), found
+
+
+# -- the metrics' gauges --------------------------------------------------------------------
+
+
+def test_the_gauges_read_the_waiting_and_running_jobs_through_their_indexes(
+    postgres_url: str, table_name: str
+) -> None:
+    """A long-lived table is mostly finished jobs: a scrape's backlog read must never scan
+    them, only the partial indexes of the line, of the jobs waiting to enter it and of the
+    held jobs; today's spend reads the jobs created today by their index."""
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        with q.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f'INSERT INTO "{table_name}" (status, completed_at, created_at)'
+                    " SELECT 'completed', now() - interval '2 days', now() - interval '2 days'"
+                    " FROM generate_series(1, 30000)"
+                )
+            )
+            conn.execute(
+                text(
+                    f"INSERT INTO \"{table_name}\" (status) SELECT 'pending'"
+                    " FROM generate_series(1, 200)"
+                )
+            )
+            conn.execute(text(f'ANALYZE "{table_name}"'))
+        for step in (q.statements.backlog(), q.statements.fleet()):
+            found = scans(plan_of(q.engine, step))
+            assert not any(kind == "Seq Scan" and rel == table_name for kind, rel, _ in found), (
+                found
+            )
+        backlog = scans(plan_of(q.engine, q.statements.backlog()))
+        assert {f"{table_name}_entry_idx", f"{table_name}_lease_idx"} <= {i for *_, i in backlog}

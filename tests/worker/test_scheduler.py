@@ -12,7 +12,7 @@ import pytest
 
 from jobqueue import AsyncJobQueue, ConfigurationError, Job, Registry
 from jobqueue.worker import Worker, WorkerContext
-from tests.conftest import downgrade
+from tests.conftest import sql_runner
 from tests.worker.conftest import eventually, messages, run_in_background, stop
 
 
@@ -87,7 +87,10 @@ async def test_a_database_without_the_schedules_table_is_said_once_and_jobs_stil
     migrated: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, table = migrated
-    downgrade(url, table, "0008")
+    # As a database migrated before the schedules came (0009) would be, but able to run
+    # this version's jobs (whose rows carry the columns of later revisions).
+    with sql_runner(url) as run:
+        run(f"DROP TABLE {table}_schedules")
     caplog.set_level(logging.INFO, logger="jobqueue.worker")
     queue = AsyncJobQueue(url, table=table)
     ran: list[str] = []

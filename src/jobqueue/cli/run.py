@@ -4,9 +4,11 @@ unless told otherwise) and ``demo``; and the logging they set up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -141,6 +143,18 @@ def _require_schema(env: Env) -> None:
     is_flag=True,
     help="Do not run the scheduler of periodic jobs in this worker (see `jobqueue schedule`).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (needs jobqueue[metrics]; see "
+    "docs/operations.md).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for every interface).",
+)
 @pass_env
 def worker_command(
     env: Env,
@@ -156,6 +170,8 @@ def worker_command(
     app: str | None,
     all_kinds: bool,
     no_schedules: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
 
@@ -167,6 +183,10 @@ def worker_command(
     from ..config import Settings
 
     settings = Settings.from_env()
+    if metrics_port is not None:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()  # before any claim
     registry, generator = _worker_kinds(app, settings)  # fails here, before any claim
     from contextlib import suppress
 
@@ -214,6 +234,7 @@ def worker_command(
             listen=listen,
             job_timeout=None if job_timeout is None else job_timeout.total_seconds(),
             worker_id=worker_id,
+            metrics_at=None if metrics_port is None else (metrics_host, metrics_port),
         )
     )
 
@@ -262,20 +283,31 @@ async def _run_worker(
     registry: Registry,
     generator: Generator | None,
     log_file: Path | None,
+    metrics_at: tuple[str, int] | None = None,
     **options: Any,
 ) -> None:
     """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped,
-    also logging to ``log_file`` when given; the generator is closed afterwards."""
+    also logging to ``log_file`` when given, and serving metrics on ``metrics_at`` (host,
+    port) when given; the generator is closed afterwards."""
     from ..logs import log_to_file
     from ..worker import Worker
 
     queue = env.async_queue()
+    stop_metrics: Callable[[], None] | None = None
     try:
+        if metrics_at is not None:
+            from ..observability.metrics import Metrics
+
+            metrics = Metrics(queue, loop=asyncio.get_running_loop())
+            stop_metrics = metrics.serve(metrics_at[1], metrics_at[0])
+            options["observers"] = [metrics.worker]
         worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
         with log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
             await worker.run()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         closing()
         if generator is not None:
             await generator.aclose()
@@ -327,6 +359,12 @@ async def _run_worker(
     help="What a job of KIND is expected to cost, reserved against its owner's budget "
     "(repeatable; image=0.04). See `jobqueue budget`.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (needs jobqueue[metrics]; readable by anyone "
+    "who reaches the server).",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -339,6 +377,7 @@ def serve_command(
     admin: bool,
     admin_auth: str | None,
     estimates: tuple[str, ...],
+    metrics: bool,
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
@@ -363,6 +402,10 @@ def serve_command(
     admin_hook = load_authenticate(admin_auth) if admin_auth else None
     if admin:
         check_admin_bind(host, admin_hook)  # before anything starts
+    if metrics:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()
     settings = Settings.from_env()
     generator = None if no_worker else settings.generator()
     _require_schema(env)
@@ -373,6 +416,8 @@ def serve_command(
     if generator is not None:
         worker = f"on ({settings.describe()}), concurrency {concurrency}"
     dashboard = f"; admin http://{host}:{port}/admin/" if admin else ""
+    if metrics:
+        dashboard += f"; metrics http://{host}:{port}/metrics"
     console.print(
         f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}"
         f"{dashboard}",
@@ -390,7 +435,7 @@ def serve_command(
                     None if cancel_abandoned_after is None
                     else cancel_abandoned_after.total_seconds()
                 ),
-                admin=admin, authenticate=admin_hook,
+                admin=admin, authenticate=admin_hook, metrics=metrics,
             )  # fmt: skip
         finally:
             closing()

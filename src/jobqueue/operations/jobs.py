@@ -137,7 +137,8 @@ def _enqueue(
         if context[0]["may_copy"]:
             jobs: list[Job] = []
             places = {(g["queue"], g["priority"], g["owner_id"]): g for g in context}
-            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs))
+            traced = rows[0].get("trace_context") is not None
+            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs), traced=traced)
             return jobs
     guarded = bool(owners)
     inserted = yield s.insert_many(rows, placed=placed, guard=guarded)
@@ -233,6 +234,7 @@ def _new_job(
         None,  # cost_unit
         r.get("reserved"),  # reserved
         r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
+        r.get("trace_context"),  # trace_context
         _NO_EXTRA,  # extra
         None,  # unreadable
     )

@@ -3,7 +3,7 @@ large batches, and the look-up of jobs an idempotency key already names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -122,10 +122,13 @@ class Enqueueing(Budgeting):
         )
         # Rows a budget reserved for all carry the key (None for other owners' jobs).
         rs = "reserved" in rows[0]
+        # A trace context is stored only by the statements of enqueues made in a trace
+        # (`jobqueue.tracing`), which give it to every row: others never name the column.
+        tc = bool(rows) and rows[0].get("trace_context") is not None
         if not placed:
             stmt = self.once(
-                ("insert_unplaced", dl),
-                lambda: self._insert_values(ranked=False, placed=False, deadline=dl),
+                ("insert_unplaced", dl, tc),
+                lambda: self._insert_values(ranked=False, placed=False, deadline=dl, traced=tc),
             )
             if len(rows) == 1:
                 returning = self.once(
@@ -146,9 +149,14 @@ class Enqueueing(Budgeting):
             )
             if rs:
                 deadlines["jq_reserveds"] = [r.get("reserved") for r in rows]
+            traces = {"jq_trace_contexts": [r["trace_context"] for r in rows]} if tc else {}
             return Query(
-                self.once(("insert_pg", dl, rs, guard), lambda: self._insert_unnest(dl, rs, guard)),
+                self.once(
+                    ("insert_pg", dl, rs, guard, tc),
+                    lambda: self._insert_unnest(dl, rs, guard, tc),
+                ),
                 deadlines
+                | traces
                 | {
                     "jq_ids": [r["id"] for r in rows],
                     "jq_queues": [r["queue"] for r in rows],
@@ -169,9 +177,9 @@ class Enqueueing(Budgeting):
             # conflict check and its WAL record (the new id is ours).
             keyed = rows[0]["idempotency_key"] is not None
             stmt = self.once(
-                ("insert", dl, keyed, rs, guard),
+                ("insert", dl, keyed, rs, guard, tc),
                 lambda: self._insert_values(
-                    ranked=False, deadline=dl, keyed=keyed, reserve=rs, guard=guard
+                    ranked=False, deadline=dl, keyed=keyed, reserve=rs, guard=guard, traced=tc
                 ),
             )
             returning = self.once(
@@ -183,8 +191,10 @@ class Enqueueing(Budgeting):
         # prepares in time that grows faster than the batch. Each INSERT sees the rows
         # before it, so every row takes the next turn as a lone job would (rank 1).
         stmt = self.once(
-            ("insert_each", dl, rs),
-            lambda: self._insert_values(ranked=False, deadline=dl, reserve=rs).execution_options(
+            ("insert_each", dl, rs, tc),
+            lambda: self._insert_values(
+                ranked=False, deadline=dl, reserve=rs, traced=tc
+            ).execution_options(
                 insertmanyvalues_page_size=1
             ),
         )
@@ -219,6 +229,7 @@ class Enqueueing(Budgeting):
         keyed: bool = True,
         reserve: bool = False,
         guard: bool = False,
+        traced: bool = False,
     ) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
         batch's jobs of the same owner and queue (`owner_ranks`); with ``deadline``, its
@@ -264,6 +275,7 @@ class Enqueueing(Budgeting):
                 else {}
             ),
             **({"reserved": bindparam("reserved", type_=Money())} if reserve else {}),
+            **({"trace_context": bindparam("trace_context", type_=Text())} if traced else {}),
         )
         if guard:
             # INSERT ... SELECT, so that a WHERE can keep the row out.
@@ -278,7 +290,11 @@ class Enqueueing(Budgeting):
         return stmt.returning(*self._inserted(placed, deadline))
 
     def _insert_unnest(
-        self, deadline: bool = False, reserve: bool = False, guard: bool = False
+        self,
+        deadline: bool = False,
+        reserve: bool = False,
+        guard: bool = False,
+        traced: bool = False,
     ) -> Any:
         c = self.t.c
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [
@@ -302,6 +318,8 @@ class Enqueueing(Budgeting):
             ]
         if reserve:
             arrays.append(("reserved", "reserveds", Numeric(20, COST_PLACES)))
+        if traced:
+            arrays.append(("trace_context", "trace_contexts", Text()))
         n = unnest(arrays, "new_jobs").c
         run_at = func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds))
         rows = select(
@@ -318,6 +336,7 @@ class Enqueueing(Budgeting):
             self._entering_turn(run_at, n.queue, n.priority, n.owner_id, n.rank),
             *([self._deadline(n.start_by_value, n.expires_seconds)] if deadline else []),
             *([n.reserved] if reserve else []),
+            *([n.trace_context] if traced else []),
         )
         if guard:
             # All or nothing: no row when any owner of the batch has a budget (the same
@@ -341,6 +360,7 @@ class Enqueueing(Budgeting):
             c.turn,
             *([c.start_by] if deadline else []),
             *([c.reserved] if reserve else []),
+            *([c.trace_context] if traced else []),
         ]
         return (
             postgresql.insert(self.t)
@@ -424,10 +444,11 @@ class Enqueueing(Budgeting):
         }
         return Query(self.once("copy_context", build), params)
 
-    def copy_new(self, jobs: Iterable[tuple[Job, str]]) -> CopyRows:
+    def copy_new(self, jobs: Iterable[tuple[Job, str]], *, traced: bool = False) -> CopyRows:
         """COPY new jobs (PostgreSQL): each `Job` as it will be stored, with its payload
-        as JSON text. ``jobs`` may be lazy (see `CopyRows`)."""
-        records = (
+        as JSON text. ``jobs`` may be lazy (see `CopyRows`). With ``traced`` (an enqueue in a
+        trace, `jobqueue.tracing`) each job's ``trace_context`` is written too."""
+        records: Iterator[tuple[Any, ...]] = (
             (
                 j.id,
                 j.queue,
@@ -445,8 +466,30 @@ class Enqueueing(Budgeting):
             )
             for j, payload in jobs
         )
-        types = tuple(self.t.c[name].type for name in self.COPY_COLUMNS)
-        return CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
+        if traced:
+            # Apart from the plain records, which every large batch builds.
+            records = (
+                (
+                    j.id,
+                    j.queue,
+                    j.kind,
+                    payload,
+                    j.priority,
+                    j.max_attempts,
+                    j.owner_id,
+                    j.limit_key,
+                    j.run_at,
+                    j.turn,
+                    j.created_at,
+                    j.updated_at,
+                    j.start_by,
+                    j.trace_context,
+                )
+                for j, payload in jobs
+            )
+        columns = (*self.COPY_COLUMNS, "trace_context") if traced else self.COPY_COLUMNS
+        types = tuple(self.t.c[name].type for name in columns)
+        return CopyRows(self.t.schema, self.t.name, columns, types, records)
 
     def by_idempotency_keys(self, queue: str, owner_id: str | None, keys: Sequence[str]) -> Query:
         """The jobs holding ``keys`` in ``queue`` for ``owner_id`` (None: the unowned jobs'),

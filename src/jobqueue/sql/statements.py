@@ -11,7 +11,8 @@ each topic a class of its own module, and `Statements` is all of them:
 - `jobqueue.sql.held`: a worker's fenced writes to the jobs it holds;
 - `jobqueue.sql.manage`: anyone's moves (cancel, retry, reap, prune) and the reads;
 - `jobqueue.sql.position`: the bounded reads of a job's place in the line;
-- `jobqueue.sql.admin`: the admin dashboard's reads and its retry of many jobs.
+- `jobqueue.sql.admin`: the admin dashboard's reads and its retry of many jobs;
+- `jobqueue.sql.gauges`: the grouped reads behind a metrics scrape.
 
 What they share (the cache of built statements, the fence, batch parameters) is in
 `jobqueue.sql.common`; the constructs whose SQL differs per database are in
@@ -29,10 +30,13 @@ from __future__ import annotations
 from .admin import AdminStatements
 from .claim import Claiming
 from .enqueue import Enqueueing
+from .gauges import Gauging
 from .held import HeldJobs
 from .manage import Managing
 from .position import Positioning
 
 
-class Statements(Enqueueing, Claiming, HeldJobs, AdminStatements, Managing, Positioning):
+class Statements(
+    Enqueueing, Claiming, HeldJobs, AdminStatements, Managing, Positioning, Gauging
+):
     """The statements for one jobs table on one dialect (``postgresql`` or ``sqlite``)."""

@@ -55,6 +55,7 @@ from ..models import (
     MAX_TURN,
     Status,
 )
+from ..tracing import MAX_TRACE_CONTEXT
 from .dialect import DbNow, Finite, Money, MoneyBounds, NewJobId, UTCDateTime, json_type
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -152,6 +153,8 @@ def jobs_table(
         # No bound: ``infinity`` (PostgreSQL) reads as no deadline at all, ``-infinity`` as
         # one long past, and both compare as such in SQL.
         Column("start_by", UTCDateTime()),
+        # The trace the job was enqueued in, as JSON text (`jobqueue.tracing`; migration 0010).
+        Column("trace_context", Text()),
         CheckConstraint(status_check(), name=f"{name}_status_check"),
         CheckConstraint("progress BETWEEN 0 AND 100", name=f"{name}_progress_check"),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name=f"{name}_attempts_check"),
@@ -281,6 +284,7 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
         "cost": MoneyBounds(c.cost),
         "cost_unit": length(c.cost_unit, 1, MAX_COST_UNIT),
         "reserved": MoneyBounds(c.reserved),
+        "trace": length(c.trace_context, 1, MAX_TRACE_CONTEXT),
         # Finite: NaN or an infinity would put a job past or before every other for good.
         "turn": c.turn.between(-MAX_TURN, MAX_TURN),
         # Not max_attempts alone: an operator's `retry` of a job that spent its attempts

@@ -61,6 +61,7 @@ from .problems import (
 from .views import job_view
 
 if TYPE_CHECKING:
+    from ..observability import Metrics
     from ..worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -410,6 +411,7 @@ def create_app(
     check_origin: bool = True,
     trusted_origins: Iterable[str] = (),
     cancel_abandoned_after: float | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """Build the job API app.
 
@@ -433,6 +435,10 @@ def create_app(
     whose event streams all closed when none reconnects within that grace period, so a
     job its user walked away from is not paid for. A job a worker has started runs on; a
     client that only polls ``GET /jobs/{id}`` is no watcher and keeps its jobs.
+
+    ``metrics`` (a `jobqueue.observability.Metrics`) is served at ``GET /metrics`` for
+    Prometheus; give its ``worker`` to the in-process worker's ``observers`` to count its
+    jobs too. Anyone who can reach the app can read it: keep it behind your proxy's rules.
     """
     fits = _default_upload_limit(queue)
     upload_limit = fits if max_upload_bytes is None else max_upload_bytes
@@ -506,6 +512,8 @@ def create_app(
     ]
     if demo_page:
         routes.append(Route("/", api.demo_page, methods=["GET"]))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics.asgi(), methods=["GET", "HEAD"]))
     # Outermost first: a cross-site POST is refused before it gets an owner cookie.
     middleware = []
     trusted = tuple(origin_of(o) for o in trusted_origins)  # refused now, not at first request

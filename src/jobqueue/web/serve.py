@@ -115,6 +115,7 @@ async def serve(
     cancel_abandoned_after: float | None = None,
     admin: bool = False,
     authenticate: Authenticate | None = None,
+    metrics: bool = False,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
 
@@ -123,6 +124,8 @@ async def serve(
     app's lifespan stops the worker gracefully. ``cancel_abandoned_after``: as for
     `create_app`. With ``admin``, the admin dashboard (`create_admin_app`, with
     ``authenticate``) is served under ``/admin/``; without a hook only on loopback.
+    With ``metrics``, Prometheus metrics (`jobqueue.observability.Metrics`: the database's
+    gauges, and the in-process worker's counters) are served at ``/metrics``.
     """
     from ..worker import Worker
 
@@ -130,11 +133,21 @@ async def serve(
         check_admin_bind(host, authenticate)
     if sock is None:
         sock = listen_on(host, port)
+    observed = None
+    if metrics:
+        from ..observability import Metrics
+
+        observed = Metrics(queue)
     worker = None
     if generator is not None:
-        worker = Worker(queue, generator=generator, concurrency=concurrency)
+        observers = [] if observed is None else [observed.worker]
+        worker = Worker(queue, generator=generator, concurrency=concurrency, observers=observers)
     app = create_app(
-        queue, identify=identify, worker=worker, cancel_abandoned_after=cancel_abandoned_after
+        queue,
+        identify=identify,
+        worker=worker,
+        cancel_abandoned_after=cancel_abandoned_after,
+        metrics=observed,
     )
     served: ASGIApp = app
     if admin:

@@ -57,6 +57,7 @@ from ..queue import AsyncJobQueue
 from ..sql.limits import ENTRY_BATCH
 from ..sql.manage import EXPIRY_BATCH
 from ..sql.schedules import DUE_BATCH
+from .observer import Observer
 from .outcome import StopReason
 from .slots import Slot, Slots, matched
 
@@ -266,14 +267,25 @@ class Reaper(Periodic):
     name = "reaper"
     failure = "reaping expired leases"
 
-    def __init__(self, queue: AsyncJobQueue, interval: float, *, at_once: bool = False):
+    def __init__(
+        self,
+        queue: AsyncJobQueue,
+        interval: float,
+        *,
+        at_once: bool = False,
+        observer: Observer | None = None,
+    ):
         first = 0.0 if at_once else random.uniform(0.5, 1.0) * interval
         super().__init__(interval, first=first, backoff=False)
         self.queue = queue
+        self.observer = observer
 
     async def round(self) -> None:
-        for job_id, status in await self.queue.reap():
+        moved = await self.queue.reap()
+        for job_id, status in moved:
             log.warning("Job %s: lease expired; moved back to %s", job_id, status)
+        if moved and self.observer is not None:
+            self.observer.reaped(moved)
 
 
 class Entrance(Periodic):
@@ -306,15 +318,18 @@ class Expiry(Periodic):
     name = "expiry"
     failure = "expiring jobs past their start deadline"
 
-    def __init__(self, queue: AsyncJobQueue, interval: float):
+    def __init__(self, queue: AsyncJobQueue, interval: float, *, observer: Observer | None = None):
         super().__init__(interval, first=0.0)
         self.queue = queue
+        self.observer = observer
 
     async def round(self) -> None:
         while True:
             expired = await self.queue.expire()
             for job in expired:
                 log.info("Job %s status: expired (not started by its deadline)", job.id)
+            if expired and self.observer is not None:
+                self.observer.expired(expired)
             if len(expired) < EXPIRY_BATCH:
                 return
 

@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
+from .. import tracing
 from ..backoff import Backoff
 from ..drivers.listen import Listener
 from ..errors import ConfigurationError, PayloadError, describe_error
@@ -61,7 +62,8 @@ from .maintenance import (
     Scheduler,
     Wakeups,
 )
-from .outcome import StopReason
+from .observer import Observer, Observers, Tracing
+from .outcome import Outcome, StopReason
 from .registry import Registry
 from .slots import Slot, Slots
 
@@ -121,6 +123,10 @@ class Worker:
       `run_until_idle` never runs it.
     - ``log_file``: deprecated; wrap the run in ``jobqueue.logs.log_to_file(path)``
       instead. Also writes the ``jobqueue`` log lines to this file while serving.
+    - ``observers``: what hears of each job's start, end and outcome
+      (`jobqueue.worker.observer.Observer`), such as
+      `jobqueue.observability.WorkerMetrics`; ``trace`` (default True) continues each
+      job's trace around its run when OpenTelemetry is installed (`jobqueue.tracing`).
 
     A sync handler runs on a thread of the worker's own pool (twice ``concurrency``) and
     cannot be interrupted: it should check ``ctx.cancelled.is_set()`` in long loops.
@@ -146,6 +152,8 @@ class Worker:
         all_kinds: bool = False,
         schedules: bool = True,
         schedule_interval: float | timedelta = 1.0,
+        observers: Sequence[Observer] = (),
+        trace: bool = True,
     ) -> None:
         if not isinstance(queue, AsyncJobQueue):
             raise ConfigurationError(
@@ -223,6 +231,7 @@ class Worker:
             # Twice `concurrency`, so threads of abandoned sync handlers leave room.
             threads=2 * concurrency,
         )
+        self._observer = _observer_of(observers, trace)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = Slots(concurrency)
         self._completer = self._new_completer()
@@ -331,9 +340,9 @@ class Worker:
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
             self.lease_watch,
-            Reaper(self.queue, self.reap_interval, at_once=until_idle),
+            Reaper(self.queue, self.reap_interval, at_once=until_idle, observer=self._observer),
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
-            Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
+            Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL), observer=self._observer),
         ]
         if not until_idle and self.schedules:
             declared = self.registry.schedules
@@ -356,6 +365,7 @@ class Worker:
             start_job=self._start,
             count_claim=self._count_claim,
             slot_freed=self._slot_freed,
+            observer=self._observer,
         )
 
     async def _claim_loop(self) -> None:
@@ -461,7 +471,10 @@ class Worker:
         it in the end."""
         try:
             try:
-                outcome = await self._executor.run(slot)
+                if self._observer is None:
+                    outcome = await self._executor.run(slot)
+                else:
+                    outcome = await self._observed_run(self._observer, slot)
             finally:
                 self._slots.handler_ended(slot)
             await self._completer.record(slot, outcome)
@@ -471,6 +484,25 @@ class Worker:
             log.exception("Job %s: the worker could not record its outcome", slot.job.id)
             if not self._completer.batched(slot):
                 self._slots.let_go(slot)
+
+    async def _observed_run(self, observer: Observer, slot: Slot) -> Outcome:
+        """`Executor.run` with ``observer`` told of its start and end (in this task, so
+        what it makes current, a trace's span, is current for the handler)."""
+        job = slot.job
+        try:
+            started = observer.started(job)
+        except Exception:
+            log.exception("Job %s: an observer failed on its start", job.id)
+            return await self._executor.run(slot)
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._executor.run(slot)
+            return outcome
+        finally:
+            try:
+                observer.ran(job, started, outcome)
+            except Exception:
+                log.exception("Job %s: an observer failed on its end", job.id)
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -505,6 +537,20 @@ class Worker:
                 await completer.release(slot)
         lifecycle.close()
         await completer.finish()
+
+
+def _observer_of(observers: Sequence[Observer], trace: bool) -> Observer | None:
+    """What hears of the worker's jobs: None (nothing to pay for) without observers and
+    without OpenTelemetry."""
+    chosen: list[Observer] = []
+    if trace and tracing.available():
+        chosen.append(Tracing())
+    chosen += observers
+    if not chosen:
+        return None
+    if len(chosen) == 1 and isinstance(chosen[0], Tracing):
+        return chosen[0]
+    return Observers(chosen)
 
 
 def _as_handler(handler: Handler | Generator) -> Handler:
