@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,32 @@ async def test_a_batch_stores_its_trace_with_every_job(
     [_, large] = named(spans, "jobqueue enqueue")
     assert large.attributes is not None
     assert large.attributes["messaging.batch.message_count"] == COPY_MIN_JOBS
+
+
+async def test_owned_jobs_store_their_trace_with_or_without_a_budget(
+    jq: AsyncJobQueue, spans: InMemorySpanExporter
+) -> None:
+    """An owned job's guarded INSERT (no budget) and the budget's own enqueue (which
+    reserves) both write the trace beside their other columns, one job or a batch."""
+    await jq.set_budget("paying", Decimal("10"), period="day")
+    free = await jq.enqueue("k", {}, owner_id="free")
+    paid = await jq.enqueue("k", {}, owner_id="paying", estimated_cost=Decimal("1"))
+    batch = await jq.enqueue_many(
+        [
+            {"kind": "k", "owner_id": "free"},
+            {"kind": "k", "owner_id": "paying", "estimated_cost": Decimal("2")},
+        ]
+    )
+    for job in (free, paid, *batch):
+        stored = await jq.get(job.id)
+        assert stored.trace_context is not None and stored.trace_context == job.trace_context
+    assert [(await jq.get(j.id)).reserved for j in (free, paid, *batch)] == [
+        None,
+        Decimal("1"),
+        None,
+        Decimal("2"),
+    ]
+    assert len(named(spans, "jobqueue enqueue")) == 3
 
 
 async def test_without_a_tracer_provider_nothing_is_recorded_or_stored(
