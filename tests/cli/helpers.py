@@ -78,3 +78,64 @@ def worker_running(cwd: Path, base: Sequence[str], *options: str) -> Iterator[Wo
         process.send_signal(signal.SIGTERM)
         worker.output = process.communicate(timeout=60)
         worker.code = process.returncode
+
+
+def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """`jobqueue ARGS` run in this process, for the many tests whose point is what a command
+    reads and prints, not the process: the same entry point as the console script
+    (`jobqueue.cli.group.main`, where errors become one line and an exit code), in ``cwd``
+    (its ``.env``), with exactly the environment ``env`` (`clean_env()` unless given), on
+    stdout and stderr streams of its own. An exception that escapes becomes a traceback on
+    stderr and exit code 1, as Python's own exit would make it.
+
+    Starting the console script costs about a second of imports on a loaded machine, so a
+    test that reads the table ten times spends most of its time starting processes. Tests
+    of the process itself (signals, start-up, the installed script, ``python -m``) run it
+    as a subprocess with the `run` fixture or `JOBQUEUE`."""
+    import logging
+    import traceback
+
+    from click.testing import CliRunner
+
+    from jobqueue.cli.group import main
+    from jobqueue.cli.output import out
+
+    wanted = clean_env() if env is None else env
+    overrides: dict[str, str | None] = {k: None for k in os.environ if k not in wanted}
+    overrides.update(wanted)
+    saved_environ = dict(os.environ)  # the command's .env may add to it
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level)
+    previous = Path.cwd()
+    out.cache_clear()  # the results console reads the environment when it is made
+    code: int
+    os.chdir(cwd)
+    try:
+        with CliRunner().isolation(env=overrides) as (stdout, stderr, _):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            else:  # pragma: no cover - main always exits
+                code = 0
+            sys.stdout.flush()
+            sys.stderr.flush()
+            return Result(
+                code,
+                stdout.getvalue().decode("utf-8"),
+                stderr.getvalue().decode("utf-8", "backslashreplace"),
+            )
+    finally:
+        os.chdir(previous)
+        out.cache_clear()
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
