@@ -85,8 +85,9 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     reads and prints, not the process: the same entry point as the console script
     (`jobqueue.cli.group.main`, where errors become one line and an exit code), in ``cwd``
     (its ``.env``), with exactly the environment ``env`` (`clean_env()` unless given), on
-    stdout and stderr streams of its own. An exception that escapes becomes a traceback on
-    stderr and exit code 1, as Python's own exit would make it.
+    stdout and stderr streams of its own, and logging as a fresh process has it. An
+    exception that escapes becomes a traceback on stderr and exit code 1, as Python's own
+    exit would make it.
 
     Starting the console script costs about a second of imports on a loaded machine, so a
     test that reads the table ten times spends most of its time starting processes. Tests
@@ -108,6 +109,10 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     saved_logging = (root.handlers[:], root.level)
     previous = Path.cwd()
     out.cache_clear()  # the results console reads the environment when it is made
+    # As in a fresh process: no handler on the root logger (pytest's capture hangs there),
+    # so a warning that nothing handles reaches stderr through logging's last resort.
+    root.handlers[:] = []
+    root.setLevel(logging.WARNING)
     code: int
     os.chdir(cwd)
     try:
