@@ -1,6 +1,6 @@
 """Fixtures of the command's tests: the console script run in an empty directory, as a
 subprocess (`run`, `jq`, `sq`) or, where the process is not the point, in this process
-through the same entry point (`jq_in_process`, `sq_in_process`)."""
+through the same entry point (`run_here`, `jq_in_process`, `sq_in_process`)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
 
     def call(*args: str, **kwargs: object) -> Result:
         return run("--database-url", jobqueue_sqlite_url, "--table", table_name, *args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def run_here(tmp_path: Path) -> Run:
+    """`run` in this process (`tests.cli.helpers.run_in_process`), in the same directory."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        return run_in_process(*args, cwd=tmp_path, env=env)
 
     return call
 
