@@ -108,14 +108,14 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     root = logging.getLogger()
     saved_logging = (root.handlers[:], root.level)
     previous = Path.cwd()
-    out.cache_clear()  # the results console reads the environment when it is made
-    # As in a fresh process: no handler on the root logger (pytest's capture hangs there),
-    # so a warning that nothing handles reaches stderr through logging's last resort.
-    root.handlers[:] = []
-    root.setLevel(logging.WARNING)
     code: int
-    os.chdir(cwd)
     try:
+        out.cache_clear()  # the results console reads the environment when it is made
+        # As in a fresh process: no handler on the root logger (pytest's capture hangs
+        # there), so a warning nothing handles reaches stderr through logging's last resort.
+        root.handlers[:] = []
+        root.setLevel(logging.WARNING)
+        os.chdir(cwd)
         with CliRunner().isolation(env=overrides) as (stdout, stderr, _):
             try:
                 main(list(args))
