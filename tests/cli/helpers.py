@@ -87,13 +87,15 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     (its ``.env``), with exactly the environment ``env`` (`clean_env()` unless given), on
     stdout and stderr streams of its own, and logging as a fresh process has it. An
     exception that escapes becomes a traceback on stderr and exit code 1, as Python's own
-    exit would make it.
+    exit would make it; a thread left running, which would keep the process from exiting,
+    fails the test.
 
     Starting the console script costs about a second of imports on a loaded machine, so a
     test that reads the table ten times spends most of its time starting processes. Tests
     of the process itself (signals, start-up, the installed script, ``python -m``) run it
     as a subprocess with the `run` fixture or `JOBQUEUE`."""
     import logging
+    import threading
     import traceback
 
     from click.testing import CliRunner
@@ -101,6 +103,7 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     from jobqueue.cli.group import main
     from jobqueue.cli.output import out
 
+    threads_before = set(threading.enumerate())
     wanted = clean_env() if env is None else env
     overrides: dict[str, str | None] = {k: None for k in os.environ if k not in wanted}
     overrides.update(wanted)
@@ -132,6 +135,14 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
                 code = 0
             sys.stdout.flush()
             sys.stderr.flush()
+            # The real process waits for the threads that are not daemons when it exits; one
+            # that never ends would hang the command, which a subprocess would show.
+            for thread in threading.enumerate():
+                if thread not in threads_before and not thread.daemon:
+                    thread.join(timeout=10)
+                    assert not thread.is_alive(), (
+                        f"`jobqueue {' '.join(args)}` left a thread running: {thread}"
+                    )
             return Result(
                 code,
                 stdout.getvalue().decode("utf-8"),
