@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._compat import install as _serve_old_import_paths
 from .errors import (
+    BudgetExceeded,
     ConfigurationError,
     DatabaseBusy,
     DatabaseReadOnly,
+    DatabaseTimeout,
     DatabaseUnavailable,
     GenerationError,
     InvalidJobId,
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .models import (
         FINAL_STATUSES,
         MOVES,
+        Budget,
         Completion,
         Job,
         NewJob,
@@ -84,6 +87,7 @@ _serve_old_import_paths()
 #: Where each lazily imported name lives.
 _LAZY: dict[str, str] = {
     "AsyncJobQueue": "queue",
+    "Budget": "models",
     "Completion": "models",
     "DefAPIGenerator": "generators",
     "FINAL_STATUSES": "models",
@@ -131,10 +135,13 @@ __all__ = [
     "FINAL_STATUSES",
     "MOVES",
     "AsyncJobQueue",
+    "Budget",
+    "BudgetExceeded",
     "Completion",
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseReadOnly",
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "DefAPIGenerator",
     "GenerationError",

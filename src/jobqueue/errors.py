@@ -58,6 +58,17 @@ class DatabaseUnavailable(JobQueueError):
     hint = "check JOBQUEUE_DATABASE_URL and that the database server is running"
 
 
+class DatabaseTimeout(DatabaseUnavailable, TimeoutError):
+    """The database gave no answer within the queue's ``command_timeout``: the network to it
+    is silent (a partition, a stuck proxy or load balancer) or it is stalled. The connection
+    was dropped. The operation may or may not have taken effect on the server."""
+
+    hint = (
+        "check the network path to the database; retry later (an enqueue with an "
+        "idempotency_key can be sent again safely), or raise command_timeout for long batches"
+    )
+
+
 class DatabaseBusy(DatabaseUnavailable):
     """A lock the statement needed stayed taken for longer than the queue's ``lock_timeout``
     (another session, such as a migration or a DBA's ``LOCK TABLE``, holds it); on SQLite,
@@ -222,6 +233,36 @@ class JobExpired(JobFailed):
     def of(cls, job: Job) -> JobExpired:
         deadline = "" if job.start_by is None else f" (its deadline was {job.start_by.isoformat()})"
         return cls(f"job {job.id} expired: it was not started in time{deadline}", job_id=job.id)
+
+
+class BudgetExceeded(JobQueueError):
+    """An enqueue refused because reserving its jobs' estimated cost would take their
+    owner past the budget (`JobQueue.set_budget`): nothing was enqueued. ``owner_id``,
+    ``amount`` and ``period`` are the budget's, ``spent`` what already counts against it
+    (costs plus what pending and running jobs reserved), ``requested`` the batch's estimate."""
+
+    hint = (
+        "raise the budget with `jobqueue budget set OWNER AMOUNT` or wait for the period to "
+        "roll over; a prepaid balance never rolls over, top it up"
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        owner_id: str = "",
+        amount: Decimal | None = None,
+        period: str = "",
+        spent: Decimal | None = None,
+        requested: Decimal | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.owner_id = owner_id
+        self.amount = amount
+        self.period = period
+        self.spent = spent
+        self.requested = requested
 
 
 class WaitTimeout(JobQueueError, TimeoutError):

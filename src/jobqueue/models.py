@@ -189,6 +189,9 @@ class Job:
     #: counted against the budget while the job is pending or running.
     reserved: Decimal | None
     start_by: datetime | None
+    #: The trace the job was enqueued in (`jobqueue.tracing`: W3C ``traceparent`` and
+    #: ``tracestate`` as JSON text), which its runs continue; None without tracing.
+    trace_context: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     unreadable: str | None = None
 
@@ -308,6 +311,10 @@ class NewJob:
     #: ``start_by`` is a timezone-aware time. At most one of the two.
     expires_in: float | timedelta | None = None
     start_by: datetime | None = None
+    #: What the job is expected to cost, reserved against its owner's budget (if the
+    #: owner has one) while it is pending or running; None: the queue's estimate for its
+    #: kind (`JobQueue(estimated_costs=...)`), else nothing.
+    estimated_cost: Decimal | int | str | None = None
 
     def to_row(self, limits: QueueLimits) -> dict[str, Any]:
         """The job checked against ``limits`` and made into the row the queue inserts
@@ -329,6 +336,42 @@ class Completion:
     cost_unit: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """An owner's budget (`JobQueue.set_budget`) and what counts against it now.
+
+    ``period`` is ``day`` or ``month`` (calendar, UTC, by the database clock: the period
+    starts at ``since``) or ``balance`` (prepaid: it never starts over, ``since`` is None).
+    ``spent`` is what the owner's jobs created in the period count: a pending or running
+    job what it reserved or what it cost so far, whichever is more; a finished job what
+    it cost. ``remaining`` is ``amount - spent`` (negative once real costs passed it)."""
+
+    owner_id: str
+    amount: Decimal
+    period: str
+    cost_unit: str | None = None
+    spent: Decimal = Decimal(0)
+    since: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.spent
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: amounts as decimal strings (exact), times in ISO 8601."""
+        return {
+            "owner_id": self.owner_id,
+            "amount": str(self.amount),
+            "period": self.period,
+            "cost_unit": self.cost_unit,
+            "spent": str(self.spent),
+            "remaining": str(self.remaining),
+            "since": None if self.since is None else self.since.isoformat(),
+            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+        }
+
+
 @dataclass(slots=True)
 class ClaimMode:
     """What a queue last learnt about limits: whether its claims must obey limits rows in
@@ -347,6 +390,10 @@ class Placement:
     (`jobqueue.sql.fair`), and a limit key is not its to choose."""
 
     placed: bool | None = None
+    #: Whether it may read the owners' budgets, learnt with ``placed``. A role that may
+    #: not (the budgets are the operator's, `jobqueue.sql.rls`) is not held to them:
+    #: owned jobs are inserted without a look at the budgets (docs/costs.md).
+    budgets: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -35,7 +35,10 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
+from . import tracing
+from .drivers.deadline import Timer, async_deadline, sync_deadline
 from .drivers.engines import (
+    DEFAULT_COMMAND_TIMEOUT,
     READ_ONLY,
     make_async_engine,
     make_engine,
@@ -47,6 +50,8 @@ from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
     ConfigurationError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
     JobExpired,
     JobFailed,
     JobQueueError,
@@ -62,6 +67,7 @@ from .models import (
     DEFAULT_POSITION_LIMIT,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
+    Budget,
     ClaimMode,
     Completion,
     Job,
@@ -75,13 +81,27 @@ from .models import (
     WorkerPresence,
 )
 from .operations import Access, Operation, presence
+from .operations import admin as admin_ops
+from .operations import budgets as budget_ops
 from .operations import limits as limit_ops
+from .operations import schedules as schedule_ops
+from .operations.admin import JobPage, Overview
+from .operations.gauges import Gauges, gauges
 from .operations.position import PositionCache, position
+from .operations.schedules import Schedule, ScheduleRound, ScheduleSpec
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
 from .sql.presence import PresenceStatements
+from .sql.schedules import ScheduleStatements
 from .sql.statements import Statements
 from .sql.table import jobs_table
-from .validation import QueueLimits, new_job_row, new_job_rows, parse_job_id, seconds_of
+from .validation import (
+    QueueLimits,
+    check_cost,
+    new_job_row,
+    new_job_rows,
+    parse_job_id,
+    seconds_of,
+)
 
 log = logging.getLogger("jobqueue.queue")
 
@@ -127,6 +147,7 @@ class EnqueueOptions(TypedDict, total=False):
     limit_key: str | None
     expires_in: float | timedelta | None
     start_by: datetime | None
+    estimated_cost: Decimal | int | str | None
 
 
 class LimitSettings(TypedDict, total=False):
@@ -144,6 +165,12 @@ def _settings(settings: LimitSettings) -> dict[str, Any]:
     if "per" in out:
         out["per_seconds"] = _secs(out.pop("per"))
     return out
+
+
+def _estimate(kind: str, amount: Decimal | int | str) -> Decimal:
+    checked = check_cost(amount, f"the estimated cost of kind {kind!r}")
+    assert checked is not None
+    return checked
 
 
 def _secs(value: float | timedelta | None) -> float | None:
@@ -191,6 +218,10 @@ class Held:
 _HELD: ContextVar[Held | None] = ContextVar("jobqueue_held", default=None)
 
 
+#: The enqueue's "span" while no trace is going on.
+_UNTRACED: AbstractContextManager[None] = nullcontext()
+
+
 class _QueueBase(Generic[E]):
     """Configuration and argument handling shared by both queues."""
 
@@ -205,6 +236,8 @@ class _QueueBase(Generic[E]):
         lease: float = DEFAULT_LEASE,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         retry_backoff: tuple[float, float] = (5.0, 600.0),
+        estimated_costs: Mapping[str, Decimal | int | str] | None = None,
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.table: Table = jobs_table(table, schema, MetaData())
@@ -212,10 +245,27 @@ class _QueueBase(Generic[E]):
         self.dialect = engine.dialect.name
         self.statements = Statements(self.table, self.dialect)
         self.worker_statements = PresenceStatements(self.table, self.dialect)
+        self.schedule_statements = ScheduleStatements(self.table, self.dialect)
         self._plans: dict[Access, _Plan[E]] = self._plans_for(engine)
         self.lease = seconds_of(lease, "lease", low=0.001)
         self.limits = QueueLimits(max_payload_bytes=max_payload_bytes)
         self.retry_backoff = retry_backoff
+        #: What a job of each kind is expected to cost when its caller gives no
+        #: ``estimated_cost``: reserved against its owner's budget (`set_budget`).
+        self.estimated_costs: dict[str, Decimal] = {
+            kind: _estimate(kind, amount) for kind, amount in (estimated_costs or {}).items()
+        }
+        #: The longest one operation on a connection of the queue's own may go without an
+        #: answer from PostgreSQL (seconds; None: no bound): `DatabaseTimeout` after it.
+        self.command_timeout = (
+            None
+            if command_timeout is None or not self.is_postgres
+            else seconds_of(command_timeout, "command_timeout", low=0.001)
+        )
+        #: When an operation last failed because the database could not be reached
+        #: (`DatabaseUnavailable`, a `DatabaseTimeout` included), by this process's
+        #: monotonic clock; None if none has. A worker's lease watch reads it.
+        self.unreachable_at: float | None = None
         self._claim_mode = ClaimMode()
         self._placement = Placement()
         #: Recent answers of `position`, a few seconds each (`PositionCache`).
@@ -278,6 +328,19 @@ class _QueueBase(Generic[E]):
         self, kind: str, payload: Any, options: EnqueueOptions
     ) -> list[dict[str, Any]]:
         return [new_job_row(NewJob(kind=kind, payload=payload, **options), self.limits)]
+
+    def _within_budgets(self, rows: list[dict[str, Any]]) -> Operation[list[Job]]:
+        """The enqueue of a batch an owner of which has a budget (`enqueue_many` answered
+        None): reserve, or refuse with `BudgetExceeded`."""
+        return budget_ops.enqueue_within_budgets(
+            self.statements, rows, self._placement, self.estimated_costs
+        )
+
+    @staticmethod
+    def _traced(rows: list[dict[str, Any]]) -> AbstractContextManager[None]:
+        """The enqueue's span, its trace stored with the new jobs (`jobqueue.tracing`);
+        nothing at all while no trace is going on."""
+        return tracing.enqueue_span(rows) if tracing.active() else _UNTRACED
 
     def _claim_op(
         self,
@@ -491,6 +554,16 @@ async def _drive_async(
     return await _pump_async(op.steps, lambda step: step.run(runner))
 
 
+def _raise_if_timed_out(timer: Timer | None, exc: Exception) -> None:
+    """`DatabaseTimeout` in place of ``exc`` when the operation's deadline broke its
+    connection (`jobqueue.drivers.deadline`)."""
+    if timer is not None and timer.fired:
+        raise DatabaseTimeout(
+            f"the database did not answer within {timer.seconds:g} s (command_timeout); "
+            "the connection was dropped"
+        ) from exc
+
+
 async def _finished_before_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """Await ``work`` in a task of its own that cancelling the caller does not cancel: the
     caller's cancellation (however many times it is cancelled) waits until ``work`` has
@@ -527,11 +600,13 @@ class JobQueue(_QueueBase[Engine]):
     ``url`` may be a URL string, an `Engine`, or None for ``JOBQUEUE_DATABASE_URL`` (default:
     a SQLite file ``jobqueue.db`` in the working directory). ``config``: ``table`` and
     ``schema`` (where the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)).
-    ``lock_timeout``: seconds a statement waits for a lock before it fails with
-    `DatabaseBusy` (default ``JOBQUEUE_LOCK_TIMEOUT``, else 5 on PostgreSQL and 60 on
-    SQLite); it applies to the engine the queue makes, so not with an `Engine` passed in
-    (give it to `make_engine` instead).
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)),
+    ``command_timeout`` (PostgreSQL: the longest one operation waits for the database's
+    answer, default 30 s, None for no bound; then `DatabaseTimeout`, docs/operations.md) and
+    ``lock_timeout`` (seconds a statement waits for a lock before it fails with
+    `DatabaseBusy`; default ``JOBQUEUE_LOCK_TIMEOUT``, else 5 on PostgreSQL and 60 on
+    SQLite; it applies to the engine the queue makes, so not with an `Engine` passed in:
+    give it to `make_engine` instead).
     """
 
     def __init__(
@@ -550,15 +625,32 @@ class JobQueue(_QueueBase[Engine]):
         return _pump(plan, self._run)
 
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
+        try:
+            return self._run_translated(op, connection)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
+
+    def _run_translated(self, op: Operation[T], connection: Connection | None) -> T:
         with translated_errors(self.table_name):
             if connection is not None:
                 return _drive(connection, op)
             plan = self._plans[op.access]
-            if plan.transaction:
-                with plan.engine.begin() as conn:
-                    return _drive(conn, op, own=True)
-            with plan.engine.connect() as conn:
-                return _drive(conn, op, own=True, autocommit=True)
+            if self.command_timeout is None:
+                if plan.transaction:
+                    with plan.engine.begin() as conn:
+                        return _drive(conn, op, own=True)
+                with plan.engine.connect() as conn:
+                    return _drive(conn, op, own=True, autocommit=True)
+            with plan.engine.connect() as conn, sync_deadline(conn, self.command_timeout) as timer:
+                try:
+                    if plan.transaction:
+                        with conn.begin():  # the commit inside the deadline too
+                            return _drive(conn, op, own=True)
+                    return _drive(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
 
     def close(self) -> None:
         """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
@@ -592,7 +684,8 @@ class JobQueue(_QueueBase[Engine]):
         of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)[0]
+        with self._traced(rows):
+            return self._enqueue(rows, connection)[0]
 
     def enqueue_many(
         self,
@@ -607,9 +700,50 @@ class JobQueue(_QueueBase[Engine]):
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
         `enqueue`.
         """
+        rows = self._new_rows(jobs)
+        with self._traced(rows):
+            return self._enqueue(rows, connection)
+
+    def _enqueue(
+        self, rows: builtins.list[dict[str, Any]], connection: Connection | None
+    ) -> builtins.list[Job]:
+        jobs = self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        if jobs is None:  # an owner has a budget
+            jobs = self._run(self._within_budgets(rows), connection)
+        return jobs
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        owner_id: str,
+        amount: Decimal | int | str,
+        *,
+        period: str = "month",
+        cost_unit: str | None = None,
+    ) -> Budget:
+        """Give ``owner_id`` a budget of ``amount`` per ``period``: ``"day"`` or ``"month"``
+        (calendar, UTC, by the database clock) or ``"balance"`` (prepaid, never starts
+        over), replacing any it had. From then on its enqueues reserve each job's estimated
+        cost and are refused with `BudgetExceeded` past it. ``cost_unit``: only costs in it
+        count (None: every cost). Returns the budget with what already counts."""
         return self._run(
-            ops.enqueue_many(self.statements, self._new_rows(jobs), self._placement), connection
+            budget_ops.set_budget(self.statements, owner_id, amount, period, cost_unit)
         )
+
+    def get_budget(self, owner_id: str) -> Budget | None:
+        """``owner_id``'s budget with what counts against it now (`Budget.spent`,
+        `Budget.remaining`), or None when it has none."""
+        return self._run(budget_ops.get_budget(self.statements, owner_id))
+
+    def list_budgets(self) -> builtins.list[Budget]:
+        """Every owner's budget, with what counts against it now, by owner."""
+        return self._run(budget_ops.list_budgets(self.statements))
+
+    def remove_budget(self, owner_id: str) -> bool:
+        """Delete ``owner_id``'s budget (its enqueues are no longer limited); whether it
+        had one."""
+        return self._run(budget_ops.remove_budget(self.statements, owner_id))
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -662,6 +796,69 @@ class JobQueue(_QueueBase[Engine]):
         longer held."""
         return self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
+    # -- periodic jobs (see jobqueue.operations.schedules) -------------------------------------
+
+    def add_schedule(
+        self,
+        name: str,
+        *,
+        kind: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        queue: str = DEFAULT_QUEUE,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "once",
+        enabled: bool = True,
+    ) -> Schedule:
+        """Create the schedule ``name``, or replace its definition: a job of ``kind`` (in
+        ``queue``, with ``payload`` and ``priority``) at each tick of ``cron`` (a cron
+        expression read in ``timezone``; needs the ``cron`` extra) or ``every`` seconds.
+        Every worker's scheduler watches it, and each tick makes exactly one job. Ticks
+        missed while no worker ran: ``missed="once"`` enqueues one job for the latest,
+        ``"skip"`` none. Its next tick is the first after now, or kept when only the job's
+        values change. Returns the schedule as stored."""
+        spec = schedule_ops.define_schedule(
+            name,
+            kind=kind,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            queue=queue,
+            payload=payload,
+            priority=priority,
+            missed=missed,
+            enabled=enabled,
+            limits=self.limits,
+        )
+        return self._run(schedule_ops.add_schedule(self.schedule_statements, spec))
+
+    def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name, with its next and last tick."""
+        return self._run(schedule_ops.list_schedules(self.schedule_statements))
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; whether there was one. The jobs it made stay."""
+        return self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
+
+    def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
+        """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),
+        in one transaction: what a worker does with its registry's schedules at start."""
+        return self._run(schedule_ops.declare_schedules(self.schedule_statements, specs))
+
+    def run_schedules(self) -> ScheduleRound:
+        """One scheduler round: enqueue a job for each schedule whose tick has come (by the
+        database clock) and move it on to its next tick, exactly once however many callers
+        run it at the same time. Workers run it on a timer."""
+        if not self._run(schedule_ops.any_due(self.schedule_statements)):
+            return ScheduleRound()
+        return self._run(
+            schedule_ops.run_schedules(
+                self.schedule_statements, self.statements, self.limits, self._placement
+            )
         )
 
     # -- workers -----------------------------------------------------------------------------
@@ -828,6 +1025,47 @@ class JobQueue(_QueueBase[Engine]):
         job runs without one)."""
         return self._run(ops.retry(self.statements, job_id))
 
+    def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return self._run(admin_ops.overview(self.statements))
+
+    def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
+
     def position(
         self,
         job_id: JobRef,
@@ -902,6 +1140,13 @@ class JobQueue(_QueueBase[Engine]):
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return self._run(ops.stats(self.statements, since, by, owner_id))
 
+    def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics: jobs waiting and running per
+        queue, the oldest due job's wait, stuck jobs, paused queues and keys, the spend of
+        the jobs created today (`jobqueue.operations.gauges.Gauges`). Two grouped reads,
+        whatever the number of jobs."""
+        return self._run(gauges(self.statements))
+
     def prune(
         self,
         older_than: timedelta | float = timedelta(days=7),
@@ -967,8 +1212,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL
     (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
     the jobs live), ``lease`` (seconds a claim holds a job, default 30),
-    ``max_payload_bytes`` and ``retry_backoff`` (base and cap in seconds, default (5, 600)),
-    ``lock_timeout`` as for `JobQueue`.
+    ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)),
+    ``command_timeout`` and ``lock_timeout`` (as for `JobQueue`).
     """
 
     def __init__(
@@ -1022,12 +1267,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         return await _pump_async(plan, self._run)
 
     async def _run(self, op: Operation[T], connection: AsyncConnection | None = None) -> T:
-        with translated_errors(self.table_name):
-            if connection is not None:
-                return await _drive_async(connection, op)
-            if self._finish_when_cancelled:
-                return await _finished_before_cancelled(self._run_own(op))
-            return await self._run_own(op)
+        try:
+            with translated_errors(self.table_name):
+                if connection is not None:
+                    return await _drive_async(connection, op)
+                if self._finish_when_cancelled:
+                    return await _finished_before_cancelled(self._run_own(op))
+                return await self._run_own(op)
+        except DatabaseUnavailable:
+            self.unreachable_at = time.monotonic()
+            raise
 
     async def _run_own(self, op: Operation[T]) -> T:
         """Run ``op`` on a connection of the queue's own, chosen by its plan."""
@@ -1044,11 +1293,25 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             if self._on_thread:
                 async with plan.engine.connect() as conn:
                     return await run_transaction(conn, op.steps)
-            async with plan.engine.begin() as conn:
-                return await _drive_async(conn, op, own=True)
+            if self.command_timeout is None:
+                async with plan.engine.begin() as conn:
+                    return await _drive_async(conn, op, own=True)
+            async with plan.engine.connect() as conn:
+                with async_deadline(conn, self.command_timeout) as timer:
+                    try:
+                        async with conn.begin():  # the commit inside the deadline too
+                            return await _drive_async(conn, op, own=True)
+                    except Exception as exc:
+                        _raise_if_timed_out(timer, exc)
+                        raise
         conn = await plan.engine.connect().start()
         try:
-            result = await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    result = await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
             await conn.__aexit__(type(exc), exc, exc.__traceback__)
@@ -1069,7 +1332,12 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             conn = held.conn = await engine.connect().start()
             held.engine = engine
         try:
-            return await _drive_async(conn, op, own=True, autocommit=True)
+            with async_deadline(conn, self.command_timeout) as timer:
+                try:
+                    return await _drive_async(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
         except BaseException as exc:
             # Whatever went wrong (a lost connection, a cancellation half-way through a
             # statement, a refusal), the connection goes back as `_run_own` would return it.
@@ -1107,9 +1375,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         instead of making a second one; another owner's job is never returned.
         """
         rows = self._enqueue_rows(kind, payload, options)
-        return (
-            await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
-        )[0]
+        with self._traced(rows):
+            return (await self._enqueue(rows, connection))[0]
 
     async def enqueue_many(
         self,
@@ -1125,7 +1392,49 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         `enqueue`.
         """
         rows = self._new_rows(jobs)
-        return await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        with self._traced(rows):
+            return await self._enqueue(rows, connection)
+
+    async def _enqueue(
+        self, rows: builtins.list[dict[str, Any]], connection: AsyncConnection | None
+    ) -> builtins.list[Job]:
+        jobs = await self._run(ops.enqueue_many(self.statements, rows, self._placement), connection)
+        if jobs is None:  # an owner has a budget
+            jobs = await self._run(self._within_budgets(rows), connection)
+        return jobs
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    async def set_budget(
+        self,
+        owner_id: str,
+        amount: Decimal | int | str,
+        *,
+        period: str = "month",
+        cost_unit: str | None = None,
+    ) -> Budget:
+        """Give ``owner_id`` a budget of ``amount`` per ``period``: ``"day"`` or ``"month"``
+        (calendar, UTC, by the database clock) or ``"balance"`` (prepaid, never starts
+        over), replacing any it had. From then on its enqueues reserve each job's estimated
+        cost and are refused with `BudgetExceeded` past it. ``cost_unit``: only costs in it
+        count (None: every cost). Returns the budget with what already counts."""
+        return await self._run(
+            budget_ops.set_budget(self.statements, owner_id, amount, period, cost_unit)
+        )
+
+    async def get_budget(self, owner_id: str) -> Budget | None:
+        """``owner_id``'s budget with what counts against it now (`Budget.spent`,
+        `Budget.remaining`), or None when it has none."""
+        return await self._run(budget_ops.get_budget(self.statements, owner_id))
+
+    async def list_budgets(self) -> builtins.list[Budget]:
+        """Every owner's budget, with what counts against it now, by owner."""
+        return await self._run(budget_ops.list_budgets(self.statements))
+
+    async def remove_budget(self, owner_id: str) -> bool:
+        """Delete ``owner_id``'s budget (its enqueues are no longer limited); whether it
+        had one."""
+        return await self._run(budget_ops.remove_budget(self.statements, owner_id))
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -1182,6 +1491,69 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         longer held."""
         return await self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
+        )
+
+    # -- periodic jobs (see jobqueue.operations.schedules) -------------------------------------
+
+    async def add_schedule(
+        self,
+        name: str,
+        *,
+        kind: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        queue: str = DEFAULT_QUEUE,
+        payload: Any = None,
+        priority: int = 0,
+        missed: str = "once",
+        enabled: bool = True,
+    ) -> Schedule:
+        """Create the schedule ``name``, or replace its definition: a job of ``kind`` (in
+        ``queue``, with ``payload`` and ``priority``) at each tick of ``cron`` (a cron
+        expression read in ``timezone``; needs the ``cron`` extra) or ``every`` seconds.
+        Every worker's scheduler watches it, and each tick makes exactly one job. Ticks
+        missed while no worker ran: ``missed="once"`` enqueues one job for the latest,
+        ``"skip"`` none. Its next tick is the first after now, or kept when only the job's
+        values change. Returns the schedule as stored."""
+        spec = schedule_ops.define_schedule(
+            name,
+            kind=kind,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            queue=queue,
+            payload=payload,
+            priority=priority,
+            missed=missed,
+            enabled=enabled,
+            limits=self.limits,
+        )
+        return await self._run(schedule_ops.add_schedule(self.schedule_statements, spec))
+
+    async def list_schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name, with its next and last tick."""
+        return await self._run(schedule_ops.list_schedules(self.schedule_statements))
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; whether there was one. The jobs it made stay."""
+        return await self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
+
+    async def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
+        """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),
+        in one transaction: what a worker does with its registry's schedules at start."""
+        return await self._run(schedule_ops.declare_schedules(self.schedule_statements, specs))
+
+    async def run_schedules(self) -> ScheduleRound:
+        """One scheduler round: enqueue a job for each schedule whose tick has come (by the
+        database clock) and move it on to its next tick, exactly once however many callers
+        run it at the same time. Workers run it on a timer."""
+        if not await self._run(schedule_ops.any_due(self.schedule_statements)):
+            return ScheduleRound()
+        return await self._run(
+            schedule_ops.run_schedules(
+                self.schedule_statements, self.statements, self.limits, self._placement
+            )
         )
 
     async def claim(
@@ -1349,6 +1721,47 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         job runs without one)."""
         return await self._run(ops.retry(self.statements, job_id))
 
+    async def retry_many(self, job_ids: Sequence[JobRef]) -> builtins.list[Job]:
+        """`retry` each of ``job_ids`` (at most 100) that is failed, cancelled or expired, in
+        one statement; the jobs retried (the others are left as they are)."""
+        return await self._run(admin_ops.retry_many(self.statements, job_ids))
+
+    async def overview(self) -> Overview:
+        """The admin dashboard's overview: jobs per queue and status, the last hour's
+        completions and failures per minute, today's cost (three grouped reads)."""
+        return await self._run(admin_ops.overview(self.statements))
+
+    async def job_page(
+        self,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        owner_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        after: tuple[datetime, object] | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """A page of the jobs table, newest first, at most ``limit`` (100) jobs without
+        their payloads and results, filtered by ``status`` (one or several), ``queue``,
+        ``kind``, ``owner_id`` and creation time (from ``created_from`` up to, not
+        including, ``created_to``). The next page starts ``after`` this one's
+        `JobPage.after` (by keyset, so a deep page costs what the first does)."""
+        return await self._run(
+            admin_ops.job_page(
+                self.statements,
+                status=status,
+                queue=queue,
+                kind=kind,
+                owner_id=owner_id,
+                created_from=created_from,
+                created_to=created_to,
+                after=after,
+                limit=limit,
+            )
+        )
+
     async def position(
         self,
         job_id: JobRef,
@@ -1422,6 +1835,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         not delivered). ``by="kind"`` or ``by="owner"`` splits each status's line by kind
         or owner; ``owner_id`` counts that owner's jobs only (a user's own spending)."""
         return await self._run(ops.stats(self.statements, since, by, owner_id))
+
+    async def gauges(self) -> Gauges:
+        """The fleet as the database sees it now, for metrics (see `JobQueue.gauges`)."""
+        return await self._run(gauges(self.statements))
 
     async def prune(
         self,

@@ -459,6 +459,9 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
 def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
     # The deadline's own check: `_start_of` has run, so ``run_at`` and ``delay`` are sound.
     expires = _deadline_of(job, delay)
+    estimate = job.estimated_cost
+    if estimate is not None:
+        estimate = check_cost(estimate, "estimated_cost")
     return {
         "id": id_,
         "queue": job.queue,
@@ -474,6 +477,8 @@ def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> di
         "delay_seconds": delay,
         "start_by_value": job.start_by,
         "expires_seconds": expires,
+        # Reserved (as ``reserved``) only when the owner has a budget (`jobqueue.sql.budgets`).
+        "estimate": estimate,
     }
 
 

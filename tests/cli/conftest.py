@@ -1,4 +1,6 @@
-"""Fixtures of the command's tests: the console script run in an empty directory."""
+"""Fixtures of the command's tests: the console script run in an empty directory, as a
+subprocess (`run`, `jq`, `sq`) or, where the process is not the point, in this process
+through the same entry point (`run_here`, `jq_in_process`, `sq_in_process`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobqueue import migrate
-from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env
+from tests.cli.helpers import JOBQUEUE, Result, Run, clean_env, run_in_process
 
 
 @pytest.fixture
@@ -46,5 +48,38 @@ def sq(run: Run, jobqueue_sqlite_url: str, table_name: str) -> Run:
 
     def call(*args: str, **kwargs: object) -> Result:
         return run("--database-url", jobqueue_sqlite_url, "--table", table_name, *args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def run_here(tmp_path: Path) -> Run:
+    """`run` in this process (`tests.cli.helpers.run_in_process`), in the same directory."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        return run_in_process(*args, cwd=tmp_path, env=env)
+
+    return call
+
+
+@pytest.fixture
+def jq_in_process(tmp_path: Path, db_url: str, table_name: str) -> Run:
+    """`jq` run in this process (`tests.cli.helpers.run_in_process`)."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        base = ("--database-url", db_url, "--table", table_name)
+        return run_in_process(*base, *args, cwd=tmp_path, env=env)
+
+    return call
+
+
+@pytest.fixture
+def sq_in_process(tmp_path: Path, jobqueue_sqlite_url: str, table_name: str) -> Run:
+    """`sq` run in this process (`tests.cli.helpers.run_in_process`)."""
+    migrate(jobqueue_sqlite_url, table=table_name)
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        base = ("--database-url", jobqueue_sqlite_url, "--table", table_name)
+        return run_in_process(*base, *args, cwd=tmp_path, env=env)
 
     return call

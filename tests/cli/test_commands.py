@@ -1,5 +1,9 @@
 """The ``jobqueue`` command, run as a user runs it: the installed console script in a
-subprocess, against SQLite and PostgreSQL, checking output and exit codes.
+subprocess, against SQLite and PostgreSQL, checking output and exit codes. Where a test
+runs many commands whose point is what they read and print, the first runs as a subprocess
+and the rest in this process, through the same entry point (`run_here`, `jq_in_process`,
+`sq_in_process` in tests/cli/conftest.py); workers, watches that must exit with a code,
+--debug, the demo, .env and ``python -m`` stay real processes.
 
 Error cases check the contract of `jobqueue.cli`: exactly one line on stderr, starting
 with ``Error:``, no traceback, and exit code 1 (a job's outcome) or 2 (usage or set-up).
@@ -31,10 +35,13 @@ UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
 # -- the main flow, on both databases ---------------------------------------------------
 
 
-def test_migrate_then_create_inspect_cancel_retry(jq: Run, db_url: str, table_name: str) -> None:
+def test_migrate_then_create_inspect_cancel_retry(
+    jq: Run, jq_in_process: Run, db_url: str, table_name: str
+) -> None:
     migrated = jq("migrate")
     assert migrated.code == 0, migrated.err
     assert "at revision" in migrated.out
+    jq = jq_in_process
 
     created = jq(
         "enqueue",
@@ -98,8 +105,9 @@ def test_migrate_then_create_inspect_cancel_retry(jq: Run, db_url: str, table_na
 
 
 def test_worker_runs_a_generated_job_then_stats_and_prune(
-    run: Run, db_url: str, table_name: str, tmp_path: Path
+    run_here: Run, db_url: str, table_name: str, tmp_path: Path
 ) -> None:
+    run = run_here  # the worker is the real process here
     url = db_url
     if url.startswith("postgresql"):
         # PostgreSQL here trusts every local connection, so any password works: use one
@@ -140,11 +148,11 @@ def test_worker_runs_a_generated_job_then_stats_and_prune(
 
 
 def test_watching_a_job_that_fails_exits_1(
-    run: Run, jobqueue_sqlite_url: str, table_name: str, tmp_path: Path
+    run: Run, run_here: Run, jobqueue_sqlite_url: str, table_name: str, tmp_path: Path
 ) -> None:
     migrate(jobqueue_sqlite_url, table=table_name)
     base = ("--database-url", jobqueue_sqlite_url, "--table", table_name)
-    created = run(*base, "generate", "too slow", "--max-attempts", "1")
+    created = run_here(*base, "generate", "too slow", "--max-attempts", "1")
     job_id = created.out.strip()
     with worker_running(tmp_path, base, "--job-timeout", "0.3s") as worker:
         watched = run(*base, "status", job_id, "--watch", "--interval", "0.2")
@@ -153,7 +161,8 @@ def test_watching_a_job_that_fails_exits_1(
     assert "failed" in watched.out  # the bar's last state
 
 
-def test_missing_migration_is_one_line_naming_the_fix(jq: Run, db_url: str) -> None:
+def test_missing_migration_is_one_line_naming_the_fix(jq_in_process: Run, db_url: str) -> None:
+    jq = jq_in_process
     jq("list").one_line_error(2, "not installed", "jobqueue migrate")
     if db_url.startswith("sqlite"):  # and no empty database file was made on the way
         assert not Path(make_url(db_url).database or "").exists()
@@ -165,10 +174,11 @@ def test_missing_migration_is_one_line_naming_the_fix(jq: Run, db_url: str) -> N
 
 @pytest.mark.postgres
 def test_a_worker_role_with_the_jobs_table_only_passes_check_and_others_are_refused(
-    run: Run, postgres_url: str, table_name: str
+    run_here: Run, postgres_url: str, table_name: str
 ) -> None:
     """docs/supabase.md suggests a dedicated worker role granted the jobs table alone; it
     cannot read our version table, which must not fail `check` (or stop `worker`)."""
+    run = run_here
     migrate(postgres_url, table=table_name)
     worker_role, stranger = (f"jq_{uuid.uuid4().hex[:10]}" for _ in range(2))
     engine = make_engine(postgres_url)
@@ -233,9 +243,9 @@ def test_a_worker_role_with_the_jobs_table_only_passes_check_and_others_are_refu
     ],
 )
 def test_bad_input_is_one_clear_line(
-    sq: Run, args: list[str], code: int, fragments: list[str]
+    sq_in_process: Run, args: list[str], code: int, fragments: list[str]
 ) -> None:
-    sq(*args).one_line_error(code, *fragments)
+    sq_in_process(*args).one_line_error(code, *fragments)
 
 
 def test_unreachable_or_unsupported_database_is_one_line(run: Run) -> None:
@@ -251,7 +261,8 @@ def test_unreachable_or_unsupported_database_is_one_line(run: Run) -> None:
     "url",
     ["notaurl", "postgresql:/one-slash", "postgresql://app:hunter2@db:port/app", "sqlite//x.db"],
 )
-def test_a_malformed_database_url_is_a_usage_error(run: Run, url: str) -> None:
+def test_a_malformed_database_url_is_a_usage_error(run_here: Run, url: str) -> None:
+    run = run_here
     line = run("--database-url", url, "list").one_line_error(
         2, "--database-url: not a database URL", "postgresql://user@host/dbname"
     )
@@ -289,8 +300,9 @@ def test_worker_without_a_generator_fails_at_once_naming_the_key(sq: Run) -> Non
 
 
 def test_reap_and_check_find_a_job_whose_worker_vanished(
-    sq: Run, jobqueue_sqlite_url: str, table_name: str
+    sq_in_process: Run, jobqueue_sqlite_url: str, table_name: str
 ) -> None:
+    sq = sq_in_process
     with JobQueue(jobqueue_sqlite_url, table=table_name) as q:
         job = q.enqueue("image", {"prompt": "lost"})
         q.claim("vanished-worker", lease=0.001)
@@ -326,9 +338,11 @@ def listed_jobs(jobqueue_sqlite_url: str, table_name: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("columns", [80, 120])
 def test_list_fits_the_terminal_one_line_per_job(
-    sq: Run, listed_jobs: dict[str, str], columns: int
+    sq_in_process: Run, listed_jobs: dict[str, str], columns: int
 ) -> None:
     from rich.cells import cell_len
+
+    sq = sq_in_process
 
     listed = sq("list", env=clean_env(COLUMNS=str(columns)))
     assert listed.code == 0, listed.err
@@ -350,8 +364,10 @@ def test_list_fits_the_terminal_one_line_per_job(
         assert {"created", "kind"} <= set(header.split()), header
 
 
-def test_list_wide_shows_every_column_in_full(sq: Run, listed_jobs: dict[str, str]) -> None:
-    listed = sq("list", "--wide", env=clean_env(COLUMNS="80"))
+def test_list_wide_shows_every_column_in_full(
+    sq_in_process: Run, listed_jobs: dict[str, str]
+) -> None:
+    listed = sq_in_process("list", "--wide", env=clean_env(COLUMNS="80"))
     assert listed.code == 0, listed.err
     header, _rule, *rows = listed.out.rstrip("\n").splitlines()
     assert header.split()[:2] == ["id", "status"] and "queue" in header and "took" in header
@@ -361,8 +377,8 @@ def test_list_wide_shows_every_column_in_full(sq: Run, listed_jobs: dict[str, st
     assert any("media-" + "x" * 60 in row for row in rows)
 
 
-def test_check_passes_on_a_good_setup(sq: Run) -> None:
-    checked = sq("check", env=clean_env(MOCK_AI="true"))
+def test_check_passes_on_a_good_setup(sq_in_process: Run) -> None:
+    checked = sq_in_process("check", env=clean_env(MOCK_AI="true"))
     assert checked.code == 0, checked.out
     states = [line.split()[0] for line in checked.out.splitlines()]
     assert states and set(states) == {"ok"}, checked.out
@@ -370,7 +386,7 @@ def test_check_passes_on_a_good_setup(sq: Run) -> None:
 
 
 def test_check_sees_an_overdue_job_behind_more_than_a_thousand_newer_ones(
-    jq: Run, db_url: str, table_name: str
+    jq_in_process: Run, db_url: str, table_name: str
 ) -> None:
     """Overdue jobs are the oldest: a check reading only the newest rows never saw them."""
     migrate(db_url, table=table_name)
@@ -378,7 +394,7 @@ def test_check_sees_an_overdue_job_behind_more_than_a_thousand_newer_ones(
         forgotten = datetime.now(UTC) - timedelta(hours=2)
         q.enqueue("image", {"prompt": "forgotten"}, run_at=forgotten)
         q.enqueue_many([{"kind": "image", "payload": {"n": i}} for i in range(1200)])
-    checked = jq("check", env=clean_env(MOCK_AI="true"))
+    checked = jq_in_process("check", env=clean_env(MOCK_AI="true"))
     assert checked.code == 0, checked.out  # a warning, not a failure
     (line,) = [ln for ln in checked.out.splitlines() if "backlog" in ln]
     assert line.startswith("warn"), checked.out
@@ -386,7 +402,8 @@ def test_check_sees_an_overdue_job_behind_more_than_a_thousand_newer_ones(
     assert f"{forgotten:%Y-%m-%d %H:%M}" in line, line
 
 
-def test_sql_prints_the_schema_and_the_supabase_policies(run: Run) -> None:
+def test_sql_prints_the_schema_and_the_supabase_policies(run_here: Run) -> None:
+    run = run_here
     plain = run("sql")
     assert plain.code == 0, plain.err
     assert "CREATE TABLE generation_jobs" in plain.out
@@ -409,16 +426,18 @@ def test_settings_come_from_dot_env(run: Run, tmp_path: Path) -> None:
     assert (tmp_path / "from-dotenv.db").exists()
 
 
-def test_every_banner_names_the_sqlite_file_by_its_absolute_path(run: Run, tmp_path: Path) -> None:
+def test_every_banner_names_the_sqlite_file_by_its_absolute_path(
+    run: Run, run_here: Run, tmp_path: Path
+) -> None:
     """The default URL is relative (./jobqueue.db): run from two directories, it is two
     databases, so every command that starts work says which file it uses."""
     where = f"SQLite file {tmp_path / 'jobqueue.db'}"
     assert where in run("migrate").out
-    checked = run("check", env=clean_env(MOCK_AI="true"))
+    checked = run_here("check", env=clean_env(MOCK_AI="true"))
     assert f"reachable: {where}" in checked.out, checked.out
-    job_id = run("generate", "a fox").out.strip()
+    job_id = run_here("generate", "a fox").out.strip()
     with worker_running(tmp_path, ()) as worker:  # until it ran the job, so it has started
-        assert run("status", job_id, "--watch", "--interval", "0.2").code == 0
+        assert run_here("status", job_id, "--watch", "--interval", "0.2").code == 0
     banner = worker.output[1].splitlines()[0]
     assert banner.startswith(f"jobqueue worker: database {where} (table generation_jobs)")
     assert "polling every 0.2s" in banner and "LISTEN/NOTIFY" not in banner, banner
@@ -499,7 +518,7 @@ def test_pooler_ports_are_recognised() -> None:
     assert not _looks_like_transaction_pooler("sqlite:///jobs.db")
 
 
-def test_status_says_the_place_in_line(jq: Run, db_url: str, table_name: str) -> None:
+def test_status_says_the_place_in_line(jq_in_process: Run, db_url: str, table_name: str) -> None:
     """Runs of 10 s, one live worker running one job at a time: the third job waiting is
     done in about 30 s. A final job has no place."""
     from jobqueue import Completion
@@ -520,6 +539,7 @@ def test_status_says_the_place_in_line(jq: Run, db_url: str, table_name: str) ->
         jobs = [q.enqueue("image", {"n": i}) for i in range(3)]
         q.worker_beat(WorkerPresence("w1", ("default",), None, 1), ttl=120)
         q.cancel(jobs[0].id)
+    jq = jq_in_process
     shown = jq("status", str(jobs[2].id))
     assert shown.code == 0, shown.err
     assert "in line" in shown.out and "2nd in line · about 20 s" in shown.out
@@ -533,7 +553,9 @@ def test_status_says_the_place_in_line(jq: Run, db_url: str, table_name: str) ->
     )
 
 
-def test_stats_by_owner_sums_each_owners_costs(jq: Run, db_url: str, table_name: str) -> None:
+def test_stats_by_owner_sums_each_owners_costs(
+    jq_in_process: Run, db_url: str, table_name: str
+) -> None:
     """`jobqueue stats --by owner --since 7d`: one line per status and owner with what its
     jobs cost; `--owner` keeps one owner's lines."""
     migrate(db_url, table=table_name)
@@ -542,6 +564,7 @@ def test_stats_by_owner_sums_each_owners_costs(jq: Run, db_url: str, table_name:
             q.enqueue("image", {}, owner_id=owner)
             (held,) = q.claim("w", limit=1, queues=None)
             q.complete(held, {}, cost=cost, cost_unit="USD")
+    jq = jq_in_process
     shown = jq("stats", "--by", "owner", "--since", "7d", "--json")
     assert shown.code == 0, shown.err
     lines = {(x["owner_id"], x["status"]): x for x in json.loads(shown.out)["statuses"]}

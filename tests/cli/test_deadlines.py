@@ -1,6 +1,7 @@
 """The command line and start deadlines: ``--expires-in`` when creating a job, and an
-expired job in ``status``, ``list``, ``stats`` and ``retry`` (the console script, run as a
-user runs it, on SQLite and PostgreSQL)."""
+expired job in ``status``, ``list``, ``stats`` and ``retry``, on SQLite and PostgreSQL (the
+first command as the console script, the rest in this process through the same entry
+point)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from tests.cli.helpers import Run
 
 
 def test_an_expired_job_in_status_list_stats_and_retry(
-    jq: Run, db_url: str, table_name: str
+    jq: Run, jq_in_process: Run, db_url: str, table_name: str
 ) -> None:
     migrate(db_url, table=table_name)
     created = jq("enqueue", "email", "--expires-in", "1s", "--json")
     assert created.code == 0, created.err
+    jq = jq_in_process
     job = json.loads(created.out)
     assert job["start_by"] is not None
     refused = jq("enqueue", "email", "--expires-in", "5s", "--delay", "10s")

@@ -4,13 +4,13 @@
 page in its own process and its own empty directory, all pages at once. The rules (written
 for contributors in docs/architecture.md, "Code blocks in the docs"):
 
-- Every fenced block names its language. ``python``, ``bash``/``sh``, ``sql`` and ``json``
-  blocks are checked; ``text`` (output), ``http``, ``ini``, ``dotenv``, ``javascript``/``js``
-  and ``html`` are shown to the reader and not run.
+- Every fenced block names its language. ``python``, ``bash``/``sh``, ``sql``, ``json``
+  and ``yaml`` blocks are checked; ``text`` (output), ``http``, ``ini``, ``dotenv``,
+  ``javascript``/``js`` and ``html`` are shown to the reader and not run.
 - A page's blocks run in order. Python blocks share one namespace (top-level ``await``
   works, as in ``python -m asyncio``); bash blocks run with ``bash -e -o pipefail`` and the
   installed ``jobqueue`` on the PATH; ``sql`` blocks run on PostgreSQL in a transaction that
-  is rolled back; ``json`` blocks must parse.
+  is rolled back; ``json`` and ``yaml`` blocks must parse.
 - Environment: ``MOCK_AI=true``, no ``JOBQUEUE_DATABASE_URL`` (so the default SQLite file
   ``jobqueue.db`` in the page's directory), no ``.env``.
 - Markers, each an HTML comment on its own line directly above the opening fence (several
@@ -75,6 +75,7 @@ RUN_LANGUAGES = {
     "sh": "bash",
     "sql": "sql",
     "json": "json",
+    "yaml": "yaml",
 }
 SHOWN_LANGUAGES = {"text", "http", "ini", "dotenv", "javascript", "js", "html"}
 MARKERS = {"fragment", "postgres", "worker", "background", "pytest"}
@@ -475,6 +476,14 @@ class PageRunner:
                 json.loads(block.code)
             except ValueError as exc:
                 raise BlockFailed(f"not valid JSON: {exc}") from None
+            return ""
+        if block.kind == "yaml":
+            import yaml  # mkdocs's own dependency
+
+            try:
+                yaml.safe_load(block.code)
+            except yaml.YAMLError as exc:
+                raise BlockFailed(f"not valid YAML: {exc}") from None
             return ""
         raise AssertionError(block.kind)
 

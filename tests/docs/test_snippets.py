@@ -14,8 +14,9 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,21 @@ class PageRun:
     result: Path
     unavailable: BaseException | None = None  # why PostgreSQL could not be had
     finished: tuple[dict[str, Any], str] | None = None
+    #: Drops the page's PostgreSQL database. Called as soon as the page has finished: each
+    #: drop makes PostgreSQL checkpoint, which takes seconds on a busy machine, and a drop
+    #: at the session's end would keep the last test process busy after every test ran.
+    drop_database: Callable[[], None] | None = None
 
     def outcome(self) -> tuple[dict[str, Any], str]:
         if self.unavailable is not None:
             raise self.unavailable
         if self.finished is None:
-            self.finished = self._wait()
+            try:
+                self.finished = self._wait()
+            finally:
+                drop, self.drop_database = self.drop_database, None
+                if drop is not None:
+                    drop()
         return self.finished
 
     def _wait(self) -> tuple[dict[str, Any], str]:
@@ -97,10 +107,18 @@ def page_runs(
     databases: list[str] = []
     admin = make_engine(server, isolation_level="AUTOCOMMIT") if server else None
     runs: dict[Path, PageRun] = {}
+
+    def drop(name: str) -> None:
+        assert admin is not None
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        databases.remove(name)
+
     for page in _selected_pages(request.session):
         folder = tmp_path_factory.mktemp("docs-" + page.stem.lower())
         result = folder.parent / f"{folder.name}.json"
         env = dict(os.environ)
+        database: str | None = None
         if _needs_postgres(page):
             if admin is None or server is None:
                 runs[page] = PageRun(None, result, unavailable)
@@ -109,6 +127,7 @@ def page_runs(
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
             databases.append(name)
+            database = name
             env["DOCS_POSTGRES_URL"] = (
                 make_url(server).set(database=name).render_as_string(hide_password=False)
             )
@@ -122,6 +141,8 @@ def page_runs(
             text=True,
         )
         runs[page] = PageRun(process, result)
+        if database is not None:
+            runs[page].drop_database = partial(drop, database)
     yield runs
     for run in runs.values():
         if run.process is not None and run.process.poll() is None:

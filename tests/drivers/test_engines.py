@@ -46,3 +46,66 @@ async def test_driver_errors_do_not_carry_statement_parameters(q: Either) -> Non
                 conn.execute(text("SELECT no_such_column WHERE 1 = :x"), {"x": secret})
     assert "no_such_column" in str(caught.value)
     assert secret not in str(caught.value)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+async def test_postgres_connections_get_tcp_defaults_the_url_overrides(
+    postgres_url: str, driver: str
+) -> None:
+    """`PG_CONNECT_DEFAULTS` reach every connection (keepalives, ``tcp_user_timeout``, the
+    connect timeout), as libpq parameters on psycopg and as socket options on asyncpg;
+    a value in the URL wins."""
+    import socket
+
+    from jobqueue.drivers.engines import PG_CONNECT_DEFAULTS, make_async_engine, make_engine
+
+    url = postgres_url.replace("postgresql://", f"postgresql+{driver}://", 1)
+    if driver == "psycopg":
+        engine = make_engine(url + "?keepalives_idle=61")
+        try:
+            with engine.connect() as conn:
+                info = conn.connection.driver_connection.info  # type: ignore[union-attr]
+                params = info.get_parameters()
+                got = {k: params.get(k) for k in PG_CONNECT_DEFAULTS}
+        finally:
+            engine.dispose()
+        assert got == {
+            "connect_timeout": "10",
+            "keepalives": "1",
+            "keepalives_idle": "61",  # the URL's
+            "keepalives_interval": "10",
+            "keepalives_count": "3",
+            "tcp_user_timeout": "30000",
+        }
+        return
+    aengine = make_async_engine(url)
+    try:
+        async with aengine.connect() as aconn:
+            raw = (await aconn.get_raw_connection()).driver_connection
+            sock = raw._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+    finally:
+        await aengine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pool_with_no_connection_free_in_time_is_a_database_timeout(
+    postgres_url: str, table_name: str
+) -> None:
+    """Callers queued behind a full pool (every connection waiting on a silent network)
+    get `DatabaseTimeout` after ``pool_timeout``, which the web API answers with a 503."""
+    from jobqueue import JobQueue, migrate
+    from jobqueue.drivers.engines import make_engine
+    from jobqueue.errors import DatabaseTimeout
+
+    migrate(postgres_url, table=table_name)
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    queue = JobQueue(engine, table=table_name)
+    try:
+        with engine.connect(), pytest.raises(DatabaseTimeout, match="no database connection"):
+            queue.enqueue("work", {})
+    finally:
+        engine.dispose()

@@ -465,7 +465,8 @@ def test_unusable_keys_are_configuration_errors(key: str) -> None:
 async def test_a_429_in_a_worker_holds_the_job_back_pauses_the_key_and_pays_once(
     aqueue: AsyncJobQueue, migrated: tuple[str, str], fake_defapi: FakeDefAPI, where: str
 ) -> None:
-    fake_defapi.scenario("first", **{f"{where}_429": 1}, retry_after="3")
+    # The pause must outlast the worker's run and the other claim below on a loaded machine.
+    fake_defapi.scenario("first", **{f"{where}_429": 1}, retry_after="6")
     prompts = ["first", "second", "third"]
     # One attempt each: a 429 that spent it would fail the job.
     jobs = [
@@ -478,11 +479,11 @@ async def test_a_429_in_a_worker_holds_the_job_back_pauses_the_key_and_pays_once
 
     held = await aqueue.get(jobs[0].id)
     assert (held.status, held.attempts, held.locked_by) == (Status.PENDING, 0, None)
-    assert (held.run_at - held.updated_at).total_seconds() == pytest.approx(3, abs=0.25)
+    assert (held.run_at - held.updated_at).total_seconds() == pytest.approx(6, abs=0.25)
     assert held.errors[-1]["error"].startswith(f"RetryLater: DefAPI {where_of(where)}: HTTP 429")
     (limit,) = [x for x in await aqueue.list_limits() if (x.scope, x.name) == ("key", "image")]
     assert limit.paused and limit.paused_until is not None
-    assert (limit.paused_until - held.updated_at).total_seconds() == pytest.approx(3, abs=0.25)
+    assert (limit.paused_until - held.updated_at).total_seconds() == pytest.approx(6, abs=0.25)
     url, table = migrated
     with JobQueue(url, table=table) as other:  # another worker's claim, during the pause
         assert other.claim("second-worker", kinds=["image"], limit=5) == []

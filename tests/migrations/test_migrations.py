@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from jobqueue import (
 )
 from jobqueue.drivers.engines import make_engine
 from jobqueue.migrations import _config, exclude_tables, include_object, schema_state, sql
-from jobqueue.sql.table import budgets_table, limits_table, workers_table
+from jobqueue.sql.table import budgets_table, limits_table, schedules_table, workers_table
 from tests.conftest import downgrade, sql_runner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,11 +61,22 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            # Only this test's tables are reflected (the session's database holds every
+            # other test's); the diffs looked at below are those of these tables alone.
+            ctx = MigrationContext.configure(
+                conn,
+                opts={
+                    "compare_type": True,
+                    "include_name": lambda name, type_, _parents: (
+                        type_ != "table" or table_name in (name or "")
+                    ),
+                },
+            )
             metadata = jobs_table(table_name).metadata
             workers_table(table_name, metadata=metadata)
             limits_table(table_name, metadata=metadata)
             budgets_table(table_name, metadata=metadata)
+            schedules_table(table_name, metadata=metadata)
             diffs = compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -75,6 +87,18 @@ def test_migrated_database_matches_the_schema_module(db_url: str, table_name: st
 # SQLAlchemy cannot reflect SQLite's expression indexes (the idempotency index): it says so.
 @pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_a_host_apps_autogenerate_leaves_our_tables_alone(db_url: str) -> None:
+    if db_url.startswith("postgresql"):
+        # A schema of its own, first on the search path, as the host's database: the
+        # session's database holds every other test's tables, and autogenerate reflects
+        # each table it finds (that took most of a minute late in a full run).
+        own = f"host_{uuid.uuid4().hex[:10]}"
+        with sql_runner(db_url) as run:
+            run(f'CREATE SCHEMA "{own}"')
+        db_url = (
+            make_url(db_url)
+            .update_query_dict({"options": f"-csearch_path={own}"})
+            .render_as_string(hide_password=False)
+        )
     migrate(db_url)
     host = MetaData()
     Table("users", host, Column("id", Integer, primary_key=True))
@@ -178,6 +202,10 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, jobqueue_sqlite_url: s
         "jobqueue/migrations/script.py.mako",
         "jobqueue/migrations/versions/0001_create_jobs_table.py",
         "jobqueue/py.typed",
+        # the admin dashboard's page and files, served from the package
+        "jobqueue/web/static/admin.html",
+        "jobqueue/web/static/admin.js",
+        "jobqueue/web/static/admin.css",
     ):
         assert needed in names
     code = (
@@ -378,11 +406,12 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
         metadata = jobs_table(fresh).metadata
         limits_table(fresh, metadata=metadata)
         budgets_table(fresh, metadata=metadata)
+        schedules_table(fresh, metadata=metadata)
         metadata.create_all(engine)
     finally:
         engine.dispose()
     migrated, declared = _checks(db_url, table_name), _checks(db_url, fresh)
-    assert len(migrated) == 20
+    assert len(migrated) == 21
     assert {k: v.replace(fresh, table_name) for k, v in declared.items()} == migrated
     migrated = _checks(db_url, f"{table_name}_limits")
     declared = _checks(db_url, f"{fresh}_limits")
@@ -391,6 +420,10 @@ def test_migrated_check_constraints_match_the_schema_module(db_url: str, table_n
     migrated = _checks(db_url, f"{table_name}_budgets")
     declared = _checks(db_url, f"{fresh}_budgets")
     assert len(migrated) == 4
+    assert declared == migrated
+    migrated = _checks(db_url, f"{table_name}_schedules")
+    declared = _checks(db_url, f"{fresh}_schedules")
+    assert len(migrated) == 7
     assert declared == migrated
 
 
@@ -459,9 +492,10 @@ def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
         run(f"INSERT INTO {t} (owner_id, idempotency_key) VALUES ('u', 'k')")
         with pytest.raises(Exception, match=r"(?i)check constraint"):
             run(f"INSERT INTO {t} (status) VALUES ('expired')")
-    migrate(db_url, table=t)
+    migrate(db_url, table=t, revision="0008")
     assert schema_state(db_url, table=t).current == "0008"
     assert "start_by" in str(_index_sql(db_url, f"{t}_deadline_idx"))
+    migrate(db_url, table=t)  # the queue below reads the columns of later revisions too
     assert "coalesce" in str(_index_sql(db_url, f"{t}_idempotency_idx")).lower()
     with JobQueue(db_url, table=t) as q:
         (old,) = q.list()
@@ -486,3 +520,60 @@ def test_0008_adds_deadlines_and_expired_and_goes_back_to_0006(
     migrate(db_url, table=t)
     with JobQueue(db_url, table=t) as q:
         assert q.retry(q.list(status="cancelled")[0].id).status is Status.PENDING
+
+
+def test_0009_adds_the_schedules_table_and_goes_back_to_0008(db_url: str, table_name: str) -> None:
+    """Up from 0008 with a job in place, a schedule made and run, then back: the schedules
+    table and its index go, the jobs stay (their keys too), and up again works."""
+    t = table_name
+    migrate(db_url, table=t, revision="0008")
+    with JobQueue(db_url, table=t) as q:
+        kept = q.enqueue("image", {}, idempotency_key="k")
+    migrate(db_url, table=t, revision="0009")
+    assert schema_state(db_url, table=t).current == "0009"
+    assert "next_tick" in str(_index_sql(db_url, f"{t}_schedules_due_idx"))
+    with JobQueue(db_url, table=t) as q:
+        assert q.add_schedule("s", kind="image", every=60).every == 60
+        with pytest.raises(Exception, match=r"(?i)check constraint"), sql_runner(db_url) as run:
+            run(
+                f"INSERT INTO {t}_schedules (name, kind, next_tick) VALUES ('x', 'k', '2026-01-01')"
+            )
+    downgrade(db_url, t, "0008")
+    assert schema_state(db_url, table=t).current == "0008"
+    assert _index_sql(db_url, f"{t}_schedules_due_idx") is None
+    engine = make_engine(db_url)
+    try:
+        assert f"{t}_schedules" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    migrate(db_url, table=t)
+    with JobQueue(db_url, table=t) as q:
+        assert q.enqueue("image", {}, idempotency_key="k").id == kept.id
+        assert q.list_schedules() == []
+
+
+def test_0010_adds_the_trace_context_and_goes_back_to_0009(db_url: str, table_name: str) -> None:
+    """Up from 0009 with a row in place: the row keeps no trace (NULL), a stored trace is
+    bounded by its check constraint; back: the column goes, the rows stay."""
+    t = table_name
+    migrate(db_url, table=t, revision="0009")
+    with sql_runner(db_url) as run:
+        run(f"INSERT INTO {t} (kind) VALUES ('before')")
+    migrate(db_url, table=t, revision="0010")
+    assert schema_state(db_url, table=t).current == "0010"
+    with JobQueue(db_url, table=t) as q:
+        (old,) = q.list()
+        assert old.kind == "before" and old.trace_context is None
+    with sql_runner(db_url) as run:
+        run(f"INSERT INTO {t} (kind, trace_context) VALUES ('traced', '{{}}')")
+        with pytest.raises(Exception, match=r"(?i)check constraint"):
+            run(f"INSERT INTO {t} (trace_context) VALUES ('{'x' * 1025}')")
+    downgrade(db_url, t, "0009")
+    assert schema_state(db_url, table=t).current == "0009"
+    engine = make_engine(db_url)
+    try:
+        assert "trace_context" not in {c["name"] for c in inspect(engine).get_columns(t)}
+    finally:
+        engine.dispose()
+    with sql_runner(db_url) as run:
+        assert sorted(r[0] for r in run(f"SELECT kind FROM {t}")) == ["before", "traced"]

@@ -9,8 +9,9 @@ the table of moves refuses), and counting the writes each made.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -19,6 +20,7 @@ from jobqueue import Completion, JobQueue, JobQueueError, NewJob, migrate
 from jobqueue.models import WorkerPresence
 from jobqueue.operations import COPY_MIN_JOBS, Access, Operation
 from jobqueue.operations.contract import DECLARED
+from jobqueue.operations.schedules import define_schedule
 from jobqueue.sql.steps import Rows, Step
 
 T = TypeVar("T")
@@ -92,6 +94,7 @@ def exercise(q: JobQueue) -> None:
     q.position(q.enqueue("image", {}))  # every read a pending job in line makes
     q.list(status="pending", since=timedelta(hours=1))
     q.stats()
+    q.gauges()
     q.reap()
     q.expire()
     q.cancel_if_pending(q.enqueue("image", {}).id)
@@ -118,6 +121,30 @@ def exercise(q: JobQueue) -> None:
     q.pause("default", duration=60, reason="maintenance")
     q.resume("default")
     assert q.remove_limit("image") and not q.remove_limit("image")
+    # The admin dashboard: its grouped reads, a filtered page by keyset, retrying many.
+    q.overview()
+    page = q.job_page(status="pending", kind="image", limit=1)
+    assert page.after is not None
+    q.job_page(owner_id="o", queue="default", created_from=page.after[0], after=page.after)
+    q.fail(q.claim("w", limit=1, queues=None)[0], "for good", retry=False)
+    assert len(q.retry_many([j.id for j in q.list(status="failed")])) >= 1
+    # Budgets: an owner with one is enqueued within it (lock, sum, insert), or refused.
+    q.set_budget("rich", "1", period="day")
+    q.get_budget("rich")
+    q.list_budgets()
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    q.enqueue("image", {}, owner_id="rich", estimated_cost="1", idempotency_key="b")
+    refused(lambda: q.enqueue("image", {}, owner_id="rich", estimated_cost="1"))
+    q.set_budget("rich", "100", period="month")
+    q.enqueue_many([NewJob(payload={"n": i}, owner_id="rich") for i in range(COPY_MIN_JOBS)])
+    assert q.remove_budget("rich") and not q.remove_budget("rich")
+    # Periodic jobs: a round that moves a due schedule on and enqueues its tick's job.
+    q.add_schedule("tick", kind="image", every=1)
+    q.declare_schedules([define_schedule("other", kind="image", every=60)])
+    q.list_schedules()
+    time.sleep(max(0.0, (q.list_schedules()[1].next_tick - datetime.now(UTC)).total_seconds()))
+    assert len(q.run_schedules().enqueued) == 1
+    assert q.remove_schedule("tick") and not q.remove_schedule("tick")
 
 
 @pytest.fixture

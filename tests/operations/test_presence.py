@@ -42,11 +42,18 @@ from jobqueue.migrations import _config
 from jobqueue.models import WorkerPresence
 from jobqueue.sql.table import TABLE_NAME_MAX_LENGTH, workers_table, workers_table_name
 from jobqueue.worker import Worker
-from tests.cli.helpers import JOBQUEUE, clean_env, worker_running
+from tests.cli.helpers import JOBQUEUE, Result, clean_env, run_in_process, worker_running
 from tests.conftest import Either
-from tests.support.presence import cli, role, until, worker_thread
+from tests.support.presence import role, until, worker_thread
 
 NO_WORKER = "no live worker serves its queue"
+
+
+def command(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    """`jobqueue ARGS` in this process (with the mock generator unless ``env`` says
+    otherwise): what these commands print is the point, not their process. The watch that
+    must run beside a worker, and the workers, run as real processes."""
+    return run_in_process(*args, cwd=cwd, env=env or clean_env(MOCK_AI="true"))
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
@@ -253,7 +260,7 @@ def test_a_watch_warns_while_no_worker_serves_the_job_and_ends_when_one_does(
 ) -> None:
     url, table = migrated
     base = ("--database-url", url, "--table", table)
-    job_id = cli(*base, "generate", "a lonely fox", cwd=tmp_path).out.strip()
+    job_id = command(*base, "generate", "a lonely fox", cwd=tmp_path).out.strip()
     watch = subprocess.Popen(
         [JOBQUEUE, *base, "status", job_id, "--watch", "--interval", "0.1"],
         cwd=tmp_path, env=clean_env(JOBQUEUE_NO_WORKER_AFTER="0.3"),
@@ -290,7 +297,7 @@ def test_a_watch_with_a_live_worker_does_not_warn(
         # longer to start than the watch takes to look (0.2 s).
         with JobQueue(url, table=table) as q:
             until(q.live_workers, timeout=60)
-        watched = cli(
+        watched = command(
             *base, "generate", "a fox in company", "--watch", cwd=tmp_path,
             env=clean_env(JOBQUEUE_NO_WORKER_AFTER="0.2"),
         )  # fmt: skip
@@ -304,7 +311,7 @@ def test_a_bad_no_worker_after_setting_is_a_usage_error(
 ) -> None:
     url, table = migrated
     base = ("--database-url", url, "--table", table)
-    created = cli(
+    created = command(
         *base, "generate", "x", "--watch", cwd=tmp_path,
         env=clean_env(JOBQUEUE_NO_WORKER_AFTER="soon"),
     )  # fmt: skip
@@ -317,15 +324,15 @@ def test_workers_and_check_list_the_live_workers(migrated: tuple[str, str], tmp_
 
     url, table = migrated
     base = ("--database-url", url, "--table", table)
-    none = cli(*base, "workers", cwd=tmp_path)
+    none = command(*base, "workers", cwd=tmp_path)
     assert none.code == 0, none.err
     assert "No live worker" in none.out
-    assert json.loads(cli(*base, "workers", "--json", cwd=tmp_path).out) == []
-    checked = cli(*base, "check", cwd=tmp_path)
+    assert json.loads(command(*base, "workers", "--json", cwd=tmp_path).out) == []
+    checked = command(*base, "check", cwd=tmp_path)
     assert checked.code == 0, checked.out
     assert "ok   workers     no live worker (no job is waiting)" in checked.out
-    cli(*base, "generate", "waiting", cwd=tmp_path)
-    checked = cli(*base, "check", cwd=tmp_path)
+    command(*base, "generate", "waiting", cwd=tmp_path)
+    checked = command(*base, "check", cwd=tmp_path)
     (line,) = [ln for ln in checked.out.splitlines() if " workers " in ln]
     assert line.startswith("warn") and "no live worker, and 1 job(s)" in line, line
     options = (
@@ -341,7 +348,7 @@ def test_workers_and_check_list_the_live_workers(migrated: tuple[str, str], tmp_
     with worker_running(tmp_path, base, *options):
 
         def listed() -> Any:
-            found = json.loads(cli(*base, "workers", "--json", cwd=tmp_path).out)
+            found = json.loads(command(*base, "workers", "--json", cwd=tmp_path).out)
             return found or None
 
         (w,) = until(listed)
@@ -352,11 +359,11 @@ def test_workers_and_check_list_the_live_workers(migrated: tuple[str, str], tmp_
             3,
         )
         assert w["beat_age_sec"] >= 0 and w["last_beat_at"] >= w["started_at"]
-        table_out = cli(*base, "workers", cwd=tmp_path)
+        table_out = command(*base, "workers", cwd=tmp_path)
         assert table_out.code == 0, table_out.err
         (row,) = [ln for ln in table_out.out.splitlines() if "cli-w1" in ln]
         assert "default, mail" in row and "image" in row and " 3 " in row and "ago" in row
-        checked = cli(*base, "check", cwd=tmp_path)
+        checked = command(*base, "check", cwd=tmp_path)
     (line,) = [ln for ln in checked.out.splitlines() if " workers " in ln]
     assert (
         line.startswith("ok")

@@ -236,12 +236,19 @@ def test_limits_and_fair_share_hold_through_a_transaction_pooler(
     queue.close()
 
 
+# The PostgreSQL half of tests/queue/test_queue.py in two nested runs that together select
+# every test of it once: the sync queue's, and the rest (the async queue's and those of
+# one flavour). Two parts, so that two test processes can share the half-minute.
+SUITE_PARTS = {"sync": "postgres and [sync-", "async-and-others": "postgres and not [sync-"}
+
+
+@pytest.mark.parametrize("part", list(SUITE_PARTS))
 def test_the_behavioural_suite_passes_through_a_transaction_pooler(
-    postgres_url: str, pgbouncer_port: int
+    postgres_url: str, pgbouncer_port: int, part: str
 ) -> None:
-    """The whole PostgreSQL half of tests/test_queue.py (sync and async), through pgbouncer:
-    a nested pytest run whose server URL is the pooler's, with PostgreSQL required so a
-    skipped test fails it."""
+    """The whole PostgreSQL half of tests/queue/test_queue.py (sync and async), through
+    pgbouncer: nested pytest runs whose server URL is the pooler's, with PostgreSQL required
+    so a skipped test fails them."""
     server = (
         make_url(postgres_url)
         .set(host="127.0.0.1", port=pgbouncer_port, database="postgres")
@@ -265,7 +272,7 @@ def test_the_behavioural_suite_passes_through_a_transaction_pooler(
             "-n",
             "0",  # one process: the pooler's connections are the point, not the speed
             "-k",
-            "postgres",
+            SUITE_PARTS[part],
             str(root / "tests" / "queue" / "test_queue.py"),
         ],
         cwd=root,

@@ -312,6 +312,21 @@ def test_a_users_jobs_take_their_turn_through_the_workers(
     assert [r.name for r in worker.list_limits()] == ["image"]
 
 
+def test_the_schedules_are_the_worker_roles_alone(as_role: Callable[..., JobQueue]) -> None:
+    """A user who could write a schedule could have the workers enqueue any job, as often
+    as they like: users and anon may neither read nor write the schedules table."""
+    worker = as_role("service_role")
+    worker.add_schedule("nightly", kind="image", every=3600)
+    assert [s.name for s in worker.list_schedules()] == ["nightly"]
+    schedules = f"{worker.table_name}_schedules"
+    for role, sub in (("authenticated", users()[0]), ("anon", None)):
+        other = as_role(role, sub)
+        with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+            raw(other, f"SELECT * FROM {schedules}")
+        with pytest.raises(sa_exc.DBAPIError, match="permission denied"):
+            raw(other, f"DELETE FROM {schedules}")
+
+
 def test_the_worker_role_claims_and_finishes_everyones_jobs(
     as_role: Callable[..., JobQueue], admin: JobQueue
 ) -> None:

@@ -277,6 +277,8 @@ def test_every_constraint_is_checked_here() -> None:
         "cost",
         "cost_unit",
         "reserved",
+        # tests/observability/test_tracing.py: the longest trace context stored.
+        "trace",
     }
     assert set(bounds(jobs_table())) == tested
     limit_tested = {b.constraint for b in LIMIT_BOUNDS} | {"scope", "name", "times"}

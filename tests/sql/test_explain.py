@@ -159,6 +159,29 @@ def test_listing_a_users_jobs_uses_the_owner_index(busy_queue: JobQueue) -> None
     assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
 
 
+def test_the_admin_jobs_table_pages_by_the_creation_index(busy_queue: JobQueue) -> None:
+    """A page of the dashboard's jobs table, the first or one deep in the table, reads
+    the creation-time index from its keyset on: never the whole table."""
+    table = busy_queue.table.name
+    first = busy_queue.job_page(limit=50)
+    assert first.after is not None
+    deep = busy_queue.job_page(limit=100, after=first.after)
+    for after in (None, deep.after):
+        step = busy_queue.statements.page(
+            statuses=None,
+            queue=None,
+            kind=None,
+            owner_id=None,
+            created_from=None,
+            created_to=None,
+            after=after,
+            limit=51,
+        )
+        found = scans(plan_of(busy_queue.engine, step))
+        assert any(index == f"{table}_created_idx" for _, _, index in found), found
+        assert not any(kind == "Seq Scan" and rel == table for kind, rel, _ in found), found
+
+
 # -- the fair-share line at scale ---------------------------------------------------------
 
 
@@ -402,3 +425,38 @@ def test_the_expiry_sweep_reads_the_deadline_index(line_queue: JobQueue) -> None
     found = scans(plan)
     assert uses_index(plan, f"{table}_deadline_idx"), found
     assert no_seq_scan_of(plan, table), found
+
+
+# -- the metrics' gauges --------------------------------------------------------------------
+
+
+def test_the_gauges_read_the_waiting_and_running_jobs_through_their_indexes(
+    postgres_url: str, table_name: str
+) -> None:
+    """A long-lived table is mostly finished jobs: a scrape's backlog read must never scan
+    them, only the partial indexes of the line, of the jobs waiting to enter it and of the
+    held jobs; today's spend reads the jobs created today by their index."""
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        with q.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f'INSERT INTO "{table_name}" (status, completed_at, created_at)'
+                    " SELECT 'completed', now() - interval '2 days', now() - interval '2 days'"
+                    " FROM generate_series(1, 30000)"
+                )
+            )
+            conn.execute(
+                text(
+                    f"INSERT INTO \"{table_name}\" (status) SELECT 'pending'"
+                    " FROM generate_series(1, 200)"
+                )
+            )
+            conn.execute(text(f'ANALYZE "{table_name}"'))
+        for step in (q.statements.backlog(), q.statements.fleet()):
+            found = scans(plan_of(q.engine, step))
+            assert not any(kind == "Seq Scan" and rel == table_name for kind, rel, _ in found), (
+                found
+            )
+        backlog = scans(plan_of(q.engine, q.statements.backlog()))
+        assert {f"{table_name}_entry_idx", f"{table_name}_lease_idx"} <= {i for *_, i in backlog}

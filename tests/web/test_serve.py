@@ -158,3 +158,27 @@ def test_serve_takes_the_owner_from_an_identify_hook(tmp_path: Path) -> None:
 def test_bad_identify_hooks_are_refused(path: str) -> None:
     with pytest.raises(ConfigurationError):
         load_identify(path)
+
+
+def test_serve_with_metrics_counts_its_workers_jobs(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    output: list[str] = []
+    with (
+        jobqueue_serve(tmp_path, "--metrics", output=output) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        created = client.post("/jobs", json={"prompt": "counted"})
+        assert created.status_code == 202
+        wait_status(client, created.json()["id"], "completed")
+        scraped = client.get("/metrics")
+    assert scraped.status_code == 200
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.text)
+        for s in family.samples
+    }
+    labels = (("kind", "image"), ("queue", "default"))
+    assert found["jobqueue_jobs_started_total", labels] == 1
+    assert found["jobqueue_database_up", ()] == 1
+    assert "; metrics http://127.0.0.1:" in output[0].splitlines()[0]

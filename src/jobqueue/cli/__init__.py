@@ -10,6 +10,8 @@
   reap, prune);
 - `.scheduling`: the limits every worker obeys and pauses (limits set/show/remove, pause,
   resume);
+- `.budgets`: the owners' budgets (budget set/show/list/remove);
+- `.schedules`: periodic jobs (schedule add/list/remove);
 - `.run`: what runs until stopped (worker, serve, demo) and its logging;
 - `.output`: how jobs look in a terminal (tables, progress bars, JSON, durations, limits
   and pauses);
@@ -22,7 +24,7 @@ commands that need them, so a command that only reads a job starts quickly.
 
 from __future__ import annotations
 
-from . import admin, jobs, run, scheduling  # noqa: F401  (importing them adds their commands to `cli`)
+from . import admin, budgets, jobs, run, schedules, scheduling  # noqa: F401  (importing them adds their commands to `cli`)
 from .group import cli, main
 
 __all__ = ["cli", "main"]

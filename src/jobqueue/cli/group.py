@@ -151,11 +151,12 @@ class Env:
         self.require_database()
         return JobQueue(self.url, table=self.table, schema=self.schema)
 
-    def async_queue(self) -> AsyncJobQueue:
+    def async_queue(self, **config: Any) -> AsyncJobQueue:
+        """The async queue; ``config`` as `AsyncJobQueue` takes it (``estimated_costs``)."""
         from ..queue import AsyncJobQueue
 
         self.require_database()
-        return AsyncJobQueue(self.url, table=self.table, schema=self.schema)
+        return AsyncJobQueue(self.url, table=self.table, schema=self.schema, **config)
 
 
 @click.group(

@@ -72,6 +72,11 @@ def _enqueue_options(command: F) -> F:
             "--idempotency-key",
             help="A second enqueue with the same key (same queue and owner) returns the first job.",
         ),
+        click.option(
+            "--estimated-cost",
+            metavar="AMOUNT",
+            help="What the job should cost: reserved against the owner's budget, if any.",
+        ),
         click.option("--watch", is_flag=True, help="Follow the job with a progress bar."),
         click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
     ]
@@ -94,6 +99,7 @@ def _create(
     idempotency_key: str | None,
     watch: bool,
     as_json: bool,
+    estimated_cost: str | None = None,
 ) -> None:
     with env.queue() as q:
         job = q.enqueue(
@@ -106,6 +112,7 @@ def _create(
             max_attempts=max_attempts,
             owner_id=owner,
             idempotency_key=idempotency_key,
+            estimated_cost=estimated_cost,
         )
         if as_json and not watch:
             echo_json(job.to_dict())
@@ -166,7 +173,7 @@ def _with_app_defaults(app: str, kind: str, options: dict[str, Any]) -> dict[str
     ctx = click.get_current_context()
     given = {
         name: options[name]
-        for name in ("queue", "max_attempts")
+        for name in ("queue", "max_attempts", "estimated_cost")
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     }
     return {**options, **registry.enqueue_options(kind, **given)}

@@ -4,10 +4,13 @@ unless told otherwise) and ``demo``; and the logging they set up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +18,13 @@ import click
 from rich.console import Console
 
 from .._console import closing, run_async
-from ..errors import ConfigurationError, DatabaseUnavailable, PermissionDenied, SchemaNotInstalled
+from ..errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PayloadError,
+    PermissionDenied,
+    SchemaNotInstalled,
+)
 from ..models import DEFAULT_QUEUE, Status
 from .group import EXIT_FAILED, Env, app_option, cli, pass_env
 from .output import DURATION, format_duration, out
@@ -129,6 +138,23 @@ def _require_schema(env: Env) -> None:
     help="Also claim jobs of kinds this worker has no handler for, and fail them at once "
     "(logged once per kind), instead of leaving them to other workers.",
 )
+@click.option(
+    "--no-schedules",
+    is_flag=True,
+    help="Do not run the scheduler of periodic jobs in this worker (see `jobqueue schedule`).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (needs jobqueue[metrics]; see "
+    "docs/operations.md).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for every interface).",
+)
 @pass_env
 def worker_command(
     env: Env,
@@ -143,6 +169,9 @@ def worker_command(
     worker_id: str | None,
     app: str | None,
     all_kinds: bool,
+    no_schedules: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C.
 
@@ -154,6 +183,10 @@ def worker_command(
     from ..config import Settings
 
     settings = Settings.from_env()
+    if metrics_port is not None:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()  # before any claim
     registry, generator = _worker_kinds(app, settings)  # fails here, before any claim
     from contextlib import suppress
 
@@ -192,6 +225,7 @@ def worker_command(
             generator=generator,
             log_file=log_file,
             all_kinds=all_kinds,
+            schedules=not no_schedules,
             concurrency=concurrency,
             queues=queues,
             lease=lease.total_seconds(),
@@ -200,6 +234,7 @@ def worker_command(
             listen=listen,
             job_timeout=None if job_timeout is None else job_timeout.total_seconds(),
             worker_id=worker_id,
+            metrics_at=None if metrics_port is None else (metrics_host, metrics_port),
         )
     )
 
@@ -248,20 +283,31 @@ async def _run_worker(
     registry: Registry,
     generator: Generator | None,
     log_file: Path | None,
+    metrics_at: tuple[str, int] | None = None,
     **options: Any,
 ) -> None:
     """Serve ``registry`` (which holds ``generator``'s image kind, if any) until stopped,
-    also logging to ``log_file`` when given; the generator is closed afterwards."""
+    also logging to ``log_file`` when given, and serving metrics on ``metrics_at`` (host,
+    port) when given; the generator is closed afterwards."""
     from ..logs import log_to_file
     from ..worker import Worker
 
     queue = env.async_queue()
+    stop_metrics: Callable[[], None] | None = None
     try:
+        if metrics_at is not None:
+            from ..observability.metrics import Metrics
+
+            metrics = Metrics(queue, loop=asyncio.get_running_loop())
+            stop_metrics = metrics.serve(metrics_at[1], metrics_at[0])
+            options["observers"] = [metrics.worker]
         worker = Worker(queue, registry, **options)
         worker.install_signal_handlers()
         with log_to_file(log_file) if log_file is not None else contextlib.nullcontext():
             await worker.run()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         closing()
         if generator is not None:
             await generator.aclose()
@@ -294,6 +340,31 @@ async def _run_worker(
     help="Cancel a pending job once its last event stream closed and none reopened within "
     "this grace period (30s). [default: off]",
 )
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="Serve the admin dashboard under /admin/ too; without --admin-auth only on a "
+    "loopback --host.",
+)
+@click.option(
+    "--admin-auth",
+    metavar="MODULE:FUNCTION",
+    help="async def f(request) -> admin name or None: who may use the dashboard.",
+)
+@click.option(
+    "--estimated-cost",
+    "estimates",
+    multiple=True,
+    metavar="KIND=AMOUNT",
+    help="What a job of KIND is expected to cost, reserved against its owner's budget "
+    "(repeatable; image=0.04). See `jobqueue budget`.",
+)
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve Prometheus metrics at /metrics (needs jobqueue[metrics]; readable by anyone "
+    "who reaches the server).",
+)
 @pass_env
 def serve_command(
     env: Env,
@@ -303,14 +374,20 @@ def serve_command(
     concurrency: int,
     identify: str | None,
     cancel_abandoned_after: timedelta | None,
+    admin: bool,
+    admin_auth: str | None,
+    estimates: tuple[str, ...],
+    metrics: bool,
 ) -> None:
     """Run the HTTP job API and the demo page (needs `pip install 'jobqueue[web]'`).
 
     Open http://HOST:PORT/ for the demo. By default a worker runs in the same process;
     with --no-worker only the API runs (production: scale `jobqueue worker` separately).
+    With --admin the operator's dashboard is at http://HOST:PORT/admin/.
     """
     try:
-        from ..web.serve import listen_on, load_identify, serve
+        from ..web.admin import check_admin_bind
+        from ..web.serve import listen_on, load_authenticate, load_identify, serve
     except ImportError as exc:
         raise ConfigurationError(
             f"the web extra is not installed ({exc.name} is missing)",
@@ -319,6 +396,16 @@ def serve_command(
     from ..config import Settings
 
     hook = load_identify(identify) if identify else None
+    estimated_costs = _estimates(estimates)
+    if admin_auth and not admin:
+        raise ConfigurationError("--admin-auth needs --admin", hint="add --admin")
+    admin_hook = load_authenticate(admin_auth) if admin_auth else None
+    if admin:
+        check_admin_bind(host, admin_hook)  # before anything starts
+    if metrics:
+        from ..observability.metrics import require_prometheus
+
+        require_prometheus()
     settings = Settings.from_env()
     generator = None if no_worker else settings.generator()
     _require_schema(env)
@@ -328,14 +415,18 @@ def serve_command(
     worker = "off"
     if generator is not None:
         worker = f"on ({settings.describe()}), concurrency {concurrency}"
+    dashboard = f"; admin http://{host}:{port}/admin/" if admin else ""
+    if metrics:
+        dashboard += f"; metrics http://{host}:{port}/metrics"
     console.print(
-        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}",
+        f"jobqueue serve: http://{host}:{port}/ database {env.where}; worker {worker}"
+        f"{dashboard}",
         soft_wrap=True,
         markup=False,
     )
 
     async def run() -> None:
-        queue = env.async_queue()
+        queue = env.async_queue(estimated_costs=estimated_costs)
         try:
             await serve(
                 queue, host=host, port=port, generator=generator, concurrency=concurrency,
@@ -344,6 +435,7 @@ def serve_command(
                     None if cancel_abandoned_after is None
                     else cancel_abandoned_after.total_seconds()
                 ),
+                admin=admin, authenticate=admin_hook, metrics=metrics,
             )  # fmt: skip
         finally:
             closing()
@@ -352,6 +444,23 @@ def serve_command(
             await queue.close()
 
     run_async(run())
+
+
+def _estimates(pairs: tuple[str, ...]) -> dict[str, Decimal]:
+    """``--estimated-cost KIND=AMOUNT`` options as `JobQueue`'s ``estimated_costs``."""
+    from ..validation import check_cost
+
+    out: dict[str, Decimal] = {}
+    for pair in pairs:
+        kind, sep, amount = pair.partition("=")
+        if not sep or not kind.strip() or not amount.strip():
+            raise PayloadError(
+                f"--estimated-cost {pair!r} is not KIND=AMOUNT", hint="e.g. image=0.04"
+            )
+        checked = check_cost(amount.strip(), f"--estimated-cost of {kind.strip()}")
+        assert checked is not None
+        out[kind.strip()] = checked
+    return out
 
 
 # -- the demo ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ every time a column can hold. Driver exceptions become our own in `jobqueue.driv
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -226,6 +227,10 @@ def _setup_postgres(sync_engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         raw = record.driver_connection
         if hasattr(raw, "set_type_codec"):  # asyncpg
+            transport = getattr(raw, "_transport", None)
+            sock = None if transport is None else transport.get_extra_info("socket")
+            if sock is not None:
+                _keepalive_socket(sock)
             dbapi_connection.run_async(
                 lambda conn: conn.set_type_codec(
                     "timestamptz",
@@ -331,6 +336,60 @@ def _pooler_options(u: URL, kwargs: dict[str, Any]) -> URL:
     return u.difference_update_query(["prepare_threshold"])
 
 
+#: The longest one queue operation waits for PostgreSQL's answer by default (seconds), by
+#: the client's own clock (`jobqueue.drivers.deadline`): the queue's ``command_timeout``.
+DEFAULT_COMMAND_TIMEOUT = 30.0
+
+#: TCP and connection settings every PostgreSQL connection gets unless its URL (or the
+#: engine's ``connect_args``) says otherwise, so that a connection whose network went silent
+#: is found dead in bounded time, by the operating system, even while idle in the pool:
+#: keepalive probes after 30 s of silence, every 10 s, 3 unanswered ones drop it (about a
+#: minute); data sent and not acknowledged for 30 s drops it (``tcp_user_timeout``, Linux);
+#: a connection attempt gives up after 10 s. libpq's names; asyncpg gets the same socket
+#: options and connect timeout (it has no parameters of its own for them).
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def _connect_defaults(u: URL, kwargs: dict[str, Any]) -> None:
+    """`PG_CONNECT_DEFAULTS` as connect arguments, each unless the URL's query or the
+    caller's ``connect_args`` set it already (theirs win)."""
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if u.get_driver_name() == "asyncpg":
+        if "timeout" not in u.query:
+            connect_args.setdefault("timeout", PG_CONNECT_DEFAULTS["connect_timeout"])
+    else:
+        for key, value in PG_CONNECT_DEFAULTS.items():
+            if key not in u.query:
+                connect_args.setdefault(key, value)
+    kwargs["connect_args"] = connect_args
+
+
+def _keepalive_socket(sock: socket.socket) -> None:
+    """`PG_CONNECT_DEFAULTS`' TCP settings on a socket a driver opened itself (asyncpg)."""
+    d = PG_CONNECT_DEFAULTS
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, key in (
+        ("TCP_KEEPIDLE", "keepalives_idle"),
+        ("TCP_KEEPINTVL", "keepalives_interval"),
+        ("TCP_KEEPCNT", "keepalives_count"),
+        ("TCP_USER_TIMEOUT", "tcp_user_timeout"),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), d[key]))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:  # not a TCP socket (a Unix socket path), or not on this system
+            return
+
+
 def behind_transaction_pooler(u: URL) -> bool:
     """Whether ``u`` says its server is a transaction-mode pooler: it turns prepared
     statements off, as such a pooler needs (``?prepare_threshold=none`` for psycopg,
@@ -388,6 +447,7 @@ def _engine_settings(
     if u.get_backend_name() == "sqlite":
         return u, kwargs, wait
     kwargs.setdefault("pool_pre_ping", PRE_PING)
+    _connect_defaults(u, kwargs)
     _lock_timeout_option(u, kwargs, wait)
     return _pooler_options(u, kwargs), kwargs, wait
 

@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from ..errors import (
     DatabaseBusy,
     DatabaseReadOnly,
+    DatabaseTimeout,
     DatabaseUnavailable,
     JobQueueError,
     PayloadError,
@@ -25,7 +26,7 @@ from ..errors import (
     SchemaNotInstalled,
     redact,
 )
-from ..sql.table import limits_table_name, workers_table_name
+from ..sql.table import companion_table_names
 
 
 class Cause(Enum):
@@ -117,8 +118,9 @@ def _cause(orig: BaseException | None, text: str) -> Cause | None:
 
 def _names_a_later_table(text: str, table: str) -> bool:
     """Whether the (lower-case) error ``text`` names one of the tables that later revisions
-    added next to the jobs table ``table``: its live workers (0004) or its limits (0005)."""
-    return any(name(table).lower() in text for name in (workers_table_name, limits_table_name))
+    added next to the jobs table ``table``: its live workers (0004), its limits (0005), its
+    budgets (0007), its schedules (0009)."""
+    return any(name.lower() in text for name in companion_table_names(table))
 
 
 def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
@@ -126,6 +128,12 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     if isinstance(exc, JobQueueError):
         return exc
     if not isinstance(exc, sa_exc.DBAPIError):
+        if isinstance(exc, sa_exc.TimeoutError):
+            # Every pooled connection busy for pool_timeout: with a silent network, each
+            # waits out command_timeout first. A 503 for the web API, not a 500.
+            return DatabaseTimeout(f"no database connection came free in time: {exc}")
+        if isinstance(exc, TimeoutError):  # asyncpg's connect timeout, unwrapped
+            return DatabaseTimeout("could not connect to the database in time")
         if isinstance(exc, OSError | ConnectionError):
             return DatabaseUnavailable(f"cannot reach the database: {redact(str(exc))}")
         return None
@@ -152,6 +160,8 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
             f"a job in {table} holds a value outside the table's bounds ({detail})",
             hint="correct the job's values (the constraint named says which) and try again",
         )
+    if _connect_timed_out(orig):
+        return DatabaseTimeout(f"could not connect to the database in time: {detail}")
     if cause is Cause.BUSY:
         return DatabaseBusy(f"a lock on {table} stayed taken too long; nothing written ({detail})")
     if cause is Cause.READ_ONLY:
@@ -174,6 +184,12 @@ def _unreachable(exc: sa_exc.DBAPIError, text: str) -> bool:
     ):
         return False
     return not (_from_sqlite(exc.orig) and SQLITE_BUSY in text)
+
+
+def _connect_timed_out(error: BaseException | None) -> bool:
+    """Whether ``error`` is a connection attempt that ran out of its ``connect_timeout``
+    (psycopg's ``ConnectionTimeout``; asyncpg raises the built-in `TimeoutError`)."""
+    return isinstance(error, TimeoutError) or type(error).__name__ == "ConnectionTimeout"
 
 
 def _from_sqlite(error: BaseException | None) -> bool:

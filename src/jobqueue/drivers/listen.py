@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -25,12 +26,20 @@ from sqlalchemy import URL
 
 from ..backoff import Backoff
 from ..errors import describe_error
+from .deadline import arm_on_loop, breaker_of
+from .engines import PG_CONNECT_DEFAULTS
 
 log = logging.getLogger("jobqueue.listener")
 
 #: How long the listener waits for a notification before checking that its connection is
-#: still alive; a half-open TCP connection would otherwise stay silent forever.
+#: still alive: a LISTEN connection that hears nothing cannot tell a quiet queue from a
+#: silent network (a partition, a stuck proxy) without asking.
 DEFAULT_HEALTH_INTERVAL = 15.0
+
+#: How long the probe (``SELECT 1``) may take before the connection counts as dead: it is
+#: then dropped (its socket shut down under the driver, so that nothing waits on it) and
+#: a new one made, with backoff, while the worker finds new jobs by polling.
+DEFAULT_PROBE_TIMEOUT = 5.0
 
 
 def libpq_url(url: URL) -> str:
@@ -65,6 +74,7 @@ class Listener:
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         reconnect_backoff: tuple[float, float] = (0.1, 10.0),
         connect_timeout: float = 10.0,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
     ) -> None:
         self.conninfo = conninfo
         self.channel = channel
@@ -74,6 +84,9 @@ class Listener:
         self.health_interval = health_interval
         self.reconnect_backoff = reconnect_backoff
         self.connect_timeout = connect_timeout
+        self.probe_timeout = probe_timeout
+        #: Probes that got no answer in time (each dropped its connection).
+        self.silent_probes = 0
         #: Set while the connection is up and listening; cleared when it is lost.
         self.listening = asyncio.Event()
         #: How many times a connection was opened and LISTEN issued (1 = never reconnected).
@@ -108,11 +121,16 @@ class Listener:
     async def _listen_once(self) -> None:
         """One connection's life: connect, LISTEN, pass notifications on until it fails."""
         self._was_up = False
+        # The TCP defaults of the queue's own connections (`PG_CONNECT_DEFAULTS`), where
+        # the URL does not set them.
+        known = psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        tcp: dict[str, Any] = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in known}
+        tcp["connect_timeout"] = max(1, round(self.connect_timeout))
         conn = await psycopg.AsyncConnection.connect(
             self.conninfo,
             autocommit=True,
             application_name=self.application_name,
-            connect_timeout=max(1, round(self.connect_timeout)),
+            **tcp,
         )
         async with conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
@@ -130,5 +148,19 @@ class Listener:
                     self.notifications += 1
                     self.on_notify(notice.payload)
                 # Quiet for a while: prove the connection still answers.
-                async with asyncio.timeout(self.connect_timeout):
-                    await conn.execute("SELECT 1")
+                await self._probe(conn)
+
+    async def _probe(self, conn: psycopg.AsyncConnection[object]) -> None:
+        """``SELECT 1`` within ``probe_timeout``, else the connection's socket is shut down
+        (a cancelled statement would wait on psycopg's cancel request, through the same
+        silent network) and the error raised ends this connection's life."""
+        with arm_on_loop(breaker_of(conn), self.probe_timeout) as timer:
+            try:
+                await conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                if timer is not None and timer.fired:
+                    self.silent_probes += 1
+                    raise TimeoutError(
+                        f"no answer to a probe within {self.probe_timeout:g} s"
+                    ) from exc
+                raise

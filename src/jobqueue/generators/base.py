@@ -164,6 +164,17 @@ class JobContext(Protocol):
         of submitting a new one."""
 
 
+async def before_paid_request(context: Any) -> None:
+    """Call right before a request that costs money and starts remote work (a provider's
+    submit). A worker's context returns once the database has confirmed recently that the
+    job is still this attempt's, and stops the attempt instead when the worker is cut off
+    from the database (`jobqueue.worker.WorkerContext.lease_confirmed`); any other context
+    (a caller's own, no worker) returns at once."""
+    wait = getattr(context, "lease_confirmed", None)
+    if wait is not None:
+        await wait()
+
+
 class OldContextNames:
     """The names a `JobContext`'s task-id methods had before they were named after the
     job's ``remote_task_id``: ``remember(task_id)`` and ``remembered()``. They still work

@@ -55,7 +55,7 @@ from tenacity import (
 from ..backoff import equal_jitter
 from ..errors import ConfigurationError, GenerationError, RetryLater, redact
 from ..models import MAX_DELAY
-from .base import GenerationRequest, GenerationResult, JobContext
+from .base import GenerationRequest, GenerationResult, JobContext, before_paid_request
 from .keys import Scrubber, check_api_key, mask_key
 
 logger = logging.getLogger(__name__)
@@ -592,6 +592,9 @@ class DefAPIGenerator:
                 return await self.poll(task_id, context)
             except TaskEnded as exc:
                 logger.warning("%s; submitting a new task for this attempt", exc.message)
+        # Not while the worker cannot vouch for the job: another attempt may own it by the
+        # time the task id could be saved, and would pay for a task of its own.
+        await before_paid_request(context)
         task_id = await self.submit(request)
         # Saved before any waiting: a worker that dies from here on is replaced by one
         # that polls this task instead of paying for a new one.

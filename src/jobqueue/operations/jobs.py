@@ -71,9 +71,17 @@ COPY_MIN_JOBS = 200
 @operation(Access.ONE_WRITE)
 def enqueue_many(
     s: Statements, rows: Sequence[dict[str, Any]], placement: Placement | None = None
-) -> Steps[list[Job]]:
+) -> Steps[list[Job] | None]:
     """Insert the rows; for an idempotency key the same owner (or, for a job without one,
-    an unowned job) already used in the queue, the existing job.
+    an unowned job) already used in the queue, the existing job. None, having written
+    nothing, when an owner of the batch has a budget: the batch is then
+    `jobqueue.operations.budgets.enqueue_within_budgets`' to enqueue, in a transaction.
+
+    An unowned job runs the one statement it always ran. An owned job's INSERT carries a
+    guard (no budget for its owners, `Statements.insert_many`), so an owner without a
+    budget costs no more round trips either; where a batch is not one statement (SQLite's
+    batches, COPY), the budgets of its owners are read first, in the same transaction on
+    SQLite (whose writers run one at a time).
 
     Large batches on PostgreSQL are COPYed when no job carries an idempotency key (keys need
     ON CONFLICT, which COPY has not) and the role may COPY (see `Statements.copy_context`).
@@ -81,35 +89,64 @@ def enqueue_many(
     (ids are made here, the times come from the database clock read in the same round
     trip as the permission check), so they equal what `get` returns afterwards.
     """
+    return (yield from _enqueue(s, rows, placement, guard=True))
+
+
+def _enqueue(
+    s: Statements,
+    rows: Sequence[dict[str, Any]],
+    placement: Placement | None,
+    *,
+    guard: bool,
+) -> Steps[list[Job] | None]:
+    """`enqueue_many`'s body; ``guard`` False: no look at the budgets (its caller has
+    reserved what they need), and no COPY (which does not write ``reserved``)."""
     if not rows:
         return []
     placed = True
     if placement is not None:
         if placement.placed is None:
-            placement.placed = bool((yield s.may_place())[0]["may_place"])
+            (may,) = yield s.may_place()
+            placement.budgets = bool(may["may_budget"])
+            placement.placed = bool(may["may_place"])
         placed = placement.placed
     if not placed and any(r["limit_key"] is not None for r in rows):
         raise PermissionDenied(
             "this role may not choose a job's limit key",
             hint="enqueue without limit_key (the kind is the key), or as the worker role",
         )
-    if (
-        placed  # else the role has column grants only, and COPY needs them all
+    # A role that may not read the budgets (Supabase users: they are the operator's, and
+    # so is placing jobs) is not held to them (docs/costs.md).
+    held_to_budgets = placement is None or placement.budgets
+    owners = _owners(rows) if guard and placed and held_to_budgets else []
+    copying = (
+        guard  # else the caller reserves, and COPY does not write ``reserved``
+        and placed  # else the role has column grants only, and COPY needs them all
         and s.dialect == "postgresql"
         and len(rows) >= COPY_MIN_JOBS
         and all(r["idempotency_key"] is None for r in rows)
-    ):
+    )
+    if owners and (copying or (s.dialect != "postgresql" and len(rows) > 1)):
+        # Not one statement: read the budgets first.
+        if (yield s.budgeted(owners)):
+            return None
+        owners = []
+    if copying:
         groups = list(dict.fromkeys((r["queue"], r["priority"], r["owner_id"]) for r in rows))
         context = yield s.copy_context(groups)
         if context[0]["may_copy"]:
             jobs: list[Job] = []
             places = {(g["queue"], g["priority"], g["owner_id"]): g for g in context}
-            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs))
+            traced = rows[0].get("trace_context") is not None
+            yield s.copy_new(_new_jobs(rows, context[0]["now"], places, jobs), traced=traced)
             return jobs
-    inserted = yield s.insert_many(rows, placed=placed)
+    guarded = bool(owners)
+    inserted = yield s.insert_many(rows, placed=placed, guard=guarded)
     jsonb = s.dialect == "postgresql"
     written = {i["id"]: i for i in inserted}
     missing = [r for r in rows if r["id"] not in written]
+    if guarded and missing and any(r["idempotency_key"] is None for r in missing):
+        return None  # only the guard keeps a row without a key out
     # A key is unique per queue and owner (the index's scope), so the job found for a row is
     # always its own owner's: never another's.
     existing: dict[tuple[str, str | None, str], Job] = {}
@@ -128,6 +165,8 @@ def enqueue_many(
             out.append(job if "start_by" not in row else replace(job, start_by=row["start_by"]))
             continue
         found_job = existing.get((r["queue"], r["owner_id"], r["idempotency_key"] or ""))
+        if found_job is None and guarded:
+            return None  # kept out by the guard (or its key's job has gone since)
         if found_job is None:  # the conflicting row vanished between the two statements
             raise JobNotFound(
                 f"job with idempotency key {r['idempotency_key']!r} was deleted while enqueueing",
@@ -135,6 +174,14 @@ def enqueue_many(
             )
         out.append(found_job)
     return out
+
+
+def _owners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The owners of a batch, each once, in order."""
+    if len(rows) == 1:
+        owner = rows[0]["owner_id"]
+        return [] if owner is None else [owner]
+    return list(dict.fromkeys(r["owner_id"] for r in rows if r["owner_id"] is not None))
 
 
 #: The ``extra`` of every job `_new_job` builds: none, and one shared empty mapping is
@@ -187,6 +234,7 @@ def _new_job(
         None,  # cost_unit
         r.get("reserved"),  # reserved
         r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
+        r.get("trace_context"),  # trace_context
         _NO_EXTRA,  # extra
         None,  # unreadable
     )
@@ -675,10 +723,9 @@ def release_expired(s: Statements, expired: Sequence[Job]) -> Steps[None]:
     """Give back what the ``expired`` jobs held but never used: the one place for it, run
     in the expiry's own operation, right after its write.
 
-    Nothing is held yet. Budget reservations (an owner's reserved estimate of a job's cost)
-    are to be released here, in the same transaction as the move to ``expired`` (the
-    operation's access becomes `Access.TRANSACTION` then); a cancel before the start
-    releases them in `cancel` the same way."""
+    Nothing needs a write of its own: a budget's reservation counts only while its job is
+    pending or running (`jobqueue.sql.budgets`), so the move to ``expired`` released it,
+    as a cancel before the start and a failure that cost nothing do."""
     yield from ()
 
 

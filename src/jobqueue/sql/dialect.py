@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Dialect, Float, Numeric, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Dialect, Float, Integer, Numeric, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -434,3 +434,44 @@ def _new_id_pg(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(NewJobId)
 def _new_id_sqlite(element: NewJobId, compiler: SQLCompiler, **kw: Any) -> str:
     return "(lower(hex(randomblob(16))))"
+
+
+class DbStartOfDay(FunctionElement[Any]):
+    """The start of the database's current UTC day."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(DbStartOfDay, "postgresql")
+def _start_of_day_pg(element: DbStartOfDay, compiler: SQLCompiler, **kw: Any) -> str:
+    return "date_trunc('day', statement_timestamp(), 'UTC')"
+
+
+@compiles(DbStartOfDay)
+def _start_of_day_sqlite(element: DbStartOfDay, compiler: SQLCompiler, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d 00:00:00.000000', 'now')"
+
+
+class MinutesAgo(FunctionElement[Any]):
+    """Whole minutes between a time column and the database clock (0: this minute)."""
+
+    type = Integer()
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+
+
+@compiles(MinutesAgo, "postgresql")
+def _minutes_ago_pg(element: MinutesAgo, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    at = compiler.process(column, **kw)
+    return f"CAST(floor(extract(epoch FROM (statement_timestamp() - {at})) / 60) AS integer)"
+
+
+@compiles(MinutesAgo)
+def _minutes_ago_sqlite(element: MinutesAgo, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    at = compiler.process(column, **kw)
+    return f"CAST((julianday('now') - julianday({at})) * 1440 AS INTEGER)"

@@ -3,13 +3,14 @@ large batches, and the look-up of jobs an idempotency key already names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    Numeric,
     String,
     Text,
     Uuid,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    exists,
     func,
     literal,
     literal_column,
@@ -26,9 +28,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.types import TypeEngine
 
-from ..models import Job
-from .common import StatementsBase, param, unnest
-from .dialect import DbNow, DbNowPlus, UTCDateTime
+from ..models import COST_PLACES, Job
+from .budgets import Budgeting
+from .common import param, unnest
+from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
 from .fair import step, turn_of
 from .steps import CopyRows, Direct, Query
 from .table import idempotency_scope, owner_scope
@@ -47,17 +50,18 @@ def owner_ranks(rows: Sequence[Mapping[str, Any]]) -> list[int]:
     return ranks
 
 
-class Enqueueing(StatementsBase):
+class Enqueueing(Budgeting):
     """Writing new jobs."""
 
     def may_place(self) -> Query:
         """Whether this role may place its jobs in the line (one row: ``may_place``):
         always on SQLite; on PostgreSQL when it may write ``turn`` and ``limit_key`` and
-        read the limits table (where the owners' weights are)."""
+        read the limits table (where the owners' weights are). And whether it may read the
+        owners' budgets (``may_budget``)."""
 
         def build() -> Any:
             if self.dialect != "postgresql":
-                return select(literal(True).label("may_place"))
+                return select(literal(True).label("may_place"), literal(True).label("may_budget"))
             t = self.t
             name = f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
             lt = self.limits
@@ -72,11 +76,16 @@ class Enqueueing(StatementsBase):
                 # The turn reads the owner's weight there.
                 func.has_table_privilege(literal(limits), literal_column("'SELECT'")),
             )
-            return select(allowed.label("may_place"))
+            bt = self.budgets
+            budgets = f'"{bt.schema}"."{bt.name}"' if bt.schema else f'"{bt.name}"'
+            readable = func.has_table_privilege(literal(budgets), literal_column("'SELECT'"))
+            return select(allowed.label("may_place"), readable.label("may_budget"))
 
         return Query(self.once("may_place", build), None)
 
-    def insert_many(self, rows: Sequence[Mapping[str, Any]], *, placed: bool = True) -> Query:
+    def insert_many(
+        self, rows: Sequence[Mapping[str, Any]], *, placed: bool = True, guard: bool = False
+    ) -> Query:
         """Insert jobs (rows as `jobqueue.validation.new_job_row` makes them) in one
         statement.
 
@@ -97,17 +106,29 @@ class Enqueueing(StatementsBase):
         A start deadline (``start_by``: the caller's time, else the database clock plus
         ``expires_seconds``) is written, and returned, only by the statements of batches
         that carry one: an enqueue without one runs the statement it ran before deadlines
-        existed, and a role granted the columns of that time can still run it.
+        existed, and a role granted the columns of that time can still run it. So is a
+        budget's reservation (``reserved``, `jobqueue.sql.budgets`).
+
+        ``guard`` (owned jobs of a placed role, one statement: PostgreSQL, or a single job):
+        the INSERT writes nothing when an owner of the batch has a budget, so that an owner
+        without one keeps this one statement, and one with one is enqueued by
+        `jobqueue.operations.budgets.enqueue_within_budgets` instead. A batch's guard is
+        all or nothing: the rows are inserted only when no owner among them has a budget.
         """
         # Rows made before deadlines existed may lack both keys: no deadline.
         dl = any(
             r.get("start_by_value") is not None or r.get("expires_seconds") is not None
             for r in rows
         )
+        # Rows a budget reserved for all carry the key (None for other owners' jobs).
+        rs = "reserved" in rows[0]
+        # A trace context is stored only by the statements of enqueues made in a trace
+        # (`jobqueue.tracing`), which give it to every row: others never name the column.
+        tc = bool(rows) and rows[0].get("trace_context") is not None
         if not placed:
             stmt = self.once(
-                ("insert_unplaced", dl),
-                lambda: self._insert_values(ranked=False, placed=False, deadline=dl),
+                ("insert_unplaced", dl, tc),
+                lambda: self._insert_values(ranked=False, placed=False, deadline=dl, traced=tc),
             )
             if len(rows) == 1:
                 returning = self.once(
@@ -126,9 +147,16 @@ class Enqueueing(StatementsBase):
                 if dl
                 else {}
             )
+            if rs:
+                deadlines["jq_reserveds"] = [r.get("reserved") for r in rows]
+            traces = {"jq_trace_contexts": [r["trace_context"] for r in rows]} if tc else {}
             return Query(
-                self.once(("insert_pg", dl), lambda: self._insert_unnest(dl)),
+                self.once(
+                    ("insert_pg", dl, rs, guard, tc),
+                    lambda: self._insert_unnest(dl, rs, guard, tc),
+                ),
                 deadlines
+                | traces
                 | {
                     "jq_ids": [r["id"] for r in rows],
                     "jq_queues": [r["queue"] for r in rows],
@@ -149,8 +177,10 @@ class Enqueueing(StatementsBase):
             # conflict check and its WAL record (the new id is ours).
             keyed = rows[0]["idempotency_key"] is not None
             stmt = self.once(
-                ("insert", dl, keyed),
-                lambda: self._insert_values(ranked=False, deadline=dl, keyed=keyed),
+                ("insert", dl, keyed, rs, guard, tc),
+                lambda: self._insert_values(
+                    ranked=False, deadline=dl, keyed=keyed, reserve=rs, guard=guard, traced=tc
+                ),
             )
             returning = self.once(
                 ("inserted_types", dl), lambda: {c.name: c.type for c in self._inserted(True, dl)}
@@ -161,8 +191,10 @@ class Enqueueing(StatementsBase):
         # prepares in time that grows faster than the batch. Each INSERT sees the rows
         # before it, so every row takes the next turn as a lone job would (rank 1).
         stmt = self.once(
-            ("insert_each", dl),
-            lambda: self._insert_values(ranked=False, deadline=dl).execution_options(
+            ("insert_each", dl, rs, tc),
+            lambda: self._insert_values(
+                ranked=False, deadline=dl, reserve=rs, traced=tc
+            ).execution_options(
                 insertmanyvalues_page_size=1
             ),
         )
@@ -189,12 +221,21 @@ class Enqueueing(StatementsBase):
         )
 
     def _insert_values(
-        self, *, ranked: bool, placed: bool = True, deadline: bool = False, keyed: bool = True
+        self,
+        *,
+        ranked: bool,
+        placed: bool = True,
+        deadline: bool = False,
+        keyed: bool = True,
+        reserve: bool = False,
+        guard: bool = False,
+        traced: bool = False,
     ) -> Any:
         """One job (``ranked`` False), or each row of a batch with its ``rank`` among the
         batch's jobs of the same owner and queue (`owner_ranks`); with ``deadline``, its
-        start deadline too. ``keyed`` False: rows without an idempotency key, inserted
-        without ON CONFLICT."""
+        start deadline too, with ``reserve`` what its owner's budget reserved. ``keyed``
+        False: rows without an idempotency key, inserted without ON CONFLICT. ``guard``:
+        nothing is inserted when the owner has a budget (`insert_many`)."""
         run_at = func.coalesce(
             bindparam("run_at_value", type_=UTCDateTime()),
             DbNowPlus(bindparam("delay_seconds", type_=Float())),
@@ -205,7 +246,7 @@ class Enqueueing(StatementsBase):
         rank = bindparam("rank", type_=Integer()) if ranked else None
         payload = bindparam("payload", type_=Text())  # JSON text from check_json
         insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-        stmt = insert(self.t).values(
+        values = dict(
             id=bindparam("id", type_=Uuid()),
             queue=queue,
             kind=bindparam("kind", type_=String()),
@@ -233,14 +274,28 @@ class Enqueueing(StatementsBase):
                 if deadline
                 else {}
             ),
+            **({"reserved": bindparam("reserved", type_=Money())} if reserve else {}),
+            **({"trace_context": bindparam("trace_context", type_=Text())} if traced else {}),
         )
+        if guard:
+            # INSERT ... SELECT, so that a WHERE can keep the row out.
+            chosen = select(*values.values()).where(self.no_budget_for(owner))
+            stmt = insert(self.t).from_select(list(values), chosen)
+        else:
+            stmt = insert(self.t).values(**values)
         if keyed:
             stmt = stmt.on_conflict_do_nothing(**self._key_conflict())
         # Rows are matched to jobs by id, so RETURNING need not keep the parameters' order
         # (asking for it would make SQLAlchemy insert one row per statement).
         return stmt.returning(*self._inserted(placed, deadline))
 
-    def _insert_unnest(self, deadline: bool = False) -> Any:
+    def _insert_unnest(
+        self,
+        deadline: bool = False,
+        reserve: bool = False,
+        guard: bool = False,
+        traced: bool = False,
+    ) -> Any:
         c = self.t.c
         arrays: list[tuple[str, str, TypeEngine[Any]]] = [
             ("id", "ids", Uuid()),
@@ -261,6 +316,10 @@ class Enqueueing(StatementsBase):
                 ("start_by_value", "start_bys", DateTime(timezone=True)),
                 ("expires_seconds", "expires", Float()),
             ]
+        if reserve:
+            arrays.append(("reserved", "reserveds", Numeric(20, COST_PLACES)))
+        if traced:
+            arrays.append(("trace_context", "trace_contexts", Text()))
         n = unnest(arrays, "new_jobs").c
         run_at = func.coalesce(n.run_at_value, DbNowPlus(n.delay_seconds))
         rows = select(
@@ -276,7 +335,17 @@ class Enqueueing(StatementsBase):
             run_at,
             self._entering_turn(run_at, n.queue, n.priority, n.owner_id, n.rank),
             *([self._deadline(n.start_by_value, n.expires_seconds)] if deadline else []),
+            *([n.reserved] if reserve else []),
+            *([n.trace_context] if traced else []),
         )
+        if guard:
+            # All or nothing: no row when any owner of the batch has a budget (the same
+            # array parameter the rows come from).
+            owners = param("owner_ids", postgresql.ARRAY(Text()))
+            b = self.budgets.c
+            rows = rows.where(
+                ~exists(select(literal_column("1")).where(b.owner_id == func.any(owners)))
+            )
         targets = [
             c.id,
             c.queue,
@@ -290,6 +359,8 @@ class Enqueueing(StatementsBase):
             c.run_at,
             c.turn,
             *([c.start_by] if deadline else []),
+            *([c.reserved] if reserve else []),
+            *([c.trace_context] if traced else []),
         ]
         return (
             postgresql.insert(self.t)
@@ -373,10 +444,11 @@ class Enqueueing(StatementsBase):
         }
         return Query(self.once("copy_context", build), params)
 
-    def copy_new(self, jobs: Iterable[tuple[Job, str]]) -> CopyRows:
+    def copy_new(self, jobs: Iterable[tuple[Job, str]], *, traced: bool = False) -> CopyRows:
         """COPY new jobs (PostgreSQL): each `Job` as it will be stored, with its payload
-        as JSON text. ``jobs`` may be lazy (see `CopyRows`)."""
-        records = (
+        as JSON text. ``jobs`` may be lazy (see `CopyRows`). With ``traced`` (an enqueue in a
+        trace, `jobqueue.tracing`) each job's ``trace_context`` is written too."""
+        records: Iterator[tuple[Any, ...]] = (
             (
                 j.id,
                 j.queue,
@@ -394,8 +466,30 @@ class Enqueueing(StatementsBase):
             )
             for j, payload in jobs
         )
-        types = tuple(self.t.c[name].type for name in self.COPY_COLUMNS)
-        return CopyRows(self.t.schema, self.t.name, self.COPY_COLUMNS, types, records)
+        if traced:
+            # Apart from the plain records, which every large batch builds.
+            records = (
+                (
+                    j.id,
+                    j.queue,
+                    j.kind,
+                    payload,
+                    j.priority,
+                    j.max_attempts,
+                    j.owner_id,
+                    j.limit_key,
+                    j.run_at,
+                    j.turn,
+                    j.created_at,
+                    j.updated_at,
+                    j.start_by,
+                    j.trace_context,
+                )
+                for j, payload in jobs
+            )
+        columns = (*self.COPY_COLUMNS, "trace_context") if traced else self.COPY_COLUMNS
+        types = tuple(self.t.c[name].type for name in columns)
+        return CopyRows(self.t.schema, self.t.name, columns, types, records)
 
     def by_idempotency_keys(self, queue: str, owner_id: str | None, keys: Sequence[str]) -> Query:
         """The jobs holding ``keys`` in ``queue`` for ``owner_id`` (None: the unowned jobs'),

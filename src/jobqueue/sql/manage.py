@@ -19,12 +19,14 @@ from sqlalchemy import (
     delete,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
 
 from ..models import Status, sources_of
-from .common import StatementsBase, param, status_values
+from .budgets import Budgeting
+from .common import param, status_values
 from .dialect import DbNow, DbNowPlus, Money, UTCDateTime
 from .steps import Query
 
@@ -32,7 +34,7 @@ from .steps import Query
 EXPIRY_BATCH = 1000
 
 
-class Managing(StatementsBase):
+class Managing(Budgeting):
     """Anyone's moves of a job, and reading jobs."""
 
     def cancel(
@@ -81,26 +83,36 @@ class Managing(StatementsBase):
 
         def build() -> Any:
             c = self.t.c
-            now = DbNow()
-            final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
             return (
                 update(self.t)
-                .where(c.id == param("job_id", Uuid()), c.status.in_(status_values(final_sources)))
-                .values(
-                    status=Status.PENDING.value,
-                    turn=None,  # enters the line anew (`jobqueue.sql.fair`)
-                    run_at=now,
-                    max_attempts=self.at_least_one_more(),
-                    locked_by=None,
-                    lease_expires_at=None,
-                    completed_at=None,
-                    start_by=case((c.start_by > now, c.start_by), else_=None),
-                    updated_at=now,
-                )
+                .where(c.id == param("job_id", Uuid()), self.retryable())
+                .values(**self.retried())
                 .returning(*self.columns)
             )
 
         return Query(self.once("retry", build), {"jq_job_id": job_id})
+
+    def retryable(self) -> ColumnElement[bool]:
+        """The statuses an operator's retry takes a job from: the final ones the table of
+        moves lets go back to ``pending``."""
+        final_sources = [s for s in sources_of(Status.PENDING) if s.is_final]
+        return self.t.c.status.in_(status_values(final_sources))
+
+    def retried(self) -> dict[str, Any]:
+        """What an operator's retry writes (see `retry`)."""
+        c = self.t.c
+        now = DbNow()
+        return {
+            "status": Status.PENDING.value,
+            "turn": None,  # enters the line anew (`jobqueue.sql.fair`)
+            "run_at": now,
+            "max_attempts": self.at_least_one_more(),
+            "locked_by": None,
+            "lease_expires_at": None,
+            "completed_at": None,
+            "start_by": case((c.start_by > now, c.start_by), else_=None),
+            "updated_at": now,
+        }
 
     def expire(self) -> Query:
         """Move pending jobs whose start deadline has passed (by the database clock) to
@@ -262,7 +274,8 @@ class Managing(StatementsBase):
         ``older_than_seconds`` ago by the database clock; RETURNING says how many.
 
         The age is measured from ``completed_at``, not creation, so a job that ran for days
-        is kept for the full retention period after it ended.
+        is kept for the full retention period after it ended. Jobs that still count against
+        their owner's budget are kept (`Budgeting.still_counted`).
         """
         chosen = tuple(status_values(statuses))
 
@@ -273,6 +286,9 @@ class Managing(StatementsBase):
                 .where(
                     c.status.in_(list(chosen)),
                     c.completed_at < DbNowPlus(param("back", Float())),
+                    # What still counts against a budget stays: its owner's spending
+                    # would otherwise shrink (`jobqueue.sql.budgets`).
+                    or_(c.owner_id.is_(None), ~self.still_counted()),
                 )
                 .returning(c.id)
             )

@@ -48,6 +48,7 @@ from .table import (
     OWNER_COLUMNS,
     budgets_table_name,
     limits_table_name,
+    schedules_table_name,
     validate_identifier,
     validate_table_name,
     version_table,
@@ -228,6 +229,9 @@ def rls_statements(
     out += worker_only_statements(limits_table_name(table), schema, worker_role)
     # The budgets are the operator's: a user who could write them could raise their own.
     out += worker_only_statements(budgets_table_name(table), schema, worker_role)
+    # The schedules are the operator's too: a user who could write one could have the
+    # workers enqueue any job, as often as they like.
+    out += worker_only_statements(schedules_table_name(table), schema, worker_role)
     return out
 
 

@@ -10,7 +10,9 @@ each topic a class of its own module, and `Statements` is all of them:
 - `jobqueue.sql.claim`: a worker's loop (claim, batch completion, both at once);
 - `jobqueue.sql.held`: a worker's fenced writes to the jobs it holds;
 - `jobqueue.sql.manage`: anyone's moves (cancel, retry, reap, prune) and the reads;
-- `jobqueue.sql.position`: the bounded reads of a job's place in the line.
+- `jobqueue.sql.position`: the bounded reads of a job's place in the line;
+- `jobqueue.sql.admin`: the admin dashboard's reads and its retry of many jobs;
+- `jobqueue.sql.gauges`: the grouped reads behind a metrics scrape.
 
 What they share (the cache of built statements, the fence, batch parameters) is in
 `jobqueue.sql.common`; the constructs whose SQL differs per database are in
@@ -25,12 +27,16 @@ job was reaped, claimed again, released or cancelled) matches no row and so chan
 
 from __future__ import annotations
 
+from .admin import AdminStatements
 from .claim import Claiming
 from .enqueue import Enqueueing
+from .gauges import Gauging
 from .held import HeldJobs
 from .manage import Managing
 from .position import Positioning
 
 
-class Statements(Enqueueing, Claiming, HeldJobs, Managing, Positioning):
+class Statements(
+    Enqueueing, Claiming, HeldJobs, AdminStatements, Managing, Positioning, Gauging
+):
     """The statements for one jobs table on one dialect (``postgresql`` or ``sqlite``)."""

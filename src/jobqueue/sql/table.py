@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     ColumnElement,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     text,
+    true,
 )
 
 from ..errors import ConfigurationError
@@ -53,6 +55,7 @@ from ..models import (
     MAX_TURN,
     Status,
 )
+from ..tracing import MAX_TRACE_CONTEXT
 from .dialect import DbNow, Finite, Money, MoneyBounds, NewJobId, UTCDateTime, json_type
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -150,6 +153,8 @@ def jobs_table(
         # No bound: ``infinity`` (PostgreSQL) reads as no deadline at all, ``-infinity`` as
         # one long past, and both compare as such in SQL.
         Column("start_by", UTCDateTime()),
+        # The trace the job was enqueued in, as JSON text (`jobqueue.tracing`; migration 0010).
+        Column("trace_context", Text()),
         CheckConstraint(status_check(), name=f"{name}_status_check"),
         CheckConstraint("progress BETWEEN 0 AND 100", name=f"{name}_progress_check"),
         CheckConstraint("attempts >= 0 AND max_attempts >= 1", name=f"{name}_attempts_check"),
@@ -279,6 +284,7 @@ def bounds(t: Table) -> dict[str, ColumnElement[bool]]:
         "cost": MoneyBounds(c.cost),
         "cost_unit": length(c.cost_unit, 1, MAX_COST_UNIT),
         "reserved": MoneyBounds(c.reserved),
+        "trace": length(c.trace_context, 1, MAX_TRACE_CONTEXT),
         # Finite: NaN or an infinity would put a job past or before every other for good.
         "turn": c.turn.between(-MAX_TURN, MAX_TURN),
         # Not max_attempts alone: an operator's `retry` of a job that spent its attempts
@@ -515,12 +521,98 @@ def budgets_table(
     return t
 
 
+# -- the schedules -----------------------------------------------------------------------------
+
+SCHEDULES_SUFFIX = "_schedules"
+
+#: What a schedule does about ticks that passed while no worker ran: one job for the latest
+#: of them, or none (`jobqueue.operations.schedules`).
+MISSED_POLICIES = ("once", "skip")
+
+#: The shortest and longest interval of an interval schedule, in seconds.
+MIN_EVERY = 1.0
+MAX_EVERY = 366 * 86400.0
+
+#: The longest cron expression and time zone name stored.
+MAX_CRON = 200
+MAX_TIMEZONE = 64
+
+
+def schedules_table_name(jobs_table_name: str) -> str:
+    """The schedules table of the jobs table ``jobs_table_name``
+    (``generation_jobs_schedules``)."""
+    return f"{jobs_table_name}{SCHEDULES_SUFFIX}"
+
+
+def schedules_table(
+    jobs_table_name: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """The `Table` of the periodic jobs (`jobqueue.sql.schedules`): one row per schedule,
+    with its timing (a cron expression in a time zone, or an interval), the job each tick
+    enqueues, what to do about missed ticks, and ``next_tick``, the tick the schedulers of
+    every worker wait for (moved on by exactly one of them per tick).
+
+    Its check constraints' names are ``<schedules>_<3 letters>_check``: with the longest
+    jobs table name they just fit PostgreSQL's 63 characters."""
+    validate_table_name(jobs_table_name)
+    if schema is not None:
+        validate_identifier(schema, "schema name")
+    name = schedules_table_name(jobs_table_name)
+    t = Table(
+        name,
+        metadata if metadata is not None else MetaData(),
+        Column("name", String(MAX_NAME), nullable=False),
+        Column("kind", String(MAX_NAME), nullable=False),
+        Column("queue", String(MAX_NAME), nullable=False, server_default=DEFAULT_QUEUE),
+        Column("payload", json_type(), nullable=False, server_default=text("'{}'")),
+        Column("priority", Integer(), nullable=False, server_default=text("0")),
+        Column("cron", String(MAX_CRON)),
+        Column("every_seconds", Float()),
+        Column("timezone", String(MAX_TIMEZONE), nullable=False, server_default="UTC"),
+        Column("missed", String(10), nullable=False, server_default="once"),
+        Column("enabled", Boolean(), nullable=False, server_default=true()),
+        Column("next_tick", UTCDateTime(), nullable=False),
+        Column("last_tick", UTCDateTime()),
+        Column("created_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        Column("updated_at", UTCDateTime(), nullable=False, server_default=DbNow()),
+        PrimaryKeyConstraint("name", name=f"{name}_pkey"),
+        schema=schema,
+    )
+    c = t.c
+    rules: dict[str, ColumnElement[bool]] = {
+        "nam": func.length(c.name).between(1, MAX_NAME),
+        "knd": func.length(c.kind).between(1, MAX_NAME),
+        "que": func.length(c.queue).between(1, MAX_NAME),
+        "pri": c.priority.between(-MAX_PRIORITY, MAX_PRIORITY),
+        # A cron expression or an interval, never both. The IS NOT NULLs matter: a check
+        # that comes out NULL passes.
+        "tim": or_(
+            and_(c.cron.isnot(None), c.every_seconds.is_(None), func.length(c.cron) >= 1),
+            and_(
+                c.cron.is_(None),
+                c.every_seconds.isnot(None),
+                c.every_seconds.between(MIN_EVERY, MAX_EVERY),
+            ),
+        ),
+        "tz": func.length(c.timezone).between(1, MAX_TIMEZONE),
+        "mis": c.missed.in_(MISSED_POLICIES),
+    }
+    for suffix, rule in rules.items():
+        t.append_constraint(CheckConstraint(rule, name=f"{name}_{suffix}_check"))
+    # What the schedulers read every round: the schedules due, by their next tick.
+    Index(f"{name}_due_idx", c.next_tick)
+    return t
+
+
 def companion_table_names(jobs_table_name: str) -> tuple[str, ...]:
     """The tables the migrations make beside the jobs table ``jobs_table_name`` (live
-    workers, limits, budgets): what a tool that hides or drops a jobs table must hide or
-    drop with it (besides Alembic's version table)."""
+    workers, limits, budgets, schedules): what a tool that hides or drops a jobs table must
+    hide or drop with it (besides Alembic's version table)."""
     return (
         workers_table_name(jobs_table_name),
         limits_table_name(jobs_table_name),
         budgets_table_name(jobs_table_name),
+        schedules_table_name(jobs_table_name),
     )

@@ -61,6 +61,7 @@ from .problems import (
 from .views import job_view
 
 if TYPE_CHECKING:
+    from ..observability import Metrics
     from ..worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class JobsApi:
     async def spending(self, request: Request) -> Response:
         """The caller's own spending over the last ``days`` (default 30): per status, the
         jobs, what they cost per unit, and how many failed or were cancelled after they
-        had cost money."""
+        had cost money; and the caller's budget, if it has one (`JobQueue.get_budget`)."""
         owner = await self.owner_of(request)
         days = _int_param(request, "days", DEFAULT_SPENDING_DAYS, 1, MAX_SPENDING_DAYS)
         lines = await self.queue.stats(timedelta(days=days), owner_id=owner)
@@ -248,8 +249,11 @@ class JobsApi:
             if line.cost_unit is not None:
                 total[line.cost_unit] = total.get(line.cost_unit, Decimal(0)) + line.cost
         lost = sum(line.charged for line in lines if line.status in _PAID_NOT_DELIVERED)
+        budget = await self.queue.get_budget(owner)
         body = {
             "days": days,
+            # The caller's budget, with what counts against it now and what is left.
+            "budget": None if budget is None else budget.to_dict(),
             "spent": [{"cost": str(v), "cost_unit": k} for k, v in sorted(total.items())],
             "paid_not_delivered": lost,
             "statuses": [
@@ -407,6 +411,7 @@ def create_app(
     check_origin: bool = True,
     trusted_origins: Iterable[str] = (),
     cancel_abandoned_after: float | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """Build the job API app.
 
@@ -430,6 +435,10 @@ def create_app(
     whose event streams all closed when none reconnects within that grace period, so a
     job its user walked away from is not paid for. A job a worker has started runs on; a
     client that only polls ``GET /jobs/{id}`` is no watcher and keeps its jobs.
+
+    ``metrics`` (a `jobqueue.observability.Metrics`) is served at ``GET /metrics`` for
+    Prometheus; give its ``worker`` to the in-process worker's ``observers`` to count its
+    jobs too. Anyone who can reach the app can read it: keep it behind your proxy's rules.
     """
     fits = _default_upload_limit(queue)
     upload_limit = fits if max_upload_bytes is None else max_upload_bytes
@@ -503,6 +512,8 @@ def create_app(
     ]
     if demo_page:
         routes.append(Route("/", api.demo_page, methods=["GET"]))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics.asgi(), methods=["GET", "HEAD"]))
     # Outermost first: a cross-site POST is refused before it gets an owner cookie.
     middleware = []
     trusted = tuple(origin_of(o) for o in trusted_origins)  # refused now, not at first request

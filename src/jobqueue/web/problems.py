@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import (
+    BudgetExceeded,
     DatabaseUnavailable,
     InvalidJobId,
     InvalidTransition,
@@ -73,6 +74,16 @@ DEMO_NOT_FOUND_HINT = (
 )
 
 
+#: What an end user refused by their budget can do (see `as_api_error`).
+BUDGET_HINT = (
+    "your budget for this period is used up: try again once it starts over, or ask for "
+    "a larger one; GET /spending shows what is left"
+)
+
+#: Seconds a client is asked to wait (``Retry-After``) when the job store is unavailable.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
 def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
     """The HTTP meaning of a library error (``demo``: the app tells owners apart by cookie)."""
     if isinstance(exc, ApiError):
@@ -88,8 +99,20 @@ def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
         return ApiError(409, "invalid_transition", exc.message, hint=exc.hint)
     if isinstance(exc, PayloadError):
         return ApiError(422, "invalid_request", exc.message, hint=exc.hint)
+    if isinstance(exc, BudgetExceeded):
+        # 402: the caller's own budget, not the server's load (429) refused it. The
+        # operator's hint (a command to run) is no use to an end user.
+        return ApiError(402, "budget_exceeded", exc.message, hint=BUDGET_HINT)
     if isinstance(exc, DatabaseUnavailable):
-        return ApiError(503, "unavailable", "the job store is unavailable, try again shortly")
+        # A bounded answer (the queue's command_timeout ends a wait on a silent database)
+        # that tells clients when to come back, instead of requests piling up behind it.
+        return ApiError(
+            503,
+            "unavailable",
+            "the job store is unavailable, try again shortly",
+            hint=f"retry in {UNAVAILABLE_RETRY_AFTER} s",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+        )
     return ApiError(500, "internal_error", "the job store failed to answer this request")
 
 

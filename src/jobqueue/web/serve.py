@@ -15,16 +15,22 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from ..errors import ConfigurationError
 from ..loading import import_object
 from ..queue import AsyncJobQueue
+from .admin import Authenticate, check_admin_bind, create_admin_app
 from .app import create_app
 from .owners import Identify
 
@@ -37,19 +43,30 @@ logger = logging.getLogger(__name__)
 
 def load_identify(path: str) -> Identify:
     """Import ``package.module:function`` and check it can be called as an identify hook."""
+    hook: Identify = _load_hook(path, "--identify", "identify hook", "myapp.auth:owner_of")
+    return hook
+
+
+def load_authenticate(path: str) -> Authenticate:
+    """Import ``package.module:function`` as the admin dashboard's authentication hook."""
+    hook: Authenticate = _load_hook(path, "--admin-auth", "admin hook", "myapp.auth:admin_of")
+    return hook
+
+
+def _load_hook(path: str, option: str, what: str, example: str) -> Any:
+    """The function ``path`` names, checked to be one: a request hook of the web apps."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(
-            f"--identify takes module:function, not {path!r}",
-            hint="for example --identify myapp.auth:owner_of",
+            f"{option} takes module:function, not {path!r}",
+            hint=f"for example {option} {example}",
         )
-    target: Any = import_object(path, "--identify").value
+    target: Any = import_object(path, option).value
     if not callable(target):
         raise ConfigurationError(
-            f"the identify hook {path!r} must be `async def f(request) -> str | None`"
+            f"the {what} {path!r} must be `async def f(request) -> str | None`"
         )
-    hook: Identify = target
-    return hook
+    return target
 
 
 def listen_on(host: str, port: int) -> socket.socket:
@@ -96,26 +113,70 @@ async def serve(
     log_level: str = "info",
     sock: socket.socket | None = None,
     cancel_abandoned_after: float | None = None,
+    admin: bool = False,
+    authenticate: Authenticate | None = None,
+    metrics: bool = False,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``generator``, run a worker in-process.
 
     ``sock`` is a socket from `listen_on` (by default, one for ``host`` and ``port``): the
     worker starts only once the address is ours. uvicorn owns the signals: on shutdown the
     app's lifespan stops the worker gracefully. ``cancel_abandoned_after``: as for
-    `create_app`.
+    `create_app`. With ``admin``, the admin dashboard (`create_admin_app`, with
+    ``authenticate``) is served under ``/admin/``; without a hook only on loopback.
+    With ``metrics``, Prometheus metrics (`jobqueue.observability.Metrics`: the database's
+    gauges, and the in-process worker's counters) are served at ``/metrics``.
     """
     from ..worker import Worker
 
+    if admin:
+        check_admin_bind(host, authenticate)
     if sock is None:
         sock = listen_on(host, port)
+    observed = None
+    if metrics:
+        from ..observability import Metrics
+
+        observed = Metrics(queue)
     worker = None
     if generator is not None:
-        worker = Worker(queue, generator=generator, concurrency=concurrency)
+        observers = [] if observed is None else [observed.worker]
+        worker = Worker(queue, generator=generator, concurrency=concurrency, observers=observers)
     app = create_app(
-        queue, identify=identify, worker=worker, cancel_abandoned_after=cancel_abandoned_after
+        queue,
+        identify=identify,
+        worker=worker,
+        cancel_abandoned_after=cancel_abandoned_after,
+        metrics=observed,
     )
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level=log_level)
+    served: ASGIApp = app
+    if admin:
+        served = with_admin(app, create_admin_app(queue, authenticate=authenticate))
+    config = uvicorn.Config(served, host=host, port=port, lifespan="on", log_level=log_level)
     await _Server(config, worker).serve(sockets=[sock])
+
+
+def with_admin(api: Starlette, dashboard: Starlette, path: str = "/admin") -> Starlette:
+    """One app: ``dashboard`` under ``path``, ``api`` everywhere else, with the API's
+    lifespan (its in-process worker) run for both."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with api.router.lifespan_context(api):
+            yield
+
+    async def to_dashboard(request: Request) -> Response:
+        # The page links its files and API relative to itself: it must end with a slash.
+        return RedirectResponse(request.url.replace(path=request.url.path + "/"), 308)
+
+    return Starlette(
+        routes=[
+            Route(path, to_dashboard, methods=["GET", "HEAD"]),
+            Mount(path, app=dashboard),
+            Mount("", app=api),
+        ],
+        lifespan=lifespan,
+    )
 
 
 class _Server(uvicorn.Server):

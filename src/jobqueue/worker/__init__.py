@@ -12,17 +12,21 @@ Its parts, each in a module of its own:
 - `jobqueue.worker.maintenance`: heartbeats, the reaper, the live-workers row and the
   LISTEN/NOTIFY wake-ups;
 - `jobqueue.worker.context`: what a handler is, returns and may do (`WorkerContext`);
-- `jobqueue.worker.registry`: `Registry`, an application's job kinds.
+- `jobqueue.worker.registry`: `Registry`, an application's job kinds;
+- `jobqueue.worker.observer`: what hears of the jobs (`Observer`: metrics, traces).
 """
 
 from __future__ import annotations
 
 from .context import Handler, HandlerResult, WorkerContext, generator_handler
+from .observer import Event, Observer
 from .worker import Worker, default_worker_id
 
 __all__ = [
+    "Event",
     "Handler",
     "HandlerResult",
+    "Observer",
     "Worker",
     "WorkerContext",
     "default_worker_id",

@@ -35,6 +35,7 @@ from ..models import Job, Status
 from ..operations import Completion
 from ..queue import AsyncJobQueue, Held
 from .lifecycle import Lifecycle
+from .observer import Event, Observer
 from .outcome import Failed, HeldBack, Outcome
 from .slots import Slot, Slots, matched
 from .writes import REFUSED, GaveUp, persist
@@ -67,7 +68,8 @@ class Completer:
 
     ``start_job`` starts a job claimed with a batch's completions; ``count_claim`` counts
     each claim statement (`Worker.claims`); ``slot_freed`` is called when a batch is
-    written (the claim loop or the drain may be waiting for it).
+    written (the claim loop or the drain may be waiting for it); ``observer`` hears of
+    each outcome written.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Completer:
         start_job: Callable[[Job], None],
         count_claim: Callable[[], None],
         slot_freed: Callable[[], None],
+        observer: Observer | None = None,
     ) -> None:
         self.queue = queue
         self.slots = slots
@@ -94,6 +97,7 @@ class Completer:
         self._start_job = start_job
         self._count_claim = count_claim
         self._slot_freed = slot_freed
+        self.observer = observer
         #: Attempts whose outcome was written (completed, failed, retried or held back).
         self.finished = 0
         self._batch: list[Slot] = []
@@ -181,6 +185,9 @@ class Completer:
             pass
         else:
             self.finished += 1
+            if self.observer is not None:
+                retried = after.status is Status.PENDING
+                self.observer.finished(job, Event.RETRIED if retried else Event.FAILED)
             if after.status is Status.PENDING:
                 wait = max(0.0, (after.run_at - after.updated_at).total_seconds())
                 log.warning(
@@ -217,6 +224,8 @@ class Completer:
             pass
         else:
             self.finished += 1
+            if self.observer is not None:
+                self.observer.finished(job, Event.HELD_BACK)
             log.warning(
                 "Job %s status: pending (held back %.1f s, attempt %d given back%s): %s",
                 job.id,
@@ -244,6 +253,8 @@ class Completer:
         except GaveUp:
             pass
         else:
+            if self.observer is not None:
+                self.observer.finished(job, Event.RELEASED)
             log.info("Job %s status: pending (released: the worker stopped)", job.id)
         self.slots.let_go(slot)
 
@@ -436,6 +447,8 @@ class Completer:
         self.slots.let_go(slot)
         if written:
             self.finished += 1
+            if self.observer is not None:
+                self.observer.finished(slot.job, Event.COMPLETED)
             log.info(
                 "Job %s status: completed in %.1fs", slot.job.id, time.monotonic() - slot.started
             )

@@ -76,6 +76,10 @@ class WorkerContext(OldContextNames):
         self.lease = queue.lease if lease is None else lease
         self._loop = loop
         self._remote_task_id = job.remote_task_id
+        #: When the database last confirmed this claim's lease (monotonic seconds): the
+        #: claim's answer, then each heartbeat answer that matched it (`confirm`). By the
+        #: database's clock the lease runs out no earlier than a lease after it.
+        self.confirmed = time.monotonic()
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours.
@@ -125,6 +129,47 @@ class WorkerContext(OldContextNames):
                 "the database refused the write; nothing was saved",
             ) from exc.__cause__
         self._remote_task_id = task_id
+
+    def confirm(self, when: float) -> None:
+        """The database confirmed the lease at ``when`` (monotonic): a heartbeat answer."""
+        self.confirmed = max(self.confirmed, when)
+
+    async def lease_confirmed(self) -> None:
+        """Extend the job's lease now, in a round trip of its own, and return once the
+        database has confirmed that the job is still this attempt's (a whole lease ahead).
+
+        A generator calls it (`jobqueue.generators.base.before_paid_request`) right before
+        a request that costs money and starts work that only its saved task id lets a
+        later attempt find (a provider's submit). A write that fails is retried (logged),
+        as the task id's is; a worker cut off from the database never gets its answer, and
+        its lease watch stops the attempt here once the lease must have run out, so the
+        request is never sent and the attempt that takes the job over pays only once.
+        `LeaseLost` when the job is no longer this attempt's, or the attempt was stopped."""
+
+        async def beat() -> None:
+            sent = time.monotonic()
+            alive = await self.queue.heartbeat_many(self.worker_id, [self.job], lease=self.lease)
+            if self.job.id not in alive:
+                raise LeaseLost(
+                    f"job {self.job.id} is no longer this attempt's: not sending a paid request"
+                )
+            self.confirm(sent)
+
+        try:
+            await persist(
+                beat,
+                gives_up=self.cancelled.is_set,
+                subject=f"Job {self.job.id}: ",
+                what="confirming the lease before a paid request",
+                consequence="the attempt was stopped; no paid request was sent",
+                backoff=Backoff(cap=WRITE_RETRY_CAP),
+                give_up_level=logging.WARNING,
+            )
+        except GaveUp as exc:
+            raise LeaseLost(
+                f"job {self.job.id}: the attempt was stopped before the database confirmed "
+                "its lease; no paid request was sent"
+            ) from exc.__cause__
 
     @property
     def remote_task_id(self) -> str | None:

@@ -4,10 +4,15 @@
   lease; a claim missing from the answer was cancelled, reaped or taken over, and its
   handler is stopped. The answer is matched to the claims sent, never to what the worker
   holds under those ids by the time it comes.
+- `LeaseWatch` stops the handlers of jobs whose leases must have run out because no
+  heartbeat got an answer for a whole lease while the database could not be reached (the
+  worker is cut off from it).
 - `Reaper` returns expired leases of crashed workers to the queue (or fails them when
   their attempts are spent).
 - `Expiry` moves pending jobs past their start deadline to ``expired`` (no claim takes
   them meanwhile, so this is the bookkeeping, not the guard).
+- `Scheduler` runs the periodic jobs: each schedule's tick enqueues exactly one job,
+  however many workers run one (the database decides which enqueues it).
 - `Presence` keeps the worker's row in the live-workers table: `Presence.announce` checks
   that the worker's role may do a worker's work and writes the row (a missing table or a
   refused permission stops the worker there, with our error and its hint; other errors
@@ -34,7 +39,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..backoff import Backoff
 from ..drivers.listen import Listener, libpq_url
@@ -47,9 +52,12 @@ from ..errors import (
 )
 from ..models import Job, Status, WorkerPresence
 from ..operations.presence import beat_interval_of, ttl_of
+from ..operations.schedules import ScheduleRound, ScheduleSpec
 from ..queue import AsyncJobQueue
 from ..sql.limits import ENTRY_BATCH
 from ..sql.manage import EXPIRY_BATCH
+from ..sql.schedules import DUE_BATCH
+from .observer import Observer
 from .outcome import StopReason
 from .slots import Slot, Slots, matched
 
@@ -148,7 +156,10 @@ class Heartbeats(Periodic):
         alive = await self.queue.heartbeat_many(
             self.worker_id, [slot.job for slot in sent], lease=self.lease
         )
+        answered = time.monotonic()
         kept = matched(sent, alive)
+        for slot in kept:
+            slot.ctx.confirm(answered)
         for slot in sent:
             # Each answer is about the claim sent. One this worker no longer holds (its
             # outcome was written, or the worker claimed the job again meanwhile and
@@ -188,6 +199,63 @@ class Heartbeats(Periodic):
         self.slots.let_go(slot)
 
 
+class LeaseWatch(Periodic):
+    """Gives up, locally, the jobs whose leases must have run out while the database could
+    not be reached: a running handler whose claim the database has not confirmed (the
+    claim's answer, then each heartbeat answer: `WorkerContext.confirmed`) for a whole
+    ``lease`` by this process's monotonic clock, with an operation of the worker failing as
+    unreachable since (`AsyncJobQueue.unreachable_at`: a lost connection, a refused one, or
+    no answer within the queue's ``command_timeout``), is stopped as a lost lease, and the
+    worker stops holding the job.
+
+    That is what a worker cut off from the database (a partition, a silent network) does
+    on its own: by then another worker may have claimed the job, and its handler must not
+    go on (polling, paying a provider) for an outcome that will be refused. Its late
+    writes are fenced anyway; this ends the work itself. A database that answers slowly
+    (a heartbeat waiting on a lock, SQLite's write lock under load) is waited for instead:
+    once it answers, the heartbeat extends the lease of every job nobody took over, and
+    their work goes on. Looks every tenth of a lease (at most a second), independently of
+    the heartbeat's rounds, which may themselves be waiting on the network."""
+
+    name = "lease-watch"
+    failure = "watching leases"
+
+    def __init__(self, queue: AsyncJobQueue, slots: Slots, lease: float) -> None:
+        super().__init__(min(1.0, lease / 10), backoff=False)
+        self.queue = queue
+        self.slots = slots
+        self.lease = lease
+        #: Handlers stopped because their lease must have run out.
+        self.given_up = 0
+
+    async def round(self) -> None:
+        unreachable_at = self.queue.unreachable_at
+        if unreachable_at is None:
+            return
+        now = time.monotonic()
+        for slot in list(self.slots.held.values()):
+            confirmed = slot.ctx.confirmed
+            if (
+                slot.handler_done
+                or slot.task is None
+                or unreachable_at < confirmed
+                or now - confirmed < self.lease
+            ):
+                continue
+            self.given_up += 1
+            log.warning(
+                "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs) and the "
+                "database cannot be reached, so its lease has run out and another worker "
+                "may hold it now; stopping its handler (attempt %d)",
+                slot.job.id,
+                now - confirmed,
+                self.lease,
+                slot.job.attempts,
+            )
+            slot.stop_handler(StopReason.LEASE_LOST)
+            self.slots.let_go(slot)
+
+
 class Reaper(Periodic):
     """Returns jobs of crashed workers (expired leases) to the queue every ``interval``
     seconds, or fails them when their attempts are spent (the claim leaves those alone).
@@ -199,14 +267,25 @@ class Reaper(Periodic):
     name = "reaper"
     failure = "reaping expired leases"
 
-    def __init__(self, queue: AsyncJobQueue, interval: float, *, at_once: bool = False):
+    def __init__(
+        self,
+        queue: AsyncJobQueue,
+        interval: float,
+        *,
+        at_once: bool = False,
+        observer: Observer | None = None,
+    ):
         first = 0.0 if at_once else random.uniform(0.5, 1.0) * interval
         super().__init__(interval, first=first, backoff=False)
         self.queue = queue
+        self.observer = observer
 
     async def round(self) -> None:
-        for job_id, status in await self.queue.reap():
+        moved = await self.queue.reap()
+        for job_id, status in moved:
             log.warning("Job %s: lease expired; moved back to %s", job_id, status)
+        if moved and self.observer is not None:
+            self.observer.reaped(moved)
 
 
 class Entrance(Periodic):
@@ -239,17 +318,66 @@ class Expiry(Periodic):
     name = "expiry"
     failure = "expiring jobs past their start deadline"
 
-    def __init__(self, queue: AsyncJobQueue, interval: float):
+    def __init__(self, queue: AsyncJobQueue, interval: float, *, observer: Observer | None = None):
         super().__init__(interval, first=0.0)
         self.queue = queue
+        self.observer = observer
 
     async def round(self) -> None:
         while True:
             expired = await self.queue.expire()
             for job in expired:
                 log.info("Job %s status: expired (not started by its deadline)", job.id)
+            if expired and self.observer is not None:
+                self.observer.expired(expired)
             if len(expired) < EXPIRY_BATCH:
                 return
+
+
+class Scheduler(Periodic):
+    """Runs the periodic jobs (`AsyncJobQueue.run_schedules`) every ``interval`` seconds:
+    each schedule whose tick has come gets one job, however many workers' schedulers run
+    (the database decides which one enqueues it). The first round comes at once, and
+    first writes ``declared`` (the worker's registry's schedules) to the schedules table.
+    Rounds follow each other at once while a round fills a whole batch."""
+
+    name = "scheduler"
+    failure = "running the schedules"
+
+    def __init__(
+        self, queue: AsyncJobQueue, interval: float, declared: Sequence[ScheduleSpec] = ()
+    ):
+        super().__init__(interval, first=0.0)
+        self.queue = queue
+        self.declared = list(declared)
+        self._told: set[str] = set()
+
+    async def round(self) -> None:
+        try:
+            if self.declared:
+                await self.queue.declare_schedules(self.declared)
+                log.info("Schedules declared: %s", ", ".join(spec.name for spec in self.declared))
+                self.declared = []
+            while True:
+                done = await self.queue.run_schedules()
+                self._report(done)
+                if done.due < DUE_BATCH:
+                    return
+        except SchemaNotInstalled as exc:
+            # A database not migrated to the schedules yet: said once, not every second.
+            if "schema" not in self._told:
+                self._told.add("schema")
+                log.warning("Schedules are not run: %s (%s)", exc.message, exc.hint)
+
+    def _report(self, done: ScheduleRound) -> None:
+        for job in done.enqueued:
+            log.info("Job %s enqueued by its schedule (%s)", job.id, job.idempotency_key)
+        for name in done.skipped:
+            log.info("Schedule %s: skipped missed ticks", name)
+        for name, why in done.broken.items():
+            if name not in self._told:
+                self._told.add(name)
+                log.warning("Schedule %s cannot run: %s", name, why)
 
 
 class Presence(Periodic):
@@ -366,8 +494,10 @@ __all__ = [
     "STOP_TIMEOUT",
     "Expiry",
     "Heartbeats",
+    "LeaseWatch",
     "Periodic",
     "Presence",
     "Reaper",
+    "Scheduler",
     "Wakeups",
 ]

@@ -19,6 +19,13 @@ myapp.jobs:jobs``) and where producers take each kind's defaults (``jobs.enqueue
   unless told which queues to use.
 - ``timeout``: how long the worker lets a handler of this kind run before it fails the
   attempt (retried by the job's policy); it wins over the worker's ``job_timeout``.
+- ``estimated_cost``: what a job of this kind is expected to cost, given to jobs created
+  through the registry as their ``estimated_cost`` (reserved against their owner's budget,
+  `JobQueue.set_budget`) unless the caller gives one.
+
+``jobs.schedule("nightly", "report", cron="0 3 * * *", timezone="Europe/Berlin")``
+declares a periodic job (docs/schedules.md): every worker built from the registry writes
+it to the database at start and runs the scheduler.
 
 This module knows handlers only as values to keep: running them is the worker's part.
 """
@@ -26,8 +33,9 @@ This module knows handlers only as values to keep: running them is the worker's 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -35,6 +43,7 @@ from ..errors import ConfigurationError, PayloadError
 from ..generators.base import IMAGE_KIND, Generator
 from ..models import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_ATTEMPTS_LIMIT, MAX_NAME
 from ..operations import check_int, check_text, seconds_of
+from ..validation import check_cost
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -43,6 +52,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from ..models import Job
+    from ..operations.schedules import ScheduleSpec
     from ..queue import AsyncJobQueue, EnqueueOptions, JobQueue
     from .context import Handler
 
@@ -62,6 +72,8 @@ class JobKind:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: Seconds a handler of this kind may run; None: the worker's ``job_timeout``.
     timeout: float | None = None
+    #: What a job of this kind is expected to cost (reserved against its owner's budget).
+    estimated_cost: Decimal | None = None
 
 
 class Registry:
@@ -76,6 +88,8 @@ class Registry:
     def __init__(self, *, image: bool = True) -> None:
         self.image = image
         self._kinds: dict[str, JobKind] = {}
+        #: Declared schedules by name, each with whether it names its queue.
+        self._schedules: dict[str, tuple[ScheduleSpec, bool]] = {}
 
     @classmethod
     def of(cls, handlers: Mapping[str, Handler | Generator]) -> Registry:
@@ -95,12 +109,20 @@ class Registry:
         queue: str = DEFAULT_QUEUE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
+        estimated_cost: Decimal | int | str | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated ``async def h(job, ctx)`` (or plain function, run in a
         thread) as the handler of ``kind``; the function itself is returned unchanged."""
 
         def register(function: H) -> H:
-            self.add(kind, function, queue=queue, max_attempts=max_attempts, timeout=timeout)
+            self.add(
+                kind,
+                function,
+                queue=queue,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                estimated_cost=estimated_cost,
+            )
             return function
 
         return register
@@ -113,6 +135,7 @@ class Registry:
         queue: str = DEFAULT_QUEUE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | timedelta | None = None,
+        estimated_cost: Decimal | int | str | None = None,
     ) -> JobKind:
         """Register ``handler`` (a function or a `Generator`) for ``kind``; as `handler`."""
         _checked(check_text, kind, "a job kind", limit=MAX_NAME)
@@ -133,15 +156,73 @@ class Registry:
         if timeout is not None:
             what = f"the timeout of kind {kind!r}"
             seconds = _checked(seconds_of, timeout, what, low=MIN_TIMEOUT)
-        entry = JobKind(kind, handler, queue, max_attempts, seconds)
+        estimate = _checked(check_cost, estimated_cost, f"the estimated cost of kind {kind!r}")
+        entry = JobKind(kind, handler, queue, max_attempts, seconds, estimate)
         self._kinds[kind] = entry
         return entry
+
+    def schedule(
+        self,
+        name: str,
+        kind: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        payload: Any = None,
+        queue: str | None = None,
+        priority: int = 0,
+        missed: str = "once",
+    ) -> ScheduleSpec:
+        """Declare the periodic job ``name``: a job of ``kind`` at each tick of ``cron`` (a
+        cron expression read in ``timezone``; needs the ``cron`` extra) or ``every``
+        seconds. Every worker built from this registry writes it to the schedules table
+        when it starts (the last worker to start wins if two disagree), and each tick makes
+        one job whichever workers run. ``queue`` defaults to the kind's, as registered by
+        the time a worker starts. ``missed``: what ticks missed while no worker ran make,
+        one job for the latest (``"once"``) or none (``"skip"``). See docs/schedules.md."""
+        from ..operations.schedules import define_schedule
+
+        if name in self._schedules:
+            raise ConfigurationError(
+                f"schedule {name!r} is declared twice", hint="give each schedule its own name"
+            )
+        try:
+            spec = define_schedule(
+                name,
+                kind=kind,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                queue=queue or DEFAULT_QUEUE,
+                payload=payload,
+                priority=priority,
+                missed=missed,
+            )
+        except PayloadError as exc:
+            raise ConfigurationError(
+                exc.message, hint=f"fix the schedule's declaration ({exc.hint})"
+            ) from None
+        self._schedules[name] = (spec, queue is not None)
+        return spec
+
+    @property
+    def schedules(self) -> list[ScheduleSpec]:
+        """The declared schedules, each in its kind's queue unless it names one."""
+        out = []
+        for spec, queue_given in self._schedules.values():
+            entry = self._kinds.get(spec.kind)
+            if not queue_given and entry is not None:
+                spec = replace(spec, queue=entry.queue)
+            out.append(spec)
+        return out
 
     def with_default(self, kind: str, handler: Handler | Generator) -> Registry:
         """A copy that also runs ``kind`` with ``handler`` (default options), unless this
         registry registers ``kind`` itself; this registry is left as it is."""
         copy = Registry(image=self.image)
         copy._kinds = dict(self._kinds)
+        copy._schedules = dict(self._schedules)
         if kind not in copy._kinds:
             copy.add(kind, handler)
         return copy
@@ -184,7 +265,8 @@ class Registry:
     # -- producing ------------------------------------------------------------------------------
 
     def enqueue_options(self, kind: str, **given: Unpack[EnqueueOptions]) -> EnqueueOptions:
-        """``given`` completed with the kind's ``queue`` and ``max_attempts``; a value the
+        """``given`` completed with the kind's ``queue``, ``max_attempts`` and
+        ``estimated_cost``; a value the
         caller gives wins. `ConfigurationError` for a kind this registry does not serve
         (a typo would otherwise wait for a worker that never comes)."""
         entry = self._kinds.get(kind)
@@ -197,6 +279,8 @@ class Registry:
                 hint=f'register it with @jobs.handler("{kind}") or check its spelling',
             )
         options: EnqueueOptions = {"queue": entry.queue, "max_attempts": entry.max_attempts}
+        if entry.estimated_cost is not None:
+            options["estimated_cost"] = entry.estimated_cost
         options.update(given)
         return options
 

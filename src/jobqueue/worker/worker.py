@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
+from .. import tracing
 from ..backoff import Backoff
 from ..drivers.listen import Listener
 from ..errors import ConfigurationError, PayloadError, describe_error
@@ -50,8 +51,19 @@ from .completer import Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
-from .maintenance import Entrance, Expiry, Heartbeats, Periodic, Presence, Reaper, Wakeups
-from .outcome import StopReason
+from .maintenance import (
+    Entrance,
+    Expiry,
+    Heartbeats,
+    LeaseWatch,
+    Periodic,
+    Presence,
+    Reaper,
+    Scheduler,
+    Wakeups,
+)
+from .observer import Observer, Observers, Tracing
+from .outcome import Outcome, StopReason
 from .registry import Registry
 from .slots import Slot, Slots
 
@@ -105,8 +117,16 @@ class Worker:
       they are cancelled and released to ``pending`` (no attempt spent).
     - ``job_timeout``: a handler running longer fails its attempt (retried by policy).
     - ``reap_interval``: how often expired leases are reaped (default: ``lease``).
+    - ``schedules``: run the scheduler of periodic jobs (`add_schedule`, and the
+      registry's `Registry.schedule`, written to the database at start) every
+      ``schedule_interval``; every worker may run it, and each tick still makes one job.
+      `run_until_idle` never runs it.
     - ``log_file``: deprecated; wrap the run in ``jobqueue.logs.log_to_file(path)``
       instead. Also writes the ``jobqueue`` log lines to this file while serving.
+    - ``observers``: what hears of each job's start, end and outcome
+      (`jobqueue.worker.observer.Observer`), such as
+      `jobqueue.observability.WorkerMetrics`; ``trace`` (default True) continues each
+      job's trace around its run when OpenTelemetry is installed (`jobqueue.tracing`).
 
     A sync handler runs on a thread of the worker's own pool (twice ``concurrency``) and
     cannot be interrupted: it should check ``ctx.cancelled.is_set()`` in long loops.
@@ -130,6 +150,10 @@ class Worker:
         log_file: str | os.PathLike[str] | None = None,
         kinds: Sequence[str] | None = None,
         all_kinds: bool = False,
+        schedules: bool = True,
+        schedule_interval: float | timedelta = 1.0,
+        observers: Sequence[Observer] = (),
+        trace: bool = True,
     ) -> None:
         if not isinstance(queue, AsyncJobQueue):
             raise ConfigurationError(
@@ -181,6 +205,9 @@ class Worker:
             self.lease if reap_interval is None else _seconds(reap_interval, "reap_interval")
         )
         self.listen = listen
+        #: Whether `run` runs the periodic jobs' scheduler, and how often it looks.
+        self.schedules = schedules
+        self.schedule_interval = _seconds(schedule_interval, "schedule_interval")
         self.worker_id = worker_id or default_worker_id()
         if log_file is not None:
             warnings.warn(
@@ -192,6 +219,8 @@ class Worker:
         self.log_file = log_file
         #: The LISTEN/NOTIFY listener while `run` is serving on PostgreSQL with ``listen``.
         self.listener: Listener | None = None
+        #: The watch that gives up jobs whose lease must have run out, while `run` serves.
+        self.lease_watch: LeaseWatch | None = None
         #: Claim statements run so far (each may take many jobs).
         self.claims = 0
         self._lifecycle = Lifecycle(self.worker_id, self.grace_period)
@@ -202,6 +231,7 @@ class Worker:
             # Twice `concurrency`, so threads of abandoned sync handlers leave room.
             threads=2 * concurrency,
         )
+        self._observer = _observer_of(observers, trace)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = Slots(concurrency)
         self._completer = self._new_completer()
@@ -306,12 +336,17 @@ class Worker:
         return presence
 
     def _services(self, until_idle: bool) -> list[Periodic | Wakeups]:
+        self.lease_watch = LeaseWatch(self.queue, self._slots, self.lease)
         services: list[Periodic | Wakeups] = [
             Heartbeats(self.queue, self._slots, self.worker_id, self.lease),
-            Reaper(self.queue, self.reap_interval, at_once=until_idle),
+            self.lease_watch,
+            Reaper(self.queue, self.reap_interval, at_once=until_idle, observer=self._observer),
             Entrance(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
-            Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL)),
+            Expiry(self.queue, min(self.poll_interval, ENTRY_INTERVAL), observer=self._observer),
         ]
+        if not until_idle and self.schedules:
+            declared = self.registry.schedules
+            services.append(Scheduler(self.queue, self.schedule_interval, declared))
         if not until_idle and self.listen and self.queue.is_postgres:
             wakeups = Wakeups(self.queue, self.worker_id, self._on_notify)
             self.listener = wakeups.listener
@@ -330,6 +365,7 @@ class Worker:
             start_job=self._start,
             count_claim=self._count_claim,
             slot_freed=self._slot_freed,
+            observer=self._observer,
         )
 
     async def _claim_loop(self) -> None:
@@ -435,7 +471,10 @@ class Worker:
         it in the end."""
         try:
             try:
-                outcome = await self._executor.run(slot)
+                if self._observer is None:
+                    outcome = await self._executor.run(slot)
+                else:
+                    outcome = await self._observed_run(self._observer, slot)
             finally:
                 self._slots.handler_ended(slot)
             await self._completer.record(slot, outcome)
@@ -445,6 +484,25 @@ class Worker:
             log.exception("Job %s: the worker could not record its outcome", slot.job.id)
             if not self._completer.batched(slot):
                 self._slots.let_go(slot)
+
+    async def _observed_run(self, observer: Observer, slot: Slot) -> Outcome:
+        """`Executor.run` with ``observer`` told of its start and end (in this task, so
+        what it makes current, a trace's span, is current for the handler)."""
+        job = slot.job
+        try:
+            started = observer.started(job)
+        except Exception:
+            log.exception("Job %s: an observer failed on its start", job.id)
+            return await self._executor.run(slot)
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._executor.run(slot)
+            return outcome
+        finally:
+            try:
+                observer.ran(job, started, outcome)
+            except Exception:
+                log.exception("Job %s: an observer failed on its end", job.id)
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -479,6 +537,20 @@ class Worker:
                 await completer.release(slot)
         lifecycle.close()
         await completer.finish()
+
+
+def _observer_of(observers: Sequence[Observer], trace: bool) -> Observer | None:
+    """What hears of the worker's jobs: None (nothing to pay for) without observers and
+    without OpenTelemetry."""
+    chosen: list[Observer] = []
+    if trace and tracing.available():
+        chosen.append(Tracing())
+    chosen += observers
+    if not chosen:
+        return None
+    if len(chosen) == 1 and isinstance(chosen[0], Tracing):
+        return chosen[0]
+    return Observers(chosen)
 
 
 def _as_handler(handler: Handler | Generator) -> Handler:

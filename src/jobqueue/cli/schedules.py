@@ -1,0 +1,160 @@
+"""Commands about periodic jobs: ``schedule add``, ``schedule list``, ``schedule remove``.
+
+They only call the queue's API (`JobQueue.add_schedule`, `list_schedules`,
+`remove_schedule`); the schedules live in the database, and every worker's scheduler
+runs them (docs/schedules.md).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import click
+from rich.table import Table
+
+from ..errors import PayloadError
+from ..models import DEFAULT_QUEUE
+from .group import CommandFailed, Env, cli, pass_env
+from .output import DURATION, echo_json, out, when
+
+if TYPE_CHECKING:
+    from ..operations.schedules import Schedule
+
+
+@cli.group("schedule")
+def schedule_group() -> None:
+    """Periodic jobs: a job of a kind at each tick of a cron expression or an interval.
+
+    Every worker runs the scheduler; each tick makes exactly one job however many run.
+    See docs/schedules.md.
+    """
+
+
+@schedule_group.command("add")
+@click.argument("name")
+@click.option(
+    "--cron", metavar="EXPR", help="A cron expression, e.g. '*/5 * * * *' (needs the cron extra)."
+)
+@click.option("--every", type=DURATION, help="An interval instead of --cron: 30s, 5m, 1h.")
+@click.option(
+    "--tz",
+    "timezone",
+    default="UTC",
+    show_default=True,
+    help="The time zone the cron expression is read in (an IANA name: Europe/Berlin).",
+)
+@click.option("--kind", required=True, help="The kind of job each tick enqueues.")
+@click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Its queue.")
+@click.option("--payload", default="{}", show_default=True, help="Its payload, as JSON.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Its priority.")
+@click.option(
+    "--missed",
+    type=click.Choice(["once", "skip"]),
+    default="once",
+    show_default=True,
+    help="Ticks missed while no worker ran: one job for the latest (once) or none (skip).",
+)
+@pass_env
+def schedule_add_command(
+    env: Env,
+    name: str,
+    cron: str | None,
+    every: timedelta | None,
+    timezone: str,
+    kind: str,
+    queue: str,
+    payload: str,
+    priority: int,
+    missed: str,
+) -> None:
+    """Create the schedule NAME, or replace its definition.
+
+    For example `jobqueue schedule add cleanup --every 1h --kind cleanup` or `jobqueue
+    schedule add report --cron '0 9 * * 1-5' --tz Europe/Berlin --kind report`. Its next
+    tick is the first after now; changing only the job (kind, queue, payload) keeps it.
+    """
+    if (cron is None) == (every is None):
+        raise PayloadError(
+            "give either --cron or --every", hint="e.g. --cron '*/5 * * * *' or --every 30s"
+        )
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise PayloadError(
+            f"--payload is not JSON: {exc}", hint="e.g. --payload '{\"n\": 1}'"
+        ) from None
+    with env.queue() as q:
+        schedule = q.add_schedule(
+            name,
+            kind=kind,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            queue=queue,
+            payload=value,
+            priority=priority,
+            missed=missed,
+        )
+    out().print(
+        f"schedule {schedule.name}: {schedule.timing}, a {schedule.kind} job in "
+        f"{schedule.queue}; next tick {when(schedule.next_tick)}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@schedule_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@pass_env
+def schedule_list_command(env: Env, as_json: bool) -> None:
+    """Show every schedule: its timing, its job, its next and last tick (local time)."""
+    with env.queue() as q:
+        schedules = q.list_schedules()
+    if as_json:
+        echo_json([s.to_dict() for s in schedules])
+    elif not schedules:
+        out().print(
+            "No schedules. Add one with `jobqueue schedule add NAME --every 1h --kind KIND`.",
+            markup=False,
+        )
+    else:
+        out().print(render_schedules(schedules))
+
+
+def render_schedules(schedules: list[Schedule]) -> Table:
+    table = Table(header_style="bold")
+    table.add_column("name", overflow="fold")
+    table.add_column("timing", overflow="fold")
+    table.add_column("kind", overflow="fold")
+    table.add_column("queue", overflow="fold")
+    table.add_column("missed", no_wrap=True)
+    table.add_column("next tick", no_wrap=True)
+    table.add_column("last tick", no_wrap=True)
+    for s in schedules:
+        table.add_row(
+            s.name,
+            s.timing,
+            s.kind,
+            s.queue,
+            s.missed,
+            when(s.next_tick) if s.enabled else "disabled",
+            when(s.last_tick),
+        )
+    return table
+
+
+@schedule_group.command("remove")
+@click.argument("name")
+@pass_env
+def schedule_remove_command(env: Env, name: str) -> None:
+    """Delete the schedule NAME; the jobs it made stay. Exit code 1 when there was none.
+
+    A schedule a worker's registry declares comes back when such a worker starts: remove
+    it from the registry too."""
+    with env.queue() as q:
+        removed = q.remove_schedule(name)
+    if not removed:
+        raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
+    out().print(f"removed the schedule {name}", markup=False, soft_wrap=True)

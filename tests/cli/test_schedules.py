@@ -1,0 +1,55 @@
+"""The ``schedule`` commands (add, list, remove) run as a user runs them: the installed
+console script in a subprocess, against SQLite and PostgreSQL, the effect checked through
+the queue's own API."""
+
+from __future__ import annotations
+
+import json
+
+from jobqueue import JobQueue, migrate
+from tests.cli.helpers import Run
+
+
+def test_schedule_add_list_and_remove(jq: Run, db_url: str, table_name: str) -> None:
+    migrate(db_url, table=table_name)
+    cron = jq(
+        "schedule", "add", "report", "--cron", "0 9 * * 1-5", "--tz", "Europe/Berlin",
+        "--kind", "report", "--queue", "reports", "--payload", '{"n": 1}',
+    )  # fmt: skip
+    assert cron.code == 0, cron.err
+    assert cron.out.startswith("schedule report: cron '0 9 * * 1-5' (Europe/Berlin), a report")
+    every = jq(
+        "schedule", "add", "cleanup", "--every", "30s", "--kind", "cleanup", "--missed", "skip"
+    )  # fmt: skip
+    assert every.code == 0, every.err
+
+    shown = jq("schedule", "list", "--json")
+    assert shown.code == 0, shown.err
+    rows = {r["name"]: r for r in json.loads(shown.out)}
+    assert rows["report"]["payload"] == {"n": 1} and rows["report"]["queue"] == "reports"
+    assert (rows["cleanup"]["every"], rows["cleanup"]["missed"]) == (30.0, "skip")
+    table = jq("schedule", "list")
+    assert table.code == 0 and "every 30s" in table.out and "Europe/Berlin" in table.out
+
+    with JobQueue(db_url, table=table_name) as q:
+        assert {s.name for s in q.list_schedules()} == {"report", "cleanup"}
+
+    assert jq("schedule", "remove", "report").code == 0
+    jq("schedule", "remove", "report").one_line_error(1, "no schedule 'report'")
+    assert [r["name"] for r in json.loads(jq("schedule", "list", "--json").out)] == ["cleanup"]
+
+
+def test_schedule_add_refuses_what_cannot_tick(jq: Run, db_url: str, table_name: str) -> None:
+    migrate(db_url, table=table_name)
+    jq("schedule", "add", "s", "--kind", "k").one_line_error(2, "--cron or --every")
+    jq("schedule", "add", "s", "--kind", "k", "--cron", "99 * * * *").one_line_error(
+        2, "invalid cron expression"
+    )
+    jq("schedule", "add", "s", "--kind", "k", "--every", "1m", "--tz", "Mars/Base").one_line_error(
+        2, "unknown time zone"
+    )
+    jq("schedule", "add", "s", "--kind", "k", "--every", "1m", "--payload", "{").one_line_error(
+        2, "--payload is not JSON"
+    )
+    empty = jq("schedule", "list")
+    assert empty.code == 0 and "No schedules" in empty.out
