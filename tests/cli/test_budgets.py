@@ -23,7 +23,10 @@ def test_budget_commands_keep_the_budget_enqueues_obey(
     first = jq("enqueue", "email", "--owner", "ann", "--estimated-cost", "1")
     assert first.code == 0, first.err
     refused = jq("enqueue", "email", "--owner", "ann", "--estimated-cost", "1")
-    refused.one_line_error(1, "over budget", "jobqueue budget set")
+    # The hint's command keeps the budget's period and unit (`budget set` replaces it whole).
+    refused.one_line_error(
+        1, "over budget", "`jobqueue budget set ann AMOUNT --period day --unit USD`"
+    )
 
     shown = jq("budget", "show", "ann", "--json")
     assert shown.code == 0, shown.err
@@ -34,7 +37,12 @@ def test_budget_commands_keep_the_budget_enqueues_obey(
         "ann: 1 of 1.5 USD spent today, 0.5 USD left",
         "bob: 0 of 10 spent of the prepaid balance, 10 left",
     ]
-    jq("budget", "remove", "carl").one_line_error(1, "no budget")
+    jq("budget", "remove", "carl").one_line_error(1, "no budget", "jobqueue budget list")
+    jq("budget", "show", "carl").one_line_error(1, "no budget", "jobqueue budget list")
+    # A prepaid balance is topped up, never waited for; the command keeps its period.
+    jq("enqueue", "email", "--owner", "bob", "--estimated-cost", "11").one_line_error(
+        1, "top the prepaid balance up with `jobqueue budget set bob AMOUNT --period balance`"
+    )
     jq("budget", "set", "ann", "0.0000001").one_line_error(2, "amount")
 
     assert jq("budget", "remove", "ann").code == 0

@@ -5,6 +5,7 @@ the queue's own API."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from jobqueue import JobQueue, migrate
 from tests.cli.helpers import Run
@@ -30,6 +31,14 @@ def test_schedule_add_list_and_remove(jq: Run, db_url: str, table_name: str) -> 
     assert (rows["cleanup"]["every"], rows["cleanup"]["missed"]) == (30.0, "skip")
     table = jq("schedule", "list")
     assert table.code == 0 and "every 30s" in table.out and "Europe/Berlin" in table.out
+    # A tick is local time, named: unnamed, it would read as the schedule's own wall clock.
+    tick = datetime.fromisoformat(rows["report"]["next_tick"]).astimezone()
+    assert f"{tick:%Y-%m-%d %H:%M:%S} {tick.tzname()}" in table.out
+    assert cron.out.rstrip().endswith(f"next tick {tick:%Y-%m-%d %H:%M:%S} {tick.tzname()}")
+    assert ", an email job in default;" in jq(
+        "schedule", "add", "mail", "--every", "1h", "--kind", "email"
+    ).out  # fmt: skip
+    assert jq("schedule", "remove", "mail").code == 0
 
     with JobQueue(db_url, table=table_name) as q:
         assert {s.name for s in q.list_schedules()} == {"report", "cleanup"}
@@ -42,6 +51,9 @@ def test_schedule_add_list_and_remove(jq: Run, db_url: str, table_name: str) -> 
 def test_schedule_add_refuses_what_cannot_tick(jq: Run, db_url: str, table_name: str) -> None:
     migrate(db_url, table=table_name)
     jq("schedule", "add", "s", "--kind", "k").one_line_error(2, "--cron or --every")
+    jq("schedule", "add", "s", "--kind", "k", "--every", "0s").one_line_error(
+        2, "--every must be between 1s and 366d, not 0s"
+    )
     jq("schedule", "add", "s", "--kind", "k", "--cron", "99 * * * *").one_line_error(
         2, "invalid cron expression"
     )

@@ -61,7 +61,9 @@ async def test_enqueue_reserves_and_refuses_past_the_budget(q: Either) -> None:
         await q.enqueue("image", {}, owner_id="ann", estimated_cost=E)
     exc = refused.value
     assert (exc.owner_id, exc.amount, exc.spent, exc.requested) == ("ann", 3 * E, 3 * E, E)
-    assert "over budget" in exc.message and "budget set" in exc.hint
+    assert "over budget" in exc.message
+    # The hint's command keeps the budget's own period (`budget set` replaces it whole).
+    assert "`jobqueue budget set ann AMOUNT --period day`" in exc.hint
     assert len(await q.list(owner_id="ann")) == 3  # nothing was written
     # Other owners, with a budget of their own or none, are not held to ann's.
     await q.enqueue("image", {}, owner_id="bob", estimated_cost=E)
@@ -77,8 +79,9 @@ async def test_a_batch_is_enqueued_whole_or_not_at_all(q: Either) -> None:
         NewJob(owner_id="ann", estimated_cost=E),
         NewJob(owner_id="ann", estimated_cost=E),
     ]
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded) as refused:
         await q.enqueue_many(batch)
+    assert "budget set ann AMOUNT --period month`" in refused.value.hint
     assert await q.list() == []
     done = await q.enqueue_many(batch[:3])
     assert [j.reserved for j in done] == [None, E, E]

@@ -148,6 +148,10 @@ def test_the_lock_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch, postgres
     assert shown(lock_timeout=0.25) == "250ms"
     monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "2")
     assert shown() == "2s"
+    monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "3s")  # PostgreSQL's own units read too
+    assert shown() == "3s"
+    monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "750ms")
+    assert shown() == "750ms"
     monkeypatch.setenv("JOBQUEUE_LOCK_TIMEOUT", "soon")
     with pytest.raises(ConfigurationError, match="JOBQUEUE_LOCK_TIMEOUT"):
         shown()

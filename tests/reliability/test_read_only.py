@@ -111,9 +111,12 @@ def test_a_read_only_sqlite_connection(jobqueue_sqlite_url: str, table_name: str
     migrate(jobqueue_sqlite_url, table=table_name)
     path = make_url(jobqueue_sqlite_url).database
     with JobQueue(f"sqlite:///file:{path}?mode=ro&uri=true", table=table_name) as q:
-        with pytest.raises(DatabaseReadOnly):
+        with pytest.raises(DatabaseReadOnly) as caught:
             q.enqueue("image", {})
         assert q.list() == []
+    # The hint is about a file, not a server's settings or its standby.
+    assert "database file" in caught.value.hint
+    assert "default_transaction_read_only" not in caught.value.hint
 
 
 async def test_workers_back_off_and_lose_nothing(

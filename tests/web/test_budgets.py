@@ -73,6 +73,13 @@ async def test_past_the_budget_post_jobs_is_402_and_spending_shows_what_is_left(
         assert (await alice.get("/spending")).json()["budget"]["remaining"] == "1"
         assert (await alice.post("/jobs", json={"prompt": "room again"})).status_code == 202
 
+        # A prepaid balance never starts over: its refusal does not say to wait for that.
+        await priced.set_budget("bob", 0, period="balance")
+        refused = await bob.post("/jobs", json={"prompt": "no balance left"})
+        assert refused.status_code == 402, refused.text
+        hint = refused.json()["error"]["hint"]
+        assert "prepaid balance" in hint and "starts over" not in hint
+
 
 def test_serve_reserves_the_estimates_it_is_given(tmp_path: Path) -> None:
     """``jobqueue serve --estimated-cost image=0.6``: the served queue reserves 0.6 per

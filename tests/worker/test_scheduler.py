@@ -64,6 +64,35 @@ async def test_a_worker_declares_its_schedules_and_runs_their_jobs(
     assert "Schedules declared: every-second" in messages(caplog)
 
 
+async def test_a_stopping_worker_makes_no_new_jobs_while_it_drains(jq: AsyncJobQueue) -> None:
+    """Once told to stop, the worker's scheduler stops with its claims: a job still running
+    for seconds after the stop sees no tick's job enqueued meanwhile."""
+    jobs = Registry(image=False)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @jobs.handler("slow")
+    async def slow(job: Job, ctx: WorkerContext) -> None:
+        started.set()
+        await release.wait()
+
+    @jobs.handler("tick")
+    async def tick(job: Job, ctx: WorkerContext) -> None: ...
+
+    jobs.schedule("every-second", "tick", every=1)
+    await jq.enqueue("slow", {})
+    worker = Worker(jq, jobs, poll_interval=0.05, listen=False, schedule_interval=0.1)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(started.wait(), 5)
+    await eventually(lambda: jq.list(kind="tick"), timeout=5)  # the scheduler runs
+    worker.stop()
+    await asyncio.sleep(0.2)  # the claim loop ends, and with it the scheduler
+    made = len(await jq.list(kind="tick"))
+    await asyncio.sleep(2.2)  # two more ticks come while the slow job still runs
+    assert len(await jq.list(kind="tick")) == made
+    release.set()
+    await asyncio.wait_for(task, 15)
+
+
 async def test_a_worker_without_schedules_leaves_them_alone(jq: AsyncJobQueue) -> None:
     await jq.add_schedule("tick", kind="tick", every=1)
     jobs = Registry(image=False)

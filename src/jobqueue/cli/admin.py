@@ -90,10 +90,11 @@ _MARKS = {
 @cli.command("check")
 @pass_env
 def check_command(env: Env) -> None:
-    """Diagnose the set-up: database, schema, access, stuck jobs, live workers, generator.
+    """Diagnose the set-up: database, schema, writes, workers, generator and more.
 
-    One line per check, with a fix for each problem. Exit code 0 when nothing failed,
-    1 otherwise (warnings do not fail).
+    Checks the database, the schema, access, writes, stuck jobs, pauses, the backlog, live
+    workers and the generator: one line per check, with a fix for each problem. Exit code 0
+    when nothing failed, 1 otherwise (warnings do not fail).
     """
     from .checks import run_checks
 

@@ -14,6 +14,9 @@ from ..sql.table import BUDGET_PERIODS
 from .group import CommandFailed, Env, cli, pass_env
 from .output import echo_json, out
 
+#: What to do about an owner without a budget (owner ids are matched exactly).
+NO_BUDGET_HINT = "`jobqueue budget list` shows the owners that have one"
+
 
 def budget_line(budget: Budget) -> str:
     """One budget as one line: ``ann: 3.5 of 10 USD spent this month, 6.5 left``."""
@@ -69,7 +72,7 @@ def budget_show_command(env: Env, owner_id: str, as_json: bool) -> None:
     with env.queue() as q:
         budget = q.get_budget(owner_id)
     if budget is None:
-        raise CommandFailed(f"owner {owner_id!r} has no budget")
+        raise CommandFailed(f"owner {owner_id!r} has no budget — {NO_BUDGET_HINT}")
     if as_json:
         echo_json(budget.to_dict())
     else:
@@ -100,5 +103,5 @@ def budget_remove_command(env: Env, owner_id: str) -> None:
     with env.queue() as q:
         removed = q.remove_budget(owner_id)
     if not removed:
-        raise CommandFailed(f"owner {owner_id!r} has no budget")
+        raise CommandFailed(f"owner {owner_id!r} has no budget — {NO_BUDGET_HINT}")
     out().print(f"removed the budget of {owner_id}", markup=False, soft_wrap=True)

@@ -147,7 +147,7 @@ def _require_schema(env: Env) -> None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics on this port (needs jobqueue[metrics]; see "
-    "docs/operations.md).",
+    "docs/metrics.md).",
 )
 @click.option(
     "--metrics-host",

@@ -8,7 +8,7 @@ runs them (docs/schedules.md).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..errors import PayloadError
 from ..models import DEFAULT_QUEUE
+from ..sql.table import MAX_EVERY, MIN_EVERY
 from .group import CommandFailed, Env, cli, pass_env
 from .output import DURATION, echo_json, out, when
 
@@ -79,6 +80,12 @@ def schedule_add_command(
         raise PayloadError(
             "give either --cron or --every", hint="e.g. --cron '*/5 * * * *' or --every 30s"
         )
+    if every is not None and not MIN_EVERY <= every.total_seconds() <= MAX_EVERY:
+        raise PayloadError(  # worded for the option, not for add_schedule's every=
+            f"--every must be between {MIN_EVERY:g}s and {MAX_EVERY / 86400:.0f}d, "
+            f"not {every.total_seconds():g}s",
+            hint="e.g. --every 30s, --every 5m or --every 1d",
+        )
     try:
         value = json.loads(payload)
     except ValueError as exc:
@@ -97,9 +104,10 @@ def schedule_add_command(
             priority=priority,
             missed=missed,
         )
+    article = "an" if schedule.kind[:1].lower() in "aeiou" else "a"
     out().print(
-        f"schedule {schedule.name}: {schedule.timing}, a {schedule.kind} job in "
-        f"{schedule.queue}; next tick {when(schedule.next_tick)}",
+        f"schedule {schedule.name}: {schedule.timing}, {article} {schedule.kind} job in "
+        f"{schedule.queue}; next tick {tick_time(schedule.next_tick)}",
         markup=False,
         soft_wrap=True,
     )
@@ -109,7 +117,8 @@ def schedule_add_command(
 @click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
 @pass_env
 def schedule_list_command(env: Env, as_json: bool) -> None:
-    """Show every schedule: its timing, its job, its next and last tick (local time)."""
+    """Show every schedule: its timing, its job, its next and last tick (in this machine's
+    time zone, named after each time)."""
     with env.queue() as q:
         schedules = q.list_schedules()
     if as_json:
@@ -139,10 +148,19 @@ def render_schedules(schedules: list[Schedule]) -> Table:
             s.kind,
             s.queue,
             s.missed,
-            when(s.next_tick) if s.enabled else "disabled",
-            when(s.last_tick),
+            tick_time(s.next_tick) if s.enabled else "disabled",
+            tick_time(s.last_tick),
         )
     return table
+
+
+def tick_time(value: datetime | None) -> str:
+    """A tick in local time, with the zone's name: a schedule has a time zone of its own
+    (``--tz``), so an unnamed time would read as the schedule's wall clock."""
+    shown = when(value)
+    if value is None or shown in ("infinity", "-infinity") or shown.endswith("UTC"):
+        return shown
+    return f"{shown} {value.astimezone().tzname()}"
 
 
 @schedule_group.command("remove")

@@ -116,14 +116,21 @@ def lock_timeout_of(lock_timeout: float | None, backend: str) -> float:
                 return SQLITE_BUSY_TIMEOUT_MS / 1000
             return DEFAULT_LOCK_TIMEOUT
         source, shown = LOCK_TIMEOUT_ENV, repr(text)
+        # Seconds, as `lock_timeout=` takes them, or with PostgreSQL's own units ("5s",
+        # "500ms"), as `ALTER ROLE ... SET lock_timeout` and the docs write them.
+        number, scale = text.lower(), 1.0
+        if number.endswith("ms"):
+            number, scale = number[:-2], 0.001
+        elif number.endswith("s"):
+            number = number[:-1]
         try:
-            lock_timeout = float(text)
+            lock_timeout = float(number.strip()) * scale
         except ValueError:
             lock_timeout = -1.0
     if not 0 < lock_timeout < 86_400:  # also refuses NaN
         raise ConfigurationError(
             f"{source}={shown} is not a number of seconds between 0 and a day",
-            hint=f"set {source} to a few seconds, e.g. 5",
+            hint=f"set {source} to a few seconds, e.g. 5 (or 5s, 500ms)",
         )
     return float(lock_timeout)
 

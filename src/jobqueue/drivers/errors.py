@@ -73,6 +73,12 @@ SQLITE_TEXT: tuple[tuple[str, Cause], ...] = (
     ("attempt to write a readonly database", Cause.READ_ONLY),
     ("database or disk is full", Cause.READ_ONLY),
 )
+#: What to do about a SQLite file that refuses writes (`DatabaseReadOnly`'s own hint is
+#: about a server: its settings, its standby).
+SQLITE_READ_ONLY_HINT = (
+    "make the database file and its folder writable by this user (the journal is written "
+    "beside the file), or free disk space; jobs resume by themselves"
+)
 #: SQLite's "database is locked" (its busy timeout ran out) is an operational error that
 #: does not mean the database is unreachable.
 SQLITE_BUSY = "locked"
@@ -165,7 +171,10 @@ def translate(exc: BaseException, *, table: str) -> JobQueueError | None:
     if cause is Cause.BUSY:
         return DatabaseBusy(f"a lock on {table} stayed taken too long; nothing written ({detail})")
     if cause is Cause.READ_ONLY:
-        return DatabaseReadOnly(f"the database refuses writes; nothing written ({detail})")
+        message = f"the database refuses writes; nothing written ({detail})"
+        if _from_sqlite(orig):  # the server-side remedies of the default hint do not apply
+            return DatabaseReadOnly(message, hint=SQLITE_READ_ONLY_HINT)
+        return DatabaseReadOnly(message)
     if _unreachable(exc, text):
         return DatabaseUnavailable(f"database error: {detail}")
     return None

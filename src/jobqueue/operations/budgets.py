@@ -3,6 +3,7 @@ against them (see `jobqueue.sql.budgets` for what counts as spent)."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -148,4 +149,18 @@ def _check_fits(budget: Row, wanted: Decimal) -> None:
         period=budget["period"],
         spent=spent,
         requested=wanted,
+        hint=_raise_hint(budget),
     )
+
+
+def _raise_hint(budget: Row) -> str:
+    """The command that raises this very budget: `budget set` replaces a budget whole, so
+    a command without the budget's own period and unit would also change those."""
+    command = f"jobqueue budget set {shlex.quote(budget['owner_id'])} AMOUNT"
+    command += f" --period {budget['period']}"
+    if budget["cost_unit"]:
+        command += f" --unit {shlex.quote(budget['cost_unit'])}"
+    if budget["period"] == "balance":
+        return f"top the prepaid balance up with `{command}` (it never starts over)"
+    start = "at midnight UTC" if budget["period"] == "day" else "on the 1st of the month, UTC"
+    return f"raise it with `{command}`, or wait until it starts over {start}"

@@ -79,6 +79,11 @@ BUDGET_HINT = (
     "your budget for this period is used up: try again once it starts over, or ask for "
     "a larger one; GET /spending shows what is left"
 )
+#: The same for a prepaid balance, which never starts over.
+BALANCE_HINT = (
+    "your prepaid balance is used up: ask for it to be topped up; GET /spending shows what "
+    "is left"
+)
 
 #: Seconds a client is asked to wait (``Retry-After``) when the job store is unavailable.
 UNAVAILABLE_RETRY_AFTER = 5
@@ -102,7 +107,8 @@ def as_api_error(exc: JobQueueError, *, demo: bool = False) -> ApiError:
     if isinstance(exc, BudgetExceeded):
         # 402: the caller's own budget, not the server's load (429) refused it. The
         # operator's hint (a command to run) is no use to an end user.
-        return ApiError(402, "budget_exceeded", exc.message, hint=BUDGET_HINT)
+        hint = BALANCE_HINT if exc.period == "balance" else BUDGET_HINT
+        return ApiError(402, "budget_exceeded", exc.message, hint=hint)
     if isinstance(exc, DatabaseUnavailable):
         # A bounded answer (the queue's command_timeout ends a wait on a silent database)
         # that tells clients when to come back, instead of requests piling up behind it.

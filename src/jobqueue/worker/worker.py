@@ -314,6 +314,9 @@ class Worker:
             )
             try:
                 await self._claim_loop()
+                # A stopping worker makes no new jobs either: its scheduler stops with its
+                # claims, not after the drain (other workers' schedulers take the ticks).
+                await asyncio.gather(*(s.stop() for s in services if isinstance(s, Scheduler)))
                 await self._drain()
             except asyncio.CancelledError:
                 # Cancelled from outside: hand back what we hold, as an immediate stop would.
