@@ -93,6 +93,23 @@ async def test_overview_counts_throughput_cost_and_oldest_pending(
     assert body["workers"] == [] and body["limits"] == []
 
 
+async def test_the_oldest_pending_job_is_the_longest_due_not_one_delayed_to_later(
+    admin: httpx.AsyncClient, aqueue: AsyncJobQueue
+) -> None:
+    """A job delayed to later is pending but not waiting: the overview's oldest pending
+    job is the one due the longest (as the metrics' oldest pending age reads it)."""
+    await aqueue.enqueue("image", {"n": 0}, delay=3600)
+    body = (await admin.get("/api/overview")).json()
+    assert body["totals"]["pending"] == 1
+    assert body["oldest_pending"] is None and body["oldest_pending_age"] is None
+    due = await aqueue.enqueue("image", {"n": 1})
+    admin_app = create_admin_app(aqueue)  # a new app: the first one's overview is cached
+    async with client_for(admin_app) as fresh:
+        body = (await fresh.get("/api/overview")).json()
+    assert datetime.fromisoformat(body["oldest_pending"]) == due.run_at
+    assert 0 <= body["oldest_pending_age"] < 60
+
+
 async def test_open_dashboards_share_one_overview_read_until_an_action(
     admin: httpx.AsyncClient, aqueue: AsyncJobQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,7 +25,8 @@ from .contract import Access, Steps, operation
 
 @dataclass(frozen=True, slots=True)
 class QueueCount:
-    """The jobs of one queue in one status, and when the oldest of them was created."""
+    """The jobs of one queue in one status, and when the oldest of them was created (for
+    ``pending``: when the longest-waiting due job became due, None while none is due)."""
 
     queue: str
     status: Status
@@ -37,7 +38,7 @@ class QueueCount:
 class Overview:
     """The jobs table at a glance, read at ``now`` (the database clock).
 
-    ``counts``: per queue and status, the jobs and the oldest one's creation time.
+    ``counts``: per queue and status, the jobs and the oldest one's time (`QueueCount`).
     ``completed`` and ``failed`` count the jobs that finished so in each of the last 60
     minutes (by ``completed_at``), oldest minute first (``completed[-1]`` is this minute);
     ``cost_today`` is what the jobs written since the start of today (UTC) cost, per unit.
@@ -56,7 +57,7 @@ class Overview:
 
     @property
     def oldest_pending(self) -> datetime | None:
-        """When the oldest pending job (of any queue) was created."""
+        """When the longest-waiting due job (of any queue) became due; None if none is."""
         times = [c.oldest for c in self.counts if c.status is Status.PENDING and c.oldest]
         return min(times, default=None)
 

@@ -19,7 +19,9 @@ from sqlalchemy import (
     Text,
     Uuid,
     bindparam,
+    case,
     func,
+    literal_column,
     or_,
     select,
     update,
@@ -60,8 +62,11 @@ class AdminStatements(Managing):
     shares `Managing.retry`'s condition and values."""
 
     def counts(self) -> Query:
-        """Per queue and status: the jobs, and the oldest one's creation time (for
-        ``pending``, the oldest job waiting); each row carries the database clock."""
+        """Per queue and status: the jobs, and the oldest one's creation time; for
+        ``pending``, when the longest-waiting due job became due (its ``run_at``; None
+        while none is due), the same wait as the metrics' oldest pending age, so that a
+        job delayed to later, or a retry backing off, does not look stuck. Each row
+        carries the database clock."""
 
         def build() -> Any:
             c = self.t.c
@@ -70,7 +75,16 @@ class AdminStatements(Managing):
                     c.queue,
                     c.status,
                     func.count().label("count"),
-                    func.min(c.created_at, type_=UTCDateTime()).label("oldest"),
+                    func.min(
+                        case(
+                            (
+                                c.status == literal_column(f"'{Status.PENDING.value}'"),
+                                case((c.run_at <= DbNow(), c.run_at)),
+                            ),
+                            else_=c.created_at,
+                        ),
+                        type_=UTCDateTime(),
+                    ).label("oldest"),
                     DbNow().label("now"),
                 )
                 .group_by(c.queue, c.status)
