@@ -508,3 +508,60 @@ async def test_a_database_that_only_answers_slowly_is_waited_for(
         worker.stop(immediate=True)
         await asyncio.gather(run, return_exceptions=True)
         await queue.close()
+
+
+def test_a_cli_worker_takes_its_command_timeout_from_the_environment(
+    proxy: NetProxy, pg_migrated: tuple[str, str], tmp_path: Any
+) -> None:
+    """`JOBQUEUE_COMMAND_TIMEOUT` (the global ``--command-timeout``) bounds what a
+    `jobqueue worker` waits for a silent database: its claims fail after that long, not
+    after the 30 s default, and it serves again once the network heals."""
+    import subprocess
+    import sys
+
+    from tests.cli.helpers import clean_env
+
+    url, table = pg_migrated
+    env = clean_env(
+        JOBQUEUE_DATABASE_URL=_through(proxy, url),
+        JOBQUEUE_TABLE=table,
+        JOBQUEUE_COMMAND_TIMEOUT="1s",
+        MOCK_AI="1",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "jobqueue", "worker", "--no-listen", "--poll-interval", "0.2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with JobQueue(url, table=table) as queue:
+
+            def served(prompt: str) -> None:
+                job = queue.enqueue("image", {"prompt": prompt})
+                wait_for(
+                    lambda: queue.get(job.id).status is Status.COMPLETED,
+                    60,
+                    f"the worker serving {prompt!r}",
+                )
+
+            served("before the partition")  # its pooled connections are open now
+            with proxy.blackholed():
+                wait_for(
+                    lambda: "did not answer within 1 s" in log.read_text(),
+                    15,
+                    "a claim failing after the worker's 1 s command timeout",
+                )
+            served("after the partition")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the worker said:\n{log.read_text()}") from None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -21,11 +21,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ..drivers.engines import DEFAULT_URL, URL_ENV, describe_database
+from ..drivers.engines import DEFAULT_COMMAND_TIMEOUT, DEFAULT_URL, URL_ENV, describe_database
 from ..errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -115,6 +116,19 @@ class JobqueueGroup(click.Group):
 # -- the group --------------------------------------------------------------------------
 
 
+def _duration(
+    value: str | None, param: click.Parameter, ctx: click.Context
+) -> timedelta | None:
+    """`cli.output.DURATION` for the global options (output imports this module)."""
+    from .output import DURATION
+
+    return None if value is None else DURATION.convert(value, param, ctx)
+
+
+#: Sets --command-timeout from the environment (a worker's unit file, a container).
+COMMAND_TIMEOUT_ENV = "JOBQUEUE_COMMAND_TIMEOUT"
+
+
 @dataclass(frozen=True)
 class Env:
     """The global options, handed to every subcommand."""
@@ -126,6 +140,8 @@ class Env:
     #: True when --database-url was typed on the command line (not taken from the
     #: environment): the demo uses its own SQLite file unless told otherwise this way.
     url_given: bool
+    #: The queues' ``command_timeout`` (seconds; None: no bound), from --command-timeout.
+    command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT
 
     @property
     def where(self) -> str:
@@ -149,13 +165,19 @@ class Env:
         from ..queue import JobQueue
 
         self.require_database()
-        return JobQueue(self.url, table=self.table, schema=self.schema)
+        return JobQueue(
+            self.url,
+            table=self.table,
+            schema=self.schema,
+            command_timeout=self.command_timeout,
+        )
 
     def async_queue(self, **config: Any) -> AsyncJobQueue:
         """The async queue; ``config`` as `AsyncJobQueue` takes it (``estimated_costs``)."""
         from ..queue import AsyncJobQueue
 
         self.require_database()
+        config.setdefault("command_timeout", self.command_timeout)
         return AsyncJobQueue(self.url, table=self.table, schema=self.schema, **config)
 
 
@@ -185,11 +207,27 @@ class Env:
     default=None,
     help="Database schema of the jobs table (PostgreSQL). [default: the search path]",
 )
+@click.option(
+    "--command-timeout",
+    envvar=COMMAND_TIMEOUT_ENV,
+    show_envvar=True,
+    callback=lambda ctx, param, value: _duration(value, param, ctx),
+    default=None,
+    metavar="DURATION",
+    help="The longest one database operation waits for PostgreSQL's answer before it fails "
+    f"with DatabaseTimeout (a silent network); 0 for no bound. [default: "
+    f"{DEFAULT_COMMAND_TIMEOUT:g}s]",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="jobqueue", prog_name="jobqueue")
 @click.pass_context
 def cli(
-    ctx: click.Context, database_url: str | None, table: str, schema: str | None, debug: bool
+    ctx: click.Context,
+    database_url: str | None,
+    table: str,
+    schema: str | None,
+    command_timeout: timedelta | None,
+    debug: bool,
 ) -> None:
     """jobqueue: a database-backed job queue for slow work such as AI image generation.
 
@@ -211,6 +249,11 @@ def cli(
         schema=schema or None,
         debug=debug,
         url_given=url_given,
+        command_timeout=(
+            DEFAULT_COMMAND_TIMEOUT
+            if command_timeout is None
+            else (command_timeout.total_seconds() or None)
+        ),
     )
 
 
