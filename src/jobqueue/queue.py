@@ -1213,7 +1213,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     (``postgresql+asyncpg://`` picks asyncpg). ``config``: ``table`` and ``schema`` (where
     the jobs live), ``lease`` (seconds a claim holds a job, default 30),
     ``max_payload_bytes``, ``retry_backoff`` (base and cap in seconds, default (5, 600)),
-    ``command_timeout`` and ``lock_timeout`` (as for `JobQueue`).
+    ``command_timeout`` and ``lock_timeout`` (as for `JobQueue`: default
+    ``JOBQUEUE_LOCK_TIMEOUT``; with an `AsyncEngine` passed in, give it to
+    `make_async_engine` instead).
     """
 
     def __init__(
