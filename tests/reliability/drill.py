@@ -1012,9 +1012,10 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
     ended, and its worker was killed after it submitted; any other repeat (after a save,
     or by a handler that went on or was stopped while its process lived) is not."""
     saved = {key_of(x) for x in ev.lines if x.event == "saved"}
-    ended = {key_of(x) for x in ev.lines if x.event == "end"}
+    ended = {key_of(x): x.outcome for x in ev.lines if x.event == "end"}
     explained: Findings = []
     unexplained: Findings = []
+    lease = timedelta(seconds=ev.variant.lease)
     for job_id, submits in submissions(ev).items():
         for x in submits[:-1]:
             killed_at = ev.kill_times.get(x.worker)
@@ -1026,9 +1027,39 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
             elif key_of(x) not in ended and killed_at is not None and killed_at >= x.wall:
                 explained.append(f"{what}; its worker was killed before the save landed")
             else:
-                how = "its handler ended" if key_of(x) in ended else "its worker lived on"
-                unexplained.append(f"{what}, {how} without saving the task id")
+                how = (
+                    f"its handler ended ({ended[key_of(x)]})"
+                    if key_of(x) in ended
+                    else "its worker lived on"
+                )
+                faults = faults_during(ev, x.worker, x.wall, x.wall + lease)
+                unexplained.append(
+                    f"{what}, {how} without saving the task id; faults meanwhile: "
+                    f"{', '.join(faults) or 'none'}"
+                )
     return explained, unexplained
+
+
+def faults_during(ev: Evidence, worker: str, began: datetime, ended: datetime) -> list[str]:
+    """The faults that touched ``worker`` between ``began`` and ``ended`` (for findings)."""
+    out = [
+        f"a partition ({p.kind}) of {p.began:%H:%M:%S.%f}-{p.ended:%H:%M:%S.%f}"
+        for p in ev.partitions
+        if worker in p.workers and p.began <= ended and began <= p.ended
+    ]
+    out += [
+        f"{what} of {b:%H:%M:%S.%f}-{e:%H:%M:%S.%f}"
+        for b, e, what in ev.write_stops
+        if b <= ended and began <= e
+    ]
+    out += [
+        f"an outage of {b:%H:%M:%S.%f}-{e:%H:%M:%S.%f}"
+        for b, e in ev.outages
+        if b <= ended and began <= e
+    ]
+    if worker in ev.stopped:
+        out.append("its worker was stopped (SIGTERM)")
+    return out
 
 
 def check_one_submission(ev: Evidence) -> Findings:

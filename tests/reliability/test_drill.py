@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,34 @@ def test_audit_trigger_ignores_heartbeats_and_progress(queue: JobQueue) -> None:
         ("U", "pending", "processing"),
         ("U", "processing", "completed"),
     ]
+
+
+def test_a_repeated_submission_is_explained_only_by_a_kill_between_submit_and_save() -> None:
+    """The provider has no idempotency key: a worker SIGKILLed between the submit and the
+    save of its task id makes the next attempt submit again, and only that is allowed."""
+    job = str(uuid.uuid4())
+
+    def line(event: str, worker: str, attempt: int, wall: float, **more: str) -> drill.Line:
+        raw = {"event": event, "worker": worker, "job": job, "attempt": attempt, "claim": "-"}
+        return drill.Line.parse(json.dumps({**raw, "wall": wall, **more}))
+
+    def judged(first: list[drill.Line], killed_at: float | None) -> tuple[int, int]:
+        ev = Evidence(MIXED, 0, [], {}, [], {}, {})
+        ev.lines = [*first, line("start", "w2", 2, 20.0), line("submit", "w2", 2, 21.0)]
+        if killed_at is not None:
+            ev.killed.add("w1")
+            ev.kill_times["w1"] = datetime.fromtimestamp(killed_at, UTC)
+        explained, unexplained = drill.double_submissions(ev)
+        assert check(ev, ["one_submission"]) == (
+            {"one_submission": unexplained} if unexplained else {}
+        )
+        return len(explained), len(unexplained)
+
+    began = [line("start", "w1", 1, 1.0), line("submit", "w1", 1, 2.0)]
+    assert judged(began, killed_at=3.0) == (1, 0)  # killed after the submit, nothing saved
+    assert judged(began, killed_at=None) == (0, 1)  # alive: nothing explains it
+    ended = [*began, line("end", "w1", 1, 2.5, outcome="LeaseLost")]
+    assert judged(ended, killed_at=3.0) == (0, 1)  # its handler ended first
+    saved = [*began, line("saved", "w1", 1, 2.2)]
+    assert judged(saved, killed_at=3.0) == (0, 1)  # the id was saved: never again
+    assert judged([line("start", "w1", 1, 1.0), line("submit", "w1", 1, 5.0)], 3.0) == (0, 1)
