@@ -178,8 +178,11 @@ SOAK = Variant(
 #: (a job may still lose attempts to the faults, so it gets a few); no cancels or operator
 #: retries, which would end jobs otherwise. The workers' lock timeout is shorter than the
 #: locks, so they meet `DatabaseBusy` and back off. Partitions last from a second to well
-#: past the lease; the workers' command timeout is a third of the lease, so a cut-off
-#: worker finds out within its heartbeat's round and gives its jobs up after one lease.
+#: past the lease; the workers' command timeout is half the lease, so a cut-off worker
+#: finds out within its heartbeat's round and gives its jobs up after one lease. It is
+#: longer than the lock timeout: a statement waiting on a lock must meet the server's
+#: lock timeout (`DatabaseBusy`: the database answers) before the client's own clock
+#: (`DatabaseTimeout`: unreachable, which the lease watch acts on).
 MIXED = Variant(
     name="mixed",
     jobs=100_000,
@@ -204,7 +207,7 @@ MIXED = Variant(
     read_only=(1.0, 8.0),
     partitions=20,
     partition=(1.0, 10.0),
-    command_timeout=2.0,
+    command_timeout=3.0,
     settle_timeout=1800.0,
     extra_checks=("every_job_completed", "one_submission"),
 )
@@ -1363,6 +1366,11 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
     """Run one drill on the migrated ``table`` at ``url``; the evidence, checked by the
     caller with `check`."""
     began = time.monotonic()
+    if variant.command_timeout is not None and variant.lock_timeout is not None:
+        assert variant.command_timeout > variant.lock_timeout, (
+            "a command timeout no longer than the lock timeout makes every lock wait look "
+            "like a silent network"
+        )
     rng = random.Random(seed)
     engine = drill_engine(url)
     install_audit(engine, table)
