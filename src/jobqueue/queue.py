@@ -50,6 +50,8 @@ from .drivers.runner import AsyncRunner, SyncRunner
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
     ConfigurationError,
+    DatabaseBusy,
+    DatabaseReadOnly,
     DatabaseTimeout,
     DatabaseUnavailable,
     JobExpired,
@@ -264,7 +266,9 @@ class _QueueBase(Generic[E]):
         )
         #: When an operation last failed because the database could not be reached
         #: (`DatabaseUnavailable`, a `DatabaseTimeout` included), by this process's
-        #: monotonic clock; None if none has. A worker's lease watch reads it.
+        #: monotonic clock; None if none has, or if the database has answered since with
+        #: a refusal (`DatabaseBusy`, `DatabaseReadOnly`: reachable, only not writing
+        #: now). A worker's lease watch reads it.
         self.unreachable_at: float | None = None
         self._claim_mode = ClaimMode()
         self._placement = Placement()
@@ -627,6 +631,9 @@ class JobQueue(_QueueBase[Engine]):
     def _run(self, op: Operation[T], connection: Connection | None = None) -> T:
         try:
             return self._run_translated(op, connection)
+        except (DatabaseBusy, DatabaseReadOnly):
+            self.unreachable_at = None  # an answer: the database can be reached
+            raise
         except DatabaseUnavailable:
             self.unreachable_at = time.monotonic()
             raise
@@ -1276,6 +1283,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
                 if self._finish_when_cancelled:
                     return await _finished_before_cancelled(self._run_own(op))
                 return await self._run_own(op)
+        except (DatabaseBusy, DatabaseReadOnly):
+            self.unreachable_at = None  # an answer: the database can be reached
+            raise
         except DatabaseUnavailable:
             self.unreachable_at = time.monotonic()
             raise

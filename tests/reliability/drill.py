@@ -9,7 +9,10 @@ jobs with random plans (success, retryable and permanent failures, timeouts, slo
 saved remote task ids), cancels pending and running jobs, retries failed and cancelled
 ones, SIGKILLs busy workers and starts new ones, stops workers gracefully, and — in the
 variants that ask for them — takes PostgreSQL away from the workers for a second or so
-(`outage`) and stalls a worker's event loop past its lease. It waits (polling) until
+(`outage`), holds the jobs table (`long_lock`), makes the database refuse writes
+(`read_only_spell`), cuts workers off silently (`partition`: each worker then reaches
+PostgreSQL through a TCP proxy of its own, `tests.support.netproxy.NetProxy`) and stalls a
+worker's event loop past its lease. It waits (polling) until
 nothing is pending or processing, stops the workers, and hands everything recorded to
 `check`.
 
@@ -34,9 +37,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Engine, bindparam, make_url, text
@@ -45,6 +48,7 @@ from jobqueue import InvalidTransition, JobQueue, NewJob, Status
 from jobqueue.drivers.engines import make_engine
 from jobqueue.models import can_move
 from jobqueue.worker.completer import RELEASE_REASON
+from tests.support.netproxy import Direction, NetProxy
 
 from . import drill_worker
 from .conftest import Workers, all_jobs, wait_for
@@ -111,11 +115,14 @@ class Variant:
     #: PostgreSQL only: spells of a database that refuses writes (`read_only_spell`).
     read_only_spells: int = 0
     read_only: tuple[float, float] = (0.5, 2.0)
-    #: Silent partitions between the workers and PostgreSQL, each lasting between the two
-    #: numbers of seconds of ``partition``: played by `PARTITION`, which the TCP proxy of
-    #: tests/support/netproxy.py provides once the workers connect through it.
+    #: PostgreSQL only: silent partitions between workers and PostgreSQL (`partition`),
+    #: each lasting between the two numbers of seconds of ``partition`` (a reset is
+    #: shorter: `RESET`). With any, every worker connects through a proxy of its own.
     partitions: int = 0
     partition: tuple[float, float] = (1.0, 6.0)
+    #: The workers' ``command_timeout`` (None: the queue's default): how soon a worker
+    #: cut off by a partition finds out.
+    command_timeout: float | None = None
     #: Each job's ``max_attempts`` is drawn from these.
     attempts: tuple[int, ...] = (1, 2, 2, 3, 3, 4)
 
@@ -170,7 +177,12 @@ SOAK = Variant(
 #: completions), and each paid job submitted to the provider once. Its plans only succeed
 #: (a job may still lose attempts to the faults, so it gets a few); no cancels or operator
 #: retries, which would end jobs otherwise. The workers' lock timeout is shorter than the
-#: locks, so they meet `DatabaseBusy` and back off.
+#: locks, so they meet `DatabaseBusy` and back off. Partitions last from a second to well
+#: past the lease; the workers' command timeout is half the lease, so a cut-off worker
+#: finds out within its heartbeat's round and gives its jobs up after one lease. It is
+#: longer than the lock timeout: a statement waiting on a lock must meet the server's
+#: lock timeout (`DatabaseBusy`: the database answers) before the client's own clock
+#: (`DatabaseTimeout`: unreachable, which the lease watch acts on).
 MIXED = Variant(
     name="mixed",
     jobs=100_000,
@@ -193,7 +205,9 @@ MIXED = Variant(
     lock_timeout=2.0,
     read_only_spells=10,
     read_only=(1.0, 8.0),
-    partitions=0,  # set once PARTITION is provided (tests/support/netproxy.py)
+    partitions=20,
+    partition=(1.0, 10.0),
+    command_timeout=3.0,
     settle_timeout=1800.0,
     extra_checks=("every_job_completed", "one_submission"),
 )
@@ -220,9 +234,17 @@ def scaled(variant: Variant, share: float) -> Variant:
     )
 
 
-#: Plays one partition of ``seconds`` between the workers and PostgreSQL and returns when
-#: it began and ended (database clock). None until the partitions work provides it.
-PARTITION: Callable[[float], tuple[datetime, datetime]] | None = None
+#: How a partition cuts its workers off, and the weights of each: a blackhole of both
+#: directions, of one (``up``: the server hears nothing; ``down``: it hears and acts, and
+#: its answers are lost), or a reset of every connection (refusing new ones for `RESET`
+#: seconds).
+PARTITION_KINDS = {"both": 55, "up": 15, "down": 15, "reset": 15}
+RESET = (0.2, 1.5)
+#: The share of partitions that cut every worker off, not just one.
+PARTITION_ALL = 0.25
+#: psycopg's shortest connect timeout: a worker's connection attempt through a blackhole
+#: gives up within the drill's timescale.
+PROXIED_CONNECT_TIMEOUT = 2
 
 
 STALL_QUEUE = "stall"
@@ -488,6 +510,17 @@ def stalls_of(lines: Sequence[Line]) -> list[Stall]:
 # -- the evidence and the checks ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Partition:
+    """A partition the drill played: which workers it cut off, how (`PARTITION_KINDS`),
+    and when it began and ended (database clock)."""
+
+    workers: frozenset[str]
+    kind: str
+    began: datetime
+    ended: datetime
+
+
 @dataclass
 class Evidence:
     """What a drill run recorded: the audit trail, the final rows, the handler log, and the
@@ -504,9 +537,13 @@ class Evidence:
     stopped: set[str] = field(default_factory=set)  # sent SIGTERM
     #: Outages of the workers' PostgreSQL connections: (began, ended), database clock.
     outages: list[tuple[datetime, datetime]] = field(default_factory=list)
-    #: Long locks, read-only spells and partitions: (began, ended), database clock. No
-    #: write of a worker's lands meanwhile, its heartbeats included.
-    write_stops: list[tuple[datetime, datetime]] = field(default_factory=list)
+    #: Long locks and read-only spells: (began, ended, which), database clock. No write of
+    #: a worker's lands meanwhile, its heartbeats included.
+    write_stops: list[tuple[datetime, datetime, str]] = field(default_factory=list)
+    #: Partitions, each cutting some workers off.
+    partitions: list[Partition] = field(default_factory=list)
+    #: When each killed worker was SIGKILLed (system clock, as the handler log's).
+    kill_times: dict[str, datetime] = field(default_factory=dict)
     cancels: collections.Counter[uuid.UUID] = field(default_factory=collections.Counter)
     retries: collections.Counter[uuid.UUID] = field(default_factory=collections.Counter)
 
@@ -619,7 +656,9 @@ def lease_loss_explained(
     """Why an attempt held by ``worker`` could lose its lease, or None: its worker was
     killed; it stalled past its lease while holding the attempt; or an outage lost the
     claim's answer (the claim committed, the worker never learnt of it, so never ran it),
-    or hit a worker that was stopping (it gives its writes up)."""
+    or hit a worker that was stopping (it gives its writes up); a partition cut its worker
+    off while it held the attempt; a long lock or a read-only spell kept every heartbeat
+    out while it held the attempt."""
     if worker in ev.killed:
         return "its worker was killed"
     if claim is None or worker is None:
@@ -631,8 +670,12 @@ def lease_loss_explained(
     started = (claim.job, claim.new_attempts, claim.new_started, worker) in started_claims(ev)
     if terminated and (not started or worker in ev.stopped):
         return "an outage lost the claim's answer, or the stopping worker's writes"
-    if any(claim.at <= ended and began <= lost_at for began, ended in ev.write_stops):
-        return "a long lock, a read-only spell or a partition kept its heartbeats out"
+    for p in ev.partitions:
+        if worker in p.workers and claim.at <= p.ended and p.began <= lost_at:
+            return f"a partition ({p.kind}) cut its worker off"
+    for began, ended, what in ev.write_stops:
+        if claim.at <= ended and began <= lost_at:
+            return f"{what} kept its heartbeats out"
     return None
 
 
@@ -865,19 +908,27 @@ def check_concurrency(ev: Evidence) -> Findings:
 
 def check_handlers_stopped_for_cause(ev: Evidence) -> Findings:
     """A worker stops a handler only for a cause: the attempt was cancelled or taken from
-    it (a move recorded before the handler ended), the handler's timeout ran out, or the
-    worker was stopping. A handler stopped while its attempt was still the job's current
-    one, held by its worker, leaves the job to wait out its lease for nothing."""
+    it (a move recorded before the handler ended), the handler's timeout ran out, the
+    worker was stopping, or a partition cut the worker off (its lease watch gives up the
+    attempts whose lease must have run out: during the partition, or as late after it as
+    a lease and a command timeout). A handler stopped while its attempt was still the
+    job's current one, held by its worker, leaves the job to wait out its lease for
+    nothing."""
     out = []
     by_job = ev.moves_by_job()
     starts = {(x.job, x.attempt, x.claim, x.worker): x for x in ev.lines if x.event == "start"}
     timeout = ev.variant.job_timeout
+    after = timedelta(seconds=ev.variant.lease + (ev.variant.command_timeout or 0))
     for x in ev.lines:
         if x.event != "end" or x.outcome != "CancelledError" or x.worker in ev.stopped:
             continue
         start = starts.get((x.job, x.attempt, x.claim, x.worker))
         if start is not None and (x.wall - start.wall).total_seconds() >= timeout * 0.99:
             continue  # its timeout
+        if any(
+            x.worker in p.workers and p.began <= x.wall <= p.ended + after for p in ev.partitions
+        ):
+            continue  # cut off: its lease watch gave the attempt up
         moves = by_job.get(x.job, [])
         claimed = [
             i
@@ -942,23 +993,104 @@ def check_every_job_completed(ev: Evidence) -> Findings:
     return out
 
 
-def check_one_submission(ev: Evidence) -> Findings:
-    """A paid job's task is submitted to the provider once: a handler submits only when
-    the job has no task id saved, so a second submission means the first one's id never
-    reached the database (its worker died, or lost the attempt, before the save landed)."""
-    saved = {(x.job, x.attempt, x.claim, x.worker) for x in ev.lines if x.event == "saved"}
+def submissions(ev: Evidence) -> dict[uuid.UUID, list[Line]]:
+    """The ``submit`` lines of each paid job, in the order they were written."""
     by_job: dict[uuid.UUID, list[Line]] = collections.defaultdict(list)
     for x in ev.lines:
         if x.event == "submit":
             by_job[x.job].append(x)
-    out = []
-    for job_id, submits in by_job.items():
+    return by_job
+
+
+def key_of(x: Line) -> tuple[uuid.UUID, int, datetime | None, str]:
+    """The handler call a line belongs to: job, attempt, claim time and worker."""
+    return (x.job, x.attempt, x.claim, x.worker)
+
+
+def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
+    """Each submission of a paid job that a later one repeated, as (explained,
+    unexplained). With no idempotency key at the provider, one window cannot be closed: a
+    worker SIGKILLed between the provider's answer and the save of its task id. So a
+    submission is explained only when its handler call wrote no ``saved`` line, never
+    ended, and its worker was killed after it submitted; any other repeat (after a save,
+    or by a handler that went on or was stopped while its process lived) is not."""
+    saved = {key_of(x) for x in ev.lines if x.event == "saved"}
+    ended = {key_of(x): x.outcome for x in ev.lines if x.event == "end"}
+    explained: Findings = []
+    unexplained: Findings = []
+    lease = timedelta(seconds=ev.variant.lease)
+    for job_id, submits in submissions(ev).items():
         for x in submits[:-1]:
-            if (x.job, x.attempt, x.claim, x.worker) in saved:
-                out.append(
-                    f"job {job_id}: submitted again after attempt {x.attempt} saved its task id"
+            killed_at = ev.kill_times.get(x.worker)
+            what = (
+                f"job {job_id}: attempt {x.attempt} by {x.worker} submitted at {x.wall:%H:%M:%S.%f}"
+            )
+            if key_of(x) in saved:
+                unexplained.append(f"{what}, saved its task id, and the job was submitted again")
+            elif key_of(x) not in ended and killed_at is not None and killed_at >= x.wall:
+                explained.append(f"{what}; its worker was killed before the save landed")
+            else:
+                how = (
+                    f"its handler ended ({ended[key_of(x)]})"
+                    if key_of(x) in ended
+                    else "its worker lived on"
                 )
+                faults = faults_during(ev, x.worker, x.wall, x.wall + lease)
+                unexplained.append(
+                    f"{what}, {how} without saving the task id; faults meanwhile: "
+                    f"{', '.join(faults) or 'none'}"
+                )
+    return explained, unexplained
+
+
+def faults_during(ev: Evidence, worker: str, began: datetime, ended: datetime) -> list[str]:
+    """The faults that touched ``worker`` between ``began`` and ``ended`` (for findings)."""
+    out = [
+        f"a partition ({p.kind}) of {p.began:%H:%M:%S.%f}-{p.ended:%H:%M:%S.%f}"
+        for p in ev.partitions
+        if worker in p.workers and p.began <= ended and began <= p.ended
+    ]
+    out += [
+        f"{what} of {b:%H:%M:%S.%f}-{e:%H:%M:%S.%f}"
+        for b, e, what in ev.write_stops
+        if b <= ended and began <= e
+    ]
+    out += [
+        f"an outage of {b:%H:%M:%S.%f}-{e:%H:%M:%S.%f}"
+        for b, e in ev.outages
+        if b <= ended and began <= e
+    ]
+    if worker in ev.stopped:
+        out.append("its worker was stopped (SIGTERM)")
     return out
+
+
+def check_one_submission(ev: Evidence) -> Findings:
+    """A paid job's task is submitted to the provider once: a handler submits only when
+    the job has no task id saved (and its lease was just confirmed), so a second
+    submission is allowed only where the first one's worker was SIGKILLed between the
+    submit and the save (`double_submissions`)."""
+    return double_submissions(ev)[1]
+
+
+def lost_leases(ev: Evidence) -> collections.Counter[str]:
+    """The recorded lost leases (error entries of expired leases), by the explanation
+    `lease_loss_explained` gives each (``unexplained`` where it gives none)."""
+    causes: collections.Counter[str] = collections.Counter()
+    for job_id, moves in ev.moves_by_job().items():
+        job = ev.jobs.get(job_id)
+        if job is None:
+            continue
+        for i, m in enumerate(moves):
+            if m.op != "U" or m.old_errors is None or m.new_errors != m.old_errors + 1:
+                continue
+            if m.old_errors >= len(job.errors):
+                continue
+            if not str(job.errors[m.old_errors].get("error", "")).startswith(LOST_LEASE):
+                continue
+            why = lease_loss_explained(ev, m.old_locked_by, claim_before(moves, i), m.at)
+            causes[why or "unexplained"] += 1
+    return causes
 
 
 #: The checks, by name. ``place_kept`` holds once a reaped job keeps its place in line; the
@@ -1022,11 +1154,17 @@ class Run:
         causes = collections.Counter(
             cause_of(str(e.get("error"))) for j in ev.jobs.values() for e in j.errors
         )
+        paid = submissions(ev)
+        explained, unexplained = double_submissions(ev)
         return (
             f"{ev.variant.name} drill, seed {ev.seed}, {self.seconds:.1f}s: {len(ev.jobs)} jobs "
             f"({dict(sorted(statuses.items()))}), "
             f"{sum(x.event == 'start' for x in ev.lines)} handler calls; "
-            f"did: {done}; recorded moves: {moves}; error entries: {dict(causes)}"
+            f"did: {done}; recorded moves: {moves}; error entries: {dict(causes)}; "
+            f"lost leases: {dict(lost_leases(ev).most_common())}; "
+            f"paid jobs submitted: {len(paid)}, submissions: "
+            f"{sum(len(s) for s in paid.values())}, repeated: {len(explained)} explained "
+            f"(worker killed between submit and save), {len(unexplained)} unexplained"
         )
 
 
@@ -1152,6 +1290,42 @@ def drill_workers(url: str, table: str, directory: Path) -> Iterator[Workers]:
         workers.cleanup()
 
 
+@contextmanager
+def proxies_stopped_at_the_end() -> Iterator[dict[str, NetProxy]]:
+    """The workers' proxies by worker id, each stopped at the end of the block."""
+    proxies: dict[str, NetProxy] = {}
+    try:
+        yield proxies
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+
+
+def proxied_url(proxy: NetProxy, url: str) -> str:
+    """A worker's URL through ``proxy``, with a connect timeout a partition runs out."""
+    u = make_url(worker_url(proxy.url_for(url)))
+    u = u.update_query_dict({"connect_timeout": str(PROXIED_CONNECT_TIMEOUT)})
+    return u.render_as_string(hide_password=False)
+
+
+def partition(engine: Engine, proxies: dict[str, NetProxy], kind: str, seconds: float) -> Partition:
+    """Cut off the workers of ``proxies`` for ``seconds`` (`PARTITION_KINDS`): a
+    blackhole keeps every socket open and drops the bytes; a reset closes every connection
+    with an RST and refuses new ones meanwhile."""
+    began = database_now(engine)
+    for proxy in proxies.values():
+        if kind == "reset":
+            proxy.reset(refuse=True)
+        else:
+            proxy.blackhole(cast(Direction, kind))
+    try:
+        time.sleep(seconds)
+    finally:
+        for proxy in proxies.values():
+            proxy.passing()
+    return Partition(frozenset(proxies), kind, began, database_now(engine))
+
+
 def stuck(workers: Workers, worker_id: str, seed: int) -> str:
     """Why a stopped worker process has not exited: its log's end and its threads' stacks."""
     proc = workers.procs[worker_id]
@@ -1184,8 +1358,7 @@ def schedule(rng: random.Random, variant: Variant, postgres: bool) -> list[tuple
     if postgres:
         events += [(rng.uniform(0.1, d), "outage") for _ in range(variant.outages)]
         events += [(rng.uniform(0.1, d), "read-only") for _ in range(variant.read_only_spells)]
-        if PARTITION is not None:
-            events += [(rng.uniform(0.1, d), "partition") for _ in range(variant.partitions)]
+        events += [(rng.uniform(0.1, d), "partition") for _ in range(variant.partitions)]
     return sorted(events)
 
 
@@ -1193,6 +1366,11 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
     """Run one drill on the migrated ``table`` at ``url``; the evidence, checked by the
     caller with `check`."""
     began = time.monotonic()
+    if variant.command_timeout is not None and variant.lock_timeout is not None:
+        assert variant.command_timeout > variant.lock_timeout, (
+            "a command timeout no longer than the lock timeout makes every lock wait look "
+            "like a silent network"
+        )
     rng = random.Random(seed)
     engine = drill_engine(url)
     install_audit(engine, table)
@@ -1208,7 +1386,11 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
     per_wave = [variant.jobs // waves + (i < variant.jobs % waves) for i in range(waves)]
     stall = variant.stall
 
-    with drill_workers(url, table, directory) as workers:
+    # Partitions need a proxy in front of each worker: one of its own, so that a partition
+    # can cut one worker off while the others go on and take its jobs over (and see its
+    # late writes refused once it is back), or cut every worker off at once.
+    routed = postgres and variant.partitions > 0
+    with drill_workers(url, table, directory) as workers, proxies_stopped_at_the_end() as proxies:
         retiring: list[str] = []
 
         queue_of: dict[str, str] = {}
@@ -1220,6 +1402,9 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 # Slots to spare when it wakes up: its claim takes pending jobs first.
                 n = variant.concurrency[1] + 2
                 reap_interval = max(variant.reap_intervals, key=lambda i: i or variant.lease)
+            proxy = NetProxy.for_url(url).start() if routed else None
+            if proxy is not None:
+                workers.url = proxied_url(proxy, url)
             worker_id = workers.start(
                 queues=queue_name,
                 reap_interval=reap_interval,
@@ -1232,7 +1417,10 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 grace=0.5,
                 poll_interval=0.3,
                 lock_timeout=variant.lock_timeout,
+                command_timeout=variant.command_timeout,
             )
+            if proxy is not None:
+                proxies[worker_id] = proxy
             concurrency[worker_id] = n
             queue_of[worker_id] = queue_name
             return worker_id
@@ -1326,6 +1514,7 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 busy = holders()
                 victim = rng.choice(busy or alive)
                 workers.kill(victim)
+                ev.kill_times[victim] = datetime.now(UTC)  # it wrote its last line before
                 alive.remove(victim)
                 ev.killed.add(victim)
                 counts["kill -9" + ("" if busy else " (idle)")] += 1
@@ -1348,15 +1537,22 @@ def run_drill(url: str, table: str, directory: Path, variant: Variant, seed: int
                 ev.outages.append(outage(engine, rng.uniform(*variant.outage)))
                 counts["outage"] += 1
             elif event == "lock":
-                ev.write_stops.append(long_lock(engine, url, table, rng.uniform(*variant.lock)))
+                stop = long_lock(engine, url, table, rng.uniform(*variant.lock))
+                ev.write_stops.append((*stop, "a long lock"))
                 counts["long lock"] += 1
             elif event == "read-only":
-                ev.write_stops.append(read_only_spell(engine, rng.uniform(*variant.read_only)))
+                stop = read_only_spell(engine, rng.uniform(*variant.read_only))
+                ev.write_stops.append((*stop, "a read-only spell"))
                 counts["read-only spell"] += 1
             elif event == "partition":
-                assert PARTITION is not None
-                ev.write_stops.append(PARTITION(rng.uniform(*variant.partition)))
+                reachable = [w for w in alive if w in proxies]
+                cut = reachable if rng.random() < PARTITION_ALL else [rng.choice(reachable)]
+                names, weights = zip(*PARTITION_KINDS.items(), strict=True)
+                kind = rng.choices(names, weights)[0]
+                seconds = rng.uniform(*(RESET if kind == "reset" else variant.partition))
+                ev.partitions.append(partition(engine, {w: proxies[w] for w in cut}, kind, seconds))
                 counts["partition"] += 1
+                counts[f"partition: {kind}, {'every worker' if len(cut) > 1 else 'one'}"] += 1
 
         def left() -> int:
             dead = [w for w in alive if not workers.procs[w].is_alive()]

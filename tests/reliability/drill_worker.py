@@ -11,9 +11,10 @@ last entry for later attempts) says what this attempt does:
 - ``timeout``: sleeps far past the worker's ``job_timeout``;
 - ``stall``: blocks the event loop (``time.sleep``) past the lease, for up to
   ``--stall`` seconds, as a long GC pause or a blocking call would, then as ``ok``;
-- ``paid``: as a paid provider generation: submits a task (a ``submit`` line) and saves its
-  id before going on (a ``saved`` line once written) unless the job has one saved
-  already, which it resumes, as `DefAPIGenerator` does; then as ``ok``.
+- ``paid``: as a paid provider generation: unless the job has a task id saved already
+  (which it resumes), has its lease confirmed (`WorkerContext.lease_confirmed`, as
+  DefAPI's generator does before a paid request), submits a task (a ``submit`` line) and
+  saves its id before going on (a ``saved`` line once written); then as ``ok``.
 
 Every handler call appends one line to the ``--executions`` file when it starts and one
 when it ends (whatever ends it), each a single ``O_APPEND`` write of a JSON object, so a
@@ -87,15 +88,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retry-base", type=float, default=0.05)
     p.add_argument("--retry-cap", type=float, default=0.5)
     p.add_argument("--lock-timeout", type=float, default=None)
+    p.add_argument("--command-timeout", type=float, default=None, help="default: the queue's")
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
+    bounds: dict[str, float] = {}
+    if args.command_timeout is not None:
+        bounds["command_timeout"] = args.command_timeout
     queue = AsyncJobQueue(
         args.url,
         table=args.table,
         retry_backoff=(args.retry_base, args.retry_cap),
         lock_timeout=args.lock_timeout,
+        **bounds,
     )
     fd = os.open(args.executions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     rng = random.Random(f"{args.seed}:{args.worker_id}")
@@ -114,6 +120,7 @@ async def serve(args: argparse.Namespace) -> None:
         try:
             if step in ("ok", "save_task_id", "stall", "paid"):
                 if step == "paid" and job.remote_task_id is None:
+                    await ctx.lease_confirmed()
                     record("submit", job, claim)
                     await ctx.save_remote_task_id(f"paid-{job.id}-{job.attempts}")
                     record("saved", job, claim)

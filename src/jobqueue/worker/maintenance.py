@@ -212,7 +212,9 @@ class LeaseWatch(Periodic):
     on its own: by then another worker may have claimed the job, and its handler must not
     go on (polling, paying a provider) for an outcome that will be refused. Its late
     writes are fenced anyway; this ends the work itself. A database that answers slowly
-    (a heartbeat waiting on a lock, SQLite's write lock under load) is waited for instead:
+    (a heartbeat waiting on a lock, SQLite's write lock under load) or refuses (its
+    ``lock_timeout`` ran out: `DatabaseBusy`; read-only: `DatabaseReadOnly`; neither counts
+    as unreachable, and either clears an earlier unreachable) is waited for instead:
     once it answers, the heartbeat extends the lease of every job nobody took over, and
     their work goes on. Looks every tenth of a lease (at most a second), independently of
     the heartbeat's rounds, which may themselves be waiting on the network."""
