@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from jobqueue import AsyncJobQueue
+from jobqueue.drivers.engines import make_engine
 from jobqueue.worker import Worker
 
 
@@ -60,3 +63,33 @@ async def run_in_background(worker: Worker) -> asyncio.Task[None]:
 async def stop(worker: Worker, task: asyncio.Task[None]) -> None:
     worker.stop()
     await asyncio.wait_for(task, 15)
+
+
+@contextlib.asynccontextmanager
+async def table_locked(url: str, table: str) -> AsyncIterator[None]:
+    """Hold a lock on the jobs table that makes every write to it wait, reads not
+    (PostgreSQL: ``EXCLUSIVE`` mode; SQLite: the write lock), until the block ends.
+
+    The lock is taken, held and given back by a thread of its own: taking it may wait for
+    a statement of the worker, which needs this event loop to finish."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn, conn.begin():  # SQLite: BEGIN IMMEDIATE
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
+                taken.set()
+                done.wait(60)
+                conn.rollback()
+        finally:
+            engine.dispose()
+
+    holder = asyncio.create_task(asyncio.to_thread(hold))
+    await asyncio.to_thread(taken.wait, 60)
+    try:
+        yield
+    finally:
+        done.set()
+        await holder

@@ -14,7 +14,7 @@ import pytest
 from jobqueue import AsyncJobQueue, Job, Status
 from jobqueue.worker import Worker, WorkerContext
 from jobqueue.worker.lifecycle import MOVES, Lifecycle, State, WorkerStateError
-from tests.worker.conftest import eventually, messages, run_in_background, stop
+from tests.worker.conftest import eventually, messages, run_in_background, stop, table_locked
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
@@ -199,6 +199,76 @@ async def test_graceful_stop_finishes_quick_jobs_and_releases_the_rest(
         assert (job.attempts, job.max_attempts) == (0, 3)
         assert "released" in job.errors[-1]["error"]
     assert not await jq.list(status="processing")
+
+
+async def test_a_graceful_stop_waits_for_the_save_of_a_paid_requests_task_id(
+    jq: AsyncJobQueue, migrated: tuple[str, str]
+) -> None:
+    """A handler has sent a paid request (its lease confirmed first, as a generator does)
+    and saves the task id while a lock holds every write up past the grace period. The
+    stop waits for the save instead of cancelling the handler, so the released job keeps
+    the id and its next attempt resumes the task instead of paying again."""
+    url, table = migrated
+    job = await jq.enqueue("paid", {})
+    sent, go = asyncio.Event(), asyncio.Event()
+    saved: list[str] = []
+
+    async def paid(job: Job, ctx: WorkerContext) -> None:
+        await ctx.lease_confirmed()
+        sent.set()  # the paid request goes out here
+        await go.wait()
+        await ctx.save_remote_task_id("task-1")
+        saved.append("task-1")
+        await asyncio.sleep(60)  # polls the task
+
+    worker = Worker(jq, {"paid": paid}, lease=3, grace_period=0.2, listen=False)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(sent.wait(), 10)
+    async with table_locked(url, table):
+        go.set()
+        worker.stop()
+        await asyncio.sleep(1.0)  # five grace periods
+        assert not saved and not task.done()  # the handler was not stopped
+    await asyncio.wait_for(task, 15)
+    assert saved == ["task-1"]
+    released = await jq.get(job.id)
+    assert released.status is Status.PENDING
+    assert released.remote_task_id == "task-1"
+    assert (released.attempts, released.locked_by) == (0, None)
+
+
+async def test_a_second_stop_ends_the_wait_for_a_paid_requests_task_id(
+    jq: AsyncJobQueue, migrated: tuple[str, str]
+) -> None:
+    url, table = migrated
+    if url.startswith("sqlite"):
+        pytest.skip(
+            "a SQLite statement waiting for the write lock runs on its connection's thread "
+            "and cannot be interrupted: any stop comes after it (up to its busy timeout)"
+        )
+    await jq.enqueue("paid", {})
+    sent, go, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def paid(job: Job, ctx: WorkerContext) -> None:
+        await ctx.lease_confirmed()
+        sent.set()
+        await go.wait()
+        try:
+            await ctx.save_remote_task_id("task-1")
+        finally:  # cancelled, or LeaseLost: the stop came while a write was retried
+            stopped.set()
+
+    worker = Worker(jq, {"paid": paid}, lease=3, grace_period=0.1, listen=False)
+    task = await run_in_background(worker)
+    await asyncio.wait_for(sent.wait(), 10)
+    async with table_locked(url, table):
+        go.set()
+        worker.stop()
+        await asyncio.sleep(0.5)
+        assert not stopped.is_set()
+        worker.stop(immediate=True)
+        await asyncio.wait_for(stopped.wait(), 2)  # while the lock still holds
+    await asyncio.wait_for(task, 15)
 
 
 async def test_immediate_stop_skips_the_grace_period(jq: AsyncJobQueue) -> None:

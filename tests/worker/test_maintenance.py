@@ -5,52 +5,18 @@ connection being checked out when its task is cancelled is lost to the pool)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from jobqueue import AsyncJobQueue, Job, Status
-from jobqueue.drivers.engines import make_engine
 from jobqueue.worker import Worker, WorkerContext
 from jobqueue.worker.maintenance import Periodic
-from tests.worker.conftest import eventually, messages, run_in_background, stop
+from tests.worker.conftest import eventually, messages, run_in_background, stop, table_locked
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
-
-
-@contextlib.asynccontextmanager
-async def table_locked(url: str, table: str) -> AsyncIterator[None]:
-    """Hold a lock on the jobs table that makes every write to it wait, reads not
-    (PostgreSQL: ``EXCLUSIVE`` mode; SQLite: the write lock), until the block ends.
-
-    The lock is taken, held and given back by a thread of its own: taking it may wait for
-    a statement of the worker, which needs this event loop to finish."""
-    taken, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        engine = make_engine(url)
-        try:
-            with engine.connect() as conn, conn.begin():  # SQLite: BEGIN IMMEDIATE
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql(f'LOCK TABLE "{table}" IN EXCLUSIVE MODE')
-                taken.set()
-                done.wait(60)
-                conn.rollback()
-        finally:
-            engine.dispose()
-
-    holder = asyncio.create_task(asyncio.to_thread(hold))
-    await asyncio.to_thread(taken.wait, 60)
-    try:
-        yield
-    finally:
-        done.set()
-        await holder
 
 
 async def test_the_reaper_fails_a_vanished_workers_job_with_no_attempts_left(

@@ -67,6 +67,7 @@ class WorkerContext(OldContextNames):
         loop: asyncio.AbstractEventLoop,
         *,
         lease: float | None = None,
+        claimed: float | None = None,
     ) -> None:
         self.queue = queue
         self.job = job
@@ -76,10 +77,17 @@ class WorkerContext(OldContextNames):
         self.lease = queue.lease if lease is None else lease
         self._loop = loop
         self._remote_task_id = job.remote_task_id
-        #: When the database last confirmed this claim's lease (monotonic seconds): the
-        #: claim's answer, then each heartbeat answer that matched it (`confirm`). By the
-        #: database's clock the lease runs out no earlier than a lease after it.
-        self.confirmed = time.monotonic()
+        #: When the database last confirmed this claim's lease (monotonic seconds): when the
+        #: claim was sent (``claimed``), then when each heartbeat that matched it was sent
+        #: (`confirm`). The database set the lease after that moment, so by its clock the
+        #: lease runs out no earlier than a lease after it.
+        self.confirmed = time.monotonic() if claimed is None else claimed
+        #: Cleared from the lease's confirmation before a paid request (`lease_confirmed`)
+        #: until the provider's task id is saved: a graceful stop waits for the save
+        #: instead of stopping the handler, since the saved id is what keeps the next
+        #: attempt from paying again.
+        self.paid_saved = asyncio.Event()
+        self.paid_saved.set()
 
     async def report_progress(self, percent: int, message: str | None = None) -> None:
         """Write progress (0-100) and a message on the job; `LeaseLost` if no longer ours.
@@ -129,9 +137,11 @@ class WorkerContext(OldContextNames):
                 "the database refused the write; nothing was saved",
             ) from exc.__cause__
         self._remote_task_id = task_id
+        self.paid_saved.set()
 
     def confirm(self, when: float) -> None:
-        """The database confirmed the lease at ``when`` (monotonic): a heartbeat answer."""
+        """The database extended the lease by a statement sent at ``when`` (monotonic): a
+        heartbeat's answer, dated by its sending, the earliest the extension can date from."""
         self.confirmed = max(self.confirmed, when)
 
     async def lease_confirmed(self) -> None:
@@ -142,7 +152,7 @@ class WorkerContext(OldContextNames):
         a request that costs money and starts work that only its saved task id lets a
         later attempt find (a provider's submit). A write that fails is retried (logged),
         as the task id's is; a worker cut off from the database never gets its answer, and
-        its lease watch stops the attempt here once the lease must have run out, so the
+        its lease watch stops the attempt here before the lease runs out, so the
         request is never sent and the attempt that takes the job over pays only once.
         `LeaseLost` when the job is no longer this attempt's, or the attempt was stopped."""
 
@@ -170,6 +180,7 @@ class WorkerContext(OldContextNames):
                 f"job {self.job.id}: the attempt was stopped before the database confirmed "
                 "its lease; no paid request was sent"
             ) from exc.__cause__
+        self.paid_saved.clear()
 
     @property
     def remote_task_id(self) -> str | None:

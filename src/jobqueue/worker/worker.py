@@ -22,7 +22,9 @@ it, with that error, since no retry can fix those. Leases are timed by the datab
 
 On stop (``stop()``, SIGTERM, SIGINT) the worker stops claiming, gives running jobs
 ``grace_period`` seconds, then cancels the rest and releases them to ``pending`` without
-spending an attempt; a second signal skips the grace period.
+spending an attempt; a handler that has sent a paid request and is saving its task id is
+cancelled only once the id is saved (so the next attempt resumes the task instead of
+paying again). A second signal skips the grace period and that wait.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class Worker:
     - ``worker_id``: stored in ``locked_by``; default ``host:pid:random``. It must be
       unique among running workers: heartbeats recognise held jobs by it.
     - ``grace_period``: on a graceful stop, how long running jobs may still finish before
-      they are cancelled and released to ``pending`` (no attempt spent).
+      they are cancelled and released to ``pending`` (no attempt spent); one saving a
+      paid request's task id is cancelled once the id is saved.
     - ``job_timeout``: a handler running longer fails its attempt (retried by policy).
     - ``reap_interval``: how often expired leases are reaped (default: ``lease``).
     - ``schedules``: run the scheduler of periodic jobs (`add_schedule`, and the
@@ -219,7 +222,8 @@ class Worker:
         self.log_file = log_file
         #: The LISTEN/NOTIFY listener while `run` is serving on PostgreSQL with ``listen``.
         self.listener: Listener | None = None
-        #: The watch that gives up jobs whose lease must have run out, while `run` serves.
+        #: The watch that gives up jobs whose lease is about to run out unextended, while
+        #: `run` serves.
         self.lease_watch: LeaseWatch | None = None
         #: Claim statements run so far (each may take many jobs).
         self.claims = 0
@@ -393,6 +397,7 @@ class Worker:
             slots.reserved += free
             try:
                 self.claims += 1
+                sent = time.monotonic()
                 jobs = await self.queue.claim(
                     self.worker_id,
                     queues=self.queues,
@@ -413,7 +418,7 @@ class Worker:
             slots.reserved -= free
             backoff.reset()
             for job in jobs:
-                self._start(job)
+                self._start(job, sent)
             if len(jobs) >= free:
                 continue  # there may be more due right now
             if lifecycle.until_idle and not jobs and self._idle():
@@ -443,10 +448,13 @@ class Worker:
 
     # -- running one job --------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, claimed: float) -> None:
+        """Run ``job``, claimed by a statement sent at ``claimed`` (monotonic)."""
         assert self._loop is not None
         slots = self._slots
-        ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
+        ctx = WorkerContext(
+            self.queue, job, self.worker_id, self._loop, lease=self.lease, claimed=claimed
+        )
         slot = Slot(job, ctx, time.monotonic())
         previous = slots.take(slot)
         if previous is not None and not previous.handler_done and previous.task is not None:
@@ -522,6 +530,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await lifecycle.wake.wait()
+        await self._await_paid_saves()
         unfinished = [s for s in slots.held.values() if not s.handler_done and s.task is not None]
         for slot in unfinished:
             slot.stop_handler(StopReason.STOPPING)
@@ -540,6 +549,37 @@ class Worker:
                 await completer.release(slot)
         lifecycle.close()
         await completer.finish()
+
+    async def _await_paid_saves(self) -> None:
+        """Past the grace period, a handler that sent a paid request and is saving its
+        task id is not stopped until the save is written: without the id the next attempt
+        pays again. The database answering ends the wait; a database out of reach ends it
+        through the lease watch, which stops the handler before its lease runs out; a
+        second signal (an immediate stop) ends it at once."""
+        lifecycle, slots = self._lifecycle, self._slots
+
+        def saving() -> list[tuple[asyncio.Event, asyncio.Task[None]]]:
+            return [
+                (s.ctx.paid_saved, s.task)
+                for s in slots.held.values()
+                if not s.ctx.paid_saved.is_set() and not s.handler_done and s.task is not None
+            ]
+
+        first = True
+        while not lifecycle.immediate and (pending := saving()):
+            if first:
+                log.info("waiting for %d jobs to save a paid request's task id", len(pending))
+                first = False
+            lifecycle.wake.clear()  # set by a second signal, as by every ended handler
+            waits = [asyncio.ensure_future(e.wait()) for e, _ in pending]
+            waits.append(asyncio.ensure_future(lifecycle.wake.wait()))
+            try:
+                await asyncio.wait(
+                    [*waits, *(t for _, t in pending)], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
 
 
 def _observer_of(observers: Sequence[Observer], trace: bool) -> Observer | None:
