@@ -909,16 +909,20 @@ def check_concurrency(ev: Evidence) -> Findings:
 def check_handlers_stopped_for_cause(ev: Evidence) -> Findings:
     """A worker stops a handler only for a cause: the attempt was cancelled or taken from
     it (a move recorded before the handler ended), the handler's timeout ran out, the
-    worker was stopping, or a partition cut the worker off (its lease watch gives up the
-    attempts whose lease must have run out: during the partition, or as late after it as
-    a lease and a command timeout). A handler stopped while its attempt was still the
-    job's current one, held by its worker, leaves the job to wait out its lease for
-    nothing."""
+    worker was stopping, or its worker could not reach the database to extend the lease
+    (its lease watch gives up the attempts whose lease is about to run out: during a
+    partition of the worker, or as late after it as a lease and a command timeout; or
+    at any time, when the attempt's lease ran out and it was taken over within a third of
+    a lease after the stop). A handler stopped while its attempt was still the job's
+    current one, held by its worker, leaves the job to wait out its lease for nothing."""
     out = []
     by_job = ev.moves_by_job()
     starts = {(x.job, x.attempt, x.claim, x.worker): x for x in ev.lines if x.event == "start"}
     timeout = ev.variant.job_timeout
     after = timedelta(seconds=ev.variant.lease + (ev.variant.command_timeout or 0))
+    # A heartbeat extends a lease every third of it: a takeover sooner than that after a
+    # stop means the lease had not been extended for most of a lease.
+    ahead = timedelta(seconds=ev.variant.lease / 3)
     for x in ev.lines:
         if x.event != "end" or x.outcome != "CancelledError" or x.worker in ev.stopped:
             continue
@@ -939,6 +943,18 @@ def check_handlers_stopped_for_cause(ev: Evidence) -> Findings:
         if not claimed:
             continue  # claims_ran_once reports it
         later = moves[claimed[0] + 1 :]
+        if (
+            later
+            and later[0].at > x.wall
+            and kind_of(later[0]) in ("reclaim", "fail-or-reap-or-release")
+            and (later[0].at - x.wall) <= ahead
+        ):
+            # Its lease watch stopped it just before the lease ran out (the worker could
+            # not reach the database to extend it), and a claim or the reaper took the
+            # attempt over right after. A handler stopped for no cause would have had
+            # its lease extended by a heartbeat moments before, and kept for most of a
+            # lease more.
+            continue
         if not later or later[0].at > x.wall:
             ended = f"; the attempt then ended by: {later[0]}" if later else ""
             out.append(
@@ -1010,10 +1026,13 @@ def key_of(x: Line) -> tuple[uuid.UUID, int, datetime | None, str]:
 def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
     """Each submission of a paid job that a later one repeated, as (explained,
     unexplained). With no idempotency key at the provider, one window cannot be closed: a
-    worker SIGKILLed between the provider's answer and the save of its task id. So a
-    submission is explained only when its handler call wrote no ``saved`` line, never
-    ended, and its worker was killed after it submitted; any other repeat (after a save,
-    or by a handler that went on or was stopped while its process lived) is not."""
+    worker SIGKILLed, or cut off from the database for most of a lease, between the
+    provider's answer and the save of its task id. So a submission is explained only when
+    its handler call wrote no ``saved`` line and either never ended and its worker was
+    killed after it submitted, or ended while a partition of its worker that began right
+    after the submit lasted most of a lease (`cut_off_after`); any other repeat (after a
+    save, or by a handler that went on or was stopped while its process could reach the
+    database, a graceful stop included) is not."""
     saved = {key_of(x) for x in ev.lines if x.event == "saved"}
     ended = {key_of(x): x.outcome for x in ev.lines if x.event == "end"}
     explained: Findings = []
@@ -1029,6 +1048,11 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
                 unexplained.append(f"{what}, saved its task id, and the job was submitted again")
             elif key_of(x) not in ended and killed_at is not None and killed_at >= x.wall:
                 explained.append(f"{what}; its worker was killed before the save landed")
+            elif key_of(x) in ended and (cut := cut_off_after(ev, x.worker, x.wall)):
+                explained.append(
+                    f"{what}; its worker was cut off from the database right after "
+                    f"({cut}) until its lease watch stopped the handler before the save"
+                )
             else:
                 how = (
                     f"its handler ended ({ended[key_of(x)]})"
@@ -1041,6 +1065,18 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
                     f"{', '.join(faults) or 'none'}"
                 )
     return explained, unexplained
+
+
+def cut_off_after(ev: Evidence, worker: str, submitted: datetime) -> str | None:
+    """A partition of ``worker`` that began by a second after a submission and lasted most
+    of a lease past it: the save of the task id could not reach the database before the
+    lease watch had to stop the handler (the window only an idempotency key closes)."""
+    soon = timedelta(seconds=1)
+    most = timedelta(seconds=ev.variant.lease * 0.8)
+    for p in ev.partitions:
+        if worker in p.workers and p.began <= submitted + soon and p.ended >= submitted + most:
+            return f"a partition ({p.kind}) of {p.began:%H:%M:%S.%f}-{p.ended:%H:%M:%S.%f}"
+    return None
 
 
 def faults_during(ev: Evidence, worker: str, began: datetime, ended: datetime) -> list[str]:
