@@ -851,6 +851,16 @@ class JobQueue(_QueueBase[Engine]):
         """Delete a schedule; whether there was one. The jobs it made stay."""
         return self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
 
+    def pause_schedule(self, name: str) -> bool:
+        """Stop a schedule making jobs, keeping its definition; whether there was one. A
+        worker whose registry declares it leaves it paused."""
+        return self._run(schedule_ops.set_schedule_enabled(self.schedule_statements, name, False))
+
+    def resume_schedule(self, name: str) -> bool:
+        """Let a paused schedule make jobs again; whether there was one. Ticks missed while
+        it was paused follow its ``missed`` policy (one job for the latest, or none)."""
+        return self._run(schedule_ops.set_schedule_enabled(self.schedule_statements, name, True))
+
     def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
         """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),
         in one transaction: what a worker does with its registry's schedules at start."""
@@ -1550,6 +1560,20 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def remove_schedule(self, name: str) -> bool:
         """Delete a schedule; whether there was one. The jobs it made stay."""
         return await self._run(schedule_ops.remove_schedule(self.schedule_statements, name))
+
+    async def pause_schedule(self, name: str) -> bool:
+        """Stop a schedule making jobs, keeping its definition; whether there was one. A
+        worker whose registry declares it leaves it paused."""
+        return await self._run(
+            schedule_ops.set_schedule_enabled(self.schedule_statements, name, False)
+        )
+
+    async def resume_schedule(self, name: str) -> bool:
+        """Let a paused schedule make jobs again; whether there was one. Ticks missed while
+        it was paused follow its ``missed`` policy (one job for the latest, or none)."""
+        return await self._run(
+            schedule_ops.set_schedule_enabled(self.schedule_statements, name, True)
+        )
 
     async def declare_schedules(self, specs: Sequence[ScheduleSpec]) -> int:
         """`add_schedule` for each definition (`jobqueue.operations.schedules.define_schedule`),

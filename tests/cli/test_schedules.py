@@ -1,6 +1,6 @@
-"""The ``schedule`` commands (add, list, remove) run as a user runs them: the installed
-console script in a subprocess, against SQLite and PostgreSQL, the effect checked through
-the queue's own API."""
+"""The ``schedule`` commands (add, list, pause, resume, remove) run as a user runs them:
+the installed console script in a subprocess, against SQLite and PostgreSQL, the effect
+checked through the queue's own API."""
 
 from __future__ import annotations
 
@@ -42,6 +42,20 @@ def test_schedule_add_list_and_remove(jq: Run, db_url: str, table_name: str) -> 
 
     with JobQueue(db_url, table=table_name) as q:
         assert {s.name for s in q.list_schedules()} == {"report", "cleanup"}
+
+    paused = jq("schedule", "pause", "report")
+    assert (paused.code, paused.out.strip()) == (0, "paused the schedule report"), paused.err
+    assert "paused" in jq("schedule", "list").out
+    with JobQueue(db_url, table=table_name) as q:
+        assert {s.name: s.enabled for s in q.list_schedules()} == {
+            "report": False,
+            "cleanup": True,
+        }
+    assert jq("schedule", "resume", "report").out.strip() == "resumed the schedule report"
+    with JobQueue(db_url, table=table_name) as q:
+        assert all(s.enabled for s in q.list_schedules())
+    jq("schedule", "pause", "nothing").one_line_error(1, "no schedule 'nothing'")
+    jq("schedule", "resume", "nothing").one_line_error(1, "no schedule 'nothing'")
 
     assert jq("schedule", "remove", "report").code == 0
     jq("schedule", "remove", "report").one_line_error(1, "no schedule 'report'")

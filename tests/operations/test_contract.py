@@ -145,6 +145,7 @@ def exercise(q: JobQueue) -> None:
     time.sleep(max(0.0, (q.list_schedules()[1].next_tick - datetime.now(UTC)).total_seconds()))
     # One job per due tick: a loaded machine may wake past a second one (each enqueued).
     assert len(q.run_schedules().enqueued) >= 1
+    assert q.pause_schedule("tick") and q.resume_schedule("tick")
     assert q.remove_schedule("tick") and not q.remove_schedule("tick")
 
 

@@ -248,6 +248,33 @@ async def test_a_disabled_schedule_makes_no_jobs(
     assert await q.list(status="pending") == []
 
 
+async def test_a_paused_schedule_makes_no_jobs_stays_paused_when_declared_and_resumes(
+    q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
+) -> None:
+    await q.add_schedule("nightly", kind="report", cron="0 0 * * *", missed="once")
+    assert await q.pause_schedule("nightly") is True
+    _set_next_tick(raw_sql, migrated, "nightly", "2025-01-01 00:00:00")
+    assert (await q.run_schedules()).enqueued == []
+    # A worker starting with the schedule in its registry redeclares it: still paused.
+    spec = define_schedule("nightly", kind="report", cron="0 0 * * *", payload={"v": 2})
+    assert await q.declare_schedules([spec]) == 1
+    (paused,) = await q.list_schedules()
+    assert paused.enabled is False and paused.payload == {"v": 2}
+    assert (await q.run_schedules()).enqueued == []
+    # Resumed: the ticks missed while paused run once (its policy), for the latest.
+    assert await q.resume_schedule("nightly") is True
+    (job,) = (await q.run_schedules()).enqueued
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert job.idempotency_key == idempotency_key("nightly", today)
+    assert (await q.list_schedules())[0].enabled is True
+    assert await q.pause_schedule("nobody") is False
+    assert await q.resume_schedule("nobody") is False
+    # add_schedule says what it is told.
+    assert (
+        await q.add_schedule("nightly", kind="report", cron="0 0 * * *", enabled=False)
+    ).enabled is False
+
+
 async def test_a_broken_row_is_reported_and_the_others_still_run(
     q: Either, raw_sql: Callable[..., list[Any]], migrated: tuple[str, str]
 ) -> None:

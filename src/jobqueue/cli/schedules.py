@@ -1,8 +1,9 @@
-"""Commands about periodic jobs: ``schedule add``, ``schedule list``, ``schedule remove``.
+"""Commands about periodic jobs: ``schedule add``, ``list``, ``pause``, ``resume`` and
+``remove``.
 
 They only call the queue's API (`JobQueue.add_schedule`, `list_schedules`,
-`remove_schedule`); the schedules live in the database, and every worker's scheduler
-runs them (docs/schedules.md).
+`pause_schedule`, `resume_schedule`, `remove_schedule`); the schedules live in the
+database, and every worker's scheduler runs them (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def render_schedules(schedules: list[Schedule]) -> Table:
             s.kind,
             s.queue,
             s.missed,
-            tick_time(s.next_tick) if s.enabled else "disabled",
+            tick_time(s.next_tick) if s.enabled else "paused",
             tick_time(s.last_tick),
         )
     return table
@@ -176,3 +177,30 @@ def schedule_remove_command(env: Env, name: str) -> None:
     if not removed:
         raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
     out().print(f"removed the schedule {name}", markup=False, soft_wrap=True)
+
+
+@schedule_group.command("pause")
+@click.argument("name")
+@pass_env
+def schedule_pause_command(env: Env, name: str) -> None:
+    """Stop the schedule NAME making jobs, keeping its definition (`schedule resume` lets it
+    go on). Exit code 1 when there is none. A worker declaring it leaves it paused."""
+    with env.queue() as q:
+        found = q.pause_schedule(name)
+    if not found:
+        raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
+    out().print(f"paused the schedule {name}", markup=False, soft_wrap=True)
+
+
+@schedule_group.command("resume")
+@click.argument("name")
+@pass_env
+def schedule_resume_command(env: Env, name: str) -> None:
+    """Let the paused schedule NAME make jobs again. Ticks missed meanwhile follow its
+    --missed policy: one job for the latest (once) or none (skip). Exit code 1 when there
+    is none."""
+    with env.queue() as q:
+        found = q.resume_schedule(name)
+    if not found:
+        raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
+    out().print(f"resumed the schedule {name}", markup=False, soft_wrap=True)

@@ -357,7 +357,7 @@ def declare_schedules(ss: ScheduleStatements, specs: Sequence[ScheduleSpec]) -> 
         return 0
     now: datetime = (yield ss.now())[0]["now"]
     for spec in specs:
-        yield ss.upsert(spec.values(), spec.timing.next_after(now))
+        yield ss.upsert(spec.values(), spec.timing.next_after(now), keep_enabled=True)
     return len(specs)
 
 
@@ -371,6 +371,14 @@ def remove_schedule(ss: ScheduleStatements, name: str) -> Steps[bool]:
     """Delete a schedule; whether there was one. Jobs it enqueued stay."""
     check_text(name, "schedule name", limit=MAX_NAME)
     return bool((yield ss.delete(name)))
+
+
+@operation(Access.ONE_WRITE)
+def set_schedule_enabled(ss: ScheduleStatements, name: str, enabled: bool) -> Steps[bool]:
+    """Pause or resume a schedule; whether there was one. A paused schedule makes no jobs
+    and keeps its definition; a worker declaring it again leaves it paused."""
+    check_text(name, "schedule name", limit=MAX_NAME)
+    return bool((yield ss.set_enabled(name, enabled)))
 
 
 @operation(Access.READ)

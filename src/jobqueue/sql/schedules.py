@@ -105,11 +105,15 @@ class ScheduleStatements(BuiltOnce):
         """The database clock (one row: ``now``)."""
         return Query(self.once("now", lambda: select(DbNow().label("now"))), None)
 
-    def upsert(self, values: dict[str, Any], next_tick: datetime) -> Query:
+    def upsert(
+        self, values: dict[str, Any], next_tick: datetime, *, keep_enabled: bool = False
+    ) -> Query:
         """Create the schedule ``values["name"]``, or replace its definition. Its next tick
         becomes ``next_tick`` when it is new or its timing (cron, interval, time zone)
         changed, so a worker that starts with the same definition leaves the schedule's
-        place as it was (RETURNING the row)."""
+        place as it was (RETURNING the row). With ``keep_enabled`` an existing schedule
+        stays paused or running as it was (a worker declaring its registry's schedules
+        must not resume one an operator paused)."""
 
         def build() -> Any:
             sc = self.s.c
@@ -135,6 +139,7 @@ class ScheduleStatements(BuiltOnce):
                 index_elements=[sc.name],
                 set_={
                     **{col: new[col] for col in DEFINITION},
+                    **({"enabled": sc.enabled} if keep_enabled else {}),
                     "next_tick": case((changed, new.next_tick), else_=sc.next_tick),
                     "updated_at": DbNow(),
                 },
@@ -142,7 +147,23 @@ class ScheduleStatements(BuiltOnce):
 
         params = {f"jq_{k}": v for k, v in values.items()}
         params["jq_next_tick"] = next_tick
-        return Query(self.once("upsert", build), params)
+        name = "upsert_keeping_enabled" if keep_enabled else "upsert"
+        return Query(self.once(name, build), params)
+
+    def set_enabled(self, name: str, enabled: bool) -> Query:
+        """Pause (``enabled`` false) or resume one schedule (RETURNING the row). A resumed
+        schedule's missed ticks are its ``missed`` policy's to handle, as after an outage."""
+
+        def build() -> Any:
+            sc = self.s.c
+            return (
+                update(self.s)
+                .where(sc.name == param("name", Text()))
+                .values(enabled=param("enabled", sc.enabled.type), updated_at=DbNow())
+                .returning(*self._columns())
+            )
+
+        return Query(self.once("set_enabled", build), {"jq_name": name, "jq_enabled": enabled})
 
     def list(self) -> Query:
         """Every schedule, by name."""
