@@ -5,10 +5,12 @@ checked through the queue's own API."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
 
 from jobqueue import JobQueue, migrate
-from tests.cli.helpers import Run
+from tests.cli.helpers import Run, clean_env
 
 
 def test_schedule_add_list_and_remove(jq: Run, db_url: str, table_name: str) -> None:
@@ -79,3 +81,30 @@ def test_schedule_add_refuses_what_cannot_tick(jq: Run, db_url: str, table_name:
     )
     empty = jq("schedule", "list")
     assert empty.code == 0 and "No schedules" in empty.out
+
+
+def test_check_reports_paused_schedules_and_warns_of_overdue_ones(
+    jq_in_process: Run, db_url: str, table_name: str
+) -> None:
+    migrate(db_url, table=table_name)
+    with JobQueue(db_url, table=table_name) as q:
+        q.add_schedule("hourly", kind="report", every=3600)
+        q.add_schedule("nightly", kind="report", every=86400)
+        q.pause_schedule("nightly")
+
+    def check() -> tuple[str, str]:
+        checked = jq_in_process("check", env=clean_env(MOCK_AI="true"))
+        assert checked.code == 0, checked.out  # a warning at most, never a failure
+        (line,) = [ln for ln in checked.out.splitlines() if ln.split()[1:2] == ["schedules"]]
+        return line, checked.out
+
+    line, _ = check()
+    assert line.split()[0] == "ok" and "1 running, 1 paused (nightly)" in line, line
+    # No worker ran the scheduler for two hours: the running schedule's tick is overdue.
+    past = f"{datetime.now(UTC) - timedelta(hours=2):%Y-%m-%d %H:%M:%S}"
+    past += ".000000" if db_url.startswith("sqlite") else "+00"
+    with JobQueue(db_url, table=table_name) as q, q.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {table_name}_schedules SET next_tick = :t"), {"t": past})
+    line, report = check()
+    assert line.split()[0] == "warn" and "1 overdue by over a minute (hourly)" in line, line
+    assert "--no-schedules" in report, report

@@ -93,8 +93,8 @@ def check_command(env: Env) -> None:
     """Diagnose the set-up: database, schema, writes, workers, generator and more.
 
     Checks the database, the schema, access, writes, stuck jobs, pauses, the backlog, live
-    workers and the generator: one line per check, with a fix for each problem. Exit code 0
-    when nothing failed, 1 otherwise (warnings do not fail).
+    workers, schedules and the generator: one line per check, with a fix for each problem.
+    Exit code 0 when nothing failed, 1 otherwise (warnings do not fail).
     """
     from .checks import run_checks
 

@@ -2,9 +2,10 @@
 
 Each `Check` is one line of the report: the database answers, the schema is installed and
 current, the jobs table is readable, no job is stuck past its lease or waiting unclaimed,
-what is paused, which workers are live, and a generator is configured. A failed check
-carries its fix, so the report reads as a to-do list. The checks only read; nothing is
-created or changed (a missing SQLite file is reported, not created by connecting to it).
+what is paused, which workers are live, whether periodic jobs tick, and a generator is
+configured. A failed check carries its fix, so the report reads as a to-do list. The
+checks only read; nothing is created or changed (a missing SQLite file is reported, not
+created by connecting to it).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
             paused = _paused_check(q)
             workers = _workers_check(q, counts)
             writes = _writes_check(q)
+            schedules = _schedules_check(q)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
     checks = [Check("access", "ok", f"can read {table}"), writes]
@@ -190,7 +192,39 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
     else:
         checks.append(Check("backlog", "ok", f"{counts.pending} pending, none overdue"))
     checks.append(workers)
+    checks.append(schedules)
     return checks
+
+
+def _schedules_check(q: JobQueue) -> Check:
+    """The periodic jobs: how many run and are paused, and a warning when a running one's
+    tick is overdue (no worker runs the scheduler)."""
+    from sqlalchemy import select
+
+    from ..drivers.errors import translated_errors
+    from ..sql.dialect import DbNow
+
+    try:
+        schedules = q.list_schedules()
+        with translated_errors(q.table_name), q.engine.connect() as conn:
+            now = conn.execute(select(DbNow())).scalar_one()
+    except JobQueueError as exc:
+        return Check("schedules", "warn", f"cannot read the schedules: {exc.message}", exc.hint)
+    if not schedules:
+        return Check("schedules", "ok", "none (`jobqueue schedule add` makes one)")
+    paused = [s.name for s in schedules if not s.enabled]
+    late = [s.name for s in schedules if s.enabled and s.next_tick < now - OVERDUE_AFTER]
+    detail = f"{len(schedules) - len(paused)} running"
+    if paused:
+        detail += f", {len(paused)} paused ({', '.join(paused[:WORKERS_SHOWN])})"
+    if late:
+        return Check(
+            "schedules",
+            "warn",
+            f"{detail}; {len(late)} overdue by over a minute ({', '.join(late[:WORKERS_SHOWN])})",
+            "no worker runs the scheduler: start `jobqueue worker` (without --no-schedules)",
+        )
+    return Check("schedules", "ok", detail)
 
 
 def refuses_writes(q: JobQueue) -> str | None:
