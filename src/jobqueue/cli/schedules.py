@@ -22,7 +22,10 @@ from .group import CommandFailed, Env, cli, pass_env
 from .output import DURATION, echo_json, out, when
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..operations.schedules import Schedule
+    from ..queue import JobQueue
 
 
 @cli.group("schedule")
@@ -172,11 +175,7 @@ def schedule_remove_command(env: Env, name: str) -> None:
 
     A schedule a worker's registry declares comes back when such a worker starts: remove
     it from the registry too."""
-    with env.queue() as q:
-        removed = q.remove_schedule(name)
-    if not removed:
-        raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
-    out().print(f"removed the schedule {name}", markup=False, soft_wrap=True)
+    _on_one(env, name, "removed", lambda q: q.remove_schedule(name))
 
 
 @schedule_group.command("pause")
@@ -185,11 +184,7 @@ def schedule_remove_command(env: Env, name: str) -> None:
 def schedule_pause_command(env: Env, name: str) -> None:
     """Stop the schedule NAME making jobs, keeping its definition (`schedule resume` lets it
     go on). Exit code 1 when there is none. A worker declaring it leaves it paused."""
-    with env.queue() as q:
-        found = q.pause_schedule(name)
-    if not found:
-        raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
-    out().print(f"paused the schedule {name}", markup=False, soft_wrap=True)
+    _on_one(env, name, "paused", lambda q: q.pause_schedule(name))
 
 
 @schedule_group.command("resume")
@@ -199,8 +194,13 @@ def schedule_resume_command(env: Env, name: str) -> None:
     """Let the paused schedule NAME make jobs again. Ticks missed meanwhile follow its
     --missed policy: one job for the latest (once) or none (skip). Exit code 1 when there
     is none."""
+    _on_one(env, name, "resumed", lambda q: q.resume_schedule(name))
+
+
+def _on_one(env: Env, name: str, done: str, act: Callable[[JobQueue], bool]) -> None:
+    """Act on the schedule ``name`` and say so; exit code 1 when there is none."""
     with env.queue() as q:
-        found = q.resume_schedule(name)
+        found = act(q)
     if not found:
         raise CommandFailed(f"no schedule {name!r} — `jobqueue schedule list` lists them")
-    out().print(f"resumed the schedule {name}", markup=False, soft_wrap=True)
+    out().print(f"{done} the schedule {name}", markup=False, soft_wrap=True)
