@@ -47,6 +47,7 @@ from sqlalchemy import Engine, bindparam, make_url, text
 from jobqueue import InvalidTransition, JobQueue, NewJob, Status
 from jobqueue.drivers.engines import make_engine
 from jobqueue.models import can_move
+from jobqueue.worker import StopReason
 from jobqueue.worker.completer import RELEASE_REASON
 from tests.support.netproxy import Direction, NetProxy
 
@@ -465,6 +466,8 @@ class Line:
     wall: datetime
     step: str | None = None
     outcome: str | None = None
+    #: Why the worker stopped the handler (`StopReason`'s value), on an ``end`` line.
+    stopped: str | None = None
 
     @classmethod
     def parse(cls, raw: str) -> Line:
@@ -478,6 +481,7 @@ class Line:
             wall=datetime.fromtimestamp(d["wall"], UTC),
             step=d.get("step"),
             outcome=d.get("outcome"),
+            stopped=d.get("stopped"),
         )
 
 
@@ -909,20 +913,20 @@ def check_concurrency(ev: Evidence) -> Findings:
 def check_handlers_stopped_for_cause(ev: Evidence) -> Findings:
     """A worker stops a handler only for a cause: the attempt was cancelled or taken from
     it (a move recorded before the handler ended), the handler's timeout ran out, the
-    worker was stopping, or its worker could not reach the database to extend the lease
-    (its lease watch gives up the attempts whose lease is about to run out: during a
-    partition of the worker, or as late after it as a lease and a command timeout; or
-    at any time, when the attempt's lease ran out and it was taken over within a third of
-    a lease after the stop). A handler stopped while its attempt was still the job's
-    current one, held by its worker, leaves the job to wait out its lease for nothing."""
+    worker was stopping, or its worker could not reach the database (its lease watch gives
+    up the attempts whose lease must have run out: during a partition of the worker, or as
+    late after it as a lease and a command timeout; or stopped as `StopReason.CUT_OFF`
+    after any fault that cut its worker off: a partition, an outage, a read-only spell
+    ending its sessions, a stall, in the two leases and a command timeout before). A
+    handler stopped while its attempt was still the job's current one, held by its worker,
+    leaves the job to wait out its lease for nothing."""
     out = []
     by_job = ev.moves_by_job()
     starts = {(x.job, x.attempt, x.claim, x.worker): x for x in ev.lines if x.event == "start"}
     timeout = ev.variant.job_timeout
     after = timedelta(seconds=ev.variant.lease + (ev.variant.command_timeout or 0))
-    # A heartbeat extends a lease every third of it: a takeover sooner than that after a
-    # stop means the lease had not been extended for most of a lease.
-    ahead = timedelta(seconds=ev.variant.lease / 3)
+    # A lease watch stop comes a lease after the last answer, which came before the fault.
+    lookback = after + timedelta(seconds=ev.variant.lease)
     for x in ev.lines:
         if x.event != "end" or x.outcome != "CancelledError" or x.worker in ev.stopped:
             continue
@@ -943,18 +947,10 @@ def check_handlers_stopped_for_cause(ev: Evidence) -> Findings:
         if not claimed:
             continue  # claims_ran_once reports it
         later = moves[claimed[0] + 1 :]
-        if (
-            later
-            and later[0].at > x.wall
-            and kind_of(later[0]) in ("reclaim", "fail-or-reap-or-release")
-            and (later[0].at - x.wall) <= ahead
+        if x.stopped == StopReason.CUT_OFF.value and cut_off_by(
+            ev, x.worker, x.wall - lookback, x.wall
         ):
-            # Its lease watch stopped it just before the lease ran out (the worker could
-            # not reach the database to extend it), and a claim or the reaper took the
-            # attempt over right after. A handler stopped for no cause would have had
-            # its lease extended by a heartbeat moments before, and kept for most of a
-            # lease more.
-            continue
+            continue  # its lease watch, after a fault kept the database out of its reach
         if not later or later[0].at > x.wall:
             ended = f"; the attempt then ended by: {later[0]}" if later else ""
             out.append(
@@ -1077,6 +1073,17 @@ def cut_off_after(ev: Evidence, worker: str, submitted: datetime) -> str | None:
         if worker in p.workers and p.began <= submitted + soon and p.ended >= submitted + most:
             return f"a partition ({p.kind}) of {p.began:%H:%M:%S.%f}-{p.ended:%H:%M:%S.%f}"
     return None
+
+
+def cut_off_by(ev: Evidence, worker: str, began: datetime, ended: datetime) -> str | None:
+    """A fault between ``began`` and ``ended`` that could keep ``worker`` from reaching
+    the database (a partition of it, an outage, a read-only spell, which ends sessions;
+    its own stall), or None. A long lock cannot: waiting on it is an answer, not silence."""
+    for s in stalls_of(ev.lines):
+        if s.worker == worker and s.began <= ended and (s.ended is None or began <= s.ended):
+            return "its stall"
+    faults = faults_during(ev, worker, began, ended)
+    return next((f for f in faults if "SIGTERM" not in f and "long lock" not in f), None)
 
 
 def faults_during(ev: Evidence, worker: str, began: datetime, ended: datetime) -> list[str]:

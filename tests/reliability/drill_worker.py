@@ -151,7 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
             outcome = type(exc).__name__
             raise
         finally:
-            record("end", job, claim, outcome=outcome)
+            why = ctx.stopped_because
+            record("end", job, claim, outcome=outcome, stopped=why.value if why else None)
         return {"attempt": job.attempts, "worker": me, "claim": claim}
 
     worker = Worker(

@@ -27,7 +27,7 @@ from jobqueue.drivers.listen import Listener, libpq_url
 from jobqueue.errors import DatabaseTimeout
 from jobqueue.generators.base import GenerationRequest
 from jobqueue.web.app import create_app
-from jobqueue.worker import Worker
+from jobqueue.worker import StopReason, Worker
 from tests.support.fake_defapi import FakeDefAPI
 from tests.support.netproxy import NetProxy
 from tests.web.server import running_server
@@ -273,6 +273,17 @@ async def test_a_worker_cut_off_mid_job_gives_up_and_another_takes_over_exactly_
         for j in jobs:
             now = await b_queue.get(j.id)
             assert now.started_at is not None and now.started_at >= leases[j.id]
+        # A gives up the handlers that are still running (polling tasks still in progress),
+        # by itself, while cut off: once their leases must have run out by its own clock,
+        # a moment after they ran out by the database's, when B could take them over.
+        watch = worker_a.lease_watch
+        assert watch is not None
+
+        async def given_up() -> bool:
+            return watch.given_up >= len(running)
+
+        await _until(given_up, 5, "A's lease watch to give the running jobs up")
+        assert watch.given_up == len(running)
         _held(fake, running, False)
 
         async def completed() -> bool:
@@ -280,9 +291,6 @@ async def test_a_worker_cut_off_mid_job_gives_up_and_another_takes_over_exactly_
             return all(j.status is Status.COMPLETED for j in got)
 
         await _until(completed, 20, "B to complete every job")
-        # A gave up the handlers that were still running, by itself, while cut off.
-        assert worker_a.lease_watch is not None
-        assert worker_a.lease_watch.given_up == len(running)
         proxy.passing()
 
         # Healed: A's late completions reach the database and are refused.
@@ -434,10 +442,15 @@ async def test_a_worker_cut_off_before_a_paid_submit_never_sends_it(
     fake.scenario(polls_before_success=0)
     go = asyncio.Event()
     generator = DefAPIGenerator(fake.api_key, base_url=fake.url, poll_interval=0.05)
+    stopped: list[tuple[str, StopReason | None]] = []
 
     async def late_image(job: Job, ctx: Any) -> Any:
         await go.wait()
-        return await generator.generate(GenerationRequest.from_payload(job.payload), ctx)
+        try:
+            return await generator.generate(GenerationRequest.from_payload(job.payload), ctx)
+        except BaseException:
+            stopped.append((ctx.worker_id, ctx.stopped_because))
+            raise
 
     a_queue = AsyncJobQueue(
         _through(proxy, url), table=table, lease=LEASE, command_timeout=COMMAND_TIMEOUT
@@ -461,7 +474,15 @@ async def test_a_worker_cut_off_before_a_paid_submit_never_sends_it(
         done = await b_queue.wait(job.id, timeout=30, interval=0.1)
         assert done.status is Status.COMPLETED and done.locked_by == "B" and done.attempts == 2
         assert fake.submissions["late"] == 1
-        assert worker_a.lease_watch is not None and worker_a.lease_watch.given_up == 1
+        watch = worker_a.lease_watch
+        assert watch is not None
+
+        async def given_up() -> bool:
+            return watch.given_up >= 1
+
+        await _until(given_up, 5, "A's lease watch to give the job up")  # as above
+        assert watch.given_up == 1
+        assert stopped == [("A", StopReason.CUT_OFF)]
     finally:
         worker_a.stop(immediate=True)
         worker_b.stop(immediate=True)

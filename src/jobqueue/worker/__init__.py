@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .context import Handler, HandlerResult, WorkerContext, generator_handler
 from .observer import Event, Observer
+from .outcome import StopReason
 from .worker import Worker, default_worker_id
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Handler",
     "HandlerResult",
     "Observer",
+    "StopReason",
     "Worker",
     "WorkerContext",
     "default_worker_id",

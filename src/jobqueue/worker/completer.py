@@ -82,7 +82,7 @@ class Completer:
         queues: tuple[str, ...],
         kinds: tuple[str, ...] | None,
         lease: float,
-        start_job: Callable[[Job, float], None],
+        start_job: Callable[[Job], None],
         count_claim: Callable[[], None],
         slot_freed: Callable[[], None],
         observer: Observer | None = None,
@@ -354,7 +354,7 @@ class Completer:
         """Write one batch's completions (on the connection ``held`` keeps, if any), and
         claim with them while the claim loop waits for slots."""
         try:
-            written, claimed, sent = await self._persist(
+            written, claimed = await self._persist(
                 functools.partial(self._complete_batch, items, held),
                 "",
                 f"completing {len(items)} jobs",
@@ -377,15 +377,14 @@ class Completer:
         # than are free now, but should it, the extras go back at once rather than run.
         room = max(0, self.slots.free())
         for job in claimed[:room]:
-            self._start_job(job, sent)
+            self._start_job(job)
         for job in claimed[room:]:
             await self._hand_back(job)
 
     async def _complete_batch(
         self, items: Sequence[Slot], held: Held | None
-    ) -> tuple[set[UUID], list[Job], float]:
-        """One attempt at writing a batch: the ids written, the jobs claimed with it, and
-        when it was sent (monotonic: the claims' leases date from after it)."""
+    ) -> tuple[set[UUID], list[Job]]:
+        """One attempt at writing a batch: the ids written, and the jobs claimed with it."""
         completions = [s.completion for s in items if s.completion is not None]
         # Claim only while the claim loop waits for slots (more may be due now), never
         # while stopping; the batch's own slots are free once it is written.
@@ -400,9 +399,8 @@ class Completer:
                 # The claim loop waits for these very slots: take their next jobs in the
                 # same statement (one commit for both, see complete_and_claim).
                 self._count_claim()
-                sent = time.monotonic()
                 with queue._on_held(held):
-                    written, claimed = await queue.complete_and_claim(
+                    return await queue.complete_and_claim(
                         completions,
                         self.worker_id,
                         queues=self.queues,
@@ -410,9 +408,8 @@ class Completer:
                         limit=free,
                         lease=self.lease,
                     )
-                return written, claimed, sent
             with queue._on_held(held):
-                return await queue.complete_many(completions), [], time.monotonic()
+                return await queue.complete_many(completions), []
         finally:
             self.slots.reserved -= beyond
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ..backoff import Backoff
 from ..errors import LeaseLost
@@ -20,6 +20,9 @@ from ..generators.base import GenerationRequest, GenerationResult, Generator, Ol
 from ..models import Job
 from ..queue import AsyncJobQueue
 from .writes import GaveUp, persist
+
+if TYPE_CHECKING:
+    from .outcome import StopReason  # which imports this module
 
 T = TypeVar("T")
 
@@ -67,7 +70,6 @@ class WorkerContext(OldContextNames):
         loop: asyncio.AbstractEventLoop,
         *,
         lease: float | None = None,
-        claimed: float | None = None,
     ) -> None:
         self.queue = queue
         self.job = job
@@ -77,11 +79,13 @@ class WorkerContext(OldContextNames):
         self.lease = queue.lease if lease is None else lease
         self._loop = loop
         self._remote_task_id = job.remote_task_id
-        #: When the database last confirmed this claim's lease (monotonic seconds): when the
-        #: claim was sent (``claimed``), then when each heartbeat that matched it was sent
-        #: (`confirm`). The database set the lease after that moment, so by its clock the
-        #: lease runs out no earlier than a lease after it.
-        self.confirmed = time.monotonic() if claimed is None else claimed
+        #: When the database last confirmed this claim's lease (monotonic seconds): the
+        #: claim's answer, then each heartbeat answer that matched it (`confirm`). By the
+        #: database's clock the lease runs out no later than a lease after it.
+        self.confirmed = time.monotonic()
+        #: Why the worker stopped this attempt's handler, once it has (a handler that
+        #: catches the cancellation may look).
+        self.stopped_because: StopReason | None = None
         #: Cleared from the lease's confirmation before a paid request (`lease_confirmed`)
         #: until the provider's task id is saved: a graceful stop waits for the save
         #: instead of stopping the handler, since the saved id is what keeps the next
@@ -140,8 +144,8 @@ class WorkerContext(OldContextNames):
         self.paid_saved.set()
 
     def confirm(self, when: float) -> None:
-        """The database extended the lease by a statement sent at ``when`` (monotonic): a
-        heartbeat's answer, dated by its sending, the earliest the extension can date from."""
+        """The database confirmed the lease at ``when`` (monotonic): a heartbeat answer, or
+        the answer of the confirmation before a paid request."""
         self.confirmed = max(self.confirmed, when)
 
     async def lease_confirmed(self) -> None:

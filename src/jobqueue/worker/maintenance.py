@@ -153,13 +153,13 @@ class Heartbeats(Periodic):
         sent = list(held.values())
         if not sent:
             return
-        sent_at = time.monotonic()
         alive = await self.queue.heartbeat_many(
             self.worker_id, [slot.job for slot in sent], lease=self.lease
         )
+        answered = time.monotonic()
         kept = matched(sent, alive)
         for slot in kept:
-            slot.ctx.confirm(sent_at)
+            slot.ctx.confirm(answered)
         for slot in sent:
             # Each answer is about the claim sent. One this worker no longer holds (its
             # outcome was written, or the worker claimed the job again meanwhile and
@@ -200,23 +200,25 @@ class Heartbeats(Periodic):
 
 
 class LeaseWatch(Periodic):
-    """Gives up, locally, the jobs whose leases are about to run out while the database
-    cannot be reached: a running handler whose claim the database has not extended for
-    ``lease`` less one round of this watch (dated by the sending of the claim, then of each
-    heartbeat that matched it: `WorkerContext.confirmed`, by this process's monotonic
-    clock), with an operation of the worker failing as unreachable since
-    (`AsyncJobQueue.unreachable_at`: a lost connection, a refused one, or no answer within
-    the queue's ``command_timeout``), is stopped as a lost lease, and the worker stops
-    holding the job.
+    """Gives up, locally, the jobs whose leases must have run out while the database could
+    not be reached: a running handler whose claim the database has not confirmed (the
+    claim's answer, then each heartbeat answer: `WorkerContext.confirmed`) for a whole
+    ``lease`` by this process's monotonic clock, with an operation of the worker failing as
+    unreachable since (`AsyncJobQueue.unreachable_at`: a lost connection, a refused one, or
+    no answer within the queue's ``command_timeout``), is stopped (`StopReason.CUT_OFF`),
+    and the worker stops holding the job.
 
     That is what a worker cut off from the database (a partition, a silent network) does
-    on its own, before its lease runs out by the database's clock and another worker may
-    claim the job: two handlers never run one job at once, and no handler goes on
-    (polling, paying a provider) for an outcome that will be refused. Its late writes are
-    fenced anyway; this ends the work itself. A database that answers slowly
-    (a heartbeat waiting on a lock, SQLite's write lock under load) or refuses (its
-    ``lock_timeout`` ran out: `DatabaseBusy`; read-only: `DatabaseReadOnly`; neither counts
-    as unreachable, and either clears an earlier unreachable) is waited for instead:
+    on its own: by then another worker may have claimed the job, and its handler must not
+    go on (polling, paying a provider) for an outcome that will be refused. Its late
+    writes are fenced anyway; this ends the work itself. It waits for the lease to have
+    run out for sure rather than stop a handler whose heartbeat may still land: a paid
+    request needs its lease confirmed first (`WorkerContext.lease_confirmed`), which a
+    cut-off worker cannot have, so a handler that outlives its lease this way never pays.
+    A database that answers slowly (a heartbeat waiting on a lock, SQLite's write lock
+    under load) or refuses (its ``lock_timeout`` ran out: `DatabaseBusy`; read-only:
+    `DatabaseReadOnly`; neither counts as unreachable, and either clears an earlier
+    unreachable) is waited for instead:
     once it answers, the heartbeat extends the lease of every job nobody took over, and
     their work goes on. Looks every tenth of a lease (at most a second), independently of
     the heartbeat's rounds, which may themselves be waiting on the network."""
@@ -225,14 +227,10 @@ class LeaseWatch(Periodic):
     failure = "watching leases"
 
     def __init__(self, queue: AsyncJobQueue, slots: Slots, lease: float) -> None:
-        every = min(1.0, lease / 10)
-        super().__init__(every, backoff=False)
+        super().__init__(min(1.0, lease / 10), backoff=False)
         self.queue = queue
         self.slots = slots
         self.lease = lease
-        #: A handler is stopped once this much of its lease has passed unconfirmed: one
-        #: round of the watch early, so the last round before the lease ends catches it.
-        self.give_up_after = lease - every
         #: Handlers stopped because their lease must have run out.
         self.given_up = 0
 
@@ -247,20 +245,20 @@ class LeaseWatch(Periodic):
                 slot.handler_done
                 or slot.task is None
                 or unreachable_at < confirmed
-                or now - confirmed < self.give_up_after
+                or now - confirmed < self.lease
             ):
                 continue
             self.given_up += 1
             log.warning(
                 "Job %s: LeaseLost: no heartbeat answered for %.1fs (lease %gs) and the "
-                "database cannot be reached, so its lease runs out before the next look and "
-                "another worker may claim it then; stopping its handler (attempt %d)",
+                "database cannot be reached, so its lease has run out and another worker "
+                "may hold it now; stopping its handler (attempt %d)",
                 slot.job.id,
                 now - confirmed,
                 self.lease,
                 slot.job.attempts,
             )
-            slot.stop_handler(StopReason.LEASE_LOST)
+            slot.stop_handler(StopReason.CUT_OFF)
             self.slots.let_go(slot)
 
 

@@ -35,6 +35,9 @@ class StopReason(enum.Enum):
     LEASE_LOST = "lease lost"
     #: The worker is shutting down; the job is released.
     STOPPING = "stopping"
+    #: The worker could not reach the database for a whole lease, so the lease must have
+    #: run out and another worker may hold the job (`maintenance.LeaseWatch`).
+    CUT_OFF = "cut off"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class Slot:
         for an async one."""
         assert self.task is not None
         self.stopped_because = reason
+        self.ctx.stopped_because = reason
         self.ctx.cancelled.set()
         self.task.cancel()
 

@@ -222,8 +222,7 @@ class Worker:
         self.log_file = log_file
         #: The LISTEN/NOTIFY listener while `run` is serving on PostgreSQL with ``listen``.
         self.listener: Listener | None = None
-        #: The watch that gives up jobs whose lease is about to run out unextended, while
-        #: `run` serves.
+        #: The watch that gives up jobs whose lease must have run out, while `run` serves.
         self.lease_watch: LeaseWatch | None = None
         #: Claim statements run so far (each may take many jobs).
         self.claims = 0
@@ -397,7 +396,6 @@ class Worker:
             slots.reserved += free
             try:
                 self.claims += 1
-                sent = time.monotonic()
                 jobs = await self.queue.claim(
                     self.worker_id,
                     queues=self.queues,
@@ -418,7 +416,7 @@ class Worker:
             slots.reserved -= free
             backoff.reset()
             for job in jobs:
-                self._start(job, sent)
+                self._start(job)
             if len(jobs) >= free:
                 continue  # there may be more due right now
             if lifecycle.until_idle and not jobs and self._idle():
@@ -448,13 +446,10 @@ class Worker:
 
     # -- running one job --------------------------------------------------------------------
 
-    def _start(self, job: Job, claimed: float) -> None:
-        """Run ``job``, claimed by a statement sent at ``claimed`` (monotonic)."""
+    def _start(self, job: Job) -> None:
         assert self._loop is not None
         slots = self._slots
-        ctx = WorkerContext(
-            self.queue, job, self.worker_id, self._loop, lease=self.lease, claimed=claimed
-        )
+        ctx = WorkerContext(self.queue, job, self.worker_id, self._loop, lease=self.lease)
         slot = Slot(job, ctx, time.monotonic())
         previous = slots.take(slot)
         if previous is not None and not previous.handler_done and previous.task is not None:
