@@ -440,10 +440,10 @@ def _utc_session_option(u: URL, kwargs: dict[str, Any]) -> None:
 
     The queue's SQL names UTC wherever the zone matters (``AT TIME ZONE 'UTC'``) and reads
     every time back as UTC (`jobqueue.sql.dialect.UTCDateTime`), so the session's zone
-    changes no value. It changes what decoding costs: psycopg's compiled ``timestamptz``
-    loader takes its quick path only when the session zone is UTC itself (any other name,
-    ``Etc/UTC`` included, converts each value through `zoneinfo`), and a claimed job has
-    five times. Not behind a transaction-mode pooler (see `_lock_timeout_option`), nor
+    changes no value. It changes what decoding costs: psycopg maps only the zone named
+    ``UTC`` to `datetime.timezone.utc`; any other name, ``Etc/UTC`` included, becomes a
+    `zoneinfo` zone that its ``timestamptz`` loader converts each value to, and a claimed
+    job has five times. Not behind a transaction-mode pooler (see `_lock_timeout_option`), nor
     when the caller's options set a time zone already; asyncpg reads times with the
     codec `_setup_postgres` registers, whatever the zone.
     """
