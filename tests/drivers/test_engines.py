@@ -109,3 +109,34 @@ def test_a_pool_with_no_connection_free_in_time_is_a_database_timeout(
             queue.enqueue("work", {})
     finally:
         engine.dispose()
+
+
+async def test_psycopg_sessions_read_times_in_utc(postgres_url: str) -> None:
+    """The queue's psycopg sessions start in the UTC zone (psycopg's compiled time loader
+    takes its quick path only there); a zone the caller's options name is kept, none is
+    set behind a transaction-mode pooler (it would refuse the startup option)."""
+    from jobqueue.drivers.engines import make_async_engine, make_engine
+
+    def zone(url: str) -> str:
+        """The session's zone, and who set it (``client``: the connection's options)."""
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT setting, source FROM pg_settings WHERE name = 'TimeZone'"
+                ).one()
+                return f"{row[0]} ({row[1]})"
+        finally:
+            engine.dispose()
+
+    assert zone(postgres_url) == "UTC (client)"
+    berlin = "options=-c%20TimeZone%3DEurope/Berlin"
+    assert zone(f"{postgres_url}?{berlin}") == "Europe/Berlin (client)"
+    assert not zone(f"{postgres_url}?prepare_threshold=none").endswith("(client)")
+
+    engine = make_async_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SHOW TimeZone")).scalar() == "UTC"
+    finally:
+        await engine.dispose()

@@ -435,6 +435,28 @@ def _lock_timeout_option(u: URL, kwargs: dict[str, Any], seconds: float) -> None
     kwargs["connect_args"] = connect_args
 
 
+def _utc_session_option(u: URL, kwargs: dict[str, Any]) -> None:
+    """Start every psycopg session with ``TimeZone=UTC``, as a startup parameter.
+
+    The queue's SQL names UTC wherever the zone matters (``AT TIME ZONE 'UTC'``) and reads
+    every time back as UTC (`jobqueue.sql.dialect.UTCDateTime`), so the session's zone
+    changes no value. It changes what decoding costs: psycopg maps only the zone named
+    ``UTC`` to `datetime.timezone.utc`; any other name, ``Etc/UTC`` included, becomes a
+    `zoneinfo` zone that its ``timestamptz`` loader converts each value to, and a claimed
+    job has five times. Not behind a transaction-mode pooler (see `_lock_timeout_option`), nor
+    when the caller's options set a time zone already; asyncpg reads times with the
+    codec `_setup_postgres` registers, whatever the zone.
+    """
+    if behind_transaction_pooler(u) or u.get_driver_name() not in ("psycopg", "psycopg_async"):
+        return
+    connect_args = dict(kwargs.get("connect_args") or {})
+    given = connect_args.get("options") or u.query.get("options") or ""
+    given = given[-1] if isinstance(given, tuple) else given
+    if "timezone" not in given.lower():
+        connect_args["options"] = f"{given} -c TimeZone=UTC".strip()
+    kwargs["connect_args"] = connect_args
+
+
 def _engine_settings(
     url: str | URL | None,
     kwargs: dict[str, Any],
@@ -456,6 +478,7 @@ def _engine_settings(
     kwargs.setdefault("pool_pre_ping", PRE_PING)
     _connect_defaults(u, kwargs)
     _lock_timeout_option(u, kwargs, wait)
+    _utc_session_option(u, kwargs)
     return _pooler_options(u, kwargs), kwargs, wait
 
 
