@@ -679,9 +679,10 @@ class JobQueue(_QueueBase[Engine]):
         return result
 
     def close(self) -> None:
-        """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
-        passed in stays the caller's to dispose of. ``with JobQueue(...) as queue:`` closes it
-        at the end of the block.
+        """Give back the connection kept from the last operation, and dispose of the engine
+        when this queue made it (from a URL, or None); an `Engine` passed in stays the
+        caller's to dispose of. ``with JobQueue(...) as queue:`` closes it at the end of the
+        block.
         """
         self._spare.let_go()
         if self._owns_engine:
@@ -1444,9 +1445,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             raise
 
     async def close(self) -> None:
-        """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`
-        passed in stays the caller's to dispose of. ``async with AsyncJobQueue(...) as queue:``
-        closes it at the end of the block.
+        """Give back the connection kept from the last operation, and dispose of the engine
+        when this queue made it (from a URL, or None); an `AsyncEngine` passed in stays the
+        caller's to dispose of. ``async with AsyncJobQueue(...) as queue:`` closes it at the
+        end of the block.
         """
         if self._spare_loop is asyncio.get_running_loop():
             await self._spare.let_go()
