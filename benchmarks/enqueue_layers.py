@@ -16,7 +16,8 @@ The layers, each adding one thing to the one before:
 - ``deadline``: the operation's deadline armed around the statement
   (`jobqueue.drivers.deadline`);
 - ``operation`` (async only): the enqueue operation run by ``_run``, as `enqueue` runs it;
-- ``enqueue``: the public call;
+- ``enqueue``: the public call (which, consecutive, runs on the queue's spare connection
+  since the fifth enqueue pass: no checkout per call, docs/performance.md);
 - ``enqueue_held`` (async only): the public call inside ``_on_held``, the scope in which a
   task keeps one connection from one operation to the next (the worker's completer uses
   it): what the calls would cost without a checkout each.

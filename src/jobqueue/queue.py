@@ -47,6 +47,7 @@ from .drivers.engines import (
 )
 from .drivers.errors import translated_errors
 from .drivers.runner import AsyncRunner, SyncRunner
+from .drivers.spare import SpareConnection
 from .drivers.sqlite_thread import run_transaction, runs_on_thread
 from .errors import (
     ConfigurationError,
@@ -623,6 +624,9 @@ class JobQueue(_QueueBase[Engine]):
         self._owns_engine = not isinstance(url, Engine)
         _no_lock_timeout_for_given(url, lock_timeout, Engine)
         super().__init__(make_engine(url, lock_timeout=lock_timeout), **config)
+        #: The connection the last autocommit operation ran on, kept while calls follow
+        #: each other (`jobqueue.drivers.spare`).
+        self._spare = SpareConnection()
 
     def _run_plan(self, plan: Generator[Operation[Any], Any, T]) -> T:
         """Run a plan's operations one after the other, each as `_run` runs it."""
@@ -643,27 +647,44 @@ class JobQueue(_QueueBase[Engine]):
             if connection is not None:
                 return _drive(connection, op)
             plan = self._plans[op.access]
+            if not plan.transaction:
+                return self._run_autocommit(op, plan.engine)
             if self.command_timeout is None:
-                if plan.transaction:
-                    with plan.engine.begin() as conn:
-                        return _drive(conn, op, own=True)
-                with plan.engine.connect() as conn:
-                    return _drive(conn, op, own=True, autocommit=True)
+                with plan.engine.begin() as conn:
+                    return _drive(conn, op, own=True)
             with plan.engine.connect() as conn, sync_deadline(conn, self.command_timeout) as timer:
                 try:
-                    if plan.transaction:
-                        with conn.begin():  # the commit inside the deadline too
-                            return _drive(conn, op, own=True)
-                    return _drive(conn, op, own=True, autocommit=True)
+                    with conn.begin():  # the commit inside the deadline too
+                        return _drive(conn, op, own=True)
                 except Exception as exc:
                     _raise_if_timed_out(timer, exc)
                     raise
 
+    def _run_autocommit(self, op: Operation[T], engine: Engine) -> T:
+        """Run ``op`` statement by statement in autocommit mode on the spare connection
+        (`jobqueue.drivers.spare`), kept for the next operation after a success; an error
+        gives it back to the pool, as closing any connection does."""
+        conn = self._spare.take(engine)
+        try:
+            with sync_deadline(conn, self.command_timeout) as timer:
+                try:
+                    result = _drive(conn, op, own=True, autocommit=True)
+                except Exception as exc:
+                    _raise_if_timed_out(timer, exc)
+                    raise
+        except BaseException:
+            conn.close()
+            raise
+        self._spare.keep(conn, engine)
+        return result
+
     def close(self) -> None:
-        """Dispose of the engine when this queue made it (from a URL, or None); an `Engine`
-        passed in stays the caller's to dispose of. ``with JobQueue(...) as queue:`` closes it
-        at the end of the block.
+        """Give back the connection kept from the last operation, and dispose of the engine
+        when this queue made it (from a URL, or None); an `Engine` passed in stays the
+        caller's to dispose of. ``with JobQueue(...) as queue:`` closes it at the end of the
+        block.
         """
+        self._spare.let_go()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -1246,6 +1267,14 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         _no_lock_timeout_for_given(url, lock_timeout, AsyncEngine)
         super().__init__(make_async_engine(url, lock_timeout=lock_timeout), **config)
         self._on_thread = runs_on_thread(self.engine.dialect)
+        #: The connection the last autocommit operation ran on, kept for the next one
+        #: until the event loop next turns with it idle (`_run_spare`).
+        self._spare = Held(self)
+        self._spare_loop: asyncio.AbstractEventLoop | None = None
+        self._spare_busy = False
+        self._spare_due = False
+        #: The closes of spare connections given back (`_give_back_spare`), awaited by `close`.
+        self._giving_back: set[asyncio.Task[None]] = set()
         # Where a cancelled statement runs on regardless, an operation on the queue's own
         # connection finishes before its cancellation goes on (`_finished_before_cancelled`).
         self._finish_when_cancelled = statements_outlive_cancellation(self.engine)
@@ -1311,6 +1340,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             and held.task is asyncio.current_task()  # not a task started inside `_on_held`
         ):
             return await self._run_held(op, plan.engine, held)
+        if not plan.transaction and not self._spare_busy:
+            return await self._run_spare(op, plan.engine)
         if plan.transaction:
             if self._on_thread:
                 async with plan.engine.connect() as conn:
@@ -1345,6 +1376,62 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         await conn.close()
         return result
 
+    async def _run_spare(self, op: Operation[T], engine: AsyncEngine) -> T:
+        """`_run_own` in autocommit mode on the queue's spare connection: the one the last
+        such operation ran on, if it is still kept, else one taken from the pool.
+
+        A connection taken from the pool and given back for each operation costs the
+        client more than the statement (SQLAlchemy's checkout and return, with the switch
+        into autocommit mode and back): a task that runs operation after operation (an
+        application enqueueing in a loop) keeps one instead. It is kept only until the
+        event loop next turns with no operation on it, when a callback gives it back to
+        the pool: the loop turns at the first await of the next operation's statement,
+        so consecutive operations keep it, and an idle application holds no connection
+        out of the pool. One operation at a time runs on it; concurrent ones take
+        connections from the pool as before.
+        """
+        loop = asyncio.get_running_loop()
+        spare = self._spare
+        if self._spare_loop is not loop:
+            # Kept on a loop that has gone (a closed `asyncio.run`): not usable here.
+            spare.conn = None
+            self._spare_loop = loop
+        self._spare_busy = True
+        try:
+            result = await self._run_held(op, engine, spare)
+        finally:
+            self._spare_busy = False
+        if spare.conn is not None and not self._spare_due:
+            self._spare_due = True
+            loop.call_soon(self._give_back_spare)
+        return result
+
+    def _give_back_spare(self) -> None:
+        """Give the spare connection back to the pool unless an operation runs on it: the
+        event loop turned, so no operation followed the last one at once."""
+        self._spare_due = False
+        spare = self._spare
+        if self._spare_busy or spare.conn is None:
+            return
+        conn, spare.conn = spare.conn, None
+        self._close_spare(conn, again=True)
+
+    def _close_spare(self, conn: AsyncConnection, *, again: bool) -> None:
+        """Close ``conn`` (give it back to the pool) in a task of its own. ``asyncio.run``
+        ending just after the last operation cancels that task before it starts: it is then
+        started once ``again``, which the loop still runs (closing an idle connection in
+        autocommit mode never waits on the network), so the connection is not left out of
+        the pool for the garbage collector."""
+        task = asyncio.get_running_loop().create_task(conn.close())
+        self._giving_back.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._giving_back.discard(task)
+            if again and task.cancelled() and not conn.closed:
+                self._close_spare(conn, again=False)
+
+        task.add_done_callback(done)
+
     async def _run_held(self, op: Operation[T], engine: AsyncEngine, held: Held) -> T:
         """`_run_own` in autocommit mode on the connection ``held`` keeps (taken from
         ``engine``'s pool when it keeps none)."""
@@ -1368,10 +1455,16 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             raise
 
     async def close(self) -> None:
-        """Dispose of the engine when this queue made it (from a URL, or None); an `AsyncEngine`
-        passed in stays the caller's to dispose of. ``async with AsyncJobQueue(...) as queue:``
-        closes it at the end of the block.
+        """Give back the connection kept from the last operation, and dispose of the engine
+        when this queue made it (from a URL, or None); an `AsyncEngine` passed in stays the
+        caller's to dispose of. ``async with AsyncJobQueue(...) as queue:`` closes it at the
+        end of the block.
         """
+        if self._spare_loop is asyncio.get_running_loop():
+            await self._spare.let_go()
+        self._spare.conn = None
+        if self._giving_back:
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
         if self._owns_engine:
             await self.engine.dispose()
 

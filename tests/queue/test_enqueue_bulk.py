@@ -301,6 +301,7 @@ async def test_a_killed_connection_fails_one_enqueue_and_is_not_reused(
         if driver == "sync":
             sq = JobQueue(make_engine(postgres_url, pool_size=1), table=pg_table)
             sq.enqueue_many(jobs)
+            sq._spare.let_go()  # the pool's one connection is then the one the next takes
             with sq.engine.connect() as conn:
                 pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
             kill(pid)
@@ -314,6 +315,7 @@ async def test_a_killed_connection_fails_one_enqueue_and_is_not_reused(
             url = _driver_url(postgres_url, driver)
             aq = AsyncJobQueue(make_async_engine(url, pool_size=1), table=pg_table)
             await aq.enqueue_many(jobs)
+            await aq._spare.let_go()  # as above
             async with aq.engine.connect() as aconn:
                 pid = (await aconn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
             kill(pid)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from jobqueue import (
     AsyncJobQueue,
@@ -657,6 +658,62 @@ async def test_error_times_written_before_read_in_the_one_format(
     assert (await q.list())[0].errors == read.errors
 
 
+async def test_a_stream_of_calls_keeps_one_connection(postgres_url: str, table_name: str) -> None:
+    """`AsyncJobQueue._run_spare`: operations that follow each other in a task run on one
+    connection taken from the pool once; it goes back to the pool when the event loop turns
+    with none running on it; concurrent operations take connections of their own; an
+    error gives it back; `close` gives it back."""
+    migrate(postgres_url, table=table_name)
+    async with AsyncJobQueue(postgres_url, table=table_name) as q:
+        pool: Any = q.engine.pool
+        checkouts: list[object] = []
+        event.listen(q.engine.sync_engine, "checkout", lambda *a: checkouts.append(a))
+        jobs = [await q.enqueue("image", {"n": i}) for i in range(20)]
+        assert (await q.get(jobs[0].id)).payload == {"n": 0}
+        assert len(checkouts) == 1 and pool.checkedout() == 1
+        for _ in range(3):  # the loop turns: the callback, then the close
+            await asyncio.sleep(0)
+        assert pool.checkedout() == 0
+        await asyncio.gather(*(q.get(job.id) for job in jobs[:3]))
+        assert len(checkouts) == 4  # one kept, two more for the concurrent ones
+        await q.enqueue("image", {"n": 99})
+        assert pool.checkedout() == 1
+        with pytest.raises(JobNotFound):
+            await q.get(uuid.uuid4())
+        assert pool.checkedout() == 0
+        await q.enqueue("image", {"n": 100})
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0  # `close` gave it back
+
+
+def test_a_stream_of_sync_calls_keeps_one_connection(postgres_url: str, table_name: str) -> None:
+    """`jobqueue.drivers.spare`: the sync queue's operations that follow each other run on
+    one connection, given back to the pool once none has used it for a moment (and by
+    `close`); an error gives it back at once."""
+    from jobqueue.drivers.spare import IDLE
+
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        pool: Any = q.engine.pool
+        checkouts: list[object] = []
+        event.listen(q.engine, "checkout", lambda *a: checkouts.append(a))
+        jobs = [q.enqueue("image", {"n": i}) for i in range(20)]
+        assert q.get(jobs[0].id).payload == {"n": 0}
+        assert len(checkouts) == 1 and pool.checkedout() == 1
+        until = time.monotonic() + IDLE + 10.0
+        while pool.checkedout() and time.monotonic() < until:
+            time.sleep(IDLE / 5)
+        assert pool.checkedout() == 0
+        q.enqueue("image", {"n": 99})
+        assert pool.checkedout() == 1
+        with pytest.raises(JobNotFound):
+            q.get(uuid.uuid4())
+        assert pool.checkedout() == 0
+        q.enqueue("image", {"n": 100})
+        assert pool.checkedout() == 1
+    assert pool.checkedout() == 0  # `close` gave it back
+
+
 async def test_a_held_connection_runs_a_tasks_operations(
     postgres_url: str, table_name: str
 ) -> None:
@@ -682,6 +739,7 @@ async def test_a_held_connection_runs_a_tasks_operations(
             await q.complete(claimed, {"ok": True})
             assert held.conn is conn and pool.checkedout() == 1  # the same connection again
         assert (await q.get(job.id)).status is Status.COMPLETED
+        await q._spare.let_go()  # the queue's spare (`test_a_stream_of_calls_keeps_one_connection`)
         assert held.holds and pool.checkedout() == 1
         with q._on_held(held), pytest.raises(LeaseLost):
             await q.complete(claimed, {"again": True})  # an error: given back
