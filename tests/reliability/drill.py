@@ -781,8 +781,18 @@ def explain_entry(
     ) not in started_claims(ev):
         return "a failure of an attempt whose handler never started"
     if error == drill_worker.timeout_error(ev.variant.job_timeout):
-        if step != "timeout" and not stall_disturbed(ev, m.old_locked_by, claim, m.at):
-            return f"a timeout of a {step} step that did not stall"
+        # A handler's time includes its waits on the database (a paid step's lease
+        # confirmation and save are retried until they land): a fault that held its
+        # writes up may run the timeout out as a stall does.
+        held_up = m.old_locked_by is not None and any(
+            "SIGTERM" not in f for f in faults_during(ev, m.old_locked_by, claim.at, m.at)
+        )
+        if (
+            step != "timeout"
+            and not held_up
+            and not stall_disturbed(ev, m.old_locked_by, claim, m.at)
+        ):
+            return f"a timeout of a {step} step that neither stalled nor waited on a fault"
         expect_failed = spent
     elif step in ("raise", "permanent") and error == drill_worker.planned_error(step, attempt):
         expect_failed = spent or step == "permanent"

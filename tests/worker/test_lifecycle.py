@@ -271,6 +271,41 @@ async def test_a_second_stop_ends_the_wait_for_a_paid_requests_task_id(
     await asyncio.wait_for(task, 15)
 
 
+async def test_jobs_claimed_with_completions_in_flight_at_the_stop_are_handed_back(
+    jq: AsyncJobQueue, migrated: tuple[str, str]
+) -> None:
+    """A busy worker completes a batch and claims the next jobs in one statement. When the
+    stop comes while that statement waits (here on a lock), the jobs it brings back are
+    handed back unrun (pending, their attempt given back), not started by a run that is
+    ending, whose handlers would outlive it."""
+    url, table = migrated
+    first = [(await jq.enqueue("work", {"n": n})).id for n in range(2)]
+    rest = [(await jq.enqueue("work", {"n": n})).id for n in range(2, 4)]
+    started: list[Any] = []
+    go = asyncio.Event()
+
+    async def work(job: Job, ctx: WorkerContext) -> str:
+        started.append(job.id)
+        await go.wait()
+        return "done"
+
+    worker = Worker(jq, {"work": work}, concurrency=2, lease=5, grace_period=5, listen=False)
+    task = await run_in_background(worker)
+    await eventually(lambda: len(started) == 2)
+    async with table_locked(url, table):
+        go.set()  # both complete; their batch, with the claim of the next two, waits
+        await asyncio.sleep(0.3)
+        worker.stop()
+        await asyncio.sleep(0.3)
+    await asyncio.wait_for(task, 15)
+    assert sorted(started) == sorted(first)
+    for job_id in first:
+        assert (await jq.get(job_id)).status is Status.COMPLETED
+    for job_id in rest:
+        job = await jq.get(job_id)
+        assert (job.status, job.attempts, job.locked_by) == (Status.PENDING, 0, None)
+
+
 async def test_immediate_stop_skips_the_grace_period(jq: AsyncJobQueue) -> None:
     job = await jq.enqueue("slow", {})
     started = asyncio.Event()

@@ -60,7 +60,7 @@ SPARE_CONNECTIONS = 3
 HOLD_IDLE = 1.0
 
 RELEASE_REASON = "released: the worker stopped before the job finished"
-HAND_BACK_REASON = "released: claimed by a worker with no free place for it"
+HAND_BACK_REASON = "released: claimed by a worker with no free place for it, or stopping"
 
 
 class Completer:
@@ -272,7 +272,10 @@ class Completer:
         except (*REFUSED, GaveUp) as exc:
             log.warning("Job %s: not handed back: %s", job.id, exc)
         else:
-            log.warning("Job %s: claimed with no free place; handed back unrun", job.id)
+            log.warning(
+                "Job %s: claimed with no free place, or as the worker stopped; handed back unrun",
+                job.id,
+            )
 
     # -- the one retry rule -----------------------------------------------------------------
 
@@ -374,8 +377,10 @@ class Completer:
         for slot in items:
             self._completed(slot, slot in done)
         # The claim was sized by the places free when it was sent; it can never bring more
-        # than are free now, but should it, the extras go back at once rather than run.
-        room = max(0, self.slots.free())
+        # than are free now, but should it, the extras go back at once rather than run. All
+        # go back when the worker began to stop while it was sent: the drain has counted
+        # the handlers it waits for, and a job started now would outlive the run.
+        room = max(0, self.slots.free()) if self.lifecycle.claiming else 0
         for job in claimed[:room]:
             self._start_job(job)
         for job in claimed[room:]:
