@@ -48,7 +48,7 @@ from jobqueue import InvalidTransition, JobQueue, NewJob, Status
 from jobqueue.drivers.engines import make_engine
 from jobqueue.models import can_move
 from jobqueue.worker import StopReason
-from jobqueue.worker.completer import RELEASE_REASON
+from jobqueue.worker.completer import HAND_BACK_REASON, RELEASE_REASON
 from tests.support.netproxy import Direction, NetProxy
 
 from . import drill_worker
@@ -759,7 +759,10 @@ def explain_entry(
         if lease_loss_explained(ev, m.old_locked_by, claim, m.at) is None:
             return "a lease lost with its worker alive, not stalled, its connections intact"
         return None
-    if error == RELEASE_REASON:
+    if error in (RELEASE_REASON, HAND_BACK_REASON):
+        # A stopping worker releases the jobs it runs, and hands back unrun those that a
+        # completion batch in flight claimed as it began to stop (or, never seen in a
+        # drill, a claim that brought more jobs than it had free places).
         if kind != "fail-or-reap-or-release" or m.new_status != Status.PENDING:
             return "a release that did not return the job to pending"
         if m.new_attempts != m.old_attempts - 1:
@@ -1227,6 +1230,8 @@ def cause_of(error: str) -> str:
         return "lost lease"
     if error == RELEASE_REASON:
         return "release"
+    if error == HAND_BACK_REASON:
+        return "handed back"
     return error.split(":")[0]
 
 
