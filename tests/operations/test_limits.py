@@ -7,7 +7,7 @@ between worker processes are in tests/reliability/test_scheduling.py.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -76,24 +76,26 @@ async def test_a_paused_queue_keeps_its_jobs_pending_until_resumed(q: Either) ->
 async def test_a_pause_of_a_key_leaves_other_keys_running_and_ends_by_itself(q: Either) -> None:
     await q.enqueue_many([NewJob(kind="image") for _ in range(2)])
     text_job = await q.enqueue(kind="text")
-    row = await q.pause("image", scope="key", duration=1.0)
+    # Long enough for a loaded machine to claim inside it; then wait until it has ended.
+    row = await q.pause("image", scope="key", duration=2.5)
     assert row.paused and row.paused_until is not None
     (claimed,) = await q.claim("w", limit=10)
     assert claimed.id == text_job.id
-    await asyncio.sleep(1.2)
+    await asyncio.sleep((row.paused_until - datetime.now(UTC)).total_seconds() + 0.2)
     assert len(await q.claim("w", limit=10)) == 2
 
 
 async def test_retry_later_gives_the_attempt_back_and_pauses_the_key(q: Either) -> None:
     await q.enqueue_many([NewJob(kind="image") for _ in range(2)])
     (held,) = await q.claim("w")
-    back = await q.retry_later(held, 1.0, "429 from the provider")
+    back = await q.retry_later(held, 2.5, "429 from the provider")
     assert back.status == "pending" and back.attempts == held.attempts - 1
     assert back.run_at > held.started_at
     (row,) = [r for r in await q.list_limits() if r.name == "image"]
     assert row.paused and row.pause_reason == "429 from the provider"
+    assert row.paused_until is not None
     assert await q.claim("w", limit=10) == []  # the other image job waits too
-    await asyncio.sleep(1.2)
+    await asyncio.sleep((row.paused_until - datetime.now(UTC)).total_seconds() + 0.2)
     assert len(await q.claim("w", limit=10)) == 2
     with pytest.raises(LeaseLost):
         await q.retry_later(held, 1.0, "too late")
