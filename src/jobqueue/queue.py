@@ -354,10 +354,22 @@ class _QueueBase(Generic[E]):
         kinds: Sequence[str] | None,
         limit: int,
         lease: float | None,
+        durable: bool = True,
     ) -> Operation[list[Job]]:
         qs = [queues] if isinstance(queues, str) else queues
-        claim = limit_ops.claim_within_limits if self._claim_mode.limited else ops.claim
-        return claim(
+        if self._claim_mode.limited:
+            # Limits record each start for their rates: always durable.
+            return limit_ops.claim_within_limits(
+                self.statements,
+                worker_id,
+                limit=limit,
+                lease=self._lease(lease),
+                queues=qs,
+                kinds=kinds,
+                limits=self.limits,
+                mode=self._claim_mode,
+            )
+        return ops.claim(
             self.statements,
             worker_id,
             limit=limit,
@@ -366,6 +378,7 @@ class _QueueBase(Generic[E]):
             kinds=kinds,
             limits=self.limits,
             mode=self._claim_mode,
+            durable=durable,
         )
 
     def _claim_plan(
@@ -377,6 +390,7 @@ class _QueueBase(Generic[E]):
         kinds: Sequence[str] | None,
         limit: int,
         lease: float | None,
+        durable: bool = True,
     ) -> ClaimPlan[C]:
         """The operations of a claim, run one after the other by `_run_plan`: ``first``
         (a claim, or a completion with a claim), and, when it took no job, an entry of the
@@ -395,7 +409,9 @@ class _QueueBase(Generic[E]):
         jobs = jobs_of(result)
         if not jobs:
             yield self._entry_op()
-            more: builtins.list[Job] = yield self._claim_op(worker_id, queues, kinds, limit, lease)
+            more: builtins.list[Job] = yield self._claim_op(
+                worker_id, queues, kinds, limit, lease, durable
+            )
             jobs.extend(more)
         return result
 
@@ -909,15 +925,22 @@ class JobQueue(_QueueBase[Engine]):
         kinds: Sequence[str] | None = None,
         limit: int = 1,
         lease: float | None = None,
+        durable: bool = True,
     ) -> builtins.list[Job]:
         """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
         ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
         ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
         are in force (`set_limit`, `pause`), it takes only jobs within them.
+
+        ``durable=False`` (PostgreSQL) returns without waiting for the claim to reach the
+        disk: a crash of the database server a moment later may undo the claim, and the
+        job is then claimed again, as after a crash of the worker. Use it only when nothing
+        costly follows before a write that waits for the disk (which flushes the claim
+        too): the worker's claims use it, and confirm their lease before a paid request.
         """
-        first = self._claim_op(worker_id, queues, kinds, limit, lease)
+        first = self._claim_op(worker_id, queues, kinds, limit, lease, durable)
         return self._run_plan(
-            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease)
+            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease, durable)
         )
 
     def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:
@@ -1693,15 +1716,22 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         kinds: Sequence[str] | None = None,
         limit: int = 1,
         lease: float | None = None,
+        durable: bool = True,
     ) -> builtins.list[Job]:
         """Atomically take up to ``limit`` due jobs for ``worker_id``, highest priority first;
         ``queues=None`` means every queue, ``kinds=None`` every kind. Each job is held for
         ``lease`` seconds (default: the queue's) unless heartbeats extend it. While limits
         are in force (`set_limit`, `pause`), it takes only jobs within them.
+
+        ``durable=False`` (PostgreSQL) returns without waiting for the claim to reach the
+        disk: a crash of the database server a moment later may undo the claim, and the
+        job is then claimed again, as after a crash of the worker. Use it only when nothing
+        costly follows before a write that waits for the disk (which flushes the claim
+        too): the worker's claims use it, and confirm their lease before a paid request.
         """
-        first = self._claim_op(worker_id, queues, kinds, limit, lease)
+        first = self._claim_op(worker_id, queues, kinds, limit, lease, durable)
         return await self._run_plan(
-            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease)
+            self._claim_plan(first, _same, worker_id, queues, kinds, limit, lease, durable)
         )
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> datetime:

@@ -142,3 +142,74 @@ def test_a_completion_batch_fences_to_the_microsecond(
         assert q._run(complete_many(q.statements, [Completion(off)], q.limits)) == set()
         assert q._run(complete_many(q.statements, [Completion(held)], q.limits)) == {job.id}
         assert q.get(job.id).status.value == "completed"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_only_a_claim_asked_not_to_be_durable_skips_the_wait_for_the_disk(dialect: str) -> None:
+    """``durable=False`` on a claim: PostgreSQL's commit of it does not wait for the flush
+    (a local ``synchronous_commit = off``). Every other write keeps the server's setting:
+    a completion, a heartbeat (which confirms a lease before a paid request), a claim
+    with completions, a claim asked for by default."""
+    s = Statements(jobs_table(), dialect)
+    jid, started = uuid.uuid4(), datetime.now(UTC)
+    unflushed = compiled(
+        s.claim("w", limit=5, lease=30, queues=["default"], kinds=None, durable=False), dialect
+    )
+    marker = "set_config('synchronous_commit', 'off', true)"
+    assert (marker in unflushed) == (dialect == "postgresql")
+    for stmt in (
+        s.claim("w", limit=5, lease=30, queues=["default"], kinds=None),
+        s.complete(jid, 2, started, None, None),
+        s.heartbeat(jid, 2, started, 30),
+        s.heartbeat_many("w", [(jid, 2, started)], 30),
+        s.save_remote_task_id(jid, 2, started, "t"),
+        s.complete_and_claim(
+            [
+                {
+                    "id": jid,
+                    "attempt": 2,
+                    "started": started,
+                    "result": None,
+                    "result_url": None,
+                    "cost": None,
+                    "cost_unit": None,
+                }
+            ],
+            "w",
+            limit=5,
+            lease=30,
+            queues=["default"],
+            kinds=None,
+        ),
+    ):
+        if stmt is not None:  # complete_and_claim is PostgreSQL's alone
+            assert "synchronous_commit" not in compiled(stmt, dialect)
+
+
+@pytest.mark.postgres
+def test_an_unflushed_claim_commits_and_leaves_the_session_as_it_was(
+    postgres_url: str, table_name: str
+) -> None:
+    """The claim's ``synchronous_commit = off`` lasts only for its own transaction: the job
+    is claimed for everyone to see, and the connection's next transaction waits for the
+    disk again."""
+    from jobqueue import JobQueue, migrate
+
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        job = q.enqueue("image", {"n": 1})
+        claim = q.statements.claim(
+            "w1", limit=1, lease=30, queues=["default"], kinds=None, durable=False
+        )
+        with q.engine.connect() as conn:
+            with conn.begin():
+                rows = conn.execute(claim.statement, dict(claim.params)).mappings().all()
+                assert [r["id"] for r in rows] == [job.id]
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            with conn.begin():
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        held = q.get(job.id)
+        assert (held.status.value, held.locked_by, held.attempts) == ("processing", "w1", 1)
+        # The public claim takes the same keyword, on either queue.
+        again = q.enqueue("image", {"n": 2})
+        assert [j.id for j in q.claim("w2", durable=False)] == [again.id]

@@ -71,6 +71,54 @@ async def test_writers_keep_their_connections_only_while_they_write(jq: AsyncJob
     await eventually(lambda: pool.checkedout() == 0)
 
 
+async def test_the_claim_loop_keeps_one_connection_while_claims_follow_and_gives_it_back(
+    jq: AsyncJobQueue,
+) -> None:
+    """On PostgreSQL the claim loop keeps the connection its claims run on from one claim
+    to the next (a pickup does not pay for a pool checkout), gives it back to the pool
+    once no claim found a job for `HOLD_IDLE` seconds while the worker runs on, and none
+    stays out after the run; SQLite keeps none."""
+    from jobqueue.worker.completer import HOLD_IDLE
+
+    pool: Any = jq.engine.pool
+    kept: list[object] = []
+    done = asyncio.Event()
+    worker: Worker
+
+    async def echo(job: Job, ctx: WorkerContext) -> Any:
+        held = worker._claiming
+        kept.append(None if held is None else held.conn)
+        if len(kept) == 10:
+            done.set()
+
+    postgres = jq.dialect == "postgresql"
+    # PostgreSQL: jobs wake the worker by NOTIFY, and no poll comes in between.
+    poll = 30.0 if postgres else 0.05
+    worker = Worker(jq, {"echo": echo}, concurrency=2, lease=5, poll_interval=poll)
+    running = asyncio.create_task(worker.run())
+    if postgres:
+        await eventually(lambda: worker.listener is not None and worker.listener.listening.is_set())
+    for n in range(10):
+        await jq.enqueue("echo", {"n": n})
+        await asyncio.sleep(0.03)
+    await asyncio.wait_for(done.wait(), 10)
+    if postgres:
+        # One connection for every claim that found a job.
+        assert len({id(c) for c in kept}) == 1 and kept[0] is not None
+        claiming = worker._claiming
+        assert claiming is not None
+        await eventually(lambda: not claiming.holds, timeout=HOLD_IDLE + 5)
+        await asyncio.sleep(0.3)
+        assert not claiming.holds
+    else:
+        assert kept == [None] * 10
+    assert not running.done()
+    worker.stop()
+    await running
+    await eventually(lambda: pool.checkedout() == 0)
+    assert len(await jq.list(status=Status.COMPLETED)) == 10
+
+
 async def test_run_until_idle_completes_a_batch_concurrently_and_once(
     jq: AsyncJobQueue, caplog: pytest.LogCaptureFixture
 ) -> None:

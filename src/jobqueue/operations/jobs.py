@@ -288,8 +288,10 @@ def claim(
     kinds: Sequence[str] | None,
     limits: QueueLimits,
     mode: ClaimMode | None = None,
+    durable: bool = True,
 ) -> Steps[list[Job]]:
-    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none.
+    """Claim up to ``limit`` due jobs. ``queues=[]`` or ``kinds=[]`` ask for none;
+    ``durable=False``: commit without waiting for the disk (`Claiming.claim`).
 
     The plain claim, which takes nothing while a limits row is in force: when it takes
     nothing, ``mode`` learns whether one is, so the next claim obeys it
@@ -297,7 +299,9 @@ def claim(
     lease = _check_claim(worker_id, limit, lease)
     if _asks_for_nothing(queues, kinds):
         return []
-    rows = yield s.claim(worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds)
+    rows = yield s.claim(
+        worker_id, limit=limit, lease=lease, queues=queues, kinds=kinds, durable=durable
+    )
     if not rows and mode is not None:
         yield from _learn_mode(s, mode)
     return _claimed_jobs(rows, limits)

@@ -36,7 +36,7 @@ from .common import (
     json_rows,
     param,
 )
-from .dialect import DbNow, to_micros
+from .dialect import CommitUnflushed, DbNow, to_micros
 from .fair import in_line
 from .limits import Limiting
 from .steps import Direct
@@ -94,6 +94,7 @@ class Claiming(Limiting):
         lease: float,
         queues: Sequence[str] | None,
         kinds: Sequence[str] | None,
+        durable: bool = True,
     ) -> Direct:
         """Take up to ``limit`` due jobs in the line's order: highest priority, then turn
         (fair share between owners, `jobqueue.sql.fair`), then id.
@@ -109,10 +110,16 @@ class Claiming(Limiting):
         to `reap`, which fails them. PostgreSQL locks candidates with ``FOR UPDATE SKIP
         LOCKED`` so concurrent claimers never wait on each other; SQLite runs the statement
         under its single write lock, which makes it atomic.
+
+        ``durable=False`` lets the claim commit without waiting for the disk
+        (`CommitUnflushed`): a crash of the database server in that moment undoes it, as if
+        it had never been made.
         """
         qs = None if queues is None else tuple(queues)
         ks = None if kinds is None else tuple(kinds)
-        stmt = self.once(("claim", qs, ks), lambda: self._claim(qs, ks))
+        stmt = self.once(
+            ("claim", qs, ks, durable), lambda: self._claim(qs, ks, durable=durable)
+        )
         params = {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease}
         return Direct(stmt, params | filter_params(qs, ks), self.returned())
 
@@ -121,6 +128,8 @@ class Claiming(Limiting):
         queues: Sequence[str] | None,
         kinds: Sequence[str] | None,
         not_in: Any = None,
+        *,
+        durable: bool = True,
     ) -> Any:
         """The claim; ``not_in`` (a query of ids) keeps those jobs out of the expired-lease
         candidates (`complete_and_claim` completes them in the same statement)."""
@@ -173,9 +182,11 @@ class Claiming(Limiting):
             p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
         picked = union_all(select(p.c.id, p.c.priority, p.c.turn), select(e)).subquery("picked")
         first = picked.c
-        where = c.id.in_(
+        where: ColumnElement[bool] = c.id.in_(
             select(first.id).order_by(first.priority.desc(), first.turn, first.id).limit(limit)
         )
+        if not durable:
+            where = where & CommitUnflushed()
         lost = self.error_entry(self.lost_lease_message())
         return (
             update(self.t)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Dialect, Float, Integer, Numeric, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, Dialect, Float, Integer, Numeric, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -269,6 +269,30 @@ class Smaller(_Extreme):
 def _extreme(element: _Extreme, compiler: SQLCompiler, **kw: Any) -> str:
     name = element.names[0 if compiler.dialect.name == "postgresql" else 1]
     return f"{name}({compiler.process(element.clause_expr, **kw)[1:-1]})"
+
+
+class CommitUnflushed(FunctionElement[bool]):
+    """True; on PostgreSQL it also lets the statement's transaction commit without waiting
+    for its WAL to reach the disk (``SET LOCAL synchronous_commit = off``, run once as an
+    InitPlan, so an autocommit statement can carry it without a round trip of its own).
+
+    For writes that a crash of the database server may undo without harm: the commit is
+    visible at once and reaches the disk within moments (``wal_writer_delay``), and any
+    later commit that does wait for the disk flushes it first. SQLite: plain true.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+
+
+@compiles(CommitUnflushed, "postgresql")
+def _commit_unflushed_pg(element: CommitUnflushed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
+
+
+@compiles(CommitUnflushed)
+def _commit_unflushed_sqlite(element: CommitUnflushed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1 = 1"
 
 
 class Finite(FunctionElement[bool]):

@@ -48,8 +48,8 @@ from ..generators.base import IMAGE_KIND, Generator
 from ..logs import log_to_file
 from ..models import DEFAULT_QUEUE, Job, WorkerPresence
 from ..operations import DEFAULT_LEASE, seconds_of
-from ..queue import AsyncJobQueue
-from .completer import Completer
+from ..queue import AsyncJobQueue, Held
+from .completer import HOLD_IDLE, SPARE_CONNECTIONS, WRITERS, Completer
 from .context import Handler, WorkerContext, generator_handler
 from .executor import Executor
 from .lifecycle import Lifecycle
@@ -226,6 +226,10 @@ class Worker:
         self.lease_watch: LeaseWatch | None = None
         #: Claim statements run so far (each may take many jobs).
         self.claims = 0
+        #: The connection the claim loop keeps between claims (PostgreSQL; `_claim_loop`).
+        self._claiming: Held | None = None
+        #: When a claim last found jobs (monotonic seconds).
+        self._found_at = 0.0
         self._lifecycle = Lifecycle(self.worker_id, self.grace_period)
         self._executor = Executor(
             self.handlers,
@@ -316,7 +320,13 @@ class Worker:
                 "on" if self.listener is not None else "off",
             )
             try:
-                await self._claim_loop()
+                self._claiming = claiming = self.queue._holding(SPARE_CONNECTIONS + WRITERS)
+                try:
+                    with self.queue._on_held(claiming):
+                        await self._claim_loop(claiming)
+                finally:
+                    if claiming is not None:
+                        await claiming.let_go()
                 # A stopping worker makes no new jobs either: its scheduler stops with its
                 # claims, not after the drain (other workers' schedulers take the ticks).
                 await asyncio.gather(*(s.stop() for s in services if isinstance(s, Scheduler)))
@@ -374,8 +384,12 @@ class Worker:
             observer=self._observer,
         )
 
-    async def _claim_loop(self) -> None:
-        """Claim as many jobs as there are free slots; sleep until there may be more."""
+    async def _claim_loop(self, held: Held | None) -> None:
+        """Claim as many jobs as there are free slots; sleep until there may be more.
+
+        The claims run on ``held``, a connection the loop keeps from one claim to the next
+        (a pool checkout costs a pickup about as much as the claim's statement), and gives
+        back while it has nothing to do for `HOLD_IDLE` seconds."""
         lifecycle, slots = self._lifecycle, self._slots
         backoff = Backoff(cap=self.poll_interval * 5)
         while lifecycle.claiming:
@@ -389,7 +403,7 @@ class Worker:
                 # loop would spin and starve the very tasks that free a slot.
                 lifecycle.wake.clear()
                 lifecycle.slots_taken()
-                await self._sleep_until_woken(None)
+                await self._sleep_until_woken(None, held)
                 lifecycle.slot_wait_over()
                 continue
             lifecycle.wake.clear()
@@ -402,6 +416,10 @@ class Worker:
                     kinds=self.kinds,
                     limit=free,
                     lease=self.lease,
+                    # A claim the database server's crash undoes is a job claimed again,
+                    # as after our own crash; a paid request waits for a confirmation
+                    # that does reach the disk (`WorkerContext.lease_confirmed`).
+                    durable=False,
                 )
             except Exception as exc:
                 slots.reserved -= free
@@ -415,21 +433,37 @@ class Worker:
                 continue
             slots.reserved -= free
             backoff.reset()
+            if jobs:
+                self._found_at = time.monotonic()
             for job in jobs:
                 self._start(job)
             if len(jobs) >= free:
                 continue  # there may be more due right now
             if lifecycle.until_idle and not jobs and self._idle():
                 return
-            await self._sleep_until_woken(self.poll_interval)
+            await self._sleep_until_woken(self.poll_interval, held)
 
     def _idle(self) -> bool:
         return not self._slots.tasks and self._completer.idle()
 
-    async def _sleep_until_woken(self, timeout: float | None) -> None:
+    async def _sleep_until_woken(self, timeout: float | None, held: Held | None = None) -> None:
+        wake = self._lifecycle.wake
+        if held is not None and held.holds:
+            # Keep the claims' connection while jobs keep coming; give it back to the pool
+            # once no claim found any for a while (polls that find nothing do not count).
+            keep = HOLD_IDLE - (time.monotonic() - self._found_at)
+            if keep <= 0:
+                await held.let_go()
+            elif timeout is None or timeout > keep:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(keep):
+                        await wake.wait()
+                        return
+                await held.let_go()
+                timeout = None if timeout is None else timeout - keep
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._lifecycle.wake.wait()
+                await wake.wait()
 
     def _on_notify(self, queue_name: str | None) -> None:
         if queue_name is None or queue_name in self.queues:
