@@ -94,8 +94,30 @@ def uuid7_many(n: int) -> list[uuid.UUID]:
         return [uuid7() for _ in range(n)]
     high = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0x2 << 62
     low = (1 << 62) - 1
-    make = uuid.UUID
-    return [make(int=high | (c >> 62) << 64 | (c & low)) for c in range(first, first + n)]
+    if _set_int is None or _set_is_safe is None:
+        return [uuid.UUID(int=high | (c >> 62) << 64 | (c & low)) for c in range(first, first + n)]
+    out: list[uuid.UUID] = []
+    add = out.append
+    new, set_int, set_is_safe, unknown = object.__new__, _set_int, _set_is_safe, _UNKNOWN
+    for c in range(first, first + n):
+        # `uuid.UUID(int=...)` without its argument checks (the value is in range by
+        # construction): the same two slots set, as the standard library makes its own
+        # ids (``UUID._from_int`` in 3.14).
+        made = new(uuid.UUID)
+        set_int(made, high | (c >> 62) << 64 | (c & low))
+        set_is_safe(made, unknown)
+        add(made)
+    return out
+
+
+def _slot_setter(name: str) -> Any:
+    """The setter of `uuid.UUID`'s slot ``name``, or None where it has no such slot."""
+    slot = vars(uuid.UUID).get(name)
+    return getattr(slot, "__set__", None) if slot is not None else None
+
+
+_set_int, _set_is_safe = _slot_setter("int"), _slot_setter("is_safe")
+_UNKNOWN = uuid.SafeUUID.unknown
 
 
 def parse_job_id(job_id: object) -> uuid.UUID:
