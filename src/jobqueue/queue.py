@@ -243,9 +243,10 @@ def _gc_paused(jobs: int) -> Iterator[None]:
     A large batch makes a few objects per job that live until it returns (its rows, ids,
     payloads and `Job` objects); as they pile up the collector runs again and again,
     each full run over every object of the process, and finds nothing to free (these
-    objects hold no cycles): docs/performance.md has what that costs. Reference counting frees memory as always meanwhile; cycles made elsewhere in
-    the process wait until the collector resumes. Batches that overlap (threads, tasks)
-    resume it when the last of them ends.
+    objects hold no cycles): docs/performance.md has what that costs. Reference counting
+    frees memory as always meanwhile; cycles made elsewhere in the process wait until
+    the collector resumes. Batches that overlap (threads, tasks) resume it when the last
+    of them ends.
     """
     global _gc_pausers, _gc_resume
     if jobs < GC_PAUSE_MIN_JOBS:

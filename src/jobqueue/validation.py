@@ -480,10 +480,9 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
 
 def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
     # The deadline's own check: `_start_of` has run, so ``run_at`` and ``delay`` are sound.
-    if job.expires_in is None and job.start_by is None:  # `_deadline_of`'s answer then
-        expires = None
-    else:
-        expires = _deadline_of(job, delay)
+    # Without a deadline, `_deadline_of`'s answer (None) without the call.
+    no_deadline = job.expires_in is None and job.start_by is None
+    expires = None if no_deadline else _deadline_of(job, delay)
     estimate = job.estimated_cost
     if estimate is not None:
         estimate = check_cost(estimate, "estimated_cost")
