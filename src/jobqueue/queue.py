@@ -767,8 +767,9 @@ class JobQueue(_QueueBase[Engine]):
         One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
         `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
-        `enqueue`. While a batch of `GC_PAUSE_MIN_JOBS` jobs or more is checked and written,
-        Python's cyclic garbage collector is paused (`gc.disable`), and resumed after.
+        `enqueue`. While a batch of `jobqueue.queue.GC_PAUSE_MIN_JOBS` (1,000) jobs or more is
+        checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
+        resumed after.
         """
         new = self._new_jobs(jobs)
         with _gc_paused(len(new)):
@@ -1548,8 +1549,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
         `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
-        `enqueue`. While a batch of `GC_PAUSE_MIN_JOBS` jobs or more is checked and written,
-        Python's cyclic garbage collector is paused (`gc.disable`), and resumed after.
+        `enqueue`. While a batch of `jobqueue.queue.GC_PAUSE_MIN_JOBS` (1,000) jobs or more is
+        checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
+        resumed after.
         """
         new = self._new_jobs(jobs)
         with _gc_paused(len(new)):
