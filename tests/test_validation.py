@@ -3,11 +3,21 @@ databases, is in tests/queue/test_queue.py."""
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+
 import pytest
 
 from jobqueue.errors import PayloadError
-from jobqueue.models import NewJob
-from jobqueue.validation import QueueLimits, check_json, new_job_row, new_job_rows, uuid7
+from jobqueue.models import Job, NewJob, job_of
+from jobqueue.validation import (
+    QueueLimits,
+    check_json,
+    new_job_row,
+    new_job_rows,
+    uuid7,
+    uuid7_many,
+)
 
 
 def test_check_json_returns_the_text_that_is_stored() -> None:
@@ -62,3 +72,26 @@ def test_a_payload_that_holds_itself_is_refused() -> None:
     looped["me"] = looped
     with pytest.raises(PayloadError):
         check_json(looped, "payload", QueueLimits())
+
+
+def test_the_ids_of_a_batch_are_plain_uuids() -> None:
+    """`uuid7_many` sets a `UUID`'s slots itself: each id is what ``UUID(int=...)`` makes
+    of its value, a version 7, RFC 9562 id."""
+    for made in uuid7_many(3):
+        plain = uuid.UUID(int=made.int)
+        assert made == plain and hash(made) == hash(plain) and str(made) == str(plain)
+        assert made.is_safe is plain.is_safe is uuid.SafeUUID.unknown
+        assert made.version == 7 and made.variant == uuid.RFC_4122
+        assert uuid.UUID(str(made)) == made
+
+
+def test_job_of_builds_what_job_builds() -> None:
+    values = tuple(f"value {i}" for i in range(len(dataclasses.fields(Job))))
+    built, plain = job_of(values), Job(*values)
+    for f in dataclasses.fields(Job):
+        assert getattr(built, f.name) == getattr(plain, f.name), f.name
+    assert built == plain and repr(built) == repr(plain) and hash(built) == hash(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.kind = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        job_of(values[:-1])

@@ -17,11 +17,13 @@ import operator
 import os
 import socket
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidTransition
@@ -290,6 +292,22 @@ _JOB_FIELD_SET = frozenset(_JOB_FIELDS)
 #: A row's values in the order of `Job`'s fields (which end with ``extra``, ``unreadable``).
 _job_values = operator.itemgetter(*_JOB_FIELDS)
 _STATUS_OF = {s.value: s for s in Status}
+
+#: The setter of each of `Job`'s slots, in field order (`job_of`).
+_JOB_SETTERS = tuple(vars(Job)[name].__set__ for name in Job.__dataclass_fields__)
+_consume: Any = deque(maxlen=0).extend
+
+
+def job_of(values: tuple[Any, ...]) -> Job:
+    """``Job(*values)``: every field, in order, for about two thirds of the time. A
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; this
+    sets the same slots through their own descriptors, in C (`enqueue_many` builds one
+    `Job` for every job of its batch)."""
+    if len(values) != len(_JOB_SETTERS):
+        raise TypeError(f"a Job has {len(_JOB_SETTERS)} fields, not {len(values)}")
+    job: Job = object.__new__(Job)
+    _consume(map(operator.call, _JOB_SETTERS, repeat(job), values))
+    return job
 
 
 @dataclass(frozen=True, slots=True)

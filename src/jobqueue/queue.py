@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import gc
 import logging
+import threading
 import time
 from collections.abc import (
     Awaitable,
@@ -224,6 +226,45 @@ _HELD: ContextVar[Held | None] = ContextVar("jobqueue_held", default=None)
 #: The enqueue's "span" while no trace is going on.
 _UNTRACED: AbstractContextManager[None] = nullcontext()
 
+#: From this many jobs on, `enqueue_many` pauses the cyclic garbage collector (`_gc_paused`).
+GC_PAUSE_MIN_JOBS = 1_000
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # batches running with the collector paused by `_gc_paused`
+_gc_resume = False  # whether the collector was on when the first of them paused it
+
+
+@contextmanager
+def _gc_paused(jobs: int) -> Iterator[None]:
+    """The cyclic garbage collector paused while a batch of ``jobs`` jobs (at least
+    `GC_PAUSE_MIN_JOBS`) is checked, built and written, and resumed after (on error too)
+    unless it was off before.
+
+    A large batch makes a few objects per job that live until it returns (its rows, ids,
+    payloads and `Job` objects); as they pile up the collector runs again and again,
+    each full run over every object of the process, and finds nothing to free (these
+    objects hold no cycles): docs/performance.md has what that costs. Reference counting
+    frees memory as always meanwhile; cycles made elsewhere in the process wait until
+    the collector resumes. Batches that overlap (threads, tasks) resume it when the last
+    of them ends.
+    """
+    global _gc_pausers, _gc_resume
+    if jobs < GC_PAUSE_MIN_JOBS:
+        yield
+        return
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_resume:
+                gc.enable()
+
 
 class _QueueBase(Generic[E]):
     """Configuration and argument handling shared by both queues."""
@@ -325,9 +366,9 @@ class _QueueBase(Generic[E]):
         the operation refuses it)."""
         return self.lease if lease is None else lease
 
-    def _new_rows(self, jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        limits = self.limits
-        return new_job_rows([j if isinstance(j, NewJob) else NewJob(**j) for j in jobs], limits)
+    @staticmethod
+    def _new_jobs(jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[NewJob]:
+        return [j if isinstance(j, NewJob) else NewJob(**j) for j in jobs]
 
     def _enqueue_rows(
         self, kind: str, payload: Any, options: EnqueueOptions
@@ -742,11 +783,15 @@ class JobQueue(_QueueBase[Engine]):
         One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
         `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
-        `enqueue`.
+        `enqueue`. While a batch of `jobqueue.queue.GC_PAUSE_MIN_JOBS` (1,000) jobs or more is
+        checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
+        resumed after.
         """
-        rows = self._new_rows(jobs)
-        with self._traced(rows):
-            return self._enqueue(rows, connection)
+        new = self._new_jobs(jobs)
+        with _gc_paused(len(new)):
+            rows = new_job_rows(new, self.limits)
+            with self._traced(rows):
+                return self._enqueue(rows, connection)
 
     def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: Connection | None
@@ -1527,11 +1572,15 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         One write: on PostgreSQL one INSERT of array parameters, or a COPY for a batch of
         `jobqueue.operations.COPY_MIN_JOBS` jobs or more that carry no idempotency key; on SQLite
         multi-row INSERTs in one transaction. ``connection=`` and idempotency keys work as for
-        `enqueue`.
+        `enqueue`. While a batch of `jobqueue.queue.GC_PAUSE_MIN_JOBS` (1,000) jobs or more is
+        checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
+        resumed after.
         """
-        rows = self._new_rows(jobs)
-        with self._traced(rows):
-            return await self._enqueue(rows, connection)
+        new = self._new_jobs(jobs)
+        with _gc_paused(len(new)):
+            rows = new_job_rows(new, self.limits)
+            with self._traced(rows):
+                return await self._enqueue(rows, connection)
 
     async def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: AsyncConnection | None

@@ -94,8 +94,30 @@ def uuid7_many(n: int) -> list[uuid.UUID]:
         return [uuid7() for _ in range(n)]
     high = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0x2 << 62
     low = (1 << 62) - 1
-    make = uuid.UUID
-    return [make(int=high | (c >> 62) << 64 | (c & low)) for c in range(first, first + n)]
+    if _set_int is None or _set_is_safe is None:
+        return [uuid.UUID(int=high | (c >> 62) << 64 | (c & low)) for c in range(first, first + n)]
+    out: list[uuid.UUID] = []
+    add = out.append
+    new, set_int, set_is_safe, unknown = object.__new__, _set_int, _set_is_safe, _UNKNOWN
+    for c in range(first, first + n):
+        # `uuid.UUID(int=...)` without its argument checks (the value is in range by
+        # construction): the same two slots set, as the standard library makes its own
+        # ids (``UUID._from_int`` in 3.14).
+        made = new(uuid.UUID)
+        set_int(made, high | (c >> 62) << 64 | (c & low))
+        set_is_safe(made, unknown)
+        add(made)
+    return out
+
+
+def _slot_setter(name: str) -> Any:
+    """The setter of `uuid.UUID`'s slot ``name``, or None where it has no such slot."""
+    slot = vars(uuid.UUID).get(name)
+    return getattr(slot, "__set__", None) if slot is not None else None
+
+
+_set_int, _set_is_safe = _slot_setter("int"), _slot_setter("is_safe")
+_UNKNOWN = uuid.SafeUUID.unknown
 
 
 def parse_job_id(job_id: object) -> uuid.UUID:
@@ -458,7 +480,9 @@ def new_job_row(job: NewJob, limits: QueueLimits) -> dict[str, Any]:
 
 def _row(job: NewJob, id_: uuid.UUID, text: str, value: Any, delay: float) -> dict[str, Any]:
     # The deadline's own check: `_start_of` has run, so ``run_at`` and ``delay`` are sound.
-    expires = _deadline_of(job, delay)
+    # Without a deadline, `_deadline_of`'s answer (None) without the call.
+    no_deadline = job.expires_in is None and job.start_by is None
+    expires = None if no_deadline else _deadline_of(job, delay)
     estimate = job.estimated_cost
     if estimate is not None:
         estimate = check_cost(estimate, "estimated_cost")
@@ -500,22 +524,42 @@ def new_job_rows(jobs: Sequence[NewJob], limits: QueueLimits) -> list[dict[str, 
     texts: list[str] = []
     payloads: list[Any] = []
     delays: list[float] = []
+    # The kind and queue of the job before, checked: most batches have one of each, and
+    # the same object passes the same checks again.
+    kind_checked: Any = _UNCHECKED
+    queue_checked: Any = _UNCHECKED
     for done, job in enumerate(jobs):
         try:
-            name(job.kind, "kind", MAX_NAME)
-            name(job.queue, "queue", MAX_NAME)
-            payload = {} if job.payload is None else job.payload
+            kind = job.kind
+            if kind is not kind_checked:
+                name(kind, "kind", MAX_NAME)
+                kind_checked = kind
+            queue = job.queue
+            if queue is not queue_checked:
+                name(queue, "queue", MAX_NAME)
+                queue_checked = queue
+            payload = job.payload
+            if payload is None:
+                payload = {}
             texts.append(_checked_text(payload, "payload", limits))
             payloads.append(payload)
-            _check_int_fast(job.priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
-            _check_int_fast(job.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
+            # `_check_int_fast`, inline.
+            priority = job.priority
+            if type(priority) is not int or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+                check_int(priority, "priority", -MAX_PRIORITY, MAX_PRIORITY)
+            attempts = job.max_attempts
+            if type(attempts) is not int or not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+                check_int(attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
             if job.owner_id is not None:
                 name(job.owner_id, "owner_id", MAX_TEXT)
             if job.idempotency_key is not None:
                 check_text(job.idempotency_key, "idempotency_key")
             if job.limit_key is not None:
                 name(job.limit_key, "limit_key", MAX_NAME)
-            delays.append(_start_of(job))
+            if job.run_at is None and job.delay is None:  # `_start_of`'s answer then
+                delays.append(0.0)
+            else:
+                delays.append(_start_of(job))
         except PayloadError:
             # An earlier job whose payload does not decode to itself fails first, as it
             # would have alone.
@@ -530,6 +574,10 @@ def new_job_rows(jobs: Sequence[NewJob], limits: QueueLimits) -> list[dict[str, 
             jobs, uuid7_many(len(jobs)), texts, values, delays, strict=True
         )
     ]
+
+
+#: No kind or queue checked yet (`new_job_rows`).
+_UNCHECKED = object()
 
 
 def _check_int_fast(value: Any, what: str, low: int, high: int) -> None:

@@ -451,3 +451,37 @@ def test_a_new_job_has_every_value_in_its_own_field() -> None:
         for f in dataclasses.fields(Job):
             assert getattr(built, f.name) == getattr(expected, f.name), (f.name, jsonb)
         assert built == expected
+
+
+async def test_a_large_batch_pauses_the_collector_and_resumes_it(
+    q: Either, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`enqueue_many` of `GC_PAUSE_MIN_JOBS` jobs or more runs with the cyclic garbage
+    collector paused, and resumes it after, also when a job is refused; a collector that
+    was off stays off."""
+    import gc
+
+    from jobqueue import queue
+
+    seen: list[bool] = []
+    real = queue.new_job_rows
+
+    def rows(jobs: Any, limits: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(jobs, limits)
+
+    monkeypatch.setattr(queue, "new_job_rows", rows)
+    large = [NewJob(payload={"n": i}) for i in range(queue.GC_PAUSE_MIN_JOBS)]
+    assert gc.isenabled()
+    assert len(await q.enqueue_many(large)) == len(large)
+    assert len(await q.enqueue_many(large[:-1])) == len(large) - 1
+    assert seen == [False, True] and gc.isenabled()
+    with pytest.raises(PayloadError):
+        await q.enqueue_many([*large, NewJob(priority=True)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        await q.enqueue_many(large)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -26,6 +26,7 @@ from ..models import (
     Status,
     StatusStats,
     check_move,
+    job_of,
 )
 from ..sql.enqueue import owner_ranks
 from ..sql.statements import Statements
@@ -201,42 +202,45 @@ def _new_job(
     database chose: the same value a read of the row gives, without the read (nor the
     RETURNING of every column, which costs more than the insert itself for one job)."""
     text: str = r["payload"]
-    # By position, in `Job`'s field order (cheaper than by keyword for every job of a large
-    # batch, docs/performance.md); tests/queue/test_enqueue_bulk.py checks every value.
-    return Job(
-        r["id"],  # id
-        r["queue"],  # queue
-        r["kind"],  # kind
-        Status.PENDING,  # status
-        stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],  # payload
-        None,  # result
-        None,  # result_url
-        None,  # error
-        [],  # errors
-        0,  # progress
-        None,  # progress_message
-        r["priority"],  # priority
-        0,  # attempts
-        r["max_attempts"],  # max_attempts
-        run_at,  # run_at
-        None,  # locked_by
-        None,  # lease_expires_at
-        None,  # remote_task_id
-        r["owner_id"],  # owner_id
-        r["idempotency_key"],  # idempotency_key
-        turn,  # turn
-        r["limit_key"],  # limit_key
-        created_at,  # created_at
-        None,  # started_at
-        None,  # completed_at
-        updated_at,  # updated_at
-        None,  # cost
-        None,  # cost_unit
-        r.get("reserved"),  # reserved
-        r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
-        r.get("trace_context"),  # trace_context
-        _NO_EXTRA,  # extra
-        None,  # unreadable
+    # By position, in `Job`'s field order, through `job_of` (cheaper than by keyword, and
+    # than ``Job(...)``, for every job of a large batch, docs/performance.md);
+    # tests/queue/test_enqueue_bulk.py checks every value.
+    return job_of(
+        (
+            r["id"],  # id
+            r["queue"],  # queue
+            r["kind"],  # kind
+            Status.PENDING,  # status
+            stored_json(text, r["payload_value"]) if jsonb else r["payload_value"],  # payload
+            None,  # result
+            None,  # result_url
+            None,  # error
+            [],  # errors
+            0,  # progress
+            None,  # progress_message
+            r["priority"],  # priority
+            0,  # attempts
+            r["max_attempts"],  # max_attempts
+            run_at,  # run_at
+            None,  # locked_by
+            None,  # lease_expires_at
+            None,  # remote_task_id
+            r["owner_id"],  # owner_id
+            r["idempotency_key"],  # idempotency_key
+            turn,  # turn
+            r["limit_key"],  # limit_key
+            created_at,  # created_at
+            None,  # started_at
+            None,  # completed_at
+            updated_at,  # updated_at
+            None,  # cost
+            None,  # cost_unit
+            r.get("reserved"),  # reserved
+            r.get("start_by_value"),  # start_by: as given (one from expires_in is the database's)
+            r.get("trace_context"),  # trace_context
+            _NO_EXTRA,  # extra
+            None,  # unreadable
+        )
     )
 
 
