@@ -398,29 +398,19 @@ class _QueueBase(Generic[E]):
         durable: bool = True,
     ) -> Operation[list[Job]]:
         qs = [queues] if isinstance(queues, str) else queues
+        args = (self.statements, worker_id)
+        common: dict[str, Any] = {
+            "limit": limit,
+            "lease": self._lease(lease),
+            "queues": qs,
+            "kinds": kinds,
+            "limits": self.limits,
+            "mode": self._claim_mode,
+        }
         if self._claim_mode.limited:
             # Limits record each start for their rates: always durable.
-            return limit_ops.claim_within_limits(
-                self.statements,
-                worker_id,
-                limit=limit,
-                lease=self._lease(lease),
-                queues=qs,
-                kinds=kinds,
-                limits=self.limits,
-                mode=self._claim_mode,
-            )
-        return ops.claim(
-            self.statements,
-            worker_id,
-            limit=limit,
-            lease=self._lease(lease),
-            queues=qs,
-            kinds=kinds,
-            limits=self.limits,
-            mode=self._claim_mode,
-            durable=durable,
-        )
+            return limit_ops.claim_within_limits(*args, **common)
+        return ops.claim(*args, **common, durable=durable)
 
     def _claim_plan(
         self,
