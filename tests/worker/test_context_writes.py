@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,6 +135,40 @@ async def test_a_task_id_write_that_fails_for_a_while_is_retried_until_written(
         assert job.remote_task_id == f"task-{job_id}"
         assert job.result == f"task-{job_id}"
     assert runs == {a.id: 1, b.id: 1}
+
+
+async def test_a_task_id_write_is_tried_again_within_a_quarter_second_however_long_it_fails(
+    jq: AsyncJobQueue, hiccup: Hiccup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task id's save races the lease: however long the database refuses it, the next
+    try comes within `TASK_ID_RETRY_CAP` seconds, so the save lands the moment writes are
+    taken again (a later attempt that finds no id would pay again)."""
+    from jobqueue.worker.context import TASK_ID_RETRY_CAP
+
+    caplog.set_level(logging.INFO, logger="jobqueue")
+
+    async def submit(job: Job, ctx: WorkerContext) -> None:
+        await ctx.save_remote_task_id(f"task-{job.id}")
+
+    await hiccup.begin()
+    job = await jq.enqueue("submit", {}, max_attempts=1)
+    worker = Worker(jq, {"submit": submit}, listen=False, poll_interval=0.05)
+    task = await run_in_background(worker)
+    try:
+        # Far more failures than it takes the backoff to reach its cap.
+        await eventually(lambda: _retries(caplog, "task id") >= 12, 30)
+        await hiccup.end()
+        await eventually(lambda: all_final(jq, job.id), 30)
+    finally:
+        await stop(worker, task)
+    delays = [
+        float(m.group(1))
+        for r in caplog.records
+        if "task id" in r.getMessage()
+        and (m := re.search(r"retrying in ([0-9.]+)s", r.getMessage())) is not None
+    ]
+    assert len(delays) >= 12 and max(delays) <= TASK_ID_RETRY_CAP, delays
+    assert (await jq.get(job.id)).remote_task_id == f"task-{job.id}"
 
 
 async def test_a_progress_write_that_fails_for_a_while_is_retried_and_lands(

@@ -29,6 +29,10 @@ T = TypeVar("T")
 #: The longest pause between two tries of a handler's write: short, since the handler
 #: waits on it (the worker's own writes pause up to `Backoff`'s default cap).
 WRITE_RETRY_CAP = 1.0
+#: The longest pause between two tries of saving a provider's task id: shorter still. The
+#: save races the lease (a later attempt that finds no id pays again), and a database
+#: that refused writes for most of a lease must get it the moment it takes writes again.
+TASK_ID_RETRY_CAP = 0.25
 
 Handler: TypeAlias = Callable[[Job, "WorkerContext"], Any]
 """``async def h(job, ctx)`` or a plain function (run in a thread); see `Worker`."""
@@ -130,7 +134,7 @@ class WorkerContext(OldContextNames):
                 subject=f"Job {self.job.id}: ",
                 what="saving the provider's task id",
                 consequence="the attempt was stopped before it was saved",
-                backoff=Backoff(cap=WRITE_RETRY_CAP),
+                backoff=Backoff(base=0.05, cap=TASK_ID_RETRY_CAP),
                 give_up_level=logging.WARNING,
             )
         except GaveUp as exc:
