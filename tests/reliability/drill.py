@@ -49,6 +49,7 @@ from jobqueue.drivers.engines import make_engine
 from jobqueue.models import can_move
 from jobqueue.worker import StopReason
 from jobqueue.worker.completer import HAND_BACK_REASON, RELEASE_REASON
+from jobqueue.worker.context import TASK_ID_RETRY_CAP
 from tests.support.netproxy import Direction, NetProxy
 
 from . import drill_worker
@@ -1039,7 +1040,9 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
     provider's answer and the save of its task id. So a submission is explained only when
     its handler call wrote no ``saved`` line and either never ended and its worker was
     killed after it submitted, or ended while a partition of its worker that began right
-    after the submit lasted most of a lease (`cut_off_after`); any other repeat (after a
+    after the submit lasted most of a lease (`cut_off_after`), or while the database
+    refused writes from the submit until the lease had all but run out (`refused_after`);
+    any other repeat (after a
     save, or by a handler that went on or was stopped while its process could reach the
     database, a graceful stop included) is not."""
     saved = {key_of(x) for x in ev.lines if x.event == "saved"}
@@ -1061,6 +1064,11 @@ def double_submissions(ev: Evidence) -> tuple[Findings, Findings]:
                 explained.append(
                     f"{what}; its worker was cut off from the database right after "
                     f"({cut}) until its lease watch stopped the handler before the save"
+                )
+            elif key_of(x) in ended and (refused := refused_after(ev, x.wall)):
+                explained.append(
+                    f"{what}; the database refused writes from the submit until its lease "
+                    f"had all but run out ({refused}), so the save could not land in time"
                 )
             else:
                 how = (
@@ -1086,6 +1094,26 @@ def cut_off_after(ev: Evidence, worker: str, submitted: datetime) -> str | None:
         if worker in p.workers and p.began <= submitted + soon and p.ended >= submitted + most:
             return f"a partition ({p.kind}) of {p.began:%H:%M:%S.%f}-{p.ended:%H:%M:%S.%f}"
     return None
+
+
+def refused_after(ev: Evidence, submitted: datetime) -> str | None:
+    """Read-only spells and long locks that, one after the other, refused every write from
+    a submission until nine tenths of a lease past it, with no gap between them that the
+    save's retries (a try at least every `TASK_ID_RETRY_CAP` seconds) and a round trip
+    could use: the task id could not be saved before another worker could take the job
+    over (the window only an idempotency key, or a takeover that lets the holder write
+    first, closes)."""
+    until = submitted + timedelta(seconds=ev.variant.lease * 0.9)
+    gap = timedelta(seconds=TASK_ID_RETRY_CAP + 0.25)
+    covered, used = submitted, []
+    for b, e, what in sorted(ev.write_stops):
+        if e < covered or b > until:
+            continue
+        if b > covered + gap:
+            break
+        covered = max(covered, e)
+        used.append(f"{what} of {b:%H:%M:%S.%f}-{e:%H:%M:%S.%f}")
+    return ", ".join(used) if covered >= until else None
 
 
 def cut_off_by(ev: Evidence, worker: str, began: datetime, ended: datetime) -> str | None:

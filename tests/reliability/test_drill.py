@@ -212,9 +212,17 @@ def test_a_repeated_submission_is_explained_only_by_a_kill_between_submit_and_sa
         raw = {"event": event, "worker": worker, "job": job, "attempt": attempt, "claim": "-"}
         return drill.Line.parse(json.dumps({**raw, "wall": wall, **more}))
 
-    def judged(first: list[drill.Line], killed_at: float | None) -> tuple[int, int]:
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, UTC)
+
+    def judged(
+        first: list[drill.Line],
+        killed_at: float | None,
+        refusals: tuple[tuple[float, float], ...] = (),
+    ) -> tuple[int, int]:
         ev = Evidence(MIXED, 0, [], {}, [], {}, {})
         ev.lines = [*first, line("start", "w2", 2, 20.0), line("submit", "w2", 2, 21.0)]
+        ev.write_stops = [(at(b), at(e), "a read-only spell") for b, e in refusals]
         if killed_at is not None:
             ev.killed.add("w1")
             ev.kill_times["w1"] = datetime.fromtimestamp(killed_at, UTC)
@@ -232,3 +240,12 @@ def test_a_repeated_submission_is_explained_only_by_a_kill_between_submit_and_sa
     saved = [*began, line("saved", "w1", 1, 2.2)]
     assert judged(saved, killed_at=3.0) == (0, 1)  # the id was saved: never again
     assert judged([line("start", "w1", 1, 1.0), line("submit", "w1", 1, 5.0)], 3.0) == (0, 1)
+    # Writes refused from the submit until the lease had all but run out: the save could
+    # not land in time. A gap the save's quick retries could use, or a refusal that ended
+    # early, explains nothing.
+    lease = MIXED.lease
+    assert judged(ended, None, ((1.9, 2.0 + lease),)) == (1, 0)
+    assert judged(ended, None, ((1.9, 2.0 + lease / 2), (2.1 + lease / 2, 2.0 + lease))) == (1, 0)
+    assert judged(ended, None, ((1.9, 2.0 + lease / 2), (3.0 + lease / 2, 2.0 + lease))) == (0, 1)
+    assert judged(ended, None, ((1.9, 2.0 + lease * 0.8),)) == (0, 1)
+    assert judged(saved, None, ((1.9, 2.0 + lease),)) == (0, 1)
