@@ -861,10 +861,11 @@ class JobQueue(_QueueBase[Engine]):
         """End a pause; its jobs enter the line again within a worker's next entry round."""
         return self._run(limit_ops.resume(self.statements, scope, name))
 
-    def enter_line(self) -> int:
+    def enter_line(self, *, skip_locked: bool = False) -> int:
         """Put due jobs that wait outside the line (scheduled, backing off, held back, rows
-        inserted by other clients) into it, one batch; how many. Workers run it on a timer."""
-        return self._run(limit_ops.enter_line(self.statements))
+        inserted by other clients) into it, one batch; how many. Workers run it on a timer,
+        with ``skip_locked``: rows another entry is entering now are left to it (PostgreSQL)."""
+        return self._run(limit_ops.enter_line(self.statements, skip_locked=skip_locked))
 
     def retry_later(
         self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True
@@ -1654,10 +1655,11 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         """End a pause; its jobs enter the line again within a worker's next entry round."""
         return await self._run(limit_ops.resume(self.statements, scope, name))
 
-    async def enter_line(self) -> int:
+    async def enter_line(self, *, skip_locked: bool = False) -> int:
         """Put due jobs that wait outside the line (scheduled, backing off, held back, rows
-        inserted by other clients) into it, one batch; how many. Workers run it on a timer."""
-        return await self._run(limit_ops.enter_line(self.statements))
+        inserted by other clients) into it, one batch; how many. Workers run it on a timer,
+        with ``skip_locked``: rows another entry is entering now are left to it (PostgreSQL)."""
+        return await self._run(limit_ops.enter_line(self.statements, skip_locked=skip_locked))
 
     async def retry_later(
         self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True

@@ -127,3 +127,30 @@ def test_a_turn_outside_the_bounds_is_refused(
         pytest.skip("SQLite has no NaN or infinite literals as text")
     with pytest.raises(IntegrityError, match=r"turn_check|CHECK constraint"):
         raw_sql(f"INSERT INTO {migrated[1]} (turn) VALUES ({turn})")
+
+
+def test_the_timers_entry_leaves_rows_another_entry_holds_to_it(
+    postgres_url: str, table_name: str
+) -> None:
+    """The worker's timer enters jobs with ``skip_locked``: rows another entry holds now
+    (a claim that found nothing enters jobs itself) are left to that entry at once, not
+    waited for. Waiting, the timer would lock them past that entry's commit (PostgreSQL
+    locks a row before re-checking it), and the claim right after the entry would skip
+    them as locked and find nothing due."""
+    import time
+
+    from jobqueue import JobQueue, migrate
+
+    migrate(postgres_url, table=table_name)
+    with JobQueue(postgres_url, table=table_name) as q:
+        with q.engine.begin() as conn:
+            conn.exec_driver_sql(f"INSERT INTO {table_name} (kind) VALUES ('image')")
+        entering = q.statements.entering()
+        with q.engine.connect() as other, other.begin():
+            assert len(other.execute(entering.statement).all()) == 1  # holds the row
+            began = time.monotonic()
+            assert q.enter_line(skip_locked=True) == 0
+            assert time.monotonic() - began < 2  # not held up until the lock timeout
+        assert q.enter_line(skip_locked=True) == 1
+        (job,) = q.claim("w")
+        assert job.kind == "image"

@@ -154,9 +154,10 @@ def complete_then_claim_within(
 
 
 @operation(Access.TRANSACTION)
-def enter_line(s: Statements) -> Steps[int]:
-    """Put due jobs waiting outside the line into it (one batch); how many."""
-    turns = yield s.entering()
+def enter_line(s: Statements, *, skip_locked: bool = False) -> Steps[int]:
+    """Put due jobs waiting outside the line into it (one batch); how many. With
+    ``skip_locked`` (PostgreSQL) rows another entry is entering now are left to it."""
+    turns = yield s.entering(skip_locked=skip_locked)
     if not turns:
         return 0
     rows = yield s.set_turns([(r["id"], r["turn"]) for r in turns])

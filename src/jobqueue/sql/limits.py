@@ -350,7 +350,7 @@ class Limiting(StatementsBase):
 
     # -- the line's entrance ----------------------------------------------------------------
 
-    def entering(self) -> Query:
+    def entering(self, *, skip_locked: bool = False) -> Query:
         """The due jobs waiting outside the line (scheduled, backing off, held back,
         inserted by another client), up to `ENTRY_BATCH` of them, oldest first, with the
         turn each takes (`jobqueue.sql.fair`); jobs of a paused queue or key stay out until
@@ -388,11 +388,15 @@ class Limiting(StatementsBase):
                 .limit(ENTRY_BATCH)
             )
             if self.dialect == "postgresql":
-                # Not SKIP LOCKED: a claim that found nothing and enters jobs itself must
-                # not skip the ones the worker's timer is entering and conclude there is
-                # nothing due. It waits for that short transaction; the rows it entered
-                # then fail the re-checked condition and drop out.
-                due = due.with_for_update(of=self.t)
+                # A claim that found nothing and enters jobs itself must not skip the ones
+                # the worker's timer is entering and conclude there is nothing due: it
+                # waits for that short transaction, and the rows entered then fail the
+                # re-checked condition and drop out. The timer (``skip_locked``) leaves
+                # rows another entry holds to it instead: waiting, it would lock them too
+                # (a row is locked before it is re-checked, and stays locked to the end
+                # of the transaction even when the re-check drops it), and the claim that
+                # follows the entry that put them in line would skip them as locked.
+                due = due.with_for_update(of=self.t, skip_locked=skip_locked)
             d = due.cte("due")
             k = func.row_number().over(
                 partition_by=(d.c.queue, d.c.owner_id), order_by=(d.c.run_at, d.c.id)
@@ -403,7 +407,7 @@ class Limiting(StatementsBase):
             turn = turn_of(self.t, self.limits, w.c.queue, w.c.priority, w.c.owner_id, w.c.k)
             return select(w.c.id, turn.label("turn"))
 
-        return Query(self.once("entering", build), None)
+        return Query(self.once(("entering", skip_locked), build), None)
 
     def set_turns(self, turns: Sequence[tuple[Any, float]]) -> Query:
         """Give jobs still waiting outside the line their turns (``(id, turn)`` pairs)."""

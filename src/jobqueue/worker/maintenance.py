@@ -311,7 +311,9 @@ class Entrance(Periodic):
         self.queue = queue
 
     async def round(self) -> None:
-        while await self.queue.enter_line() >= ENTRY_BATCH:
+        # Rows a claim's own entry holds are that claim's to enter: waiting for them
+        # would lock them past it (`Statements.entering`).
+        while await self.queue.enter_line(skip_locked=True) >= ENTRY_BATCH:
             pass
 
 
