@@ -366,9 +366,17 @@ class _QueueBase(Generic[E]):
         the operation refuses it)."""
         return self.lease if lease is None else lease
 
-    @staticmethod
-    def _new_jobs(jobs: Iterable[NewJob | Mapping[str, Any]]) -> list[NewJob]:
-        return [j if isinstance(j, NewJob) else NewJob(**j) for j in jobs]
+    @contextmanager
+    def _batch_rows(
+        self, jobs: Iterable[NewJob | Mapping[str, Any]]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The checked rows of an `enqueue_many` batch, for the write inside the block: the
+        collector paused for a large batch (`_gc_paused`), the enqueue's trace span open."""
+        new = [j if isinstance(j, NewJob) else NewJob(**j) for j in jobs]
+        with _gc_paused(len(new)):
+            rows = new_job_rows(new, self.limits)
+            with self._traced(rows):
+                yield rows
 
     def _enqueue_rows(
         self, kind: str, payload: Any, options: EnqueueOptions
@@ -777,11 +785,8 @@ class JobQueue(_QueueBase[Engine]):
         checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
         resumed after.
         """
-        new = self._new_jobs(jobs)
-        with _gc_paused(len(new)):
-            rows = new_job_rows(new, self.limits)
-            with self._traced(rows):
-                return self._enqueue(rows, connection)
+        with self._batch_rows(jobs) as rows:
+            return self._enqueue(rows, connection)
 
     def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: Connection | None
@@ -1567,11 +1572,8 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         checked and written, Python's cyclic garbage collector is paused (`gc.disable`), and
         resumed after.
         """
-        new = self._new_jobs(jobs)
-        with _gc_paused(len(new)):
-            rows = new_job_rows(new, self.limits)
-            with self._traced(rows):
-                return await self._enqueue(rows, connection)
+        with self._batch_rows(jobs) as rows:
+            return await self._enqueue(rows, connection)
 
     async def _enqueue(
         self, rows: builtins.list[dict[str, Any]], connection: AsyncConnection | None
