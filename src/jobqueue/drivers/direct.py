@@ -34,6 +34,7 @@ from sqlalchemy import Connection, Dialect, Executable, Float
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..sql.steps import Direct, Query, Row, Rows, Step
+from . import plans
 from .raw import driver_connection, driver_connection_async, driver_errors, driver_errors_async
 
 Processor = Callable[[Any], Any] | None
@@ -215,6 +216,10 @@ def run_direct(conn: Connection, step: Direct) -> Rows:
             return sqlite_rows(raw, step, conn.dialect)
         if c.native is not None:
             cursor = RawCursor(raw)
+            mode = plans.switch_to(raw, conn.engine, step.generic)
+            if mode is not None:
+                cursor.execute(mode)
+                plans.switched(raw, step.generic)
             cursor.execute(c.native[0], c.native_params(step.params))
         else:
             cursor = raw.execute(c.sql, c.params(step.params))
@@ -236,6 +241,10 @@ async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
             return c.rows(list(records[0].keys()) if records else [], records)
         if c.native is not None:
             cursor = AsyncRawCursor(raw)
+            mode = plans.switch_to(raw, conn.sync_engine, step.generic)
+            if mode is not None:
+                await cursor.execute(mode)
+                plans.switched(raw, step.generic)
             await cursor.execute(c.native[0], c.native_params(step.params))
         else:
             cursor = await raw.execute(c.sql, c.params(step.params))

@@ -24,6 +24,7 @@ from sqlalchemy.util import await_only
 
 from ..errors import ConfigurationError, redact
 from ..models import END_OF_TIME, START_OF_TIME
+from . import plans
 from .errors import session_refuses_writes
 
 DEFAULT_URL = "sqlite:///jobqueue.db"
@@ -228,7 +229,12 @@ def _setup_postgres(sync_engine: Engine) -> None:
     (asyncpg reads the infinities, but not years past 9999 or BC), which would fail the
     whole read, a claim batch included. psycopg keeps its own (compiled) loader, wrapped;
     asyncpg gets a codec that reads the value as microseconds since 2000.
+
+    Its connections may also run the worker's hot statements with generic plans
+    (`jobqueue.drivers.plans`).
     """
+
+    plans.allow(sync_engine)
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:

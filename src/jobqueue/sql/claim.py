@@ -15,6 +15,7 @@ from sqlalchemy import (
     Numeric,
     Text,
     Uuid,
+    any_,
     case,
     cast,
     column,
@@ -121,7 +122,7 @@ class Claiming(Limiting):
             ("claim", qs, ks, durable), lambda: self._claim(qs, ks, durable=durable)
         )
         params = {"jq_worker_id": worker_id, "jq_limit": limit, "jq_lease": lease}
-        return Direct(stmt, params | filter_params(qs, ks), self.returned())
+        return Direct(stmt, params | filter_params(qs, ks), self.returned(), generic=True)
 
     def _claim(
         self,
@@ -182,9 +183,17 @@ class Claiming(Limiting):
             p, e = pending.subquery("pending_jobs"), expired.subquery("expired_jobs")
         picked = union_all(select(p.c.id, p.c.priority, p.c.turn), select(e)).subquery("picked")
         first = picked.c
-        where: ColumnElement[bool] = c.id.in_(
-            select(first.id).order_by(first.priority.desc(), first.turn, first.id).limit(limit)
-        )
+        chosen = select(first.id).order_by(first.priority.desc(), first.turn, first.id).limit(limit)
+        where: ColumnElement[bool]
+        if self.dialect == "postgresql":
+            # An array of the chosen ids, not ``IN (subquery)``: PostgreSQL then finds them
+            # by the primary key in every plan. For ``IN`` a plan made for any LIMIT (a
+            # generic plan, `runs_generic`) guesses a tenth of the table and reads it whole
+            # to join the ids; planned for each LIMIT instead, each execution pays the
+            # planning, a good part of this statement's server time.
+            where = c.id == any_(func.array(chosen.scalar_subquery()))
+        else:
+            where = c.id.in_(chosen)
         if not durable:
             where = where & CommitUnflushed()
         lost = self.error_entry(self.lost_lease_message())
@@ -212,7 +221,8 @@ class Claiming(Limiting):
         returning = self.once("completed_returned", lambda: {"id": self.t.c.id.type})
         if self.dialect == "postgresql":
             params = completion_batch(items)
-            return Direct(self.once("complete_many_pg", self._complete_json), params, returning)
+            statement = self.once("complete_many_pg", self._complete_json)
+            return Direct(statement, params, returning, generic=True)
 
         def build() -> Any:
             batch = json_rows(COMPLETION_COLUMNS, "batch")
@@ -272,7 +282,7 @@ class Claiming(Limiting):
             "returned_after_completing",
             lambda: {"jq_completed": postgresql.ARRAY(Uuid()), **self.returned()},
         )
-        return Direct(stmt, params | filter_params(qs, ks), returning)
+        return Direct(stmt, params | filter_params(qs, ks), returning, generic=True)
 
     def _complete_and_claim(self, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
         done = self._complete_json().cte("completed_jobs")
@@ -290,19 +300,30 @@ class Claiming(Limiting):
         )
 
     def _complete_json(self) -> Any:
-        batch = (
-            func.json_to_recordset(cast(param("batch", Text()), postgresql.JSON()))
-            .table_valued(*(column(name, type_) for name, type_ in BATCH_COLUMNS))
-            .render_derived(name="batch", with_types=True)
-        )
-        return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()))
+        def rows(name: str, columns: list[tuple[str, TypeEngine[Any]]]) -> Any:
+            return (
+                func.json_to_recordset(cast(param("batch", Text()), postgresql.JSON()))
+                .table_valued(*(column(n, type_) for n, type_ in columns))
+                .render_derived(name=name, with_types=True)
+            )
 
-    def _complete_from(self, batch: Any, result: ColumnElement[Any]) -> Any:
+        batch = rows("batch", BATCH_COLUMNS)
+        ids = rows("batch_ids", BATCH_COLUMNS[:1])
+        # The batch's ids as an array too, so the rows are found by the primary key in any
+        # plan: PostgreSQL guesses a set-returning function gives 100 rows, and a plan made
+        # for any batch (`runs_generic`) then reads a small table whole to join them.
+        by_key = self.t.c.id == any_(func.array(select(ids.c.job_id).scalar_subquery()))
+        return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()), by_key)
+
+    def _complete_from(
+        self, batch: Any, result: ColumnElement[Any], by_key: ColumnElement[bool] | None = None
+    ) -> Any:
         c = self.t.c
         now = DbNow()
+        fenced = self.fence(batch)
         return (
             update(self.t)
-            .where(self.fence(batch))
+            .where(fenced if by_key is None else by_key & fenced)
             .values(
                 status=Status.COMPLETED.value,
                 result=result,

@@ -71,10 +71,16 @@ class Direct(Query):
     nothing else can observe the difference (the queue's own connection in autocommit
     mode); anywhere else it runs as a `Query`. ``params`` is one parameter set, and
     ``returning`` names the result columns and their types, for SQLAlchemy's own result
-    processing of each value."""
+    processing of each value.
+
+    ``generic``: PostgreSQL's plan of the statement for any parameter values reads the
+    same indexes as a plan made for given ones (``tests/sql/test_explain.py`` checks it),
+    so the driver layer may have the server keep that plan instead of planning every
+    execution (`jobqueue.drivers.plans`)."""
 
     params: Mapping[str, Any]
     returning: Mapping[str, TypeEngine[Any]]
+    generic: bool = False
 
     def run(self, runner: Runner[R]) -> R:
         return runner.direct(self)

@@ -1,0 +1,86 @@
+"""The plans PostgreSQL runs the worker's hot statements with: made once, not per execution.
+
+psycopg prepares a statement on the server once it has run a few times on a connection;
+PostgreSQL then plans each execution for its parameter values (a custom plan) until a plan
+made for any values (the generic plan) looks no dearer, and keeps that one. For the
+worker's claim and completion statements it never does: their ``LIMIT`` is a parameter,
+which a generic plan must guess, so its estimate stays above every custom plan's, and each
+execution is planned again, which costs the server about as much as running the statement.
+A `Direct` step marked ``generic`` is one whose generic plan reads the same indexes as its
+custom plans (``tests/sql/test_explain.py`` checks each); it runs in a session set to use
+generic plans (``plan_cache_mode``), and every other statement in one that is not.
+
+The setting is a session's, so it is switched only on connections of engines this package
+made (`allow`), whose pool sets it back when a connection is returned, and only where
+psycopg prepares statements (behind a transaction-mode pooler, ``prepare_threshold=none``,
+nothing is prepared and a generic plan would be made for every execution). asyncpg keeps
+PostgreSQL's own choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from weakref import WeakSet
+
+from sqlalchemy import Engine, event
+
+log = logging.getLogger("jobqueue.drivers")
+
+GENERIC = b"SET plan_cache_mode = force_generic_plan"
+RESET = b"RESET plan_cache_mode"
+
+#: Engines whose pool sets the mode back on return (`allow`).
+_allowed: WeakSet[Engine] = WeakSet()
+#: psycopg connections whose session uses generic plans now.
+_generic: WeakSet[Any] = WeakSet()
+
+
+def allow(sync_engine: Engine) -> None:
+    """Let the generic plans be used on ``sync_engine``'s connections: a connection
+    given back to its pool in that mode is set back first (or dropped, if that fails)."""
+    _allowed.add(sync_engine)
+
+    @event.listens_for(sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        raw = record.driver_connection
+        if raw not in _generic:
+            return
+        _generic.discard(raw)
+        if state.terminate_only or not state.asyncio_safe:
+            return  # the connection is being closed, not kept
+        # An error here makes the pool drop the connection instead of keeping a session
+        # whose mode is wrong for anyone else. Outside autocommit mode the setting must be
+        # committed: the pool's rollback, which comes next, would undo it.
+        autocommit = dbapi_connection.autocommit
+        if not autocommit:
+            dbapi_connection.rollback()
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(RESET.decode())
+        finally:
+            cursor.close()
+        if not autocommit:
+            dbapi_connection.commit()
+
+
+def switch_to(raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
+    """The statement that puts ``raw`` (a psycopg connection of ``sync_engine``) in the
+    mode ``generic`` asks for, or None if it is in it already or may not be switched; the
+    caller runs it and then calls `switched`."""
+    if (raw in _generic) == generic:
+        return None
+    if generic and (sync_engine not in _allowed or raw.prepare_threshold is None):
+        return None
+    return GENERIC if generic else RESET
+
+
+def switched(raw: Any, generic: bool) -> None:
+    """Record that ``raw``'s session now runs in the mode ``generic`` asks for."""
+    if generic:
+        _generic.add(raw)
+    else:
+        _generic.discard(raw)
+
+
+__all__ = ["GENERIC", "RESET", "allow", "switch_to", "switched"]
