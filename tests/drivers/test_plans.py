@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, MetaData, create_engine
 
-from jobqueue import JobQueue, migrate
+from jobqueue import AsyncJobQueue, JobQueue, migrate
 from jobqueue.drivers import direct
 from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.sql.statements import Statements
@@ -133,3 +133,22 @@ def test_a_connection_given_back_in_a_transaction_is_set_back_for_good(
             assert _mode(conn) == "auto"
     finally:
         engine.dispose()
+
+
+async def test_the_workers_claims_on_a_kept_connection_use_the_generic_plan(
+    postgres_url: str, table: str
+) -> None:
+    """As the worker runs them: `AsyncJobQueue.claim` on the connection its claim loop
+    keeps (`_holding`), through the queue's autocommit engine."""
+    async with AsyncJobQueue(postgres_url, table=table) as q:
+        held = q._holding(1)
+        assert held is not None
+        with q._on_held(held):
+            for _ in range(8):
+                assert len(await q.claim("plans", limit=1, durable=False)) == 1
+        assert held.conn is not None
+        mode = (await held.conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one()
+        plans = (await held.conn.exec_driver_sql(PREPARED)).all()
+        await held.let_go()
+    assert mode == "force_generic_plan"
+    assert plans and all(generic >= 1 and custom == 0 for generic, custom in plans), plans

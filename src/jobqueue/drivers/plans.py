@@ -24,14 +24,16 @@ from typing import Any
 from weakref import WeakSet
 
 from sqlalchemy import Engine, event
+from sqlalchemy.pool import Pool
 
 log = logging.getLogger("jobqueue.drivers")
 
 GENERIC = b"SET plan_cache_mode = force_generic_plan"
 RESET = b"RESET plan_cache_mode"
 
-#: Engines whose pool sets the mode back on return (`allow`).
-_allowed: WeakSet[Engine] = WeakSet()
+#: The pools that set the mode back on return (`allow`): an engine's, shared by the
+#: engines made from it with other execution options (the queue's autocommit engine).
+_allowed: WeakSet[Pool] = WeakSet()
 #: psycopg connections whose session uses generic plans now.
 _generic: WeakSet[Any] = WeakSet()
 
@@ -39,7 +41,7 @@ _generic: WeakSet[Any] = WeakSet()
 def allow(sync_engine: Engine) -> None:
     """Let the generic plans be used on ``sync_engine``'s connections: a connection
     given back to its pool in that mode is set back first (or dropped, if that fails)."""
-    _allowed.add(sync_engine)
+    _allowed.add(sync_engine.pool)
 
     @event.listens_for(sync_engine, "reset")
     def _on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
@@ -70,7 +72,7 @@ def switch_to(raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
     caller runs it and then calls `switched`."""
     if (raw in _generic) == generic:
         return None
-    if generic and (sync_engine not in _allowed or raw.prepare_threshold is None):
+    if generic and (sync_engine.pool not in _allowed or raw.prepare_threshold is None):
         return None
     return GENERIC if generic else RESET
 
