@@ -4,7 +4,8 @@
 - `errors`: driver errors as our own (by SQLSTATE where the driver gives one);
 - `runner`: runs an operation's steps on a connection, the queue's one way in here;
 - `direct` and `copy`: the steps SQLAlchemy does not run itself (the fast path, COPY),
-  on the driver connection (`raw`);
+  on the driver connection (`raw`); `plans`: the session mode in which the worker's
+  claims and completions keep one plan on the server;
 - `sqlite_thread`: SQLite transactions run whole on the aiosqlite connection's thread, so
   the write lock is never held across turns of the event loop;
 - `listen`: LISTEN/NOTIFY on a connection of its own.
