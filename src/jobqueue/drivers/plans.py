@@ -69,12 +69,19 @@ def allow(sync_engine: Engine) -> None:
 def switch_to(raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
     """The statement that puts ``raw`` (a psycopg connection of ``sync_engine``) in the
     mode ``generic`` asks for, or None if it is in it already or may not be switched; the
-    caller runs it and then calls `switched`."""
+    caller runs it and then calls `switched`.
+
+    A connection counts as switched to generic plans from the moment the statement is
+    handed out: one cut short (a cancellation, a lost connection) may have reached the
+    server, and setting a connection back that was not switched costs nothing."""
     if (raw in _generic) == generic:
         return None
-    if generic and (sync_engine.pool not in _allowed or raw.prepare_threshold is None):
-        return None
-    return GENERIC if generic else RESET
+    if generic:
+        if sync_engine.pool not in _allowed or raw.prepare_threshold is None:
+            return None
+        _generic.add(raw)
+        return GENERIC
+    return RESET
 
 
 def switched(raw: Any, generic: bool) -> None:
