@@ -19,14 +19,11 @@ PostgreSQL's own choice.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from weakref import WeakSet
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import Pool
-
-log = logging.getLogger("jobqueue.drivers")
 
 GENERIC = b"SET plan_cache_mode = force_generic_plan"
 RESET = b"RESET plan_cache_mode"

@@ -188,7 +188,7 @@ class Claiming(Limiting):
         if self.dialect == "postgresql":
             # An array of the chosen ids, not ``IN (subquery)``: PostgreSQL then finds them
             # by the primary key in every plan. For ``IN`` a plan made for any LIMIT (a
-            # generic plan, `runs_generic`) guesses a tenth of the table and reads it whole
+            # generic plan, `Direct.generic`) guesses a tenth of the table and reads it whole
             # to join the ids; planned for each LIMIT instead, each execution pays the
             # planning, a good part of this statement's server time.
             where = c.id == any_(func.array(chosen.scalar_subquery()))
@@ -311,7 +311,7 @@ class Claiming(Limiting):
         ids = rows("batch_ids", BATCH_COLUMNS[:1])
         # The batch's ids as an array too, so the rows are found by the primary key in any
         # plan: PostgreSQL guesses a set-returning function gives 100 rows, and a plan made
-        # for any batch (`runs_generic`) then reads a small table whole to join them.
+        # for any batch (`Direct.generic`) then reads a small table whole to join them.
         by_key = self.t.c.id == any_(func.array(select(ids.c.job_id).scalar_subquery()))
         return self._complete_from(batch, cast(batch.c.result, postgresql.JSONB()), by_key)
 
