@@ -91,7 +91,7 @@ from .operations import budgets as budget_ops
 from .operations import limits as limit_ops
 from .operations import schedules as schedule_ops
 from .operations.admin import JobPage, Overview
-from .operations.gauges import Gauges, gauges
+from .operations.gauges import Backlog, Gauges, backlog, gauges
 from .operations.position import PositionCache, position
 from .operations.schedules import Schedule, ScheduleRound, ScheduleSpec
 from .operations.waiting import NO_WORKER_AFTER, Lookout, Waiter
@@ -1249,6 +1249,13 @@ class JobQueue(_QueueBase[Engine]):
         whatever the number of jobs."""
         return self._run(gauges(self.statements))
 
+    def backlog(self) -> Backlog:
+        """The jobs waiting and running per queue now (`jobqueue.operations.gauges.Backlog`:
+        how many, the oldest due job's wait, how many have waited over a minute since due,
+        stuck jobs), by the database clock, from one grouped read of the jobs table: what
+        `gauges` says of the jobs, without the limits and costs it reads too."""
+        return self._run(backlog(self.statements))
+
     def prune(
         self,
         older_than: timedelta | float = timedelta(days=7),
@@ -2041,6 +2048,10 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
     async def gauges(self) -> Gauges:
         """The fleet as the database sees it now, for metrics (see `JobQueue.gauges`)."""
         return await self._run(gauges(self.statements))
+
+    async def backlog(self) -> Backlog:
+        """The jobs waiting and running per queue now (see `JobQueue.backlog`)."""
+        return await self._run(backlog(self.statements))
 
     async def prune(
         self,

@@ -24,6 +24,7 @@ from sqlalchemy import event
 from jobqueue import AsyncJobQueue, ConfigurationError, Job, JobQueue
 from jobqueue.observability import Metrics
 from jobqueue.observability.metrics import MAX_LABEL_VALUES
+from jobqueue.operations.gauges import OVERDUE_AFTER
 from jobqueue.web import create_app
 from jobqueue.worker import HandlerResult, Worker, WorkerContext
 from jobqueue.worker.observer import Event
@@ -137,6 +138,7 @@ def check_database_gauges(found: dict[Any, float]) -> None:
     assert value(found, "jobqueue_queue_jobs", queue="later", status="processing") == 0
     # Not due yet: it has not waited at all.
     assert value(found, "jobqueue_queue_oldest_pending_age_seconds", queue="later") == 0
+    assert value(found, "jobqueue_queue_overdue_jobs", queue="later") == 0
     assert value(found, "jobqueue_paused", scope="queue", name="later") == 1
     assert value(found, "jobqueue_spend_today", unit="usd") == 0.5
     # Every job of the default queue is finished: it has no line.
@@ -241,6 +243,23 @@ async def test_stuck_jobs_and_the_oldest_wait(jq: AsyncJobQueue) -> None:
     expected = (gauges.now - waiting.run_at).total_seconds()
     assert slow.oldest_pending_age == pytest.approx(expected, abs=0.01)
     assert slow.oldest_pending_age >= 0.29
+
+
+async def test_the_backlog_counts_jobs_waiting_over_a_minute_since_due(jq: AsyncJobQueue) -> None:
+    """`backlog` reads what `gauges` says of the jobs (the same numbers), and counts the
+    jobs due for longer than `OVERDUE_AFTER` apart from those due just now or later."""
+    now = datetime.now(UTC)
+    await jq.enqueue("k", {}, queue="late", run_at=now - OVERDUE_AFTER - timedelta(minutes=5))
+    await jq.enqueue("k", {}, queue="late", run_at=now - OVERDUE_AFTER - timedelta(seconds=30))
+    await jq.enqueue("k", {}, queue="late")
+    await jq.enqueue("k", {}, queue="late", run_at=now + timedelta(hours=1))
+    seen = await jq.backlog()
+    late = seen.queues["late"]
+    assert (late.pending, late.overdue, late.running) == (4, 2, 0)
+    assert late.oldest_pending_age >= (OVERDUE_AFTER + timedelta(minutes=5)).total_seconds()
+    gauges = await jq.gauges()
+    assert gauges.queues["late"].overdue == 2
+    assert gauges.queues.keys() == seen.queues.keys()
 
 
 async def test_a_failed_read_reports_the_database_down(jq: AsyncJobQueue) -> None:

@@ -95,6 +95,7 @@ def exercise(q: JobQueue) -> None:
     q.list(status="pending", since=timedelta(hours=1))
     q.stats()
     q.gauges()
+    q.backlog()
     q.reap()
     q.expire()
     q.cancel_if_pending(q.enqueue("image", {}).id)

@@ -481,10 +481,10 @@ def test_the_gauges_read_the_waiting_and_running_jobs_through_their_indexes(
                 )
             )
             conn.execute(text(f'ANALYZE "{table_name}"'))
-        for step in (q.statements.backlog(), q.statements.fleet()):
+        for step in (q.statements.backlog(60.0), q.statements.fleet()):
             found = scans(plan_of(q.engine, step))
             assert not any(kind == "Seq Scan" and rel == table_name for kind, rel, _ in found), (
                 found
             )
-        backlog = scans(plan_of(q.engine, q.statements.backlog()))
+        backlog = scans(plan_of(q.engine, q.statements.backlog(60.0)))
         assert {f"{table_name}_entry_idx", f"{table_name}_lease_idx"} <= {i for *_, i in backlog}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..drivers.engines import describe_database, sqlite_path
 from ..errors import ConfigurationError, JobQueueError, PermissionDenied
-from ..models import DEFAULT_TABLE, Limit, Status
+from ..models import DEFAULT_TABLE, Limit
+from ..operations.gauges import OVERDUE_AFTER
 from ..queue import JobQueue
 
 
@@ -105,10 +106,6 @@ def run_checks(url: str, *, table: str = DEFAULT_TABLE, schema: str | None = Non
     return checks
 
 
-#: A job due for longer than this and still pending means no worker serves its queue.
-OVERDUE_AFTER = timedelta(minutes=1)
-
-
 @dataclass(frozen=True)
 class JobCounts:
     """What the stuck-job and backlog checks need, counted over the whole table."""
@@ -118,34 +115,28 @@ class JobCounts:
     pending: int
     overdue: int  # pending and due for longer than OVERDUE_AFTER
     oldest_due: datetime | None  # the earliest run_at among the overdue
+    now: datetime  # the database clock
 
 
 def count_jobs(q: JobQueue) -> JobCounts:
-    """Count processing and pending jobs in one aggregate query, on the database's clock.
+    """Count processing and pending jobs (`JobQueue.backlog`), on the database's clock.
 
     Counting (not reading a sample of rows) sees every job, and the overdue ones are the
     oldest, so a sample of the newest would miss exactly them; the database's clock is the
     one leases and ``run_at`` were set by.
     """
-    from sqlalchemy import case, func, select
-
-    from ..drivers.errors import translated_errors
-    from ..sql.dialect import DbNow, DbNowPlus
-
-    c = q.statements.t.c
-    processing = c.status == Status.PROCESSING.value
-    pending = c.status == Status.PENDING.value
-    overdue = pending & (c.run_at < DbNowPlus(-OVERDUE_AFTER.total_seconds()))
-    query = select(
-        func.count(case((processing, 1))),
-        func.count(case((processing & (c.lease_expires_at < DbNow()), 1))),
-        func.count(case((pending, 1))),
-        func.count(case((overdue, 1))),
-        func.min(case((overdue, c.run_at))),
-    ).where(c.status.in_([Status.PROCESSING.value, Status.PENDING.value]))
-    with translated_errors(q.table_name), q.engine.connect() as conn:
-        row = conn.execute(query).one()
-    return JobCounts(*row)
+    seen = q.backlog()
+    queues = seen.queues.values()
+    overdue = sum(g.overdue for g in queues)
+    oldest = max((g.oldest_pending_age for g in queues), default=0.0)
+    return JobCounts(
+        processing=sum(g.running for g in queues),
+        expired=sum(g.stuck for g in queues),
+        pending=sum(g.pending for g in queues),
+        overdue=overdue,
+        oldest_due=seen.now - timedelta(seconds=oldest) if overdue else None,
+        now=seen.now,
+    )
 
 
 def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
@@ -156,7 +147,7 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
             paused = _paused_check(q)
             workers = _workers_check(q, counts)
             writes = _writes_check(q)
-            schedules = _schedules_check(q)
+            schedules = _schedules_check(q, counts.now)
     except JobQueueError as exc:
         return [Check("access", "fail", exc.message, exc.hint)]
     checks = [Check("access", "ok", f"can read {table}"), writes]
@@ -196,18 +187,11 @@ def _job_checks(url: str, table: str, schema: str | None) -> list[Check]:
     return checks
 
 
-def _schedules_check(q: JobQueue) -> Check:
+def _schedules_check(q: JobQueue, now: datetime) -> Check:
     """The periodic jobs: how many run and are paused, and a warning when a running one's
-    tick is overdue (no worker runs the scheduler)."""
-    from sqlalchemy import select
-
-    from ..drivers.errors import translated_errors
-    from ..sql.dialect import DbNow
-
+    tick is overdue at ``now`` (the database clock): no worker runs the scheduler."""
     try:
         schedules = q.list_schedules()
-        with translated_errors(q.table_name), q.engine.connect() as conn:
-            now = conn.execute(select(DbNow())).scalar_one()
     except JobQueueError as exc:
         return Check("schedules", "warn", f"cannot read the schedules: {exc.message}", exc.hint)
     if not schedules:

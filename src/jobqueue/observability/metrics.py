@@ -271,11 +271,18 @@ class DatabaseGauges:
             "Running jobs whose lease ran out: their worker is gone and none took them back.",
             labels=("queue",),
         )
+        overdue = GaugeMetricFamily(
+            "jobqueue_queue_overdue_jobs",
+            "Jobs due for over a minute and not claimed: no worker serves the queue, or none "
+            "has room.",
+            labels=("queue",),
+        )
         for name, q in _capped_queues(g.queues).items():
             jobs.add_metric((name, Status.PENDING.value), q.pending)
             jobs.add_metric((name, Status.PROCESSING.value), q.running)
             age.add_metric((name,), q.oldest_pending_age)
             stuck.add_metric((name,), q.stuck)
+            overdue.add_metric((name,), q.overdue)
         paused = GaugeMetricFamily(
             "jobqueue_paused",
             "Queues (scope queue) and limit keys (scope key) paused now.",
@@ -291,7 +298,7 @@ class DatabaseGauges:
         )
         for unit, amount in list(g.spend_today.items())[:MAX_LABEL_VALUES]:
             spend.add_metric((unit or "",), float(amount))
-        yield from (jobs, age, stuck, paused, spend)
+        yield from (jobs, age, stuck, overdue, paused, spend)
 
 
 def _capped_queues(queues: Mapping[str, QueueGauge]) -> dict[str, QueueGauge]:
@@ -307,6 +314,7 @@ def _capped_queues(queues: Mapping[str, QueueGauge]) -> dict[str, QueueGauge]:
         sum(q.running for q in rest),
         max(q.oldest_pending_age for q in rest),
         sum(q.stuck for q in rest),
+        sum(q.overdue for q in rest),
     )
     return shown
 

@@ -173,6 +173,10 @@ class BuiltOnce:
             found = self._shapes[key] = build()
         return found
 
+    def now(self) -> Query:
+        """The database clock (one row: ``now``)."""
+        return Query(self.once("now", lambda: select(DbNow().label("now"))), None)
+
 
 class StatementsBase(BuiltOnce):
     """One jobs table on one dialect (``postgresql`` or ``sqlite``), and what the

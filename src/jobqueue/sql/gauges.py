@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    Float,
     Integer,
     String,
     and_,
@@ -20,18 +21,19 @@ from sqlalchemy import (
     union_all,
 )
 
-from .common import StatementsBase
-from .dialect import DbNow, DbStartOfDay, Money, UTCDateTime
+from .common import StatementsBase, param
+from .dialect import DbNow, DbNowPlus, DbStartOfDay, Money, UTCDateTime
 from .steps import Query
 
 
 class Gauging(StatementsBase):
     """The reads behind the database's gauges."""
 
-    def backlog(self) -> Query:
+    def backlog(self, overdue_after: float) -> Query:
         """Per queue and status of the jobs waiting or running (``pending``,
         ``processing``): how many (``jobs``), the oldest ``run_at`` of those due
-        (``oldest_due``, pending only), and how many hold a lease that has run out
+        (``oldest_due``, pending only), how many have been due for over ``overdue_after``
+        seconds (``overdue``, pending only), and how many hold a lease that has run out
         (``stuck``, processing only: their worker is gone and no claim or reaper has taken
         them back yet).
 
@@ -45,6 +47,7 @@ class Gauging(StatementsBase):
             pending = c.status == literal_column("'pending'")
             processing = c.status == literal_column("'processing'")
             now = DbNow()
+            overdue = DbNowPlus(param("overdue_at", Float()))
             return (
                 select(
                     c.queue,
@@ -53,6 +56,9 @@ class Gauging(StatementsBase):
                     func.min(
                         case((and_(pending, c.run_at <= now), c.run_at)), type_=UTCDateTime()
                     ).label("oldest_due"),
+                    func.sum(
+                        case((and_(pending, c.run_at < overdue), 1), else_=0), type_=Integer()
+                    ).label("overdue"),
                     func.sum(
                         case((and_(processing, c.lease_expires_at < now), 1), else_=0),
                         type_=Integer(),
@@ -68,7 +74,7 @@ class Gauging(StatementsBase):
                 .group_by(c.queue, c.status)
             )
 
-        return Query(self.once("gauge_backlog", build), None)
+        return Query(self.once("gauge_backlog", build), {"jq_overdue_at": -overdue_after})
 
     def fleet(self) -> Query:
         """One row per fact beside the backlog, told apart by ``what``: ``now`` (the

@@ -101,10 +101,6 @@ class ScheduleStatements(BuiltOnce):
             sc.updated_at,
         ]
 
-    def now(self) -> Query:
-        """The database clock (one row: ``now``)."""
-        return Query(self.once("now", lambda: select(DbNow().label("now"))), None)
-
     def upsert(
         self, values: dict[str, Any], next_tick: datetime, *, keep_enabled: bool = False
     ) -> Query:
