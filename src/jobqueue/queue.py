@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import operations as ops
 from . import tracing
+from .drivers import plans
 from .drivers.deadline import Timer, async_deadline, sync_deadline
 from .drivers.engines import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -1511,6 +1512,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             await held.let_go()
             conn = held.conn = await engine.connect().start()
             held.engine = engine
+            plans.keep(conn)
         try:
             with async_deadline(conn, self.command_timeout) as timer:
                 try:

@@ -1,7 +1,8 @@
 """The worker's hot statements keep one generic plan on the server (`jobqueue.drivers.plans`):
 psycopg prepares them, the session is switched to generic plans for them and back for any
 other statement, and a connection always goes back to its pool in PostgreSQL's default mode.
-Only on engines this package made, and only where psycopg prepares statements."""
+Only on a connection a task keeps (`plans.keep`) of an engine this package made, and only
+where psycopg prepares statements."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import Connection, MetaData, create_engine
 
 from jobqueue import AsyncJobQueue, JobQueue, migrate
-from jobqueue.drivers import direct
+from jobqueue.drivers import direct, plans
 from jobqueue.drivers.engines import make_async_engine, make_engine
 from jobqueue.sql.statements import Statements
 from jobqueue.sql.steps import Direct
@@ -55,14 +56,15 @@ def test_claims_keep_one_generic_plan_and_other_statements_do_not(
     engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            plans.keep(conn)
             for _ in range(12):
                 (row,) = direct.run_direct(conn, _claim(s))
                 assert row["status"] == "processing"
             assert _mode(conn) == "force_generic_plan"
-            plans = conn.exec_driver_sql(PREPARED).all()
+            prepared = conn.exec_driver_sql(PREPARED).all()
             # psycopg prepared the claim after a few runs; every run since used the one
-            # generic plan: PostgreSQL planned it once, not per execution.
-            assert plans and all(generic >= 1 and custom == 0 for generic, custom in plans), plans
+            # generic plan: PostgreSQL did not plan each execution.
+            assert prepared and all(g >= 1 and c == 0 for g, c in prepared), prepared
             # A hot statement without a checked generic plan runs in the default mode.
             held = [(row["id"], row["attempts"], row["started_at"])]
             direct.run_direct(conn, s.heartbeat_many("plans", held, 30.0))
@@ -84,6 +86,7 @@ async def test_an_async_engine_sets_its_connections_back_too(
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            plans.keep(conn)
             await direct.run_direct_async(conn, _claim(s))
             mode = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one()
             assert mode == "force_generic_plan"
@@ -99,7 +102,8 @@ def test_the_mode_is_left_alone_where_it_could_leak_or_buys_nothing(
     postgres_url: str, table: str, how: str
 ) -> None:
     """An engine the caller made has no hook to set its connections back; without
-    prepared statements (a transaction-mode pooler) no plan is kept anyway."""
+    prepared statements (a transaction-mode pooler) no plan is kept anyway. (A connection
+    not kept by a task: see the next test.)"""
     s = _statements(table)
     engine: Any
     if how == "engine of the caller's":
@@ -109,6 +113,7 @@ def test_the_mode_is_left_alone_where_it_could_leak_or_buys_nothing(
         engine = make_engine(f"{postgres_url}?prepare_threshold=none", pool_size=1)
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            plans.keep(conn)
             for _ in range(6):
                 direct.run_direct(conn, _claim(s))
             assert _mode(conn) == "auto"
@@ -126,6 +131,7 @@ def test_a_connection_given_back_in_a_transaction_is_set_back_for_good(
     try:
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
+            plans.keep(conn)
             direct.run_direct(conn, _claim(s))
             conn.execution_options(isolation_level="READ COMMITTED")
             assert _mode(conn) == "force_generic_plan"  # begins a transaction
@@ -148,7 +154,21 @@ async def test_the_workers_claims_on_a_kept_connection_use_the_generic_plan(
                 assert len(await q.claim("plans", limit=1, durable=False)) == 1
         assert held.conn is not None
         mode = (await held.conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one()
-        plans = (await held.conn.exec_driver_sql(PREPARED)).all()
+        prepared = (await held.conn.exec_driver_sql(PREPARED)).all()
         await held.let_go()
     assert mode == "force_generic_plan"
-    assert plans and all(generic >= 1 and custom == 0 for generic, custom in plans), plans
+    assert prepared and all(g >= 1 and c == 0 for g, c in prepared), prepared
+
+
+async def test_a_call_on_a_connection_from_the_pool_leaves_the_mode_alone(
+    postgres_url: str, table: str
+) -> None:
+    """An ordinary call (here `AsyncJobQueue.claim` outside a kept connection) may be
+    cancelled at any point, its connection's return included: setting the mode back there
+    would put a round trip where a cancellation drops the connection."""
+    async with AsyncJobQueue(postgres_url, table=table) as q:
+        for _ in range(8):
+            assert len(await q.claim("plans", limit=1)) == 1
+        async with q.engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar_one()
+    assert mode == "auto"

@@ -216,7 +216,7 @@ def run_direct(conn: Connection, step: Direct) -> Rows:
             return sqlite_rows(raw, step, conn.dialect)
         if c.native is not None:
             cursor = RawCursor(raw)
-            mode = plans.switch_to(raw, conn.engine, step.generic)
+            mode = plans.switch_to(conn, raw, conn.engine, step.generic)
             if mode is not None:
                 cursor.execute(mode)
                 plans.switched(raw, step.generic)
@@ -241,7 +241,7 @@ async def run_direct_async(conn: AsyncConnection, step: Direct) -> Rows:
             return c.rows(list(records[0].keys()) if records else [], records)
         if c.native is not None:
             cursor = AsyncRawCursor(raw)
-            mode = plans.switch_to(raw, conn.sync_engine, step.generic)
+            mode = plans.switch_to(conn, raw, conn.sync_engine, step.generic)
             if mode is not None:
                 await cursor.execute(mode)
                 plans.switched(raw, step.generic)

@@ -11,10 +11,13 @@ custom plans (``tests/sql/test_explain.py`` checks each); it runs in a session s
 generic plans (``plan_cache_mode``), and every other statement in one that is not.
 
 The setting is a session's, so it is switched only on connections of engines this package
-made (`allow`), whose pool sets it back when a connection is returned, and only where
-psycopg prepares statements (behind a transaction-mode pooler, ``prepare_threshold=none``,
-nothing is prepared and a generic plan would be made for every execution). asyncpg keeps
-PostgreSQL's own choice.
+made (`allow`), whose pool sets it back when a connection is returned; only on a
+connection one task keeps from one statement to the next (`keep`: a worker's claim loop
+and its completion writers), so that the switch is made once per hold and setting it back
+is never part of returning a connection that an ordinary call, which may be cancelled at
+any point, took from the pool; and only where psycopg prepares statements (behind a
+transaction-mode pooler, ``prepare_threshold=none``, nothing is prepared and a generic plan
+would be made for every execution). asyncpg keeps PostgreSQL's own choice.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ RESET = b"RESET plan_cache_mode"
 _allowed: WeakSet[Pool] = WeakSet()
 #: psycopg connections whose session uses generic plans now.
 _generic: WeakSet[Any] = WeakSet()
+#: SQLAlchemy connections (a checkout each) a task keeps between statements (`keep`).
+_kept: WeakSet[Any] = WeakSet()
+
+
+def keep(conn: Any) -> None:
+    """Let the generic plans be used on ``conn``, a checkout of a pooled connection that
+    one task keeps between statements (it ends when ``conn`` is closed)."""
+    _kept.add(conn)
 
 
 def allow(sync_engine: Engine) -> None:
@@ -63,10 +74,10 @@ def allow(sync_engine: Engine) -> None:
             dbapi_connection.commit()
 
 
-def switch_to(raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
-    """The statement that puts ``raw`` (a psycopg connection of ``sync_engine``) in the
-    mode ``generic`` asks for, or None if it is in it already or may not be switched; the
-    caller runs it and then calls `switched`.
+def switch_to(conn: Any, raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
+    """The statement that puts ``raw`` (the psycopg connection under ``conn``, of
+    ``sync_engine``) in the mode ``generic`` asks for, or None if it is in it already or may
+    not be switched; the caller runs it and then calls `switched`.
 
     A connection counts as switched to generic plans from the moment the statement is
     handed out: one cut short (a cancellation, a lost connection) may have reached the
@@ -74,7 +85,11 @@ def switch_to(raw: Any, sync_engine: Engine, generic: bool) -> bytes | None:
     if (raw in _generic) == generic:
         return None
     if generic:
-        if sync_engine.pool not in _allowed or raw.prepare_threshold is None:
+        if (
+            conn not in _kept
+            or sync_engine.pool not in _allowed
+            or raw.prepare_threshold is None
+        ):
             return None
         _generic.add(raw)
         return GENERIC
@@ -89,4 +104,4 @@ def switched(raw: Any, generic: bool) -> None:
         _generic.discard(raw)
 
 
-__all__ = ["GENERIC", "RESET", "allow", "switch_to", "switched"]
+__all__ = ["GENERIC", "RESET", "allow", "keep", "switch_to", "switched"]
