@@ -1253,8 +1253,8 @@ class JobQueue(_QueueBase[Engine]):
     def backlog(self) -> Backlog:
         """The jobs waiting and running per queue now (`jobqueue.operations.gauges.Backlog`:
         how many, the oldest due job's wait, how many have waited over a minute since due,
-        stuck jobs), by the database clock, from one grouped read of the jobs table: what
-        `gauges` says of the jobs, without the limits and costs it reads too."""
+        stuck jobs), by the database clock: one grouped read of the jobs table and one of the
+        clock, what `gauges` says of the jobs without the limits and costs it reads too."""
         return self._run(backlog(self.statements))
 
     def prune(
