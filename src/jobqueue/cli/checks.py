@@ -129,12 +129,18 @@ def count_jobs(q: JobQueue) -> JobCounts:
     queues = seen.queues.values()
     overdue = sum(g.overdue for g in queues)
     oldest = max((g.oldest_pending_age for g in queues), default=0.0)
+    oldest_due = None
+    if overdue:
+        try:
+            oldest_due = seen.now - timedelta(seconds=oldest)
+        except OverflowError:  # a row due at the start of time (written by hand, say)
+            oldest_due = datetime.min.replace(tzinfo=seen.now.tzinfo)
     return JobCounts(
         processing=sum(g.running for g in queues),
         expired=sum(g.stuck for g in queues),
         pending=sum(g.pending for g in queues),
         overdue=overdue,
-        oldest_due=seen.now - timedelta(seconds=oldest) if overdue else None,
+        oldest_due=oldest_due,
         now=seen.now,
     )
 
