@@ -48,7 +48,11 @@ async def test_a_stopping_worker_lets_the_reaper_finish_its_statement(
     caplog.set_level(logging.INFO, logger="jobqueue.worker")
     url, table = migrated
     job = await jq.enqueue("work", {}, max_attempts=1)
-    await jq.claim("vanished-worker", queues=["default"], lease=1.0)
+    # A lease long enough that a slow start of the worker cannot see it run out before the
+    # table is locked (the reaper would fail the job then, not while it waits for the lock).
+    lease = 3.0
+    await jq.claim("vanished-worker", queues=["default"], lease=lease)
+    claimed = time.monotonic()
 
     async def work(job: Job, ctx: WorkerContext) -> None:
         raise AssertionError("a job with no attempts left must not run again")
@@ -57,8 +61,9 @@ async def test_a_stopping_worker_lets_the_reaper_finish_its_statement(
     task = await run_in_background(worker)
     await eventually(lambda: worker.claims >= 1)
     async with table_locked(url, table):
+        assert time.monotonic() - claimed < lease, "the worker took the whole lease to start"
         # The lease runs out while the reaper's next statement waits for the lock.
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(claimed + lease + 0.5 - time.monotonic())
         assert (await jq.get(job.id)).status is Status.PROCESSING
         worker.stop()
         await asyncio.sleep(0.3)
