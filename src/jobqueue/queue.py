@@ -1414,22 +1414,15 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             return await self._run_held(op, plan.engine, held)
         if not plan.transaction and not self._spare_busy:
             return await self._run_spare(op, plan.engine)
+        conn = await self._checkout(plan.engine)
         if plan.transaction:
-            if self._on_thread:
-                async with plan.engine.connect() as conn:
-                    return await run_transaction(conn, op.steps)
-            if self.command_timeout is None:
-                async with plan.engine.begin() as conn:
-                    return await _drive_async(conn, op, own=True)
-            async with plan.engine.connect() as conn:
-                with async_deadline(conn, self.command_timeout) as timer:
-                    try:
-                        async with conn.begin():  # the commit inside the deadline too
-                            return await _drive_async(conn, op, own=True)
-                    except Exception as exc:
-                        _raise_if_timed_out(timer, exc)
-                        raise
-        conn = await plan.engine.connect().start()
+            try:
+                result = await self._in_transaction(conn, op)
+            except BaseException as exc:
+                await conn.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            await conn.__aexit__(None, None, None)
+            return result
         try:
             with async_deadline(conn, self.command_timeout) as timer:
                 try:
@@ -1447,6 +1440,40 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         # guarantee.
         await conn.close()
         return result
+
+    async def _in_transaction(self, conn: AsyncConnection, op: Operation[T]) -> T:
+        """Run ``op`` in a transaction of its own on ``conn``, the commit within the
+        operation's deadline."""
+        if self._on_thread:
+            return await run_transaction(conn, op.steps)
+        if self.command_timeout is None:
+            async with conn.begin():
+                return await _drive_async(conn, op, own=True)
+        with async_deadline(conn, self.command_timeout) as timer:
+            try:
+                async with conn.begin():
+                    return await _drive_async(conn, op, own=True)
+            except Exception as exc:
+                _raise_if_timed_out(timer, exc)
+                raise
+
+    async def _checkout(self, engine: AsyncEngine) -> AsyncConnection:
+        """A connection from ``engine``'s pool, in a task that cancelling the caller does
+        not cut short: cancelled in the middle of SQLAlchemy's checkout (which sets the
+        connection up on the network), the connection would be out of the pool with no
+        one to give it back, left to the garbage collector. The caller's cancellation goes
+        on at once; the connection, once checked out, goes back in a task of its own."""
+        checkout = asyncio.ensure_future(engine.connect().start())
+        try:
+            return await asyncio.shield(checkout)
+        except asyncio.CancelledError:
+
+            def give_back(done: asyncio.Future[AsyncConnection]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._close_spare(done.result(), again=True)
+
+            checkout.add_done_callback(give_back)
+            raise
 
     async def _run_spare(self, op: Operation[T], engine: AsyncEngine) -> T:
         """`_run_own` in autocommit mode on the queue's spare connection: the one the last
@@ -1510,7 +1537,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         conn = held.conn
         if conn is None or held.engine is not engine:
             await held.let_go()
-            conn = held.conn = await engine.connect().start()
+            conn = held.conn = await self._checkout(engine)
             held.engine = engine
             plans.keep(conn)
         try:

@@ -4,14 +4,19 @@ A worker cancels a handler (its job was cancelled, timed out, or the worker is s
 at whatever point it has reached, often in the middle of a write through the context
 (``ctx.report_progress`` is `AsyncJobQueue.set_progress`). The cancelled call must not
 leave its connection, the database or the queue's ``close`` waiting: every other call
-finishes, the queue stays usable, and ``close`` returns.
+finishes, the queue stays usable, ``close`` returns, and no connection is left out of the
+pool for the garbage collector (SQLAlchemy's warning when one is collected).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
+import warnings
+
+from sqlalchemy.exc import SAWarning
 
 from jobqueue import AsyncJobQueue
 
@@ -43,10 +48,15 @@ def test_cancelling_calls_in_flight_never_hangs_the_queue_or_its_close(
         finally:
             told.set()
 
-    threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True).start()
-    assert told.wait(RUN_BOUND), f"the calls and the close still waiting after {RUN_BOUND:g} s"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", SAWarning)
+        threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True).start()
+        assert told.wait(RUN_BOUND), f"the calls and the close still waiting after {RUN_BOUND:g} s"
+        gc.collect()
     if outcome[0] is not None:
         raise outcome[0]
+    lost = [str(w.message) for w in seen if "non-checked-in connection" in str(w.message)]
+    assert not lost, f"{len(lost)} connections left to the garbage collector: {lost[0]}"
 
 
 async def _cancel_calls_in_flight(url: str, table: str) -> None:

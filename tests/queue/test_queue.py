@@ -732,7 +732,10 @@ async def test_a_held_connection_runs_a_tasks_operations(
             conn = held.conn
             # Another task (even one started here) takes a connection of its own.
             other = asyncio.create_task(q.get(job.id))
-            await asyncio.sleep(0)
+            for _ in range(10):  # its checkout runs in a task of its own: a few loop turns
+                await asyncio.sleep(0)
+                if pool.checkedout() == 2:
+                    break
             assert pool.checkedout() == 2
             await other
             await q.complete(claimed, {"ok": True})
