@@ -1415,42 +1415,28 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         if not plan.transaction and not self._spare_busy:
             return await self._run_spare(op, plan.engine)
         conn = await self._checkout(plan.engine)
-        if plan.transaction:
-            try:
-                result = await self._in_transaction(conn, op)
-            except BaseException as exc:
-                await conn.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-            await conn.__aexit__(None, None, None)
-            return result
         try:
-            with async_deadline(conn, self.command_timeout) as timer:
-                try:
-                    result = await _drive_async(conn, op, own=True, autocommit=True)
-                except Exception as exc:
-                    _raise_if_timed_out(timer, exc)
-                    raise
+            result = await self._on_connection(conn, op, plan.transaction)
         except BaseException as exc:
             # SQLAlchemy's own exit: a close that a cancellation cannot cut short.
             await conn.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        # After a success the connection is idle in autocommit, so closing it never
-        # waits on the network and cannot be abandoned half-way: the plain close spares
-        # the task and two event-loop turns that SQLAlchemy's exit spends on that
-        # guarantee.
+        # After a success the connection is idle (in autocommit, or its transaction
+        # committed), so closing it never waits on the network and cannot be abandoned
+        # half-way: the plain close spares the task and two event-loop turns that
+        # SQLAlchemy's exit spends on that guarantee.
         await conn.close()
         return result
 
-    async def _in_transaction(self, conn: AsyncConnection, op: Operation[T]) -> T:
-        """Run ``op`` in a transaction of its own on ``conn``, the commit within the
-        operation's deadline."""
-        if self._on_thread:
+    async def _on_connection(self, conn: AsyncConnection, op: Operation[T], transaction: bool) -> T:
+        """Run ``op`` on ``conn``, in a transaction of its own or in autocommit mode, within
+        the operation's deadline (a transaction's commit included)."""
+        if transaction and self._on_thread:
             return await run_transaction(conn, op.steps)
-        if self.command_timeout is None:
-            async with conn.begin():
-                return await _drive_async(conn, op, own=True)
         with async_deadline(conn, self.command_timeout) as timer:
             try:
+                if not transaction:
+                    return await _drive_async(conn, op, own=True, autocommit=True)
                 async with conn.begin():
                     return await _drive_async(conn, op, own=True)
             except Exception as exc:
@@ -1541,12 +1527,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
             held.engine = engine
             plans.keep(conn)
         try:
-            with async_deadline(conn, self.command_timeout) as timer:
-                try:
-                    return await _drive_async(conn, op, own=True, autocommit=True)
-                except Exception as exc:
-                    _raise_if_timed_out(timer, exc)
-                    raise
+            return await self._on_connection(conn, op, transaction=False)
         except BaseException as exc:
             # Whatever went wrong (a lost connection, a cancellation half-way through a
             # statement, a refusal), the connection goes back as `_run_own` would return it.
