@@ -128,7 +128,9 @@ def test_a_killed_workers_row_goes_stale_and_a_live_worker_removes_it(
     )  # fmt: skip
     try:
         with JobQueue(url, table=table) as q:
-            until(lambda: [w.worker_id for w in q.live_workers()] == ["doomed"])
+            # The console script's start (its imports, the first beat) took over 15 s in a
+            # CI run with four test processes on two slow cores: a bound for a start.
+            until(lambda: [w.worker_id for w in q.live_workers()] == ["doomed"], timeout=60)
             process.send_signal(signal.SIGKILL)
             process.wait(10)
             assert rows_in(url, table) == ["doomed"]  # no clean stop: the row stays...
