@@ -1456,7 +1456,7 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
 
             def give_back(done: asyncio.Future[AsyncConnection]) -> None:
                 if not done.cancelled() and done.exception() is None:
-                    self._close_spare(done.result(), again=True)
+                    self._close_later(done.result(), again=True)
 
             checkout.add_done_callback(give_back)
             raise
@@ -1499,21 +1499,22 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         if self._spare_busy or spare.conn is None:
             return
         conn, spare.conn = spare.conn, None
-        self._close_spare(conn, again=True)
+        self._close_later(conn, again=True)
 
-    def _close_spare(self, conn: AsyncConnection, *, again: bool) -> None:
-        """Close ``conn`` (give it back to the pool) in a task of its own. ``asyncio.run``
-        ending just after the last operation cancels that task before it starts: it is then
-        started once ``again``, which the loop still runs (closing an idle connection in
-        autocommit mode never waits on the network), so the connection is not left out of
-        the pool for the garbage collector."""
+    def _close_later(self, conn: AsyncConnection, *, again: bool) -> None:
+        """Close ``conn`` (give it back to the pool) in a task of its own that `close` awaits:
+        the spare connection once the loop turns, or one checked out for a call that was
+        cancelled meanwhile. ``asyncio.run`` ending just after the last operation cancels
+        that task before it starts: it is then started once ``again``, which the loop still
+        runs (closing an idle connection in autocommit mode never waits on the network), so
+        the connection is not left out of the pool for the garbage collector."""
         task = asyncio.get_running_loop().create_task(conn.close())
         self._giving_back.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
             self._giving_back.discard(task)
             if again and task.cancelled() and not conn.closed:
-                self._close_spare(conn, again=False)
+                self._close_later(conn, again=False)
 
         task.add_done_callback(done)
 
