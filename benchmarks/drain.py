@@ -9,7 +9,6 @@ each id once.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -18,6 +17,7 @@ from jobqueue.worker import Worker
 
 from . import raw
 from .common import Bench, Result
+from .peers.harness import Stopwatch
 
 #: concurrency -> (ceiling, minimum ratio); concurrency 1 has no target, only its ratio.
 TARGETS: dict[int, tuple[str, float | None]] = {
@@ -40,6 +40,9 @@ class Drained(NamedTuple):
     seconds: float
     seen: list[UUID]
     cpu_per_job: float
+    #: CPU seconds the whole machine spent per job (this process, the database server and
+    #: anything else), or None off Linux.
+    machine_cpu_per_job: float | None
 
 
 async def drain(
@@ -65,18 +68,17 @@ async def drain(
         worker = Worker(
             q, {"image": handler}, concurrency=concurrency, listen=listen, grace_period=60
         )
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        if jobs is None:
-            await worker.run_until_idle()
-        else:
-            task = asyncio.create_task(worker.run())
-            await done.wait()
-            worker.stop()
-            await task
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
-    return Drained(elapsed, seen, cpu / max(1, len(seen)))
+        with Stopwatch() as timed:
+            if jobs is None:
+                await worker.run_until_idle()
+            else:
+                task = asyncio.create_task(worker.run())
+                await done.wait()
+                worker.stop()
+                await task
+    n = max(1, len(seen))
+    machine = None if timed.machine_cpu is None else timed.machine_cpu / n
+    return Drained(timed.seconds, seen, timed.client_cpu / n, machine)
 
 
 def _bracket(bench: Bench, concurrency: int) -> float:
@@ -117,7 +119,7 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
     n = bench.sizes.drain_one if concurrency == 1 else bench.sizes.drain
     table = backlog(bench, f"drain{concurrency}_{driver}", n)
     before = _bracket(bench, concurrency)
-    elapsed, seen, cpu_per_job = await drain(
+    elapsed, seen, cpu_per_job, _ = await drain(
         bench, bench.async_url(driver), table, concurrency=concurrency
     )
     after = _bracket(bench, concurrency)

@@ -30,7 +30,14 @@ def side_by_side(results: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         text = f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
         if r.get("ratio") is not None:
             text += f" ({r['ratio']:.2f})"
-        cells[f"{r['bench'].removeprefix('peer_')} ({r['unit']})"][r["driver"]] = text
+        name = r["bench"].removeprefix("peer_")
+        cells[f"{name} ({r['unit']})"][r["driver"]] = text
+        machine = r.get("machine_cpu_us_per_job")
+        if machine is not None:
+            # The library's own process, and the rest of the machine (the server, mostly).
+            client = r["client_cpu_us_per_job"]
+            cpu = f"{machine:,.0f} = {client:,.0f} + {machine - client:,.0f}"
+            cells[f"{name}, CPU µs/job: all = library + rest"][r["driver"]] = cpu
     rows: list[tuple[str, ...]] = [("workload", *titles)]
     rows += [(name, *(row.get(t, "") for t in titles)) for name, row in cells.items()]
     return rows
@@ -76,6 +83,14 @@ def _peer_table(settings: dict[str, Any], results: list[dict[str, Any]]) -> list
     lines = [
         f"Medians of {reps} interleaved repetitions; in brackets, jobqueue's number divided "
         "by the peer's (above 1 is ahead for jobs/s, below 1 is ahead for ms).",
+    ]
+    if any("CPU" in row[0] for row in rows):
+        lines.append(
+            "CPU rows: the CPU time the whole machine spent per job while the workload ran, "
+            "as the library's own process and the rest (the database server, mostly; "
+            "anything else running too)."
+        )
+    lines += [
         "",
         "| " + " | ".join(rows[0]) + " |",
         "|---" + "|---:" * (len(rows[0]) - 1) + "|",

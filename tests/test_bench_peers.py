@@ -104,3 +104,42 @@ def test_the_pickup_loop_times_from_enqueue_returning_and_drops_the_warm_up() ->
     assert len(samples) == 3
     assert len(started) == 3 + harness.WARMUP
     assert all(0.001 < s < 1.0 for s in samples)
+
+
+def test_the_stopwatch_counts_this_process_and_the_whole_machine() -> None:
+    with harness.Stopwatch() as timed:
+        deadline = time.process_time() + 0.2
+        while time.process_time() < deadline:  # busy: CPU of this process
+            pass
+        time.sleep(0.1)  # idle: wall time only
+    got = timed.fields()
+    assert got["seconds"] >= 0.3
+    assert 0.2 <= got["client_cpu_s"] < got["seconds"]
+    if harness.machine_busy() is not None:  # Linux: the machine ran this process at least
+        assert got["machine_cpu_s"] >= 0.15
+
+
+def test_cpu_per_job_is_the_median_of_the_runs_that_all_report_it() -> None:
+    drain = compare.Workload("drain_c10", harness.DRAIN, 1000, 10)
+    runs = [
+        {"client_cpu_s": 0.1, "machine_cpu_s": 0.4},
+        {"client_cpu_s": 0.3, "machine_cpu_s": 0.5},
+        {"client_cpu_s": 0.2, "machine_cpu_s": 0.6},
+    ]
+    assert compare.cpu_per_job(drain, runs) == {"client": 200.0, "machine": 500.0}
+    runs[1]["machine_cpu_s"] = None  # one run could not read the machine's CPU
+    assert compare.cpu_per_job(drain, runs) == {"client": 200.0}
+
+
+def test_side_by_side_shows_where_a_jobs_cpu_went() -> None:
+    results = [
+        {"bench": "peer_drain_c10", "driver": "jobqueue", "value": 900, "unit": "jobs/s"},
+        {"bench": "peer_drain_c10", "driver": "PgQueuer", "value": 600, "unit": "jobs/s"},
+    ]
+    results[0] |= {"peer": "jobqueue", "client_cpu_us_per_job": 80, "machine_cpu_us_per_job": 300}
+    results[1] |= {"peer": "pgqueuer", "ratio": 1.5}  # a run without CPU readings
+    assert side_by_side(results) == [
+        ("workload", "jobqueue", "PgQueuer"),
+        ("drain_c10 (jobs/s)", "900", "600 (1.50)"),
+        ("drain_c10, CPU µs/job: all = library + rest", "300 = 80 + 220", ""),
+    ]

@@ -78,24 +78,22 @@ async def drain(task: harness.Task, pool: AsyncConnectionPool, schema: str) -> d
     await vacuum(pool)
     server = Oban(pool=pool, prefix=schema, queues={QUEUE: task.concurrency})
     Seen.goal = task.jobs
-    start = time.perf_counter()
-    await server.start()
-    # In-process first (free), then the SQL count for the last acknowledgements.
-    await Seen.all_in.wait()
-    rows = await harness.wait_for(lambda: completed_once(pool), task.jobs, timeout=60)
-    seconds = time.perf_counter() - start
+    with harness.Stopwatch() as timed:
+        await server.start()
+        # In-process first (free), then the SQL count for the last acknowledgements.
+        await Seen.all_in.wait()
+        rows = await harness.wait_for(lambda: completed_once(pool), task.jobs, timeout=60)
     await server.stop()
-    return {"rows": rows, "handled": Seen.handled, "seconds": seconds}
+    return {"rows": rows, "handled": Seen.handled, **timed.fields()}
 
 
 async def enqueue_one(task: harness.Task, pool: AsyncConnectionPool, schema: str) -> dict[str, Any]:
     client = Oban(pool=pool, prefix=schema)
     await client.enqueue(Noop.new(harness.payload(-1)))
-    start = time.perf_counter()
-    for i in range(task.jobs):
-        await client.enqueue(Noop.new(harness.payload(i)))
-    seconds = time.perf_counter() - start
-    return {"rows": await count(pool), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        for i in range(task.jobs):
+            await client.enqueue(Noop.new(harness.payload(i)))
+    return {"rows": await count(pool), **timed.fields()}
 
 
 async def enqueue_batch(
@@ -104,10 +102,9 @@ async def enqueue_batch(
     client = Oban(pool=pool, prefix=schema)
     await client.enqueue(Noop.new(harness.payload(-1)))
     jobs = [Noop.new(harness.payload(i)) for i in range(task.jobs)]
-    start = time.perf_counter()
-    await client.enqueue_many(jobs)
-    seconds = time.perf_counter() - start
-    return {"rows": await count(pool), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        await client.enqueue_many(jobs)
+    return {"rows": await count(pool), **timed.fields()}
 
 
 async def pickup(task: harness.Task, pool: AsyncConnectionPool, schema: str) -> dict[str, Any]:

@@ -78,30 +78,27 @@ async def drain(task: harness.Task, pool: asyncpg.Pool, queries: Queries) -> dic
     await vacuum(pool)
     handled: list[int] = []
     app, run, _ = worker(pool, task.concurrency, handled, [])
-    start = time.perf_counter()
-    # drain mode returns once the queue is empty and the last statuses are written
-    await app.run(mode=QueueExecutionMode.drain, **run)
-    seconds = time.perf_counter() - start
+    with harness.Stopwatch() as timed:
+        # drain mode returns once the queue is empty and the last statuses are written
+        await app.run(mode=QueueExecutionMode.drain, **run)
     rows = await completed_once(pool)
-    return {"rows": rows, "handled": handled, "seconds": seconds}
+    return {"rows": rows, "handled": handled, **timed.fields()}
 
 
 async def enqueue_one(task: harness.Task, pool: asyncpg.Pool, queries: Queries) -> dict[str, Any]:
     await queries.enqueue(ENTRYPOINT, encode(-1))
-    start = time.perf_counter()
-    for i in range(task.jobs):
-        await queries.enqueue(ENTRYPOINT, encode(i))
-    seconds = time.perf_counter() - start
-    return {"rows": await pool.fetchval("SELECT count(*) FROM pgqueuer"), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        for i in range(task.jobs):
+            await queries.enqueue(ENTRYPOINT, encode(i))
+    return {"rows": await pool.fetchval("SELECT count(*) FROM pgqueuer"), **timed.fields()}
 
 
 async def enqueue_batch(task: harness.Task, pool: asyncpg.Pool, queries: Queries) -> dict[str, Any]:
     n = task.jobs
     await queries.enqueue(ENTRYPOINT, encode(-1))
-    start = time.perf_counter()
-    await queries.enqueue([ENTRYPOINT] * n, [encode(i) for i in range(n)], [0] * n)
-    seconds = time.perf_counter() - start
-    return {"rows": await pool.fetchval("SELECT count(*) FROM pgqueuer"), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        await queries.enqueue([ENTRYPOINT] * n, [encode(i) for i in range(n)], [0] * n)
+    return {"rows": await pool.fetchval("SELECT count(*) FROM pgqueuer"), **timed.fields()}
 
 
 async def pickup(task: harness.Task, pool: asyncpg.Pool, queries: Queries) -> dict[str, Any]:

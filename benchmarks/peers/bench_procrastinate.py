@@ -75,31 +75,28 @@ class Run:
 async def drain(task: harness.Task, run: Run) -> dict[str, Any]:
     await run.task.batch_defer_async(*(harness.payload(i) for i in range(task.jobs)))
     await run.vacuum()
-    start = time.perf_counter()
-    # wait=False: the worker returns once it has caught up with the queue
-    await run.app.run_worker_async(
-        concurrency=task.concurrency, wait=False, install_signal_handlers=False
-    )
-    seconds = time.perf_counter() - start
-    return {"rows": await run.completed_once(), "handled": run.handled, "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        # wait=False: the worker returns once it has caught up with the queue
+        await run.app.run_worker_async(
+            concurrency=task.concurrency, wait=False, install_signal_handlers=False
+        )
+    return {"rows": await run.completed_once(), "handled": run.handled, **timed.fields()}
 
 
 async def enqueue_one(task: harness.Task, run: Run) -> dict[str, Any]:
     await run.task.defer_async(**harness.payload(-1))
-    start = time.perf_counter()
-    for i in range(task.jobs):
-        await run.task.defer_async(**harness.payload(i))
-    seconds = time.perf_counter() - start
-    return {"rows": await run.count(""), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        for i in range(task.jobs):
+            await run.task.defer_async(**harness.payload(i))
+    return {"rows": await run.count(""), **timed.fields()}
 
 
 async def enqueue_batch(task: harness.Task, run: Run) -> dict[str, Any]:
     await run.task.defer_async(**harness.payload(-1))
     jobs = [harness.payload(i) for i in range(task.jobs)]
-    start = time.perf_counter()
-    await run.task.batch_defer_async(*jobs)
-    seconds = time.perf_counter() - start
-    return {"rows": await run.count(""), "seconds": seconds}
+    with harness.Stopwatch() as timed:
+        await run.task.batch_defer_async(*jobs)
+    return {"rows": await run.count(""), **timed.fields()}
 
 
 async def pickup(task: harness.Task, run: Run) -> dict[str, Any]:

@@ -117,6 +117,18 @@ def metrics(w: Workload, run: dict[str, Any]) -> dict[str, float]:
     return {"rate": w.jobs / run["seconds"]}
 
 
+def cpu_per_job(w: Workload, runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Median CPU microseconds per job over the runs that timed it: the library's process
+    (``client``) and the whole machine's (``machine``: the library, the database server
+    and anything else running), where every run reported it."""
+    out: dict[str, float] = {}
+    for key, name in (("client_cpu_s", "client"), ("machine_cpu_s", "machine")):
+        values = [r.get(key) for r in runs]
+        if values and all(v is not None for v in values):
+            out[name] = statistics.median(v * 1e6 / w.jobs for v in values)
+    return out
+
+
 def medians(runs: Iterable[dict[str, float]]) -> dict[str, float]:
     by_metric: dict[str, list[float]] = defaultdict(list)
     for run in runs:
@@ -165,6 +177,10 @@ async def _ours(bench: Bench, w: Workload) -> dict[str, Any]:
         done = await drain.drain(bench, url, table, concurrency=w.concurrency)
         checked = drain.check(bench, table, w.jobs, done.seen)
         rows = checked.outcome["completed_once"] if checked.once else -1
+        jobs = len(done.seen)
+        fields["client_cpu_s"] = done.cpu_per_job * jobs
+        machine = done.machine_cpu_per_job
+        fields["machine_cpu_s"] = None if machine is None else machine * jobs
         return harness.result(task, rows=rows, handled=done.seen, seconds=done.seconds, **fields)
     if w.kind == harness.PICKUP:
         picked = await latency.pickups(bench, OURS_DRIVER, listen=True, floor=False)
@@ -174,12 +190,14 @@ async def _ours(bench: Bench, w: Workload) -> dict[str, Any]:
     async with AsyncJobQueue(url, table=table) as q:
         await enqueue.one_by_one(q, -1, 1)  # connect and warm up outside the timing
         if w.kind == harness.ENQUEUE_ONE:
-            seconds = await enqueue.one_by_one(q, 0, w.jobs)
+            with harness.Stopwatch() as timed:
+                await enqueue.one_by_one(q, 0, w.jobs)
+            fields.update(timed.fields())
         else:
-            _, seconds = await enqueue.batch(q, w.jobs)
+            _, fields["seconds"] = await enqueue.batch(q, w.jobs)
     rows = bench.outcome(table)["total"]
     bench.drop(table)
-    return harness.result(task, rows=rows, seconds=seconds, **fields)
+    return harness.result(task, rows=rows, **fields)
 
 
 def run_ours(bench: Bench, w: Workload) -> dict[str, Any]:
@@ -278,6 +296,9 @@ def _emit(
                 "runs": [round(r[metric], 3) for r in numbers[lib.name]],
                 "drivers": sorted({r["driver"] for r in runs[(w.name, lib.name)]}),
             }
+            if metric == "rate":
+                cpu = cpu_per_job(w, runs[(w.name, lib.name)])
+                extra.update({f"{k}_cpu_us_per_job": round(v, 1) for k, v in cpu.items()})
             result = Result(
                 w.bench(metric), value, unit[metric], driver=f"{lib.title} ({lib.driver})"
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
 import time
@@ -35,6 +36,55 @@ KINDS = (DRAIN, ENQUEUE_ONE, ENQUEUE_BATCH, PICKUP)
 
 #: Pickup samples taken before the measured ones (connections, caches, the first plans).
 WARMUP = 5
+
+
+def machine_busy() -> float | None:
+    """CPU seconds every CPU of the machine has been busy since boot (``/proc/stat``: all
+    but idle and iowait), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class Stopwatch:
+    """Times a workload's measured part: wall seconds, the CPU seconds of this process (the
+    library's side: its threads included) and of the whole machine (the library, the
+    database server, anything else running). On a quiet machine the difference is the
+    server's work for the library, so a run says where its jobs' cost went, not only how
+    long they took.
+
+    ``with Stopwatch() as timed: ...`` then ``timed.fields()`` for `result`.
+    """
+
+    def __enter__(self) -> Stopwatch:
+        self.cpu = time.process_time()
+        self.machine = machine_busy()
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        self.client_cpu = 0.0
+        self.machine_cpu: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.client_cpu = time.process_time() - self.cpu
+        after = machine_busy()
+        if self.machine is not None and after is not None:
+            self.machine_cpu = after - self.machine
+
+    def fields(self) -> dict[str, Any]:
+        """``seconds``, ``client_cpu_s`` and ``machine_cpu_s`` (None off Linux)."""
+        return {
+            "seconds": self.seconds,
+            "client_cpu_s": self.client_cpu,
+            "machine_cpu_s": self.machine_cpu,
+        }
 
 
 def payload(n: int) -> dict[str, Any]:
