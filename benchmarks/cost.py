@@ -415,7 +415,7 @@ def _worker(bench: Bench) -> Variant:
 
 def _raw(bench: Bench) -> Variant:
     jobs = bench.sizes.cost_jobs
-    pg = raw._Postgres(bench)
+    pg = raw.Postgres(bench)
     table = pg.create("cost")
     claim_sql, _, done_many = pg.claim_sql(table, BATCH)
     held: list[Any] = []

@@ -35,14 +35,14 @@ CLIENTS = 10
 
 def run(bench: Bench) -> None:
     if bench.is_postgres:
-        _Postgres(bench).run()
+        Postgres(bench).run()
     else:
         _Sqlite(bench).run()
 
 
 def claim_rate(bench: Bench, batch: int, rows: int) -> float:
     """The one-client raw claim loop's rate right now (to bracket a library workload)."""
-    runner = _Postgres(bench) if bench.is_postgres else _Sqlite(bench)
+    runner = Postgres(bench) if bench.is_postgres else _Sqlite(bench)
     return runner.claim_rate(f"bracket_{batch}", rows, batch, 1)
 
 
@@ -52,7 +52,7 @@ class RawPickup:
     sample per `sample` call, so it can alternate with the library's samples."""
 
     def __init__(self, bench: Bench) -> None:
-        self.pg = _Postgres(bench)
+        self.pg = Postgres(bench)
         self.table = self.pg.create("pickup")
         self.listener = self.pg.connect(autocommit=True)
         self.listener.execute(f'LISTEN "{self.table}"')
@@ -96,7 +96,7 @@ class InsertOneLoop:
         self.seconds = 0.0
         self.rows = 0
         if bench.is_postgres:
-            pg = _Postgres(bench)
+            pg = Postgres(bench)
             self._table = pg.create("insert_one_mixed")
             self._conn: Any = pg.connect()
             self._drop: Callable[[str], None] = pg.drop
@@ -158,7 +158,7 @@ def _in_threads(clients: int, body: Callable[[], int]) -> tuple[int, float]:
     return sum(done), elapsed
 
 
-class _Postgres:
+class Postgres:
     def __init__(self, bench: Bench) -> None:
         import psycopg
 

@@ -1,5 +1,6 @@
 """The issue-15 measurements of the benchmark suite run, and their SQL counts hold, on a
-few jobs (`benchmarks.cost`, `benchmarks.scaleout`, `benchmarks.fair`). No timing is
+few jobs (`benchmarks.cost`, `benchmarks.scaleout`, `benchmarks.fair`, the peer
+comparison's bare-SQL column). No timing is
 checked: the numbers are the benchmark's to print, not the tests' to judge."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 
 from benchmarks import cost, fair, scaleout
 from benchmarks.common import QUICK, Bench, Result
+from benchmarks.peers import harness, raw_side
 
 
 def _bench(url: str, **sizes: object) -> Bench:
@@ -76,3 +78,19 @@ def test_fair_reports_its_rate_against_one_owner(postgres_url: str) -> None:
     assert many.ratio == pytest.approx(many.value / one.value)
     assert many.extra["completed_once"] == 300
     assert many.extra["owners_started"] == fair.OWNERS
+
+
+@pytest.mark.parametrize("kind", harness.KINDS)
+def test_the_bare_sql_column_does_each_workload_once(postgres_url: str, kind: str) -> None:
+    bench = _bench(postgres_url)
+    task = harness.Task(bench.libpq_url(), kind, 7, 3)
+    try:
+        out = raw_side.run(bench, task)
+    finally:
+        bench.cleanup()
+    assert out["exactly_once"], out
+    assert out["rows"] == harness.expected_jobs(task)
+    if kind == harness.PICKUP:
+        assert len(out["samples_s"]) == 7
+    else:
+        assert out["seconds"] > 0 and out["client_cpu_s"] >= 0

@@ -33,7 +33,7 @@ from jobqueue.drivers.engines import describe_url
 from .. import drain, enqueue, latency
 from ..common import Bench, Result, Sizes, dump_results, percentile
 from ..report import side_by_side
-from . import harness
+from . import harness, raw_side
 from .venvs import PEERS, PeerSkipped, PeerSpec, PeerUnavailable, ensure_venv
 
 OURS = "jobqueue"
@@ -302,7 +302,11 @@ def _emit(
             result = Result(
                 w.bench(metric), value, unit[metric], driver=f"{lib.title} ({lib.driver})"
             )
-            if lib.name != OURS:
+            if lib.name == raw_side.NAME:
+                result.ceiling = f"jobqueue / {raw_side.TITLE}"
+                result.ratio = ratio(ours, value)
+                extra["jobqueue"] = round(ours, 3)
+            elif lib.name != OURS:
                 spec = PEERS[lib.name]
                 result.ceiling = f"jobqueue / {spec.label}"
                 result.ratio = ratio(ours, value)
@@ -325,7 +329,15 @@ def main(args: argparse.Namespace, sizes: Sizes) -> int:
         peers, skipped = _peers(_peer_names(args.peers, quick=args.quick), bench, quick=args.quick)
         here = ".".join(map(str, sys.version_info[:2]))
         ours = Library(OURS, OURS_TITLE, OURS_DRIVER, here, lambda w: run_ours(bench, w))
-        libraries = [ours, *peers]
+        url = bench.libpq_url()
+        bare = Library(
+            raw_side.NAME,
+            raw_side.TITLE,
+            raw_side.DRIVER,
+            here,
+            lambda w: raw_side.run(bench, w.task(url)),
+        )
+        libraries = [ours, *peers, bare]
         settings = _settings(bench, args, chosen, libraries, repetitions)
         print(json.dumps(settings), flush=True)
         runs = _run_all(bench, chosen, libraries, repetitions)
