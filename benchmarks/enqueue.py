@@ -14,6 +14,7 @@ from jobqueue import AsyncJobQueue, JobQueue, NewJob
 
 from . import raw
 from .common import Bench, Result
+from .peers.harness import Stopwatch
 
 ONE_TARGET = 0.8
 MANY_TARGET = 0.7
@@ -95,12 +96,13 @@ async def one_by_one(q: AsyncJobQueue, first: int, count: int) -> float:
     return time.perf_counter() - start
 
 
-async def batch(q: AsyncJobQueue, count: int) -> tuple[int, float]:
-    """Jobs enqueued by one `enqueue_many` of ``count`` jobs, and the seconds it took."""
+async def batch(q: AsyncJobQueue, count: int) -> tuple[int, Stopwatch]:
+    """Jobs enqueued by one `enqueue_many` of ``count`` jobs, and its timing (seconds, and
+    the CPU of this process and of the machine)."""
     jobs = [NewJob(kind="image", payload=_payload(i)) for i in range(count)]
-    start = time.perf_counter()
-    done = await q.enqueue_many(jobs)
-    return len(done), time.perf_counter() - start
+    with Stopwatch() as timed:
+        done = await q.enqueue_many(jobs)
+    return len(done), timed
 
 
 async def _async(bench: Bench, driver: str) -> None:
@@ -121,8 +123,8 @@ async def _async(bench: Bench, driver: str) -> None:
     table = bench.table(f"enq_many_{driver}")
     async with AsyncJobQueue(bench.async_url(driver), table=table) as q:
         await q.enqueue("image", _payload(-1))
-        done, seconds = await batch(q, s.enqueue_many)
-        _many(bench, driver, done / seconds, s.enqueue_many)
+        done, timed = await batch(q, s.enqueue_many)
+        _many(bench, driver, done / timed.seconds, s.enqueue_many)
     bench.drop(table)
 
 

@@ -194,7 +194,8 @@ async def _ours(bench: Bench, w: Workload) -> dict[str, Any]:
                 await enqueue.one_by_one(q, 0, w.jobs)
             fields.update(timed.fields())
         else:
-            _, fields["seconds"] = await enqueue.batch(q, w.jobs)
+            _, timed = await enqueue.batch(q, w.jobs)
+            fields.update(timed.fields())
     rows = bench.outcome(table)["total"]
     bench.drop(table)
     return harness.result(task, rows=rows, **fields)
