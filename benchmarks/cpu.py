@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from .peers.harness import TICK, machine_times
 
 
 def load_average() -> tuple[float, float, float] | None:
@@ -28,18 +28,6 @@ def load_average() -> tuple[float, float, float] | None:
     return round(one, 2), round(five, 2), round(fifteen, 2)
 
 
-def machine_busy() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of all CPUs since boot, from ``/proc/stat``."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return (total - idle) / _TICK, total / _TICK
-
-
 def process_cpu(pid: int) -> float | None:
     """User + system CPU seconds of one process (its threads included), or None."""
     try:
@@ -48,7 +36,7 @@ def process_cpu(pid: int) -> float | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def server_pids(conn: Connection) -> dict[int, bool]:
@@ -90,7 +78,7 @@ class Snapshot:
                 cpu = process_cpu(pid)
                 if cpu is not None:
                     (backends if ours else background)[pid] = cpu
-        return cls(machine_busy(), backends, background)
+        return cls(machine_times(), backends, background)
 
 
 @dataclass

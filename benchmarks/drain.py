@@ -33,16 +33,20 @@ async def warm(q: AsyncJobQueue) -> None:
 
 
 class Drained(NamedTuple):
-    """One drain: seconds from the worker's start to its last completion written, the ids
-    handled, and the CPU seconds this process spent per job (the worker's own cost, which a
-    shared machine's load inflates less than wall time)."""
+    """One drain: the ids handled, and its timing from the worker's start to its last
+    completion written (seconds; the CPU seconds of this process, the worker's own cost,
+    which a shared machine's load inflates less than wall time; and of the whole machine)."""
 
-    seconds: float
     seen: list[UUID]
-    cpu_per_job: float
-    #: CPU seconds the whole machine spent per job (this process, the database server and
-    #: anything else), or None off Linux.
-    machine_cpu_per_job: float | None
+    timed: Stopwatch
+
+    @property
+    def seconds(self) -> float:
+        return self.timed.seconds
+
+    @property
+    def cpu_per_job(self) -> float:
+        return self.timed.client_cpu / max(1, len(self.seen))
 
 
 async def drain(
@@ -76,9 +80,7 @@ async def drain(
                 await done.wait()
                 worker.stop()
                 await task
-    n = max(1, len(seen))
-    machine = None if timed.machine_cpu is None else timed.machine_cpu / n
-    return Drained(timed.seconds, seen, timed.client_cpu / n, machine)
+    return Drained(seen, timed)
 
 
 def _bracket(bench: Bench, concurrency: int) -> float:
@@ -119,9 +121,8 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
     n = bench.sizes.drain_one if concurrency == 1 else bench.sizes.drain
     table = backlog(bench, f"drain{concurrency}_{driver}", n)
     before = _bracket(bench, concurrency)
-    elapsed, seen, cpu_per_job, _ = await drain(
-        bench, bench.async_url(driver), table, concurrency=concurrency
-    )
+    done = await drain(bench, bench.async_url(driver), table, concurrency=concurrency)
+    elapsed, seen = done.seconds, done.seen
     after = _bracket(bench, concurrency)
     outcome, once = check(bench, table, n, seen)
     ceiling_now = (before + after) / 2
@@ -144,7 +145,7 @@ async def _one(bench: Bench, driver: str, concurrency: int) -> None:
                 else None,
                 "jobs": n,
                 "seconds": round(elapsed, 3),
-                "client_cpu_us_per_job": round(cpu_per_job * 1e6, 1),
+                "client_cpu_us_per_job": round(done.cpu_per_job * 1e6, 1),
                 "exactly_once": once,
                 "handled": len(seen),
                 **outcome,

@@ -177,11 +177,8 @@ async def _ours(bench: Bench, w: Workload) -> dict[str, Any]:
         done = await drain.drain(bench, url, table, concurrency=w.concurrency)
         checked = drain.check(bench, table, w.jobs, done.seen)
         rows = checked.outcome["completed_once"] if checked.once else -1
-        jobs = len(done.seen)
-        fields["client_cpu_s"] = done.cpu_per_job * jobs
-        machine = done.machine_cpu_per_job
-        fields["machine_cpu_s"] = None if machine is None else machine * jobs
-        return harness.result(task, rows=rows, handled=done.seen, seconds=done.seconds, **fields)
+        fields.update(done.timed.fields())
+        return harness.result(task, rows=rows, handled=done.seen, **fields)
     if w.kind == harness.PICKUP:
         picked = await latency.pickups(bench, OURS_DRIVER, listen=True, floor=False)
         rows = picked.outcome["completed_once"]

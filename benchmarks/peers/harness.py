@@ -38,18 +38,21 @@ KINDS = (DRAIN, ENQUEUE_ONE, ENQUEUE_BATCH, PICKUP)
 WARMUP = 5
 
 
-def machine_busy() -> float | None:
-    """CPU seconds every CPU of the machine has been busy since boot (``/proc/stat``: all
-    but idle and iowait), or None off Linux."""
+#: Clock ticks per second, the unit of ``/proc`` CPU times.
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_times() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of all the machine's CPUs since boot, from ``/proc/stat``
+    (busy: all but idle and iowait), or None off Linux."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:8]]
+            fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    return (sum(fields) - fields[3] - fields[4]) / _TICK
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return (total - idle) / TICK, total / TICK
 
 
 class Stopwatch:
@@ -64,7 +67,7 @@ class Stopwatch:
 
     def __enter__(self) -> Stopwatch:
         self.cpu = time.process_time()
-        self.machine = machine_busy()
+        self.machine = machine_times()
         self.start = time.perf_counter()
         self.seconds = 0.0
         self.client_cpu = 0.0
@@ -74,9 +77,9 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
         self.client_cpu = time.process_time() - self.cpu
-        after = machine_busy()
+        after = machine_times()
         if self.machine is not None and after is not None:
-            self.machine_cpu = after - self.machine
+            self.machine_cpu = after[0] - self.machine[0]
 
     def fields(self) -> dict[str, Any]:
         """``seconds``, ``client_cpu_s`` and ``machine_cpu_s`` (None off Linux)."""

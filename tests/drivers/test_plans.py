@@ -78,9 +78,7 @@ def test_claims_keep_one_generic_plan_and_other_statements_do_not(
         engine.dispose()
 
 
-async def test_an_async_engine_sets_its_connections_back_too(
-    postgres_url: str, table: str
-) -> None:
+async def test_an_async_engine_sets_its_connections_back_too(postgres_url: str, table: str) -> None:
     s = _statements(table)
     engine = make_async_engine(postgres_url, pool_size=1, max_overflow=0)
     try:
