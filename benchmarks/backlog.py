@@ -104,7 +104,7 @@ def run(bench: Bench) -> None:
         done = {"small": 0, "large": 0}
         seconds = {"small": 0.0, "large": 0.0}
         for label in ("small", "large", "large", "small"):
-            elapsed, seen, _ = asyncio.run(
+            drained = asyncio.run(
                 drain(
                     bench,
                     bench.async_url(driver),
@@ -113,8 +113,8 @@ def run(bench: Bench) -> None:
                     jobs=take,
                 )
             )
-            done[label] += len(seen)
-            seconds[label] += elapsed
+            done[label] += len(drained.seen)
+            seconds[label] += drained.seconds
         rates = {label: done[label] / seconds[label] for label in done}
         for label, rate in rates.items():
             bench.emit(
