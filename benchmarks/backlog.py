@@ -35,7 +35,7 @@ def plan_scans(engine: Engine, q: JobQueue) -> list[str]:
     sql, parameters = statement_as_sent(engine, *_claim_sql(q))
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
+            doc: Any = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, parameters).scalar()
             plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
             found: list[str] = []
             _walk(plan, found)

@@ -117,7 +117,7 @@ QUICK = Sizes(
 
 def scaled(sizes: Sizes, factor: float) -> Sizes:
     """Every count times ``factor`` (for trying the suite at an in-between size)."""
-    changes = {
+    changes: dict[str, Any] = {
         name: max(1, int(value * factor))
         for name, value in asdict(sizes).items()
         if isinstance(value, int)
@@ -225,7 +225,7 @@ class Bench:
             return ["aiosqlite"]
         drivers = ["psycopg"]
         try:
-            import asyncpg  # noqa: F401
+            import asyncpg  # type: ignore[import-untyped]  # noqa: F401
         except ImportError:
             self.note("asyncpg is not installed: async workloads run with psycopg only")
         else:

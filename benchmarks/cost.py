@@ -93,8 +93,9 @@ class Mark:
     lsn: str
     wal: dict[str, int]
     checkpoints: int
-    tables: dict[str, dict[str, int]]
-    indexes: dict[str, dict[str, int]]
+    #: By relation id.
+    tables: dict[int, dict[str, int]]
+    indexes: dict[int, dict[str, int]]
 
 
 @dataclass
@@ -114,9 +115,7 @@ class Meter:
 
         self.conn = psycopg.connect(bench.libpq_url(), autocommit=True)
         self.dboid = int(
-            self.conn.execute(
-                "SELECT oid FROM pg_database WHERE datname = current_database()"
-            ).fetchone()[0]
+            self._one("SELECT oid FROM pg_database WHERE datname = current_database()")[0]
         )
         self.created_walinspect = False
         self.walinspect = self._walinspect()
@@ -194,7 +193,7 @@ class Meter:
 
     # -- readings ----------------------------------------------------------------------------
 
-    def _stats(self, relids: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _stats(self, relids: list[int]) -> tuple[dict[int, Any], dict[int, Any]]:
         self.conn.execute("SELECT pg_stat_clear_snapshot()")
         tables = {
             r[0]: {"n_tup_ins": r[1], "n_tup_upd": r[2], "n_tup_hot_upd": r[3], "n_tup_del": r[4]}
@@ -214,13 +213,20 @@ class Meter:
         }
         return tables, indexes
 
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        """The one row ``sql`` returns."""
+        row = self.conn.execute(sql, params).fetchone()
+        if row is None:
+            raise RuntimeError(f"no row from {sql!r}")
+        return tuple(row)
+
     def settle(self, relids: list[int]) -> None:
         """Wait until the phase's backends are gone and the statistics stopped moving."""
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while time.monotonic() < deadline:
-            left = self.conn.execute(
+            left = self._one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APP,)
-            ).fetchone()[0]
+            )[0]
             if not left:
                 break
             time.sleep(0.02)
@@ -240,12 +246,12 @@ class Meter:
         # The end of a window is the last flushed position (pg_walinspect reads no further;
         # every phase's commits were flushed before they returned).
         lsn_sql = "pg_current_wal_flush_lsn()" if end else "pg_current_wal_insert_lsn()"
-        lsn, records, fpi, nbytes = self.conn.execute(
+        lsn, records, fpi, nbytes = self._one(
             f"SELECT {lsn_sql}::text, wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
-        ).fetchone()
-        checkpoints = self.conn.execute(
-            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
-        ).fetchone()[0]
+        )
+        checkpoints = self._one("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[
+            0
+        ]
         tables, indexes = self._stats(relids)
         return Mark(
             lsn,

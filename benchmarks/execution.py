@@ -155,19 +155,22 @@ EXECUTORS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
 @contextmanager
 def executing(kind: str) -> Iterator[None]:
     """Run the queue's `Direct` steps with executor ``kind`` inside the block."""
-    saved = runner_module.run_direct, runner_module.run_direct_async
-    runner_module.run_direct, runner_module.run_direct_async = EXECUTORS[kind]  # type: ignore[assignment]
+    # The runner module's own names for the executors, swapped for the block.
+    runner: Any = runner_module
+    saved = runner.run_direct, runner.run_direct_async
+    runner.run_direct, runner.run_direct_async = EXECUTORS[kind]
     try:
         yield
     finally:
-        runner_module.run_direct, runner_module.run_direct_async = saved
+        runner.run_direct, runner.run_direct_async = saved
 
 
 def _autocommit_on(q: JobQueue | AsyncJobQueue, engine: Any) -> None:
     """Run ``q``'s operations that need no transaction on ``engine`` (the ``ac_engine``
     variants' change)."""
+    plans: Any = q._plans
     for access in (Access.READ, Access.ONE_WRITE):
-        q._plans[access] = q._plans[access]._replace(engine=engine)
+        plans[access] = plans[access]._replace(engine=engine)
 
 
 def _executor(variant: str) -> str:
@@ -603,7 +606,7 @@ async def _async(bench: Bench, driver: str) -> None:
     tuned = AsyncJobQueue(ac_engine, table=table)
     _autocommit_on(tuned, ac_engine)
     if driver == "asyncpg":
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         raw_conn: Any = await asyncpg.connect(bench.libpq_url())
     else:

@@ -123,8 +123,8 @@ def cpu_per_job(w: Workload, runs: Sequence[dict[str, Any]]) -> dict[str, float]
     and anything else running), where every run reported it."""
     out: dict[str, float] = {}
     for key, name in (("client_cpu_s", "client"), ("machine_cpu_s", "machine")):
-        values = [r.get(key) for r in runs]
-        if values and all(v is not None for v in values):
+        values = [v for r in runs if (v := r.get(key)) is not None]
+        if values and len(values) == len(runs):
             out[name] = statistics.median(v * 1e6 / w.jobs for v in values)
     return out
 
