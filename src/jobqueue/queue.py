@@ -877,9 +877,9 @@ class JobQueue(_QueueBase[Engine]):
         self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True
     ) -> Job:
         """Give a held job back without spending an attempt, to start again after
-        ``after``; with ``pause_key`` its limit key is paused for as long for every worker
-        (what a worker does on `RetryLater` or a provider's 429). `LeaseLost` if it is no
-        longer held."""
+        ``after``; with ``pause_key`` its limit key is paused until then (the job's new
+        ``run_at``) for every worker (what a worker does on `RetryLater` or a provider's
+        429). `LeaseLost` if it is no longer held."""
         return self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
         )
@@ -1685,9 +1685,9 @@ class AsyncJobQueue(_QueueBase[AsyncEngine]):
         self, job: Job, after: float | timedelta, reason: str, *, pause_key: bool = True
     ) -> Job:
         """Give a held job back without spending an attempt, to start again after
-        ``after``; with ``pause_key`` its limit key is paused for as long for every worker
-        (what a worker does on `RetryLater` or a provider's 429). `LeaseLost` if it is no
-        longer held."""
+        ``after``; with ``pause_key`` its limit key is paused until then (the job's new
+        ``run_at``) for every worker (what a worker does on `RetryLater` or a provider's
+        429). `LeaseLost` if it is no longer held."""
         return await self._run(
             limit_ops.hold_back(self.statements, job, _secs_required(after), reason, pause_key)
         )

@@ -272,13 +272,16 @@ def resume(s: Statements, scope: str, name: str) -> Steps[Limit]:
 def hold_back(s: Statements, job: Job, after: float, reason: str, pause_key: bool) -> Steps[Job]:
     """A job its provider refused for now (`RetryLater`, a 429): back to ``pending`` without
     spending an attempt, out of the line for ``after`` seconds, and (``pause_key``) its
-    limit key paused for as long, its other jobs out of the line too, for every worker."""
+    limit key paused until the job is due again, its other jobs out of the line too, for
+    every worker."""
     secs = seconds_of(after, "after", low=0.0)
     text = storable_text(str(reason))[:MAX_ERROR]
     rows = yield s.release(job.id, job.attempts, job.started_at, text, after=secs)
     held = read_job((yield from _check_fence(s, job, rows, "release")))
     if pause_key and secs > 0:
+        # Until the job is due again, by the clock of the statement that held it back: the
+        # key's pause and the job's wait end together however long the next statement takes.
         key = job.limit_key or job.kind
-        yield s.pause("key", key, secs, text)
+        yield s.pause_until("key", key, held.run_at, text)
         yield s.leave_line("key", key)
     return held

@@ -21,7 +21,8 @@ committed before it (each statement of a READ COMMITTED transaction has its own 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
@@ -46,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Status
 from .common import StatementsBase, batch_json, filter_params, json_param, json_rows, param, unnest
-from .dialect import DbNow, DbNowPlus, WellFormedId
+from .dialect import DbNow, DbNowPlus, UTCDateTime, WellFormedId
 from .fair import in_line, turn_of
 from .steps import Direct, Query
 
@@ -475,12 +476,28 @@ class Limiting(StatementsBase):
     def pause(self, scope: str, name: str, seconds: float | None, reason: str | None) -> Query:
         """Pause a queue or key, for ``seconds`` or until resumed; a pause already running
         keeps its start, and the later of two ends wins (RETURNING the row)."""
+        return self._pause(
+            "after", {"jq_scope": scope, "jq_name": name, "jq_seconds": seconds}, reason
+        )
+
+    def pause_until(self, scope: str, name: str, until: datetime, reason: str | None) -> Query:
+        """`pause` until ``until``, a time the database gave (a held-back job's ``run_at``)."""
+        return self._pause("at", {"jq_scope": scope, "jq_name": name, "jq_until": until}, reason)
+
+    def _pause(
+        self, ends: Literal["after", "at"], params: dict[str, Any], reason: str | None
+    ) -> Query:
+        """The pause statement whose end is ``ends``: "after" ``jq_seconds`` (None: until
+        resumed) by the statement's clock, or "at" ``jq_until``."""
 
         def build() -> Any:
             lc = self.limits.c
             insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            seconds = cast(param("seconds", Float()), Float())  # typed even when NULL
-            until = case((seconds.is_(None), null()), else_=DbNowPlus(seconds))
+            if ends == "at":
+                until: Any = param("until", UTCDateTime())
+            else:
+                seconds = cast(param("seconds", Float()), Float())  # typed even when NULL
+                until = case((seconds.is_(None), null()), else_=DbNowPlus(seconds))
             stmt = insert(self.limits).values(
                 scope=param("scope", Text()),
                 name=param("name", Text()),
@@ -511,8 +528,7 @@ class Limiting(StatementsBase):
                 },
             ).returning(*self._limit_columns())
 
-        params = {"jq_scope": scope, "jq_name": name, "jq_seconds": seconds, "jq_reason": reason}
-        return Query(self.once("pause", build), params)
+        return Query(self.once(("pause", ends), build), {**params, "jq_reason": reason})
 
     def resume(self, scope: str, name: str) -> Query:
         """End a pause (RETURNING the row, none when there was no row)."""
