@@ -124,13 +124,18 @@ async def test_demo_page_generates_resumes_after_reload_and_isolates_browsers(
     await wait_for_line(lines, rf"⏳ Job {job_id} status: completed", after_reload)
 
     status = page.locator("#status")
-    await page.wait_for_function("document.getElementById('status').dataset.status === 'completed'")
+    # Every predicate below is a function, not a bare expression: Playwright evaluates a
+    # bare expression again at each poll with eval, which the page's CSP (no
+    # 'unsafe-eval') refuses once the first check was false; a function is made once.
+    await page.wait_for_function(
+        "() => document.getElementById('status').dataset.status === 'completed'"
+    )
     assert job_id in (await status.text_content() or "")
     image = page.locator("#result-image")
     await image.wait_for(state="visible")
     await page.wait_for_function(
-        "(() => { const i = document.getElementById('result-image');"
-        " return i.complete && i.naturalWidth > 0; })()"
+        "() => { const i = document.getElementById('result-image');"
+        " return i.complete && i.naturalWidth > 0; }"
     )
     assert await image.evaluate("i => i.naturalWidth") > 0
     assert (await image.get_attribute("src") or "").endswith(".svg")
@@ -139,7 +144,7 @@ async def test_demo_page_generates_resumes_after_reload_and_isolates_browsers(
     listed = page.locator(f'#jobs li[data-job-id="{job_id}"] .badge')
     await listed.wait_for()
     await page.wait_for_function(
-        f"document.querySelector('#jobs li[data-job-id=\"{job_id}\"] .badge')"
+        f"() => document.querySelector('#jobs li[data-job-id=\"{job_id}\"] .badge')"
         ".textContent === 'completed'"
     )
     await page.screenshot(path=str(ARTIFACTS / "demo-page.png"), full_page=True)
@@ -307,7 +312,7 @@ async def test_client_and_demo_page_use_only_http_and_data_image_urls(
             )
             await page.reload()
             await page.wait_for_function(
-                "document.getElementById('status').dataset.status === 'completed'"
+                "() => document.getElementById('status').dataset.status === 'completed'"
             )
             assert await page.get_attribute("#result-image", "src") == safe
             assert await page.get_attribute("#result-link", "href") == safe
@@ -396,7 +401,7 @@ async def test_the_page_says_the_place_in_line_and_the_wait(
             assert re.fullmatch(r"3rd in line · about (3\d|40) s", shown), shown
             generator.gate.set()
             await wait_for_line(lines, rf"⏳ Job {created.group(1)} status: completed")
-            await page.wait_for_function("document.getElementById('wait').hidden")
+            await page.wait_for_function("() => document.getElementById('wait').hidden")
             await context.close()
     finally:
         generator.gate.set()
@@ -445,7 +450,9 @@ async def test_the_client_reports_a_job_that_expired(demo: Demo, browser: Any) -
     await page.reload()
     status = page.locator("#status")
     await status.wait_for(state="visible")
-    await page.wait_for_function("document.querySelector('#status').dataset.status === 'expired'")
+    await page.wait_for_function(
+        "() => document.querySelector('#status').dataset.status === 'expired'"
+    )
     assert "expired" in (await status.text_content() or "")
     assert "deadline" in (await page.locator("#error").text_content() or "")
     await context.close()
