@@ -246,14 +246,26 @@ class Postgres:
         """The raw single-row INSERT."""
         return f'INSERT INTO "{t}" (payload) VALUES (%s) RETURNING id'
 
+    def insert_each(self, conn: Any, t: str, rows: int) -> None:
+        """``rows`` single-row INSERTs into ``t``, each committed (the raw one-by-one loop)."""
+        sql = self.insert_sql(t)
+        for _ in range(rows):
+            conn.execute(sql, (self.payload,)).fetchone()
+            conn.commit()
+
+    @staticmethod
+    def copy_in(conn: Any, t: str, payloads: list[str]) -> None:
+        """One COPY of ``payloads`` into ``t``, committed (the raw bulk load)."""
+        with conn.cursor() as cur, cur.copy(f'COPY "{t}" (payload) FROM STDIN') as copy:
+            for p in payloads:
+                copy.write_row((p,))
+        conn.commit()
+
     def insert_one(self, rows: int) -> None:
         t = self.create("insert_one")
-        sql = self.insert_sql(t)
         with self.connect() as conn:
             start = time.perf_counter()
-            for _ in range(rows):
-                conn.execute(sql, (self.payload,)).fetchone()
-                conn.commit()
+            self.insert_each(conn, t, rows)
             elapsed = time.perf_counter() - start
         self.drop(t)
         self.bench.ceiling(INSERT_ONE, rows / elapsed, rows=rows, seconds=elapsed)
@@ -277,10 +289,7 @@ class Postgres:
         payloads = [json.dumps({**PAYLOAD, "n": i}) for i in range(rows)]
         with self.connect() as conn:
             start = time.perf_counter()
-            with conn.cursor() as cur, cur.copy(f'COPY "{t}" (payload) FROM STDIN') as copy:
-                for p in payloads:
-                    copy.write_row((p,))
-            conn.commit()
+            self.copy_in(conn, t, payloads)
             elapsed = time.perf_counter() - start
         self.drop(t)
         self.bench.ceiling(INSERT_COPY, rows / elapsed, rows=rows, seconds=elapsed)

@@ -84,7 +84,7 @@ def _peer_table(settings: dict[str, Any], results: list[dict[str, Any]]) -> list
         f"Medians of {reps} interleaved repetitions; in brackets, jobqueue's number divided "
         "by the peer's (above 1 is ahead for jobs/s, below 1 is ahead for ms).",
     ]
-    if any("CPU" in row[0] for row in rows):
+    if any(r.get("machine_cpu_us_per_job") is not None for r in results):
         lines.append(
             "CPU rows: the CPU time the whole machine spent per job while the workload ran, "
             "as the library's own process and the rest (the database server, mostly; "

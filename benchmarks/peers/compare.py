@@ -300,16 +300,13 @@ def _emit(
             result = Result(
                 w.bench(metric), value, unit[metric], driver=f"{lib.title} ({lib.driver})"
             )
-            if lib.name == raw_side.NAME:
-                result.ceiling = f"jobqueue / {raw_side.TITLE}"
+            if lib.name != OURS:
+                spec = PEERS.get(lib.name)  # None: PostgreSQL's own column, with no target
+                result.ceiling = f"jobqueue / {raw_side.TITLE if spec is None else spec.label}"
                 result.ratio = ratio(ours, value)
-                extra["jobqueue"] = round(ours, 3)
-            elif lib.name != OURS:
-                spec = PEERS[lib.name]
-                result.ceiling = f"jobqueue / {spec.label}"
-                result.ratio = ratio(ours, value)
-                result.target = target(w, metric, spec)
-                result.met = met(w, metric, lib.name, result.ratio) if result.target else None
+                if spec is not None:
+                    result.target = target(w, metric, spec)
+                    result.met = met(w, metric, lib.name, result.ratio) if result.target else None
                 extra["jobqueue"] = round(ours, 3)
             result.extra = extra
             bench.emit(result)

@@ -50,23 +50,15 @@ def run(bench: Bench, task: harness.Task) -> dict[str, Any]:
         done = "status = 'done'"
     else:
         table = pg.create(f"peer_{task.kind}")
-        sql = pg.insert_sql(table)
         with pg.connect() as conn:
-            conn.execute(sql, (pg.payload,))  # connect and warm up outside the timing
-            conn.commit()
+            pg.insert_each(conn, table, 1)  # connect and warm up outside the timing
             if task.kind == harness.ENQUEUE_ONE:
                 with harness.Stopwatch() as timed:
-                    for _ in range(task.jobs):
-                        conn.execute(sql, (pg.payload,)).fetchone()
-                        conn.commit()
+                    pg.insert_each(conn, table, task.jobs)
             else:
                 payloads = [json.dumps(harness.payload(i)) for i in range(task.jobs)]
-                copy_sql = f'COPY "{table}" (payload) FROM STDIN'
                 with harness.Stopwatch() as timed:
-                    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                        for p in payloads:
-                            copy.write_row((p,))
-                    conn.commit()
+                    pg.copy_in(conn, table, payloads)
         done = "true"
     with pg.connect() as conn:
         row = conn.execute(f'SELECT count(*) FROM "{table}" WHERE {done}').fetchone()
